@@ -1,0 +1,171 @@
+"""The user's ``config.toml``: ports, language, accounts, central server.
+
+Secrets never live here: passwords and tokens go to the keyring (``sendguard.secrets``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from . import paths, tomlfile
+from .errors import ConfigError
+
+ACCOUNT_KINDS = ("maildir", "smtp", "exchange", "graph", "gmail")
+
+
+@dataclass
+class Account:
+    """A mailbox that releases (and for EWS/Graph/Gmail, can hold) the user's mail."""
+
+    name: str
+    kind: str
+    address: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def secret_key(self, what: str = "password") -> str:
+        """The keyring entry name for one of this account's secrets."""
+        return f"account:{self.name}:{what}"
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "address": self.address, **self.settings}
+
+
+@dataclass
+class Config:
+    language: str | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1587
+    api_host: str = "127.0.0.1"
+    api_port: int = 8765
+    window: bool = True
+    retention_days: int = 14
+    server_url: str | None = None  # central server; None runs approvals embedded
+    accounts: list[Account] = field(default_factory=list)
+    path: Path | None = None
+
+    def account_for(self, sender: str) -> Account | None:
+        """The account whose address is the sender's (case-insensitive), else None."""
+        sender = sender.lower()
+        for acc in self.accounts:
+            if acc.address and acc.address.lower() == sender:
+                return acc
+        return None
+
+    def account(self, name: str) -> Account | None:
+        return next((a for a in self.accounts if a.name == name), None)
+
+
+_TOP = {
+    "language": (str, None),
+    "window": (bool, None),
+    "retention_days": (int, None),
+}
+_SECTIONS = {
+    "smtp": {"host": str, "port": int},
+    "api": {"host": str, "port": int},
+    "server": {"url": str},
+}
+
+
+def _expect(path: Path, text: str, key: str, value: Any, typ: type) -> Any:
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(
+            str(path),
+            f"expected {typ.__name__}, got {type(value).__name__} {value!r}",
+            line=tomlfile.line_of(text, key),
+            key=key,
+        )
+    return value
+
+
+def load(path: Path | None = None) -> Config:
+    """Read config.toml; a missing file means the embedded defaults."""
+    path = path or paths.config_file()
+    cfg = Config(path=path)
+    if not path.exists():
+        return cfg
+    data, text = tomlfile.read(path)
+    for key, value in data.items():
+        if key in _TOP:
+            setattr(cfg, key, _expect(path, text, key, value, _TOP[key][0]))
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(str(path), "expected a table", tomlfile.line_of(text, key), key)
+            for sub, sub_value in value.items():
+                typ = _SECTIONS[key].get(sub)
+                if typ is None:
+                    raise ConfigError(str(path), f"unknown setting; known: {', '.join(_SECTIONS[key])}",
+                                      tomlfile.line_of(text, f"{key}.{sub}"), f"{key}.{sub}")
+                _expect(path, text, f"{key}.{sub}", sub_value, typ)
+                setattr(cfg, {"server": "server_url"}.get(key, f"{key}_{sub}"), sub_value)
+        elif key == "accounts":
+            cfg.accounts = _accounts(path, text, value)
+        else:
+            raise ConfigError(str(path), "unknown setting", tomlfile.line_of(text, key), key)
+    for port_key in ("smtp_port", "api_port"):
+        port = getattr(cfg, port_key)
+        if not 0 <= port <= 65535:
+            raise ConfigError(str(path), f"port {port} out of range 0-65535",
+                              tomlfile.line_of(text, port_key.replace("_", ".")), port_key.replace("_", "."))
+    return cfg
+
+
+def _accounts(path: Path, text: str, value: Any) -> list[Account]:
+    if not isinstance(value, list):
+        raise ConfigError(str(path), "write accounts as [[accounts]] tables", tomlfile.line_of(text, "accounts"),
+                          "accounts")
+    out: list[Account] = []
+    for index, entry in enumerate(value):
+        where = f"accounts[{index}]"
+        if not isinstance(entry, dict) or "name" not in entry or "kind" not in entry:
+            raise ConfigError(str(path), "each account needs name and kind", tomlfile.line_of(text, "accounts"),
+                              where)
+        if entry["kind"] not in ACCOUNT_KINDS:
+            raise ConfigError(str(path), f"unknown kind {entry['kind']!r}; one of {', '.join(ACCOUNT_KINDS)}",
+                              tomlfile.line_of(text, "accounts.kind"), f"{where}.kind")
+        settings = {k: v for k, v in entry.items() if k not in ("name", "kind", "address")}
+        out.append(Account(entry["name"], entry["kind"], str(entry.get("address", "")), settings))
+    return out
+
+
+def _document(path: Path) -> tomlkit.TOMLDocument:
+    if path.exists():
+        return tomlkit.parse(path.read_text(encoding="utf-8"))
+    return tomlkit.document()
+
+
+def save_account(account: Account, path: Path | None = None) -> None:
+    """Add or replace the account of that name, keeping the rest of the file (comments too)."""
+    path = path or paths.config_file()
+    doc = _document(path)
+    accounts = doc.get("accounts")
+    if accounts is None:
+        accounts = tomlkit.aot()
+        doc["accounts"] = accounts
+    for index, entry in enumerate(list(accounts)):
+        if entry.get("name") == account.name:
+            del accounts[index]
+            break
+    table = tomlkit.table()
+    for key, value in account.to_toml().items():
+        if value is not None:
+            table[key] = value
+    accounts.append(table)
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+
+
+def remove_account(name: str, path: Path | None = None) -> bool:
+    path = path or paths.config_file()
+    doc = _document(path)
+    accounts = doc.get("accounts") or []
+    for index, entry in enumerate(list(accounts)):
+        if entry.get("name") == name:
+            del accounts[index]
+            path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+            return True
+    return False

@@ -1,0 +1,36 @@
+"""Errors a user can act on. Each says what was wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class SendGuardError(Exception):
+    """Base class: the message is one line, fit to show a user as it is."""
+
+
+class ConfigError(SendGuardError):
+    """A config or policy file is wrong: names the file, the line and the key."""
+
+    def __init__(self, path: str, message: str, line: int | None = None, key: str | None = None):
+        self.path = str(path)
+        self.line = line
+        self.key = key
+        self.detail = message
+        where = self.path + (f":{line}" if line else "")
+        what = f" [{key}]" if key else ""
+        super().__init__(f"{where}{what}: {message}")
+
+
+class MessageError(SendGuardError):
+    """A message cannot be checked (unreadable, no recipients, ...)."""
+
+
+class StateError(SendGuardError):
+    """An outbox action does not fit the message's current state."""
+
+
+class NotFound(SendGuardError):
+    """No such outbox item, approval or account."""
+
+
+class PermissionDenied(SendGuardError):
+    """The actor may not do this (wrong approver, wrong token)."""

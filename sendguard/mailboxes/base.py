@@ -1,0 +1,91 @@
+"""The one interface every mailbox connector implements.
+
+The outbox never knows which connector it talks to. A connector:
+- ``release(item)``: sends the final MIME (recipients already removed, Bcc already applied) and
+  returns a receipt; raises ``TransientError`` (nothing sent, retry later), ``AuthError`` (sign in
+  again; mail stays held) or ``PermanentError`` (this message can never go this way).
+- ``find_sent(message_id)``: after a crash in ``releasing``, says whether the message went out:
+  True (found in Sent Items / the sink), False (certainly not sent), None (cannot be known).
+- ``fetch_held()`` (optional): items the user put in the account's hold folder, to take into the
+  outbox; ``ack_held(ref)`` is called once such an item is durable in the outbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import SendGuardError
+
+
+class MailboxError(SendGuardError):
+    """A connector failed; ``user_message`` tells the user what to do."""
+
+    retryable = False
+
+
+class TransientError(MailboxError):
+    """Server unreachable, throttled, 5xx: nothing was sent; try again later."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(MailboxError):
+    """Wrong password, expired or revoked token: the user must sign in again; mail stays held."""
+
+    retryable = True
+
+
+class PermanentError(MailboxError):
+    """The server refused this message for good (too large, mailbox full, rejected recipient)."""
+
+
+@dataclass(frozen=True)
+class ReleaseItem:
+    """What to send: the final bytes and envelope, after the user's confirmation and any approval."""
+
+    outbox_id: str
+    message_id: str  # the Message-ID header, with angle brackets
+    raw: bytes  # final RFC 5322 message; holds no Bcc header
+    envelope_from: str
+    recipients: tuple[str, ...]  # every address that must receive it (To, Cc and Bcc)
+    bcc: tuple[str, ...] = ()  # the subset of recipients that are blind copies
+    source: str = "smtp"  # smtp | outlook | exchange | graph | gmail
+    source_ref: str | None = None  # the connector's own id of a held item (EWS item id, draft id...)
+
+
+@dataclass(frozen=True)
+class ReleaseReceipt:
+    transport: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeldItem:
+    """An item found in an account's hold folder (or a draft handed to SendGuard)."""
+
+    ref: str
+    raw: bytes
+    envelope_from: str
+    recipients: tuple[str, ...]
+    source: str
+
+
+@runtime_checkable
+class Mailbox(Protocol):
+    name: str
+    kind: str
+
+    def release(self, item: ReleaseItem) -> ReleaseReceipt: ...
+
+    def find_sent(self, message_id: str) -> bool | None: ...
+
+
+class HoldingMailbox(Mailbox, Protocol):
+    def fetch_held(self) -> list[HeldItem]: ...
+
+    def ack_held(self, ref: str) -> None: ...

@@ -1,0 +1,48 @@
+"""Where SendGuard keeps its files: ``$SENDGUARD_HOME`` or the platform's user data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "SendGuard"
+
+
+def home() -> Path:
+    """The directory holding config.toml, policy.toml, sendguard.db, logs/ and sent/."""
+    env = os.environ.get("SENDGUARD_HOME")
+    path = Path(env).expanduser() if env else Path(platformdirs.user_data_dir(APP, appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_file() -> Path:
+    return home() / "config.toml"
+
+
+def policy_file() -> Path:
+    return home() / "policy.toml"
+
+
+def admin_policy_file() -> Path:
+    """The machine-wide policy an admin deploys; its locked keys override the user's."""
+    env = os.environ.get("SENDGUARD_ADMIN_POLICY")
+    if env:
+        return Path(env)
+    return Path(platformdirs.site_config_dir(APP, appauthor=False)) / "policy.toml"
+
+
+def database_file() -> Path:
+    return home() / "sendguard.db"
+
+
+def sent_dir() -> Path:
+    return home() / "sent"
+
+
+def logs_dir() -> Path:
+    path = home() / "logs"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,82 @@
+"""Secrets (passwords, refresh tokens) only through keyring.
+
+Where the OS has no keyring backend (headless Linux), SendGuard falls back deliberately to an
+encrypted file (keyrings.cryptfile) in ``SENDGUARD_HOME`` and ``sendguard doctor`` says so. The file
+key comes from ``SENDGUARD_KEYRING_PASSWORD`` or, failing that, a random key file readable only by
+the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets as _random
+from functools import lru_cache
+from pathlib import Path
+
+import keyring
+import keyring.backend
+from keyring.backends import fail
+
+from . import paths
+
+log = logging.getLogger(__name__)
+SERVICE = "sendguard"
+
+
+def _has_working_backend(kr: keyring.backend.KeyringBackend) -> bool:
+    if isinstance(kr, fail.Keyring):
+        return False
+    backends = getattr(kr, "backends", None)  # the chainer
+    return backends is None or bool(backends)
+
+
+def backend() -> keyring.backend.KeyringBackend:
+    """The keyring in use: the OS one, or the encrypted-file fallback in this SENDGUARD_HOME."""
+    return _backend(str(paths.home()), os.environ.get("PYTHON_KEYRING_BACKEND", ""))
+
+
+@lru_cache(maxsize=8)
+def _backend(home: str, _selected: str) -> keyring.backend.KeyringBackend:
+    kr = keyring.get_keyring()
+    if _has_working_backend(kr):
+        return kr
+    from keyrings.cryptfile.cryptfile import CryptFileKeyring
+
+    store = CryptFileKeyring()
+    store.file_path = os.path.join(home, "secrets.cfg")
+    password = os.environ.get("SENDGUARD_KEYRING_PASSWORD")
+    if not password:
+        key_file = Path(home) / "secrets.key"
+        if not key_file.exists():
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(_random.token_urlsafe(32))
+        password = key_file.read_text().strip()
+    store.keyring_key = password
+    log.info("no OS keyring backend; using the encrypted file %s", store.file_path)
+    return store
+
+
+def describe() -> str:
+    """One line for ``doctor``: which store holds secrets."""
+    kr = backend()
+    name = f"{type(kr).__module__}.{type(kr).__name__}"
+    if "cryptfile" in name:
+        return f"encrypted file {getattr(kr, 'file_path', '?')} (no OS keyring backend found)"
+    return name
+
+
+def get(key: str) -> str | None:
+    return backend().get_password(SERVICE, key)
+
+
+def put(key: str, value: str) -> None:
+    backend().set_password(SERVICE, key, value)
+
+
+def delete(key: str) -> None:
+    try:
+        backend().delete_password(SERVICE, key)
+    except keyring.errors.PasswordDeleteError:
+        pass
