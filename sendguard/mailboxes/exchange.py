@@ -1,0 +1,500 @@
+"""On-premises Exchange over EWS (exchangelib): hold folder intake, release, Sent Items reconciliation.
+
+Intake: the user (or the Outlook add-in) puts a message in the "SendGuard Hold" folder, or marks a
+draft with the category "SendGuard". ``fetch_held`` finds those items (a pull subscription tells it
+when to look; a periodic full scan is the fallback), hands their MIME to the outbox, and ``ack_held``
+marks each taken item with the category "SendGuard: taken" so it is not taken twice.
+
+Release: an item taken from the mailbox is sent in place (recipients and attachments brought in line
+with the confirmed message first) with ``send_and_save`` so the copy lands in Sent Items; a message
+that came in over SMTP is created from its MIME and sent the same way. Before any send the connector
+looks the Message-ID up in Sent Items, so a retried release never sends twice.
+
+Secrets (password, OAuth token cache) live in the keyring via ``sendguard.secrets``; nothing here
+writes them to a file or a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+import requests
+from exchangelib import (
+    BASIC,
+    DELEGATE,
+    NTLM,
+    OAUTH2,
+    SHALLOW,
+    UTC,
+    Account,
+    Configuration,
+    Credentials,
+    FailFast,
+    Folder,
+    FolderCollection,
+    Message,
+)
+from exchangelib import Mailbox as EwsMailbox
+from exchangelib import errors as ews_errors
+from exchangelib.credentials import OAuth2AuthorizationCodeCredentials
+from exchangelib.folders import SingleFolderQuerySet
+
+from .. import config as config_mod
+from .. import secrets
+from ..config import Account as AccountConfig
+from . import _mime, _retry
+from .base import (
+    AuthError,
+    HeldItem,
+    MailboxError,
+    PermanentError,
+    ReleaseItem,
+    ReleaseReceipt,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+# exchangelib logs request headers (and so Basic credentials and bearer tokens) at DEBUG: never let
+# those records through, whatever level the application runs at.
+for _noisy in ("exchangelib", "requests_oauthlib", "requests_ntlm"):
+    logging.getLogger(_noisy).setLevel(max(logging.getLogger(_noisy).level, logging.INFO))
+
+HOLD_FOLDER = "SendGuard Hold"
+DRAFT_CATEGORY = "SendGuard"
+TAKEN_CATEGORY = "SendGuard: taken"
+FULL_SCAN_SECONDS = 300.0
+AUTH_TYPES = {"ntlm": NTLM, "basic": BASIC, "oauth": OAUTH2, "auto": None}
+HELD_FIELDS = ("mime_content", "message_id", "subject", "categories", "to_recipients", "cc_recipients",
+               "bcc_recipients", "author")
+
+
+def _mailbox(name_addr: tuple[str, str]) -> EwsMailbox:
+    name, addr = name_addr
+    return EwsMailbox(name=name or None, email_address=addr)
+
+
+def _addresses(boxes) -> list[str]:
+    return [b.email_address for b in (boxes or []) if b.email_address]
+
+
+class _TokenCredentials(OAuth2AuthorizationCodeCredentials):
+    """OAuth for EWS with a token from msal; ``refresh`` asks msal again (refresh token in the keyring)."""
+
+    def __init__(self, token_source, **kwargs):
+        self._token_source = token_source
+        super().__init__(access_token=self._token(), **kwargs)
+
+    def _token(self) -> dict:
+        result = self._token_source.access_token()
+        return {"access_token": result["access_token"], "token_type": "Bearer",
+                "expires_in": int(result.get("expires_in", 3600))}
+
+    def refresh(self, session):
+        self.access_token = self._token()
+
+
+class ExchangeMailbox:
+    """The Mailbox (and HoldingMailbox) interface for one Exchange account over EWS."""
+
+    kind = "exchange"
+
+    def __init__(self, name: str, address: str, *, server: str | None = None, autodiscover: bool = False,
+                 username: str | None = None, password: str | None = None, auth: str = "auto",
+                 token_source=None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0,
+                 full_scan_seconds: float = FULL_SCAN_SECONDS):
+        if not server and not autodiscover:
+            raise PermanentError(f"Exchange account {name}: give a server URL or turn autodiscover on.")
+        self.name = name
+        self.address = address
+        self.server = server
+        self.autodiscover = autodiscover
+        self.username = username or address
+        self._password = password
+        self.auth = auth
+        self._token_source = token_source
+        self.hold_folder_name = hold_folder
+        self.timeout = timeout
+        self.full_scan_seconds = full_scan_seconds
+        self.backoff = _retry.Backoff()
+        self._lock = threading.RLock()
+        self._account: Account | None = None
+        self._hold = None
+        self._subscription: tuple[str, str] | None = None  # (id, watermark)
+        self._last_scan = 0.0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_account(cls, account: AccountConfig, home: Path) -> ExchangeMailbox:
+        s = account.settings
+        auth = s.get("auth", "auto")
+        token_source = None
+        password = None
+        if auth == "oauth":
+            from .graph import MsalTokenSource
+
+            token_source = MsalTokenSource.for_ews(account)
+        else:
+            password = secrets.get(account.secret_key("password"))
+        return cls(account.name, account.address, server=s.get("server"), autodiscover=bool(s.get("autodiscover")),
+                   username=s.get("username"), password=password, auth=auth, token_source=token_source,
+                   hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
+
+    def _where(self) -> str:
+        return self.server or f"autodiscover for {self.address}"
+
+    def _connect(self) -> Account:
+        if self._account is not None:
+            return self._account
+        if self.auth == "oauth":
+            if self._token_source is None:
+                raise AuthError(f"Exchange account {self.name} has no sign-in; run `sendguard accounts add exchange "
+                                f"--address {self.address} --oauth` again. Your mail stays held.")
+            credentials = _TokenCredentials(self._token_source)
+        else:
+            if not self._password:
+                raise AuthError(f"No password stored for Exchange account {self.name}; run `sendguard accounts add "
+                                f"exchange --address {self.address} --password-stdin` again. Your mail stays held.")
+            credentials = Credentials(self.username, self._password)
+        auth_type = AUTH_TYPES.get(self.auth)
+        if self.autodiscover:
+            config = Configuration(credentials=credentials, auth_type=auth_type, retry_policy=FailFast())
+            account = Account(self.address, credentials=credentials, config=config, autodiscover=True,
+                              access_type=DELEGATE, default_timezone=UTC)
+        else:
+            config = Configuration(service_endpoint=self.server, credentials=credentials, auth_type=auth_type,
+                                   retry_policy=FailFast())
+            account = Account(self.address, config=config, autodiscover=False, access_type=DELEGATE,
+                              default_timezone=UTC)
+        account.protocol.TIMEOUT = self.timeout
+        self._account = account
+        return account
+
+    def close(self) -> None:
+        with self._lock:
+            if self._account is not None:
+                self._account.protocol.close()
+            self._account = None
+            self._hold = None
+            self._subscription = None
+
+    # ------------------------------------------------------------------ error translation
+    def _call(self, what: str, fn):
+        """Run ``fn`` against the server; turn exchangelib and network errors into Mailbox errors.
+
+        A throttling answer with a short back-off is waited out here (a throttled request was not
+        carried out, so repeating it cannot double anything); a long one goes back to the outbox.
+        Connection failures are never repeated here: the request may have reached the server.
+        """
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                with self._lock:
+                    result = fn(self._connect())
+                self.backoff.reset()
+                return result
+            except ews_errors.ErrorServerBusy as e:
+                wait = e.back_off if e.back_off is not None else self.backoff.next_delay()
+                if wait <= _retry.MAX_INLINE_WAIT and attempts < _retry.MAX_INLINE_ATTEMPTS:
+                    _retry.sleep(wait)
+                    continue
+                raise TransientError(f"The Exchange server is busy (throttling) while {what}; trying again in "
+                                     f"{wait:.0f} s. Your mail stays held.", retry_after=wait) from None
+            except MailboxError:
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure becomes one clear line
+                raise self._translate(what, e) from None
+
+    def _translate(self, what: str, e: Exception) -> MailboxError:
+        if isinstance(e, ews_errors.UnauthorizedError | ews_errors.ErrorAccessDenied):
+            self.close()
+            how = "--oauth" if self.auth == "oauth" else "--password-stdin"
+            return AuthError(f"Exchange refused the sign-in for {self.address} (wrong password, or the token "
+                             f"expired or was revoked): run `sendguard accounts add exchange --address "
+                             f"{self.address} {how}` to sign in again. Your mail stays held.")
+        if isinstance(e, AuthError):
+            return e
+        if isinstance(e, ews_errors.ErrorQuotaExceeded):
+            return PermanentError(f"Your Exchange mailbox {self.address} is full, so the message cannot be "
+                                  "sent or saved; free some space and send it again. Nothing was sent.")
+        if isinstance(e, ews_errors.ErrorMessageSizeExceeded):
+            return PermanentError("The message is larger than the Exchange server accepts (an attachment is too "
+                                  "large); remove or shrink attachments and send again. Nothing was sent.")
+        if isinstance(e, ews_errors.ErrorSendAsDenied):
+            return PermanentError(f"Exchange does not let {self.address} send as this sender. Nothing was sent.")
+        if isinstance(e, ews_errors.ErrorInvalidRecipients | ews_errors.ErrorMailRecipientNotFound):
+            return PermanentError(f"Exchange refused a recipient: {e}. Nothing was sent.")
+        if isinstance(e, ews_errors.ErrorNonExistentMailbox):
+            return PermanentError(f"Exchange has no mailbox {self.address}; check the account settings.")
+        network = (ews_errors.TransportError, ews_errors.CASError, requests.exceptions.RequestException,
+                   ConnectionError, TimeoutError, OSError)
+        wait = self.backoff.next_delay()
+        if isinstance(e, network):
+            self.close()
+            return TransientError(f"Cannot reach the Exchange server at {self._where()} while {what}; trying "
+                                  f"again in {wait:.0f} s. Your mail stays held.", retry_after=wait)
+        log.warning("unexpected Exchange error while %s: %s", what, type(e).__name__)
+        return TransientError(f"Exchange answered with an error while {what} ({type(e).__name__}: {e}); trying "
+                              f"again in {wait:.0f} s. Your mail stays held.", retry_after=wait)
+
+    # ------------------------------------------------------------------ folders
+    def _hold_folder(self, account: Account):
+        if self._hold is not None:
+            return self._hold
+        root = account.msg_folder_root
+        query = SingleFolderQuerySet(account=account, folder=root).depth(SHALLOW)
+        found = [f for f in query.filter(name=self.hold_folder_name) if not isinstance(f, Exception)]
+        if found:
+            self._hold = found[0]
+        else:
+            folder = Folder(parent=root, name=self.hold_folder_name, folder_class="IPF.Note")
+            try:
+                folder.save()
+            except ews_errors.ErrorFolderExists:
+                folder = next(f for f in query.filter(name=self.hold_folder_name) if not isinstance(f, Exception))
+            log.info("created the %r folder in %s", self.hold_folder_name, self.address)
+            self._hold = folder
+        return self._hold
+
+    def ensure_hold_folder(self) -> str:
+        """Create the hold folder if needed (first run); returns its id. Also proves the sign-in works."""
+        return self._call("preparing the hold folder", lambda a: self._hold_folder(a).id)
+
+    # ------------------------------------------------------------------ intake
+    def _changed_since_last_look(self, account: Account) -> bool:
+        """Ask the pull subscription whether anything happened; any doubt means "look"."""
+        now = time.monotonic()
+        if self._subscription is None or now - self._last_scan >= self.full_scan_seconds:
+            self._subscribe(account)
+            return True
+        sub_id, watermark = self._subscription
+        try:
+            changed = False
+            for notification in self._hold_folder(account).get_events(subscription_id=sub_id, watermark=watermark):
+                for event in notification.events:
+                    watermark = event.watermark or watermark
+                    if type(event).__name__ != "StatusEvent":
+                        changed = True
+            self._subscription = (sub_id, watermark)
+            return changed
+        except (ews_errors.ErrorSubscriptionNotFound, ews_errors.ErrorExpiredSubscription,
+                ews_errors.ErrorInvalidSubscription, ews_errors.ErrorInvalidWatermark):
+            log.info("the pull subscription on %s lapsed; scanning and subscribing again", self.address)
+            self._subscribe(account)
+            return True
+
+    def _subscribe(self, account: Account) -> None:
+        folders = FolderCollection(account=account, folders=[self._hold_folder(account), account.drafts])
+        try:
+            self._subscription = folders.subscribe_to_pull(
+                event_types=("CreatedEvent", "ModifiedEvent", "MovedEvent", "CopiedEvent"), timeout=30)
+        except ews_errors.EWSError as e:  # polling fallback: the server may not allow subscriptions
+            if isinstance(e, ews_errors.UnauthorizedError | ews_errors.TransportError):
+                raise
+            log.info("no pull subscription on %s (%s); polling instead", self.address, type(e).__name__)
+            self._subscription = None
+
+    def fetch_held(self) -> list[HeldItem]:
+        return self._call("looking for held mail", self._fetch_held)
+
+    def _fetch_held(self, account: Account) -> list[HeldItem]:
+        if not self._changed_since_last_look(account):
+            return []
+        hold = self._hold_folder(account)
+        candidates = []
+        for folder, needs_category in ((hold, False), (account.drafts, True)):
+            for item in folder.all().only("categories"):
+                if isinstance(item, Exception):
+                    continue
+                cats = set(item.categories or [])
+                if TAKEN_CATEGORY in cats or (needs_category and DRAFT_CATEGORY not in cats):
+                    continue
+                candidates.append((item.id, item.changekey))
+        self._last_scan = time.monotonic()
+        if not candidates:
+            return []
+        held = []
+        for item in account.fetch(ids=candidates, only_fields=list(HELD_FIELDS)):
+            if isinstance(item, Exception) or not item.mime_content:
+                continue  # deleted between the two calls, or not a message
+            raw = _mime.ensure_message_id(bytes(item.mime_content), item.message_id)
+            recipients = _addresses(item.to_recipients) + _addresses(item.cc_recipients) + _addresses(
+                item.bcc_recipients)
+            held.append(HeldItem(ref=item.id, raw=raw, envelope_from=self.address,
+                                 recipients=tuple(dict.fromkeys(recipients)), source="exchange"))
+        return held
+
+    def ack_held(self, ref: str) -> None:
+        def ack(account: Account) -> None:
+            item = self._get(account, ref, ("categories",))
+            if item is None:
+                log.info("held item on %s vanished before it was marked as taken", self.address)
+                return
+            cats = list(item.categories or [])
+            if TAKEN_CATEGORY not in cats:
+                item.categories = cats + [TAKEN_CATEGORY]
+                item.save(update_fields=["categories"])
+
+        self._call("marking a held item as taken", ack)
+
+    @staticmethod
+    def _get(account: Account, ref: str, fields) -> Message | None:
+        result = list(account.fetch(ids=[(ref, None)], only_fields=list(fields)))
+        item = result[0] if result else None
+        if isinstance(item, ews_errors.ErrorItemNotFound):
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    # ------------------------------------------------------------------ reconciliation
+    def find_sent(self, message_id: str) -> bool | None:
+        """True when a sent copy with this Message-ID is in Sent Items (or still in the Outbox)."""
+        return self._call("looking the message up in Sent Items", lambda a: self._find_sent(a, message_id))
+
+    @staticmethod
+    def _find_sent(account: Account, message_id: str) -> bool:
+        for folder in (account.sent, account.outbox):
+            if folder.filter(message_id=message_id).only("id").exists():
+                return True
+        return False
+
+    # ------------------------------------------------------------------ release
+    def release(self, item: ReleaseItem) -> ReleaseReceipt:
+        msg = _mime.parse(item.raw)
+        plan = _mime.plan_recipients(item, msg)
+        if item.source_ref:
+            return self._call("sending the held message", lambda a: self._release_held(a, item, msg, plan))
+        return self._call("sending the message", lambda a: self._release_new(a, item, plan))
+
+    def _receipt(self, item: ReleaseItem, how: str, **extra) -> ReleaseReceipt:
+        return ReleaseReceipt("exchange", {"account": self.name, "message_id": item.message_id, "via": how, **extra})
+
+    def _release_new(self, account: Account, item: ReleaseItem, plan: _mime.RecipientPlan) -> ReleaseReceipt:
+        if self._find_sent(account, item.message_id):
+            return self._receipt(item, "already-sent")
+        message = Message(account=account, folder=account.sent, mime_content=item.raw,
+                          bcc_recipients=[_mailbox(b) for b in plan.bcc] or None)
+        message.send_and_save()
+        return self._receipt(item, "CreateItem")
+
+    def _release_held(self, account: Account, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
+        fields = ("message_id", "categories", "to_recipients", "cc_recipients", "bcc_recipients", "attachments",
+                  "is_draft")
+        draft = self._get(account, item.source_ref, fields)
+        if draft is None or not draft.is_draft:
+            if self._find_sent(account, item.message_id):
+                return self._receipt(item, "already-sent")
+            raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
+                                 "nothing was sent.")
+        # Attachments the user removed come off the item first (DeleteAttachment), then the item is read
+        # again so its change key is current.
+        wanted = _mime.attachment_names(msg)
+        removed = False
+        for att in list(draft.attachments or []):
+            name = att.name or ""
+            if wanted[name] > 0:
+                wanted[name] -= 1
+            else:
+                att.detach()
+                removed = True
+        if removed:
+            draft = self._get(account, item.source_ref, fields)
+            if draft is None:
+                raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
+                                     "nothing was sent.")
+        draft.to_recipients = [_mailbox(p) for p in plan.to] or None
+        draft.cc_recipients = [_mailbox(p) for p in plan.cc] or None
+        draft.bcc_recipients = [_mailbox(p) for p in plan.bcc] or None
+        draft.categories = [c for c in (draft.categories or []) if c not in (DRAFT_CATEGORY, TAKEN_CATEGORY)] or None
+        draft.send_and_save(update_fields=["to_recipients", "cc_recipients", "bcc_recipients", "categories"])
+        receipt = self._receipt(item, "UpdateItem/SendAndSaveCopy", item_id=item.source_ref)
+        if draft.message_id and draft.message_id != item.message_id:
+            receipt.detail["internet_message_id"] = draft.message_id
+        return receipt
+
+
+# ---------------------------------------------------------------------- `sendguard accounts add exchange`
+def _read_password() -> str:
+    data = sys.stdin.readline()
+    return data.rstrip("\r\n")
+
+
+@click.command("exchange")
+@click.option("--address", required=True, help="The mailbox address; mail from it is released through it.")
+@click.option("--server", help="EWS URL, e.g. https://mail.example.co.jp/EWS/Exchange.asmx")
+@click.option("--autodiscover", is_flag=True, help="Find the EWS URL by Exchange autodiscover.")
+@click.option("--username", help="Sign-in name (DOMAIN\\user or UPN); default: the address.")
+@click.option("--password-stdin", "password_stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--auth", "auth", type=click.Choice(["auto", "ntlm", "basic"]), default="auto", show_default=True,
+              help="Password sign-in method (auto asks the server).")
+@click.option("--oauth", is_flag=True, help="Sign in with OAuth 2.0 (Microsoft Entra hybrid modern auth).")
+@click.option("--tenant", default="organizations", show_default=True, help="Entra tenant for --oauth.")
+@click.option("--client-id", help="Application (client) id for --oauth.")
+@click.option("--authority", help="Sign-in authority URL for --oauth (national clouds, AD FS).")
+@click.option("--device-code/--interactive", "device_code", default=True, help="OAuth sign-in flow.")
+@click.option("--name", help="Account name in config.toml; default: the address.")
+@click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Sign in now and create the hold folder.")
+def add_command(address, server, autodiscover, username, password_stdin, auth, oauth, tenant, client_id,
+                authority, device_code, name, hold_folder, verify):
+    """Add an on-premises Exchange account (EWS)."""
+    from .. import paths
+
+    if "@" not in address or address.startswith("@") or address.endswith("@"):
+        raise click.ClickException(f"--address {address!r} is not an email address.")
+    if bool(server) == bool(autodiscover):
+        raise click.ClickException("Give exactly one of --server URL or --autodiscover.")
+    if server:
+        parsed = urlparse(server)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise click.ClickException(f"--server {server!r} is not an http(s) URL.")
+    if oauth and password_stdin:
+        raise click.ClickException("Use either --password-stdin or --oauth, not both.")
+    if not oauth and not password_stdin:
+        raise click.ClickException("Give --password-stdin (the password is read from standard input) or --oauth.")
+    if oauth and not client_id:
+        raise click.ClickException("--oauth needs --client-id (the application registered for SendGuard).")
+    name = name or address
+    settings: dict = {"server": server, "autodiscover": bool(autodiscover) or None, "username": username,
+                      "auth": "oauth" if oauth else auth, "hold_folder": hold_folder}
+    account = AccountConfig(name, "exchange", address, {k: v for k, v in settings.items() if v is not None})
+    token_source = None
+    password = None
+    if oauth:
+        from .graph import MsalTokenSource
+
+        account.settings.update({"tenant": tenant, "client_id": client_id})
+        if authority:
+            account.settings["authority"] = authority
+        token_source = MsalTokenSource.for_ews(account)
+        try:
+            token_source.sign_in(device_code=device_code, echo=lambda line: click.echo(line, err=True))
+        except MailboxError as e:
+            raise click.ClickException(str(e)) from None
+    else:
+        password = _read_password()
+        if not password:
+            raise click.ClickException("No password on standard input.")
+    if verify:
+        box = ExchangeMailbox(name, address, server=server, autodiscover=autodiscover, username=username,
+                              password=password, auth=account.settings["auth"], token_source=token_source,
+                              hold_folder=hold_folder)
+        try:
+            box.ensure_hold_folder()
+        except MailboxError as e:
+            raise click.ClickException(str(e)) from None
+        finally:
+            box.close()
+    if password is not None:
+        secrets.put(account.secret_key("password"), password)
+    config_mod.save_account(account, paths.config_file())
+    click.echo(f"Added Exchange account {name} ({address}); secrets are in {secrets.describe()}.")

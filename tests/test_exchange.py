@@ -1,0 +1,390 @@
+"""The EWS connector against a local EWS SOAP server, through the real exchangelib client."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import logging
+from email.message import EmailMessage
+
+import keyring
+import keyring.backend
+import pytest
+from click.testing import CliRunner
+
+from sendguard import config as config_mod
+from sendguard import secrets
+from sendguard.mailboxes import _retry, registry
+from sendguard.mailboxes.base import AuthError, PermanentError, ReleaseItem, TransientError
+from sendguard.mailboxes.exchange import (
+    DRAFT_CATEGORY,
+    HOLD_FOLDER,
+    TAKEN_CATEGORY,
+    ExchangeMailbox,
+    add_command,
+)
+from tests.fakes.ews_server import FakeEWS
+
+ADDRESS = "user@example.co.jp"
+
+
+class TmpKeyring(keyring.backend.KeyringBackend):
+    """A keyring kept in one JSON file under the test's tmp dir."""
+
+    priority = 1
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def _load(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get_password(self, service, username):
+        return self._load().get(f"{service}/{username}")
+
+    def set_password(self, service, username, password):
+        data = self._load()
+        data[f"{service}/{username}"] = password
+        self.path.write_text(json.dumps(data))
+
+    def delete_password(self, service, username):
+        data = self._load()
+        data.pop(f"{service}/{username}", None)
+        self.path.write_text(json.dumps(data))
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENDGUARD_HOME", str(tmp_path))
+    previous = keyring.get_keyring()
+    keyring.set_keyring(TmpKeyring(tmp_path / "keyring.json"))
+    monkeypatch.setattr(_retry, "sleep", lambda seconds: None)
+    yield tmp_path
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def fake():
+    with FakeEWS(address=ADDRESS) as server:
+        yield server
+
+
+@pytest.fixture
+def box(fake):
+    mailbox = ExchangeMailbox("work", ADDRESS, server=fake.url, username="user", password="secret")
+    yield mailbox
+    mailbox.close()
+
+
+def message(to="a@partner.example, b@partner.example", cc="boss@example.co.jp", bcc=None,
+            attachments=("quote.pdf", "internal.xlsx"), msgid="<m1@example.co.jp>") -> bytes:
+    m = EmailMessage()
+    m["From"] = ADDRESS
+    m["To"] = to
+    if cc:
+        m["Cc"] = cc
+    if bcc:
+        m["Bcc"] = bcc
+    m["Subject"] = "見積書"
+    if msgid:
+        m["Message-ID"] = msgid
+    m.set_content("お見積りをお送りします。")
+    for name in attachments:
+        m.add_attachment(b"%PDF-1.4 data " + name.encode(), maintype="application", subtype="octet-stream",
+                         filename=name)
+    return bytes(m)
+
+
+def final(held_raw: bytes, to: list[str], cc: list[str], keep: tuple[str, ...]) -> bytes:
+    """What the outbox hands back after confirmation: headers rewritten, removed attachments gone."""
+    m = email.message_from_bytes(held_raw, policy=email.policy.default)
+    for name, values in (("To", to), ("Cc", cc), ("Bcc", [])):
+        del m[name]
+        if values:
+            m[name] = ", ".join(values)
+    m.set_payload([p for p in m.get_payload() if p.get_filename() in (None, *keep)])
+    return m.as_bytes(policy=email.policy.SMTP)
+
+
+def take_one(box, fake, raw=None, **kw):
+    box.ensure_hold_folder()
+    fake.put_item(raw or message(), **kw)
+    held = box.fetch_held()
+    assert len(held) == 1
+    box.ack_held(held[0].ref)
+    return held[0]
+
+
+def test_first_run_creates_the_hold_folder_and_finds_nothing(box, fake):
+    assert fake.folder_by_name(HOLD_FOLDER) is None
+    assert box.fetch_held() == []
+    hold = fake.folder_by_name(HOLD_FOLDER)
+    assert hold is not None and hold.parent == fake.folder_by_key("msgfolderroot").id
+    assert fake.requests.count("CreateFolder") == 1
+    box.close()
+    again = ExchangeMailbox("work", ADDRESS, server=fake.url, username="user", password="secret")
+    again.fetch_held()
+    assert fake.requests.count("CreateFolder") == 1  # found, not created twice
+
+
+def test_held_items_are_taken_once(box, fake):
+    box.ensure_hold_folder()
+    in_hold = fake.put_item(message(msgid="<hold@example.co.jp>"))
+    marked = fake.put_item(message(msgid="<draft@example.co.jp>"), folder="drafts", categories=[DRAFT_CATEGORY])
+    fake.put_item(message(msgid="<plain@example.co.jp>"), folder="drafts")  # an ordinary draft: not ours
+    held = {h.ref: h for h in box.fetch_held()}
+    assert set(held) == {in_hold, marked}
+    h = held[in_hold]
+    assert h.source == "exchange" and h.envelope_from == ADDRESS
+    assert set(h.recipients) == {"a@partner.example", "b@partner.example", "boss@example.co.jp"}
+    parsed = email.message_from_bytes(h.raw, policy=email.policy.default)
+    assert parsed["Message-ID"] == "<hold@example.co.jp>" and str(parsed["Subject"]) == "見積書"
+    for ref in held:
+        box.ack_held(ref)
+    assert TAKEN_CATEGORY in fake.items[in_hold].categories
+    assert box.fetch_held() == []
+    # nothing changed: the pull subscription says so and no folder scan is made
+    finds = fake.requests.count("FindItem")
+    assert box.fetch_held() == []
+    assert fake.requests.count("FindItem") == finds
+
+
+def test_subscription_lapse_falls_back_to_a_scan(box, fake):
+    box.ensure_hold_folder()
+    assert box.fetch_held() == []
+    fake.subscriptions.clear()  # the server forgot the subscription (expired, restarted)
+    ref = fake.put_item(message())
+    assert [h.ref for h in box.fetch_held()] == [ref]
+    assert fake.requests.count("Subscribe") == 2
+
+
+def test_release_held_item_applies_removals_and_sends_once(box, fake):
+    held = take_one(box, fake)
+    raw = final(held.raw, to=["a@partner.example"], cc=["boss@example.co.jp"], keep=("quote.pdf",))
+    item = ReleaseItem("o1", "<m1@example.co.jp>", raw, ADDRESS, ("a@partner.example", "boss@example.co.jp"),
+                       source="exchange", source_ref=held.ref)
+    receipt = box.release(item)
+    assert receipt.transport == "exchange"
+    assert len(fake.sends) == 1
+    sent = fake.sends[0]
+    assert sent.to == ["a@partner.example"] and sent.cc == ["boss@example.co.jp"] and sent.bcc == []
+    assert "b@partner.example" not in sent.to + sent.cc + sent.bcc
+    assert sent.attachments == ["quote.pdf"]
+    assert sent.message_id == "<m1@example.co.jp>"
+    copy = fake.items[held.ref]
+    assert copy.folder == fake.folder_by_key("sentitems").id and not copy.is_draft
+    assert TAKEN_CATEGORY not in copy.categories
+    assert fake.items_in(fake.folder_by_name(HOLD_FOLDER).id) == []
+    assert box.find_sent("<m1@example.co.jp>") is True
+    # a second release (the outbox retrying after a lost answer) finds the copy and sends nothing
+    assert box.release(item).detail["via"] == "already-sent"
+    assert len(fake.sends) == 1
+
+
+def test_release_held_item_with_bcc_conversion(box, fake):
+    held = take_one(box, fake)
+    raw = final(held.raw, to=[], cc=["boss@example.co.jp"], keep=("quote.pdf", "internal.xlsx"))
+    item = ReleaseItem("o1", "<m1@example.co.jp>", raw, ADDRESS,
+                       ("a@partner.example", "b@partner.example", "boss@example.co.jp"),
+                       bcc=("a@partner.example", "b@partner.example"), source="exchange", source_ref=held.ref)
+    box.release(item)
+    (sent,) = fake.sends
+    assert sent.to == [] and sent.cc == ["boss@example.co.jp"]
+    assert sorted(sent.bcc) == ["a@partner.example", "b@partner.example"]
+
+
+def test_release_smtp_mail_is_created_sent_and_saved(box, fake):
+    raw = message(to="a@partner.example", cc=None, attachments=("quote.pdf",), msgid="<smtp1@example.co.jp>")
+    item = ReleaseItem("o2", "<smtp1@example.co.jp>", raw, ADDRESS, ("a@partner.example", "hidden@partner.example"),
+                       bcc=("hidden@partner.example",))
+    assert box.find_sent("<smtp1@example.co.jp>") is False
+    receipt = box.release(item)
+    assert receipt.detail["via"] == "CreateItem"
+    (sent,) = fake.sends
+    assert sent.operation == "CreateItem"
+    assert sent.to == ["a@partner.example"] and sent.bcc == ["hidden@partner.example"]
+    assert sent.message_id == "<smtp1@example.co.jp>" and sent.attachments == ["quote.pdf"]
+    assert box.find_sent("<smtp1@example.co.jp>") is True
+    assert fake.items_in(fake.folder_by_key("sentitems").id)
+
+
+def test_a_removed_address_left_in_the_headers_stops_the_release(box, fake):
+    raw = message(to="a@partner.example, b@partner.example", cc=None)
+    item = ReleaseItem("o3", "<m1@example.co.jp>", raw, ADDRESS, ("a@partner.example",))
+    with pytest.raises(PermanentError, match="b@partner.example"):
+        box.release(item)
+    assert fake.sends == []
+
+
+def test_crash_between_releasing_and_sent_reconciles_without_a_second_send(box, fake):
+    held = take_one(box, fake)
+    raw = final(held.raw, to=["a@partner.example"], cc=[], keep=("quote.pdf",))
+    item = ReleaseItem("o1", "<m1@example.co.jp>", raw, ADDRESS, ("a@partner.example",), source="exchange",
+                       source_ref=held.ref)
+    fake.fail_next("UpdateItem", "drop_after")  # the server sends, the answer never arrives
+    with pytest.raises(TransientError, match="Cannot reach the Exchange server"):
+        box.release(item)
+    assert len(fake.sends) == 1
+    # "restart": a new connector, as the helper would build after the crash
+    restarted = ExchangeMailbox("work", ADDRESS, server=fake.url, username="user", password="secret")
+    assert restarted.find_sent(item.message_id) is True
+    assert restarted.release(item).detail["via"] == "already-sent"
+    assert len(fake.sends) == 1
+    restarted.close()
+
+
+def test_short_throttling_is_waited_out(box, fake, monkeypatch):
+    waits = []
+    monkeypatch.setattr(_retry, "sleep", waits.append)
+    held = take_one(box, fake)
+    raw = final(held.raw, to=["a@partner.example"], cc=[], keep=())
+    item = ReleaseItem("o1", "<m1@example.co.jp>", raw, ADDRESS, ("a@partner.example",), source_ref=held.ref)
+    fake.fail_next("UpdateItem", "busy", back_off_ms=800)
+    box.release(item)
+    assert waits == [0.8]
+    assert len(fake.sends) == 1
+
+
+def test_long_throttling_goes_back_to_the_outbox(box, fake):
+    raw = message(to="a@partner.example", cc=None, msgid="<t@example.co.jp>")
+    item = ReleaseItem("o1", "<t@example.co.jp>", raw, ADDRESS, ("a@partner.example",))
+    fake.fail_next("CreateItem", "busy", back_off_ms=120_000)
+    with pytest.raises(TransientError) as info:
+        box.release(item)
+    assert info.value.retry_after == 120 and "busy" in str(info.value)
+    assert fake.sends == []
+    box.release(item)
+    assert len(fake.sends) == 1
+
+
+def test_http_503_is_transient_and_nothing_is_lost(box, fake):
+    raw = message(to="a@partner.example", cc=None, msgid="<t@example.co.jp>")
+    item = ReleaseItem("o1", "<t@example.co.jp>", raw, ADDRESS, ("a@partner.example",))
+    box.ensure_hold_folder()
+    fake.fail_next("*", "http503", times=5, retry_after=30)
+    with pytest.raises(TransientError) as info:
+        box.release(item)
+    assert info.value.retry_after is not None and info.value.retry_after > 0
+    fake.failures.clear()
+    box.release(item)
+    assert len(fake.sends) == 1
+
+
+def test_network_loss_is_transient_with_backoff(box, fake):
+    held = take_one(box, fake)
+    raw = final(held.raw, to=["a@partner.example"], cc=[], keep=())
+    item = ReleaseItem("o1", "<m1@example.co.jp>", raw, ADDRESS, ("a@partner.example",), source_ref=held.ref)
+    fake.fail_next("*", "drop", times=2)
+    with pytest.raises(TransientError, match="Cannot reach") as first:
+        box.release(item)
+    with pytest.raises(TransientError) as second:
+        box.release(item)
+    assert second.value.retry_after > first.value.retry_after  # backing off
+    assert fake.sends == [] and held.ref in fake.items  # still held
+    box.release(item)
+    assert len(fake.sends) == 1
+
+
+def test_unreachable_server(tmp_path):
+    dead = FakeEWS(address=ADDRESS)
+    url = dead.url
+    dead.httpd.server_close()  # nothing listens there any more
+    mailbox = ExchangeMailbox("work", ADDRESS, server=url, username="user", password="secret", timeout=5)
+    with pytest.raises(TransientError, match="Cannot reach the Exchange server at http://127.0.0.1"):
+        mailbox.fetch_held()
+
+
+def test_wrong_password_asks_to_sign_in_again_and_sends_nothing(fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    mailbox = ExchangeMailbox("work", ADDRESS, server=fake.url, username="user", password="not-the-password")
+    item = ReleaseItem("o1", "<t@example.co.jp>", message(to="a@partner.example", cc=None), ADDRESS,
+                       ("a@partner.example",))
+    with pytest.raises(AuthError, match="sign in again") as info:
+        mailbox.release(item)
+    assert "\n" not in str(info.value) and "stays held" in str(info.value)
+    assert fake.sends == []
+    assert "not-the-password" not in caplog.text
+
+
+def test_password_revoked_while_running(box, fake):
+    box.ensure_hold_folder()
+    fake.password = "changed-by-admin"
+    with pytest.raises(AuthError):
+        box.fetch_held()
+
+
+def test_mailbox_full(box, fake):
+    item = ReleaseItem("o1", "<t@example.co.jp>", message(to="a@partner.example", cc=None), ADDRESS,
+                       ("a@partner.example",))
+    box.ensure_hold_folder()
+    fake.fail_next("CreateItem", "ErrorQuotaExceeded")
+    with pytest.raises(PermanentError, match="mailbox .* is full"):
+        box.release(item)
+    assert fake.sends == []
+
+
+def test_attachment_too_large(box, fake):
+    held = take_one(box, fake)
+    raw = final(held.raw, to=["a@partner.example"], cc=[], keep=("quote.pdf", "internal.xlsx"))
+    item = ReleaseItem("o1", "<m1@example.co.jp>", raw, ADDRESS, ("a@partner.example",), source_ref=held.ref)
+    fake.fail_next("UpdateItem", "ErrorMessageSizeExceeded")
+    with pytest.raises(PermanentError, match="too large"):
+        box.release(item)
+    assert fake.sends == []
+
+
+def test_item_deleted_by_the_user_meanwhile(box, fake):
+    held = take_one(box, fake)
+    fake.delete_item(held.ref)
+    raw = final(held.raw, to=["a@partner.example"], cc=[], keep=())
+    item = ReleaseItem("o1", "<m1@example.co.jp>", raw, ADDRESS, ("a@partner.example",), source_ref=held.ref)
+    with pytest.raises(PermanentError, match="deleted from the mailbox"):
+        box.release(item)
+    assert fake.sends == []
+
+
+def test_add_command_stores_password_in_keyring_not_config(fake, home):
+    runner = CliRunner()
+    result = runner.invoke(add_command, ["--address", ADDRESS, "--server", fake.url, "--username", "user",
+                                         "--password-stdin"], input="secret\n")
+    assert result.exit_code == 0, result.output
+    text = (home / "config.toml").read_text()
+    assert "secret" not in text
+    cfg = config_mod.load(home / "config.toml")
+    (account,) = cfg.accounts
+    assert account.kind == "exchange" and account.address == ADDRESS and account.settings["server"] == fake.url
+    assert secrets.get(account.secret_key("password")) == "secret"
+    assert fake.folder_by_name(HOLD_FOLDER) is not None  # created on first run
+    mailbox = registry.build(account, home)
+    assert isinstance(mailbox, ExchangeMailbox)
+    fake.put_item(message())
+    assert len(mailbox.fetch_held()) == 1
+    mailbox.close()
+
+
+@pytest.mark.parametrize("args, stdin, needle", [
+    (["--address", "nobody", "--server", "http://x/EWS/Exchange.asmx", "--password-stdin"], "pw\n",
+     "not an email address"),
+    (["--address", ADDRESS, "--password-stdin"], "pw\n", "exactly one of --server"),
+    (["--address", ADDRESS, "--server", "ftp://x", "--password-stdin"], "pw\n", "not an http(s) URL"),
+    (["--address", ADDRESS, "--server", "http://x/EWS/Exchange.asmx"], "", "--password-stdin"),
+    (["--address", ADDRESS, "--server", "http://x/EWS/Exchange.asmx", "--password-stdin"], "\n", "No password"),
+])
+def test_add_command_rejects_bad_input(home, args, stdin, needle):
+    result = CliRunner().invoke(add_command, args, input=stdin)
+    assert result.exit_code != 0
+    assert needle in result.output
+    assert "Traceback" not in result.output
+    assert not (home / "config.toml").exists()
+
+
+def test_add_command_wrong_password_saves_nothing(fake, home):
+    result = CliRunner().invoke(add_command, ["--address", ADDRESS, "--server", fake.url, "--username", "user",
+                                              "--password-stdin"], input="wrong\n")
+    assert result.exit_code == 1
+    assert "Error: Exchange refused the sign-in" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (home / "config.toml").exists()
+    assert secrets.get(f"account:{ADDRESS}:password") is None
