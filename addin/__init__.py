@@ -1,0 +1,55 @@
+"""SendGuard's web side: the REST API, the confirmation/approval pages and the Outlook/Gmail add-ins.
+
+``create_app(service)`` builds the Flask app around a service object (the desktop helper's
+``sendguard.service.Helper`` or the central server) that offers ``outbox``, ``store``, ``config``,
+``policy`` and ``gettext``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from flask import Flask
+
+# Optional feature blueprints: registered when their module is present.
+BLUEPRINTS = ("addin.api", "addin.pages", "addin.approval_pages", "addin.outlook", "addin.gmail_addon")
+
+
+def create_app(service: Any = None, test_config: dict[str, Any] | None = None) -> Flask:
+    from . import security
+
+    app = Flask(__name__, static_folder=None)
+    app.config.from_mapping(
+        SENDGUARD_SERVICE=service,
+        MAX_CONTENT_LENGTH=64 * 1024 * 1024,
+        ALLOWED_HOSTS=["127.0.0.1", "localhost", "[::1]", "::1"],
+        EXTRA_ORIGINS=[],
+        API_TOKEN=None,  # filled from the keyring on first use unless given
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_NAME="sendguard_session",
+        CONFIRM_LINK_MAX_AGE=24 * 3600,
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    if not app.config.get("SECRET_KEY"):
+        from sendguard.links import signing_key
+
+        app.config["SECRET_KEY"] = signing_key()
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    security.init_app(app)
+    for name in BLUEPRINTS:
+        try:
+            module = import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        init = getattr(module, "init_app", None)
+        if init is not None:
+            init(app)
+        else:
+            app.register_blueprint(module.bp)
+    return app

@@ -1,0 +1,276 @@
+"""REST API v1 (DESIGN §6): checks, the outbox, approvals, health and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from sendguard import audit, checks, compose
+from sendguard import message as msgmod
+from sendguard.approvals import Approvals
+from sendguard.errors import MessageError
+from sendguard.outbox import HELD_STATES, STATES, Item
+
+from .openapi import SPEC
+from .security import ApiError, addin_signer, principal, require
+
+bp = Blueprint("api", __name__)
+WAIT_WHILE = ("received", "awaiting_confirmation", "confirmed", "releasing")
+MAX_WAIT = 60.0
+
+
+def service() -> Any:
+    svc = current_app.config.get("SENDGUARD_SERVICE")
+    if svc is None:
+        raise ApiError(503, "no_service", "the SendGuard service is not running")
+    return svc
+
+
+def _(text: str) -> str:
+    return service().gettext(text)  # type: ignore[no-any-return]
+
+
+def user_message(item: Item) -> str:
+    """One sentence for the person who pressed Send, in their language."""
+    state = item.state
+    if state == "awaiting_approval":
+        return _("Held for approval by {approvers}. SendGuard sends it once it is approved.").format(
+            approvers=", ".join(item.approvers) or "?")
+    if state == "rejected":
+        a = item.approval or {}
+        return _("Rejected by {who}: {reason}").format(who=a.get("by", "?"), reason=a.get("reason", ""))
+    if state == "expired":
+        return _("Nobody approved this message in time; it was not sent.")
+    if state == "cancelled":
+        if item.verdict.get("action") == "block":
+            blocked = [r["message"] for r in item.verdict.get("reasons", []) if r.get("action") == "block"]
+            return _("Blocked by policy: {reasons}").format(reasons="; ".join(blocked))
+        return _("Cancelled in SendGuard: the message was not sent.")
+    if state in ("sent", "releasing"):
+        return _("Confirmed in SendGuard.")
+    if state in ("failed", "needs_attention"):
+        return _("SendGuard could not send it yet: {error}").format(error=item.last_error or "")
+    return _("Waiting for you to confirm the recipients and attachments in the SendGuard window.")
+
+
+def item_json(item: Item, full: bool = False) -> dict[str, Any]:
+    data = item.summary()
+    data["user_message"] = user_message(item)
+    data["approvers"] = item.approvers
+    decision = item.decision
+    if decision is not None:
+        refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
+        decision = dict(decision)
+        decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
+        if item.source == "outlook":
+            decision["removed_attachments"] = decision["removed_attachment_refs"]
+    data["decision"] = decision
+    if full:
+        data["check"] = item.check
+        data["reasons"] = item.verdict.get("reasons", [])
+        data["approval"] = item.approval
+        data["expires_at"] = item.expires_at
+        data["audit"] = [{k: r[k] for k in ("seq", "ts", "event", "actor", "data")}
+                         for r in audit.records(service().store, item.id)]
+        body = (item.check or {}).get("body_excerpt")
+        if body:
+            data["body_excerpt"] = body
+    return data
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    svc = current_app.config.get("SENDGUARD_SERVICE")
+    counts = svc.outbox.counts() if svc is not None else {}
+    return jsonify({"status": "ok" if svc is not None else "starting",
+                    "held": sum(n for s, n in counts.items() if s in HELD_STATES)})
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi() -> Any:
+    return jsonify(SPEC)
+
+
+@bp.post("/api/v1/addin/session")
+def addin_session() -> Any:
+    """An origin-bound token for the Outlook add-in (the Origin check already ran in the guard)."""
+    origin = request.headers.get("Origin", "")
+    token = addin_signer().sign("addin", origin=origin)
+    return jsonify({"token": token, "expires_in": 12 * 3600})
+
+
+def _json_body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "expected a JSON object body with Content-Type: application/json")
+    return data
+
+
+@bp.post("/api/v1/checks")
+@require("api", "addin")
+def create_check() -> Any:
+    """Check a message: raw MIME (``message/rfc822``) or the add-in's JSON (held as an outbox item)."""
+    svc = service()
+    ctype = (request.mimetype or "").lower()
+    if ctype in ("message/rfc822", "application/octet-stream", "text/plain"):
+        raw = request.get_data(cache=False)
+        if not raw.strip():
+            raise ApiError(400, "empty", "the request body is empty: send the message as message/rfc822")
+        parsed = msgmod.parse(raw)
+        known = svc.outbox.known_domains(r.domain for r in parsed.recipients)
+        result = checks.evaluate(parsed, svc.policy.get(), known, svc.gettext)
+        return jsonify(result.to_json())
+    data = _json_body()
+    raw, envelope_from, recipients = compose.from_fields(data)
+    source = str(data.get("source") or "outlook")
+    if source not in ("outlook", "gmail", "api"):
+        raise MessageError(f"source: {source!r} is not one of outlook, gmail, api")
+    if data.get("dry_run"):
+        result = svc.outbox.evaluate(raw, envelope_from, recipients)
+        return jsonify(result.to_json())
+    item = svc.outbox.submit(raw, envelope_from, recipients, source=source,
+                             source_ref=str(data.get("item_id") or "") or None)
+    if hasattr(svc, "item_created"):
+        svc.item_created(item)
+    body = dict(item.check or {})
+    body.update(id=item.id, state=item.state, check=item.check, user_message=user_message(item),
+                confirm_url=svc.confirm_url(item.id) if hasattr(svc, "confirm_url") else None)
+    return jsonify(body), 201
+
+
+@bp.get("/api/v1/outbox")
+@require("api", "addin", "page")
+def list_outbox() -> Any:
+    svc = service()
+    states = request.args.getlist("state")
+    bad = [s for s in states if s not in STATES]
+    if bad:
+        raise ApiError(400, "bad_state", f"unknown state {bad[0]!r}; one of {', '.join(STATES)}")
+    wanted = states or (None if request.args.get("all") in ("1", "true") else HELD_STATES)
+    items = svc.outbox.list(wanted)
+    who = principal()
+    if who is not None and who.kind == "page":
+        items = [i for i in items if who.may_see(i.id)]
+    return jsonify([item_json(i) for i in items])
+
+
+@bp.get("/api/v1/outbox/<item_id>")
+@require("api", "addin", "page")
+def get_item(item_id: str) -> Any:
+    svc = service()
+    wait = request.args.get("wait")
+    if wait:
+        try:
+            seconds = min(float(wait), MAX_WAIT)
+        except ValueError:
+            raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
+        item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
+    else:
+        item = svc.outbox.get(item_id)
+    return jsonify(item_json(item, full=True))
+
+
+@bp.post("/api/v1/outbox/<item_id>/confirm")
+@require("api", "page")
+def confirm_item(item_id: str) -> Any:
+    svc = service()
+    data = request.get_json(silent=True) or {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "expected a JSON object")
+    removed = _string_list(data, "removed_recipients")
+    removed_att = _string_list(data, "removed_attachments")
+    item = svc.outbox.get(item_id)
+    who = principal()
+    checked = data.get("checked")
+    if who is not None and who.kind == "page":
+        _require_all_checked(item, checked, removed, removed_att)
+    item = svc.outbox.confirm(item_id, removed, removed_att, bool(data.get("bcc")),
+                              actor=str(data.get("actor") or ("window" if who and who.kind == "api" else "web")),
+                              checked=checked if isinstance(checked, dict) else None)
+    if hasattr(svc, "wake"):
+        svc.wake()
+    return jsonify(item_json(item, full=True))
+
+
+def _string_list(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, "bad_field", f"{key} must be a list of strings")
+    return value
+
+
+def _require_all_checked(item: Item, checked: Any, removed: list[str], removed_att: list[str]) -> None:
+    """A page must show every remaining recipient and attachment as checked before Send."""
+    check = item.check or {}
+    if not isinstance(checked, dict):
+        raise ApiError(400, "not_checked", "confirm needs 'checked': {recipients: [...], attachments: [...]}")
+    need_r = {r["address"] for r in check.get("recipients", [])} - {a.lower() for a in removed}
+    need_a = {a["id"] for a in check.get("attachments", [])} - set(removed_att)
+    got_r = {str(a).lower() for a in checked.get("recipients", [])}
+    got_a = {str(a) for a in checked.get("attachments", [])}
+    missing = sorted(need_r - got_r) + sorted(need_a - got_a)
+    if missing:
+        raise ApiError(409, "not_checked", f"check every recipient and attachment first; unchecked: "
+                                           f"{', '.join(missing[:5])}")
+
+
+@bp.post("/api/v1/outbox/<item_id>/cancel")
+@require("api", "addin", "page")
+def cancel_item(item_id: str) -> Any:
+    svc = service()
+    data = request.get_json(silent=True) or {}
+    item = svc.outbox.cancel(item_id, actor="web", reason=str(data.get("reason") or "") if isinstance(data, dict)
+                             else "")
+    return jsonify(item_json(item, full=True))
+
+
+# ---------------------------------------------------------------------- approvals
+def approvals() -> Approvals:
+    svc = service()
+    found = getattr(svc, "approvals", None)
+    return found if found is not None else Approvals(svc.outbox, svc.policy.get)
+
+
+@bp.get("/api/v1/approvals")
+@require("api", "approver")
+def list_approvals() -> Any:
+    who = principal()
+    approver = request.args.get("approver") or (who.who if who and who.kind == "approver" else None)
+    items = approvals().pending_for(approver)
+    out = []
+    for item in items:
+        data = item_json(item)
+        data["reasons"] = [r for r in item.verdict.get("reasons", []) if r.get("action") in ("approve", "block")] \
+            or item.verdict.get("reasons", [])
+        data["expires_at"] = item.expires_at
+        out.append(data)
+    return jsonify(out)
+
+
+def _decide(item_id: str, decision: str) -> Any:
+    data = _json_body()
+    who = principal()
+    actor = who.who if who and who.kind == "approver" else data.get("as")
+    if not isinstance(actor, str) or "@" not in actor:
+        raise ApiError(400, "no_actor", "say who decides: {\"as\": \"boss@example.co.jp\"}")
+    if decision == "approve":
+        item = approvals().approve(item_id, actor, str(data.get("comment") or ""), via="api")
+    else:
+        item = approvals().reject(item_id, actor, str(data.get("reason") or ""), via="api")
+    svc = service()
+    if hasattr(svc, "wake"):
+        svc.wake()
+    return jsonify(item_json(item, full=True))
+
+
+@bp.post("/api/v1/approvals/<item_id>/approve")
+@require("api", "approver")
+def approve(item_id: str) -> Any:
+    return _decide(item_id, "approve")
+
+
+@bp.post("/api/v1/approvals/<item_id>/reject")
+@require("api", "approver")
+def reject(item_id: str) -> Any:
+    return _decide(item_id, "reject")

@@ -1,0 +1,206 @@
+"""Who may call the API, from where: Host (DNS rebinding), Origin allow-list, bearer tokens, sizes.
+
+Three kinds of credential:
+- the API token (``sendguard token``): full access, for scripts and the desktop windows;
+- an add-in token from ``POST /api/v1/addin/session``: signed, short-lived, bound to the Origin
+  that asked for it;
+- a page session: a one-time confirmation link (``/confirm/{id}?t=...``) turns into a signed
+  cookie that opens that one message only.
+All errors are JSON ``{"error": {"code", "message"}}`` with a proper status.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import Flask, current_app, g, jsonify, request, session
+from werkzeug.exceptions import HTTPException
+
+from sendguard.errors import ConfigError, MessageError, NotFound, PermissionDenied, SendGuardError, StateError
+from sendguard.links import LinkSigner, api_token, token_matches
+
+F = TypeVar("F", bound=Callable[..., Any])
+ADDIN_TOKEN_MAX_AGE = 12 * 3600
+OPEN_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/addin/session")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> Any:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+_STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"), (StateError, 409, "conflict"),
+               (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"))
+
+
+@dataclass
+class Principal:
+    kind: str  # api | addin | page | approver
+    items: list[str] = field(default_factory=list)
+    who: str = ""
+
+    def may_see(self, item_id: str) -> bool:
+        return self.kind != "page" or item_id in self.items
+
+
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[: value.find("]") + 1]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _origin_allowed(origin: str) -> bool:
+    if origin in current_app.config["EXTRA_ORIGINS"]:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    host = parts.hostname.lower()
+    if host not in [h.strip("[]") for h in current_app.config["ALLOWED_HOSTS"]]:
+        return False
+    # same server: the origin's port must be the one this request came in on
+    req_port = request.host.rsplit(":", 1)[1] if request.host.count(":") == 1 else None
+    origin_port = str(parts.port) if parts.port else ("443" if parts.scheme == "https" else "80")
+    return req_port is None or origin_port == req_port
+
+
+def addin_signer() -> LinkSigner:
+    return LinkSigner(current_app.config["SECRET_KEY"], "addin")
+
+
+def expected_api_token() -> str:
+    token = current_app.config.get("API_TOKEN")
+    if not token:
+        token = api_token()
+        current_app.config["API_TOKEN"] = token
+    return str(token)
+
+
+def principal() -> Principal | None:
+    """The caller, from the Authorization header or the page session; None if anonymous."""
+    if "principal" in g:
+        return g.principal  # type: ignore[no-any-return]
+    found: Principal | None = None
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        given = header[7:].strip()
+        if given and token_matches(given, expected_api_token()):
+            found = Principal("api")
+        elif given:
+            try:
+                claims = addin_signer().load(given, "addin", ADDIN_TOKEN_MAX_AGE)
+            except PermissionDenied:
+                raise ApiError(401, "invalid_token", "the bearer token is not valid or has expired: "
+                                                     "get the token with `sendguard token`") from None
+            origin = request.headers.get("Origin")
+            if origin and claims.get("origin") and origin != claims["origin"]:
+                raise ApiError(403, "token_origin", "this add-in token was issued to another origin")
+            found = Principal("addin", who=str(claims.get("origin") or ""))
+    elif session.get("approver"):
+        found = Principal("approver", who=str(session["approver"]))
+    elif session.get("items"):
+        found = Principal("page", items=list(session["items"]))
+    g.principal = found
+    return found
+
+
+def require(*kinds: str) -> Callable[[F], F]:
+    """Endpoint decorator: the caller must hold one of ``kinds`` of credential."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            who = principal()
+            if who is None:
+                raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>' "
+                                                    "(the token is printed by `sendguard token`)")
+            if who.kind not in kinds:
+                raise ApiError(403, "forbidden", f"a {who.kind} credential cannot do this")
+            item_id = kwargs.get("item_id")
+            if item_id and not who.may_see(item_id):
+                raise ApiError(403, "forbidden", "this page may act on its own message only")
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def grant_item(item_id: str) -> None:
+    """Let this browser session act on one message (after a valid one-time link)."""
+    items = list(session.get("items", []))
+    if item_id not in items:
+        items.append(item_id)
+    session["items"] = items[-50:]
+    session.permanent = False
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/healthz" or \
+        request.accept_mimetypes.best == "application/json"
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _guard() -> Any:
+        host = _host_name(request.host)
+        allowed = [h.lower() for h in app.config["ALLOWED_HOSTS"]]
+        if host not in allowed:
+            return error_response(421, "host_not_allowed",
+                                  f"Host {host!r} is not served here; use one of {', '.join(allowed)}")
+        origin = request.headers.get("Origin")
+        if origin is not None and not _origin_allowed(origin):
+            return error_response(403, "origin_not_allowed", f"requests from {origin!r} are not allowed")
+        return None
+
+    @app.after_request
+    def _headers(response: Any) -> Any:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(SendGuardError)
+    def _core_error(exc: SendGuardError) -> Any:
+        for cls, status, code in _STATUS_FOR:
+            if isinstance(exc, cls):
+                return error_response(status, code, str(exc))
+        return error_response(400, "error", str(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        if not wants_json():
+            return exc
+        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(
+            exc.code or 500, "http_error")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
+            message = f"the request body is larger than {limit} MB"
+        return error_response(exc.code or 500, code, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        if isinstance(exc, HTTPException):
+            return _http_error(exc)
+        app.logger.exception("unexpected error")
+        return error_response(500, "internal", f"SendGuard hit an internal error ({type(exc).__name__}); "
+                                               "the message stays held. See the helper's log.")

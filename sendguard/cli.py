@@ -1,0 +1,516 @@
+"""``sendguard`` command line (click). Every listing has ``--json``.
+
+User errors are one line on stderr (``click.ClickException``), never a traceback. Commands that
+need the web or desktop parts (``serve``, ``demo``, ``server``, ``addin``) are contributed by those
+packages through the ``sendguard.commands`` entry point group, so the core imports no UI code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, audit, checks, paths, secrets
+from . import config as configmod
+from . import message as msgmod
+from . import policy as policymod
+from .errors import SendGuardError
+from .i18n import translator
+from .mailboxes.registry import CONNECTORS
+from .outbox import Item, Outbox
+from .runtime import confirm_url
+from .store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn SendGuard's own errors into one clean line and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SendGuardError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+class Context:
+    """Lazily opened pieces shared by the subcommands."""
+
+    def __init__(self) -> None:
+        self._store: Store | None = None
+        self._outbox: Outbox | None = None
+
+    @property
+    def config(self) -> configmod.Config:
+        return configmod.load()
+
+    def gettext(self) -> Callable[[str], str]:
+        try:
+            lang = self.config.language
+        except SendGuardError:
+            lang = None
+        return translator(lang)
+
+    def policy(self, path: Path | None = None) -> policymod.Policy:
+        return policymod.load(path or paths.policy_file(), paths.admin_policy_file())
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(paths.database_file())
+        return self._store
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            from .service import Helper
+
+            helper = Helper(database_url=None)
+            self._store = helper.store
+            self._outbox = helper.outbox
+        return self._outbox
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+class PluginGroup(click.Group):
+    """Adds the commands other SendGuard packages register under ``sendguard.commands``."""
+
+    # core command groups that live beside their connector, loaded only when used
+    LAZY = {"gmail": "sendguard.mailboxes.gmail:gmail_group"}
+
+    def _plugins(self) -> dict[str, Any]:
+        found: dict[str, Any] = {ep.name: ep for ep in entry_points(group="sendguard.commands")}
+        for name, target in self.LAZY.items():
+            found.setdefault(name, _LazyTarget(target))
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        ep = self._plugins().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()  # type: ignore[no-any-return]
+        except ImportError as exc:
+            reason = str(exc)
+
+            @click.command(name, help=f"(not available: {reason})",
+                           context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+            def unavailable() -> None:
+                raise click.ClickException(f"`sendguard {name}` is not available: {reason}. "
+                                           "Install SendGuard with its extras (make run) first.")
+
+            return unavailable
+
+
+class _LazyTarget:
+    def __init__(self, target: str):
+        self.target = target
+
+    def load(self) -> Any:
+        module, _, attr = self.target.partition(":")
+        command = getattr(import_module(module), attr, None)
+        if command is None:
+            raise ImportError(f"{self.target} is not built yet")
+        return command
+
+
+@click.group(cls=PluginGroup)
+@click.version_option(__version__, prog_name="sendguard")
+def main() -> None:
+    """SendGuard: hold outgoing mail, check it, confirm and approve it before it leaves."""
+
+
+# ---------------------------------------------------------------------- check
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def render_check(result: dict[str, Any], _: Callable[[str], str]) -> str:
+    """The human-readable check report, grouped External (by domain) / Internal."""
+    lines = [f"{_('From')}: {result['from']}", f"{_('Subject')}: {result['subject']}", ""]
+    external = [r for r in result["recipients"] if r["external"]]
+    internal = [r for r in result["recipients"] if not r["external"]]
+
+    def row(r: dict[str, Any]) -> str:
+        name = f"{r['display_name']} <{r['address']}>" if r["display_name"] else r["address"]
+        flags = [f for f in r["flags"] if f != "external"]
+        return f"    [{r['field'].title()}] {name}" + (f"  ({', '.join(_(f) for f in flags)})" if flags else "")
+
+    lines.append(f"{_('External recipients')} ({len(external)}):")
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for r in external:
+        by_domain.setdefault(r["domain"], []).append(r)
+    for domain, rows in by_domain.items():
+        lines.append(f"  {domain}")
+        lines.extend(row(r) for r in rows)
+    lines.append(f"{_('Internal recipients')} ({len(internal)}):")
+    lines.extend(row(r) for r in internal)
+    lines.append(f"{_('Attachments')} ({len(result['attachments'])}):")
+    for a in result["attachments"]:
+        flags = f"  ({', '.join(_(f) for f in a['flags'])})" if a["flags"] else ""
+        lines.append(f"    {a['filename']}  {_human_size(a['size'])}  {a['content_type']}{flags}")
+    verdict = result["verdict"]
+    lines += ["", f"{_('Verdict')}: {_(verdict['action']).upper()}"]
+    if verdict["approvers"]:
+        lines.append(f"{_('Approvers')}: {', '.join(verdict['approvers'])}")
+    for reason in verdict["reasons"]:
+        lines.append(f"  - [{_(reason['action'])}] {reason['message']}")
+    if result.get("force_bcc"):
+        lines.append(f"  * {_('Convert external To/Cc to Bcc')}")
+    for problem in result.get("problems", []):
+        lines.append(f"  ! {problem}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("file", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (DESIGN §4).")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use this policy file instead of $SENDGUARD_HOME/policy.toml.")
+@pass_ctx
+@user_errors
+def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> None:
+    """Check a message (a .eml file, or - for standard input) against the policy."""
+    if file == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        try:
+            raw = Path(file).read_bytes()
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
+    if policy_path is not None and not policy_path.exists():
+        raise click.ClickException(f"{policy_path}: no such policy file")
+    pol = ctx.policy(policy_path)
+    parsed = msgmod.parse(raw)
+    known: set[str] = set()
+    if paths.database_file().exists():
+        known = Outbox(ctx.store, lambda: pol).known_domains(r.domain for r in parsed.recipients)
+    gettext = ctx.gettext()
+    result = checks.evaluate(parsed, pol, known, gettext).to_json()
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(render_check(result, gettext))
+
+
+# ---------------------------------------------------------------------- queue
+def item_details(item: Item, store: Store) -> dict[str, Any]:
+    data = item.summary()
+    data["check"] = item.check
+    data["decision"] = item.decision
+    data["approvers"] = item.approvers
+    data["approval"] = item.approval
+    data["reasons"] = item.verdict.get("reasons", [])
+    data["audit"] = [{k: r[k] for k in ("seq", "ts", "event", "actor", "data")} for r in audit.records(store, item.id)]
+    data["confirm_url"] = confirm_url(item.id) if item.state == "awaiting_confirmation" else None
+    return data
+
+
+@main.group()
+def queue() -> None:
+    """Held messages: list, show, confirm, cancel."""
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--state", "states", multiple=True, help="Only these states (repeatable).")
+@click.option("--all", "show_all", is_flag=True, help="Include sent and cancelled messages.")
+@pass_ctx
+@user_errors
+def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: bool) -> None:
+    """List messages in the outbox (held ones by default)."""
+    from .outbox import HELD_STATES
+
+    wanted = states or (None if show_all else HELD_STATES)
+    items = ctx.outbox.list(wanted)
+    if as_json:
+        echo_json([i.summary() for i in items])
+        return
+    if not items:
+        click.echo(ctx.gettext()("No held messages."))
+        return
+    for i in items:
+        rcpts = ", ".join(r["address"] for r in i.summary()["recipients"][:3])
+        more = len(i.summary()["recipients"]) - 3
+        click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}")
+
+
+@queue.command("show")
+@click.argument("item_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
+    """Show one message: the check result, the decision and its audit trail."""
+    item = ctx.outbox.get(item_id)
+    data = item_details(item, ctx.store)
+    if as_json:
+        echo_json(data)
+        return
+    gettext = ctx.gettext()
+    click.echo(f"{item.id}  {item.state}")
+    if item.check and item.check.get("recipients") is not None and "from" in item.check:
+        click.echo(render_check(item.check, gettext))
+    if item.last_error:
+        click.echo(f"! {item.last_error}")
+    if data["confirm_url"]:
+        click.echo(f"{gettext('Confirm in a browser')}: {data['confirm_url']}")
+
+
+@queue.command("confirm")
+@click.argument("item_id")
+@click.option("--remove", "remove", multiple=True, metavar="ADDR", help="Drop this recipient (repeatable).")
+@click.option("--remove-attachment", "remove_attachment", multiple=True, metavar="NAME",
+              help="Drop this attachment, by file name or id (repeatable).")
+@click.option("--bcc", is_flag=True, help="Move external To/Cc recipients into Bcc.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def queue_confirm(ctx: Context, item_id: str, remove: tuple[str, ...], remove_attachment: tuple[str, ...],
+                  bcc: bool, as_json: bool) -> None:
+    """Confirm a held message (the same as Send in the window)."""
+    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}")
+    if as_json:
+        echo_json(item.summary())
+    elif item.state == "awaiting_approval":
+        click.echo(f"{item.id}: {ctx.gettext()('held for approval by')} {', '.join(item.approvers) or '?'}")
+    else:
+        click.echo(f"{item.id}: {item.state}")
+
+
+@queue.command("cancel")
+@click.argument("item_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
+    """Cancel a held message; it is kept (as cancelled) and can be exported."""
+    item = ctx.outbox.cancel(item_id, actor=f"cli:{_whoami()}")
+    echo_json(item.summary()) if as_json else click.echo(f"{item.id}: {item.state}")
+
+
+@queue.command("resolve")
+@click.argument("item_id")
+@click.option("--sent", "went_out", flag_value=True, default=None, help="It did go out: mark it sent.")
+@click.option("--resend", "went_out", flag_value=False, help="It did not go out: send it again.")
+@pass_ctx
+@user_errors
+def queue_resolve(ctx: Context, item_id: str, went_out: bool | None) -> None:
+    """Settle a message that needs attention (a release interrupted where the transport cannot tell)."""
+    if went_out is None:
+        raise click.ClickException("say --sent (it went out) or --resend (send it again)")
+    item = ctx.outbox.resolve(item_id, went_out, actor=f"cli:{_whoami()}")
+    click.echo(f"{item.id}: {item.state}")
+
+
+@queue.command("export")
+@click.argument("item_id")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.option("--final", is_flag=True, help="The message as released (after removals), not as submitted.")
+@pass_ctx
+@user_errors
+def queue_export(ctx: Context, item_id: str, out: Path | None, final: bool) -> None:
+    """Export a message as .eml (e.g. a cancelled one, to edit and send again)."""
+    item = ctx.outbox.get(item_id, with_bodies=True)
+    body = (item.final_raw if final else item.raw) or item.raw
+    if body is None:
+        raise click.ClickException(f"message {item_id} was purged after the retention period; only its audit "
+                                   "records remain")
+    if out:
+        out.write_bytes(body)
+    else:
+        sys.stdout.buffer.write(body)
+
+
+# ---------------------------------------------------------------------- accounts
+@main.group()
+def accounts() -> None:
+    """Mailbox accounts that release (and hold) your mail."""
+
+
+class AccountKinds(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [k for k in CONNECTORS if k != "maildir"]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in CONNECTORS or name == "maildir":
+            return None
+        module = import_module(CONNECTORS[name].partition(":")[0])
+        command = getattr(module, "add_command", None)
+        if command is None:
+            raise click.ClickException(f"adding {name} accounts is not available in this build")
+        return command  # type: ignore[no-any-return]
+
+
+@accounts.group("add", cls=AccountKinds)
+def accounts_add() -> None:
+    """Add an account: exchange, graph, gmail or smtp."""
+
+
+@accounts.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def accounts_list(ctx: Context, as_json: bool) -> None:
+    """List configured accounts (secrets are never shown)."""
+    rows = [{"name": a.name, "kind": a.kind, "address": a.address, **a.settings} for a in ctx.config.accounts]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(ctx.gettext()("No accounts: released mail goes to the local Maildir") + f" {paths.sent_dir()}")
+    for r in rows:
+        click.echo(f"{r['name']}  {r['kind']}  {r['address'] or '*'}")
+
+
+@accounts.command("remove")
+@click.argument("name")
+@user_errors
+def accounts_remove(name: str) -> None:
+    """Remove an account and its stored secrets."""
+    cfg = configmod.load()
+    account = cfg.account(name)
+    if account is None or not configmod.remove_account(name):
+        raise click.ClickException(f"no account named {name!r} (see `sendguard accounts list`)")
+    for what in ("password", "token", "refresh_token", "token_cache"):
+        secrets.delete(account.secret_key(what))
+    click.echo(f"removed {name}")
+
+
+# ---------------------------------------------------------------------- audit
+@main.group("audit")
+def audit_group() -> None:
+    """The hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def audit_verify(ctx: Context, as_json: bool) -> None:
+    """Check the chain; exits 1 and names each bad record when the log was tampered with."""
+    problems = audit.verify(ctx.store)
+    count = len(audit.records(ctx.store))
+    if as_json:
+        echo_json({"ok": not problems, "records": count,
+                   "problems": [{"seq": p.seq, "message": p.message} for p in problems]})
+    elif not problems:
+        click.echo(f"audit log intact: {count} records")
+    else:
+        for p in problems:
+            click.echo(f"record {p.seq}: {p.message}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+@audit_group.command("export")
+@click.option("--json", "as_json", is_flag=True, help="JSON array (the default is JSON lines).")
+@click.option("--item", "item_id", default=None, help="Only the records of this message.")
+@pass_ctx
+@user_errors
+def audit_export(ctx: Context, as_json: bool, item_id: str | None) -> None:
+    """Export audit records with their hashes, for archiving or a SIEM."""
+    rows = audit.records(ctx.store, item_id)
+    if as_json:
+        echo_json(rows)
+    else:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------------- token, doctor
+@main.command()
+def token() -> None:
+    """Print the bearer token for the local API."""
+    from .links import api_token
+
+    click.echo(api_token())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def doctor(ctx: Context, as_json: bool) -> None:
+    """Check the installation: files, policy, database, secrets store, display, accounts."""
+    import os
+    import shutil
+
+    report: list[dict[str, Any]] = []
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        report.append({"check": name, "ok": ok, "detail": detail})
+
+    add("home", True, str(paths.home()))
+    try:
+        cfg = ctx.config
+        add("config", True, str(paths.config_file()) + ("" if paths.config_file().exists() else " (defaults)"))
+    except SendGuardError as exc:
+        cfg = configmod.Config()
+        add("config", False, str(exc))
+    try:
+        pol = ctx.policy()
+        add("policy", True, f"{pol.source}; internal domains: {', '.join(pol.internal_domains) or 'none set'}")
+    except SendGuardError as exc:
+        add("policy", False, str(exc))
+    try:
+        counts = ctx.outbox.counts()
+        add("database", True, f"{paths.database_file()} {counts}")
+    except Exception as exc:
+        add("database", False, f"{paths.database_file()}: {exc}")
+    try:
+        add("secrets", True, secrets.describe())
+    except Exception as exc:
+        add("secrets", False, f"no usable keyring: {exc}")
+    display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    add("display", True, f"window on {display}" if display or sys.platform in ("win32", "darwin")
+        else "no display: confirm in the browser (sendguard queue show ID prints the link)")
+    add("transport", True, ", ".join(f"{a.name} ({a.kind})" for a in cfg.accounts)
+        or f"local Maildir {paths.sent_dir()}")
+    add("chromium", shutil.which("chromium") is not None, shutil.which("chromium") or "not installed (tests only)")
+    if as_json:
+        echo_json(report)
+    else:
+        for r in report:
+            click.echo(f"[{'ok' if r['ok'] else '!!'}] {r['check']}: {r['detail']}")
+
+
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "user"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

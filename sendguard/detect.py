@@ -1,0 +1,243 @@
+"""Pure detectors used by the policy: personal data, file types, lookalike domains. No I/O."""
+
+from __future__ import annotations
+
+import io
+import re
+import unicodedata
+import zipfile
+from functools import lru_cache
+
+import puremagic
+from confusable_homoglyphs import confusables
+from publicsuffixlist import PublicSuffixList
+from rapidfuzz.distance import Levenshtein
+
+# ---------------------------------------------------------------- personal data
+
+_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+# 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits.
+_CARD_RE = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d])")
+# 12 digits, plain or as 4-4-4 with one separator style.
+_MYNUMBER_RE = re.compile(r"(?<![\d-])(\d{4})([ -]?)(\d{4})\2(\d{4})(?![\d])")
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when ``digits`` passes the Luhn (mod 10) check."""
+    total = 0
+    for index, ch in enumerate(reversed(digits)):
+        value = ord(ch) - 48
+        if index % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def mynumber_ok(digits: str) -> bool:
+    """True when a 12-digit string has a valid My Number (個人番号) check digit."""
+    if len(digits) != 12 or not digits.isdigit():
+        return False
+    body = digits[:11]
+    total = 0
+    for n in range(1, 12):  # P_n is the n-th digit from the right of the 11-digit body
+        p = ord(body[11 - n]) - 48
+        q = n + 1 if n <= 6 else n - 5
+        total += p * q
+    remainder = total % 11
+    check = 0 if remainder <= 1 else 11 - remainder
+    return check == ord(digits[11]) - 48
+
+
+def find_card_numbers(text: str) -> list[str]:
+    """Payment card numbers (14-19 digits, Luhn-valid, not one repeated digit)."""
+    found = []
+    for match in _CARD_RE.finditer(text.translate(_DIGITS)):
+        chunk = match.group(0)
+        if "  " in chunk or "--" in chunk:
+            continue
+        digits = re.sub(r"\D", "", chunk)
+        if 14 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_ok(digits):
+            found.append(digits)
+    return found
+
+
+def find_my_numbers(text: str) -> list[str]:
+    """12-digit individual numbers whose check digit is valid."""
+    found = []
+    for match in _MYNUMBER_RE.finditer(text.translate(_DIGITS)):
+        digits = match.group(1) + match.group(3) + match.group(4)
+        if len(set(digits)) > 1 and mynumber_ok(digits):
+            found.append(digits)
+    return found
+
+
+def personal_data_kinds(text: str) -> list[str]:
+    """Which kinds of personal data appear: ``card_number`` and/or ``my_number``."""
+    kinds = []
+    if find_card_numbers(text):
+        kinds.append("card_number")
+    if find_my_numbers(text):
+        kinds.append("my_number")
+    return kinds
+
+
+# ---------------------------------------------------------------- file types
+
+EXECUTABLE_EXTS = {
+    ".exe", ".scr", ".com", ".pif", ".bat", ".cmd", ".msi", ".msp", ".dll", ".cpl", ".jar", ".js", ".jse",
+    ".vbs", ".vbe", ".wsf", ".wsh", ".ps1", ".psm1", ".hta", ".lnk", ".reg", ".sh", ".app", ".apk",
+    ".iso", ".img", ".docm", ".xlsm", ".pptm",
+}
+ARCHIVE_EXTS = {".zip", ".7z", ".rar", ".lzh", ".lha", ".gz", ".tgz", ".tar", ".bz2", ".xz", ".cab", ".zipx"}
+_MAGIC_FAMILY = {
+    # family name -> extensions that legitimately carry it
+    "zip": {".zip", ".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm", ".odt", ".ods", ".odp", ".jar",
+            ".apk", ".epub", ".zipx", ".xps", ".vsdx", ".kmz", ".ipa"},
+    "ole": {".doc", ".xls", ".ppt", ".msg", ".msi", ".vsd", ".pub"},
+    "pdf": {".pdf", ".ai"},
+    "jpeg": {".jpg", ".jpeg", ".jfif", ".jpe"},
+    "png": {".png"},
+    "gif": {".gif"},
+    "exe": {".exe", ".dll", ".scr", ".com", ".sys", ".cpl", ".msi", ".ocx"},
+    "elf": {".so", ".elf", ".bin", ""},
+    "rar": {".rar"},
+    "7z": {".7z"},
+    "gzip": {".gz", ".tgz"},
+}
+_SIGNATURES = (
+    (b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole"),
+    (b"%PDF-", "pdf"), (b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"),
+    (b"MZ", "exe"), (b"\x7fELF", "elf"), (b"Rar!\x1a\x07", "rar"), (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"\x1f\x8b", "gzip"),
+)
+
+
+def extension(filename: str) -> str:
+    base = filename.rsplit("/", 1)[-1].rsplit("\\", 1)[-1].strip().rstrip(".").lower()
+    return base[base.rfind(".") :] if "." in base else ""
+
+
+def magic_family(head: bytes) -> str | None:
+    """The content family from magic bytes (the common types first, puremagic for the rest)."""
+    for sig, family in _SIGNATURES:
+        if head.startswith(sig):
+            return family
+    if len(head) < 8:
+        return None
+    try:
+        guess = puremagic.from_string(head)
+    except (puremagic.PureError, ValueError):
+        return None
+    for family, exts in _MAGIC_FAMILY.items():
+        if guess in exts and guess:
+            return family
+    return None
+
+
+def hidden_extension(filename: str) -> str:
+    """Extension after right-to-left overrides are taken into account (``ann\u202egpj.exe`` is .exe)."""
+    return extension(filename.replace("\u202e", "").replace("\u202d", ""))
+
+
+def file_flags(filename: str, content_type: str, head: bytes, data: bytes) -> list[str]:
+    """Attachment flags from name and content: executable, archive, encrypted, type_mismatch."""
+    flags: list[str] = []
+    ext = hidden_extension(filename)
+    family = magic_family(head)
+    if ext in EXECUTABLE_EXTS or family in ("exe", "elf") or any(
+        ch in filename for ch in ("\u202e", "\u202d", "\u2066", "\u2067", "\u2068")
+    ):
+        flags.append("executable")
+    if ext in ARCHIVE_EXTS or family in ("rar", "7z", "gzip") or (family == "zip" and ext in ("", ".zip")):
+        flags.append("archive")
+    if family == "zip" and zip_encrypted(data):
+        flags.append("encrypted")
+    elif family == "pdf" and b"/Encrypt" in data[:1_000_000]:
+        flags.append("encrypted")
+    if family and ext and ext not in _MAGIC_FAMILY.get(family, set()):
+        flags.append("type_mismatch")
+    return flags
+
+
+def zip_encrypted(data: bytes) -> bool:
+    """True when any member of a zip is encrypted (the PPAP pattern)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return any(info.flag_bits & 0x1 for info in archive.infolist())
+    except (zipfile.BadZipFile, RuntimeError, OSError, EOFError, ValueError, NotImplementedError):
+        return False
+
+
+# ---------------------------------------------------------------- domains
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def registrable(domain: str) -> tuple[str, str]:
+    """(label, public suffix) of a domain: ``mail.example.co.jp`` -> (``example``, ``co.jp``)."""
+    domain = domain.lower().rstrip(".")
+    suffix = _psl().publicsuffix(domain) or domain.rpartition(".")[2]
+    head = domain[: -len(suffix)].rstrip(".") if domain.endswith(suffix) else domain
+    return head.rpartition(".")[2], suffix
+
+
+def in_domain(domain: str, parent: str) -> bool:
+    """``domain`` is ``parent`` or one of its subdomains."""
+    domain, parent = domain.lower(), parent.lower()
+    return domain == parent or domain.endswith("." + parent)
+
+
+_ASCII_LOOKALIKES = (("rn", "m"), ("vv", "w"), ("cl", "d"), ("0", "o"), ("1", "l"), ("i", "l"), ("5", "s"))
+
+
+@lru_cache(maxsize=4096)
+def skeleton(text: str) -> str:
+    """A confusable-insensitive form: Unicode homoglyphs folded to Latin, then common ASCII tricks."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch)
+            continue
+        found = confusables.is_confusable(ch, greedy=False, preferred_aliases=["latin"])
+        if found and found[0]["homoglyphs"]:
+            out.append(found[0]["homoglyphs"][0]["c"].lower())
+        else:
+            stripped = unicodedata.normalize("NFKD", ch)
+            base = "".join(c for c in stripped if not unicodedata.combining(c))
+            out.append(base or ch)
+    folded = "".join(out)
+    for needle, repl in _ASCII_LOOKALIKES:
+        folded = folded.replace(needle, repl)
+    return folded
+
+
+def lookalike_of(domain: str, known: list[str]) -> str | None:
+    """The internal/trusted domain that ``domain`` imitates, or None.
+
+    Never matches a known domain itself or its subdomains. Catches homoglyphs (after IDNA decoding),
+    small edit distances on the registrable label, and the same label under another suffix.
+    """
+    domain = domain.lower().rstrip(".")
+    if any(in_domain(domain, k) for k in known):
+        return None
+    label, suffix = registrable(domain)
+    for ref in known:
+        ref_label, ref_suffix = registrable(ref)
+        if not ref_label or not label:
+            continue
+        if skeleton(label) == skeleton(ref_label) and (label != ref_label or suffix != ref_suffix):
+            return ref
+        if len(ref_label) >= 4:
+            limit = 1 if len(ref_label) < 8 else 2
+            if label != ref_label and Levenshtein.distance(label, ref_label) <= limit and suffix == ref_suffix:
+                return ref
+        # whole-domain typos across the label/suffix boundary (examplec.o.jp, example-co.jp)
+        if len(ref) >= 8 and Levenshtein.distance(domain.replace("-", "."), ref) <= 1 and domain != ref:
+            return ref
+    return None

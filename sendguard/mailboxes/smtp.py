@@ -1,0 +1,104 @@
+"""Release through an SMTP relay (STARTTLS or implicit TLS, AUTH with the password from keyring).
+
+An SMTP server cannot be asked afterwards whether it took a message, so ``find_sent`` answers None
+and an interrupted release goes to ``needs_attention`` for the user to decide.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from pathlib import Path
+
+import click
+
+from .. import config, secrets
+from ..config import Account
+from .base import AuthError, PermanentError, ReleaseItem, ReleaseReceipt, TransientError
+
+SECURITY = ("starttls", "ssl", "none")
+
+
+class SmtpRelay:
+    kind = "smtp"
+
+    def __init__(self, name: str, host: str, port: int, security: str = "starttls", username: str | None = None,
+                 password: str | None = None, timeout: float = 60.0, cafile: str | None = None):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.security = security
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.cafile = cafile
+
+    @classmethod
+    def from_account(cls, account: Account, home: Path) -> SmtpRelay:
+        s = account.settings
+        username = s.get("username")
+        password = secrets.get(account.secret_key("password")) if username else None
+        return cls(account.name, s.get("host", "localhost"), int(s.get("port", 587)), s.get("security", "starttls"),
+                   username, password, float(s.get("timeout", 60)), s.get("cafile"))
+
+    def _context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.cafile)
+
+    def release(self, item: ReleaseItem) -> ReleaseReceipt:
+        where = f"{self.host}:{self.port}"
+        try:
+            if self.security == "ssl":
+                client: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                                        context=self._context())
+            else:
+                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            with client:
+                if self.security == "starttls":
+                    client.starttls(context=self._context())
+                if self.username:
+                    if self.password is None:
+                        raise AuthError(f"no password stored for {self.username} on {where}: run "
+                                        f"`sendguard accounts add smtp --name {self.name} ...` again")
+                    client.login(self.username, self.password)
+                refused = client.sendmail(item.envelope_from, list(item.recipients), item.raw)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise AuthError(f"{where} refused the login for {self.username}: check the password "
+                            f"({exc.smtp_code})") from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise PermanentError("the relay refused every recipient: "
+                                 + ", ".join(f"{a} ({c})" for a, (c, _m) in exc.recipients.items())) from None
+        except smtplib.SMTPResponseException as exc:
+            text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+            if 400 <= exc.smtp_code < 500:
+                raise TransientError(f"{where} answered {exc.smtp_code} {text}; will retry") from None
+            raise PermanentError(f"{where} refused the message: {exc.smtp_code} {text}") from None
+        except (TimeoutError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ConnectionError, OSError) as exc:
+            raise TransientError(f"cannot reach the SMTP relay {where}: {exc}; will retry") from None
+        return ReleaseReceipt("smtp", {"relay": where, "refused": sorted(refused)})
+
+    def find_sent(self, message_id: str) -> bool | None:
+        return None
+
+
+@click.command("smtp")
+@click.option("--name", default="smtp", show_default=True, help="A name for this account.")
+@click.option("--address", default="", help="Release mail from this sender through this relay (default: all).")
+@click.option("--host", required=True, help="SMTP relay host name.")
+@click.option("--port", type=click.IntRange(1, 65535), default=587, show_default=True)
+@click.option("--security", type=click.Choice(SECURITY), default="starttls", show_default=True)
+@click.option("--username", default=None, help="Login name, if the relay needs AUTH.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (stored in keyring).")
+def add_command(name: str, address: str, host: str, port: int, security: str, username: str | None,
+                password_stdin: bool) -> None:
+    """Release mail through an SMTP relay."""
+    account = Account(name, "smtp", address.lower(), {"host": host, "port": port, "security": security})
+    if username:
+        account.settings["username"] = username
+        if not password_stdin:
+            raise click.ClickException("--username needs --password-stdin (the password goes to the keyring)")
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        if not password:
+            raise click.ClickException("no password on standard input")
+        secrets.put(account.secret_key("password"), password)
+    config.save_account(account)
+    click.echo(f"added SMTP relay {name} ({host}:{port}, {security})")

@@ -1,0 +1,385 @@
+"""Message model and MIME parsing (standard ``email`` package, ``policy.default``).
+
+``parse`` never raises on bad bytes: what it cannot read it records in ``ParsedMessage.problems``
+and the policy treats such a message with care. Only a message with no recipient at all is refused
+(``MessageError``), because there is nothing to check.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import email.utils
+import hashlib
+import html
+import io
+import re
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+
+import idna
+
+from .errors import MessageError
+
+# Text scanned for personal data and keywords is capped per part: enough for any real document.
+TEXT_SCAN_LIMIT = 2_000_000
+TEXT_TYPES = ("text/", "application/json", "application/xml", "application/csv", "application/x-csv")
+OFFICE_XML = {
+    ".docx": ("word/document.xml",),
+    ".xlsx": ("xl/sharedStrings.xml",),
+    ".pptx": ("ppt/slides/",),
+}
+
+
+@dataclass
+class Recipient:
+    address: str  # lower-cased addr-spec
+    display_name: str  # as written
+    field: str  # to | cc | bcc
+    domain: str  # Unicode form of the domain
+    ascii_domain: str  # IDNA (punycode) form
+    idn: bool = False
+    written: str = ""  # the address as written (case kept)
+
+    @property
+    def local_part(self) -> str:
+        return self.address.rpartition("@")[0]
+
+
+@dataclass
+class Attachment:
+    id: str
+    filename: str
+    size: int
+    content_type: str
+    sha256: str
+    inline: bool = False
+    is_message: bool = False
+    head: bytes = b""  # first bytes, for magic-number checks
+    data: bytes = b""  # decoded content (kept for archives, text scanning and rewriting)
+    text: str = ""  # extracted text for content checks, when the type is text-like
+    ref: str = ""  # the client's own id for this attachment (Outlook attachment id), if any
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParsedMessage:
+    message_id: str
+    from_address: str
+    from_name: str
+    subject: str
+    recipients: list[Recipient]
+    attachments: list[Attachment]
+    body_text: str
+    size: int
+    envelope_from: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def sender(self) -> str:
+        return self.from_address or self.envelope_from.lower()
+
+    def recipients_in(self, *fields: str) -> list[Recipient]:
+        return [r for r in self.recipients if r.field in fields]
+
+
+def clean_text(value: str) -> str:
+    """Turn surrogate-escaped 8-bit bytes (undeclared charsets) into readable text."""
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        raw = value.encode("utf-8", "surrogateescape")
+        for codec in ("utf-8", "cp932", "euc-jp", "iso-2022-jp"):
+            try:
+                return raw.decode(codec)
+            except UnicodeDecodeError:
+                continue
+        return raw.decode("utf-8", "replace")
+    return value
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded-words left in a value (e.g. quoted filenames from Japanese mailers)."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (email.errors.HeaderParseError, LookupError, UnicodeDecodeError, ValueError):
+        return value
+
+
+def split_domain(domain: str) -> tuple[str, str, bool]:
+    """Return (unicode, ascii, is_idn) forms of a domain, tolerant of bad labels."""
+    domain = domain.strip().rstrip(".").lower()
+    if not domain:
+        return "", "", False
+    try:
+        if domain.isascii():
+            ascii_form = domain
+            unicode_form = idna.decode(domain) if "xn--" in domain else domain
+        else:
+            unicode_form = domain
+            ascii_form = idna.encode(domain, uts46=True).decode("ascii")
+            unicode_form = idna.decode(ascii_form)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return domain, domain, not domain.isascii() or "xn--" in domain
+    return unicode_form, ascii_form, unicode_form != ascii_form
+
+
+def make_recipient(addr_spec: str, display_name: str, field_name: str) -> Recipient | None:
+    addr_spec = clean_text(addr_spec).strip().strip("<>")
+    if "@" not in addr_spec:
+        return None
+    local, _, domain = addr_spec.rpartition("@")
+    uni, asc, is_idn = split_domain(domain)
+    if not local or not uni:
+        return None
+    return Recipient(
+        address=f"{local.lower()}@{uni}",
+        display_name=clean_text(display_name or ""),
+        field=field_name,
+        domain=uni,
+        ascii_domain=asc,
+        idn=is_idn,
+        written=addr_spec,
+    )
+
+
+def _header_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs of an address header, groups flattened; tolerant of junk."""
+    values = msg.get_all(name) or []
+    out: list[tuple[str, str]] = []
+    for value in values:
+        try:
+            for addr in value.addresses:  # type: ignore[union-attr]
+                out.append((addr.display_name, addr.addr_spec))
+            continue
+        except (AttributeError, IndexError, TypeError, ValueError, email.errors.HeaderParseError):
+            pass
+        out.extend(email.utils.getaddresses([clean_text(str(value))]))
+    return out
+
+
+def _safe_header(msg: Message, name: str) -> str:
+    try:
+        value = msg.get(name)
+    except (IndexError, TypeError, ValueError, LookupError, email.errors.HeaderParseError):
+        value = None
+        for key, raw in msg.raw_items():
+            if key.lower() == name.lower():
+                value = decode_words(str(raw))
+                break
+    return clean_text(str(value)) if value is not None else ""
+
+
+def _part_bytes(part: Message, problems: list[str]) -> bytes:
+    if part.get_content_maintype() == "message" and part.is_multipart():
+        inner = part.get_payload(0)
+        try:
+            return inner.as_bytes(policy=email.policy.SMTP) if isinstance(inner, Message) else b""
+        except (UnicodeError, ValueError, TypeError, LookupError, IndexError):
+            return str(inner).encode("utf-8", "surrogateescape")
+    try:
+        data = part.get_payload(decode=True)
+    except (ValueError, TypeError, LookupError):
+        data = None
+    if data is None:
+        payload = part.get_payload()
+        data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    for defect in getattr(part, "defects", []):
+        name = type(defect).__name__
+        if "Base64" in name:
+            problems.append("broken base64 in an attachment; its content may be incomplete")
+            break
+    return data
+
+
+def _text_of(part: Message, data: bytes) -> str:
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        text = data.decode(charset, "replace")
+    except LookupError:
+        text = data.decode("utf-8", "replace")
+    if part.get_content_subtype() == "html":
+        text = html_to_text(text)
+    return text[:TEXT_SCAN_LIMIT]
+
+
+def html_to_text(markup: str) -> str:
+    markup = re.sub(r"(?is)<(script|style).*?</\1>", " ", markup)
+    markup = re.sub(r"(?s)<[^>]+>", " ", markup)
+    return html.unescape(markup)
+
+
+def office_text(filename: str, data: bytes) -> str:
+    """Text of a .docx/.xlsx/.pptx file (XML inside a zip), for content checks."""
+    ext = filename[filename.rfind(".") :].lower() if "." in filename else ""
+    wanted = OFFICE_XML.get(ext)
+    if not wanted or not data.startswith(b"PK"):
+        return ""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            chunks = []
+            for info in archive.infolist():
+                if any(info.filename.startswith(w) for w in wanted) and info.file_size < TEXT_SCAN_LIMIT:
+                    xml = archive.read(info).decode("utf-8", "replace")
+                    chunks.append(html.unescape(re.sub(r"<[^>]+>", "", xml)))
+            return "\n".join(chunks)[:TEXT_SCAN_LIMIT]
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError, ValueError):
+        return ""
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = (part.get_content_disposition() or "").lower()
+    if part.get_content_type() == "message/rfc822":
+        return True
+    if disposition == "attachment":
+        return True
+    if part.get_filename() or part.get_param("name"):
+        return True
+    return disposition == "inline" and part.get_content_maintype() not in ("text", "multipart")
+
+
+def _filename(part: Message, index: int) -> str:
+    name = None
+    try:
+        name = part.get_filename() or part.get_param("name")
+    except (IndexError, TypeError, ValueError, LookupError):
+        name = None
+    if isinstance(name, tuple):  # undecoded RFC 2231 triple
+        name = email.utils.collapse_rfc2231_value(name)
+    if name:
+        return clean_text(decode_words(str(name))).strip()
+    if part.get_content_type() == "message/rfc822":
+        inner = part.get_payload(0) if part.is_multipart() else None
+        subject = _safe_header(inner, "subject") if isinstance(inner, Message) else ""
+        return f"{subject or 'message'}.eml"
+    return f"attachment-{index}"
+
+
+def iter_leaves(msg: Message) -> Iterator[tuple[Message | None, Message]]:
+    """(parent, leaf) depth-first, not descending into attached messages (they are attachments).
+
+    The order defines attachment ids, so parsing and rewriting number attachments alike.
+    """
+    stack: list[tuple[Message | None, Message]] = [(None, msg)]
+    while stack:
+        parent, part = stack.pop()
+        if part.get_content_type() == "message/rfc822" and part is not msg:
+            yield parent, part
+        elif part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend((part, child) for child in reversed(payload))
+        else:
+            yield parent, part
+
+
+def iter_attachments(msg: Message) -> Iterator[tuple[str, Message | None, Message]]:
+    """(id, parent, part) for each attachment, ids "1", "2", ... in document order."""
+    index = 0
+    for parent, part in iter_leaves(msg):
+        if _is_attachment(part):
+            index += 1
+            yield str(index), parent, part
+
+
+def parse(
+    raw: bytes,
+    envelope_from: str = "",
+    envelope_recipients: Iterable[str] = (),
+    *,
+    require_recipients: bool = True,
+) -> ParsedMessage:
+    """Parse raw RFC 5322 bytes into the model the policy checks."""
+    problems: list[str] = []
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    if not msg.keys():
+        problems.append("the message has no headers (not an RFC 5322 message)")
+
+    recipients: list[Recipient] = []
+    seen: set[str] = set()
+    for header, field_name in (("to", "to"), ("cc", "cc"), ("bcc", "bcc")):
+        for display, addr_spec in _header_addresses(msg, header):
+            rcpt = make_recipient(addr_spec, display, field_name)
+            if rcpt is None:
+                if addr_spec or display:
+                    problems.append(f"unreadable address in {header.title()}: {clean_text(addr_spec or display)!r}")
+                continue
+            if rcpt.address not in seen:
+                seen.add(rcpt.address)
+                recipients.append(rcpt)
+    for addr in envelope_recipients:
+        rcpt = make_recipient(addr, "", "bcc")
+        if rcpt and rcpt.address not in seen:
+            seen.add(rcpt.address)
+            recipients.append(rcpt)
+    if require_recipients and not recipients:
+        raise MessageError("the message has no recipients: add To, Cc or Bcc addresses")
+
+    from_pairs = _header_addresses(msg, "from")
+    from_name, from_address = ("", "")
+    if from_pairs:
+        from_name, from_address = from_pairs[0]
+        from_address = clean_text(from_address).strip().lower()
+        if "@" not in from_address:
+            problems.append(f"invalid From address {from_address!r}")
+            from_address = ""
+    else:
+        problems.append("the message has no From address")
+    if not from_address and envelope_from:
+        from_address = envelope_from.lower()
+
+    attachments: list[Attachment] = []
+    body_chunks: list[str] = []
+    for _parent, part in iter_leaves(msg):
+        if _is_attachment(part):
+            data = _part_bytes(part, problems)
+            index = len(attachments) + 1
+            name = _filename(part, index)
+            ctype = part.get_content_type()
+            att = Attachment(
+                id=str(index),
+                filename=name,
+                size=len(data),
+                content_type=ctype,
+                sha256=hashlib.sha256(data).hexdigest(),
+                inline=(part.get_content_disposition() == "inline"),
+                is_message=ctype == "message/rfc822",
+                head=data[:4096],
+                data=data,
+            )
+            if ctype.startswith(TEXT_TYPES) or name.lower().endswith((".txt", ".csv", ".tsv", ".json", ".xml")):
+                att.text = _text_of(part, data)
+            elif att.is_message:
+                att.text = data[:TEXT_SCAN_LIMIT].decode("utf-8", "replace")
+            else:
+                att.text = office_text(name, data)
+            declared = part.get_param("size", header="content-disposition")
+            if not data and isinstance(declared, str) and declared.isdigit():
+                att.size = int(declared)  # content not supplied (add-in check): keep the real size
+            att.ref = part.get("X-SendGuard-Attachment-Ref", "")
+            attachments.append(att)
+        elif part.get_content_maintype() == "text":
+            body_chunks.append(_text_of(part, _part_bytes(part, problems)))
+
+    subject = _safe_header(msg, "subject")
+    message_id = _safe_header(msg, "message-id").strip()
+    return ParsedMessage(
+        message_id=message_id,
+        from_address=from_address,
+        from_name=clean_text(from_name or ""),
+        subject=subject,
+        recipients=recipients,
+        attachments=attachments,
+        body_text="\n".join(body_chunks),
+        size=len(raw),
+        envelope_from=envelope_from,
+        problems=list(dict.fromkeys(problems)),
+    )
+
+
+def load(raw: bytes) -> EmailMessage:
+    """The ``EmailMessage`` for rewriting (policy.default)."""
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]

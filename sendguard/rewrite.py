@@ -1,0 +1,118 @@
+"""Apply the user's decision to a message: drop recipients and attachments, move addresses to Bcc.
+
+The released message never carries a Bcc header; blind copies travel in the envelope only.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import Message
+
+from . import message as msgmod
+from .errors import MessageError
+
+
+@dataclass
+class Decision:
+    """What the user (or policy) decided in the confirmation window."""
+
+    removed_recipients: list[str] = field(default_factory=list)
+    removed_attachments: list[str] = field(default_factory=list)  # attachment ids
+    bcc: bool = False  # move external To/Cc into Bcc
+    bcc_addresses: list[str] = field(default_factory=list)  # filled in: the addresses moved
+
+    def to_json(self) -> dict[str, object]:
+        return {"removed_recipients": self.removed_recipients, "removed_attachments": self.removed_attachments,
+                "bcc": self.bcc, "bcc_addresses": self.bcc_addresses}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object] | None) -> Decision:
+        data = data or {}
+        return cls(list(data.get("removed_recipients") or []), list(data.get("removed_attachments") or []),  # type: ignore[call-overload]
+                   bool(data.get("bcc")), list(data.get("bcc_addresses") or []))  # type: ignore[call-overload]
+
+
+def _address_key(addr_spec: str) -> str:
+    rcpt = msgmod.make_recipient(addr_spec, "", "to")
+    return rcpt.address if rcpt else addr_spec.lower()
+
+
+def _addresses(msg: Message, name: str) -> list[Address]:
+    out = []
+    for display, spec in msgmod._header_addresses(msg, name):
+        if "@" not in spec:
+            continue
+        local, _, domain = spec.rpartition("@")
+        try:
+            out.append(Address(display_name=msgmod.clean_text(display or ""), username=local, domain=domain))
+        except (ValueError, TypeError, IndexError):
+            try:
+                out.append(Address(username=local, domain=domain))
+            except (ValueError, TypeError, IndexError):
+                raise MessageError(f"cannot rewrite the address {spec!r} in {name.title()}; "
+                                   "fix it in your mail client and send again") from None
+    return out
+
+
+def _set_addresses(msg: Message, name: str, addrs: list[Address]) -> None:
+    del msg[name]
+    if addrs:
+        msg[name] = addrs
+
+
+def apply(
+    raw: bytes,
+    decision: Decision,
+    envelope: Iterable[str],
+    external: set[str],
+    message_id: str,
+) -> tuple[bytes, list[str], list[str]]:
+    """Return (final raw, envelope recipients, bcc addresses) after the decision.
+
+    ``external`` holds the lower-cased external addresses (for Bcc conversion).
+    """
+    msg = msgmod.load(raw)
+    removed = {a.lower() for a in decision.removed_recipients}
+    to = [a for a in _addresses(msg, "to") if _address_key(a.addr_spec) not in removed]
+    cc = [a for a in _addresses(msg, "cc") if _address_key(a.addr_spec) not in removed]
+    bcc_header = [a for a in _addresses(msg, "bcc") if _address_key(a.addr_spec) not in removed]
+    bcc = [_address_key(a.addr_spec) for a in bcc_header]
+    if decision.bcc:
+        moved = [a for a in to + cc if _address_key(a.addr_spec) in external]
+        bcc += [_address_key(a.addr_spec) for a in moved]
+        to = [a for a in to if _address_key(a.addr_spec) not in external]
+        cc = [a for a in cc if _address_key(a.addr_spec) not in external]
+    header_rcpts = [_address_key(a.addr_spec) for a in to + cc] + bcc
+    env = [_address_key(a) for a in envelope] or header_rcpts
+    # envelope-only recipients (Bcc given at submission) keep going unless removed
+    recipients = list(dict.fromkeys([a for a in env if a not in removed] + [a for a in bcc if a not in env]))
+    if not recipients:
+        raise MessageError("no recipients left after the removals: cancel the message instead")
+    changed = bool(removed or decision.bcc or decision.removed_attachments or msg.get("bcc") is not None
+                   or not msg.get("message-id"))
+    if not changed:
+        return raw, recipients, sorted(set(bcc))
+    _set_addresses(msg, "To", to)
+    _set_addresses(msg, "Cc", cc)
+    del msg["Bcc"]
+    if not to and not cc:
+        msg["To"] = "undisclosed-recipients:;"
+    if not msg.get("message-id"):
+        msg["Message-ID"] = message_id
+    if decision.removed_attachments:
+        drop = set(decision.removed_attachments)
+        targets = [(parent, part) for att_id, parent, part in msgmod.iter_attachments(msg) if att_id in drop]
+        for parent, part in targets:
+            if parent is None:
+                raise MessageError("the message is nothing but this attachment; cancel it instead")
+            payload = parent.get_payload()
+            if isinstance(payload, list):
+                payload[:] = [p for p in payload if p is not part]
+    try:
+        final = msg.as_bytes(policy=email.policy.default)
+    except (UnicodeError, ValueError, TypeError, LookupError) as exc:
+        raise MessageError(f"cannot rewrite this message ({exc}); cancel it and send it again") from None
+    return final, recipients, sorted(set(bcc))

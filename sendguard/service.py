@@ -1,0 +1,147 @@
+"""The helper service without windows: store, policy, outbox, SMTP submission and the release worker.
+
+``desktop`` adds the windows and the local web API on top; ``sendguard serve --no-window`` runs
+only this plus the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from . import config as configmod
+from . import paths, runtime
+from .approvals import Approvals
+from .config import Config
+from .i18n import translator
+from .mailboxes import registry
+from .mailboxes.base import Mailbox, MailboxError
+from .outbox import Item, Outbox
+from .policy import PolicyHolder
+from .store import Store
+from .submission import SubmissionHandler, SubmissionServer
+
+log = logging.getLogger(__name__)
+
+
+class Helper:
+    """One user's SendGuard: everything but the UI. Thread-safe."""
+
+    def __init__(self, home: Path | None = None, cfg: Config | None = None, database_url: str | None = None):
+        self.home = home or paths.home()
+        self.config = cfg or configmod.load(self.home / "config.toml")
+        self.policy = PolicyHolder(self.home / "policy.toml", paths.admin_policy_file())
+        self.policy.reload()
+        self.gettext = translator(self.config.language)
+        self.store = Store(database_url or (self.home / "sendguard.db"))
+        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
+        self.approvals = Approvals(self.outbox, self.policy.get)
+        self.smtp: SubmissionServer | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pending: list[str] = []
+        self._pending_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._last_purge = 0.0
+        self.paused = False
+
+    # ------------------------------------------------------------------ mailboxes
+    def mailbox_for(self, item: Item) -> Mailbox:
+        if item.account:
+            account = self.config.account(item.account)
+            if account is None:
+                raise MailboxError(f"the account {item.account!r} that holds this message is no longer configured")
+            return registry.build(account, self.home)
+        return registry.for_sender(self.config, item.sender or item.envelope_from, self.home)
+
+    def holding_mailboxes(self) -> list[Mailbox]:
+        boxes = []
+        for account in self.config.accounts:
+            if account.kind in ("exchange", "graph") and account.settings.get("hold", True):
+                try:
+                    boxes.append(registry.build(account, self.home))
+                except Exception as exc:
+                    log.warning("account %s cannot be opened: %s", account.name, exc)
+        return boxes
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, smtp: bool = True, smtp_port: int | None = None) -> Helper:
+        self.outbox.reconcile()
+        if smtp:
+            port = self.config.smtp_port if smtp_port is None else smtp_port
+            handler = SubmissionHandler(self.outbox, self.enqueue)
+            self.smtp = SubmissionServer(handler, self.config.smtp_host, port).start()
+        self._worker = threading.Thread(target=self._run, name="sendguard-worker", daemon=True)
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self.smtp:
+            self.smtp.stop()
+        if self._worker:
+            self._worker.join(15)
+        self.store.close()
+
+    def confirm_url(self, item_id: str) -> str:
+        return runtime.confirm_url(item_id, self.home)
+
+    def enqueue(self, item_id: str) -> None:
+        """A message was received: check it soon (in the worker, not in the SMTP loop)."""
+        with self._pending_lock:
+            self._pending.append(item_id)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        last_poll = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            try:
+                self.tick(poll_held=time.monotonic() - last_poll > 15)
+                if time.monotonic() - last_poll > 15:
+                    last_poll = time.monotonic()
+            except Exception:
+                log.exception("worker tick failed")
+
+    def tick(self, poll_held: bool = False) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for item_id in pending:
+            self.outbox.process(item_id)
+        for item in self.outbox.list(["received"]):
+            if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
+                self.outbox.process(item.id)
+        self.outbox.expire_due()
+        if not self.paused:
+            self.outbox.release_due()
+        if poll_held:
+            self.poll_held()
+        if time.time() - self._last_purge > 3600:
+            self._last_purge = time.time()
+            self.outbox.purge(self.config.retention_days)
+
+    def poll_held(self) -> None:
+        for box in self.holding_mailboxes():
+            fetch = getattr(box, "fetch_held", None)
+            if fetch is None:
+                continue
+            try:
+                held = fetch()
+            except MailboxError as exc:
+                log.warning("cannot read the hold folder of %s: %s", box.name, exc)
+                continue
+            for h in held:
+                if self.outbox.by_source_ref(h.source, h.ref):
+                    box.ack_held(h.ref)  # type: ignore[attr-defined]
+                    continue
+                item_id = self.outbox.receive(h.raw, h.envelope_from, h.recipients, h.source, h.ref, box.name)
+                box.ack_held(h.ref)  # type: ignore[attr-defined]
+                self.outbox.process(item_id)

@@ -1,0 +1,181 @@
+"""Durable storage (SQLAlchemy 2): outbox items, the hash-chained audit log, domain history, approvals.
+
+SQLite (WAL, synchronous=FULL, ``BEGIN IMMEDIATE`` so writers from several processes serialize) on
+one machine; PostgreSQL for the central server (the audit head row is locked ``FOR UPDATE``).
+Every outbox transition and its audit record are written in one transaction (``Store.transaction``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+metadata = MetaData()
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("state", String(32), nullable=False, index=True),
+    Column("source", String(16), nullable=False),
+    Column("source_ref", Text),
+    Column("account", String(128)),
+    Column("owner", String(320), index=True),  # the sender; approvals and the central server key on it
+    Column("envelope_from", String(320), nullable=False, default=""),
+    Column("envelope_to", JSON, nullable=False),
+    Column("message_id", String(998), nullable=False, default="", index=True),
+    Column("sender", String(320), nullable=False, default=""),
+    Column("subject", Text, nullable=False, default=""),
+    Column("raw", LargeBinary),  # as received; purged after retention_days
+    Column("final_raw", LargeBinary),  # after the user's removals/Bcc; what is released
+    Column("check_result", JSON),
+    Column("decision", JSON),
+    Column("approvers", JSON),
+    Column("approval", JSON),  # who decided, when, comment/reason
+    Column("release_after", Float, nullable=False, default=0.0),
+    Column("expires_at", Float),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("purged", Integer, nullable=False, default=0),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", String(40), nullable=False),
+    Column("item_id", String(32), index=True),
+    Column("event", String(40), nullable=False),
+    Column("actor", String(320), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+domains = Table(
+    "domains",
+    metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("first_sent", Float, nullable=False),
+    Column("last_sent", Float, nullable=False),
+    Column("count", Integer, nullable=False, default=0),
+)
+
+# single-use approval links: a link's id is recorded when used
+used_links = Table(
+    "used_links",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("used_at", Float, nullable=False),
+)
+
+GENESIS = "0" * 64
+
+
+def now_iso(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(ts if ts is not None else time.time(), UTC).isoformat(timespec="microseconds")
+
+
+def canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def record_hash(prev_hash: str, seq: int, ts: str, item_id: str | None, event_name: str, actor: str,
+                data: str) -> str:
+    body = canonical([prev_hash, seq, ts, item_id or "", event_name, actor, data])
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """The database behind one helper (SQLite file) or the central server (PostgreSQL URL)."""
+
+    def __init__(self, url: str | Path):
+        if isinstance(url, Path) or "://" not in str(url):
+            url = f"sqlite:///{Path(url)}"
+        self.url = str(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = create_engine(self.url, poolclass=NullPool)
+            _sqlite_setup(self.engine)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        metadata.create_all(self.engine)
+        with self.transaction() as conn:
+            if conn.execute(select(audit_head.c.id)).first() is None:
+                conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def append_audit(self, conn: Connection, event_name: str, actor: str, item_id: str | None,
+                     data: dict[str, Any] | None = None, ts: float | None = None) -> int:
+        """Append one hash-chained record inside the caller's transaction; returns its seq."""
+        query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        head = conn.execute(query).one()
+        seq = head.seq + 1
+        stamp = now_iso(ts)
+        body = canonical(data or {})
+        digest = record_hash(head.hash, seq, stamp, item_id, event_name, actor, body)
+        conn.execute(insert(audit).values(seq=seq, ts=stamp, item_id=item_id, event=event_name, actor=actor,
+                                          data=body, prev_hash=head.hash, hash=digest))
+        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest))
+        return seq
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,114 @@
+"""SMTP submission (aiosmtpd) on loopback: every message is committed to the outbox before ``250``.
+
+Any mail client (Thunderbird, Outlook, scanners, scripts) submits here; nothing is relayed until
+the user confirms (and a supervisor approves, when the policy says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .message import make_recipient
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_RECIPIENTS = 10_000
+
+# Reply texts in one place (tests compare against these).
+R_HELD = "250 2.0.0 Held by SendGuard for checking as {id}"
+R_BAD_RCPT = "553 5.1.3 Recipient address {addr!r} is not a valid address"
+R_TOO_MANY = "452 4.5.3 Too many recipients (at most {n} per message)"
+R_STORE_FAILED = "451 4.3.0 SendGuard could not store the message ({error}); your client will retry"
+
+
+class SubmissionHandler:
+    """aiosmtpd handler: validate recipients, store durably, then accept."""
+
+    def __init__(self, outbox: Outbox, on_received: Callable[[str], None] | None = None):
+        self.outbox = outbox
+        self.on_received = on_received
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if make_recipient(address, "", "to") is None:
+            return R_BAD_RCPT.format(addr=address)
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return R_TOO_MANY.format(n=MAX_RECIPIENTS)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        loop = asyncio.get_running_loop()
+        try:
+            item_id = await loop.run_in_executor(
+                None, self.outbox.receive, raw, envelope.mail_from or "", list(envelope.rcpt_tos), "smtp")
+        except Exception as exc:  # storage failure: refuse temporarily, the client keeps the message
+            log.exception("could not store a submitted message")
+            return R_STORE_FAILED.format(error=type(exc).__name__)
+        if self.on_received:
+            self.on_received(item_id)
+        return R_HELD.format(id=item_id)
+
+
+class SubmissionServer:
+    """The SMTP server in its own thread and event loop; ``port`` is known after ``start``."""
+
+    def __init__(self, handler: Any, host: str = "127.0.0.1", port: int = 1587):
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def _factory(self) -> SMTP:
+        return SMTP(self.handler, data_size_limit=MAX_MESSAGE_BYTES, enable_SMTPUTF8=True, hostname="localhost",
+                    ident="SendGuard ESMTP", loop=self._loop)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                self._loop.create_server(self._factory, host=self.host, port=self.port))
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as exc:  # surfaced to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._server.close()
+        self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.close()
+
+    def start(self) -> SubmissionServer:
+        self._thread = threading.Thread(target=self._run, name="sendguard-smtp", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error:
+            err = self._error
+            if isinstance(err, OSError):
+                raise OSError(err.errno, f"cannot listen for SMTP on {self.host}:{self.port}: {err.strerror} "
+                                         "(another program uses the port? set [smtp] port in config.toml)")
+            raise err
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(10)
