@@ -351,6 +351,74 @@ def queue_export(ctx: Context, item_id: str, out: Path | None, final: bool) -> N
         sys.stdout.buffer.write(body)
 
 
+# ---------------------------------------------------------------------- approvals
+@main.group("approvals")
+def approvals_group() -> None:
+    """Supervisor approval (上長承認): list, approve, reject held messages."""
+
+
+def _approvals(ctx: Context) -> Any:
+    from .approvals import Approvals
+
+    outbox = ctx.outbox
+    return Approvals(outbox, outbox.policy)
+
+
+@approvals_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--as", "approver", default=None, metavar="ADDR", help="Only messages this approver may decide.")
+@pass_ctx
+@user_errors
+def approvals_list(ctx: Context, as_json: bool, approver: str | None) -> None:
+    """Messages waiting for approval."""
+    items = _approvals(ctx).pending_for(approver)
+    rows = []
+    for item in items:
+        data = item.summary()
+        data["approvers"] = item.approvers
+        data["reasons"] = [r for r in item.verdict.get("reasons", []) if r.get("action") in ("approve", "block")]
+        data["expires_at"] = _iso_or_none(item.expires_at)
+        rows.append(data)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(ctx.gettext()("Nothing waits for approval."))
+    for r in rows:
+        reasons = "; ".join(x["message"] for x in r["reasons"])
+        click.echo(f"{r['id']}  {r['from']}  {r['subject']!r}  [{', '.join(r['approvers'])}]  {reasons}")
+
+
+def _iso_or_none(ts: float | None) -> str | None:
+    from .store import now_iso
+
+    return now_iso(ts) if ts else None
+
+
+@approvals_group.command("approve")
+@click.argument("item_id")
+@click.option("--as", "actor", required=True, metavar="ADDR", help="Your address (must be a named approver).")
+@click.option("--comment", default="", help="A note kept in the audit log.")
+@pass_ctx
+@user_errors
+def approvals_approve(ctx: Context, item_id: str, actor: str, comment: str) -> None:
+    """Approve a held message; the sender's helper then releases it."""
+    item = _approvals(ctx).approve(item_id, actor, comment, via="cli")
+    click.echo(f"{item.id}: {item.state} by {actor}")
+
+
+@approvals_group.command("reject")
+@click.argument("item_id")
+@click.option("--as", "actor", required=True, metavar="ADDR", help="Your address (must be a named approver).")
+@click.option("--reason", required=True, help="Why: shown to the sender.")
+@pass_ctx
+@user_errors
+def approvals_reject(ctx: Context, item_id: str, actor: str, reason: str) -> None:
+    """Reject a held message with a reason for the sender."""
+    item = _approvals(ctx).reject(item_id, actor, reason, via="cli")
+    click.echo(f"{item.id}: {item.state} by {actor}")
+
+
 # ---------------------------------------------------------------------- accounts
 @main.group()
 def accounts() -> None:
