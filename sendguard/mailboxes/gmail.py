@@ -1,0 +1,913 @@
+"""Gmail: release through the Gmail API, and take Gmail drafts into the outbox.
+
+Gmail has no API that holds or delays a send made in the web UI, so SendGuard serves Gmail two ways:
+mail clients submit over the helper's SMTP port and the helper releases with ``users.messages.send``;
+a draft handed over by ``sendguard gmail check-and-send`` or the Gmail add-on is released with
+``users.drafts.send``.
+
+Permissions are the least that do the job: ``gmail.send`` to release (``gmail.compose`` instead when
+the drafts feature is on, since it covers sending too), ``openid email`` to learn which Google account
+signed in, and, for reconciliation after a crash, ``gmail.readonly`` (a Sent search for the
+Message-ID) or ``gmail.metadata`` (a look at the newest Sent headers), as the admin chooses.
+
+The refresh token and client secret live in the keyring (``sendguard.secrets``); the account's other
+settings go to ``config.toml``. No network discovery: the API description ships with the client.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import json
+import logging
+import os
+import random
+import re
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+import click
+import google_auth_httplib2
+import httplib2
+from google.auth import exceptions as google_auth_errors
+from google.auth import jwt as google_jwt
+from google.oauth2.credentials import Credentials
+from googleapiclient import discovery
+from googleapiclient.errors import HttpError, MediaUploadSizeError
+from googleapiclient.http import MediaInMemoryUpload
+
+from .. import config as sg_config
+from .. import paths, secrets
+from ..config import Account
+from .base import (
+    AuthError,
+    HeldItem,
+    MailboxError,
+    PermanentError,
+    ReleaseItem,
+    ReleaseReceipt,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+_AUTH = "https://www.googleapis.com/auth/"
+SCOPE_SEND = _AUTH + "gmail.send"
+SCOPE_COMPOSE = _AUTH + "gmail.compose"
+SCOPE_READONLY = _AUTH + "gmail.readonly"
+SCOPE_METADATA = _AUTH + "gmail.metadata"
+SCOPE_MODIFY = _AUTH + "gmail.modify"
+SCOPE_FULL = "https://mail.google.com/"
+IDENTITY_SCOPES = ("openid", _AUTH + "userinfo.email")
+RELEASE_SCOPES = {SCOPE_SEND, SCOPE_COMPOSE, SCOPE_MODIFY, SCOPE_FULL}
+DRAFT_SCOPES = {SCOPE_COMPOSE, SCOPE_MODIFY, SCOPE_FULL}
+SEARCH_SCOPES = {SCOPE_READONLY, SCOPE_MODIFY, SCOPE_FULL}
+# reconcile mode -> the scope it needs; "search" is rfc822msgid: in Sent, "headers" reads recent Sent headers.
+RECONCILE_SCOPES = {"search": SCOPE_READONLY, "headers": SCOPE_METADATA, "off": None}
+
+GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+MAX_MESSAGE_BYTES = 36_700_160  # the API's upload limit for messages.send / drafts.send (35 MB)
+UPLOAD_THRESHOLD = 5 * 1024 * 1024  # above this, upload the MIME through the resumable media path
+UPLOAD_CHUNK = 8 * 1024 * 1024
+RECENT_SENT_SCAN = 10
+_QUOTA_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "dailyLimitExceeded", "quotaExceeded",
+                  "RATE_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
+_SCOPE_REASONS = {"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"}
+_RETRY_AFTER_TS = re.compile(r"Retry after (\d{4}-\d\d-\d\dT[\d:.]+Z)")
+_BCC_HEADER = re.compile(rb"(?mi)^bcc[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*(?:\r?\n)?")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def requested_scopes(drafts: bool, reconcile: str) -> list[str]:
+    """The OAuth scopes to ask for: identity, release (or drafts), and the reconciliation scope chosen."""
+    scopes = [*IDENTITY_SCOPES, SCOPE_COMPOSE if drafts else SCOPE_SEND]
+    extra = RECONCILE_SCOPES[reconcile]
+    if extra:
+        scopes.append(extra)
+    return scopes
+
+
+def reconcile_mode(granted: Iterable[str], wanted: str = "search") -> str:
+    """What the granted scopes allow: ``search`` (exact), ``headers`` (recent Sent only) or ``off``."""
+    granted = set(granted)
+    if wanted == "off":
+        return "off"
+    if SCOPE_METADATA in granted:  # Gmail refuses q= to any token carrying the metadata scope
+        return "headers"
+    if granted & SEARCH_SCOPES:
+        return "search" if wanted == "search" else "headers"
+    return "off"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _addresses(values: Iterable[str]) -> list[str]:
+    return [addr.strip().lower() for _name, addr in getaddresses([str(v) for v in values]) if addr.strip()]
+
+
+def header_addresses(raw: bytes) -> dict[str, list[str]]:
+    """Lower-cased addresses of From, To, Cc and Bcc as written in the message header."""
+    msg = BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
+    out: dict[str, list[str]] = {}
+    for field in ("from", "to", "cc", "bcc"):
+        values = [_decode(v) for v in msg.get_all(field, [])]
+        out[field] = _addresses(values)
+    return out
+
+
+def _decode(value: Any) -> str:
+    text = str(value)
+    # compat32 leaves 8-bit (SMTPUTF8) headers as surrogate escapes; bring them back to UTF-8 text.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _header(raw: bytes, name: str) -> str:
+    msg = BytesParser(policy=email.policy.default).parsebytes(raw, headersonly=True)
+    value = msg.get(name)
+    return str(value) if value is not None else ""
+
+
+def with_bcc(raw: bytes, bcc: Iterable[str]) -> bytes:
+    """``raw`` with its Bcc header set to ``bcc`` (dropped when empty); other bytes untouched.
+
+    Gmail sends to the addresses in the To, Cc and Bcc headers (there is no envelope), and removes
+    Bcc from the copies it delivers, so blind copies must be in a Bcc header for Gmail.
+    """
+    bcc = list(dict.fromkeys(bcc))
+    match = _HEADER_END.search(raw)
+    head = raw[: match.start()] if match else raw.rstrip(b"\r\n")
+    rest = raw[len(head):]
+    had_bcc = bool(_BCC_HEADER.search(head))
+    if not bcc and not had_bcc:
+        return raw
+    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
+    head = _BCC_HEADER.sub(b"", head).rstrip(b"\r\n")
+    if bcc:
+        head += eol + b"Bcc: " + ", ".join(bcc).encode("utf-8")
+    return head + (rest or eol)
+
+
+class _EndpointHttp(httplib2.Http):
+    """httplib2 that sends media uploads to the configured API endpoint too.
+
+    google-api-python-client builds upload URLs from the discovery document's root and, when
+    ``api_endpoint`` overrides it, swaps in the host only: the scheme stays https and a path prefix is
+    lost, so a plain-http or path-prefixed endpoint (a proxy, a test server) would never see the upload.
+    """
+
+    def __init__(self, endpoint: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._base = endpoint.rstrip("/") + "/"
+        self._hosts = {urllib.parse.urlsplit(endpoint).netloc, "gmail.googleapis.com", "www.googleapis.com"}
+
+    def request(self, uri, method="GET", body=None, headers=None, redirections=5, connection_type=None):
+        parts = urllib.parse.urlsplit(uri)
+        if parts.netloc in self._hosts and parts.path.startswith(("/upload/", "/resumable/upload/")):
+            uri = self._base + parts.path.lstrip("/") + (f"?{parts.query}" if parts.query else "")
+        return super().request(uri, method, body=body, headers=headers, redirections=redirections,
+                               connection_type=connection_type)
+
+
+class _NotFound(PermanentError):
+    """Gmail answered 404 for the thing asked."""
+
+
+class GmailMailbox:
+    """One Gmail account: releases with the Gmail API, finds sent mail by Message-ID, reads drafts."""
+
+    kind = "gmail"
+
+    def __init__(self, name: str, address: str, credentials: Credentials | None, *,
+                 api_endpoint: str | None = None, reconcile: str = "search", drafts: bool = False,
+                 drafts_label: str = "SendGuard", send_as: Iterable[str] = (), gmail_account: str = "",
+                 retries: int = 4, backoff: float = 1.0, upload_threshold: int = UPLOAD_THRESHOLD,
+                 upload_chunk: int = UPLOAD_CHUNK, timeout: float = 60.0,
+                 on_token_rotated: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.name = name
+        self.address = address
+        self.credentials = credentials
+        self.api_endpoint = api_endpoint or None
+        self.reconcile = reconcile
+        self.drafts = drafts
+        self.drafts_label = drafts_label
+        self.gmail_account = gmail_account
+        self.send_as = {a.lower() for a in (address, *send_as) if a}
+        self.retries = retries
+        self.backoff = backoff
+        self.upload_threshold = upload_threshold
+        self.upload_chunk = max(256 * 1024, upload_chunk // (256 * 1024) * (256 * 1024))
+        self.timeout = timeout
+        self._on_token_rotated = on_token_rotated
+        self._sleep = sleep
+        self._service: Any = None
+        self._refresh_token = credentials.refresh_token if credentials else None
+
+    # -- construction --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_account(cls, account: Account, home: Path) -> GmailMailbox:
+        s = account.settings
+        refresh_token = secrets.get(account.secret_key("refresh_token"))
+        creds = None
+        if refresh_token:
+            granted = list(s.get("scopes", []))
+            creds = Credentials(None, refresh_token=refresh_token,
+                                token_uri=s.get("token_uri", GOOGLE_TOKEN_URI),
+                                client_id=s.get("client_id"),
+                                client_secret=secrets.get(account.secret_key("client_secret")),
+                                scopes=granted or None)
+
+        def rotated(token: str) -> None:
+            secrets.put(account.secret_key("refresh_token"), token)
+
+        return cls(account.name, account.address, creds, api_endpoint=s.get("api_endpoint"),
+                   reconcile=reconcile_mode(s.get("scopes", []), s.get("reconcile", "search")),
+                   drafts=bool(s.get("drafts", False)), drafts_label=s.get("drafts_label", "SendGuard"),
+                   send_as=s.get("send_as", []), gmail_account=s.get("gmail_account", ""),
+                   retries=int(s.get("retries", 4)), backoff=float(s.get("backoff_seconds", 1.0)),
+                   upload_threshold=int(s.get("upload_threshold", UPLOAD_THRESHOLD)),
+                   upload_chunk=int(s.get("upload_chunk", UPLOAD_CHUNK)),
+                   timeout=float(s.get("timeout_seconds", 60.0)), on_token_rotated=rotated)
+
+    @property
+    def service(self) -> Any:
+        if self._service is None:
+            if self.credentials is None:
+                raise AuthError(f"SendGuard holds no Gmail sign-in for {self.address}: run "
+                                f"`sendguard gmail reconnect {self.name}`; your mail stays held.")
+            base = (_EndpointHttp(self.api_endpoint, timeout=self.timeout) if self.api_endpoint
+                    else httplib2.Http(timeout=self.timeout))
+            # Like googleapiclient.http.build_http: a 308 is the resumable-upload protocol, not a redirect.
+            base.redirect_codes = base.redirect_codes - {308}
+            authed = google_auth_httplib2.AuthorizedHttp(self.credentials, http=base)
+            options = {"api_endpoint": self.api_endpoint} if self.api_endpoint else None
+            self._service = discovery.build("gmail", "v1", http=authed, static_discovery=True,
+                                            cache_discovery=False, client_options=options)
+        return self._service
+
+    # -- calls, retries and errors -------------------------------------------------------------------
+
+    def _execute(self, make_request: Callable[[], Any], action: str, *, message_id: str | None = None,
+                 size: int | None = None) -> Any:
+        """Run one API call with retries on 429/5xx; map failures to the connector errors.
+
+        ``message_id`` marks a send: after an answer that leaves unknown whether the message went out
+        (5xx, a dropped connection), Sent is searched before any retry so nothing goes twice.
+        """
+        attempt = 0
+        while True:
+            ambiguous = False
+            try:
+                result = make_request().execute()
+                self._note_rotation()
+                return result
+            except google_auth_errors.RefreshError as exc:
+                raise self._refresh_failed(exc) from None
+            except google_auth_errors.TransportError as exc:
+                err: MailboxError = TransientError(f"Google's sign-in service could not be reached ({exc}); "
+                                                   "SendGuard will try again.")
+            except MediaUploadSizeError:
+                raise self._too_large(size) from None
+            except HttpError as exc:
+                err = self._http_error(exc, action, size)
+                if not isinstance(err, TransientError):
+                    raise err from None
+                ambiguous = exc.resp.status >= 500
+            except ConnectionRefusedError:
+                err = TransientError(f"Gmail could not be reached to {action} (connection refused); "
+                                     "SendGuard will try again.")
+            except (OSError, httplib2.HttpLib2Error) as exc:
+                err = TransientError(f"Gmail could not be reached to {action} ({type(exc).__name__}); "
+                                     "SendGuard will try again.")
+                ambiguous = True
+            if message_id and ambiguous:
+                sent = self.find_sent(message_id)
+                if sent:
+                    return {"id": None, "reconciled": True}
+                if sent is None:
+                    raise err
+            delay = err.retry_after if isinstance(err, TransientError) and err.retry_after else None
+            if delay is None:
+                delay = self.backoff * (2 ** attempt) + random.uniform(0, self.backoff)
+            attempt += 1
+            if attempt > self.retries or delay > 120:
+                err.retry_after = max(delay, err.retry_after or 0)
+                raise err
+            log.info("gmail %s: %s; retry %d in %.1fs", self.address, err, attempt, delay)
+            self._sleep(delay)
+
+    def _note_rotation(self) -> None:
+        token = getattr(self.credentials, "refresh_token", None)
+        if token and token != self._refresh_token:
+            self._refresh_token = token
+            if self._on_token_rotated:
+                self._on_token_rotated(token)
+
+    def _reconnect_hint(self) -> str:
+        return f"run `sendguard gmail reconnect {self.name}` to sign in again; your mail stays held."
+
+    def _refresh_failed(self, exc: Exception) -> MailboxError:
+        text = str(exc)
+        if getattr(exc, "retryable", False):
+            return TransientError(f"Google's sign-in service failed for {self.address}; "
+                                  "SendGuard will try again.")
+        if "invalid_grant" in text or "revoked" in text.lower() or "expired" in text.lower():
+            return AuthError(f"Gmail access for {self.address} was revoked or has expired: "
+                             f"{self._reconnect_hint()}")
+        if "invalid_client" in text or "unauthorized_client" in text or "deleted_client" in text:
+            return AuthError(f"Google no longer accepts SendGuard's OAuth client for {self.address} "
+                             f"(deleted or disabled): ask your admin for a new client file, then "
+                             f"{self._reconnect_hint()}")
+        return AuthError(f"Google refused to renew Gmail access for {self.address} ({text.split(',')[0]}): "
+                         f"{self._reconnect_hint()}")
+
+    def _too_large(self, size: int | None) -> PermanentError:
+        mb = f"{size / 1_048_576:.1f} MB; " if size else ""
+        return PermanentError(f"The message is too large for Gmail ({mb}Gmail accepts up to 35 MB including "
+                              "encoding): remove attachments or share them as links, then send again.")
+
+    def _http_error(self, exc: HttpError, action: str, size: int | None) -> MailboxError:
+        status = exc.resp.status
+        reason, message = _error_detail(exc)
+        if status == 401:
+            return AuthError(f"Gmail refused SendGuard's sign-in for {self.address}: "
+                             f"{self._reconnect_hint()}")
+        if status == 429 or (status == 403 and reason in _QUOTA_REASONS):
+            wait = _retry_after(exc, message)
+            when = f" in {int(wait)} s" if wait else " later"
+            err = TransientError(f"Gmail quota exceeded for {self.address} ({message or reason}); "
+                                 f"SendGuard will try again{when}.", retry_after=wait)
+            return err
+        if status == 403 and reason in _SCOPE_REASONS:
+            return AuthError(f"{self.address} has not allowed SendGuard to {action}: run `sendguard gmail "
+                             f"reconnect {self.name}` and tick every permission asked; your mail stays held.")
+        if status == 413 or (status == 400 and re.search(r"too large|exceed|size", message, re.I)):
+            return self._too_large(size)
+        if status >= 500:
+            return TransientError(f"Gmail failed to {action} ({status} {message or reason}); "
+                                  "SendGuard will try again.")
+        if status == 404:
+            return _NotFound(f"Gmail could not find what SendGuard asked for to {action} ({message}).")
+        return PermanentError(f"Gmail refused to {action} for {self.address}: {message or reason or status}.")
+
+    # -- Mailbox interface ---------------------------------------------------------------------------
+
+    def gmail_raw(self, item: ReleaseItem) -> bytes:
+        """The bytes Gmail gets: ``item.raw`` with a Bcc header for every recipient not in To/Cc.
+
+        Refuses (PermanentError) a From that is not this account and a To/Cc address that is not among
+        the recipients to release to: Gmail sends to the header addresses, so one the user removed
+        must not still be in the header.
+        """
+        heads = header_addresses(item.raw)
+        senders = heads["from"]
+        if senders and not set(senders) & self.send_as:
+            raise PermanentError(f"The message is from {senders[0]}, but this Gmail account releases mail "
+                                 f"from {self.address}: Gmail would send it as another sender. Send from "
+                                 f"{self.address}, or add a Gmail account for {senders[0]}.")
+        recipients = list(dict.fromkeys(r.lower() for r in item.recipients))
+        if not recipients:
+            raise PermanentError("The message has no recipients left to send to.")
+        visible = set(heads["to"]) | set(heads["cc"])
+        stray = sorted(visible - set(recipients))
+        if stray:
+            raise PermanentError(f"The To/Cc header still names {', '.join(stray)}, which is not among the "
+                                 "recipients to release to; Gmail would send to it, so SendGuard refuses.")
+        bcc = [r for r in recipients if r not in visible]
+        return with_bcc(item.raw, bcc)
+
+    def release(self, item: ReleaseItem) -> ReleaseReceipt:
+        raw = self.gmail_raw(item)
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise self._too_large(len(raw))
+        if item.source == "gmail" and (item.source_ref or "").startswith("draft:"):
+            return self._release_draft(item, item.source_ref.split(":", 1)[1], raw)
+        users = self.service.users()
+        result = self._execute(lambda: users.messages().send(userId="me", **self._payload(raw)),
+                               "send the message", message_id=item.message_id, size=len(raw))
+        return self._receipt(result, item, "messages.send")
+
+    def _release_draft(self, item: ReleaseItem, draft_id: str, raw: bytes) -> ReleaseReceipt:
+        drafts = self.service.users().drafts()
+        try:
+            draft = self._execute(lambda: drafts.get(userId="me", id=draft_id, format="raw"),
+                                  "read the draft")
+        except _NotFound:
+            if self.find_sent(item.message_id):
+                return ReleaseReceipt("gmail", {"account": self.address, "method": "drafts.send",
+                                                "reconciled": True, "draft_id": draft_id})
+            raise PermanentError(f"The Gmail draft {draft_id} no longer exists (sent or deleted in Gmail); "
+                                 "SendGuard sent nothing.") from None
+        message = draft.get("message", {})
+        if _unb64(message.get("raw", "")) != raw:
+            body: dict[str, Any] = {"id": draft_id, "message": {"threadId": message.get("threadId")}}
+            payload = self._payload(raw)
+            if "body" in payload:
+                body["message"]["raw"] = payload.pop("body")["raw"]
+            self._execute(lambda: drafts.update(userId="me", id=draft_id, body=body, **payload),
+                          "update the draft", size=len(raw))
+        result = self._execute(lambda: drafts.send(userId="me", body={"id": draft_id}), "send the draft",
+                               message_id=item.message_id, size=len(raw))
+        receipt = self._receipt(result, item, "drafts.send")
+        receipt.detail["draft_id"] = draft_id
+        return receipt
+
+    def _payload(self, raw: bytes) -> dict[str, Any]:
+        if len(raw) <= self.upload_threshold:
+            return {"body": {"raw": _b64(raw)}}
+        return {"media_body": MediaInMemoryUpload(raw, mimetype="message/rfc822", resumable=True,
+                                                  chunksize=self.upload_chunk)}
+
+    def _receipt(self, result: dict[str, Any], item: ReleaseItem, method: str) -> ReleaseReceipt:
+        detail = {"account": self.address, "method": method, "gmail_id": result.get("id"),
+                  "thread_id": result.get("threadId"), "message_id": item.message_id}
+        if result.get("reconciled"):
+            detail["reconciled"] = True
+        return ReleaseReceipt("gmail", detail)
+
+    def find_sent(self, message_id: str) -> bool | None:
+        """Whether a message with this Message-ID is in the account's Sent mail.
+
+        ``search`` mode asks Gmail for ``rfc822msgid:`` in Sent and also reads the newest Sent headers
+        (the search index can lag a just-sent message), so its "no" is an answer; ``headers`` mode can
+        only see the newest Sent messages, so it answers True or None; ``off`` always None.
+        """
+        wanted = message_id.strip().strip("<>").strip()
+        if self.reconcile == "off" or not wanted:
+            return None
+        try:
+            if self.reconcile == "search":
+                messages = self.service.users().messages()
+                found = self._execute(lambda: messages.list(userId="me", q=f"rfc822msgid:{wanted}",
+                                                            labelIds=["SENT"], includeSpamTrash=True,
+                                                            maxResults=5), "search Sent mail")
+                if found.get("messages"):
+                    return True
+            if self._recent_sent_has(wanted):
+                return True
+        except MailboxError as exc:
+            log.warning("gmail %s: cannot tell whether %s was sent: %s", self.address, message_id, exc)
+            return None
+        return False if self.reconcile == "search" else None
+
+    def _recent_sent_has(self, wanted: str) -> bool:
+        messages = self.service.users().messages()
+        listing = self._execute(lambda: messages.list(userId="me", labelIds=["SENT"], includeSpamTrash=True,
+                                                      maxResults=RECENT_SENT_SCAN), "list Sent mail")
+        for entry in listing.get("messages", []):
+            meta = self._execute(lambda e=entry: messages.get(userId="me", id=e["id"], format="metadata",
+                                                              metadataHeaders=["Message-ID"]),
+                                 "read Sent mail")
+            for header in meta.get("payload", {}).get("headers", []):
+                value = header.get("value", "").strip().strip("<>")
+                if header.get("name", "").lower() == "message-id" and value == wanted:
+                    return True
+        return False
+
+    # -- drafts ----------------------------------------------------------------------------------------
+
+    def _need_drafts(self) -> None:
+        if not self.drafts:
+            raise PermanentError(f"The drafts feature is off for {self.address}: run `sendguard accounts add "
+                                 f"gmail --address {self.address} --drafts` to allow Gmail drafts.")
+
+    def list_drafts(self) -> list[dict[str, Any]]:
+        """Drafts labelled for SendGuard (``label:<drafts_label>``), newest first, with their headers."""
+        self._need_drafts()
+        drafts = self.service.users().drafts()
+        query = f'label:"{self.drafts_label}"' if " " in self.drafts_label else f"label:{self.drafts_label}"
+        out: list[dict[str, Any]] = []
+        request = drafts.list(userId="me", q=query, maxResults=100)
+        while request is not None:
+            page = self._execute(lambda r=request: r, "list drafts")
+            for entry in page.get("drafts", []):
+                full = self._execute(lambda e=entry: drafts.get(userId="me", id=e["id"], format="metadata"),
+                                     "read a draft")
+                headers = {h["name"].lower(): h["value"]
+                           for h in full.get("message", {}).get("payload", {}).get("headers", [])}
+                out.append({"id": entry["id"], "message_id": headers.get("message-id", ""),
+                            "from": headers.get("from", ""), "to": headers.get("to", ""),
+                            "cc": headers.get("cc", ""), "subject": headers.get("subject", ""),
+                            "date": headers.get("date", ""),
+                            "snippet": full.get("message", {}).get("snippet", "")})
+            request = drafts.list_next(request, page)
+        return out
+
+    def draft_id_for_message(self, gmail_message_id: str) -> str | None:
+        """The draft whose current message has this Gmail message id (what the add-on is given)."""
+        drafts = self.service.users().drafts()
+        request = drafts.list(userId="me", maxResults=500)
+        while request is not None:
+            page = self._execute(lambda r=request: r, "list drafts")
+            for entry in page.get("drafts", []):
+                if entry.get("message", {}).get("id") == gmail_message_id:
+                    return entry["id"]
+            request = drafts.list_next(request, page)
+        return None
+
+    def take_draft(self, draft_id: str) -> HeldItem:
+        """A draft's MIME as a held item for the outbox; the draft itself is not touched."""
+        self._need_drafts()
+        drafts = self.service.users().drafts()
+        try:
+            draft = self._execute(lambda: drafts.get(userId="me", id=draft_id, format="raw"),
+                                  "read the draft")
+        except _NotFound:
+            raise PermanentError(f"No Gmail draft {draft_id} in {self.address} (sent or deleted?).") from None
+        raw = _unb64(draft.get("message", {}).get("raw", ""))
+        heads = header_addresses(raw)
+        recipients = tuple(dict.fromkeys(heads["to"] + heads["cc"] + heads["bcc"]))
+        if not recipients:
+            raise PermanentError(f"The Gmail draft {draft_id} has no recipients yet.")
+        sender = heads["from"][0] if heads["from"] else self.address.lower()
+        if sender not in self.send_as:
+            raise PermanentError(f"The draft is from {sender}, but this Gmail account is {self.address}.")
+        return HeldItem(ref=f"draft:{draft_id}", raw=raw, envelope_from=sender, recipients=recipients,
+                        source="gmail")
+
+
+def _error_detail(exc: HttpError) -> tuple[str, str]:
+    try:
+        data = json.loads(exc.content.decode("utf-8"))
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return "", str(getattr(exc, "reason", "") or "")
+    error = data.get("error", {}) if isinstance(data, dict) else {}
+    if not isinstance(error, dict):
+        return str(error), str(data.get("error_description", ""))
+    errors = error.get("errors") or [{}]
+    reason = errors[0].get("reason") or error.get("status") or ""
+    return str(reason), str(error.get("message", ""))
+
+
+def _retry_after(exc: HttpError, message: str) -> float | None:
+    header = exc.resp.get("retry-after")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    m = _RETRY_AFTER_TS.search(message or "")
+    if m:
+        try:
+            when = datetime.fromisoformat(m.group(1).replace("Z", "+00:00"))
+            return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        except ValueError:
+            return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sign-in: installed-app OAuth, or an admin's authorized-user file.
+
+
+def _client_config(client_secrets: Path | None) -> dict[str, Any]:
+    """The OAuth client, in Google's client-file shape: the file given, the admin's file, or env."""
+    from_env = os.environ.get("SENDGUARD_GMAIL_CLIENT_SECRETS")
+    sources = [client_secrets, from_env, paths.home() / "gmail-client.json"]
+    for source in sources:
+        if source is None:
+            continue
+        path = Path(source)
+        if not path.is_file():
+            if source is client_secrets or source == from_env:
+                raise click.ClickException(f"OAuth client file {path}: no such file.")
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"OAuth client file {path}: not readable JSON ({exc}).") from None
+        client = data.get("installed") or data.get("web") if isinstance(data, dict) else None
+        if not isinstance(client, dict) or not client.get("client_id"):
+            raise click.ClickException(f"OAuth client file {path}: expected a Google 'installed' "
+                                       "(Desktop app) client with client_id and client_secret.")
+        client.setdefault("auth_uri", GOOGLE_AUTH_URI)
+        client.setdefault("token_uri", GOOGLE_TOKEN_URI)
+        return {"installed": client}
+    client_id = os.environ.get("SENDGUARD_GMAIL_CLIENT_ID")
+    if client_id:
+        return {"installed": {"client_id": client_id,
+                              "client_secret": os.environ.get("SENDGUARD_GMAIL_CLIENT_SECRET", ""),
+                              "auth_uri": GOOGLE_AUTH_URI, "token_uri": GOOGLE_TOKEN_URI}}
+    raise click.ClickException("No OAuth client for Gmail: pass --client-secrets FILE (a Desktop-app client "
+                               "from Google Cloud console), or have your admin install gmail-client.json.")
+
+
+def _signed_in_email(creds: Credentials) -> str:
+    """The Google account that signed in, from the ID token the token endpoint returned."""
+    token = getattr(creds, "id_token", None)
+    if not token:
+        return ""
+    try:
+        # Received straight from the token endpoint over TLS: OIDC lets a client trust it without
+        # checking the signature.
+        claims = google_jwt.decode(token, verify=False)
+    except ValueError:
+        return ""
+    return str(claims.get("email", "")).lower()
+
+
+def _granted(creds: Credentials, asked: Iterable[str]) -> list[str]:
+    granted = getattr(creds, "granted_scopes", None) or getattr(creds, "scopes", None) or list(asked)
+    if isinstance(granted, str):
+        granted = granted.split()
+    return sorted(set(granted))
+
+
+def _consent(client: dict[str, Any], scopes: list[str], address: str, open_browser: bool) -> Credentials:
+    from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
+    from oauthlib.oauth2.rfc6749 import errors as oauth_errors
+
+    flow = InstalledAppFlow.from_client_config(client, scopes=scopes)
+    prompt = f"Sign in to Google as {address} to let SendGuard send its mail:\n{{url}}"
+    relaxed = os.environ.get("OAUTHLIB_RELAX_TOKEN_SCOPE")
+    os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = "1"  # we check the granted scopes ourselves
+    try:
+        return flow.run_local_server(host="localhost", port=0, open_browser=open_browser,
+                                     authorization_prompt_message=prompt,
+                                     success_message="SendGuard is signed in to Gmail. "
+                                                     "You may close this window.",
+                                     timeout_seconds=300, access_type="offline", prompt="consent",
+                                     login_hint=address)
+    except oauth_errors.AccessDeniedError:
+        raise click.ClickException(f"Consent was denied in the browser: SendGuard cannot send mail as "
+                                   f"{address} without it. Run the command again and choose Allow.") from None
+    except WSGITimeoutError:
+        raise click.ClickException("No answer from the browser within 5 minutes; "
+                                   "run the command again.") from None
+    except oauth_errors.OAuth2Error as exc:
+        detail = exc.description or exc.error
+        raise click.ClickException(f"Google refused the sign-in ({exc.error}: {detail}).") from None
+    except OSError as exc:
+        raise click.ClickException(f"Sign-in failed: {exc}.") from None
+    finally:
+        if relaxed is None:
+            os.environ.pop("OAUTHLIB_RELAX_TOKEN_SCOPE", None)
+        else:
+            os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = relaxed
+
+
+def _import_authorized_user(path: Path) -> Credentials:
+    import google.auth.transport.requests
+
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"--authorized-user {path}: not readable JSON ({exc}).") from None
+    if not isinstance(info, dict):
+        info = {}
+    missing = [k for k in ("client_id", "client_secret", "refresh_token") if not info.get(k)]
+    if missing:
+        raise click.ClickException(f"--authorized-user {path}: missing {', '.join(missing)} (expected "
+                                   "google-auth's authorized_user JSON).")
+    token_uri = info.get("token_uri") or GOOGLE_TOKEN_URI
+    parts = urllib.parse.urlsplit(token_uri)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise click.ClickException(f"--authorized-user {path}: token_uri {token_uri!r} must be https.")
+    # google-auth's from_authorized_user_info always uses Google's endpoint; an admin's file may name
+    # another (a proxy), so build the credentials from the fields themselves.
+    creds = Credentials(None, refresh_token=info["refresh_token"], token_uri=token_uri,
+                        client_id=info["client_id"], client_secret=info["client_secret"],
+                        scopes=info.get("scopes"))
+    try:
+        creds.refresh(google.auth.transport.requests.Request())
+    except google_auth_errors.RefreshError as exc:
+        raise click.ClickException(f"--authorized-user {path}: Google refused its refresh token "
+                                   f"({str(exc).split(',')[0]}); issue a new one.") from None
+    except google_auth_errors.TransportError as exc:
+        raise click.ClickException(f"Cannot reach Google's token endpoint {token_uri}: {exc}") from None
+    return creds
+
+
+def _valid_address(address: str) -> str:
+    address = address.strip()
+    parsed = _addresses([address])
+    if len(parsed) != 1 or parsed[0] != address.lower() or "@" not in address or address.startswith("@") \
+            or address.endswith("@") or " " in address:
+        raise click.ClickException(f"--address {address!r} is not an email address.")
+    return address
+
+
+def _valid_endpoint(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.ClickException(f"--api-endpoint {url!r} is not an http(s) URL.")
+    return url.rstrip("/") + "/"
+
+
+def _sign_in_and_save(account: Account, client: dict[str, Any] | None, creds: Credentials | None, *,
+                      scopes: list[str], open_browser: bool, assume_yes: bool) -> None:
+    """Consent (unless creds are given), check what was granted and who signed in, store everything."""
+    address = account.address
+    if creds is None:
+        assert client is not None
+        creds = _consent(client, scopes, address, open_browser)
+        if not creds.refresh_token:
+            raise click.ClickException("Google returned no refresh token: remove SendGuard at "
+                                       "https://myaccount.google.com/permissions and run the command again.")
+    granted = _granted(creds, scopes)
+    s = account.settings
+    if not set(granted) & RELEASE_SCOPES:
+        raise click.ClickException(f"SendGuard was not allowed to send email as {address}: run the command "
+                                   "again and tick \"Send email on your behalf\".")
+    if s.get("drafts") and not set(granted) & DRAFT_SCOPES:
+        raise click.ClickException("SendGuard was not allowed to manage your drafts (needed by --drafts): "
+                                   "run the command again and tick it, or leave out --drafts.")
+    wanted = s.get("reconcile", "search")
+    got = reconcile_mode(granted, wanted)
+    if got != wanted:
+        click.echo(f"Note: Gmail did not grant the permission to look in Sent mail ({wanted}); after a crash "
+                   "SendGuard will ask you whether an unfinished message went out.", err=True)
+    signed_in = _signed_in_email(creds)
+    if signed_in and signed_in != address.lower() and not assume_yes:
+        question = (f"You signed in to Google as {signed_in}, not {address}: mail from {address} would be "
+                    f"sent by {signed_in}'s Gmail ({address} must be a send-as address there).")
+        if not sys.stdin.isatty():
+            raise click.ClickException(question + f" Sign in as {address}, or pass --yes to accept.")
+        if not click.confirm(question + " Continue?", default=False):
+            raise click.ClickException("Account not added.")
+    s["scopes"] = granted
+    s["gmail_account"] = signed_in
+    s["client_id"] = creds.client_id
+    s["token_uri"] = creds.token_uri or GOOGLE_TOKEN_URI
+    if client:
+        s["auth_uri"] = client["installed"].get("auth_uri", GOOGLE_AUTH_URI)
+    try:
+        secrets.put(account.secret_key("refresh_token"), creds.refresh_token)
+        if creds.client_secret:
+            secrets.put(account.secret_key("client_secret"), creds.client_secret)
+    except Exception as exc:  # keyring backends raise their own types
+        raise click.ClickException(f"Cannot store the Gmail token in {secrets.describe()}: {exc}") from None
+    sg_config.save_account(account)
+    who = f" (signed in as {signed_in})" if signed_in and signed_in != address.lower() else ""
+    click.echo(f"Gmail account {account.name} added: mail from {address} is released through Gmail{who}; "
+               f"token stored in {secrets.describe()}.")
+
+
+@click.command("gmail")
+@click.option("--address", required=True, help="The sender address whose mail this Gmail account releases.")
+@click.option("--name", default=None, help="Account name in config.toml (default: the address).")
+@click.option("--client-secrets", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Google OAuth client file (Desktop app) for the browser sign-in.")
+@click.option("--authorized-user", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Import google-auth authorized-user JSON (client_id, client_secret, refresh_token, "
+                   "token_uri); no browser.")
+@click.option("--api-endpoint", default=None, help="Gmail API base URL (a proxy; tests).")
+@click.option("--drafts/--no-drafts", default=False,
+              help="Let SendGuard send Gmail drafts (asks for gmail.compose).")
+@click.option("--drafts-label", default="SendGuard", show_default=True,
+              help="Label that marks drafts for SendGuard.")
+@click.option("--reconcile", type=click.Choice(["search", "headers", "off"]), default="search",
+              show_default=True,
+              help="How to tell after a crash whether a message went out: search Sent (gmail.readonly), "
+                   "read the newest Sent headers (gmail.metadata), or ask the user.")
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
+@click.option("--yes", "assume_yes", is_flag=True,
+              help="Accept signing in as another Google account (send-as alias).")
+def add_command(address: str, name: str | None, client_secrets: Path | None, authorized_user: Path | None,
+                api_endpoint: str | None, drafts: bool, drafts_label: str, reconcile: str, no_browser: bool,
+                assume_yes: bool) -> None:
+    """Add a Gmail account: mail from ADDRESS is released with the Gmail API."""
+    address = _valid_address(address)
+    if client_secrets and authorized_user:
+        raise click.ClickException("Give either --client-secrets (browser sign-in) or --authorized-user, "
+                                   "not both.")
+    endpoint = _valid_endpoint(api_endpoint)
+    if not drafts_label.strip():
+        raise click.ClickException("--drafts-label must not be empty.")
+    settings: dict[str, Any] = {"drafts": drafts, "drafts_label": drafts_label.strip(),
+                                "reconcile": reconcile}
+    if endpoint:
+        settings["api_endpoint"] = endpoint
+    account = Account(name or address, "gmail", address, settings)
+    scopes = requested_scopes(drafts, reconcile)
+    if authorized_user:
+        if not authorized_user.is_file():
+            raise click.ClickException(f"--authorized-user {authorized_user}: no such file.")
+        creds = _import_authorized_user(authorized_user)
+        _sign_in_and_save(account, None, creds, scopes=scopes, open_browser=False, assume_yes=assume_yes)
+    else:
+        client = _client_config(client_secrets)
+        _sign_in_and_save(account, client, None, scopes=scopes, open_browser=not no_browser,
+                          assume_yes=assume_yes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# `sendguard gmail ...`
+
+
+def _gmail_account(name: str | None) -> Account:
+    cfg = sg_config.load()
+    accounts = [a for a in cfg.accounts if a.kind == "gmail"]
+    if name:
+        chosen = next((a for a in accounts if a.name == name or a.address.lower() == name.lower()), None)
+        if chosen is None:
+            raise click.ClickException(f"No Gmail account {name!r}; see `sendguard accounts list`.")
+        return chosen
+    if not accounts:
+        raise click.ClickException("No Gmail account yet: run `sendguard accounts add gmail --address ADDR`.")
+    if len(accounts) > 1:
+        raise click.ClickException("Several Gmail accounts: choose one with --account NAME.")
+    return accounts[0]
+
+
+def mailbox_for(account: Account) -> GmailMailbox:
+    return GmailMailbox.from_account(account, paths.home())
+
+
+def submit_draft(outbox: Any, mailbox: GmailMailbox, draft_id: str) -> Any:
+    """Take a draft into the outbox (source ``gmail``, ref ``draft:<id>``); returns what submit returns."""
+    held = mailbox.take_draft(draft_id)
+    return outbox.submit(held.raw, held.envelope_from, list(held.recipients), source="gmail",
+                         source_ref=held.ref)
+
+
+@click.group("gmail")
+def gmail_group() -> None:
+    """Gmail drafts handed to SendGuard, and the Gmail sign-in."""
+
+
+@gmail_group.command("drafts")
+@click.option("--account", "account_name", default=None, help="Gmail account name or address.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def drafts_command(account_name: str | None, as_json: bool) -> None:
+    """List drafts labelled for SendGuard."""
+    mailbox = mailbox_for(_gmail_account(account_name))
+    try:
+        drafts = mailbox.list_drafts()
+    except MailboxError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(drafts, ensure_ascii=False, indent=2))
+        return
+    if not drafts:
+        click.echo(f"No drafts labelled {mailbox.drafts_label!r} in {mailbox.address}.")
+    for d in drafts:
+        click.echo(f"{d['id']}\t{d['to']}\t{d['subject']}")
+
+
+@gmail_group.command("check-and-send")
+@click.argument("draft_id")
+@click.option("--account", "account_name", default=None, help="Gmail account name or address.")
+def check_and_send_command(draft_id: str, account_name: str | None) -> None:
+    """Take a Gmail draft into the outbox: it is checked, confirmed (and approved if needed), then sent."""
+    mailbox = mailbox_for(_gmail_account(account_name))
+    outbox = _open_outbox()
+    try:
+        result = submit_draft(outbox, mailbox, draft_id)
+    except MailboxError as exc:
+        raise click.ClickException(str(exc)) from None
+    item_id = getattr(result, "id", result)
+    state = getattr(result, "state", None)
+    click.echo(f"Draft {draft_id} is in the SendGuard outbox as {item_id}"
+               + (f" ({state})" if state else "") +
+               f": confirm it in the SendGuard window or with `sendguard queue confirm {item_id}`; "
+               "the draft stays untouched until it is sent.")
+
+
+def _open_outbox() -> Any:
+    try:
+        from sendguard import outbox as outbox_module
+    except ImportError:
+        raise click.ClickException("This SendGuard has no outbox yet; cannot take drafts.") from None
+    opener = getattr(outbox_module, "open_outbox", None) or getattr(outbox_module.Outbox, "open", None)
+    if opener is None:
+        raise click.ClickException("Cannot open the SendGuard outbox.")
+    return opener()
+
+
+@gmail_group.command("reconnect")
+@click.argument("account_name", required=False)
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
+@click.option("--yes", "assume_yes", is_flag=True, help="Accept signing in as another Google account.")
+def reconnect_command(account_name: str | None, no_browser: bool, assume_yes: bool) -> None:
+    """Sign in to Gmail again (after access was revoked or expired), keeping the account's settings."""
+    account = _gmail_account(account_name)
+    s = account.settings
+    if not s.get("client_id"):
+        raise click.ClickException(f"Account {account.name} has no OAuth client recorded: add it again with "
+                                   "`sendguard accounts add gmail`.")
+    client = {"installed": {"client_id": s["client_id"],
+                            "client_secret": secrets.get(account.secret_key("client_secret")) or "",
+                            "auth_uri": s.get("auth_uri", GOOGLE_AUTH_URI),
+                            "token_uri": s.get("token_uri", GOOGLE_TOKEN_URI)}}
+    scopes = requested_scopes(bool(s.get("drafts")), s.get("reconcile", "search"))
+    _sign_in_and_save(account, client, None, scopes=scopes, open_browser=not no_browser,
+                      assume_yes=assume_yes)

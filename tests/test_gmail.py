@@ -1,0 +1,496 @@
+"""Gmail connector against a local fake Google: the real google-api-python-client and OAuth flow."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import urllib.request
+from email.message import EmailMessage
+from pathlib import Path
+
+import keyring
+import pytest
+from click.testing import CliRunner
+from keyrings.alt.file import PlaintextKeyring
+
+from sendguard import config, secrets
+from sendguard.mailboxes import gmail, registry
+from sendguard.mailboxes.base import AuthError, PermanentError, ReleaseItem, TransientError
+from tests.fakes.gmail_server import READONLY, SEND, FakeGoogle
+
+ADDR = "alice@example.com"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """SENDGUARD_HOME and a plain-file test keyring in tmp_path; http allowed for the fake token endpoint."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("SENDGUARD_HOME", str(home))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the fake token endpoint is plain http
+    for var in ("SENDGUARD_GMAIL_CLIENT_SECRETS", "SENDGUARD_GMAIL_CLIENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    store = PlaintextKeyring()
+    store.file_path = str(tmp_path / "keyring.cfg")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(store)
+    yield home
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def google():
+    with FakeGoogle(email=ADDR) as fake:
+        yield fake
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """A stand-in for the user's browser: opens the consent URL the flow built and follows the redirect."""
+    from google_auth_oauthlib.flow import InstalledAppFlow
+
+    original = InstalledAppFlow.authorization_url
+    visits: list[str] = []
+
+    def visit(url: str) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # 302 -> http://localhost:PORT/?code=...
+                resp.read()
+        except Exception as exc:  # the test sees the flow time out; keep the reason
+            visits.append(f"error: {exc!r}")
+
+    def authorization_url(self, **kwargs):
+        url, state = original(self, **kwargs)
+        visits.append(url)
+        threading.Thread(target=visit, args=(url,), daemon=True).start()
+        return url, state
+
+    monkeypatch.setattr(InstalledAppFlow, "authorization_url", authorization_url)
+    return visits
+
+
+def client_file(tmp_path: Path, google: FakeGoogle) -> Path:
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps(google.client_file()))
+    return path
+
+
+def add_account(tmp_path, google, *extra: str) -> object:
+    args = [
+        "--address",
+        ADDR,
+        "--client-secrets",
+        str(client_file(tmp_path, google)),
+        "--api-endpoint",
+        google.url,
+        "--no-browser",
+        *extra,
+    ]
+    return CliRunner().invoke(gmail.add_command, args)
+
+
+def tune(name: str = ADDR, **settings) -> config.Account:
+    """Fast retries for tests (the product default backs off in seconds)."""
+    account = config.load().account(name)
+    account.settings.update({"backoff_seconds": 0.01, **settings})
+    config.save_account(account)
+    return account
+
+
+def mailbox(name: str = ADDR) -> gmail.GmailMailbox:
+    cfg = config.load()
+    box = registry.build(cfg.account(name), Path(cfg.path).parent)
+    assert isinstance(box, gmail.GmailMailbox)
+    return box
+
+
+def make_raw(
+    to="bob@partner.example",
+    cc=None,
+    frm=ADDR,
+    msgid="<t1.123@sendguard.test>",
+    body="Hello",
+    attachment: bytes | None = None,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Alice <{frm}>"
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = "見積書のご送付"
+    msg["Message-ID"] = msgid
+    msg.set_content(body)
+    if attachment is not None:
+        msg.add_attachment(attachment, maintype="application", subtype="octet-stream", filename="data.bin")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def item(raw: bytes, recipients=("bob@partner.example",), bcc=(), **kw) -> ReleaseItem:
+    return ReleaseItem(
+        outbox_id=kw.pop("outbox_id", "ob1"),
+        message_id=kw.pop("message_id", "<t1.123@sendguard.test>"),
+        raw=raw,
+        envelope_from=ADDR,
+        recipients=tuple(recipients),
+        bcc=tuple(bcc),
+        **kw,
+    )
+
+
+@pytest.fixture
+def account(env, tmp_path, google, browser):
+    result = add_account(tmp_path, google)
+    assert result.exit_code == 0, result.output
+    return tune()
+
+
+# -- sign-in ----------------------------------------------------------------------------------------------
+
+
+def test_consent_stores_refresh_token_in_keyring_and_least_scopes(env, tmp_path, google, browser):
+    result = add_account(tmp_path, google)
+    assert result.exit_code == 0, result.output
+    assert "added" in result.output
+    auth_url = next(v for v in browser if v.startswith("http"))
+    assert "code_challenge_method=S256" in auth_url and "access_type=offline" in auth_url
+    asked = set(dict(p.split("=", 1) for p in auth_url.split("?", 1)[1].split("&"))["scope"].split("+"))
+    assert {urllib.parse.unquote(s) for s in asked} == {"openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY}
+
+    acc = config.load().account(ADDR)
+    assert acc.kind == "gmail" and acc.address == ADDR
+    token = secrets.get(acc.secret_key("refresh_token"))
+    assert token in google.refresh_tokens  # the very token the fake issued, kept in the keyring
+    assert token not in (env / "config.toml").read_text()
+    assert acc.settings["api_endpoint"] == google.url
+    assert acc.settings["gmail_account"] == ADDR
+    assert SEND in acc.settings["scopes"] and gmail.SCOPE_COMPOSE not in acc.settings["scopes"]
+
+
+def test_drafts_feature_asks_compose_instead_of_send(env, tmp_path, google, browser):
+    assert add_account(tmp_path, google, "--drafts").exit_code == 0
+    scopes = config.load().account(ADDR).settings["scopes"]
+    assert gmail.SCOPE_COMPOSE in scopes and SEND not in scopes
+
+
+def test_consent_denied_is_one_clear_line(env, tmp_path, google, browser):
+    google.consent = "deny"
+    result = add_account(tmp_path, google)
+    assert result.exit_code == 1
+    assert "Consent was denied" in result.output and "Traceback" not in result.output
+    assert config.load().account(ADDR) is None
+
+
+def test_send_permission_unticked_is_refused(env, tmp_path, google, browser):
+    google.drop_scopes = {SEND}
+    result = add_account(tmp_path, google)
+    assert result.exit_code == 1
+    assert "not allowed to send email" in result.output
+
+
+def test_reconcile_permission_unticked_downgrades_with_a_note(env, tmp_path, google, browser):
+    google.drop_scopes = {READONLY}
+    result = add_account(tmp_path, google)
+    assert result.exit_code == 0, result.output
+    assert "look in Sent mail" in result.output
+    assert mailbox().reconcile == "off"
+
+
+def test_signed_in_as_another_account_needs_confirmation(env, tmp_path, google, browser):
+    google.email = "someone.else@example.com"
+    result = add_account(tmp_path, google)
+    assert result.exit_code == 1
+    assert "signed in to Google as someone.else@example.com" in result.output
+    result = add_account(tmp_path, google, "--yes")
+    assert result.exit_code == 0, result.output
+    assert config.load().account(ADDR).settings["gmail_account"] == "someone.else@example.com"
+
+
+def test_authorized_user_import_without_browser(env, tmp_path, google, monkeypatch):
+    from google_auth_oauthlib.flow import InstalledAppFlow
+
+    monkeypatch.setattr(InstalledAppFlow, "run_local_server", lambda *a, **k: pytest.fail("no browser flow"))
+    token = google.issue_refresh_token(["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY])
+    path = tmp_path / "authorized_user.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "authorized_user",
+                "client_id": google.client_id,
+                "client_secret": google.client_secret,
+                "refresh_token": token,
+                "token_uri": google.token_uri,
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
+    )
+    assert result.exit_code == 0, result.output
+    acc = config.load().account(ADDR)
+    assert secrets.get(acc.secret_key("refresh_token")) == token
+    assert mailbox().reconcile == "search"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--address", "not-an-address"], "is not an email address"),
+        (["--address", ADDR, "--client-secrets", "a.json", "--authorized-user", "b.json"], "not both"),
+        (["--address", ADDR, "--api-endpoint", "ftp://x"], "not an http(s) URL"),
+        (["--address", ADDR, "--client-secrets", "/nonexistent/client.json"], "no such file"),
+        (["--address", ADDR, "--authorized-user", "/nonexistent/user.json"], "no such file"),
+        (["--address", ADDR], "No OAuth client for Gmail"),
+    ],
+)
+def test_bad_input_is_refused_with_one_line(env, args, message):
+    result = CliRunner().invoke(gmail.add_command, args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
+# -- release ------------------------------------------------------------------------------------------------
+
+
+def test_release_sends_exact_mime_once_and_restart_reconciles(account, google):
+    raw = make_raw()
+    receipt = mailbox().release(item(raw))
+    assert receipt.transport == "gmail" and receipt.detail["method"] == "messages.send"
+    assert len(google.sends) == 1
+    assert google.sends[0]["raw"] == raw  # base64url-decoded by the fake, compared byte for byte
+    assert google.sends[0]["upload"] == "json"
+
+    # Crash before the outbox recorded "sent": a new process asks Gmail instead of sending again.
+    google.expire_access_tokens()  # a new process has no access token; it refreshes from the keyring
+    restarted = mailbox()
+    assert restarted.find_sent("<t1.123@sendguard.test>") is True
+    assert restarted.find_sent("<never-sent@sendguard.test>") is False
+    assert len(google.sends) == 1
+    q = [query for route, _m, query in google.calls if route == "messages.list" and "q" in query]
+    assert q[0]["q"] == ["rfc822msgid:t1.123@sendguard.test"] and q[0]["labelIds"] == ["SENT"]
+
+
+def test_reconcile_sees_a_send_the_search_index_has_not_caught_up_with(account, google):
+    mailbox().release(item(make_raw()))
+    google.search_lag = 1
+    assert mailbox().find_sent("<t1.123@sendguard.test>") is True
+
+
+def test_reconcile_with_headers_scope_or_none(env, tmp_path, google, browser):
+    assert add_account(tmp_path, google, "--reconcile", "headers").exit_code == 0
+    box = mailbox()
+    assert box.reconcile == "headers"
+    box.release(item(make_raw()))
+    assert box.find_sent("<t1.123@sendguard.test>") is True
+    assert box.find_sent("<other@sendguard.test>") is None  # headers mode cannot prove a negative
+    assert not [q for r, _m, q in google.calls if r == "messages.list" and "q" in q]
+
+    assert add_account(tmp_path, google, "--reconcile", "off").exit_code == 0
+    assert mailbox().find_sent("<t1.123@sendguard.test>") is None
+
+
+def test_blind_copies_go_into_a_bcc_header_for_gmail(account, google):
+    raw = make_raw(cc="carol@example.com")
+    mailbox().release(
+        item(
+            raw,
+            recipients=("bob@partner.example", "carol@example.com", "dave@partner.example"),
+            bcc=("dave@partner.example",),
+        )
+    )
+    sent = google.sends[0]["raw"]
+    head, _, body = sent.partition(b"\r\n\r\n")
+    assert b"\r\nBcc: dave@partner.example" in head
+    assert body == raw.partition(b"\r\n\r\n")[2]
+    assert gmail.with_bcc(sent, []) == raw
+
+
+def test_removed_recipient_still_in_header_is_refused(account, google):
+    raw = make_raw(to="bob@partner.example, eve@rival.example")
+    with pytest.raises(PermanentError, match="eve@rival.example"):
+        mailbox().release(item(raw, recipients=("bob@partner.example",)))
+    assert google.sends == []
+
+
+def test_from_other_than_the_account_is_refused(account, google):
+    with pytest.raises(PermanentError, match="mallory@example.com"):
+        mailbox().release(item(make_raw(frm="mallory@example.com")))
+    assert google.sends == []
+
+
+def test_retries_5xx_with_backoff_then_sends_once(account, google):
+    google.fail("messages.send", 503, times=2)
+    mailbox().release(item(make_raw()))
+    assert len(google.sends) == 1
+    assert google.route_count("messages.send") == 3
+
+
+def test_quota_exceeded_is_transient_with_retry_after(account, google):
+    google.fail(
+        "messages.send",
+        429,
+        reason="rateLimitExceeded",
+        message="User-rate limit exceeded.",
+        times=10,
+        headers={"Retry-After": "3600"},
+    )
+    with pytest.raises(TransientError, match="quota exceeded") as exc_info:
+        mailbox().release(item(make_raw()))
+    assert exc_info.value.retry_after == 3600
+    assert google.sends == [] and google.route_count("messages.send") == 1  # an hour's wait is not slept here
+
+
+def test_500_after_gmail_sent_is_reconciled_not_resent(account, google):
+    google.fail("messages.send", 500, after=True)  # Gmail sent it, then the answer was lost
+    receipt = mailbox().release(item(make_raw()))
+    assert receipt.detail.get("reconciled") is True
+    assert len(google.sends) == 1
+
+
+def test_revoked_token_asks_to_reconnect(account, google):
+    google.revoke_all()
+    with pytest.raises(AuthError, match="revoked or has expired.*sendguard gmail reconnect"):
+        mailbox().release(item(make_raw()))
+    assert google.sends == []
+
+
+def test_reconnect_after_revocation(account, google, browser):
+    google.revoke_all()
+    result = CliRunner().invoke(gmail.gmail_group, ["reconnect", ADDR, "--no-browser"])
+    assert result.exit_code == 0, result.output
+    tune()
+    mailbox().release(item(make_raw()))
+    assert len(google.sends) == 1
+
+
+def test_missing_permission_is_an_auth_error(account, google):
+    token = secrets.get(config.load().account(ADDR).secret_key("refresh_token"))
+    google.refresh_tokens[token]["scopes"] = {"openid"}
+    with pytest.raises(AuthError, match="has not allowed SendGuard"):
+        mailbox().release(item(make_raw()))
+
+
+def test_large_message_goes_through_resumable_upload(account, google):
+    tune(upload_threshold=64 * 1024, upload_chunk=256 * 1024)
+    raw = make_raw(attachment=bytes(range(256)) * 2400)  # ~800 kB after base64
+    mailbox().release(item(raw))
+    assert len(google.sends) == 1
+    assert google.sends[0]["raw"] == raw and google.sends[0]["upload"] == "upload-resumable"
+    assert google.route_count("upload.chunk") >= 3
+
+
+def test_message_too_large_is_permanent(account, google, monkeypatch):
+    monkeypatch.setattr(gmail, "MAX_MESSAGE_BYTES", 10_000)
+    with pytest.raises(PermanentError, match="too large for Gmail"):
+        mailbox().release(item(make_raw(attachment=b"x" * 20_000)))
+    assert google.calls == []
+
+
+def test_too_large_answer_from_gmail_is_permanent(account, google):
+    google.fail("messages.send", 413, reason="uploadTooLarge", message="Request Entity Too Large")
+    with pytest.raises(PermanentError, match="too large for Gmail"):
+        mailbox().release(item(make_raw()))
+
+
+# -- drafts -------------------------------------------------
+
+
+class FakeOutbox:
+    def __init__(self):
+        self.items = []
+
+    def submit(self, raw, envelope_from, recipients, source="smtp", source_ref=None):
+        self.items.append(
+            {"raw": raw, "from": envelope_from, "recipients": recipients, "source": source, "ref": source_ref}
+        )
+        return f"ob{len(self.items)}"
+
+
+@pytest.fixture
+def drafts_account(env, tmp_path, google, browser):
+    assert add_account(tmp_path, google, "--drafts").exit_code == 0
+    return tune()
+
+
+def test_drafts_lists_only_labelled_drafts(drafts_account, google):
+    labelled = google.add_draft(make_raw(msgid="<d1@x>"))
+    google.add_draft(make_raw(msgid="<d2@x>"), labels=())
+    result = CliRunner().invoke(gmail.gmail_group, ["drafts", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert [d["id"] for d in listed] == [labelled]
+    assert listed[0]["subject"] == "見積書のご送付"
+
+
+def test_drafts_need_the_drafts_feature(account, google):
+    result = CliRunner().invoke(gmail.gmail_group, ["drafts"])
+    assert result.exit_code == 1 and "--drafts" in result.output
+
+
+def test_check_and_send_takes_the_draft_and_cancel_leaves_it_untouched(drafts_account, google):
+    raw = make_raw(cc="carol@example.com", msgid="<d1@x>")
+    draft_id = google.add_draft(raw)
+    outbox = FakeOutbox()
+    assert gmail.submit_draft(outbox, mailbox(), draft_id) == "ob1"
+    taken = outbox.items[0]
+    assert taken["raw"] == raw and taken["source"] == "gmail" and taken["ref"] == f"draft:{draft_id}"
+    assert taken["recipients"] == ["bob@partner.example", "carol@example.com"] and taken["from"] == ADDR
+    # The user cancels: nothing else happens to the draft.
+    assert google.messages[google.drafts[draft_id]]["raw"] == raw
+    assert not [r for r, _m, _q in google.calls if r in ("drafts.update", "drafts.send", "messages.send")]
+
+
+def test_confirmed_draft_is_sent_with_drafts_send(drafts_account, google):
+    raw = make_raw(msgid="<d1@x>")
+    draft_id = google.add_draft(raw)
+    held = mailbox().take_draft(draft_id)
+    receipt = mailbox().release(item(held.raw, message_id="<d1@x>", source="gmail", source_ref=held.ref))
+    assert receipt.detail["method"] == "drafts.send" and receipt.detail["draft_id"] == draft_id
+    assert google.route_count("drafts.update") == 0  # unchanged MIME: the draft is sent as it is
+    assert [s["method"] for s in google.sends] == ["drafts.send"] and google.sends[0]["raw"] == raw
+    assert draft_id not in google.drafts
+
+
+def test_draft_with_a_removed_recipient_is_updated_then_sent(drafts_account, google):
+    raw = make_raw(to="bob@partner.example, eve@rival.example", msgid="<d1@x>")
+    draft_id = google.add_draft(raw)
+    final = make_raw(to="bob@partner.example", msgid="<d1@x>")
+    mailbox().release(item(final, message_id="<d1@x>", source="gmail", source_ref=f"draft:{draft_id}"))
+    assert google.route_count("drafts.update") == 1
+    assert [s["method"] for s in google.sends] == ["drafts.send"] and google.sends[0]["raw"] == final
+
+
+def test_draft_deleted_in_gmail_is_a_clear_error(drafts_account, google):
+    with pytest.raises(PermanentError, match="no longer exists"):
+        mailbox().release(
+            item(make_raw(msgid="<gone@x>"), message_id="<gone@x>", source="gmail", source_ref="draft:r-999")
+        )
+
+
+def test_draft_sent_before_a_crash_is_not_sent_again(drafts_account, google):
+    draft_id = google.add_draft(make_raw(msgid="<d1@x>"))
+    google.fail("drafts.send", 502, after=True)
+    first = mailbox().release(
+        item(make_raw(msgid="<d1@x>"), message_id="<d1@x>", source="gmail", source_ref=f"draft:{draft_id}")
+    )
+    assert first.detail.get("reconciled") is True
+    again = mailbox().release(
+        item(make_raw(msgid="<d1@x>"), message_id="<d1@x>", source="gmail", source_ref=f"draft:{draft_id}")
+    )
+    assert again.detail.get("reconciled") is True
+    assert len(google.sends) == 1
+
+
+def test_with_bcc_keeps_lf_messages_and_replaces_an_old_bcc():
+    raw = b"From: a@x\nTo: b@y\nBcc: old@z,\n  older@z\nSubject: s\n\nbody\n"
+    assert gmail.with_bcc(raw, ["n@z"]) == b"From: a@x\nTo: b@y\nSubject: s\nBcc: n@z\n\nbody\n"
+    assert gmail.with_bcc(raw, []) == b"From: a@x\nTo: b@y\nSubject: s\n\nbody\n"
+
+
+def test_unb64_roundtrip():
+    data = "テスト".encode() * 7
+    assert gmail._unb64(base64.urlsafe_b64encode(data).decode().rstrip("=")) == data
