@@ -164,3 +164,51 @@ def test_install_trust_missing_tool(tmp_path):
 
     ok, message = certs.install_trust(tmp_path / "ca.pem", platform="win32", runner=runner)
     assert not ok and "could not run certutil" in message
+
+
+# --- sendguard addin certs ----------------------------------------------------------------------
+
+def test_cli_certs_install_prints_trust_step_without_touching_the_os(home, monkeypatch):
+    from click.testing import CliRunner
+
+    from addin.cli import addin_group
+
+    monkeypatch.setenv("SENDGUARD_HOME", str(home))
+    monkeypatch.setattr(certs, "install_trust", lambda *a, **k: pytest.fail("trust step run without --trust"))
+    result = CliRunner().invoke(addin_group, ["certs", "install"])
+    assert result.exit_code == 0, result.output
+    ca = certs.CertPaths.under(home).ca_cert
+    assert str(ca) in result.output and "SHA-256" in result.output
+    assert "--trust" in result.output
+
+
+def test_cli_certs_install_trust_reports_failure_in_one_message(home, monkeypatch):
+    from click.testing import CliRunner
+
+    from addin.cli import addin_group
+
+    monkeypatch.setenv("SENDGUARD_HOME", str(home))
+    monkeypatch.setattr(certs, "install_trust", lambda ca, **k: (False, "certutil failed: denied"))
+    result = CliRunner().invoke(addin_group, ["certs", "install", "--trust"])
+    assert result.exit_code == 1
+    assert "certutil failed: denied" in result.output and "Traceback" not in result.output
+
+
+def test_cli_certs_show(home, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from addin.cli import addin_group
+
+    monkeypatch.setenv("SENDGUARD_HOME", str(home))
+    runner = CliRunner()
+    missing = runner.invoke(addin_group, ["certs", "show"])
+    assert missing.exit_code == 1 and "certs install" in missing.output
+
+    certs.ensure_certificates(home)
+    result = runner.invoke(addin_group, ["certs", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert "CN=SendGuard Local CA" in shown["ca"]["subject"]
+    assert shown["server"]["sha256"].count(":") == 31

@@ -1,0 +1,99 @@
+"""Serves the Outlook add-in's own files from the helper (same origin as the API).
+
+``bp`` serves the Smart Alerts runtime page and script, the icons, a small support page, the
+manifests for the host the request came in on, and ``/.well-known/microsoft-officeaddins-allowed.json``
+(classic Outlook on Windows runs the script in a JavaScript-only runtime and asks that file which
+scripts of this origin may make requests). Host/Origin checks and TLS belong to the app that
+registers the blueprint (``addin.create_app``).
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, abort, request, send_from_directory
+
+from addin import manifests
+
+bp = Blueprint("outlook_addin", __name__)
+
+_STATIC = manifests.STATIC_DIR
+_ICONS = {path.rsplit("/", 1)[1] for key, path in manifests.PATHS.items() if key.startswith("icon-")}
+_ICONS.update(manifests.UNIFIED_ICONS)
+
+# The runtime page may load Office.js from Microsoft's CDN and talk to this origin only.
+_CSP = (
+    "default-src 'none'; script-src 'self' https://appsforoffice.microsoft.com; "
+    "connect-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
+
+
+def _origin() -> str:
+    # The add-in is only ever loaded over HTTPS; the Host header was checked by the app.
+    return "https://" + request.host
+
+
+def _no_store(response: Response) -> Response:
+    # Outlook caches add-in files hard; revalidating keeps a new helper version effective at once.
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.get(manifests.PATHS["commands"])
+def commands_page() -> Response:
+    response = send_from_directory(_STATIC, "commands.html", mimetype="text/html")
+    response.headers["Content-Security-Policy"] = _CSP
+    return _no_store(response)
+
+
+@bp.get(manifests.PATHS["script"])
+def launchevent_script() -> Response:
+    # The script learns its API base from this first line: classic Outlook's JavaScript-only runtime
+    # has no document or location to take it from.
+    source = (_STATIC / "launchevent.js").read_text(encoding="utf-8")
+    prefix = f"var SENDGUARD_API_BASE = {json.dumps(_origin())};\n"
+    return _no_store(Response(prefix + source, mimetype="text/javascript"))
+
+
+@bp.get(manifests.PATHS["support"])
+def support_page() -> Response:
+    return _no_store(send_from_directory(_STATIC, "support.html", mimetype="text/html"))
+
+
+@bp.get("/addin/icons/<name>")
+def icon(name: str) -> Response:
+    if name not in _ICONS:
+        abort(404)
+    return send_from_directory(_STATIC / "icons", name, mimetype="image/png", max_age=86400)
+
+
+@bp.get("/.well-known/microsoft-officeaddins-allowed.json")
+def allowed_scripts() -> Response:
+    body = {"allowed": [_origin() + manifests.PATHS["script"]]}
+    return _no_store(Response(json.dumps(body), mimetype="application/json"))
+
+
+def _settings_for_request() -> manifests.AddinSettings:
+    host, _, port = request.host.rpartition(":") if ":" in request.host else (request.host, "", "")
+    send_mode = request.args.get("send_mode", "SoftBlock")
+    try:
+        return manifests.AddinSettings(host=host, port=int(port) if port else 443, send_mode=send_mode)
+    except manifests.ManifestError as exc:
+        abort(Response(json.dumps({"error": {"code": "bad_request", "message": str(exc)}}),
+                       status=400, mimetype="application/json"))
+
+
+@bp.get("/addin/manifest.xml")
+def manifest_xml() -> Response:
+    """The XML manifest for the origin this request came in on (``?send_mode=Block`` to block)."""
+    xml = manifests.build_xml(_settings_for_request())
+    response = Response(xml, mimetype="application/xml")
+    response.headers["Content-Disposition"] = 'attachment; filename="sendguard-outlook.xml"'
+    return _no_store(response)
+
+
+@bp.get("/addin/manifest.json")
+def manifest_json() -> Response:
+    """The unified manifest for this origin (the zip package with icons comes from the CLI)."""
+    return _no_store(Response(manifests.unified_text(_settings_for_request()), mimetype="application/json"))
