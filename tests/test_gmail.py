@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,7 +32,7 @@ ADDR = "alice@example.com"
 def env(tmp_path, monkeypatch):
     """SENDGUARD_HOME and a plain-file test keyring in tmp_path; http allowed for the fake token endpoint."""
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)  # the shared conftest may have made it
     monkeypatch.setenv("SENDGUARD_HOME", str(home))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
@@ -34,8 +40,8 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the fake token endpoint is plain http
     for var in ("SENDGUARD_GMAIL_CLIENT_SECRETS", "SENDGUARD_GMAIL_CLIENT_ID"):
         monkeypatch.delenv(var, raising=False)
-    store = PlaintextKeyring()
-    store.file_path = str(tmp_path / "keyring.cfg")
+    store = PlaintextKeyring()  # where a child process with this environment finds it too
+    store.file_path = str(tmp_path / "data" / "python_keyring" / "keyring_pass.cfg")
     previous = keyring.get_keyring()
     keyring.set_keyring(store)
     yield home
@@ -403,7 +409,7 @@ class FakeOutbox:
     def __init__(self):
         self.items = []
 
-    def submit(self, raw, envelope_from, recipients, source="smtp", source_ref=None):
+    def submit(self, raw, envelope_from, recipients, source="smtp", source_ref=None, account=None):
         self.items.append(
             {"raw": raw, "from": envelope_from, "recipients": recipients, "source": source, "ref": source_ref}
         )
@@ -494,3 +500,116 @@ def test_with_bcc_keeps_lf_messages_and_replaces_an_old_bcc():
 def test_unb64_roundtrip():
     data = "テスト".encode() * 7
     assert gmail._unb64(base64.urlsafe_b64encode(data).decode().rstrip("=")) == data
+
+
+# -- end to end through the outbox: SMTP submit -> confirm -> Gmail; kill -9 mid-release -> restart ---------
+
+POLICY = '[organization]\ninternal_domains = ["example.com"]\n\n[confirm]\nwhen = "always"\n'
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def smtp_submit(port: int, raw: bytes, rcpts: list[str]) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.sendmail(ADDR, rcpts, raw)
+
+
+def test_smtp_submit_confirm_release_once_then_crash_and_reconcile(account, google, env):
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(POLICY)
+    helper = Helper(env).start(smtp_port=0)
+    try:
+        # 1. an ordinary message: SMTP -> window -> confirm -> released by the helper's worker
+        first = make_raw(msgid="<e2e-1@sendguard.test>")
+        smtp_submit(helper.smtp.port, first, ["bob@partner.example"])
+        held = wait_for(lambda: helper.outbox.list(["awaiting_confirmation"]))
+        helper.outbox.confirm(held[0].id)
+        wait_for(lambda: helper.outbox.get(held[0].id).state == "sent")
+        assert [s["raw"] for s in google.sends] == [first]
+
+        # 2. a second one, confirmed while the helper is paused, so a separate process releases it
+        helper.paused = True
+        second = make_raw(msgid="<e2e-2@sendguard.test>", body="Second")
+        smtp_submit(helper.smtp.port, second, ["bob@partner.example"])
+        item_id = wait_for(lambda: helper.outbox.list(["awaiting_confirmation"]))[0].id
+        helper.outbox.confirm(item_id)
+    finally:
+        helper.stop()
+
+    # The releasing process is killed (-9) the moment Gmail has sent it, before it can record "sent".
+    script = (
+        "import sys; from sendguard.service import Helper; "
+        "Helper().outbox.release(sys.argv[1]); print('recorded')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, item_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    google.on_send = lambda record: os.kill(proc.pid, signal.SIGKILL)
+    out, _err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and b"recorded" not in out
+    assert len(google.sends) == 2 and google.sends[1]["raw"] == second
+
+    restarted = Helper(env)
+    try:
+        assert restarted.outbox.get(item_id).state == "releasing"  # the crash left it mid-release
+        restarted.start(smtp=False)  # start() reconciles: Gmail's Sent has it
+        assert restarted.outbox.get(item_id).state == "sent"
+        restarted.outbox.release_due()
+    finally:
+        restarted.stop()
+    assert len(google.sends) == 2  # reconciled, not resent
+    assert google.route_count("messages.send") == 2
+
+
+def test_check_and_send_cli_puts_the_draft_in_the_outbox(drafts_account, google, env):
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(POLICY)
+    raw = make_raw(msgid="<draft-e2e@x>")
+    draft_id = google.add_draft(raw)
+    result = CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id])
+    assert result.exit_code == 0, result.output
+    assert "awaiting_confirmation" in result.output
+    again = CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id])
+    assert again.exit_code == 0  # the same draft is not taken twice
+
+    helper = Helper(env)
+    try:
+        items = helper.outbox.list()
+        assert len(items) == 1 and items[0].source == "gmail" and items[0].source_ref == f"draft:{draft_id}"
+        helper.outbox.confirm(items[0].id)
+        assert helper.outbox.release(items[0].id).state == "sent"
+    finally:
+        helper.stop()
+    assert [s["method"] for s in google.sends] == ["drafts.send"] and google.sends[0]["raw"] == raw
+    assert draft_id not in google.drafts
+
+
+def test_cancelled_draft_is_left_untouched(drafts_account, google, env):
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(POLICY)
+    raw = make_raw(msgid="<draft-cancel@x>")
+    draft_id = google.add_draft(raw)
+    assert CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id]).exit_code == 0
+    helper = Helper(env)
+    try:
+        item = helper.outbox.list()[0]
+        helper.outbox.cancel(item.id)
+        helper.outbox.release_due()
+    finally:
+        helper.stop()
+    assert google.sends == [] and google.messages[google.drafts[draft_id]]["raw"] == raw
+    assert not [r for r, _m, _q in google.calls if r in ("drafts.update", "drafts.send")]

@@ -46,6 +46,7 @@ from googleapiclient.http import MediaInMemoryUpload
 from .. import config as sg_config
 from .. import paths, secrets
 from ..config import Account
+from ..errors import SendGuardError
 from .base import (
     AuthError,
     HeldItem,
@@ -296,7 +297,10 @@ class GmailMailbox:
                                      "SendGuard will try again.")
                 ambiguous = True
             if message_id and ambiguous:
-                sent = self.find_sent(message_id)
+                try:
+                    sent = self.find_sent(message_id)
+                except MailboxError:
+                    raise err from None
                 if sent:
                     return {"id": None, "reconciled": True}
                 if sent is None:
@@ -445,7 +449,8 @@ class GmailMailbox:
 
         ``search`` mode asks Gmail for ``rfc822msgid:`` in Sent and also reads the newest Sent headers
         (the search index can lag a just-sent message), so its "no" is an answer; ``headers`` mode can
-        only see the newest Sent messages, so it answers True or None; ``off`` always None.
+        only see the newest Sent messages, so it answers True or None; ``off`` always None. When Gmail
+        cannot be asked right now it raises (TransientError/AuthError) so the outbox asks again later.
         """
         wanted = message_id.strip().strip("<>").strip()
         if self.reconcile == "off" or not wanted:
@@ -460,7 +465,7 @@ class GmailMailbox:
                     return True
             if self._recent_sent_has(wanted):
                 return True
-        except MailboxError as exc:
+        except PermanentError as exc:
             log.warning("gmail %s: cannot tell whether %s was sent: %s", self.address, message_id, exc)
             return None
         return False if self.reconcile == "search" else None
@@ -833,10 +838,18 @@ def mailbox_for(account: Account) -> GmailMailbox:
 
 
 def submit_draft(outbox: Any, mailbox: GmailMailbox, draft_id: str) -> Any:
-    """Take a draft into the outbox (source ``gmail``, ref ``draft:<id>``); returns what submit returns."""
+    """Take a draft into the outbox (source ``gmail``, ref ``draft:<id>``, this account); returns the item.
+
+    A draft already in the outbox and not finished is not taken twice: that item is returned.
+    """
+    ref = f"draft:{draft_id}"
+    find = getattr(outbox, "by_source_ref", None)
+    existing = find("gmail", ref) if find else None
+    if existing is not None and getattr(existing, "state", "") not in ("sent", "cancelled", "rejected", "expired"):
+        return existing
     held = mailbox.take_draft(draft_id)
     return outbox.submit(held.raw, held.envelope_from, list(held.recipients), source="gmail",
-                         source_ref=held.ref)
+                         source_ref=held.ref, account=mailbox.name)
 
 
 @click.group("gmail")
@@ -872,25 +885,27 @@ def check_and_send_command(draft_id: str, account_name: str | None) -> None:
     outbox = _open_outbox()
     try:
         result = submit_draft(outbox, mailbox, draft_id)
-    except MailboxError as exc:
+    except SendGuardError as exc:
         raise click.ClickException(str(exc)) from None
     item_id = getattr(result, "id", result)
-    state = getattr(result, "state", None)
-    click.echo(f"Draft {draft_id} is in the SendGuard outbox as {item_id}"
-               + (f" ({state})" if state else "") +
-               f": confirm it in the SendGuard window or with `sendguard queue confirm {item_id}`; "
+    state = getattr(result, "state", "")
+    if state == "awaiting_confirmation":
+        then = f"confirm it in the SendGuard window or with `sendguard queue confirm {item_id}`"
+    elif state == "awaiting_approval":
+        then = "it waits for approval"
+    elif state in ("confirmed", "approved"):
+        then = "the SendGuard helper sends it"
+    else:
+        then = f"see `sendguard queue show {item_id}`"
+    click.echo(f"Draft {draft_id} is in the SendGuard outbox as {item_id} ({state or 'held'}): {then}; "
                "the draft stays untouched until it is sent.")
 
 
 def _open_outbox() -> Any:
-    try:
-        from sendguard import outbox as outbox_module
-    except ImportError:
-        raise click.ClickException("This SendGuard has no outbox yet; cannot take drafts.") from None
-    opener = getattr(outbox_module, "open_outbox", None) or getattr(outbox_module.Outbox, "open", None)
-    if opener is None:
-        raise click.ClickException("Cannot open the SendGuard outbox.")
-    return opener()
+    """The outbox in SENDGUARD_HOME (shared with a running helper, which does the release)."""
+    from ..service import Helper
+
+    return Helper().outbox
 
 
 @gmail_group.command("reconnect")
