@@ -1,0 +1,530 @@
+"""Exchange Online over Microsoft Graph (msal + requests): hold folder intake, release, reconciliation.
+
+The same model as the EWS connector: a "SendGuard Hold" mail folder (created on first run) and
+drafts with the category "SendGuard" are taken into the outbox and marked "SendGuard: taken"; after
+confirmation the item itself is corrected (recipients, attachments) and sent with
+``POST /me/messages/{id}/send`` so Exchange files it in Sent Items. Mail that came in over SMTP is
+sent from its MIME with ``POST /me/sendMail``, or, when an attachment is over 3 MB, as a draft made
+from the MIME plus upload sessions for the large attachments, then ``/send``.
+
+Sign-in is msal's PublicClientApplication (device code or interactive); its token cache is kept in
+the keyring. Throttling (429/503) honours Retry-After. Every failure becomes one clear line.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import click
+import msal
+import requests
+from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
+
+from .. import config as config_mod
+from .. import secrets
+from ..config import Account as AccountConfig
+from . import _mime, _retry
+from .base import (
+    AuthError,
+    HeldItem,
+    MailboxError,
+    PermanentError,
+    ReleaseItem,
+    ReleaseReceipt,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
+AUTHORITY_HOST = "https://login.microsoftonline.com"
+GRAPH_SCOPES = ("Mail.ReadWrite", "Mail.Send")
+HOLD_FOLDER = "SendGuard Hold"
+DRAFT_CATEGORY = "SendGuard"
+TAKEN_CATEGORY = "SendGuard: taken"
+ATTACHMENT_INLINE_LIMIT = 3 * 1024 * 1024  # above this an attachment goes through an upload session
+REQUEST_LIMIT = 4 * 1024 * 1024  # Graph's request body limit (base64 MIME counts)
+UPLOAD_CHUNK = 10 * 320 * 1024  # 3.2 MiB: a multiple of 320 KiB, under the 4 MB per-PUT limit
+PAGE = 50
+
+
+def _b64len(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
+
+def _odata_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class _Session(requests.Session):
+    """A session whose configured CA file wins: plain requests lets REQUESTS_CA_BUNDLE from the
+    environment override ``Session.verify``, which would silently ignore the account's ``ca_bundle``."""
+
+    def request(self, method, url, **kwargs):
+        if kwargs.get("verify") is None:
+            kwargs["verify"] = self.verify
+        return super().request(method, url, **kwargs)
+
+
+def _session(ca_bundle: str | None) -> requests.Session:
+    s = _Session()
+    if ca_bundle:
+        s.verify = ca_bundle
+    return s
+
+
+class MsalTokenSource:
+    """Access tokens for one account from msal; the token cache is kept in the keyring."""
+
+    def __init__(self, cache_key: str, client_id: str, authority: str, scopes: tuple[str, ...],
+                 username: str | None = None, session: requests.Session | None = None, timeout: float = 30.0):
+        self.cache_key = cache_key
+        self.client_id = client_id
+        self.authority = authority.rstrip("/")
+        self.scopes = list(scopes)
+        self.username = username
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self._app: msal.PublicClientApplication | None = None
+        self._cache = msal.SerializableTokenCache()
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def authority_for(settings: dict[str, Any]) -> str:
+        if settings.get("authority"):
+            base = settings["authority"].rstrip("/")
+            parsed = urlparse(base)
+            # "https://host" alone names the cloud; "https://host/tenant" is complete
+            return base if parsed.path.strip("/") else f"{base}/{settings.get('tenant', 'organizations')}"
+        return f"{AUTHORITY_HOST}/{settings.get('tenant', 'organizations')}"
+
+    @classmethod
+    def for_account(cls, account: AccountConfig, session: requests.Session | None = None) -> MsalTokenSource:
+        s = account.settings
+        endpoint = s.get("graph_endpoint", GRAPH_ENDPOINT).rstrip("/")
+        origin = "{0.scheme}://{0.netloc}".format(urlparse(endpoint))
+        # Scopes are named on the Graph resource of the cloud in use (national clouds differ).
+        scopes = tuple(f"{origin}/{scope}" for scope in GRAPH_SCOPES)
+        return cls(account.secret_key("token_cache"), s.get("client_id", ""), cls.authority_for(s),
+                   scopes, account.address, session or _session(s.get("ca_bundle")))
+
+    @classmethod
+    def for_ews(cls, account: AccountConfig) -> MsalTokenSource:
+        s = account.settings
+        server = s.get("server") or f"https://outlook.office365.com/{account.address}"
+        origin = "{0.scheme}://{0.netloc}".format(urlparse(server))
+        return cls(account.secret_key("token_cache"), s.get("client_id", ""), cls.authority_for(s),
+                   (f"{origin}/EWS.AccessAsUser.All",), account.address, _session(s.get("ca_bundle")))
+
+    def _application(self) -> msal.PublicClientApplication:
+        if self._app is None:
+            stored = secrets.get(self.cache_key)
+            if stored:
+                self._cache.deserialize(stored)
+            host = urlparse(self.authority).hostname or ""
+            try:
+                self._app = msal.PublicClientApplication(
+                    self.client_id, authority=self.authority, token_cache=self._cache, http_client=self.session,
+                    # Microsoft's own clouds are validated by instance discovery; an authority set by the
+                    # admin (AD FS, a sovereign deployment) is trusted as configured.
+                    instance_discovery=None if host in WELL_KNOWN_AUTHORITY_HOSTS else False,
+                    timeout=self.timeout)
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+                raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
+                                     "your mail stays held.", retry_after=30) from None
+            except ValueError as e:
+                raise PermanentError(f"The sign-in authority {self.authority} is not usable: {e}") from None
+        return self._app
+
+    def _save(self) -> None:
+        if self._cache.has_state_changed:
+            secrets.put(self.cache_key, self._cache.serialize())
+            self._cache.has_state_changed = False
+
+    def _sign_in_again(self, why: str) -> AuthError:
+        return AuthError(f"The Microsoft 365 sign-in for {self.username or self.client_id} {why}: run `sendguard "
+                         f"accounts add graph --address {self.username}` to sign in again. Your mail stays held.")
+
+    def access_token(self, force_refresh: bool = False) -> dict:
+        """A current access token (msal refreshes it silently); AuthError when a new sign-in is needed."""
+        with self._lock:
+            app = self._application()
+            accounts = app.get_accounts(username=self.username) if self.username else []
+            accounts = accounts or app.get_accounts()
+            if not accounts:
+                raise self._sign_in_again("is missing")
+            try:
+                result = app.acquire_token_silent_with_error(self.scopes, accounts[0], force_refresh=force_refresh)
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+                raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
+                                     "your mail stays held.", retry_after=30) from None
+            self._save()
+            if not result or "access_token" not in result:
+                error = (result or {}).get("error", "no token")
+                if error in ("invalid_grant", "interaction_required", "no token"):
+                    raise self._sign_in_again("has expired or was revoked")
+                raise self._sign_in_again(f"failed ({error})")
+            return result
+
+    def sign_in(self, device_code: bool = True, echo=print) -> dict:
+        """Interactive sign-in (device code by default); stores the token cache."""
+        with self._lock:
+            app = self._application()
+            if device_code:
+                flow = app.initiate_device_flow(scopes=self.scopes)
+                if "user_code" not in flow:
+                    raise AuthError(f"Could not start the device sign-in: {flow.get('error_description') or flow}")
+                echo(flow["message"])
+                result = app.acquire_token_by_device_flow(flow)
+            else:
+                result = app.acquire_token_interactive(self.scopes, login_hint=self.username)
+            if "access_token" not in result:
+                raise AuthError(f"Sign-in failed: {result.get('error_description') or result.get('error')}")
+            self._save()
+            return result
+
+
+class GraphMailbox:
+    """The Mailbox (and HoldingMailbox) interface for one Exchange Online account over Microsoft Graph."""
+
+    kind = "graph"
+
+    def __init__(self, name: str, address: str, token_source: MsalTokenSource, *, endpoint: str = GRAPH_ENDPOINT,
+                 session: requests.Session | None = None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0):
+        self.name = name
+        self.address = address
+        self.tokens = token_source
+        self.endpoint = endpoint.rstrip("/")
+        self.session = session or token_source.session
+        self.hold_folder_name = hold_folder
+        self.timeout = timeout
+        self.backoff = _retry.Backoff()
+        self._hold_id: str | None = None
+
+    @classmethod
+    def from_account(cls, account: AccountConfig, home: Path) -> GraphMailbox:
+        s = account.settings
+        tokens = MsalTokenSource.for_account(account)
+        return cls(account.name, account.address, tokens, endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT),
+                   hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------------ HTTP
+    def _url(self, path: str) -> str:
+        return path if path.startswith("https://") or path.startswith("http://") else f"{self.endpoint}{path}"
+
+    def _request(self, method: str, path: str, *, what: str, ok=(200, 201, 202, 204), sends: bool = False,
+                 auth: bool = True, headers: dict | None = None, **kwargs) -> requests.Response:
+        """One Graph call. 429 (and 503 for calls that send nothing) with a short Retry-After is waited out
+        here; longer waits, network failures and 5xx go back to the outbox as TransientError. A 401 gets
+        one silent token refresh, then AuthError. A lost answer to a send is never repeated here."""
+        refreshed = False
+        attempts = 0
+        while True:
+            attempts += 1
+            sent_headers = dict(headers or {})
+            if auth:
+                token = self.tokens.access_token(force_refresh=refreshed)["access_token"]
+                sent_headers["Authorization"] = f"Bearer {token}"
+            try:
+                r = self.session.request(method, self._url(path), headers=sent_headers, timeout=self.timeout,
+                                         **kwargs)
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+                wait = self.backoff.next_delay()
+                raise TransientError(f"Cannot reach Microsoft Graph at {self.endpoint} while {what} "
+                                     f"({type(e).__name__}); trying again in {wait:.0f} s. Your mail stays held.",
+                                     retry_after=wait) from None
+            if r.status_code in ok:
+                self.backoff.reset()
+                return r
+            code, message = self._error_of(r)
+            if r.status_code in (429, 503) or (r.status_code >= 500 and not sends):
+                wait = _retry.parse_retry_after(r.headers.get("Retry-After"))
+                throttled = r.status_code == 429 or (r.status_code == 503 and not sends)
+                if wait is None:
+                    wait = self.backoff.next_delay()
+                if throttled and wait <= _retry.MAX_INLINE_WAIT and attempts < _retry.MAX_INLINE_ATTEMPTS:
+                    _retry.sleep(wait)
+                    continue
+                kind = "is throttling requests" if r.status_code == 429 else f"answered {r.status_code}"
+                raise TransientError(f"Microsoft Graph {kind} while {what}; trying again in {wait:.0f} s. "
+                                     "Your mail stays held.", retry_after=wait)
+            if r.status_code >= 500:
+                wait = _retry.parse_retry_after(r.headers.get("Retry-After")) or self.backoff.next_delay()
+                raise TransientError(f"Microsoft Graph answered {r.status_code} ({code}) while {what}; trying "
+                                     f"again in {wait:.0f} s. Your mail stays held.", retry_after=wait)
+            if r.status_code == 401 and auth and not refreshed:
+                refreshed = True
+                continue
+            raise self._translate(r.status_code, code, message, what)
+
+    @staticmethod
+    def _error_of(r: requests.Response) -> tuple[str, str]:
+        try:
+            err = r.json().get("error", {})
+            return str(err.get("code", "")), str(err.get("message", ""))
+        except ValueError:
+            return "", r.text[:200]
+
+    def _translate(self, status: int, code: str, message: str, what: str) -> MailboxError:
+        if status == 401:
+            return self.tokens._sign_in_again("was refused")
+        if "Quota" in code or status == 507:
+            return PermanentError(f"Your Exchange Online mailbox {self.address} is full, so the message cannot be "
+                                  "sent or saved; free some space and send it again. Nothing was sent.")
+        if status == 413 or "SizeExceeded" in code or "TooLarge" in code:
+            return PermanentError("The message is larger than Exchange Online accepts (an attachment is too large); "
+                                  "remove or shrink attachments and send again. Nothing was sent.")
+        if status == 403:
+            return AuthError(f"Microsoft Graph denied access while {what} ({code}: {message}); the app needs the "
+                             "Mail.ReadWrite and Mail.Send permissions. Your mail stays held.")
+        return PermanentError(f"Microsoft Graph refused {what}: {status} {code} {message}".rstrip() + ".")
+
+    def _json(self, method: str, path: str, *, what: str, **kwargs) -> dict:
+        r = self._request(method, path, what=what, **kwargs)
+        return r.json() if r.content else {}
+
+    def _pages(self, path: str, params: dict, *, what: str) -> list[dict]:
+        out: list[dict] = []
+        url: str | None = path
+        while url:
+            data = self._json("GET", url, what=what, params=params)
+            out.extend(data.get("value", []))
+            url, params = data.get("@odata.nextLink"), None
+        return out
+
+    # ------------------------------------------------------------------ folders
+    def ensure_hold_folder(self) -> str:
+        if self._hold_id:
+            return self._hold_id
+        what = "looking for the hold folder"
+        flt = {"$filter": f"displayName eq {_odata_literal(self.hold_folder_name)}"}
+        found = self._pages("/me/mailFolders", flt, what=what)
+        if not found:
+            try:
+                found = [self._json("POST", "/me/mailFolders", json={"displayName": self.hold_folder_name},
+                                    what="creating the hold folder")]
+                log.info("created the %r folder in %s", self.hold_folder_name, self.address)
+            except PermanentError:
+                found = self._pages("/me/mailFolders", flt, what=what)  # created meanwhile (409)
+                if not found:
+                    raise
+        self._hold_id = found[0]["id"]
+        return self._hold_id
+
+    # ------------------------------------------------------------------ intake
+    def fetch_held(self) -> list[HeldItem]:
+        hold = self.ensure_hold_folder()
+        select = {"$select": "id,categories,internetMessageId", "$top": str(PAGE)}
+        what = "looking for held mail"
+        candidates = [m for m in self._pages(f"/me/mailFolders/{hold}/messages", select, what=what)
+                      if TAKEN_CATEGORY not in (m.get("categories") or [])]
+        drafts = self._pages("/me/mailFolders/drafts/messages",
+                             {**select, "$filter": f"categories/any(c:c eq {_odata_literal(DRAFT_CATEGORY)})"},
+                             what=what)
+        candidates += [m for m in drafts if TAKEN_CATEGORY not in (m.get("categories") or [])]
+        held = []
+        for m in candidates:
+            try:
+                info = self._json("GET", f"/me/messages/{m['id']}", what=what, params={
+                    "$select": "id,internetMessageId,toRecipients,ccRecipients,bccRecipients"})
+                raw = self._request("GET", f"/me/messages/{m['id']}/$value", what=what).content
+            except PermanentError:
+                continue  # deleted between the listing and the read
+            recipients = [r["emailAddress"]["address"] for key in ("toRecipients", "ccRecipients", "bccRecipients")
+                          for r in info.get(key) or [] if r.get("emailAddress", {}).get("address")]
+            raw = _mime.ensure_message_id(raw, info.get("internetMessageId"))
+            held.append(HeldItem(ref=m["id"], raw=raw, envelope_from=self.address,
+                                 recipients=tuple(dict.fromkeys(recipients)), source="graph"))
+        return held
+
+    def ack_held(self, ref: str) -> None:
+        what = "marking a held item as taken"
+        try:
+            cats = self._json("GET", f"/me/messages/{ref}", params={"$select": "categories"}, what=what)
+        except PermanentError:
+            log.info("held item on %s vanished before it was marked as taken", self.address)
+            return
+        categories = list(cats.get("categories") or [])
+        if TAKEN_CATEGORY not in categories:
+            self._request("PATCH", f"/me/messages/{ref}", json={"categories": categories + [TAKEN_CATEGORY]},
+                          what=what)
+
+    # ------------------------------------------------------------------ reconciliation
+    def find_sent(self, message_id: str) -> bool | None:
+        """True when a sent copy with this internetMessageId is in Sent Items (or anywhere, not a draft)."""
+        what = "looking the message up in Sent Items"
+        flt = f"internetMessageId eq {_odata_literal(message_id)}"
+        if self._pages("/me/mailFolders/sentitems/messages", {"$filter": flt, "$select": "id"}, what=what):
+            return True
+        found = self._pages("/me/messages", {"$filter": flt, "$select": "id,isDraft"}, what=what)
+        return any(not m.get("isDraft", True) for m in found)
+
+    # ------------------------------------------------------------------ release
+    def release(self, item: ReleaseItem) -> ReleaseReceipt:
+        msg = _mime.parse(item.raw)
+        plan = _mime.plan_recipients(item, msg)
+        if item.source_ref:
+            return self._release_held(item, msg, plan)
+        return self._release_new(item, plan)
+
+    def _receipt(self, item: ReleaseItem, how: str, **extra) -> ReleaseReceipt:
+        return ReleaseReceipt("graph", {"account": self.name, "message_id": item.message_id, "via": how, **extra})
+
+    @staticmethod
+    def _recipients(pairs) -> list[dict]:
+        return [{"emailAddress": {"address": a, **({"name": n} if n else {})}} for n, a in pairs]
+
+    def _release_held(self, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
+        ref = item.source_ref
+        what = "sending the held message"
+        try:
+            draft = self._json("GET", f"/me/messages/{ref}", what=what,
+                               params={"$select": "id,isDraft,categories,internetMessageId"})
+        except PermanentError:
+            draft = None
+        if draft is None or not draft.get("isDraft", True):
+            if self.find_sent(item.message_id):
+                return self._receipt(item, "already-sent")
+            raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
+                                 "nothing was sent.")
+        wanted = _mime.attachment_names(msg)
+        for att in self._pages(f"/me/messages/{ref}/attachments", {"$select": "id,name,size"}, what=what):
+            name = att.get("name") or ""
+            if wanted[name] > 0:
+                wanted[name] -= 1
+            else:
+                self._request("DELETE", f"/me/messages/{ref}/attachments/{att['id']}", what=what)
+        categories = [c for c in draft.get("categories") or [] if c not in (DRAFT_CATEGORY, TAKEN_CATEGORY)]
+        self._request("PATCH", f"/me/messages/{ref}", what=what, json={
+            "toRecipients": self._recipients(plan.to), "ccRecipients": self._recipients(plan.cc),
+            "bccRecipients": self._recipients(plan.bcc), "categories": categories})
+        self._send_draft(ref, what)
+        receipt = self._receipt(item, "messages/send", item_id=ref)
+        if draft.get("internetMessageId") and draft["internetMessageId"] != item.message_id:
+            receipt.detail["internet_message_id"] = draft["internetMessageId"]
+        return receipt
+
+    def _send_draft(self, ref: str, what: str) -> None:
+        try:
+            self._request("POST", f"/me/messages/{ref}/send", what=what, sends=True)
+        except PermanentError as e:
+            # "already sent": a retried send after a lost 202
+            if "already been sent" in str(e) or "ErrorInvalidOperation" in str(e):
+                return
+            raise
+
+    def _release_new(self, item: ReleaseItem, plan: _mime.RecipientPlan) -> ReleaseReceipt:
+        what = "sending the message"
+        if self.find_sent(item.message_id):
+            return self._receipt(item, "already-sent")
+        # Graph takes the blind copies from a Bcc header in the MIME and keeps it off delivered copies.
+        raw = _mime.with_bcc_header(item.raw, [a for _, a in plan.bcc])
+        stripped, large = _mime.split_large_attachments(raw, ATTACHMENT_INLINE_LIMIT)
+        if not large and _b64len(len(raw)) <= REQUEST_LIMIT:
+            self._request("POST", "/me/sendMail", what=what, sends=True, data=base64.b64encode(raw),
+                          headers={"Content-Type": "text/plain"})
+            return self._receipt(item, "sendMail")
+        if _b64len(len(stripped)) > REQUEST_LIMIT:
+            stripped, large = _mime.split_large_attachments(raw, 0)  # every attachment goes separately
+        draft = self._json("POST", "/me/messages", what=what, data=base64.b64encode(stripped),
+                           headers={"Content-Type": "text/plain"})
+        ref = draft["id"]
+        try:
+            for att in large:
+                self._attach(ref, att, what)
+        except MailboxError:
+            try:  # leave no half-built draft behind; the outbox will build it again
+                self._request("DELETE", f"/me/messages/{ref}", what="removing an unfinished draft")
+            except MailboxError:
+                log.warning("could not remove an unfinished draft from %s", self.address)
+            raise
+        self._send_draft(ref, what)
+        return self._receipt(item, "messages/send+uploadSession", uploads=len(large))
+
+    def _attach(self, ref: str, att: _mime.LargeAttachment, what: str) -> None:
+        if len(att.content) <= ATTACHMENT_INLINE_LIMIT:
+            body = {"@odata.type": "#microsoft.graph.fileAttachment", "name": att.name,
+                    "contentType": att.content_type, "contentBytes": base64.b64encode(att.content).decode(),
+                    "isInline": att.is_inline}
+            if att.content_id:
+                body["contentId"] = att.content_id
+            self._request("POST", f"/me/messages/{ref}/attachments", what=what, json=body)
+            return
+        item: dict[str, Any] = {"attachmentType": "file", "name": att.name, "size": len(att.content),
+                                "contentType": att.content_type, "isInline": att.is_inline}
+        if att.content_id:
+            item["contentId"] = att.content_id
+        session = self._json("POST", f"/me/messages/{ref}/attachments/createUploadSession", what=what,
+                             json={"AttachmentItem": item})
+        url = session["uploadUrl"]
+        total = len(att.content)
+        for start in range(0, total, UPLOAD_CHUNK):
+            chunk = att.content[start:start + UPLOAD_CHUNK]
+            end = start + len(chunk) - 1
+            # The upload URL carries its own authorization: no bearer token may be sent to it.
+            self._request("PUT", url, what=f"uploading {att.name}", auth=False, data=chunk,
+                          headers={"Content-Range": f"bytes {start}-{end}/{total}",
+                                   "Content-Type": "application/octet-stream"})
+
+
+# ---------------------------------------------------------------------- `sendguard accounts add graph`
+@click.command("graph")
+@click.option("--address", required=True, help="The mailbox address; mail from it is released through it.")
+@click.option("--tenant", default="organizations", show_default=True,
+              help="Entra tenant id or domain (organizations = any work account).")
+@click.option("--client-id", required=True,
+              help="Application (client) id of the public-client app your admin registered for SendGuard.")
+@click.option("--graph-endpoint", default=GRAPH_ENDPOINT, show_default=True,
+              help="Graph root for national clouds, e.g. https://graph.microsoft.us/v1.0")
+@click.option("--authority", help="Sign-in authority host or URL, e.g. https://login.microsoftonline.us")
+@click.option("--device-code/--interactive", "device_code", default=True, show_default=True,
+              help="Sign in with a device code (any terminal) or a browser window.")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA file for a TLS-inspecting proxy.")
+@click.option("--name", help="Account name in config.toml; default: the address.")
+@click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Create the hold folder now.")
+def add_command(address, tenant, client_id, graph_endpoint, authority, device_code, ca_bundle, name, hold_folder,
+                verify):
+    """Add an Exchange Online account (Microsoft Graph)."""
+    from .. import paths
+
+    if "@" not in address or address.startswith("@") or address.endswith("@"):
+        raise click.ClickException(f"--address {address!r} is not an email address.")
+    for option, url in (("--graph-endpoint", graph_endpoint), ("--authority", authority)):
+        if url is not None:
+            parsed = urlparse(url)
+            if parsed.scheme != "https" or not parsed.netloc:
+                raise click.ClickException(f"{option} {url!r} must be an https URL.")
+    if not tenant or "/" in tenant:
+        raise click.ClickException(f"--tenant {tenant!r} is not a tenant id or domain.")
+    name = name or address
+    settings: dict[str, Any] = {"tenant": tenant, "client_id": client_id, "hold_folder": hold_folder}
+    if graph_endpoint.rstrip("/") != GRAPH_ENDPOINT:
+        settings["graph_endpoint"] = graph_endpoint.rstrip("/")
+    if authority:
+        settings["authority"] = authority.rstrip("/")
+    if ca_bundle:
+        settings["ca_bundle"] = str(Path(ca_bundle).resolve())
+    account = AccountConfig(name, "graph", address, settings)
+    tokens = MsalTokenSource.for_account(account)
+    try:
+        tokens.sign_in(device_code=device_code, echo=lambda line: click.echo(line, err=True))
+        if verify:
+            GraphMailbox(name, address, tokens, endpoint=settings.get("graph_endpoint", GRAPH_ENDPOINT),
+                         hold_folder=hold_folder).ensure_hold_folder()
+    except MailboxError as e:
+        secrets.delete(account.secret_key("token_cache"))
+        raise click.ClickException(str(e)) from None
+    config_mod.save_account(account, paths.config_file())
+    click.echo(f"Added Microsoft 365 account {name} ({address}); the sign-in is kept in {secrets.describe()}.")
+
+
+__all__ = ["GraphMailbox", "MsalTokenSource", "add_command"]

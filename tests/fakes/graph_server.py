@@ -1,0 +1,612 @@
+"""A small Microsoft Graph mail endpoint plus a Microsoft identity platform (v2.0) sign-in endpoint.
+
+Both run in one HTTPS server on 127.0.0.1, port 0, with a throw-away CA (msal accepts https
+authorities only). ``ca_file`` is the CA to trust. Routes:
+
+- ``/{tenant}/v2.0/.well-known/openid-configuration``, ``/{tenant}/oauth2/v2.0/devicecode``,
+  ``/{tenant}/oauth2/v2.0/token`` (device_code and refresh_token grants) for msal;
+- ``/v1.0/me/mailFolders...``, ``/v1.0/me/messages...``, ``/v1.0/me/sendMail`` and the attachment upload
+  session URL, with Graph's JSON shapes (``value``/``@odata.nextLink`` collections, ``{"error": {"code",
+  "message"}}`` errors, 202 for send, 429 with ``Retry-After``).
+
+Tests play the user with ``put_item``/``delete_item`` and the network with ``fail_next``; ``sends`` is
+what went out.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email
+import email.policy
+import itertools
+import json
+import re
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.utils import getaddresses, make_msgid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+CHUNK = 320 * 1024  # upload sessions take ranges in multiples of 320 KiB (last one excepted)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1/localhost signed by it: (ca.pem, cert.pem, key.pem)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SendGuard test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_file, cert_file, key_file = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca_file, cert_file, key_file
+
+
+@dataclass
+class Attachment:
+    id: str
+    name: str
+    content_type: str
+    content: bytes
+    is_inline: bool = False
+    content_id: str | None = None
+
+
+@dataclass
+class Message:
+    id: str
+    folder: str
+    subject: str = ""
+    to: list[tuple[str, str]] = field(default_factory=list)
+    cc: list[tuple[str, str]] = field(default_factory=list)
+    bcc: list[tuple[str, str]] = field(default_factory=list)
+    sender: tuple[str, str] = ("", "")
+    categories: list[str] = field(default_factory=list)
+    internet_message_id: str = ""
+    is_draft: bool = True
+    body: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    mime: bytes = b""
+
+
+@dataclass
+class Send:
+    route: str
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    subject: str
+    internet_message_id: str
+    attachments: list[str]
+    attachment_sizes: list[int]
+
+
+class GraphError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+class FakeGraph:
+    def __init__(self, address: str = "user@contoso.example", tenant: str = "contoso.example",
+                 client_id: str = "11111111-2222-3333-4444-555555555555"):
+        self.address = address
+        self.tenant = tenant
+        self.client_id = client_id
+        self.lock = threading.RLock()
+        self.counter = itertools.count(1)
+        self.tmp = tempfile.TemporaryDirectory()
+        self.ca_file, cert, key = make_tls(Path(self.tmp.name))
+        self.folders: dict[str, dict] = {}
+        for well_known, name in (("msgfolderroot", "Top of Information Store"), ("inbox", "Inbox"),
+                                 ("drafts", "Drafts"), ("sentitems", "Sent Items"), ("outbox", "Outbox"),
+                                 ("deleteditems", "Deleted Items")):
+            self.folders[self._id("F")] = {"displayName": name, "wellKnown": well_known, "parent": None}
+        self.messages: dict[str, Message] = {}
+        self.sends: list[Send] = []
+        self.requests: list[str] = []  # "METHOD /path" without query
+        self.failures: list[tuple[str, str, dict]] = []
+        self.access_tokens: dict[str, float] = {}  # token -> expiry (epoch)
+        self.refresh_tokens: set[str] = set()
+        self.token_lifetime = 3600
+        self.grants: list[str] = []
+        self.uploads: dict[str, dict] = {}
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.httpd.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    # ------------------------------------------------------------------ control API
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.httpd.server_address[1]}"
+
+    @property
+    def graph_endpoint(self) -> str:
+        return f"{self.base}/v1.0"
+
+    @property
+    def authority(self) -> str:
+        return f"{self.base}/{self.tenant}"
+
+    def __enter__(self) -> FakeGraph:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.tmp.cleanup()
+
+    def fail_next(self, route: str, kind: str, times: int = 1, **detail) -> None:
+        """Fail the next ``times`` requests whose "METHOD /path" contains ``route`` ("*" for any).
+
+        kinds: ``429`` / ``503`` (with Retry-After: ``retry_after``), ``401``, ``drop`` (close without an
+        answer), ``drop_after`` (carry out, then close), or ``status:code`` e.g. ``413:ErrorMessageSizeExceeded``.
+        """
+        with self.lock:
+            for _ in range(times):
+                self.failures.append((route, kind, detail))
+
+    def revoke(self) -> None:
+        """The admin revoked the user's sessions: every access and refresh token stops working."""
+        with self.lock:
+            self.access_tokens.clear()
+            self.refresh_tokens.clear()
+
+    def folder_id(self, key: str) -> str:
+        for fid, f in self.folders.items():
+            if fid == key or f.get("wellKnown") == key.lower() or f["displayName"] == key:
+                return fid
+        raise KeyError(key)
+
+    def in_folder(self, key: str) -> list[Message]:
+        fid = self.folder_id(key)
+        return [m for m in self.messages.values() if m.folder == fid]
+
+    def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None) -> str:
+        with self.lock:
+            msg = self._from_mime(raw, self.folder_id(folder))
+            msg.categories = list(categories or [])
+            self.messages[msg.id] = msg
+            return msg.id
+
+    def delete_item(self, message_id: str) -> None:
+        with self.lock:
+            del self.messages[message_id]
+
+    # ------------------------------------------------------------------ model
+    def _id(self, prefix: str) -> str:
+        return _b64url(f"AAMk{prefix}{next(self.counter):05d}{uuid.uuid4().hex[:10]}".encode())
+
+    def _from_mime(self, raw: bytes, folder: str) -> Message:
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        msg = Message(id=self._id("M"), folder=folder, mime=raw)
+        msg.subject = str(parsed.get("Subject", ""))
+        for header, attr in (("To", "to"), ("Cc", "cc"), ("Bcc", "bcc")):
+            setattr(msg, attr, [(n, a) for n, a in getaddresses(parsed.get_all(header, [])) if a])
+        senders = [(n, a) for n, a in getaddresses(parsed.get_all("From", [])) if a]
+        msg.sender = senders[0] if senders else ("", self.address)
+        msg.internet_message_id = str(parsed.get("Message-ID", "")).strip() or make_msgid(domain="fake.graph")
+        body = parsed.get_body(preferencelist=("plain", "html"))
+        msg.body = body.get_content() if body is not None else ""
+        for part in parsed.iter_attachments():
+            msg.attachments.append(Attachment(self._id("A"), part.get_filename() or "attachment",
+                                              part.get_content_type(), part.get_payload(decode=True) or b"",
+                                              part.get_content_disposition() == "inline", part.get("Content-ID")))
+        return msg
+
+    def _mime(self, msg: Message) -> bytes:
+        parsed = email.message_from_bytes(msg.mime, policy=email.policy.default)
+        for header, values in (("To", msg.to), ("Cc", msg.cc), ("Bcc", msg.bcc)):
+            del parsed[header]
+            if values:
+                parsed[header] = ", ".join(email.utils.formataddr(v) for v in values)
+        del parsed["Message-ID"]
+        parsed["Message-ID"] = msg.internet_message_id
+        if parsed.is_multipart():
+            keep = {a.name for a in msg.attachments}
+            parsed.set_payload([p for p in parsed.get_payload() if not p.get_filename() or p.get_filename() in keep])
+        return parsed.as_bytes(policy=email.policy.SMTP)
+
+    @staticmethod
+    def _recipients(boxes) -> list[dict]:
+        return [{"emailAddress": {"name": n or a, "address": a}} for n, a in boxes]
+
+    def _json(self, msg: Message) -> dict:
+        return {
+            "@odata.etag": f'W/"{msg.id[-8:]}"', "id": msg.id, "parentFolderId": msg.folder,
+            "subject": msg.subject, "isDraft": msg.is_draft, "categories": list(msg.categories),
+            "internetMessageId": msg.internet_message_id, "hasAttachments": bool(msg.attachments),
+            "from": {"emailAddress": {"name": msg.sender[0], "address": msg.sender[1]}},
+            "toRecipients": self._recipients(msg.to), "ccRecipients": self._recipients(msg.cc),
+            "bccRecipients": self._recipients(msg.bcc),
+            "body": {"contentType": "text", "content": msg.body},
+        }
+
+    def _submit(self, msg: Message, route: str) -> None:
+        self.sends.append(Send(route, [a for _, a in msg.to], [a for _, a in msg.cc], [a for _, a in msg.bcc],
+                               msg.subject, msg.internet_message_id, [a.name for a in msg.attachments],
+                               [len(a.content) for a in msg.attachments]))
+        msg.mime = self._mime(msg)
+        msg.is_draft = False
+        msg.folder = self.folder_id("sentitems")
+        self.messages[msg.id] = msg
+
+    # ------------------------------------------------------------------ HTTP plumbing
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length) if length else b""
+                fake._dispatch(self, body)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _any
+
+            def reply(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None,
+                      content_type: str = "application/json"):
+                body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                if body:
+                    self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+    def _take_failure(self, line: str):
+        with self.lock:
+            for index, (route, kind, detail) in enumerate(self.failures):
+                if route == "*" or route in line:
+                    del self.failures[index]
+                    return kind, detail
+        return None
+
+    def _dispatch(self, h, body: bytes) -> None:
+        split = urlsplit(h.path)
+        path = unquote(split.path)
+        query = {k: v[0] for k, v in parse_qs(split.query).items()}
+        line = f"{h.command} {path}"
+        is_identity = "/oauth2/" in path or "/.well-known/" in path
+        if not is_identity:
+            self.requests.append(line)
+        failure = None if is_identity else self._take_failure(line)
+        if failure:
+            kind, detail = failure
+            if kind in ("429", "503"):
+                h.reply(int(kind), {"error": {"code": "TooManyRequests" if kind == "429" else "ServiceUnavailable",
+                                              "message": "Please retry after the time given."}},
+                        {"Retry-After": str(detail.get("retry_after", 1))})
+                return
+            if kind == "401":
+                h.reply(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Access token has expired."}})
+                return
+            if kind == "drop":
+                h.close_connection = True
+                h.connection.shutdown(2)
+                return
+            if ":" in kind:
+                status, code = kind.split(":", 1)
+                h.reply(int(status), {"error": {"code": code, "message": detail.get("message", code)}})
+                return
+        try:
+            if is_identity:
+                status, payload, headers = self._identity(h, path, body)
+            else:
+                self._check_token(h)
+                with self.lock:
+                    status, payload, headers = self._graph(h, path, query, body)
+        except GraphError as e:
+            status, payload, headers = e.status, {"error": {"code": e.code, "message": e.message}}, e.headers
+        if failure and failure[0] == "drop_after":
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        if isinstance(payload, bytes):
+            h.reply(status, raw=payload, headers=headers, content_type="message/rfc822")
+        else:
+            h.reply(status, payload, headers)
+
+    # ------------------------------------------------------------------ identity platform
+    def _issue(self, scope: str) -> dict:
+        access, refresh = uuid.uuid4().hex, uuid.uuid4().hex
+        self.access_tokens[access] = time.time() + self.token_lifetime
+        self.refresh_tokens.add(refresh)
+        now = int(time.time())
+        oid, tid = "00000000-0000-0000-0000-0000000000aa", "00000000-0000-0000-0000-0000000000bb"
+        id_claims = {"iss": f"{self.base}/{tid}/v2.0", "aud": self.client_id, "iat": now, "nbf": now,
+                     "exp": now + 3600, "oid": oid, "sub": "subject", "tid": tid,
+                     "preferred_username": self.address, "name": "Test User"}
+        id_token = ".".join([_b64url(b'{"alg":"none","typ":"JWT"}'), _b64url(json.dumps(id_claims).encode()), ""])
+        return {"token_type": "Bearer", "scope": scope, "expires_in": self.token_lifetime,
+                "ext_expires_in": self.token_lifetime, "access_token": access, "refresh_token": refresh,
+                "id_token": id_token,
+                "client_info": _b64url(json.dumps({"uid": oid, "utid": tid}).encode())}
+
+    def _identity(self, h, path: str, body: bytes):
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        prefix = f"/{self.tenant}"
+        if path == f"{prefix}/v2.0/.well-known/openid-configuration":
+            base = f"{self.base}{prefix}"
+            return 200, {"issuer": f"{base}/v2.0", "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                         "token_endpoint": f"{base}/oauth2/v2.0/token",
+                         "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                         "response_types_supported": ["code", "id_token", "code id_token"],
+                         "scopes_supported": ["openid", "profile", "email", "offline_access"]}, {}
+        if not path.startswith(prefix + "/"):
+            raise GraphError(400, "invalid_tenant", f"AADSTS90002: Tenant '{path.split('/')[1]}' not found.")
+        if form.get("client_id") != self.client_id:
+            return 400, {"error": "unauthorized_client",
+                         "error_description": "AADSTS700016: Application not found in the directory."}, {}
+        if path == f"{prefix}/oauth2/v2.0/devicecode":
+            return 200, {"device_code": uuid.uuid4().hex, "user_code": "ABCD-EFGH",
+                         "verification_uri": "https://microsoft.com/devicelogin", "expires_in": 900, "interval": 1,
+                         "message": "To sign in, open https://microsoft.com/devicelogin and enter ABCD-EFGH."}, {}
+        if path == f"{prefix}/oauth2/v2.0/token":
+            grant = form.get("grant_type", "")
+            self.grants.append(grant)
+            with self.lock:
+                if grant == "urn:ietf:params:oauth:grant-type:device_code":
+                    return 200, self._issue(form.get("scope", "")), {}
+                if grant == "refresh_token":
+                    if form.get("refresh_token") not in self.refresh_tokens:
+                        return 400, {"error": "invalid_grant", "suberror": "bad_token",
+                                     "error_description": "AADSTS50173: The provided grant has expired due to it "
+                                                          "being revoked."}, {}
+                    self.refresh_tokens.discard(form["refresh_token"])
+                    return 200, self._issue(form.get("scope", "")), {}
+            return 400, {"error": "unsupported_grant_type", "error_description": grant}, {}
+        raise GraphError(404, "NotFound", path)
+
+    def _check_token(self, h) -> None:
+        if "/uploadSessions/" in h.path:
+            return  # the upload URL carries its own authorization and must be called without a token
+        auth = h.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        expiry = self.access_tokens.get(token)
+        if expiry is None or expiry < time.time():
+            raise GraphError(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+
+    # ------------------------------------------------------------------ Graph mail API
+    @staticmethod
+    def _odata_eq(filter_text: str, prop: str) -> str | None:
+        m = re.search(prop + r" eq '((?:[^']|'')*)'", filter_text)
+        return m.group(1).replace("''", "'") if m else None
+
+    def _message(self, mid: str) -> Message:
+        msg = self.messages.get(mid)
+        if msg is None:
+            raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        return msg
+
+    def _collection(self, items: list[dict], query: dict, path: str) -> dict:
+        top = int(query.get("$top", 10))
+        skip = int(query.get("$skip", 0))
+        page = items[skip:skip + top]
+        out = {"@odata.context": f"{self.graph_endpoint}/$metadata#{path}", "value": page}
+        if skip + top < len(items):
+            out["@odata.nextLink"] = f"{self.graph_endpoint}{path}?$top={top}&$skip={skip + top}" + (
+                f"&$filter={query['$filter']}" if "$filter" in query else "")
+        return out
+
+    def _select(self, data: dict, query: dict) -> dict:
+        if "$select" not in query:
+            return data
+        keys = set(query["$select"].split(",")) | {"id", "@odata.etag"}
+        return {k: v for k, v in data.items() if k in keys}
+
+    def _filter_messages(self, msgs: list[Message], query: dict) -> list[Message]:
+        f = query.get("$filter")
+        if not f:
+            return msgs
+        mid = self._odata_eq(f, "internetMessageId")
+        if mid is not None:
+            msgs = [m for m in msgs if m.internet_message_id == mid]
+        cat = re.search(r"categories/any\(c:c eq '((?:[^']|'')*)'\)", f)
+        if cat:
+            msgs = [m for m in msgs if cat.group(1).replace("''", "'") in m.categories]
+        return msgs
+
+    def _graph(self, h, path: str, query: dict, body: bytes):
+        method = h.command
+        if path.startswith("/uploadSessions/"):
+            return self._upload(h, path.split("/")[2], body)
+        if not path.startswith("/v1.0/me/"):
+            raise GraphError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
+        parts = path[len("/v1.0/me/"):].split("/")
+        data = json.loads(body) if body and h.headers.get("Content-Type", "").startswith("application/json") else None
+        if parts[0] == "mailFolders":
+            return self._mail_folders(method, parts[1:], query, data, path)
+        if parts[0] == "sendMail" and method == "POST":
+            msg = self._from_mime(self._mime_body(h, body), self.folder_id("drafts"))
+            self._submit(msg, "sendMail")
+            return 202, None, {}
+        if parts[0] == "messages":
+            return self._messages(h, method, parts[1:], query, data, body, path)
+        raise GraphError(400, "BadRequest", f"Unsupported segment {parts[0]}")
+
+    def _mime_body(self, h, body: bytes) -> bytes:
+        if not h.headers.get("Content-Type", "").startswith("text/plain"):
+            raise GraphError(400, "ErrorMimeContentInvalid", "MIME content must be sent as base64 text/plain.")
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError:
+            raise GraphError(400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.") \
+                from None
+
+    def _mail_folders(self, method, parts, query, data, path):
+        if not parts or parts == [""]:
+            if method == "GET":
+                name = self._odata_eq(query.get("$filter", ""), "displayName")
+                top = [(fid, f) for fid, f in self.folders.items()
+                       if f["parent"] is None and f.get("wellKnown") != "msgfolderroot"]
+                if name is not None:
+                    top = [(fid, f) for fid, f in top if f["displayName"] == name]
+                return 200, self._collection([self._folder_json(fid) for fid, _ in top], query, path), {}
+            if method == "POST":
+                name = data["displayName"]
+                if any(f["displayName"] == name and f["parent"] is None for f in self.folders.values()):
+                    raise GraphError(409, "ErrorFolderExists", "A folder with the specified name already exists.")
+                fid = self._id("F")
+                self.folders[fid] = {"displayName": name, "parent": None}
+                return 201, self._folder_json(fid), {}
+        fid = self.folder_id(parts[0])
+        if len(parts) == 1 and method == "GET":
+            return 200, self._folder_json(fid), {}
+        if len(parts) == 2 and parts[1] == "messages" and method == "GET":
+            msgs = self._filter_messages([m for m in self.messages.values() if m.folder == fid], query)
+            return 200, self._collection([self._select(self._json(m), query) for m in msgs], query, path), {}
+        raise GraphError(400, "BadRequest", "Unsupported mailFolders request")
+
+    def _folder_json(self, fid: str) -> dict:
+        f = self.folders[fid]
+        count = sum(1 for m in self.messages.values() if m.folder == fid)
+        return {"id": fid, "displayName": f["displayName"], "parentFolderId": None, "childFolderCount": 0,
+                "unreadItemCount": 0, "totalItemCount": count, "isHidden": False}
+
+    def _messages(self, h, method, parts, query, data, body, path):
+        if not parts or parts == [""]:
+            if method == "GET":
+                msgs = self._filter_messages(list(self.messages.values()), query)
+                return 200, self._collection([self._select(self._json(m), query) for m in msgs], query, path), {}
+            if method == "POST":
+                msg = self._from_mime(self._mime_body(h, body), self.folder_id("drafts"))
+                self.messages[msg.id] = msg
+                return 201, self._json(msg), {}
+        msg = self._message(parts[0])
+        rest = parts[1:]
+        if not rest:
+            if method == "GET":
+                return 200, self._select(self._json(msg), query), {}
+            if method == "PATCH":
+                for key, attr in (("toRecipients", "to"), ("ccRecipients", "cc"), ("bccRecipients", "bcc")):
+                    if key in data:
+                        setattr(msg, attr, [(r["emailAddress"].get("name", ""), r["emailAddress"]["address"])
+                                            for r in data[key] or []])
+                if "categories" in data:
+                    msg.categories = list(data["categories"])
+                if "internetMessageId" in data and not msg.is_draft:
+                    raise GraphError(400, "ErrorInvalidPropertyUpdateSentMessage", "Update is not allowed.")
+                return 200, self._json(msg), {}
+            if method == "DELETE":
+                del self.messages[msg.id]
+                return 204, None, {}
+        if rest == ["$value"] and method == "GET":
+            return 200, self._mime(msg), {}
+        if rest == ["send"] and method == "POST":
+            if not msg.is_draft:
+                raise GraphError(400, "ErrorInvalidOperation", "The message has already been sent.")
+            self._submit(msg, "send")
+            return 202, None, {}
+        if rest and rest[0] == "attachments":
+            return self._attachments(method, msg, rest[1:], data, query, path)
+        raise GraphError(400, "BadRequest", "Unsupported messages request")
+
+    def _attachments(self, method, msg: Message, rest, data, query, path):
+        if not rest:
+            if method == "GET":
+                items = [{"@odata.type": "#microsoft.graph.fileAttachment", "id": a.id, "name": a.name,
+                          "contentType": a.content_type, "size": len(a.content), "isInline": a.is_inline}
+                         for a in msg.attachments]
+                return 200, self._collection([self._select(i, query) for i in items], query, path), {}
+            if method == "POST":
+                content = base64.b64decode(data["contentBytes"])
+                if len(content) > 3 * 1024 * 1024:
+                    raise GraphError(413, "ErrorRequestEntityTooLarge",
+                                     "The attachment is larger than 3 MB; use an upload session.")
+                att = Attachment(self._id("A"), data["name"], data.get("contentType", "application/octet-stream"),
+                                 content, data.get("isInline", False), data.get("contentId"))
+                msg.attachments.append(att)
+                return 201, {"id": att.id, "name": att.name, "size": len(content)}, {}
+        if rest == ["createUploadSession"] and method == "POST":
+            item = data["AttachmentItem"]
+            sid = uuid.uuid4().hex
+            self.uploads[sid] = {"message": msg.id, "name": item["name"], "size": int(item["size"]),
+                                 "contentType": item.get("contentType", "application/octet-stream"),
+                                 "isInline": item.get("isInline", False), "contentId": item.get("contentId"),
+                                 "data": bytearray()}
+            return 201, {"uploadUrl": f"{self.base}/uploadSessions/{sid}?authtoken={uuid.uuid4().hex}",
+                         "expirationDateTime": "2099-01-01T00:00:00Z", "nextExpectedRanges": ["0-"]}, {}
+        if len(rest) == 1 and method == "DELETE":
+            before = len(msg.attachments)
+            msg.attachments = [a for a in msg.attachments if a.id != rest[0]]
+            if len(msg.attachments) == before:
+                raise GraphError(404, "ErrorItemNotFound", "The attachment was not found.")
+            return 204, None, {}
+        raise GraphError(400, "BadRequest", "Unsupported attachments request")
+
+    def _upload(self, h, sid: str, body: bytes):
+        if h.headers.get("Authorization"):
+            raise GraphError(401, "InvalidAuthenticationToken", "Do not send an Authorization header here.")
+        session = self.uploads.get(sid)
+        if session is None or h.command != "PUT":
+            raise GraphError(404, "ErrorItemNotFound", "Upload session not found.")
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", h.headers.get("Content-Range", ""))
+        if not m:
+            raise GraphError(400, "InvalidContentRange", "Content-Range is missing or malformed.")
+        start, end, total = map(int, m.groups())
+        if start != len(session["data"]) or total != session["size"] or end - start + 1 != len(body):
+            raise GraphError(416, "InvalidRange", "The range does not follow the bytes received so far.")
+        if end + 1 < total and len(body) % CHUNK:
+            raise GraphError(400, "InvalidChunkSize", "Ranges must be multiples of 320 KiB.")
+        session["data"] += body
+        if len(session["data"]) < total:
+            return 200, {"expirationDateTime": "2099-01-01T00:00:00Z",
+                         "nextExpectedRanges": [f"{len(session['data'])}-"]}, {}
+        msg = self._message(session["message"])
+        att = Attachment(self._id("A"), session["name"], session["contentType"], bytes(session["data"]),
+                         session["isInline"], session["contentId"])
+        msg.attachments.append(att)
+        del self.uploads[sid]
+        return 201, None, {"Location": f"{self.graph_endpoint}/me/messages('{msg.id}')/attachments('{att.id}')"}
