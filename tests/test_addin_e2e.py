@@ -1,0 +1,192 @@
+"""End to end: Chromium loads the add-in's runtime page from the helper over HTTPS (local CA), the
+Smart Alerts handler runs against a mocked Office object, the helper holds the message, the user
+confirms it (removing one recipient), and the handler completes with allowEvent true after removing
+that recipient from the Outlook item.
+
+office.js cannot come from Microsoft's CDN here, so the browser is answered with a stand-in for it.
+Chromium is told to accept exactly the helper's certificate key (SPKI pin); the Python client trusts
+only the install's CA.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sendguard import certs
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+POLICY = """
+[organization]
+internal_domains = ["example.co.jp"]
+
+[confirm]
+when = "external"
+"""
+
+# Stands in for https://appsforoffice.microsoft.com/lib/1/hosted/office.js: a compose item whose
+# recipients and attachments live in window.__sg.state.
+FAKE_OFFICE_JS = r"""
+(function () {
+  var state = {
+    to: [{emailAddress: "x@partner.example", displayName: "X Partner"},
+         {emailAddress: "y@other.example", displayName: "Y Other"}],
+    cc: [{emailAddress: "hanako@example.co.jp", displayName: "Hanako"}],
+    bcc: [],
+    attachments: [{id: "att-1", name: "quote.txt", size: 11, isInline: false, attachmentType: "file",
+                   contentType: "text/plain"}],
+    calls: []
+  };
+  function ok(v) { return {status: "succeeded", value: v}; }
+  function later(name, cb, value) { state.calls.push(name); setTimeout(function () { cb(ok(value)); }, 0); }
+  function field(name) {
+    return {
+      getAsync: function (cb) { later(name + ".getAsync", cb, state[name].slice()); },
+      setAsync: function (list, cb) { state[name] = list.slice(); later(name + ".setAsync", cb); }
+    };
+  }
+  window.__sg = {state: state, handlers: {}, completed: null};
+  window.Office = {
+    AsyncResultStatus: {Succeeded: "succeeded", Failed: "failed"},
+    CoercionType: {Text: "text"},
+    actions: {associate: function (name, fn) { window.__sg.handlers[name] = fn; }},
+    context: {
+      displayLanguage: "en-US",
+      mailbox: {
+        userProfile: {emailAddress: "taro@example.co.jp", displayName: "Taro Yamada"},
+        item: {
+          from: {getAsync: function (cb) { later("from.getAsync", cb, {emailAddress: "taro@example.co.jp", displayName: "Taro Yamada"}); }},
+          to: field("to"), cc: field("cc"), bcc: field("bcc"),
+          subject: {getAsync: function (cb) { later("subject.getAsync", cb, "E2E quote for Partner"); }},
+          body: {getAsync: function (type, cb) { later("body.getAsync", cb, "Hello, the quote is attached."); }},
+          getAttachmentsAsync: function (cb) { later("getAttachmentsAsync", cb, state.attachments.slice()); },
+          getAttachmentContentAsync: function (id, cb) { later("getAttachmentContentAsync", cb, {format: "base64", content: btoa("quote: 100")}); },
+          removeAttachmentAsync: function (id, cb) {
+            state.attachments = state.attachments.filter(function (a) { return a.id !== id; });
+            later("removeAttachmentAsync", cb);
+          },
+          getItemIdAsync: function (cb) { later("getItemIdAsync", cb, "AAMkE2E="); }
+        }
+      }
+    }
+  };
+})();
+"""
+
+
+def _spki_pin(cert_path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture
+def helper(tmp_path, monkeypatch):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    from desktop.runner import Runner
+
+    home = tmp_path / "helper-home"
+    home.mkdir()
+    monkeypatch.setenv("SENDGUARD_HOME", str(home))
+    (home / "policy.toml").write_text(POLICY, encoding="utf-8")
+    certs.ensure_certificates(home)
+    runner = Runner(home, smtp_port=0, api_port=0).start()
+    try:
+        assert runner.scheme == "https", "the helper did not pick up the local CA's certificate"
+        yield runner
+    finally:
+        runner.stop()
+
+
+class Api:
+    """The helper's API as the desktop window uses it: bearer token, TLS trusting only the local CA."""
+
+    def __init__(self, base: str, home: Path):
+        from sendguard.links import api_token
+
+        self.base = base
+        self.token = api_token()
+        self.context = certs.client_context(home)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(self.base + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self.context, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def wait_for_held(self, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            items = self.call("GET", "/api/v1/outbox")
+            held = [i for i in items if i.get("state") == "awaiting_confirmation"]
+            if held:
+                return held[0]
+            time.sleep(0.1)
+        raise AssertionError("the add-in's message never reached the helper")
+
+
+def test_outlook_send_confirmed_in_sendguard(helper):
+    from playwright.sync_api import sync_playwright
+
+    home = helper.home
+    base = helper.base_url
+    api = Api(base, home)
+    pin = _spki_pin(certs.CertPaths.under(home).server_cert)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"])
+        try:
+            page = browser.new_page()
+            page.route("https://appsforoffice.microsoft.com/**",
+                       lambda route: route.fulfill(status=200, content_type="text/javascript", body=FAKE_OFFICE_JS))
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            response = page.goto(f"{base}/addin/commands.html")
+            assert response is not None and response.ok
+            page.wait_for_function("() => window.__sg && typeof window.__sg.handlers.onMessageSendHandler === 'function'")
+            page.evaluate("""() => window.__sg.handlers.onMessageSendHandler({
+                completed: (options) => { window.__sg.completed = options; }
+            })""")
+
+            # The helper holds the message for confirmation, as the window and web page show it.
+            summary = api.wait_for_held()
+            item = api.call("GET", f"/api/v1/outbox/{summary['id']}")
+            assert item["source"] == "outlook"
+            assert item["subject"] == "E2E quote for Partner"
+            addresses = {r["address"] for r in item["check"]["recipients"]}
+            assert {"x@partner.example", "y@other.example", "hanako@example.co.jp"} <= addresses
+            assert [a["filename"] for a in item["check"]["attachments"]] == ["quote.txt"]
+            assert page.evaluate("() => window.__sg.completed") is None, "completed before the user decided"
+
+            # The user removes one recipient and confirms (what the window's Send button does).
+            api.call("POST", f"/api/v1/outbox/{summary['id']}/confirm",
+                     {"removed_recipients": ["y@other.example"], "actor": "window"})
+
+            page.wait_for_function("() => window.__sg.completed !== null", timeout=30_000)
+            assert page.evaluate("() => window.__sg.completed") == {"allowEvent": True}
+            state = page.evaluate("() => window.__sg.state")
+            assert [r["emailAddress"] for r in state["to"]] == ["x@partner.example"]
+            assert [r["emailAddress"] for r in state["cc"]] == ["hanako@example.co.jp"]
+            assert errors == []
+        finally:
+            browser.close()
+
+    assert api.call("GET", f"/api/v1/outbox/{summary['id']}")["state"] == "sent"
