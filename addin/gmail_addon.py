@@ -139,7 +139,7 @@ def guarded(view: Any) -> Any:
     return wrapper
 
 
-# -- cards ------------------------------------------------------------------------------------------------------
+# -- cards ------------------------------------------------------------------------------------------
 
 
 def _endpoint(name: str) -> str:
@@ -176,8 +176,9 @@ def homepage(event: dict[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
 def compose(event: dict[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
     gm = event.get("gmail") or {}
     to = ", ".join(gm.get("toRecipients") or []) or "no recipients yet"
-    return _card("Check and send", f"To: {to}<br>SendGuard checks the saved draft, asks you to confirm, "
-                                   "then sends it. Gmail's own Send button is not checked.", [_check_button()])
+    text = (f"To: {to}<br>SendGuard checks the saved draft, asks you to confirm, then sends it. "
+            "Gmail's own Send button is not checked.")
+    return _card("Check and send", text, [_check_button()])
 
 
 @bp.post("/check-and-send")
@@ -207,10 +208,11 @@ def check_and_send(event: dict[str, Any], claims: dict[str, Any]) -> dict[str, A
     buttons = []
     confirm_url = getattr(service, "confirm_url", None)
     if callable(confirm_url) and state == "awaiting_confirmation":
-        buttons.append({"text": "Open the confirmation", "onClick": {"openLink": {"url": confirm_url(item_id)}}})
+        buttons.append({"text": "Open the confirmation",
+                        "onClick": {"openLink": {"url": confirm_url(item_id)}}})
     text = {
-        "awaiting_confirmation": "Confirm the recipients and attachments in the SendGuard window; the draft is "
-                                 "sent only then. Cancel there to keep it as a draft.",
+        "awaiting_confirmation": "Confirm the recipients and attachments in the SendGuard window; the draft "
+                                 "is sent only then. Cancel there to keep it as a draft.",
         "awaiting_approval": "This message needs approval; it is sent once approved.",
         "confirmed": "Checked: SendGuard sends it now.",
     }.get(state, f"SendGuard holds it as {item_id} ({state}).")

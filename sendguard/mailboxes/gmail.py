@@ -845,7 +845,8 @@ def submit_draft(outbox: Any, mailbox: GmailMailbox, draft_id: str) -> Any:
     ref = f"draft:{draft_id}"
     find = getattr(outbox, "by_source_ref", None)
     existing = find("gmail", ref) if find else None
-    if existing is not None and getattr(existing, "state", "") not in ("sent", "cancelled", "rejected", "expired"):
+    finished = ("sent", "cancelled", "rejected", "expired")
+    if existing is not None and getattr(existing, "state", "") not in finished:
         return existing
     held = mailbox.take_draft(draft_id)
     return outbox.submit(held.raw, held.envelope_from, list(held.recipients), source="gmail",
