@@ -11,15 +11,15 @@ from functools import lru_cache
 import puremagic
 from confusable_homoglyphs import confusables
 from publicsuffixlist import PublicSuffixList
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import OSA, Levenshtein
 
 # ---------------------------------------------------------------- personal data
 
 _DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
 # 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits.
-_CARD_RE = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d])")
+_CARD_RE = re.compile(r"(?<![\d-])(?<!\d )(?:\d[ -]?){12,18}\d(?!\d)(?![ -]\d)")
 # 12 digits, plain or as 4-4-4 with one separator style.
-_MYNUMBER_RE = re.compile(r"(?<![\d-])(\d{4})([ -]?)(\d{4})\2(\d{4})(?![\d])")
+_MYNUMBER_RE = re.compile(r"(?<![\d-])(?<!\d )(\d{4})([ -]?)(\d{4})\2(\d{4})(?!\d)(?![ -]\d)")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -235,7 +235,7 @@ def lookalike_of(domain: str, known: list[str]) -> str | None:
             return ref
         if len(ref_label) >= 4:
             limit = 1 if len(ref_label) < 8 else 2
-            if label != ref_label and Levenshtein.distance(label, ref_label) <= limit and suffix == ref_suffix:
+            if label != ref_label and OSA.distance(label, ref_label) <= limit and suffix == ref_suffix:
                 return ref
         # whole-domain typos across the label/suffix boundary (examplec.o.jp, example-co.jp)
         if len(ref) >= 8 and Levenshtein.distance(domain.replace("-", "."), ref) <= 1 and domain != ref:

@@ -146,8 +146,19 @@ def make_recipient(addr_spec: str, display_name: str, field_name: str) -> Recipi
     )
 
 
+def _raw_values(msg: Message, name: str) -> list[str]:
+    return [str(v) for k, v in msg.raw_items() if k.lower() == name.lower()]
+
+
+def _has_8bit(values: list[str]) -> bool:
+    return any(any("\udc80" <= ch <= "\udcff" for ch in v) for v in values)
+
+
 def _header_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     """(display name, addr-spec) pairs of an address header, groups flattened; tolerant of junk."""
+    raw = _raw_values(msg, name)
+    if _has_8bit(raw):  # undeclared 8-bit text: decode it ourselves (UTF-8, Shift_JIS, EUC-JP)
+        return [(decode_words(d), a) for d, a in email.utils.getaddresses([clean_text(v) for v in raw])]
     values = msg.get_all(name) or []
     out: list[tuple[str, str]] = []
     for value in values:
@@ -162,6 +173,9 @@ def _header_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
 
 
 def _safe_header(msg: Message, name: str) -> str:
+    raw = _raw_values(msg, name)
+    if _has_8bit(raw):
+        return decode_words(" ".join(clean_text(raw[0]).split()))
     try:
         value = msg.get(name)
     except (IndexError, TypeError, ValueError, LookupError, email.errors.HeaderParseError):

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from . import checks, message
+from . import checks, faults, message
 from .errors import MessageError, NotFound, StateError
 from .mailboxes.base import AuthError, Mailbox, MailboxError, PermanentError, ReleaseItem, TransientError
 from .policy import Policy
@@ -200,6 +200,8 @@ class Outbox:
                          .values(state=to, updated_at=self.clock(), **values))
             self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to, **(data or {})},
                                     ts=self.clock())
+            faults.point(f"transition.{event}.uncommitted")
+        faults.point(f"transition.{event}.committed")
         self._notify(item_id)
         return self.get(item_id)
 
@@ -395,6 +397,7 @@ class Outbox:
                     raise PermanentError("no release transport is configured")
                 mailbox = self.mailbox_for(item)
                 receipt = mailbox.release(self._release_item(item))
+                faults.point("release.after_transport")
             except TransientError as exc:
                 return self._failed(item, str(exc), exc.retry_after)
             except AuthError as exc:

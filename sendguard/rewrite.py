@@ -98,7 +98,7 @@ def apply(
     _set_addresses(msg, "To", to)
     _set_addresses(msg, "Cc", cc)
     del msg["Bcc"]
-    if not to and not cc:
+    if not to:
         msg["To"] = "undisclosed-recipients:;"
     if not msg.get("message-id"):
         msg["Message-ID"] = message_id

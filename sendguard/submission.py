@@ -14,6 +14,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from . import faults
 from .message import make_recipient
 from .outbox import Outbox
 
@@ -56,6 +57,7 @@ class SubmissionHandler:
         except Exception as exc:  # storage failure: refuse temporarily, the client keeps the message
             log.exception("could not store a submitted message")
             return R_STORE_FAILED.format(error=type(exc).__name__)
+        faults.point("smtp.before_250")
         if self.on_received:
             self.on_received(item_id)
         return R_HELD.format(id=item_id)

@@ -1,0 +1,127 @@
+"""kill -9 at each state transition: nothing lost, nothing released twice."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import threading
+
+import pytest
+from conftest import SAMPLE_POLICY, make_message, run_cli, smtp_send, wait_for
+
+from sendguard import audit, config, outbox, policy, store
+from sendguard.mailboxes.maildir import MaildirMailbox
+from sendguard.submission import SubmissionServer
+
+pytestmark = pytest.mark.slow
+
+
+def items(home):
+    box = outbox.Outbox(store.Store(home / "sendguard.db"), lambda: policy.Policy())
+    return box.list(None)
+
+
+def sent_files(home):
+    return MaildirMailbox(home / "sent").messages()
+
+
+def held_item(home):
+    return wait_for(lambda: [i for i in items(home) if i.state == "awaiting_confirmation"])[0]
+
+
+@pytest.fixture
+def setup(home, write_policy, serve_process):
+    write_policy(SAMPLE_POLICY)
+    return serve_process
+
+
+def test_crash_after_commit_before_250_keeps_the_message(home, setup):
+    proc = setup().start(crash_at="smtp.before_250")
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
+    assert proc.wait_dead() == -9
+    setup().start()
+    item = held_item(home)
+    assert item.subject == "見積書の送付"
+    assert len(items(home)) == 1
+
+
+def test_crash_after_250_before_check_is_rechecked_on_restart(home, setup):
+    proc = setup().start(crash_at="transition.verdict.uncommitted")
+    smtp_send(proc.smtp_port, make_message(to="x@partner.example"))  # 250 came back: it is ours now
+    assert proc.wait_dead() == -9
+    [item] = items(home)
+    assert item.state == "received"
+    setup().start()
+    assert held_item(home).id == item.id
+
+
+def test_crash_during_confirm_leaves_it_held_then_confirm_again(home, setup):
+    proc = setup().start()
+    smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
+    item = held_item(home)
+    env = dict(os.environ, SENDGUARD_CRASH_AT="transition.confirmed.uncommitted")
+    crashed = run_cli("queue", "confirm", item.id, env=env)
+    assert crashed.returncode == -9
+    assert [i.state for i in items(home)] == ["awaiting_confirmation"]
+    assert run_cli("queue", "confirm", item.id).returncode == 0
+    wait_for(lambda: items(home)[0].state == "sent")
+    assert len(sent_files(home)) == 1
+
+
+@pytest.mark.parametrize("point", ["transition.releasing.committed", "release.after_transport",
+                                   "transition.released.uncommitted"])
+def test_crash_during_maildir_release_is_reconciled_once(home, setup, point):
+    proc = setup().start(crash_at=point)
+    smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
+    item = held_item(home)
+    assert run_cli("queue", "confirm", item.id).returncode == 0
+    assert proc.wait_dead() == -9
+    assert items(home)[0].state == "releasing"
+    setup().start()
+    wait_for(lambda: items(home)[0].state == "sent")
+    assert len(sent_files(home)) == 1
+    trail = audit.records(store.Store(home / "sendguard.db"), item.id)
+    events = [r["event"] for r in trail]
+    if point == "transition.releasing.committed":  # not sent yet: found missing, sent again once
+        assert events.count("releasing") == 2 and ("reconciled", False) in [
+            (r["event"], r["data"].get("found")) for r in trail]
+    else:  # the file was written: found, recorded as sent, not sent again
+        assert events.count("releasing") == 1
+        assert trail[-1]["event"] == "released" and trail[-1]["data"]["reconciled"] is True
+
+
+class Sink:
+    def __init__(self):
+        self.messages = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+def test_crash_during_smtp_relay_release_needs_attention(home, setup):
+    sink = Sink()
+    relay = SubmissionServer(sink, "127.0.0.1", 0).start()
+    try:
+        port = relay.port
+        config.save_account(config.Account("relay", "smtp", "", {"host": "127.0.0.1", "port": port,
+                                                                  "security": "none"}), home / "config.toml")
+        proc = setup().start(crash_at="release.after_transport")
+        smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
+        item = held_item(home)
+        assert run_cli("queue", "confirm", item.id).returncode == 0
+        assert proc.wait_dead() == -9
+        assert len(sink.messages) == 1
+        setup().start()
+        wait_for(lambda: items(home)[0].state == "needs_attention")
+        assert len(sink.messages) == 1  # never sent twice on its own
+        shown = run_cli("queue", "show", item.id)
+        assert b"cannot tell whether it went out" in shown.stdout
+        assert run_cli("queue", "resolve", item.id, "--sent").returncode == 0
+        assert items(home)[0].state == "sent"
+        assert len(sink.messages) == 1
+    finally:
+        relay.stop()
