@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from email.message import EmailMessage
+from pathlib import Path
 
-import keyring
-import keyring.backend
 import pytest
 from click.testing import CliRunner
 
@@ -29,40 +32,10 @@ from tests.fakes.ews_server import FakeEWS
 ADDRESS = "user@example.co.jp"
 
 
-class TmpKeyring(keyring.backend.KeyringBackend):
-    """A keyring kept in one JSON file under the test's tmp dir."""
-
-    priority = 1
-
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
-
-    def _load(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def get_password(self, service, username):
-        return self._load().get(f"{service}/{username}")
-
-    def set_password(self, service, username, password):
-        data = self._load()
-        data[f"{service}/{username}"] = password
-        self.path.write_text(json.dumps(data))
-
-    def delete_password(self, service, username):
-        data = self._load()
-        data.pop(f"{service}/{username}", None)
-        self.path.write_text(json.dumps(data))
-
-
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SENDGUARD_HOME", str(tmp_path))
-    previous = keyring.get_keyring()
-    keyring.set_keyring(TmpKeyring(tmp_path / "keyring.json"))
+def no_waiting(monkeypatch):
+    """Pauses the connector would honour in place are recorded, not slept (conftest isolates home and keyring)."""
     monkeypatch.setattr(_retry, "sleep", lambda seconds: None)
-    yield tmp_path
-    keyring.set_keyring(previous)
 
 
 @pytest.fixture
@@ -388,3 +361,84 @@ def test_add_command_wrong_password_saves_nothing(fake, home):
     assert len(result.output.strip().splitlines()) == 1
     assert not (home / "config.toml").exists()
     assert secrets.get(f"account:{ADDRESS}:password") is None
+
+
+# -- end to end through the outbox: hold folder -> confirm -> one send -> kill -9 -> reconcile ------------
+
+E2E_POLICY = '[organization]\ninternal_domains = ["example.co.jp"]\n\n[confirm]\nwhen = "external"\n'
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def release_in_a_process_killed_after_the_transport(item_id: str) -> subprocess.CompletedProcess:
+    script = ("import sys; from sendguard.service import Helper; "
+              "Helper().outbox.release(sys.argv[1]); print('recorded')")
+    env = dict(os.environ, SENDGUARD_CRASH_AT="release.after_transport")
+    return subprocess.run([sys.executable, "-c", script, item_id], env=env, capture_output=True, timeout=60,
+                          cwd=ROOT)
+
+
+def test_end_to_end_hold_folder_confirm_crash_and_reconcile(fake, home):
+    from sendguard.service import Helper
+
+    (home / "policy.toml").write_text(E2E_POLICY)
+    account = config_mod.Account("work", "exchange", ADDRESS, {"server": fake.url, "username": "user"})
+    config_mod.save_account(account, home / "config.toml")
+    secrets.put(account.secret_key("password"), "secret")
+    helper = Helper(home)
+    try:
+        helper.poll_held()  # first run: the hold folder is created
+        assert fake.folder_by_name(HOLD_FOLDER) is not None
+        ref = fake.put_item(message(attachments=("quote.pdf",)))
+        helper.poll_held()
+        helper.poll_held()  # taken once, not twice
+        (item,) = helper.outbox.list()
+        assert (item.state, item.source, item.source_ref, item.account) == (
+            "awaiting_confirmation", "exchange", ref, "work")
+        assert item.message_id == "<m1@example.co.jp>"
+        helper.outbox.confirm(item.id, removed_recipients=["b@partner.example"])
+        assert helper.outbox.get(item.id).state == "confirmed"
+    finally:
+        helper.stop()
+
+    crashed = release_in_a_process_killed_after_the_transport(item.id)
+    assert crashed.returncode == -signal.SIGKILL and b"recorded" not in crashed.stdout, crashed.stderr
+    (sent,) = fake.sends
+    assert sent.to == ["a@partner.example"] and sent.cc == ["boss@example.co.jp"] and sent.bcc == []
+    assert sent.message_id == "<m1@example.co.jp>"
+
+    restarted = Helper(home)
+    try:
+        assert restarted.outbox.get(item.id).state == "releasing"
+        restarted.outbox.reconcile()  # Sent Items has it
+        assert restarted.outbox.get(item.id).state == "sent"
+        assert restarted.outbox.release_due() == []
+    finally:
+        restarted.stop()
+    assert len(fake.sends) == 1
+    assert fake.requests.count("UpdateItem") >= 1 and fake.requests.count("SendItem") == 0
+
+
+def test_end_to_end_smtp_mail_released_through_exchange(fake, home):
+    from sendguard.service import Helper
+
+    (home / "policy.toml").write_text(E2E_POLICY)
+    account = config_mod.Account("work", "exchange", ADDRESS, {"server": fake.url, "username": "user"})
+    config_mod.save_account(account, home / "config.toml")
+    secrets.put(account.secret_key("password"), "secret")
+    helper = Helper(home)
+    try:
+        raw = message(to="a@partner.example", cc=None, attachments=(), msgid="<smtp-e2e@example.co.jp>")
+        item = helper.outbox.submit(raw, ADDRESS, ["a@partner.example", "hidden@partner.example"])
+        assert item.state == "awaiting_confirmation"
+        helper.outbox.confirm(item.id)
+        fake.fail_next("CreateItem", "busy", back_off_ms=60_000)  # throttled: nothing sent, retried later
+        assert helper.outbox.release(item.id).state == "failed"
+        assert fake.sends == []
+        assert [i.id for i in helper.outbox.due()] == []  # waits for the back-off
+        helper.outbox.clock = lambda: time.time() + 120
+        helper.outbox.release_due()
+        assert helper.outbox.get(item.id).state == "sent"
+    finally:
+        helper.stop()
+    (sent,) = fake.sends
+    assert sent.operation == "CreateItem" and sent.bcc == ["hidden@partner.example"]

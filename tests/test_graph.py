@@ -6,10 +6,14 @@ import email
 import email.policy
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from email.message import EmailMessage
+from pathlib import Path
 
-import keyring
-import keyring.backend
 import pytest
 from click.testing import CliRunner
 
@@ -17,6 +21,7 @@ from sendguard import config as config_mod
 from sendguard import secrets
 from sendguard.config import Account
 from sendguard.mailboxes import _retry, registry
+from sendguard.mailboxes import graph as graph_mod
 from sendguard.mailboxes.base import AuthError, PermanentError, ReleaseItem, TransientError
 from sendguard.mailboxes.graph import (
     DRAFT_CATEGORY,
@@ -32,40 +37,10 @@ ADDRESS = "user@contoso.example"
 MB = 1024 * 1024
 
 
-class TmpKeyring(keyring.backend.KeyringBackend):
-    """A keyring kept in one JSON file under the test's tmp dir."""
-
-    priority = 1
-
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
-
-    def _load(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def get_password(self, service, username):
-        return self._load().get(f"{service}/{username}")
-
-    def set_password(self, service, username, password):
-        data = self._load()
-        data[f"{service}/{username}"] = password
-        self.path.write_text(json.dumps(data))
-
-    def delete_password(self, service, username):
-        data = self._load()
-        data.pop(f"{service}/{username}", None)
-        self.path.write_text(json.dumps(data))
-
-
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SENDGUARD_HOME", str(tmp_path))
-    previous = keyring.get_keyring()
-    keyring.set_keyring(TmpKeyring(tmp_path / "keyring.json"))
+def no_waiting(monkeypatch):
+    """Pauses the connector would honour in place are recorded, not slept (conftest isolates home and keyring)."""
     monkeypatch.setattr(_retry, "sleep", lambda seconds: None)
-    yield tmp_path
-    keyring.set_keyring(previous)
 
 
 @pytest.fixture
@@ -216,7 +191,9 @@ def test_crash_between_releasing_and_sent_reconciles_without_a_second_send(box, 
     with pytest.raises(TransientError, match="Cannot reach Microsoft Graph"):
         box.release(item)
     assert len(fake.sends) == 1
-    restarted = registry.build(account_for(fake), home)  # a new process: token cache from the keyring
+    graph_mod._INSTANCES.clear()  # as after a restart: a new connector, token cache read from the keyring
+    restarted = registry.build(account_for(fake), home)
+    assert restarted is not box
     assert restarted.find_sent(item.message_id) is True
     assert restarted.release(item).detail["via"] == "already-sent"
     assert len(fake.sends) == 1
@@ -370,3 +347,77 @@ def test_add_command_unknown_application_is_one_clear_line(fake, home):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: ")
     assert not (home / "config.toml").exists()
+
+
+# -- end to end through the outbox: hold folder -> confirm -> one send -> kill -9 -> reconcile ------------
+
+E2E_POLICY = '[organization]\ninternal_domains = ["contoso.example"]\n\n[confirm]\nwhen = "external"\n'
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_end_to_end_hold_folder_confirm_crash_and_reconcile(fake, home):
+    from sendguard.service import Helper
+
+    (home / "policy.toml").write_text(E2E_POLICY)
+    account = account_for(fake)
+    config_mod.save_account(account, home / "config.toml")
+    MsalTokenSource.for_account(account).sign_in(device_code=True, echo=lambda line: None)
+    helper = Helper(home)
+    try:
+        helper.poll_held()  # first run: the hold folder is created
+        ref = fake.put_item(message(attachments=("quote.pdf", "internal.xlsx")))
+        helper.poll_held()
+        helper.poll_held()
+        (item,) = helper.outbox.list()
+        assert (item.state, item.source, item.source_ref) == ("awaiting_confirmation", "graph", ref)
+        helper.outbox.confirm(item.id, removed_recipients=["b@partner.example"],
+                              removed_attachments=["internal.xlsx"])
+    finally:
+        helper.stop()
+
+    script = ("import sys; from sendguard.service import Helper; "
+              "Helper().outbox.release(sys.argv[1]); print('recorded')")
+    env = dict(os.environ, SENDGUARD_CRASH_AT="release.after_transport")
+    crashed = subprocess.run([sys.executable, "-c", script, item.id], env=env, capture_output=True, timeout=60,
+                             cwd=ROOT)
+    assert crashed.returncode == -signal.SIGKILL and b"recorded" not in crashed.stdout, crashed.stderr
+    (sent,) = fake.sends
+    assert sent.route == "send" and sent.to == ["a@partner.example"] and sent.cc == ["boss@contoso.example"]
+    assert sent.attachments == ["quote.pdf"]
+
+    graph_mod._INSTANCES.clear()
+    restarted = Helper(home)
+    try:
+        assert restarted.outbox.get(item.id).state == "releasing"
+        restarted.outbox.reconcile()
+        assert restarted.outbox.get(item.id).state == "sent"
+        assert restarted.outbox.release_due() == []
+    finally:
+        restarted.stop()
+    assert len(fake.sends) == 1
+
+
+def test_end_to_end_revoked_sign_in_keeps_mail_held(fake, home):
+    from sendguard.service import Helper
+
+    (home / "policy.toml").write_text(E2E_POLICY)
+    account = account_for(fake)
+    config_mod.save_account(account, home / "config.toml")
+    MsalTokenSource.for_account(account).sign_in(device_code=True, echo=lambda line: None)
+    helper = Helper(home)
+    try:
+        raw = message(to="a@partner.example", cc=None, msgid="<rev@contoso.example>")
+        item = helper.outbox.submit(raw, ADDRESS, ["a@partner.example"])
+        helper.outbox.confirm(item.id)
+        fake.revoke()
+        failed = helper.outbox.release(item.id)
+        assert failed.state == "failed" and "sign in again" in failed.last_error
+        assert fake.sends == []
+        # the user signs in again (another process writes the keyring); the next attempt goes out once
+        MsalTokenSource.for_account(account).sign_in(device_code=True, echo=lambda line: None)
+        helper.outbox.clock = lambda: time.time() + 601
+        helper.outbox.release_due()
+        assert helper.outbox.get(item.id).state == "sent"
+    finally:
+        helper.stop()
+    assert len(fake.sends) == 1

@@ -16,6 +16,7 @@ writes them to a file or a log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import threading
@@ -100,6 +101,10 @@ class _TokenCredentials(OAuth2AuthorizationCodeCredentials):
         self.access_token = self._token()
 
 
+_INSTANCES: dict[tuple, ExchangeMailbox] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
 class ExchangeMailbox:
     """The Mailbox (and HoldingMailbox) interface for one Exchange account over EWS."""
 
@@ -132,16 +137,29 @@ class ExchangeMailbox:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_account(cls, account: AccountConfig, home: Path) -> ExchangeMailbox:
+        """The connector for an account. The helper asks for it on every poll and release, so one
+        instance per account (and password) is kept: its connection, hold folder and pull subscription
+        carry over from one call to the next."""
+        password = None if account.settings.get("auth") == "oauth" else secrets.get(account.secret_key("password"))
+        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())),
+               hashlib.sha256((password or "").encode()).hexdigest())
+        with _INSTANCES_LOCK:
+            box = _INSTANCES.get(key)
+            if box is None:
+                for old in [k for k in _INSTANCES if k[:2] == key[:2]]:
+                    _INSTANCES.pop(old).close()
+                box = _INSTANCES[key] = cls._build(account, password)
+            return box
+
+    @classmethod
+    def _build(cls, account: AccountConfig, password: str | None) -> ExchangeMailbox:
         s = account.settings
         auth = s.get("auth", "auto")
         token_source = None
-        password = None
         if auth == "oauth":
             from .graph import MsalTokenSource
 
             token_source = MsalTokenSource.for_ews(account)
-        else:
-            password = secrets.get(account.secret_key("password"))
         return cls(account.name, account.address, server=s.get("server"), autodiscover=bool(s.get("autodiscover")),
                    username=s.get("username"), password=password, auth=auth, token_source=token_source,
                    hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))

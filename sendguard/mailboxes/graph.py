@@ -147,6 +147,8 @@ class MsalTokenSource:
             self._cache.has_state_changed = False
 
     def _sign_in_again(self, why: str) -> AuthError:
+        self._app = None  # read the keyring again next time: the user may have signed in meanwhile
+        self._cache = msal.SerializableTokenCache()
         return AuthError(f"The Microsoft 365 sign-in for {self.username or self.client_id} {why}: run `sendguard "
                          f"accounts add graph --address {self.username}` to sign in again. Your mail stays held.")
 
@@ -189,6 +191,10 @@ class MsalTokenSource:
             return result
 
 
+_INSTANCES: dict[tuple, GraphMailbox] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
 class GraphMailbox:
     """The Mailbox (and HoldingMailbox) interface for one Exchange Online account over Microsoft Graph."""
 
@@ -208,10 +214,18 @@ class GraphMailbox:
 
     @classmethod
     def from_account(cls, account: AccountConfig, home: Path) -> GraphMailbox:
-        s = account.settings
-        tokens = MsalTokenSource.for_account(account)
-        return cls(account.name, account.address, tokens, endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT),
-                   hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
+        """One instance per account and settings: the helper asks for it on every poll and release, and
+        the sign-in (msal's in-memory cache) and hold folder id carry over between calls."""
+        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())))
+        with _INSTANCES_LOCK:
+            box = _INSTANCES.get(key)
+            if box is None:
+                s = account.settings
+                tokens = MsalTokenSource.for_account(account)
+                box = _INSTANCES[key] = cls(
+                    account.name, account.address, tokens, endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT),
+                    hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
+            return box
 
     def close(self) -> None:
         self.session.close()
