@@ -442,3 +442,31 @@ def test_end_to_end_smtp_mail_released_through_exchange(fake, home):
         helper.stop()
     (sent,) = fake.sends
     assert sent.operation == "CreateItem" and sent.bcc == ["hidden@partner.example"]
+
+
+def test_oauth_sign_in_with_msal_and_bearer_tokens_on_ews(home, monkeypatch):
+    """--oauth: msal device-code sign-in (token cache in the keyring), then EWS calls with the bearer token."""
+    from tests.fakes.graph_server import FakeGraph
+
+    # oauthlib refuses bearer tokens over plain http; the local EWS server is http (production is https)
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    with FakeGraph(address=ADDRESS) as idp:
+        with FakeEWS(address=ADDRESS, token=idp.access_tokens) as ews:
+            result = CliRunner().invoke(add_command, [
+                "--address", ADDRESS, "--server", ews.url, "--oauth", "--tenant", idp.tenant,
+                "--client-id", idp.client_id, "--authority", idp.base, "--name", "onprem"],
+                env={"REQUESTS_CA_BUNDLE": str(idp.ca_file)})
+            assert result.exit_code == 0, result.output
+            assert "ABCD-EFGH" in result.output
+            (account,) = config_mod.load(home / "config.toml").accounts
+            assert account.settings["auth"] == "oauth"
+            assert secrets.get(account.secret_key("password")) is None
+            assert "RefreshToken" in secrets.get(account.secret_key("token_cache"))
+            account.settings["ca_bundle"] = str(idp.ca_file)
+            mailbox = registry.build(account, home)
+            ews.put_item(message())
+            assert len(mailbox.fetch_held()) == 1
+            idp.revoke()  # tokens revoked by the admin: EWS says 401, msal cannot refresh
+            with pytest.raises(AuthError, match="sign in again"):
+                mailbox.fetch_held()
+            mailbox.close()

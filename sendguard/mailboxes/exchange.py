@@ -233,6 +233,8 @@ class ExchangeMailbox:
     def _translate(self, what: str, e: Exception) -> MailboxError:
         if isinstance(e, ews_errors.UnauthorizedError | ews_errors.ErrorAccessDenied):
             self.close()
+            if self._token_source is not None:
+                self._token_source.reset()
             how = "--oauth" if self.auth == "oauth" else "--password-stdin"
             return AuthError(f"Exchange refused the sign-in for {self.address} (wrong password, or the token "
                              f"expired or was revoked): run `sendguard accounts add exchange --address "

@@ -146,9 +146,15 @@ class MsalTokenSource:
             secrets.put(self.cache_key, self._cache.serialize())
             self._cache.has_state_changed = False
 
+    def reset(self) -> None:
+        """Forget the in-memory sign-in; the next call reads the keyring again (the user may have signed
+        in again from another process meanwhile)."""
+        with self._lock:
+            self._app = None
+            self._cache = msal.SerializableTokenCache()
+
     def _sign_in_again(self, why: str) -> AuthError:
-        self._app = None  # read the keyring again next time: the user may have signed in meanwhile
-        self._cache = msal.SerializableTokenCache()
+        self.reset()
         return AuthError(f"The Microsoft 365 sign-in for {self.username or self.client_id} {why}: run `sendguard "
                          f"accounts add graph --address {self.username}` to sign in again. Your mail stays held.")
 

@@ -117,11 +117,13 @@ class FakeEWS:
     """The mailbox state plus the HTTP server; use as a context manager."""
 
     def __init__(self, address: str = "user@example.co.jp", username: str = "user", password: str = "secret",
-                 token: str | None = None):
+                 token=None):
         self.address = address
         self.username = username
         self.password = password
-        self.token = token  # Bearer token accepted instead of the password (OAuth)
+        # Bearer tokens accepted instead of the password (OAuth): one token, or a container of valid ones
+        # (e.g. the access tokens a FakeGraph sign-in endpoint has issued)
+        self.token = token
         self.lock = threading.RLock()
         self.counter = itertools.count(1)
         self.folders: dict[str, Folder] = {}
@@ -294,8 +296,8 @@ class FakeEWS:
         if auth.startswith("Basic "):
             user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
             return user.split("\\")[-1] == self.username and pw == self.password
-        if auth.startswith("Bearer ") and self.token:
-            return auth[7:] == self.token
+        if auth.startswith("Bearer ") and self.token is not None:
+            return auth[7:] == self.token if isinstance(self.token, str) else auth[7:] in self.token
         return False
 
     def _take_failure(self, operation: str) -> tuple[str, dict] | None:
@@ -316,7 +318,7 @@ class FakeEWS:
         operation = etree.QName(content).localname
         if not self._authorized(handler):
             challenge = {"WWW-Authenticate": 'Basic realm="127.0.0.1"'}
-            if self.token:
+            if self.token is not None:
                 challenge["WWW-Authenticate"] += ', Bearer authorization_uri="https://login.example/common"'
             handler._send(401, b"", challenge)
             return
