@@ -141,14 +141,12 @@ class Api:
         raise AssertionError("the add-in's message never reached the helper")
 
 
-def test_outlook_send_confirmed_in_sendguard(helper):
+@pytest.fixture
+def outlook_page(helper):
+    """Chromium showing the add-in's runtime page from the helper, with the stand-in office.js."""
     from playwright.sync_api import sync_playwright
 
-    home = helper.home
-    base = helper.base_url
-    api = Api(base, home)
-    pin = _spki_pin(certs.CertPaths.under(home).server_cert)
-
+    pin = _spki_pin(certs.CertPaths.under(helper.home).server_cert)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
                                     args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"])
@@ -158,35 +156,61 @@ def test_outlook_send_confirmed_in_sendguard(helper):
                        lambda route: route.fulfill(status=200, content_type="text/javascript", body=FAKE_OFFICE_JS))
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-            response = page.goto(f"{base}/addin/commands.html")
+            response = page.goto(f"{helper.base_url}/addin/commands.html")
             assert response is not None and response.ok
-            page.wait_for_function("() => window.__sg && typeof window.__sg.handlers.onMessageSendHandler === 'function'")
-            page.evaluate("""() => window.__sg.handlers.onMessageSendHandler({
-                completed: (options) => { window.__sg.completed = options; }
-            })""")
-
-            # The helper holds the message for confirmation, as the window and web page show it.
-            summary = api.wait_for_held()
-            item = api.call("GET", f"/api/v1/outbox/{summary['id']}")
-            assert item["source"] == "outlook"
-            assert item["subject"] == "E2E quote for Partner"
-            addresses = {r["address"] for r in item["check"]["recipients"]}
-            assert {"x@partner.example", "y@other.example", "hanako@example.co.jp"} <= addresses
-            assert [a["filename"] for a in item["check"]["attachments"]] == ["quote.txt"]
-            assert page.evaluate("() => window.__sg.completed") is None, "completed before the user decided"
-
-            # The user removes one recipient and confirms (what the window's Send button does).
-            api.call("POST", f"/api/v1/outbox/{summary['id']}/confirm",
-                     {"removed_recipients": ["y@other.example"], "actor": "window"})
-
-            page.wait_for_function("() => window.__sg.completed !== null", timeout=30_000)
-            assert page.evaluate("() => window.__sg.completed") == {"allowEvent": True}
-            state = page.evaluate("() => window.__sg.state")
-            assert [r["emailAddress"] for r in state["to"]] == ["x@partner.example"]
-            assert [r["emailAddress"] for r in state["cc"]] == ["hanako@example.co.jp"]
+            page.wait_for_function(
+                "() => window.__sg && typeof window.__sg.handlers.onMessageSendHandler === 'function'")
+            yield page
             assert errors == []
         finally:
             browser.close()
 
+
+def _press_send(page) -> None:
+    page.evaluate("""() => window.__sg.handlers.onMessageSendHandler({
+        completed: (options) => { window.__sg.completed = options; }
+    })""")
+
+
+def _completed(page) -> dict:
+    page.wait_for_function("() => window.__sg.completed !== null", timeout=30_000)
+    return page.evaluate("() => window.__sg.completed")
+
+
+def test_outlook_send_confirmed_in_sendguard(helper, outlook_page):
+    page = outlook_page
+    api = Api(helper.base_url, helper.home)
+    _press_send(page)
+
+    # The helper holds the message for confirmation, as the window and web page show it.
+    summary = api.wait_for_held()
+    item = api.call("GET", f"/api/v1/outbox/{summary['id']}")
+    assert item["source"] == "outlook"
+    assert item["subject"] == "E2E quote for Partner"
+    addresses = {r["address"] for r in item["check"]["recipients"]}
+    assert {"x@partner.example", "y@other.example", "hanako@example.co.jp"} <= addresses
+    assert [a["filename"] for a in item["check"]["attachments"]] == ["quote.txt"]
+    assert page.evaluate("() => window.__sg.completed") is None, "completed before the user decided"
+
+    # The user removes one recipient and confirms (what the window's Send button does).
+    api.call("POST", f"/api/v1/outbox/{summary['id']}/confirm",
+             {"removed_recipients": ["y@other.example"], "actor": "window"})
+
+    assert _completed(page) == {"allowEvent": True}
+    state = page.evaluate("() => window.__sg.state")
+    assert [r["emailAddress"] for r in state["to"]] == ["x@partner.example"]
+    assert [r["emailAddress"] for r in state["cc"]] == ["hanako@example.co.jp"]
     assert api.call("GET", f"/api/v1/outbox/{summary['id']}")["state"] == "sent"
+
+
+def test_outlook_send_cancelled_in_sendguard(helper, outlook_page):
+    page = outlook_page
+    api = Api(helper.base_url, helper.home)
+    _press_send(page)
+    summary = api.wait_for_held()
+    api.call("POST", f"/api/v1/outbox/{summary['id']}/cancel", {})
+
+    completed = _completed(page)
+    assert completed["allowEvent"] is False
+    assert "not sent" in completed["errorMessage"]
+    assert page.evaluate("() => window.__sg.state.to.length") == 2, "the message is left as it was"

@@ -245,9 +245,10 @@
           attachments: attachments.map(function (a, i) {
             return {
               id: a.id,
-              name: a.name || "",
+              // The helper needs a name; an attached Outlook item is a message/rfc822 part.
+              name: a.name || "unnamed attachment",
               size: Number(a.size) || 0,
-              contentType: a.contentType || null,
+              contentType: a.contentType || (a.attachmentType === "item" ? "message/rfc822" : null),
               isInline: !!a.isInline,
               content: contents[i]
             };

@@ -236,16 +236,19 @@ describe("sending through the helper", () => {
         { id: "m", name: "fwd.eml", size: 20, isInline: false, attachmentType: "item", content: { format: "eml", content: "Subject: é\r\n\r\nhi" } },
         { id: "c", name: "share", size: 10, isInline: false, attachmentType: "cloud", content: { format: "url", content: "https://x" } },
         { id: "big", name: "big.bin", size: 50, isInline: false, attachmentType: "file", content: { format: "base64", content: "AAAA" } },
-        { id: "img", name: "logo.png", size: 4, isInline: true, attachmentType: "file", content: { format: "base64", content: "iVBO" } },
+        { id: "img", name: "", size: 4, isInline: true, attachmentType: "file", content: { format: "base64", content: "iVBO" } },
       ],
     }, undefined, { maxAttachmentBytes: 40 });
     assert.deepEqual(await result, { allowEvent: true });
     const sent = Object.fromEntries(helper.checks[0].attachments.map((a) => [a.id, a]));
     assert.equal(Buffer.from(sent.m.content, "base64").toString("utf8"), "Subject: é\r\n\r\nhi");
+    assert.equal(sent.m.contentType, "message/rfc822");
+    assert.equal(sent.c.name, "share");
     assert.equal(sent.c.content, null);
     assert.equal(sent.big.content, null);
     assert.equal(sent.img.content, "iVBO");
     assert.equal(sent.img.isInline, true);
+    assert.equal(sent.img.name, "unnamed attachment");
   });
 
   test("Japanese Outlook gets Japanese messages", async () => {
