@@ -396,8 +396,8 @@
   // ---------------------------------------------------------------------------------------------
   // Decisions (pure).
 
-  // What the handler does for an outbox item in this state: {allow}, {block, message}, or null to
-  // keep waiting.
+  // What the handler does for an outbox item in this state: {allow: true}, {allow: false, message},
+  // or null to keep waiting.
   function outcomeFor(item) {
     var said = item.user_message ? String(item.user_message) : "";
     switch (item.state) {
