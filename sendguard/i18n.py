@@ -49,6 +49,8 @@ def translations(lang: str) -> gettext.NullTranslations:
     if not name:
         return gettext.NullTranslations()
     po = LOCALE_DIR / name / "LC_MESSAGES" / f"{DOMAIN}.po"
+    if not po.exists():  # a build without this catalog: English rather than a crash
+        return gettext.NullTranslations()
     with po.open("rb") as fh:
         catalog = read_po(fh, locale=name)
     buf = io.BytesIO()

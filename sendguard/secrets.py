@@ -24,11 +24,23 @@ log = logging.getLogger(__name__)
 SERVICE = "sendguard"
 
 
-def _has_working_backend(kr: keyring.backend.KeyringBackend) -> bool:
+def _usable(kr: keyring.backend.KeyringBackend) -> keyring.backend.KeyringBackend | None:
+    """The backend to use from what keyring chose, or None when only file stand-ins are there.
+
+    keyrings.cryptfile and keyrings.alt register themselves as backends; picked silently they would
+    prompt for a password on a terminal (cryptfile) or keep secrets in plain text (alt). They are
+    used only when selected explicitly (``PYTHON_KEYRING_BACKEND``) or as our configured fallback.
+    """
     if isinstance(kr, fail.Keyring):
-        return False
+        return None
     backends = getattr(kr, "backends", None)  # the chainer
-    return backends is None or bool(backends)
+    if backends is not None:
+        usable = [b for b in (_usable(b) for b in backends) if b is not None]
+        return max(usable, key=lambda b: getattr(b, "priority", 0)) if usable else None
+    module = type(kr).__module__
+    if module.startswith(("keyrings.cryptfile", "keyrings.alt")) and not os.environ.get("PYTHON_KEYRING_BACKEND"):
+        return None
+    return kr
 
 
 def backend() -> keyring.backend.KeyringBackend:
@@ -38,9 +50,9 @@ def backend() -> keyring.backend.KeyringBackend:
 
 @lru_cache(maxsize=8)
 def _backend(home: str, _selected: str) -> keyring.backend.KeyringBackend:
-    kr = keyring.get_keyring()
-    if _has_working_backend(kr):
-        return kr
+    chosen = _usable(keyring.get_keyring())
+    if chosen is not None:
+        return chosen
     from keyrings.cryptfile.cryptfile import CryptFileKeyring
 
     store = CryptFileKeyring()

@@ -1,0 +1,159 @@
+"""The local API: JSON errors everywhere, token, Origin, Host (DNS rebinding), body size, OpenAPI."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import requests
+import schemathesis
+from conftest import SAMPLE_POLICY, make_message
+from hypothesis import HealthCheck, settings
+
+from addin import create_app
+from sendguard.service import Helper
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def make_app(home, **config):
+    (home / "policy.toml").write_text(SAMPLE_POLICY, encoding="utf-8")
+    helper = Helper(home)
+    return create_app(helper, {"API_TOKEN": TOKEN, "SECRET_KEY": "k" * 32, "TESTING": True, **config})
+
+
+@pytest.fixture
+def client(home):
+    return make_app(home).test_client()
+
+
+def error_of(response):
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"]
+    return body["error"]["code"]
+
+
+def test_health_and_openapi_are_open(client):
+    assert client.get("/healthz").get_json()["status"] == "ok"
+    spec = client.get("/api/v1/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+
+
+def test_every_api_endpoint_needs_a_token_and_answers_json(client):
+    app = client.application
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/v1/") or rule.rule in ("/api/v1/openapi.json", "/api/v1/addin/session"):
+            continue
+        url = rule.rule.replace("<item_id>", "abc")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            response = client.open(url, method=method)
+            assert response.status_code == 401, (method, url)
+            assert error_of(response) == "unauthorized"
+
+
+def test_wrong_token_refused(client):
+    response = client.get("/api/v1/outbox", headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401 and error_of(response) == "invalid_token"
+
+
+def test_token_gives_access(client):
+    assert client.get("/api/v1/outbox", headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8765", "127.0.0.1.nip.io", "localhost.evil.example"])
+def test_foreign_host_refused(client, host):
+    response = client.get("/api/v1/outbox", headers={**AUTH, "Host": host})
+    assert response.status_code == 421 and error_of(response) == "host_not_allowed"
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://localhost.evil.example",
+                                    "http://localhost:9999"])
+def test_foreign_origin_refused(client, origin):
+    response = client.get("/api/v1/outbox", headers={**AUTH, "Origin": origin, "Host": "localhost:8765"})
+    assert response.status_code == 403 and error_of(response) == "origin_not_allowed"
+
+
+def test_own_origin_allowed(client):
+    response = client.get("/api/v1/outbox", headers={**AUTH, "Origin": "http://localhost:8765",
+                                                     "Host": "localhost:8765"})
+    assert response.status_code == 200
+
+
+def test_oversized_body_refused_as_json(home):
+    client = make_app(home, MAX_CONTENT_LENGTH=1024).test_client()
+    response = client.post("/api/v1/checks", data=b"x" * 5000, headers={**AUTH, "Content-Type": "message/rfc822"})
+    assert response.status_code == 413 and error_of(response) == "too_large"
+
+
+def test_raw_check_is_the_same_json_as_the_cli(client):
+    raw = make_message(to="x@partner.example").as_bytes()
+    response = client.post("/api/v1/checks", data=raw, headers={**AUTH, "Content-Type": "message/rfc822"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"message_id", "from", "subject", "recipients", "attachments", "verdict", "force_bcc"}
+    assert body["verdict"]["action"] == "confirm"
+
+
+def test_bad_inputs_are_json_errors(client):
+    r = client.post("/api/v1/checks", data="{not json", headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r) == "bad_json"
+    r = client.post("/api/v1/checks", json={"to": []}, headers=AUTH)
+    assert r.status_code == 422 and "no recipients" in r.get_json()["error"]["message"]
+    r = client.get("/api/v1/outbox/doesnotexist", headers=AUTH)
+    assert r.status_code == 404 and error_of(r) == "not_found"
+    r = client.get("/api/v1/outbox?state=bogus", headers=AUTH)
+    assert r.status_code == 400 and error_of(r) == "bad_state"
+    r = client.get("/api/v1/nothing-here", headers=AUTH)
+    assert r.status_code == 404 and error_of(r) == "not_found"
+
+
+def test_addin_session_token_is_origin_bound(client):
+    own = {"Origin": "https://localhost:8765", "Host": "localhost:8765"}
+    assert client.post("/api/v1/addin/session", headers={**own, "Origin": "https://evil.example"}).status_code == 403
+    token = client.post("/api/v1/addin/session", headers=own).get_json()["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    payload = {"source": "outlook", "from": {"address": "taro@example.co.jp"},
+               "to": [{"address": "x@partner.example", "name": "X"}], "subject": "見積", "body": "本文",
+               "attachments": [{"id": "AAMk1", "name": "見積.pdf", "size": 2048, "contentType": "application/pdf",
+                                "isInline": False, "content": base64.b64encode(b"%PDF-1.4").decode()}]}
+    r = client.post("/api/v1/checks", json=payload, headers={**own, **bearer})
+    assert r.status_code == 201, r.get_json()
+    created = r.get_json()
+    assert created["state"] == "awaiting_confirmation" and created["verdict"]["action"] == "confirm"
+    assert created["attachments"][0]["ref"] == "AAMk1"
+    # the same token from another localhost port (another origin) is refused
+    other = {"Origin": "https://localhost:8765", "Host": "localhost:8765"}
+    assert client.get(f"/api/v1/outbox/{created['id']}", headers={**other, **bearer}).status_code == 200
+    bad = client.get(f"/api/v1/outbox/{created['id']}",
+                     headers={"Host": "localhost:8765", "Origin": "http://localhost:8765", **bearer})
+    assert bad.status_code == 403
+
+
+def test_live_server_binds_loopback_only(runner):
+    r = runner()
+    assert r.server.server_address[0] == "127.0.0.1"
+    assert r.helper.smtp.host == "127.0.0.1"
+    assert requests.get(f"{r.base_url}/healthz", timeout=10).json()["status"] == "ok"
+    refused = requests.get(f"{r.base_url}/api/v1/outbox", headers={"Host": "attacker.example"}, timeout=10)
+    assert refused.status_code == 421 and json.loads(refused.text)["error"]["code"] == "host_not_allowed"
+
+
+@pytest.fixture
+def api_schema(home):
+    app = make_app(home)
+    return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+def test_schemathesis_finds_no_server_errors(case):
+    response = case.call(headers=AUTH)
+    assert response.status_code < 500, (case.method, case.path, response.text[:300])

@@ -1,0 +1,77 @@
+"""The hash-chained audit log: verify finds edited, deleted and reordered records and names them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_message, run_cli
+from sqlalchemy import delete, select, update
+
+from sendguard import audit, outbox, policy, store
+
+
+@pytest.fixture
+def filled(home):
+    db = store.Store(home / "sendguard.db")
+    pol = policy.build({"organization.internal_domains": ("example.co.jp",)})
+    box = outbox.Outbox(db, lambda: pol)
+    for i in range(3):
+        item = box.submit(make_message(to=f"x{i}@partner.example").as_bytes(), "taro@example.co.jp",
+                          [f"x{i}@partner.example"])
+        box.cancel(item.id, reason="test")
+    assert audit.verify(db) == []
+    return db
+
+
+def test_intact_log_verifies_and_exports(filled):
+    out = run_cli("audit", "verify")
+    assert out.returncode == 0 and b"intact: 9 records" in out.stdout
+    rows = json.loads(run_cli("audit", "export", "--json").stdout)
+    assert [r["seq"] for r in rows] == list(range(1, 10))
+    assert all({"ts", "event", "actor", "data", "prev_hash", "hash"} <= set(r) for r in rows)
+    assert rows[1]["prev_hash"] == rows[0]["hash"]
+
+
+def test_edited_record_is_named(filled):
+    with filled.transaction() as conn:
+        conn.execute(update(store.audit).where(store.audit.c.seq == 5).values(actor="mallory"))
+    problems = audit.verify(filled)
+    assert [p.seq for p in problems] == [5] and "edited" in problems[0].message
+    out = run_cli("audit", "verify")
+    assert out.returncode == 1 and b"record 5" in out.stderr
+
+
+def test_deleted_record_is_named(filled):
+    with filled.transaction() as conn:
+        conn.execute(delete(store.audit).where(store.audit.c.seq == 4))
+    problems = audit.verify(filled)
+    assert problems and problems[0].seq == 5 and "4" in problems[0].message and "deleted" in problems[0].message
+
+
+def test_deleted_tail_is_detected(filled):
+    with filled.transaction() as conn:
+        conn.execute(delete(store.audit).where(store.audit.c.seq == 9))
+    problems = audit.verify(filled)
+    assert problems and "latest records were deleted" in problems[-1].message
+
+
+def test_reordered_records_are_detected(filled):
+    with filled.transaction() as conn:
+        rows = {r.seq: r for r in conn.execute(select(store.audit).where(store.audit.c.seq.in_([3, 4])))}
+        conn.execute(delete(store.audit).where(store.audit.c.seq.in_([3, 4])))
+        for new_seq, old in ((3, rows[4]), (4, rows[3])):
+            values = dict(old._mapping)
+            values["seq"] = new_seq
+            conn.execute(store.audit.insert().values(**values))
+    problems = audit.verify(filled)
+    assert {p.seq for p in problems} & {3, 4}
+
+
+def test_every_transition_has_one_audit_record_in_the_same_transaction(filled):
+    records = audit.records(filled)
+    events = [(r["item_id"], r["event"]) for r in records]
+    per_item: dict[str, list[str]] = {}
+    for item_id, event in events:
+        per_item.setdefault(item_id, []).append(event)
+    assert all(v == ["received", "verdict", "cancelled"] for v in per_item.values())
