@@ -613,3 +613,32 @@ def test_cancelled_draft_is_left_untouched(drafts_account, google, env):
         helper.stop()
     assert google.sends == [] and google.messages[google.drafts[draft_id]]["raw"] == raw
     assert not [r for r, _m, _q in google.calls if r in ("drafts.update", "drafts.send")]
+
+
+def test_headless_machine_keeps_the_token_in_the_encrypted_file(env, tmp_path, google, monkeypatch):
+    from keyring.backends import fail
+
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    keyring.set_keyring(fail.Keyring())  # no OS keyring, as on a headless Linux server
+    token = google.issue_refresh_token(["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY])
+    path = tmp_path / "authorized_user.json"
+    path.write_text(
+        json.dumps(
+            {
+                "client_id": google.client_id,
+                "client_secret": google.client_secret,
+                "refresh_token": token,
+                "token_uri": google.token_uri,
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
+    )
+    assert result.exit_code == 0, result.output
+    assert "encrypted file" in result.output
+    store = env / "secrets.cfg"
+    assert store.exists() and token not in store.read_text()
+    tune()
+    mailbox().release(item(make_raw()))
+    assert len(google.sends) == 1
