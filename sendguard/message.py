@@ -7,6 +7,7 @@ and the policy treats such a message with care. Only a message with no recipient
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.header
 import email.policy
@@ -187,6 +188,107 @@ def _safe_header(msg: Message, name: str) -> str:
     return clean_text(str(value)) if value is not None else ""
 
 
+# Large encoded bodies are cut out before the email package parses the structure, then decoded
+# straight from the raw bytes in chunks: a 25 MB attachment is never held as lines, as one str and
+# as bytes at once. Only runs of >= 1024 base64-looking lines (about 77 KB) are cut out; a boundary
+# or header line can never be part of such a run.
+_ELIDE_MIN_BYTES = 512 * 1024
+# possessive repeats: the regex engine keeps no backtracking state per line (that alone would cost
+# about 3x the body in memory); the shorter last line of a body is part of its run
+_B64_RUN = re.compile(rb"(?:^[A-Za-z0-9+/=]{16,998}\r?\n){1024,}+(?:^[A-Za-z0-9+/=]{1,998}\r?\n)?+", re.M)
+_DECODE_CHUNK = 1024 * 1024
+KEEP_LIMIT = 32 * 1024 * 1024  # content kept for archive/PDF/text checks up to this size
+_KEEP_EXTS = (".zip", ".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm", ".pdf", ".txt", ".csv", ".tsv",
+              ".json", ".xml", ".eml")
+
+
+@dataclass
+class _Elided:
+    raw: bytes
+    spans: dict[str, tuple[int, int]]
+
+
+def _elide(raw: bytes) -> tuple[bytes, _Elided | None]:
+    if len(raw) < _ELIDE_MIN_BYTES:
+        return raw, None
+    spans: dict[str, tuple[int, int]] = {}
+    pieces: list[bytes] = []
+    last = 0
+    nonce = hashlib.sha256(raw[:4096]).hexdigest()[:12]
+    for index, match in enumerate(_B64_RUN.finditer(raw)):
+        token = f"SENDGUARD-ELIDED-{nonce}-{index}"
+        pieces += [raw[last : match.start()], token.encode() + b"\n"]
+        spans[token] = match.span()
+        last = match.end()
+    if not spans:
+        return raw, None
+    pieces.append(raw[last:])
+    return b"".join(pieces), _Elided(raw, spans)
+
+
+def _elided_span(part: Message, elided: _Elided | None) -> tuple[int, int] | None:
+    if elided is None or part.is_multipart():
+        return None
+    payload = part.get_payload()
+    return elided.spans.get(payload.strip()) if isinstance(payload, str) and len(payload) < 80 else None
+
+
+def _decode_chunks(raw: bytes, span: tuple[int, int], cte: str) -> Iterator[bytes]:
+    """Decode a cut-out body piece by piece (base64) or in one go (anything else)."""
+    start, end = span
+    if cte != "base64":
+        body = raw[start:end]
+        yield binascii.a2b_qp(body) if cte == "quoted-printable" else body
+        return
+    carry = b""
+    pos = start
+    while pos < end:
+        stop = min(end, pos + _DECODE_CHUNK)
+        if stop < end:
+            newline = raw.find(b"\n", stop, end)
+            stop = end if newline < 0 else newline + 1
+        buf = carry + raw[pos:stop].translate(None, b"\r\n \t")
+        cut = len(buf) - len(buf) % 4
+        carry = buf[cut:]
+        if cut:
+            try:
+                yield binascii.a2b_base64(buf[:cut])
+            except binascii.Error:
+                yield binascii.a2b_base64(buf[:cut] + b"==")
+        pos = stop
+    if carry.strip(b"="):
+        yield binascii.a2b_base64(carry + b"=" * (-len(carry) % 4))
+
+
+def _content(part: Message, name: str, elided: _Elided | None, problems: list[str]) -> tuple[bytes, int, str, bytes]:
+    """(data kept for content checks, size, sha256, head) of an attachment, streaming large ones."""
+    span = _elided_span(part, elided)
+    if span is None or elided is None:
+        data = _part_bytes(part, problems)
+        return data, len(data), hashlib.sha256(data).hexdigest(), data[:4096]
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    kept: list[bytes] | None = None
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    try:
+        for chunk in _decode_chunks(elided.raw, span, cte):
+            if not head:
+                head = chunk[:4096]
+                wanted = name.lower().endswith(_KEEP_EXTS) or part.get_content_maintype() == "text" or \
+                    head.startswith((b"PK\x03\x04", b"%PDF"))
+                kept = [] if wanted else None
+            digest.update(chunk)
+            size += len(chunk)
+            if kept is not None:
+                kept.append(chunk)
+                if size > KEEP_LIMIT:
+                    kept = None
+    except binascii.Error:
+        problems.append("broken base64 in an attachment; its content may be incomplete")
+    return (b"".join(kept) if kept else b""), size, digest.hexdigest(), head
+
+
 def _part_bytes(part: Message, problems: list[str]) -> bytes:
     if part.get_content_maintype() == "message" and part.is_multipart():
         inner = part.get_payload(0)
@@ -308,7 +410,8 @@ def parse(
 ) -> ParsedMessage:
     """Parse raw RFC 5322 bytes into the model the policy checks."""
     problems: list[str] = []
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    skeleton, elided = _elide(raw)
+    msg = email.message_from_bytes(skeleton, policy=email.policy.default)
     if not msg.keys():
         problems.append("the message has no headers (not an RFC 5322 message)")
 
@@ -349,19 +452,19 @@ def parse(
     body_chunks: list[str] = []
     for _parent, part in iter_leaves(msg):
         if _is_attachment(part):
-            data = _part_bytes(part, problems)
             index = len(attachments) + 1
             name = _filename(part, index)
             ctype = part.get_content_type()
+            data, size, digest, head = _content(part, name, elided, problems)
             att = Attachment(
                 id=str(index),
                 filename=name,
-                size=len(data),
+                size=size,
                 content_type=ctype,
-                sha256=hashlib.sha256(data).hexdigest(),
+                sha256=digest,
                 inline=(part.get_content_disposition() == "inline"),
                 is_message=ctype == "message/rfc822",
-                head=data[:4096],
+                head=head,
                 data=data,
             )
             if ctype.startswith(TEXT_TYPES) or name.lower().endswith((".txt", ".csv", ".tsv", ".json", ".xml")):
@@ -371,12 +474,13 @@ def parse(
             else:
                 att.text = office_text(name, data)
             declared = part.get_param("size", header="content-disposition")
-            if not data and isinstance(declared, str) and declared.isdigit():
+            if not size and isinstance(declared, str) and declared.isdigit():
                 att.size = int(declared)  # content not supplied (add-in check): keep the real size
             att.ref = part.get("X-SendGuard-Attachment-Ref", "")
             attachments.append(att)
         elif part.get_content_maintype() == "text":
-            body_chunks.append(_text_of(part, _part_bytes(part, problems)))
+            data = _content(part, "body.txt", elided, problems)[0]
+            body_chunks.append(_text_of(part, data))
 
     subject = _safe_header(msg, "subject")
     message_id = _safe_header(msg, "message-id").strip()

@@ -153,5 +153,5 @@ def test_schemathesis_finds_no_server_errors(runner, write_policy):
         [str(st), "run", f"{r.base_url}/api/v1/openapi.json", "--header", f"Authorization: Bearer {TOKEN}",
          "--checks", "not_a_server_error", "--max-examples", "25", "--phases", "examples,fuzzing",
          "--request-timeout", "30", "--generation-deterministic"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=r.home)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
