@@ -1,21 +1,35 @@
 """Supervisor approval (上長承認): who may decide a held message, and the decisions themselves.
 
 Only an approver named for the message, or that approver's active deputy (代理承認), may decide;
-the sender only when ``allow_self_approval`` is on and with a comment. The first decision wins;
-every refusal is audited too.
+the sender only when ``allow_self_approval`` is on and with a comment (the record is marked
+``self_approved``). The first decision wins; a later one is refused saying who decided and when.
+Every refusal is audited too.
+
+With a central server configured (``[server] url`` in config.toml) the same calls go to the
+server (``sendguard.central``), which holds the approvals of the whole organization; the server
+itself runs this class on its PostgreSQL outbox.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Text, cast, or_, select
 
 from .errors import PermissionDenied, StateError
 from .outbox import Item, Outbox
 from .policy import Policy
-from .store import now_iso
+from .store import now_iso, outbox
+
+log = logging.getLogger(__name__)
+_AUTO: Any = object()
+DECIDED = ("approved", "rejected", "expired")
 
 
 @dataclass
@@ -23,9 +37,32 @@ class Approvals:
     outbox: Outbox
     policy: Callable[[], Policy]
     clock: Callable[[], float] = time.time
+    # a ``sendguard.central.CentralClient`` to decide on the central server; by default it is made
+    # from config.toml when ``[server] url`` is set (None: decide in this database)
+    remote: Any = field(default=_AUTO)
+
+    def __post_init__(self) -> None:
+        if self.remote is _AUTO:
+            from . import central
+
+            self.remote = central.client_from_config()
 
     def _today(self) -> str:
         return date.fromtimestamp(self.clock()).isoformat()
+
+    # ------------------------------------------------------------------ who may decide
+    def deputy_for(self, actor: str, policy: Policy | None = None) -> set[str]:
+        """The approvers whose active deputy ``actor`` is today."""
+        actor = actor.lower()
+        today = self._today()
+        return {d.approver for d in (policy or self.policy()).deputies
+                if d.deputy == actor and d.start <= today <= d.end}
+
+    def active_deputies(self, approver: str) -> list[str]:
+        """Who stands in for ``approver`` today (they are notified too)."""
+        approver = approver.lower()
+        today = self._today()
+        return [d.deputy for d in self.policy().deputies if d.approver == approver and d.start <= today <= d.end]
 
     def acting_for(self, item: Item, actor: str) -> str | None:
         """The approver ``actor`` decides for: themself, or the approver whose deputy they are today."""
@@ -33,35 +70,74 @@ class Approvals:
         approvers = [a.lower() for a in item.approvers]
         if actor in approvers:
             return actor
-        today = self._today()
-        for deputy in self.policy().deputies:
-            if deputy.deputy == actor and deputy.approver in approvers and deputy.start <= today <= deputy.end:
-                return deputy.approver
+        for approver in sorted(self.deputy_for(actor)):
+            if approver in approvers:
+                return approver
         return None
 
-    def pending_for(self, approver: str | None = None) -> list[Item]:
-        items = self.outbox.list(["awaiting_approval"], limit=100_000)
-        if approver is None:
-            return items
-        return [i for i in items if self.acting_for(i, approver) or self._self_allowed(i, approver)]
+    def may_decide(self, item: Item, actor: str) -> bool:
+        return self.acting_for(item, actor) is not None or self._self_allowed(item, actor)
 
     def _self_allowed(self, item: Item, actor: str) -> bool:
         return self.policy().allow_self_approval and actor.lower() == item.sender.lower()
 
+    # ------------------------------------------------------------------ listing
+    def pending_for(self, approver: str | None = None, limit: int = 100_000, offset: int = 0) -> list[Item]:
+        """Messages waiting for a decision (for ``approver``: only those they may decide), soonest
+        deadline first. The database narrows the candidates; ``acting_for`` has the last word."""
+        if self.remote is not None:
+            return self.remote.pending(approver)  # type: ignore[no-any-return]
+        cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
+        query = select(*cols).where(outbox.c.state == "awaiting_approval")
+        if approver is not None:
+            approver = approver.strip().lower()
+            policy = self.policy()
+            text = cast(outbox.c.approvers, Text)
+            conditions = [text.contains(json.dumps(a), autoescape=True)
+                          for a in sorted({approver} | self.deputy_for(approver, policy))]
+            if policy.allow_self_approval:
+                conditions.append(outbox.c.owner == approver)
+            query = query.where(or_(*conditions))
+        query = query.order_by(outbox.c.expires_at, outbox.c.created_at).offset(offset).limit(limit)
+        with self.outbox.store.engine.connect() as conn:
+            items = [Item.from_row(r) for r in conn.execute(query).all()]
+        if approver is None:
+            return items
+        return [i for i in items if self.may_decide(i, approver)]
+
+    # ------------------------------------------------------------------ deciding
     def _refuse(self, item: Item, actor: str, why: str, via: str) -> PermissionDenied:
-        with self.outbox.store.transaction() as conn:
-            self.outbox.store.append_audit(conn, "approval_refused", actor, item.id, {"reason": why, "via": via},
-                                           ts=self.clock())
+        self.audit_refusal(item.id, actor, why, via)
         return PermissionDenied(why)
+
+    def audit_refusal(self, item_id: str | None, actor: str, why: str, via: str) -> None:
+        """Keep a refused attempt in the audit log (who tried, what, why it was refused)."""
+        with self.outbox.store.transaction() as conn:
+            self.outbox.store.append_audit(conn, "approval_refused", actor or "(unknown)", item_id,
+                                           {"reason": why, "via": via}, ts=self.clock())
+
+    def _decided_error(self, item: Item) -> StateError:
+        a = item.approval or {}
+        if a.get("decision"):
+            return StateError(f"message {item.id} was already {a.get('decision')} by {a.get('by')} at "
+                              f"{a.get('at')}")
+        if item.state == "expired":
+            return StateError(f"message {item.id} expired without a decision and was not sent")
+        return StateError(f"message {item.id} is {item.state}, not awaiting approval")
 
     def _check(self, item_id: str, actor: str, via: str) -> tuple[Item, str | None, bool]:
         item = self.outbox.get(item_id)
         actor = actor.strip().lower()
+        if item.state == "awaiting_approval" and item.expires_at is not None and item.expires_at < self.clock():
+            # past its deadline but not yet swept by the worker: expire it now, never approve late
+            try:
+                item = self.outbox.transition(item_id, ["awaiting_approval"], "expired", "expired", "sendguard", {})
+            except StateError:
+                item = self.outbox.get(item_id)
         if item.state != "awaiting_approval":
-            if item.approval:
-                who, when = item.approval.get("by"), item.approval.get("at")
-                raise StateError(f"message {item_id} was already {item.approval.get('decision')} by {who} at {when}")
-            raise StateError(f"message {item_id} is {item.state}, not awaiting approval")
+            error = self._decided_error(item)
+            self.audit_refusal(item_id, actor, str(error), via)
+            raise error
         on_behalf = self.acting_for(item, actor)
         self_approval = on_behalf is None and self._self_allowed(item, actor)
         if on_behalf is None and not self_approval:
@@ -70,27 +146,40 @@ class Approvals:
                                             f"its approvers are: {names}", via)
         return item, on_behalf, self_approval
 
+    def _record(self, item_id: str, actor: str, to: str, record: dict[str, Any], via: str,
+                **values: Any) -> Item:
+        try:
+            return self.outbox.transition(item_id, ["awaiting_approval"], to, to, actor.lower(), record,
+                                          approval=record, **values)
+        except StateError:
+            # someone else decided between our check and our write: the first decision stands
+            error = self._decided_error(self.outbox.get(item_id))
+            self.audit_refusal(item_id, actor.lower(), str(error), via)
+            raise error from None
+
     def approve(self, item_id: str, actor: str, comment: str = "", via: str = "cli") -> Item:
+        if self.remote is not None:
+            return self.remote.decide(item_id, "approve", actor, comment)  # type: ignore[no-any-return]
         item, on_behalf, self_approval = self._check(item_id, actor, via)
         if self_approval and not comment.strip():
-            raise PermissionDenied("approving your own message needs a comment saying why")
+            raise self._refuse(item, actor.lower(), "approving your own message needs a comment saying why", via)
         record = {"decision": "approved", "by": actor.lower(), "at": now_iso(self.clock()), "comment": comment,
                   "via": via, "self_approved": self_approval}
         if on_behalf and on_behalf != actor.lower():
             record["on_behalf_of"] = on_behalf
-        return self.outbox.transition(item_id, ["awaiting_approval"], "approved", "approved", actor.lower(), record,
-                                      approval=record, release_after=self.clock())
+        return self._record(item_id, actor, "approved", record, via, release_after=self.clock())
 
     def reject(self, item_id: str, actor: str, reason: str, via: str = "cli") -> Item:
+        if self.remote is not None:
+            return self.remote.decide(item_id, "reject", actor, reason)  # type: ignore[no-any-return]
         if not reason or not reason.strip():
             raise PermissionDenied("a rejection needs a reason the sender can act on")
         item, on_behalf, _self = self._check(item_id, actor, via)
         record = {"decision": "rejected", "by": actor.lower(), "at": now_iso(self.clock()), "reason": reason,
-                  "via": via}
+                  "via": via, "self_approved": False}
         if on_behalf and on_behalf != actor.lower():
             record["on_behalf_of"] = on_behalf
-        return self.outbox.transition(item_id, ["awaiting_approval"], "rejected", "rejected", actor.lower(), record,
-                                      approval=record)
+        return self._record(item_id, actor, "rejected", record, via)
 
 
 def deadline(item: Item) -> str | None:

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from . import config as configmod
-from . import paths, runtime
+from . import notify, paths, runtime
 from .approvals import Approvals
+from .central import CentralSync, client_from_config
 from .config import Config
 from .i18n import translator
 from .mailboxes import registry
@@ -37,7 +38,14 @@ class Helper:
         self.gettext = translator(self.config.language)
         self.store = Store(database_url or (self.home / "sendguard.db"))
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
-        self.approvals = Approvals(self.outbox, self.policy.get)
+        # approvals: embedded in this database, or on the central server when [server] url is set
+        self.central = client_from_config(self.config)
+        self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
+        self.sync = CentralSync(self.outbox, self.central, self.wake) if self.central else None
+        self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
+        self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
+        self._notices_at = 0.0
+        self.outbox.listeners.append(self._approval_listener)
         self.smtp: SubmissionServer | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -75,11 +83,15 @@ class Helper:
             self.smtp = SubmissionServer(handler, self.config.smtp_host, port).start()
         self._worker = threading.Thread(target=self._run, name="sendguard-worker", daemon=True)
         self._worker.start()
+        if self.sync:
+            self.sync.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self.sync:
+            self.sync.stop()
         if self.smtp:
             self.smtp.stop()
         if self._worker:
@@ -88,6 +100,34 @@ class Helper:
 
     def confirm_url(self, item_id: str) -> str:
         return runtime.confirm_url(item_id, self.home)
+
+    def approval_link(self, item: Item, approver: str) -> str | None:
+        """The signed, single-use approval link for one approver: the central server's, else our own."""
+        if self.sync:
+            return self.sync.link_for(item, approver)
+        from .links import LinkSigner, signing_key
+
+        token = LinkSigner(signing_key(), "approve").sign(item.id, approver=approver.lower())
+        return f"{runtime.api_base(self.home)}/approve/{item.id}?t={token}"
+
+    def approval_targets(self, item: Item) -> list[tuple[str, str | None]]:
+        """Who is emailed about a held message: its approvers and their active deputies."""
+        if self.sync:
+            return self.sync.targets(item)
+        return notify.approvers_and_deputies(item, self.approvals)
+
+    def _approval_listener(self, item: Item) -> None:
+        if item.state == "awaiting_approval":
+            self._notices_at = 0.0
+            self.wake()
+        if self.sync and item.state in ("awaiting_approval", "sent", "cancelled"):
+            self.sync.kick()
+
+    def notify_approvals(self) -> None:
+        """Email approvers of newly held messages; tell the sender about decisions (each once)."""
+        notify.notify_approvers(self.outbox, self.approval_targets, self.mailbox_for, self.approval_link,
+                                self.gettext)
+        self.decisions.poll()
 
     def enqueue(self, item_id: str) -> None:
         """A message was received: check it soon (in the worker, not in the SMTP loop)."""
@@ -120,6 +160,12 @@ class Helper:
             if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
                 self.outbox.process(item.id)
         self.outbox.expire_due()
+        if time.monotonic() - self._notices_at > 2.0:
+            self._notices_at = time.monotonic()
+            try:
+                self.notify_approvals()
+            except Exception:  # notices never hold up releases; they are retried next round
+                log.exception("approval notices failed")
         if not self.paused:
             self.outbox.release_due()
         if poll_held:
@@ -145,3 +191,4 @@ class Helper:
                 item_id = self.outbox.receive(h.raw, h.envelope_from, h.recipients, h.source, h.ref, box.name)
                 box.ack_held(h.ref)  # type: ignore[attr-defined]
                 self.outbox.process(item_id)
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +35,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 
 metadata = MetaData()
 
@@ -105,6 +105,47 @@ used_links = Table(
     Column("used_at", Float, nullable=False),
 )
 
+# approval notices already sent (approver emails, sender notifications): at most one per key
+notices = Table(
+    "notices",
+    metadata,
+    Column("item_id", String(32), primary_key=True),
+    Column("kind", String(32), primary_key=True),  # approval_request | decision
+    Column("recipient", String(320), primary_key=True),
+    Column("sent_at", Float, nullable=False),
+)
+
+# helper side: where each approval request stands with the central server
+central_requests = Table(
+    "central_requests",
+    metadata,
+    Column("item_id", String(32), primary_key=True),
+    Column("server_url", Text, nullable=False),
+    Column("submitted_at", Float),
+    Column("links", JSON),  # approver -> signed approval link issued by the server
+    Column("server_state", String(32)),
+    Column("last_error", Text),
+    Column("updated_at", Float, nullable=False),
+)
+
+# central server: per-user helper tokens (only their SHA-256 is kept) and server-wide settings
+helper_tokens = Table(
+    "helper_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user", String(320), nullable=False, index=True),
+    Column("label", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+server_settings = Table(
+    "server_settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
 GENESIS = "0" * 64
 
 
@@ -146,8 +187,9 @@ class Store:
             url = f"sqlite:///{Path(url)}"
         self.url = str(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self._write_lock = threading.RLock()
         if self.is_sqlite:
-            self.engine = create_engine(self.url, poolclass=NullPool)
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60)
             _sqlite_setup(self.engine)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -158,8 +200,14 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        if self.is_sqlite:
+            # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,
+            # which wastes most of the time when several threads write at once
+            with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
 
     def append_audit(self, conn: Connection, event_name: str, actor: str, item_id: str | None,
                      data: dict[str, Any] | None = None, ts: float | None = None) -> int:

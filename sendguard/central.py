@@ -1,0 +1,406 @@
+"""The helper's side of the central server protocol (``sendguard server``).
+
+A helper with ``[server] url`` in config.toml and its per-user token in the keyring (an admin
+issues it with ``sendguard server token issue --user ADDR``; ``sendguard server connect URL --token T``
+stores it):
+
+- submits each message that went to ``awaiting_approval`` (``POST /api/v1/central/requests``;
+  idempotent, so a retry after a lost answer is harmless) and emails the approvers the signed links
+  the server returns;
+- long-polls the server for decisions on this user's requests (``GET /api/v1/central/decisions?wait=N``)
+  and acknowledges each once applied, backing off while the server is unreachable;
+- applies a decision with the outbox's own transition (``awaiting_approval`` -> ``approved``), which
+  succeeds once only: a decision seen twice, or after a restart, changes nothing, and the release
+  worker sends the message exactly once.
+
+The server keeps every decision in PostgreSQL before it answers, so a server restart loses none.
+Nothing here decides anything by itself: while the server cannot be reached, messages stay held.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from sqlalchemy import insert, select, update
+
+from . import config as configmod
+from . import paths, secrets
+from .errors import NotFound, PermissionDenied, SendGuardError, StateError
+from .outbox import Item, Outbox
+from .store import central_requests, outbox
+
+log = logging.getLogger(__name__)
+
+TOKEN_KEY = "server-token"
+LONG_POLL = 20.0
+# a helper keeps an approval request this much longer than the server before it gives up locally
+LOCAL_GRACE = 3600.0
+
+
+class CentralUnavailable(SendGuardError):
+    """The central server cannot be reached (or answered 5xx): nothing was decided."""
+
+
+def token_for(url: str | None = None) -> str | None:
+    return secrets.get(TOKEN_KEY)
+
+
+def client_from_config(cfg: configmod.Config | None = None) -> CentralClient | None:
+    """A client for the configured server, or None when approvals run embedded (no ``[server] url``)."""
+    try:
+        cfg = cfg or configmod.load(paths.home() / "config.toml")
+    except SendGuardError:
+        return None
+    if not cfg.server_url:
+        return None
+    return CentralClient(cfg.server_url, token_for(cfg.server_url))
+
+
+class CentralClient:
+    """Talks to the central server with the user's helper token (requests, JSON)."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 15.0, session: requests.Session | None = None):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.http = session or requests.Session()
+
+    def _call(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        if not self.token:
+            raise PermissionDenied(f"no token for the central server {self.url}: ask your administrator for one "
+                                   "(`sendguard server token issue --user ADDR`) and store it with "
+                                   f"`sendguard server connect {self.url} --token TOKEN`")
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        try:
+            response = self.http.request(method, self.url + path, headers=headers, timeout=timeout or self.timeout,
+                                         **kwargs)
+        except requests.RequestException as exc:
+            raise CentralUnavailable(f"cannot reach the central server {self.url}: {type(exc).__name__}; "
+                                     "nothing was decided, the message stays held") from None
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise CentralUnavailable(f"the central server {self.url} answered {response.status_code}; "
+                                     "nothing was decided, the message stays held")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+            text = error.get("message") or f"HTTP {response.status_code}"
+            if response.status_code in (401, 403):
+                raise PermissionDenied(f"central server: {text}")
+            if response.status_code == 404:
+                raise NotFound(f"central server: {text}")
+            if response.status_code == 409:
+                raise StateError(f"central server: {text}")
+            raise SendGuardError(f"central server: {text}")
+        return body
+
+    # ------------------------------------------------------------------ the sender's helper
+    def submit(self, item: Item, raw: bytes | None) -> dict[str, Any]:
+        payload = {
+            "id": item.id, "sender": item.sender, "subject": item.subject, "message_id": item.message_id,
+            "envelope_from": item.envelope_from, "recipients": item.envelope_to, "check": item.check,
+            "decision": item.decision, "source": item.source, "created_at": item.created_at,
+            "raw": base64.b64encode(raw or b"").decode("ascii"),
+        }
+        return self._call("POST", "/api/v1/central/requests", json=payload)  # type: ignore[no-any-return]
+
+    def statuses(self, ids: list[str]) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/v1/central/requests",  # type: ignore[no-any-return]
+                          params={"ids": ",".join(ids)})
+
+    def decisions(self, wait: float = 0.0, skip: list[str] | None = None) -> list[dict[str, Any]]:
+        """Decided, not yet acknowledged requests of this user; waits up to ``wait`` s for one."""
+        params = {"wait": f"{wait:g}", "skip": ",".join(skip or [])}
+        return self._call("GET", "/api/v1/central/decisions", params=params,  # type: ignore[no-any-return]
+                          timeout=wait + self.timeout)
+
+    def ack(self, ids: list[str]) -> None:
+        self._call("POST", "/api/v1/central/decisions/ack", json={"ids": ids})
+
+    def cancel(self, item_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/v1/central/requests/{item_id}/cancel", json={})  # type: ignore[no-any-return]
+
+    def released(self, item_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/v1/central/requests/{item_id}/released",  # type: ignore[no-any-return]
+                          json={})
+
+    # ------------------------------------------------------------------ the approver's helper
+    def pending(self, approver: str | None = None) -> list[Item]:
+        params = {"approver": approver} if approver else {}
+        return [item_from_json(d) for d in self._call("GET", "/api/v1/approvals", params=params)]
+
+    def decide(self, item_id: str, decision: str, actor: str, text: str = "") -> Item:
+        body = {"as": actor, "comment" if decision == "approve" else "reason": text}
+        return item_from_json(self._call("POST", f"/api/v1/approvals/{item_id}/{decision}", json=body))
+
+    def login_link(self) -> str:
+        return str(self._call("POST", "/api/v1/central/login-link", json={})["url"])
+
+
+def item_from_json(data: dict[str, Any]) -> Item:
+    """An ``Item`` (no bodies) from the server's JSON, for the CLI and windows of the approver's helper."""
+    check = data.get("check") or {"recipients": data.get("recipients", []), "attachments": data.get("attachments", []),
+                                  "verdict": {"action": data.get("verdict", "approve"), "approvers": [],
+                                              "reasons": data.get("reasons", [])}}
+    return Item(
+        id=data["id"], state=data["state"], source=data.get("source", "central"), source_ref=None, account=None,
+        owner=data.get("from", ""), envelope_from=data.get("from", ""),
+        envelope_to=[r["address"] for r in data.get("recipients", [])], message_id="",
+        sender=data.get("from", ""), subject=data.get("subject", ""), check=check, decision=data.get("decision"),
+        approvers=list(data.get("approvers") or []), approval=data.get("approval"), release_after=0.0,
+        expires_at=data.get("expires_at"), attempts=0, last_error=data.get("last_error"),
+        created_at=_ts(data.get("created_at")), updated_at=_ts(data.get("updated_at")), purged=False,
+    )
+
+
+def _ts(value: Any) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value:
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+class CentralSync:
+    """Keeps the helper's held-for-approval messages and the central server in step (one thread)."""
+
+    def __init__(self, outbox_: Outbox, client: CentralClient, on_change: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.time):
+        self.outbox = outbox_
+        self.client = client
+        self.on_change = on_change
+        self.clock = clock
+        self.backoff = 0.5
+        self.max_backoff = 15.0
+        self.long_poll = LONG_POLL
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._unknown: set[str] = set()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _rows(self) -> dict[str, dict[str, Any]]:
+        with self.outbox.store.engine.connect() as conn:
+            rows = conn.execute(select(central_requests)).mappings().all()
+        return {r["item_id"]: dict(r) for r in rows}
+
+    def _save(self, item_id: str, **values: Any) -> None:
+        values["updated_at"] = self.clock()
+        with self.outbox.store.transaction() as conn:
+            found = conn.execute(select(central_requests.c.item_id)
+                                 .where(central_requests.c.item_id == item_id)).first()
+            if found:
+                conn.execute(update(central_requests).where(central_requests.c.item_id == item_id).values(**values))
+            else:
+                conn.execute(insert(central_requests).values(item_id=item_id, server_url=self.client.url, **values))
+
+    def links(self, item_id: str) -> dict[str, str]:
+        with self.outbox.store.engine.connect() as conn:
+            row = conn.execute(select(central_requests.c.links).where(central_requests.c.item_id == item_id)).first()
+        return dict(row[0] or {}) if row else {}
+
+    def link_for(self, item: Item, approver: str) -> str | None:
+        link = self.links(item.id).get(approver.lower())
+        return link.get("url") if isinstance(link, dict) else link
+
+    def targets(self, item: Item) -> list[tuple[str, str | None]]:
+        """(address, deputy_of) for every link the server issued (its approvers and active deputies)."""
+        out: list[tuple[str, str | None]] = []
+        for address, link in self.links(item.id).items():
+            out.append((address, link.get("deputy_of") if isinstance(link, dict) else None))
+        return out
+
+    # ------------------------------------------------------------------ one round
+    def submit_new(self) -> int:
+        """Hand every not-yet-submitted approval request to the server; returns how many went."""
+        rows = self._rows()
+        count = 0
+        for item in self.outbox.list(["awaiting_approval"], limit=10_000):
+            row = rows.get(item.id)
+            if row and row.get("submitted_at") and row.get("server_url") == self.client.url:
+                continue
+            full = self.outbox.get(item.id, with_bodies=True)
+            answer = self.client.submit(item, full.final_raw or full.raw)
+            self._accepted(item, answer)
+            count += 1
+        return count
+
+    def _accepted(self, item: Item, answer: dict[str, Any]) -> None:
+        links = {k.lower(): v for k, v in (answer.get("links") or {}).items()}
+        self._save(item.id, submitted_at=self.clock(), links=links, server_state=answer.get("state"),
+                   last_error=None)
+        approvers = [a.lower() for a in answer.get("approvers") or item.approvers]
+        expires = answer.get("expires_at")
+        values: dict[str, Any] = {"approvers": approvers}
+        if isinstance(expires, int | float):
+            values["expires_at"] = float(expires) + LOCAL_GRACE
+        with self.outbox.store.transaction() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == item.id, outbox.c.state == "awaiting_approval")
+                         .values(**values))
+            self.outbox.store.append_audit(conn, "approval_submitted", "sendguard", item.id,
+                                           {"server": self.client.url, "approvers": approvers,
+                                            "server_state": answer.get("state")}, ts=self.clock())
+        self.apply(answer)
+        self.on_change()
+
+    def poll(self, wait: float | None = None) -> int:
+        """Long-poll the server for decisions on this user's requests; apply them, then acknowledge.
+
+        The server repeats a decision until it is acknowledged, and applying is idempotent, so a
+        crash or a lost answer anywhere in between neither loses nor doubles a decision.
+        """
+        self.withdraw_cancelled()
+        statuses = self.client.decisions(wait=self.long_poll if wait is None else wait,
+                                         skip=sorted(self._unknown)[:500])
+        applied, seen = 0, []
+        for status in statuses:
+            item_id = str(status.get("id"))
+            try:
+                self.outbox.get(item_id)
+            except NotFound:
+                self._unknown.add(item_id)  # another helper of this user holds it: leave it to that one
+                continue
+            applied += int(self.apply(status))
+            seen.append(item_id)
+        if seen:
+            self.client.ack(seen)
+        return applied
+
+    def withdraw_cancelled(self) -> None:
+        rows = self._rows()
+        for item_id, row in rows.items():
+            if row.get("server_state") == "awaiting_approval":
+                try:
+                    state = self.outbox.get(item_id).state
+                except NotFound:
+                    continue
+                if state != "awaiting_approval":
+                    self._tell_server_gone(item_id)
+
+    def _tell_server_gone(self, item_id: str) -> None:
+        """The sender cancelled a message the server still shows as waiting: withdraw it there."""
+        try:
+            item = self.outbox.get(item_id)
+        except NotFound:
+            return
+        if item.state != "cancelled":
+            self._save(item_id, server_state=item.state)
+            return
+        try:
+            answer = self.client.cancel(item_id)
+        except (StateError, NotFound):
+            answer = {"state": "gone"}
+        self._save(item_id, server_state=answer.get("state"))
+
+    def apply(self, status: dict[str, Any]) -> bool:
+        """Apply one server decision to the local outbox; True if it changed something (at most once)."""
+        state = status.get("state")
+        item_id = status.get("id")
+        if not item_id or state not in ("approved", "rejected", "expired", "sent"):
+            return False
+        if state == "sent":  # released already (the server heard it from us): nothing to do here
+            state = "approved"
+        approval = dict(status.get("approval") or {})
+        approval["server"] = self.client.url
+        try:
+            if state == "expired":
+                self.outbox.transition(item_id, ["awaiting_approval"], "expired", "expired", "central-server",
+                                       {"server": self.client.url})
+            else:
+                values: dict[str, Any] = {"approval": approval}
+                if state == "approved":
+                    values["release_after"] = self.clock()
+                self.outbox.transition(item_id, ["awaiting_approval"], state, state,
+                                       str(approval.get("by") or "central-server"), approval, **values)
+        except (StateError, NotFound):
+            return False  # already applied (or the sender cancelled meanwhile): never twice
+        self._save(item_id, server_state=state)
+        self.on_change()
+        return True
+
+    def report_released(self) -> None:
+        """Tell the server which approved messages went out (its records show them as sent)."""
+        rows = self._rows()
+        for item_id, row in rows.items():
+            if row.get("server_state") != "approved":
+                continue
+            try:
+                item = self.outbox.get(item_id)
+            except NotFound:
+                continue
+            if item.state != "sent":
+                continue
+            try:
+                self.client.released(item_id)
+            except (StateError, NotFound):
+                pass
+            self._save(item_id, server_state="sent")
+
+    def step(self, wait: float | None = None) -> None:
+        """One full round (tests and ``sendguard`` commands use it; the helper runs two loops)."""
+        self.submit_new()
+        self.report_released()
+        self.poll(wait)
+
+    # ------------------------------------------------------------------ the threads
+    def _loop(self, work: Callable[[], Any], idle: threading.Event | None) -> None:
+        delay = self.backoff
+        while not self._stop.is_set():
+            try:
+                work()
+                self.last_error = None
+                delay = self.backoff
+                if idle is not None:
+                    idle.wait(2.0)
+                    idle.clear()
+            except CentralUnavailable as exc:
+                self.last_error = str(exc)
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(self.max_backoff, delay * 2)
+            except SendGuardError as exc:
+                self.last_error = str(exc)
+                log.error("central server sync: %s", exc)
+                self._stop.wait(self.max_backoff)
+            except Exception:
+                log.exception("central server sync failed")
+                self._stop.wait(self.max_backoff)
+
+    def _submit_round(self) -> None:
+        self.submit_new()
+        self.report_released()
+
+    def start(self) -> CentralSync:
+        """Two daemon threads: one submits (woken by ``kick``), one long-polls for decisions."""
+        for name, work, idle in (("submit", self._submit_round, self._kick),
+                                 ("poll", lambda: self.poll(), None)):
+            thread = threading.Thread(target=self._loop, args=(work, idle), name=f"sendguard-central-{name}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stop; a long poll in flight ends by itself (the threads are daemons)."""
+        self._stop.set()
+        self._kick.set()
+        for thread in self._threads:
+            thread.join(1.0)
+
+    def kick(self) -> None:
+        """Something changed here (a message now awaits approval, one was sent): sync soon."""
+        self._kick.set()
