@@ -108,7 +108,7 @@ def _json_body() -> dict[str, Any]:
 
 
 @bp.post("/api/v1/checks")
-@require("api", "addin")
+@require("api", "addin", "helper")
 def create_check() -> Any:
     """Check a message: raw MIME (``message/rfc822``) or the add-in's JSON (held as an outbox item)."""
     svc = service()
@@ -233,11 +233,18 @@ def approvals() -> Approvals:
 
 
 @bp.get("/api/v1/approvals")
-@require("api", "approver")
+@require("api", "approver", "helper")
 def list_approvals() -> Any:
     who = principal()
-    approver = request.args.get("approver") or (who.who if who and who.kind == "approver" else None)
-    items = approvals().pending_for(approver)
+    approver = request.args.get("approver") or (who.who if who and who.kind in ("approver", "helper") else None)
+    if who and who.kind in ("approver", "helper") and approver and approver.lower() != who.who:
+        raise ApiError(403, "forbidden", f"you are signed in as {who.who}: you cannot list {approver}'s approvals")
+    try:
+        limit = min(int(request.args.get("limit", 100_000)), 100_000)
+        offset = max(int(request.args.get("offset", 0)), 0)
+    except ValueError:
+        raise ApiError(400, "bad_limit", "limit and offset must be whole numbers") from None
+    items = approvals().pending_for(approver, limit=limit, offset=offset)
     out = []
     for item in items:
         data = item_json(item)
@@ -251,7 +258,13 @@ def list_approvals() -> Any:
 def _decide(item_id: str, decision: str) -> Any:
     data = _json_body()
     who = principal()
-    actor = who.who if who and who.kind == "approver" else data.get("as")
+    actor = who.who if who and who.kind in ("approver", "helper") else data.get("as")
+    claimed = data.get("as")
+    if who and who.kind in ("approver", "helper") and isinstance(claimed, str) and claimed.strip() \
+            and claimed.strip().lower() != who.who:
+        why = f"you are signed in as {who.who}: you cannot decide as {claimed.strip().lower()}"
+        approvals().audit_refusal(item_id, who.who, why, "api")
+        raise ApiError(403, "forbidden", why)
     if not isinstance(actor, str) or "@" not in actor:
         raise ApiError(400, "no_actor", "say who decides: {\"as\": \"boss@example.co.jp\"}")
     if decision == "approve":
@@ -265,12 +278,12 @@ def _decide(item_id: str, decision: str) -> Any:
 
 
 @bp.post("/api/v1/approvals/<item_id>/approve")
-@require("api", "approver")
+@require("api", "approver", "helper")
 def approve(item_id: str) -> Any:
     return _decide(item_id, "approve")
 
 
 @bp.post("/api/v1/approvals/<item_id>/reject")
-@require("api", "approver")
+@require("api", "approver", "helper")
 def reject(item_id: str) -> Any:
     return _decide(item_id, "reject")

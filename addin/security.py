@@ -48,7 +48,7 @@ _STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"
 
 @dataclass
 class Principal:
-    kind: str  # api | addin | page | approver
+    kind: str  # api | addin | page | approver | helper (central server: a user's helper token)
     items: list[str] = field(default_factory=list)
     who: str = ""
 
@@ -98,8 +98,12 @@ def principal() -> Principal | None:
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         given = header[7:].strip()
+        verify_helper = current_app.config.get("HELPER_TOKEN_VERIFIER")
         if given and token_matches(given, expected_api_token()):
             found = Principal("api")
+        elif given and verify_helper and (helper_user := verify_helper(given)):
+            # central server: a per-user helper token acts for that one user only
+            found = Principal("helper", who=str(helper_user).lower())
         elif given:
             try:
                 claims = addin_signer().load(given, "addin", ADDIN_TOKEN_MAX_AGE)

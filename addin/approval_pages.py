@@ -1,0 +1,240 @@
+"""The approval page (``/approve/{id}``) and the approver's list (``/approvals``).
+
+An approver arrives with the signed, single-use, expiring link from their email
+(``/approve/{id}?t=...``): the link is checked (signature, age, message, approver), spent, and turns
+into a session naming the approver, so the page and its Approve / Reject forms work without the
+link afterwards. The desktop Approvals window opens ``/approvals/login?t=...`` (a link the helper or
+the central server signs for its own user) and shows the same pages.
+
+Every decision goes through ``sendguard.approvals.Approvals``: only a named approver or their
+active deputy may decide, the first decision wins, and refusals are audited. No policy decision is
+made here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, redirect, render_template, request, session, url_for
+
+from sendguard import notify
+from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
+from sendguard.i18n import _
+from sendguard.links import LinkSigner, use_once
+from sendguard.outbox import Item
+
+from .api import approvals, item_json, service
+
+bp = Blueprint("approval_pages", __name__, template_folder="templates")
+
+LOGIN_LINK_MAX_AGE = 300
+
+# page strings, marked for extraction (English is the msgid)
+UI_STRINGS = (
+    _("Approval requested"), _("Approve"), _("Reject"), _("Comment (optional)"),
+    _("Comment (required: you are approving your own message)"), _("Reason for rejecting (required)"),
+    _("Recipients"), _("Attachments"), _("Why it needs approval"), _("Preview"), _("From"), _("Subject"),
+    _("Approvers"), _("Deadline"), _("Messages waiting for your approval"), _("No messages are waiting for you."),
+    _("Your messages held for approval"), _("Approved by {who} at {when}."), _("Rejected by {who} at {when}: {reason}"),
+    _("This message expired without a decision and was not sent."), _("Open"), _("removed"),
+    _("You decide as the deputy of {approver}."), _("Signed in as {who}"), _("Not allowed"),
+    _("This link cannot be used"), _("Open the link from your approval email again, or ask for a new one."),
+    _("Open the approval link from your email first."), _("Continue in this browser"),
+    _("Approved. The sender's SendGuard sends the message now."), _("Rejected. The sender has been told why."),
+    _("Already decided"), _("No attachments"), _("Self-approval"),
+)
+
+
+def _(text: str) -> str:  # noqa: F811 - at run time, translate in the service's language
+    svc = current_app.config.get("SENDGUARD_SERVICE")
+    gettext = getattr(svc, "gettext", None)
+    return gettext(text) if gettext else text  # type: ignore[no-any-return]
+
+
+def approve_signer() -> LinkSigner:
+    return LinkSigner(current_app.config["SECRET_KEY"], "approve")
+
+
+def login_signer() -> LinkSigner:
+    return LinkSigner(current_app.config["SECRET_KEY"], "approvals-login")
+
+
+def link_max_age() -> float:
+    configured = current_app.config.get("APPROVAL_LINK_MAX_AGE")
+    if configured:
+        return float(configured)
+    return float(service().policy.get().expire_hours) * 3600
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Any:
+    context.setdefault("approver", session.get("approver"))
+    context.setdefault("csrf", _csrf())
+    return render_template(template, _=_, **context), status
+
+
+def _notice(title: str, message: str, status: int, item_id: str | None = None) -> Any:
+    continue_url = url_for("approval_pages.show", item_id=item_id) if item_id and session.get("approver") else None
+    return _page("approve_notice.html", status, title=title, message=message, continue_url=continue_url)
+
+
+def _csrf() -> str:
+    token = session.get("csrf")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        session["csrf"] = token
+    return str(token)
+
+
+def _refuse(item_id: str | None, actor: str, why: str, status: int = 403) -> Any:
+    """Audit a refused link or decision, then say plainly why."""
+    try:
+        approvals().audit_refusal(item_id, actor, why, "web")
+    except SendGuardError:
+        pass
+    return _notice(_("This link cannot be used"), why, status, item_id)
+
+
+def _view(item: Item, approver: str) -> dict[str, Any]:
+    """What the page shows of one message."""
+    data = item_json(item, full=True)
+    full = service().outbox.get(item.id, with_bodies=True)
+    decision = item.decision or {}
+    final = {a.lower() for a in item.envelope_to}
+    removed_att = set(decision.get("removed_attachments") or [])
+    recipients = []
+    for r in (item.check or {}).get("recipients", []):
+        recipients.append({**r, "removed": bool(final) and r["address"].lower() not in final})
+    attachments = [a for a in (item.check or {}).get("attachments", []) if a.get("id") not in removed_att]
+    acting = approvals().acting_for(item, approver)
+    return {
+        "item": data, "recipients": recipients, "attachments": attachments,
+        "reasons": notify.notice_reasons(item), "preview": notify.preview_text(full.final_raw or full.raw),
+        "deputy_of": acting if acting and acting != approver.lower() else None,
+        "self_approval": acting is None and approver.lower() == item.sender.lower(),
+        "deadline": (data.get("expires_at") and _deadline(item)), "approval": item.approval or {},
+    }
+
+
+def _deadline(item: Item) -> str | None:
+    from sendguard.store import now_iso
+
+    return now_iso(item.expires_at)[:16].replace("T", " ") + " UTC" if item.expires_at else None
+
+
+@bp.get("/approve/<item_id>")
+def show(item_id: str) -> Any:
+    """With ``?t=``: spend the emailed link and sign the approver in; without: the page for the session."""
+    token = request.args.get("t")
+    if token:
+        return _open_link(item_id, token)
+    approver = session.get("approver")
+    if not approver:
+        return _notice(_("Not allowed"), _("Open the approval link from your email first."), 401)
+    try:
+        item = service().outbox.get(item_id)
+    except NotFound as exc:
+        return _notice(_("Not allowed"), str(exc), 404)
+    if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
+        names = ", ".join(item.approvers) or "-"
+        return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
+                                          f"its approvers are: {names}")
+    return _page("approve.html", **_view(item, approver))
+
+
+def _open_link(item_id: str, token: str) -> Any:
+    try:
+        claims = approve_signer().load(token, item_id, link_max_age())
+    except PermissionDenied as exc:
+        return _refuse(item_id, "(link)", str(exc))
+    approver = str(claims.get("approver") or "").lower()
+    try:
+        item = service().outbox.get(item_id)
+    except NotFound as exc:
+        return _notice(_("Not allowed"), str(exc), 404)
+    if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
+        return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
+                                          f"its approvers are: {', '.join(item.approvers) or '-'}")
+    try:
+        use_once(service().store, str(claims.get("jti")))
+    except PermissionDenied as exc:
+        return _refuse(item_id, approver, str(exc))
+    session["approver"] = approver
+    session.pop("csrf", None)  # a fresh form token for the new sign-in
+    session.permanent = False
+    # the page is rendered here, not after a redirect: a SameSite=Strict cookie set while arriving from
+    # a mail client is only sent on the next request made from this site (the form post)
+    return _page("approve.html", replace_url=url_for("approval_pages.show", item_id=item_id),
+                 **_view(item, approver))
+
+
+@bp.post("/approve/<item_id>")
+def decide(item_id: str) -> Any:
+    approver = session.get("approver")
+    if not approver:
+        return _notice(_("Not allowed"), _("Open the approval link from your email first."), 401)
+    if not secrets.compare_digest(str(request.form.get("csrf", "")), str(session.get("csrf", ""))):
+        return _refuse(item_id, approver, "the form was not sent from the approval page (stale or forged); "
+                                          "reload the page and try again")
+    decision = request.form.get("decision")
+    try:
+        if decision == "approve":
+            item = approvals().approve(item_id, approver, request.form.get("comment", ""), via="web")
+        elif decision == "reject":
+            item = approvals().reject(item_id, approver, request.form.get("reason", ""), via="web")
+        else:
+            return _notice(_("Not allowed"), "choose Approve or Reject", 400, item_id)
+    except PermissionDenied as exc:
+        return _notice(_("Not allowed"), str(exc), 403, item_id)
+    except StateError as exc:
+        return _notice(_("Already decided"), str(exc), 409)
+    except NotFound as exc:
+        return _notice(_("Not allowed"), str(exc), 404)
+    svc = service()
+    if hasattr(svc, "wake"):
+        svc.wake()
+    done = _("Approved. The sender's SendGuard sends the message now.") if item.state == "approved" \
+        else _("Rejected. The sender has been told why.")
+    return _page("approve_notice.html", title=done, message="", continue_url=url_for("approval_pages.listing"))
+
+
+@bp.get("/approvals")
+def listing() -> Any:
+    """The approver's list (the desktop Approvals window shows this page)."""
+    approver = session.get("approver")
+    if not approver:
+        return _notice(_("Not allowed"), _("Open the approval link from your email first."), 401)
+    waiting = approvals().pending_for(approver, limit=500)
+    own = [i for i in service().outbox.list(owner=approver, limit=50)
+           if i.approvers and i.state in ("awaiting_approval", "approved", "rejected", "expired")]
+    return _page("approve_list.html", items=[_row(i) for i in waiting], own=[_row(i) for i in own])
+
+
+def _row(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "from": item.sender, "subject": item.subject, "state": item.state,
+            "reasons": notify.notice_reasons(item), "deadline": _deadline(item), "approval": item.approval or {},
+            "recipients": len((item.check or {}).get("recipients", [])) or len(item.envelope_to)}
+
+
+@bp.get("/approvals/login")
+def login() -> Any:
+    """A single-use sign-in link for the approver's own desktop window (or a browser)."""
+    token = request.args.get("t", "")
+    try:
+        claims = login_signer().load(token, "approvals", LOGIN_LINK_MAX_AGE)
+        use_once(service().store, str(claims.get("jti")))
+    except PermissionDenied as exc:
+        return _refuse(None, "(login link)", str(exc))
+    session["approver"] = str(claims.get("who") or "").lower()
+    session.pop("csrf", None)
+    return redirect(url_for("approval_pages.listing"))
+
+
+def login_url(base: str, who: str, key: str) -> str:
+    """A sign-in link to the approvals list for ``who`` (signed with the app's SECRET_KEY ``key``)."""
+    token = LinkSigner(key, "approvals-login").sign("approvals", who=who.lower())
+    return f"{base.rstrip('/')}/approvals/login?t={token}"
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
