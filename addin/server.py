@@ -1,0 +1,646 @@
+"""``sendguard server``: the central approval server (add-in API + approvals) on PostgreSQL.
+
+- ``sendguard server --database postgresql://... [--bind HOST:PORT] [--public-url URL]`` migrates the
+  database (Alembic, ``addin/migrations``) and serves ``addin.create_app`` under gunicorn (POSIX) or
+  waitress (Windows).
+- ``sendguard server token issue --user ADDR`` issues a helper's per-user token (only its SHA-256 is
+  stored); ``token list`` / ``token revoke``.
+- ``sendguard server connect URL --token T`` (run by the user) points their helper at the server and
+  keeps the token in the keyring.
+
+Helpers submit approval requests and learn decisions through ``/api/v1/central/*`` (see
+``sendguard.central``); approvers use the emailed links (``addin.approval_pages``) or their own
+helper, whose token names them. All state lives in the database, so more server processes scale out
+and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+from flask import Blueprint, Flask, current_app, jsonify, request
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sendguard import paths
+from sendguard.config import Config
+from sendguard.errors import SendGuardError
+from sendguard.i18n import translator
+from sendguard.links import LinkSigner
+from sendguard.outbox import Item, Outbox
+from sendguard.policy import PolicyHolder
+from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
+
+from . import create_app
+from .security import ApiError, principal, require
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+DECIDED = ("approved", "rejected", "expired", "sent", "cancelled")
+MAX_WAIT = 30.0
+TOKEN_CACHE_SECONDS = 10.0
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def database_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (the driver SendGuard installs)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+# ---------------------------------------------------------------------- database
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", database_url(url).replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the database schema to the latest revision (safe to run by several processes at once)."""
+    from alembic import command
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(database_url(url))
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # one migrator at a time
+                conn.execute(text("SELECT pg_advisory_xact_lock(7253612)"))
+            tables = set(inspect(conn).get_table_names())
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            if "outbox" in tables and "alembic_version" not in tables:
+                command.stamp(cfg, "head")  # made by an older create_all: adopt it as it is
+            else:
+                command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
+def setting(store: Store, key: str, make: Callable[[], str]) -> str:
+    """A server-wide value kept in the database (made once, shared by every process)."""
+    with store.engine.connect() as conn:
+        row = conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).first()
+    if row:
+        return str(row[0])
+    try:
+        with store.transaction() as conn:
+            conn.execute(insert(server_settings).values(key=key, value=make()))
+    except IntegrityError:
+        pass
+    with store.engine.connect() as conn:
+        return str(conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).scalar_one())
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(store: Store, user: str, label: str = "") -> str:
+    """A new helper token for ``user``; shown once, only its hash is kept. The issue is audited."""
+    user = user.strip().lower()
+    if "@" not in user:
+        raise SendGuardError(f"{user!r} is not an email address")
+    token = "sgh_" + secrets.token_urlsafe(32)
+    with store.transaction() as conn:
+        conn.execute(insert(helper_tokens).values(token_hash=_hash(token), user=user, label=label,
+                                                  created_at=time.time()))
+        store.append_audit(conn, "token_issued", "admin", None, {"user": user, "label": label,
+                                                                 "token_id": _hash(token)[:12]})
+    return token
+
+
+def revoke_tokens(store: Store, user: str, token_id: str | None = None) -> int:
+    user = user.strip().lower()
+    cond = and_(helper_tokens.c.user == user, helper_tokens.c.revoked_at.is_(None))
+    if token_id:
+        cond = and_(cond, helper_tokens.c.token_hash.startswith(token_id))
+    with store.transaction() as conn:
+        count = conn.execute(update(helper_tokens).where(cond).values(revoked_at=time.time())).rowcount or 0
+        store.append_audit(conn, "token_revoked", "admin", None, {"user": user, "token_id": token_id,
+                                                                  "count": count})
+    return count
+
+
+class TokenVerifier:
+    """Helper token -> user, with a short cache (a revoked token stops working within seconds)."""
+
+    def __init__(self, store: Store, ttl: float = TOKEN_CACHE_SECONDS):
+        self.store = store
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, token: str) -> str | None:
+        if not token.startswith("sgh_"):
+            return None
+        digest = _hash(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(helper_tokens.c.user).where(
+                helper_tokens.c.token_hash == digest, helper_tokens.c.revoked_at.is_(None))).first()
+        user = str(row[0]) if row else None
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now, user)
+        return user
+
+
+# ---------------------------------------------------------------------- the service behind the app
+class CentralService:
+    """What ``create_app`` needs (outbox, store, config, policy, gettext, approvals), on PostgreSQL.
+
+    The server never releases mail (``mailbox_for`` is None): the sender's helper does, once the
+    decision reaches it.
+    """
+
+    def __init__(self, url: str, public_url: str, policy_path: Path | None = None, language: str | None = None):
+        from sendguard.approvals import Approvals
+
+        self.store = Store(database_url(url))
+        self.public_url = public_url.rstrip("/")
+        self.config = Config(language=language)
+        self.policy = PolicyHolder(policy_path or (paths.home() / "policy.toml"), paths.admin_policy_file())
+        self.policy.reload()
+        self.gettext = translator(language)
+        self.outbox = Outbox(self.store, self.policy.get, None, gettext=self.gettext)
+        self.approvals = Approvals(self.outbox, self.policy.get, remote=None)
+        self.secret_key = setting(self.store, "secret_key", lambda: secrets.token_urlsafe(48))
+        self._housekeeping = 0.0
+
+    def housekeeping(self) -> None:
+        """Expire overdue requests (every process does it now and then; row locks keep it single)."""
+        if time.monotonic() - self._housekeeping < 5.0:
+            return
+        self._housekeeping = time.monotonic()
+        try:
+            self.outbox.expire_due()
+        except Exception:
+            log.exception("expiring overdue approval requests failed")
+
+    def approval_links(self, item: Item) -> dict[str, dict[str, Any]]:
+        """A signed, single-use link for each approver and each approver's active deputy."""
+        signer = LinkSigner(self.secret_key, "approve")
+        links: dict[str, dict[str, Any]] = {}
+        for approver in item.approvers:
+            targets = [(approver.lower(), None)]
+            targets += [(d, approver.lower()) for d in self.approvals.active_deputies(approver)]
+            for address, deputy_of in targets:
+                if address in links:
+                    continue
+                token = signer.sign(item.id, approver=address)
+                links[address] = {"url": f"{self.public_url}/approve/{item.id}?t={token}", "deputy_of": deputy_of}
+        return links
+
+
+def status_json(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "state": item.state, "approvers": item.approvers, "expires_at": item.expires_at,
+            "approval": item.approval, "owner": item.owner}
+
+
+# ---------------------------------------------------------------------- helper <-> server protocol
+bp = Blueprint("central", __name__)
+
+
+def central() -> CentralService:
+    svc = current_app.config["SENDGUARD_SERVICE"]
+    svc.housekeeping()
+    return svc  # type: ignore[no-any-return]
+
+
+def _user() -> str:
+    who = principal()
+    assert who is not None
+    return who.who
+
+
+@bp.post("/api/v1/central/requests")
+@require("helper")
+def submit_request() -> Any:
+    """A helper hands over a message held for approval (idempotent on its id)."""
+    svc = central()
+    who = _user()
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "expected a JSON object")
+    item_id = str(data.get("id") or "")
+    if not _ID.match(item_id):
+        raise ApiError(400, "bad_id", "id must be 1-32 letters, digits, - or _")
+    sender = str(data.get("sender") or "").strip().lower()
+    if sender != who:
+        why = f"this helper's token is for {who}: it cannot submit mail from {sender or '(no sender)'}"
+        svc.approvals.audit_refusal(item_id, who, why, "central")
+        raise ApiError(403, "forbidden", why)
+    existing = _find(svc, item_id)
+    if existing is not None:
+        if existing.owner != who:
+            raise ApiError(409, "id_taken", f"request {item_id} belongs to another user")
+        return jsonify({**status_json(existing), "links": svc.approval_links(existing)
+                        if existing.state == "awaiting_approval" else {}})
+    try:
+        raw = base64.b64decode(str(data.get("raw") or ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_raw", "raw must be the message in base64") from None
+    recipients = data.get("recipients") or []
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+        raise ApiError(400, "bad_recipients", "recipients must be a list of addresses")
+    check = data.get("check") if isinstance(data.get("check"), dict) else None
+    policy = svc.policy.get()
+    approvers = [a.lower() for a in policy.approvers_for(sender)]
+    now = time.time()
+    reasons = [r.get("rule") for r in ((check or {}).get("verdict") or {}).get("reasons", [])
+               if isinstance(r, dict) and r.get("action") in ("approve", "block")]
+    try:
+        with svc.store.transaction() as conn:
+            conn.execute(insert(outbox).values(
+                id=item_id, state="awaiting_approval", source=str(data.get("source") or "central")[:16],
+                source_ref=None, account=None, owner=who, envelope_from=str(data.get("envelope_from") or sender),
+                envelope_to=recipients, message_id=str(data.get("message_id") or "")[:998], sender=sender,
+                subject=str(data.get("subject") or ""), raw=raw, final_raw=raw, check_result=check,
+                decision=data.get("decision") if isinstance(data.get("decision"), dict) else None,
+                approvers=approvers, release_after=0.0, expires_at=now + policy.expire_hours * 3600,
+                attempts=0, created_at=now, updated_at=now, purged=0))
+            svc.store.append_audit(conn, "approval_requested", who, item_id, {
+                "approvers": approvers, "reasons": reasons, "sha256": hashlib.sha256(raw).hexdigest(),
+                "recipients": recipients, "subject": str(data.get("subject") or "")}, ts=now)
+    except IntegrityError:
+        existing = _find(svc, item_id)  # the same request raced in twice: answer as for a retry
+        if existing is None or existing.owner != who:
+            raise ApiError(409, "id_taken", f"request {item_id} belongs to another user") from None
+        return jsonify({**status_json(existing), "links": svc.approval_links(existing)})
+    item = svc.outbox.get(item_id)
+    return jsonify({**status_json(item), "links": svc.approval_links(item)}), 201
+
+
+def _find(svc: CentralService, item_id: str) -> Item | None:
+    cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
+    with svc.store.engine.connect() as conn:
+        row = conn.execute(select(*cols).where(outbox.c.id == item_id)).first()
+    return Item.from_row(row) if row else None
+
+
+@bp.get("/api/v1/central/requests")
+@require("helper")
+def request_statuses() -> Any:
+    svc = central()
+    ids = [i for i in request.args.get("ids", "").split(",") if i][:500]
+    cols = [outbox.c[n] for n in ("id", "state", "approvers", "expires_at", "approval", "owner")]
+    with svc.store.engine.connect() as conn:
+        rows = conn.execute(select(*cols).where(outbox.c.id.in_(ids), outbox.c.owner == _user())).mappings().all()
+    return jsonify([dict(r) for r in rows])
+
+
+@bp.get("/api/v1/central/decisions")
+@require("helper")
+def decisions() -> Any:
+    """Decided requests of this user not yet acknowledged; waits (long poll) up to ``wait`` s for one."""
+    svc = central()
+    who = _user()
+    try:
+        wait = max(0.0, min(float(request.args.get("wait", 0)), MAX_WAIT))
+    except ValueError:
+        raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
+    skip = [i for i in request.args.get("skip", "").split(",") if i][:500]
+    acked = select(notices.c.item_id).where(notices.c.kind == "helper_ack", notices.c.recipient == who)
+    cols = [outbox.c[n] for n in ("id", "state", "approvers", "expires_at", "approval", "owner")]
+    query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_(DECIDED), outbox.c.id.not_in(acked))
+    if skip:
+        query = query.where(outbox.c.id.not_in(skip))
+    query = query.order_by(outbox.c.updated_at).limit(200)
+    deadline = time.monotonic() + wait
+    while True:
+        with svc.store.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        if rows or time.monotonic() >= deadline:
+            return jsonify([dict(r) for r in rows])
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+        svc.housekeeping()
+
+
+@bp.post("/api/v1/central/decisions/ack")
+@require("helper")
+def ack_decisions() -> Any:
+    svc = central()
+    who = _user()
+    data = request.get_json(silent=True) or {}
+    ids = data.get("ids") if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ApiError(400, "bad_ids", "expected {\"ids\": [...]}")
+    done = 0
+    for item_id in ids[:500]:
+        item = _find(svc, item_id)
+        if item is None or item.owner != who or item.state not in DECIDED:
+            continue
+        try:
+            with svc.store.transaction() as conn:
+                conn.execute(insert(notices).values(item_id=item_id, kind="helper_ack", recipient=who,
+                                                    sent_at=time.time()))
+                svc.store.append_audit(conn, "decision_delivered", who, item_id, {"state": item.state})
+            done += 1
+        except IntegrityError:
+            continue
+    return jsonify({"acknowledged": done})
+
+
+def _own(svc: CentralService, item_id: str) -> Item:
+    item = _find(svc, item_id)
+    if item is None or item.owner != _user():
+        raise ApiError(404, "not_found", f"no approval request {item_id} of yours on this server")
+    return item
+
+
+@bp.post("/api/v1/central/requests/<item_id>/cancel")
+@require("helper")
+def cancel_request(item_id: str) -> Any:
+    """The sender cancelled the message in their helper: withdraw the request."""
+    svc = central()
+    _own(svc, item_id)
+    item = svc.outbox.transition(item_id, ["awaiting_approval"], "cancelled", "cancelled", _user(),
+                                 {"reason": "cancelled by the sender"})
+    return jsonify(status_json(item))
+
+
+@bp.post("/api/v1/central/requests/<item_id>/released")
+@require("helper")
+def released(item_id: str) -> Any:
+    """The sender's helper sent the approved message: the server's record says so too."""
+    svc = central()
+    item = _own(svc, item_id)
+    if item.state == "approved":
+        item = svc.outbox.transition(item_id, ["approved"], "sent", "released", _user(), {"by_helper": True})
+    return jsonify(status_json(item))
+
+
+@bp.post("/api/v1/central/login-link")
+@require("helper")
+def login_link() -> Any:
+    """A single-use sign-in link to the approvals page, for the user's desktop Approvals window."""
+    from .approval_pages import login_url
+
+    svc = central()
+    return jsonify({"url": login_url(svc.public_url, _user(), current_app.config["SECRET_KEY"])})
+
+
+# ---------------------------------------------------------------------- the app
+def create_server_app(url: str, public_url: str, policy_path: Path | None = None,
+                      allowed_hosts: list[str] | None = None, language: str | None = None,
+                      test_config: dict[str, Any] | None = None) -> Flask:
+    svc = CentralService(url, public_url, policy_path, language)
+    public = urlsplit(svc.public_url)
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1"]
+    for host in [public.hostname or "", *(allowed_hosts or [])]:
+        if host and host.lower() not in hosts:
+            hosts.append(host.lower())
+    origins = [f"{public.scheme}://{public.netloc}"] if public.netloc else []
+    config = {
+        "SECRET_KEY": svc.secret_key, "ALLOWED_HOSTS": hosts, "EXTRA_ORIGINS": origins,
+        # nobody holds a full-access token on the server: helpers and approvers act as themselves
+        "API_TOKEN": secrets.token_urlsafe(48),
+        "HELPER_TOKEN_VERIFIER": TokenVerifier(svc.store),
+        "SESSION_COOKIE_SECURE": public.scheme == "https",
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        **(test_config or {}),
+    }
+    app = create_app(svc, config)
+    app.register_blueprint(bp)
+    return app
+
+
+def _app_from_env() -> Flask:
+    """WSGI entry for gunicorn workers: settings come from SENDGUARD_SERVER_* variables."""
+    return create_server_app(
+        os.environ["SENDGUARD_SERVER_DATABASE"], os.environ["SENDGUARD_SERVER_PUBLIC_URL"],
+        Path(os.environ["SENDGUARD_SERVER_POLICY"]) if os.environ.get("SENDGUARD_SERVER_POLICY") else None,
+        json.loads(os.environ.get("SENDGUARD_SERVER_HOSTS", "[]")), os.environ.get("SENDGUARD_SERVER_LANGUAGE"))
+
+
+def serve(app_factory: Callable[[], Flask], host: str, port: int, workers: int, threads: int,
+          ready_file: Path | None = None) -> None:
+    """gunicorn (gthread workers, so long polls do not block others) on POSIX; waitress on Windows."""
+    if sys.platform == "win32":
+        import waitress
+
+        if ready_file:
+            ready_file.write_text(json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid()}))
+        waitress.serve(app_factory(), host=host, port=port, threads=max(4, workers * threads))
+        return
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            def when_ready(arbiter: Any) -> None:
+                if ready_file:
+                    sock = arbiter.LISTENERS[0].sock.getsockname()
+                    tmp = ready_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"url": f"http://{sock[0]}:{sock[1]}", "pid": os.getpid()}))
+                    os.replace(tmp, ready_file)
+
+            settings = {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
+                        "worker_class": "gthread", "timeout": int(MAX_WAIT) + 30, "graceful_timeout": 10,
+                        "keepalive": 5, "accesslog": None, "errorlog": "-", "loglevel": "warning",
+                        "when_ready": when_ready}
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return app_factory()
+
+    Server().run()
+
+
+# ---------------------------------------------------------------------- command line
+def _database_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--database", envvar="SENDGUARD_DATABASE_URL", required=True, metavar="URL",
+                        help="postgresql://user@host/db (or $SENDGUARD_DATABASE_URL).")(func)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--database", envvar="SENDGUARD_DATABASE_URL", metavar="URL",
+              help="postgresql://user@host/db (or $SENDGUARD_DATABASE_URL).")
+@click.option("--bind", default="127.0.0.1:8800", show_default=True, metavar="HOST:PORT",
+              help="Where to listen (port 0: any free port).")
+@click.option("--public-url", default=None, metavar="URL",
+              help="The address approvers and helpers use (for links); default http://BIND.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another Host name this server answers to (repeatable).")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="policy.toml with [approval] (default: $SENDGUARD_HOME/policy.toml).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--language", default=None, help="Language of pages and emails (en, ja, zh).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write {\"url\": ...} here once listening (for scripts and tests).")
+@click.pass_context
+def server_command(ctx: click.Context, database: str | None, bind: str, public_url: str | None,
+                   allowed_hosts: tuple[str, ...], policy_path: Path | None, workers: int, threads: int,
+                   language: str | None, ready_file: Path | None) -> None:
+    """Run the central server: the add-in API and approvals on PostgreSQL (gunicorn/waitress)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not database:
+        raise click.ClickException("say which database: --database postgresql://user@host/db")
+    host, _, port_text = bind.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise click.ClickException(f"--bind {bind!r}: write it as HOST:PORT, e.g. 0.0.0.0:8800")
+    port = int(port_text)
+    try:
+        migrate(database)
+    except Exception as exc:
+        raise click.ClickException(f"cannot prepare the database {_safe(database)}: {exc}") from None
+    if port == 0 and not public_url and not ready_file:
+        raise click.ClickException("with port 0, give --public-url or --ready-file")
+    env = {"SENDGUARD_SERVER_DATABASE": database, "SENDGUARD_SERVER_PUBLIC_URL": public_url or f"http://{bind}",
+           "SENDGUARD_SERVER_HOSTS": json.dumps(list(allowed_hosts))}
+    if policy_path:
+        env["SENDGUARD_SERVER_POLICY"] = str(policy_path.resolve())
+    if language:
+        env["SENDGUARD_SERVER_LANGUAGE"] = language
+    if port == 0 and not public_url:
+        env["SENDGUARD_SERVER_PUBLIC_URL"] = ""  # learned once listening (see _ReadyPublicUrl)
+    os.environ.update(env)
+    click.echo(f"SendGuard central server on {bind} (database {_safe(database)})", err=True)
+
+    def factory() -> Flask:
+        if not os.environ.get("SENDGUARD_SERVER_PUBLIC_URL") and ready_file:
+            os.environ["SENDGUARD_SERVER_PUBLIC_URL"] = _wait_ready_url(ready_file)
+        return _app_from_env()
+
+    serve(factory, host, port, workers, threads, ready_file)
+
+
+def _wait_ready_url(ready_file: Path) -> str:
+    for _ in range(200):
+        try:
+            return str(json.loads(ready_file.read_text())["url"])
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.05)
+    return "http://127.0.0.1"
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+@server_command.command("migrate")
+@_database_option
+def migrate_command(database: str) -> None:
+    """Create or upgrade the server's tables (Alembic) and exit."""
+    try:
+        migrate(database)
+    except Exception as exc:
+        raise click.ClickException(f"cannot migrate {_safe(database)}: {exc}") from None
+    click.echo("database is up to date")
+
+
+@server_command.group("token")
+def token_group() -> None:
+    """Per-user helper tokens (admin)."""
+
+
+def _store(database: str) -> Store:
+    try:
+        migrate(database)
+        return Store(database_url(database))
+    except Exception as exc:
+        raise click.ClickException(f"cannot open the database {_safe(database)}: {exc}") from None
+
+
+@token_group.command("issue")
+@_database_option
+@click.option("--user", required=True, metavar="ADDR", help="The user's email address (their sender address).")
+@click.option("--label", default="", help="A note, e.g. the machine's name.")
+def token_issue(database: str, user: str, label: str) -> None:
+    """Issue a token for USER's helper; it is printed once and never stored in clear."""
+    store = _store(database)
+    try:
+        click.echo(issue_token(store, user, label))
+    except SendGuardError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+
+
+@token_group.command("list")
+@_database_option
+@click.option("--json", "as_json", is_flag=True)
+def token_list(database: str, as_json: bool) -> None:
+    """List issued tokens (ids and users, never the tokens)."""
+    store = _store(database)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(helper_tokens).order_by(helper_tokens.c.created_at)).mappings().all()
+    store.close()
+    out = [{"id": r["token_hash"][:12], "user": r["user"], "label": r["label"], "created_at": r["created_at"],
+            "revoked": r["revoked_at"] is not None} for r in rows]
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    for r in out:
+        click.echo(f"{r['id']}  {r['user']}  {'revoked' if r['revoked'] else 'active'}  {r['label']}")
+
+
+@token_group.command("revoke")
+@_database_option
+@click.option("--user", required=True, metavar="ADDR")
+@click.option("--id", "token_id", default=None, help="Only this token (from `token list`); default: all of USER's.")
+def token_revoke(database: str, user: str, token_id: str | None) -> None:
+    """Revoke a user's helper token(s)."""
+    store = _store(database)
+    count = revoke_tokens(store, user, token_id)
+    store.close()
+    click.echo(f"revoked {count} token(s) of {user}")
+
+
+@server_command.command("connect")
+@click.argument("url")
+@click.option("--token", prompt=True, hide_input=True, help="The token your administrator issued.")
+def connect_command(url: str, token: str) -> None:
+    """Point this helper at a central server (config.toml [server] url; the token goes to the keyring)."""
+    import tomlkit
+
+    from sendguard import central
+    from sendguard import secrets as secretstore
+
+    client = central.CentralClient(url, token)
+    try:
+        client.decisions(wait=0)
+    except SendGuardError as exc:
+        raise click.ClickException(f"cannot use {url} with this token: {exc}") from None
+    secretstore.put(central.TOKEN_KEY, token)
+    path = paths.config_file()
+    doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    table = doc.get("server")
+    if table is None:
+        table = tomlkit.table()
+        doc["server"] = table
+    table["url"] = url.rstrip("/")
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    click.echo(f"this helper now uses {url} for approvals (restart `sendguard serve`)")
