@@ -42,6 +42,22 @@ CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_appro
 MAX_BACKOFF = 1800.0
 
 
+_INSERT_ITEM = insert(outbox)
+
+
+@dataclass
+class Incoming:
+    """A message handed to the outbox by a submission adapter."""
+
+    raw: bytes
+    envelope_from: str
+    recipients: list[str]
+    source: str = "smtp"
+    source_ref: str | None = None
+    account: str | None = None
+    actor: str | None = None
+
+
 @dataclass
 class Item:
     """One outbox item as stored (bodies left out unless asked for)."""
@@ -221,22 +237,34 @@ class Outbox:
     def receive(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                 source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> str:
         """Commit the message as received (raw MIME + envelope) and return its id. Durable on return."""
-        item_id = new_id()
+        return self.receive_many([Incoming(raw, envelope_from, list(recipients), source, source_ref, account,
+                                           actor)])[0]
+
+    def receive_many(self, incoming: list[Incoming]) -> list[str]:
+        """Commit several received messages in one transaction (group commit: one fsync for all)."""
         now = self.clock()
-        envelope = [r.strip() for r in recipients]
-        msg_id = _header_message_id(raw) or f"<{item_id}.sendguard@{_hostname()}>"
+        ids = []
+        rows = []
+        for msg in incoming:
+            item_id = new_id()
+            envelope = [r.strip() for r in msg.recipients]
+            msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
+            sender = (msg.envelope_from or "").lower()
+            rows.append((item_id, msg, envelope, msg_id, {
+                "id": item_id, "state": "received", "source": msg.source, "source_ref": msg.source_ref,
+                "account": msg.account, "owner": sender, "envelope_from": msg.envelope_from or "",
+                "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
+                "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0}))
+            ids.append(item_id)
         with self.store.transaction() as conn:
-            conn.execute(insert(outbox).values(
-                id=item_id, state="received", source=source, source_ref=source_ref, account=account,
-                owner=(envelope_from or "").lower(), envelope_from=envelope_from or "", envelope_to=envelope,
-                message_id=msg_id, sender=(envelope_from or "").lower(), subject="", raw=raw,
-                release_after=0.0, attempts=0, created_at=now, updated_at=now, purged=0,
-            ))
-            self.store.append_audit(conn, "received", actor or envelope_from or source, item_id, {
-                "source": source, "size": len(raw), "envelope_from": envelope_from, "envelope_to": envelope,
-                "message_id": msg_id, "sha256": _sha256(raw)}, ts=now)
-        self._notify(item_id)
-        return item_id
+            for item_id, msg, envelope, msg_id, values in rows:
+                conn.execute(_INSERT_ITEM, values)
+                self.store.append_audit(conn, "received", msg.actor or msg.envelope_from or msg.source, item_id, {
+                    "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
+                    "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}, ts=now)
+        for item_id in ids:
+            self._notify(item_id)
+        return ids
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                source_ref: str | None = None, account: str | None = None) -> Item:

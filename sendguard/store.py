@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -147,6 +148,10 @@ server_settings = Table(
 )
 
 GENESIS = "0" * 64
+# prepared once: the statement cache then skips compiling on the hot path (SMTP intake)
+_INSERT_AUDIT = insert(audit)
+_UPDATE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
+    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -220,9 +225,9 @@ class Store:
         stamp = now_iso(ts)
         body = canonical(data or {})
         digest = record_hash(head.hash, seq, stamp, item_id, event_name, actor, body)
-        conn.execute(insert(audit).values(seq=seq, ts=stamp, item_id=item_id, event=event_name, actor=actor,
-                                          data=body, prev_hash=head.hash, hash=digest))
-        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest))
+        conn.execute(_INSERT_AUDIT, {"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name,
+                                     "actor": actor, "data": body, "prev_hash": head.hash, "hash": digest})
+        conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": digest})
         return seq
 
     def close(self) -> None:

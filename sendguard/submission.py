@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import faults
 from .message import make_recipient
-from .outbox import Outbox
+from .outbox import Incoming, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,61 @@ R_TOO_MANY = "452 4.5.3 Too many recipients (at most {n} per message)"
 R_STORE_FAILED = "451 4.3.0 SendGuard could not store the message ({error}); your client will retry"
 
 
+class GroupCommitter:
+    """One writer thread commits whatever messages are waiting in one transaction (one fsync).
+
+    Each SMTP session still gets its 250 only after the commit that holds its message.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+        self._queue: queue.Queue[tuple[Incoming, asyncio.AbstractEventLoop, asyncio.Future[str]]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="sendguard-intake", daemon=True)
+        self._thread.start()
+
+    def submit(self, msg: Incoming) -> asyncio.Future[str]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        self._queue.put((msg, loop, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                ids = self.outbox.receive_many([m for m, _, _ in batch])
+            except Exception as exc:  # nothing in this batch was stored: every sender gets a 451
+                log.exception("could not store %d submitted message(s)", len(batch))
+                for _, loop, future in batch:
+                    loop.call_soon_threadsafe(_settle, future, None, exc)
+                continue
+            for (_, loop, future), item_id in zip(batch, ids, strict=True):
+                loop.call_soon_threadsafe(_settle, future, item_id, None)
+
+
+def _settle(future: asyncio.Future[str], value: str | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value or "")
+
+
 class SubmissionHandler:
     """aiosmtpd handler: validate recipients, store durably, then accept."""
 
     def __init__(self, outbox: Outbox, on_received: Callable[[str], None] | None = None):
         self.outbox = outbox
         self.on_received = on_received
+        self.committer = GroupCommitter(outbox)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -50,12 +100,10 @@ class SubmissionHandler:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        loop = asyncio.get_running_loop()
         try:
-            item_id = await loop.run_in_executor(
-                None, self.outbox.receive, raw, envelope.mail_from or "", list(envelope.rcpt_tos), "smtp")
+            item_id = await self.committer.submit(
+                Incoming(raw, envelope.mail_from or "", list(envelope.rcpt_tos), "smtp"))
         except Exception as exc:  # storage failure: refuse temporarily, the client keeps the message
-            log.exception("could not store a submitted message")
             return R_STORE_FAILED.format(error=type(exc).__name__)
         faults.point("smtp.before_250")
         if self.on_received:

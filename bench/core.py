@@ -1,0 +1,156 @@
+"""Core figures: check latency, SMTP accept throughput (durable vs a bare sink), memory on 25 MB."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from sendguard import checks, message, policy
+from sendguard.outbox import Outbox
+from sendguard.store import Store
+from sendguard.submission import SubmissionHandler, SubmissionServer
+
+POLICY = policy.build({
+    "organization.internal_domains": ("example.co.jp",),
+    "organization.trusted_domains": ("partner.example",),
+    "rules.blocked_domains": ("rival.example",),
+})
+
+
+def sample(recipients: int, attachments: list[int]) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Taro <taro@example.co.jp>"
+    msg["To"] = ", ".join(f"User {i} <user{i}@customer{i % 40}.example>" for i in range(recipients))
+    msg["Subject"] = "見積書の送付について"
+    msg.set_content("いつもお世話になっております。\n見積書を添付いたします。\n" * 20)
+    for index, size in enumerate(attachments):
+        msg.add_attachment(os.urandom(size), maintype="application", subtype="pdf", filename=f"見積書{index}.pdf")
+    return msg.as_bytes()
+
+
+def _p(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def _time(func: Any, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def check_latency() -> dict[str, Any]:
+    typical = sample(5, [1024 * 1024, 1024 * 1024])
+    parsed = message.parse(typical)
+    evaluate_ms = _time(lambda: checks.evaluate(parsed, POLICY), 200)
+    full_ms = _time(lambda: checks.evaluate(message.parse(typical), POLICY), 30)
+    plain_ms = _time(lambda: email.message_from_bytes(typical, policy=email.policy.default), 30)
+    big = sample(1000, [])
+    big_parsed = message.parse(big)
+    big_eval = _time(lambda: checks.evaluate(big_parsed, POLICY), 30)
+    big_full = _time(lambda: checks.evaluate(message.parse(big), POLICY), 15)
+    ratio = statistics.median(full_ms) / statistics.median(plain_ms)
+    return {
+        "typical_evaluate_p50_ms": round(statistics.median(evaluate_ms), 3),
+        "typical_evaluate_p95_ms": round(_p(evaluate_ms, 0.95), 3),
+        "typical_parse_and_check_p50_ms": round(statistics.median(full_ms), 2),
+        "plain_email_parse_p50_ms": round(statistics.median(plain_ms), 2),
+        "parse_and_check_vs_plain_parse": round(ratio, 2),
+        "recipients_1000_evaluate_p50_ms": round(statistics.median(big_eval), 2),
+        "recipients_1000_parse_and_check_p50_ms": round(statistics.median(big_full), 2),
+        "targets": {"typical_evaluate_p50_ms": "<= 1", "parse_and_check_vs_plain_parse": "<= 3",
+                    "recipients_1000_evaluate_p50_ms": "<= 20"},
+        "ok": statistics.median(evaluate_ms) <= 1 and ratio <= 3 and statistics.median(big_eval) <= 20,
+    }
+
+
+class _BareSink:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
+
+
+def _blast(port: int, raw: bytes, total: int, clients: int) -> float:
+    per = total // clients
+
+    def worker() -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            for _ in range(per):
+                client.sendmail("taro@example.co.jp", ["a@partner.example"], raw)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return per * clients / (time.perf_counter() - start)
+
+
+def smtp_throughput(total: int = 400, clients: int = 4) -> dict[str, Any]:
+    raw = sample(3, [20_000]).replace(b"\n", b"\r\n")
+    bare = SubmissionServer(_BareSink(), "127.0.0.1", 0).start()
+    try:
+        _blast(bare.port, raw, 40, clients)
+        bare_rate = _blast(bare.port, raw, total, clients)
+    finally:
+        bare.stop()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "bench.db")
+        outbox = Outbox(store, lambda: POLICY)
+        server = SubmissionServer(SubmissionHandler(outbox), "127.0.0.1", 0).start()
+        try:
+            _blast(server.port, raw, 40, clients)
+            durable_rate = _blast(server.port, raw, total, clients)
+        finally:
+            server.stop()
+            store.close()
+    ratio = durable_rate / bare_rate
+    return {"bare_sink_msgs_per_s": round(bare_rate, 1), "durable_msgs_per_s": round(durable_rate, 1),
+            "ratio": round(ratio, 2), "target": "ratio >= 0.5", "ok": ratio >= 0.5,
+            "note": "each accepted message is committed (SQLite WAL, synchronous=FULL) before 250"}
+
+
+_RSS_SCRIPT = """
+import gc, os, sys, threading, time, psutil
+from email.message import EmailMessage
+m = EmailMessage(); m['From'] = 'a@example.co.jp'; m['To'] = 'b@partner.example'; m['Subject'] = 'big'
+m.set_content('x'); m.add_attachment(os.urandom(25 * 1024 * 1024), maintype='application',
+                                     subtype='octet-stream', filename='big.bin')
+raw = m.as_bytes(); del m; gc.collect()
+from sendguard import checks, message, policy
+proc = psutil.Process(); base = proc.memory_info().rss; peak = [base]; done = []
+def watch():
+    while not done:
+        peak[0] = max(peak[0], proc.memory_info().rss); time.sleep(0.001)
+t = threading.Thread(target=watch); t.start()
+result = checks.evaluate(message.parse(raw), policy.Policy())
+done.append(1); t.join()
+print(len(raw), peak[0] - base)
+"""
+
+
+def large_attachment_memory() -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], capture_output=True, text=True, check=True)
+    size, growth = (int(x) for x in out.stdout.split())
+    ratio = growth / size
+    return {"message_bytes": size, "peak_rss_growth_bytes": growth, "growth_vs_message": round(ratio, 2),
+            "target": "< 3", "ok": ratio < 3}
+
+
+def run() -> dict[str, Any]:
+    return {"check_latency": check_latency(), "smtp_throughput": smtp_throughput(),
+            "large_attachment_memory": large_attachment_memory()}
