@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -84,6 +85,7 @@ def _language() -> str:
     return i18n.normalize(configured) if configured else i18n.system_language()
 
 
+@lru_cache(maxsize=4)
 def _strings(lang: str) -> dict[str, str]:
     if lang == "en":
         return {}
