@@ -1,0 +1,376 @@
+"""The confirmation window: pywebview (Qt backend) on the main thread, the helper in background threads.
+
+One window is created hidden at start-up and loads the confirmation page once
+(``{base_url}/confirm/_window``, the same HTML/JS as the browser page). When a message enters
+``awaiting_confirmation`` the helper pushes its data into the page (``SG.show``) and shows the
+window; held messages queue up behind it, one at a time, with a counter. The page's buttons call
+back through the pywebview bridge (``Bridge``), which goes through the local HTTP API in-process
+with the API token, exactly as the browser page does with its session.
+
+``python -m desktop.window --control`` runs the same window with a line-based JSON control channel
+on stdin/stdout; the tests and the latency benchmark drive it that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sendguard import i18n
+from sendguard.i18n import _
+from sendguard.outbox import Item
+
+log = logging.getLogger(__name__)
+
+TITLE = "SendGuard"
+WINDOW_STRINGS = (_("Confirm before sending"), _("Held for approval"), _("Released after approval"),
+                  _("{subject} waits for approval by {approvers}."), _("{subject} was approved and sent."),
+                  _("Save the message as"))
+
+
+def prepare_environment() -> None:
+    """Qt WebEngine refuses to start its sandbox as root; say so once instead of failing."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        flags = os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", "")
+        if "--no-sandbox" not in flags:
+            os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = (flags + " --no-sandbox").strip()
+
+
+def _seconds(ms: Any) -> float | None:
+    return float(ms) / 1000.0 if isinstance(ms, (int, float)) else None
+
+
+class Bridge:
+    """What the page may ask of the helper (``window.pywebview.api.*``). Attributes stay private."""
+
+    def __init__(self, manager: ConfirmWindows):
+        self._manager = manager
+
+    def confirm(self, item_id: str, decision: dict[str, Any]) -> dict[str, Any]:
+        body = dict(decision) if isinstance(decision, dict) else {}
+        body["actor"] = "window"
+        return self._manager.decide(item_id, "confirm", body)
+
+    def cancel(self, item_id: str) -> dict[str, Any]:
+        return self._manager.decide(item_id, "cancel", {"reason": "cancelled in the window"})
+
+    def preview(self, item_id: str, att_id: str) -> dict[str, Any]:
+        return self._manager.api("GET", f"/confirm/{item_id}/attachments/{att_id}/preview")
+
+    def save_eml(self, item_id: str) -> bool:
+        return self._manager.save_eml(item_id)
+
+    def finished(self, item_id: str, state: str) -> bool:
+        self._manager.events.put(("finished", item_id))
+        return True
+
+    def painted(self, item_id: str, times: dict[str, Any] | None = None) -> bool:
+        """The page became visible and painted a frame (``times``: the page's own clock, ms)."""
+        times = times if isinstance(times, dict) else {}
+        self._manager.emit("painted", id=item_id, visible_at=_seconds(times.get("visible")),
+                           frame_at=_seconds(times.get("frame")))
+        return True
+
+
+class ConfirmWindows:
+    """Keeps the queue of messages awaiting confirmation and drives the one window."""
+
+    def __init__(self, runner: Any, emit: Callable[..., None] | None = None):
+        self.runner = runner
+        self.gettext = runner.helper.gettext
+        self.window: Any = None
+        self.tray: Any = None
+        self.ui: Any = None  # MainThread invoker, when Qt is up
+        self.pending: list[str] = []  # ids awaiting confirmation, oldest first
+        self.current: str | None = None
+        self.deciding: set[str] = set()  # decided in this window: the page shows the outcome until "finished"
+        self.visible = False
+        self.quitting = False
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._emit = emit
+        self._token: str | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def emit(self, event: str, **data: Any) -> None:
+        if self._emit is not None:
+            self._emit(event, t=time.time(), **data)
+
+    def api(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """Call the helper's own HTTP API in-process (same checks as over the wire), as the API principal."""
+        if self._token is None:
+            from sendguard.links import api_token
+
+            self._token = api_token()
+        client = self.runner.app.test_client()
+        response = client.open(path, method=method, json=body,
+                               headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"})
+        return {"status": response.status_code, "body": response.get_json(silent=True)}
+
+    def decide(self, item_id: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Send the user's decision through the API; the page keeps showing the outcome until finished."""
+        self.deciding.add(item_id)
+        result = self.api("POST", f"/api/v1/outbox/{item_id}/{action}", body)
+        if result["status"] >= 400:
+            self.deciding.discard(item_id)
+        return result
+
+    def on_item(self, item: Item) -> None:
+        """Outbox listener (runs in the helper's threads): only queue the change."""
+        self.events.put(("item", item))
+
+    def start(self, window: Any) -> None:
+        self.window = window
+        window.events.closing += self._on_closing
+        self.runner.helper.outbox.listeners.append(self.on_item)
+        for item in sorted(self.runner.helper.outbox.list(["awaiting_confirmation"]), key=lambda i: i.created_at):
+            self.pending.append(item.id)
+        self._thread = threading.Thread(target=self._loop, name="sendguard-window", daemon=True)
+        self._thread.start()
+
+    def _on_closing(self) -> bool:
+        if self.quitting:
+            return True
+        # The close button hides the window: the message stays held, the window stays warm.
+        self.visible = False
+        self.current = None
+        threading.Thread(target=self.window.hide, daemon=True).start()
+        return False
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        self.window.events.loaded.wait(30)
+        try:
+            self.window.evaluate_js("SG.warm(200)")
+        except Exception:
+            log.exception("the confirmation page did not load")
+        self.emit("loaded")
+        self._present_next()
+        while not self.quitting:
+            kind, value = self.events.get()
+            try:
+                if kind == "item":
+                    self._item_changed(value)
+                elif kind == "finished":
+                    self._finished(value)
+                elif kind == "open":
+                    self.current = None
+                    self._present_next(force=True)
+                elif kind == "eval":
+                    self.emit("result", value=self.window.evaluate_js(value))
+                elif kind == "stop":
+                    return
+            except Exception as exc:  # keep the window alive; the page fails closed on its own
+                log.exception("window update failed")
+                self.emit("error", message=str(exc))
+
+    def _item_changed(self, item: Item) -> None:
+        if item.state == "awaiting_confirmation":
+            if item.id not in self.pending:
+                self.pending.append(item.id)
+            if self.current is None:
+                self._present_next()
+            else:
+                self._update_counter()
+        elif item.id in self.pending:
+            self.pending.remove(item.id)
+            if item.id == self.current and item.id not in self.deciding:
+                # decided elsewhere (browser, CLI): move on, unless the page shows its own result
+                self.current = None
+                self._present_next()
+            else:
+                self._update_counter()
+        self._notify(item)
+        self._tray_count()
+
+    def _finished(self, item_id: str) -> None:
+        self.deciding.discard(item_id)
+        if item_id in self.pending:
+            self.pending.remove(item_id)
+        if self.current == item_id:
+            self.current = None
+        self._present_next()
+        self._tray_count()
+
+    def _present_next(self, force: bool = False) -> None:
+        if not self.pending:
+            if self.visible:
+                self.window.hide()
+                self.visible = False
+                self.window.evaluate_js("SG.idle()")
+            self.current = None
+            return
+        item_id = self.pending[0]
+        result = self.api("GET", f"/confirm/{item_id}/data")
+        if result["status"] != 200:
+            log.warning("cannot show %s: %s", item_id, result["body"])
+            self.pending.remove(item_id)
+            self._present_next(force)
+            return
+        payload = result["body"]
+        payload["queue"] = {"index": 1, "total": len(self.pending)}
+        rendered = self.window.evaluate_js(f"SG.show({json.dumps(payload, ensure_ascii=False)})")
+        self.current = item_id
+        self.window.set_title(self._title())
+        self.emit("rendered", id=item_id, rows=rendered)
+        if not self.visible or force:
+            self.window.show()
+            self.visible = True
+            if self.ui is not None:
+                self.ui.call(self._raise)
+        self.emit("shown", id=item_id)
+
+    def _raise(self) -> None:
+        from webview.platforms.qt import BrowserView
+
+        view = BrowserView.instances.get(self.window.uid)
+        if view is not None:
+            view.raise_()
+            view.activateWindow()
+
+    def _title(self) -> str:
+        title = f"{TITLE} — {self.gettext('Confirm before sending')}"
+        return f"{title} ({len(self.pending)})" if len(self.pending) > 1 else title
+
+    def _update_counter(self) -> None:
+        if self.current is None:
+            return
+        self.window.evaluate_js(f"SG.counter(1, {len(self.pending)})")
+        self.window.set_title(self._title())
+
+    def _tray_count(self) -> None:
+        if self.tray is not None and self.ui is not None:
+            count = len(self.pending) + len(self.runner.helper.outbox.list(["awaiting_approval"]))
+            self.ui.call(lambda: self.tray.set_count(count))
+
+    def _notify(self, item: Item) -> None:
+        t = self.gettext
+        if item.state == "awaiting_approval":
+            title = t("Held for approval")
+            text = t("{subject} waits for approval by {approvers}.").format(
+                subject=item.subject or item.id, approvers=", ".join(item.approvers) or "?")
+        elif item.state == "sent" and item.approval:
+            title = t("Released after approval")
+            text = t("{subject} was approved and sent.").format(subject=item.subject or item.id)
+        else:
+            return
+        self.emit("notification", title=title, text=text, id=item.id)
+        if self.tray is not None and self.ui is not None:
+            self.ui.call(lambda: self.tray.notify(title, text))
+        else:
+            from .tray import notify_without_tray
+
+            notify_without_tray(title, text)
+
+    def save_eml(self, item_id: str) -> bool:
+        import webview
+
+        item = self.runner.helper.outbox.get(item_id, with_bodies=True)
+        if not item.raw:
+            return False
+        chosen = self.window.create_file_dialog(webview.FileDialog.SAVE, save_filename=f"sendguard-{item_id}.eml")
+        if not chosen:
+            return False
+        path = Path(chosen if isinstance(chosen, str) else chosen[0])
+        path.write_bytes(item.raw)
+        return True
+
+    def quit(self) -> None:
+        self.quitting = True
+        self.events.put(("stop", None))
+        if self.window is not None:
+            self.window.destroy()
+
+
+def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callable[[ConfirmWindows], None]
+        | None = None) -> None:
+    """Show windows for ``runner`` until the user quits; blocks on the main thread."""
+    prepare_environment()
+    import webview
+    from qtpy import QtWebEngineWidgets, QtWidgets  # noqa: F401  (WebEngine must load before the QApplication)
+
+    from .tray import MainThread, Tray
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app.setQuitOnLastWindowClosed(False)
+    app.setApplicationName(TITLE)
+    manager = ConfirmWindows(runner, emit)
+    manager.ui = MainThread()
+    manager.tray = Tray(runner, manager.gettext, on_open=lambda: manager.events.put(("open", None)),
+                        on_quit=manager.quit)
+    lang = i18n.normalize(runner.helper.config.language) if runner.helper.config.language else i18n.system_language()
+    window = webview.create_window(
+        f"{TITLE} — {manager.gettext('Confirm before sending')}", url=f"{runner.base_url}/confirm/_window?lang={lang}",
+        js_api=Bridge(manager), hidden=True, width=960, height=760, min_size=(520, 420), text_select=True)
+
+    def started() -> None:
+        manager.start(window)
+        if on_started is not None:
+            on_started(manager)
+
+    webview.start(started, gui="qt", private_mode=True)
+    manager.quitting = True
+    manager.events.put(("stop", None))
+
+
+# ---------------------------------------------------------------------- control mode (tests, benchmark)
+def _control(manager: ConfirmWindows, out: Callable[..., None]) -> None:
+    """stdin lines: {"cmd": "eval", "js": "..."} | {"cmd": "open"} | {"cmd": "quit"}."""
+    for line in sys.stdin:
+        try:
+            cmd = json.loads(line)
+        except ValueError:
+            continue
+        if cmd.get("cmd") == "eval":
+            manager.events.put(("eval", cmd.get("js", "")))
+        elif cmd.get("cmd") == "open":
+            manager.events.put(("open", None))
+        elif cmd.get("cmd") == "quit":
+            break
+    manager.quit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the SendGuard helper with its confirmation window.")
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--smtp-port", type=int, default=0)
+    parser.add_argument("--api-port", type=int, default=0)
+    parser.add_argument("--control", action="store_true",
+                        help="JSON events on stdout and commands on stdin (tests and benchmarks)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from .runner import Runner
+
+    started = time.time()
+    runner = Runner(args.home, args.smtp_port, args.api_port).start()
+    lock = threading.Lock()
+
+    def out(event: str, **data: Any) -> None:
+        with lock:
+            sys.stdout.write(json.dumps({"event": event, **data}, ensure_ascii=False, default=str) + "\n")
+            sys.stdout.flush()
+
+    def on_started(manager: ConfirmWindows) -> None:
+        assert runner.helper.smtp is not None
+        out("ready", smtp_port=runner.helper.smtp.port, api_port=runner.api_port, base_url=runner.base_url,
+            pid=os.getpid(), started=started)
+        if args.control:
+            threading.Thread(target=_control, args=(manager, out), daemon=True).start()
+
+    try:
+        run(runner, emit=out if args.control else None, on_started=on_started)
+    finally:
+        runner.stop()
+
+
+if __name__ == "__main__":
+    main()
