@@ -469,7 +469,7 @@ def accounts_remove(name: str) -> None:
     account = cfg.account(name)
     if account is None or not configmod.remove_account(name):
         raise click.ClickException(f"no account named {name!r} (see `sendguard accounts list`)")
-    for what in ("password", "token", "refresh_token", "token_cache"):
+    for what in ("password", "token", "refresh_token", "token_cache", "client_secret"):
         secrets.delete(account.secret_key(what))
     click.echo(f"removed {name}")
 
