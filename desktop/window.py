@@ -207,6 +207,7 @@ class ConfirmWindows:
                 self.window.hide()
                 self.visible = False
                 self.window.evaluate_js("SG.idle()")
+                self.emit("hidden")
             self.current = None
             return
         item_id = self.pending[0]
