@@ -50,7 +50,7 @@ UI_STRINGS = (
     _("Could not reach SendGuard: {error}"), _("No preview for this type. Save it and open it yourself."),
     _("Preview of {name}"), _("Hidden direction or invisible characters are shown as ⟨…⟩"),
     _("Direction trick"), _("Contains right-to-left or invisible characters that can disguise the real name"),
-    _("Loading…"), _("Waiting for messages…"), _("Next message"), _("Enter does not send: use the Send button."),
+    _("… and {count} more"), _("Loading…"), _("Waiting for messages…"), _("Next message"), _("Enter does not send: use the Send button."),
     # flag names and what they mean (tooltips)
     _("external"), _("trusted"), _("new_domain"), _("lookalike"), _("display_name_mismatch"), _("blocked"),
     _("idn"), _("personal_data"), _("keyword"), _("executable"), _("archive"), _("encrypted"),
