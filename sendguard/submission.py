@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -114,8 +115,11 @@ class SubmissionHandler:
 class SubmissionServer:
     """The SMTP server in its own thread and event loop; ``port`` is known after ``start``."""
 
-    def __init__(self, handler: Any, host: str = "127.0.0.1", port: int = 1587):
+    def __init__(self, handler: Any, host: str = "127.0.0.1", port: int = 1587,
+                 listen_ssl: ssl.SSLContext | None = None, **smtp_options: Any):
         self.handler = handler
+        self.listen_ssl = listen_ssl  # implicit TLS (port 465 style); STARTTLS goes in smtp_options
+        self.smtp_options = smtp_options
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,15 +129,16 @@ class SubmissionServer:
         self._error: BaseException | None = None
 
     def _factory(self) -> SMTP:
-        return SMTP(self.handler, data_size_limit=MAX_MESSAGE_BYTES, enable_SMTPUTF8=True, hostname="localhost",
-                    ident="SendGuard ESMTP", loop=self._loop)
+        options = {"data_size_limit": MAX_MESSAGE_BYTES, "enable_SMTPUTF8": True, "hostname": "localhost",
+                   "ident": "SendGuard ESMTP", **self.smtp_options}
+        return SMTP(self.handler, loop=self._loop, **options)
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
-                self._loop.create_server(self._factory, host=self.host, port=self.port))
+                self._loop.create_server(self._factory, host=self.host, port=self.port, ssl=self.listen_ssl))
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:  # surfaced to start()
             self._error = exc
