@@ -75,3 +75,23 @@ def test_every_transition_has_one_audit_record_in_the_same_transaction(filled):
     for item_id, event in events:
         per_item.setdefault(item_id, []).append(event)
     assert all(v == ["received", "verdict", "cancelled"] for v in per_item.values())
+
+
+def test_retention_purges_bodies_but_keeps_audit(home):
+    clock = [1_000_000.0]
+    db = store.Store(home / "sendguard.db")
+    pol = policy.build({"organization.internal_domains": ("example.co.jp",)})
+    box = outbox.Outbox(db, lambda: pol, clock=lambda: clock[0])
+    done = box.submit(make_message(to="x@partner.example").as_bytes(), "t@example.co.jp", ["x@partner.example"])
+    box.cancel(done.id)
+    held = box.submit(make_message(to="y@partner.example").as_bytes(), "t@example.co.jp", ["y@partner.example"])
+    clock[0] += 13 * 86400
+    assert box.purge(14) == 0
+    clock[0] += 2 * 86400
+    assert box.purge(14) == 1
+    assert box.get(done.id, with_bodies=True).raw is None and box.get(done.id).purged
+    assert box.get(held.id, with_bodies=True).raw is not None  # held mail is never dropped
+    assert [r["event"] for r in audit.records(db, done.id)] == ["received", "verdict", "cancelled"]
+    assert audit.records(db)[-1]["event"] == "purged" and audit.verify(db) == []
+    out = run_cli("queue", "export", done.id)
+    assert out.returncode == 1 and b"purged" in out.stderr
