@@ -226,3 +226,59 @@ def test_approve_in_a_real_browser(started: Any, message_factory: Any) -> None:
             browser.close()
     assert len(released(r, item_id)) == 1
     assert r.helper.outbox.get(item_id).approval["comment"] == "確認しました"
+
+
+def test_desktop_approvals_window_signs_in_as_this_helpers_user(started: Any, message_factory: Any) -> None:
+    from desktop.approvals_window import approvals_url
+
+    r = started
+    item_id = submit_flagged(r, message_factory)
+    url = approvals_url(r)  # no account configured: the policy's approver on this one machine
+    client = r.app.test_client()
+    assert client.get(path_of(url)).status_code == 302
+    listing = client.get("/approvals").get_data(as_text=True)
+    assert "Signed in as boss@example.co.jp" in listing and item_id in listing
+
+
+@pytest.mark.window
+def test_desktop_approvals_window_opens(started: Any, message_factory: Any, tmp_path: Path) -> None:
+    """The real window under Xvfb: pywebview (Qt) shows the approvals list for the helper's user."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs a display: run under xvfb-run (make test)")
+    pytest.importorskip("webview")
+    r = started
+    item_id = submit_flagged(r, message_factory)
+    script = tmp_path / "open_window.py"
+    script.write_text(
+        "import sys, threading, webview\n"
+        "from desktop.approvals_window import open as open_window\n"
+        "class R: pass\n"
+        "r = R(); r.helper = type('H', (), {'central': None, 'gettext': str})(); r.base_url = sys.argv[1]\n"
+        "def check():\n"
+        "    import time\n"
+        "    w = webview.windows[0]\n"
+        "    for _ in range(200):\n"
+        "        try:\n"
+        "            text = w.evaluate_js('document.body ? document.body.innerText : \"\"') or ''\n"
+        "        except Exception:\n"
+        "            text = ''\n"
+        "        if sys.argv[2] in text or 'waiting' in text:\n"
+        "            print('TITLE', w.title); print('TEXT', text.replace(chr(10), ' ')); break\n"
+        "        time.sleep(0.1)\n"
+        "    w.destroy()\n"
+        "import desktop.approvals_window as aw\n"
+        "aw.approvals_url = lambda runner, approver=None: sys.argv[3]\n"
+        "threading.Timer(1.0, check).start()\n"
+        "open_window(r)\n")
+    from addin.approval_pages import login_url
+
+    url = login_url(r.base_url, "boss@example.co.jp", r.app.config["SECRET_KEY"])
+    env = dict(os.environ, QTWEBENGINE_CHROMIUM_FLAGS="--no-sandbox", PYTHONPATH=str(Path(__file__).parent.parent))
+    done = subprocess.run([sys.executable, str(script), r.base_url, item_id, url], capture_output=True, text=True,
+                          timeout=90, env=env)
+    assert "TITLE SendGuard" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "社外秘 見積" in done.stdout
