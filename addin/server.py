@@ -44,7 +44,7 @@ from sendguard.i18n import translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import Item, Outbox
 from sendguard.policy import PolicyHolder
-from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
+from sendguard.store import Store, domains, helper_tokens, notices, outbox, server_settings
 
 from . import create_app
 from .security import ApiError, principal, require
@@ -172,6 +172,44 @@ class TokenVerifier:
 
 
 # ---------------------------------------------------------------------- the service behind the app
+class ServerOutbox(Outbox):
+    """The server's outbox: the domain history is read through a short cache (every check asks for it)."""
+
+    DOMAIN_CACHE_SECONDS = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._domains: dict[str, tuple[float, bool]] = {}
+        self._domains_lock = threading.Lock()
+
+    def known_domains(self, candidates: Any) -> set[str]:
+        wanted = set(candidates)
+        now = time.monotonic()
+        with self._domains_lock:
+            cached = {d: self._domains.get(d) for d in wanted}
+        fresh = {d for d, hit in cached.items() if hit and now - hit[0] < self.DOMAIN_CACHE_SECONDS}
+        missing = wanted - fresh
+        found = super().known_domains(missing) if missing else set()
+        with self._domains_lock:
+            if len(self._domains) > 50_000:
+                self._domains.clear()
+            for d in missing:
+                self._domains[d] = (now, d in found)
+            return {d for d in wanted if self._domains.get(d, (0, False))[1]}
+
+    def record_sent_domains(self, addresses: list[str]) -> None:
+        """The helper released a message: its domains are no longer new to the organization."""
+        now = time.time()
+        with self.store.transaction() as conn:
+            for domain in sorted({a.rpartition("@")[2].lower() for a in addresses if "@" in a}):
+                row = conn.execute(select(domains.c.domain).where(domains.c.domain == domain)).first()
+                if row is None:
+                    conn.execute(insert(domains).values(domain=domain, first_sent=now, last_sent=now, count=1))
+                else:
+                    conn.execute(update(domains).where(domains.c.domain == domain)
+                                 .values(last_sent=now, count=domains.c.count + 1))
+
+
 class CentralService:
     """What ``create_app`` needs (outbox, store, config, policy, gettext, approvals), on PostgreSQL.
 
@@ -188,7 +226,7 @@ class CentralService:
         self.policy = PolicyHolder(policy_path or (paths.home() / "policy.toml"), paths.admin_policy_file())
         self.policy.reload()
         self.gettext = translator(language)
-        self.outbox = Outbox(self.store, self.policy.get, None, gettext=self.gettext)
+        self.outbox = ServerOutbox(self.store, self.policy.get, None, gettext=self.gettext)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=None)
         self.secret_key = setting(self.store, "secret_key", lambda: secrets.token_urlsafe(48))
         self._housekeeping = 0.0
@@ -393,6 +431,10 @@ def released(item_id: str) -> Any:
     item = _own(svc, item_id)
     if item.state == "approved":
         item = svc.outbox.transition(item_id, ["approved"], "sent", "released", _user(), {"by_helper": True})
+        try:
+            svc.outbox.record_sent_domains(item.envelope_to)
+        except Exception:  # the domain history is a hint for checks; never fail the report for it
+            log.exception("cannot record the domains of %s", item_id)
     return jsonify(status_json(item))
 
 
