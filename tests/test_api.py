@@ -155,3 +155,15 @@ def test_schemathesis_finds_no_server_errors(runner, write_policy):
          "--request-timeout", "30", "--generation-deterministic"],
         capture_output=True, text=True, timeout=600, cwd=r.home)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_openapi_describes_every_api_endpoint(client):
+    from addin.openapi import SPEC
+
+    documented = {(path, method) for path, ops in SPEC["paths"].items() for method in ops}
+    for rule in client.application.url_map.iter_rules():
+        if not (rule.rule.startswith("/api/") or rule.rule == "/healthz"):
+            continue
+        path = rule.rule.replace("<item_id>", "{item_id}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (path, method.lower()) in documented, f"{method} {path} is not in the OpenAPI document"
