@@ -406,7 +406,13 @@ class Outbox:
         return [i for i in items if not (i.state == "confirmed" and (i.decision or {}).get("needs_approval"))]
 
     def release_due(self) -> list[Item]:
-        return [self.release(item.id) for item in self.due()]
+        released = []
+        for item in self.due():
+            try:
+                released.append(self.release(item.id))
+            except StateError:  # taken meanwhile (another thread or process released or cancelled it)
+                continue
+        return released
 
     def release(self, item_id: str) -> Item:
         """releasing (committed) -> transport -> sent | failed | needs_attention."""

@@ -60,8 +60,7 @@ def test_release_via_relay_with_tls_and_auth(home, helper, write_policy, tls, se
         smtp_send(h.smtp.port, make_message(to="x@partner.example", bcc="hidden@partner.example"))
         item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
         h.outbox.confirm(item.id)
-        h.tick()
-        assert h.outbox.get(item.id).state == "sent"
+        wait_for(lambda: h.outbox.get(item.id).state == "sent")
         [(mail_from, rcpts, content, authed)] = relay.received
         assert authed and mail_from == "taro@example.co.jp"
         assert sorted(rcpts) == ["hidden@partner.example", "x@partner.example"]
