@@ -13,6 +13,8 @@ from sendguard.mailboxes.base import AuthError, ReleaseItem, TransientError
 from sendguard.mailboxes.smtp import SmtpRelay
 from sendguard.submission import SubmissionServer
 
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
 
 class Relay:
     def __init__(self):
