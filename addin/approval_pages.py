@@ -244,11 +244,5 @@ def login() -> Any:
     return redirect(url_for("approval_pages.listing"))
 
 
-def login_url(base: str, who: str, key: str) -> str:
-    """A sign-in link to the approvals list for ``who`` (signed with the app's SECRET_KEY ``key``)."""
-    token = LinkSigner(key, "approvals-login").sign("approvals", who=who.lower())
-    return f"{base.rstrip('/')}/approvals/login?t={token}"
-
-
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)

@@ -442,7 +442,7 @@ def released(item_id: str) -> Any:
 @require("helper")
 def login_link() -> Any:
     """A single-use sign-in link to the approvals page, for the user's desktop Approvals window."""
-    from .approval_pages import login_url
+    from sendguard.links import approvals_login_url as login_url
 
     svc = central()
     return jsonify({"url": login_url(svc.public_url, _user(), current_app.config["SECRET_KEY"])})

@@ -45,9 +45,9 @@ def approvals_url(runner: Any, approver: str | None = None) -> str:
     helper = runner.helper
     if getattr(helper, "central", None) is not None:
         return str(helper.central.login_link())
-    from addin.approval_pages import login_url
+    from sendguard.links import approvals_login_url
 
-    return login_url(runner.base_url, identity(helper, approver), runner.app.config["SECRET_KEY"])
+    return approvals_login_url(runner.base_url, identity(helper, approver), runner.app.config["SECRET_KEY"])
 
 
 def open(runner: Any, approver: str | None = None) -> Any:  # noqa: A001 - the tray calls ``open(runner)``

@@ -66,6 +66,12 @@ class LinkSigner:
         return data
 
 
+def approvals_login_url(base: str, who: str, key: str) -> str:
+    """A sign-in link to the approvals list for ``who`` (signed with the web app's secret ``key``)."""
+    token = LinkSigner(key, "approvals-login").sign("approvals", who=who.lower())
+    return f"{base.rstrip('/')}/approvals/login?t={token}"
+
+
 def use_once(store: Store, jti: str) -> None:
     """Record a link as used; a second use raises PermissionDenied."""
     try:

@@ -182,7 +182,7 @@ def test_page_without_a_link_asks_for_one(started: Any) -> None:
 
 
 def test_approvals_list_and_login_link(started: Any, message_factory: Any) -> None:
-    from addin.approval_pages import login_url
+    from sendguard.links import approvals_login_url as login_url
 
     r = started
     item_id = submit_flagged(r, message_factory)
@@ -274,7 +274,7 @@ def test_desktop_approvals_window_opens(started: Any, message_factory: Any, tmp_
         "aw.approvals_url = lambda runner, approver=None: sys.argv[3]\n"
         "threading.Timer(1.0, check).start()\n"
         "open_window(r)\n")
-    from addin.approval_pages import login_url
+    from sendguard.links import approvals_login_url as login_url
 
     url = login_url(r.base_url, "boss@example.co.jp", r.app.config["SECRET_KEY"])
     env = dict(os.environ, QTWEBENGINE_CHROMIUM_FLAGS="--no-sandbox", PYTHONPATH=str(Path(__file__).parent.parent))
