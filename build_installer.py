@@ -271,7 +271,7 @@ def write_manifests(out_dir: Path, send_mode: str, python: str = sys.executable)
     """Outlook manifests from ``sendguard addin manifest`` (the checkout's own CLI)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("SENDGUARD_HOME", str(out_dir.parent / ".sendguard-home"))
+    env["SENDGUARD_HOME"] = str(out_dir.parent / ".sendguard-home")  # a throwaway home: nothing of the admin's
     cmd = [python, "-m", "sendguard", "addin", "manifest", "--out", str(out_dir), "--send-mode", send_mode]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
     if result.returncode != 0:
@@ -367,7 +367,6 @@ Comment=Checks outgoing mail before it leaves: confirmation window and tray icon
 Exec=@PREFIX@/bin/sendguard-autostart
 Icon=sendguard
 Terminal=false
-NoDisplay=true
 X-GNOME-Autostart-enabled=true
 """
 
@@ -657,7 +656,8 @@ function Find-Python {
     else { $candidates += @{ Exe = "py"; Args = @("-3") }; $candidates += @{ Exe = "python"; Args = @() } }
     foreach ($c in $candidates) {
         if (-not (Get-Command $c.Exe -ErrorAction SilentlyContinue)) { continue }
-        $answer = & $c.Exe $c.Args -c $check 2>$null
+        # Windows PowerShell turns a native command's redirected stderr into an error: try/catch it.
+        try { $answer = & $c.Exe $c.Args -c $check 2>$null } catch { continue }
         if ($LASTEXITCODE -eq 0 -and "$answer".Trim() -eq "True") { return $c }
     }
     throw "Python 3.11 or newer was not found: install it from python.org (for all users) or pass -Python C:\Path\python.exe"
@@ -1097,6 +1097,8 @@ def build(out: Path, platforms: tuple[str, ...], policy_path: Path | None, serve
     config_text = server_config(server_url)
     if wheelhouse is not None and not wheelhouse.is_dir():
         raise BuildError(f"--wheelhouse {wheelhouse}: not a directory")
+    if wheel_path is not None and not wheel_path.is_file():
+        raise BuildError(f"--wheel {wheel_path}: no such file")
     with tempfile.TemporaryDirectory(prefix="sendguard-installer-") as tmp:
         work = Path(tmp)
         staged = work / "out"

@@ -191,7 +191,6 @@ def test_platformdirs_site_config_dir_on_windows_and_macos(monkeypatch: pytest.M
     monkeypatch.setattr(platformdirs.macos, "_homebrew_prefix", lambda: None)
     mac = platformdirs.macos.MacOS(appname=bi.APP, appauthor=False)
     assert mac.site_config_dir == bi.MACOS_POLICY_DIR
-    monkeypatch.delenv("XDG_CONFIG_DIRS", raising=False)
     import platformdirs.unix
 
     assert platformdirs.unix.Unix(appname=bi.APP, appauthor=False).site_config_dir == bi.LINUX_POLICY_DIR
@@ -226,6 +225,9 @@ def test_bad_policy_refused_with_one_line_and_nothing_written(tmp_path: Path, te
 def test_missing_policy_and_bad_server_url_refused(tmp_path: Path) -> None:
     with pytest.raises(bi.BuildError, match=r"no-such\.toml.*cannot read"):
         bi.check_policy(tmp_path / "no-such.toml")
+    with pytest.raises(bi.BuildError, match="--wheel .*no such file"):
+        bi.build(tmp_path / "dist", ("linux",), None, None, wheel_path=tmp_path / "missing.whl")
+    assert not (tmp_path / "dist").exists()
     for url in ("sendguard.example.co.jp", "ftp://x.example", 'https://x.example/"'):
         with pytest.raises(bi.BuildError, match="--server-url"):
             bi.server_config(url)
@@ -534,6 +536,7 @@ def test_real_wheel_build_when_the_build_backend_is_installed(tmp_path: Path, mo
     if not bi._backend_installed(requires):
         pytest.skip(f"build backend {requires} not installed here; pip would fetch it from PyPI")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
     wheel = bi.Wheel.read(bi.build_wheel(ROOT, tmp_path / "wheel"))
     assert wheel.version == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     with zipfile.ZipFile(wheel.path) as zf:
