@@ -9,17 +9,12 @@ import smtplib
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 from sendguard import checks, message, policy
-from sendguard.outbox import Outbox
-from sendguard.store import Store
-from sendguard.submission import SubmissionHandler, SubmissionServer
 
 POLICY = policy.build({
     "organization.internal_domains": ("example.co.jp",),
@@ -78,9 +73,27 @@ def check_latency() -> dict[str, Any]:
     }
 
 
-class _BareSink:
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+_SERVER_SCRIPT = """
+import sys, tempfile, time
+from pathlib import Path
+from sendguard import policy
+from sendguard.outbox import Outbox
+from sendguard.store import Store
+from sendguard.submission import SubmissionHandler, SubmissionServer
+
+class BareSink:
+    async def handle_DATA(self, server, session, envelope):
         return "250 OK"
+
+if sys.argv[1] == "bare":
+    handler = BareSink()
+else:
+    store = Store(Path(tempfile.mkdtemp()) / "bench.db")
+    handler = SubmissionHandler(Outbox(store, lambda: policy.Policy()))
+server = SubmissionServer(handler, "127.0.0.1", 0).start()
+print(server.port, flush=True)
+sys.stdin.read()
+"""
 
 
 def _blast(port: int, raw: bytes, total: int, clients: int) -> float:
@@ -100,28 +113,32 @@ def _blast(port: int, raw: bytes, total: int, clients: int) -> float:
     return per * clients / (time.perf_counter() - start)
 
 
-def smtp_throughput(total: int = 400, clients: int = 4) -> dict[str, Any]:
-    raw = sample(3, [20_000]).replace(b"\n", b"\r\n")
-    bare = SubmissionServer(_BareSink(), "127.0.0.1", 0).start()
+def _rate(kind: str, raw: bytes, total: int, clients: int) -> float:
+    """Messages per second accepted by a server process of ``kind``, the clients in this process."""
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER_SCRIPT, kind], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
-        _blast(bare.port, raw, 40, clients)
-        bare_rate = _blast(bare.port, raw, total, clients)
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        _blast(port, raw, 40, clients)  # warm up
+        return _blast(port, raw, total, clients)
     finally:
-        bare.stop()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "bench.db")
-        outbox = Outbox(store, lambda: POLICY)
-        server = SubmissionServer(SubmissionHandler(outbox), "127.0.0.1", 0).start()
-        try:
-            _blast(server.port, raw, 40, clients)
-            durable_rate = _blast(server.port, raw, total, clients)
-        finally:
-            server.stop()
-            store.close()
-    ratio = durable_rate / bare_rate
-    return {"bare_sink_msgs_per_s": round(bare_rate, 1), "durable_msgs_per_s": round(durable_rate, 1),
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(30)
+
+
+def smtp_throughput(total: int = 600, clients: int = 4, rounds: int = 3) -> dict[str, Any]:
+    """Best of ``rounds`` for each server, alternating, so both see the same machine load."""
+    raw = sample(3, [20_000]).replace(b"\n", b"\r\n")
+    bare, durable = [], []
+    for _ in range(rounds):
+        bare.append(_rate("bare", raw, total, clients))
+        durable.append(_rate("durable", raw, total, clients))
+    ratio = max(durable) / max(bare)
+    return {"bare_sink_msgs_per_s": round(max(bare), 1), "durable_msgs_per_s": round(max(durable), 1),
             "ratio": round(ratio, 2), "target": "ratio >= 0.5", "ok": ratio >= 0.5,
-            "note": "each accepted message is committed (SQLite WAL, synchronous=FULL) before 250"}
+            "runs": {"bare": [round(x) for x in bare], "durable": [round(x) for x in durable]},
+            "note": "server in its own process; each accepted message is committed (SQLite WAL, "
+                    "synchronous=FULL, group commit) before its 250"}
 
 
 _RSS_SCRIPT = """

@@ -256,12 +256,13 @@ class Outbox:
                 "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
                 "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0}))
             ids.append(item_id)
+        records = [("received", msg.actor or msg.envelope_from or msg.source, item_id, {
+            "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
+            "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)})
+            for item_id, msg, envelope, msg_id, _values in rows]
         with self.store.transaction() as conn:
-            for item_id, msg, envelope, msg_id, values in rows:
-                conn.execute(_INSERT_ITEM, values)
-                self.store.append_audit(conn, "received", msg.actor or msg.envelope_from or msg.source, item_id, {
-                    "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
-                    "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}, ts=now)
+            conn.execute(_INSERT_ITEM, [values for *_rest, values in rows])
+            self.store.append_audit_many(conn, records, ts=now)
         for item_id in ids:
             self._notify(item_id)
         return ids

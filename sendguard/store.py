@@ -230,5 +230,26 @@ class Store:
         conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": digest})
         return seq
 
+    def append_audit_many(self, conn: Connection, records: list[tuple[str, str, str | None, dict[str, Any]]],
+                          ts: float | None = None) -> None:
+        """Append several (event, actor, item_id, data) records in one go (one head read and write)."""
+        query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        head = conn.execute(query).one()
+        seq, prev = head.seq, head.hash
+        stamp = now_iso(ts)
+        rows = []
+        for event_name, actor, item_id, data in records:
+            seq += 1
+            body = canonical(data)
+            digest = record_hash(prev, seq, stamp, item_id, event_name, actor, body)
+            rows.append({"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name, "actor": actor,
+                         "data": body, "prev_hash": prev, "hash": digest})
+            prev = digest
+        if rows:
+            conn.execute(_INSERT_AUDIT, rows)
+            conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": prev})
+
     def close(self) -> None:
         self.engine.dispose()
