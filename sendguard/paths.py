@@ -31,7 +31,10 @@ def admin_policy_file() -> Path:
     env = os.environ.get("SENDGUARD_ADMIN_POLICY")
     if env:
         return Path(env)
-    return Path(platformdirs.site_config_dir(APP, appauthor=False)) / "policy.toml"
+    # every system config dir counts (XDG_CONFIG_DIRS may list several, e.g. /etc/xdg/xdg-ubuntu:/etc/xdg)
+    dirs = platformdirs.site_config_dir(APP, appauthor=False, multipath=True).split(os.pathsep)
+    candidates = [Path(d) / "policy.toml" for d in dirs if d]
+    return next((c for c in candidates if c.exists()), candidates[-1])
 
 
 def database_file() -> Path:

@@ -253,8 +253,8 @@ def build(user: dict[str, Any], admin: dict[str, Any] | None = None, source: str
         for dotted, value in layer.items():
             if dotted == "locked":
                 continue
-            if layer is user and any(fnmatch.fnmatchcase(dotted, p) for p in locked) and dotted in admin:
-                continue
+            if layer is user and any(fnmatch.fnmatchcase(dotted, p) for p in locked):
+                continue  # locked: the admin's value, or the built-in default when the admin set none
             values[dotted] = value
     kwargs = {_SCHEMA[k][0]: v for k, v in values.items()}
     return Policy(locked=locked, source=source, **kwargs)

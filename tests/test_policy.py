@@ -250,3 +250,22 @@ def test_never_downgrades_confirm_but_not_approve(tmp_path):
     pol = policy.load(path)
     assert run(pol, to="x@customer.example").action == "allow"
     assert run(pol, to="x@exarnple.co.jp").action == "approve"
+
+
+def test_locked_key_the_admin_did_not_set_keeps_the_default(tmp_path):
+    admin = tmp_path / "admin.toml"
+    admin.write_text('locked = ["confirm.when"]\n', encoding="utf-8")
+    user = tmp_path / "user.toml"
+    user.write_text('[confirm]\nwhen = "never"\n', encoding="utf-8")
+    assert policy.load(user, admin).confirm_when == "external"
+
+
+def test_admin_policy_found_in_any_xdg_config_dir(tmp_path, monkeypatch):
+    from sendguard import paths
+
+    first, second = tmp_path / "xdg-ubuntu", tmp_path / "xdg"
+    (second / "SendGuard").mkdir(parents=True)
+    (second / "SendGuard" / "policy.toml").write_text("", encoding="utf-8")
+    monkeypatch.delenv("SENDGUARD_ADMIN_POLICY")
+    monkeypatch.setenv("XDG_CONFIG_DIRS", f"{first}:{second}")
+    assert paths.admin_policy_file() == second / "SendGuard" / "policy.toml"
