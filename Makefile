@@ -49,7 +49,9 @@ test: setup lint
 	mkdir -p $(ARTIFACTS)
 	cd tests/js && node --test
 	tools/with-postgres.sh xvfb-run -a -s "-screen 0 1600x1200x24" \
-	    $(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -q -rfEs --junitxml=$(ARTIFACTS)/junit.xml
+	    $(PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -q -rfEs --junitxml=$(ARTIFACTS)/junit.xml; \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite itself is broken" >&2; exit 1; fi; \
+	exit $$rc
 
 bench: setup
 	mkdir -p bench/results
