@@ -24,6 +24,8 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from tests.fakes.model import Attachment
+
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 T = "http://schemas.microsoft.com/exchange/services/2006/types"
@@ -53,16 +55,6 @@ class Folder:
     folder_class: str | None
     distinguished: str | None = None
     changekey: int = 1
-
-
-@dataclass
-class Attachment:
-    id: str
-    name: str
-    content_type: str
-    content: bytes
-    is_inline: bool = False
-    content_id: str | None = None
 
 
 @dataclass

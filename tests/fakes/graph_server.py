@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.fakes.model import Attachment
+
 CHUNK = 320 * 1024  # upload sessions take ranges in multiples of 320 KiB (last one excepted)
 
 
@@ -77,16 +79,6 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return ca_file, cert_file, key_file
-
-
-@dataclass
-class Attachment:
-    id: str
-    name: str
-    content_type: str
-    content: bytes
-    is_inline: bool = False
-    content_id: str | None = None
 
 
 @dataclass
