@@ -31,7 +31,7 @@ from flask import (
 from sendguard import notify
 from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
 from sendguard.i18n import _
-from sendguard.links import LinkSigner, use_once
+from sendguard.links import LinkSigner, use_once, was_used
 from sendguard.outbox import Item
 
 from .api import approvals, item_json, service
@@ -157,6 +157,12 @@ def show(item_id: str) -> Any:
 
 
 def _open_link(item_id: str, token: str) -> Any:
+    """Show the page for an emailed link without spending it.
+
+    Mail scanners (e.g. Safe Links) open links before the approver does: merely opening must not
+    use the link up. The link is spent by the decision it carries (the form posts it back), so it
+    still decides exactly once and is refused afterwards.
+    """
     try:
         claims = approve_signer().load(token, item_id, link_max_age())
     except PermissionDenied as exc:
@@ -169,17 +175,24 @@ def _open_link(item_id: str, token: str) -> Any:
     if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {', '.join(item.approvers) or '-'}")
-    try:
-        use_once(service().store, str(claims.get("jti")))
-    except PermissionDenied as exc:
-        return _refuse(item_id, approver, str(exc))
+    if was_used(service().store, str(claims.get("jti"))):
+        return _refuse(item_id, approver, "this link has already been used")
     session["approver"] = approver
+    session["link"] = {"item": item_id, "t": token}  # spent by the decision on this message
     session.pop("csrf", None)  # a fresh form token for the new sign-in
     session.permanent = False
     # the page is rendered here, not after a redirect: a SameSite=Strict cookie set while arriving from
     # a mail client is only sent on the next request made from this site (the form post)
-    return _page("approve.html", replace_url=url_for("approval_pages.show", item_id=item_id),
+    return _page("approve.html", replace_url=url_for("approval_pages.show", item_id=item_id), link_token=token,
                  **_view(item, approver))
+
+
+def _spend_link(item_id: str, token: str, approver: str) -> None:
+    """The decision carries the emailed link: check it is this approver's and use it up (once)."""
+    claims = approve_signer().load(token, item_id, link_max_age())
+    if str(claims.get("approver") or "").lower() != approver:
+        raise PermissionDenied("this link was sent to someone else")
+    use_once(service().store, str(claims.get("jti")))
 
 
 @bp.post("/approve/<item_id>")
@@ -191,6 +204,14 @@ def decide(item_id: str) -> Any:
         return _refuse(item_id, approver, "the form was not sent from the approval page (stale or forged); "
                                           "reload the page and try again")
     decision = request.form.get("decision")
+    link = session.get("link") or {}
+    token = request.form.get("t") or (link.get("t") if link.get("item") == item_id else None)
+    try:
+        if token:
+            _spend_link(item_id, token, approver)
+            session.pop("link", None)
+    except PermissionDenied as exc:
+        return _refuse(item_id, approver, str(exc))
     try:
         if decision == "approve":
             item = approvals().approve(item_id, approver, request.form.get("comment", ""), via="web")

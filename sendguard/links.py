@@ -72,6 +72,11 @@ def approvals_login_url(base: str, who: str, key: str) -> str:
     return f"{base.rstrip('/')}/approvals/login?t={token}"
 
 
+def was_used(store: Store, jti: str) -> bool:
+    with store.engine.connect() as conn:
+        return conn.execute(select(used_links.c.jti).where(used_links.c.jti == jti)).first() is not None
+
+
 def use_once(store: Store, jti: str) -> None:
     """Record a link as used; a second use raises PermissionDenied."""
     try:

@@ -282,3 +282,20 @@ def test_desktop_approvals_window_opens(started: Any, message_factory: Any, tmp_
                           timeout=90, env=env)
     assert "TITLE SendGuard" in done.stdout, done.stdout + done.stderr[-2000:]
     assert "社外秘 見積" in done.stdout
+
+
+def test_link_opened_by_a_mail_scanner_first_still_works_once(started: Any, message_factory: Any) -> None:
+    """Safe Links and similar scanners fetch links before the approver: that must not use them up."""
+    r = started
+    item_id = submit_flagged(r, message_factory)
+    link = path_of(approval_link(r, item_id))
+    scanner = r.app.test_client()
+    assert scanner.get(link).status_code == 200
+    approver = r.app.test_client()
+    html = approver.get(link).get_data(as_text=True)
+    done = approver.post(f"/approve/{item_id}", data={"csrf": csrf_of(html), "decision": "approve"})
+    assert done.status_code == 200
+    # now the link is spent, for everyone
+    for client in (scanner, approver, r.app.test_client()):
+        again = client.get(link)
+        assert again.status_code == 403 and "already been used" in again.get_data(as_text=True)
