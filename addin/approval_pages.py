@@ -143,6 +143,9 @@ def show(item_id: str) -> Any:
     if token:
         return _open_link(item_id, token)
     approver = session.get("approver")
+    link = session.get("link") or {}
+    if not approver and link.get("item") == item_id:  # a reload of a link not decided yet
+        return _open_link(item_id, str(link.get("t")))
     if not approver:
         return _notice(_("Not allowed"), _("Open the approval link from your email first."), 401)
     try:
@@ -177,8 +180,9 @@ def _open_link(item_id: str, token: str) -> Any:
                                           f"its approvers are: {', '.join(item.approvers) or '-'}")
     if was_used(service().store, str(claims.get("jti"))):
         return _refuse(item_id, approver, "this link has already been used")
-    session["approver"] = approver
-    session["link"] = {"item": item_id, "t": token}  # spent by the decision on this message
+    # not signed in yet: only the decision (which spends the link) signs the approver in, so a
+    # scanner that merely fetched the link holds nothing once it is used
+    session["link"] = {"item": item_id, "t": token, "approver": approver}
     session.pop("csrf", None)  # a fresh form token for the new sign-in
     session.permanent = False
     # the page is rendered here, not after a redirect: a SameSite=Strict cookie set while arriving from
@@ -197,19 +201,20 @@ def _spend_link(item_id: str, token: str, approver: str) -> None:
 
 @bp.post("/approve/<item_id>")
 def decide(item_id: str) -> Any:
-    approver = session.get("approver")
+    link = session.get("link") or {}
+    token = request.form.get("t") or (link.get("t") if link.get("item") == item_id else None)
+    approver = session.get("approver") or (link.get("approver") if token else None)
     if not approver:
         return _notice(_("Not allowed"), _("Open the approval link from your email first."), 401)
     if not secrets.compare_digest(str(request.form.get("csrf", "")), str(session.get("csrf", ""))):
         return _refuse(item_id, approver, "the form was not sent from the approval page (stale or forged); "
                                           "reload the page and try again")
     decision = request.form.get("decision")
-    link = session.get("link") or {}
-    token = request.form.get("t") or (link.get("t") if link.get("item") == item_id else None)
     try:
         if token:
             _spend_link(item_id, token, approver)
             session.pop("link", None)
+            session["approver"] = approver  # signed in from here on (the approvals list, other items)
     except PermissionDenied as exc:
         return _refuse(item_id, approver, str(exc))
     try:

@@ -136,6 +136,9 @@ def test_wrong_approver_is_refused_and_audited(started: Any, message_factory: An
         from sendguard.store import outbox
         conn.execute(update(outbox).where(outbox.c.id == other).values(approvers=["cfo@example.co.jp"]))
     html = client.get(path_of(approval_link(r, item_id))).get_data(as_text=True)
+    # opening the link alone signs nobody in; deciding the message it was sent for does
+    assert client.post(f"/approve/{other}", data={"csrf": csrf_of(html), "decision": "approve"}).status_code == 401
+    assert client.post(f"/approve/{item_id}", data={"csrf": csrf_of(html), "decision": "approve"}).status_code == 200
     refused = client.post(f"/approve/{other}", data={"csrf": csrf_of(html), "decision": "approve"})
     assert refused.status_code == 403 and "boss@example.co.jp is not an approver" in refused.get_data(as_text=True)
     assert r.helper.outbox.get(other).state == "awaiting_approval"
@@ -299,3 +302,12 @@ def test_link_opened_by_a_mail_scanner_first_still_works_once(started: Any, mess
     for client in (scanner, approver, r.app.test_client()):
         again = client.get(link)
         assert again.status_code == 403 and "already been used" in again.get_data(as_text=True)
+
+
+def test_reloading_the_page_before_deciding_keeps_working(started: Any, message_factory: Any) -> None:
+    r = started
+    item_id = submit_flagged(r, message_factory)
+    client = r.app.test_client()
+    assert client.get(path_of(approval_link(r, item_id))).status_code == 200
+    reloaded = client.get(f"/approve/{item_id}")  # the address bar no longer holds ?t=
+    assert reloaded.status_code == 200 and 'name="decision"' in reloaded.get_data(as_text=True)
