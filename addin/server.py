@@ -44,7 +44,7 @@ from sendguard.i18n import translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import Item, Outbox
 from sendguard.policy import PolicyHolder
-from sendguard.store import Store, domains, helper_tokens, notices, outbox, server_settings
+from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
 from . import create_app
 from .security import ApiError, principal, require
@@ -199,15 +199,8 @@ class ServerOutbox(Outbox):
 
     def record_sent_domains(self, addresses: list[str]) -> None:
         """The helper released a message: its domains are no longer new to the organization."""
-        now = time.time()
         with self.store.transaction() as conn:
-            for domain in sorted({a.rpartition("@")[2].lower() for a in addresses if "@" in a}):
-                row = conn.execute(select(domains.c.domain).where(domains.c.domain == domain)).first()
-                if row is None:
-                    conn.execute(insert(domains).values(domain=domain, first_sent=now, last_sent=now, count=1))
-                else:
-                    conn.execute(update(domains).where(domains.c.domain == domain)
-                                 .values(last_sent=now, count=domains.c.count + 1))
+            self.store.record_sent_domains(conn, addresses, time.time())
 
 
 class CentralService:

@@ -457,15 +457,8 @@ class Outbox:
         )
 
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
-        now = self.clock()
         with self.store.transaction() as conn:
-            for domain in {a.rpartition("@")[2].lower() for a in item.envelope_to}:
-                row = conn.execute(select(domains.c.domain).where(domains.c.domain == domain)).first()
-                if row is None:
-                    conn.execute(insert(domains).values(domain=domain, first_sent=now, last_sent=now, count=1))
-                else:
-                    conn.execute(update(domains).where(domains.c.domain == domain)
-                                 .values(last_sent=now, count=domains.c.count + 1))
+            self.store.record_sent_domains(conn, item.envelope_to, self.clock())
         return self.transition(item.id, ["releasing"], "sent", "released", "sendguard", detail, last_error=None)
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:

@@ -251,5 +251,15 @@ class Store:
             conn.execute(_INSERT_AUDIT, rows)
             conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": prev})
 
+    def record_sent_domains(self, conn: Connection, addresses: list[str], now: float) -> None:
+        """Inside the caller's transaction: these recipients' domains have now been sent to."""
+        for domain in sorted({a.rpartition("@")[2].lower() for a in addresses if "@" in a}):
+            row = conn.execute(select(domains.c.domain).where(domains.c.domain == domain)).first()
+            if row is None:
+                conn.execute(insert(domains).values(domain=domain, first_sent=now, last_sent=now, count=1))
+            else:
+                conn.execute(update(domains).where(domains.c.domain == domain)
+                             .values(last_sent=now, count=domains.c.count + 1))
+
     def close(self) -> None:
         self.engine.dispose()
