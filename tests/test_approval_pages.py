@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import SAMPLE_POLICY, smtp_send, wait_for
+from conftest import CHROMIUM, CHROMIUM_ARGS, SAMPLE_POLICY, smtp_send, wait_for
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from sendguard import audit
@@ -210,9 +210,7 @@ def test_approve_in_a_real_browser(started: Any, message_factory: Any) -> None:
     item_id = submit_flagged(r, message_factory)
     link = approval_link(r, item_id)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(link)
