@@ -219,19 +219,8 @@ def test_authorized_user_import_without_browser(env, tmp_path, google, monkeypat
     from google_auth_oauthlib.flow import InstalledAppFlow
 
     monkeypatch.setattr(InstalledAppFlow, "run_local_server", lambda *a, **k: pytest.fail("no browser flow"))
-    token = google.issue_refresh_token(["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY])
     path = tmp_path / "authorized_user.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "authorized_user",
-                "client_id": google.client_id,
-                "client_secret": google.client_secret,
-                "refresh_token": token,
-                "token_uri": google.token_uri,
-            }
-        )
-    )
+    token = google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY], typed=True)
     result = CliRunner().invoke(
         gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
     )
@@ -620,18 +609,8 @@ def test_headless_machine_keeps_the_token_in_the_encrypted_file(env, tmp_path, g
 
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     keyring.set_keyring(fail.Keyring())  # no OS keyring, as on a headless Linux server
-    token = google.issue_refresh_token(["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY])
     path = tmp_path / "authorized_user.json"
-    path.write_text(
-        json.dumps(
-            {
-                "client_id": google.client_id,
-                "client_secret": google.client_secret,
-                "refresh_token": token,
-                "token_uri": google.token_uri,
-            }
-        )
-    )
+    token = google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY])
     result = CliRunner().invoke(
         gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
     )

@@ -62,18 +62,8 @@ class Outbox:
 @pytest.fixture
 def service(google, tmp_path):
     """A Gmail account with the drafts feature (admin-provisioned token) and a stand-in core service."""
-    token = google.issue_refresh_token(["openid", gmail.IDENTITY_SCOPES[1], COMPOSE, READONLY])
     path = tmp_path / "user.json"
-    path.write_text(
-        json.dumps(
-            {
-                "client_id": google.client_id,
-                "client_secret": google.client_secret,
-                "refresh_token": token,
-                "token_uri": google.token_uri,
-            }
-        )
-    )
+    google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], COMPOSE, READONLY])
     result = CliRunner().invoke(
         gmail.add_command,
         ["--address", ADDR, "--authorized-user", str(path), "--drafts", "--api-endpoint", google.url],

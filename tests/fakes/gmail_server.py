@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Callable
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -180,6 +181,15 @@ class FakeGoogle:
             "client_id": self.client_id,
             "revoked": False,
         }
+        return token
+
+    def write_authorized_user(self, path: Path, scopes: list[str], *, typed: bool = False) -> str:
+        """Write google-auth's authorized-user JSON for a new refresh token (as an admin would); returns it."""
+        token = self.issue_refresh_token(scopes)
+        data = {"type": "authorized_user"} if typed else {}
+        data.update(client_id=self.client_id, client_secret=self.client_secret, refresh_token=token,
+                    token_uri=self.token_uri)
+        path.write_text(json.dumps(data))
         return token
 
     def revoke_all(self) -> None:
