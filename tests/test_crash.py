@@ -125,3 +125,14 @@ def test_crash_during_smtp_relay_release_needs_attention(home, setup):
         assert len(sink.messages) == 1
     finally:
         relay.stop()
+
+
+def test_maildir_find_sent_reads_the_header_not_forwarded_copies(tmp_path):
+    from sendguard.mailboxes.base import ReleaseItem
+
+    box = MaildirMailbox(tmp_path / "sent")
+    forwarded = (b"From: a@example.co.jp\r\nTo: b@x.example\r\nMessage-ID: <outer@example.co.jp>\r\n\r\n"
+                 b"Forwarded:\r\nMessage-ID: <inner@example.co.jp>\r\n")
+    box.release(ReleaseItem("o1", "<outer@example.co.jp>", forwarded, "a@example.co.jp", ("b@x.example",)))
+    assert box.find_sent("<outer@example.co.jp>") is True
+    assert box.find_sent("<inner@example.co.jp>") is False

@@ -35,7 +35,7 @@ class MaildirMailbox:
 
     def release(self, item: ReleaseItem) -> ReleaseReceipt:
         try:
-            box = self._maildir()
+            self._maildir()  # creates new/, cur/, tmp/ when missing
             key = self._key(item.outbox_id)
             tmp = self.path / "tmp" / f"{key}.{os.getpid()}"
             final = self.path / "new" / key
@@ -52,26 +52,27 @@ class MaildirMailbox:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-            del box
         except OSError as exc:
             if exc.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise TransientError(f"the Maildir {self.path} is full: free some disk space") from None
             raise PermanentError(f"cannot write to the Maildir {self.path}: {exc.strerror}") from None
         return ReleaseReceipt("maildir", {"path": str(final)})
 
-    def find_sent(self, message_id: str, outbox_id: str | None = None) -> bool | None:
-        if outbox_id:
-            return (self.path / "new" / self._key(outbox_id)).exists() or any(
-                (self.path / "cur").glob(self._key(outbox_id) + "*"))
+    def find_sent(self, message_id: str) -> bool | None:
+        """True when a delivered file carries this Message-ID in its header (not merely in its body,
+        where a forwarded copy of another message would hold that message's id)."""
+        wanted = message_id.strip().lower()
         for sub in ("new", "cur"):
             folder = self.path / sub
             if not folder.is_dir():
                 continue
             for file in folder.iterdir():
                 with open(file, "rb") as fh:
-                    head = fh.read(65536)
-                if message_id.encode() in head:
-                    return True
+                    head = fh.read(65536).split(b"\n\n", 1)[0].decode("utf-8", "replace")
+                for line in head.split("\n"):
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "message-id" and value.strip().lower() == wanted:
+                        return True
         return False
 
     def messages(self) -> list[Path]:
