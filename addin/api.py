@@ -73,9 +73,6 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
         data["expires_at"] = item.expires_at
         data["audit"] = [{k: r[k] for k in ("seq", "ts", "event", "actor", "data")}
                          for r in audit.records(service().store, item.id)]
-        body = (item.check or {}).get("body_excerpt")
-        if body:
-            data["body_excerpt"] = body
     return data
 
 
