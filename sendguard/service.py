@@ -144,9 +144,10 @@ class Helper:
         while not self._stop.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
+            poll = time.monotonic() - last_poll > 15
             try:
-                self.tick(poll_held=time.monotonic() - last_poll > 15)
-                if time.monotonic() - last_poll > 15:
+                self.tick(poll_held=poll)
+                if poll:
                     last_poll = time.monotonic()
             except Exception:
                 log.exception("worker tick failed")
