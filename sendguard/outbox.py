@@ -532,11 +532,13 @@ def _hostname() -> str:
     return name if "." in name else f"{name}.local"
 
 
+_HEADER_SCAN_LIMIT = 1024 * 1024
+
+
 def _header_message_id(raw: bytes) -> str:
     """The Message-ID from the header block, read without parsing the whole message."""
-    end = raw.find(b"\r\n\r\n")
-    end2 = raw.find(b"\n\n")
-    cut = min(x for x in (end, end2, len(raw)) if x >= 0)
+    limit = min(len(raw), _HEADER_SCAN_LIMIT)  # never scan a large body for the blank line
+    cut = min(x for x in (raw.find(b"\r\n\r\n", 0, limit), raw.find(b"\n\n", 0, limit), limit) if x >= 0)
     head = raw[:cut].decode("utf-8", "replace")
     lines = head.replace("\r\n", "\n").split("\n")
     for index, line in enumerate(lines):
