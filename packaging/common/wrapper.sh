@@ -1,10 +1,8 @@
 #!/bin/sh
 # SendGuard command line (installed by the SendGuard @KIND@). Runs the helper from @PREFIX@/venv.
 #
-# The admin policy is pinned to the file the installer wrote: platformdirs would otherwise look in the
-# first directory of $XDG_CONFIG_DIRS, which some desktops set to another folder.
-SENDGUARD_ADMIN_POLICY='@POLICY@'
-export SENDGUARD_ADMIN_POLICY
+# The machine-wide policy is pinned by the installer's marker in that venv
+# (@PREFIX@/venv/sendguard-install.toml): no environment variable of the user's can move it.
 
 if [ ! -x '@PREFIX@/venv/bin/sendguard' ]; then
     echo "sendguard: not set up yet: @PREFIX@/venv is missing; @REPAIR@" >&2

@@ -2,11 +2,11 @@
 # Install SendGuard @VERSION@ on macOS, for every user of the Mac (run with sudo, or from your MDM).
 #
 #   sudo ./install.sh [--python PATH] [--wheelhouse DIR] [--no-trust] [--prefix DIR]
+#   (the .pkg's postinstall runs it as @PREFIX@/share/install.sh --from-pkg)
 #
 # Machine-wide: the venv @PREFIX@/venv with the bundled wheel and its requirements, the command
-# /usr/local/bin/sendguard, the admin policy in platformdirs' site config directory (by default
-# @POLICY_DIR@), and the LaunchAgent /Library/LaunchAgents/@LABEL@.plist that
-# starts `sendguard serve` at every user's login. For the user logged in now it also loads the
+# /usr/local/bin/sendguard, the admin policy in the root-owned folder @POLICY_DIR@, and the
+# LaunchAgent /Library/LaunchAgents/@LABEL@.plist that starts `sendguard serve` at every user's login. For the user logged in now it also loads the
 # agent and trusts the helper's local CA (`sendguard addin certs install --trust`).
 #
 # --prefix DIR installs under DIR as if it were / (every path, the wrapper's and the agent's too) and
@@ -19,8 +19,9 @@ WHEELHOUSE=""
 TRUST=1
 PREFIX_ROOT=""
 PIP_EXTRA=""
+FROM_PKG=0
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -29,6 +30,7 @@ while [ $# -gt 0 ]; do
     --no-trust) TRUST=0; shift ;;
     --prefix) PREFIX_ROOT="$2"; shift 2 ;;
     --no-deps) PIP_EXTRA="--no-deps"; shift ;;  # tests: install the wheel alone
+    --from-pkg) FROM_PKG=1; shift ;;  # the payload is in place; the policy came with it
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -86,23 +88,31 @@ if [ -z "$PIP_EXTRA" ]; then
 fi
 "$VENV/bin/python" -m pip install "$@" --no-deps --force-reinstall "$APP/@WHEEL@" || fail_pip
 
-# The policy goes where the installed Python's platformdirs says SendGuard reads it (a Homebrew
-# Python uses its own prefix); without an answer, the python.org default.
-POLICY_DIR=$(env -u SENDGUARD_ADMIN_POLICY -u XDG_CONFIG_DIRS "$VENV/bin/python" -c \
-    'from sendguard import paths; print(paths.admin_policy_file().parent)' 2>/dev/null || true)
-[ -n "$POLICY_DIR" ] || POLICY_DIR='@POLICY_DIR@'
+# The machine-wide policy lives in a root-owned folder (never a Homebrew prefix a user may write to);
+# the marker in the venv pins it for every user, whatever their environment says.
+POLICY_DIR='@POLICY_DIR@'
 POLICY="$PREFIX_ROOT$POLICY_DIR/policy.toml"
-if [ -f "$HERE/policy.toml" ]; then
-    mkdir -p "$(dirname "$POLICY")"
+mkdir -p "$PREFIX_ROOT$POLICY_DIR"
+if [ "$FROM_PKG" = 0 ] && [ -f "$HERE/policy.toml" ]; then
     cp "$HERE/policy.toml" "$POLICY"
-    chmod 644 "$POLICY"
     echo "SendGuard: admin policy installed: $POLICY"
 fi
+if [ -z "$PREFIX_ROOT" ]; then
+    chown root:wheel "$PREFIX_ROOT$POLICY_DIR" "$VENV"
+    [ -f "$POLICY" ] && chown root:wheel "$POLICY"
+fi
+chmod 755 "$PREFIX_ROOT$POLICY_DIR"
+[ -f "$POLICY" ] && chmod 644 "$POLICY"
+cat >"$VENV/sendguard-install.toml" <<MARKER
+# Written by the SendGuard macOS installer. Do not edit: reinstall instead.
+admin_policy = "$POLICY_DIR/policy.toml"
+MARKER
+chmod 644 "$VENV/sendguard-install.toml"
 
 mkdir -p "$APP/bin" "$BIN_DIR" "$AGENTS"
 # The command: the wrapper below with this install's paths filled in.
 sed_escape() { printf '%s' "$1" | sed 's/[#&\\]/\\&/g'; }
-sed -e "s#%%POLICY%%#$(sed_escape "$POLICY")#g" -e "s#%%APP%%#$(sed_escape "$APP")#g" \
+sed -e "s#%%APP%%#$(sed_escape "$APP")#g" \
     >"$APP/bin/sendguard" <<'WRAPPER'
 @WRAPPER@WRAPPER
 chmod 755 "$APP/bin/sendguard"

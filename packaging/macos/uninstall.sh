@@ -6,9 +6,7 @@ PREFIX_ROOT=""
 [ "${1:-}" = --prefix ] && PREFIX_ROOT="$2"
 APP="$PREFIX_ROOT@PREFIX@"
 PLIST="$PREFIX_ROOT/Library/LaunchAgents/@LABEL@.plist"
-POLICY_DIR=$(env -u SENDGUARD_ADMIN_POLICY -u XDG_CONFIG_DIRS "$APP/venv/bin/python" -c \
-    'from sendguard import paths; print(paths.admin_policy_file().parent)' 2>/dev/null || true)
-[ -n "$POLICY_DIR" ] || POLICY_DIR='@POLICY_DIR@'
+POLICY_DIR='@POLICY_DIR@'
 if [ -z "$PREFIX_ROOT" ]; then
     CONSOLE_USER=$(stat -f %Su /dev/console 2>/dev/null || true)
     if [ -n "$CONSOLE_USER" ] && [ "$CONSOLE_USER" != root ]; then
