@@ -237,3 +237,31 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__ if k != "regex"}
     return value
+
+
+def doctor_entries(user_path: Path) -> list[dict[str, Any]]:
+    """``sendguard doctor`` lines: which machine policy is in force and where each setting came from."""
+    from . import paths
+    from .errors import SendGuardError
+
+    why_text = {"installer": "pinned by the installer's marker", "system": "the system folder",
+                "environment": "SENDGUARD_ADMIN_POLICY (no machine policy installed)", "xdg": "XDG_CONFIG_DIRS"}
+    try:
+        admin_path, why = paths.admin_policy_source()
+        import os
+
+        detail = f"{admin_path} ({why_text[why]}{'' if admin_path.exists() else '; not present'})"
+        env = os.environ.get("SENDGUARD_ADMIN_POLICY")
+        if env and why in ("installer", "system") and Path(env) != admin_path:
+            detail += f"; SENDGUARD_ADMIN_POLICY={env} is ignored"
+        managed_names = [s.name for s in sources()]
+        if managed_names:
+            detail += "; managed: " + ", ".join(managed_names)
+        out: list[dict[str, Any]] = [{"check": "machine policy", "ok": True, "detail": detail}]
+        for entry in provenance(user_path, admin_path):
+            out.append({"check": "policy value", "ok": True,
+                        "detail": f"{entry['key']} = {json.dumps(entry['value'], ensure_ascii=False)}: {entry['source']}",
+                        **entry})
+        return out
+    except SendGuardError as exc:
+        return [{"check": "machine policy", "ok": False, "detail": str(exc)}]
