@@ -549,6 +549,9 @@ def doctor(ctx: Context, as_json: bool) -> None:
         add("policy", True, f"{pol.source}; internal domains: {', '.join(pol.internal_domains) or 'none set'}")
     except SendGuardError as exc:
         add("policy", False, str(exc))
+    from . import managed  # where the machine policy and each setting come from (installers, #15)
+
+    report.extend(managed.doctor_entries(paths.policy_file()))
     try:
         counts = ctx.outbox.counts()
         add("database", True, f"{paths.database_file()} {counts}")
