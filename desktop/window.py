@@ -32,6 +32,7 @@ from sendguard.outbox import Item
 log = logging.getLogger(__name__)
 
 TITLE = "SendGuard"
+SYNC_SECONDS = 0.3  # how often the window re-reads the outbox (changes from other processes show within 1 s)
 WINDOW_STRINGS = (_("Confirm before sending"), _("Held for approval"), _("Released after approval"),
                   _("{subject} waits for approval by {approvers}."), _("{subject} was approved and sent."),
                   _("Save the message as"))
@@ -92,6 +93,7 @@ class ConfirmWindows:
         self.ui: Any = None  # MainThread invoker, when Qt is up
         self.pending: list[str] = []  # ids awaiting confirmation, oldest first
         self.current: str | None = None
+        self.current_state: str | None = None  # the state of ``current`` the page was last told about
         self.deciding: set[str] = set()  # decided in this window: the page shows the outcome until "finished"
         self.visible = False
         self.quitting = False
@@ -99,6 +101,7 @@ class ConfirmWindows:
         self._emit = emit
         self._token: str | None = None
         self._thread: threading.Thread | None = None
+        self._synced_at = 0.0
 
     # ------------------------------------------------------------------ plumbing
     def emit(self, event: str, **data: Any) -> None:
@@ -156,8 +159,13 @@ class ConfirmWindows:
         self.emit("loaded")
         self._present_next()
         while not self.quitting:
-            kind, value = self.events.get()
             try:
+                kind, value = self.events.get(timeout=SYNC_SECONDS)
+            except queue.Empty:
+                kind, value = "sync", None
+            try:
+                if kind != "stop" and time.monotonic() - self._synced_at >= SYNC_SECONDS:
+                    self._sync()
                 if kind == "item":
                     self._item_changed(value)
                 elif kind == "finished":
@@ -174,30 +182,47 @@ class ConfirmWindows:
                 self.emit("error", message=str(exc))
 
     def _item_changed(self, item: Item) -> None:
-        if item.state == "awaiting_confirmation":
-            if item.id not in self.pending:
-                self.pending.append(item.id)
-            if self.current is None:
-                self._present_next()
-            else:
-                self._update_counter()
-        elif item.id in self.pending:
-            self.pending.remove(item.id)
-            if item.id == self.current and item.id not in self.deciding:
-                # decided elsewhere (browser, CLI): move on, unless the page shows its own result
-                self.current = None
-                self._present_next()
-            else:
-                self._update_counter()
+        self._sync()
         self._notify(item)
         self._tray_count()
 
+    def _sync(self) -> None:
+        """Bring the window in line with the outbox, whoever changed it (this process, the CLI, the
+        browser page, an approver, expiry, another process): the database is the truth, read every
+        ``SYNC_SECONDS`` and at once on a change made in this process."""
+        self._synced_at = time.monotonic()
+        waiting = sorted(self.runner.helper.outbox.list(["awaiting_confirmation"]), key=lambda i: i.created_at)
+        ids = [i.id for i in waiting]
+        added = [i for i in ids if i not in self.pending]
+        before = list(self.pending)
+        self.pending = [i for i in self.pending if i in ids] + added
+        if self.current is not None:
+            state = self.current_state
+            try:
+                state = self.runner.helper.outbox.get(self.current).state
+            except Exception:  # gone from the store: the page keeps what it shows
+                log.warning("message %s on screen is no longer in the outbox", self.current)
+            if state != self.current_state:
+                result = self.api("GET", f"/api/v1/outbox/{self.current}")
+                if result["status"] == 200:
+                    self.current_state = state
+                    self.window.evaluate_js(f"SG.changed({json.dumps(result['body'], ensure_ascii=False)})")
+                    self.emit("changed", id=self.current, state=state)
+        if self.current is None and added:
+            self._present_next()
+        elif self.pending != before:
+            self._update_counter()
+            self._tray_count()
+
     def _finished(self, item_id: str) -> None:
+        """The page is done with ``item_id`` (its result was read or the undo ran out): show the next one."""
         self.deciding.discard(item_id)
-        if item_id in self.pending:
-            self.pending.remove(item_id)
-        if self.current == item_id:
-            self.current = None
+        if self.current != item_id:
+            return
+        self.current = None
+        self.current_state = None
+        self._sync()
+        self.pending = [i for i in self.pending if i != item_id]
         self._present_next()
         self._tray_count()
 
@@ -209,6 +234,7 @@ class ConfirmWindows:
                 self.window.evaluate_js("SG.idle()")
                 self.emit("hidden")
             self.current = None
+            self.current_state = None
             return
         item_id = self.pending[0]
         result = self.api("GET", f"/confirm/{item_id}/data")
@@ -221,6 +247,7 @@ class ConfirmWindows:
         payload["queue"] = {"index": 1, "total": len(self.pending)}
         rendered = self.window.evaluate_js(f"SG.show({json.dumps(payload, ensure_ascii=False)})")
         self.current = item_id
+        self.current_state = payload["item"]["state"]
         self.window.set_title(self._title())
         self.emit("rendered", id=item_id, rows=rendered)
         if not self.visible or force:
@@ -245,7 +272,9 @@ class ConfirmWindows:
     def _update_counter(self) -> None:
         if self.current is None:
             return
-        self.window.evaluate_js(f"SG.counter(1, {len(self.pending)})")
+        # the message on screen counts as one, waiting or not
+        total = len(self.pending) + (0 if self.current in self.pending else 1)
+        self.window.evaluate_js(f"SG.counter(1, {total})")
         self.window.set_title(self._title())
 
     def _tray_count(self) -> None:
