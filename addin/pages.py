@@ -67,6 +67,8 @@ UI_STRINGS = (
     _("Undone: the message was not sent."),
     _("Save it as .eml to send it again later."),
     _("Too late to undo: {error}"),
+    _("This message needs approval, but no approver is configured for it, so Send will be refused until your "
+      "administrator sets [approval] approvers. You can cancel it or keep it open until then."),
     # flag names and what they mean (tooltips)
     _("external"), _("trusted"), _("new_domain"), _("lookalike"), _("display_name_mismatch"), _("blocked"),
     _("idn"), _("personal_data"), _("keyword"), _("executable"), _("archive"), _("encrypted"),

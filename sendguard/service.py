@@ -53,6 +53,7 @@ class Helper:
         self._pending_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._last_purge = 0.0
+        self._routed_policy: object = None
         self.paused = False
 
     # ------------------------------------------------------------------ mailboxes
@@ -161,6 +162,10 @@ class Helper:
             if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
                 self.outbox.process(item.id)
         self.outbox.expire_due()
+        policy = self.policy.get()
+        if policy is not self._routed_policy:  # approvers may have changed: re-route held messages
+            self._routed_policy = policy
+            self.outbox.reroute_approvals(policy)
         if time.monotonic() - self._notices_at > 2.0:
             self._notices_at = time.monotonic()
             try:
