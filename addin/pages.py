@@ -69,6 +69,7 @@ UI_STRINGS = (
     _("Too late to undo: {error}"),
     _("This message needs approval, but no approver is configured for it, so Send will be refused until your "
       "administrator sets [approval] approvers. You can cancel it or keep it open until then."),
+    _("Resume guard"), _("Pause guard"), _("Quit SendGuard"), _("Your administrator does not allow pausing SendGuard"),
     # flag names and what they mean (tooltips)
     _("external"), _("trusted"), _("new_domain"), _("lookalike"), _("display_name_mismatch"), _("blocked"),
     _("idn"), _("personal_data"), _("keyword"), _("executable"), _("archive"), _("encrypted"),

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -74,6 +75,14 @@ class Bridge:
         self._manager.events.put(("finished", item_id))
         return True
 
+    def pause(self, paused: bool) -> dict[str, Any]:
+        """Pause or resume releasing (the window's menu bar, where there is no tray)."""
+        return self._manager.set_paused(bool(paused))
+
+    def quit(self) -> bool:
+        self._manager.quit()
+        return True
+
     def painted(self, item_id: str, times: dict[str, Any] | None = None) -> bool:
         """The page became visible and painted a frame (``times``: the page's own clock, ms)."""
         times = times if isinstance(times, dict) else {}
@@ -102,6 +111,19 @@ class ConfirmWindows:
         self._token: str | None = None
         self._thread: threading.Thread | None = None
         self._synced_at = 0.0
+
+    @property
+    def has_tray(self) -> bool:
+        return self.tray is not None and getattr(self.tray, "icon", None) is not None
+
+    def set_paused(self, paused: bool) -> dict[str, Any]:
+        from .tray import pause_locked
+
+        if paused and pause_locked(self.runner):
+            return {"paused": False, "locked": True}
+        self.runner.helper.paused = paused
+        log.info("guard %s", "paused" if paused else "resumed")
+        return {"paused": paused, "locked": False}
 
     # ------------------------------------------------------------------ plumbing
     def emit(self, event: str, **data: Any) -> None:
@@ -154,6 +176,8 @@ class ConfirmWindows:
         self.window.events.loaded.wait(30)
         try:
             self.window.evaluate_js("SG.warm(200)")
+            if not self.has_tray:  # no tray on this desktop: the window carries Pause and Quit itself
+                self.window.evaluate_js(f"SG.controls({json.dumps({'paused': bool(self.runner.helper.paused)})})")
         except Exception:
             log.exception("the confirmation page did not load")
         self.emit("loaded")
@@ -347,7 +371,20 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
         if on_started is not None:
             on_started(manager)
 
-    webview.start(started, gui="qt", private_mode=True)
+    # Ctrl-C and SIGTERM end the helper cleanly (held mail stays held; callers' cleanup runs). Python
+    # handles signals only between bytecodes, so a timer hands it the main thread now and then.
+    from qtpy import QtCore
+
+    previous = {sig: signal.signal(sig, lambda *_: manager.quit()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ticker = QtCore.QTimer()
+    ticker.timeout.connect(lambda: None)
+    ticker.start(200)
+    try:
+        webview.start(started, gui="qt", private_mode=True)
+    finally:
+        ticker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     manager.quitting = True
     manager.events.put(("stop", None))
 

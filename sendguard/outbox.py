@@ -41,6 +41,11 @@ FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
 CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
                "needs_attention")
 MAX_BACKOFF = 1800.0
+# what a refused transition tried to do, said as a verb ("cannot cancel it now")
+_VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as sent", "releasing": "release",
+          "retry_requested": "send again", "expired": "expire", "verdict": "check", "failed": "fail",
+          "approval_requested": "hold for approval", "approval_rerouted": "re-route", "reconciled": "reconcile",
+          "approved": "approve", "rejected": "reject"}
 
 
 _INSERT_ITEM = insert(outbox)
@@ -212,7 +217,8 @@ class Outbox:
             if row is None:
                 raise NotFound(f"no message {item_id!r} in the outbox (see `sendguard queue list`)")
             if row.state not in allowed:
-                raise StateError(f"message {item_id} is {row.state}: cannot {event.replace('_', ' ')} it now")
+                verb = _VERBS.get(event, event.replace("_", " "))
+                raise StateError(f"message {item_id} is {row.state}: cannot {verb} it now")
             conn.execute(update(outbox).where(outbox.c.id == item_id)
                          .values(state=to, updated_at=self.clock(), **values))
             self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to, **(data or {})},
