@@ -33,6 +33,7 @@ from sendguard.outbox import Item
 log = logging.getLogger(__name__)
 
 TITLE = "SendGuard"
+PREWARM_MS = 400  # how long the window stays mapped off screen at start-up (first paint and compositor set-up)
 SYNC_SECONDS = 0.3  # how often the window re-reads the outbox (changes from other processes show within 1 s)
 WINDOW_STRINGS = (_("Confirm before sending"), _("Held for approval"), _("Released after approval"),
                   _("{subject} waits for approval by {approvers}."), _("{subject} was approved and sent."),
@@ -180,6 +181,7 @@ class ConfirmWindows:
                 self.window.evaluate_js(f"SG.controls({json.dumps({'paused': bool(self.runner.helper.paused)})})")
         except Exception:
             log.exception("the confirmation page did not load")
+        self._prewarm_show()
         self.emit("loaded")
         self._present_next()
         while not self.quitting:
@@ -280,6 +282,36 @@ class ConfirmWindows:
             if self.ui is not None:
                 self.ui.call(self._raise)
         self.emit("shown", id=item_id)
+
+    def _prewarm_show(self) -> None:
+        """Map the window once, off screen, at start-up: the first show of a never-shown Qt WebEngine
+        view sets up its surfaces and compositor (hundreds of ms), which must not fall on the first
+        message. Nothing appears on screen; the window is hidden again before any message is shown."""
+        if self.ui is None or self.pending:
+            return
+        done = threading.Event()
+
+        def step() -> None:
+            from qtpy import QtCore
+            from webview.platforms.qt import BrowserView
+
+            view = BrowserView.instances.get(self.window.uid)
+            if view is None:
+                done.set()
+                return
+            where = view.pos()
+            view.move(-20000, -20000)
+            view.show()
+
+            def back() -> None:
+                view.hide()
+                view.move(where)
+                done.set()
+
+            QtCore.QTimer.singleShot(PREWARM_MS, back)
+
+        self.ui.call(step)
+        done.wait(5)
 
     def _raise(self) -> None:
         from webview.platforms.qt import BrowserView

@@ -168,3 +168,28 @@ def test_doctor_is_read_only_and_finds_problems(tmp_path: Path) -> None:
     assert report["policy"]["fix"]
     assert report["helper"]["status"] == "warn" and "sendguard serve" in report["helper"]["fix"]
     assert sorted(p.name for p in fresh.iterdir()) == ["policy.toml"]
+
+
+# ---------------------------------------------------------------------- 20: make run and its log
+def test_make_run_installs_the_runtime_only(tmp_path: Path) -> None:
+    plan = subprocess.run(["make", "-n", "run", f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    installs = [line for line in plan.stdout.splitlines() if "pip install" in line and " -e " in line]
+    assert installs and all("[desktop]" in line and "dev" not in line for line in installs), plan.stdout
+
+
+def test_serve_log_is_quiet_and_plain(serve_process, home: Path) -> None:
+    (home / "policy.toml").write_text(POLICY, encoding="utf-8")
+    serve = serve_process().start()
+    smtp_send(serve.smtp_port, make_message(to="x@partner.example"))
+    assert run_cli("queue", "list").returncode == 0
+    import urllib.request
+
+    urllib.request.urlopen(f"http://127.0.0.1:{serve.api_port}/healthz", timeout=10).read()
+    time.sleep(1)
+    serve.stop()
+    log = (home / "serve.log").read_text(encoding="utf-8", errors="replace")
+    assert "SendGuard is running" in log
+    assert "\x1b[" not in log  # no raw colour codes
+    assert "mail.log" not in log and "EHLO" not in log and "RCPT" not in log  # no line per SMTP command
+    assert "GET /healthz" not in log  # no line per HTTP request

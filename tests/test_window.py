@@ -224,3 +224,15 @@ def test_every_message_gets_working_buttons_and_outside_decisions_show(window: W
     window.evaluate("document.getElementById('next').click()")
     window.wait("shown", id=third)
     assert window.evaluate("document.getElementById('counter').hidden") is True
+
+
+def test_without_a_tray_the_window_offers_pause_and_quit(window: WindowProcess) -> None:
+    """Issue #11 item 8: Xvfb has no system tray: Pause and Quit are in the window itself."""
+    item_id = submit(window.ready["smtp_port"], "tray", ["a@partner.example"], attachment=False)
+    window.wait("shown", id=item_id)
+    assert window.evaluate("document.getElementById('helper-controls').hidden") is False
+    assert window.evaluate("document.getElementById('quit').textContent") == "Quit SendGuard"
+    window.evaluate("document.getElementById('pause').click()")
+    wait_until(lambda: window.evaluate("document.getElementById('pause').getAttribute('aria-pressed')") == "true")
+    window.evaluate("document.getElementById('quit').click()")
+    window.proc.wait(20)  # the helper ends; the message stays held for next time
