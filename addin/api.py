@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -66,6 +67,9 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
         if item.source == "outlook":
             decision["removed_attachments"] = decision["removed_attachment_refs"]
     data["decision"] = decision
+    if item.state == "confirmed" and not (item.decision or {}).get("needs_approval"):
+        # the undo window (confirm.hold_seconds) still open, in seconds from now
+        data["release_in"] = max(0.0, round(item.release_after - time.time(), 3))
     if full:
         data["check"] = item.check
         data["reasons"] = item.verdict.get("reasons", [])

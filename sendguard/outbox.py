@@ -25,6 +25,7 @@ from sqlalchemy import func, insert, select, update
 
 from . import checks, faults, message
 from .errors import MessageError, NotFound, StateError
+from .i18n import _
 from .mailboxes.base import AuthError, Mailbox, MailboxError, PermanentError, ReleaseItem, TransientError
 from .policy import Policy
 from .rewrite import Decision, apply
@@ -43,6 +44,11 @@ MAX_BACKOFF = 1800.0
 # Messages up to this size are checked at intake, before their commit; larger ones by the worker
 # afterwards, so one big attachment never delays the 250 of the messages committed beside it.
 INTAKE_CHECK_MAX_BYTES = 1024 * 1024
+# what a refused transition tried to do, said as a verb ("cannot cancel it now")
+_VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as sent", "releasing": "release",
+          "retry_requested": "send again", "expired": "expire", "verdict": "check", "failed": "fail",
+          "approval_requested": "hold for approval", "approval_rerouted": "re-route", "reconciled": "reconcile",
+          "approved": "approve", "rejected": "reject"}
 
 
 _INSERT_ITEM = insert(outbox)
@@ -224,7 +230,8 @@ class Outbox:
             if row is None:
                 raise NotFound(f"no message {item_id!r} in the outbox (see `sendguard queue list`)")
             if row.state not in allowed:
-                raise StateError(f"message {item_id} is {row.state}: cannot {event.replace('_', ' ')} it now")
+                verb = _VERBS.get(event, event.replace("_", " "))
+                raise StateError(f"message {item_id} is {row.state}: cannot {verb} it now")
             conn.execute(update(outbox).where(outbox.c.id == item_id)
                          .values(state=to, updated_at=self.clock(), **values))
             self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to, **(data or {})},
@@ -396,6 +403,12 @@ class Outbox:
             raise StateError(f"message {item_id} cannot be sent: {blocked} is blocked by policy; "
                              "remove it or cancel the message")
         needs_approval = result.action == "approve"
+        if needs_approval and not policy.approvers_for(item.sender):
+            # never a hold that waits for nobody: the sender hears it now and the message stays here
+            raise StateError(self.gettext(_(
+                "This message needs approval, but no approver is configured for {sender}: ask your "
+                "administrator to set [approval] approvers in the policy, then press Send again, or cancel "
+                "it.")).format(sender=item.sender or "?"))
         now = self.clock()
         data = {"removed_recipients": decision.removed_recipients,
                 "removed_attachments": decision.removed_attachments, "bcc": decision.bcc,
@@ -419,6 +432,22 @@ class Outbox:
                 approvers=approvers, expires_at=now + policy.expire_hours * 3600,
             )
         return item
+
+    def reroute_approvals(self, policy: Policy) -> list[Item]:
+        """Held messages follow the policy's approvers: when they change, each waiting message is
+        handed to its new approvers (who are then emailed like any other)."""
+        moved = []
+        for item in self.list(["awaiting_approval"], limit=100_000):
+            wanted = [a.lower() for a in policy.approvers_for(item.sender)]
+            if not wanted or sorted(wanted) == sorted(a.lower() for a in item.approvers):
+                continue
+            try:
+                moved.append(self.transition(item.id, ["awaiting_approval"], "awaiting_approval", "approval_rerouted",
+                                             "policy", {"previous_approvers": item.approvers, "approvers": wanted},
+                                             approvers=wanted))
+            except StateError:  # decided meanwhile
+                continue
+        return moved
 
     def cancel(self, item_id: str, actor: str = "user", reason: str = "") -> Item:
         return self.transition(item_id, CANCELLABLE, "cancelled", "cancelled", actor, {"reason": reason})

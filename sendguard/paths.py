@@ -23,10 +23,15 @@ APP = "SendGuard"
 INSTALL_MARKER = "sendguard-install.toml"
 
 
+def home_path() -> Path:
+    """Where the home is, without creating it (``doctor`` looks and never writes)."""
+    env = os.environ.get("SENDGUARD_HOME")
+    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
 def home() -> Path:
     """The directory holding config.toml, policy.toml, sendguard.db, logs/ and sent/."""
-    env = os.environ.get("SENDGUARD_HOME")
-    path = Path(env).expanduser() if env else Path(platformdirs.user_data_dir(APP, appauthor=False))
+    path = home_path()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

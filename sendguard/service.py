@@ -54,6 +54,7 @@ class Helper:
         self._pending_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._last_purge = 0.0
+        self._routed_policy: object = None
         self.paused = False
 
     # ------------------------------------------------------------------ mailboxes
@@ -140,7 +141,18 @@ class Helper:
         self._wake.set()
 
     # ------------------------------------------------------------------ worker
+    def warm_up(self) -> None:
+        """Check one sample message in memory, so the first real one does not pay for loading the
+        rules' data (public suffixes, confusables, ...): it would delay the first window."""
+        sample = (b"From: warm@example.invalid\r\nTo: someone@warm.example\r\nSubject: warm-up\r\n\r\n"
+                  b"warm-up 4111 1111 1111 1111\r\n")
+        try:
+            self.outbox.evaluate(sample, "warm@example.invalid", ["someone@warm.example"])
+        except Exception:  # warming is best effort; the real check reports its own errors
+            log.debug("warm-up check failed", exc_info=True)
+
     def _run(self) -> None:
+        self.warm_up()
         last_poll = 0.0
         while not self._stop.is_set():
             self._wake.wait(0.25)
@@ -164,6 +176,10 @@ class Helper:
                 if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
                     self.outbox.process(item.id)
         self.outbox.expire_due()
+        policy = self.policy.get()
+        if policy is not self._routed_policy:  # approvers may have changed: re-route held messages
+            self._routed_policy = policy
+            self.outbox.reroute_approvals(policy)
         if time.monotonic() - self._notices_at > 2.0:
             self._notices_at = time.monotonic()
             try:
