@@ -222,7 +222,10 @@ class FakeEWS:
                    if (i.deferred is not None and i.deferred <= now)
                    or (i.deferred is None and (i.queued_at or now) + dt.timedelta(seconds=self.submission_delay) <= now)]
             for item in due:
+                # the Outbox item is gone; the copy in Sent Items is a new item with its own id
                 self._event("DeletedEvent", item)
+                del self.items[item.id]
+                item.id = self._new_id("I")
                 self._submit(item, "ServerTransport", self.folder_by_key("sentitems").id)
             return [i.id for i in due]
 
