@@ -37,6 +37,7 @@ from .mailboxes.base import (
 )
 from .policy import Policy
 from .rewrite import Decision, apply
+from .sources import source_label
 from .store import Store, audit, domains, now_iso, outbox
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Item:
             "id": self.id,
             "state": self.state,
             "source": self.source,
+            "source_label": source_label(self.source),
             "from": self.sender,
             "subject": self.subject,
             "recipients": check.get("recipients", [{"address": a} for a in self.envelope_to]),

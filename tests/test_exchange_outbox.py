@@ -266,7 +266,7 @@ def test_the_running_helper_takes_within_its_poll_interval(fake, home):
     assert fake.sends == []
 
 
-def test_queue_list_json_names_the_source(helper, fake):
+def test_cli_and_audit_trail_name_the_outbox_interception(helper, fake):
     from click.testing import CliRunner
 
     from sendguard.cli import main
@@ -276,4 +276,10 @@ def test_queue_list_json_names_the_source(helper, fake):
     result = CliRunner().invoke(main, ["queue", "list", "--json"])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
-    assert row["source"] == "exchange-outbox"
+    assert (row["source"], row["source_label"]) == ("exchange-outbox", "Outbox interception (Exchange)")
+    listing = CliRunner().invoke(main, ["queue", "list"])
+    assert listing.exit_code == 0 and "[Outbox interception (Exchange)]" in listing.output, listing.output
+    shown = CliRunner().invoke(main, ["queue", "show", row["id"]])
+    assert shown.exit_code == 0 and "Came from: Outbox interception (Exchange)" in shown.output, shown.output
+    trail = json.loads(CliRunner().invoke(main, ["queue", "show", row["id"], "--json"]).output)["audit"]
+    assert trail[0]["event"] == "received" and trail[0]["data"]["source"] == "exchange-outbox"
