@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # the account sets ``outbox_poll_seconds``. The worst case from an item appearing in the Outbox to it
 # being taken is this interval plus one look (a FindItem/list and a move: well under a second on a
 # healthy server), so any deferred time above that is enough; a one-minute defer rule leaves ample room.
+# On EWS a streaming subscription on the Outbox wakes the watch at once as well (``outbox_streaming``);
+# the polling stays, so a lost notification costs at most one interval.
 OUTBOX_POLL_SECONDS = 5.0
 MIN_OUTBOX_POLL_SECONDS = 1.0
 MISSED_SCAN_SECONDS = 60.0  # how often Sent Items is checked for deferred mail the server sent itself
@@ -66,6 +68,9 @@ class Helper:
         self._missed_at: dict[str, float] = {}  # account -> monotonic time of the last Sent Items check
         self._missed_since: dict[str, float] = {}  # account -> epoch lower bound for the next check
         self._intake_lock = threading.Lock()
+        self._watch_wake = threading.Event()
+        self._intake_pending: set[str] = set()  # accounts with items moved out of the Outbox, not yet taken in
+        self._streams: list[threading.Thread] = []
         self._last_purge = 0.0
         self.paused = False
 
@@ -100,6 +105,13 @@ class Helper:
         if self.outbox_accounts():
             self._watcher = threading.Thread(target=self._watch_forever, name="sendguard-outbox-watch", daemon=True)
             self._watcher.start()
+            for account in self.outbox_accounts():
+                streams = hasattr(registry.connector_class(account.kind), "stream_outbox_changes")
+                if streams and account.settings.get("outbox_streaming", True):
+                    thread = threading.Thread(target=self._stream_forever, args=(account,), daemon=True,
+                                              name=f"sendguard-outbox-stream-{account.name}")
+                    thread.start()
+                    self._streams.append(thread)
         if self.sync:
             self.sync.start()
         return self
@@ -107,6 +119,7 @@ class Helper:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._watch_wake.set()
         if self.sync:
             self.sync.stop()
         if self.smtp:
@@ -238,7 +251,29 @@ class Helper:
                 self.watch_outboxes()
             except Exception:
                 log.exception("Outbox watch failed")
-            self._stop.wait(0.25)
+            self._watch_wake.wait(0.25)
+            self._watch_wake.clear()
+
+    def _stream_forever(self, account: configmod.Account) -> None:
+        """Keep a streaming subscription on the account's Outbox open; each notification makes the watch
+        look at once. When streaming fails (or the server does not offer it) polling carries on alone and
+        streaming is tried again later. Blocked in a read at stop: the thread is a daemon."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                box = registry.connector_class(account.kind).outbox_watcher(account, self.home, role="outbox-stream")
+                box.stream_outbox_changes(lambda: self.outbox_changed(account.name), minutes=1)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - polling covers for it; say why once per failure
+                failures += 1
+                log.info("no streaming notifications from the Outbox of %s (%s); polling every %.0f s", account.name,
+                         exc, self.outbox_poll_seconds(account))
+                self._stop.wait(min(300.0, 15.0 * failures))
+
+    def outbox_changed(self, account_name: str) -> None:
+        """Something arrived in an account's Outbox: look at it now, not at the next poll."""
+        self._watched_at.pop(account_name, None)
+        self._watch_wake.set()
 
     def watch_outboxes(self, force: bool = False) -> int:
         """Look at every watched Outbox that is due (all of them with ``force``); returns items taken."""
@@ -262,9 +297,12 @@ class Helper:
             return 0
         try:
             taken = box.watch_outbox()
-            if taken:
+            if taken or account.name in self._intake_pending:
+                # out of the Outbox already; a failed intake is tried again at the next look
+                self._intake_pending.add(account.name)
                 with self._intake_lock:
                     self._take_in(box, box.fetch_held())
+                self._intake_pending.discard(account.name)
             self._return_unsent(box, account)
             self._check_missed(box, account)
         except MailboxError as exc:

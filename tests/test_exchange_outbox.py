@@ -258,6 +258,7 @@ def test_the_running_helper_takes_within_its_poll_interval(fake, home):
         while not helper.outbox.list() and time.monotonic() < deadline:
             time.sleep(0.1)
         (item,) = helper.outbox.list()
+        item = helper.outbox.wait(item.id, ["received"], 10)  # taken in; the check runs right after
         assert item.source == "exchange-outbox" and item.state == "awaiting_confirmation"
         assert outbox_ids(fake) == []
     finally:
@@ -283,3 +284,45 @@ def test_cli_and_audit_trail_name_the_outbox_interception(helper, fake):
     assert shown.exit_code == 0 and "Came from: Outbox interception (Exchange)" in shown.output, shown.output
     trail = json.loads(CliRunner().invoke(main, ["queue", "show", row["id"], "--json"]).output)["audit"]
     assert trail[0]["event"] == "received" and trail[0]["data"]["source"] == "exchange-outbox"
+
+
+def test_streaming_notifications_wake_the_watch_long_before_the_next_poll(fake, home):
+    """With a two-minute poll, only the streaming subscription can take the item within the minute."""
+    configure(home, fake, outbox_poll_seconds=120)
+    helper = Helper(home)
+    helper.notifier = lambda title, body: None
+    helper.start(smtp=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not fake.streams_open and time.monotonic() < deadline:  # first look done, stream connected
+            time.sleep(0.05)
+        assert fake.streams_open == 1 and "GetStreamingEvents" in fake.requests
+        time.sleep(0.3)
+        fake.outlook_send(message(), defer_seconds=60)
+        deadline = time.monotonic() + 45
+        while not helper.outbox.list() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (item,) = helper.outbox.list()
+        assert item.source == "exchange-outbox" and outbox_ids(fake) == []
+    finally:
+        helper.stop()
+    fake.advance(120)
+    assert fake.sends == []
+
+
+def test_streaming_refused_polling_still_takes(fake, home):
+    configure(home, fake, outbox_poll_seconds=1)
+    fake.fail_next("GetStreamingEvents", "ErrorSubscriptionNotFound", times=50)  # streaming never works here
+    helper = Helper(home)
+    helper.notifier = lambda title, body: None
+    helper.start(smtp=False)
+    try:
+        fake.outlook_send(message(), defer_seconds=60)
+        deadline = time.monotonic() + 30
+        while not helper.outbox.list() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (item,) = helper.outbox.list()
+        assert item.source == "exchange-outbox" and fake.streams_open == 0
+        assert "GetStreamingEvents" in fake.requests
+    finally:
+        helper.stop()

@@ -87,6 +87,7 @@ AUTH_TYPES = {"ntlm": NTLM, "basic": BASIC, "oauth": OAUTH2, "auto": None}
 HELD_FIELDS = ("mime_content", "message_id", "subject", "categories", "to_recipients", "cc_recipients",
                "bcc_recipients", "author", "deferred_send_time")
 OUTBOX_SOURCE = "exchange-outbox"
+CONNECTIONS = 4  # per server and sign-in: release, hold/Outbox watch, Outbox stream, one spare
 
 
 class DeferredSendTime(ExtendedProperty):
@@ -129,6 +130,8 @@ class _TokenCredentials(OAuth2AuthorizationCodeCredentials):
 
 _INSTANCES: dict[tuple, ExchangeMailbox] = {}
 _INSTANCES_LOCK = threading.Lock()
+_WATCHERS: dict[tuple, ExchangeMailbox] = {}  # Outbox watch and stream connectors (outbox_watcher)
+_WATCHERS_LOCK = threading.Lock()
 
 
 class ExchangeMailbox:
@@ -160,6 +163,7 @@ class ExchangeMailbox:
         self._subscription: tuple[str, str] | None = None  # (id, watermark)
         self._last_scan = 0.0
         self._outbox_moved = False  # items were moved from the Outbox into the hold folder: look there
+        self._stream_subscription: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -179,18 +183,21 @@ class ExchangeMailbox:
             return box
 
     @classmethod
-    def outbox_watcher(cls, account: AccountConfig, home: Path) -> ExchangeMailbox:
-        """A second connector for the same account, with its own connection and lock, for the Outbox
-        watch: a long release (a large attachment) on the main connector never delays a take."""
+    def outbox_watcher(cls, account: AccountConfig, home: Path, role: str = "outbox-watch") -> ExchangeMailbox:
+        """Another connector for the same account, with its own lock, for the Outbox watch (and, with
+        ``role="outbox-stream"``, for the streaming connection that wakes it): a long release (a large
+        attachment) on the main connector never delays a take."""
         password = None if account.settings.get("auth") == "oauth" else secrets.get(account.secret_key("password"))
         key = (str(home), account.name, account.address, repr(sorted(account.settings.items())),
-               hashlib.sha256((password or "").encode()).hexdigest(), "outbox-watch")
-        with _INSTANCES_LOCK:
-            box = _INSTANCES.get(key)
+               hashlib.sha256((password or "").encode()).hexdigest(), role)
+        # kept apart from _INSTANCES: from_account replaces those, and must never wait for (or close) a
+        # watcher that is in the middle of a long streaming call
+        with _WATCHERS_LOCK:
+            box = _WATCHERS.get(key)
             if box is None:
-                for old in [k for k in _INSTANCES if k[:2] == key[:2] and k[-1:] == ("outbox-watch",)]:
-                    _INSTANCES.pop(old).close()
-                box = _INSTANCES[key] = cls._build(account, password)
+                for old in [k for k in _WATCHERS if k[:2] == key[:2] and k[-1] == role]:
+                    del _WATCHERS[old]  # settings or password changed; its connection ends with it
+                box = _WATCHERS[key] = cls._build(account, password)
             return box
 
     @classmethod
@@ -233,6 +240,10 @@ class ExchangeMailbox:
             account = Account(self.address, config=config, autodiscover=False, access_type=DELEGATE,
                               default_timezone=UTC)
         account.protocol.TIMEOUT = self.timeout
+        # exchangelib shares one protocol (and its connection pool, one connection by default) between all
+        # connectors of the same server and sign-in: the release, the Outbox watch and its streaming
+        # connection each need their own, or a long release or an open stream would hold up a take.
+        account.protocol.max_connections = max(account.protocol.max_connections or 1, CONNECTIONS)
         self._account = account
         return account
 
@@ -370,7 +381,6 @@ class ExchangeMailbox:
         changed = self._changed_since_last_look(account)
         if not (changed or self._outbox_moved):
             return []
-        self._outbox_moved = False
         hold = self._hold_folder(account)
         candidates = []
         for folder, needs_category in ((hold, False), (account.drafts, True)):
@@ -382,6 +392,7 @@ class ExchangeMailbox:
                     continue
                 candidates.append((item.id, item.changekey))
         self._last_scan = time.monotonic()
+        self._outbox_moved = False  # the scan that sees what was moved has been made
         if not candidates:
             return []
         held = []
@@ -437,6 +448,27 @@ class ExchangeMailbox:
             self._outbox_moved = True
             log.info("took %d deferred item(s) out of the Outbox of %s", taken, self.address)
         return taken
+
+    def stream_outbox_changes(self, on_change, minutes: int = 1) -> None:
+        """Hold a streaming subscription on the Outbox open for up to ``minutes`` and call ``on_change()``
+        whenever an item is created, changed or moved there, so the watch looks at once instead of at its
+        next poll. Returns when the server closes the connection; raises MailboxError when streaming
+        fails (the caller keeps polling and tries again later)."""
+
+        def stream(account: Account) -> None:
+            if self._stream_subscription is None:
+                self._stream_subscription = account.outbox.subscribe_to_streaming(
+                    event_types=("CreatedEvent", "ModifiedEvent", "MovedEvent", "CopiedEvent"))
+            for notification in account.outbox.get_streaming_events(self._stream_subscription,
+                                                                    connection_timeout=minutes):
+                if any(type(event).__name__ != "StatusEvent" for event in notification.events):
+                    on_change()
+
+        try:
+            self._call("waiting for Outbox notifications", stream)
+        except MailboxError:
+            self._stream_subscription = None  # lapsed or refused: subscribe again next time
+            raise
 
     def return_to_drafts(self, ref: str) -> bool:
         """A cancelled Outbox item goes back to Drafts, without its deferred time or our category, so

@@ -229,6 +229,8 @@ class MsalTokenSource:
 
 _INSTANCES: dict[tuple, GraphMailbox] = {}
 _INSTANCES_LOCK = threading.Lock()
+_WATCHERS: dict[tuple, GraphMailbox] = {}  # Outbox watch connectors (outbox_watcher)
+_WATCHERS_LOCK = threading.Lock()
 
 
 class GraphMailbox:
@@ -269,11 +271,11 @@ class GraphMailbox:
         the Outbox watch: a long release (an upload session) never delays a take."""
         main = cls.from_account(account, home)
         key = (str(home), account.name, account.address, repr(sorted(account.settings.items())), "outbox-watch")
-        with _INSTANCES_LOCK:
-            box = _INSTANCES.get(key)
+        with _WATCHERS_LOCK:
+            box = _WATCHERS.get(key)
             if box is None or box.tokens is not main.tokens:
                 s = account.settings
-                box = _INSTANCES[key] = cls(
+                box = _WATCHERS[key] = cls(
                     account.name, account.address, main.tokens, endpoint=main.endpoint,
                     session=_session(s.get("ca_bundle")), hold_folder=main.hold_folder_name, timeout=main.timeout)
             return box

@@ -2,7 +2,8 @@
 
 It answers the operations exchangelib issues for SendGuard's connector (ConvertId for version and
 auth probing, GetFolder, FindFolder, CreateFolder, FindItem, GetItem, CreateItem, UpdateItem,
-SendItem, MoveItem, DeleteAttachment, Subscribe, GetEvents, Unsubscribe) with the element names,
+SendItem, MoveItem, DeleteAttachment, Subscribe (pull and streaming), GetEvents, GetStreamingEvents,
+Unsubscribe) with the element names,
 namespaces and response envelopes of the EWS schema (messages.xsd / types.xsd) as exchangelib parses them.
 
 The Outbox behaves as Exchange's does: an item submitted with a future ``PidTagDeferredSendTime``
@@ -23,6 +24,7 @@ import email
 import email.policy
 import itertools
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import getaddresses, make_msgid
@@ -159,6 +161,9 @@ class FakeEWS:
         self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
         self.submission_delay = 0.0  # how long an item without a deferred time stays in the Outbox
         self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
+        self.changed = threading.Condition(self.lock)  # notified on every event (streaming subscriptions)
+        self.stream_seconds = 60.0  # a streaming connection closes after min(ConnectionTimeout, this)
+        self.streams_open = 0
         for key, (name, _parent, cls) in DISTINGUISHED.items():
             fid = self._new_id("F")
             self.folders[fid] = Folder(fid, name, None, cls, distinguished=key)
@@ -275,8 +280,10 @@ class FakeEWS:
         return base64.b64encode(b"AAMkA" + raw).decode()
 
     def _event(self, kind: str, item: Item) -> None:
-        seq = len(self.events) + 1
-        self.events.append((seq, kind, item.id, item.folder))
+        with self.lock:
+            seq = len(self.events) + 1
+            self.events.append((seq, kind, item.id, item.folder))
+            self.changed.notify_all()
 
     def _item_from_mime(self, raw: bytes, folder_id: str) -> Item:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
@@ -418,6 +425,9 @@ class FakeEWS:
                 version = rsv.get("Version", version)
         self.requests.append(operation)
         failure = self._take_failure(operation)
+        if operation == "GetStreamingEvents" and not failure:
+            self._stream(handler, content, version)
+            return
         if failure:
             kind, detail = failure
             if kind == "unauthorized":
@@ -454,6 +464,69 @@ class FakeEWS:
             handler.connection.shutdown(2)
             return
         handler._send(status, xml, {"Content-Type": "text/xml; charset=utf-8"})
+
+    # ------------------------------------------------------------------ streaming notifications
+    def _stream(self, handler, content, version: str) -> None:
+        """GetStreamingEvents: one chunked HTTP answer holding a SOAP envelope per batch of events, then
+        one with ConnectionStatus Closed when the connection timeout is over (as Exchange does)."""
+        sub_ids = [e.text for e in content.find(_q("m:SubscriptionIds"))]
+        minutes = int(content.findtext(_q("m:ConnectionTimeout")) or 1)
+        deadline = time.monotonic() + min(minutes * 60.0, self.stream_seconds)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/xml; charset=utf-8")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def chunk(data: bytes) -> None:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            handler.wfile.flush()
+
+        def doc(status: str, notifications: str = "", error: ResponseError | None = None) -> bytes:
+            if error is not None:
+                message = self._error_message("GetStreamingEvents", error)
+            else:
+                message = ('<m:GetStreamingEventsResponseMessage ResponseClass="Success"><m:ResponseCode>NoError'
+                           f"</m:ResponseCode>{notifications}<m:ConnectionStatus>{status}</m:ConnectionStatus>"
+                           "</m:GetStreamingEventsResponseMessage>")
+            return self._envelope("GetStreamingEvents", message, version)
+
+        try:
+            with self.lock:
+                subs = {sid: self.subscriptions.get(sid) for sid in sub_ids}
+                seen = len(self.events)
+            if any(sub is None for sub in subs.values()):
+                chunk(doc("Closed", error=ResponseError("ErrorSubscriptionNotFound",
+                                                        "The specified subscription was not found.")))
+                handler.wfile.write(b"0\r\n\r\n")
+                return
+            with self.lock:
+                self.streams_open += 1
+            try:
+                chunk(doc("OK"))
+                while not self._stopped.is_set() and time.monotonic() < deadline:
+                    with self.changed:
+                        if len(self.events) == seen:
+                            self.changed.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                        new, seen = self.events[seen:], len(self.events)
+                    parts = []
+                    for sid, sub in subs.items():
+                        events = "".join(
+                            f'<t:{kind}><t:TimeStamp>{_ews_time(self.now())}</t:TimeStamp><t:ItemId Id="{iid}" '
+                            f'ChangeKey="CQAAAA=="/><t:ParentFolderId Id="{fid}" ChangeKey="AQAAAA=="/></t:{kind}>'
+                            for _seq, kind, iid, fid in new if fid in sub["folders"])
+                        if events:
+                            parts.append(f"<m:Notification><t:SubscriptionId>{sid}</t:SubscriptionId>{events}"
+                                         "</m:Notification>")
+                    if parts:
+                        chunk(doc("OK", "<m:Notifications>" + "".join(parts) + "</m:Notifications>"))
+                chunk(doc("Closed"))
+                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+            finally:
+                with self.lock:
+                    self.streams_open -= 1
+        except OSError:  # the client went away
+            handler.close_connection = True
 
     # ------------------------------------------------------------------ envelopes
     @staticmethod
