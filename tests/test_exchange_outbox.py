@@ -20,7 +20,7 @@ import pytest
 from sendguard import config as config_mod
 from sendguard import secrets
 from sendguard.mailboxes import _retry
-from sendguard.mailboxes.exchange import HOLD_FOLDER, TAKEN_CATEGORY
+from sendguard.mailboxes.exchange import HOLD_FOLDER, TAKEN_CATEGORY, ExchangeMailbox
 from sendguard.service import Helper
 from tests.fakes.ews_server import FakeEWS
 from tests.test_exchange import ADDRESS, message
@@ -326,3 +326,33 @@ def test_streaming_refused_polling_still_takes(fake, home):
         assert "GetStreamingEvents" in fake.requests
     finally:
         helper.stop()
+
+
+def test_killed_between_the_take_and_the_intake_the_item_is_taken_in_after_restart(fake, home):
+    """kill -9 right after MoveItem: the item waits in the hold folder with its deferred time and is
+    taken in (as an Outbox item) by the restarted helper; the server never sends it."""
+    configure(home, fake)
+    first = Helper(home)
+    first.notifier = lambda title, body: None
+    first.poll_held()  # the hold folder exists
+    first.stop()
+    fake.outlook_send(message(), defer_seconds=60)
+    box = ExchangeMailbox(
+        "work", ADDRESS, server=fake.url, username="user", password="secret")
+    assert box.watch_outbox() == 1  # moved, and then the process died before anything was recorded
+    box.close()
+    fake.advance(120)
+    assert fake.sends == []
+
+    restarted = Helper(home)
+    restarted.notifier = lambda title, body: pytest.fail("nothing was missed")
+    try:
+        restarted.poll_held()
+        (item,) = restarted.outbox.list()
+        assert (item.source, item.state) == ("exchange-outbox", "awaiting_confirmation")
+        restarted.outbox.confirm(item.id)
+        assert restarted.outbox.release(item.id).state == "sent"
+    finally:
+        restarted.stop()
+    (sent,) = fake.sends
+    assert sent.operation == "UpdateItem" and sent.deferred is None
