@@ -27,6 +27,7 @@ from .i18n import _, translator
 from .mailboxes.registry import CONNECTORS
 from .outbox import STATES, Item, Outbox
 from .runtime import confirm_url
+from .sources import source_label
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -262,7 +263,8 @@ def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: b
     for i in items:
         rcpts = ", ".join(r["address"] for r in i.summary()["recipients"][:3])
         more = len(i.summary()["recipients"]) - 3
-        click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}")
+        click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}"
+                   f"  [{source_label(i.source, ctx.gettext())}]")
 
 
 @queue.command("show")
@@ -279,6 +281,7 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
         return
     gettext = ctx.gettext()
     click.echo(f"{item.id}  {item.state}")
+    click.echo(f"{gettext('Came from')}: {source_label(item.source, gettext)}")
     if item.check and item.check.get("recipients") is not None and "from" in item.check:
         click.echo(render_check(item.check, gettext))
     if item.last_error:

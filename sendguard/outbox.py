@@ -12,6 +12,7 @@ transport what happened to anything found in ``releasing``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import threading
@@ -26,10 +27,19 @@ from sqlalchemy import func, insert, select, update
 from . import checks, faults, message
 from .errors import MessageError, NotFound, StateError
 from .i18n import _
-from .mailboxes.base import AuthError, Mailbox, MailboxError, PermanentError, ReleaseItem, TransientError
+from .mailboxes.base import (
+    AuthError,
+    Mailbox,
+    MailboxError,
+    MissedItem,
+    PermanentError,
+    ReleaseItem,
+    TransientError,
+)
 from .policy import Policy
 from .rewrite import Decision, apply
-from .store import Store, domains, now_iso, outbox
+from .sources import source_label
+from .store import Store, audit, domains, now_iso, outbox
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,10 @@ FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
 CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
                "needs_attention")
 MAX_BACKOFF = 1800.0
+# Items taken from a server-side Outbox: when they end without being sent, the user gets them back as
+# drafts (``returns_due`` / ``mark_returned``).
+OUTBOX_SOURCES = ("exchange-outbox", "graph-outbox")
+NOT_SENT_STATES = ("cancelled", "rejected", "expired")
 # Messages up to this size are checked at intake, before their commit; larger ones by the worker
 # afterwards, so one big attachment never delays the 250 of the messages committed beside it.
 INTAKE_CHECK_MAX_BYTES = 1024 * 1024
@@ -131,6 +145,7 @@ class Item:
             "id": self.id,
             "state": self.state,
             "source": self.source,
+            "source_label": source_label(self.source),
             "from": self.sender,
             "subject": self.subject,
             "recipients": check.get("recipients", [{"address": a} for a in self.envelope_to]),
@@ -585,6 +600,74 @@ class Outbox:
                 self.store.append_audit(conn, "purged", "sendguard", None,
                                         {"count": result.rowcount, "retention_days": retention_days})
         return result.rowcount or 0
+
+    # ------------------------------------------------------------------ Outbox interception bookkeeping
+    def knows_message(self, message_id: str) -> bool:
+        """Whether any outbox item (any source, any state) carries this Message-ID."""
+        with self.store.engine.connect() as conn:
+            return conn.execute(select(outbox.c.id).where(outbox.c.message_id == message_id).limit(1)).first() \
+                is not None
+
+    def watch_started(self, account: str) -> float:
+        """When SendGuard first watched this account's Outbox (recorded once in the audit log): what the
+        server sent before then was never SendGuard's to take."""
+        with self.store.transaction() as conn:
+            rows = conn.execute(select(audit.c.data).where(audit.c.event == "outbox_watch_started")).all()
+            for (data,) in rows:
+                record = json.loads(data)
+                if record.get("account") == account:
+                    return float(record["at"])
+            now = self.clock()
+            self.store.append_audit(conn, "outbox_watch_started", "sendguard", None, {"account": account, "at": now},
+                                    ts=now)
+            return now
+
+    def record_missed(self, missed: MissedItem, source: str, account: str) -> Item | None:
+        """Record a message the server sent from the Outbox at its deferred time without SendGuard (the
+        helper was not running, or the deferred time was shorter than the watch interval): an item in
+        ``sent`` with a ``missed`` audit record, so `queue list`, the window and the audit trail show it.
+        Nothing is ever sent again. None when the Message-ID is already known."""
+        if self.knows_message(missed.message_id):
+            return None
+        now = self.clock()
+        item_id = new_id()
+        note = ("sent by the mail server at its deferred time while SendGuard was not watching: "
+                "it was not checked")
+        values = {"id": item_id, "state": "sent", "source": source, "source_ref": None, "account": account,
+                  "owner": "", "envelope_from": "", "envelope_to": list(missed.recipients),
+                  "message_id": missed.message_id, "sender": "", "subject": missed.subject, "raw": missed.raw or None,
+                  "release_after": 0.0, "attempts": 0, "created_at": missed.sent_at, "updated_at": now,
+                  "purged": 0, "last_error": note}
+        if missed.raw:
+            try:
+                parsed = message.parse(missed.raw, "", missed.recipients)
+                values.update(sender=parsed.sender, owner=parsed.sender, envelope_from=parsed.sender)
+            except MessageError:
+                pass
+        with self.store.transaction() as conn:
+            conn.execute(_INSERT_ITEM, [values])
+            self.store.append_audit(conn, "missed", source, item_id, {
+                "to": "sent", "source": source, "account": account, "message_id": missed.message_id,
+                "sent_at": missed.sent_at, "deferred_until": missed.deferred_until,
+                "recipients": list(missed.recipients), "reason": note}, ts=now)
+            self.store.record_sent_domains(conn, list(missed.recipients), now)
+        self._notify(item_id)
+        return self.get(item_id)
+
+    def returns_due(self) -> list[Item]:
+        """Items taken from a server Outbox that ended unsent and are not yet back in the user's Drafts."""
+        returned = select(audit.c.item_id).where(audit.c.event == "returned_to_drafts", audit.c.item_id.isnot(None))
+        query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
+            outbox.c.source.in_(OUTBOX_SOURCES), outbox.c.state.in_(NOT_SENT_STATES),
+            outbox.c.source_ref.isnot(None), outbox.c.id.not_in(returned))
+        with self.store.engine.connect() as conn:
+            return [Item.from_row(r) for r in conn.execute(query).all()]
+
+    def mark_returned(self, item_id: str, found: bool, actor: str = "sendguard") -> None:
+        """Record that a cancelled Outbox item went back to Drafts (or was no longer there to return)."""
+        with self.store.transaction() as conn:
+            self.store.append_audit(conn, "returned_to_drafts", actor, item_id, {"found": found}, ts=self.clock())
+        self._notify(item_id)
 
 
 def _sha256(data: bytes) -> str:
