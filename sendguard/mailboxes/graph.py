@@ -136,7 +136,10 @@ class MsalTokenSource:
                     timeout=self.timeout)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
-                                     "your mail stays held.", retry_after=30) from None
+                                     "your mail stays held.") from None
+            except msal.exceptions.MsalServiceError as e:  # 5xx/429 from discovery: the service is down
+                raise TransientError(f"The sign-in service {self.authority} is not answering ({e}); "
+                                     "your mail stays held.") from None
             except ValueError as e:
                 raise PermanentError(f"The sign-in authority {self.authority} is not usable: {e}") from None
         return self._app
@@ -170,7 +173,10 @@ class MsalTokenSource:
                 result = app.acquire_token_silent_with_error(self.scopes, accounts[0], force_refresh=force_refresh)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
-                                     "your mail stays held.", retry_after=30) from None
+                                     "your mail stays held.") from None
+            except msal.exceptions.MsalServiceError as e:
+                raise TransientError(f"The sign-in service {self.authority} is not answering ({e}); "
+                                     "your mail stays held.") from None
             self._save()
             if not result or "access_token" not in result:
                 error = (result or {}).get("error", "no token")

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.fakes.model import Attachment
+from tests.fakes.outage import Outage
 
 CHUNK = 320 * 1024  # upload sessions take ranges in multiples of 320 KiB (last one excepted)
 
@@ -135,6 +136,7 @@ class FakeGraph:
         self.sends: list[Send] = []
         self.requests: list[str] = []  # "METHOD /path" without query
         self.failures: list[tuple[str, str, dict]] = []
+        self.outage = Outage()  # the whole service (sign-in included) down or slow
         self.access_tokens: dict[str, float] = {}  # token -> expiry (epoch)
         self.refresh_tokens: set[str] = set()
         self.token_lifetime = 3600
@@ -145,6 +147,7 @@ class FakeGraph:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self._original_context: ssl.SSLContext | None = None
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     # ------------------------------------------------------------------ control API
@@ -178,6 +181,21 @@ class FakeGraph:
         with self.lock:
             for _ in range(times):
                 self.failures.append((route, kind, detail))
+
+    def change_certificate(self) -> None:
+        """The server now presents a certificate from another CA (a TLS-inspecting proxy, a mistake, an
+        attack): a client that trusts ``ca_file`` must refuse it. ``restore_certificate`` undoes it."""
+        other = Path(self.tmp.name) / "other"
+        other.mkdir(exist_ok=True)
+        _ca, cert, key = make_tls(other)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self._original_context = self._original_context or self.httpd.socket.context
+        self.httpd.socket.context = context
+
+    def restore_certificate(self) -> None:
+        if self._original_context is not None:
+            self.httpd.socket.context = self._original_context
 
     def revoke(self) -> None:
         """The admin revoked the user's sessions: every access and refresh token stops working."""
@@ -311,6 +329,15 @@ class FakeGraph:
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
         line = f"{h.command} {path}"
         is_identity = "/oauth2/" in path or "/.well-known/" in path
+        outage = self.outage.gate()
+        if outage == "drop":
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        if outage == "503":
+            h.reply(503, {"error": {"code": "ServiceUnavailable", "message": "The service is unavailable."}},
+                    {"Retry-After": str(self.outage.retry_after)})
+            return
         if not is_identity:
             self.requests.append(line)
         failure = None if is_identity else self._take_failure(line)
