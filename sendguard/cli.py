@@ -262,6 +262,8 @@ def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: b
         rcpts = ", ".join(r["address"] for r in i.summary()["recipients"][:3])
         more = len(i.summary()["recipients"]) - 3
         click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}")
+        if i.waiting_for:
+            click.echo(f"    {i.waiting_for}")
 
 
 @queue.command("show")
@@ -316,6 +318,8 @@ def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
     """Cancel a held message; it is kept (as cancelled) and can be exported."""
     item = ctx.outbox.cancel(item_id, actor=f"cli:{_whoami()}")
     echo_json(item.summary()) if as_json else click.echo(f"{item.id}: {item.state}")
+    if not as_json and item.last_error and "could not tell" in item.last_error:
+        click.echo(f"! {item.last_error}", err=True)
 
 
 @queue.command("resolve")
@@ -325,7 +329,7 @@ def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
 @pass_ctx
 @user_errors
 def queue_resolve(ctx: Context, item_id: str, went_out: bool | None) -> None:
-    """Settle a message that needs attention (a release interrupted where the transport cannot tell)."""
+    """Settle an interrupted send: one that needs attention, or one SendGuard is still asking about."""
     if went_out is None:
         raise click.ClickException("say --sent (it went out) or --resend (send it again)")
     item = ctx.outbox.resolve(item_id, went_out, actor=f"cli:{_whoami()}")
