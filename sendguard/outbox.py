@@ -26,7 +26,15 @@ from sqlalchemy import func, insert, select, update
 from . import checks, faults, message
 from .errors import MessageError, NotFound, StateError
 from .mailboxes import _retry
-from .mailboxes.base import AuthError, Mailbox, MailboxError, PermanentError, ReleaseItem, TransientError
+from .mailboxes.base import (
+    AuthError,
+    Mailbox,
+    MailboxError,
+    OutcomeUnknown,
+    PermanentError,
+    ReleaseItem,
+    TransientError,
+)
 from .policy import Policy
 from .rewrite import Decision, apply
 from .store import Store, domains, now_iso, outbox
@@ -473,6 +481,9 @@ class Outbox:
                 mailbox = self.mailbox_for(item)
                 receipt = mailbox.release(self._release_item(item))
                 faults.point("release.after_transport")
+            except OutcomeUnknown as exc:  # it may have gone out and nobody can tell: never send it again
+                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                                       {"error": str(exc), "outcome_unknown": True}, last_error=str(exc))
             except TransientError as exc:
                 return self._failed(item, str(exc), exc.retry_after)
             except AuthError as exc:  # asked again after the user signs in (or at the latest in 10 min)

@@ -276,6 +276,7 @@ class FakeEWS:
                 fake._handle(self, body)
 
             def _send(self, status: int, body: bytes, headers: dict | None = None):
+                fake.outage.linger()
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)

@@ -284,6 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.google.outage.linger()
         self.send_response(status)
         if body is not None and not isinstance(body, bytes):
             self.send_header("Content-Type", "application/json; charset=UTF-8")

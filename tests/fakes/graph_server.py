@@ -146,8 +146,8 @@ class FakeGraph:
         self.httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
+        self.tls, self._cert_pair = context, (cert, key)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self._original_context: ssl.SSLContext | None = None
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     # ------------------------------------------------------------------ control API
@@ -188,14 +188,10 @@ class FakeGraph:
         other = Path(self.tmp.name) / "other"
         other.mkdir(exist_ok=True)
         _ca, cert, key = make_tls(other)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self._original_context = self._original_context or self.httpd.socket.context
-        self.httpd.socket.context = context
+        self.tls.load_cert_chain(cert, key)
 
     def restore_certificate(self) -> None:
-        if self._original_context is not None:
-            self.httpd.socket.context = self._original_context
+        self.tls.load_cert_chain(*self._cert_pair)
 
     def revoke(self) -> None:
         """The admin revoked the user's sessions: every access and refresh token stops working."""
@@ -304,6 +300,7 @@ class FakeGraph:
             def reply(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None,
                       content_type: str = "application/json"):
                 body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+                fake.outage.linger()
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)

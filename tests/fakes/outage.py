@@ -2,8 +2,9 @@
 
 ``fail_next`` on each fake breaks single requests; an ``Outage`` breaks the service as a whole until it
 is lifted: ``down("drop")`` closes every connection without an answer (the peer is gone),
-``down("503")`` answers every request 503 with a Retry-After (sign-in included), ``slow(seconds)`` holds
-every answer back (past the client's timeout). ``hits`` counts requests refused while down.
+``down("503")`` answers every request 503 with a Retry-After (sign-in included), ``slow(seconds)`` does the
+work at once but holds every answer back (past the client's timeout: the client cannot tell whether a
+send went out). ``hits`` counts requests refused or delayed.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ class Outage:
             self.mode, self.delay = None, 0.0
 
     def gate(self) -> str | None:
-        """Called first thing for every request: waits while slow; returns the outage mode (or None)."""
+        """Called first thing for every request: the outage mode (or None)."""
+        with self._lock:
+            if self.mode or self.delay:
+                self.hits += 1
+            return self.mode
+
+    def linger(self) -> None:
+        """Called just before an answer is written: a slow service answers late."""
         delay = self.delay
         if delay:
             time.sleep(delay)
-        with self._lock:
-            if self.mode:
-                self.hits += 1
-            return self.mode
