@@ -530,13 +530,18 @@ def token() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--set-aside-store", "set_aside", is_flag=True,
+              help="Only when the store is damaged: rename it (kept beside, never deleted) so SendGuard starts "
+                   "with an empty one.")
 @pass_ctx
-def doctor(ctx: Context, as_json: bool) -> None:
+def doctor(ctx: Context, as_json: bool, set_aside: bool) -> None:
     """Check the installation: files, policy, database, secrets store, display, accounts."""
     import os
     import shutil
 
     report: list[dict[str, Any]] = []
+    if set_aside:
+        _set_aside_store()
 
     def add(name: str, ok: bool, detail: str) -> None:
         report.append({"check": name, "ok": ok, "detail": detail})
@@ -573,6 +578,28 @@ def doctor(ctx: Context, as_json: bool) -> None:
     else:
         for r in report:
             click.echo(f"[{'ok' if r['ok'] else '!!'}] {r['check']}: {r['detail']}")
+
+
+def _set_aside_store() -> None:
+    """Move a damaged store (and its -wal/-shm) aside, named with the time; refuse on a healthy one."""
+    import time as _time
+
+    from .errors import StoreDamaged
+
+    db = paths.database_file()
+    try:
+        Store(db).close()
+    except StoreDamaged:
+        pass
+    else:
+        raise click.ClickException(f"{db} passes SQLite's integrity check: nothing to set aside")
+    stamp = _time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{db}{suffix}")
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.damaged-{stamp}"))
+    click.echo(f"set aside: {db}.damaged-{stamp} (kept; held messages in it may be recovered with the sqlite3 "
+               f"tool's .recover). SendGuard starts with an empty store; the audit chain starts anew.")
 
 
 def _whoami() -> str:
