@@ -15,6 +15,7 @@ from . import config as configmod
 from . import notify, paths, runtime
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
+from .clock import SteadyClock
 from .config import Config
 from .i18n import translator
 from .mailboxes import _retry, registry
@@ -39,11 +40,14 @@ class Helper:
         self.store = Store(database_url or (self.home / "sendguard.db"))
         _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
                          self.config.retry_inline_wait_seconds)
-        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
+        # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
+        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
+                             gettext=self.gettext)
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
-        self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
-        self.sync = CentralSync(self.outbox, self.central, self.wake) if self.central else None
+        self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central, clock=self.outbox.clock)
+        self.sync = (CentralSync(self.outbox, self.central, self.wake, clock=self.outbox.clock)
+                     if self.central else None)
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
