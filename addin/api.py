@@ -84,8 +84,13 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
 def healthz() -> Any:
     svc = current_app.config.get("SENDGUARD_SERVICE")
     counts = svc.outbox.counts() if svc is not None else {}
-    return jsonify({"status": "ok" if svc is not None else "starting",
-                    "held": sum(n for s, n in counts.items() if s in HELD_STATES)})
+    problem = svc.store.write_problem if svc is not None else None
+    body = {"status": "ok" if svc is not None else "starting",
+            "held": sum(n for s, n in counts.items() if s in HELD_STATES)}
+    if problem is not None:  # mail is not taken in until the store can be written again: the window says so
+        body.update(status="store_unavailable", store={"reason": problem.reason, "message": str(problem)})
+        return jsonify(body), 503
+    return jsonify(body)
 
 
 @bp.get("/api/v1/openapi.json")

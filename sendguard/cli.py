@@ -265,6 +265,8 @@ def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: b
         more = len(i.summary()["recipients"]) - 3
         click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}"
                    f"  [{source_label(i.source, ctx.gettext())}]")
+        if i.waiting_for:
+            click.echo(f"    {i.waiting_for}")
 
 
 @queue.command("show")
@@ -321,6 +323,8 @@ def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
     """Cancel a held message; it is kept (as cancelled) and can be exported."""
     item = ctx.outbox.cancel(item_id, actor=f"cli:{_whoami()}")
     echo_json(item.summary()) if as_json else click.echo(f"{item.id}: {item.state}")
+    if not as_json and item.last_error and "could not tell" in item.last_error:
+        click.echo(f"! {item.last_error}", err=True)
 
 
 @queue.command("resolve")
@@ -330,7 +334,7 @@ def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
 @pass_ctx
 @user_errors
 def queue_resolve(ctx: Context, item_id: str, sent: bool, resend: bool) -> None:
-    """Settle a message that needs attention (a release interrupted where the transport cannot tell)."""
+    """Settle an interrupted send: one that needs attention, or one SendGuard is still asking about."""
     if sent == resend:
         raise click.UsageError("say either --sent (it went out) or --resend (send it again), not both"
                                if sent else "say --sent (it went out) or --resend (send it again)")
@@ -572,12 +576,18 @@ def token() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--set-aside-store", "set_aside", is_flag=True,
+              help="Only when the store is damaged: rename it (kept beside, never deleted) so SendGuard starts "
+                   "with an empty one.")
 @pass_ctx
-def doctor(ctx: Context, as_json: bool) -> None:
+def doctor(ctx: Context, as_json: bool, set_aside: bool) -> None:
     """Diagnose this SendGuard (read-only): files, policies, helper, ports, database, secrets, display.
 
     Exits 1 when something is wrong; each problem comes with what to do."""
     from .doctor import diagnose
+
+    if set_aside:
+        _set_aside_store()
 
     try:  # read-only: paths.home() would create the home
         t = translator(configmod.load(paths.home_path() / "config.toml").language)
@@ -596,6 +606,28 @@ def doctor(ctx: Context, as_json: bool) -> None:
         click.echo(t(_("{count} problem(s) found.")).format(count=problems) if problems else t(_("No problems found.")))
     if any(not f.ok for f in findings):
         sys.exit(1)
+
+
+def _set_aside_store() -> None:
+    """Move a damaged store (and its -wal/-shm) aside, named with the time; refuse on a healthy one."""
+    import time as _time
+
+    from .errors import StoreDamaged
+
+    db = paths.database_file()
+    try:
+        Store(db).close()
+    except StoreDamaged:
+        pass
+    else:
+        raise click.ClickException(f"{db} passes SQLite's integrity check: nothing to set aside")
+    stamp = _time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{db}{suffix}")
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.damaged-{stamp}"))
+    click.echo(f"set aside: {db}.damaged-{stamp} (kept; held messages in it may be recovered with the sqlite3 "
+               f"tool's .recover). SendGuard starts with an empty store; the audit chain starts anew.")
 
 
 def _whoami() -> str:

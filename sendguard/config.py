@@ -45,6 +45,10 @@ class Config:
     retention_days: int = 14
     server_url: str | None = None  # central server; None runs approvals embedded
     server_database: str | None = None  # on the central server's machine: its database URL
+    # [retry]: the one back-off of the helper (sendguard/mailboxes/_retry.py); None keeps its default
+    retry_base_seconds: float | None = None
+    retry_max_seconds: float | None = None
+    retry_inline_wait_seconds: float | None = None
     accounts: list[Account] = field(default_factory=list)
     path: Path | None = None
 
@@ -69,6 +73,7 @@ _SECTIONS = {
     "smtp": {"host": str, "port": int},
     "api": {"host": str, "port": int},
     "server": {"url": str, "database": str},
+    "retry": {"base_seconds": float, "max_seconds": float, "inline_wait_seconds": float},
 }
 
 
@@ -80,6 +85,8 @@ def _known_language(tag: str) -> bool:
 
 
 def _expect(path: Path, text: str, key: str, value: Any, typ: type) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
         raise ConfigError(
@@ -115,7 +122,7 @@ def load(path: Path | None = None) -> Config:
                 if typ is None:
                     raise ConfigError(str(path), f"unknown setting; known: {', '.join(_SECTIONS[key])}",
                                       tomlfile.line_of(text, f"{key}.{sub}"), f"{key}.{sub}")
-                _expect(path, text, f"{key}.{sub}", sub_value, typ)
+                sub_value = _expect(path, text, f"{key}.{sub}", sub_value, typ)
                 setattr(cfg, f"{key}_{sub}", sub_value)
         elif key == "accounts":
             cfg.accounts = _accounts(path, text, value)

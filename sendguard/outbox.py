@@ -27,11 +27,13 @@ from sqlalchemy import func, insert, select, update
 from . import checks, faults, message
 from .errors import MessageError, NotFound, StateError
 from .i18n import _
+from .mailboxes import _retry
 from .mailboxes.base import (
     AuthError,
     Mailbox,
     MailboxError,
     MissedItem,
+    OutcomeUnknown,
     PermanentError,
     ReleaseItem,
     TransientError,
@@ -46,11 +48,10 @@ log = logging.getLogger(__name__)
 STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "rejected",
           "releasing", "sent", "cancelled", "expired", "failed", "needs_attention")
 HELD_STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
-               "needs_attention")
+               "needs_attention", "releasing")
 FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
 CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
                "needs_attention")
-MAX_BACKOFF = 1800.0
 # Items taken from a server-side Outbox: when they end without being sent, the user gets them back as
 # drafts (``returns_due`` / ``mark_returned``).
 OUTBOX_SOURCES = ("exchange-outbox", "graph-outbox")
@@ -63,6 +64,11 @@ _VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as se
           "retry_requested": "send again", "expired": "expire", "verdict": "check", "failed": "fail",
           "approval_requested": "hold for approval", "approval_rerouted": "re-route", "reconciled": "reconcile",
           "approved": "approve", "rejected": "reject"}
+# How long a release may take before anyone else may ask the transport what became of it: longer than
+# any connector's timeouts together, so an item still being sent by a live process is never re-sent.
+RELEASE_LEASE = 900.0
+# last_error of an item in ``releasing`` whose fate SendGuard is still asking the transport about
+WAITING_PREFIX = "Waiting for "
 
 
 _INSERT_ITEM = insert(outbox)
@@ -154,7 +160,17 @@ class Item:
             "updated_at": _iso(self.updated_at),
             "verdict": self.verdict.get("action", "allow"),
             "last_error": self.last_error,
+            "waiting_for": self.waiting_for,
         }
+
+    @property
+    def waiting_for(self) -> str | None:
+        """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
+        if self.state != "releasing":
+            return None
+        if self.last_error and self.last_error.startswith(WAITING_PREFIX):
+            return self.last_error
+        return "Sending now"
 
 
 def _iso(ts: float) -> str:
@@ -177,6 +193,7 @@ class Outbox:
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
+    _reconcile_failures: dict[str, int] = field(default_factory=dict)  # asks in a row, per item
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -465,14 +482,37 @@ class Outbox:
         return moved
 
     def cancel(self, item_id: str, actor: str = "user", reason: str = "") -> Item:
+        item = self.get(item_id)
+        if item.state == "releasing":
+            # an interrupted send SendGuard cannot settle yet: stop asking and never send it again
+            self._check_settleable(item, "cancel")
+            return self.transition(item_id, ["releasing"], "cancelled", "cancelled", actor,
+                                   {"reason": reason, "interrupted_send": True, "may_have_been_sent": True},
+                                   last_error="cancelled while SendGuard could not tell whether it had gone out; "
+                                              "check your Sent mail")
         return self.transition(item_id, CANCELLABLE, "cancelled", "cancelled", actor, {"reason": reason})
 
     def resolve(self, item_id: str, sent: bool, actor: str = "user") -> Item:
-        """For ``needs_attention``: the user says it went out, or asks to send it again."""
+        """For ``needs_attention``, or an interrupted send SendGuard is still asking about: the user says
+        it went out, or asks to send it again."""
+        item = self.get(item_id)
+        allowed = ["needs_attention"]
+        if item.state == "releasing":
+            self._check_settleable(item, "resolve")
+            allowed.append("releasing")
         if sent:
-            return self.transition(item_id, ["needs_attention"], "sent", "released", actor, {"resolved_by_user": True})
-        return self.transition(item_id, ["needs_attention", "failed"], "failed", "retry_requested", actor, {},
+            return self.transition(item_id, allowed, "sent", "released", actor, {"resolved_by_user": True},
+                                   last_error=None)
+        return self.transition(item_id, [*allowed, "failed"], "failed", "retry_requested", actor, {},
                                release_after=0.0)
+
+    def _check_settleable(self, item: Item, what: str) -> None:
+        """A message in ``releasing`` may be settled by the user only once no process is sending it:
+        SendGuard is waiting to learn its fate, or its release lease ran out (the sender died)."""
+        waiting = (item.last_error or "").startswith(WAITING_PREFIX)
+        if not waiting and item.release_after > self.clock():
+            raise StateError(f"message {item.id} is being sent right now: cannot {what} it; see "
+                             f"`sendguard queue show {item.id}` in a moment")
 
     # ------------------------------------------------------------------ release
     def due(self) -> list[Item]:
@@ -501,7 +541,8 @@ class Outbox:
             if item.state == "confirmed" and (item.decision or {}).get("needs_approval"):
                 raise StateError(f"message {item_id} waits for approval")
             item = self.transition(item_id, ["confirmed", "approved", "failed"], "releasing", "releasing",
-                                   "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1)
+                                   "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1,
+                                   release_after=self.clock() + RELEASE_LEASE)
             item = self.get(item_id, with_bodies=True)
             if item.source == "outlook" and not item.approval:
                 # Outlook sends it itself once the add-in sees the decision.
@@ -512,10 +553,13 @@ class Outbox:
                 mailbox = self.mailbox_for(item)
                 receipt = mailbox.release(self._release_item(item))
                 faults.point("release.after_transport")
+            except OutcomeUnknown as exc:  # it may have gone out and nobody can tell: never send it again
+                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                                       {"error": str(exc), "outcome_unknown": True}, last_error=str(exc))
             except TransientError as exc:
                 return self._failed(item, str(exc), exc.retry_after)
-            except AuthError as exc:
-                return self._failed(item, str(exc), 600.0)
+            except AuthError as exc:  # asked again after the user signs in (or at the latest in 10 min)
+                return self._failed(item, str(exc), _retry.delay(item.attempts, cap=min(_retry.CAP, 600.0)))
             except PermanentError as exc:
                 return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
                                        {"error": str(exc), "permanent": True}, last_error=str(exc))
@@ -541,39 +585,98 @@ class Outbox:
         return self.transition(item.id, ["releasing"], "sent", "released", "sendguard", detail, last_error=None)
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
-        backoff = retry_after if retry_after is not None else min(MAX_BACKOFF, 5.0 * (2 ** (item.attempts - 1)))
+        backoff = retry_after if retry_after is not None else _retry.delay(item.attempts)
         return self.transition(item.id, ["releasing"], "failed", "failed", "sendguard",
                                {"error": error, "retry_in": backoff}, last_error=error,
                                release_after=self.clock() + backoff)
 
     def reconcile(self) -> list[Item]:
-        """After a restart: settle everything left in ``releasing`` (and re-check ``received``)."""
-        settled = []
-        for item in self.list(["releasing"]):
-            if item.source == "outlook" and not item.approval:
-                settled.append(self.transition(item.id, ["releasing"], "needs_attention", "reconciled", "sendguard",
-                                               {"found": None}, last_error="interrupted while handing back to Outlook"))
-                continue
-            found: bool | None
-            try:
-                found = self.mailbox_for(item).find_sent(item.message_id) if self.mailbox_for else None
-            except MailboxError as exc:
-                log.warning("cannot reconcile %s yet: %s", item.id, exc)
-                continue
-            if found is True:
-                settled.append(self._sent(item, {"reconciled": True}))
-            elif found is False:
-                settled.append(self.transition(item.id, ["releasing"], "failed", "reconciled", "sendguard",
-                                               {"found": False}, release_after=self.clock(),
-                                               last_error="interrupted before it was sent; sending again"))
-            else:
-                settled.append(self.transition(
-                    item.id, ["releasing"], "needs_attention", "reconciled", "sendguard", {"found": None},
-                    last_error="interrupted while sending; the transport cannot tell whether it went out. "
-                               "Check your Sent mail, then `sendguard queue resolve ID --sent` or `--resend`"))
+        """At start-up: ask about everything left in ``releasing`` (and re-check ``received``).
+
+        Whatever cannot be settled now stays ``releasing`` and is asked about again by the worker
+        (``reconcile_due``) with back-off until the transport answers or the user settles it.
+        """
+        settled = self._reconcile(self.list(["releasing"]))
         for item in self.list(["received"]):
             settled.append(self.process(item.id))
         return settled
+
+    def reconcile_due(self) -> list[Item]:
+        """Every worker turn: interrupted sends whose wait is over (back-off, or a dead sender's lease)."""
+        query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
+            outbox.c.state == "releasing", outbox.c.release_after <= self.clock())
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query.order_by(outbox.c.updated_at)).all()
+        return self._reconcile([Item.from_row(r) for r in rows]) if rows else []
+
+    def _reconcile(self, items: list[Item]) -> list[Item]:
+        settled = []
+        with self._release_lock:  # nothing of ours is mid-send while we ask
+            for item in items:
+                try:
+                    result = self._reconcile_one(item.id)
+                except StateError:  # settled meanwhile by the user or another process
+                    continue
+                if result is not None:
+                    settled.append(result)
+        return settled
+
+    def _reconcile_one(self, item_id: str) -> Item | None:
+        item = self.get(item_id)
+        if item.state != "releasing":
+            return None
+        if item.source == "outlook" and not item.approval:
+            return self.transition(item.id, ["releasing"], "needs_attention", "reconciled", "sendguard",
+                                   {"found": None}, last_error="interrupted while handing back to Outlook")
+        found: bool | None
+        where = f"the account {item.account}" if item.account else "the mail service"
+        try:
+            if self.mailbox_for is None:
+                found = None
+            else:
+                mailbox = self.mailbox_for(item)
+                where = f"{getattr(mailbox, 'kind', 'mail')} account {getattr(mailbox, 'name', '') or where}"
+                found = mailbox.find_sent(item.message_id)
+        except Exception as exc:  # cannot ask now (down, throttled, sign-in refused, a bug): ask again later
+            return self._wait_for_answer(item, where, exc)
+        self._reconcile_failures.pop(item.id, None)
+        if found is True:
+            return self._sent(item, {"reconciled": True})
+        if found is False:
+            return self.transition(item.id, ["releasing"], "failed", "reconciled", "sendguard",
+                                   {"found": False}, release_after=self.clock(),
+                                   last_error="interrupted before it was sent; sending again")
+        return self.transition(
+            item.id, ["releasing"], "needs_attention", "reconciled", "sendguard", {"found": None},
+            last_error="interrupted while sending; the transport cannot tell whether it went out. "
+                       f"Check your Sent mail, then `sendguard queue resolve {item.id} --sent` or `--resend`")
+
+    def _wait_for_answer(self, item: Item, where: str, exc: Exception) -> Item:
+        """Keep the item ``releasing``: say what SendGuard waits for, and when it asks again."""
+        failures = self._reconcile_failures.get(item.id, 0) + 1
+        self._reconcile_failures[item.id] = failures
+        retry_after = getattr(exc, "retry_after", None)
+        wait = _retry.delay(failures) if retry_after is None else max(float(retry_after), _retry.delay(1) / 2)
+        if isinstance(exc, MailboxError):
+            reason = str(exc)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("asking %s about %s failed unexpectedly", where, item.id, exc_info=exc)
+        text = (f"{WAITING_PREFIX}{where} to say whether message {item.id} went out (its send was interrupted). "
+                f"Asking again in {wait:.0f} s; it is not sent again until SendGuard knows. Last answer: "
+                f"{reason} To settle it yourself: `sendguard queue resolve {item.id} --sent` (it went out) "
+                "or `--resend`.")
+        first = not (item.last_error or "").startswith(WAITING_PREFIX)
+        with self.store.transaction() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == item.id, outbox.c.state == "releasing")
+                         .values(release_after=self.clock() + wait, last_error=text))
+            if first:
+                self.store.append_audit(conn, "reconcile_waiting", "sendguard", item.id,
+                                        {"where": where, "error": reason}, ts=self.clock())
+        if first:
+            log.warning("cannot tell yet whether %s went out: %s", item.id, reason)
+        self._notify(item.id)
+        return self.get(item.id)
 
     # ------------------------------------------------------------------ housekeeping
     def expire_due(self) -> list[Item]:

@@ -15,9 +15,10 @@ from . import config as configmod
 from . import notify, paths, runtime
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
+from .clock import SteadyClock
 from .config import Config
 from .i18n import translator
-from .mailboxes import registry
+from .mailboxes import _retry, registry
 from .mailboxes.base import Mailbox, MailboxError
 from .outbox import Item, Outbox
 from .policy import PolicyHolder
@@ -48,11 +49,16 @@ class Helper:
         self.policy.reload()
         self.gettext = translator(self.config.language)
         self.store = Store(database_url or (self.home / "sendguard.db"))
-        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
+        _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
+                         self.config.retry_inline_wait_seconds)
+        # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
+        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
+                             gettext=self.gettext)
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
-        self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
-        self.sync = CentralSync(self.outbox, self.central, self.wake) if self.central else None
+        self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central, clock=self.outbox.clock)
+        self.sync = (CentralSync(self.outbox, self.central, self.wake, clock=self.outbox.clock)
+                     if self.central else None)
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
@@ -97,7 +103,8 @@ class Helper:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, smtp: bool = True, smtp_port: int | None = None) -> Helper:
-        self.outbox.reconcile()
+        """Open the SMTP port and start the worker. Never waits for (or fails on) a mail service: messages
+        left ``releasing`` by a previous run are settled by the worker, asking again until it knows."""
         if smtp:
             port = self.config.smtp_port if smtp_port is None else smtp_port
             handler = SubmissionHandler(self.outbox, self.enqueue)
@@ -186,6 +193,10 @@ class Helper:
     def _run(self) -> None:
         self.warm_up()
         last_poll = 0.0
+        try:
+            self.outbox.reconcile()  # what a previous run left half-done
+        except Exception:
+            log.exception("start-up reconciliation failed; the worker asks again every turn")
         while not self._stop.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
@@ -218,6 +229,7 @@ class Helper:
                 self.notify_approvals()
             except Exception:  # notices never hold up releases; they are retried next round
                 log.exception("approval notices failed")
+        self.outbox.reconcile_due()  # interrupted sends: ask the transport again once their wait is over
         if not self.paused:
             self.outbox.release_due()
         if poll_held:

@@ -48,6 +48,11 @@ class PermanentError(MailboxError):
     """The server refused this message for good (too large, mailbox full, rejected recipient)."""
 
 
+class OutcomeUnknown(MailboxError):
+    """The connection broke after the server may have taken the message, and the server cannot be asked
+    (an SMTP relay after DATA): sending again could send twice, so the user decides."""
+
+
 @dataclass(frozen=True)
 class ReleaseItem:
     """What to send: the final bytes and envelope, after the user's confirmation and any approval."""

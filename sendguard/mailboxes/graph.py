@@ -165,11 +165,21 @@ class MsalTokenSource:
                     instance_discovery=None if host in WELL_KNOWN_AUTHORITY_HOSTS else False,
                     timeout=self.timeout)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
-                                     "your mail stays held.", retry_after=30) from None
+                raise self._unreachable(e) from None
+            except msal.exceptions.MsalServiceError as e:  # 5xx/429 from discovery: the service is down
+                raise TransientError(f"The sign-in service {self.authority} is not answering ({e}); "
+                                     "your mail stays held.") from None
             except ValueError as e:
                 raise PermanentError(f"The sign-in authority {self.authority} is not usable: {e}") from None
         return self._app
+
+    def _unreachable(self, e: Exception) -> TransientError:
+        if isinstance(e, requests.exceptions.SSLError):
+            return TransientError(f"The certificate of the sign-in service {self.authority} is not one SendGuard "
+                                  f"trusts ({e}); if your company changed it, set the account's ca_bundle. Your "
+                                  "mail stays held.")
+        return TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
+                              "your mail stays held.")
 
     def _save(self) -> None:
         if self._cache.has_state_changed:
@@ -199,8 +209,10 @@ class MsalTokenSource:
             try:
                 result = app.acquire_token_silent_with_error(self.scopes, accounts[0], force_refresh=force_refresh)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
-                                     "your mail stays held.", retry_after=30) from None
+                raise self._unreachable(e) from None
+            except msal.exceptions.MsalServiceError as e:
+                raise TransientError(f"The sign-in service {self.authority} is not answering ({e}); "
+                                     "your mail stays held.") from None
             self._save()
             if not result or "access_token" not in result:
                 error = (result or {}).get("error", "no token")
@@ -303,6 +315,12 @@ class GraphMailbox:
             try:
                 r = self.session.request(method, self._url(path), headers=sent_headers, timeout=self.timeout,
                                          **kwargs)
+            except requests.exceptions.SSLError as e:
+                wait = self.backoff.next_delay()
+                raise TransientError(f"The certificate of {self.endpoint} is not one SendGuard trusts ({e}); "
+                                     f"nothing was sent while {what}. If your company changed it, set the "
+                                     f"account's ca_bundle; trying again in {wait:.0f} s. Your mail stays held.",
+                                     retry_after=wait) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 wait = self.backoff.next_delay()
                 raise TransientError(f"Cannot reach Microsoft Graph at {self.endpoint} while {what} "

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.fakes.model import Attachment
+from tests.fakes.outage import Outage
 
 CHUNK = 320 * 1024  # upload sessions take ranges in multiples of 320 KiB (last one excepted)
 
@@ -156,6 +157,7 @@ class FakeGraph:
         self.sends: list[Send] = []
         self.requests: list[str] = []  # "METHOD /path" without query
         self.failures: list[tuple[str, str, dict]] = []
+        self.outage = Outage()  # the whole service (sign-in included) down or slow
         self.access_tokens: dict[str, float] = {}  # token -> expiry (epoch)
         self.refresh_tokens: set[str] = set()
         self.token_lifetime = 3600
@@ -170,6 +172,7 @@ class FakeGraph:
         self.httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
+        self.tls, self._cert_pair = context, (cert, key)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
@@ -206,6 +209,17 @@ class FakeGraph:
         with self.lock:
             for _ in range(times):
                 self.failures.append((route, kind, detail))
+
+    def change_certificate(self) -> None:
+        """The server now presents a certificate from another CA (a TLS-inspecting proxy, a mistake, an
+        attack): a client that trusts ``ca_file`` must refuse it. ``restore_certificate`` undoes it."""
+        other = Path(self.tmp.name) / "other"
+        other.mkdir(exist_ok=True)
+        _ca, cert, key = make_tls(other)
+        self.tls.load_cert_chain(cert, key)
+
+    def restore_certificate(self) -> None:
+        self.tls.load_cert_chain(*self._cert_pair)
 
     def revoke(self) -> None:
         """The admin revoked the user's sessions: every access and refresh token stops working."""
@@ -374,6 +388,7 @@ class FakeGraph:
             def reply(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None,
                       content_type: str = "application/json"):
                 body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+                fake.outage.linger()
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -399,6 +414,15 @@ class FakeGraph:
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
         line = f"{h.command} {path}"
         is_identity = "/oauth2/" in path or "/.well-known/" in path
+        outage = self.outage.gate()
+        if outage == "drop":
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        if outage == "503":
+            h.reply(503, {"error": {"code": "ServiceUnavailable", "message": "The service is unavailable."}},
+                    {"Retry-After": str(self.outage.retry_after)})
+            return
         if not is_identity:
             self.requests.append(line)
         failure = None if is_identity else self._take_failure(line)
