@@ -40,6 +40,9 @@ FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
 CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
                "needs_attention")
 MAX_BACKOFF = 1800.0
+# Sources whose own client sends the message once SendGuard has decided (the Outlook add-in, the Gmail
+# browser extension): releasing such an item tells the client to go ahead, it sends nothing itself.
+CLIENT_SENDS = ("outlook", "gmail_web")
 
 
 _INSERT_ITEM = insert(outbox)
@@ -424,9 +427,9 @@ class Outbox:
             item = self.transition(item_id, ["confirmed", "approved", "failed"], "releasing", "releasing",
                                    "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1)
             item = self.get(item_id, with_bodies=True)
-            if item.source == "outlook" and not item.approval:
-                # Outlook sends it itself once the add-in sees the decision.
-                return self._sent(item, {"transport": "outlook"})
+            if item.source in CLIENT_SENDS and not item.approval:
+                # Outlook (or Gmail in the browser) sends it itself once its add-in/extension sees the decision.
+                return self._sent(item, {"transport": item.source})
             try:
                 if self.mailbox_for is None:
                     raise PermanentError("no release transport is configured")
@@ -471,7 +474,7 @@ class Outbox:
         """After a restart: settle everything left in ``releasing`` (and re-check ``received``)."""
         settled = []
         for item in self.list(["releasing"]):
-            if item.source == "outlook" and not item.approval:
+            if item.source in CLIENT_SENDS and not item.approval:
                 settled.append(self.transition(item.id, ["releasing"], "needs_attention", "reconciled", "sendguard",
                                                {"found": None}, last_error="interrupted while handing back to Outlook"))
                 continue
