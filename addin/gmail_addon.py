@@ -32,6 +32,7 @@ that is not a verified call from Google gets a bare 401.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -255,6 +256,18 @@ def _check_button(label: str = "Check and send with SendGuard", draft_id: str | 
     return {"text": label, "onClick": {"action": action}}
 
 
+def public_link(url: str) -> str:
+    """A helper's loopback page link as the user's browser reaches it: through the public base URL.
+
+    The gateway helper listens on loopback behind the organisation's TLS proxy, so its own links
+    (``https://localhost:PORT/confirm/ID?t=...``) would not open from Google's card.
+    """
+    parts = urlsplit(url)
+    if parts.hostname in ("localhost", "127.0.0.1", "::1"):
+        return _base_url() + parts.path + (f"?{parts.query}" if parts.query else "")
+    return url
+
+
 def open_link_allowed(url: str) -> bool:
     """Whether a card may open ``url``: https under the public base URL (the deployment's allow-list)."""
     base = _base_url() + "/"
@@ -288,6 +301,9 @@ def _mailbox_for(email: str) -> tuple[Any, gmail.GmailMailbox | None]:
     service = current_app.config.get("SENDGUARD_SERVICE")
     if service is None or getattr(service, "outbox", None) is None:
         raise NotConfigured("this server holds no outbox to take drafts into")
+    if getattr(service.outbox, "mailbox_for", None) is None:
+        raise NotConfigured("this server never sends mail (the central approval server): host the add-on on "
+                            "a SendGuard Gmail gateway, see docs/gmail-addon.md")
     cfg = getattr(service, "config", None) or sg_config.load()
     account = cfg.account_for(email)
     if account is None or account.kind != "gmail" or not account.settings.get("drafts"):
@@ -355,8 +371,8 @@ def _hand_over(service: Any, mailbox: gmail.GmailMailbox, draft_id: str) -> dict
     buttons = []
     confirm_url = getattr(service, "confirm_url", None)
     if callable(confirm_url) and state == "awaiting_confirmation":
-        url = confirm_url(item_id)
-        if open_link_allowed(url):  # a loopback helper URL would not open from Google's card
+        url = public_link(confirm_url(item_id))
+        if open_link_allowed(url):
             buttons.append({"text": "Open the confirmation", "onClick": {"openLink": {"url": url}}})
     close = " Close this compose window now without sending (Discard is not needed: SendGuard deletes the " \
             "draft once it is sent), so that Gmail does not save a new copy."
@@ -397,3 +413,25 @@ def _retry_in_background(app: Any, service: Any, mailbox: gmail.GmailMailbox, dr
         log.warning("gmail add-on: gave up taking draft %s after %d retries", draft_id, BACKGROUND_RETRIES)
 
     threading.Thread(target=run, name="gmail-addon-retry", daemon=True).start()
+
+
+ENV_SETTINGS = {
+    "GMAIL_ADDON_BASE_URL": "SENDGUARD_GMAIL_ADDON_BASE_URL",
+    "GMAIL_ADDON_SERVICE_ACCOUNT": "SENDGUARD_GMAIL_ADDON_SERVICE_ACCOUNT",
+    "GMAIL_ADDON_CLIENT_ID": "SENDGUARD_GMAIL_ADDON_CLIENT_ID",
+}
+
+
+def init_app(app: Any) -> None:
+    """Register the endpoints; settings not given to the app come from SENDGUARD_GMAIL_ADDON_* variables.
+
+    The public host of ``GMAIL_ADDON_BASE_URL`` is added to the hosts the app serves (the reverse proxy
+    in front of a gateway helper forwards Google's calls and the users' confirmation pages with it).
+    """
+    for key, variable in ENV_SETTINGS.items():
+        if not app.config.get(key) and os.environ.get(variable):
+            app.config[key] = os.environ[variable].strip()
+    host = urlsplit(str(app.config.get("GMAIL_ADDON_BASE_URL") or "")).hostname
+    if host and host.lower() not in [h.lower() for h in app.config.get("ALLOWED_HOSTS", [])]:
+        app.config["ALLOWED_HOSTS"] = [*app.config.get("ALLOWED_HOSTS", []), host.lower()]
+    app.register_blueprint(bp)

@@ -6,7 +6,6 @@ Secrets never live here: passwords and tokens go to the keyring (``sendguard.sec
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

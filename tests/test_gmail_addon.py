@@ -344,3 +344,72 @@ def test_registered_by_the_app_factory(google, helper):
     assert response.status_code == 200 and buttons(response)
     response = client.post("/gmail/addon/compose", json=sample(google, "compose_no_metadata"), base_url=BASE)
     assert response.status_code == 401
+
+
+# -- the gateway: the add-on served by a headless helper behind the organisation's TLS proxy ------------
+
+
+def test_gateway_helper_end_to_end(google, tmp_path, sg_env, monkeypatch):
+    """Item 5: Google's call -> the user's saved draft in the outbox -> the user confirms on the public
+    confirmation page -> the helper sends it through the user's own Gmail (their consented token), in
+    the draft's thread, and deletes the draft."""
+    import requests
+
+    from desktop.runner import Runner
+    from sendguard import certs
+
+    path = tmp_path / "alice-consented.json"  # the user's own consent, imported by the admin
+    google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], COMPOSE, READONLY])
+    assert CliRunner().invoke(gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--drafts",
+                                                  "--api-endpoint", google.url]).exit_code == 0
+    (sg_env / "policy.toml").write_text('[organization]\ninternal_domains = ["example.com"]\n')
+    for key, variable in gmail_addon.ENV_SETTINGS.items():
+        monkeypatch.setenv(variable, SETTINGS[key])
+    monkeypatch.setattr(gmail_addon, "GOOGLE_CERTS_URL", google.certs_url)
+    certs.ensure_certificates(sg_env)
+    runner = Runner(sg_env, smtp_port=0, api_port=0).start()
+    http = requests.Session()
+    http.trust_env = False  # REQUESTS_CA_BUNDLE would replace the install's CA
+    http.verify = str(certs.CertPaths.under(sg_env).ca_cert)
+    public = {"Host": "sendguard.example.com"}  # what the reverse proxy forwards
+
+    def through_proxy(url: str) -> str:
+        return url.replace(BASE, runner.base_url)
+
+    try:
+        draft_id = google.add_draft(raw_draft(), labels=())
+        thread = google.messages[google.drafts[draft_id]]["thread"]
+        response = http.post(f"{runner.base_url}/gmail/addon/check-and-send", json=sample(google, "compose_metadata"),
+                             headers={**public, "Authorization": "Bearer " + system_token(google, "check-and-send")})
+        assert response.status_code == 200, response.text
+        card = response.json()["action"]["navigations"][0]["pushCard"]
+        [link] = [b["onClick"]["openLink"]["url"] for s in card["sections"] for w in s["widgets"]
+                  for b in w.get("buttonList", {}).get("buttons", []) if "openLink" in b["onClick"]]
+        assert link.startswith(f"{BASE}/confirm/")
+
+        # The user opens the link (the page session) and confirms with every box ticked.
+        page = http.get(through_proxy(link), headers=public, allow_redirects=True)
+        assert page.status_code == 200 and "SendGuard" in page.text
+        item_id = link.split("/confirm/")[1].split("?")[0]
+        shown = http.get(f"{runner.base_url}/api/v1/outbox/{item_id}", headers=public).json()
+        checked = {"recipients": [r["address"] for r in shown["check"]["recipients"]],
+                   "attachments": [a["id"] for a in shown["check"]["attachments"]]}
+        confirmed = http.post(f"{runner.base_url}/api/v1/outbox/{item_id}/confirm", json={"checked": checked},
+                              headers={**public, "Origin": BASE})
+        assert confirmed.status_code == 200, confirmed.text
+
+        deadline = time.monotonic() + 30
+        while not google.sends and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(s["method"], s["threadId"]) for s in google.sends] == [("messages.send", thread)]
+        assert google.sends[0]["raw"] == raw_draft() and draft_id not in google.drafts
+    finally:
+        runner.stop()
+
+
+def test_the_central_approval_server_says_it_does_not_host_the_add_on(google, helper):
+    helper.outbox.mailbox_for = None  # what the central server's outbox is: it never sends mail
+    client = make_app(google, helper).test_client()
+    response = post(client, "check-and-send", sample(google, "compose_metadata"),
+                    system_token(google, "check-and-send"))
+    assert "Gmail gateway" in card_text(response) and google.calls == []
