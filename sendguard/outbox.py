@@ -430,6 +430,10 @@ class Outbox:
             if item.source in CLIENT_SENDS and not item.approval:
                 # Outlook (or Gmail in the browser) sends it itself once its add-in/extension sees the decision.
                 return self._sent(item, {"transport": item.source})
+            if item.source == "gmail_web":  # the page's copy has no attachment content: never send it
+                error = "a message checked in Gmail's page cannot be sent by SendGuard; send it from Gmail again"
+                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                                       {"error": error, "permanent": True}, last_error=error)
             try:
                 if self.mailbox_for is None:
                     raise PermanentError("no release transport is configured")

@@ -206,3 +206,51 @@ def test_more_send_options_and_other_buttons_are_left_to_gmail(home, chromium):
     assert page.eval_on_selector_all("[data-hovercard-id]", "els => els.length") == 2
     page.click("[aria-label='More send options']")
     assert page.query_selector("[data-sendguard-banner]") is None
+
+
+def test_a_message_that_needs_approval_is_not_sent_from_the_browser(home, chromium):
+    context, worker, extension_id = chromium
+    (home / "policy.toml").write_text(POLICY + '\n[approval]\napprovers = ["boss@example.com"]\n\n'
+                                      '[[rules.keywords]]\npattern = "社外秘"\naction = "approve"\n', encoding="utf-8")
+    runner = start_helper(home, extension_id)
+    try:
+        page = open_gmail(context, worker, runner.base_url)
+        page.evaluate("() => { document.querySelector('[role=textbox]').innerText = '社外秘: the price list'; }")
+        page.click("#send")
+        api = Api(runner.base_url, home)
+        item = api.wait_for("awaiting_confirmation")
+        api.call("POST", f"/api/v1/outbox/{item['id']}/confirm", {"actor": "window"})
+        text = banner(page)
+        assert "needs approval" in text and "boss@example.com" in text and "Check and send" in text
+        assert sent(page) == []
+        # the browser's copy (attachments without content) is withdrawn, so nothing half is ever sent
+        deadline = time.monotonic() + 30
+        while api.call("GET", f"/api/v1/outbox/{item['id']}")["state"] != "cancelled":
+            assert time.monotonic() < deadline, "the browser's copy was not withdrawn"
+            time.sleep(0.1)
+    finally:
+        runner.stop()
+
+
+def test_the_browsers_copy_is_never_sent_by_the_helper(tmp_path, monkeypatch):
+    """Even approved, a copy taken from Gmail's page (attachments without content) is not released."""
+    from sendguard.service import Helper
+
+    home = tmp_path / "h"
+    home.mkdir()
+    monkeypatch.setenv("SENDGUARD_HOME", str(home))
+    (home / "policy.toml").write_text(POLICY, encoding="utf-8")
+    helper = Helper(home)
+    try:
+        raw = (b"From: alice@example.com\r\nTo: bob@partner.example\r\nSubject: s\r\n"
+               b"Message-ID: <w@x>\r\n\r\nbody\r\n")
+        item = helper.outbox.submit(raw, "alice@example.com", ["bob@partner.example"], source="gmail_web")
+        helper.outbox.confirm(item.id, [], [], False)
+        from sendguard.store import outbox as table
+        with helper.store.transaction() as conn:  # as if an approver had approved it
+            conn.execute(table.update().where(table.c.id == item.id).values(approval='{"by": "boss"}'))
+        assert helper.outbox.release(item.id).state == "needs_attention"
+        sink = home / "sent"
+        assert not (sink.exists() and [p for p in sink.rglob("*") if p.is_file()])
+    finally:
+        helper.stop()
