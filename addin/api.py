@@ -64,7 +64,7 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
         refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
         decision = dict(decision)
         decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
-        if item.source == "outlook":
+        if item.source in ("outlook", "gmail_web"):
             decision["removed_attachments"] = decision["removed_attachment_refs"]
     data["decision"] = decision
     if item.state == "confirmed" and not (item.decision or {}).get("needs_approval"):
@@ -130,8 +130,8 @@ def create_check() -> Any:
     data = _json_body()
     raw, envelope_from, recipients = compose.from_fields(data)
     source = str(data.get("source") or "outlook")
-    if source not in ("outlook", "gmail", "api"):
-        raise MessageError(f"source: {source!r} is not one of outlook, gmail, api")
+    if source not in ("outlook", "gmail", "gmail_web", "api"):
+        raise MessageError(f"source: {source!r} is not one of outlook, gmail, gmail_web, api")
     if data.get("dry_run"):
         result = svc.outbox.evaluate(raw, envelope_from, recipients)
         return jsonify(result.to_json())
