@@ -104,6 +104,18 @@ def _json_body() -> dict[str, Any]:
     return data
 
 
+def _item_ref(svc: Any, sender: str, data: dict[str, Any]) -> str | None:
+    """The add-in's item id in the form the sender's account connector uses: Microsoft Graph takes
+    only the REST id (``rest_item_id``, from ``convertToRestId``), EWS only the EWS id (``item_id``)."""
+    ews_id = str(data.get("item_id") or "") or None
+    rest_id = str(data.get("rest_item_id") or "") or None
+    config = getattr(svc, "config", None)
+    account = config.account_for(sender) if config is not None and sender else None
+    if account is not None and account.kind == "graph" and rest_id:
+        return rest_id
+    return ews_id
+
+
 @bp.post("/api/v1/checks")
 @require("api", "addin", "helper")
 def create_check() -> Any:
@@ -127,7 +139,7 @@ def create_check() -> Any:
         result = svc.outbox.evaluate(raw, envelope_from, recipients)
         return jsonify(result.to_json())
     item = svc.outbox.submit(raw, envelope_from, recipients, source=source,
-                             source_ref=str(data.get("item_id") or "") or None)
+                             source_ref=_item_ref(svc, envelope_from, data))
     if hasattr(svc, "item_created"):
         svc.item_created(item)
     body = dict(item.check or {})

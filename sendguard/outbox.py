@@ -454,6 +454,7 @@ class Outbox:
             outbox_id=item.id, message_id=item.message_id, raw=item.final_raw or item.raw or b"",
             envelope_from=item.envelope_from or item.sender, recipients=tuple(item.envelope_to),
             bcc=tuple(decision.get("bcc_addresses") or ()), source=item.source, source_ref=item.source_ref,
+            held_since=item.created_at,
         )
 
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
