@@ -6,7 +6,11 @@ Two manifest formats describe the same add-in:
   ``LaunchEvent`` for ``OnMessageSend``); accepted by every Outlook that has Smart Alerts, on
   Exchange Online and on-premises Exchange 2016 CU22+/2019 CU12+.
 * ``manifest.json`` - the unified manifest for Microsoft 365 (``autoRunEvents`` → ``messageSending``),
-  deployed as a zip package together with its two icons.
+  deployed as a zip package together with its two icons. Microsoft requires the unified manifest of
+  an add-in that also exists as an XML manifest to have its own GUID and to hide the XML one
+  (``extensions[].alternates[].hide.customOfficeAddin``): its id is derived from the XML id, so both
+  stay fixed. The unified manifest is not supported on Outlook on Mac or on-premises Exchange;
+  those take ``outlook.xml``.
 
 Both come from :class:`AddinSettings` and :data:`PATHS` below, so the host, port, add-in id and
 send mode are stated once. ``sendguard addin manifest --host ...`` writes them for an admin; the
@@ -36,6 +40,7 @@ DEFAULT_PORT = 8765
 DEFAULT_VERSION = "1.0.0"
 SEND_MODES = ("SoftBlock", "Block")
 HANDLER_NAME = "onMessageSendHandler"
+APPOINTMENT_HANDLER_NAME = "onAppointmentSendHandler"  # meeting invitations (OnAppointmentSend)
 MAILBOX_MIN_VERSION = "1.12"
 UNIFIED_MANIFEST_VERSION = "1.17"
 
@@ -98,6 +103,11 @@ class AddinSettings:
 
     def url(self, name: str) -> str:
         return self.origin + PATHS[name]
+
+    @property
+    def unified_id(self) -> str:
+        """The unified manifest's own GUID, derived from the XML manifest's id (never equal to it)."""
+        return str(uuid.uuid5(uuid.UUID(self.addin_id), "sendguard-unified-manifest"))
 
     @property
     def xml_version(self) -> str:
@@ -178,6 +188,7 @@ _XML = Template("""\
             <ExtensionPoint xsi:type="LaunchEvent">
               <LaunchEvents>
                 <LaunchEvent Type="OnMessageSend" FunctionName="$handler" SendMode="$send_mode"/>
+                <LaunchEvent Type="OnAppointmentSend" FunctionName="$appointment_handler" SendMode="$send_mode"/>
               </LaunchEvents>
               <SourceLocation resid="WebViewRuntime.Url"/>
             </ExtensionPoint>
@@ -212,6 +223,7 @@ def build_xml(settings: AddinSettings) -> str:
         description=quoteattr(settings.description),
         mailbox_min=MAILBOX_MIN_VERSION,
         handler=HANDLER_NAME,
+        appointment_handler=APPOINTMENT_HANDLER_NAME,
         send_mode=settings.send_mode,
         **attr,
     )
@@ -225,7 +237,7 @@ def build_unified(settings: AddinSettings) -> dict:
         f"v{UNIFIED_MANIFEST_VERSION}/MicrosoftTeams.schema.json",
         "manifestVersion": UNIFIED_MANIFEST_VERSION,
         "version": settings.version,
-        "id": settings.addin_id,
+        "id": settings.unified_id,
         "localizationInfo": {"defaultLanguageTag": "en-us"},
         "developer": {
             "name": settings.provider[:32],
@@ -254,7 +266,9 @@ def build_unified(settings: AddinSettings) -> dict:
                         "code": {"page": settings.url("commands"), "script": settings.url("script")},
                         "lifetime": "short",
                         "actions": [
-                            {"id": HANDLER_NAME, "type": "executeFunction", "displayName": HANDLER_NAME}
+                            {"id": HANDLER_NAME, "type": "executeFunction", "displayName": HANDLER_NAME},
+                            {"id": APPOINTMENT_HANDLER_NAME, "type": "executeFunction",
+                             "displayName": APPOINTMENT_HANDLER_NAME},
                         ],
                     }
                 ],
@@ -266,10 +280,17 @@ def build_unified(settings: AddinSettings) -> dict:
                                 "type": "messageSending",
                                 "actionId": HANDLER_NAME,
                                 "options": {"sendMode": settings.unified_send_mode},
-                            }
+                            },
+                            {
+                                "type": "appointmentSending",
+                                "actionId": APPOINTMENT_HANDLER_NAME,
+                                "options": {"sendMode": settings.unified_send_mode},
+                            },
                         ],
                     }
                 ],
+                # Where the XML manifest's add-in is installed too, Outlook shows only this one.
+                "alternates": [{"hide": {"customOfficeAddin": {"officeAddinId": settings.addin_id}}}],
             }
         ],
     }

@@ -92,7 +92,8 @@ def check_xml(text: str, settings: manifests.AddinSettings) -> None:
     assert len(launch) == 1
     events = launch[0].findall("v11:LaunchEvents/v11:LaunchEvent", NS)
     assert [(e.get("Type"), e.get("FunctionName"), e.get("SendMode")) for e in events] == [
-        ("OnMessageSend", "onMessageSendHandler", settings.send_mode)
+        ("OnMessageSend", "onMessageSendHandler", settings.send_mode),
+        ("OnAppointmentSend", "onAppointmentSendHandler", settings.send_mode),
     ]
     assert launch[0].find("v11:SourceLocation", NS).get("resid") == runtime.get("resid")
 
@@ -110,16 +111,21 @@ def check_xml(text: str, settings: manifests.AddinSettings) -> None:
 
 
 def check_unified(doc: dict, settings: manifests.AddinSettings) -> None:
-    assert doc["id"] == settings.addin_id
+    # Its own GUID, hiding the XML manifest's add-in where both are installed.
+    assert doc["id"] == settings.unified_id != settings.addin_id
+    assert GUID.match(doc["id"])
     [extension] = doc["extensions"]
+    assert extension["alternates"] == [{"hide": {"customOfficeAddin": {"officeAddinId": settings.addin_id}}}]
     assert {"name": "Mailbox", "minVersion": "1.12"} in extension["requirements"]["capabilities"]
     [runtime] = extension["runtimes"]
     assert runtime["code"] == {"page": settings.url("commands"), "script": settings.url("script")}
     action_ids = {a["id"] for a in runtime["actions"]}
-    [event] = extension["autoRunEvents"][0]["events"]
-    assert event["type"] == "messageSending"
-    assert event["actionId"] in action_ids == {"onMessageSendHandler"}
-    assert event["options"] == {"sendMode": settings.send_mode[0].lower() + settings.send_mode[1:]}
+    assert action_ids == {"onMessageSendHandler", "onAppointmentSendHandler"}
+    events = extension["autoRunEvents"][0]["events"]
+    assert [(e["type"], e["actionId"]) for e in events] == [
+        ("messageSending", "onMessageSendHandler"), ("appointmentSending", "onAppointmentSendHandler")]
+    for event in events:
+        assert event["options"] == {"sendMode": settings.send_mode[0].lower() + settings.send_mode[1:]}
     urls = _urls_in_json(doc)
     assert urls and all(u.startswith("https://") for u in urls), urls
 
