@@ -251,7 +251,26 @@ def test_serves_the_runtime_page(client):
     # the page's relative script reference resolves to the served script
     src = re.findall(r'<script src="([^"]+)"', page)[-1]
     assert manifests.PATHS["commands"].rsplit("/", 1)[0] + "/" + src == manifests.PATHS["script"]
-    assert "connect-src 'self'" in resp.headers["Content-Security-Policy"]
+    enforced = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self' https://appsforoffice.microsoft.com" in enforced
+    assert "connect-src" not in enforced, "fetch directives run report-only until a client is known to need no more"
+    report_only = resp.headers["Content-Security-Policy-Report-Only"]
+    assert "default-src 'none'" in report_only and "report-uri /addin/csp-report" in report_only
+    for directive in ("script-src", "connect-src", "img-src", "style-src", "frame-src"):
+        assert re.search(directive + r" [^;]*https://appsforoffice\.microsoft\.com", report_only), directive
+
+
+def test_csp_reports_are_logged_and_bounded(client, caplog):
+    report = {"csp-report": {"document-uri": "https://localhost:8765/addin/commands.html",
+                             "violated-directive": "connect-src", "blocked-uri": "https://new.office.example/x"}}
+    with caplog.at_level("WARNING", logger="addin.outlook"):
+        resp = client.post("/addin/csp-report", data=json.dumps(report), content_type="application/csp-report",
+                           base_url="https://localhost:8765")
+    assert resp.status_code == 204
+    assert "https://new.office.example/x" in caplog.text and "connect-src" in caplog.text
+    junk = client.post("/addin/csp-report", data=b"{" * 100000, content_type="application/csp-report",
+                       base_url="https://localhost:8765")
+    assert junk.status_code == 204
 
 
 def test_serves_the_script_with_its_api_base(client):
