@@ -720,6 +720,7 @@ function Install-ForUser {
 
 if ($MachineOnly -and $UserOnly) { throw "Give -MachineOnly or -UserOnly, not both." }
 if (-not $UserOnly) { Install-AdminPolicy }
+if (-not $UserOnly -and (Test-Path "$PSScriptRoot\manifest\sendguard-loopback-exempt.ps1")) { & "$PSScriptRoot\manifest\sendguard-loopback-exempt.ps1" }  # classic Outlook -> helper
 if (-not $MachineOnly) { Install-ForUser }
 """
 

@@ -49,13 +49,16 @@ def manifest_command(host, port, send_mode, addin_id, version, out_dir, as_json)
         raise click.ClickException(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps({"origin": settings.origin, "send_mode": settings.send_mode,
-                               "id": settings.addin_id, "files": [str(p) for p in written]}, indent=2))
+                               "id": settings.addin_id, "unified_id": settings.unified_id,
+                               "files": [str(p) for p in written]}, indent=2))
         return
     click.echo(f"Outlook add-in manifests for {settings.origin} (SendMode {settings.send_mode}):")
     for path in written:
         click.echo(f"  {path}")
     if settings.host in ("localhost", "127.0.0.1"):
         click.echo("Each PC needs the helper running and its local CA trusted: sendguard addin certs install --trust")
+        click.echo(f"Classic Outlook on Windows also needs, once per PC and elevated: {manifests.LOOPBACK_SCRIPT}")
+    click.echo("Outlook on Mac and Exchange on-premises take outlook.xml (they do not support the unified manifest).")
 
 
 @addin_group.group("certs")

@@ -152,6 +152,19 @@ def test_checked_in_manifests_match_the_generator():
     assert (MANIFEST_DIR / "outlook.xml").read_text(encoding="utf-8") == manifests.build_xml(defaults), \
         "manifest/outlook.xml is stale: run `sendguard addin manifest --out manifest` and drop the extra files"
     assert (MANIFEST_DIR / "manifest.json").read_text(encoding="utf-8") == manifests.unified_text(defaults)
+    assert (MANIFEST_DIR / manifests.LOOPBACK_SCRIPT).read_bytes() == \
+        manifests.build_loopback_script(defaults).replace("\n", "\r\n").encode("ascii")
+
+
+def test_loopback_exemption_script_names_the_runtime_container():
+    defaults = manifests.AddinSettings()
+    # Microsoft's form: "1_" + the origin with ':' and '/' as '_' + the add-in id in upper case.
+    assert manifests.loopback_container(defaults) == "1_https___localhost_87655D1A8C3E-2B7F-4C61-9A0E-7F3B6E2D4C18"
+    other = manifests.AddinSettings(port=9443, addin_id="0f8fad5b-d9cb-469f-a165-70867728950e")
+    script = manifests.build_loopback_script(other)
+    assert '$Container = "1_https___localhost_94430F8FAD5B-D9CB-469F-A165-70867728950E"' in script
+    assert "LoopbackExempt -a" in script and "LoopbackExempt -d" in script and "Administrator" in script
+    assert manifests.build_loopback_script(manifests.AddinSettings(host="sendguard.example.com", port=443)) is None
 
 
 def test_checked_in_xml_is_valid():
@@ -220,6 +233,7 @@ def test_cli_writes_manifests_and_package(tmp_path):
     assert report["origin"] == "https://sendguard.example.com"
     settings = manifests.AddinSettings(host="sendguard.example.com", port=443, send_mode="Block")
     check_xml((tmp_path / "outlook.xml").read_text(encoding="utf-8"), settings)
+    assert not (tmp_path / manifests.LOOPBACK_SCRIPT).exists(), "a central server needs no loopback exemption"
     with zipfile.ZipFile(tmp_path / "sendguard-outlook-addin.zip") as package:
         assert sorted(package.namelist()) == ["color.png", "manifest.json", "outline.png"]
         doc = json.loads(package.read("manifest.json"))
