@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 from sendguard import audit, checks, compose
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
-from sendguard.errors import MessageError
+from sendguard.errors import MessageError, StateError
 from sendguard.outbox import HELD_STATES, STATES, Item
 
 from .openapi import SPEC
@@ -116,6 +116,18 @@ def _item_ref(svc: Any, sender: str, data: dict[str, Any]) -> str | None:
     return ews_id
 
 
+def _supersede(svc: Any, ref: str) -> None:
+    """Send pressed again in Outlook for the same draft (after leaving it, from Drafts): the earlier
+    check, still waiting in the window, is withdrawn so the draft can never be sent twice."""
+    for old in svc.outbox.list(["awaiting_confirmation"]):
+        if old.source == "outlook" and old.source_ref == ref:
+            try:
+                svc.outbox.cancel(old.id, actor="outlook", reason="Send was pressed again in Outlook; "
+                                                                  "the new check replaces this one")
+            except StateError:
+                pass  # decided meanwhile
+
+
 @bp.post("/api/v1/checks")
 @require("api", "addin", "helper")
 def create_check() -> Any:
@@ -138,8 +150,12 @@ def create_check() -> Any:
     if data.get("dry_run"):
         result = svc.outbox.evaluate(raw, envelope_from, recipients)
         return jsonify(result.to_json())
-    item = svc.outbox.submit(raw, envelope_from, recipients, source=source,
-                             source_ref=_item_ref(svc, envelope_from, data))
+    ref = _item_ref(svc, envelope_from, data)
+    if source == "outlook" and ref:
+        _supersede(svc, ref)
+    item = svc.outbox.submit(raw, envelope_from, recipients, source=source, source_ref=ref)
+    if source == "outlook" and getattr(svc, "addin_presence", None) is not None:
+        svc.addin_presence.seen(item.id)
     if hasattr(svc, "item_created"):
         svc.item_created(item)
     body = dict(item.check or {})
@@ -174,7 +190,14 @@ def get_item(item_id: str) -> Any:
             seconds = min(float(wait), MAX_WAIT)
         except ValueError:
             raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
-        item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
+        presence = getattr(svc, "addin_presence", None)
+        who = principal()
+        if presence is not None and who is not None and who.kind == "addin":
+            # The Outlook add-in is waiting on this item: Outlook will send it once it is confirmed.
+            with presence.polling(item_id):
+                item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
+        else:
+            item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
     else:
         item = svc.outbox.get(item_id)
     return jsonify(item_json(item, full=True))

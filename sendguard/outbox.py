@@ -141,6 +141,8 @@ class Outbox:
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    # Is the Outlook add-in still waiting to send this item itself? (outlook_presence; None: assume so)
+    outlook_waiting: Callable[[str], bool] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -425,8 +427,12 @@ class Outbox:
                                    "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1)
             item = self.get(item_id, with_bodies=True)
             if item.source == "outlook" and not item.approval:
-                # Outlook sends it itself once the add-in sees the decision.
-                return self._sent(item, {"transport": "outlook"})
+                if self.outlook_waiting is None or self.outlook_waiting(item.id):
+                    # Outlook sends it itself once the add-in sees the decision.
+                    return self._sent(item, {"transport": "outlook"})
+                if not self._can_send_outlook_draft(item):
+                    return self._outlook_gone(item)
+                # The add-in is gone (the user left the message): send the saved draft from the server.
             try:
                 if self.mailbox_for is None:
                     raise PermanentError("no release transport is configured")
@@ -447,6 +453,20 @@ class Outbox:
                 return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
                                        {"error": repr(exc)}, last_error=f"unexpected error: {exc}")
             return self._sent(item, {"transport": receipt.transport, **receipt.detail})
+
+    def _can_send_outlook_draft(self, item: Item) -> bool:
+        if not item.source_ref or self.mailbox_for is None:
+            return False
+        try:
+            return self.mailbox_for(item).kind in ("graph", "exchange")
+        except Exception:  # an account that cannot be opened cannot send the draft either
+            return False
+
+    def _outlook_gone(self, item: Item) -> Item:
+        error = ("Outlook stopped waiting for SendGuard before you confirmed (the message was left or closed), "
+                 "so it was not sent. Open it from Drafts in Outlook and press Send again.")
+        return self.transition(item.id, ["releasing"], "needs_attention", "failed", "sendguard",
+                               {"error": error, "outlook_gone": True}, last_error=error)
 
     def _release_item(self, item: Item) -> ReleaseItem:
         decision = item.decision or {}

@@ -20,6 +20,7 @@ from .i18n import translator
 from .mailboxes import registry
 from .mailboxes.base import Mailbox, MailboxError
 from .outbox import Item, Outbox
+from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
 from .store import Store
 from .submission import SubmissionHandler, SubmissionServer
@@ -38,6 +39,8 @@ class Helper:
         self.gettext = translator(self.config.language)
         self.store = Store(database_url or (self.home / "sendguard.db"))
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
+        self.addin_presence = AddinPresence()  # the Outlook add-in still waiting to send an item itself?
+        self.outbox.outlook_waiting = self.addin_presence.waiting
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)

@@ -161,3 +161,25 @@ def test_a_draft_still_missing_after_the_grace_period_is_reported_deleted(helper
     assert done.state == "needs_attention"
     assert "deleted from the mailbox" in done.last_error
     assert sent_drafts(fake) == []
+
+
+def test_confirmed_after_outlook_stopped_waiting_is_sent_from_the_saved_draft(helper_with_graph, fake):
+    """Outlook on the web saved the draft and ended the handler when the user left the message; the
+    user then confirms in the SendGuard window: the helper sends the draft itself."""
+    r = helper_with_graph
+    r.helper.addin_presence.grace = 0.0
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = ADDRESS, "hanako@partner.example", "見積書"
+    m.set_content("よろしくお願いします。")
+    fake.put_item(bytes(m), folder="drafts", msg_id=REST_ID)
+    payload = {"source": "outlook", "item_id": FakeGraph.ews_id(REST_ID), "rest_item_id": REST_ID,
+               "from": {"address": ADDRESS, "name": "Taro"}, "to": [{"address": "hanako@partner.example"}],
+               "subject": "見積書", "body": "よろしくお願いします。", "attachments": []}
+    created = api(r, "POST", "/api/v1/checks", json=payload).json()
+    assert created["state"] == "awaiting_confirmation", created
+    assert api(r, "POST", f"/api/v1/outbox/{created['id']}/confirm", json={}).status_code == 200
+    done = wait_for(lambda: (lambda i: i if i.state in ("sent", "needs_attention", "failed") else None)(
+        r.helper.outbox.get(created["id"])))
+    assert done.state == "sent", done.last_error
+    [sent] = [s for s in fake.sends if s.route == "send" and s.subject == "見積書"]
+    assert sent.to == ["hanako@partner.example"]
