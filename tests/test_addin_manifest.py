@@ -167,6 +167,20 @@ def test_loopback_exemption_script_names_the_runtime_container():
     assert manifests.build_loopback_script(manifests.AddinSettings(host="sendguard.example.com", port=443)) is None
 
 
+def test_local_network_access_policy_lists_outlook_and_the_addin(tmp_path):
+    written = manifests.write_manifests(manifests.AddinSettings(port=9443), tmp_path)
+    reg = (tmp_path / manifests.LNA_REG).read_bytes()
+    assert tmp_path / manifests.LNA_REG in written
+    text = reg[2:].decode("utf-16-le")
+    assert reg[:2] == b"\xff\xfe" and text.startswith("Windows Registry Editor Version 5.00\r\n")
+    for browser in ("Microsoft\\Edge", "Google\\Chrome"):
+        section = text.split(f"[HKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\{browser}\\LocalNetworkAccessAllowedForUrls]")[1]
+        section = section.split("[")[0]
+        assert '"101"="https://outlook.office.com"' in section
+        assert '"104"="https://localhost:9443"' in section
+    assert manifests.build_lna_reg(manifests.AddinSettings(host="sendguard.example.com", port=443)) is None
+
+
 def test_checked_in_xml_is_valid():
     check_xml((MANIFEST_DIR / "outlook.xml").read_text(encoding="utf-8"), manifests.AddinSettings())
 
