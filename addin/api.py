@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, checks, compose
+from sendguard import audit, checks, compose, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
 from sendguard.errors import MessageError, StateError
@@ -58,14 +58,7 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
     data = item.summary()
     data["user_message"] = user_message(item)
     data["approvers"] = item.approvers
-    decision = item.decision
-    if decision is not None:
-        refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
-        decision = dict(decision)
-        decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
-        if item.source == "outlook":
-            decision["removed_attachments"] = decision["removed_attachment_refs"]
-    data["decision"] = decision
+    data["decision"] = outlook_items.decision_for_addin(item)
     if full:
         data["check"] = item.check
         data["reasons"] = item.verdict.get("reasons", [])
@@ -104,18 +97,6 @@ def _json_body() -> dict[str, Any]:
     return data
 
 
-def _item_ref(svc: Any, sender: str, data: dict[str, Any]) -> str | None:
-    """The add-in's item id in the form the sender's account connector uses: Microsoft Graph takes
-    only the REST id (``rest_item_id``, from ``convertToRestId``), EWS only the EWS id (``item_id``)."""
-    ews_id = str(data.get("item_id") or "") or None
-    rest_id = str(data.get("rest_item_id") or "") or None
-    config = getattr(svc, "config", None)
-    account = config.account_for(sender) if config is not None and sender else None
-    if account is not None and account.kind == "graph" and rest_id:
-        return rest_id
-    return ews_id
-
-
 def _supersede(svc: Any, ref: str) -> None:
     """Send pressed again in Outlook for the same draft (after leaving it, from Drafts): the earlier
     check, still waiting in the window, is withdrawn so the draft can never be sent twice."""
@@ -150,7 +131,7 @@ def create_check() -> Any:
     if data.get("dry_run"):
         result = svc.outbox.evaluate(raw, envelope_from, recipients)
         return jsonify(result.to_json())
-    ref = _item_ref(svc, envelope_from, data)
+    ref = outlook_items.item_ref(getattr(svc, "config", None), envelope_from, data)
     if source == "outlook" and ref:
         _supersede(svc, ref)
     item = svc.outbox.submit(raw, envelope_from, recipients, source=source, source_ref=ref)

@@ -30,8 +30,10 @@ def addin_group() -> None:
               help="Manifest version; raise it when you re-deploy a changed manifest.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Directory to write outlook.xml, manifest.json and the zip package to.")
+@click.option("--sso-client-id", default=None,
+              help="Central server only: the Entra ID app (client) id the add-in signs in with (Office SSO).")
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
-def manifest_command(host, port, send_mode, addin_id, version, out_dir, as_json) -> None:
+def manifest_command(host, port, send_mode, addin_id, version, out_dir, sso_client_id, as_json) -> None:
     """Write the XML manifest and the unified manifest (with its zip package) for HOST:PORT.
 
     Upload outlook.xml (or sendguard-outlook-addin.zip) in the Microsoft 365 admin center under
@@ -39,7 +41,8 @@ def manifest_command(host, port, send_mode, addin_id, version, out_dir, as_json)
     """
     try:
         settings = manifests.AddinSettings(
-            host=host, port=port, send_mode=send_mode, addin_id=addin_id, version=version
+            host=host, port=port, send_mode=send_mode, addin_id=addin_id, version=version,
+            sso_client_id=sso_client_id,
         )
     except manifests.ManifestError as exc:
         raise click.ClickException(str(exc)) from None

@@ -73,6 +73,8 @@ class AddinSettings:
     addin_id: str = DEFAULT_ADDIN_ID
     version: str = DEFAULT_VERSION
     send_mode: str = "SoftBlock"
+    # Entra ID app registration for Office SSO (the add-in served by a central server signs in with it)
+    sso_client_id: str | None = None
     provider: str = "SendGuard"
     display_name: str = "SendGuard"
     description: str = field(
@@ -92,6 +94,12 @@ class AddinSettings:
             object.__setattr__(self, "addin_id", str(uuid.UUID(str(self.addin_id))))
         except ValueError:
             raise ManifestError(f"--id: {self.addin_id!r} is not a GUID") from None
+        if self.sso_client_id is not None:
+            try:
+                object.__setattr__(self, "sso_client_id", str(uuid.UUID(str(self.sso_client_id))))
+            except ValueError:
+                raise ManifestError(f"--sso-client-id: {self.sso_client_id!r} is not an application (client) "
+                                    "id GUID") from None
         if self.send_mode not in SEND_MODES:
             raise ManifestError(f"--send-mode: {self.send_mode!r} is not one of {', '.join(SEND_MODES)}")
         if not re.fullmatch(r"\d{1,5}\.\d{1,5}\.\d{1,5}", self.version):
@@ -103,6 +111,11 @@ class AddinSettings:
 
     def url(self, name: str) -> str:
         return self.origin + PATHS[name]
+
+    @property
+    def sso_resource(self) -> str:
+        """The Application ID URI Office SSO asks a token for: api://HOST/CLIENT_ID."""
+        return f"api://{self.host}" + ("" if self.port == 443 else f":{self.port}") + f"/{self.sso_client_id}"
 
     @property
     def unified_id(self) -> str:
@@ -205,7 +218,7 @@ _XML = Template("""\
           <bt:Url id="WebViewRuntime.Url" DefaultValue=$commands/>
           <bt:Url id="JSRuntime.Url" DefaultValue=$script/>
         </bt:Urls>
-      </Resources>
+      </Resources>$web_application_info
     </VersionOverrides>
   </VersionOverrides>
 </OfficeApp>
@@ -224,14 +237,37 @@ def build_xml(settings: AddinSettings) -> str:
         mailbox_min=MAILBOX_MIN_VERSION,
         handler=HANDLER_NAME,
         appointment_handler=APPOINTMENT_HANDLER_NAME,
+        web_application_info=_web_application_info(settings),
         send_mode=settings.send_mode,
         **attr,
     )
 
 
+def _web_application_info(settings: AddinSettings) -> str:
+    if not settings.sso_client_id:
+        return ""
+    return f"""
+      <!-- Office SSO: the add-in proves the user to the central server (addin/relay.py). -->
+      <WebApplicationInfo>
+        <Id>{escape(settings.sso_client_id)}</Id>
+        <Resource>{escape(settings.sso_resource)}</Resource>
+        <Scopes>
+          <Scope>openid</Scope>
+          <Scope>profile</Scope>
+        </Scopes>
+      </WebApplicationInfo>"""
+
+
 def build_unified(settings: AddinSettings) -> dict:
     """The unified manifest for Microsoft 365 as a dict (see :func:`unified_text`)."""
     mailbox = [{"name": "Mailbox", "minVersion": MAILBOX_MIN_VERSION}]
+    doc = _unified(settings, mailbox)
+    if settings.sso_client_id:
+        doc["webApplicationInfo"] = {"id": settings.sso_client_id, "resource": settings.sso_resource}
+    return doc
+
+
+def _unified(settings: AddinSettings, mailbox: list[dict]) -> dict:
     return {
         "$schema": "https://developer.microsoft.com/json-schemas/teams/"
         f"v{UNIFIED_MANIFEST_VERSION}/MicrosoftTeams.schema.json",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Response, abort, request, send_from_directory
+from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
 from addin import manifests
 
@@ -84,7 +84,11 @@ def launchevent_script() -> Response:
     # The script learns its API base from this first line: classic Outlook's JavaScript-only runtime
     # has no document or location to take it from.
     source = (_STATIC / "launchevent.js").read_text(encoding="utf-8")
-    prefix = f"var SENDGUARD_API_BASE = {json.dumps(_origin())};\n"
+    # On the central server the add-in's API is the relay (addin/relay.py), entered with Office SSO.
+    base = _origin() + str(current_app.config.get("ADDIN_API_PATH", ""))
+    prefix = f"var SENDGUARD_API_BASE = {json.dumps(base)};\n"
+    if current_app.config.get("ADDIN_SSO"):
+        prefix += "var SENDGUARD_SSO = true;\n"
     return _no_store(Response(prefix + source, mimetype="text/javascript"))
 
 

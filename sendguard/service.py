@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import config as configmod
 from . import notify, paths, runtime
+from .addin_relay import AddinRelay
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
 from .config import Config
@@ -45,6 +46,9 @@ class Helper:
         self.central = client_from_config(self.config)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
         self.sync = CentralSync(self.outbox, self.central, self.wake) if self.central else None
+        # Outlook add-in served by the central server: its checks come through the server
+        self.addin_relay = AddinRelay(self.outbox, self.central, self.config, self.addin_presence) \
+            if self.central else None
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
@@ -88,6 +92,8 @@ class Helper:
         self._worker.start()
         if self.sync:
             self.sync.start()
+        if self.addin_relay:
+            self.addin_relay.start()
         return self
 
     def stop(self) -> None:
@@ -95,6 +101,8 @@ class Helper:
         self._wake.set()
         if self.sync:
             self.sync.stop()
+        if self.addin_relay:
+            self.addin_relay.stop()
         if self.smtp:
             self.smtp.stop()
         if self._worker:

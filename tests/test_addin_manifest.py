@@ -48,7 +48,7 @@ def _local(tag: str) -> str:
 def _urls_in_xml(root: ET.Element) -> list[str]:
     """Every attribute value or text holding a URL (namespace names are tags, not values)."""
     values = [v for el in root.iter() for v in [*el.attrib.values(), el.text or ""]]
-    return [v.strip() for v in values if "://" in v]
+    return [v.strip() for v in values if "://" in v and not v.strip().startswith("api://")]  # SSO resource: a name
 
 
 def _urls_in_json(value) -> list[str]:
@@ -342,3 +342,23 @@ def test_manifest_download_follows_the_request_host(client):
     check_unified(doc, manifests.AddinSettings())
     bad = client.get("/addin/manifest.xml?send_mode=Whatever", base_url="https://localhost:8765")
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "bad_request"
+
+
+def test_sso_client_id_adds_web_application_info_to_both_manifests():
+    settings = manifests.AddinSettings(host="sendguard.example.co.jp", port=443,
+                                       sso_client_id="0F8FAD5B-D9CB-469F-A165-70867728950E")
+    xml = manifests.build_xml(settings)
+    check_xml(xml, settings)
+    root = ET.fromstring(xml.encode("utf-8"))
+    info = root.find("v10:VersionOverrides/v11:VersionOverrides/v11:WebApplicationInfo", NS)
+    assert info.findtext("v11:Id", namespaces=NS) == "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert info.findtext("v11:Resource", namespaces=NS) == \
+        "api://sendguard.example.co.jp/0f8fad5b-d9cb-469f-a165-70867728950e"
+    doc = manifests.build_unified(settings)
+    assert doc["webApplicationInfo"] == {"id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                                         "resource": "api://sendguard.example.co.jp/0f8fad5b-d9cb-469f-a165-70867728950e"}
+    validate_schema(doc)
+    assert "WebApplicationInfo" not in manifests.build_xml(manifests.AddinSettings())
+    with pytest.raises(manifests.ManifestError, match="--sso-client-id"):
+        manifests.AddinSettings(sso_client_id="nope")
+

@@ -62,6 +62,8 @@
         "Remove it from the message yourself (an inline picture: delete it from the body), then press Send again.",
       meetingBcc: "SendGuard stopped this invitation: a meeting has no Bcc, so its attendees cannot be hidden. " +
         "Remove the attendees who must not see each other, then press Send again.",
+      signInFailed: "SendGuard stopped this message: Outlook could not sign you in to SendGuard ({detail}). " +
+        "Nothing was sent; press Send again, and ask your administrator if this keeps happening.",
       refused: "SendGuard stopped this message: the helper refused it ({detail}).",
       failed: "SendGuard stopped this message because of an error: {detail}. Nothing was sent; " +
         "press Send to try again."
@@ -87,6 +89,8 @@
         "ご自身で削除して (本文中の画像は本文から削除)、もう一度 [送信] を押してください。",
       meetingBcc: "SendGuard が送信を止めました: 会議出席依頼には BCC がないため、出席者を隠せません。" +
         "互いに見えてはいけない出席者を削除して、もう一度 [送信] を押してください。",
+      signInFailed: "SendGuard が送信を止めました: Outlook から SendGuard にサインインできませんでした ({detail})。" +
+        "送信されていません。もう一度 [送信] を押し、続く場合は管理者に連絡してください。",
       refused: "SendGuard が送信を止めました: ヘルパーが受け付けませんでした ({detail})。",
       failed: "SendGuard がエラーのため送信を止めました: {detail}。送信されていません。" +
         "もう一度 [送信] を押してください。"
@@ -445,9 +449,29 @@
     this.token = null;
   }
 
+  // Served by a central SendGuard server (SENDGUARD_SSO), the add-in proves who the user is with an
+  // Office single sign-on token; the server relays the check to that user's helper. Served by the
+  // helper itself, no sign-in is needed.
+  function signInToken() {
+    if (global.SENDGUARD_SSO !== true) return Promise.resolve(null);
+    var auth = global.Office && global.Office.auth;
+    if (!auth || typeof auth.getAccessToken !== "function") {
+      return Promise.reject(new StopSend(text("signInFailed", { detail: "Office.auth is not available" }), "sso"));
+    }
+    return Promise.resolve().then(function () {
+      return auth.getAccessToken({ allowSignInPrompt: false, allowConsentPrompt: false, forMSGraphAccess: false });
+    }).catch(function (err) {
+      var detail = messageOf(err);
+      if (err && err.code) detail = String(err.code) + " " + detail;
+      throw new StopSend(text("signInFailed", { detail: detail }), "sso");
+    });
+  }
+
   HelperClient.prototype.openSession = function () {
     var self = this;
-    return request("POST", "/api/v1/addin/session", {}, null, settings.submitTimeoutMs).then(function (r) {
+    return signInToken().then(function (sso) {
+      return request("POST", "/api/v1/addin/session", {}, sso, settings.submitTimeoutMs);
+    }).then(function (r) {
       if (r.status !== 200 && r.status !== 201 || !r.data || !r.data.token) {
         throw new StopSend(text("refused", { detail: apiErrorText(r) }), "refused");
       }

@@ -101,6 +101,15 @@ function fakeOutlook(overrides = {}) {
 
   const data = {
     host: "outlook",
+    auth: {
+      // Office single sign-on (used when the add-in is served by a central server)
+      getAccessToken(options) {
+        state.calls.push("auth.getAccessToken");
+        state.ssoOptions = options;
+        if (!state.ssoToken) return Promise.reject(Object.assign(new Error("no SSO token"), { code: 13001 }));
+        return Promise.resolve(state.ssoToken);
+      },
+    },
     AsyncResultStatus: { Succeeded: "succeeded", Failed: "failed" },
     CoercionType: { Text: "text", Html: "html" },
     MailboxEnums: { RestVersion: { v1_0: "v1.0", v2_0: "v2.0", Beta: "beta" }, ItemType: { Message: "message", Appointment: "appointment" } },
@@ -178,7 +187,7 @@ function fakeOutlook(overrides = {}) {
  * classic Outlook's JavaScript-only runtime, refuses a script that is not ECMAScript 2016 or uses
  * the conditional operator.
  */
-function loadAddin(office, { apiBase, settings = {}, fetchImpl, source = SCRIPT } = {}) {
+function loadAddin(office, { apiBase, settings = {}, fetchImpl, source = SCRIPT, sso = false } = {}) {
   const problems = esLevel.lint(source, { filename: SCRIPT_PATH });
   if (problems.length) throw new Error(`the JavaScript-only runtime would not load the script:\n${problems.map(esLevel.format).join("\n")}`);
   const sandbox = {
@@ -190,6 +199,7 @@ function loadAddin(office, { apiBase, settings = {}, fetchImpl, source = SCRIPT 
     console: { log() {}, error() {}, warn() {} },
     SENDGUARD_API_BASE: apiBase,
   };
+  if (sso) sandbox.SENDGUARD_SSO = true; // as the central server serves the script
   vm.createContext(sandbox);
   vm.runInContext(source, sandbox, { filename: SCRIPT_PATH });
   Object.assign(sandbox.SendGuardAddin.settings, settings);
@@ -267,6 +277,7 @@ async function startHelper({ onCheck, hangPolls = false, sessionStatus = 200 } =
       const url = new URL(req.url, "http://helper");
       if (req.method === "POST" && url.pathname === "/api/v1/addin/session") {
         helper.sessions += 1;
+        helper.sessionAuth = req.headers.authorization || null;
         if (sessionStatus !== 200) return send(res, sessionStatus, { error: { code: "forbidden", message: "origin refused" } });
         const token = `tok-${helper.sessions}`;
         helper.tokens.add(token);

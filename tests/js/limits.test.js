@@ -193,3 +193,37 @@ describe("meeting invitations (OnAppointmentSend)", () => {
     assert.deepEqual(await result, { allowEvent: false, errorMessage: "Blocked by policy: rival" });
   });
 });
+
+describe("served by a central server (Office single sign-on)", () => {
+  let helper;
+  afterEach(async () => helper && (await helper.close()));
+
+  test("the session is opened with the Office SSO token, without prompts", async () => {
+    helper = await startHelper({ onCheck: () => ({ state: "sent" }) });
+    const outlook = fakeOutlook({ ssoToken: "eyJ.sso.token" });
+    loadAddin(outlook.office, { apiBase: helper.base, settings: FAST, sso: true });
+    assert.deepEqual(await pressSend(outlook.state), { allowEvent: true });
+    assert.equal(helper.sessionAuth, "Bearer eyJ.sso.token");
+    assert.deepEqual(JSON.parse(JSON.stringify(outlook.state.ssoOptions)), { allowSignInPrompt: false, allowConsentPrompt: false, forMSGraphAccess: false });
+  });
+
+  test("no SSO token: stopped, saying the sign-in failed, nothing submitted", async () => {
+    helper = await startHelper({ onCheck: () => ({ state: "sent" }) });
+    const outlook = fakeOutlook({ ssoToken: null });
+    loadAddin(outlook.office, { apiBase: helper.base, settings: FAST, sso: true });
+    const completed = await pressSend(outlook.state);
+    assert.equal(completed.allowEvent, false);
+    assert.match(completed.errorMessage, /could not sign you in to SendGuard \(13001 no SSO token\)/);
+    assert.equal(helper.checks.length, 0);
+    assert.equal(helper.sessions, 0);
+  });
+
+  test("served by the helper: no sign-in is attempted", async () => {
+    helper = await startHelper({ onCheck: () => ({ state: "sent" }) });
+    const outlook = fakeOutlook({ ssoToken: "eyJ.sso.token" });
+    loadAddin(outlook.office, { apiBase: helper.base, settings: FAST });
+    assert.deepEqual(await pressSend(outlook.state), { allowEvent: true });
+    assert.equal(helper.sessionAuth, null);
+    assert.ok(!outlook.state.calls.includes("auth.getAccessToken"));
+  });
+});
