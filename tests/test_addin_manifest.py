@@ -154,6 +154,8 @@ def test_checked_in_manifests_match_the_generator():
     assert (MANIFEST_DIR / "manifest.json").read_text(encoding="utf-8") == manifests.unified_text(defaults)
     assert (MANIFEST_DIR / manifests.LOOPBACK_SCRIPT).read_bytes() == \
         manifests.build_loopback_script(defaults).replace("\n", "\r\n").encode("ascii")
+    assert (MANIFEST_DIR / manifests.LNA_REG).read_bytes() == \
+        b"\xff\xfe" + manifests.build_lna_reg(defaults).encode("utf-16-le")
 
 
 def test_loopback_exemption_script_names_the_runtime_container():
