@@ -254,3 +254,22 @@ def test_helper_poll_takes_each_check_once(server):
     assert taken == [{"id": "r1", "request": {"subject": "s"}}]
     other = CentralClient(server.url, server.token("hanako@example.co.jp"))
     assert other._call("GET", "/api/v1/central/relay/pending", params={"wait": 0}) == []
+
+
+def test_addin_gone_before_the_user_confirms_is_not_recorded_as_sent(server, helper, tenant, monkeypatch):
+    """Through the relay too: once the add-in stops polling (the user left the message), a late
+    confirmation is not handed back to an Outlook that no longer waits."""
+    from addin import relay
+
+    monkeypatch.setattr(relay, "ADDIN_WAITING_SECONDS", 1.0)
+    helper.addin_presence.grace = 1.0
+    proc = press_send(server, tenant.token())
+    item = wait_for(lambda: next(iter(helper.outbox.list(["awaiting_confirmation"])), None), timeout=30)
+    proc.kill()  # Outlook on the web ends the handler when the user leaves the message
+    proc.communicate(timeout=30)
+    wait_for(lambda: not helper.addin_presence.waiting(item.id), timeout=20)
+    helper.outbox.confirm(item.id)
+    done = wait_for(lambda: (lambda i: i if i.state in ("sent", "needs_attention", "failed") else None)(
+        helper.outbox.get(item.id)), timeout=30)
+    assert done.state == "needs_attention"
+    assert "Open it from Drafts" in (done.last_error or "")
