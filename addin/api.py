@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, checks, compose
+from sendguard import audit, checks, compose, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
-from sendguard.errors import MessageError
+from sendguard.errors import MessageError, StateError
 from sendguard.outbox import HELD_STATES, STATES, Item
 
 from .openapi import SPEC
@@ -59,14 +59,7 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
     data = item.summary()
     data["user_message"] = user_message(item)
     data["approvers"] = item.approvers
-    decision = item.decision
-    if decision is not None:
-        refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
-        decision = dict(decision)
-        decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
-        if item.source in ("outlook", "gmail_web"):
-            decision["removed_attachments"] = decision["removed_attachment_refs"]
-    data["decision"] = decision
+    data["decision"] = outlook_items.decision_for_addin(item)
     if item.state == "confirmed" and not (item.decision or {}).get("needs_approval"):
         # the undo window (confirm.hold_seconds) still open, in seconds from now
         data["release_in"] = max(0.0, round(item.release_after - time.time(), 3))
@@ -113,6 +106,18 @@ def _json_body() -> dict[str, Any]:
     return data
 
 
+def _supersede(svc: Any, ref: str) -> None:
+    """Send pressed again in Outlook for the same draft (after leaving it, from Drafts): the earlier
+    check, still waiting in the window, is withdrawn so the draft can never be sent twice."""
+    for old in svc.outbox.list(["awaiting_confirmation"]):
+        if old.source == "outlook" and old.source_ref == ref:
+            try:
+                svc.outbox.cancel(old.id, actor="outlook", reason="Send was pressed again in Outlook; "
+                                                                  "the new check replaces this one")
+            except StateError:
+                pass  # decided meanwhile
+
+
 @bp.post("/api/v1/checks")
 @require("api", "addin", "helper")
 def create_check() -> Any:
@@ -135,8 +140,12 @@ def create_check() -> Any:
     if data.get("dry_run"):
         result = svc.outbox.evaluate(raw, envelope_from, recipients)
         return jsonify(result.to_json())
-    item = svc.outbox.submit(raw, envelope_from, recipients, source=source,
-                             source_ref=str(data.get("item_id") or "") or None)
+    ref = outlook_items.item_ref(getattr(svc, "config", None), envelope_from, data)
+    if source == "outlook" and ref:
+        _supersede(svc, ref)
+    item = svc.outbox.submit(raw, envelope_from, recipients, source=source, source_ref=ref)
+    if source == "outlook" and getattr(svc, "addin_presence", None) is not None:
+        svc.addin_presence.seen(item.id)
     if hasattr(svc, "item_created"):
         svc.item_created(item)
     body = dict(item.check or {})
@@ -171,7 +180,14 @@ def get_item(item_id: str) -> Any:
             seconds = min(float(wait), MAX_WAIT)
         except ValueError:
             raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
-        item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
+        presence = getattr(svc, "addin_presence", None)
+        who = principal()
+        if presence is not None and who is not None and who.kind == "addin":
+            # The Outlook add-in is waiting on this item: Outlook will send it once it is confirmed.
+            with presence.polling(item_id):
+                item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
+        else:
+            item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
     else:
         item = svc.outbox.get(item_id)
     return jsonify(item_json(item, full=True))

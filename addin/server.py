@@ -46,7 +46,7 @@ from sendguard.outbox import Item, Outbox
 from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
-from . import create_app
+from . import create_app, relay
 from .security import ApiError, principal, require
 
 log = logging.getLogger(__name__)
@@ -463,6 +463,7 @@ def create_server_app(url: str, public_url: str, policy_path: Path | None = None
     }
     app = create_app(svc, config)
     app.register_blueprint(bp)
+    relay.init_app(app)  # the Outlook add-in is served from here and reaches the user's helper through us
     return app
 
 

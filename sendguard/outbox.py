@@ -194,6 +194,8 @@ class Outbox:
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    # Is the Outlook add-in still waiting to send this item itself? (outlook_presence; None: assume so)
+    outlook_waiting: Callable[[str], bool] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
     _reconcile_failures: dict[str, int] = field(default_factory=dict)  # asks in a row, per item
@@ -547,13 +549,20 @@ class Outbox:
                                    "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1,
                                    release_after=self.clock() + RELEASE_LEASE)
             item = self.get(item_id, with_bodies=True)
-            if item.source in CLIENT_SENDS and not item.approval:
-                # Outlook (or Gmail in the browser) sends it itself once its add-in/extension sees the decision.
+            if item.source == "gmail_web" and not item.approval:
+                # Gmail in the browser sends it itself once the extension sees the decision.
                 return self._sent(item, {"transport": item.source})
             if item.source == "gmail_web":  # the page's copy has no attachment content: never send it
                 error = "a message checked in Gmail's page cannot be sent by SendGuard; send it from Gmail again"
                 return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
                                        {"error": error, "permanent": True}, last_error=error)
+            if item.source == "outlook" and not item.approval:
+                if self.outlook_waiting is None or self.outlook_waiting(item.id):
+                    # Outlook sends it itself once the add-in sees the decision.
+                    return self._sent(item, {"transport": "outlook"})
+                if not self._can_send_outlook_draft(item):
+                    return self._outlook_gone(item)
+                # The add-in is gone (the user left the message): send the saved draft from the server.
             try:
                 if self.mailbox_for is None:
                     raise PermanentError("no release transport is configured")
@@ -578,12 +587,27 @@ class Outbox:
                                        {"error": repr(exc)}, last_error=f"unexpected error: {exc}")
             return self._sent(item, {"transport": receipt.transport, **receipt.detail})
 
+    def _can_send_outlook_draft(self, item: Item) -> bool:
+        if not item.source_ref or self.mailbox_for is None:
+            return False
+        try:
+            return self.mailbox_for(item).kind in ("graph", "exchange")
+        except Exception:  # an account that cannot be opened cannot send the draft either
+            return False
+
+    def _outlook_gone(self, item: Item) -> Item:
+        error = ("Outlook stopped waiting for SendGuard before you confirmed (the message was left or closed), "
+                 "so it was not sent. Open it from Drafts in Outlook and press Send again.")
+        return self.transition(item.id, ["releasing"], "needs_attention", "failed", "sendguard",
+                               {"error": error, "outlook_gone": True}, last_error=error)
+
     def _release_item(self, item: Item) -> ReleaseItem:
         decision = item.decision or {}
         return ReleaseItem(
             outbox_id=item.id, message_id=item.message_id, raw=item.final_raw or item.raw or b"",
             envelope_from=item.envelope_from or item.sender, recipients=tuple(item.envelope_to),
             bcc=tuple(decision.get("bcc_addresses") or ()), source=item.source, source_ref=item.source_ref,
+            held_since=item.created_at,
         )
 
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import config as configmod
 from . import notify, paths, runtime
+from .addin_relay import AddinRelay
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
 from .clock import SteadyClock
@@ -21,6 +22,7 @@ from .i18n import translator
 from .mailboxes import _retry, registry
 from .mailboxes.base import Mailbox, MailboxError
 from .outbox import Item, Outbox
+from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
 from .store import Store
 from .submission import SubmissionHandler, SubmissionServer
@@ -54,11 +56,16 @@ class Helper:
         # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
                              gettext=self.gettext)
+        self.addin_presence = AddinPresence()  # the Outlook add-in still waiting to send an item itself?
+        self.outbox.outlook_waiting = self.addin_presence.waiting
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central, clock=self.outbox.clock)
         self.sync = (CentralSync(self.outbox, self.central, self.wake, clock=self.outbox.clock)
                      if self.central else None)
+        # Outlook add-in served by the central server: its checks come through the server
+        self.addin_relay = AddinRelay(self.outbox, self.central, self.config, self.addin_presence) \
+            if self.central else None
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
@@ -123,6 +130,8 @@ class Helper:
                     self._streams.append(thread)
         if self.sync:
             self.sync.start()
+        if self.addin_relay:
+            self.addin_relay.start()
         return self
 
     def stop(self) -> None:
@@ -131,6 +140,8 @@ class Helper:
         self._watch_wake.set()
         if self.sync:
             self.sync.stop()
+        if self.addin_relay:
+            self.addin_relay.stop()
         if self.smtp:
             self.smtp.stop()
         if self._worker:

@@ -151,6 +151,23 @@ server_settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# central server: Outlook add-in checks relayed to the user's helper over the helper's own connection
+# (so no browser calls loopback). state: pending -> taken (by the helper) | cancelled (by the add-in)
+# | expired (no helper took it); status is the helper's latest view of the outbox item.
+addin_relay = Table(
+    "addin_relay",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user", String(320), nullable=False, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("request", JSON),  # the add-in's check payload; dropped once the helper took it
+    Column("status", JSON),
+    Column("version", Integer, nullable=False, default=0),
+    Column("addin_seen", Float, nullable=False),  # the add-in's last call about it
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 GENESIS = "0" * 64
 # prepared once: the statement cache then skips compiling on the hot path (SMTP intake)
 _INSERT_AUDIT = insert(audit)

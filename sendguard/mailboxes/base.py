@@ -65,6 +65,7 @@ class ReleaseItem:
     bcc: tuple[str, ...] = ()  # the subset of recipients that are blind copies
     source: str = "smtp"  # smtp | outlook | exchange | exchange-outbox | graph | graph-outbox | gmail
     source_ref: str | None = None  # the connector's own id of a held item (EWS item id, draft id...)
+    held_since: float | None = None  # epoch seconds the outbox took it in (grace periods for late syncs)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import base64
 import datetime as dt
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -69,6 +70,10 @@ DEFERRED_EXPAND = f"singleValueExtendedProperties($filter=id eq '{DEFERRED_ID}')
 # time in the past means "send now". Also how find_missed tells SendGuard's own releases apart.
 DEFERRED_CLEARED = "2000-01-01T00:00:00Z"
 _CLEARED_BEFORE = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+# A draft the Outlook add-in saved in Cached Exchange Mode reaches the server only when Outlook syncs
+# it; until then Graph does not find it. Within this time after intake that is a wait, not a deletion.
+OUTLOOK_SYNC_GRACE = 15 * 60
+OUTLOOK_SYNC_RETRY = 30.0
 
 
 def _b64len(n: int) -> int:
@@ -542,9 +547,29 @@ class GraphMailbox:
     def _recipients(pairs) -> list[dict]:
         return [{"emailAddress": {"address": a, **({"name": n} if n else {})}} for n, a in pairs]
 
+    def _graph_id(self, ref: str, what: str) -> str:
+        """``ref`` as Graph takes it. The Outlook add-in sends the REST id (``convertToRestId``); an
+        EWS-format id (it has ``/`` or ``+``, which REST ids never do) from an older add-in is
+        translated with ``translateExchangeIds``, which needs User.ReadBasic.All (or User.Read)."""
+        if "/" not in ref and "+" not in ref:
+            return ref
+        try:
+            found = self._json("POST", "/me/translateExchangeIds", what=what, json={
+                "inputIds": [ref], "sourceIdType": "ewsId", "targetIdType": "restId"})
+        except (AuthError, PermanentError) as e:
+            raise PermanentError(
+                "The Outlook add-in identified this draft by its Exchange (EWS) id, which Microsoft Graph does "
+                "not accept, and Graph refused to translate it (" + str(e).rstrip(".") + "). Update the add-in "
+                "(it now sends the Graph id itself) or grant the app User.ReadBasic.All; nothing was sent.") from None
+        targets = [v.get("targetId") for v in found.get("value") or [] if v.get("targetId")]
+        if not targets:
+            raise PermanentError("Microsoft Graph could not translate the Outlook item id of the held message; "
+                                 "nothing was sent.")
+        return targets[0]
+
     def _release_held(self, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
-        ref = item.source_ref
         what = "sending the held message"
+        ref = self._graph_id(item.source_ref or "", what)
         try:
             draft = self._json("GET", f"/me/messages/{ref}", what=what,
                                params={"$select": "id,isDraft,categories,internetMessageId",
@@ -554,6 +579,12 @@ class GraphMailbox:
         if draft is None or not draft.get("isDraft", True):
             if self.find_sent(item.message_id):
                 return self._receipt(item, "already-sent")
+            if draft is None and item.source == "outlook" and item.held_since is not None \
+                    and time.time() - item.held_since < OUTLOOK_SYNC_GRACE:
+                raise TransientError("The draft Outlook saved for this message is not on the server yet (Outlook "
+                                     "in Cached Exchange Mode uploads it when it next syncs); trying again in "
+                                     f"{OUTLOOK_SYNC_RETRY:.0f} s. Keep Outlook running; the message stays held.",
+                                     retry_after=OUTLOOK_SYNC_RETRY)
             raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
                                  "nothing was sent.")
         wanted = _mime.attachment_names(msg)

@@ -166,6 +166,8 @@ class FakeGraph:
         self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
         self.submission_delay = 0.0  # how long a message without a deferred time stays in the Outbox
         self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
+        self.unsynced: set[str] = set()  # drafts Outlook (Cached Exchange Mode) has not uploaded yet
+        self.translate_allowed = False  # translateExchangeIds needs User.ReadBasic.All, which the app lacks
         self._stopped = threading.Event()
         self.ticker = threading.Thread(target=self._tick_forever, daemon=True)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -237,12 +239,29 @@ class FakeGraph:
         fid = self.folder_id(key)
         return [m for m in self.messages.values() if m.folder == fid]
 
-    def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None) -> str:
+    def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None,
+                 msg_id: str | None = None, unsynced: bool = False) -> str:
+        """Store a message (``msg_id``: its REST id; ``unsynced``: saved by Outlook in Cached Exchange
+        Mode and not on the server until ``sync``)."""
         with self.lock:
             msg = self._from_mime(raw, self.folder_id(folder))
+            if msg_id:
+                msg.id = msg_id
+            if unsynced:
+                self.unsynced.add(msg.id)
             msg.categories = list(categories or [])
             self.messages[msg.id] = msg
             return msg.id
+
+    def sync(self, message_id: str) -> None:
+        """Outlook uploaded the draft: from now on Graph finds it."""
+        with self.lock:
+            self.unsynced.discard(message_id)
+
+    @staticmethod
+    def ews_id(rest_id: str) -> str:
+        """The EWS form of a REST id (what getItemIdAsync gives the Outlook add-in)."""
+        return rest_id.replace("-", "/").replace("_", "+")
 
     def delete_item(self, message_id: str) -> None:
         with self.lock:
@@ -529,8 +548,10 @@ class FakeGraph:
         return m.group(1).replace("''", "'") if m else None
 
     def _message(self, mid: str) -> Message:
+        if "+" in mid:  # an EWS id ('/' in one splits the path, so it is not found)
+            raise GraphError(400, "ErrorInvalidIdMalformed", "Id is malformed.")
         msg = self.messages.get(mid)
-        if msg is None:
+        if msg is None or mid in self.unsynced:
             raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
         return msg
 
@@ -583,6 +604,13 @@ class FakeGraph:
             return 202, None, {}
         if parts[0] == "messages":
             return self._messages(h, method, parts[1:], query, data, body, path)
+        if parts[0] == "translateExchangeIds" and method == "POST":
+            if not self.translate_allowed:
+                raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+            if (data or {}).get("sourceIdType") != "ewsId" or (data or {}).get("targetIdType") != "restId":
+                raise GraphError(400, "BadRequest", "unsupported id types")
+            return 200, {"value": [{"sourceId": i, "targetId": i.replace("/", "-").replace("+", "_")}
+                                   for i in data.get("inputIds") or []]}, {}
         raise GraphError(400, "BadRequest", f"Unsupported segment {parts[0]}")
 
     def _mime_body(self, h, body: bytes) -> bytes:
