@@ -29,6 +29,7 @@ from flask import (
 )
 
 from sendguard import notify
+from sendguard.approvals import is_own
 from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
 from sendguard.i18n import _
 from sendguard.links import LinkSigner, use_once, was_used
@@ -63,7 +64,7 @@ def _(text: str) -> str:  # noqa: F811 - at run time, translate in the service's
 
 
 def approve_signer() -> LinkSigner:
-    return LinkSigner(current_app.config["SECRET_KEY"], "approve")
+    return LinkSigner(current_app.config["SECRET_KEY"], current_app.config.get("APPROVAL_LINK_PURPOSE", "approve"))
 
 
 def login_signer() -> LinkSigner:
@@ -125,7 +126,7 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
         "item": data, "recipients": recipients, "attachments": attachments,
         "reasons": notify.notice_reasons(item), "preview": notify.preview_text(full.final_raw or full.raw),
         "deputy_of": acting if acting and acting != approver.lower() else None,
-        "self_approval": acting is None and approver.lower() == item.sender.lower(),
+        "self_approval": is_own(item, approver),
         "deadline": (data.get("expires_at") and _deadline(item)), "approval": item.approval or {},
     }
 
@@ -152,7 +153,8 @@ def show(item_id: str) -> Any:
         item = service().outbox.get(item_id)
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
-    if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
+    if not approvals().may_view(item, approver):
+        # whatever its state: an approver sees only the messages they approve (or stand in for)
         names = ", ".join(item.approvers) or "-"
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {names}")

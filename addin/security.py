@@ -12,7 +12,9 @@ All errors are JSON ``{"error": {"code", "message"}}`` with a proper status.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -51,9 +53,52 @@ class Principal:
     kind: str  # api | addin | page | approver | helper (central server: a user's helper token)
     items: list[str] = field(default_factory=list)
     who: str = ""
+    sid: str = ""  # an add-in session: the items it created are its own, nothing else
 
     def may_see(self, item_id: str) -> bool:
         return self.kind != "page" or item_id in self.items
+
+    @property
+    def key(self) -> str:
+        """One name per credential (long polls are counted per credential)."""
+        return f"{self.kind}:{self.sid or self.who or ','.join(self.items[-3:])}"
+
+
+class LongPolls:
+    """Bounds long polls: a few at a time per credential, and a share of the server's threads in all.
+
+    A long poll holds a worker thread; without a bound a dozen ``?wait=60`` requests starve
+    ``/healthz`` and the real users.
+    """
+
+    def __init__(self, per_credential: int = 2, total: int = 16):
+        self.per_credential = per_credential
+        self.total = total
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            if self._held.get(key, 0) >= self.per_credential:
+                raise ApiError(429, "too_many_waits", f"at most {self.per_credential} waiting requests per "
+                                                      "credential: wait for an answer before asking again")
+            if sum(self._held.values()) >= self.total:
+                raise ApiError(503, "busy", "the server is answering too many waiting requests: retry shortly")
+            self._held[key] = self._held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[key] -= 1
+                if not self._held[key]:
+                    del self._held[key]
+
+
+def long_poll(who: Principal | None) -> Any:
+    """The app's long-poll bound for this caller (a context manager)."""
+    polls: LongPolls = current_app.extensions["sendguard_long_polls"]
+    return polls.hold(who.key if who else "anonymous")
 
 
 def _host_name(value: str) -> str:
@@ -113,7 +158,10 @@ def principal() -> Principal | None:
             origin = request.headers.get("Origin")
             if origin and claims.get("origin") and origin != claims["origin"]:
                 raise ApiError(403, "token_origin", "this add-in token was issued to another origin")
-            found = Principal("addin", who=str(claims.get("origin") or ""))
+            if not claims.get("sid") or (current_app.config.get("ADDIN_NEEDS_USER") and not claims.get("user")):
+                raise ApiError(401, "invalid_token", "this add-in token is from an older version: "
+                                                     "ask for a new one (POST /api/v1/addin/session)")
+            found = Principal("addin", who=str(claims.get("user") or ""), sid=str(claims["sid"]))
     elif session.get("approver"):
         found = Principal("approver", who=str(session["approver"]))
     elif session.get("items"):
@@ -159,6 +207,9 @@ def wants_json() -> bool:
 
 
 def init_app(app: Flask) -> None:
+    app.extensions["sendguard_long_polls"] = LongPolls(app.config.get("LONG_POLLS_PER_CREDENTIAL", 2),
+                                                       app.config.get("LONG_POLLS_TOTAL", 16))
+
     @app.before_request
     def _guard() -> Any:
         host = _host_name(request.host)

@@ -31,6 +31,15 @@ def records(store: Store, item_id: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def created_by(store: Store, item_id: str) -> str | None:
+    """The actor of the item's ``received`` record: who handed the message in."""
+    query = select(audit.c.actor).where(audit.c.item_id == item_id, audit.c.event == "received") \
+        .order_by(audit.c.seq).limit(1)
+    with store.engine.connect() as conn:
+        row = conn.execute(query).first()
+    return str(row[0]) if row else None
+
+
 def verify(store: Store) -> list[Problem]:
     """Every way the chain was tampered with: edited, deleted, inserted or reordered records.
 

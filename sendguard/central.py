@@ -5,8 +5,8 @@ issues it with ``sendguard server token issue --user ADDR``; ``sendguard server 
 stores it):
 
 - submits each message that went to ``awaiting_approval`` (``POST /api/v1/central/requests``;
-  idempotent, so a retry after a lost answer is harmless) and emails the approvers the signed links
-  the server returns;
+  idempotent, so a retry after a lost answer is harmless); the server itself emails the approvers
+  their signed links, which never pass through this helper;
 - long-polls the server for decisions on this user's requests (``GET /api/v1/central/decisions?wait=N``)
   and acknowledges each once applied, backing off while the server is unreachable;
 - applies a decision with the outbox's own transition (``awaiting_approval`` -> ``approved``), which
@@ -208,21 +208,6 @@ class CentralSync:
             else:
                 conn.execute(insert(central_requests).values(item_id=item_id, server_url=self.client.url, **values))
 
-    def links(self, item_id: str) -> dict[str, str]:
-        with self.outbox.store.engine.connect() as conn:
-            row = conn.execute(select(central_requests.c.links).where(central_requests.c.item_id == item_id)).first()
-        return dict(row[0] or {}) if row else {}
-
-    def link_for(self, item: Item, approver: str) -> str | None:
-        link = self.links(item.id).get(approver.lower())
-        return link.get("url") if isinstance(link, dict) else link
-
-    def targets(self, item: Item) -> list[tuple[str, str | None]]:
-        """(address, deputy_of) for every link the server issued (its approvers and active deputies)."""
-        out: list[tuple[str, str | None]] = []
-        for address, link in self.links(item.id).items():
-            out.append((address, link.get("deputy_of") if isinstance(link, dict) else None))
-        return out
 
     # ------------------------------------------------------------------ one round
     def submit_new(self) -> int:
@@ -240,9 +225,9 @@ class CentralSync:
         return count
 
     def _accepted(self, item: Item, answer: dict[str, Any]) -> None:
-        links = {k.lower(): v for k, v in (answer.get("links") or {}).items()}
-        self._save(item.id, submitted_at=self.clock(), links=links, server_state=answer.get("state"),
-                   last_error=None)
+        # approval links never come here: the server mails each approver their own (so the sender,
+        # who owns this database, cannot open one)
+        self._save(item.id, submitted_at=self.clock(), server_state=answer.get("state"), last_error=None)
         approvers = [a.lower() for a in answer.get("approvers") or item.approvers]
         expires = answer.get("expires_at")
         values: dict[str, Any] = {"approvers": approvers}
@@ -386,6 +371,8 @@ class CentralSync:
 
     def start(self) -> CentralSync:
         """Two daemon threads: one submits (woken by ``kick``), one long-polls for decisions."""
+        with self.outbox.store.transaction() as conn:  # older versions kept the approvers' links here
+            conn.execute(update(central_requests).where(central_requests.c.links.is_not(None)).values(links=None))
         for name, work, idle in (("submit", self._submit_round, self._kick),
                                  ("poll", lambda: self.poll(), None)):
             thread = threading.Thread(target=self._loop, args=(work, idle), name=f"sendguard-central-{name}",

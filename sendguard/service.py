@@ -102,18 +102,19 @@ class Helper:
         return runtime.confirm_url(item_id, self.home)
 
     def approval_link(self, item: Item, approver: str) -> str | None:
-        """The signed, single-use approval link for one approver: the central server's, else our own."""
+        """The signed, single-use approval link for one approver (standalone; the central server mails its own)."""
         if self.sync:
-            return self.sync.link_for(item, approver)
+            return None
         from .links import LinkSigner, signing_key
 
         token = LinkSigner(signing_key(), "approve").sign(item.id, approver=approver.lower())
         return f"{runtime.api_base(self.home)}/approve/{item.id}?t={token}"
 
     def approval_targets(self, item: Item) -> list[tuple[str, str | None]]:
-        """Who is emailed about a held message: its approvers and their active deputies."""
+        """Who this helper emails about a held message: its approvers and their active deputies (with a
+        central server: nobody, the server mails them)."""
         if self.sync:
-            return self.sync.targets(item)
+            return []
         return notify.approvers_and_deputies(item, self.approvals)
 
     def _approval_listener(self, item: Item) -> None:
