@@ -526,6 +526,48 @@ def released(item_id: str) -> Any:
     return jsonify(status_json(item))
 
 
+def _checkpoint_key(user: str, db: str) -> str:
+    return "cp:" + hashlib.sha256(f"{user}\n{db}".encode()).hexdigest()[:40]
+
+
+@bp.post("/api/v1/central/audit-checkpoint")
+@require("helper")
+def put_checkpoint() -> Any:
+    """A helper's signed audit head: the server keeps the latest one, out of the helper's reach, so the
+    helper's ``audit verify`` can tell whether its log was cut short or rewritten since."""
+    svc = central()
+    data = request.get_json(silent=True)
+    fields = {"seq": int, "hash": str, "ts": str, "sig": str, "db": str}
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), t) and not isinstance(data.get(k), bool)
+                                             for k, t in fields.items()):
+        raise ApiError(400, "bad_checkpoint", "expected {seq, hash, ts, sig, db}")
+    if len(str(data)) > 2000 or data["seq"] < 0:
+        raise ApiError(400, "bad_checkpoint", "this is not a checkpoint")
+    key = _checkpoint_key(_user(), data["db"])
+    value = json.dumps({k: data[k] for k in fields})
+    with svc.store.transaction() as conn:
+        row = conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)
+                           .with_for_update()).first()
+        if row is None:
+            conn.execute(insert(server_settings).values(key=key, value=value))
+        elif int(json.loads(row[0]).get("seq", 0)) <= data["seq"]:
+            conn.execute(update(server_settings).where(server_settings.c.key == key).values(value=value))
+        else:  # never backwards: a helper whose log went back is exactly what this is here to show
+            return jsonify(json.loads(row[0]))
+    return jsonify(json.loads(value))
+
+
+@bp.get("/api/v1/central/audit-checkpoint")
+@require("helper")
+def get_checkpoint() -> Any:
+    svc = central()
+    db = request.args.get("db", "")
+    with svc.store.engine.connect() as conn:
+        row = conn.execute(select(server_settings.c.value)
+                           .where(server_settings.c.key == _checkpoint_key(_user(), db))).first()
+    return jsonify(json.loads(row[0]) if row else None)
+
+
 @bp.post("/api/v1/central/login-link")
 @require("helper")
 def login_link() -> Any:
@@ -652,6 +694,7 @@ def server_command(ctx: click.Context, database: str | None, bind: str, public_u
     port = int(port_text)
     try:
         migrate(database)
+        Store(database_url(database)).close()  # the audit key exists before the workers start
     except Exception as exc:
         raise click.ClickException(f"cannot prepare the database {_safe(database)}: {exc}") from None
     if port == 0 and not public_url and not ready_file:

@@ -141,6 +141,13 @@ class CentralClient:
         body = {"as": actor, "comment" if decision == "approve" else "reason": text}
         return item_from_json(self._call("POST", f"/api/v1/approvals/{item_id}/{decision}", json=body))
 
+    def put_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/api/v1/central/audit-checkpoint", json=checkpoint)  # type: ignore[no-any-return]
+
+    def get_checkpoint(self, db: str) -> dict[str, Any] | None:
+        return self._call("GET", "/api/v1/central/audit-checkpoint",  # type: ignore[no-any-return]
+                          params={"db": db})
+
     def login_link(self) -> str:
         return str(self._call("POST", "/api/v1/central/login-link", json={})["url"])
 
@@ -190,6 +197,7 @@ class CentralSync:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._unknown: set[str] = set()
+        self._checkpoint_at = -1e9
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ bookkeeping
@@ -368,6 +376,16 @@ class CentralSync:
     def _submit_round(self) -> None:
         self.submit_new()
         self.report_released()
+        self.report_checkpoint()
+
+    def report_checkpoint(self, every: float = 60.0) -> None:
+        """Hand the audit log's signed head to the server now and then (it keeps the latest)."""
+        from . import audit
+
+        if time.monotonic() - self._checkpoint_at < every:
+            return
+        self._checkpoint_at = time.monotonic()
+        self.client.put_checkpoint(audit.checkpoint(self.outbox.store))
 
     def start(self) -> CentralSync:
         """Two daemon threads: one submits (woken by ``kick``), one long-polls for decisions."""

@@ -283,9 +283,13 @@ def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return done
 
 
+AUDIT_KEY = "server-audit-key-for-this-test"
+
+
 @pytest.mark.slow
 def test_two_helpers_and_a_server_killed_twice(pg_url: str, tmp_path: Path) -> None:
     server_env = env_for(tmp_path, "server")
+    server_env["SENDGUARD_AUDIT_KEY"] = AUDIT_KEY  # every process writing the server's database shares it
     (tmp_path / "server" / "policy.toml").write_text(SERVER_POLICY, encoding="utf-8")
     ready = tmp_path / "ready.json"
     procs: list[Proc] = []
@@ -348,7 +352,7 @@ def test_two_helpers_and_a_server_killed_twice(pg_url: str, tmp_path: Path) -> N
     finally:
         for p in reversed(procs):
             p.stop()
-    store = Store(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    store = Store(pg_url.replace("postgresql://", "postgresql+psycopg://"), audit_key=AUDIT_KEY.encode())
     try:
         events = [r["event"] for r in audit.records(store, item_id)]
         assert events.count("approval_requested") == 1 and events.count("approved") == 1
