@@ -13,7 +13,10 @@ made here.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
+import time
 from typing import Any
 
 from flask import (
@@ -38,6 +41,7 @@ from sendguard.outbox import Item
 from .api import approvals, item_json, service
 
 bp = Blueprint("approval_pages", __name__, template_folder="templates")
+log = logging.getLogger(__name__)
 
 LOGIN_LINK_MAX_AGE = 300
 
@@ -101,13 +105,59 @@ def _csrf() -> str:
     return str(token)
 
 
-def _refuse(item_id: str | None, actor: str, why: str, status: int = 403) -> Any:
-    """Audit a refused link or decision, then say plainly why."""
+class RefusalLog:
+    """Which refusals of unauthenticated requests reach the audit log: only about a message that exists,
+    once per (message, reason) every ``quiet`` seconds and ``per_minute`` a minute in all. Anyone can
+    send a bad link; nobody may grow the log at will. The rest are counted in the helper's log."""
+
+    def __init__(self, quiet: float = 600.0, per_minute: int = 30):
+        self.quiet = quiet
+        self.per_minute = per_minute
+        self._seen: dict[tuple[str | None, str], float] = {}
+        self._recent: list[float] = []
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def allow(self, item_id: str | None, why: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            self._recent = [t for t in self._recent if now - t < 60.0]
+            key = (item_id, why[:80])
+            if now - self._seen.get(key, -1e9) < self.quiet or len(self._recent) >= self.per_minute:
+                self._dropped += 1
+                if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                    log.warning("%d refused link request(s) not written to the audit log (repeats)", self._dropped)
+                return False
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[key] = now
+            self._recent.append(now)
+            return True
+
+
+def _refusals() -> RefusalLog:
+    return current_app.extensions.setdefault("sendguard_refusals", RefusalLog())  # type: ignore[no-any-return]
+
+
+def _refuse(item_id: str | None, actor: str, why: str, status: int = 403, anonymous: bool = False) -> Any:
+    """Audit a refused link or decision (an anonymous one only within ``RefusalLog``'s bounds), then
+    say plainly why."""
     try:
-        approvals().audit_refusal(item_id, actor, why, "web")
+        if not anonymous or ((item_id is None or _exists(item_id)) and _refusals().allow(item_id, why)):
+            approvals().audit_refusal(item_id, actor, why, "web")
     except SendGuardError:
         pass
     return _notice(_("This link cannot be used"), why, status, item_id)
+
+
+def _exists(item_id: str | None) -> bool:
+    if not item_id:
+        return False
+    try:
+        service().outbox.get(item_id)
+    except NotFound:
+        return False
+    return True
 
 
 def _view(item: Item, approver: str) -> dict[str, Any]:
@@ -171,7 +221,7 @@ def _open_link(item_id: str, token: str) -> Any:
     try:
         claims = approve_signer().load(token, item_id, link_max_age())
     except PermissionDenied as exc:
-        return _refuse(item_id, "(link)", str(exc))
+        return _refuse(item_id, "(link)", str(exc), anonymous=True)
     approver = str(claims.get("approver") or "").lower()
     try:
         item = service().outbox.get(item_id)
@@ -180,8 +230,8 @@ def _open_link(item_id: str, token: str) -> Any:
     if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {', '.join(item.approvers) or '-'}")
-    if was_used(service().store, str(claims.get("jti"))):
-        return _refuse(item_id, approver, "this link has already been used")
+    if was_used(service().store, str(claims.get("jti"))):  # whoever fetches it again (a scanner, say)
+        return _refuse(item_id, approver, "this link has already been used", anonymous=True)
     # not signed in yet: only the decision (which spends the link) signs the approver in, so a
     # scanner that merely fetched the link holds nothing once it is used
     session["link"] = {"item": item_id, "t": token, "approver": approver}
@@ -266,7 +316,7 @@ def login() -> Any:
         claims = login_signer().load(token, "approvals", LOGIN_LINK_MAX_AGE)
         use_once(service().store, str(claims.get("jti")))
     except PermissionDenied as exc:
-        return _refuse(None, "(login link)", str(exc))
+        return _refuse(None, "(login link)", str(exc), anonymous=True)
     session["approver"] = str(claims.get("who") or "").lower()
     session.pop("csrf", None)
     return redirect(url_for("approval_pages.listing"))

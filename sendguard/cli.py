@@ -562,7 +562,10 @@ def doctor(ctx: Context, as_json: bool) -> None:
     def add(name: str, ok: bool, detail: str) -> None:
         report.append({"check": name, "ok": ok, "detail": detail})
 
-    add("home", True, str(paths.home()))
+    home = paths.home()  # closes a home open to other users (and remembers what it changed)
+    add("home", not paths.REPAIRED, f"{home}" + (f"; was readable by other local users, closed now: "
+                                                 f"{'; '.join(paths.REPAIRED[:3])}" if paths.REPAIRED else
+                                                 " (private: 0700)" if os.name != "nt" else ""))
     try:
         cfg = ctx.config
         add("config", True, str(paths.config_file()) + ("" if paths.config_file().exists() else " (defaults)"))
@@ -580,7 +583,12 @@ def doctor(ctx: Context, as_json: bool) -> None:
     except Exception as exc:
         add("database", False, f"{paths.database_file()}: {exc}")
     try:
-        add("secrets", True, secrets.describe())
+        where = secrets.describe()
+        weak = "encrypted file" in where or "keyrings.alt" in where
+        add("secrets", True, where + ("; WARNING: its key sits beside it in this folder, so it protects "
+                                      "nothing against someone who can read the folder: install an OS keyring "
+                                      "(Secret Service/KWallet, macOS Keychain, Windows Credential Manager)"
+                                      if weak else ""))
     except Exception as exc:
         add("secrets", False, f"no usable keyring: {exc}")
     display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")

@@ -16,6 +16,7 @@ from . import config as configmod
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
 from .config import Config
+from .errors import SendGuardError
 from .i18n import translator
 from .mailboxes import registry
 from .mailboxes.base import Mailbox, MailboxError
@@ -33,6 +34,8 @@ class Helper:
 
     def __init__(self, home: Path | None = None, cfg: Config | None = None, database_url: str | None = None):
         self.home = home or paths.home()
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.make_private(self.home)  # mail bodies live here: the user's alone (repairs an older install)
         self.config = cfg or configmod.load(self.home / "config.toml")
         self.policy = PolicyHolder(self.home / "policy.toml", paths.admin_policy_file())
         self.policy.reload()
@@ -80,6 +83,8 @@ class Helper:
     def start(self, smtp: bool = True, smtp_port: int | None = None) -> Helper:
         self.outbox.reconcile()
         if smtp:
+            if not configmod.is_loopback(self.config.smtp_host):
+                raise SendGuardError(f"[smtp] host {self.config.smtp_host!r}: the helper listens on loopback only")
             port = self.config.smtp_port if smtp_port is None else smtp_port
             handler = SubmissionHandler(self.outbox, self.enqueue)
             self.smtp = SubmissionServer(handler, self.config.smtp_host, port).start()
