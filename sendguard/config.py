@@ -138,12 +138,32 @@ def load(path: Path | None = None) -> Config:
             raise ConfigError(str(path), f"{origin!r} is not a browser extension origin like "
                               "chrome-extension://<32 letters a-p> (see chrome://extensions)",
                               tomlfile.line_of(text, "api.extension_origins"), "api.extension_origins")
+    for host_key in ("smtp_host", "api_host"):
+        if not is_loopback(getattr(cfg, host_key)):
+            key = host_key.replace("_", ".")
+            raise ConfigError(str(path), f"{getattr(cfg, host_key)!r} is not a loopback address: the helper listens "
+                                         "on this machine only (127.0.0.1, ::1 or localhost); the networked "
+                                         "component is the central server (`sendguard server`)",
+                              tomlfile.line_of(text, key), key)
     for port_key in ("smtp_port", "api_port"):
         port = getattr(cfg, port_key)
         if not 0 <= port <= 65535:
             raise ConfigError(str(path), f"port {port} out of range 0-65535",
                               tomlfile.line_of(text, port_key.replace("_", ".")), port_key.replace("_", "."))
     return cfg
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (the only places the helper may listen)."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _accounts(path: Path, text: str, value: Any) -> list[Account]:

@@ -342,8 +342,8 @@ class Outbox:
         return out
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
-               source_ref: str | None = None, account: str | None = None) -> Item:
-        item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account)
+               source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
+        item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account, actor)
         return self.process(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
