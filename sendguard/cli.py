@@ -211,11 +211,16 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
         raise click.ClickException(f"{policy_path}: no such policy file")
     pol = ctx.policy(policy_path)
     parsed = msgmod.parse(raw)
-    known: set[str] = set()
-    if paths.database_file().exists():
-        known = Outbox(ctx.store, lambda: pol).known_domains(r.domain for r in parsed.recipients)
     gettext = ctx.gettext()
-    result = checks.evaluate(parsed, pol, known, gettext).to_json()
+    try:
+        accounts = [a.address for a in ctx.config.accounts if a.address]
+    except SendGuardError:
+        accounts = []
+    if paths.database_file().exists():  # the sent-to history and released threads count too
+        result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts) \
+            .evaluate_parsed(parsed, pol).to_json()
+    else:
+        result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts).to_json()
     if as_json:
         echo_json(result)
     else:
@@ -292,13 +297,16 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
 @click.option("--remove-attachment", "remove_attachment", multiple=True, metavar="NAME",
               help="Drop this attachment, by file name or id (repeatable).")
 @click.option("--bcc", is_flag=True, help="Move external To/Cc recipients into Bcc.")
+@click.option("--reconfirmed", is_flag=True,
+              help="Answer the second confirmation a 'reconfirm' reason asks for (read the reasons first).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @user_errors
 def queue_confirm(ctx: Context, item_id: str, remove: tuple[str, ...], remove_attachment: tuple[str, ...],
-                  bcc: bool, as_json: bool) -> None:
+                  bcc: bool, as_json: bool, reconfirmed: bool = False) -> None:
     """Confirm a held message (the same as Send in the window)."""
-    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}")
+    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}",
+                              reconfirmed=reconfirmed)
     if as_json:
         echo_json(item.summary())
     elif item.state == "awaiting_approval":

@@ -34,3 +34,7 @@ class NotFound(SendGuardError):
 
 class PermissionDenied(SendGuardError):
     """The actor may not do this (wrong approver, wrong token)."""
+
+
+class NeedsReconfirmation(StateError):
+    """A ``reconfirm`` reason is still open: the user must confirm once more, the reason named."""

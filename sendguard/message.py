@@ -39,7 +39,7 @@ OFFICE_XML = {
 class Recipient:
     address: str  # lower-cased addr-spec
     display_name: str  # as written
-    field: str  # to | cc | bcc
+    field: str  # to | cc | bcc | attendee
     domain: str  # Unicode form of the domain
     ascii_domain: str  # IDNA (punycode) form
     idn: bool = False
@@ -64,6 +64,8 @@ class Attachment:
     text: str = ""  # extracted text for content checks, when the type is text-like
     ref: str = ""  # the client's own id for this attachment (Outlook attachment id), if any
     problems: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # found inside (an encrypted member of a zip, ...)
+    uninspected: str = ""  # why the content could not be read for checks (fail closed), or ""
 
 
 @dataclass
@@ -78,6 +80,9 @@ class ParsedMessage:
     size: int
     envelope_from: str = ""
     problems: list[str] = field(default_factory=list)
+    in_reply_to: tuple[str, ...] = ()  # Message-IDs this message answers (In-Reply-To, then References)
+    list_unsubscribe: str = ""
+    precedence: str = ""
 
     @property
     def sender(self) -> str:
@@ -395,6 +400,30 @@ def _filename(part: Message, index: int) -> str:
     return f"attachment-{index}"
 
 
+_MSGID_RE = re.compile(r"<[^<>\s]+@[^<>\s]+>")
+_ICS_ATTENDEE = re.compile(r"^ATTENDEE((?:;[^:]*)?):(?:mailto:)?(.+)$", re.IGNORECASE)
+_ICS_CN = re.compile(r';CN=("[^"]*"|[^;:]*)', re.IGNORECASE)
+
+
+def calendar_attendees(msg: Message) -> list[tuple[str, str]]:
+    """(name, address) of each ATTENDEE of a meeting request (text/calendar, METHOD:REQUEST)."""
+    out: list[tuple[str, str]] = []
+    for _parent, part in iter_leaves(msg):
+        if part.get_content_type() not in ("text/calendar", "application/ics"):
+            continue
+        data = _part_bytes(part, [])
+        text = _text_of(part, data) if part.get_content_maintype() == "text" else data.decode("utf-8", "replace")
+        lines = re.sub(r"\r?\n[ \t]", "", text).splitlines()  # unfold (RFC 5545 3.1)
+        if not any(line.strip().upper() == "METHOD:REQUEST" for line in lines):
+            continue
+        for line in lines:
+            match = _ICS_ATTENDEE.match(line.strip())
+            if match:
+                cn = _ICS_CN.search(match.group(1))
+                out.append(((cn.group(1).strip('"') if cn else ""), match.group(2).strip()))
+    return out
+
+
 def iter_leaves(msg: Message) -> Iterator[tuple[Message | None, Message]]:
     """(parent, leaf) depth-first, not descending into attached messages (they are attachments).
 
@@ -450,6 +479,12 @@ def parse(
             if rcpt.address not in seen:
                 seen.add(rcpt.address)
                 recipients.append(rcpt)
+    # meeting invitations: ATTENDEEs are recipients even when the headers do not name them
+    for display, addr_spec in calendar_attendees(msg):
+        rcpt = make_recipient(addr_spec, display, "attendee")
+        if rcpt and rcpt.address not in seen:
+            seen.add(rcpt.address)
+            recipients.append(rcpt)
     for addr in envelope_recipients:
         rcpt = make_recipient(addr, "", "bcc")
         if rcpt and rcpt.address not in seen:
@@ -507,6 +542,7 @@ def parse(
 
     subject = _safe_header(msg, "subject")
     message_id = _safe_header(msg, "message-id").strip()
+    thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to") + " " + _safe_header(msg, "references"))
     return ParsedMessage(
         message_id=message_id,
         from_address=from_address,
@@ -518,6 +554,9 @@ def parse(
         size=len(raw),
         envelope_from=envelope_from,
         problems=list(dict.fromkeys(problems)),
+        in_reply_to=tuple(dict.fromkeys(thread))[:100],
+        list_unsubscribe=_safe_header(msg, "list-unsubscribe").strip(),
+        precedence=_safe_header(msg, "precedence").strip().lower(),
     )
 
 

@@ -37,7 +37,8 @@ class Helper:
         self.policy.reload()
         self.gettext = translator(self.config.language)
         self.store = Store(database_url or (self.home / "sendguard.db"))
-        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
+        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext,
+                             accounts=lambda: [a.address for a in self.config.accounts if a.address])
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
