@@ -327,6 +327,7 @@ class Outbox:
             or bool(result.message.problems) or bool(result.problems)
             or action in ("confirm", "block")
             or (action == "approve" and policy.confirm_when != "never")
+            or any(r.action == "reconfirm" for r in result.reasons)  # only a person can answer it
         )
         audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
                  "force_bcc": result.force_bcc}
