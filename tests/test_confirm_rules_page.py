@@ -6,7 +6,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from test_confirm_page import browser, open_page, page, released, submit, wait_state  # noqa: F401 (fixtures)
+import test_confirm_page as page_tests
+from test_confirm_page import open_page, released, submit, wait_state
+
+browser = page_tests.browser  # the Chromium fixtures of the page tests
+page = page_tests.page
 
 pytestmark = pytest.mark.browser
 
