@@ -15,7 +15,8 @@ from rapidfuzz.distance import OSA, Levenshtein
 
 # ---------------------------------------------------------------- personal data
 
-_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+# full-width digits read as digits; no-break, thin and ideographic spaces as plain spaces (HTML &nbsp;)
+_DIGITS = str.maketrans("０１２３４５６７８９\xa0\u2007\u202f\u2009\u3000－", "0123456789     -")
 # 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits.
 _CARD_RE = re.compile(r"(?<![\d-])(?<!\d )(?:\d[ -]?){12,18}\d(?!\d)(?![ -]\d)")
 # 12 digits, plain or as 4-4-4 with one separator style.
