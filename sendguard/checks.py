@@ -187,14 +187,22 @@ class _Context:
         return any(r.external for r in self.recipients)
 
 
+@lru_cache(maxsize=4096)
+def _domain_kind(domain: str, internal_domains: tuple[str, ...], trusted_domains: tuple[str, ...],
+                 blocked_domains: tuple[str, ...]) -> tuple[bool, bool, bool]:
+    """(internal, trusted, blocked) for a domain; many recipients share a few domains."""
+    internal = any(detect.in_domain(domain, d) for d in internal_domains)
+    trusted = not internal and any(detect.in_domain(domain, d) for d in trusted_domains)
+    return internal, trusted, any(detect.in_domain(domain, d) for d in blocked_domains)
+
+
 def _classify_recipients(ctx: _Context) -> None:
     policy = ctx.policy
     known = _lookalike_references(policy, ctx.history)
     for res in ctx.recipients:
         r = res.recipient
-        internal = any(detect.in_domain(r.domain, d) for d in policy.internal_domains)
-        trusted = not internal and any(detect.in_domain(r.domain, d) for d in policy.trusted_domains)
-        blocked = any(detect.in_domain(r.domain, d) for d in policy.blocked_domains)
+        internal, trusted, blocked = _domain_kind(r.domain, policy.internal_domains, policy.trusted_domains,
+                                                  policy.blocked_domains)
         flags = res.flags
         if not internal:
             flags.append("external")

@@ -120,6 +120,7 @@ def extension(filename: str) -> str:
     return base[base.rfind(".") :] if "." in base else ""
 
 
+@lru_cache(maxsize=512)  # a message is checked at intake and again at Send: identify each head once
 def magic_family(head: bytes) -> str | None:
     """The content family from magic bytes (the common types first, puremagic for the rest)."""
     for sig, family in _SIGNATURES:

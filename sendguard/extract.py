@@ -139,7 +139,6 @@ def normalize_spaces(text: str) -> str:
 
 _XML_BREAKS = re.compile(r"</w:p>|</a:p>|<w:br\b[^>]*/>|<w:tab\b[^>]*/>|<a:br\b[^>]*/>|</si>|</c>|</row>|<w:cr\b[^>]*/>")
 _XML_TAG = re.compile(r"<[^>]*>")
-_XLSX_VALUE = re.compile(r"<v>([^<]*)</v>")
 _SCI = re.compile(r"^-?\d+(?:\.\d+)?[eE][+-]?\d+$")
 
 
@@ -161,6 +160,25 @@ def _number(value: str) -> str:
     return value
 
 
+_LONG_NUMBER = 12  # the shortest personal number (My Number); shorter cells cannot hold one
+# inline strings, and numeric cells long enough to hold a personal number (plain or 1.23E+11)
+_SHEET_TEXT = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>|<v>(-?\d[\d.]{11,}|-?\d(?:\.\d+)?[eE]\+?\d+)</v>")
+
+
+def _sheet_values(xml: str) -> str:
+    """A worksheet's own text: inline strings and the numeric cells that could be a personal number.
+    A sheet of prices and quantities stays small; shared strings are read once from their own part."""
+    out = []
+    for text, number in _SHEET_TEXT.findall(xml):
+        if number:
+            number = _number(number)
+            if sum(ch.isdigit() for ch in number) >= _LONG_NUMBER:
+                out.append(number)
+        elif text:
+            out.append(text)
+    return "\n".join(out) + "\n" if out else ""
+
+
 def _office_members(ext: str, names: list[str]) -> list[str]:
     if ext in (".docx", ".docm"):
         wanted = ("word/document.xml", "word/header", "word/footer", "word/footnotes.xml", "word/endnotes.xml",
@@ -173,14 +191,15 @@ def _office_members(ext: str, names: list[str]) -> list[str]:
 
 
 def _read_member_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget) -> Iterator[str]:
-    """A member's XML, decoded piece by piece (never all at once), cut at tag boundaries."""
+    """A member's XML, decoded piece by piece (never all at once), cut after closing tags."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     carry = ""
     with archive.open(info) as fh:
         while chunk := fh.read(_CHUNK):
             budget.spend(len(chunk))
             text = carry + decoder.decode(chunk)
-            cut = text.rfind(">") + 1
+            close = text.rfind("</")  # cut after a closing tag: never between <v> and its value
+            cut = text.find(">", close) + 1 if close >= 0 else 0
             carry = text[cut:]
             if cut:
                 yield text[:cut]
@@ -203,10 +222,7 @@ def office_text(ext: str, data: bytes, budget: Budget) -> Extracted:
                     continue
                 is_sheet = name.startswith("xl/worksheets/")
                 for xml in _read_member_text(archive, info, budget):
-                    if is_sheet:  # numeric and inline-string cells; shared strings come from their own part
-                        xml = _XLSX_VALUE.sub(lambda m: "<v>" + _number(m.group(1)) + "</v>", xml)
-                        xml = re.sub(r'<c [^>]*t="s"[^>]*>\s*<v>[^<]*</v>', "", xml)
-                    text = _xml_text(xml)
+                    text = html.unescape(_sheet_values(xml)) if is_sheet else _xml_text(xml)
                     size += len(text)
                     if size > TEXT_LIMIT:
                         raise Uninspectable(f"more than {TEXT_LIMIT // 1_000_000} million characters of text")
@@ -226,6 +242,10 @@ def pdf_text(data: bytes, budget: Budget) -> Extracted:
         from pypdf.errors import PdfReadError
     except ImportError:  # pragma: no cover - a dependency; without it a PDF is said to be unread
         raise Uninspectable("no PDF reader installed") from None
+    if b"%PDF-" not in data[:1024]:
+        raise Uninspectable("named or typed as PDF but not a PDF")
+    # pypdf reports each oddity of a damaged file as a warning; the outcome is all we need
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     out = Extracted()
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)

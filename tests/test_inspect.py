@@ -167,3 +167,19 @@ def test_uninspectable_attachment_holds_internal_mail(home, helper, write_policy
     smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp", attachments=[("q.xls", OLE, "application/vnd.ms-excel")]))
     [item] = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))
     assert any("q.xls" in p for p in item.check["problems"])
+
+
+@pytest.mark.parametrize("shift", range(-4, 5))
+def test_xlsx_cell_across_a_read_chunk_boundary_is_found(pol, shift):
+    """Worksheets are read 1 MiB at a time: a value whose tags straddle the cut is still seen."""
+    head = '<?xml version="1.0" encoding="UTF-8"?><worksheet><sheetData><row r="1">'
+    cell = f'<c r="A2"><v>{MY_NUMBER}</v></c>'
+    pad_cell = '<c r="B1" t="inlineStr"><is><t>x</t></is></c>'
+    room = extract._CHUNK - len(head) - len('<c r="A2"><v>') + shift
+    cells = pad_cell * (room // len(pad_cell))
+    filler = " " * (room - len(cells))  # whitespace between tags is allowed
+    sheet = head + cells + filler + "</row><row r=\"2\">" + cell + "</row></sheetData></worksheet>"
+    book = docmaker.zipped({"[Content_Types].xml": docmaker.CONTENT_TYPES.encode(),
+                            "xl/worksheets/sheet1.xml": sheet.encode()})
+    result = check(pol, [("big.xlsx", book, "application/octet-stream")])
+    assert "personal_data" in result.attachments[0].flags
