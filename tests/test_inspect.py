@@ -175,7 +175,7 @@ def test_xlsx_cell_across_a_read_chunk_boundary_is_found(pol, shift):
     head = '<?xml version="1.0" encoding="UTF-8"?><worksheet><sheetData><row r="1">'
     cell = f'<c r="A2"><v>{MY_NUMBER}</v></c>'
     pad_cell = '<c r="B1" t="inlineStr"><is><t>x</t></is></c>'
-    room = extract._CHUNK - len(head) - len('<c r="A2"><v>') + shift
+    room = extract._CHUNK - len(head) - len('</row><row r="2"><c r="A2"><v>') + shift
     cells = pad_cell * (room // len(pad_cell))
     filler = " " * (room - len(cells))  # whitespace between tags is allowed
     sheet = head + cells + filler + "</row><row r=\"2\">" + cell + "</row></sheetData></worksheet>"
