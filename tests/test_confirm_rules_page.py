@@ -120,3 +120,20 @@ def test_list_members_under_the_list_and_opted_out_recipient_removed(runner, pag
     assert sent["To"] == "sales-ml@client.example"
     assert sorted(sent.get_all("X-SendGuard-Envelope-To")) == ["sales-ml@client.example"]
     assert page.errors == []
+
+
+def test_uninspectable_attachment_is_said_so_in_the_page(runner, page, home):
+    r = runner()
+    msg = EmailMessage()
+    msg["From"] = "me@example.co.jp"
+    msg["To"] = "a@example.co.jp"
+    msg["Subject"] = "old sheet"
+    msg.set_content("see the sheet")
+    msg.add_attachment(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 600, maintype="application",
+                       subtype="vnd.ms-excel", filename="old.xls")
+    import email.policy
+
+    item_id = submit(r, msg.as_bytes(policy=email.policy.SMTP), "me@example.co.jp", ["a@example.co.jp"])
+    open_page(page, r, item_id)
+    text = page.locator("#reasons li[data-rule=problem]").text_content()
+    assert "old.xls" in text and "could not be inspected" in text

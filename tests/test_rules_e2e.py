@@ -120,3 +120,15 @@ def test_check_prints_a_reason_line_per_rule_in_japanese(home):
     assert "要注意の取引先" in text
     assert "添付" in text and "ありません" in text  # missing_attachment, in Japanese
     assert "宛先" in text  # name_mismatch, in Japanese
+
+
+def test_auto_cc_on_allowed_internal_mail_goes_out_without_a_window(home, helper):
+    (home / "policy.toml").write_text(SAMPLE_POLICY + '\n[[rules.auto_cc]]\nwhen_keyword = "契約書"\n'
+                                      'cc = ["legal@example.co.jp"]\n', encoding="utf-8")
+    h = helper()
+    smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp", subject="契約書の件"))
+    [item] = wait_for(lambda: h.outbox.list(["sent"]))
+    assert item.verdict["action"] == "allow"
+    [sent] = released(home)
+    assert sent["Cc"] == "legal@example.co.jp"
+    assert sorted(sent.get_all("X-SendGuard-Envelope-To")) == ["hanako@example.co.jp", "legal@example.co.jp"]
