@@ -579,6 +579,40 @@ def doctor(ctx: Context, as_json: bool) -> None:
             click.echo(f"[{'ok' if r['ok'] else '!!'}] {r['check']}: {r['detail']}")
 
 
+# ---------------------------------------------------------------------- policy bundles
+@main.group("policy")
+def policy_group() -> None:
+    """Export or import the policy with its contacts, lists and opt-out files."""
+
+
+@policy_group.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Export this policy file instead of $SENDGUARD_HOME/policy.toml.")
+@user_errors
+def policy_export(out: Path, policy_path: Path | None) -> None:
+    """Write the policy and the files it names into one zip (OUT)."""
+    from . import policy_bundle
+
+    source = policy_path or paths.policy_file()
+    if not source.exists():
+        raise click.ClickException(f"{source}: no such policy file")
+    names = policy_bundle.export(source, out)
+    click.echo(f"{out}: {', '.join(names)}")
+
+
+@policy_group.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@user_errors
+def policy_import(bundle: Path) -> None:
+    """Validate a bundle from `sendguard policy export`, then make it the policy in force."""
+    from . import policy_bundle
+
+    loaded = policy_bundle.import_bundle(bundle, paths.home())
+    click.echo(f"{paths.policy_file()}: imported ({len(loaded.contacts)} contacts, {len(loaded.lists)} lists, "
+               f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
+
+
 def _whoami() -> str:
     import getpass
 
