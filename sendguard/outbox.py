@@ -157,6 +157,7 @@ class Outbox:
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
+    _sent_domains: tuple[float, tuple[str, ...]] = (0.0, ())  # (read at, domains): see history()
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -201,8 +202,11 @@ class Outbox:
     def history(self, parsed: message.ParsedMessage) -> checks.History:
         """What the policy needs from past releases: sent-to domains, and the thread a reply answers."""
         with self.store.engine.connect() as conn:
-            sent = tuple(r[0] for r in conn.execute(select(domains.c.domain).order_by(
-                domains.c.last_sent.desc()).limit(HISTORY_DOMAINS)).all())
+            read_at, sent = self._sent_domains
+            if time.monotonic() - read_at > HISTORY_TTL:  # a burst of intake reads the table once
+                sent = tuple(r[0] for r in conn.execute(select(domains.c.domain).order_by(
+                    domains.c.last_sent.desc()).limit(HISTORY_DOMAINS)).all())
+                self._sent_domains = (time.monotonic(), sent)
             thread: frozenset[str] | None = None
             refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
             if refs:
@@ -541,6 +545,7 @@ class Outbox:
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
         with self.store.transaction() as conn:
             self.store.record_sent_domains(conn, item.envelope_to, self.clock())
+        self._sent_domains = (0.0, ())
         return self.transition(item.id, ["releasing"], "sent", "released", "sendguard", detail, last_error=None)
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
@@ -606,6 +611,7 @@ class Outbox:
 
 
 HISTORY_DOMAINS = 5000  # most recently sent-to domains used as look-alike references
+HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
 
 
 def _policy_changes(decision: Decision, check: dict[str, Any]) -> None:
