@@ -33,6 +33,7 @@ import build_installer as bi  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1200),  # real pip installs of ~80 wheels: minutes on a loaded 2-core machine
     pytest.mark.skipif(shutil.which("dpkg") is None or os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
                        reason="needs dpkg, root and /usr/bin/python3"),
 ]
@@ -161,6 +162,12 @@ def test_install_run_upgrade_keeps_held_mail_and_removal_stops_the_helper(debs: 
     machine = next(r for r in json.loads(doctor.stdout) if r["check"] == "machine policy")
     assert machine["detail"].startswith("/etc/xdg/SendGuard/policy.toml (pinned by the installer's marker")
 
+    # item 4: postinst made the machine's add-in CA; every user's helper serves its loopback certificate
+    assert (root / "var/lib/sendguard/ca/ca.pem").exists() and (root / "var/lib/sendguard/ca/server.key").exists()
+    assert (root / "var/lib/sendguard/ca/ca.key").stat().st_mode & 0o777 == 0o600
+    marker = (root / "opt/sendguard/venv/sendguard-install.toml").read_text()
+    assert 'ca_dir = "/var/lib/sendguard/ca"' in marker
+
     eml = tmp_path / "quote.eml"
     eml.write_bytes(make_message(to="x@partner.example").as_bytes())
     check = run(root, home, "check", str(eml), "--json")
@@ -212,6 +219,7 @@ def test_install_run_upgrade_keeps_held_mail_and_removal_stops_the_helper(debs: 
             helper.send_signal(signal.SIGKILL)
     del removed
     assert not (root / "usr/bin/sendguard").exists() and not (root / "opt/sendguard/venv").exists()
+    assert not (root / "var/lib/sendguard/ca").exists()
     desktop = root / "etc/xdg/autostart/sendguard.desktop"
     assert desktop.exists()  # a conffile stays until purge, but its TryExec program is gone
     try_exec = re.search(r"^TryExec=(.+)$", desktop.read_text(), re.M)

@@ -488,7 +488,8 @@ def test_macos_bundle_contents(built: dict[str, Path]) -> None:
     assert f"/Library/LaunchAgents/{bi.LAUNCHD_LABEL}.plist" in install.replace('$PREFIX_ROOT', '')
     assert "POLICY_DIR='/Library/Application Support/SendGuard'" in install
     assert "sendguard-install.toml" in install and "chown root:wheel" in install
-    assert "addin certs install --trust" in install and "launchctl bootstrap" in install
+    assert "addin certs machine --dir" in install and "launchctl bootstrap" in install
+    assert "/Library/Keychains/System.keychain" in install  # the machine CA, trusted once for every user
     assert not re.search(r"@[A-Z][A-Z0-9_]*@", install)
 
 

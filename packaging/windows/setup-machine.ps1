@@ -113,6 +113,9 @@ function Install-Machine {
 
     & $VenvPython -P -m sendguard addin certs machine --dir $CaDir
     if ($LASTEXITCODE -ne 0) { throw "could not create the per-machine add-in CA in $CaDir" }
+    # the CA key stays with Administrators and SYSTEM; users read the CA and the loopback server pair
+    & icacls.exe (Join-Path $CaDir "ca.key") /inheritance:r /grant:r "*S-1-5-32-544:F" "*S-1-5-18:F" | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "icacls could not protect $(Join-Path $CaDir 'ca.key')" }
     if ($AddinTrust.Trim() -eq "1") {
         & certutil.exe -f -addstore Root (Join-Path $CaDir "ca.pem") | Out-Null
         if ($LASTEXITCODE -ne 0) { throw "certutil could not trust the SendGuard CA machine-wide" }
