@@ -493,6 +493,35 @@ def test_macos_bundle_contents(built: dict[str, Path]) -> None:
     assert not re.search(r"@[A-Z][A-Z0-9_]*@", install)
 
 
+def test_macos_pkg_layout_and_profile(built: dict[str, Path], tmp_path: Path) -> None:
+    """What a Mac's pkgbuild/productbuild and MDM take: checked here as far as Linux can."""
+    import xml.etree.ElementTree as ET
+
+    bundle = _unzip(built["macos"], tmp_path / "bundle") / f"sendguard-{VERSION}-macos"
+    pkg = bundle / "pkg"
+    share = pkg / "root/opt/sendguard/share"
+    assert (share / f"sendguard-{VERSION}-py3-none-any.whl").exists() and (share / "install.sh").stat().st_mode & 0o111
+    policy = pkg / "root/Library/Application Support/SendGuard/policy.toml"
+    assert policy.read_text(encoding="utf-8") == ADMIN_POLICY
+    for script in (pkg / "scripts/postinstall", pkg / "build-pkg.sh", share / "install.sh"):
+        assert script.stat().st_mode & 0o111, script
+        subprocess.run(["sh", "-n", str(script)], check=True)
+    assert "/opt/sendguard/share/install.sh' --from-pkg" in (pkg / "scripts/postinstall").read_text()
+    build = (pkg / "build-pkg.sh").read_text()
+    assert "pkgbuild --root root --scripts scripts --identifier 'org.sendguard.pkg'" in build
+    assert "productbuild --distribution distribution.xml" in build
+    dist = ET.parse(pkg / "distribution.xml").getroot()
+    assert dist.tag == "installer-gui-script"
+    assert dist.find("pkg-ref").text == "SendGuard-component.pkg"  # type: ignore[union-attr]
+    assert dist.find("domains").get("enable_localSystem") == "true"  # type: ignore[union-attr]
+    profile = plistlib.loads((bundle / "SendGuard-policy.mobileconfig").read_bytes())
+    (payload,) = profile["PayloadContent"]
+    assert payload["PayloadType"] == "org.sendguard.SendGuard"
+    assert payload["organization"] == {"internal_domains": ["example.co.jp"]}
+    assert payload["rules"]["personal_data"] == "block" and "locked" not in payload
+    assert len({profile["PayloadUUID"], payload["PayloadUUID"]}) == 2
+
+
 @pytest.mark.slow
 def test_macos_install_sh_with_prefix(built: dict[str, Path], tmp_path: Path) -> None:
     bundle = _unzip(built["macos"], tmp_path / "bundle") / f"sendguard-{VERSION}-macos"
