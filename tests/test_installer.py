@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -604,3 +605,34 @@ def test_real_wheel_build_when_the_build_backend_is_installed(tmp_path: Path, mo
         names = zf.namelist()
     assert "sendguard/policy.py" in names and "addin/static/launchevent.js" in names
     assert any(r.startswith("pywebview") for r in bi.runtime_requirements(wheel.requires))
+
+
+def test_stop_helpers_ends_every_process_running_from_the_install(built: dict[str, Path], tmp_path: Path) -> None:
+    """prerm's helper stop: processes started from PREFIX/venv/bin (any user's) end; others are left alone."""
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(built["deb"]), str(root)], check=True)
+    prefix = root / "opt/sendguard"
+    fake = prefix / "venv/bin/sendguard"
+    fake.parent.mkdir(parents=True)
+    # a helper that ignores nothing: exits on SIGTERM like `sendguard serve`
+    fake.write_text(f"#!{sys.executable}\nimport time\nwhile True:\n    time.sleep(0.2)\n")
+    fake.chmod(0o755)
+    other = tmp_path / "elsewhere/bin/sendguard"
+    other.parent.mkdir(parents=True)
+    shutil.copy2(fake, other)
+    helpers = [subprocess.Popen([str(fake), "serve"]) for _ in range(2)]
+    bystander = subprocess.Popen([str(other), "serve"])
+    try:
+        time.sleep(0.5)
+        run = subprocess.run([str(prefix / "bin/sendguard-stop-helpers"), str(prefix)], capture_output=True,
+                             text=True, env=script_env(tmp_path, DPKG_ROOT=str(root)), timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert "stopping the helpers running from" in run.stdout
+        for proc in helpers:
+            assert proc.wait(timeout=15) is not None
+        assert bystander.poll() is None  # another installation's process keeps running
+    finally:
+        for proc in (*helpers, bystander):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
