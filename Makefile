@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 ARTIFACTS ?= test-artifacts
 PYTEST_WORKERS ?= 2
 
@@ -17,7 +18,7 @@ TEST_APT := $(RUN_APT) xvfb xauth xdotool imagemagick chromium postgresql nodejs
 
 .PHONY: run test bench lint setup setup-run system-deps-run system-deps-test js-deps clean
 
-setup-run: system-deps-run $(STAMP)
+setup-run: system-deps-run $(RUN_STAMP)
 setup: system-deps-test $(STAMP) js-deps
 
 system-deps-run:
@@ -26,9 +27,14 @@ system-deps-run:
 system-deps-test:
 	@tools/ensure-system-deps.sh $(TEST_APT)
 
-$(STAMP): pyproject.toml
+# `make run` gets the runtime only (the helper and its window); the dev tools come with `make test`.
+$(RUN_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[desktop]'
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml $(RUN_STAMP)
 	$(PY) -m pip install --quiet -e '.[desktop,dev]'
 	touch $(STAMP)
 
