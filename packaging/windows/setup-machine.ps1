@@ -92,11 +92,11 @@ function Install-Machine {
     & $VenvPython @pip --no-deps --force-reinstall $wheel.FullName
     if ($LASTEXITCODE -ne 0) { throw "pip could not install $($wheel.Name)" }
 
-    # TOML literal strings: backslashes stay as they are
-    Set-Content -Encoding UTF8 -Path (Join-Path $Venv "sendguard-install.toml") -Value @(
+    # TOML literal strings: backslashes stay as they are (UTF-8 without a BOM: WriteAllLines)
+    [System.IO.File]::WriteAllLines((Join-Path $Venv "sendguard-install.toml"), [string[]]@(
         "# Written by the SendGuard MSI. Do not edit: repair or reinstall instead.",
         "admin_policy = '$MachinePolicy'",
-        "ca_dir = '$CaDir'")
+        "ca_dir = '$CaDir'"))
 
     if ($PolicyFile.Trim()) {
         Copy-Item -Force $PolicyFile.Trim() $MachinePolicy
@@ -106,7 +106,7 @@ function Install-Machine {
     }
     $config = Join-Path $MachineDir "config.toml"
     if ($ServerUrl.Trim()) {
-        Set-Content -Encoding UTF8 -Path $config -Value @("[server]", "url = `"$($ServerUrl.Trim())`"")
+        [System.IO.File]::WriteAllLines($config, [string[]]@("[server]", "url = `"$($ServerUrl.Trim())`""))
     } elseif (Test-Path (Join-Path $InstallDir "config.toml")) {
         Copy-Item -Force (Join-Path $InstallDir "config.toml") $config
     }
