@@ -254,3 +254,14 @@ def test_the_browsers_copy_is_never_sent_by_the_helper(tmp_path, monkeypatch):
         assert not (sink.exists() and [p for p in sink.rglob("*") if p.is_file()])
     finally:
         helper.stop()
+
+
+def test_a_send_button_it_does_not_recognise_is_flagged_as_unchecked(home, chromium):
+    context, worker, _extension_id = chromium
+    page = open_gmail(context, worker, "https://localhost:9")
+    assert page.query_selector("[data-sendguard-unguarded]") is None
+    # Gmail renames its Send button: the compose window now says it is not checked
+    page.evaluate("""() => { const b = document.getElementById('send');
+        b.className = 'T-I J-J5-Ji zz9'; b.setAttribute('data-tooltip', 'Versturen'); b.setAttribute('aria-label', 'Versturen'); }""")
+    page.wait_for_selector("[data-sendguard-unguarded]", timeout=10_000)
+    assert "NOT checked" in page.inner_text("[data-sendguard-unguarded]")

@@ -157,6 +157,31 @@
     guard(event, root, button);
   }
 
+  // A compose window whose Send button SendGuard does not recognise (Gmail changed its page) would send
+  // unchecked: say so in that window, so nobody believes it is guarded.
+  function watchUnguarded() {
+    var subjects = document.querySelectorAll('input[name="subjectbox"]');
+    Array.prototype.forEach.call(subjects, function (subject) {
+      var holder = subject.closest("form") || subject.parentElement;
+      if (!holder) return;
+      var warned = holder.querySelector("[data-sendguard-unguarded]");
+      if (dom.composeRoot(subject)) {
+        if (warned) warned.remove();
+        return;
+      }
+      if (warned) return;
+      var note = document.createElement("div");
+      note.setAttribute("data-sendguard-unguarded", "");
+      note.setAttribute("role", "alert");
+      note.style.cssText = "margin:4px 8px;padding:6px 10px;border-radius:4px;font:13px/1.4 sans-serif;" +
+        "background:#fdecea;color:#611a15;border:1px solid #f5a9a2";
+      note.textContent = "SendGuard: this compose window is NOT checked (SendGuard does not recognise Gmail's " +
+        "Send button here). Use \"Check and send with SendGuard\" instead, and tell your administrator.";
+      holder.insertBefore(note, holder.firstChild);
+    });
+  }
+  setInterval(watchUnguarded, 2000);
+
   ["mousedown", "mouseup", "click"].forEach(function (type) {
     window.addEventListener(type, onPointer, true);
   });
