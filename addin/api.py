@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -59,6 +60,9 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
     data["user_message"] = user_message(item)
     data["approvers"] = item.approvers
     data["decision"] = outlook_items.decision_for_addin(item)
+    if item.state == "confirmed" and not (item.decision or {}).get("needs_approval"):
+        # the undo window (confirm.hold_seconds) still open, in seconds from now
+        data["release_in"] = max(0.0, round(item.release_after - time.time(), 3))
     if full:
         data["check"] = item.check
         data["reasons"] = item.verdict.get("reasons", [])
@@ -73,8 +77,13 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
 def healthz() -> Any:
     svc = current_app.config.get("SENDGUARD_SERVICE")
     counts = svc.outbox.counts() if svc is not None else {}
-    return jsonify({"status": "ok" if svc is not None else "starting",
-                    "held": sum(n for s, n in counts.items() if s in HELD_STATES)})
+    problem = svc.store.write_problem if svc is not None else None
+    body = {"status": "ok" if svc is not None else "starting",
+            "held": sum(n for s, n in counts.items() if s in HELD_STATES)}
+    if problem is not None:  # mail is not taken in until the store can be written again: the window says so
+        body.update(status="store_unavailable", store={"reason": problem.reason, "message": str(problem)})
+        return jsonify(body), 503
+    return jsonify(body)
 
 
 @bp.get("/api/v1/openapi.json")

@@ -19,8 +19,9 @@ def addin_group() -> None:
 @addin_group.command("manifest")
 @click.option("--host", default=manifests.DEFAULT_HOST, show_default=True,
               help="Host name Outlook loads the add-in from (the helper on each PC: localhost).")
-@click.option("--port", default=manifests.DEFAULT_PORT, show_default=True, type=int,
-              help="HTTPS port of that host (443 is left out of the URLs).")
+@click.option("--port", default=None, type=int,
+              help="HTTPS port of that host (443 is left out of the URLs). Default: [api] port in config.toml "
+                   f"({manifests.DEFAULT_PORT} unless set).")
 @click.option("--send-mode", type=click.Choice(manifests.SEND_MODES), default="SoftBlock", show_default=True,
               help="SoftBlock: Outlook offers 'Send anyway' only when the add-in itself cannot load. "
                    "Block: nothing is sent while the add-in is unavailable.")
@@ -39,6 +40,16 @@ def manifest_command(host, port, send_mode, addin_id, version, out_dir, sso_clie
     Upload outlook.xml (or sendguard-outlook-addin.zip) in the Microsoft 365 admin center under
     Settings > Integrated apps, or in the Exchange admin center on-premises.
     """
+    if port is None:
+        from sendguard import config as configmod
+        from sendguard.errors import SendGuardError
+
+        try:
+            port = configmod.load().api_port  # the port this helper really serves the add-in on
+        except SendGuardError as exc:
+            raise click.ClickException(str(exc)) from None
+    if not out_dir.is_dir():
+        raise click.ClickException(f"--out {out_dir}: no such folder; create it first (nothing was written)")
     try:
         settings = manifests.AddinSettings(
             host=host, port=port, send_mode=send_mode, addin_id=addin_id, version=version,

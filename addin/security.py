@@ -20,7 +20,15 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, g, jsonify, request, session
 from werkzeug.exceptions import HTTPException
 
-from sendguard.errors import ConfigError, MessageError, NotFound, PermissionDenied, SendGuardError, StateError
+from sendguard.errors import (
+    ConfigError,
+    MessageError,
+    NotFound,
+    PermissionDenied,
+    SendGuardError,
+    StateError,
+    StoreUnavailable,
+)
 from sendguard.links import LinkSigner, api_token, token_matches
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,7 +51,8 @@ def error_response(status: int, code: str, message: str) -> Any:
 
 
 _STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"), (StateError, 409, "conflict"),
-               (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"))
+               (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"),
+               (StoreUnavailable, 503, "store_unavailable"))
 
 
 @dataclass

@@ -36,6 +36,8 @@ MESSAGES = {
     "keyword": _("Keyword \u201c{pattern}\u201d found in {target}"),
     "new_domain": _("You have never sent mail to {target} before"),
 }
+# confirm.when = "always": an otherwise allowed message still goes to the window (DESIGN §4)
+MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (confirm.when = \"always\")")
 KIND_NAMES = {"card_number": _("card number"), "my_number": _("My Number"), "body": _("the message body")}
 
 
@@ -249,5 +251,8 @@ def evaluate(
     for rule in RULES:
         rule(ctx)
     action = max((r.action for r in ctx.reasons), key=ACTION_RANK.__getitem__, default="allow")
+    if action == "allow" and policy.confirm_when == "always":
+        ctx.add("confirm_always", "confirm", msg.subject)
+        action = "confirm"
     approvers = list(policy.approvers_for(msg.sender)) if action == "approve" else []
     return CheckResult(msg, ctx.recipients, ctx.attachments, action, ctx.reasons, approvers, ctx.force_bcc)

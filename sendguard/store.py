@@ -36,6 +36,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from . import store_migrations
+from .errors import StoreDamaged, StoreUnavailable
 
 metadata = MetaData()
 
@@ -198,7 +202,9 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # writers take the write lock up front (no upgrade deadlocks); readers do not, so reading still
+        # works while the file cannot be written (read-only disk) and never waits for a writer
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sendguard_read") else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -211,25 +217,84 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.RLock()
         if self.is_sqlite:
-            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60)
+            # plain connections read (deferred BEGIN); ``transaction()`` marks its connection as a writer
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60,
+                                        execution_options={"sendguard_read": True})
             _sqlite_setup(self.engine)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-        metadata.create_all(self.engine)
+        self.write_problem: StoreUnavailable | None = None  # the last write failure, until a write succeeds
+        if self.is_sqlite:
+            self._check_integrity()
+            # a helper's own store migrates itself (versioned steps); the central server's uses Alembic
+            database = self.engine.url.database
+            store_migrations.migrate(self.engine, metadata,
+                                     Path(database) if database and database != ":memory:" else None)
+        else:
+            metadata.create_all(self.engine)
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
 
+    @property
+    def path(self) -> Path | None:
+        database = self.engine.url.database if self.is_sqlite else None
+        return Path(database) if database and database != ":memory:" else None
+
+    def _check_integrity(self) -> None:
+        """``PRAGMA quick_check`` at start: a damaged file is refused with a way out, never reset."""
+        path = self.path
+        if path is None or not path.exists():
+            return
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").all()]
+        except DatabaseError as exc:
+            rows = [str(exc.orig or exc).splitlines()[0]]
+        if rows != ["ok"]:
+            self.engine.dispose()
+            raise StoreDamaged(f"SendGuard's store {path} is damaged ({'; '.join(rows[:3])}). SendGuard will not "
+                               "start on it and has changed nothing. Run `sendguard doctor` to see what can be "
+                               "done, and `sendguard doctor --set-aside-store` to keep the damaged file beside "
+                               "it and start with an empty store.")
+
+    def _write_failed(self, exc: OperationalError) -> StoreUnavailable | None:
+        text = str(exc.orig or exc).lower()
+        where = self.path or "the database"
+        if "full" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: the disk is full. Free some "
+                                       "space; held mail is safe and SendGuard carries on by itself.", "full")
+        elif "readonly" in text or "read-only" in text or "read only" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: it is read-only. Make it "
+                                       "writable again; held mail is safe.", "read_only")
+        elif "disk i/o error" in text or "unable to open" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: disk I/O error ({text}). Check "
+                                       "the disk; held mail is safe.", "io")
+        else:
+            return None
+        self.write_problem = problem
+        return problem
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        if self.is_sqlite:
-            # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,
-            # which wastes most of the time when several threads write at once
-            with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            with self.engine.begin() as conn:
-                yield conn
+        try:
+            if self.is_sqlite:
+                # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,
+                # which wastes most of the time when several threads write at once
+                with self._write_lock, self.engine.connect() as conn:
+                    conn.execution_options(sendguard_read=False)
+                    with conn.begin():
+                        yield conn
+            else:
+                with self.engine.begin() as conn:
+                    yield conn
+        except OperationalError as exc:
+            problem = self._write_failed(exc)
+            if problem is None:
+                raise
+            raise problem from exc
+        if self.write_problem is not None:
+            self.write_problem = None
 
     def append_audit(self, conn: Connection, event_name: str, actor: str, item_id: str | None,
                      data: dict[str, Any] | None = None, ts: float | None = None) -> int:

@@ -47,6 +47,7 @@ from .. import config as sg_config
 from .. import paths, secrets
 from ..config import Account
 from ..errors import SendGuardError
+from . import _retry
 from .base import (
     AuthError,
     HeldItem,
@@ -309,8 +310,9 @@ class GmailMailbox:
             if delay is None:
                 delay = self.backoff * (2 ** attempt) + random.uniform(0, self.backoff)
             attempt += 1
-            if attempt > self.retries or delay > 120:
-                err.retry_after = max(delay, err.retry_after or 0)
+            # the helper's one retry policy (_retry): only a short pause is waited out here; anything longer
+            # goes back to the outbox (the server's Retry-After, if any, travels with the error)
+            if attempt > min(self.retries, _retry.MAX_INLINE_ATTEMPTS - 1) or delay > _retry.MAX_INLINE_WAIT:
                 raise err
             log.info("gmail %s: %s; retry %d in %.1fs", self.address, err, attempt, delay)
             self._sleep(delay)

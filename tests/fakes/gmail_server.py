@@ -33,6 +33,8 @@ from cryptography.x509.oid import NameOID
 from google.auth import crypt
 from google.auth import jwt as google_jwt
 
+from tests.fakes.outage import Outage
+
 AUTH = "https://www.googleapis.com/auth/"
 SEND, COMPOSE, READONLY, METADATA, MODIFY = (
     AUTH + s for s in ("gmail.send", "gmail.compose", "gmail.readonly", "gmail.metadata", "gmail.modify")
@@ -110,6 +112,7 @@ class FakeGoogle:
         self.access_tokens: dict[str, dict[str, Any]] = {}
         self.uploads: dict[str, dict[str, Any]] = {}
         self.faults: list[dict[str, Any]] = []
+        self.outage = Outage()  # the whole service (sign-in included) down or slow
         self.consent = "allow"  # allow | deny
         self.drop_scopes: set[str] = set()  # scopes the user unticks on the consent screen
         self.search_lag = 0  # the newest N messages are not yet in the search index
@@ -281,6 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.google.outage.linger()
         self.send_response(status)
         if body is not None and not isinstance(body, bytes):
             self.send_header("Content-Type", "application/json; charset=UTF-8")
@@ -328,6 +332,15 @@ class _Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         path = url.path
         body = self._body()
+        outage = self.google.outage.gate()
+        if outage == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if outage == "503":
+            self._error(503, "The service is currently unavailable.", "backendError",
+                        {"Retry-After": str(self.google.outage.retry_after)})
+            return
         try:
             if path == "/o/oauth2/auth":
                 return self._authorize(query)
