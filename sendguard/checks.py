@@ -7,6 +7,7 @@ verdict is the strongest action among the reasons.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -140,12 +141,28 @@ class _Context:
         return any(r.external for r in self.recipients)
 
 
+def _routed(r: Recipient) -> bool:
+    """An address whose local part carries another route (quoted @, %-hack, UUCP bang path)."""
+    local = r.address.rpartition("@")[0]
+    return any(c in local for c in "@%!")
+
+
+def addresses_in_name(name: str) -> list[str]:
+    """Addresses a display name shows, also in look-alike forms: full-width ＠ and ．, zero-width and
+    other invisible characters, spaces around @ and dots (NFKC, format characters and spaces removed)."""
+    text = unicodedata.normalize("NFKC", name or "")
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = re.sub(r"\s*([@.])\s*", r"\1", text)
+    return [a.lower() for a in _EMAIL_IN_NAME.findall(text)]
+
+
 def _classify_recipients(ctx: _Context) -> None:
     policy = ctx.policy
     known = tuple(policy.internal_domains) + tuple(policy.trusted_domains)
     for res in ctx.recipients:
         r = res.recipient
-        internal = any(detect.in_domain(r.domain, d) for d in policy.internal_domains)
+        # routing syntax ("x@evil"@corp, x%evil@corp, evil!x@corp) may relay beyond the internal domain
+        internal = not _routed(r) and any(detect.in_domain(r.domain, d) for d in policy.internal_domains)
         trusted = not internal and any(detect.in_domain(r.domain, d) for d in policy.trusted_domains)
         blocked = any(detect.in_domain(r.domain, d) for d in policy.blocked_domains)
         flags = res.flags
@@ -158,7 +175,7 @@ def _classify_recipients(ctx: _Context) -> None:
         similar = None if internal or trusted else _lookalike(r.domain, known)
         if similar:
             flags.append("lookalike")
-        shown = [a.lower() for a in _EMAIL_IN_NAME.findall(r.display_name)]
+        shown = addresses_in_name(r.display_name)
         mismatch = [a for a in shown if a != r.address and a != r.written.lower()]
         if mismatch:
             flags.append("display_name_mismatch")

@@ -535,8 +535,15 @@ def audit_group() -> None:
 @pass_ctx
 @user_errors
 def audit_verify(ctx: Context, as_json: bool) -> None:
-    """Check the chain; exits 1 and names each bad record when the log was tampered with."""
-    problems = audit.verify(ctx.store)
+    """Check the chain (and the last signed checkpoint); exits 1 and names each bad record when the log
+    was tampered with or cut short."""
+    path = paths.home() / audit.CHECKPOINT_FILE
+    kept = audit.load_checkpoint(ctx.store, path)
+    remote = _server_checkpoint(ctx.store)
+    problems = audit.verify(ctx.store, audit.latest(kept, remote))
+    altered = audit.checkpoint_problem(ctx.store, path)
+    if altered:
+        problems.append(altered)
     count = audit.count(ctx.store)
     if as_json:
         echo_json({"ok": not problems, "records": count,
@@ -548,6 +555,24 @@ def audit_verify(ctx: Context, as_json: bool) -> None:
             click.echo(f"record {p.seq}: {p.message}", err=True)
     if problems:
         sys.exit(1)
+
+
+def _server_checkpoint(store: Any) -> dict[str, Any] | None:
+    """The latest checkpoint of this log the central server keeps (None without a server)."""
+    from . import central
+
+    client = central.client_from_config()
+    if client is None:
+        return None
+    try:
+        found = client.get_checkpoint(store.setting("audit_db_id", str))
+    except SendGuardError as exc:
+        click.echo(f"note: cannot ask the central server for this log's checkpoint ({exc})", err=True)
+        return None
+    if found is not None and not audit.valid_checkpoint(store, found):
+        click.echo("note: the central server's checkpoint does not match this log's key", err=True)
+        return None
+    return found
 
 
 @audit_group.command("export")

@@ -56,6 +56,9 @@ CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_appro
 # drafts (``returns_due`` / ``mark_returned``).
 OUTBOX_SOURCES = ("exchange-outbox", "graph-outbox")
 NOT_SENT_STATES = ("cancelled", "rejected", "expired")
+# Sources whose own client sends the message once SendGuard has decided (the Outlook add-in, the Gmail
+# browser extension): releasing such an item tells the client to go ahead, it sends nothing itself.
+CLIENT_SENDS = ("outlook", "gmail_web")
 # Messages up to this size are checked at intake, before their commit; larger ones by the worker
 # afterwards, so one big attachment never delays the 250 of the messages committed beside it.
 INTAKE_CHECK_MAX_BYTES = 1024 * 1024
@@ -339,8 +342,8 @@ class Outbox:
         return out
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
-               source_ref: str | None = None, account: str | None = None) -> Item:
-        item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account)
+               source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
+        item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account, actor)
         return self.process(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
@@ -546,6 +549,13 @@ class Outbox:
                                    "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1,
                                    release_after=self.clock() + RELEASE_LEASE)
             item = self.get(item_id, with_bodies=True)
+            if item.source == "gmail_web" and not item.approval:
+                # Gmail in the browser sends it itself once the extension sees the decision.
+                return self._sent(item, {"transport": item.source})
+            if item.source == "gmail_web":  # the page's copy has no attachment content: never send it
+                error = "a message checked in Gmail's page cannot be sent by SendGuard; send it from Gmail again"
+                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                                       {"error": error, "permanent": True}, last_error=error)
             if item.source == "outlook" and not item.approval:
                 if self.outlook_waiting is None or self.outlook_waiting(item.id):
                     # Outlook sends it itself once the add-in sees the decision.
@@ -646,7 +656,7 @@ class Outbox:
         item = self.get(item_id)
         if item.state != "releasing":
             return None
-        if item.source == "outlook" and not item.approval:
+        if item.source in CLIENT_SENDS and not item.approval:
             return self.transition(item.id, ["releasing"], "needs_attention", "reconciled", "sendguard",
                                    {"found": None}, last_error="interrupted while handing back to Outlook")
         found: bool | None

@@ -31,6 +31,6 @@ def decision_for_addin(item: Item) -> dict[str, Any] | None:
     refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
     decision = dict(decision)
     decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
-    if item.source == "outlook":
+    if item.source in ("outlook", "gmail_web"):  # the client removes them itself, by its own ids
         decision["removed_attachments"] = decision["removed_attachment_refs"]
     return decision

@@ -163,11 +163,11 @@ class FakeGraph:
         self.token_lifetime = 3600
         self.grants: list[str] = []
         self.uploads: dict[str, dict] = {}
-        self.unsynced: set[str] = set()  # drafts Outlook (Cached Exchange Mode) has not uploaded yet
-        self.translate_allowed = False  # translateExchangeIds needs User.ReadBasic.All, which the app lacks
         self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
         self.submission_delay = 0.0  # how long a message without a deferred time stays in the Outbox
         self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
+        self.unsynced: set[str] = set()  # drafts Outlook (Cached Exchange Mode) has not uploaded yet
+        self.translate_allowed = False  # translateExchangeIds needs User.ReadBasic.All, which the app lacks
         self._stopped = threading.Event()
         self.ticker = threading.Thread(target=self._tick_forever, daemon=True)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
