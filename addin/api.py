@@ -248,9 +248,12 @@ def confirm_item(item_id: str) -> Any:
     checked = data.get("checked")
     if who is not None and who.kind == "page":
         _require_all_checked(item, checked, removed, removed_att)
+    reconfirmed = data.get("reconfirmed", False)
+    if not isinstance(reconfirmed, bool):
+        raise ApiError(400, "bad_field", "reconfirmed must be true or false")
     item = svc.outbox.confirm(item_id, removed, removed_att, bool(data.get("bcc")),
                               actor=_actor(who),
-                              checked=checked if isinstance(checked, dict) else None)
+                              checked=checked if isinstance(checked, dict) else None, reconfirmed=reconfirmed)
     if hasattr(svc, "wake"):
         svc.wake()
     return jsonify(item_json(item, full=True))

@@ -28,6 +28,7 @@ from werkzeug.exceptions import NotFound as NotFoundError
 from sendguard.errors import (
     ConfigError,
     MessageError,
+    NeedsReconfirmation,
     NotFound,
     PermissionDenied,
     SendGuardError,
@@ -56,7 +57,8 @@ def error_response(status: int, code: str, message: str) -> Any:
     return response
 
 
-_STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"), (StateError, 409, "conflict"),
+_STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"),
+               (NeedsReconfirmation, 409, "needs_reconfirmation"), (StateError, 409, "conflict"),
                (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"),
                (StoreUnavailable, 503, "store_unavailable"))
 

@@ -212,11 +212,16 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
         raise click.ClickException(f"{policy_path}: no such policy file")
     pol = ctx.policy(policy_path)
     parsed = msgmod.parse(raw)
-    known: set[str] = set()
-    if paths.database_file().exists():
-        known = Outbox(ctx.store, lambda: pol).known_domains(r.domain for r in parsed.recipients)
     gettext = ctx.gettext()
-    result = checks.evaluate(parsed, pol, known, gettext).to_json()
+    try:
+        accounts = [a.address for a in ctx.config.accounts if a.address]
+    except SendGuardError:
+        accounts = []
+    if paths.database_file().exists():  # the sent-to history and released threads count too
+        result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts) \
+            .evaluate_parsed(parsed, pol).to_json()
+    else:
+        result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts).to_json()
     if as_json:
         echo_json(result)
     else:
@@ -298,13 +303,16 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
 @click.option("--remove-attachment", "remove_attachment", multiple=True, metavar="NAME",
               help="Drop this attachment, by file name or id (repeatable).")
 @click.option("--bcc", is_flag=True, help="Move external To/Cc recipients into Bcc.")
+@click.option("--reconfirmed", is_flag=True,
+              help="Answer the second confirmation a 'reconfirm' reason asks for (read the reasons first).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @user_errors
 def queue_confirm(ctx: Context, item_id: str, remove: tuple[str, ...], remove_attachment: tuple[str, ...],
-                  bcc: bool, as_json: bool) -> None:
+                  bcc: bool, as_json: bool, reconfirmed: bool = False) -> None:
     """Confirm a held message (the same as Send in the window)."""
-    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}")
+    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}",
+                              reconfirmed=reconfirmed)
     if as_json:
         echo_json(item.summary())
     elif item.state == "awaiting_approval":
@@ -653,6 +661,40 @@ def _set_aside_store() -> None:
             part.rename(part.with_name(f"{part.name}.damaged-{stamp}"))
     click.echo(f"set aside: {db}.damaged-{stamp} (kept; held messages in it may be recovered with the sqlite3 "
                f"tool's .recover). SendGuard starts with an empty store; the audit chain starts anew.")
+
+
+# ---------------------------------------------------------------------- policy bundles
+@main.group("policy")
+def policy_group() -> None:
+    """Export or import the policy with its contacts, lists and opt-out files."""
+
+
+@policy_group.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Export this policy file instead of $SENDGUARD_HOME/policy.toml.")
+@user_errors
+def policy_export(out: Path, policy_path: Path | None) -> None:
+    """Write the policy and the files it names into one zip (OUT)."""
+    from . import policy_bundle
+
+    source = policy_path or paths.policy_file()
+    if not source.exists():
+        raise click.ClickException(f"{source}: no such policy file")
+    names = policy_bundle.export(source, out)
+    click.echo(f"{out}: {', '.join(names)}")
+
+
+@policy_group.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@user_errors
+def policy_import(bundle: Path) -> None:
+    """Validate a bundle from `sendguard policy export`, then make it the policy in force."""
+    from . import policy_bundle
+
+    loaded = policy_bundle.import_bundle(bundle, paths.home())
+    click.echo(f"{paths.policy_file()}: imported ({len(loaded.contacts)} contacts, {len(loaded.lists)} lists, "
+               f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
 
 
 def _whoami() -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from . import checks, faults, message
-from .errors import MessageError, NotFound, StateError
+from .errors import MessageError, NeedsReconfirmation, NotFound, StateError
 from .i18n import _
 from .mailboxes import _retry
 from .mailboxes.base import (
@@ -193,12 +193,14 @@ class Outbox:
     mailbox_for: Callable[[Item], Mailbox] | None = None
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
+    accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
     # Is the Outlook add-in still waiting to send this item itself? (outlook_presence; None: assume so)
     outlook_waiting: Callable[[str], bool] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
     _reconcile_failures: dict[str, int] = field(default_factory=dict)  # asks in a row, per item
+    _sent_domains: tuple[float, tuple[str, ...]] = (0.0, ())  # (read at, domains): see history()
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -239,6 +241,24 @@ class Outbox:
         with self.store.engine.connect() as conn:
             rows = conn.execute(select(domains.c.domain).where(domains.c.domain.in_(wanted))).all()
         return {r[0] for r in rows}
+
+    def history(self, parsed: message.ParsedMessage) -> checks.History:
+        """What the policy needs from past releases: sent-to domains, and the thread a reply answers."""
+        with self.store.engine.connect() as conn:
+            read_at, sent = self._sent_domains
+            if time.monotonic() - read_at > HISTORY_TTL:  # a burst of intake reads the table once
+                sent = tuple(r[0] for r in conn.execute(select(domains.c.domain).order_by(
+                    domains.c.last_sent.desc()).limit(HISTORY_DOMAINS)).all())
+                self._sent_domains = (time.monotonic(), sent)
+            thread: frozenset[str] | None = None
+            refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
+            if refs:
+                rows = conn.execute(select(outbox.c.envelope_to, outbox.c.sender).where(
+                    outbox.c.message_id.in_(refs), outbox.c.state == "sent")).all()
+                if rows:
+                    thread = frozenset(a.rpartition("@")[2].lower() for row in rows
+                                       for a in [*(row.envelope_to or []), row.sender or ""] if "@" in a)
+        return checks.History(sent, thread)
 
     # ------------------------------------------------------------------ transitions
     def _notify(self, item_id: str) -> None:
@@ -349,8 +369,13 @@ class Outbox:
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
                  policy: Policy | None = None) -> checks.CheckResult:
         parsed = message.parse(raw, envelope_from, recipients)
+        return self.evaluate_parsed(parsed, policy)
+
+    def evaluate_parsed(self, parsed: message.ParsedMessage, policy: Policy | None = None) -> checks.CheckResult:
+        """Check a parsed message with the sent-to history, the thread and the user's accounts."""
         known = self.known_domains(r.domain for r in parsed.recipients)
-        return checks.evaluate(parsed, policy or self.policy(), known, self.gettext)
+        return checks.evaluate(parsed, policy or self.policy(), known, self.gettext, history=self.history(parsed),
+                               accounts=tuple(self.accounts()))
 
     def _verdict(self, raw: bytes, envelope_from: str, envelope_to: list[str], policy: Policy) -> _Verdict:
         """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
@@ -371,15 +396,18 @@ class Outbox:
         action = result.action
         hold = (
             policy.confirm_when == "always"
-            or bool(result.message.problems)
+            or bool(result.message.problems) or bool(result.problems)
             or action in ("confirm", "block")
             or (action == "approve" and policy.confirm_when != "never")
+            or any(r.action == "reconfirm" for r in result.reasons)  # only a person can answer it
         )
         audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
                  "force_bcc": result.force_bcc}
         values = {"check_result": result.to_json(), "sender": result.message.sender,
                   "owner": result.message.sender, "subject": result.message.subject}
-        return _Verdict(hold, audit, values, Decision(bcc=result.force_bcc and policy.auto_bcc))
+        decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
+        _policy_changes(decision, values["check_result"])  # auto Cc/Bcc added, opted-out removed
+        return _Verdict(hold, audit, values, decision)
 
     def process(self, item_id: str) -> Item:
         """Check a received message and hold it for the window, or pass it on when the policy allows."""
@@ -398,8 +426,13 @@ class Outbox:
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
-                bcc: bool = False, actor: str = "user", checked: dict[str, list[str]] | None = None) -> Item:
-        """The user's Send: apply removals and Bcc, re-check, then hold for approval or release."""
+                bcc: bool = False, actor: str = "user", checked: dict[str, list[str]] | None = None,
+                reconfirmed: bool = False) -> Item:
+        """The user's Send: apply removals and Bcc, re-check, then hold for approval or release.
+
+        A message with a ``reconfirm`` reason needs ``reconfirmed=True``: the user has answered the
+        second question that names the reason (DESIGN §3.1).
+        """
         item = self.get(item_id)
         check = item.check or {}
         known_ids = {a["id"] for a in check.get("attachments", [])}
@@ -413,20 +446,29 @@ class Outbox:
             else:
                 raise MessageError(f"message {item_id} has no attachment {ref!r} "
                                    f"(attachments: {', '.join(sorted(by_name)) or 'none'})")
-        addresses = {r["address"] for r in check.get("recipients", [])}
+        by_address = {r["address"]: r for r in check.get("recipients", [])}
+        policy = self.policy()
         removed = []
         for addr in removed_recipients:
             rcpt = message.make_recipient(addr, "", "to")
             key = rcpt.address if rcpt else addr.lower()
-            if key not in addresses:
+            if key not in by_address:
                 raise MessageError(f"message {item_id} has no recipient {addr!r}")
+            row = by_address[key]
+            if row.get("list"):
+                raise MessageError(f"{key} gets this message through the list {row['list']}: "
+                                   f"remove {row['list']} instead")
+            if "auto_added" in row.get("flags", []) and policy.is_locked("rules.auto_cc"):
+                raise MessageError(f"{key} was added by your organization's policy and cannot be removed")
             removed.append(key)
-        policy = self.policy()
         decision = Decision(removed, att_ids, bcc or bool(check.get("force_bcc") and policy.auto_bcc))
-        return self._confirm(item_id, ("awaiting_confirmation",), decision, actor, checked=checked)
+        _policy_changes(decision, check)
+        return self._confirm(item_id, ("awaiting_confirmation",), decision, actor, checked=checked,
+                             reconfirmed=reconfirmed)
 
     def _confirm(self, item_id: str, allowed: tuple[str, ...], decision: Decision, actor: str,
-                 checked: dict[str, list[str]] | None, verdict: dict[str, Any] | None = None) -> Item:
+                 checked: dict[str, list[str]] | None, verdict: dict[str, Any] | None = None,
+                 reconfirmed: bool = False) -> Item:
         item = self.get(item_id, with_bodies=True)
         if item.state not in allowed:
             raise StateError(f"message {item_id} is {item.state}: cannot confirm it now")
@@ -439,6 +481,11 @@ class Outbox:
             blocked = ", ".join(r.target for r in result.reasons if r.action == "block")
             raise StateError(f"message {item_id} cannot be sent: {blocked} is blocked by policy; "
                              "remove it or cancel the message")
+        second = [r for r in result.reasons if r.action == "reconfirm"]
+        if second and not reconfirmed:
+            raise NeedsReconfirmation(
+                f"message {item_id} needs a second confirmation: {second[0].message}. "
+                "Confirm again with --reconfirmed (the window asks it after the checkboxes)")
         needs_approval = result.action == "approve"
         if needs_approval and not policy.approvers_for(item.sender):
             # never a hold that waits for nobody: the sender hears it now and the message stays here
@@ -453,6 +500,10 @@ class Outbox:
                 "final_sha256": _sha256(final), "action": result.action}
         if checked is not None:
             data["checked"] = checked
+        if second:
+            data["reconfirmed"] = [r.rule for r in second]
+        if decision.added_cc or decision.added_bcc:
+            data["added_cc"], data["added_bcc"] = decision.added_cc, decision.added_bcc
         if verdict is not None:
             data["verdict"] = verdict
         record = decision.to_json() | {"needs_approval": needs_approval, "final_action": result.action,
@@ -613,6 +664,7 @@ class Outbox:
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
         with self.store.transaction() as conn:
             self.store.record_sent_domains(conn, item.envelope_to, self.clock())
+        self._sent_domains = (0.0, ())
         return self.transition(item.id, ["releasing"], "sent", "released", "sendguard", detail, last_error=None)
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
@@ -802,6 +854,23 @@ class Outbox:
         with self.store.transaction() as conn:
             self.store.append_audit(conn, "returned_to_drafts", actor, item_id, {"found": found}, ts=self.clock())
         self._notify(item_id)
+
+
+HISTORY_DOMAINS = 5000  # most recently sent-to domains used as look-alike references
+HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
+
+
+def _policy_changes(decision: Decision, check: dict[str, Any]) -> None:
+    """What the policy itself changes on release: auto Cc/Bcc added, opted-out recipients removed."""
+    removed = set(decision.removed_recipients)
+    for row in check.get("recipients", []):
+        flags = row.get("flags", [])
+        address = row.get("address", "")
+        if "suppressed" in flags and address not in removed:
+            decision.removed_recipients.append(address)
+            removed.add(address)
+        elif "auto_added" in flags and address not in removed:
+            (decision.added_bcc if row.get("field") == "bcc" else decision.added_cc).append(address)
 
 
 def _sha256(data: bytes) -> str:

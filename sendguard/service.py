@@ -59,7 +59,8 @@ class Helper:
                          self.config.retry_inline_wait_seconds)
         # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
-                             gettext=self.gettext)
+                             gettext=self.gettext,
+                             accounts=lambda: [a.address for a in self.config.accounts if a.address])
         self.addin_presence = AddinPresence()  # the Outlook add-in still waiting to send an item itself?
         self.outbox.outlook_waiting = self.addin_presence.waiting
         # approvals: embedded in this database, or on the central server when [server] url is set
