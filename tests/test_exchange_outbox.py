@@ -356,3 +356,15 @@ def test_killed_between_the_take_and_the_intake_the_item_is_taken_in_after_resta
         restarted.stop()
     (sent,) = fake.sends
     assert sent.operation == "UpdateItem" and sent.deferred is None
+
+
+def test_an_outbox_that_cannot_be_watched_is_reported_once_per_outage(helper, fake):
+    fake.fail_next("FindItem", "unauthorized", times=5)  # the password was changed on the server
+    for _ in range(5):
+        assert helper.watch_outboxes(force=True) == 0
+    assert len(helper.notices) == 1
+    title, body = helper.notices[0]
+    assert "cannot watch your Outbox" in title and "sign in again" in body and "unchecked" in body
+    fake.outlook_send(message(), defer_seconds=60)
+    assert helper.watch_outboxes(force=True) == 1  # back: taken as usual, no further notice
+    assert len(helper.notices) == 1
