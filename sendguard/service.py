@@ -11,20 +11,25 @@ import threading
 import time
 from pathlib import Path
 
+from . import audit, notify, paths, runtime
 from . import config as configmod
-from . import notify, paths, runtime
+from .addin_relay import AddinRelay
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
+from .clock import SteadyClock
 from .config import Config
+from .errors import SendGuardError
 from .i18n import translator
-from .mailboxes import registry
+from .mailboxes import _retry, registry
 from .mailboxes.base import Mailbox, MailboxError
 from .outbox import Item, Outbox
+from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
 from .store import Store
 from .submission import SubmissionHandler, SubmissionServer
 
 log = logging.getLogger(__name__)
+CHECKPOINT_SECONDS = 10.0
 
 # Outbox interception (DESIGN §8): how often each Exchange/Graph account's Outbox is looked at, unless
 # the account sets ``outbox_poll_seconds``. The worst case from an item appearing in the Outbox to it
@@ -44,16 +49,29 @@ class Helper:
 
     def __init__(self, home: Path | None = None, cfg: Config | None = None, database_url: str | None = None):
         self.home = home or paths.home()
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.make_private(self.home)  # mail bodies live here: the user's alone (repairs an older install)
         self.config = cfg or configmod.load(self.home / "config.toml")
         self.policy = PolicyHolder(self.home / "policy.toml", paths.admin_policy_file())
         self.policy.reload()
         self.gettext = translator(self.config.language)
         self.store = Store(database_url or (self.home / "sendguard.db"))
-        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
+        _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
+                         self.config.retry_inline_wait_seconds)
+        # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
+        self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
+                             gettext=self.gettext,
+                             accounts=lambda: [a.address for a in self.config.accounts if a.address])
+        self.addin_presence = AddinPresence()  # the Outlook add-in still waiting to send an item itself?
+        self.outbox.outlook_waiting = self.addin_presence.waiting
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
-        self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
-        self.sync = CentralSync(self.outbox, self.central, self.wake) if self.central else None
+        self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central, clock=self.outbox.clock)
+        self.sync = (CentralSync(self.outbox, self.central, self.wake, clock=self.outbox.clock)
+                     if self.central else None)
+        # Outlook add-in served by the central server: its checks come through the server
+        self.addin_relay = AddinRelay(self.outbox, self.central, self.config, self.addin_presence) \
+            if self.central else None
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
@@ -76,6 +94,7 @@ class Helper:
         self._streams: list[threading.Thread] = []
         self._last_purge = 0.0
         self._routed_policy: object = None
+        self._checkpoint_at = 0.0
         self.paused = False
 
     # ------------------------------------------------------------------ mailboxes
@@ -99,8 +118,11 @@ class Helper:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, smtp: bool = True, smtp_port: int | None = None) -> Helper:
-        self.outbox.reconcile()
+        """Open the SMTP port and start the worker. Never waits for (or fails on) a mail service: messages
+        left ``releasing`` by a previous run are settled by the worker, asking again until it knows."""
         if smtp:
+            if not configmod.is_loopback(self.config.smtp_host):
+                raise SendGuardError(f"[smtp] host {self.config.smtp_host!r}: the helper listens on loopback only")
             port = self.config.smtp_port if smtp_port is None else smtp_port
             handler = SubmissionHandler(self.outbox, self.enqueue)
             self.smtp = SubmissionServer(handler, self.config.smtp_host, port).start()
@@ -118,6 +140,8 @@ class Helper:
                     self._streams.append(thread)
         if self.sync:
             self.sync.start()
+        if self.addin_relay:
+            self.addin_relay.start()
         return self
 
     def stop(self) -> None:
@@ -126,30 +150,42 @@ class Helper:
         self._watch_wake.set()
         if self.sync:
             self.sync.stop()
+        if self.addin_relay:
+            self.addin_relay.stop()
         if self.smtp:
             self.smtp.stop()
         if self._worker:
             self._worker.join(15)
         if self._watcher:
             self._watcher.join(15)
+        self.save_checkpoint()
         self.store.close()
+
+    def save_checkpoint(self) -> None:
+        """Sign the audit chain's head into a file outside the database (``audit verify`` checks it)."""
+        self._checkpoint_at = time.monotonic()
+        try:
+            audit.save_checkpoint(self.store, self.home / audit.CHECKPOINT_FILE)
+        except Exception as exc:  # a checkpoint is evidence, never a reason to hold up mail
+            log.warning("cannot write the audit checkpoint: %s", exc)
 
     def confirm_url(self, item_id: str) -> str:
         return runtime.confirm_url(item_id, self.home)
 
     def approval_link(self, item: Item, approver: str) -> str | None:
-        """The signed, single-use approval link for one approver: the central server's, else our own."""
+        """The signed, single-use approval link for one approver (standalone; the central server mails its own)."""
         if self.sync:
-            return self.sync.link_for(item, approver)
+            return None
         from .links import LinkSigner, signing_key
 
         token = LinkSigner(signing_key(), "approve").sign(item.id, approver=approver.lower())
         return f"{runtime.api_base(self.home)}/approve/{item.id}?t={token}"
 
     def approval_targets(self, item: Item) -> list[tuple[str, str | None]]:
-        """Who is emailed about a held message: its approvers and their active deputies."""
+        """Who this helper emails about a held message: its approvers and their active deputies (with a
+        central server: nobody, the server mails them)."""
         if self.sync:
-            return self.sync.targets(item)
+            return []
         return notify.approvers_and_deputies(item, self.approvals)
 
     def _approval_listener(self, item: Item) -> None:
@@ -188,6 +224,10 @@ class Helper:
     def _run(self) -> None:
         self.warm_up()
         last_poll = 0.0
+        try:
+            self.outbox.reconcile()  # what a previous run left half-done
+        except Exception:
+            log.exception("start-up reconciliation failed; the worker asks again every turn")
         while not self._stop.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
@@ -220,10 +260,13 @@ class Helper:
                 self.notify_approvals()
             except Exception:  # notices never hold up releases; they are retried next round
                 log.exception("approval notices failed")
+        self.outbox.reconcile_due()  # interrupted sends: ask the transport again once their wait is over
         if not self.paused:
             self.outbox.release_due()
         if poll_held:
             self.poll_held()
+        if time.monotonic() - self._checkpoint_at > CHECKPOINT_SECONDS:
+            self.save_checkpoint()
         if time.time() - self._last_purge > 3600:
             self._last_purge = time.time()
             self.outbox.purge(self.config.retention_days)

@@ -48,6 +48,11 @@ class PermanentError(MailboxError):
     """The server refused this message for good (too large, mailbox full, rejected recipient)."""
 
 
+class OutcomeUnknown(MailboxError):
+    """The connection broke after the server may have taken the message, and the server cannot be asked
+    (an SMTP relay after DATA): sending again could send twice, so the user decides."""
+
+
 @dataclass(frozen=True)
 class ReleaseItem:
     """What to send: the final bytes and envelope, after the user's confirmation and any approval."""
@@ -60,6 +65,7 @@ class ReleaseItem:
     bcc: tuple[str, ...] = ()  # the subset of recipients that are blind copies
     source: str = "smtp"  # smtp | outlook | exchange | exchange-outbox | graph | graph-outbox | gmail
     source_ref: str | None = None  # the connector's own id of a held item (EWS item id, draft id...)
+    held_since: float | None = None  # epoch seconds the outbox took it in (grace periods for late syncs)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import base64
 import datetime as dt
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -69,6 +70,10 @@ DEFERRED_EXPAND = f"singleValueExtendedProperties($filter=id eq '{DEFERRED_ID}')
 # time in the past means "send now". Also how find_missed tells SendGuard's own releases apart.
 DEFERRED_CLEARED = "2000-01-01T00:00:00Z"
 _CLEARED_BEFORE = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+# A draft the Outlook add-in saved in Cached Exchange Mode reaches the server only when Outlook syncs
+# it; until then Graph does not find it. Within this time after intake that is a wait, not a deletion.
+OUTLOOK_SYNC_GRACE = 15 * 60
+OUTLOOK_SYNC_RETRY = 30.0
 
 
 def _b64len(n: int) -> int:
@@ -165,11 +170,21 @@ class MsalTokenSource:
                     instance_discovery=None if host in WELL_KNOWN_AUTHORITY_HOSTS else False,
                     timeout=self.timeout)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
-                                     "your mail stays held.", retry_after=30) from None
+                raise self._unreachable(e) from None
+            except msal.exceptions.MsalServiceError as e:  # 5xx/429 from discovery: the service is down
+                raise TransientError(f"The sign-in service {self.authority} is not answering ({e}); "
+                                     "your mail stays held.") from None
             except ValueError as e:
                 raise PermanentError(f"The sign-in authority {self.authority} is not usable: {e}") from None
         return self._app
+
+    def _unreachable(self, e: Exception) -> TransientError:
+        if isinstance(e, requests.exceptions.SSLError):
+            return TransientError(f"The certificate of the sign-in service {self.authority} is not one SendGuard "
+                                  f"trusts ({e}); if your company changed it, set the account's ca_bundle. Your "
+                                  "mail stays held.")
+        return TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
+                              "your mail stays held.")
 
     def _save(self) -> None:
         if self._cache.has_state_changed:
@@ -199,8 +214,10 @@ class MsalTokenSource:
             try:
                 result = app.acquire_token_silent_with_error(self.scopes, accounts[0], force_refresh=force_refresh)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                raise TransientError(f"Cannot reach the sign-in service {self.authority} ({type(e).__name__}); "
-                                     "your mail stays held.", retry_after=30) from None
+                raise self._unreachable(e) from None
+            except msal.exceptions.MsalServiceError as e:
+                raise TransientError(f"The sign-in service {self.authority} is not answering ({e}); "
+                                     "your mail stays held.") from None
             self._save()
             if not result or "access_token" not in result:
                 error = (result or {}).get("error", "no token")
@@ -303,6 +320,12 @@ class GraphMailbox:
             try:
                 r = self.session.request(method, self._url(path), headers=sent_headers, timeout=self.timeout,
                                          **kwargs)
+            except requests.exceptions.SSLError as e:
+                wait = self.backoff.next_delay()
+                raise TransientError(f"The certificate of {self.endpoint} is not one SendGuard trusts ({e}); "
+                                     f"nothing was sent while {what}. If your company changed it, set the "
+                                     f"account's ca_bundle; trying again in {wait:.0f} s. Your mail stays held.",
+                                     retry_after=wait) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 wait = self.backoff.next_delay()
                 raise TransientError(f"Cannot reach Microsoft Graph at {self.endpoint} while {what} "
@@ -524,9 +547,29 @@ class GraphMailbox:
     def _recipients(pairs) -> list[dict]:
         return [{"emailAddress": {"address": a, **({"name": n} if n else {})}} for n, a in pairs]
 
+    def _graph_id(self, ref: str, what: str) -> str:
+        """``ref`` as Graph takes it. The Outlook add-in sends the REST id (``convertToRestId``); an
+        EWS-format id (it has ``/`` or ``+``, which REST ids never do) from an older add-in is
+        translated with ``translateExchangeIds``, which needs User.ReadBasic.All (or User.Read)."""
+        if "/" not in ref and "+" not in ref:
+            return ref
+        try:
+            found = self._json("POST", "/me/translateExchangeIds", what=what, json={
+                "inputIds": [ref], "sourceIdType": "ewsId", "targetIdType": "restId"})
+        except (AuthError, PermanentError) as e:
+            raise PermanentError(
+                "The Outlook add-in identified this draft by its Exchange (EWS) id, which Microsoft Graph does "
+                "not accept, and Graph refused to translate it (" + str(e).rstrip(".") + "). Update the add-in "
+                "(it now sends the Graph id itself) or grant the app User.ReadBasic.All; nothing was sent.") from None
+        targets = [v.get("targetId") for v in found.get("value") or [] if v.get("targetId")]
+        if not targets:
+            raise PermanentError("Microsoft Graph could not translate the Outlook item id of the held message; "
+                                 "nothing was sent.")
+        return targets[0]
+
     def _release_held(self, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
-        ref = item.source_ref
         what = "sending the held message"
+        ref = self._graph_id(item.source_ref or "", what)
         try:
             draft = self._json("GET", f"/me/messages/{ref}", what=what,
                                params={"$select": "id,isDraft,categories,internetMessageId",
@@ -536,6 +579,12 @@ class GraphMailbox:
         if draft is None or not draft.get("isDraft", True):
             if self.find_sent(item.message_id):
                 return self._receipt(item, "already-sent")
+            if draft is None and item.source == "outlook" and item.held_since is not None \
+                    and time.time() - item.held_since < OUTLOOK_SYNC_GRACE:
+                raise TransientError("The draft Outlook saved for this message is not on the server yet (Outlook "
+                                     "in Cached Exchange Mode uploads it when it next syncs); trying again in "
+                                     f"{OUTLOOK_SYNC_RETRY:.0f} s. Keep Outlook running; the message stays held.",
+                                     retry_after=OUTLOOK_SYNC_RETRY)
             raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
                                  "nothing was sent.")
         wanted = _mime.attachment_names(msg)

@@ -34,6 +34,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from tests.fakes.model import Attachment
+from tests.fakes.outage import Outage
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -156,6 +157,7 @@ class FakeEWS:
         self.sends: list[Send] = []
         self.requests: list[str] = []  # operation names, in order
         self.failures: list[tuple[str, str, dict]] = []
+        self.outage = Outage()  # the whole server down or slow
         self.subscriptions: dict[str, dict] = {}
         self.events: list[tuple[int, str, str, str]] = []  # (seq, kind, item_id, folder_id)
         self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
@@ -377,6 +379,7 @@ class FakeEWS:
                 fake._handle(self, body)
 
             def _send(self, status: int, body: bytes, headers: dict | None = None):
+                fake.outage.linger()
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -404,6 +407,14 @@ class FakeEWS:
         return None
 
     def _handle(self, handler, body: bytes) -> None:
+        outage = self.outage.gate()
+        if outage == "drop":
+            handler.close_connection = True
+            handler.connection.shutdown(2)
+            return
+        if outage == "503":
+            handler._send(503, b"Service Unavailable", {"Retry-After": str(self.outage.retry_after)})
+            return
         try:
             root = etree.fromstring(body)
             content = root.find(_q("s:Body"))[0]

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.fakes.model import Attachment
+from tests.fakes.outage import Outage
 
 CHUNK = 320 * 1024  # upload sessions take ranges in multiples of 320 KiB (last one excepted)
 
@@ -156,6 +157,7 @@ class FakeGraph:
         self.sends: list[Send] = []
         self.requests: list[str] = []  # "METHOD /path" without query
         self.failures: list[tuple[str, str, dict]] = []
+        self.outage = Outage()  # the whole service (sign-in included) down or slow
         self.access_tokens: dict[str, float] = {}  # token -> expiry (epoch)
         self.refresh_tokens: set[str] = set()
         self.token_lifetime = 3600
@@ -164,12 +166,15 @@ class FakeGraph:
         self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
         self.submission_delay = 0.0  # how long a message without a deferred time stays in the Outbox
         self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
+        self.unsynced: set[str] = set()  # drafts Outlook (Cached Exchange Mode) has not uploaded yet
+        self.translate_allowed = False  # translateExchangeIds needs User.ReadBasic.All, which the app lacks
         self._stopped = threading.Event()
         self.ticker = threading.Thread(target=self._tick_forever, daemon=True)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
+        self.tls, self._cert_pair = context, (cert, key)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
@@ -207,6 +212,17 @@ class FakeGraph:
             for _ in range(times):
                 self.failures.append((route, kind, detail))
 
+    def change_certificate(self) -> None:
+        """The server now presents a certificate from another CA (a TLS-inspecting proxy, a mistake, an
+        attack): a client that trusts ``ca_file`` must refuse it. ``restore_certificate`` undoes it."""
+        other = Path(self.tmp.name) / "other"
+        other.mkdir(exist_ok=True)
+        _ca, cert, key = make_tls(other)
+        self.tls.load_cert_chain(cert, key)
+
+    def restore_certificate(self) -> None:
+        self.tls.load_cert_chain(*self._cert_pair)
+
     def revoke(self) -> None:
         """The admin revoked the user's sessions: every access and refresh token stops working."""
         with self.lock:
@@ -223,12 +239,29 @@ class FakeGraph:
         fid = self.folder_id(key)
         return [m for m in self.messages.values() if m.folder == fid]
 
-    def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None) -> str:
+    def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None,
+                 msg_id: str | None = None, unsynced: bool = False) -> str:
+        """Store a message (``msg_id``: its REST id; ``unsynced``: saved by Outlook in Cached Exchange
+        Mode and not on the server until ``sync``)."""
         with self.lock:
             msg = self._from_mime(raw, self.folder_id(folder))
+            if msg_id:
+                msg.id = msg_id
+            if unsynced:
+                self.unsynced.add(msg.id)
             msg.categories = list(categories or [])
             self.messages[msg.id] = msg
             return msg.id
+
+    def sync(self, message_id: str) -> None:
+        """Outlook uploaded the draft: from now on Graph finds it."""
+        with self.lock:
+            self.unsynced.discard(message_id)
+
+    @staticmethod
+    def ews_id(rest_id: str) -> str:
+        """The EWS form of a REST id (what getItemIdAsync gives the Outlook add-in)."""
+        return rest_id.replace("-", "/").replace("_", "+")
 
     def delete_item(self, message_id: str) -> None:
         with self.lock:
@@ -374,6 +407,7 @@ class FakeGraph:
             def reply(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None,
                       content_type: str = "application/json"):
                 body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+                fake.outage.linger()
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -399,6 +433,15 @@ class FakeGraph:
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
         line = f"{h.command} {path}"
         is_identity = "/oauth2/" in path or "/.well-known/" in path
+        outage = self.outage.gate()
+        if outage == "drop":
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        if outage == "503":
+            h.reply(503, {"error": {"code": "ServiceUnavailable", "message": "The service is unavailable."}},
+                    {"Retry-After": str(self.outage.retry_after)})
+            return
         if not is_identity:
             self.requests.append(line)
         failure = None if is_identity else self._take_failure(line)
@@ -505,8 +548,10 @@ class FakeGraph:
         return m.group(1).replace("''", "'") if m else None
 
     def _message(self, mid: str) -> Message:
+        if "+" in mid:  # an EWS id ('/' in one splits the path, so it is not found)
+            raise GraphError(400, "ErrorInvalidIdMalformed", "Id is malformed.")
         msg = self.messages.get(mid)
-        if msg is None:
+        if msg is None or mid in self.unsynced:
             raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
         return msg
 
@@ -559,6 +604,13 @@ class FakeGraph:
             return 202, None, {}
         if parts[0] == "messages":
             return self._messages(h, method, parts[1:], query, data, body, path)
+        if parts[0] == "translateExchangeIds" and method == "POST":
+            if not self.translate_allowed:
+                raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+            if (data or {}).get("sourceIdType") != "ewsId" or (data or {}).get("targetIdType") != "restId":
+                raise GraphError(400, "BadRequest", "unsupported id types")
+            return 200, {"value": [{"sourceId": i, "targetId": i.replace("/", "-").replace("+", "_")}
+                                   for i in data.get("inputIds") or []]}, {}
         raise GraphError(400, "BadRequest", f"Unsupported segment {parts[0]}")
 
     def _mime_body(self, h, body: bytes) -> bytes:
