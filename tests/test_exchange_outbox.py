@@ -25,7 +25,9 @@ from sendguard.service import Helper
 from tests.fakes.ews_server import FakeEWS
 from tests.test_exchange import ADDRESS, message
 
-POLICY = '[organization]\ninternal_domains = ["example.co.jp"]\n\n[confirm]\nwhen = "external"\n'
+# the sample's "internal.xlsx" is not a real workbook (unsafe_attachment would ask for an approver)
+POLICY = ('[organization]\ninternal_domains = ["example.co.jp"]\n\n[confirm]\nwhen = "external"\n\n'
+          '[rules]\nunsafe_attachment = "confirm"\n')
 ROOT = Path(__file__).resolve().parents[1]
 
 
