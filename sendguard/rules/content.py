@@ -25,6 +25,9 @@ _QUOTE_START = re.compile(
     r"on .{4,120} wrote:|.{0,80}(?:さんは書きました|のメッセージ):?$|from:\s|差出人:\s|发件人:\s)",
     re.IGNORECASE | re.MULTILINE,
 )
+# signature disclaimers mention attachments on every mail ("this e-mail and any attachments are confidential")
+_DISCLAIMER = re.compile(r"confidential|intended (?:only|solely|recipient)|privileged|disclaimer|機密|秘密|守秘|"
+                         r"誤って|誤送信|お心当たり|保密|机密|誤發送", re.IGNORECASE)
 _MB = 1024 * 1024
 
 
@@ -42,7 +45,8 @@ def own_text(body: str) -> str:
     cut = _QUOTE_START.search(body)
     if cut:
         body = body[: cut.start()]
-    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith((">", "|")))
+    return "\n".join(line for line in body.splitlines()
+                     if not line.lstrip().startswith((">", "|")) and not _DISCLAIMER.search(line))
 
 
 def missing_attachment(ctx: _Context) -> None:
