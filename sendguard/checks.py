@@ -198,7 +198,8 @@ def _domain_kind(domain: str, internal_domains: tuple[str, ...], trusted_domains
 
 def _classify_recipients(ctx: _Context) -> None:
     policy = ctx.policy
-    known = _lookalike_references(policy, ctx.history)
+    known = tuple(policy.internal_domains) + tuple(policy.trusted_domains)
+    customers = _lookalike_references(policy, ctx.history, ctx.known_domains)
     for res in ctx.recipients:
         r = res.recipient
         internal, trusted, blocked = _domain_kind(r.domain, policy.internal_domains, policy.trusted_domains,
@@ -210,7 +211,7 @@ def _classify_recipients(ctx: _Context) -> None:
             flags.append("trusted")
         if not internal and not trusted and not blocked and r.domain not in ctx.known_domains:
             flags.append("new_domain")
-        similar = None if internal or trusted else _lookalike(r.domain, known)
+        similar = None if internal or trusted else _customer_lookalike(r.domain, known, customers)
         if similar:
             flags.append("lookalike")
         shown = [a.lower() for a in _EMAIL_IN_NAME.findall(r.display_name)]
@@ -238,14 +239,25 @@ def _contact_domains(contacts: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c.domain for c in contacts if c.domain))
 
 
-def _lookalike_references(policy: Policy, history: History) -> tuple[str, ...]:
-    """Our own and trusted domains, the contacts' domains and every domain mail was sent to."""
-    refs = tuple(policy.internal_domains) + tuple(policy.trusted_domains)
+def _lookalike_references(policy: Policy, history: History, known_domains: Collection[str]) -> tuple[str, ...]:
+    """The domains of contacts and of the sent-to history (look-alikes of customers, DESIGN §3.1)."""
+    refs: tuple[str, ...] = ()
     if policy.contacts:
         refs += _contact_domains(policy.contacts)
     if history.sent_domains:
         refs += history.sent_domains
+    if known_domains:
+        refs += tuple(sorted(known_domains))
     return tuple(dict.fromkeys(refs))
+
+
+def _customer_lookalike(domain: str, ours: tuple[str, ...], customers: tuple[str, ...]) -> str | None:
+    """The domain ``domain`` imitates: ours and trusted ones always count; contacts' and sent-to
+    domains only when ``domain`` is not one of them itself (mail to a known customer is not a typo)."""
+    similar = _lookalike(domain, ours)
+    if similar or not customers or any(detect.in_domain(domain, c) for c in customers):
+        return similar
+    return _lookalike(domain, customers)
 
 
 def _new_domains(ctx: _Context) -> None:

@@ -329,3 +329,17 @@ def test_holder_reloads_when_a_data_file_changes(tmp_path):
     later = time.time() + 5
     os.utime(tmp_path / "optout.csv", (later, later))
     assert holder.get().suppression.matches("b@x.example")
+
+
+@pytest.mark.parametrize("to,history,known,similar", [
+    ("x@c1ient1.example", checks.History(), {"client1.example"}, "client1.example"),  # known_domains = history
+    ("x@c1ient1.example", checks.History(sent_domains=("c1ient1.example", "client1.example")), set(), None),
+    ("x@exarnple.co.jp", checks.History(sent_domains=("exarnple.co.jp",)), {"exarnple.co.jp"}, "example.co.jp"),
+    ("x@acorq.example", checks.History(), set(), "acorp.example"),  # a contact's domain
+    ("x@acorp.example", checks.History(), set(), None),
+])
+def test_lookalike_references(pol, to, history, known, similar):
+    """Our own domains always count; a customer's domain (contacts, sent-to) unless the domain is one."""
+    result = run(pol, to=to, history=history, known=known)
+    found = [r for r in result.reasons if r.rule == "lookalike_domain"]
+    assert (similar in found[0].message) if similar else not found
