@@ -7,6 +7,7 @@ verdict is the strongest action among the reasons.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,6 +59,8 @@ MESSAGES = {
     "suppressed": _("{target} is on the opt-out list and is removed from this message"),
     "suppressed_block": _("{target} is on the opt-out list: this message cannot be sent to it"),
 }
+# confirm.when = "always": an otherwise allowed message still goes to the window (DESIGN §4)
+MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (confirm.when = \"always\")")
 UNINSPECTED = _("{target} could not be inspected ({why}): check its content yourself")
 KIND_NAMES = {"card_number": _("card number"), "my_number": _("My Number"), "body": _("the message body")}
 
@@ -187,6 +190,21 @@ class _Context:
         return any(r.external for r in self.recipients)
 
 
+def _routed(r: Recipient) -> bool:
+    """An address whose local part carries another route (quoted @, %-hack, UUCP bang path)."""
+    local = r.address.rpartition("@")[0]
+    return any(c in local for c in "@%!")
+
+
+def addresses_in_name(name: str) -> list[str]:
+    """Addresses a display name shows, also in look-alike forms: full-width ＠ and ．, zero-width and
+    other invisible characters, spaces around @ and dots (NFKC, format characters and spaces removed)."""
+    text = unicodedata.normalize("NFKC", name or "")
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = re.sub(r"\s*([@.])\s*", r"\1", text)
+    return [a.lower() for a in _EMAIL_IN_NAME.findall(text)]
+
+
 @lru_cache(maxsize=4096)
 def _domain_kind(domain: str, internal_domains: tuple[str, ...], trusted_domains: tuple[str, ...],
                  blocked_domains: tuple[str, ...]) -> tuple[bool, bool, bool]:
@@ -206,6 +224,10 @@ def _classify_recipients(ctx: _Context) -> None:
         r = res.recipient
         internal, trusted, blocked = _domain_kind(r.domain, policy.internal_domains, policy.trusted_domains,
                                                   policy.blocked_domains)
+        if internal and _routed(r):
+            # routing syntax ("x@evil"@corp, x%evil@corp, evil!x@corp) may relay beyond the internal domain
+            internal = False
+            trusted = any(detect.in_domain(r.domain, d) for d in policy.trusted_domains)
         flags = res.flags
         if not internal:
             flags.append("external")
@@ -218,7 +240,7 @@ def _classify_recipients(ctx: _Context) -> None:
         similar = None if internal or trusted else similar_of[r.domain]
         if similar:
             flags.append("lookalike")
-        shown = [a.lower() for a in _EMAIL_IN_NAME.findall(r.display_name)]
+        shown = addresses_in_name(r.display_name)
         mismatch = [a for a in shown if a != r.address and a != r.written.lower()]
         if mismatch:
             flags.append("display_name_mismatch")
@@ -371,6 +393,9 @@ def evaluate(
     for rule in RULES:
         rule(ctx)
     action = max((r.action for r in ctx.reasons), key=ACTION_RANK.__getitem__, default="allow")
+    if action == "allow" and policy.confirm_when == "always":
+        ctx.add("confirm_always", "confirm", msg.subject)
+        action = "confirm"
     approvers = list(policy.approvers_for(msg.sender)) if action == "approve" else []
     return CheckResult(msg, ctx.recipients, ctx.attachments, action, ctx.reasons, approvers, ctx.force_bcc,
                        ctx.problems)

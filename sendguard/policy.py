@@ -582,12 +582,46 @@ def build(user: dict[str, Any], admin: dict[str, Any] | None = None, source: str
     return Policy(locked=locked, source=source, data_files=files, **kwargs)
 
 
+def _approve_keys(layer: dict[str, Any]) -> list[str]:
+    """Keys in one file whose action is ``approve`` (plain settings, or tables such as keywords)."""
+    found = []
+    for dotted, value in layer.items():
+        if value == "approve" or (isinstance(value, tuple) and any(
+                getattr(entry, "action", None) == "approve" for entry in value)):
+            found.append(dotted)
+    return found
+
+
+def check_approvers(policy: Policy, layers: list[tuple[Path, dict[str, Any]]]) -> None:
+    """A rule the files set to ``approve`` needs someone to approve: with no default approvers a
+    message from any sender no route covers would wait for nobody. Refused, with the key named."""
+    if policy.approvers:
+        return
+    for path, layer in layers:
+        for dotted in _approve_keys(layer):
+            effective = getattr(policy, _SCHEMA[dotted][0], None) if dotted in _SCHEMA else None
+            if effective is not None and effective != "approve" and not (isinstance(effective, tuple) and any(
+                    getattr(entry, "action", None) == "approve" for entry in effective)):
+                continue  # overridden by a locked admin value
+            text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+            covered = " (the [[approval.route]] tables cover only some senders)" if policy.routes else ""
+            raise ConfigError(str(path), f"this rule asks for approval, but [approval] approvers is empty{covered}: "
+                                         "nobody could approve such a message. Add approvers = [\"boss@example.com\"] "
+                                         "under [approval], or set the rule to confirm or block",
+                              line=tomlfile.line_of(text, dotted), key=dotted)
+
+
 def load(path: Path | None, admin_path: Path | None = None) -> Policy:
     """Load and validate the user's policy (and the admin's, if present). Raises ConfigError."""
-    admin = parse_file(admin_path) if admin_path and admin_path.exists() else None
+    from . import managed  # Group Policy / MDM values: locked, on top of the machine file
+
+    admin = managed.apply(parse_file(admin_path) if admin_path and admin_path.exists() else None)
     user = parse_file(path) if path and path.exists() else {}
     source = str(path) if path and path.exists() else "(embedded defaults)"
-    return build(user, admin, source)
+    policy = build(user, admin, source)
+    layers = [(p, layer) for p, layer in ((admin_path, admin), (path, user)) if p is not None and layer]
+    check_approvers(policy, layers)  # type: ignore[arg-type]
+    return policy
 
 
 @dataclass
@@ -598,19 +632,21 @@ class PolicyHolder:
     admin_path: Path | None = None
     current: Policy = field(default_factory=Policy)
     last_error: ConfigError | None = None
-    _stamp: tuple[float, ...] = (0.0, 0.0)
+    _stamp: tuple[object, ...] = (0.0, 0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _mtimes(self) -> tuple[float, ...]:
+    def _mtimes(self) -> tuple[object, ...]:
         def mtime(p: Path | None) -> float:
             try:
                 return p.stat().st_mtime_ns if p else 0.0
             except OSError:
                 return 0.0
 
+        from . import managed
+
         # the contacts, lists and opt-out files count too: an edited opt-out list applies at once
         data = tuple(mtime(Path(f)) for f in self.current.data_files)
-        return (mtime(self.path), mtime(self.admin_path), *data)
+        return (mtime(self.path), mtime(self.admin_path), managed.stamp(), *data)
 
     def reload(self) -> Policy:
         with self._lock:
