@@ -216,7 +216,10 @@ def _domain_kind(domain: str, internal_domains: tuple[str, ...], trusted_domains
 
 def _classify_recipients(ctx: _Context) -> None:
     policy = ctx.policy
-    known = _lookalike_references(policy, ctx.history)
+    known = tuple(policy.internal_domains) + tuple(policy.trusted_domains)
+    customers = _lookalike_references(policy, ctx.history, ctx.known_domains)
+    customer_sets = [_domain_set(group) for group in customers]
+    similar_of: dict[str, str | None] = {}  # many recipients share a few domains
     for res in ctx.recipients:
         r = res.recipient
         internal, trusted, blocked = _domain_kind(r.domain, policy.internal_domains, policy.trusted_domains,
@@ -232,7 +235,9 @@ def _classify_recipients(ctx: _Context) -> None:
             flags.append("trusted")
         if not internal and not trusted and not blocked and r.domain not in ctx.known_domains:
             flags.append("new_domain")
-        similar = None if internal or trusted else _lookalike(r.domain, known)
+        if r.domain not in similar_of:
+            similar_of[r.domain] = _customer_lookalike(r.domain, known, customers, customer_sets)
+        similar = None if internal or trusted else similar_of[r.domain]
         if similar:
             flags.append("lookalike")
         shown = addresses_in_name(r.display_name)
@@ -260,14 +265,38 @@ def _contact_domains(contacts: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c.domain for c in contacts if c.domain))
 
 
-def _lookalike_references(policy: Policy, history: History) -> tuple[str, ...]:
-    """Our own and trusted domains, the contacts' domains and every domain mail was sent to."""
-    refs = tuple(policy.internal_domains) + tuple(policy.trusted_domains)
+def _lookalike_references(policy: Policy, history: History,
+                           known_domains: Collection[str]) -> tuple[tuple[str, ...], ...]:
+    """Groups of customer domains: the contacts', the sent-to history's, the known recipients'."""
+    groups = []
     if policy.contacts:
-        refs += _contact_domains(policy.contacts)
+        groups.append(_contact_domains(policy.contacts))
     if history.sent_domains:
-        refs += history.sent_domains
-    return tuple(dict.fromkeys(refs))
+        groups.append(history.sent_domains)
+    if known_domains:
+        groups.append(tuple(sorted(known_domains)))
+    return tuple(groups)
+
+
+_domain_set = lru_cache(maxsize=16)(frozenset)
+
+
+def _customer_lookalike(domain: str, ours: tuple[str, ...], customers: tuple[tuple[str, ...], ...],
+                        customer_sets: list[frozenset[str]]) -> str | None:
+    """The domain ``domain`` imitates: ours and trusted ones always count; contacts' and sent-to
+    domains only when ``domain`` is not one of them itself (mail to a known customer is not a typo)."""
+    similar = _lookalike(domain, ours)
+    if similar or not customers:
+        return similar
+    labels = domain.split(".")
+    suffixes = [".".join(labels[i:]) for i in range(len(labels))]
+    if any(suffix in known for known in customer_sets for suffix in suffixes):
+        return None
+    for group in customers:
+        similar = _lookalike(domain, group)
+        if similar:
+            return similar
+    return None
 
 
 def _new_domains(ctx: _Context) -> None:

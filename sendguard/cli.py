@@ -686,12 +686,23 @@ def policy_export(out: Path, policy_path: Path | None) -> None:
 
 
 @policy_group.command("import")
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--from", "source_format", type=click.Choice(["sendguard", "flexconfirmmail"]), default="sendguard",
+              help="sendguard: a zip from `sendguard policy export`; flexconfirmmail: its configuration folder.")
 @user_errors
-def policy_import(bundle: Path) -> None:
-    """Validate a bundle from `sendguard policy export`, then make it the policy in force."""
+def policy_import(bundle: Path, source_format: str) -> None:
+    """Validate a bundle from `sendguard policy export` (or another tool's settings), then use it."""
     from . import policy_bundle
 
+    if source_format == "flexconfirmmail":
+        loaded, notes = policy_bundle.import_flexconfirmmail(bundle, paths.home())
+        for note in notes:
+            click.echo(f"note: {note}")
+        click.echo(f"{paths.policy_file()}: imported from FlexConfirmMail ({len(loaded.internal_domains)} internal "
+                   f"domains, {len(loaded.address_rules)} address rules, {len(loaded.keywords)} keywords)")
+        return
+    if bundle.is_dir():
+        raise click.ClickException(f"{bundle} is a folder: give the zip from `sendguard policy export`")
     loaded = policy_bundle.import_bundle(bundle, paths.home())
     click.echo(f"{paths.policy_file()}: imported ({len(loaded.contacts)} contacts, {len(loaded.lists)} lists, "
                f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")

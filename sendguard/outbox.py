@@ -856,7 +856,7 @@ class Outbox:
         self._notify(item_id)
 
 
-HISTORY_DOMAINS = 5000  # most recently sent-to domains used as look-alike references
+HISTORY_DOMAINS = 2000  # most recently sent-to domains used as look-alike references
 HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
 
 

@@ -162,6 +162,14 @@ class Policy:
     data_files: tuple[str, ...] = ()  # contacts/lists/opt-out files read, for reload on change
     locked: tuple[str, ...] = ()
     source: str = "(embedded defaults)"
+    _contact_index: dict[str, Contact] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _list_index: dict[str, DistributionList] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for contact in self.contacts:  # exact rows win over *@domain rows; the first row of each wins
+            self._contact_index.setdefault(contact.address, contact)
+        for dist in self.lists:
+            self._list_index.setdefault(dist.address, dist)
 
     def approvers_for(self, sender: str) -> tuple[str, ...]:
         """First matching route wins; else the default approvers."""
@@ -172,16 +180,10 @@ class Policy:
 
     def contact_for(self, address: str) -> Contact | None:
         """The contact row for an address: an exact row first, else a ``*@domain`` row."""
-        found = None
-        for contact in self.contacts:
-            if contact.address == address:
-                return contact
-            if found is None and contact.matches(address):
-                found = contact
-        return found
+        return self._contact_index.get(address) or self._contact_index.get("*@" + address.rpartition("@")[2])
 
     def list_for(self, address: str) -> DistributionList | None:
-        return next((d for d in self.lists if d.address == address), None)
+        return self._list_index.get(address)
 
     def is_locked(self, dotted_key: str) -> bool:
         return any(fnmatch.fnmatchcase(dotted_key, pattern) for pattern in self.locked)

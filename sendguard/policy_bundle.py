@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -126,3 +127,116 @@ def import_bundle(source: Path, home: Path) -> policy.Policy:
         shutil.copyfile(staging / "policy.toml", tmp)
         os.replace(tmp, home / "policy.toml")
     return loaded
+
+
+# ---------------------------------------------------------------- FlexConfirmMail (Outlook VSTO add-in)
+# Its configuration folder holds Common.txt (Key = Value) and the lists TrustedDomains.txt,
+# UnsafeDomains.txt and UnsafeFiles.txt (one entry a line, # comments).
+_FCM_BOOL = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+
+
+def _fcm_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    for codec in ("utf-8-sig", "utf-16", "cp932"):
+        try:
+            text = data.decode(codec)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise ConfigError(str(path), "not UTF-8, UTF-16 or Shift_JIS text")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def from_flexconfirmmail(folder: Path) -> tuple[str, list[str]]:
+    """A policy.toml equivalent to a FlexConfirmMail configuration folder, and notes on what differs."""
+    if not folder.is_dir():
+        raise ConfigError(str(folder), "not a folder (give the folder holding Common.txt and TrustedDomains.txt)")
+    names = ("Common.txt", "TrustedDomains.txt", "UnsafeDomains.txt", "UnsafeFiles.txt")
+    if not any((folder / n).exists() for n in names):
+        raise ConfigError(str(folder), f"no FlexConfirmMail files here ({', '.join(names)})")
+    notes: list[str] = []
+    common: dict[str, str] = {}
+    for number, line in enumerate(_fcm_lines(folder / "Common.txt"), start=1):
+        key, eq, value = line.partition("=")
+        if not eq:
+            raise ConfigError(str(folder / "Common.txt"), f"expected Key = Value, got {line!r}", line=number)
+        common[key.strip()] = value.strip()
+
+    def flag(key: str, default: bool) -> bool:
+        value = common.get(key)
+        if value is None:
+            return default
+        if value.lower() not in _FCM_BOOL:
+            raise ConfigError(str(folder / "Common.txt"), f"{key}: expected yes/no, got {value!r}", key=key)
+        return _FCM_BOOL[value.lower()]
+
+    def number(key: str, default: int) -> int:
+        value = common.get(key)
+        if value is None:
+            return default
+        if not value.isdigit():
+            raise ConfigError(str(folder / "Common.txt"), f"{key}: expected a whole number, got {value!r}", key=key)
+        return int(value)
+
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"Imported from FlexConfirmMail ({folder})"))
+    internal = []
+    for entry in _fcm_lines(folder / "TrustedDomains.txt"):
+        entry = entry.lower()
+        if entry.startswith("-") or "@" in entry.lstrip("*@"):
+            notes.append(f"TrustedDomains: {entry!r} (an exception or an address) has no SendGuard equivalent; skipped")
+            continue
+        domain = entry.lstrip("*.").lstrip("@")
+        if domain and domain not in internal:
+            internal.append(domain)
+    organization = tomlkit.table()
+    organization["internal_domains"] = internal
+    doc["organization"] = organization
+    confirm = tomlkit.table()
+    confirm["countdown_seconds"] = number("CountSeconds", 3) if flag("CountEnabled", True) else 0
+    doc["confirm"] = confirm
+    rules = tomlkit.table()
+    if flag("SafeBccEnabled", True):
+        rules["many_external_recipients"] = max(1, number("SafeBccThreshold", 4))
+        notes.append("SafeBccThreshold counts domains in FlexConfirmMail and external addresses in SendGuard")
+    doc["rules"] = rules
+    unsafe = [d.lower().lstrip("*.").lstrip("@") for d in _fcm_lines(folder / "UnsafeDomains.txt")]
+    if unsafe:
+        address = tomlkit.aot()
+        table = tomlkit.table()
+        table["match"] = [p for d in unsafe for p in (f"*@{d}", f"*@*.{d}")]
+        table["action"] = "reconfirm"
+        table["message"] = "FlexConfirmMail: a domain your organization marked as needing care"
+        address.append(table)
+        rules["address"] = address
+    files = _fcm_lines(folder / "UnsafeFiles.txt")
+    if files:
+        keywords = tomlkit.aot()
+        for word in files:
+            table = tomlkit.table()
+            table["pattern"] = re.escape(word)
+            table["action"] = "confirm"
+            keywords.append(table)
+        rules["keywords"] = keywords
+        notes.append("UnsafeFiles words become keywords: they also match the subject and body")
+    for key in ("CountAllowSkip", "MainSkipIfNoExt", "SafeNewDomainsEnabled"):
+        if key in common:
+            notes.append(f"{key} has no SendGuard equivalent; skipped")
+    return tomlkit.dumps(doc), notes
+
+
+def import_flexconfirmmail(folder: Path, home: Path) -> tuple[policy.Policy, list[str]]:
+    """Turn a FlexConfirmMail folder into the policy in force, validated before anything is replaced."""
+    text, notes = from_flexconfirmmail(folder)
+    with tempfile.TemporaryDirectory(prefix="sendguard-policy-") as tmpdir:
+        staging = Path(tmpdir) / "policy.toml"
+        staging.write_text(text, encoding="utf-8")
+        loaded = policy.load(staging)
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = home / "policy.toml.tmp"
+        shutil.copyfile(staging, tmp)
+        os.replace(tmp, home / "policy.toml")
+    return loaded, notes

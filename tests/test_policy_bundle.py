@@ -85,3 +85,33 @@ def test_export_refuses_a_policy_that_does_not_load(tmp_path):
     out = run_cli("policy", "export", str(tmp_path / "x.zip"), "--policy", str(path))
     assert out.returncode == 1 and "missing.csv" in out.stderr.decode()
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_import_a_flexconfirmmail_folder(tmp_path, home):
+    fcm = tmp_path / "FlexConfirmMail"
+    fcm.mkdir()
+    (fcm / "Common.txt").write_text("# settings\nCountEnabled = yes\nCountSeconds = 5\nSafeBccEnabled = true\n"
+                                    "SafeBccThreshold = 3\nCountAllowSkip = no\n", encoding="utf-8")
+    (fcm / "TrustedDomains.txt").write_text("example.co.jp\n*.example.com\n-partner.example\n", encoding="utf-8")
+    (fcm / "UnsafeDomains.txt").write_text("rival.example\n", encoding="utf-8")
+    (fcm / "UnsafeFiles.txt").write_bytes("社外秘\n".encode("cp932"))
+    out = run_cli("policy", "import", "--from", "flexconfirmmail", str(fcm))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    assert "CountAllowSkip has no SendGuard equivalent" in text and "'-partner.example'" in text
+    loaded = policy.load(home / "policy.toml")
+    assert loaded.internal_domains == ("example.co.jp", "example.com")
+    assert loaded.countdown_seconds == 5 and loaded.many_external_recipients == 3
+    [rule] = loaded.address_rules
+    assert rule.action == "reconfirm" and rule.applies_to("x@rival.example") and rule.applies_to("x@mx.rival.example")
+    assert [k.pattern for k in loaded.keywords] == ["社外秘"]
+
+
+def test_a_bad_flexconfirmmail_folder_changes_nothing(tmp_path, home):
+    (home / "policy.toml").write_text("", encoding="utf-8")
+    fcm = tmp_path / "fcm"
+    fcm.mkdir()
+    (fcm / "Common.txt").write_text("CountSeconds = soon\n", encoding="utf-8")
+    out = run_cli("policy", "import", "--from", "flexconfirmmail", str(fcm))
+    assert out.returncode == 1 and "CountSeconds" in out.stderr.decode()
+    assert (home / "policy.toml").read_text() == ""

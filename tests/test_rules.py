@@ -100,6 +100,7 @@ CASES = [
     ("reply_new_domain", dict(to=["a@client1.example", "b@other.example"], history=THREAD), True, "confirm"),
     ("reply_new_domain", dict(to=["a@client1.example", "c@example.co.jp"], history=THREAD), False, None),
     ("reply_new_domain", dict(to=["b@other.example"]), False, None),  # not a reply to released mail
+    ("reply_new_domain", dict(to=["a@client1.example", "p@partner.example"], history=THREAD), False, None),
     # --- missing_attachment
     ("missing_attachment", dict(body="見積書を添付いたします。"), True, "confirm"),
     ("missing_attachment", dict(body="別添の資料をご確認ください。"), True, "confirm"),
@@ -109,6 +110,9 @@ CASES = [
      False, None),
     ("missing_attachment", dict(body="お世話になっております。\n\n> 資料を添付します\n"), False, None),
     ("missing_attachment", dict(body="I am attaching no file; we met yesterday."), False, None),
+    ("missing_attachment", dict(body="Thanks.\n--\nThis e-mail and any attachments are confidential."), False, None),
+    ("missing_attachment", dict(body="よろしくお願いします。\n本メールおよび添付ファイルは機密情報を含みます。"), False,
+     None),
     # --- large_attachment
     ("large_attachment", dict(attachments=[("big.bin", BIG, "application/octet-stream")]), True, "confirm"),
     ("large_attachment", dict(attachments=[("small.pdf", pdf(b"x" * 1000), "application/pdf")]), False, None),
@@ -325,3 +329,17 @@ def test_holder_reloads_when_a_data_file_changes(tmp_path):
     later = time.time() + 5
     os.utime(tmp_path / "optout.csv", (later, later))
     assert holder.get().suppression.matches("b@x.example")
+
+
+@pytest.mark.parametrize("to,history,known,similar", [
+    ("x@c1ient1.example", checks.History(), {"client1.example"}, "client1.example"),  # known_domains = history
+    ("x@c1ient1.example", checks.History(sent_domains=("c1ient1.example", "client1.example")), set(), None),
+    ("x@exarnple.co.jp", checks.History(sent_domains=("exarnple.co.jp",)), {"exarnple.co.jp"}, "example.co.jp"),
+    ("x@acorq.example", checks.History(), set(), "acorp.example"),  # a contact's domain
+    ("x@acorp.example", checks.History(), set(), None),
+])
+def test_lookalike_references(pol, to, history, known, similar):
+    """Our own domains always count; a customer's domain (contacts, sent-to) unless the domain is one."""
+    result = run(pol, to=to, history=history, known=known)
+    found = [r for r in result.reasons if r.rule == "lookalike_domain"]
+    assert (similar in found[0].message) if similar else not found

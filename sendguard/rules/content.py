@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import detect
 from . import names
@@ -25,6 +25,9 @@ _QUOTE_START = re.compile(
     r"on .{4,120} wrote:|.{0,80}(?:さんは書きました|のメッセージ):?$|from:\s|差出人:\s|发件人:\s)",
     re.IGNORECASE | re.MULTILINE,
 )
+# signature disclaimers mention attachments on every mail ("this e-mail and any attachments are confidential")
+_DISCLAIMER = re.compile(r"confidential|intended (?:only|solely|recipient)|privileged|disclaimer|機密|秘密|守秘|"
+                         r"誤って|誤送信|お心当たり|保密|机密|誤發送", re.IGNORECASE)
 _MB = 1024 * 1024
 
 
@@ -42,7 +45,8 @@ def own_text(body: str) -> str:
     cut = _QUOTE_START.search(body)
     if cut:
         body = body[: cut.start()]
-    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith((">", "|")))
+    return "\n".join(line for line in body.splitlines()
+                     if not line.lstrip().startswith((">", "|")) and not _DISCLAIMER.search(line))
 
 
 def missing_attachment(ctx: _Context) -> None:
@@ -76,35 +80,57 @@ def unsafe_and_encrypted(ctx: _Context) -> None:
             ctx.add("encrypted_attachment", ctx.policy.encrypted_attachment, name)
 
 
-def attachment_name_mismatch(ctx: _Context) -> None:
-    """A file name names a contact's company (or domain label) that is not among the recipients."""
-    if not ctx.policy.contacts or not ctx.attachments:
-        return
-    internal = ctx.policy.internal_domains
-    recipient_domains = {r.recipient.domain for r in ctx.recipients}
-    ours: set[str] = set()  # tokens of the recipients' own companies never count against them
-    theirs: dict[str, str] = {}
-    for contact in ctx.policy.contacts:
+_WORD = re.compile(r"[a-z0-9]+")  # an ASCII token that is one word of a file name (acorp in acorp_quote.xlsx)
+_TOKEN_CACHE: dict[int, tuple[object, list[tuple[str, tuple[str, ...], str]]]] = {}
+
+
+def _contact_tokens(contacts: tuple[Any, ...], internal: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], str]]:
+    """(domain, name tokens, company) per external contact, worked out once per loaded policy."""
+    hit = _TOKEN_CACHE.get(id(contacts))
+    if hit is not None and hit[0] is contacts:
+        return hit[1]
+    out = []
+    for contact in contacts:
         domain = contact.domain
         if any(detect.in_domain(domain, d) for d in internal):
             continue
-        tokens = names.company_tokens(contact.company, detect.registrable(domain)[0])
-        if any(detect.in_domain(d, domain) for d in recipient_domains):
+        tokens = tuple(names.company_tokens(contact.company, detect.registrable(domain)[0]))
+        if tokens:
+            out.append((domain, tokens, contact.company or domain))
+    if len(_TOKEN_CACHE) > 8:
+        _TOKEN_CACHE.clear()
+    _TOKEN_CACHE[id(contacts)] = (contacts, out)
+    return out
+
+
+def attachment_name_mismatch(ctx: _Context) -> None:
+    """A file name names a contact's company (or domain label) that is not among the recipients."""
+    files = [res for res in ctx.attachments if not res.attachment.inline]
+    if not ctx.policy.contacts or not files:
+        return
+    recipient_suffixes = set()
+    for res in ctx.recipients:
+        labels = res.recipient.domain.split(".")
+        recipient_suffixes.update(".".join(labels[i:]) for i in range(len(labels)))
+    ours: set[str] = set()  # tokens of the recipients' own companies never count against them
+    theirs: dict[str, str] = {}
+    for domain, tokens, who in _contact_tokens(ctx.policy.contacts, ctx.policy.internal_domains):
+        if domain in recipient_suffixes:
             ours.update(tokens)
         else:
             for token in tokens:
-                theirs.setdefault(token, contact.company or domain)
+                theirs.setdefault(token, who)
     wrong = {t: who for t, who in theirs.items() if t not in ours}
-    if not wrong:
-        return
-    for res in ctx.attachments:
-        if res.attachment.inline:
-            continue
-        for token, who in wrong.items():
-            if names.names_in_filename(token, res.attachment.filename):
-                ctx.add("attachment_name_mismatch", ctx.policy.attachment_name_mismatch, res.attachment.filename,
-                        company=who)
-                break
+    words = {t for t in wrong if _WORD.fullmatch(t)}  # looked up as whole words of the file name
+    others = [t for t in wrong if t not in words]
+    for res in files:
+        forms = names.filename_forms(res.attachment.filename)
+        found = next(iter(words.intersection(_WORD.findall(forms[0]))), None) if words else None
+        if found is None:
+            found = next((t for t in others if names.token_in(t, forms)), None)
+        if found is not None:
+            ctx.add("attachment_name_mismatch", ctx.policy.attachment_name_mismatch, res.attachment.filename,
+                    company=wrong[found])
 
 
 def name_mismatch(ctx: _Context) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 _JA_HONORIFIC = re.compile(r"^(.{1,40}?)\s*(?:様|さま|サマ|さん|殿|先生|くん|君|部長|課長|社長|係長|主任|専務|常務)(?=$|[\s、，,。:：!！])")
 _ZH_HONORIFIC = re.compile(r"^(?:尊敬的|亲爱的|親愛的)?\s*(.{1,12}?)\s*(?:先生|女士|小姐|经理|經理|总|老师|老師)(?=$|[\s、，,。:：!！])")
@@ -125,6 +126,24 @@ def company_tokens(company: str, domain_label: str) -> list[str]:
     if len(label) >= 3:
         out.append(label)
     return list(dict.fromkeys(out))
+
+
+def filename_forms(filename: str) -> tuple[str, str]:
+    """(NFKC lower case with separators, the same without spaces) of a file name, for token_in."""
+    spaced = unicodedata.normalize("NFKC", filename).lower()
+    return spaced, norm(filename)
+
+
+@lru_cache(maxsize=4096)
+def _word(token: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![a-z0-9]){re.escape(token)}(?![a-z0-9])")
+
+
+def token_in(token: str, forms: tuple[str, str]) -> bool:
+    """``token`` in a file name's forms; an ASCII token must stand as its own word (acorp_quote)."""
+    if token.isascii():
+        return _word(token).search(forms[0]) is not None
+    return token in forms[1]
 
 
 def names_in_filename(token: str, filename: str) -> bool:

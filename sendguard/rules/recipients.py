@@ -134,7 +134,7 @@ def reply_new_domain(ctx: _Context) -> None:
     seen: set[str] = set()
     for res in ctx.recipients:
         domain = res.recipient.domain
-        if not res.external or res.list_address or domain in seen:
+        if not res.external or "trusted" in res.flags or res.list_address or domain in seen:
             continue
         if any(detect.in_domain(domain, d) for d in thread):
             continue
