@@ -8,11 +8,13 @@ ARTIFACTS ?= test-artifacts
 PYTEST_WORKERS ?= 2
 
 # Debian packages: the Qt/WebEngine runtime and CJK fonts for the window (run), plus a virtual
-# display, a browser, image tools and PostgreSQL for the test suite.
+# display, a browser, image tools and PostgreSQL for the test suite, and the installer tools
+# (wixl/msiinfo build and read the MSI, osslsigncode signs it, python3-venv for the .deb's postinst).
 RUN_APT := libnss3 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 \
            libxcb-render-util0 libxcb-image0 libxcomposite1 libxdamage1 libxrandr2 libxtst6 libasound2 \
            libegl1 libgl1 libopengl0 fonts-noto-cjk
-TEST_APT := $(RUN_APT) xvfb xauth xdotool imagemagick chromium postgresql nodejs npm
+TEST_APT := $(RUN_APT) xvfb xauth xdotool imagemagick chromium postgresql nodejs npm \
+            wixl msitools osslsigncode python3-venv
 
 .PHONY: run test bench lint setup setup-run system-deps-run system-deps-test js-deps clean
 

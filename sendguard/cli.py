@@ -530,7 +530,7 @@ def audit_group() -> None:
 def audit_verify(ctx: Context, as_json: bool) -> None:
     """Check the chain; exits 1 and names each bad record when the log was tampered with."""
     problems = audit.verify(ctx.store)
-    count = len(audit.records(ctx.store))
+    count = audit.count(ctx.store)
     if as_json:
         echo_json({"ok": not problems, "records": count,
                    "problems": [{"seq": p.seq, "message": p.message} for p in problems]})

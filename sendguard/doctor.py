@@ -11,7 +11,7 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import config as configmod
@@ -29,13 +29,15 @@ class Finding:
     status: str  # ok | warn | fail
     detail: str
     fix: str = ""
+    extra: dict[str, object] = field(default_factory=dict)  # machine-readable details (--json only)
 
     @property
     def ok(self) -> bool:
         return self.status != FAIL
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self) | {"ok": self.ok}
+        data = asdict(self)
+        return {k: v for k, v in data.items() if k != "extra"} | self.extra | {"ok": self.ok}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -110,6 +112,12 @@ def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
     except SendGuardError as exc:
         add(Finding("policy", FAIL, str(exc), t(_("correct the key named above; until then the helper keeps the "
                                                   "last good policy (or refuses to start)"))))
+
+    from . import managed  # the machine policy in force and where each setting came from
+
+    for entry in managed.doctor_entries(user_policy):
+        extra = {k: v for k, v in entry.items() if k not in ("check", "ok", "detail")}
+        add(Finding(entry["check"], OK if entry["ok"] else FAIL, entry["detail"], extra=extra))
 
     running = instance.running(home)
     if running is not None:

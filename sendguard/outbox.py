@@ -41,6 +41,9 @@ FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
 CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
                "needs_attention")
 MAX_BACKOFF = 1800.0
+# Messages up to this size are checked at intake, before their commit; larger ones by the worker
+# afterwards, so one big attachment never delays the 250 of the messages committed beside it.
+INTAKE_CHECK_MAX_BYTES = 1024 * 1024
 # what a refused transition tried to do, said as a verb ("cannot cancel it now")
 _VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as sent", "releasing": "release",
           "retry_requested": "send again", "expired": "expire", "verdict": "check", "failed": "fail",
@@ -62,6 +65,16 @@ class Incoming:
     source_ref: str | None = None
     account: str | None = None
     actor: str | None = None
+
+
+@dataclass
+class _Verdict:
+    """Where a checked message goes: ``hold`` for the window, else passed on with ``decision``."""
+
+    hold: bool
+    audit: dict[str, Any]
+    values: dict[str, Any]
+    decision: Decision = field(default_factory=Decision)
 
 
 @dataclass
@@ -245,34 +258,51 @@ class Outbox:
                 source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> str:
         """Commit the message as received (raw MIME + envelope) and return its id. Durable on return."""
         return self.receive_many([Incoming(raw, envelope_from, list(recipients), source, source_ref, account,
-                                           actor)])[0]
+                                           actor)])[0][0]
 
-    def receive_many(self, incoming: list[Incoming]) -> list[str]:
-        """Commit several received messages in one transaction (group commit: one fsync for all)."""
+    def receive_many(self, incoming: list[Incoming], check: bool = False) -> list[tuple[str, str]]:
+        """Commit several received messages in one transaction (group commit: one fsync for all).
+
+        With ``check``, each message of at most ``INTAKE_CHECK_MAX_BYTES`` is checked before the commit
+        and one that the window must show is stored already held, its verdict and audit records in the
+        same transaction: the steady state costs one commit per batch, not one per message. Anything
+        else (larger, or passed on by the policy) is stored ``received`` for ``process``.
+        Returns (id, state) per message, in order.
+        """
         now = self.clock()
-        ids = []
+        policy = self.policy() if check else None
+        out: list[tuple[str, str]] = []
         rows = []
+        records: list[tuple[str, str, str | None, dict[str, Any]]] = []
         for msg in incoming:
             item_id = new_id()
             envelope = [r.strip() for r in msg.recipients]
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
             sender = (msg.envelope_from or "").lower()
-            rows.append((item_id, msg, envelope, msg_id, {
+            values = {
                 "id": item_id, "state": "received", "source": msg.source, "source_ref": msg.source_ref,
                 "account": msg.account, "owner": sender, "envelope_from": msg.envelope_from or "",
                 "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
-                "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0}))
-            ids.append(item_id)
-        records = [("received", msg.actor or msg.envelope_from or msg.source, item_id, {
-            "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
-            "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)})
-            for item_id, msg, envelope, msg_id, _values in rows]
+                "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
+                "check_result": None, "last_error": None}
+            records.append(("received", msg.actor or msg.envelope_from or msg.source, item_id, {
+                "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
+                "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}))
+            if policy is not None and len(msg.raw) <= INTAKE_CHECK_MAX_BYTES:
+                verdict = self._verdict(msg.raw, msg.envelope_from, envelope, policy)
+                if verdict.hold:
+                    values.update(verdict.values, state="awaiting_confirmation")
+                    records.append(("verdict", "policy", item_id,
+                                    {"from": "received", "to": "awaiting_confirmation", **verdict.audit}))
+            rows.append(values)
+            out.append((item_id, values["state"]))
         with self.store.transaction() as conn:
-            conn.execute(_INSERT_ITEM, [values for *_rest, values in rows])
+            conn.execute(_INSERT_ITEM, rows)
             self.store.append_audit_many(conn, records, ts=now)
-        for item_id in ids:
+            faults.point("intake.uncommitted")
+        for item_id, _state in out:
             self._notify(item_id)
-        return ids
+        return out
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                source_ref: str | None = None, account: str | None = None) -> Item:
@@ -285,30 +315,24 @@ class Outbox:
         known = self.known_domains(r.domain for r in parsed.recipients)
         return checks.evaluate(parsed, policy or self.policy(), known, self.gettext)
 
-    def process(self, item_id: str) -> Item:
-        """Check a received message and hold it for the window, or pass it on when the policy allows."""
-        item = self.get(item_id, with_bodies=True)
-        if item.state != "received":
-            return item
-        policy = self.policy()
+    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: list[str], policy: Policy) -> _Verdict:
+        """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
+
+        Fails closed: an unreadable message or a failing rule holds the message for the user.
+        """
         try:
-            result = self.evaluate(item.raw or b"", item.envelope_from, item.envelope_to, policy)
+            result = self.evaluate(raw, envelope_from, envelope_to, policy)
         except MessageError as exc:
-            # fail closed: keep it for the user to look at and cancel
-            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
-                                   {"action": "confirm", "error": str(exc)}, last_error=str(exc),
-                                   check={"verdict": {"action": "confirm", "approvers": [], "reasons": []},
-                                          "problems": [str(exc)], "recipients": [], "attachments": []})
+            return _Verdict(True, {"action": "confirm", "error": str(exc)}, {
+                "last_error": str(exc),
+                "check_result": {"verdict": {"action": "confirm", "approvers": [], "reasons": []},
+                                 "problems": [str(exc)], "recipients": [], "attachments": []}})
         except Exception as exc:  # a bug in a rule must hold the message, never release it
-            log.exception("policy evaluation failed for %s", item_id)
-            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
-                                   {"action": "confirm", "error": f"policy error: {exc}"},
-                                   last_error=f"policy error: {exc}")
-        data = result.to_json()
+            log.exception("policy evaluation failed")
+            return _Verdict(True, {"action": "confirm", "error": f"policy error: {exc}"},
+                            {"last_error": f"policy error: {exc}"})
         action = result.action
-        values = dict(check_result=data, sender=result.message.sender, owner=result.message.sender,
-                      subject=result.message.subject)
-        needs_window = (
+        hold = (
             policy.confirm_when == "always"
             or bool(result.message.problems)
             or action in ("confirm", "block")
@@ -316,13 +340,24 @@ class Outbox:
         )
         audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
                  "force_bcc": result.force_bcc}
-        if needs_window:
-            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy", audit,
-                                   **values)
+        values = {"check_result": result.to_json(), "sender": result.message.sender,
+                  "owner": result.message.sender, "subject": result.message.subject}
+        return _Verdict(hold, audit, values, Decision(bcc=result.force_bcc and policy.auto_bcc))
+
+    def process(self, item_id: str) -> Item:
+        """Check a received message and hold it for the window, or pass it on when the policy allows."""
+        item = self.get(item_id, with_bodies=True)
+        if item.state != "received":
+            return item
+        policy = self.policy()
+        verdict = self._verdict(item.raw or b"", item.envelope_from, item.envelope_to, policy)
+        if verdict.hold:
+            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
+                                   verdict.audit, **verdict.values)
         with self.store.transaction() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**values))
-        decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
-        return self._confirm(item_id, ("received",), decision, "policy", checked=None, verdict=audit)
+            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**verdict.values))
+        return self._confirm(item_id, ("received",), verdict.decision, "policy", checked=None,
+                             verdict=verdict.audit)
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),

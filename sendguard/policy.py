@@ -291,7 +291,9 @@ def check_approvers(policy: Policy, layers: list[tuple[Path, dict[str, Any]]]) -
 
 def load(path: Path | None, admin_path: Path | None = None) -> Policy:
     """Load and validate the user's policy (and the admin's, if present). Raises ConfigError."""
-    admin = parse_file(admin_path) if admin_path and admin_path.exists() else None
+    from . import managed  # Group Policy / MDM values: locked, on top of the machine file
+
+    admin = managed.apply(parse_file(admin_path) if admin_path and admin_path.exists() else None)
     user = parse_file(path) if path and path.exists() else {}
     source = str(path) if path and path.exists() else "(embedded defaults)"
     policy = build(user, admin, source)
@@ -308,17 +310,19 @@ class PolicyHolder:
     admin_path: Path | None = None
     current: Policy = field(default_factory=Policy)
     last_error: ConfigError | None = None
-    _stamp: tuple[float, float] = (0.0, 0.0)
+    _stamp: tuple[float, float, str] = (0.0, 0.0, "")
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _mtimes(self) -> tuple[float, float]:
+    def _mtimes(self) -> tuple[float, float, str]:
         def mtime(p: Path | None) -> float:
             try:
                 return p.stat().st_mtime_ns if p else 0.0
             except OSError:
                 return 0.0
 
-        return (mtime(self.path), mtime(self.admin_path))
+        from . import managed
+
+        return (mtime(self.path), mtime(self.admin_path), managed.stamp())
 
     def reload(self) -> Policy:
         with self._lock:

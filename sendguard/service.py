@@ -45,6 +45,7 @@ class Helper:
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
+        self._scanned_at = 0.0
         self.outbox.listeners.append(self._approval_listener)
         self.smtp: SubmissionServer | None = None
         self._wake = threading.Event()
@@ -169,9 +170,11 @@ class Helper:
             pending, self._pending = self._pending, []
         for item_id in pending:
             self.outbox.process(item_id)
-        for item in self.outbox.list(["received"]):
-            if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
-                self.outbox.process(item.id)
+        if time.monotonic() - self._scanned_at > 2.0:  # not on every wake-up: intake stays cheap
+            self._scanned_at = time.monotonic()
+            for item in self.outbox.list(["received"]):
+                if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
+                    self.outbox.process(item.id)
         self.outbox.expire_due()
         policy = self.policy.get()
         if policy is not self._routed_policy:  # approvers may have changed: re-route held messages

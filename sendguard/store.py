@@ -37,6 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from . import store_migrations
+
 metadata = MetaData()
 
 outbox = Table(
@@ -198,7 +200,13 @@ class Store:
             _sqlite_setup(self.engine)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-        metadata.create_all(self.engine)
+        if self.is_sqlite:
+            # a helper's own store migrates itself (versioned steps); the central server's uses Alembic
+            database = self.engine.url.database
+            store_migrations.migrate(self.engine, metadata,
+                                     Path(database) if database and database != ":memory:" else None)
+        else:
+            metadata.create_all(self.engine)
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
