@@ -122,11 +122,12 @@ def run(starts: int = 3, warm_runs: int = 20, idle_seconds: float = 20.0, idle_r
                                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             runtime = home / "runtime.json"
-            _until(lambda: runtime.exists() and json.loads(runtime.read_text()).get("pid") == proc.pid, 90, 0.1)
+            _until(lambda runtime=runtime, proc=proc: runtime.exists()
+                   and json.loads(runtime.read_text()).get("pid") == proc.pid, 90, 0.1)
             port = int(json.loads(runtime.read_text())["smtp_port"])
             page = _Page(devtools)
-            _until(lambda: page.js("typeof SG === 'object' && document.getElementById('loading').textContent !== ''"),
-                   90, 0.1)
+            _until(lambda page=page: page.js("typeof SG === 'object' && "
+                                             "document.getElementById('loading').textContent !== ''"), 90, 0.1)
             time.sleep(settle_seconds)  # a user's first mail comes some seconds after log-in, not at once
             serial = start * 1000
             first.append(_sample(page, port, serial))
