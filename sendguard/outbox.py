@@ -160,6 +160,7 @@ class Outbox:
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    local_approvers: bool = True  # False when a central server names the approvers (its own policy)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -403,7 +404,7 @@ class Outbox:
             raise StateError(f"message {item_id} cannot be sent: {blocked} is blocked by policy; "
                              "remove it or cancel the message")
         needs_approval = result.action == "approve"
-        if needs_approval and not policy.approvers_for(item.sender):
+        if needs_approval and self.local_approvers and not policy.approvers_for(item.sender):
             # never a hold that waits for nobody: the sender hears it now and the message stays here
             raise StateError(self.gettext(_(
                 "This message needs approval, but no approver is configured for {sender}: ask your "

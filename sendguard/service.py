@@ -42,6 +42,7 @@ class Helper:
         self.central = client_from_config(self.config)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
         self.sync = CentralSync(self.outbox, self.central, self.wake) if self.central else None
+        self.outbox.local_approvers = self.central is None
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
@@ -177,7 +178,7 @@ class Helper:
                     self.outbox.process(item.id)
         self.outbox.expire_due()
         policy = self.policy.get()
-        if policy is not self._routed_policy:  # approvers may have changed: re-route held messages
+        if policy is not self._routed_policy and self.central is None:  # approvers changed: re-route held mail
             self._routed_policy = policy
             self.outbox.reroute_approvals(policy)
         if time.monotonic() - self._notices_at > 2.0:
