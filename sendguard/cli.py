@@ -27,6 +27,7 @@ from .i18n import _, translator
 from .mailboxes.registry import CONNECTORS
 from .outbox import STATES, Item, Outbox
 from .runtime import confirm_url
+from .sources import source_label
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -211,11 +212,16 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
         raise click.ClickException(f"{policy_path}: no such policy file")
     pol = ctx.policy(policy_path)
     parsed = msgmod.parse(raw)
-    known: set[str] = set()
-    if paths.database_file().exists():
-        known = Outbox(ctx.store, lambda: pol).known_domains(r.domain for r in parsed.recipients)
     gettext = ctx.gettext()
-    result = checks.evaluate(parsed, pol, known, gettext).to_json()
+    try:
+        accounts = [a.address for a in ctx.config.accounts if a.address]
+    except SendGuardError:
+        accounts = []
+    if paths.database_file().exists():  # the sent-to history and released threads count too
+        result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts) \
+            .evaluate_parsed(parsed, pol).to_json()
+    else:
+        result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts).to_json()
     if as_json:
         echo_json(result)
     else:
@@ -262,7 +268,10 @@ def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: b
     for i in items:
         rcpts = ", ".join(r["address"] for r in i.summary()["recipients"][:3])
         more = len(i.summary()["recipients"]) - 3
-        click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}")
+        click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}"
+                   f"  [{source_label(i.source, ctx.gettext())}]")
+        if i.waiting_for:
+            click.echo(f"    {i.waiting_for}")
 
 
 @queue.command("show")
@@ -279,6 +288,7 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
         return
     gettext = ctx.gettext()
     click.echo(f"{item.id}  {gettext(item.state)}")
+    click.echo(gettext("Came from") + ": " + source_label(item.source, gettext))
     if item.check and item.check.get("recipients") is not None and "from" in item.check:
         click.echo(render_check(item.check, gettext))
     if item.last_error:
@@ -293,13 +303,16 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
 @click.option("--remove-attachment", "remove_attachment", multiple=True, metavar="NAME",
               help="Drop this attachment, by file name or id (repeatable).")
 @click.option("--bcc", is_flag=True, help="Move external To/Cc recipients into Bcc.")
+@click.option("--reconfirmed", is_flag=True,
+              help="Answer the second confirmation a 'reconfirm' reason asks for (read the reasons first).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @user_errors
 def queue_confirm(ctx: Context, item_id: str, remove: tuple[str, ...], remove_attachment: tuple[str, ...],
-                  bcc: bool, as_json: bool) -> None:
+                  bcc: bool, as_json: bool, reconfirmed: bool = False) -> None:
     """Confirm a held message (the same as Send in the window)."""
-    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}")
+    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}",
+                              reconfirmed=reconfirmed)
     if as_json:
         echo_json(item.summary())
     elif item.state == "awaiting_approval":
@@ -318,6 +331,8 @@ def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
     """Cancel a held message; it is kept (as cancelled) and can be exported."""
     item = ctx.outbox.cancel(item_id, actor=f"cli:{_whoami()}")
     echo_json(item.summary()) if as_json else click.echo(f"{item.id}: {ctx.gettext()(item.state)}")
+    if not as_json and item.last_error and "could not tell" in item.last_error:
+        click.echo(f"! {item.last_error}", err=True)
 
 
 @queue.command("resolve")
@@ -327,7 +342,7 @@ def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
 @pass_ctx
 @user_errors
 def queue_resolve(ctx: Context, item_id: str, sent: bool, resend: bool) -> None:
-    """Settle a message that needs attention (a release interrupted where the transport cannot tell)."""
+    """Settle an interrupted send: one that needs attention, or one SendGuard is still asking about."""
     if sent == resend:
         raise click.UsageError("say either --sent (it went out) or --resend (send it again), not both"
                                if sent else "say --sent (it went out) or --resend (send it again)")
@@ -530,8 +545,15 @@ def audit_group() -> None:
 @pass_ctx
 @user_errors
 def audit_verify(ctx: Context, as_json: bool) -> None:
-    """Check the chain; exits 1 and names each bad record when the log was tampered with."""
-    problems = audit.verify(ctx.store)
+    """Check the chain (and the last signed checkpoint); exits 1 and names each bad record when the log
+    was tampered with or cut short."""
+    path = paths.home() / audit.CHECKPOINT_FILE
+    kept = audit.load_checkpoint(ctx.store, path)
+    remote = _server_checkpoint(ctx.store)
+    problems = audit.verify(ctx.store, audit.latest(kept, remote))
+    altered = audit.checkpoint_problem(ctx.store, path)
+    if altered:
+        problems.append(altered)
     count = audit.count(ctx.store)
     if as_json:
         echo_json({"ok": not problems, "records": count,
@@ -543,6 +565,24 @@ def audit_verify(ctx: Context, as_json: bool) -> None:
             click.echo(ctx.gettext()(_("record {seq}: {problem}")).format(seq=p.seq, problem=p.message), err=True)
     if problems:
         sys.exit(1)
+
+
+def _server_checkpoint(store: Any) -> dict[str, Any] | None:
+    """The latest checkpoint of this log the central server keeps (None without a server)."""
+    from . import central
+
+    client = central.client_from_config()
+    if client is None:
+        return None
+    try:
+        found = client.get_checkpoint(store.setting("audit_db_id", str))
+    except SendGuardError as exc:
+        click.echo(f"note: cannot ask the central server for this log's checkpoint ({exc})", err=True)
+        return None
+    if found is not None and not audit.valid_checkpoint(store, found):
+        click.echo("note: the central server's checkpoint does not match this log's key", err=True)
+        return None
+    return found
 
 
 @audit_group.command("export")
@@ -571,12 +611,18 @@ def token() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--set-aside-store", "set_aside", is_flag=True,
+              help="Only when the store is damaged: rename it (kept beside, never deleted) so SendGuard starts "
+                   "with an empty one.")
 @pass_ctx
-def doctor(ctx: Context, as_json: bool) -> None:
+def doctor(ctx: Context, as_json: bool, set_aside: bool) -> None:
     """Diagnose this SendGuard (read-only): files, policies, helper, ports, database, secrets, display.
 
     Exits 1 when something is wrong; each problem comes with what to do."""
     from .doctor import diagnose
+
+    if set_aside:
+        _set_aside_store()
 
     try:  # read-only: paths.home() would create the home
         t = translator(configmod.load(paths.home_path() / "config.toml").language)
@@ -595,6 +641,62 @@ def doctor(ctx: Context, as_json: bool) -> None:
         click.echo(t(_("{count} problem(s) found.")).format(count=problems) if problems else t(_("No problems found.")))
     if any(not f.ok for f in findings):
         sys.exit(1)
+
+
+def _set_aside_store() -> None:
+    """Move a damaged store (and its -wal/-shm) aside, named with the time; refuse on a healthy one."""
+    import time as _time
+
+    from .errors import StoreDamaged
+
+    db = paths.database_file()
+    try:
+        Store(db).close()
+    except StoreDamaged:
+        pass
+    else:
+        raise click.ClickException(f"{db} passes SQLite's integrity check: nothing to set aside")
+    stamp = _time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{db}{suffix}")
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.damaged-{stamp}"))
+    click.echo(f"set aside: {db}.damaged-{stamp} (kept; held messages in it may be recovered with the sqlite3 "
+               f"tool's .recover). SendGuard starts with an empty store; the audit chain starts anew.")
+
+
+# ---------------------------------------------------------------------- policy bundles
+@main.group("policy")
+def policy_group() -> None:
+    """Export or import the policy with its contacts, lists and opt-out files."""
+
+
+@policy_group.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Export this policy file instead of $SENDGUARD_HOME/policy.toml.")
+@user_errors
+def policy_export(out: Path, policy_path: Path | None) -> None:
+    """Write the policy and the files it names into one zip (OUT)."""
+    from . import policy_bundle
+
+    source = policy_path or paths.policy_file()
+    if not source.exists():
+        raise click.ClickException(f"{source}: no such policy file")
+    names = policy_bundle.export(source, out)
+    click.echo(f"{out}: {', '.join(names)}")
+
+
+@policy_group.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@user_errors
+def policy_import(bundle: Path) -> None:
+    """Validate a bundle from `sendguard policy export`, then make it the policy in force."""
+    from . import policy_bundle
+
+    loaded = policy_bundle.import_bundle(bundle, paths.home())
+    click.echo(f"{paths.policy_file()}: imported ({len(loaded.contacts)} contacts, {len(loaded.lists)} lists, "
+               f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
 
 
 def _whoami() -> str:

@@ -5,6 +5,7 @@ Secrets never live here: passwords and tokens go to the keyring (``sendguard.sec
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,16 @@ class Config:
     smtp_port: int = 1587
     api_host: str = "127.0.0.1"
     api_port: int = 8765
+    # browser extensions (chrome-extension://ID) allowed to ask for an origin-bound add-in token
+    api_extension_origins: list[str] = field(default_factory=list)
     window: bool = True
     retention_days: int = 14
     server_url: str | None = None  # central server; None runs approvals embedded
     server_database: str | None = None  # on the central server's machine: its database URL
+    # [retry]: the one back-off of the helper (sendguard/mailboxes/_retry.py); None keeps its default
+    retry_base_seconds: float | None = None
+    retry_max_seconds: float | None = None
+    retry_inline_wait_seconds: float | None = None
     accounts: list[Account] = field(default_factory=list)
     path: Path | None = None
 
@@ -60,6 +67,8 @@ class Config:
         return next((a for a in self.accounts if a.name == name), None)
 
 
+_EXTENSION_ORIGIN = re.compile(r"chrome-extension://[a-p]{32}")
+
 _TOP = {
     "language": (str, None),
     "window": (bool, None),
@@ -67,8 +76,9 @@ _TOP = {
 }
 _SECTIONS = {
     "smtp": {"host": str, "port": int},
-    "api": {"host": str, "port": int},
+    "api": {"host": str, "port": int, "extension_origins": list},
     "server": {"url": str, "database": str},
+    "retry": {"base_seconds": float, "max_seconds": float, "inline_wait_seconds": float},
 }
 
 
@@ -80,6 +90,8 @@ def _known_language(tag: str) -> bool:
 
 
 def _expect(path: Path, text: str, key: str, value: Any, typ: type) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
         raise ConfigError(
@@ -115,18 +127,43 @@ def load(path: Path | None = None) -> Config:
                 if typ is None:
                     raise ConfigError(str(path), f"unknown setting; known: {', '.join(_SECTIONS[key])}",
                                       tomlfile.line_of(text, f"{key}.{sub}"), f"{key}.{sub}")
-                _expect(path, text, f"{key}.{sub}", sub_value, typ)
+                sub_value = _expect(path, text, f"{key}.{sub}", sub_value, typ)
                 setattr(cfg, f"{key}_{sub}", sub_value)
         elif key == "accounts":
             cfg.accounts = _accounts(path, text, value)
         else:
             raise ConfigError(str(path), "unknown setting", tomlfile.line_of(text, key), key)
+    for origin in cfg.api_extension_origins:
+        if not isinstance(origin, str) or not _EXTENSION_ORIGIN.fullmatch(origin):
+            raise ConfigError(str(path), f"{origin!r} is not a browser extension origin like "
+                              "chrome-extension://<32 letters a-p> (see chrome://extensions)",
+                              tomlfile.line_of(text, "api.extension_origins"), "api.extension_origins")
+    for host_key in ("smtp_host", "api_host"):
+        if not is_loopback(getattr(cfg, host_key)):
+            key = host_key.replace("_", ".")
+            raise ConfigError(str(path), f"{getattr(cfg, host_key)!r} is not a loopback address: the helper listens "
+                                         "on this machine only (127.0.0.1, ::1 or localhost); the networked "
+                                         "component is the central server (`sendguard server`)",
+                              tomlfile.line_of(text, key), key)
     for port_key in ("smtp_port", "api_port"):
         port = getattr(cfg, port_key)
         if not 0 <= port <= 65535:
             raise ConfigError(str(path), f"port {port} out of range 0-65535",
                               tomlfile.line_of(text, port_key.replace("_", ".")), port_key.replace("_", "."))
     return cfg
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (the only places the helper may listen)."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _accounts(path: Path, text: str, value: Any) -> list[Account]:

@@ -68,12 +68,38 @@ def _db_counts(path: Path) -> dict[str, int]:
     return {str(state): int(n) for state, n in rows}
 
 
+def _open_to_others(home: Path) -> list[str]:
+    """The home and the files in it that other local users can read or enter (looked at, not changed)."""
+    if os.name == "nt":  # ACLs: the per-user profile folders are private already
+        return []
+    found = []
+    try:
+        entries = [home, *home.iterdir()]
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            st = entry.lstat()
+        except OSError:
+            continue
+        if not entry.is_symlink() and st.st_uid == os.getuid() and st.st_mode & 0o077:
+            found.append(f"{entry.name or entry} ({oct(st.st_mode & 0o777)[2:]})")
+    return found
+
+
 def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
     out: list[Finding] = []
     home = paths.home_path()
     add = out.append
     if home.is_dir():
-        add(Finding("home", OK, str(home)))
+        exposed = _open_to_others(home)
+        if exposed:
+            add(Finding("home", FAIL, t(_("{path}: readable by other local users: {entries}")).format(
+                path=home, entries="; ".join(exposed[:3])),
+                t(_("start `sendguard serve` once (it closes them), or run chmod 700 on the folder and chmod 600 on "
+                    "its files"))))
+        else:
+            add(Finding("home", OK, str(home)))
     else:
         add(Finding("home", WARN, t(_("{path} does not exist yet")).format(path=home),
                     t(_("`sendguard serve` creates it on first start"))))
@@ -165,9 +191,16 @@ def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
         from . import secrets
 
         where, ready = secrets.describe_readonly(home)
-        add(Finding("secrets", OK if ready else FAIL, where,
-                    "" if ready else t(_("the key for the encrypted file is missing: set SENDGUARD_KEYRING_PASSWORD "
-                                         "or restore secrets.key"))))
+        weak = "encrypted file" in where or "keyrings.alt" in where
+        if ready and weak:
+            add(Finding("secrets", WARN, where, t(_("its key sits beside it in this folder, so it protects nothing "
+                                                    "against someone who can read the folder: install an OS keyring "
+                                                    "(Secret Service/KWallet, macOS Keychain, Windows Credential "
+                                                    "Manager)"))))
+        else:
+            add(Finding("secrets", OK if ready else FAIL, where,
+                        "" if ready else t(_("the key for the encrypted file is missing: set "
+                                             "SENDGUARD_KEYRING_PASSWORD or restore secrets.key"))))
     except Exception as exc:  # a keyring backend can fail in its own ways
         add(Finding("secrets", FAIL, t(_("no usable keyring: {error}")).format(error=exc),
                     t(_("install a keyring backend, or set SENDGUARD_KEYRING_PASSWORD"))))

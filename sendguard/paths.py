@@ -29,11 +29,49 @@ def home_path() -> Path:
     return Path(env).expanduser() if env else Path(platformdirs.user_data_dir(APP, appauthor=False))
 
 
+# what ``home()`` found readable by others and closed (``doctor`` reports it)
+REPAIRED: list[str] = []
+_checked: set[str] = set()
+
+
 def home() -> Path:
-    """The directory holding config.toml, policy.toml, sendguard.db, logs/ and sent/."""
+    """The directory holding config.toml, policy.toml, sendguard.db, logs/ and sent/.
+
+    It is the user's alone (0700; its files 0600): it holds mail bodies. A home found open to others
+    (an older version, umask 022) is closed at first use and ``doctor`` says so."""
     path = home_path()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if str(path) not in _checked:
+        _checked.add(str(path))
+        make_private(path)
     return path
+
+
+def make_private(path: Path) -> list[str]:
+    """Close ``path`` (0700) and the files in it (0600) to other local users; returns what was changed."""
+    if os.name == "nt":  # ACLs: the per-user profile folders are private already
+        return []
+    changed: list[str] = []
+    try:
+        entries = [path, *path.iterdir()]
+    except OSError:
+        return changed
+    for entry in entries:
+        try:
+            st = entry.lstat()
+            if entry.is_symlink() or st.st_uid != os.getuid() or not st.st_mode & 0o077:
+                continue
+            wanted = 0o700 if entry.is_dir() else 0o600
+            os.chmod(entry, wanted)
+            changed.append(f"{entry} was {oct(st.st_mode & 0o777)[2:]}, now {oct(wanted)[2:]}")
+        except OSError:
+            continue
+    if changed:
+        import logging
+
+        logging.getLogger(__name__).info("closed to other users: %s", "; ".join(changed))
+        REPAIRED.extend(changed)
+    return changed
 
 
 def config_file() -> Path:
@@ -128,5 +166,5 @@ def sent_dir() -> Path:
 
 def logs_dir() -> Path:
     path = home() / "logs"
-    path.mkdir(exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
     return path

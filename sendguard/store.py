@@ -8,7 +8,9 @@ Every outbox transition and its audit record are written in one transaction (``S
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -36,8 +38,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from . import store_migrations
+from .errors import StoreDamaged, StoreUnavailable
 
 metadata = MetaData()
 
@@ -149,6 +153,23 @@ server_settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# central server: Outlook add-in checks relayed to the user's helper over the helper's own connection
+# (so no browser calls loopback). state: pending -> taken (by the helper) | cancelled (by the add-in)
+# | expired (no helper took it); status is the helper's latest view of the outbox item.
+addin_relay = Table(
+    "addin_relay",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user", String(320), nullable=False, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("request", JSON),  # the add-in's check payload; dropped once the helper took it
+    Column("status", JSON),
+    Column("version", Integer, nullable=False, default=0),
+    Column("addin_seen", Float, nullable=False),  # the add-in's last call about it
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 GENESIS = "0" * 64
 # prepared once: the statement cache then skips compiling on the hot path (SMTP intake)
 _INSERT_AUDIT = insert(audit)
@@ -165,9 +186,40 @@ def canonical(data: Any) -> str:
 
 
 def record_hash(prev_hash: str, seq: int, ts: str, item_id: str | None, event_name: str, actor: str,
-                data: str) -> str:
-    body = canonical([prev_hash, seq, ts, item_id or "", event_name, actor, data])
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+                data: str, key: bytes | None = None) -> str:
+    """The record's link in the chain: HMAC-SHA256 under the audit key (plain SHA-256 for records
+    written before the log had a key). Without the key nobody can re-hash an edited chain."""
+    body = canonical([prev_hash, seq, ts, item_id or "", event_name, actor, data]).encode("utf-8")
+    if key:
+        return hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hashlib.sha256(body).hexdigest()
+
+
+AUDIT_KEY_ENV = "SENDGUARD_AUDIT_KEY"
+_AUTO: Any = object()
+
+
+def audit_key_for(db_id: str, head_seq: int) -> tuple[bytes, int]:
+    """The audit key (``$SENDGUARD_AUDIT_KEY`` or the keyring, never the database) and the last record
+    written before this database had one (kept in the keyring too)."""
+    from . import secrets
+
+    key = os.environ.get(AUDIT_KEY_ENV) or secrets.get("audit-key")
+    if not key:
+        key = secrets_token()
+        secrets.put("audit-key", key)
+    name = f"audit-legacy-end:{db_id}"
+    legacy = secrets.get(name)
+    if legacy is None or not legacy.isdigit():
+        legacy = str(head_seq)  # everything written so far predates the key
+        secrets.put(name, legacy)
+    return key.encode("utf-8"), int(legacy)
+
+
+def secrets_token() -> str:
+    import secrets as random
+
+    return random.token_urlsafe(32)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -183,24 +235,30 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # writers take the write lock up front (no upgrade deadlocks); readers do not, so reading still
+        # works while the file cannot be written (read-only disk) and never waits for a writer
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sendguard_read") else "BEGIN IMMEDIATE")
 
 
 class Store:
     """The database behind one helper (SQLite file) or the central server (PostgreSQL URL)."""
 
-    def __init__(self, url: str | Path):
+    def __init__(self, url: str | Path, audit_key: bytes | None = _AUTO):
         if isinstance(url, Path) or "://" not in str(url):
             url = f"sqlite:///{Path(url)}"
         self.url = str(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.RLock()
         if self.is_sqlite:
-            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60)
+            # plain connections read (deferred BEGIN); ``transaction()`` marks its connection as a writer
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60,
+                                        execution_options={"sendguard_read": True})
             _sqlite_setup(self.engine)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self.write_problem: StoreUnavailable | None = None  # the last write failure, until a write succeeds
         if self.is_sqlite:
+            self._check_integrity()
             # a helper's own store migrates itself (versioned steps); the central server's uses Alembic
             database = self.engine.url.database
             store_migrations.migrate(self.engine, metadata,
@@ -210,17 +268,89 @@ class Store:
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+        self.audit_key, self.audit_legacy_end = self._audit_key(audit_key)
+
+    def _audit_key(self, given: bytes | None) -> tuple[bytes | None, int]:
+        if given is not _AUTO:
+            return given, 0
+        db_id = self.setting("audit_db_id", secrets_token)
+        with self.engine.connect() as conn:
+            head_seq = int(conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one())
+        return audit_key_for(db_id, head_seq)
+
+    def setting(self, key: str, make: Any) -> str:
+        """A value kept in the database (made once by ``make()``)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).first()
+        if row:
+            return str(row[0])
+        try:
+            with self.transaction() as conn:
+                conn.execute(insert(server_settings).values(key=key, value=make()))
+        except IntegrityError:
+            pass
+        with self.engine.connect() as conn:
+            return str(conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).scalar_one())
+
+    @property
+    def path(self) -> Path | None:
+        database = self.engine.url.database if self.is_sqlite else None
+        return Path(database) if database and database != ":memory:" else None
+
+    def _check_integrity(self) -> None:
+        """``PRAGMA quick_check`` at start: a damaged file is refused with a way out, never reset."""
+        path = self.path
+        if path is None or not path.exists():
+            return
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").all()]
+        except DatabaseError as exc:
+            rows = [str(exc.orig or exc).splitlines()[0]]
+        if rows != ["ok"]:
+            self.engine.dispose()
+            raise StoreDamaged(f"SendGuard's store {path} is damaged ({'; '.join(rows[:3])}). SendGuard will not "
+                               "start on it and has changed nothing. Run `sendguard doctor` to see what can be "
+                               "done, and `sendguard doctor --set-aside-store` to keep the damaged file beside "
+                               "it and start with an empty store.")
+
+    def _write_failed(self, exc: OperationalError) -> StoreUnavailable | None:
+        text = str(exc.orig or exc).lower()
+        where = self.path or "the database"
+        if "full" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: the disk is full. Free some "
+                                       "space; held mail is safe and SendGuard carries on by itself.", "full")
+        elif "readonly" in text or "read-only" in text or "read only" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: it is read-only. Make it "
+                                       "writable again; held mail is safe.", "read_only")
+        elif "disk i/o error" in text or "unable to open" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: disk I/O error ({text}). Check "
+                                       "the disk; held mail is safe.", "io")
+        else:
+            return None
+        self.write_problem = problem
+        return problem
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        if self.is_sqlite:
-            # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,
-            # which wastes most of the time when several threads write at once
-            with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            with self.engine.begin() as conn:
-                yield conn
+        try:
+            if self.is_sqlite:
+                # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,
+                # which wastes most of the time when several threads write at once
+                with self._write_lock, self.engine.connect() as conn:
+                    conn.execution_options(sendguard_read=False)
+                    with conn.begin():
+                        yield conn
+            else:
+                with self.engine.begin() as conn:
+                    yield conn
+        except OperationalError as exc:
+            problem = self._write_failed(exc)
+            if problem is None:
+                raise
+            raise problem from exc
+        if self.write_problem is not None:
+            self.write_problem = None
 
     def append_audit(self, conn: Connection, event_name: str, actor: str, item_id: str | None,
                      data: dict[str, Any] | None = None, ts: float | None = None) -> int:
@@ -232,7 +362,7 @@ class Store:
         seq = head.seq + 1
         stamp = now_iso(ts)
         body = canonical(data or {})
-        digest = record_hash(head.hash, seq, stamp, item_id, event_name, actor, body)
+        digest = record_hash(head.hash, seq, stamp, item_id, event_name, actor, body, self.audit_key)
         conn.execute(_INSERT_AUDIT, {"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name,
                                      "actor": actor, "data": body, "prev_hash": head.hash, "hash": digest})
         conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": digest})
@@ -251,7 +381,7 @@ class Store:
         for event_name, actor, item_id, data in records:
             seq += 1
             body = canonical(data)
-            digest = record_hash(prev, seq, stamp, item_id, event_name, actor, body)
+            digest = record_hash(prev, seq, stamp, item_id, event_name, actor, body, self.audit_key)
             rows.append({"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name, "actor": actor,
                          "data": body, "prev_hash": prev, "hash": digest})
             prev = digest

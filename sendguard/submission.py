@@ -17,6 +17,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import faults
+from .errors import StoreUnavailable
 from .message import make_recipient
 from .outbox import Incoming, Outbox
 
@@ -30,6 +31,7 @@ R_HELD = "250 2.0.0 Held by SendGuard for checking as {id}"
 R_BAD_RCPT = "553 5.1.3 Recipient address {addr!r} is not a valid address"
 R_TOO_MANY = "452 4.5.3 Too many recipients (at most {n} per message)"
 R_STORE_FAILED = "451 4.3.0 SendGuard could not store the message ({error}); your client will retry"
+R_STORE_UNAVAILABLE = "451 4.3.1 SendGuard cannot store mail now (store {reason}); your client keeps it and retries"
 
 
 class GroupCommitter:
@@ -64,7 +66,10 @@ class GroupCommitter:
             try:
                 stored = self.outbox.receive_many([m for m, _, _ in batch], check=True)
             except Exception as exc:  # nothing in this batch was stored: every sender gets a 451
-                log.exception("could not store %d submitted message(s)", len(batch))
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("refused %d submitted message(s) with 451: %s", len(batch), exc)
+                else:
+                    log.exception("could not store %d submitted message(s)", len(batch))
                 for _, loop, future in batch:
                     loop.call_soon_threadsafe(_settle, future, None, exc)
                 continue
@@ -106,6 +111,8 @@ class SubmissionHandler:
         try:
             item_id, state = await self.committer.submit(
                 Incoming(raw, envelope.mail_from or "", list(envelope.rcpt_tos), "smtp"))
+        except StoreUnavailable as exc:  # disk full / read-only: the client keeps the message and retries
+            return R_STORE_UNAVAILABLE.format(reason=exc.reason.replace("_", "-"))
         except Exception as exc:  # storage failure: refuse temporarily, the client keeps the message
             return R_STORE_FAILED.format(error=type(exc).__name__)
         faults.point("smtp.before_250")

@@ -231,6 +231,7 @@ def test_japanese_from_config(make_runner, page):
     assert page.locator("#send").text_content() == "送信"
     assert page.locator("#cancel").text_content() == "キャンセル"
     assert page.locator("#external-heading").text_content().startswith("社外")
+    assert page.locator("#came-from").text_content() == "SMTP 送信"  # where the message came from
     assert "確認" in page.title()
     page.screenshot(path=str(artifacts() / "confirm-page-ja.png"), full_page=True)
 
@@ -241,6 +242,7 @@ def test_chinese_by_query(helper_runner, page):
     item_id = submit(runner, raw, "me@example.co.jp", rcpts)
     open_page(page, runner, item_id, lang="zh")
     assert page.locator("#send").text_content() == "发送"
+    assert page.locator("#came-from").text_content() == "SMTP 提交"
     assert page.locator("#external-heading").text_content().startswith("外部")
 
 

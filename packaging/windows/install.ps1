@@ -133,4 +133,6 @@ function Install-ForUser {
 
 if ($MachineOnly -and $UserOnly) { throw "Give -MachineOnly or -UserOnly, not both." }
 if (-not $UserOnly) { Install-AdminPolicy }
+# classic Outlook reaches the helper on loopback only with this exemption (elevated, once per PC)
+if (-not $UserOnly -and (Test-Path "$PSScriptRoot\manifest\sendguard-loopback-exempt.ps1")) { & "$PSScriptRoot\manifest\sendguard-loopback-exempt.ps1" }
 if (-not $MachineOnly) { Install-ForUser }
