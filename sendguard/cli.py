@@ -287,8 +287,8 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
         echo_json(data)
         return
     gettext = ctx.gettext()
-    click.echo(f"{item.id}  {item.state}")
-    click.echo(f"{gettext('Came from')}: {source_label(item.source, gettext)}")
+    click.echo(f"{item.id}  {gettext(item.state)}")
+    click.echo(gettext("Came from") + ": " + source_label(item.source, gettext))
     if item.check and item.check.get("recipients") is not None and "from" in item.check:
         click.echo(render_check(item.check, gettext))
     if item.last_error:
@@ -319,7 +319,7 @@ def queue_confirm(ctx: Context, item_id: str, remove: tuple[str, ...], remove_at
         click.echo(ctx.gettext()(_("{id}: held for approval by {approvers}")).format(
             id=item.id, approvers=", ".join(item.approvers) or "?"))
     else:
-        click.echo(f"{item.id}: {item.state}")
+        click.echo(f"{item.id}: {ctx.gettext()(item.state)}")
 
 
 @queue.command("cancel")
@@ -330,7 +330,7 @@ def queue_confirm(ctx: Context, item_id: str, remove: tuple[str, ...], remove_at
 def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
     """Cancel a held message; it is kept (as cancelled) and can be exported."""
     item = ctx.outbox.cancel(item_id, actor=f"cli:{_whoami()}")
-    echo_json(item.summary()) if as_json else click.echo(f"{item.id}: {item.state}")
+    echo_json(item.summary()) if as_json else click.echo(f"{item.id}: {ctx.gettext()(item.state)}")
     if not as_json and item.last_error and "could not tell" in item.last_error:
         click.echo(f"! {item.last_error}", err=True)
 
@@ -348,7 +348,7 @@ def queue_resolve(ctx: Context, item_id: str, sent: bool, resend: bool) -> None:
                                if sent else "say --sent (it went out) or --resend (send it again)")
     went_out = sent
     item = ctx.outbox.resolve(item_id, went_out, actor=f"cli:{_whoami()}")
-    click.echo(f"{item.id}: {item.state}")
+    click.echo(f"{item.id}: {ctx.gettext()(item.state)}")
 
 
 @queue.command("export")
@@ -371,7 +371,7 @@ def queue_export(ctx: Context, item_id: str, out: Path | None, final: bool) -> N
             out.write_bytes(body)
         except OSError as exc:
             raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
-        click.echo(f"{item_id}: written to {out}", err=True)
+        click.echo(ctx.gettext()(_("{id}: written to {path}")).format(id=item_id, path=out), err=True)
     else:
         sys.stdout.buffer.write(body)
 
@@ -429,7 +429,8 @@ def _iso_or_none(ts: float | None) -> str | None:
 def approvals_approve(ctx: Context, item_id: str, actor: str, comment: str) -> None:
     """Approve a held message; the sender's helper then releases it."""
     item = _approvals(ctx).approve(item_id, actor, comment, via="cli")
-    click.echo(f"{item.id}: {item.state} by {actor}")
+    click.echo(ctx.gettext()(_("{id}: {state} by {actor}")).format(id=item.id, state=ctx.gettext()(item.state),
+                                                                  actor=actor))
 
 
 @approvals_group.command("reject")
@@ -441,7 +442,8 @@ def approvals_approve(ctx: Context, item_id: str, actor: str, comment: str) -> N
 def approvals_reject(ctx: Context, item_id: str, actor: str, reason: str) -> None:
     """Reject a held message with a reason for the sender."""
     item = _approvals(ctx).reject(item_id, actor, reason, via="cli")
-    click.echo(f"{item.id}: {item.state} by {actor}")
+    click.echo(ctx.gettext()(_("{id}: {state} by {actor}")).format(id=item.id, state=ctx.gettext()(item.state),
+                                                                  actor=actor))
 
 
 # ---------------------------------------------------------------------- accounts
@@ -557,10 +559,10 @@ def audit_verify(ctx: Context, as_json: bool) -> None:
         echo_json({"ok": not problems, "records": count,
                    "problems": [{"seq": p.seq, "message": p.message} for p in problems]})
     elif not problems:
-        click.echo(f"audit log intact: {count} records")
+        click.echo(ctx.gettext()(_("audit log intact: {count} records")).format(count=count))
     else:
         for p in problems:
-            click.echo(f"record {p.seq}: {p.message}", err=True)
+            click.echo(ctx.gettext()(_("record {seq}: {problem}")).format(seq=p.seq, problem=p.message), err=True)
     if problems:
         sys.exit(1)
 

@@ -195,6 +195,7 @@ class Outbox:
     gettext: Callable[[str], str] = str
     accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    local_approvers: bool = True  # False when a central server names the approvers (its own policy)
     # Is the Outlook add-in still waiting to send this item itself? (outlook_presence; None: assume so)
     outlook_waiting: Callable[[str], bool] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -487,7 +488,7 @@ class Outbox:
                 f"message {item_id} needs a second confirmation: {second[0].message}. "
                 "Confirm again with --reconfirmed (the window asks it after the checkboxes)")
         needs_approval = result.action == "approve"
-        if needs_approval and not policy.approvers_for(item.sender):
+        if needs_approval and self.local_approvers and not policy.approvers_for(item.sender):
             # never a hold that waits for nobody: the sender hears it now and the message stays here
             raise StateError(self.gettext(_(
                 "This message needs approval, but no approver is configured for {sender}: ask your "

@@ -72,6 +72,7 @@ class Helper:
         # Outlook add-in served by the central server: its checks come through the server
         self.addin_relay = AddinRelay(self.outbox, self.central, self.config, self.addin_presence) \
             if self.central else None
+        self.outbox.local_approvers = self.central is None
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
@@ -251,7 +252,7 @@ class Helper:
                     self.outbox.process(item.id)
         self.outbox.expire_due()
         policy = self.policy.get()
-        if policy is not self._routed_policy:  # approvers may have changed: re-route held messages
+        if policy is not self._routed_policy and self.central is None:  # approvers changed: re-route held mail
             self._routed_policy = policy
             self.outbox.reroute_approvals(policy)
         if time.monotonic() - self._notices_at > 2.0:

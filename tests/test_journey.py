@@ -211,6 +211,7 @@ def window_helper(home: Path) -> Iterator[tuple[Serve, WindowPage]]:
     (home / "policy.toml").write_text(POLICY, encoding="utf-8")
     serve = Serve(home)
     page = WindowPage(serve.devtools)
+    page.wait("typeof SG === 'object' && document.getElementById('loading').textContent !== ''", timeout=60)
     yield serve, page
     page.close()
     serve.stop()
