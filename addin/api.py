@@ -288,10 +288,12 @@ def list_approvals() -> Any:
     if who and who.kind in ("approver", "helper") and approver and approver.lower() != who.who:
         raise ApiError(403, "forbidden", f"you are signed in as {who.who}: you cannot list {approver}'s approvals")
     try:
-        limit = min(int(request.args.get("limit", 100_000)), 100_000)
-        offset = max(int(request.args.get("offset", 0)), 0)
+        limit = int(request.args.get("limit", 100_000))
+        offset = int(request.args.get("offset", 0))
     except ValueError:
         raise ApiError(400, "bad_limit", "limit and offset must be whole numbers") from None
+    if not 0 <= limit <= 100_000 or not 0 <= offset <= 1_000_000_000:
+        raise ApiError(400, "bad_limit", "limit must be 0 to 100000 and offset 0 to 1000000000")
     items = approvals().pending_for(approver, limit=limit, offset=offset)
     out = []
     for item in items:

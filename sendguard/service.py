@@ -40,7 +40,7 @@ class Helper:
         self.policy = PolicyHolder(self.home / "policy.toml", paths.admin_policy_file())
         self.policy.reload()
         self.gettext = translator(self.config.language)
-        self.store = Store(database_url or (self.home / "sendguard.db"))
+        self.store = Store(database_url or paths.private_file(self.home / "sendguard.db"))
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, gettext=self.gettext)
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
