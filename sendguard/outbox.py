@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from . import checks, faults, message
-from .errors import MessageError, NotFound, StateError
+from .errors import MessageError, NotFound, PermissionDenied, StateError
 from .mailboxes.base import AuthError, Mailbox, MailboxError, PermanentError, ReleaseItem, TransientError
 from .policy import Policy
 from .rewrite import Decision, apply
@@ -141,6 +141,8 @@ class Outbox:
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    # checks an approved message before release (central server: the server's signed decision)
+    release_guard: Callable[[Item], None] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -421,6 +423,13 @@ class Outbox:
             item = self.get(item_id, with_bodies=True)
             if item.state == "confirmed" and (item.decision or {}).get("needs_approval"):
                 raise StateError(f"message {item_id} waits for approval")
+            if self.release_guard is not None and (item.approvers or item.approval):
+                try:
+                    self.release_guard(item)
+                except PermissionDenied as exc:
+                    return self.transition(item_id, ["confirmed", "approved", "failed"], "needs_attention",
+                                           "release_refused", "sendguard", {"error": str(exc)},
+                                           last_error=str(exc))
             item = self.transition(item_id, ["confirmed", "approved", "failed"], "releasing", "releasing",
                                    "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1)
             item = self.get(item_id, with_bodies=True)

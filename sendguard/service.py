@@ -46,6 +46,8 @@ class Helper:
         self.central = client_from_config(self.config)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central)
         self.sync = CentralSync(self.outbox, self.central, self.wake) if self.central else None
+        if self.sync:  # an approval releases only with the server's signature over this content
+            self.outbox.release_guard = self.sync.release_guard
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
