@@ -10,7 +10,7 @@ from typing import Any
 from conftest import SAMPLE_POLICY, smtp_send, wait_for
 from sqlalchemy import update
 
-from sendguard import audit, notify
+from sendguard import audit
 from sendguard.store import outbox
 
 POISON = "=?utf-8?q?poison=0D=0ABcc:_evil@attacker.example?="
@@ -50,20 +50,28 @@ def test_encoded_crlf_in_subject_cannot_add_a_bcc_or_block_approval_mail(runner:
     assert [m["To"] for m in mails] == ["boss@example.co.jp", "boss@example.co.jp"]
 
 
-def test_one_broken_message_never_holds_up_the_other_approval_mails(runner: Any, write_policy: Any) -> None:
+def test_one_broken_message_never_holds_up_the_other_approval_mails(home: Path, write_policy: Any) -> None:
+    from conftest import make_message
+
+    from sendguard.service import Helper
+
     write_policy(SAMPLE_POLICY)
-    r = runner()
-    r.helper.paused = True
-    broken = held(r, "社外秘 broken")
-    # a message whose stored check no longer has the shape the email expects (a bug, a bad migration)
-    with r.helper.store.transaction() as conn:
-        conn.execute(update(outbox).where(outbox.c.id == broken).values(
-            check_result={"recipients": [{"field": "to"}], "verdict": {"reasons": []}}))
-    fine = held(r, "社外秘 fine")
-    mails = wait_for(lambda: approval_mails(r.home), timeout=20)
-    assert [str(m["X-SendGuard-Notice"]).split("item=")[1] for m in mails] == [fine]
-    for _ in range(3):  # more rounds: the failure is recorded once, not per round
-        notify.notify_approvers(r.helper.outbox, r.helper.approval_targets, r.helper.mailbox_for,
-                                r.helper.approval_link)
-    failures = [rec for rec in audit.records(r.helper.store, broken) if rec["event"] == "approval_notice_failed"]
-    assert len(failures) == 1 and "KeyError" in failures[0]["data"]["error"]
+    helper = Helper(home)  # not started: the rounds below are the worker's, one at a time
+    try:
+        ids = []
+        for subject in ("社外秘 broken", "社外秘 fine"):
+            item = helper.outbox.submit(make_message(subject=subject).as_bytes(), "taro@example.co.jp",
+                                        ["a@partner.example"])
+            ids.append(helper.outbox.confirm(item.id).id)
+        broken, fine = ids
+        # a message whose stored check no longer has the shape the email expects (a bug, a bad migration)
+        with helper.store.transaction() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == broken).values(
+                check_result={"recipients": [{"field": "to"}], "verdict": {"reasons": []}}))
+        for _ in range(3):  # several rounds: the failure is recorded once, not per round
+            helper.notify_approvals()
+        assert [str(m["X-SendGuard-Notice"]).split("item=")[1] for m in approval_mails(home)] == [fine]
+        failures = [rec for rec in audit.records(helper.store, broken) if rec["event"] == "approval_notice_failed"]
+        assert len(failures) == 1 and "KeyError" in failures[0]["data"]["error"]
+    finally:
+        helper.stop()
