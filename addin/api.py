@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, checks, compose
+from sendguard import audit, checks, compose, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
-from sendguard.errors import MessageError
+from sendguard.errors import MessageError, StateError
 from sendguard.outbox import HELD_STATES, STATES, Item
 
 from .openapi import SPEC
@@ -59,14 +60,10 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
     data = item.summary()
     data["user_message"] = user_message(item)
     data["approvers"] = item.approvers
-    decision = item.decision
-    if decision is not None:
-        refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
-        decision = dict(decision)
-        decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
-        if item.source == "outlook":
-            decision["removed_attachments"] = decision["removed_attachment_refs"]
-    data["decision"] = decision
+    data["decision"] = outlook_items.decision_for_addin(item)
+    if item.state == "confirmed" and not (item.decision or {}).get("needs_approval"):
+        # the undo window (confirm.hold_seconds) still open, in seconds from now
+        data["release_in"] = max(0.0, round(item.release_after - time.time(), 3))
     if full:
         data["check"] = item.check
         data["reasons"] = item.verdict.get("reasons", [])
@@ -81,8 +78,13 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
 def healthz() -> Any:
     svc = current_app.config.get("SENDGUARD_SERVICE")
     counts = svc.outbox.counts() if svc is not None else {}
-    return jsonify({"status": "ok" if svc is not None else "starting",
-                    "held": sum(n for s, n in counts.items() if s in HELD_STATES)})
+    problem = svc.store.write_problem if svc is not None else None
+    body = {"status": "ok" if svc is not None else "starting",
+            "held": sum(n for s, n in counts.items() if s in HELD_STATES)}
+    if problem is not None:  # mail is not taken in until the store can be written again: the window says so
+        body.update(status="store_unavailable", store={"reason": problem.reason, "message": str(problem)})
+        return jsonify(body), 503
+    return jsonify(body)
 
 
 @bp.get("/api/v1/openapi.json")
@@ -132,6 +134,18 @@ def _json_body() -> dict[str, Any]:
     return data
 
 
+def _supersede(svc: Any, ref: str) -> None:
+    """Send pressed again in Outlook for the same draft (after leaving it, from Drafts): the earlier
+    check, still waiting in the window, is withdrawn so the draft can never be sent twice."""
+    for old in svc.outbox.list(["awaiting_confirmation"]):
+        if old.source == "outlook" and old.source_ref == ref:
+            try:
+                svc.outbox.cancel(old.id, actor="outlook", reason="Send was pressed again in Outlook; "
+                                                                  "the new check replaces this one")
+            except StateError:
+                pass  # decided meanwhile
+
+
 @bp.post("/api/v1/checks")
 @require("api", "addin", "helper")
 def create_check() -> Any:
@@ -149,8 +163,8 @@ def create_check() -> Any:
     data = _json_body()
     raw, envelope_from, recipients = compose.from_fields(data)
     source = str(data.get("source") or "outlook")
-    if source not in ("outlook", "gmail", "api"):
-        raise MessageError(f"source: {source!r} is not one of outlook, gmail, api")
+    if source not in ("outlook", "gmail", "gmail_web", "api"):
+        raise MessageError(f"source: {source!r} is not one of outlook, gmail, gmail_web, api")
     if data.get("dry_run"):
         result = svc.outbox.evaluate(raw, envelope_from, recipients)
         return jsonify(result.to_json())
@@ -161,8 +175,12 @@ def create_check() -> Any:
             raise ApiError(403, "forbidden", f"this add-in session is {who.who}'s: it cannot submit mail from "
                                              f"{envelope_from or '(no sender)'}")
         actor = addin_actor(who.sid)
-    item = svc.outbox.submit(raw, envelope_from, recipients, source=source,
-                             source_ref=str(data.get("item_id") or "") or None, actor=actor)
+    ref = outlook_items.item_ref(getattr(svc, "config", None), envelope_from, data)
+    if source == "outlook" and ref:
+        _supersede(svc, ref)
+    item = svc.outbox.submit(raw, envelope_from, recipients, source=source, source_ref=ref, actor=actor)
+    if source == "outlook" and getattr(svc, "addin_presence", None) is not None:
+        svc.addin_presence.seen(item.id)
     if hasattr(svc, "item_created"):
         svc.item_created(item)
     body = dict(item.check or {})
@@ -201,8 +219,13 @@ def get_item(item_id: str) -> Any:
         if not 0.0 <= seconds <= MAX_WAIT:  # also NaN
             raise ApiError(400, "bad_wait", f"wait must be 0 to {MAX_WAIT:g} seconds")
         who = principal()
+        presence = getattr(svc, "addin_presence", None)
         if who is not None and who.kind == "api":  # the user's own windows and scripts
             item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
+        elif presence is not None and who is not None and who.kind == "addin":
+            # The Outlook add-in is waiting on this item: Outlook will send it once it is confirmed.
+            with long_poll(who), presence.polling(item_id):
+                item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
         else:
             with long_poll(who):
                 item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
@@ -225,9 +248,12 @@ def confirm_item(item_id: str) -> Any:
     checked = data.get("checked")
     if who is not None and who.kind == "page":
         _require_all_checked(item, checked, removed, removed_att)
+    reconfirmed = data.get("reconfirmed", False)
+    if not isinstance(reconfirmed, bool):
+        raise ApiError(400, "bad_field", "reconfirmed must be true or false")
     item = svc.outbox.confirm(item_id, removed, removed_att, bool(data.get("bcc")),
                               actor=_actor(who),
-                              checked=checked if isinstance(checked, dict) else None)
+                              checked=checked if isinstance(checked, dict) else None, reconfirmed=reconfirmed)
     if hasattr(svc, "wake"):
         svc.wake()
     return jsonify(item_json(item, full=True))

@@ -26,7 +26,16 @@ from flask import Flask, current_app, g, jsonify, request, session
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
 
-from sendguard.errors import ConfigError, MessageError, NotFound, PermissionDenied, SendGuardError, StateError
+from sendguard.errors import (
+    ConfigError,
+    MessageError,
+    NeedsReconfirmation,
+    NotFound,
+    PermissionDenied,
+    SendGuardError,
+    StateError,
+    StoreUnavailable,
+)
 from sendguard.links import LinkSigner, api_token, token_matches
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,8 +58,10 @@ def error_response(status: int, code: str, message: str) -> Any:
     return response
 
 
-_STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"), (StateError, 409, "conflict"),
-               (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"))
+_STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"),
+               (NeedsReconfirmation, 409, "needs_reconfirmation"), (StateError, 409, "conflict"),
+               (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"),
+               (StoreUnavailable, 503, "store_unavailable"))
 
 
 @dataclass

@@ -41,14 +41,14 @@ from sqlalchemy.exc import IntegrityError
 from sendguard import paths
 from sendguard.central import decision_payload, sign_decision
 from sendguard.config import Config
-from sendguard.errors import SendGuardError
+from sendguard.errors import PermissionDenied, SendGuardError
 from sendguard.i18n import translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import Item, Outbox
 from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
-from . import create_app
+from . import create_app, relay
 from .security import ApiError, long_poll, principal, require
 
 log = logging.getLogger(__name__)
@@ -641,6 +641,7 @@ def create_server_app(url: str, public_url: str, policy_path: Path | None = None
     }
     app = create_app(svc, config)
     app.register_blueprint(bp)
+    relay.init_app(app)  # the Outlook add-in is served from here and reaches the user's helper through us
     return app
 
 
@@ -689,9 +690,32 @@ def serve(app_factory: Callable[[], Flask], host: str, port: int, workers: int, 
 
 
 # ---------------------------------------------------------------------- command line
+def _resolve_database(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """--database on the subcommand, else on `sendguard server`, else $SENDGUARD_DATABASE_URL (click reads
+    it), else [server] database in config.toml: the admin types the URL once."""
+    if value:
+        return value
+    parent = ctx.parent.params.get("database") if ctx.parent is not None else None
+    found = str(parent) if parent else _configured_database()
+    if found:
+        return found
+    raise click.UsageError("say which database: --database postgresql://user@host/db, or set "
+                           "$SENDGUARD_DATABASE_URL, or [server] database in config.toml")
+
+
+def _configured_database() -> str | None:
+    from sendguard import config as configmod
+
+    try:
+        return configmod.load().server_database
+    except SendGuardError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _database_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--database", envvar="SENDGUARD_DATABASE_URL", required=True, metavar="URL",
-                        help="postgresql://user@host/db (or $SENDGUARD_DATABASE_URL).")(func)
+    return click.option("--database", envvar="SENDGUARD_DATABASE_URL", metavar="URL", callback=_resolve_database,
+                        help="postgresql://user@host/db (default: $SENDGUARD_DATABASE_URL, then [server] "
+                             "database in config.toml).")(func)
 
 
 @click.group(invoke_without_command=True)
@@ -723,8 +747,10 @@ def server_command(ctx: click.Context, database: str | None, bind: str, public_u
     """Run the central server: the add-in API and approvals on PostgreSQL (gunicorn/waitress)."""
     if ctx.invoked_subcommand is not None:
         return
+    database = database or _configured_database()
     if not database:
-        raise click.ClickException("say which database: --database postgresql://user@host/db")
+        raise click.ClickException("say which database: --database postgresql://user@host/db, or set "
+                                   "$SENDGUARD_DATABASE_URL, or [server] database in config.toml")
     host, _, port_text = bind.rpartition(":")
     if not host or not port_text.isdigit():
         raise click.ClickException(f"--bind {bind!r}: write it as HOST:PORT, e.g. 0.0.0.0:8800")
@@ -870,6 +896,14 @@ def connect_command(url: str, token: str) -> None:
     client = central.CentralClient(url, token)
     try:
         client.decisions(wait=0)
+    except PermissionDenied:
+        raise click.ClickException(
+            f"{url} refused this token. Use the helper token your administrator issued for you on the server "
+            "(`sendguard server token issue --user ADDR`), not the local API token.") from None
+    except central.CentralUnavailable as exc:
+        reason = str(exc).split(":", 1)[-1].split(";", 1)[0].strip()
+        raise click.ClickException(f"cannot reach {url} ({reason}): check the address and that the server is "
+                                   "running; this helper's settings were not changed") from None
     except SendGuardError as exc:
         raise click.ClickException(f"cannot use {url} with this token: {exc}") from None
     secretstore.put(central.TOKEN_KEY, token)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .store import GENESIS, Store, audit, audit_head, canonical, now_iso, record_hash
 
@@ -44,55 +44,70 @@ def created_by(store: Store, item_id: str) -> str | None:
     return str(row[0]) if row else None
 
 
+def count(store: Store) -> int:
+    """How many records the log holds (without reading them)."""
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(audit)).scalar_one())
+
+
 def verify(store: Store, checkpoint: dict[str, Any] | None = None) -> list[Problem]:
     """Every way the chain was tampered with: edited, deleted, inserted or reordered records, and
     (against a signed ``checkpoint`` kept outside the database) a cut or rewritten tail.
 
     Records are HMACs under the audit key, which lives in the keyring, not in the database: whoever
     edits the database cannot re-hash the chain. Returns an empty list for an intact log; each
-    problem names the record (seq) it concerns.
+    problem names the record (seq) it concerns. The log is read in pages, so memory stays flat
+    however long it is.
     """
     problems: list[Problem] = []
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(audit).order_by(audit.c.seq)).mappings().all()
-        head = conn.execute(select(audit_head)).mappings().first()
     prev_hash = GENESIS
     expected_seq = 1
-    by_seq: dict[int, str] = {}
-    for row in rows:
-        seq = row["seq"]
-        by_seq[seq] = row["hash"]
-        if seq != expected_seq:
-            if seq > expected_seq:
-                missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}-{seq - 1}"
-                problems.append(Problem(seq, f"record(s) {missing} deleted before record {seq}"))
-            else:
-                problems.append(Problem(seq, f"record {seq} is out of order"))
-        key = store.audit_key if seq > store.audit_legacy_end else None
-        recomputed = record_hash(row["prev_hash"], seq, row["ts"], row["item_id"], row["event"], row["actor"],
-                                 row["data"], key)
-        if not hmac.compare_digest(recomputed, row["hash"]):
-            problems.append(Problem(seq, f"record {seq} ({row['event']}) was edited: its hash does not match"))
-        elif row["prev_hash"] != prev_hash and seq == expected_seq:
-            problems.append(Problem(seq, f"record {seq} does not follow record {seq - 1} (reordered or replaced)"))
-        prev_hash = row["hash"]
-        expected_seq = seq + 1
-    last_seq = rows[-1]["seq"] if rows else 0
+    last_seq = 0
+    checkpoint_seq = int(checkpoint["seq"]) if checkpoint is not None else None
+    hash_at_checkpoint: str | None = None
+    with store.engine.connect() as conn:
+        head = conn.execute(select(audit_head)).mappings().first()
+        rows = conn.execution_options(yield_per=2000).execute(select(audit).order_by(audit.c.seq)).mappings()
+        for row in rows:
+            last_seq = _check_record(store, row, prev_hash, expected_seq, problems)
+            if last_seq == checkpoint_seq:
+                hash_at_checkpoint = row["hash"]
+            prev_hash = row["hash"]
+            expected_seq = last_seq + 1
     if head is not None:
         if head["seq"] != last_seq:
             problems.append(Problem(head["seq"], f"the log ends at record {last_seq} but {head['seq']} were "
                                                  "written: the latest records were deleted"))
         elif head["hash"] != prev_hash:
             problems.append(Problem(last_seq, f"record {last_seq} was replaced: it does not match the chain head"))
-    if checkpoint is not None:
-        seq, when = int(checkpoint["seq"]), checkpoint.get("ts", "?")
+    if checkpoint is not None and checkpoint_seq is not None:
+        seq, when = checkpoint_seq, checkpoint.get("ts", "?")
         if last_seq < seq:
             problems.append(Problem(seq, f"truncated: the log ends at record {last_seq} but the checkpoint of {when} "
                                          f"saw {seq} records; records {last_seq + 1}-{seq} were deleted"))
-        elif seq and by_seq.get(seq) != checkpoint["hash"]:
+        elif seq and hash_at_checkpoint != checkpoint["hash"]:
             problems.append(Problem(seq, f"record {seq} is not the one the checkpoint of {when} saw: the log "
                                          "was rewritten"))
     return problems
+
+
+def _check_record(store: Store, row: Any, prev_hash: str, expected_seq: int, problems: list[Problem]) -> int:
+    """Check one record against the one before it; returns its seq."""
+    seq: int = row["seq"]
+    if seq != expected_seq:
+        if seq > expected_seq:
+            missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}-{seq - 1}"
+            problems.append(Problem(seq, f"record(s) {missing} deleted before record {seq}"))
+        else:
+            problems.append(Problem(seq, f"record {seq} is out of order"))
+    key = store.audit_key if seq > store.audit_legacy_end else None
+    recomputed = record_hash(row["prev_hash"], seq, row["ts"], row["item_id"], row["event"], row["actor"],
+                             row["data"], key)
+    if not hmac.compare_digest(recomputed, row["hash"]):
+        problems.append(Problem(seq, f"record {seq} ({row['event']}) was edited: its hash does not match"))
+    elif row["prev_hash"] != prev_hash and seq == expected_seq:
+        problems.append(Problem(seq, f"record {seq} does not follow record {seq - 1} (reordered or replaced)"))
+    return seq
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -5,6 +5,7 @@ Secrets never live here: passwords and tokens go to the keyring (``sendguard.sec
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,16 @@ class Config:
     smtp_port: int = 1587
     api_host: str = "127.0.0.1"
     api_port: int = 8765
+    # browser extensions (chrome-extension://ID) allowed to ask for an origin-bound add-in token
+    api_extension_origins: list[str] = field(default_factory=list)
     window: bool = True
     retention_days: int = 14
     server_url: str | None = None  # central server; None runs approvals embedded
+    server_database: str | None = None  # on the central server's machine: its database URL
+    # [retry]: the one back-off of the helper (sendguard/mailboxes/_retry.py); None keeps its default
+    retry_base_seconds: float | None = None
+    retry_max_seconds: float | None = None
+    retry_inline_wait_seconds: float | None = None
     accounts: list[Account] = field(default_factory=list)
     path: Path | None = None
 
@@ -59,6 +67,8 @@ class Config:
         return next((a for a in self.accounts if a.name == name), None)
 
 
+_EXTENSION_ORIGIN = re.compile(r"chrome-extension://[a-p]{32}")
+
 _TOP = {
     "language": (str, None),
     "window": (bool, None),
@@ -66,12 +76,22 @@ _TOP = {
 }
 _SECTIONS = {
     "smtp": {"host": str, "port": int},
-    "api": {"host": str, "port": int},
-    "server": {"url": str},
+    "api": {"host": str, "port": int, "extension_origins": list},
+    "server": {"url": str, "database": str},
+    "retry": {"base_seconds": float, "max_seconds": float, "inline_wait_seconds": float},
 }
 
 
+def _known_language(tag: str) -> bool:
+    from .i18n import LANGUAGES
+
+    tag = tag.lower().replace("-", "_")
+    return any(tag == lang or tag.startswith(lang + "_") for lang in LANGUAGES)
+
+
 def _expect(path: Path, text: str, key: str, value: Any, typ: type) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
         raise ConfigError(
@@ -93,6 +113,12 @@ def load(path: Path | None = None) -> Config:
     for key, value in data.items():
         if key in _TOP:
             setattr(cfg, key, _expect(path, text, key, value, _TOP[key][0]))
+            if key == "language" and not _known_language(value):
+                from .i18n import LANGUAGES
+
+                raise ConfigError(str(path), f"{value!r} is not a language SendGuard speaks; one of "
+                                             f"{', '.join(LANGUAGES)} (or leave it out to follow the system)",
+                                  tomlfile.line_of(text, key), key)
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(str(path), "expected a table", tomlfile.line_of(text, key), key)
@@ -101,12 +127,17 @@ def load(path: Path | None = None) -> Config:
                 if typ is None:
                     raise ConfigError(str(path), f"unknown setting; known: {', '.join(_SECTIONS[key])}",
                                       tomlfile.line_of(text, f"{key}.{sub}"), f"{key}.{sub}")
-                _expect(path, text, f"{key}.{sub}", sub_value, typ)
-                setattr(cfg, {"server": "server_url"}.get(key, f"{key}_{sub}"), sub_value)
+                sub_value = _expect(path, text, f"{key}.{sub}", sub_value, typ)
+                setattr(cfg, f"{key}_{sub}", sub_value)
         elif key == "accounts":
             cfg.accounts = _accounts(path, text, value)
         else:
             raise ConfigError(str(path), "unknown setting", tomlfile.line_of(text, key), key)
+    for origin in cfg.api_extension_origins:
+        if not isinstance(origin, str) or not _EXTENSION_ORIGIN.fullmatch(origin):
+            raise ConfigError(str(path), f"{origin!r} is not a browser extension origin like "
+                              "chrome-extension://<32 letters a-p> (see chrome://extensions)",
+                              tomlfile.line_of(text, "api.extension_origins"), "api.extension_origins")
     for host_key in ("smtp_host", "api_host"):
         if not is_loopback(getattr(cfg, host_key)):
             key = host_key.replace("_", ".")

@@ -34,3 +34,20 @@ class NotFound(SendGuardError):
 
 class PermissionDenied(SendGuardError):
     """The actor may not do this (wrong approver, wrong token)."""
+
+
+class StoreUnavailable(SendGuardError):
+    """The store cannot be written now (disk full, read-only, I/O error): nothing new is accepted until
+    it can; held mail is safe. ``reason`` is ``full`` | ``read_only`` | ``io``."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoreDamaged(SendGuardError):
+    """The store file fails SQLite's integrity check: SendGuard refuses to start on it (never resets it)."""
+
+
+class NeedsReconfirmation(StateError):
+    """A ``reconfirm`` reason is still open: the user must confirm once more, the reason named."""

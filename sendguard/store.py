@@ -38,7 +38,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+
+from . import store_migrations
+from .errors import StoreDamaged, StoreUnavailable
 
 metadata = MetaData()
 
@@ -150,6 +153,23 @@ server_settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# central server: Outlook add-in checks relayed to the user's helper over the helper's own connection
+# (so no browser calls loopback). state: pending -> taken (by the helper) | cancelled (by the add-in)
+# | expired (no helper took it); status is the helper's latest view of the outbox item.
+addin_relay = Table(
+    "addin_relay",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user", String(320), nullable=False, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("request", JSON),  # the add-in's check payload; dropped once the helper took it
+    Column("status", JSON),
+    Column("version", Integer, nullable=False, default=0),
+    Column("addin_seen", Float, nullable=False),  # the add-in's last call about it
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 GENESIS = "0" * 64
 # prepared once: the statement cache then skips compiling on the hot path (SMTP intake)
 _INSERT_AUDIT = insert(audit)
@@ -215,7 +235,9 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # writers take the write lock up front (no upgrade deadlocks); readers do not, so reading still
+        # works while the file cannot be written (read-only disk) and never waits for a writer
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sendguard_read") else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -231,11 +253,21 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.RLock()
         if self.is_sqlite:
-            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60)
+            # plain connections read (deferred BEGIN); ``transaction()`` marks its connection as a writer
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60,
+                                        execution_options={"sendguard_read": True})
             _sqlite_setup(self.engine)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-        metadata.create_all(self.engine)
+        self.write_problem: StoreUnavailable | None = None  # the last write failure, until a write succeeds
+        if self.is_sqlite:
+            self._check_integrity()
+            # a helper's own store migrates itself (versioned steps); the central server's uses Alembic
+            database = self.engine.url.database
+            store_migrations.migrate(self.engine, metadata,
+                                     Path(database) if database and database != ":memory:" else None)
+        else:
+            metadata.create_all(self.engine)
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
@@ -285,19 +317,68 @@ class Store:
         with self.engine.connect() as conn:
             return str(conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).scalar_one())
 
+    @property
+    def path(self) -> Path | None:
+        database = self.engine.url.database if self.is_sqlite else None
+        return Path(database) if database and database != ":memory:" else None
+
+    def _check_integrity(self) -> None:
+        """``PRAGMA quick_check`` at start: a damaged file is refused with a way out, never reset."""
+        path = self.path
+        if path is None or not path.exists():
+            return
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").all()]
+        except DatabaseError as exc:
+            rows = [str(exc.orig or exc).splitlines()[0]]
+        if rows != ["ok"]:
+            self.engine.dispose()
+            raise StoreDamaged(f"SendGuard's store {path} is damaged ({'; '.join(rows[:3])}). SendGuard will not "
+                               "start on it and has changed nothing. Run `sendguard doctor` to see what can be "
+                               "done, and `sendguard doctor --set-aside-store` to keep the damaged file beside "
+                               "it and start with an empty store.")
+
+    def _write_failed(self, exc: OperationalError) -> StoreUnavailable | None:
+        text = str(exc.orig or exc).lower()
+        where = self.path or "the database"
+        if "full" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: the disk is full. Free some "
+                                       "space; held mail is safe and SendGuard carries on by itself.", "full")
+        elif "readonly" in text or "read-only" in text or "read only" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: it is read-only. Make it "
+                                       "writable again; held mail is safe.", "read_only")
+        elif "disk i/o error" in text or "unable to open" in text:
+            problem = StoreUnavailable(f"SendGuard cannot write its store {where}: disk I/O error ({text}). Check "
+                                       "the disk; held mail is safe.", "io")
+        else:
+            return None
+        self.write_problem = problem
+        return problem
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         if self._audit_key is None and not self._key_busy:
             # before the write lock: reading the key (and the head) inside it would wait on ourselves
             self._load_audit_key()
-        if self.is_sqlite:
-            # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,
-            # which wastes most of the time when several threads write at once
-            with self._write_lock, self.engine.begin() as conn:
-                yield conn
-        else:
-            with self.engine.begin() as conn:
-                yield conn
+        try:
+            if self.is_sqlite:
+                # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,
+                # which wastes most of the time when several threads write at once
+                with self._write_lock, self.engine.connect() as conn:
+                    conn.execution_options(sendguard_read=False)
+                    with conn.begin():
+                        yield conn
+            else:
+                with self.engine.begin() as conn:
+                    yield conn
+        except OperationalError as exc:
+            problem = self._write_failed(exc)
+            if problem is None:
+                raise
+            raise problem from exc
+        if self.write_problem is not None:
+            self.write_problem = None
 
     def append_audit(self, conn: Connection, event_name: str, actor: str, item_id: str | None,
                      data: dict[str, Any] | None = None, ts: float | None = None) -> int:

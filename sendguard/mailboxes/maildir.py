@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..config import Account
-from .base import PermanentError, ReleaseItem, ReleaseReceipt, TransientError
+from .base import ReleaseItem, ReleaseReceipt, TransientError
 
 
 class MaildirMailbox:
@@ -55,13 +55,18 @@ class MaildirMailbox:
         except OSError as exc:
             if exc.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise TransientError(f"the Maildir {self.path} is full: free some disk space") from None
-            raise PermanentError(f"cannot write to the Maildir {self.path}: {exc.strerror}") from None
+            # unmounted, read-only, permissions: nothing was delivered; the mail stays held and is tried again
+            raise TransientError(f"cannot write to the Maildir {self.path} ({exc.strerror or exc}); SendGuard "
+                                 "will try again: check that the folder is there and writable") from None
         return ReleaseReceipt("maildir", {"path": str(final)})
 
     def find_sent(self, message_id: str) -> bool | None:
         """True when a delivered file carries this Message-ID in its header (not merely in its body,
         where a forwarded copy of another message would hold that message's id)."""
         wanted = message_id.strip().lower()
+        if self.path.exists() and not self.path.is_dir():
+            raise TransientError(f"the Maildir {self.path} is not a folder (unmounted or replaced?); SendGuard "
+                                 "asks again later")
         for sub in ("new", "cur"):
             folder = self.path / sub
             if not folder.is_dir():

@@ -14,7 +14,7 @@ import click
 
 from .. import config, secrets
 from ..config import Account
-from .base import AuthError, PermanentError, ReleaseItem, ReleaseReceipt, TransientError
+from .base import AuthError, OutcomeUnknown, PermanentError, ReleaseItem, ReleaseReceipt, TransientError
 
 SECURITY = ("starttls", "ssl", "none")
 
@@ -46,6 +46,7 @@ class SmtpRelay:
 
     def release(self, item: ReleaseItem) -> ReleaseReceipt:
         where = f"{self.host}:{self.port}"
+        in_data = False  # once DATA is under way the relay may have the message
         try:
             if self.security == "ssl":
                 client: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
@@ -60,7 +61,22 @@ class SmtpRelay:
                         raise AuthError(f"no password stored for {self.username} on {where}: run "
                                         f"`sendguard accounts add smtp --name {self.name} ...` again")
                     client.login(self.username, self.password)
-                refused = client.sendmail(item.envelope_from, list(item.recipients), item.raw)
+                client.ehlo_or_helo_if_needed()
+                code, resp = client.mail(item.envelope_from)
+                if code != 250:
+                    raise smtplib.SMTPSenderRefused(code, resp, item.envelope_from)
+                refused = {}
+                for rcpt in item.recipients:
+                    code, resp = client.rcpt(rcpt)
+                    if code not in (250, 251):
+                        refused[rcpt] = (code, resp)
+                if len(refused) == len(item.recipients):
+                    client.rset()
+                    raise smtplib.SMTPRecipientsRefused(refused)
+                in_data = True
+                code, resp = client.data(item.raw)
+                if code != 250:
+                    raise smtplib.SMTPDataError(code, resp)
         except smtplib.SMTPAuthenticationError as exc:
             raise AuthError(f"{where} refused the login for {self.username}: check the password "
                             f"({exc.smtp_code})") from None
@@ -73,6 +89,12 @@ class SmtpRelay:
                 raise TransientError(f"{where} answered {exc.smtp_code} {text}; will retry") from None
             raise PermanentError(f"{where} refused the message: {exc.smtp_code} {text}") from None
         except (TimeoutError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ConnectionError, OSError) as exc:
+            if in_data:
+                raise OutcomeUnknown(
+                    f"the connection to the SMTP relay {where} broke while the message was being handed over "
+                    f"({exc or type(exc).__name__}); the relay may have sent it and cannot be asked. Check with "
+                    f"a recipient or the relay's log, then `sendguard queue resolve {item.outbox_id} --sent` or "
+                    "`--resend`") from None
             raise TransientError(f"cannot reach the SMTP relay {where}: {exc}; will retry") from None
         return ReleaseReceipt("smtp", {"relay": where, "refused": sorted(refused)})
 

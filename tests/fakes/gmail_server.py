@@ -33,6 +33,8 @@ from cryptography.x509.oid import NameOID
 from google.auth import crypt
 from google.auth import jwt as google_jwt
 
+from tests.fakes.outage import Outage
+
 AUTH = "https://www.googleapis.com/auth/"
 SEND, COMPOSE, READONLY, METADATA, MODIFY = (
     AUTH + s for s in ("gmail.send", "gmail.compose", "gmail.readonly", "gmail.metadata", "gmail.modify")
@@ -48,6 +50,7 @@ ALLOWED = {
     "drafts.create": {COMPOSE, MODIFY, FULL},
     "drafts.update": {COMPOSE, MODIFY, FULL},
     "drafts.send": {COMPOSE, MODIFY, FULL},
+    "drafts.delete": {COMPOSE, MODIFY, FULL},
     "profile": {COMPOSE, READONLY, METADATA, MODIFY, FULL},
 }
 
@@ -110,11 +113,13 @@ class FakeGoogle:
         self.access_tokens: dict[str, dict[str, Any]] = {}
         self.uploads: dict[str, dict[str, Any]] = {}
         self.faults: list[dict[str, Any]] = []
+        self.outage = Outage()  # the whole service (sign-in included) down or slow
         self.consent = "allow"  # allow | deny
         self.drop_scopes: set[str] = set()  # scopes the user unticks on the consent screen
         self.search_lag = 0  # the newest N messages are not yet in the search index
         self.access_token_lifetime = 3600
         self.on_send: Callable[[dict[str, Any]], None] | None = None
+        self.after: dict[str, Callable[[], None]] = {}  # route -> what happens right after it (autosave...)
         self._server: ThreadingHTTPServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -233,6 +238,16 @@ class FakeGoogle:
             self.drafts[draft_id] = mid
             return draft_id
 
+    def autosave(self, draft_id: str, raw: bytes) -> str:
+        """What Gmail's autosave does: the draft keeps its id, its message gets a new id; returns it."""
+        with self.lock:
+            old = self.drafts[draft_id]
+            mid = self._store(raw, set(self.messages[old]["labels"]))
+            self.messages[mid]["thread"] = self.messages[old]["thread"]
+            del self.messages[old]
+            self.drafts[draft_id] = mid
+            return mid
+
     def sent(self) -> list[dict[str, Any]]:
         return list(self.sends)
 
@@ -281,6 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.google.outage.linger()
         self.send_response(status)
         if body is not None and not isinstance(body, bytes):
             self.send_header("Content-Type", "application/json; charset=UTF-8")
@@ -323,11 +339,23 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         path = url.path
         body = self._body()
+        outage = self.google.outage.gate()
+        if outage == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if outage == "503":
+            self._error(503, "The service is currently unavailable.", "backendError",
+                        {"Retry-After": str(self.google.outage.retry_after)})
+            return
         try:
             if path == "/o/oauth2/auth":
                 return self._authorize(query)
@@ -433,6 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", r"drafts/send", "drafts.send"),
             ("GET", r"drafts/([^/]+)", "drafts.get"),
             ("PUT", r"drafts/([^/]+)", "drafts.update"),
+            ("DELETE", r"drafts/([^/]+)", "drafts.delete"),
             ("GET", r"profile", "profile"),
         ]
         for verb, pattern, name in table:
@@ -540,6 +569,8 @@ class _Handler(BaseHTTPRequestHandler):
         g = self.google
         with g.lock:
             status, answer = self._act(route, ident, query, meta, raw, upload, scopes)
+            if status == 200 and route in g.after:
+                g.after[route]()
         if fault and fault["after"] and status == 200:
             fault["times"] -= 1
             return self._error(fault["status"], fault["message"], fault["reason"], fault["headers"])
@@ -570,7 +601,10 @@ class _Handler(BaseHTTPRequestHandler):
             if len(raw) > 36_700_160:
                 return 413, {"message": "Request Entity Too Large", "reason": "uploadTooLarge"}
             mid = g._store(raw, {"SENT"})
-            record = {"method": route, "raw": raw, "upload": upload, "id": mid}
+            thread = meta.get("threadId")
+            if thread:
+                g.messages[mid]["thread"] = thread
+            record = {"method": route, "raw": raw, "upload": upload, "id": mid, "threadId": thread}
             g.sends.append(record)
             if g.on_send:
                 g.on_send(record)
@@ -619,6 +653,11 @@ class _Handler(BaseHTTPRequestHandler):
                     for d in ids
                 ]
             return 200, out
+        if route == "drafts.delete":
+            if ident not in g.drafts:
+                return 404, {"message": "Requested entity was not found.", "reason": "notFound"}
+            del g.messages[g.drafts.pop(ident)]
+            return 200, {}
         if route in ("drafts.get", "drafts.update", "drafts.send"):
             draft_id = ident if route != "drafts.send" else meta.get("id")
             if draft_id not in g.drafts:
@@ -675,6 +714,7 @@ class _Handler(BaseHTTPRequestHandler):
             "labelIds": sorted(msg["labels"]),
             "snippet": "",
             "sizeEstimate": len(msg["raw"]),
+            "internalDate": str(msg["seq"]),
         }
         if fmt == "raw":
             out["raw"] = b64url(msg["raw"])
