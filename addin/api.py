@@ -107,9 +107,8 @@ def addin_session() -> Any:
             raise ApiError(401, "unauthorized", "an add-in session on the central server belongs to a user: send "
                                                 "that user's helper token ('Authorization: Bearer sgh_...')")
         claims["user"] = who.who
-    elif not origin:
-        raise ApiError(403, "origin_required", "add-in sessions are given to the add-in's page only (it sends "
-                                               "the helper's own Origin); scripts use `sendguard token`")
+    # On the helper an origin-less session is allowed (classic Outlook's JavaScript-only runtime sends no
+    # Origin): any local program may get one, and it gets nothing but its own checks.
     token = addin_signer().sign("addin", **claims)
     return jsonify({"token": token, "expires_in": 12 * 3600})
 
