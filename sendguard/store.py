@@ -271,12 +271,7 @@ class Store:
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-        if audit_key is _AUTO:
-            self._key_busy = True
-            try:
-                self.setting("audit_db_id", secrets_token)
-            finally:
-                self._key_busy = False
+        self._key_busy = False  # the key itself is read at the first write (``_load_audit_key``)
 
     @property
     def audit_key(self) -> bytes | None:
