@@ -52,6 +52,7 @@ DEFAULT_MAINTAINER = "SendGuard administrators <root@localhost>"
 # on macOS; each installer also names it in the marker (sendguard-install.toml) in the venv it makes.
 LINUX_PREFIX = "/opt/sendguard"
 LINUX_POLICY_DIR = "/etc/xdg/SendGuard"
+LINUX_CA_DIR = "/var/lib/sendguard/ca"  # the per-machine add-in CA postinst makes
 MACOS_PREFIX = "/opt/sendguard"
 MACOS_POLICY_DIR = "/Library/Application Support/SendGuard"
 
@@ -429,6 +430,35 @@ def _missing(directory: Path, markers: dict[str, str] | None) -> list[str]:
     return sorted(set(missing))
 
 
+def _prune(directory: Path, requirements: list[str], markers: dict[str, str] | None) -> list[str]:
+    """Delete wheels no requirement on the target leads to (pip download also fetches what the markers
+    of the machine running it ask for, e.g. Linux-only dependencies); returns the names removed."""
+    from packaging.requirements import Requirement
+
+    files: dict[str, Path] = {}
+    for path in directory.glob("*.whl"):
+        m = _WHEEL_NAME.match(path.name)
+        if m:
+            files[normalize(m["name"])] = path
+    todo = [Requirement(r) for r in _requires_for(requirements, markers)]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = normalize(req.name)
+        if name in seen or name not in files:
+            continue
+        seen.add(name)
+        with zipfile.ZipFile(files[name]) as zf:
+            meta = next(n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+            parsed = email.parser.Parser().parsestr(zf.read(meta).decode("utf-8"), headersonly=True)
+        todo.extend(Requirement(r) for r in _requires_for(parsed.get_all("Requires-Dist") or [], markers,
+                                                          tuple(req.extras)))
+    removed = sorted(set(files) - seen)
+    for name in removed:
+        files[name].unlink()
+    return removed
+
+
 def make_wheelhouse(requirements: list[str], target: str, out: Path, python: str = sys.executable,
                     title: str = "SendGuard's Python packages", pure_wheels: Path | None = None) -> Wheelhouse:
     """Fill ``out`` with wheels for ``requirements`` on ``target`` and write its lock.
@@ -470,6 +500,7 @@ def make_wheelhouse(requirements: list[str], target: str, out: Path, python: str
                     break
             else:
                 raise BuildError(f"wheelhouse for Windows: still missing {', '.join(todo)}")
+            _prune(out, requirements, markers)
             tag = "win_amd64-cp" + PYTHON_VERSION.replace(".", "")
         else:
             raise BuildError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -701,7 +732,7 @@ def build_deb(wheel: Wheel, policy_text: str, config_text: str | None, out_dir: 
     conffiles = sorted(f"/{p.relative_to(root).as_posix()}" for p in (root / "etc").rglob("*") if p.is_file())
     _write(debian / "conffiles", "".join(f"{c}\n" for c in conffiles))
     values = {"PREFIX": LINUX_PREFIX, "WHEEL": wheel.path.name, "VERSION": wheel.version, "POLICY": policy,
-              "POLICY_DIR": LINUX_POLICY_DIR, "TARGET": target_name}
+              "POLICY_DIR": LINUX_POLICY_DIR, "TARGET": target_name, "CA_DIR": LINUX_CA_DIR}
     for name in ("postinst", "prerm", "postrm"):
         text = template(f"linux/{name}")
         _write(debian / name, _fill(text, **{k: v for k, v in values.items() if f"@{k}@" in text}), 0o755)

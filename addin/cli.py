@@ -106,6 +106,26 @@ def certs_install(trust: bool) -> None:
     click.echo(message)
 
 
+@certs_group.command("machine")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True,
+              help="Where the installer keeps the machine's CA (the install marker's ca_dir).")
+def certs_machine(directory: Path) -> None:
+    """(Installers, as root/SYSTEM) Create or renew the per-machine CA every user's helper serves with.
+
+    Trust it machine-wide afterwards: certutil -addstore Root (Windows), security add-trusted-cert -d
+    (macOS), update-ca-certificates (Linux). The installers do both.
+    """
+    try:
+        found = certs.ensure_machine_certificates(directory)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the machine CA in {directory}: {exc} (run as root/Administrator)") from None
+    info = certs.describe(found.ca_cert)
+    click.echo(f"SendGuard machine CA: {found.ca_cert}")
+    click.echo(f"  SHA-256 {info.sha256}")
+    click.echo(f"  valid until {info.not_after:%Y-%m-%d}")
+
+
 @certs_group.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def certs_show(as_json: bool) -> None:

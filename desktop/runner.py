@@ -20,14 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def _ssl_context(home: Path) -> ssl.SSLContext | None:
-    """HTTPS with the per-install local CA once `sendguard addin certs install` created it."""
-    if not (home / "certs").exists():
-        return None
+    """HTTPS with the installer's per-machine CA, or this user's local CA once `sendguard addin certs
+    install` created it."""
     try:
         from sendguard import certs
     except ImportError:
         return None
     try:
+        if not (home / "certs").exists() and certs.machine_certificates() is None:
+            return None
         return certs.ssl_context(home)  # type: ignore[no-any-return]
     except Exception as exc:  # a broken cert must not stop the guard: fall back to plain loopback HTTP
         log.warning("cannot use the local HTTPS certificate (%s); serving plain HTTP on loopback", exc)

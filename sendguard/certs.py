@@ -123,11 +123,11 @@ def _load(paths_cert: Path, paths_key: Path) -> tuple[x509.Certificate, ec.Ellip
     return cert, key
 
 
-def _make_ca(now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _make_ca(now: dt.datetime, common_name: str = CA_COMMON_NAME) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             # Each install's CA is distinct; the host name helps a user recognise it in a trust store.
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, (socket.gethostname() or "local")[:64]),
         ]
@@ -252,9 +252,81 @@ def ensure_certificates(home: Path, *, now: dt.datetime | None = None) -> CertPa
     return paths
 
 
+MACHINE_CA_COMMON_NAME = "SendGuard Machine CA"
+
+
+def machine_paths(directory: Path) -> CertPaths:
+    """The per-machine CA an installer made (``ca_dir`` in the install marker)."""
+    directory = Path(directory)
+    return CertPaths(directory=directory, ca_cert=directory / "ca.pem", ca_key=directory / "ca.key",
+                     server_cert=directory / "server.pem", server_key=directory / "server.key")
+
+
+def ensure_machine_certificates(directory: Path, *, now: dt.datetime | None = None) -> CertPaths:
+    """Run by the installer as root/SYSTEM: one CA for the whole machine and the loopback certificate
+    that every user's helper serves, so the CA is trusted once, machine-wide, with no prompt per user.
+
+    The CA key is readable by its owner (root/Administrators) only; the server key is readable by
+    every local user, who all need it, and is good for nothing but ``localhost``/``127.0.0.1``/``::1``
+    (the CA is name-constrained to those). Re-running (an upgrade, a repair) renews what is due.
+    """
+    now = now or _now()
+    found = machine_paths(directory)
+    found.directory.mkdir(parents=True, exist_ok=True)
+    if os.name == "posix":
+        os.chmod(found.directory, 0o755)
+    loaded_ca = _load(found.ca_cert, found.ca_key)
+    if loaded_ca is None or loaded_ca[0].not_valid_after_utc - now < RENEW_CA_BEFORE:
+        ca_cert, ca_key = _make_ca(now, MACHINE_CA_COMMON_NAME)
+        _write_private(found.ca_key, _key_pem(ca_key))
+        _write_public(found.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    else:
+        ca_cert, ca_key = loaded_ca
+    loaded_server = _load(found.server_cert, found.server_key)
+    if loaded_server is None or not _server_is_current(loaded_server[0], ca_cert, now):
+        server_cert, server_key = _make_server(ca_cert, ca_key, now)
+        _write_private(found.server_key, _key_pem(server_key))
+        _write_public(found.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    if os.name == "posix":
+        os.chmod(found.server_key, 0o644)
+        os.chmod(found.ca_cert, 0o644)
+        os.chmod(found.server_cert, 0o644)
+    return found
+
+
+def machine_certificates(*, now: dt.datetime | None = None) -> CertPaths | None:
+    """The installer's per-machine certificates when this install has usable ones, else None."""
+    from . import paths as sg_paths
+
+    install = sg_paths.machine_install()
+    if install is None or install.ca_dir is None:
+        return None
+    found = machine_paths(install.ca_dir)
+    loaded_ca = _load_cert(found.ca_cert)
+    loaded_server = _load(found.server_cert, found.server_key)
+    if loaded_ca is None or loaded_server is None:
+        return None
+    if loaded_server[0].not_valid_after_utc <= (now or _now()) or not _server_is_current(
+            loaded_server[0], loaded_ca, loaded_server[0].not_valid_before_utc):
+        return None  # expired or not from this CA: the per-user CA takes over until the installer renews
+    return found
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def helper_certificates(home: Path) -> CertPaths:
+    """What the helper serves: the machine's certificates when installed so, else this user's own CA."""
+    return machine_certificates() or ensure_certificates(home)
+
+
 def ssl_context(home: Path) -> ssl.SSLContext:
     """A server-side TLS context (TLS 1.2+) with the current server certificate for the helper."""
-    paths = ensure_certificates(home)
+    paths = helper_certificates(home)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(paths.server_cert), keyfile=str(paths.server_key))
@@ -263,6 +335,9 @@ def ssl_context(home: Path) -> ssl.SSLContext:
 
 def client_context(home: Path) -> ssl.SSLContext:
     """A client context that trusts only this install's CA (for the CLI and tests)."""
+    machine = machine_certificates()
+    if machine is not None:
+        return ssl.create_default_context(cafile=str(machine.ca_cert))
     paths = CertPaths.under(home)
     if not paths.ca_cert.exists():
         paths = ensure_certificates(home)

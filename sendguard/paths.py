@@ -113,7 +113,7 @@ def machine_install() -> MachineInstall | None:
     """
     marker = install_marker_file()
     try:
-        text = marker.read_text(encoding="utf-8")
+        text = marker.read_text(encoding="utf-8-sig")  # Windows tools like to add a BOM
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -41,6 +41,7 @@ OUTBOX_POLL_SECONDS = 5.0
 MIN_OUTBOX_POLL_SECONDS = 1.0
 MISSED_SCAN_SECONDS = 60.0  # how often Sent Items is checked for deferred mail the server sent itself
 MISSED_LOOKBACK_SECONDS = 14 * 86400.0
+WATCH_FAILURES_BEFORE_NOTICE = 3
 
 
 class Helper:
@@ -91,6 +92,7 @@ class Helper:
         self._intake_lock = threading.Lock()
         self._watch_wake = threading.Event()
         self._intake_pending: set[str] = set()  # accounts with items moved out of the Outbox, not yet taken in
+        self._watch_failures: dict[str, int] = {}  # account -> failed looks in a row
         self._streams: list[threading.Thread] = []
         self._last_purge = 0.0
         self._routed_policy: object = None
@@ -358,6 +360,7 @@ class Helper:
             box = registry.connector_class(account.kind).outbox_watcher(account, self.home)
         except Exception as exc:
             log.warning("account %s cannot be opened to watch its Outbox: %s", account.name, exc)
+            self._watch_failed(account, str(exc))
             return 0
         try:
             taken = box.watch_outbox()
@@ -371,8 +374,25 @@ class Helper:
             self._check_missed(box, account)
         except MailboxError as exc:
             log.warning("cannot watch the Outbox of %s: %s", account.name, exc)
+            self._watch_failed(account, str(exc))
             return 0
+        if self._watch_failures.pop(account.name, 0) >= WATCH_FAILURES_BEFORE_NOTICE:
+            log.info("watching the Outbox of %s again", account.name)
         return taken
+
+    def _watch_failed(self, account: configmod.Account, error: str) -> None:
+        """While the Outbox cannot be watched, deferred mail goes out unchecked at its time: say so once
+        per outage (after a few failed looks in a row, so a blip is not worth a notice)."""
+        count = self._watch_failures.get(account.name, 0) + 1
+        self._watch_failures[account.name] = count
+        if count != WATCH_FAILURES_BEFORE_NOTICE:
+            return
+        try:
+            self.notifier(self.gettext("SendGuard cannot watch your Outbox"),
+                          self.gettext("Account {account}: {error} Until this is fixed, mail you send with a "
+                                       "delay goes out unchecked.").format(account=account.name, error=error))
+        except Exception:  # the log line above stands
+            log.exception("could not show the Outbox watch notice")
 
     def _return_unsent(self, box, account: configmod.Account) -> None:
         for item in self.outbox.returns_due():

@@ -25,7 +25,9 @@ from sendguard.service import Helper
 from tests.fakes.ews_server import FakeEWS
 from tests.test_exchange import ADDRESS, message
 
-POLICY = '[organization]\ninternal_domains = ["example.co.jp"]\n\n[confirm]\nwhen = "external"\n'
+# the sample's "internal.xlsx" is not a real workbook (unsafe_attachment would ask for an approver)
+POLICY = ('[organization]\ninternal_domains = ["example.co.jp"]\n\n[confirm]\nwhen = "external"\n\n'
+          '[rules]\nunsafe_attachment = "confirm"\n')
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -356,3 +358,15 @@ def test_killed_between_the_take_and_the_intake_the_item_is_taken_in_after_resta
         restarted.stop()
     (sent,) = fake.sends
     assert sent.operation == "UpdateItem" and sent.deferred is None
+
+
+def test_an_outbox_that_cannot_be_watched_is_reported_once_per_outage(helper, fake):
+    fake.fail_next("FindItem", "unauthorized", times=5)  # the password was changed on the server
+    for _ in range(5):
+        assert helper.watch_outboxes(force=True) == 0
+    assert len(helper.notices) == 1
+    title, body = helper.notices[0]
+    assert "cannot watch your Outbox" in title and "sign in again" in body and "unchecked" in body
+    fake.outlook_send(message(), defer_seconds=60)
+    assert helper.watch_outboxes(force=True) == 1  # back: taken as usual, no further notice
+    assert len(helper.notices) == 1

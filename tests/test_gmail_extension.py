@@ -57,15 +57,20 @@ def home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def chromium(home, tmp_path):
-    """Chromium with the unpacked extension; yields (context, extension id)."""
+def lang():
+    return "en-US"
+
+
+@pytest.fixture
+def chromium(home, tmp_path, lang):
+    """Chromium with the unpacked extension; yields (context, its service worker, extension id)."""
     from playwright.sync_api import sync_playwright
 
     pin = _spki_pin(certs.CertPaths.under(home).server_cert)
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=False,
-            args=[*CHROMIUM_ARGS, "--headless=new", f"--ignore-certificate-errors-spki-list={pin}",
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=False, locale=lang,
+            args=[*CHROMIUM_ARGS, "--headless=new", f"--lang={lang}", f"--ignore-certificate-errors-spki-list={pin}",
                   f"--disable-extensions-except={EXTENSION}", f"--load-extension={EXTENSION}"])
         try:
             worker = context.service_workers[0] if context.service_workers else \
@@ -254,3 +259,22 @@ def test_the_browsers_copy_is_never_sent_by_the_helper(tmp_path, monkeypatch):
         assert not (sink.exists() and [p for p in sink.rglob("*") if p.is_file()])
     finally:
         helper.stop()
+
+
+def test_a_send_button_it_does_not_recognise_is_flagged_as_unchecked(home, chromium):
+    context, worker, _extension_id = chromium
+    page = open_gmail(context, worker, "https://localhost:9")
+    assert page.query_selector("[data-sendguard-unguarded]") is None
+    # Gmail renames its Send button: the compose window now says it is not checked
+    page.evaluate("""() => { const b = document.getElementById('send');
+        b.className = 'T-I J-J5-Ji zz9'; b.setAttribute('data-tooltip', 'Versturen'); b.setAttribute('aria-label', 'Versturen'); }""")
+    page.wait_for_selector("[data-sendguard-unguarded]", timeout=10_000)
+    assert "NOT checked" in page.inner_text("[data-sendguard-unguarded]")
+
+
+@pytest.mark.parametrize("lang, expected", [("ja", "SendGuard が起動していないか"), ("zh-CN", "SendGuard 未运行")])
+def test_messages_are_in_the_browsers_language(home, chromium, expected):
+    context, worker, _extension_id = chromium
+    page = open_gmail(context, worker, "https://localhost:9")
+    page.click("#send")
+    assert expected in banner(page) and sent(page) == []

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -488,8 +489,38 @@ def test_macos_bundle_contents(built: dict[str, Path]) -> None:
     assert f"/Library/LaunchAgents/{bi.LAUNCHD_LABEL}.plist" in install.replace('$PREFIX_ROOT', '')
     assert "POLICY_DIR='/Library/Application Support/SendGuard'" in install
     assert "sendguard-install.toml" in install and "chown root:wheel" in install
-    assert "addin certs install --trust" in install and "launchctl bootstrap" in install
+    assert "addin certs machine --dir" in install and "launchctl bootstrap" in install
+    assert "/Library/Keychains/System.keychain" in install  # the machine CA, trusted once for every user
     assert not re.search(r"@[A-Z][A-Z0-9_]*@", install)
+
+
+def test_macos_pkg_layout_and_profile(built: dict[str, Path], tmp_path: Path) -> None:
+    """What a Mac's pkgbuild/productbuild and MDM take: checked here as far as Linux can."""
+    import xml.etree.ElementTree as ET
+
+    bundle = _unzip(built["macos"], tmp_path / "bundle") / f"sendguard-{VERSION}-macos"
+    pkg = bundle / "pkg"
+    share = pkg / "root/opt/sendguard/share"
+    assert (share / f"sendguard-{VERSION}-py3-none-any.whl").exists() and (share / "install.sh").stat().st_mode & 0o111
+    policy = pkg / "root/Library/Application Support/SendGuard/policy.toml"
+    assert policy.read_text(encoding="utf-8") == ADMIN_POLICY
+    for script in (pkg / "scripts/postinstall", pkg / "build-pkg.sh", share / "install.sh"):
+        assert script.stat().st_mode & 0o111, script
+        subprocess.run(["sh", "-n", str(script)], check=True)
+    assert "/opt/sendguard/share/install.sh' --from-pkg" in (pkg / "scripts/postinstall").read_text()
+    build = (pkg / "build-pkg.sh").read_text()
+    assert "pkgbuild --root root --scripts scripts --identifier 'org.sendguard.pkg'" in build
+    assert "productbuild --distribution distribution.xml" in build
+    dist = ET.parse(pkg / "distribution.xml").getroot()
+    assert dist.tag == "installer-gui-script"
+    assert dist.find("pkg-ref").text == "SendGuard-component.pkg"  # type: ignore[union-attr]
+    assert dist.find("domains").get("enable_localSystem") == "true"  # type: ignore[union-attr]
+    profile = plistlib.loads((bundle / "SendGuard-policy.mobileconfig").read_bytes())
+    (payload,) = profile["PayloadContent"]
+    assert payload["PayloadType"] == "org.sendguard.SendGuard"
+    assert payload["organization"] == {"internal_domains": ["example.co.jp"]}
+    assert payload["rules"]["personal_data"] == "block" and "locked" not in payload
+    assert len({profile["PayloadUUID"], payload["PayloadUUID"]}) == 2
 
 
 @pytest.mark.slow
@@ -574,3 +605,34 @@ def test_real_wheel_build_when_the_build_backend_is_installed(tmp_path: Path, mo
         names = zf.namelist()
     assert "sendguard/policy.py" in names and "addin/static/launchevent.js" in names
     assert any(r.startswith("pywebview") for r in bi.runtime_requirements(wheel.requires))
+
+
+def test_stop_helpers_ends_every_process_running_from_the_install(built: dict[str, Path], tmp_path: Path) -> None:
+    """prerm's helper stop: processes started from PREFIX/venv/bin (any user's) end; others are left alone."""
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(built["deb"]), str(root)], check=True)
+    prefix = root / "opt/sendguard"
+    fake = prefix / "venv/bin/sendguard"
+    fake.parent.mkdir(parents=True)
+    # a helper that ignores nothing: exits on SIGTERM like `sendguard serve`
+    fake.write_text(f"#!{sys.executable}\nimport time\nwhile True:\n    time.sleep(0.2)\n")
+    fake.chmod(0o755)
+    other = tmp_path / "elsewhere/bin/sendguard"
+    other.parent.mkdir(parents=True)
+    shutil.copy2(fake, other)
+    helpers = [subprocess.Popen([str(fake), "serve"]) for _ in range(2)]
+    bystander = subprocess.Popen([str(other), "serve"])
+    try:
+        time.sleep(0.5)
+        run = subprocess.run([str(prefix / "bin/sendguard-stop-helpers"), str(prefix)], capture_output=True,
+                             text=True, env=script_env(tmp_path, DPKG_ROOT=str(root)), timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert "stopping the helpers running from" in run.stdout
+        for proc in helpers:
+            assert proc.wait(timeout=15) is not None
+        assert bystander.poll() is None  # another installation's process keeps running
+    finally:
+        for proc in (*helpers, bystander):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -71,3 +71,11 @@ def test_a_broken_marker_fails_closed(text: str, expected: str, no_system_policy
     with pytest.raises(ConfigError, match=expected) as info:
         paths.admin_policy_file()
     assert paths.INSTALL_MARKER in str(info.value)
+
+
+def test_a_marker_written_with_a_byte_order_mark_is_read(tmp_path: Path, no_system_policy: Path) -> None:
+    """Windows PowerShell 5.1 writes UTF-8 with a BOM; the marker must still pin the policy."""
+    admin = tmp_path / "policy.toml"
+    (Path(sys.prefix) / paths.INSTALL_MARKER).write_bytes(
+        f"\ufeffadmin_policy = '{admin}'\n".encode())
+    assert paths.admin_policy_source() == (admin, "installer")

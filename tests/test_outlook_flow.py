@@ -74,8 +74,11 @@ def test_outlook_message_needing_approval_is_held_then_released_by_the_helper(ru
 
 
 def _addin_token(r) -> str:
-    # What the add-in does first (no Origin from a non-browser client: an origin-less add-in token).
-    return requests.post(f"{r.base_url}/api/v1/addin/session", json={}, timeout=30).json()["token"]
+    # What the add-in's page does first: a session for its own Origin (the helper's).
+    answer = requests.post(f"{r.base_url}/api/v1/addin/session", json={}, timeout=30,
+                           headers={"Origin": r.base_url}).json()
+    assert "token" in answer, answer
+    return answer["token"]
 
 
 def _final_state(r, item_id):
@@ -109,12 +112,12 @@ def test_confirmed_while_the_addin_waits_is_handed_back_to_outlook(runner, write
     r.helper.addin_presence.grace = 0.0  # only an open long-poll counts
     token = _addin_token(r)
     created = requests.post(f"{r.base_url}/api/v1/checks", json=outlook_payload(), timeout=30,
-                            headers={"Authorization": f"Bearer {token}"}).json()
+                            headers={"Authorization": f"Bearer {token}", "Origin": r.base_url}).json()
     polled: dict = {}
 
     def long_poll():
         polled.update(requests.get(f"{r.base_url}/api/v1/outbox/{created['id']}?wait=20", timeout=30,
-                                   headers={"Authorization": f"Bearer {token}"}).json())
+                                   headers={"Authorization": f"Bearer {token}", "Origin": r.base_url}).json())
 
     poller = threading.Thread(target=long_poll)
     poller.start()

@@ -10,6 +10,11 @@
  */
 "use strict";
 
+// A message in the browser's language (extension/gmail/_locales), with one detail filled in.
+function t(key, detail) {
+  return chrome.i18n.getMessage(key, detail === undefined ? undefined : [String(detail)]) || key;
+}
+
 var DEFAULTS = { helperUrl: "https://localhost:8765", decisionMinutes: 10 };
 var POLL_SECONDS = 25;
 var REQUEST_SLACK_MS = 15000;
@@ -48,8 +53,7 @@ function request(base, method, path, body, token, timeoutMs) {
     });
   }, function () {
     clearTimeout(timer);
-    throw new Stop("SendGuard is not running or cannot be reached at " + base +
-      ": start SendGuard, then press Send again. The message was not sent.", "down");
+    throw new Stop(t("helperDown", base), "down");
   });
 }
 
@@ -68,8 +72,7 @@ Helper.prototype.openSession = function () {
   var self = this;
   return request(self.base, "POST", "/api/v1/addin/session", {}, null, 15000).then(function (r) {
     if (r.status !== 200 || !r.data || !r.data.token) {
-      throw new Stop("SendGuard refused this browser extension (" + errorText(r) + "). Ask your administrator " +
-        "to allow it in SendGuard's config.toml ([api] extension_origins). The message was not sent.", "refused");
+      throw new Stop(t("refusedExtension", errorText(r)), "refused");
     }
     self.token = r.data.token;
   });
@@ -89,12 +92,12 @@ Helper.prototype.waitForChange = function (id) {
   var failures = 0;
   function attempt() {
     var remaining = self.deadline - Date.now();
-    if (remaining <= 0) return Promise.reject(new Stop("no decision in the SendGuard window in time; the message was not sent.", "timeout"));
+    if (remaining <= 0) return Promise.reject(new Stop(t("noDecision"), "timeout"));
     var wait = Math.max(0, Math.min(POLL_SECONDS, Math.floor(remaining / 1000) - 1));
     var path = "/api/v1/outbox/" + encodeURIComponent(id) + "?wait=" + wait;
     return self.call("GET", path, undefined, wait * 1000 + REQUEST_SLACK_MS).then(function (r) {
       if (r.status === 200 && r.data && r.data.state) return r.data;
-      throw new Stop("SendGuard answered " + errorText(r) + "; the message was not sent.", "refused");
+      throw new Stop(t("answered", errorText(r)), "refused");
     }).catch(function (err) {
       if (!(err instanceof Stop) || err.kind !== "down") throw err;
       failures += 1;
@@ -117,18 +120,16 @@ function outcome(item) {
     case "sent":
       return { allow: true, decision: item.decision || {} };
     case "cancelled":
-      return { allow: false, message: said || "cancelled in SendGuard: the message was not sent." };
+      return { allow: false, message: said || t("cancelled") };
     case "rejected":
     case "expired":
-      return { allow: false, message: said || "the message was not approved; it was not sent." };
+      return { allow: false, message: said || t("notApproved") };
     case "awaiting_approval":
       // The page cannot hand over attachment content, so SendGuard cannot send this copy after approval.
-      return { allow: false, cancel: true, message: "this message needs approval (" + (item.approvers || []).join(", ") +
-        "). Use \"Check and send with SendGuard\" from the add-on, which hands Gmail's full draft to SendGuard; " +
-        "the message was not sent." };
+      return { allow: false, cancel: true, message: t("needsApproval", (item.approvers || []).join(", ")) };
     case "failed":
     case "needs_attention":
-      return { allow: false, message: said || "SendGuard could not decide; the message was not sent." };
+      return { allow: false, message: said || t("undecided") };
     default:
       return null;
   }
@@ -152,7 +153,7 @@ function run(draft, progress) {
     };
     return helper.call("POST", "/api/v1/checks", body, 30000).then(function (r) {
       if ((r.status !== 200 && r.status !== 201) || !r.data || !r.data.id) {
-        throw new Stop("SendGuard could not check this message (" + errorText(r) + "); it was not sent.", "refused");
+        throw new Stop(t("cannotCheck", errorText(r)), "refused");
       }
       var item = r.data;
       function step(current) {
@@ -161,7 +162,7 @@ function run(draft, progress) {
           if (result.cancel) return helper.cancel(current.id).then(function () { return result; });
           return result;
         }
-        progress("waiting for your decision in the SendGuard window…");
+        progress(t("waiting"));
         return helper.waitForChange(current.id).then(step);
       }
       return step(item).catch(function (err) {
@@ -170,7 +171,7 @@ function run(draft, progress) {
       });
     });
   }).catch(function (err) {
-    return { allow: false, message: err instanceof Stop ? err.message : "an error stopped the check (" + err + "); the message was not sent." };
+    return { allow: false, message: err instanceof Stop ? err.message : t("errorStopped", err) };
   });
 }
 

@@ -17,6 +17,11 @@
   var passing = false; // true only while we press Send ourselves after an approval
   var busy = new WeakSet(); // compose windows with a check in flight
 
+  // A message in the browser's language (extension/gmail/_locales), with one detail filled in.
+  function t(key, detail) {
+    return chrome.i18n.getMessage(key, detail === undefined ? undefined : [String(detail)]) || key;
+  }
+
   function lower(s) { return String(s || "").trim().toLowerCase(); }
 
   function addresses(list) { return list.map(function (r) { return lower(r.address); }).sort(); }
@@ -33,7 +38,7 @@
       try {
         port = chrome.runtime.connect({ name: "sendguard-check" });
       } catch (e) {
-        resolve({ allow: false, message: "SendGuard's extension was updated or stopped: reload Gmail, then press Send again." });
+        resolve({ allow: false, message: t("extensionReloaded") });
         return;
       }
       var done = false;
@@ -52,7 +57,7 @@
         else if (msg && msg.type === "waiting") dom.showBanner(draft.root, msg.message, "info");
       });
       port.onDisconnect.addListener(function () {
-        finish({ allow: false, message: "SendGuard's extension stopped before deciding; the message was not sent." });
+        finish({ allow: false, message: t("extensionStopped") });
       });
       var message = {
         from: draft.data.from, to: draft.data.to, cc: draft.data.cc, bcc: draft.data.bcc,
@@ -65,29 +70,29 @@
   // Make the compose window match the decision; true when it does.
   function apply(root, original, decision) {
     if (decision.bcc) {
-      return "Convert to BCC cannot be applied in Gmail by SendGuard: move the recipients to Bcc yourself, then press Send again.";
+      return t("bccUnsupported");
     }
     var removed = (decision.removed_recipients || []).map(lower);
     removed.forEach(function (a) { dom.removeRecipient(root, a); });
     (decision.removed_attachments || []).forEach(function (id) { dom.removeAttachment(root, String(id)); });
     var now = dom.read(root);
-    if (!now) return "SendGuard could not read the compose window after applying your decision; the message was not sent.";
+    if (!now) return t("unreadableAfter");
     var keep = function (r) { return removed.indexOf(lower(r.address)) < 0; };
     var fields = ["to", "cc", "bcc"];
     for (var i = 0; i < fields.length; i++) {
       var f = fields[i];
       if (addresses(now[f]).join() !== addresses(original[f].filter(keep)).join()) {
-        return "SendGuard could not remove every recipient you removed (" + f + "); the message was not sent. Check the recipients and press Send again.";
+        return t("recipientsNotRemoved", f);
       }
     }
     var goneIds = (decision.removed_attachments || []).map(String);
     var wantedAtt = original.attachments.filter(function (a) { return goneIds.indexOf(a.id) < 0; })
       .map(function (a) { return a.name; }).sort().join("\n");
     if (now.attachments.map(function (a) { return a.name; }).sort().join("\n") !== wantedAtt) {
-      return "SendGuard could not remove every attachment you removed; the message was not sent.";
+      return t("attachmentsNotRemoved");
     }
     if (now.subject !== original.subject || now.body !== original.body) {
-      return "The message changed while you were deciding; press Send again to check it as it is now.";
+      return t("changedWhileDeciding");
     }
     return null;
   }
@@ -97,16 +102,15 @@
     if (busy.has(root)) return; // one check per compose window at a time
     var data = dom.read(root);
     if (!data) {
-      dom.showBanner(root, "could not read this compose window (Gmail's page changed?); the message was not sent. " +
-        "Ask your administrator to update SendGuard for Gmail.", "error");
+      dom.showBanner(root, t("unreadable"), "error");
       return;
     }
     busy.add(root);
-    dom.showBanner(root, "checking this message… confirm it in the SendGuard window.", "info");
+    dom.showBanner(root, t("checking"), "info");
     check({ root: root, data: data }).then(function (answer) {
       busy.delete(root);
       if (!answer.allow) {
-        dom.showBanner(root, answer.message || "the message was not sent.", "error");
+        dom.showBanner(root, answer.message || t("checkError"), "error");
         return;
       }
       var problem = apply(root, data, answer.decision || {});
@@ -125,7 +129,7 @@
       }
     }, function () {
       busy.delete(root);
-      dom.showBanner(root, "an error stopped the check; the message was not sent.", "error");
+      dom.showBanner(root, t("checkError"), "error");
     });
   }
 
@@ -151,11 +155,35 @@
     var button = dom.sendButtonIn(root);
     if (!button) {
       stop(event);
-      dom.showBanner(root, "could not find Gmail's Send button; the message was not sent.", "error");
+      dom.showBanner(root, t("noSendButton"), "error");
       return;
     }
     guard(event, root, button);
   }
+
+  // A compose window whose Send button SendGuard does not recognise (Gmail changed its page) would send
+  // unchecked: say so in that window, so nobody believes it is guarded.
+  function watchUnguarded() {
+    var subjects = document.querySelectorAll('input[name="subjectbox"]');
+    Array.prototype.forEach.call(subjects, function (subject) {
+      var holder = subject.closest("form") || subject.parentElement;
+      if (!holder) return;
+      var warned = holder.querySelector("[data-sendguard-unguarded]");
+      if (dom.composeRoot(subject)) {
+        if (warned) warned.remove();
+        return;
+      }
+      if (warned) return;
+      var note = document.createElement("div");
+      note.setAttribute("data-sendguard-unguarded", "");
+      note.setAttribute("role", "alert");
+      note.style.cssText = "margin:4px 8px;padding:6px 10px;border-radius:4px;font:13px/1.4 sans-serif;" +
+        "background:#fdecea;color:#611a15;border:1px solid #f5a9a2";
+      note.textContent = "SendGuard: " + t("unguarded");
+      holder.insertBefore(note, holder.firstChild);
+    });
+  }
+  setInterval(watchUnguarded, 2000);
 
   ["mousedown", "mouseup", "click"].forEach(function (type) {
     window.addEventListener(type, onPointer, true);

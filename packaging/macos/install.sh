@@ -106,8 +106,14 @@ chmod 755 "$PREFIX_ROOT$POLICY_DIR"
 cat >"$VENV/sendguard-install.toml" <<MARKER
 # Written by the SendGuard macOS installer. Do not edit: reinstall instead.
 admin_policy = "$POLICY_DIR/policy.toml"
+ca_dir = "$POLICY_DIR/ca"
 MARKER
 chmod 644 "$VENV/sendguard-install.toml"
+# One add-in CA for the Mac, made here as root and served by every user's helper.
+if [ "$PIP_EXTRA" != "--no-deps" ]; then
+    "$VENV/bin/python" -P -m sendguard addin certs machine --dir "$PREFIX_ROOT$POLICY_DIR/ca" >/dev/null ||
+        echo "SendGuard: could not create the machine CA; each user's helper makes its own" >&2
+fi
 
 mkdir -p "$APP/bin" "$BIN_DIR" "$AGENTS"
 # The command: the wrapper below with this install's paths filled in.
@@ -157,9 +163,10 @@ if [ -n "$CONSOLE_USER" ] && [ "$CONSOLE_USER" != root ] && [ "$CONSOLE_USER" !=
     CONSOLE_UID=$(id -u "$CONSOLE_USER")
     launchctl bootout "gui/$CONSOLE_UID/@LABEL@" 2>/dev/null || true
     launchctl bootstrap "gui/$CONSOLE_UID" "$PLIST" || echo "SendGuard: launchctl could not load the agent; it starts at next login" >&2
-    if [ "$TRUST" = 1 ]; then
-        launchctl asuser "$CONSOLE_UID" sudo -u "$CONSOLE_USER" "$APP/bin/sendguard" addin certs install --trust ||
-            echo "SendGuard: $CONSOLE_USER must still run: sendguard addin certs install --trust" >&2
-    fi
+fi
+if [ "$TRUST" = 1 ] && [ -f "$POLICY_DIR/ca/ca.pem" ]; then
+    # trusted once for every user of this Mac (System keychain), no prompt per user
+    security add-trusted-cert -d -r trustRoot -p ssl -k /Library/Keychains/System.keychain "$POLICY_DIR/ca/ca.pem" ||
+        echo "SendGuard: could not trust the machine CA; deploy it with a certificate payload from your MDM" >&2
 fi
 echo "SendGuard @VERSION@ installed: the helper starts at each user's login."

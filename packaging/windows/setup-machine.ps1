@@ -92,11 +92,11 @@ function Install-Machine {
     & $VenvPython @pip --no-deps --force-reinstall $wheel.FullName
     if ($LASTEXITCODE -ne 0) { throw "pip could not install $($wheel.Name)" }
 
-    # TOML literal strings: backslashes stay as they are
-    Set-Content -Encoding UTF8 -Path (Join-Path $Venv "sendguard-install.toml") -Value @(
+    # TOML literal strings: backslashes stay as they are (UTF-8 without a BOM: WriteAllLines)
+    [System.IO.File]::WriteAllLines((Join-Path $Venv "sendguard-install.toml"), [string[]]@(
         "# Written by the SendGuard MSI. Do not edit: repair or reinstall instead.",
         "admin_policy = '$MachinePolicy'",
-        "ca_dir = '$CaDir'")
+        "ca_dir = '$CaDir'"))
 
     if ($PolicyFile.Trim()) {
         Copy-Item -Force $PolicyFile.Trim() $MachinePolicy
@@ -106,13 +106,16 @@ function Install-Machine {
     }
     $config = Join-Path $MachineDir "config.toml"
     if ($ServerUrl.Trim()) {
-        Set-Content -Encoding UTF8 -Path $config -Value @("[server]", "url = `"$($ServerUrl.Trim())`"")
+        [System.IO.File]::WriteAllLines($config, [string[]]@("[server]", "url = `"$($ServerUrl.Trim())`""))
     } elseif (Test-Path (Join-Path $InstallDir "config.toml")) {
         Copy-Item -Force (Join-Path $InstallDir "config.toml") $config
     }
 
     & $VenvPython -P -m sendguard addin certs machine --dir $CaDir
     if ($LASTEXITCODE -ne 0) { throw "could not create the per-machine add-in CA in $CaDir" }
+    # the CA key stays with Administrators and SYSTEM; users read the CA and the loopback server pair
+    & icacls.exe (Join-Path $CaDir "ca.key") /inheritance:r /grant:r "*S-1-5-32-544:F" "*S-1-5-18:F" | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "icacls could not protect $(Join-Path $CaDir 'ca.key')" }
     if ($AddinTrust.Trim() -eq "1") {
         & certutil.exe -f -addstore Root (Join-Path $CaDir "ca.pem") | Out-Null
         if ($LASTEXITCODE -ne 0) { throw "certutil could not trust the SendGuard CA machine-wide" }

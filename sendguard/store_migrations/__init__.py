@@ -77,8 +77,9 @@ def current_version(conn: Connection) -> int:
 def migrate(engine: Engine, metadata: MetaData, database: Path | None) -> list[str]:
     """Bring the SQLite store behind ``engine`` to the latest version; returns the steps applied.
 
-    ``engine`` issues ``BEGIN IMMEDIATE`` on begin (sendguard.store), so two processes opening an old
-    store at once migrate it once: the second re-reads the version after the first committed.
+    The steps run under ``BEGIN IMMEDIATE`` (sendguard.store's writer connections), so two processes
+    opening an old store at once migrate it once: the second re-reads the version after the first
+    committed.
     """
     todo = steps()
     latest = len(todo)
@@ -105,17 +106,27 @@ def migrate(engine: Engine, metadata: MetaData, database: Path | None) -> list[s
                 raw.close()
             log.info("store %s: copy kept as %s before migrating from schema %s", database, backup, version)
     applied: list[str] = []
-    with engine.begin() as conn:
-        version = current_version(conn)  # another process may have migrated meanwhile
-        if version > latest:
-            raise StoreVersionError(f"{database or engine.url}: migrated by a newer SendGuard meanwhile")
-        metadata.create_all(conn)
-        for step in todo:
-            if step.version > version:
-                step.upgrade(conn)
-                applied.append(f"{step.version}: {step.description}")
-        conn.exec_driver_sql(f"PRAGMA user_version = {latest:d}")
+    with engine.connect() as conn:
+        conn.execution_options(sendguard_read=False)  # BEGIN IMMEDIATE: the write lock before reading
+        with conn.begin():
+            applied += _apply(conn, todo, metadata, database or engine.url)
     if applied:
         log.info("store %s migrated from schema %s to %s: %s", database or engine.url, version, latest,
                  "; ".join(applied))
+    return applied
+
+
+def _apply(conn: Connection, todo: list[Step], metadata: MetaData, where: object) -> list[str]:
+    """Inside the caller's write transaction: create new tables, run the steps not yet applied."""
+    latest = len(todo)
+    applied: list[str] = []
+    version = current_version(conn)  # another process may have migrated meanwhile
+    if version > latest:
+        raise StoreVersionError(f"{where}: migrated by a newer SendGuard meanwhile")
+    metadata.create_all(conn)
+    for step in todo:
+        if step.version > version:
+            step.upgrade(conn)
+            applied.append(f"{step.version}: {step.description}")
+    conn.exec_driver_sql(f"PRAGMA user_version = {latest:d}")
     return applied
