@@ -41,11 +41,11 @@ def test_an_open_home_is_closed_at_start_and_doctor_says_so(home: Path) -> None:
     (home / "sendguard.db").write_bytes(b"")
     os.chmod(home / "sendguard.db", 0o644)
     report = {r["check"]: r for r in json.loads(run_cli("doctor", "--json").stdout)}  # doctor only looks
-    assert report["home"]["ok"] is False and "readable by other local users" in report["home"]["detail"]
+    assert report["home"]["status"] != "ok" and "readable by other local users" in report["home"]["detail"]
     assert run_cli("queue", "list").returncode == 0  # any start closes it
     assert mode(home) == 0o700 and mode(home / "sendguard.db") == 0o600
     again = {r["check"]: r for r in json.loads(run_cli("doctor", "--json").stdout)}
-    assert again["home"]["ok"] is True
+    assert again["home"]["status"] == "ok"
 
 
 def test_doctor_says_the_file_keyring_protects_nothing_locally(home: Path) -> None:
