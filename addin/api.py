@@ -107,9 +107,8 @@ def addin_session() -> Any:
             raise ApiError(401, "unauthorized", "an add-in session on the central server belongs to a user: send "
                                                 "that user's helper token ('Authorization: Bearer sgh_...')")
         claims["user"] = who.who
-    elif not origin:
-        raise ApiError(403, "origin_required", "add-in sessions are given to the add-in's page only (it sends "
-                                               "the helper's own Origin); scripts use `sendguard token`")
+    # On the helper an origin-less session is allowed (classic Outlook's JavaScript-only runtime sends no
+    # Origin): any local program may get one, and it gets nothing but its own checks.
     token = addin_signer().sign("addin", **claims)
     return jsonify({"token": token, "expires_in": 12 * 3600})
 
@@ -314,10 +313,12 @@ def list_approvals() -> Any:
     if who and who.kind in ("approver", "helper") and approver and approver.lower() != who.who:
         raise ApiError(403, "forbidden", f"you are signed in as {who.who}: you cannot list {approver}'s approvals")
     try:
-        limit = min(int(request.args.get("limit", 100_000)), 100_000)
-        offset = max(int(request.args.get("offset", 0)), 0)
+        limit = int(request.args.get("limit", 100_000))
+        offset = int(request.args.get("offset", 0))
     except ValueError:
         raise ApiError(400, "bad_limit", "limit and offset must be whole numbers") from None
+    if not 0 <= limit <= 100_000 or not 0 <= offset <= 1_000_000_000:
+        raise ApiError(400, "bad_limit", "limit must be 0 to 100000 and offset 0 to 1000000000")
     items = approvals().pending_for(approver, limit=limit, offset=offset)
     out = []
     for item in items:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -257,7 +258,29 @@ def _no_framing(response: Any) -> None:
             "frame-ancestors 'none'"
 
 
+class RedactTokens(logging.Filter):
+    """Access logs never show link or token values (``/confirm/ID?t=...``, ``/approve/ID?t=...``)."""
+
+    PATTERN = re.compile(r"([?&](?:t|token|access_token|code)=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1[redacted]", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+def redact_access_logs() -> None:
+    for name in ("werkzeug", "gunicorn.access", "waitress"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
 def init_app(app: Flask) -> None:
+    redact_access_logs()
     app.extensions["sendguard_long_polls"] = LongPolls(app.config.get("LONG_POLLS_PER_CREDENTIAL", 2),
                                                        app.config.get("LONG_POLLS_TOTAL", 16))
 

@@ -39,6 +39,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sendguard import paths
+from sendguard.central import decision_payload, sign_decision
 from sendguard.config import Config
 from sendguard.errors import PermissionDenied, SendGuardError
 from sendguard.i18n import translator
@@ -314,10 +315,21 @@ class CentralService:
         self.approvals = Approvals(self.outbox, self.policy.get, remote=None)
         self.secret_key = setting(self.store, "secret_key", lambda: secrets.token_urlsafe(48))
         self._housekeeping = 0.0
+        self._decision_key: Any = None
         host = urlsplit(self.public_url).hostname or "localhost"
         self.notices = ServerNotices(self, notice_transport(mail_url), mail_from or f"sendguard@{host}")
         if self.notices.transport is None:
             log.warning("no --mail-relay: approvers get no approval emails (they use the Approvals window)")
+
+    def decision_key(self) -> Any:
+        """The Ed25519 key that signs approvals (made once, kept by the server, never given to helpers)."""
+        if self._decision_key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            seed = setting(self.store, "decision_signing_key",
+                           lambda: base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
+            self._decision_key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed))
+        return self._decision_key
 
     def close(self) -> None:
         self.notices.stop()
@@ -341,8 +353,22 @@ class CentralService:
 
 
 def status_json(item: Item) -> dict[str, Any]:
-    return {"id": item.id, "state": item.state, "approvers": item.approvers, "expires_at": item.expires_at,
-            "approval": item.approval, "owner": item.owner}
+    return signed({"id": item.id, "state": item.state, "approvers": item.approvers, "expires_at": item.expires_at,
+                   "approval": item.approval, "owner": item.owner})
+
+
+def signed(status: dict[str, Any]) -> dict[str, Any]:
+    """An approval goes to the helper with the server's signature over the message's content hash: the
+    helper releases nothing the server did not approve for exactly that content."""
+    approval = status.get("approval") or {}
+    if status.get("state") not in ("approved", "sent") or approval.get("decision") != "approved":
+        return status
+    svc = central()
+    with svc.store.engine.connect() as conn:
+        raw = conn.execute(select(outbox.c.final_raw, outbox.c.raw).where(outbox.c.id == status["id"])).first()
+    content = (raw[0] or raw[1] or b"") if raw else b""
+    payload = decision_payload(str(status["id"]), hashlib.sha256(content).hexdigest(), approval)
+    return {**status, "signed": payload, "signature": sign_decision(svc.decision_key(), payload)}
 
 
 # ---------------------------------------------------------------------- helper <-> server protocol
@@ -434,7 +460,7 @@ def request_statuses() -> Any:
     cols = [outbox.c[n] for n in ("id", "state", "approvers", "expires_at", "approval", "owner")]
     with svc.store.engine.connect() as conn:
         rows = conn.execute(select(*cols).where(outbox.c.id.in_(ids), outbox.c.owner == _user())).mappings().all()
-    return jsonify([dict(r) for r in rows])
+    return jsonify([signed(dict(r)) for r in rows])
 
 
 @bp.get("/api/v1/central/decisions")
@@ -463,7 +489,7 @@ def decisions() -> Any:
             with svc.store.engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
             if rows or time.monotonic() >= deadline:
-                return jsonify([dict(r) for r in rows])
+                return jsonify([signed(dict(r)) for r in rows])
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
             svc.housekeeping()
 
@@ -566,6 +592,17 @@ def get_checkpoint() -> Any:
         row = conn.execute(select(server_settings.c.value)
                            .where(server_settings.c.key == _checkpoint_key(_user(), db))).first()
     return jsonify(json.loads(row[0]) if row else None)
+
+
+@bp.get("/api/v1/central/decision-key")
+@require("helper")
+def decision_key() -> Any:
+    """The public half of the key that signs approvals (helpers pin it at `sendguard server connect`)."""
+    from cryptography.hazmat.primitives import serialization
+
+    public = central().decision_key().public_key().public_bytes(serialization.Encoding.Raw,
+                                                                serialization.PublicFormat.Raw)
+    return jsonify({"ed25519": base64.b64encode(public).decode("ascii")})
 
 
 @bp.post("/api/v1/central/login-link")
@@ -870,6 +907,7 @@ def connect_command(url: str, token: str) -> None:
     except SendGuardError as exc:
         raise click.ClickException(f"cannot use {url} with this token: {exc}") from None
     secretstore.put(central.TOKEN_KEY, token)
+    secretstore.put(central.DECISION_KEY, client.decision_key())  # approvals are checked against it
     path = paths.config_file()
     doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
     table = doc.get("server")

@@ -20,6 +20,7 @@ Nothing here decides anything by itself: while the server cannot be reached, mes
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 import time
@@ -41,6 +42,51 @@ TOKEN_KEY = "server-token"
 LONG_POLL = 20.0
 # a helper keeps an approval request this much longer than the server before it gives up locally
 LOCAL_GRACE = 3600.0
+
+
+DECISION_KEY = "server-decision-key"  # keyring: the server's Ed25519 public key, pinned at connect
+
+
+def decision_payload(item_id: str, sha256: str, approval: dict[str, Any]) -> dict[str, Any]:
+    """What the server signs for an approval: this message (its content hash), approved, by whom, when."""
+    return {"id": item_id, "sha256": sha256, "decision": "approved", "by": str(approval.get("by") or ""),
+            "at": str(approval.get("at") or "")}
+
+
+def _canonical(data: Any) -> bytes:
+    import json
+
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def sign_decision(private_key: Any, payload: dict[str, Any]) -> str:
+    return base64.b64encode(private_key.sign(_canonical(payload))).decode("ascii")
+
+
+def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, approval: dict[str, Any] | None) -> str | None:
+    """Why an approval may not release this message (None: the server signed it for exactly this content)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    approval = approval or {}
+    signed, signature = approval.get("signed"), approval.get("signature")
+    if not public_key:
+        return "no pinned key of the central server: run `sendguard server connect URL --token T` again"
+    if not isinstance(signed, dict) or not isinstance(signature, str):
+        return "the approval carries no signature of the central server"
+    expected = decision_payload(item_id, hashlib.sha256(raw or b"").hexdigest(), signed)
+    if signed != expected:
+        return "the signed approval is for another message or other content"
+    try:
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key)).verify(base64.b64decode(signature),
+                                                                                 _canonical(signed))
+    except (InvalidSignature, ValueError):
+        return "the approval's signature is not the central server's"
+    return None
+
+
+class DecisionUnverified(SendGuardError):
+    """A decision the central server did not sign for this message's content: never applied."""
 
 
 class CentralUnavailable(SendGuardError):
@@ -148,6 +194,9 @@ class CentralClient:
         return self._call("GET", "/api/v1/central/audit-checkpoint",  # type: ignore[no-any-return]
                           params={"db": db})
 
+    def decision_key(self) -> str:
+        return str(self._call("GET", "/api/v1/central/decision-key")["ed25519"])
+
     def login_link(self) -> str:
         return str(self._call("POST", "/api/v1/central/login-link", json={})["url"])
 
@@ -198,7 +247,27 @@ class CentralSync:
         self._kick = threading.Event()
         self._unknown: set[str] = set()
         self._checkpoint_at = -1e9
+        self._unverified: set[str] = set()
+        self._server_key: str | None = None
         self._threads: list[threading.Thread] = []
+
+    def server_key(self) -> str | None:
+        """The server's decision-signing public key: pinned in the keyring (at connect, else first use)."""
+        if self._server_key is None:
+            self._server_key = secrets.get(DECISION_KEY)
+            if not self._server_key:
+                self._server_key = self.client.decision_key()
+                secrets.put(DECISION_KEY, self._server_key)
+        return self._server_key
+
+    def release_guard(self, item: Item) -> None:
+        """Before a message decided on the central server is released: the approval must be the server's
+        signature over exactly this content (a database edited to say "approved" releases nothing)."""
+        if not (item.approval or {}).get("server"):
+            return
+        why = decision_problem(self.server_key(), item.id, item.final_raw or item.raw, item.approval)
+        if why:
+            raise PermissionDenied(f"not released: {why}")
 
     # ------------------------------------------------------------------ bookkeeping
     def _rows(self) -> dict[str, dict[str, Any]]:
@@ -247,7 +316,10 @@ class CentralSync:
             self.outbox.store.append_audit(conn, "approval_submitted", "sendguard", item.id,
                                            {"server": self.client.url, "approvers": approvers,
                                             "server_state": answer.get("state")}, ts=self.clock())
-        self.apply(answer)
+        try:
+            self.apply(answer)
+        except DecisionUnverified as exc:  # the poll meets it again; it stays held meanwhile
+            log.error("%s", exc)
         self.on_change()
 
     def poll(self, wait: float | None = None) -> int:
@@ -267,7 +339,14 @@ class CentralSync:
             except NotFound:
                 self._unknown.add(item_id)  # another helper of this user holds it: leave it to that one
                 continue
-            applied += int(self.apply(status))
+            try:
+                applied += int(self.apply(status))
+            except DecisionUnverified as exc:  # stays held and unacknowledged; said once
+                if item_id not in self._unverified:
+                    self._unverified.add(item_id)
+                    log.error("%s", exc)
+                self._unknown.add(item_id)
+                continue
             seen.append(item_id)
         if seen:
             self.client.ack(seen)
@@ -309,6 +388,15 @@ class CentralSync:
             state = "approved"
         approval = dict(status.get("approval") or {})
         approval["server"] = self.client.url
+        if state == "approved":
+            try:
+                raw = self.outbox.get(item_id, with_bodies=True)
+            except NotFound:
+                return False
+            approval["signed"], approval["signature"] = status.get("signed"), status.get("signature")
+            why = decision_problem(self.server_key(), item_id, raw.final_raw or raw.raw, approval)
+            if why:
+                raise DecisionUnverified(f"decision on {item_id} not applied: {why}")
         try:
             if state == "expired":
                 self.outbox.transition(item_id, ["awaiting_approval"], "expired", "expired", "central-server",

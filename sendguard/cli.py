@@ -74,7 +74,7 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(paths.database_file())
+            self._store = Store(paths.private_file(paths.database_file()))
         return self._store
 
     @property

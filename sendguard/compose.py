@@ -51,9 +51,13 @@ def from_fields(data: dict[str, Any]) -> tuple[bytes, str, list[str]]:
     bcc = [_address(e, "bcc").addr_spec for e in data.get("bcc") or []]
     if bcc:
         msg["Bcc"] = ", ".join(bcc)
-    msg["Subject"] = str(data.get("subject") or "")
+    msg["Subject"] = " ".join(str(data.get("subject") or "").splitlines())
     msg["Date"] = email.utils.formatdate(localtime=True)
-    msg["Message-ID"] = data.get("internetMessageId") or email.utils.make_msgid(domain="sendguard.local")
+    message_id = data.get("internetMessageId")
+    if message_id is not None and (not isinstance(message_id, str) or any(c in message_id for c in "\r\n")
+                                   or len(message_id) > 998):
+        raise MessageError("internetMessageId: expected the Message-ID as one line of text")
+    msg["Message-ID"] = message_id or email.utils.make_msgid(domain="sendguard.local")
     body = data.get("body") or ""
     if not isinstance(body, str):
         raise MessageError("body: expected text")
@@ -76,7 +80,11 @@ def from_fields(data: dict[str, Any]) -> tuple[bytes, str, list[str]]:
                            filename=str(att["name"]), disposition=disposition)
         part = msg.get_payload()[-1]
         if not content and att.get("size"):
-            part.set_param("size", str(int(att["size"])), header="Content-Disposition")
+            size = att["size"]
+            if isinstance(size, bool) or not (isinstance(size, int) or (isinstance(size, str) and size.isdigit())) \
+                    or int(size) < 0:
+                raise MessageError(f"attachments[{index}] ({att['name']}): size must be a whole number of bytes")
+            part.set_param("size", str(int(size)), header="Content-Disposition")
         if att.get("id"):
             part["X-SendGuard-Attachment-Ref"] = str(att["id"])
     envelope_from = sender.addr_spec if sender else ""

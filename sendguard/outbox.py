@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from . import checks, faults, message
-from .errors import MessageError, NeedsReconfirmation, NotFound, StateError
+from .errors import MessageError, NeedsReconfirmation, NotFound, PermissionDenied, StateError
 from .i18n import _
 from .mailboxes import _retry
 from .mailboxes.base import (
@@ -196,6 +196,8 @@ class Outbox:
     accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
     local_approvers: bool = True  # False when a central server names the approvers (its own policy)
+    # checks an approved message before release (central server: the server's signed decision)
+    release_guard: Callable[[Item], None] | None = None
     # Is the Outlook add-in still waiting to send this item itself? (outlook_presence; None: assume so)
     outlook_waiting: Callable[[str], bool] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -597,6 +599,13 @@ class Outbox:
             item = self.get(item_id, with_bodies=True)
             if item.state == "confirmed" and (item.decision or {}).get("needs_approval"):
                 raise StateError(f"message {item_id} waits for approval")
+            if self.release_guard is not None and (item.approvers or item.approval):
+                try:
+                    self.release_guard(item)
+                except PermissionDenied as exc:
+                    return self.transition(item_id, ["confirmed", "approved", "failed"], "needs_attention",
+                                           "release_refused", "sendguard", {"error": str(exc)},
+                                           last_error=str(exc))
             item = self.transition(item_id, ["confirmed", "approved", "failed"], "releasing", "releasing",
                                    "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1,
                                    release_after=self.clock() + RELEASE_LEASE)

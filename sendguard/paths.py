@@ -47,6 +47,16 @@ def home() -> Path:
     return path
 
 
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty and 0600 if it is missing (SQLite then gives its -wal/-shm the same mode)."""
+    if os.name != "nt" and not path.exists():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+    return path
+
+
 def make_private(path: Path) -> list[str]:
     """Close ``path`` (0700) and the files in it (0600) to other local users; returns what was changed."""
     if os.name == "nt":  # ACLs: the per-user profile folders are private already

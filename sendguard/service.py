@@ -55,7 +55,7 @@ class Helper:
         self.policy = PolicyHolder(self.home / "policy.toml", paths.admin_policy_file())
         self.policy.reload()
         self.gettext = translator(self.config.language)
-        self.store = Store(database_url or (self.home / "sendguard.db"))
+        self.store = Store(database_url or paths.private_file(self.home / "sendguard.db"))
         _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
                          self.config.retry_inline_wait_seconds)
         # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
@@ -69,6 +69,8 @@ class Helper:
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central, clock=self.outbox.clock)
         self.sync = (CentralSync(self.outbox, self.central, self.wake, clock=self.outbox.clock)
                      if self.central else None)
+        if self.sync:  # an approval releases only with the server's signature over this content
+            self.outbox.release_guard = self.sync.release_guard
         # Outlook add-in served by the central server: its checks come through the server
         self.addin_relay = AddinRelay(self.outbox, self.central, self.config, self.addin_presence) \
             if self.central else None

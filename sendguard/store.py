@@ -244,6 +244,9 @@ class Store:
     """The database behind one helper (SQLite file) or the central server (PostgreSQL URL)."""
 
     def __init__(self, url: str | Path, audit_key: bytes | None = _AUTO):
+        self._audit_key: tuple[bytes | None, int] | None = None if audit_key is _AUTO else (audit_key, 0)
+        self._audit_key_lock = threading.Lock()
+        self._key_busy = True  # no key is needed to set the database up
         if isinstance(url, Path) or "://" not in str(url):
             url = f"sqlite:///{Path(url)}"
         self.url = str(url)
@@ -268,15 +271,32 @@ class Store:
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-        self.audit_key, self.audit_legacy_end = self._audit_key(audit_key)
+        self._key_busy = False  # the key itself is read at the first write (``_load_audit_key``)
 
-    def _audit_key(self, given: bytes | None) -> tuple[bytes | None, int]:
-        if given is not _AUTO:
-            return given, 0
-        db_id = self.setting("audit_db_id", secrets_token)
-        with self.engine.connect() as conn:
-            head_seq = int(conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one())
-        return audit_key_for(db_id, head_seq)
+    @property
+    def audit_key(self) -> bytes | None:
+        """The HMAC key of the audit chain (read from the keyring on first use: commands that write no
+        audit record never open the keyring for it)."""
+        return self._load_audit_key()[0]
+
+    @property
+    def audit_legacy_end(self) -> int:
+        """The last record written before this database had a key (plain SHA-256 up to here)."""
+        return self._load_audit_key()[1]
+
+    def _load_audit_key(self) -> tuple[bytes | None, int]:
+        with self._audit_key_lock:
+            if self._audit_key is None:
+                self._key_busy = True
+                try:
+                    db_id = self.setting("audit_db_id", secrets_token)
+                    with self.engine.connect() as conn:  # the committed head: what the next record builds on
+                        head_seq = int(conn.execute(select(audit_head.c.seq)
+                                                    .where(audit_head.c.id == 1)).scalar_one())
+                    self._audit_key = audit_key_for(db_id, head_seq)
+                finally:
+                    self._key_busy = False
+            return self._audit_key
 
     def setting(self, key: str, make: Any) -> str:
         """A value kept in the database (made once by ``make()``)."""
@@ -333,6 +353,9 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
+        if self._audit_key is None and not self._key_busy:
+            # before the write lock: reading the key (and the head) inside it would wait on ourselves
+            self._load_audit_key()
         try:
             if self.is_sqlite:
                 # one writer at a time inside this process: SQLite's own busy handler sleeps and retries,

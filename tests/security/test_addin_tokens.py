@@ -39,10 +39,22 @@ def addin_token(client: Any) -> dict[str, str]:
     return {**OWN, "Authorization": f"Bearer {r.get_json()['token']}"}
 
 
-def test_anyone_without_the_addins_origin_gets_no_addin_token(app: Any) -> None:
+def test_any_local_program_gets_only_its_own_checks_from_an_addin_token(app: Any) -> None:
+    """Classic Outlook sends no Origin, so anyone on the machine can ask for an add-in token: it must be
+    worth nothing but the checks it creates."""
     client = app.test_client()
-    r = client.post("/api/v1/addin/session", headers={"Host": "localhost:8765"})
-    assert r.status_code == 403 and r.get_json()["error"]["code"] == "origin_required"
+    api = {"Authorization": f"Bearer {TOKEN}", **OWN}
+    theirs = client.post("/api/v1/checks", json=outlook_check(subject="他人の見積"), headers=api).get_json()["id"]
+    r = client.post("/api/v1/addin/session", headers={"Host": "localhost:8765"})  # no Origin
+    assert r.status_code == 200
+    anyone = {"Host": "localhost:8765", "Authorization": f"Bearer {r.get_json()['token']}"}
+    for method, path in (("GET", "/api/v1/outbox?all=1"), ("GET", f"/api/v1/outbox/{theirs}"),
+                         ("POST", f"/api/v1/outbox/{theirs}/cancel"), ("GET", "/api/v1/approvals"),
+                         ("POST", f"/api/v1/approvals/{theirs}/approve")):
+        got = client.open(path, method=method, headers=anyone, json={})
+        assert got.status_code in (403, 404), (method, path, got.status_code)
+        assert "他人の見積" not in got.get_data(as_text=True)
+    assert client.get(f"/api/v1/outbox/{theirs}", headers=api).get_json()["state"] == "awaiting_confirmation"
 
 
 def test_addin_token_cannot_list_read_or_cancel_other_messages(app: Any) -> None:
