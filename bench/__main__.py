@@ -10,7 +10,7 @@ import traceback
 from importlib import import_module
 from pathlib import Path
 
-MODULES = ("bench.core", "bench.window_latency", "bench.central_server")
+MODULES = ("bench.core", "bench.window_latency", "bench.central_server", "bench.soak")
 RESULTS = Path(__file__).parent / "results"
 
 
