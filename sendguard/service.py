@@ -20,7 +20,7 @@ from .config import Config
 from .i18n import translator
 from .mailboxes import _retry, registry
 from .mailboxes.base import Mailbox, MailboxError
-from .outbox import Item, Outbox
+from .outbox import WAITING_PREFIX, Item, Outbox
 from .policy import PolicyHolder
 from .store import Store
 from .submission import SubmissionHandler, SubmissionServer
@@ -52,6 +52,8 @@ class Helper:
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
         self.outbox.listeners.append(self._approval_listener)
+        self.outbox.listeners.append(self._waiting_listener)
+        self._told_waiting: set[str] = set()
         self.smtp: SubmissionServer | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -129,6 +131,20 @@ class Helper:
             self.wake()
         if self.sync and item.state in ("awaiting_approval", "sent", "cancelled"):
             self.sync.kick()
+
+    def _waiting_listener(self, item: Item) -> None:
+        """Tell the user once when an interrupted send waits for its mail service to answer."""
+        if item.state != "releasing" or not (item.waiting_for or "").startswith(WAITING_PREFIX):
+            self._told_waiting.discard(item.id)
+            return
+        if item.id in self._told_waiting:
+            return
+        self._told_waiting.add(item.id)
+        try:
+            self.notifier(self.gettext(notify.TITLE_WAITING),
+                          self.gettext(notify.BODY_WAITING).format(subject=item.subject, id=item.id))
+        except Exception:  # a notification must never hold up the outbox
+            log.exception("could not show the waiting notice")
 
     def notify_approvals(self) -> None:
         """Email approvers of newly held messages; tell the sender about decisions (each once)."""

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,21 @@ def test_serve_starts_and_takes_mail_while_the_sign_in_service_answers_503(graph
     assert sorted(s.internet_message_id for s in fake.sends).count("<int5@contoso.example>") == 1
     assert len(fake.sends) == 2
     assert proc.proc.poll() is None
+
+
+def test_the_user_is_told_once_that_a_send_waits_for_its_service(graph_home, fake):
+    item_id = interrupted_send(graph_home, "<int6@contoso.example>")
+    fake.fail_next("/v1.0/", "503", times=10_000, retry_after=0)
+    h = Helper(graph_home)
+    notices: list[tuple[str, str]] = []
+    h.notifier = lambda title, body: notices.append((title, body))
+    h.start(smtp=False)
+    try:
+        wait_for(lambda: notices)
+        time.sleep(1.0)  # asked again meanwhile: still one notice
+        assert len(notices) == 1 and "waiting to learn" in notices[0][0]
+        assert f"sendguard queue show {item_id}" in notices[0][1]
+        fake.failures.clear()
+        wait_for(lambda: state_of(h, item_id) == "sent", timeout=30)
+    finally:
+        h.stop()
