@@ -3,19 +3,22 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 ARTIFACTS ?= test-artifacts
 PYTEST_WORKERS ?= 2
 
 # Debian packages: the Qt/WebEngine runtime and CJK fonts for the window (run), plus a virtual
-# display, a browser, image tools and PostgreSQL for the test suite.
+# display, a browser, image tools and PostgreSQL for the test suite, and the installer tools
+# (wixl/msiinfo build and read the MSI, osslsigncode signs it, python3-venv for the .deb's postinst).
 RUN_APT := libnss3 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 \
            libxcb-render-util0 libxcb-image0 libxcomposite1 libxdamage1 libxrandr2 libxtst6 libasound2 \
            libegl1 libgl1 libopengl0 fonts-noto-cjk
-TEST_APT := $(RUN_APT) xvfb xauth xdotool imagemagick chromium postgresql nodejs npm
+TEST_APT := $(RUN_APT) xvfb xauth xdotool imagemagick chromium postgresql nodejs npm \
+            wixl msitools osslsigncode python3-venv
 
 .PHONY: run test bench lint setup setup-run system-deps-run system-deps-test js-deps clean
 
-setup-run: system-deps-run $(STAMP)
+setup-run: system-deps-run $(RUN_STAMP)
 setup: system-deps-test $(STAMP) js-deps
 
 system-deps-run:
@@ -24,9 +27,14 @@ system-deps-run:
 system-deps-test:
 	@tools/ensure-system-deps.sh $(TEST_APT)
 
-$(STAMP): pyproject.toml
+# `make run` gets the runtime only (the helper and its window); the dev tools come with `make test`.
+$(RUN_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[desktop]'
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml $(RUN_STAMP)
 	$(PY) -m pip install --quiet -e '.[desktop,dev]'
 	touch $(STAMP)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import email.parser
+import hashlib
 import importlib.metadata
 import os
 import re
@@ -46,10 +47,9 @@ DESKTOP_EXTRAS = ("desktop",)
 LAUNCHD_LABEL = "org.sendguard.helper"
 DEFAULT_MAINTAINER = "SendGuard administrators <root@localhost>"
 
-# Fixed install locations. The admin policy paths are what platformdirs.site_config_dir("SendGuard",
-# appauthor=False) gives (sendguard/paths.py admin_policy_file): /etc/xdg/SendGuard on Linux,
-# C:\ProgramData\SendGuard on Windows, /Library/Application Support/SendGuard on macOS (for the
-# python.org build; install.sh asks the installed Python, so a Homebrew Python is right too).
+# Fixed install locations. The admin policy paths are sendguard.paths.fixed_system_config_dir():
+# /etc/xdg/SendGuard on Linux, C:\ProgramData\SendGuard on Windows, /Library/Application Support/SendGuard
+# on macOS; each installer also names it in the marker (sendguard-install.toml) in the venv it makes.
 LINUX_PREFIX = "/opt/sendguard"
 LINUX_POLICY_DIR = "/etc/xdg/SendGuard"
 MACOS_PREFIX = "/opt/sendguard"
@@ -63,20 +63,16 @@ DEB_RECOMMENDS = (
     "libegl1, libgl1, libopengl0, fonts-noto-cjk"
 )
 
-POLICY_TEMPLATE = """\
-# SendGuard machine-wide policy (installed by the SendGuard package).
-#
-# It sets defaults for every user of this machine; keys listed in `locked` cannot be changed by a
-# user's own policy.toml. Edit it here; SendGuard reloads it without a restart. Example:
-#
-# locked = ["organization.*", "rules.blocked_domains", "approval.*"]
-#
-# [organization]
-# internal_domains = ["example.co.jp"]
-#
-# [approval]
-# approvers = ["boss@example.co.jp"]
-"""
+PACKAGING = ROOT / "packaging"
+
+
+def template(name: str) -> str:
+    """A template file under packaging/ (shell, PowerShell, WiX, systemd...: kept as files so they can be linted)."""
+    return (PACKAGING / name).read_text(encoding="utf-8")
+
+
+def policy_template() -> str:
+    return template("policy-template.toml")
 
 
 class BuildError(Exception):
@@ -223,6 +219,286 @@ def build_wheel(source: Path, out_dir: Path, python: str = sys.executable) -> Pa
         return Path(shutil.copy2(wheels[0], out_dir / wheels[0].name))
 
 
+# --------------------------------------------------------------------------- lock file and wheelhouse
+# A fleet installs exactly the bytes the admin built: every Python package SendGuard needs, pinned by
+# version and sha256 in ``requirements.lock`` for one platform, the files themselves in a wheelhouse
+# next to it. Installers run ``pip install --no-index --find-links WHEELHOUSE --require-hashes``.
+LOCK_NAME = "requirements.lock"
+PYTHON_VERSION = "3.11"  # the CPython the Windows and macOS wheelhouses are fetched for
+# pip evaluates environment markers against the Python running it, not --platform: the Windows set
+# is therefore resolved here, against this environment.
+WINDOWS_MARKERS = {
+    "os_name": "nt", "sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64",
+    "platform_release": "10", "implementation_name": "cpython", "platform_python_implementation": "CPython",
+    "python_version": PYTHON_VERSION, "python_full_version": PYTHON_VERSION + ".9",
+}
+TARGETS = ("linux", "windows")
+_WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(?:-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    name: str
+    version: str
+    sha256: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """A wheelhouse whose files all match its lock (checked by ``Wheelhouse.open``)."""
+
+    directory: Path
+    lock: Path
+    files: tuple[LockedFile, ...]
+    target: str
+
+    @classmethod
+    def open(cls, directory: Path, lock: Path | None = None) -> Wheelhouse:
+        lock = lock or directory / LOCK_NAME
+        if not directory.is_dir():
+            raise BuildError(f"--wheelhouse {directory}: not a directory")
+        if not lock.is_file():
+            raise BuildError(f"{lock}: no lock file; make the wheelhouse with "
+                             "`build_installer.py wheelhouse --target linux|windows --out DIR`")
+        pins, target = read_lock(lock)
+        on_disk: dict[str, Path] = {}
+        for path in directory.glob("*.whl"):
+            on_disk[sha256_file(path)] = path
+        files = []
+        for name, (version, hashes) in sorted(pins.items()):
+            match = next((on_disk[h] for h in hashes if h in on_disk), None)
+            if match is None:
+                raise BuildError(f"{lock}: {name}=={version}: no file in {directory} has the locked sha256 "
+                                 f"({', '.join(sorted(hashes))[:80]}); rebuild the wheelhouse or restore the file")
+            found = _WHEEL_NAME.match(match.name)
+            if not found or normalize(found["name"]) != name or found["version"] != version:
+                raise BuildError(f"{lock}: {name}=={version} is locked to {match.name}, another package")
+            files.append(LockedFile(name, version, sha256_file(match), match))
+        return cls(directory=directory, lock=lock, files=tuple(files), target=target)
+
+    def python_and_arch(self) -> tuple[str | None, str | None, str]:
+        """(lowest CPython, highest CPython exclusive, Debian architecture) the wheels allow."""
+        low: tuple[int, int] | None = None
+        high: tuple[int, int] | None = None
+        arch = "all"
+        for item in self.files:
+            tags = _WHEEL_NAME.match(item.path.name)
+            assert tags is not None
+            for py in tags["py"].split("."):
+                m = re.fullmatch(r"cp3(\d+)", py)
+                if not m:
+                    continue
+                minor = (3, int(m.group(1)))
+                low = max(low or minor, minor)
+                if tags["abi"] != "abi3" and tags["abi"] != "none":
+                    high = min(high or (3, minor[1] + 1), (3, minor[1] + 1))
+            plat = tags["plat"]
+            if plat != "any":
+                if "x86_64" in plat:
+                    wheel_arch = "amd64"
+                elif "aarch64" in plat:
+                    wheel_arch = "arm64"
+                else:
+                    raise BuildError(f"{item.path.name}: not a Linux wheel (platform {plat}); the .deb needs a "
+                                     "wheelhouse made with --target linux")
+                if arch not in ("all", wheel_arch):
+                    raise BuildError(f"{self.lock}: wheels for {arch} and {wheel_arch} mixed")
+                arch = wheel_arch
+        fmt = (lambda v: f"{v[0]}.{v[1]}" if v else None)  # noqa: E731
+        return fmt(low), fmt(high), arch
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_lock(path: Path) -> tuple[dict[str, tuple[str, set[str]]], str]:
+    """{name: (version, {sha256, ...})} and the target named in the header."""
+    pins: dict[str, tuple[str, set[str]]] = {}
+    target = ""
+    text = path.read_text(encoding="utf-8")
+    found = re.search(r"^# target: (\S+)", text, re.M)
+    if found:
+        target = found.group(1)
+    logical = re.sub(r"\\\n", " ", text)
+    for number, line in enumerate(logical.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)", line)
+        if not m:
+            raise BuildError(f"{path}: entry {number}: expected `name==version --hash=sha256:...`, got {line[:80]!r}")
+        hashes = set(re.findall(r"sha256:([0-9a-f]{64})", m.group(3)))
+        pins[normalize(m.group(1))] = (m.group(2), hashes)
+    if not pins:
+        raise BuildError(f"{path}: the lock names no package")
+    return pins, target
+
+
+def write_lock(directory: Path, target: str, title: str) -> Path:
+    """``requirements.lock`` for every wheel in ``directory`` (one version per package)."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for path in sorted(directory.glob("*.whl")):
+        m = _WHEEL_NAME.match(path.name)
+        if not m:
+            raise BuildError(f"{path}: not a wheel file name")
+        name, version = normalize(m["name"]), m["version"]
+        if name in entries and entries[name][0] != version:
+            raise BuildError(f"{directory}: two versions of {name} ({entries[name][0]}, {version}): remove one")
+        entries.setdefault(name, (version, []))[1].append(sha256_file(path))
+    if not entries:
+        raise BuildError(f"{directory}: no wheels")
+    lines = [
+        f"# {title}",
+        f"# target: {target}",
+        "# Every file is pinned by its sha256: every PC installs these bytes and nothing else, offline:",
+        f"#   pip install --no-index --find-links WHEELHOUSE --require-hashes -r {LOCK_NAME}",
+        "# Made by build_installer.py wheelhouse; do not edit by hand.",
+    ]
+    for name, (version, hashes) in sorted(entries.items()):
+        lines.append(f"{name}=={version} \\")
+        lines.extend(f"    --hash=sha256:{h}" + (" \\" if i < len(hashes) - 1 else "") for i, h in enumerate(sorted(hashes)))
+    path = directory / LOCK_NAME
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _pip(python: str, *args: str) -> None:
+    cmd = [python, "-m", "pip", *args, "--disable-pip-version-check", "--no-input", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [ln.strip() for ln in (result.stderr or result.stdout).splitlines()
+                 if ln.strip() and "is ignored" not in ln]
+        raise BuildError(f"pip {args[0]} failed: {' | '.join(lines[-4:])}")
+
+
+def _requires_for(requires: list[str] | tuple[str, ...], markers: dict[str, str] | None,
+                  extras: tuple[str, ...] = ()) -> list[str]:
+    """Requirements whose markers hold on the target (``markers``; None: this machine), markers dropped."""
+    from packaging.requirements import Requirement
+
+    out = []
+    for text in requires:
+        req = Requirement(text)
+        if req.marker is not None:
+            envs = [{**(markers or {}), "extra": e} for e in ("", *extras)] if markers else None
+            if envs is None:
+                ok = any(req.marker.evaluate({"extra": e}) for e in ("", *extras))
+            else:
+                ok = any(req.marker.evaluate(env) for env in envs)
+            if not ok:
+                continue
+        req.marker = None
+        out.append(str(req))
+    return out
+
+
+def _missing(directory: Path, markers: dict[str, str] | None) -> list[str]:
+    """Requirements of the wheels in ``directory`` (on the target) that no wheel there provides."""
+    from packaging.requirements import Requirement
+
+    have: dict[str, str] = {}
+    needs: list[tuple[str, list[str]]] = []
+    for path in directory.glob("*.whl"):
+        m = _WHEEL_NAME.match(path.name)
+        if not m:
+            continue
+        have[normalize(m["name"])] = m["version"]
+        with zipfile.ZipFile(path) as zf:
+            meta = next(n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+            parsed = email.parser.Parser().parsestr(zf.read(meta).decode("utf-8"), headersonly=True)
+        needs.append((m["name"], parsed.get_all("Requires-Dist") or []))
+    missing = []
+    for _owner, requires in needs:
+        for text in _requires_for(requires, markers):
+            req = Requirement(text)
+            version = have.get(normalize(req.name))
+            if version is None:
+                missing.append(text)
+            elif not req.specifier.contains(version, prereleases=True):
+                raise BuildError(f"wheelhouse: {req.name} {version} does not satisfy {text}")
+    return sorted(set(missing))
+
+
+def make_wheelhouse(requirements: list[str], target: str, out: Path, python: str = sys.executable,
+                    title: str = "SendGuard's Python packages", pure_wheels: Path | None = None) -> Wheelhouse:
+    """Fill ``out`` with wheels for ``requirements`` on ``target`` and write its lock.
+
+    linux: ``pip wheel`` on this machine (it must be the fleet's platform and Python; sdists are built
+    into wheels here). windows: ``pip download --platform win_amd64 --only-binary=:all:`` for CPython
+    3.11, with the pure-Python wheels of a Linux wheelhouse (``pure_wheels``) for packages PyPI has only
+    as sdists; markers are evaluated for Windows and the set is closed over every wheel's requirements.
+    Uses pip's usual configuration and cache (a mirror in pip.conf, --find-links...).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.whl"):
+        old.unlink()
+    with tempfile.TemporaryDirectory(prefix="sendguard-reqs-") as tmp:
+        reqs = Path(tmp) / "requirements.txt"
+        if target == "linux":
+            if not sys.platform.startswith("linux"):
+                raise BuildError("--target linux: build the Linux wheelhouse on Linux (the fleet's Python)")
+            reqs.write_text("\n".join(_requires_for(requirements, None)) + "\n", encoding="utf-8")
+            _pip(python, "wheel", "--wheel-dir", str(out), "--requirement", str(reqs))
+            markers = None
+            tag = f"linux_{os.uname().machine}-cp{sys.version_info[0]}{sys.version_info[1]}"
+        elif target == "windows":
+            markers = WINDOWS_MARKERS
+            base = ["download", "--dest", str(out), "--only-binary=:all:", "--platform", "win_amd64",
+                    "--python-version", PYTHON_VERSION, "--implementation", "cp"]
+            if pure_wheels is not None:
+                pure = Path(tmp) / "pure"
+                pure.mkdir()
+                for wheel in pure_wheels.glob("*-none-any.whl"):
+                    shutil.copy2(wheel, pure / wheel.name)
+                base += ["--find-links", str(pure)]
+            todo = _requires_for(requirements, markers)
+            for _round in range(6):
+                reqs.write_text("\n".join(todo) + "\n", encoding="utf-8")
+                _pip(python, *base, "--requirement", str(reqs))
+                todo = _missing(out, markers)
+                if not todo:
+                    break
+            else:
+                raise BuildError(f"wheelhouse for Windows: still missing {', '.join(todo)}")
+            tag = "win_amd64-cp" + PYTHON_VERSION.replace(".", "")
+        else:
+            raise BuildError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    missing = _missing(out, markers)
+    if missing:
+        raise BuildError(f"wheelhouse {out}: requirements no wheel provides: {', '.join(missing)}")
+    write_lock(out, tag, f"{title} for {tag}")
+    return Wheelhouse.open(out)
+
+
+def check_offline_install(house: Wheelhouse, python: str = sys.executable) -> None:
+    """pip resolves the lock from the wheelhouse alone, hashes checked (no network, nothing installed)."""
+    with tempfile.TemporaryDirectory(prefix="sendguard-dry-") as tmp:
+        args = ["install", "--dry-run", "--ignore-installed", "--no-index", "--find-links", str(house.directory),
+                "--require-hashes", "--requirement", str(house.lock)]
+        if house.target.startswith("win"):
+            args += ["--only-binary=:all:", "--platform", "win_amd64", "--python-version", PYTHON_VERSION,
+                     "--implementation", "cp", "--target", tmp]
+        env_backup = os.environ.get("PIP_CONFIG_FILE")
+        os.environ["PIP_CONFIG_FILE"] = os.devnull  # the machine's pip.conf (indexes, find-links) plays no part
+        try:
+            _pip(python, *args)
+        finally:
+            if env_backup is None:
+                os.environ.pop("PIP_CONFIG_FILE", None)
+            else:
+                os.environ["PIP_CONFIG_FILE"] = env_backup
+
+
 # --------------------------------------------------------------------------- inputs
 def check_policy(path: Path | None) -> str:
     """The admin policy's text after ``sendguard.policy.parse_file`` accepted it (or the commented template)."""
@@ -230,7 +506,7 @@ def check_policy(path: Path | None) -> str:
     from sendguard.errors import ConfigError
 
     if path is None:
-        return POLICY_TEMPLATE
+        return policy_template()
     try:
         policy.parse_file(path)
     except ConfigError as exc:
@@ -312,166 +588,11 @@ def _requirements_text(wheel: Wheel) -> str:
 
 
 # --------------------------------------------------------------------------- wrapper (Linux and macOS)
-WRAPPER = r"""#!/bin/sh
-# SendGuard command line (installed by the SendGuard @KIND@). Runs the helper from @PREFIX@/venv.
-#
-# The admin policy is pinned to the file the installer wrote: platformdirs would otherwise look in the
-# first directory of $XDG_CONFIG_DIRS, which some desktops set to another folder.
-SENDGUARD_ADMIN_POLICY='@POLICY@'
-export SENDGUARD_ADMIN_POLICY
-
-if [ ! -x '@PREFIX@/venv/bin/sendguard' ]; then
-    echo "sendguard: not set up yet: @PREFIX@/venv is missing; @REPAIR@" >&2
-    exit 1
-fi
-
-# A user with no settings yet gets the company's (the central server's address) once.
-if [ -f '@PREFIX@/config.toml' ] && [ -n "${HOME:-}" ]; then
-    sg_home="${SENDGUARD_HOME:-${XDG_DATA_HOME:-@DATA_HOME@}/SendGuard}"
-    if [ ! -e "$sg_home/config.toml" ]; then
-        mkdir -p "$sg_home" && cp '@PREFIX@/config.toml' "$sg_home/config.toml" 2>/dev/null || true
-    fi
-fi
-
-# The venv's console script, not `python -m`: that would import a `sendguard` folder in the current directory.
-exec '@PREFIX@/venv/bin/sendguard' "$@"
-"""
-
-
-def wrapper_script(prefix: str, policy: str, kind: str, data_home: str, repair: str) -> str:
-    return _fill(WRAPPER, PREFIX=prefix, POLICY=policy, KIND=kind, DATA_HOME=data_home, REPAIR=repair)
+def wrapper_script(prefix: str, kind: str, data_home: str, repair: str) -> str:
+    return _fill(template("common/wrapper.sh"), PREFIX=prefix, KIND=kind, DATA_HOME=data_home, REPAIR=repair)
 
 
 # --------------------------------------------------------------------------- Debian package
-SYSTEMD_UNIT = """\
-[Unit]
-Description=SendGuard helper: holds outgoing mail until it is checked and confirmed
-PartOf=graphical-session.target
-After=graphical-session.target
-
-[Service]
-Type=simple
-ExecStart=/usr/bin/sendguard serve
-Restart=on-failure
-RestartSec=5
-
-[Install]
-WantedBy=graphical-session.target
-"""
-
-AUTOSTART_DESKTOP = """\
-[Desktop Entry]
-Type=Application
-Name=SendGuard
-Comment=Checks outgoing mail before it leaves: confirmation window and tray icon
-Exec=@PREFIX@/bin/sendguard-autostart
-Icon=sendguard
-Terminal=false
-X-GNOME-Autostart-enabled=true
-"""
-
-AUTOSTART_SCRIPT = """\
-#!/bin/sh
-# Started by the desktop session (XDG autostart, /etc/xdg/autostart/sendguard.desktop).
-# With a systemd user manager, start the user unit (supervised, restarted on failure, never twice;
-# `systemctl --user mask sendguard.service` opts out). Without one, run the helper here.
-if command -v systemctl >/dev/null 2>&1 && systemctl --user show-environment >/dev/null 2>&1; then
-    systemctl --user import-environment DISPLAY WAYLAND_DISPLAY XAUTHORITY XDG_CURRENT_DESKTOP 2>/dev/null || true
-    exec systemctl --user start sendguard.service
-fi
-exec /usr/bin/sendguard serve
-"""
-
-POSTINST = r"""#!/bin/sh
-# SendGuard: make the venv @PREFIX@/venv and install the bundled wheel and its requirements into it.
-set -e
-
-ROOT="${DPKG_ROOT:-}"
-PREFIX="$ROOT@PREFIX@"
-VENV="$PREFIX/venv"
-WHEEL="$PREFIX/@WHEEL@"
-PYTHON=/usr/bin/python3
-
-fail_pip() {
-    cat >&2 <<EOF
-
-SendGuard: pip could not install SendGuard's Python packages into $VENV.
-Most often this machine cannot reach PyPI (or the package index set in /etc/pip.conf): see pip's
-messages above. Fix the network or proxy, or point pip at your company's mirror in /etc/pip.conf
-([global] index-url = ...), or rebuild the package with --wheelhouse for offline machines.
-Then finish the installation with:  sudo dpkg --configure -a
-EOF
-    exit 1
-}
-
-case "$1" in
-configure)
-    if [ -d "$PREFIX/wheelhouse" ]; then
-        set -- --no-index --find-links "$PREFIX/wheelhouse" --find-links "$PREFIX"
-        echo "SendGuard: installing from the bundled wheelhouse (no network)"
-    else
-        set --
-    fi
-    # Reuse the venv when it runs the same Python; otherwise (new install, Python upgrade) make it anew.
-    want=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    have=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
-    if [ "$want" != "$have" ]; then
-        "$PYTHON" -m venv --clear "$VENV" || {
-            echo "SendGuard: could not create $VENV with $PYTHON -m venv (is python3-venv installed?)" >&2
-            exit 1
-        }
-    fi
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input "$@" \
-        --requirement "$PREFIX/requirements.txt" || fail_pip
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input "$@" \
-        --no-deps --force-reinstall "$WHEEL" || fail_pip
-    "$VENV/bin/python" -m compileall -q "$VENV/lib" >/dev/null 2>&1 || true
-    if command -v systemctl >/dev/null 2>&1; then
-        systemctl ${ROOT:+--root="$ROOT"} --global enable sendguard.service >/dev/null 2>&1 ||
-            echo "SendGuard: could not enable the systemd user unit; the XDG autostart entry starts the helper" >&2
-    fi
-    echo "SendGuard @VERSION@ is installed: it starts at each user's next desktop login."
-    echo "Machine-wide policy: @POLICY@ (its locked keys win over each user's policy.toml)."
-    ;;
-esac
-exit 0
-"""
-
-PRERM = r"""#!/bin/sh
-# SendGuard: stop starting the helper at login before the files go away.
-set -e
-ROOT="${DPKG_ROOT:-}"
-case "$1" in
-remove|deconfigure)
-    if command -v systemctl >/dev/null 2>&1; then
-        systemctl ${ROOT:+--root="$ROOT"} --global disable sendguard.service >/dev/null 2>&1 || true
-    fi
-    echo "SendGuard: helpers that are running keep running until their users log out."
-    ;;
-esac
-exit 0
-"""
-
-POSTRM = r"""#!/bin/sh
-# SendGuard: remove what postinst made (the venv); dpkg removes the packaged files and, on purge,
-# the machine-wide policy. Each user's data (outbox, audit log) in their home directory stays.
-set -e
-ROOT="${DPKG_ROOT:-}"
-case "$1" in
-remove|purge|abort-install)
-    rm -rf "$ROOT@PREFIX@/venv"
-    find "$ROOT@PREFIX@" -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
-    rm -f "$ROOT/etc/systemd/user/graphical-session.target.wants/sendguard.service"
-    rmdir "$ROOT@PREFIX@" 2>/dev/null || true
-    ;;
-esac
-if [ "$1" = purge ]; then
-    rmdir "$ROOT@POLICY_DIR@" 2>/dev/null || true
-fi
-exit 0
-"""
-
-
 def _installed_size_kib(root: Path) -> int:
     total = 0
     for path in root.rglob("*"):
@@ -480,9 +601,30 @@ def _installed_size_kib(root: Path) -> int:
     return max(total, 1)
 
 
+def deb_python_depends(requires_python: str, house: Wheelhouse | None) -> tuple[str, str, str]:
+    """(Depends on python3, Architecture, the sentence saying which systems that means)."""
+    python_min = re.search(r">=\s*([0-9]+\.[0-9]+)", requires_python or "")
+    low = python_min.group(1) if python_min else None
+    high = None
+    arch = "all"
+    if house is not None:
+        wheels_low, high, arch = house.python_and_arch()
+        if wheels_low and (low is None or tuple(map(int, wheels_low.split("."))) > tuple(map(int, low.split(".")))):
+            low = wheels_low
+    parts = [f"python3 (>= {low})"] if low else ["python3"]
+    if high:
+        parts.append(f"python3 (<< {high})")
+    if high:
+        said = (f"Needs Python {low} exactly (the bundled wheels are built for it): Debian 12; for other\n"
+                f" releases build the package there. Not Ubuntu 22.04 (Python 3.10).")
+    else:
+        said = f"Needs Python {low} or newer: Debian 12, Ubuntu 24.04 or later; not Ubuntu 22.04 (Python 3.10)."
+    return ", ".join(parts), arch, said
+
+
 def build_deb(wheel: Wheel, policy_text: str, config_text: str | None, out_dir: Path, work: Path,
-              maintainer: str = DEFAULT_MAINTAINER, wheelhouse: Path | None = None) -> Path:
-    """``sendguard_<version>_all.deb`` built with ``dpkg-deb --build --root-owner-group``."""
+              maintainer: str = DEFAULT_MAINTAINER, wheelhouse: Wheelhouse | None = None) -> Path:
+    """``sendguard_<version>_<arch>.deb`` built with ``dpkg-deb --build --root-owner-group``."""
     if shutil.which("dpkg-deb") is None:
         raise BuildError("dpkg-deb not found: install the dpkg package (apt-get install dpkg), or build "
                          "with --platform windows/macos")
@@ -498,33 +640,39 @@ def build_deb(wheel: Wheel, policy_text: str, config_text: str | None, out_dir: 
     _write(prefix / "requirements.txt", _requirements_text(wheel))
     if config_text:
         _write(prefix / "config.toml", config_text)
+    target_name = "PyPI at install time"
     if wheelhouse is not None:
         house = prefix / "wheelhouse"
         house.mkdir()
-        for item in sorted(wheelhouse.glob("*.whl")):
-            shutil.copy2(item, house / item.name)
-            (house / item.name).chmod(0o644)
-    _write(prefix / "bin" / "sendguard-autostart", AUTOSTART_SCRIPT, 0o755)
+        for item in wheelhouse.files:
+            shutil.copy2(item.path, house / item.path.name)
+            (house / item.path.name).chmod(0o644)
+        shutil.copy2(wheelhouse.lock, prefix / LOCK_NAME)
+        (prefix / LOCK_NAME).chmod(0o644)
+        target_name = wheelhouse.target
+    for script in ("sendguard-autostart", "sendguard-stop-helpers"):
+        _write(prefix / "bin" / script, template(f"linux/{script}"), 0o755)
     _write(root / policy.lstrip("/"), policy_text)
-    _write(root / "usr/lib/systemd/user/sendguard.service", SYSTEMD_UNIT)
-    _write(root / "etc/xdg/autostart/sendguard.desktop", _fill(AUTOSTART_DESKTOP, PREFIX=LINUX_PREFIX))
+    _write(root / "usr/lib/systemd/user/sendguard.service", template("linux/sendguard.service"))
+    _write(root / "etc/xdg/autostart/sendguard.desktop", _fill(template("linux/sendguard.desktop"), PREFIX=LINUX_PREFIX))
     _write(root / "usr/bin/sendguard",
-           wrapper_script(LINUX_PREFIX, policy, "Debian package", "$HOME/.local/share",
-                          "run: sudo dpkg --configure -a"), 0o755)
+           wrapper_script(LINUX_PREFIX, "Debian package", "$HOME/.local/share", "run: sudo dpkg --configure -a"), 0o755)
     icon = ROOT / "addin/static/icons/icon-128.png"
     if icon.exists():
         target = root / "usr/share/icons/hicolor/128x128/apps/sendguard.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(icon, target)
         target.chmod(0o644)
+    depends, arch, python_note = deb_python_depends(wheel.requires_python, wheelhouse)
     doc = root / "usr/share/doc/sendguard"
-    _write(doc / "README.admin", _fill(README_LINUX, VERSION=wheel.version, POLICY=policy, PREFIX=LINUX_PREFIX))
+    _write(doc / "README.admin", _fill(template("linux/README.admin"), VERSION=wheel.version, POLICY=policy,
+                                       PREFIX=LINUX_PREFIX, PYTHON_NOTE=python_note.replace("\n ", "")))
 
     debian = root / "DEBIAN"
     debian.mkdir()
     debian.chmod(0o755)
-    python_min = re.search(r">=\s*([0-9.]+)", wheel.requires_python or "")
-    depends = f"python3 (>= {python_min.group(1)})" if python_min else "python3"
+    how = ("installs the locked Python packages from the wheelhouse in the package (no network)"
+           if wheelhouse is not None else "installs its Python packages with pip (PyPI or the mirror in pip.conf)")
     description = (
         "guard against mis-sent email (helper, policy, confirmation window)\n"
         " SendGuard holds every outgoing message, checks it against the company's policy and\n"
@@ -532,13 +680,15 @@ def build_deb(wheel: Wheel, policy_text: str, config_text: str | None, out_dir: 
         " when the policy says so, after a supervisor approved it).\n"
         " .\n"
         " This package installs the helper for every desktop user; postinst creates the\n"
-        f" Python environment {LINUX_PREFIX}/venv with pip. The machine-wide policy is\n"
-        f" {policy}."
+        f" Python environment {LINUX_PREFIX}/venv and {how}.\n"
+        f" The machine-wide policy is {policy}.\n"
+        " .\n"
+        f" {python_note}"
     )
     control = (
         f"Package: {DIST}\n"
         f"Version: {version}\n"
-        "Architecture: all\n"
+        f"Architecture: {arch}\n"
         f"Maintainer: {maintainer}\n"
         f"Installed-Size: {_installed_size_kib(root)}\n"
         f"Depends: {depends}, python3-venv\n"
@@ -551,269 +701,22 @@ def build_deb(wheel: Wheel, policy_text: str, config_text: str | None, out_dir: 
     conffiles = sorted(f"/{p.relative_to(root).as_posix()}" for p in (root / "etc").rglob("*") if p.is_file())
     _write(debian / "conffiles", "".join(f"{c}\n" for c in conffiles))
     values = {"PREFIX": LINUX_PREFIX, "WHEEL": wheel.path.name, "VERSION": wheel.version, "POLICY": policy,
-              "POLICY_DIR": LINUX_POLICY_DIR}
-    for name, template in (("postinst", POSTINST), ("prerm", PRERM), ("postrm", POSTRM)):
-        _write(debian / name, _fill(template, **{k: v for k, v in values.items() if f"@{k}@" in template}), 0o755)
+              "POLICY_DIR": LINUX_POLICY_DIR, "TARGET": target_name}
+    for name in ("postinst", "prerm", "postrm"):
+        text = template(f"linux/{name}")
+        _write(debian / name, _fill(text, **{k: v for k, v in values.items() if f"@{k}@" in text}), 0o755)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{DIST}_{version}_all.deb"
-    result = subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(target)],
+    target = out_dir / f"{DIST}_{version}_{arch}.deb"
+    # wheels are zip files already: gzip -1 keeps a large wheelhouse quick to pack
+    result = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(root), str(target)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError("dpkg-deb --build failed: " + " ".join((result.stderr or result.stdout).split()))
     return target
 
 
-README_LINUX = """\
-SendGuard @VERSION@ - Debian package, notes for the administrator
-==================================================================
-
-Installed files
-  @PREFIX@/                      the wheel, requirements.txt, the venv made by postinst
-  /usr/bin/sendguard             the command line (pins SENDGUARD_ADMIN_POLICY to the file below)
-  @POLICY@    machine-wide policy (a conffile: your edits survive upgrades)
-  /usr/lib/systemd/user/sendguard.service   systemd user unit (`sendguard serve`), enabled globally
-  /etc/xdg/autostart/sendguard.desktop      desktop autostart; starts the user unit when systemd
-                                            runs the session, the helper itself otherwise
-
-postinst runs pip: the machine needs PyPI or a mirror set in /etc/pip.conf, unless the package was
-built with --wheelhouse. If it could not reach it, fix that and run `sudo dpkg --configure -a`.
-
-A user opts out of autostart with `systemctl --user mask sendguard.service`.
-Removing the package leaves each user's data (~/.local/share/SendGuard: outbox, audit log).
-"""
-
-
 # --------------------------------------------------------------------------- Windows bundle
-INSTALL_PS1 = r"""<#
-.SYNOPSIS
-  Install SendGuard @VERSION@ for the current user, and the machine-wide admin policy when elevated.
-
-.DESCRIPTION
-  Machine part (needs an elevated PowerShell; -MachineOnly does just this, e.g. from a computer
-  startup script): copies policy.toml to %ProgramData%\SendGuard\policy.toml - the folder
-  platformdirs.site_config_dir("SendGuard") names on Windows - readable by users, writable only by
-  Administrators and SYSTEM.
-
-  User part (-UserOnly does just this, e.g. from a logon script): a venv in
-  %LOCALAPPDATA%\SendGuard\venv, pip install of the bundled wheel and its requirements, the
-  company's config.toml when the bundle has one, autostart at logon (Run key or Task Scheduler),
-  the helper's local CA trusted for this user (`sendguard addin certs install --trust`; Windows asks
-  to confirm), and the helper started.
-#>
-[CmdletBinding()]
-param(
-    [string]$Python = "",
-    [string]$Wheelhouse = "",
-    [ValidateSet("RunKey", "TaskScheduler", "None")][string]$Autostart = "RunKey",
-    [switch]$MachineOnly,
-    [switch]$UserOnly,
-    [switch]$NoTrust,
-    [switch]$NoStart
-)
-$ErrorActionPreference = "Stop"
-Set-StrictMode -Version 3.0
-
-$Bundle = $PSScriptRoot
-$Wheel = Join-Path $Bundle "@WHEEL@"
-$Requirements = Join-Path $Bundle "requirements.txt"
-$BundledPolicy = Join-Path $Bundle "policy.toml"
-$BundledConfig = Join-Path $Bundle "config.toml"
-$ProgramDataDir = [Environment]::GetFolderPath("CommonApplicationData")
-$PolicyDir = Join-Path $ProgramDataDir "SendGuard"
-$PolicyFile = Join-Path $PolicyDir "policy.toml"
-$LocalAppData = [Environment]::GetFolderPath("LocalApplicationData")
-$SgHome = Join-Path $LocalAppData "SendGuard"
-$Venv = Join-Path $SgHome "venv"
-$VenvPython = Join-Path $Venv "Scripts\python.exe"
-$VenvPythonW = Join-Path $Venv "Scripts\pythonw.exe"
-$RunKey = "HKCU:\Software\Microsoft\Windows\CurrentVersion\Run"
-$TaskName = "SendGuard ($env:USERNAME)"
-
-function Test-Elevated {
-    $identity = [Security.Principal.WindowsIdentity]::GetCurrent()
-    return (New-Object Security.Principal.WindowsPrincipal($identity)).IsInRole(
-        [Security.Principal.WindowsBuiltInRole]::Administrator)
-}
-
-function Install-AdminPolicy {
-    if (-not (Test-Path $BundledPolicy)) { Write-Host "No admin policy in this bundle."; return }
-    if (-not (Test-Elevated)) {
-        throw "The machine-wide policy needs an elevated PowerShell (Run as administrator), or pass -UserOnly."
-    }
-    New-Item -ItemType Directory -Force -Path $PolicyDir | Out-Null
-    # Users may create files under %ProgramData% by default: make the folder admin-only before writing.
-    & icacls.exe $PolicyDir /inheritance:r /grant:r "*S-1-5-32-544:(OI)(CI)F" "*S-1-5-18:(OI)(CI)F" "*S-1-5-32-545:(OI)(CI)RX" | Out-Null
-    if ($LASTEXITCODE -ne 0) { throw "icacls could not set the permissions of $PolicyDir" }
-    Copy-Item -Force $BundledPolicy $PolicyFile
-    Write-Host "Admin policy installed: $PolicyFile"
-}
-
-function Find-Python {
-    $check = "import sys; print(sys.version_info >= (3, 11))"
-    $candidates = @()
-    if ($Python) { $candidates += @{ Exe = $Python; Args = @() } }
-    else { $candidates += @{ Exe = "py"; Args = @("-3") }; $candidates += @{ Exe = "python"; Args = @() } }
-    foreach ($c in $candidates) {
-        if (-not (Get-Command $c.Exe -ErrorAction SilentlyContinue)) { continue }
-        # Windows PowerShell turns a native command's redirected stderr into an error: try/catch it.
-        try { $answer = & $c.Exe $c.Args -c $check 2>$null } catch { continue }
-        if ($LASTEXITCODE -eq 0 -and "$answer".Trim() -eq "True") { return $c }
-    }
-    throw "Python 3.11 or newer was not found: install it from python.org (for all users) or pass -Python C:\Path\python.exe"
-}
-
-function Stop-Helper {
-    Get-CimInstance Win32_Process -Filter "Name = 'python.exe' OR Name = 'pythonw.exe' OR Name = 'sendguard.exe'" |
-        Where-Object { ("" + $_.ExecutablePath).StartsWith($Venv, "OrdinalIgnoreCase") -or
-                       ("" + $_.CommandLine).Contains($Venv) } |
-        ForEach-Object { Stop-Process -Id $_.ProcessId -Force -ErrorAction SilentlyContinue }
-}
-
-function Install-ForUser {
-    $py = Find-Python
-    Stop-Helper
-    New-Item -ItemType Directory -Force -Path $SgHome | Out-Null
-    if (-not (Test-Path $VenvPython)) {
-        & $py.Exe $py.Args -m venv $Venv
-        if ($LASTEXITCODE -ne 0) { throw "could not create the venv $Venv" }
-    }
-    $pipArgs = @("-m", "pip", "install", "--disable-pip-version-check", "--no-input")
-    if ($Wheelhouse) { $pipArgs += @("--no-index", "--find-links", $Wheelhouse, "--find-links", $Bundle) }
-    & $VenvPython @pipArgs --requirement $Requirements
-    if ($LASTEXITCODE -ne 0) {
-        throw "pip could not install SendGuard's requirements. Most often PyPI (or the index in pip.ini) cannot be reached from this PC: see pip's messages above, or pass -Wheelhouse \\server\share\wheels."
-    }
-    & $VenvPython @pipArgs --no-deps --force-reinstall $Wheel
-    if ($LASTEXITCODE -ne 0) { throw "pip could not install $Wheel" }
-
-    if ((Test-Path $BundledConfig) -and -not (Test-Path (Join-Path $SgHome "config.toml"))) {
-        Copy-Item $BundledConfig (Join-Path $SgHome "config.toml")
-        Write-Host "Central server settings written to $(Join-Path $SgHome 'config.toml')"
-    }
-
-    # -P: never import from the current directory (Python 3.11+)
-    $command = "`"$VenvPythonW`" -P -m sendguard serve"
-    Remove-ItemProperty -Path $RunKey -Name "SendGuard" -ErrorAction SilentlyContinue
-    Unregister-ScheduledTask -TaskName $TaskName -Confirm:$false -ErrorAction SilentlyContinue
-    if ($Autostart -eq "RunKey") {
-        New-ItemProperty -Path $RunKey -Name "SendGuard" -Value $command -PropertyType String -Force | Out-Null
-        Write-Host "Autostart: $RunKey\SendGuard"
-    } elseif ($Autostart -eq "TaskScheduler") {
-        $action = New-ScheduledTaskAction -Execute $VenvPythonW -Argument "-P -m sendguard serve"
-        $trigger = New-ScheduledTaskTrigger -AtLogOn -User "$env:USERDOMAIN\$env:USERNAME"
-        Register-ScheduledTask -TaskName $TaskName -Action $action -Trigger $trigger -Force `
-            -Description "SendGuard helper: checks outgoing mail before it leaves" | Out-Null
-        Write-Host "Autostart: scheduled task '$TaskName'"
-    }
-
-    if (-not $NoTrust) {
-        & (Join-Path $Venv "Scripts\sendguard.exe") addin certs install --trust
-        if ($LASTEXITCODE -ne 0) { Write-Warning "The local CA is not trusted yet: run 'sendguard addin certs install --trust' as this user." }
-    }
-    if (-not $NoStart) {
-        Start-Process -FilePath $VenvPythonW -ArgumentList @("-P", "-m", "sendguard", "serve") -WindowStyle Hidden
-        Write-Host "SendGuard helper started."
-    }
-    Write-Host "SendGuard @VERSION@ installed for $env:USERNAME in $Venv"
-}
-
-if ($MachineOnly -and $UserOnly) { throw "Give -MachineOnly or -UserOnly, not both." }
-if (-not $UserOnly) { Install-AdminPolicy }
-if (-not $MachineOnly) { Install-ForUser }
-"""
-
-UNINSTALL_PS1 = r"""<#
-.SYNOPSIS
-  Remove SendGuard for the current user (venv, autostart, trusted CA) and, when elevated, the
-  machine-wide policy. The user's data (outbox, audit log) stays unless -RemoveData is given.
-#>
-[CmdletBinding()]
-param(
-    [switch]$MachineOnly,
-    [switch]$UserOnly,
-    [switch]$RemoveData
-)
-$ErrorActionPreference = "Stop"
-Set-StrictMode -Version 3.0
-
-$PolicyDir = Join-Path ([Environment]::GetFolderPath("CommonApplicationData")) "SendGuard"
-$SgHome = Join-Path ([Environment]::GetFolderPath("LocalApplicationData")) "SendGuard"
-$Venv = Join-Path $SgHome "venv"
-$RunKey = "HKCU:\Software\Microsoft\Windows\CurrentVersion\Run"
-$TaskName = "SendGuard ($env:USERNAME)"
-
-function Test-Elevated {
-    $identity = [Security.Principal.WindowsIdentity]::GetCurrent()
-    return (New-Object Security.Principal.WindowsPrincipal($identity)).IsInRole(
-        [Security.Principal.WindowsBuiltInRole]::Administrator)
-}
-
-if (-not $MachineOnly) {
-    Get-CimInstance Win32_Process -Filter "Name = 'python.exe' OR Name = 'pythonw.exe' OR Name = 'sendguard.exe'" |
-        Where-Object { ("" + $_.ExecutablePath).StartsWith($Venv, "OrdinalIgnoreCase") -or
-                       ("" + $_.CommandLine).Contains($Venv) } |
-        ForEach-Object { Stop-Process -Id $_.ProcessId -Force -ErrorAction SilentlyContinue }
-    Remove-ItemProperty -Path $RunKey -Name "SendGuard" -ErrorAction SilentlyContinue
-    Unregister-ScheduledTask -TaskName $TaskName -Confirm:$false -ErrorAction SilentlyContinue
-    & certutil.exe -user -delstore Root "SendGuard Local CA" | Out-Null
-    if (Test-Path $Venv) { Remove-Item -Recurse -Force $Venv }
-    if ($RemoveData -and (Test-Path $SgHome)) { Remove-Item -Recurse -Force $SgHome }
-    Write-Host "SendGuard removed for $env:USERNAME" $(if (-not $RemoveData) { "(data kept in $SgHome)" })
-}
-if (-not $UserOnly) {
-    if (Test-Elevated) {
-        if (Test-Path $PolicyDir) { Remove-Item -Recurse -Force $PolicyDir }
-        Write-Host "Machine-wide policy removed: $PolicyDir"
-    } elseif ($MachineOnly) {
-        throw "Removing the machine-wide policy needs an elevated PowerShell."
-    }
-}
-"""
-
-README_WINDOWS = """\
-SendGuard @VERSION@ for Windows - notes for the administrator
-=============================================================
-
-Contents
-  install.ps1, uninstall.ps1   the installer (PowerShell 5.1 or 7)
-  @WHEEL@
-  requirements.txt             what pip installs beside it
-  policy.toml                  the machine-wide admin policy@POLICY_NOTE@
-  config.toml                  central server settings for each user (only with --server-url)
-  manifest\\                    Outlook add-in manifests: outlook.xml, manifest.json and its zip
-
-Needs Python 3.11 or newer (python.org installer, "for all users", with the py launcher).
-
-Where things go
-  %ProgramData%\\SendGuard\\policy.toml        machine-wide policy (what SendGuard reads through
-                                              platformdirs.site_config_dir); keys in `locked` win
-  %LOCALAPPDATA%\\SendGuard\\venv              the user's Python environment
-  %LOCALAPPDATA%\\SendGuard\\                  the user's data: config.toml, policy.toml, outbox, logs
-  HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run\\SendGuard   autostart (or -Autostart TaskScheduler)
-
-One PC, by hand (elevated PowerShell, as the user who will send mail):
-  powershell -ExecutionPolicy Bypass -File install.ps1
-
-Many PCs
-  computer startup script (SYSTEM):  install.ps1 -MachineOnly
-  user logon script:                 install.ps1 -UserOnly [-Wheelhouse \\\\server\\share\\wheels]
-  Offline PCs: on a Windows machine with the same Python, run
-    pip download -r requirements.txt -d wheels
-  and pass the folder with -Wheelhouse.
-
-The user step runs `sendguard addin certs install --trust`: Windows asks the user to confirm the
-SendGuard local CA (it signs for localhost only). To skip the prompt, pass -NoTrust and deploy each
-user's CA by Group Policy, or have users run the command later.
-
-Outlook: upload manifest\\outlook.xml (or manifest\\sendguard-outlook-addin.zip) in the Microsoft 365
-admin center, Settings > Integrated apps (Exchange admin center on-premises). Regenerate them for
-another host or SendMode with `sendguard addin manifest --help`.
-
-Remove: uninstall.ps1 (-RemoveData also deletes the user's outbox and audit log).
-"""
-
-
 def _zip_dir(folder: Path, target: Path) -> Path:
     """Zip ``folder`` (as its own top directory), keeping Unix modes so install.sh stays executable."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -847,256 +750,231 @@ def build_windows(wheel: Wheel, policy_text: str | None, config_text: str | None
     folder = work / f"{DIST}-{wheel.version}-windows"
     _common_bundle(folder, wheel, policy_text, config_text, manifests)
     values = {"VERSION": wheel.version, "WHEEL": wheel.path.name}
-    _write(folder / "install.ps1", _fill(INSTALL_PS1, **values))
-    _write(folder / "uninstall.ps1", UNINSTALL_PS1)
+    _write(folder / "install.ps1", _fill(template("windows/install.ps1"), **values))
+    _write(folder / "uninstall.ps1", template("windows/uninstall.ps1"))
     note = "" if policy_text is not None else " (none given: build with --policy)"
-    _write(folder / "README.txt", _fill(README_WINDOWS, POLICY_NOTE=note, **values))
+    _write(folder / "README.txt", _fill(template("windows/README.txt"), POLICY_NOTE=note, **values))
     return _zip_dir(folder, out_dir / f"{folder.name}.zip")
 
 
+# --------------------------------------------------------------------------- Windows MSI
+# The product's UpgradeCode: the same for every SendGuard MSI, so a newer one replaces an older one
+# (an organisation shipping its own fork passes --upgrade-code to keep its packages apart).
+UPGRADE_CODE = "6F1B2C3D-5E4A-4B7C-9D2E-53454E444755"
+MSI_MANUFACTURER = "SendGuard"
+
+
+@dataclass(frozen=True)
+class Signing:
+    """The admin's code-signing certificate (PKCS#12), its password read from an environment variable."""
+
+    pkcs12: Path
+    password_env: str
+    timestamp_url: str | None = None
+
+    def sign(self, path: Path, description: str = "SendGuard") -> None:
+        """Authenticode-sign ``path`` in place with osslsigncode (MSI, PowerShell scripts)."""
+        if shutil.which("osslsigncode") is None:
+            raise BuildError("osslsigncode not found: apt-get install osslsigncode (or build unsigned)")
+        if not self.pkcs12.is_file():
+            raise BuildError(f"--sign-pkcs12 {self.pkcs12}: no such file")
+        password = os.environ.get(self.password_env)
+        if password is None:
+            raise BuildError(f"--sign-password-env {self.password_env}: that environment variable is not set")
+        with tempfile.TemporaryDirectory(prefix="sendguard-sign-") as tmp:
+            secret = Path(tmp) / "pass"
+            secret.touch(mode=0o600)
+            secret.write_text(password, encoding="utf-8")
+            signed = Path(tmp) / path.name
+            cmd = ["osslsigncode", "sign", "-pkcs12", str(self.pkcs12), "-readpass", str(secret),
+                   "-n", description, "-h", "sha256", "-in", str(path), "-out", str(signed)]
+            if self.timestamp_url:
+                cmd[2:2] = ["-ts", self.timestamp_url]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise BuildError(f"osslsigncode could not sign {path.name}: "
+                                 + " ".join((result.stderr or result.stdout).split())[-300:])
+            shutil.move(str(signed), str(path))
+
+
+def msi_version(version: str) -> str:
+    """The MSI ProductVersion (major.minor.build, numbers only) of a PEP 440 version."""
+    numbers = re.match(r"(?:\d+!)?(\d+)(?:\.(\d+))?(?:\.(\d+))?", version.strip())
+    if not numbers:
+        raise BuildError(f"cannot turn the version {version!r} into an MSI version")
+    major, minor, build = (int(n or 0) for n in numbers.groups())
+    if major > 255 or minor > 255 or build > 65535:
+        raise BuildError(f"version {version!r}: an MSI version is at most 255.255.65535")
+    return f"{major}.{minor}.{build}"
+
+
+def _wix_id(prefix: str, text: str) -> str:
+    return f"{prefix}_{hashlib.sha1(text.encode('utf-8')).hexdigest()[:20]}"
+
+
+def _wix_tree(stage: Path) -> tuple[str, str]:
+    """<Directory>/<Component>/<File> XML for every file under ``stage`` and the ComponentRefs."""
+    from xml.sax.saxutils import quoteattr
+
+    refs: list[str] = []
+
+    def walk(folder: Path, depth: int) -> list[str]:
+        pad = "  " * depth
+        lines = []
+        for path in sorted(folder.iterdir()):
+            rel = path.relative_to(stage).as_posix()
+            if path.is_dir():
+                lines.append(f"{pad}<Directory Id={quoteattr(_wix_id('d', rel))} Name={quoteattr(path.name)}>")
+                lines.extend(walk(path, depth + 1))
+                lines.append(f"{pad}</Directory>")
+            else:
+                comp = _wix_id("c", rel)
+                refs.append(f'      <ComponentRef Id="{comp}"/>')
+                lines.append(f'{pad}<Component Id="{comp}" Guid="*" Win64="yes">')
+                lines.append(f"{pad}  <File Id={quoteattr(_wix_id('f', rel))} Name={quoteattr(path.name)} "
+                             f"Source={quoteattr(path.relative_to(stage.parent).as_posix())} KeyPath=\"yes\"/>")
+                lines.append(f"{pad}</Component>")
+        return lines
+
+    return "\n".join(walk(stage, 5)), "\n".join(refs)
+
+
+def build_msi(wheel: Wheel, policy_text: str | None, config_text: str | None, manifests: Path,
+              wheelhouse: Wheelhouse | None, out_dir: Path, work: Path, signing: Signing | None = None,
+              upgrade_code: str = UPGRADE_CODE) -> Path:
+    """``SendGuard-<version>-x64.msi``: per-machine, from packaging/windows/SendGuard.wxs with wixl."""
+    if shutil.which("wixl") is None:
+        raise BuildError("wixl not found: apt-get install wixl (msitools), or build with --platform linux/macos")
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}", upgrade_code):
+        raise BuildError(f"--upgrade-code {upgrade_code!r}: expected a GUID like {UPGRADE_CODE}")
+    if wheelhouse is not None and not wheelhouse.target.startswith("win"):
+        raise BuildError(f"--windows-wheelhouse {wheelhouse.directory}: its lock is for {wheelhouse.target}, "
+                         "not Windows; make one with `build_installer.py wheelhouse --target windows`")
+    stage = work / "msi"
+    stage.mkdir()
+    shutil.copy2(wheel.path, stage / wheel.path.name)
+    if wheelhouse is not None:
+        (stage / "wheelhouse").mkdir()
+        for item in wheelhouse.files:
+            shutil.copy2(item.path, stage / "wheelhouse" / item.path.name)
+        shutil.copy2(wheelhouse.lock, stage / LOCK_NAME)
+    else:
+        _write(stage / "requirements.txt", _requirements_text(wheel))
+    if policy_text is not None:
+        _write(stage / "policy-default.toml", policy_text)
+    if config_text:
+        _write(stage / "config.toml", config_text)
+    shutil.copytree(manifests, stage / "manifest")
+    shutil.copytree(PACKAGING / "windows" / "admx", stage / "policy-templates")
+    _write(stage / "setup-machine.ps1", template("windows/setup-machine.ps1"))
+    _write(stage / "sendguard_start.py", template("windows/sendguard_start.py"))
+    if signing is not None:
+        signing.sign(stage / "setup-machine.ps1")
+    directories, refs = _wix_tree(stage)
+    source = _fill(template("windows/SendGuard.wxs"), MSI_VERSION=msi_version(wheel.version), VERSION=wheel.version,
+                   UPGRADE_CODE=upgrade_code.upper(), MANUFACTURER=MSI_MANUFACTURER, DIRECTORIES=directories,
+                   COMPONENT_REFS=refs)
+    if signing is None:  # an unsigned script cannot run under AllSigned; the admin chose not to sign
+        source = source.replace("-ExecutionPolicy AllSigned", "-ExecutionPolicy Bypass")
+    wxs = work / "SendGuard.wxs"
+    wxs.write_text(source, encoding="utf-8")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"SendGuard-{wheel.version}-x64.msi"
+    # wixl takes File/@Source relative to the directory it runs in
+    result = subprocess.run(["wixl", "--arch", "x64", "-o", str(target.resolve()), wxs.name], capture_output=True,
+                            text=True, cwd=str(work))
+    if result.returncode != 0 or not target.exists():
+        detail = [ln for ln in (result.stderr or result.stdout).splitlines() if "GLib-GObject-WARNING" not in ln]
+        raise BuildError("wixl failed: " + " | ".join(detail[-4:]))
+    if signing is not None:
+        signing.sign(target, "SendGuard")
+    return target
+
+
 # --------------------------------------------------------------------------- macOS bundle
-INSTALL_SH = r"""#!/bin/sh
-# Install SendGuard @VERSION@ on macOS, for every user of the Mac (run with sudo, or from your MDM).
-#
-#   sudo ./install.sh [--python PATH] [--wheelhouse DIR] [--no-trust] [--prefix DIR]
-#
-# Machine-wide: the venv @PREFIX@/venv with the bundled wheel and its requirements, the command
-# /usr/local/bin/sendguard, the admin policy in platformdirs' site config directory (by default
-# @POLICY_DIR@), and the LaunchAgent /Library/LaunchAgents/@LABEL@.plist that
-# starts `sendguard serve` at every user's login. For the user logged in now it also loads the
-# agent and trusts the helper's local CA (`sendguard addin certs install --trust`).
-#
-# --prefix DIR installs under DIR as if it were / (every path, the wrapper's and the agent's too) and
-# skips launchctl and the CA: a dry run that can be inspected and removed with uninstall.sh --prefix.
-set -eu
+MAC_PKG_IDENTIFIER = "org.sendguard.pkg"
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-PYTHON=""
-WHEELHOUSE=""
-TRUST=1
-PREFIX_ROOT=""
-PIP_EXTRA=""
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+def mobileconfig(policy_text: str, org: str = "SendGuard") -> bytes:
+    """A configuration profile (managed preferences of org.sendguard.SendGuard) with the policy's tables.
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-    --python) PYTHON="$2"; shift 2 ;;
-    --wheelhouse) WHEELHOUSE="$2"; shift 2 ;;
-    --no-trust) TRUST=0; shift ;;
-    --prefix) PREFIX_ROOT="$2"; shift 2 ;;
-    --no-deps) PIP_EXTRA="--no-deps"; shift ;;  # tests: install the wheel alone
-    -h|--help) usage; exit 0 ;;
-    *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
-    esac
-done
+    MDM (Jamf, Intune for macOS...) installs it; macOS puts the values in /Library/Managed Preferences,
+    where SendGuard reads them as locked (sendguard.managed). ``locked`` is dropped: a profile locks
+    every key it sets.
+    """
+    import plistlib
+    import tomllib
+    import uuid
 
-if [ -z "$PREFIX_ROOT" ] && [ "$(id -u)" != 0 ]; then
-    echo "install.sh: run it as root (sudo ./install.sh), or give --prefix DIR to stage the files" >&2
-    exit 1
-fi
+    from sendguard import managed
 
-APP="$PREFIX_ROOT@PREFIX@"
-VENV="$APP/venv"
-BIN_DIR="$PREFIX_ROOT/usr/local/bin"
-AGENTS="$PREFIX_ROOT/Library/LaunchAgents"
-PLIST="$AGENTS/@LABEL@.plist"
-
-if [ -z "$PYTHON" ]; then
-    for candidate in python3.13 python3.12 python3.11 python3 \
-        /Library/Frameworks/Python.framework/Versions/Current/bin/python3 /opt/homebrew/bin/python3; do
-        if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-            PYTHON=$(command -v "$candidate")
-            break
-        fi
-    done
-fi
-if [ -z "$PYTHON" ]; then
-    echo "install.sh: Python 3.11 or newer not found (macOS's own python3 is older): install it from" >&2
-    echo "python.org, or pass --python /path/to/python3" >&2
-    exit 1
-fi
-
-echo "SendGuard: Python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])') at $PYTHON"
-mkdir -p "$APP"
-cp "$HERE/@WHEEL@" "$HERE/requirements.txt" "$APP/"
-[ -f "$HERE/config.toml" ] && cp "$HERE/config.toml" "$APP/config.toml"
-# Reuse the venv when it runs the same Python; otherwise (new install, other Python) make it anew.
-want=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-have=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
-if [ "$want" != "$have" ]; then
-    "$PYTHON" -m venv --clear "$VENV"
-fi
-
-set -- --disable-pip-version-check --no-input
-[ -n "$WHEELHOUSE" ] && set -- "$@" --no-index --find-links "$WHEELHOUSE" --find-links "$APP"
-fail_pip() {
-    echo "" >&2
-    echo "SendGuard: pip could not install into $VENV. Most often this Mac cannot reach PyPI (or the" >&2
-    echo "index in pip.conf): see pip's messages above. For offline Macs: pip download -r requirements.txt" >&2
-    echo "-d wheels on a Mac with the same Python, then ./install.sh --wheelhouse wheels" >&2
-    exit 1
-}
-if [ -z "$PIP_EXTRA" ]; then
-    "$VENV/bin/python" -m pip install "$@" --requirement "$APP/requirements.txt" || fail_pip
-fi
-"$VENV/bin/python" -m pip install "$@" --no-deps --force-reinstall "$APP/@WHEEL@" || fail_pip
-
-# The policy goes where the installed Python's platformdirs says SendGuard reads it (a Homebrew
-# Python uses its own prefix); without an answer, the python.org default.
-POLICY_DIR=$(env -u SENDGUARD_ADMIN_POLICY -u XDG_CONFIG_DIRS "$VENV/bin/python" -c \
-    'from sendguard import paths; print(paths.admin_policy_file().parent)' 2>/dev/null || true)
-[ -n "$POLICY_DIR" ] || POLICY_DIR='@POLICY_DIR@'
-POLICY="$PREFIX_ROOT$POLICY_DIR/policy.toml"
-if [ -f "$HERE/policy.toml" ]; then
-    mkdir -p "$(dirname "$POLICY")"
-    cp "$HERE/policy.toml" "$POLICY"
-    chmod 644 "$POLICY"
-    echo "SendGuard: admin policy installed: $POLICY"
-fi
-
-mkdir -p "$APP/bin" "$BIN_DIR" "$AGENTS"
-# The command: the wrapper below with this install's paths filled in.
-sed_escape() { printf '%s' "$1" | sed 's/[#&\\]/\\&/g'; }
-sed -e "s#%%POLICY%%#$(sed_escape "$POLICY")#g" -e "s#%%APP%%#$(sed_escape "$APP")#g" \
-    >"$APP/bin/sendguard" <<'WRAPPER'
-@WRAPPER@WRAPPER
-chmod 755 "$APP/bin/sendguard"
-ln -sf "$APP/bin/sendguard" "$BIN_DIR/sendguard"
-
-cat >"$PLIST" <<PLIST
-<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
-<plist version="1.0">
-<dict>
-    <key>Label</key>
-    <string>@LABEL@</string>
-    <key>ProgramArguments</key>
-    <array>
-        <string>$APP/bin/sendguard</string>
-        <string>serve</string>
-    </array>
-    <key>RunAtLoad</key>
-    <true/>
-    <key>KeepAlive</key>
-    <dict>
-        <key>SuccessfulExit</key>
-        <false/>
-    </dict>
-    <key>LimitLoadToSessionType</key>
-    <string>Aqua</string>
-    <key>ProcessType</key>
-    <string>Interactive</string>
-</dict>
-</plist>
-PLIST
-chmod 644 "$PLIST"
-
-if [ -n "$PREFIX_ROOT" ]; then
-    echo "SendGuard: staged under $PREFIX_ROOT (--prefix: launchctl and the CA step skipped)"
-    exit 0
-fi
-
-chown root:wheel "$PLIST"
-CONSOLE_USER=$(stat -f %Su /dev/console 2>/dev/null || true)
-if [ -n "$CONSOLE_USER" ] && [ "$CONSOLE_USER" != root ] && [ "$CONSOLE_USER" != loginwindow ]; then
-    CONSOLE_UID=$(id -u "$CONSOLE_USER")
-    launchctl bootout "gui/$CONSOLE_UID/@LABEL@" 2>/dev/null || true
-    launchctl bootstrap "gui/$CONSOLE_UID" "$PLIST" || echo "SendGuard: launchctl could not load the agent; it starts at next login" >&2
-    if [ "$TRUST" = 1 ]; then
-        launchctl asuser "$CONSOLE_UID" sudo -u "$CONSOLE_USER" "$APP/bin/sendguard" addin certs install --trust ||
-            echo "SendGuard: $CONSOLE_USER must still run: sendguard addin certs install --trust" >&2
-    fi
-fi
-echo "SendGuard @VERSION@ installed: the helper starts at each user's login."
-"""
-
-UNINSTALL_SH = r"""#!/bin/sh
-# Remove SendGuard from this Mac (run with sudo). Users' data (~/Library/Application Support/SendGuard:
-# outbox, audit log) stays. --prefix DIR undoes a staged install.
-set -eu
-PREFIX_ROOT=""
-[ "${1:-}" = --prefix ] && PREFIX_ROOT="$2"
-APP="$PREFIX_ROOT@PREFIX@"
-PLIST="$PREFIX_ROOT/Library/LaunchAgents/@LABEL@.plist"
-POLICY_DIR=$(env -u SENDGUARD_ADMIN_POLICY -u XDG_CONFIG_DIRS "$APP/venv/bin/python" -c \
-    'from sendguard import paths; print(paths.admin_policy_file().parent)' 2>/dev/null || true)
-[ -n "$POLICY_DIR" ] || POLICY_DIR='@POLICY_DIR@'
-if [ -z "$PREFIX_ROOT" ]; then
-    CONSOLE_USER=$(stat -f %Su /dev/console 2>/dev/null || true)
-    if [ -n "$CONSOLE_USER" ] && [ "$CONSOLE_USER" != root ]; then
-        launchctl bootout "gui/$(id -u "$CONSOLE_USER")/@LABEL@" 2>/dev/null || true
-    fi
-fi
-rm -f "$PLIST" "$PREFIX_ROOT/usr/local/bin/sendguard" "$PREFIX_ROOT$POLICY_DIR/policy.toml"
-rmdir "$PREFIX_ROOT$POLICY_DIR" 2>/dev/null || true
-rm -rf "$APP"
-echo "SendGuard removed. Users' data in ~/Library/Application Support/SendGuard is kept."
-"""
-
-README_MACOS = """\
-SendGuard @VERSION@ for macOS - notes for the administrator
-===========================================================
-
-Contents
-  install.sh, uninstall.sh     the installer (run with sudo, or as a script from your MDM)
-  @WHEEL@
-  requirements.txt             what pip installs beside it
-  policy.toml                  the machine-wide admin policy@POLICY_NOTE@
-  config.toml                  central server settings for each user (only with --server-url)
-  manifest/                    Outlook add-in manifests: outlook.xml, manifest.json and its zip
-
-Needs Python 3.11 or newer (python.org or Homebrew; the python3 that comes with macOS is too old).
-
-Where things go
-  @PREFIX@/venv                           the Python environment (all users)
-  @PREFIX@/bin/sendguard, /usr/local/bin/sendguard   the command (pins the admin policy path)
-  @POLICY_DIR@/policy.toml   machine-wide policy: platformdirs.site_config_dir
-                                          (a Homebrew Python: $(brew --prefix)/share/SendGuard;
-                                          install.sh asks the installed Python)
-  /Library/LaunchAgents/@LABEL@.plist   starts `sendguard serve` at every login
-  ~/Library/Application Support/SendGuard/  each user's data: config.toml, outbox, audit log
-
-Install:   sudo ./install.sh            (offline Macs: --wheelhouse DIR from
-                                          `pip download -r requirements.txt -d DIR`)
-Each user trusts the helper's local CA once: `sendguard addin certs install --trust` (install.sh
-does it for the user logged in; it asks for that user's password). Or deploy it by MDM profile.
-
-Outlook: upload manifest/outlook.xml (or manifest/sendguard-outlook-addin.zip) in the Microsoft 365
-admin center, Settings > Integrated apps.
-
-Remove:    sudo ./uninstall.sh
-"""
+    tables = {k: v for k, v in tomllib.loads(policy_text).items() if k != "locked"}
+    namespace = uuid.uuid5(uuid.NAMESPACE_URL, "https://sendguard.invalid/mobileconfig/" + policy_text)
+    payload = {"PayloadType": managed.MAC_DOMAIN, "PayloadVersion": 1,
+               "PayloadIdentifier": f"{managed.MAC_DOMAIN}.policy",
+               "PayloadUUID": str(uuid.uuid5(namespace, "payload")).upper(),
+               "PayloadDisplayName": "SendGuard policy", **tables}
+    profile = {"PayloadContent": [payload], "PayloadDisplayName": "SendGuard policy",
+               "PayloadDescription": "Settings SendGuard enforces on this Mac (users cannot change them).",
+               "PayloadIdentifier": f"{managed.MAC_DOMAIN}.profile", "PayloadOrganization": org,
+               "PayloadScope": "System", "PayloadType": "Configuration", "PayloadVersion": 1,
+               "PayloadUUID": str(uuid.uuid5(namespace, "profile")).upper(), "PayloadRemovalDisallowed": True}
+    return plistlib.dumps(profile, sort_keys=True)
 
 
 def build_macos(wheel: Wheel, policy_text: str | None, config_text: str | None, manifests: Path,
                 out_dir: Path, work: Path) -> Path:
     folder = work / f"{DIST}-{wheel.version}-macos"
     _common_bundle(folder, wheel, policy_text, config_text, manifests)
-    # install.sh fills in %%APP%% and %%POLICY%%: the policy folder is known only once Python is installed.
-    wrapper = wrapper_script("%%APP%%", "%%POLICY%%", "macOS installer", "$HOME/Library/Application Support",
+    # install.sh fills in %%APP%% (--prefix stages the install under another folder).
+    wrapper = wrapper_script("%%APP%%", "macOS installer", "$HOME/Library/Application Support",
                              "run the installer again: sudo ./install.sh")
     values = {"VERSION": wheel.version, "WHEEL": wheel.path.name, "PREFIX": MACOS_PREFIX,
               "POLICY_DIR": MACOS_POLICY_DIR, "LABEL": LAUNCHD_LABEL}
-    text = _fill(INSTALL_SH, WRAPPER=wrapper, **values)
-    _write(folder / "install.sh", text, 0o755)
-    _write(folder / "uninstall.sh", _fill(UNINSTALL_SH, PREFIX=MACOS_PREFIX, LABEL=LAUNCHD_LABEL,
-                                          POLICY_DIR=MACOS_POLICY_DIR), 0o755)
+    install_sh = _fill(template("macos/install.sh"), WRAPPER=wrapper, **values)
+    uninstall_sh = _fill(template("macos/uninstall.sh"), PREFIX=MACOS_PREFIX, LABEL=LAUNCHD_LABEL,
+                         POLICY_DIR=MACOS_POLICY_DIR)
+    _write(folder / "install.sh", install_sh, 0o755)
+    _write(folder / "uninstall.sh", uninstall_sh, 0o755)
+    if policy_text is not None:
+        (folder / "SendGuard-policy.mobileconfig").write_bytes(mobileconfig(policy_text))
+    # the .pkg layout: payload root/, scripts/, distribution.xml and build-pkg.sh (run on a Mac)
+    pkg = folder / "pkg"
+    share = pkg / "root" / MACOS_PREFIX.lstrip("/") / "share"
+    share.mkdir(parents=True)
+    shutil.copy2(wheel.path, share / wheel.path.name)
+    _write(share / "requirements.txt", _requirements_text(wheel))
+    if config_text:
+        _write(share / "config.toml", config_text)
+    _write(share / "install.sh", install_sh, 0o755)
+    _write(share / "uninstall.sh", uninstall_sh, 0o755)
+    _write(pkg / "root" / MACOS_POLICY_DIR.lstrip("/") / "policy.toml", policy_text or policy_template())
+    pkg_values = {"PREFIX": MACOS_PREFIX, "VERSION": wheel.version, "IDENTIFIER": MAC_PKG_IDENTIFIER,
+                  "POLICY_DIR": MACOS_POLICY_DIR}
+    _write(pkg / "scripts" / "postinstall", _fill(template("macos/pkg/postinstall"), PREFIX=MACOS_PREFIX), 0o755)
+    _write(pkg / "distribution.xml", _fill(template("macos/pkg/distribution.xml"), VERSION=wheel.version,
+                                           IDENTIFIER=MAC_PKG_IDENTIFIER))
+    _write(pkg / "build-pkg.sh", _fill(template("macos/pkg/build-pkg.sh"), **pkg_values), 0o755)
     note = "" if policy_text is not None else " (none given: build with --policy)"
-    _write(folder / "README.txt", _fill(README_MACOS, POLICY_NOTE=note, **values))
+    _write(folder / "README.txt", _fill(template("macos/README.txt"), POLICY_NOTE=note, **values))
     return _zip_dir(folder, out_dir / f"{folder.name}.zip")
 
 
 # --------------------------------------------------------------------------- main
 def build(out: Path, platforms: tuple[str, ...], policy_path: Path | None, server_url: str | None,
           wheel_path: Path | None = None, send_mode: str = "SoftBlock", maintainer: str = DEFAULT_MAINTAINER,
-          wheelhouse: Path | None = None) -> list[Path]:
-    """Build everything into a temporary directory, then move the results into ``out``."""
+          wheelhouse: Path | None = None, windows_wheelhouse: Path | None = None,
+          signing: Signing | None = None, upgrade_code: str = UPGRADE_CODE, msi: bool = True) -> list[Path]:
+    """Build everything into a temporary directory, then move the results into ``out``.
+
+    ``wheelhouse`` (Linux) and ``windows_wheelhouse`` each hold a ``requirements.lock`` that every file
+    must match (``build_installer.py wheelhouse`` makes them): the .deb and the MSI then carry them and
+    install offline.
+    """
     policy_text = check_policy(policy_path)
     config_text = server_config(server_url)
-    if wheelhouse is not None and not wheelhouse.is_dir():
-        raise BuildError(f"--wheelhouse {wheelhouse}: not a directory")
+    house = Wheelhouse.open(wheelhouse) if wheelhouse is not None else None
+    win_house = Wheelhouse.open(windows_wheelhouse) if windows_wheelhouse is not None else None
     if wheel_path is not None and not wheel_path.is_file():
         raise BuildError(f"--wheel {wheel_path}: no such file")
     with tempfile.TemporaryDirectory(prefix="sendguard-installer-") as tmp:
@@ -1114,9 +992,11 @@ def build(out: Path, platforms: tuple[str, ...], policy_path: Path | None, serve
             manifests.mkdir()
             write_manifests(manifests, send_mode)
         if "linux" in platforms:
-            build_deb(wheel, policy_text, config_text, staged, work, maintainer, wheelhouse)
+            build_deb(wheel, policy_text, config_text, staged, work, maintainer, house)
         if "windows" in platforms:
             build_windows(wheel, bundle_policy, config_text, manifests, staged, work)
+            if msi:
+                build_msi(wheel, bundle_policy, config_text, manifests, win_house, staged, work, signing, upgrade_code)
         if "macos" in platforms:
             build_macos(wheel, bundle_policy, config_text, manifests, staged, work)
         out.mkdir(parents=True, exist_ok=True)
@@ -1129,7 +1009,39 @@ def build(out: Path, platforms: tuple[str, ...], policy_path: Path | None, serve
         return results
 
 
+def wheelhouse_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="build_installer.py wheelhouse",
+        description="Fetch every Python package SendGuard needs for one platform into DIR and pin them in "
+                    "DIR/requirements.lock (sha256 of each file); pass DIR to --wheelhouse/--windows-wheelhouse.")
+    parser.add_argument("--target", choices=TARGETS, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the wheelhouse directory to fill")
+    parser.add_argument("--wheel", type=Path, help="take the requirements from this sendguard wheel "
+                                                    "(default: build it from the checkout)")
+    parser.add_argument("--extras", default=",".join(DESKTOP_EXTRAS),
+                        help="extras to include (default: desktop, the confirmation window); '' for headless")
+    parser.add_argument("--pure-wheels", type=Path,
+                        help="(windows) a Linux wheelhouse whose pure-Python wheels fill in for sdist-only packages")
+    args = parser.parse_args(argv)
+    extras = tuple(e for e in args.extras.split(",") if e)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sendguard-wheel-") as tmp:
+            wheel = Wheel.read(args.wheel if args.wheel else build_wheel(ROOT, Path(tmp)))
+            house = make_wheelhouse(runtime_requirements(wheel.requires, extras), args.target, args.out,
+                                    title=f"SendGuard {wheel.version} ({', '.join(extras) or 'headless'})",
+                                    pure_wheels=args.pure_wheels)
+            check_offline_install(house)
+    except BuildError as exc:
+        print(f"build_installer: error: {exc}", file=sys.stderr)
+        return 2
+    print(house.lock)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["wheelhouse"]:
+        return wheelhouse_main(argv[1:])
     parser = argparse.ArgumentParser(prog="build_installer.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output directory (default: dist)")
     parser.add_argument("--platform", choices=(*PLATFORMS, "all"), default="all")
@@ -1137,15 +1049,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-url", help="central server URL written to each user's config.toml")
     parser.add_argument("--wheel", type=Path, help="use this sendguard wheel instead of building one")
     parser.add_argument("--wheelhouse", type=Path,
-                        help="(.deb) bundle these wheels so postinst installs without network")
+                        help="(.deb) a Linux wheelhouse with its requirements.lock: postinst installs offline")
+    parser.add_argument("--windows-wheelhouse", type=Path,
+                        help="(MSI) a Windows wheelhouse with its requirements.lock: the MSI installs offline")
     parser.add_argument("--send-mode", choices=("SoftBlock", "Block"), default="SoftBlock",
                         help="Outlook add-in SendMode in the bundled manifests")
     parser.add_argument("--maintainer", default=DEFAULT_MAINTAINER, help="Maintainer field of the .deb")
+    parser.add_argument("--no-msi", action="store_true", help="(windows) only the PowerShell bundle, no MSI")
+    parser.add_argument("--upgrade-code", default=UPGRADE_CODE, help="MSI UpgradeCode (a fork's own GUID)")
+    parser.add_argument("--sign-pkcs12", type=Path, help="code-signing certificate (.pfx) for the MSI and scripts")
+    parser.add_argument("--sign-password-env", default="SENDGUARD_SIGN_PASSWORD",
+                        help="environment variable holding the certificate's password")
+    parser.add_argument("--sign-timestamp", help="RFC 3161 timestamp server URL")
     args = parser.parse_args(argv)
     platforms = PLATFORMS if args.platform == "all" else (args.platform,)
+    signing = (Signing(args.sign_pkcs12, args.sign_password_env, args.sign_timestamp)
+               if args.sign_pkcs12 else None)
     try:
         results = build(args.out, platforms, args.policy, args.server_url, args.wheel, args.send_mode,
-                        args.maintainer, args.wheelhouse)
+                        args.maintainer, args.wheelhouse, args.windows_wheelhouse, signing, args.upgrade_code,
+                        msi=not args.no_msi)
     except BuildError as exc:
         print(f"build_installer: error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,9 @@ def create_app(service: Any = None, test_config: dict[str, Any] | None = None) -
     )
     if test_config:
         app.config.update(test_config)
+    # the Gmail browser extension's origin(s), from config.toml [api] extension_origins
+    extension_origins = getattr(getattr(service, "config", None), "api_extension_origins", None) or []
+    app.config["EXTRA_ORIGINS"] = [*app.config["EXTRA_ORIGINS"], *extension_origins]
     if not app.config.get("SECRET_KEY"):
         from sendguard.links import signing_key
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, checks, compose
+from sendguard import audit, checks, compose, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
-from sendguard.errors import MessageError
+from sendguard.errors import MessageError, StateError
 from sendguard.outbox import HELD_STATES, STATES, Item
 
 from .openapi import SPEC
-from .security import ApiError, addin_signer, principal, require
+from .security import ApiError, addin_signer, long_poll, principal, require
 
 bp = Blueprint("api", __name__)
 WAIT_WHILE = ("received", "awaiting_confirmation", "confirmed", "releasing")
@@ -58,14 +60,10 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
     data = item.summary()
     data["user_message"] = user_message(item)
     data["approvers"] = item.approvers
-    decision = item.decision
-    if decision is not None:
-        refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
-        decision = dict(decision)
-        decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
-        if item.source == "outlook":
-            decision["removed_attachments"] = decision["removed_attachment_refs"]
-    data["decision"] = decision
+    data["decision"] = outlook_items.decision_for_addin(item)
+    if item.state == "confirmed" and not (item.decision or {}).get("needs_approval"):
+        # the undo window (confirm.hold_seconds) still open, in seconds from now
+        data["release_in"] = max(0.0, round(item.release_after - time.time(), 3))
     if full:
         data["check"] = item.check
         data["reasons"] = item.verdict.get("reasons", [])
@@ -96,10 +94,37 @@ def openapi() -> Any:
 
 @bp.post("/api/v1/addin/session")
 def addin_session() -> Any:
-    """An origin-bound token for the Outlook add-in (the Origin check already ran in the guard)."""
+    """A token for the Outlook add-in: it may create checks and read, poll or cancel what it created.
+
+    On the helper it is bound to the add-in's own Origin (the guard already checked it). On the central
+    server it is bound to a user too: the caller proves who they are with that user's helper token.
+    """
     origin = request.headers.get("Origin", "")
-    token = addin_signer().sign("addin", origin=origin)
+    claims: dict[str, Any] = {"origin": origin, "sid": secrets.token_urlsafe(16)}
+    if current_app.config.get("ADDIN_NEEDS_USER"):
+        who = principal()
+        if who is None or who.kind != "helper":
+            raise ApiError(401, "unauthorized", "an add-in session on the central server belongs to a user: send "
+                                                "that user's helper token ('Authorization: Bearer sgh_...')")
+        claims["user"] = who.who
+    elif not origin:
+        raise ApiError(403, "origin_required", "add-in sessions are given to the add-in's page only (it sends "
+                                               "the helper's own Origin); scripts use `sendguard token`")
+    token = addin_signer().sign("addin", **claims)
     return jsonify({"token": token, "expires_in": 12 * 3600})
+
+
+def addin_actor(sid: str) -> str:
+    return f"addin:{sid}"
+
+
+def own_item(item_id: str) -> None:
+    """An add-in token acts only on the items it created (others answer 404, as if absent)."""
+    who = principal()
+    if who is None or who.kind != "addin":
+        return
+    if audit.created_by(service().store, item_id) != addin_actor(who.sid):
+        raise ApiError(404, "not_found", f"no message {item_id!r} of this add-in session")
 
 
 def _json_body() -> dict[str, Any]:
@@ -107,6 +132,18 @@ def _json_body() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "expected a JSON object body with Content-Type: application/json")
     return data
+
+
+def _supersede(svc: Any, ref: str) -> None:
+    """Send pressed again in Outlook for the same draft (after leaving it, from Drafts): the earlier
+    check, still waiting in the window, is withdrawn so the draft can never be sent twice."""
+    for old in svc.outbox.list(["awaiting_confirmation"]):
+        if old.source == "outlook" and old.source_ref == ref:
+            try:
+                svc.outbox.cancel(old.id, actor="outlook", reason="Send was pressed again in Outlook; "
+                                                                  "the new check replaces this one")
+            except StateError:
+                pass  # decided meanwhile
 
 
 @bp.post("/api/v1/checks")
@@ -126,13 +163,24 @@ def create_check() -> Any:
     data = _json_body()
     raw, envelope_from, recipients = compose.from_fields(data)
     source = str(data.get("source") or "outlook")
-    if source not in ("outlook", "gmail", "api"):
-        raise MessageError(f"source: {source!r} is not one of outlook, gmail, api")
+    if source not in ("outlook", "gmail", "gmail_web", "api"):
+        raise MessageError(f"source: {source!r} is not one of outlook, gmail, gmail_web, api")
     if data.get("dry_run"):
         result = svc.outbox.evaluate(raw, envelope_from, recipients)
         return jsonify(result.to_json())
-    item = svc.outbox.submit(raw, envelope_from, recipients, source=source,
-                             source_ref=str(data.get("item_id") or "") or None)
+    who = principal()
+    actor = None
+    if who is not None and who.kind == "addin":
+        if who.who and envelope_from.strip().lower() != who.who:
+            raise ApiError(403, "forbidden", f"this add-in session is {who.who}'s: it cannot submit mail from "
+                                             f"{envelope_from or '(no sender)'}")
+        actor = addin_actor(who.sid)
+    ref = outlook_items.item_ref(getattr(svc, "config", None), envelope_from, data)
+    if source == "outlook" and ref:
+        _supersede(svc, ref)
+    item = svc.outbox.submit(raw, envelope_from, recipients, source=source, source_ref=ref, actor=actor)
+    if source == "outlook" and getattr(svc, "addin_presence", None) is not None:
+        svc.addin_presence.seen(item.id)
     if hasattr(svc, "item_created"):
         svc.item_created(item)
     body = dict(item.check or {})
@@ -142,7 +190,7 @@ def create_check() -> Any:
 
 
 @bp.get("/api/v1/outbox")
-@require("api", "addin", "page")
+@require("api", "page")
 def list_outbox() -> Any:
     svc = service()
     states = request.args.getlist("state")
@@ -161,13 +209,26 @@ def list_outbox() -> Any:
 @require("api", "addin", "page")
 def get_item(item_id: str) -> Any:
     svc = service()
+    own_item(item_id)
     wait = request.args.get("wait")
     if wait:
         try:
             seconds = min(float(wait), MAX_WAIT)
         except ValueError:
             raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
-        item = svc.outbox.wait(item_id, WAIT_WHILE, max(0.0, seconds))
+        if not 0.0 <= seconds <= MAX_WAIT:  # also NaN
+            raise ApiError(400, "bad_wait", f"wait must be 0 to {MAX_WAIT:g} seconds")
+        who = principal()
+        presence = getattr(svc, "addin_presence", None)
+        if who is not None and who.kind == "api":  # the user's own windows and scripts
+            item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
+        elif presence is not None and who is not None and who.kind == "addin":
+            # The Outlook add-in is waiting on this item: Outlook will send it once it is confirmed.
+            with long_poll(who), presence.polling(item_id):
+                item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
+        else:
+            with long_poll(who):
+                item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
     else:
         item = svc.outbox.get(item_id)
     return jsonify(item_json(item, full=True))
@@ -187,12 +248,22 @@ def confirm_item(item_id: str) -> Any:
     checked = data.get("checked")
     if who is not None and who.kind == "page":
         _require_all_checked(item, checked, removed, removed_att)
+    reconfirmed = data.get("reconfirmed", False)
+    if not isinstance(reconfirmed, bool):
+        raise ApiError(400, "bad_field", "reconfirmed must be true or false")
     item = svc.outbox.confirm(item_id, removed, removed_att, bool(data.get("bcc")),
-                              actor=str(data.get("actor") or ("window" if who and who.kind == "api" else "web")),
-                              checked=checked if isinstance(checked, dict) else None)
+                              actor=_actor(who),
+                              checked=checked if isinstance(checked, dict) else None, reconfirmed=reconfirmed)
     if hasattr(svc, "wake"):
         svc.wake()
     return jsonify(item_json(item, full=True))
+
+
+def _actor(who: Any) -> str:
+    """Who acted, from the credential (never from the request body): the user's window or token, a page."""
+    if who is None:
+        return "web"
+    return {"api": "window", "page": "web", "addin": "outlook-addin"}.get(who.kind, who.kind)
 
 
 def _string_list(data: dict[str, Any], key: str) -> list[str]:
@@ -221,8 +292,9 @@ def _require_all_checked(item: Item, checked: Any, removed: list[str], removed_a
 @require("api", "addin", "page")
 def cancel_item(item_id: str) -> Any:
     svc = service()
+    own_item(item_id)
     data = request.get_json(silent=True) or {}
-    item = svc.outbox.cancel(item_id, actor="web", reason=str(data.get("reason") or "") if isinstance(data, dict)
+    item = svc.outbox.cancel(item_id, actor=_actor(principal()), reason=str(data.get("reason") or "") if isinstance(data, dict)
                              else "")
     return jsonify(item_json(item, full=True))
 

@@ -13,7 +13,10 @@ made here.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
+import time
 from typing import Any
 
 from flask import (
@@ -29,6 +32,7 @@ from flask import (
 )
 
 from sendguard import notify
+from sendguard.approvals import is_own
 from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
 from sendguard.i18n import _
 from sendguard.links import LinkSigner, use_once, was_used
@@ -37,6 +41,7 @@ from sendguard.outbox import Item
 from .api import approvals, item_json, service
 
 bp = Blueprint("approval_pages", __name__, template_folder="templates")
+log = logging.getLogger(__name__)
 
 LOGIN_LINK_MAX_AGE = 300
 
@@ -63,7 +68,7 @@ def _(text: str) -> str:  # noqa: F811 - at run time, translate in the service's
 
 
 def approve_signer() -> LinkSigner:
-    return LinkSigner(current_app.config["SECRET_KEY"], "approve")
+    return LinkSigner(current_app.config["SECRET_KEY"], current_app.config.get("APPROVAL_LINK_PURPOSE", "approve"))
 
 
 def login_signer() -> LinkSigner:
@@ -100,13 +105,59 @@ def _csrf() -> str:
     return str(token)
 
 
-def _refuse(item_id: str | None, actor: str, why: str, status: int = 403) -> Any:
-    """Audit a refused link or decision, then say plainly why."""
+class RefusalLog:
+    """Which refusals of unauthenticated requests reach the audit log: only about a message that exists,
+    once per (message, reason) every ``quiet`` seconds and ``per_minute`` a minute in all. Anyone can
+    send a bad link; nobody may grow the log at will. The rest are counted in the helper's log."""
+
+    def __init__(self, quiet: float = 600.0, per_minute: int = 30):
+        self.quiet = quiet
+        self.per_minute = per_minute
+        self._seen: dict[tuple[str | None, str], float] = {}
+        self._recent: list[float] = []
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def allow(self, item_id: str | None, why: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            self._recent = [t for t in self._recent if now - t < 60.0]
+            key = (item_id, why[:80])
+            if now - self._seen.get(key, -1e9) < self.quiet or len(self._recent) >= self.per_minute:
+                self._dropped += 1
+                if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                    log.warning("%d refused link request(s) not written to the audit log (repeats)", self._dropped)
+                return False
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[key] = now
+            self._recent.append(now)
+            return True
+
+
+def _refusals() -> RefusalLog:
+    return current_app.extensions.setdefault("sendguard_refusals", RefusalLog())  # type: ignore[no-any-return]
+
+
+def _refuse(item_id: str | None, actor: str, why: str, status: int = 403, anonymous: bool = False) -> Any:
+    """Audit a refused link or decision (an anonymous one only within ``RefusalLog``'s bounds), then
+    say plainly why."""
     try:
-        approvals().audit_refusal(item_id, actor, why, "web")
+        if not anonymous or ((item_id is None or _exists(item_id)) and _refusals().allow(item_id, why)):
+            approvals().audit_refusal(item_id, actor, why, "web")
     except SendGuardError:
         pass
     return _notice(_("This link cannot be used"), why, status, item_id)
+
+
+def _exists(item_id: str | None) -> bool:
+    if not item_id:
+        return False
+    try:
+        service().outbox.get(item_id)
+    except NotFound:
+        return False
+    return True
 
 
 def _view(item: Item, approver: str) -> dict[str, Any]:
@@ -125,7 +176,7 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
         "item": data, "recipients": recipients, "attachments": attachments,
         "reasons": notify.notice_reasons(item), "preview": notify.preview_text(full.final_raw or full.raw),
         "deputy_of": acting if acting and acting != approver.lower() else None,
-        "self_approval": acting is None and approver.lower() == item.sender.lower(),
+        "self_approval": is_own(item, approver),
         "deadline": (data.get("expires_at") and _deadline(item)), "approval": item.approval or {},
     }
 
@@ -152,7 +203,8 @@ def show(item_id: str) -> Any:
         item = service().outbox.get(item_id)
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
-    if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
+    if not approvals().may_view(item, approver):
+        # whatever its state: an approver sees only the messages they approve (or stand in for)
         names = ", ".join(item.approvers) or "-"
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {names}")
@@ -169,7 +221,7 @@ def _open_link(item_id: str, token: str) -> Any:
     try:
         claims = approve_signer().load(token, item_id, link_max_age())
     except PermissionDenied as exc:
-        return _refuse(item_id, "(link)", str(exc))
+        return _refuse(item_id, "(link)", str(exc), anonymous=True)
     approver = str(claims.get("approver") or "").lower()
     try:
         item = service().outbox.get(item_id)
@@ -178,8 +230,8 @@ def _open_link(item_id: str, token: str) -> Any:
     if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {', '.join(item.approvers) or '-'}")
-    if was_used(service().store, str(claims.get("jti"))):
-        return _refuse(item_id, approver, "this link has already been used")
+    if was_used(service().store, str(claims.get("jti"))):  # whoever fetches it again (a scanner, say)
+        return _refuse(item_id, approver, "this link has already been used", anonymous=True)
     # not signed in yet: only the decision (which spends the link) signs the approver in, so a
     # scanner that merely fetched the link holds nothing once it is used
     session["link"] = {"item": item_id, "t": token, "approver": approver}
@@ -264,7 +316,7 @@ def login() -> Any:
         claims = login_signer().load(token, "approvals", LOGIN_LINK_MAX_AGE)
         use_once(service().store, str(claims.get("jti")))
     except PermissionDenied as exc:
-        return _refuse(None, "(login link)", str(exc))
+        return _refuse(None, "(login link)", str(exc), anonymous=True)
     session["approver"] = str(claims.get("who") or "").lower()
     session.pop("csrf", None)
     return redirect(url_for("approval_pages.listing"))

@@ -19,8 +19,9 @@ def addin_group() -> None:
 @addin_group.command("manifest")
 @click.option("--host", default=manifests.DEFAULT_HOST, show_default=True,
               help="Host name Outlook loads the add-in from (the helper on each PC: localhost).")
-@click.option("--port", default=manifests.DEFAULT_PORT, show_default=True, type=int,
-              help="HTTPS port of that host (443 is left out of the URLs).")
+@click.option("--port", default=None, type=int,
+              help="HTTPS port of that host (443 is left out of the URLs). Default: [api] port in config.toml "
+                   f"({manifests.DEFAULT_PORT} unless set).")
 @click.option("--send-mode", type=click.Choice(manifests.SEND_MODES), default="SoftBlock", show_default=True,
               help="SoftBlock: Outlook offers 'Send anyway' only when the add-in itself cannot load. "
                    "Block: nothing is sent while the add-in is unavailable.")
@@ -30,16 +31,29 @@ def addin_group() -> None:
               help="Manifest version; raise it when you re-deploy a changed manifest.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Directory to write outlook.xml, manifest.json and the zip package to.")
+@click.option("--sso-client-id", default=None,
+              help="Central server only: the Entra ID app (client) id the add-in signs in with (Office SSO).")
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
-def manifest_command(host, port, send_mode, addin_id, version, out_dir, as_json) -> None:
+def manifest_command(host, port, send_mode, addin_id, version, out_dir, sso_client_id, as_json) -> None:
     """Write the XML manifest and the unified manifest (with its zip package) for HOST:PORT.
 
     Upload outlook.xml (or sendguard-outlook-addin.zip) in the Microsoft 365 admin center under
     Settings > Integrated apps, or in the Exchange admin center on-premises.
     """
+    if port is None:
+        from sendguard import config as configmod
+        from sendguard.errors import SendGuardError
+
+        try:
+            port = configmod.load().api_port  # the port this helper really serves the add-in on
+        except SendGuardError as exc:
+            raise click.ClickException(str(exc)) from None
+    if not out_dir.is_dir():
+        raise click.ClickException(f"--out {out_dir}: no such folder; create it first (nothing was written)")
     try:
         settings = manifests.AddinSettings(
-            host=host, port=port, send_mode=send_mode, addin_id=addin_id, version=version
+            host=host, port=port, send_mode=send_mode, addin_id=addin_id, version=version,
+            sso_client_id=sso_client_id,
         )
     except manifests.ManifestError as exc:
         raise click.ClickException(str(exc)) from None
@@ -49,13 +63,16 @@ def manifest_command(host, port, send_mode, addin_id, version, out_dir, as_json)
         raise click.ClickException(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps({"origin": settings.origin, "send_mode": settings.send_mode,
-                               "id": settings.addin_id, "files": [str(p) for p in written]}, indent=2))
+                               "id": settings.addin_id, "unified_id": settings.unified_id,
+                               "files": [str(p) for p in written]}, indent=2))
         return
     click.echo(f"Outlook add-in manifests for {settings.origin} (SendMode {settings.send_mode}):")
     for path in written:
         click.echo(f"  {path}")
     if settings.host in ("localhost", "127.0.0.1"):
         click.echo("Each PC needs the helper running and its local CA trusted: sendguard addin certs install --trust")
+        click.echo(f"Classic Outlook on Windows also needs, once per PC and elevated: {manifests.LOOPBACK_SCRIPT}")
+    click.echo("Outlook on Mac and Exchange on-premises take outlook.xml (they do not support the unified manifest).")
 
 
 @addin_group.group("certs")

@@ -6,7 +6,11 @@ Two manifest formats describe the same add-in:
   ``LaunchEvent`` for ``OnMessageSend``); accepted by every Outlook that has Smart Alerts, on
   Exchange Online and on-premises Exchange 2016 CU22+/2019 CU12+.
 * ``manifest.json`` - the unified manifest for Microsoft 365 (``autoRunEvents`` → ``messageSending``),
-  deployed as a zip package together with its two icons.
+  deployed as a zip package together with its two icons. Microsoft requires the unified manifest of
+  an add-in that also exists as an XML manifest to have its own GUID and to hide the XML one
+  (``extensions[].alternates[].hide.customOfficeAddin``): its id is derived from the XML id, so both
+  stay fixed. The unified manifest is not supported on Outlook on Mac or on-premises Exchange;
+  those take ``outlook.xml``.
 
 Both come from :class:`AddinSettings` and :data:`PATHS` below, so the host, port, add-in id and
 send mode are stated once. ``sendguard addin manifest --host ...`` writes them for an admin; the
@@ -36,6 +40,7 @@ DEFAULT_PORT = 8765
 DEFAULT_VERSION = "1.0.0"
 SEND_MODES = ("SoftBlock", "Block")
 HANDLER_NAME = "onMessageSendHandler"
+APPOINTMENT_HANDLER_NAME = "onAppointmentSendHandler"  # meeting invitations (OnAppointmentSend)
 MAILBOX_MIN_VERSION = "1.12"
 UNIFIED_MANIFEST_VERSION = "1.17"
 
@@ -68,6 +73,8 @@ class AddinSettings:
     addin_id: str = DEFAULT_ADDIN_ID
     version: str = DEFAULT_VERSION
     send_mode: str = "SoftBlock"
+    # Entra ID app registration for Office SSO (the add-in served by a central server signs in with it)
+    sso_client_id: str | None = None
     provider: str = "SendGuard"
     display_name: str = "SendGuard"
     description: str = field(
@@ -87,6 +94,12 @@ class AddinSettings:
             object.__setattr__(self, "addin_id", str(uuid.UUID(str(self.addin_id))))
         except ValueError:
             raise ManifestError(f"--id: {self.addin_id!r} is not a GUID") from None
+        if self.sso_client_id is not None:
+            try:
+                object.__setattr__(self, "sso_client_id", str(uuid.UUID(str(self.sso_client_id))))
+            except ValueError:
+                raise ManifestError(f"--sso-client-id: {self.sso_client_id!r} is not an application (client) "
+                                    "id GUID") from None
         if self.send_mode not in SEND_MODES:
             raise ManifestError(f"--send-mode: {self.send_mode!r} is not one of {', '.join(SEND_MODES)}")
         if not re.fullmatch(r"\d{1,5}\.\d{1,5}\.\d{1,5}", self.version):
@@ -98,6 +111,16 @@ class AddinSettings:
 
     def url(self, name: str) -> str:
         return self.origin + PATHS[name]
+
+    @property
+    def sso_resource(self) -> str:
+        """The Application ID URI Office SSO asks a token for: api://HOST/CLIENT_ID."""
+        return f"api://{self.host}" + ("" if self.port == 443 else f":{self.port}") + f"/{self.sso_client_id}"
+
+    @property
+    def unified_id(self) -> str:
+        """The unified manifest's own GUID, derived from the XML manifest's id (never equal to it)."""
+        return str(uuid.uuid5(uuid.UUID(self.addin_id), "sendguard-unified-manifest"))
 
     @property
     def xml_version(self) -> str:
@@ -178,6 +201,7 @@ _XML = Template("""\
             <ExtensionPoint xsi:type="LaunchEvent">
               <LaunchEvents>
                 <LaunchEvent Type="OnMessageSend" FunctionName="$handler" SendMode="$send_mode"/>
+                <LaunchEvent Type="OnAppointmentSend" FunctionName="$appointment_handler" SendMode="$send_mode"/>
               </LaunchEvents>
               <SourceLocation resid="WebViewRuntime.Url"/>
             </ExtensionPoint>
@@ -194,7 +218,7 @@ _XML = Template("""\
           <bt:Url id="WebViewRuntime.Url" DefaultValue=$commands/>
           <bt:Url id="JSRuntime.Url" DefaultValue=$script/>
         </bt:Urls>
-      </Resources>
+      </Resources>$web_application_info
     </VersionOverrides>
   </VersionOverrides>
 </OfficeApp>
@@ -212,20 +236,44 @@ def build_xml(settings: AddinSettings) -> str:
         description=quoteattr(settings.description),
         mailbox_min=MAILBOX_MIN_VERSION,
         handler=HANDLER_NAME,
+        appointment_handler=APPOINTMENT_HANDLER_NAME,
+        web_application_info=_web_application_info(settings),
         send_mode=settings.send_mode,
         **attr,
     )
 
 
+def _web_application_info(settings: AddinSettings) -> str:
+    if not settings.sso_client_id:
+        return ""
+    return f"""
+      <!-- Office SSO: the add-in proves the user to the central server (addin/relay.py). -->
+      <WebApplicationInfo>
+        <Id>{escape(settings.sso_client_id)}</Id>
+        <Resource>{escape(settings.sso_resource)}</Resource>
+        <Scopes>
+          <Scope>openid</Scope>
+          <Scope>profile</Scope>
+        </Scopes>
+      </WebApplicationInfo>"""
+
+
 def build_unified(settings: AddinSettings) -> dict:
     """The unified manifest for Microsoft 365 as a dict (see :func:`unified_text`)."""
     mailbox = [{"name": "Mailbox", "minVersion": MAILBOX_MIN_VERSION}]
+    doc = _unified(settings, mailbox)
+    if settings.sso_client_id:
+        doc["webApplicationInfo"] = {"id": settings.sso_client_id, "resource": settings.sso_resource}
+    return doc
+
+
+def _unified(settings: AddinSettings, mailbox: list[dict]) -> dict:
     return {
         "$schema": "https://developer.microsoft.com/json-schemas/teams/"
         f"v{UNIFIED_MANIFEST_VERSION}/MicrosoftTeams.schema.json",
         "manifestVersion": UNIFIED_MANIFEST_VERSION,
         "version": settings.version,
-        "id": settings.addin_id,
+        "id": settings.unified_id,
         "localizationInfo": {"defaultLanguageTag": "en-us"},
         "developer": {
             "name": settings.provider[:32],
@@ -254,7 +302,9 @@ def build_unified(settings: AddinSettings) -> dict:
                         "code": {"page": settings.url("commands"), "script": settings.url("script")},
                         "lifetime": "short",
                         "actions": [
-                            {"id": HANDLER_NAME, "type": "executeFunction", "displayName": HANDLER_NAME}
+                            {"id": HANDLER_NAME, "type": "executeFunction", "displayName": HANDLER_NAME},
+                            {"id": APPOINTMENT_HANDLER_NAME, "type": "executeFunction",
+                             "displayName": APPOINTMENT_HANDLER_NAME},
                         ],
                     }
                 ],
@@ -266,10 +316,17 @@ def build_unified(settings: AddinSettings) -> dict:
                                 "type": "messageSending",
                                 "actionId": HANDLER_NAME,
                                 "options": {"sendMode": settings.unified_send_mode},
-                            }
+                            },
+                            {
+                                "type": "appointmentSending",
+                                "actionId": APPOINTMENT_HANDLER_NAME,
+                                "options": {"sendMode": settings.unified_send_mode},
+                            },
                         ],
                     }
                 ],
+                # Where the XML manifest's add-in is installed too, Outlook shows only this one.
+                "alternates": [{"hide": {"customOfficeAddin": {"officeAddinId": settings.addin_id}}}],
             }
         ],
     }
@@ -277,6 +334,90 @@ def build_unified(settings: AddinSettings) -> dict:
 
 def unified_text(settings: AddinSettings) -> str:
     return json.dumps(build_unified(settings), indent=2, ensure_ascii=False) + "\n"
+
+
+LOOPBACK_SCRIPT = "sendguard-loopback-exempt.ps1"
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+
+
+def loopback_container(settings: AddinSettings) -> str:
+    """The AppContainer classic Outlook on Windows runs this add-in's JavaScript-only runtime in:
+    "1_" + the origin with ':' and '/' as '_' + the add-in id in upper case (port and id both count)."""
+    return "1_" + re.sub(r"[:/]", "_", settings.origin) + settings.addin_id.upper()
+
+
+_LOOPBACK_PS1 = Template(r"""<#
+  SendGuard: let classic Outlook on Windows reach the SendGuard helper on this PC.
+
+  Classic Outlook runs the add-in's send check in an AppContainer that may not connect to loopback
+  (https://$host:$port) unless exempted. Run once per PC, elevated, as an installer step (the
+  SendGuard Windows bundle's install.ps1 runs it in its machine part); -Remove undoes it.
+  Generated by `sendguard addin manifest` for add-in $addin_id on $origin: a new port or add-in id
+  needs a new exemption.
+#>
+[CmdletBinding()]
+param([switch]$$Remove)
+$$ErrorActionPreference = "Stop"
+$$Container = "$container"
+$$principal = New-Object Security.Principal.WindowsPrincipal([Security.Principal.WindowsIdentity]::GetCurrent())
+if (-not $$principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
+    Write-Warning "SendGuard: the Outlook loopback exemption needs an elevated PowerShell; run $$PSCommandPath as administrator."
+    exit 2
+}
+$$exe = Join-Path $$env:SystemRoot "System32\CheckNetIsolation.exe"
+$$listed = (& $$exe LoopbackExempt -s) -join "`n"
+$$present = $$listed -match [regex]::Escape($$Container)
+if ($$Remove) {
+    if ($$present) { & $$exe LoopbackExempt -d "-n=$$Container" | Out-Null }
+    Write-Host "SendGuard: loopback exemption for $$Container removed."
+    exit 0
+}
+if (-not $$present) {
+    & $$exe LoopbackExempt -a "-n=$$Container" | Out-Null
+    if ($$LASTEXITCODE -ne 0) {
+        Write-Warning "SendGuard: CheckNetIsolation could not add the loopback exemption for $$Container (exit $$LASTEXITCODE); classic Outlook will not reach the helper."
+        exit 1
+    }
+}
+Write-Host "SendGuard: classic Outlook may reach the helper ($$Container). Restart Outlook if it is running."
+""")
+
+
+def build_loopback_script(settings: AddinSettings) -> str | None:
+    """The elevated installer step for classic Outlook on Windows, or None when the add-in is not
+    served from this PC (a central server needs no loopback exemption)."""
+    if settings.host not in _LOOPBACK_HOSTS:
+        return None
+    return _LOOPBACK_PS1.substitute(host=settings.host, port=settings.port, addin_id=settings.addin_id,
+                                    origin=settings.origin, container=loopback_container(settings))
+
+
+LNA_REG = "sendguard-local-network-access.reg"
+# Where Outlook on the web and new Outlook load (the page that frames the add-in). Chrome/Edge 142+
+# (WebView2 143+) ask before such a public site, or a frame in it, reaches loopback.
+OUTLOOK_WEB_ORIGINS = ("https://outlook.office.com", "https://outlook.office365.com", "https://outlook.cloud.microsoft")
+
+
+def lna_origins(settings: AddinSettings) -> list[str]:
+    """Origins to list in the browsers' LocalNetworkAccessAllowedForUrls policy: Outlook's own and
+    the add-in's (the request comes from the add-in's frame)."""
+    return [*OUTLOOK_WEB_ORIGINS, settings.origin]
+
+
+def build_lna_reg(settings: AddinSettings) -> str | None:
+    """A .reg file setting LocalNetworkAccessAllowedForUrls for Edge and Chrome, machine-wide, in
+    values 101.. so that an admin's own entries 1..100 stay; None when the add-in is not on loopback."""
+    if settings.host not in _LOOPBACK_HOSTS:
+        return None
+    lines = ["Windows Registry Editor Version 5.00", "",
+             "; SendGuard: let Outlook on the web / new Outlook reach the SendGuard helper on this PC",
+             "; without asking (Local Network Access). Generated by `sendguard addin manifest`.", ""]
+    for key in (r"HKEY_LOCAL_MACHINE\SOFTWARE\Policies\Microsoft\Edge\LocalNetworkAccessAllowedForUrls",
+                r"HKEY_LOCAL_MACHINE\SOFTWARE\Policies\Google\Chrome\LocalNetworkAccessAllowedForUrls"):
+        lines.append(f"[{key}]")
+        lines += [f'"{n}"="{origin}"' for n, origin in enumerate(lna_origins(settings), start=101)]
+        lines.append("")
+    return "\r\n".join(lines)
 
 
 def write_manifests(settings: AddinSettings, out_dir: Path) -> list[Path]:
@@ -298,4 +439,13 @@ def write_manifests(settings: AddinSettings, out_dir: Path) -> list[Path]:
         for icon in UNIFIED_ICONS:
             package.write(ICONS_DIR / icon, icon)
     written.append(zip_path)
+    loopback = build_loopback_script(settings)
+    if loopback is not None:
+        script_path = out_dir / LOOPBACK_SCRIPT
+        # Windows PowerShell 5.1 reads a BOM-less script as ANSI; the script is ASCII, CRLF for Notepad.
+        script_path.write_bytes(loopback.replace("\n", "\r\n").encode("ascii"))
+        written.append(script_path)
+        reg_path = out_dir / LNA_REG
+        reg_path.write_bytes(b"\xff\xfe" + build_lna_reg(settings).encode("utf-16-le"))  # regedit's own format
+        written.append(reg_path)
     return written

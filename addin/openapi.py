@@ -56,7 +56,7 @@ SPEC: dict[str, Any] = {
                 "attachments": {"type": "array", "items": {"type": "object"}},
                 "created_at": {"type": "string"}}},
             "AddinMessage": {"type": "object", "required": ["to"], "properties": {
-                "source": {"type": "string", "enum": ["outlook", "gmail", "api"]},
+                "source": {"type": "string", "enum": ["outlook", "gmail", "gmail_web", "api"]},
                 "item_id": {"type": "string", "nullable": True},
                 "from": _ADDR,
                 "to": {"type": "array", "items": _ADDR}, "cc": {"type": "array", "items": _ADDR},

@@ -10,22 +10,37 @@ registers the blueprint (``addin.create_app``).
 from __future__ import annotations
 
 import json
+import logging
 
-from flask import Blueprint, Response, abort, request, send_from_directory
+from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
 from addin import manifests
 
 bp = Blueprint("outlook_addin", __name__)
+log = logging.getLogger(__name__)
 
 _STATIC = manifests.STATIC_DIR
 _ICONS = {path.rsplit("/", 1)[1] for key, path in manifests.PATHS.items() if key.startswith("icon-")}
 _ICONS.update(manifests.UNIFIED_ICONS)
 
-# The runtime page may load Office.js from Microsoft's CDN and talk to this origin only.
-_CSP = (
-    "default-src 'none'; script-src 'self' https://appsforoffice.microsoft.com; "
-    "connect-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+# The runtime page's Content-Security-Policy. Microsoft publishes no list of what Office.js loads on
+# each client (office-js issue #1005; seen: its CDN, ajax.aspnetcdn.com, the aria telemetry pipe), and a
+# page that cannot run makes Outlook treat the add-in as unavailable (SoftBlock: "Send Anyway"). So
+# only script sources - the part that stops injected code - are enforced; the full policy runs
+# report-only and violations are logged by /addin/csp-report, so an admin sees what a client needs
+# before it is enforced.
+OFFICE_JS_HOSTS = ("https://appsforoffice.microsoft.com", "https://ajax.aspnetcdn.com")
+OFFICE_TELEMETRY_HOSTS = ("https://browser.pipe.aria.microsoft.com",)
+CSP_REPORT_PATH = "/addin/csp-report"
+_OFFICE = " ".join(OFFICE_JS_HOSTS)
+_CSP = f"script-src 'self' {_OFFICE}; object-src 'none'; base-uri 'none'; form-action 'none'"
+_CSP_REPORT_ONLY = (
+    f"default-src 'none'; script-src 'self' {_OFFICE}; "
+    f"connect-src 'self' {_OFFICE} {' '.join(OFFICE_TELEMETRY_HOSTS)}; img-src 'self' data: {_OFFICE}; "
+    f"style-src 'self' 'unsafe-inline' {_OFFICE}; font-src 'self' {_OFFICE}; frame-src 'self' {_OFFICE}; "
+    f"object-src 'none'; base-uri 'none'; form-action 'none'; report-uri {CSP_REPORT_PATH}"
 )
+_MAX_REPORT = 16 * 1024
 
 
 def _origin() -> str:
@@ -44,7 +59,24 @@ def _no_store(response: Response) -> Response:
 def commands_page() -> Response:
     response = send_from_directory(_STATIC, "commands.html", mimetype="text/html")
     response.headers["Content-Security-Policy"] = _CSP
+    response.headers["Content-Security-Policy-Report-Only"] = _CSP_REPORT_ONLY
     return _no_store(response)
+
+
+@bp.post(CSP_REPORT_PATH)
+def csp_report() -> Response:
+    """What the report-only policy would have blocked in the runtime page, logged for the admin."""
+    raw = request.get_data(cache=False)[:_MAX_REPORT]
+    try:
+        report = json.loads(raw or b"{}")
+    except ValueError:
+        report = {}
+    body = report.get("csp-report") if isinstance(report, dict) else None
+    if isinstance(body, dict):
+        log.warning("add-in page CSP (report-only) would block %s for %s on %s",
+                    str(body.get("blocked-uri", "?"))[:300], str(body.get("violated-directive", "?"))[:100],
+                    str(body.get("document-uri", "?"))[:300])
+    return Response(status=204)
 
 
 @bp.get(manifests.PATHS["script"])
@@ -52,7 +84,11 @@ def launchevent_script() -> Response:
     # The script learns its API base from this first line: classic Outlook's JavaScript-only runtime
     # has no document or location to take it from.
     source = (_STATIC / "launchevent.js").read_text(encoding="utf-8")
-    prefix = f"var SENDGUARD_API_BASE = {json.dumps(_origin())};\n"
+    # On the central server the add-in's API is the relay (addin/relay.py), entered with Office SSO.
+    base = _origin() + str(current_app.config.get("ADDIN_API_PATH", ""))
+    prefix = f"var SENDGUARD_API_BASE = {json.dumps(base)};\n"
+    if current_app.config.get("ADDIN_SSO"):
+        prefix += "var SENDGUARD_SSO = true;\n"
     return _no_store(Response(prefix + source, mimetype="text/javascript"))
 
 

@@ -51,6 +51,25 @@ UI_STRINGS = (
     _("Preview of {name}"), _("Hidden direction or invisible characters are shown as ⟨…⟩"),
     _("Direction trick"), _("Contains right-to-left or invisible characters that can disguise the real name"),
     _("… and {count} more"), _("Loading…"), _("Waiting for messages…"), _("Next message"), _("Enter does not send: use the Send button."),
+    # outcomes, undo and blocked messages (issue #11)
+    _("Remove (Delete key)"),
+    _("Preview (P key)"),
+    _("Blocked: this message cannot be sent. Cancel it, or save it as .eml to fix it in your mail program."),
+    _("Blocked by policy: this message cannot be sent."),
+    _("This message needs approval, but your policy names no approver for it, so nobody can approve it. Ask your administrator to set [approval] approvers; until then it stays held (you can cancel it with `sendguard queue cancel {id}`)."),
+    _("Held for approval by {approvers}."),
+    _("They have been asked by email. SendGuard sends the message as soon as one of them approves, and tells you if it is rejected."),
+    _("If nobody decides by {when}, it expires unsent."),
+    _("Follow it with `sendguard queue show {id}`."),
+    _("This page updates when it is decided."),
+    _("Decided elsewhere (command line, browser page, approver or expiry):"),
+    _("Sending in {seconds} s. Undo keeps it from being sent."),
+    _("Undone: the message was not sent."),
+    _("Save it as .eml to send it again later."),
+    _("Too late to undo: {error}"),
+    _("This message needs approval, but no approver is configured for it, so Send will be refused until your "
+      "administrator sets [approval] approvers. You can cancel it or keep it open until then."),
+    _("Resume guard"), _("Pause guard"), _("Quit SendGuard"), _("Your administrator does not allow pausing SendGuard"),
     # flag names and what they mean (tooltips)
     _("external"), _("trusted"), _("new_domain"), _("lookalike"), _("display_name_mismatch"), _("blocked"),
     _("idn"), _("personal_data"), _("keyword"), _("executable"), _("archive"), _("encrypted"),
@@ -72,6 +91,10 @@ UI_STRINGS = (
     _("Embedded in the message body"),
     # actions in the reasons list
     _("allow"), _("confirm"), _("approve"), _("block"),
+    # DESIGN §3.1: list members, added and opted-out recipients, the second confirmation
+    _("reconfirm"), _("auto_added"), _("list_member"), _("suppressed"), _("via {list}"),
+    _("Added automatically by your organization's policy"), _("A member of the distribution list shown with it"),
+    _("On the opt-out list: removed from this message"),
 )
 
 
@@ -149,6 +172,17 @@ def window_shell() -> Any:
     return _page(None, "window")
 
 
+def excerpt(text: str, limit: int = BODY_EXCERPT_CHARS) -> str:
+    """The start of the body as written: line breaks kept, trailing blanks and runs of empty lines trimmed."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if not line and out and not out[-1]:
+            continue  # one empty line keeps a paragraph break; more only push the text off screen
+        out.append(line)
+    return "\n".join(out).strip("\n")[:limit]
+
+
 def page_data(item_id: str) -> dict[str, Any]:
     """Everything the page shows for one message (the window gets the same through the helper)."""
     svc = service()
@@ -158,7 +192,7 @@ def page_data(item_id: str) -> dict[str, Any]:
     body = ""
     if item.raw and not item.purged:
         parsed = msgmod.parse(item.raw, require_recipients=False)
-        body = " ".join(parsed.body_text.split())[:BODY_EXCERPT_CHARS] if parsed.body_text else ""
+        body = excerpt(parsed.body_text or "")
     policy = svc.policy.get()
     return {"item": data, "body_excerpt": body, "countdown_seconds": int(policy.countdown_seconds),
             "eml_url": url_for("pages.export_eml", item_id=item_id)}

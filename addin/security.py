@@ -12,18 +12,24 @@ All errors are JSON ``{"error": {"code", "message"}}`` with a proper status.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import io
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, jsonify, request, session
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import NotFound as NotFoundError
 
 from sendguard.errors import (
     ConfigError,
     MessageError,
+    NeedsReconfirmation,
     NotFound,
     PermissionDenied,
     SendGuardError,
@@ -34,6 +40,7 @@ from sendguard.links import LinkSigner, api_token, token_matches
 
 F = TypeVar("F", bound=Callable[..., Any])
 ADDIN_TOKEN_MAX_AGE = 12 * 3600
+ITEM_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 OPEN_PATHS = ("/healthz", "/api/v1/openapi.json", "/api/v1/addin/session")
 
 
@@ -51,7 +58,8 @@ def error_response(status: int, code: str, message: str) -> Any:
     return response
 
 
-_STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"), (StateError, 409, "conflict"),
+_STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"),
+               (NeedsReconfirmation, 409, "needs_reconfirmation"), (StateError, 409, "conflict"),
                (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"),
                (StoreUnavailable, 503, "store_unavailable"))
 
@@ -61,9 +69,52 @@ class Principal:
     kind: str  # api | addin | page | approver | helper (central server: a user's helper token)
     items: list[str] = field(default_factory=list)
     who: str = ""
+    sid: str = ""  # an add-in session: the items it created are its own, nothing else
 
     def may_see(self, item_id: str) -> bool:
         return self.kind != "page" or item_id in self.items
+
+    @property
+    def key(self) -> str:
+        """One name per credential (long polls are counted per credential)."""
+        return f"{self.kind}:{self.sid or self.who or ','.join(self.items[-3:])}"
+
+
+class LongPolls:
+    """Bounds long polls: a few at a time per credential, and a share of the server's threads in all.
+
+    A long poll holds a worker thread; without a bound a dozen ``?wait=60`` requests starve
+    ``/healthz`` and the real users.
+    """
+
+    def __init__(self, per_credential: int = 2, total: int = 16):
+        self.per_credential = per_credential
+        self.total = total
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            if self._held.get(key, 0) >= self.per_credential:
+                raise ApiError(429, "too_many_waits", f"at most {self.per_credential} waiting requests per "
+                                                      "credential: wait for an answer before asking again")
+            if sum(self._held.values()) >= self.total:
+                raise ApiError(503, "busy", "the server is answering too many waiting requests: retry shortly")
+            self._held[key] = self._held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[key] -= 1
+                if not self._held[key]:
+                    del self._held[key]
+
+
+def long_poll(who: Principal | None) -> Any:
+    """The app's long-poll bound for this caller (a context manager)."""
+    polls: LongPolls = current_app.extensions["sendguard_long_polls"]
+    return polls.hold(who.key if who else "anonymous")
 
 
 def _host_name(value: str) -> str:
@@ -123,7 +174,10 @@ def principal() -> Principal | None:
             origin = request.headers.get("Origin")
             if origin and claims.get("origin") and origin != claims["origin"]:
                 raise ApiError(403, "token_origin", "this add-in token was issued to another origin")
-            found = Principal("addin", who=str(claims.get("origin") or ""))
+            if not claims.get("sid") or (current_app.config.get("ADDIN_NEEDS_USER") and not claims.get("user")):
+                raise ApiError(401, "invalid_token", "this add-in token is from an older version: "
+                                                     "ask for a new one (POST /api/v1/addin/session)")
+            found = Principal("addin", who=str(claims.get("user") or ""), sid=str(claims["sid"]))
     elif session.get("approver"):
         found = Principal("approver", who=str(session["approver"]))
     elif session.get("items"):
@@ -168,7 +222,46 @@ def wants_json() -> bool:
         request.accept_mimetypes.best == "application/json"
 
 
+def _limit_streamed_body(limit: int | None) -> None:
+    """A body without Content-Length (chunked) is read here, at most ``limit`` bytes: one byte more is
+    a 413, whatever the transfer encoding. (Cut silently, a card number at its end went unchecked.)"""
+    environ = request.environ
+    if not limit or request.content_length is not None or "wsgi.input_terminated" not in environ:
+        return  # with a length, werkzeug refuses oversize bodies itself; without either there is no body
+    stream = environ["wsgi.input"]
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    body = b"".join(chunks)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
+# The Outlook add-in's own files are loaded inside Office's frames; every other page refuses framing.
+FRAMED_PATHS = ("/addin/",)
+
+
+def _no_framing(response: Any) -> None:
+    """``frame-ancestors 'none'`` (and X-Frame-Options for old browsers): no site can frame a page and
+    trick a click on Approve or Send."""
+    response.headers["X-Frame-Options"] = "DENY"
+    csp = response.headers.get("Content-Security-Policy", "")
+    if "frame-ancestors" not in csp:
+        response.headers["Content-Security-Policy"] = (csp.rstrip("; ") + "; " if csp else "") + \
+            "frame-ancestors 'none'"
+
+
 def init_app(app: Flask) -> None:
+    app.extensions["sendguard_long_polls"] = LongPolls(app.config.get("LONG_POLLS_PER_CREDENTIAL", 2),
+                                                       app.config.get("LONG_POLLS_TOTAL", 16))
+
     @app.before_request
     def _guard() -> Any:
         host = _host_name(request.host)
@@ -179,13 +272,23 @@ def init_app(app: Flask) -> None:
         origin = request.headers.get("Origin")
         if origin is not None and not _origin_allowed(origin):
             return error_response(403, "origin_not_allowed", f"requests from {origin!r} are not allowed")
+        _limit_streamed_body(app.config["MAX_CONTENT_LENGTH"])
         return None
+
+    @app.url_value_preprocessor
+    def _valid_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+        item_id = (values or {}).get("item_id")
+        if item_id is not None and not ITEM_ID.match(str(item_id)):
+            # never let a malformed id reach the database (an over-long one was a 500 with the SQL logged)
+            raise NotFoundError(f"no message {str(item_id)[:40]!r}: ids are 1-32 letters, digits, - or _")
 
     @app.after_request
     def _headers(response: Any) -> Any:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
+        if response.mimetype == "text/html" and not request.path.startswith(FRAMED_PATHS):
+            _no_framing(response)
         return response
 
     @app.errorhandler(ApiError)

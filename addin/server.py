@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,15 +40,15 @@ from sqlalchemy.exc import IntegrityError
 
 from sendguard import paths
 from sendguard.config import Config
-from sendguard.errors import SendGuardError
+from sendguard.errors import PermissionDenied, SendGuardError
 from sendguard.i18n import translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import Item, Outbox
 from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
-from . import create_app
-from .security import ApiError, principal, require
+from . import create_app, relay
+from .security import ApiError, long_poll, principal, require
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 DECIDED = ("approved", "rejected", "expired", "sent", "cancelled")
 MAX_WAIT = 30.0
 TOKEN_CACHE_SECONDS = 10.0
+# links the server mails itself; links of older versions (handed to the sender's helper) no longer work
+LINK_PURPOSE = "approve-mailed"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -203,14 +206,102 @@ class ServerOutbox(Outbox):
             self.store.record_sent_domains(conn, addresses, time.time())
 
 
+def notice_transport(url: str | None) -> Any:
+    """The server's own way to mail approvers: ``smtp://[user@]host:port`` (STARTTLS; ``?security=none``
+    for a relay that has none), ``smtps://...`` (implicit TLS) or ``maildir:/path`` (a folder, for trials).
+    The relay's password comes from ``$SENDGUARD_SERVER_MAIL_PASSWORD``. None: no approval emails."""
+    if not url:
+        return None
+    from urllib.parse import parse_qs
+
+    from sendguard.mailboxes.maildir import MaildirMailbox
+    from sendguard.mailboxes.smtp import SmtpRelay
+
+    parts = urlsplit(url)
+    if parts.scheme == "maildir":
+        folder = Path(parts.path or parts.netloc).expanduser()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return MaildirMailbox(folder, "server-notices")
+    if parts.scheme in ("smtp", "smtps") and parts.hostname:
+        security = "ssl" if parts.scheme == "smtps" else parse_qs(parts.query).get("security", ["starttls"])[0]
+        if security not in ("starttls", "ssl", "none"):
+            raise SendGuardError(f"--mail-relay {_safe(url)}: security must be starttls, ssl or none")
+        return SmtpRelay("server-notices", parts.hostname, parts.port or (465 if security == "ssl" else 587),
+                         security, parts.username or None, os.environ.get("SENDGUARD_SERVER_MAIL_PASSWORD"))
+    raise SendGuardError(f"--mail-relay {_safe(url)}: write smtp://host:port, smtps://host:port or maildir:/path")
+
+
+class ServerNotices:
+    """The server mails each approver (and active deputy) their own signed link, through the
+    organization's relay: links never pass through, or are stored by, the sender's helper.
+
+    One thread per server process, woken by new requests and every few seconds; on PostgreSQL an
+    advisory lock lets one process at a time send, and the ``notices`` table keeps every email single.
+    """
+
+    LOCK_ID = 7253613
+
+    def __init__(self, svc: CentralService, transport: Any, mail_from: str):
+        self.svc = svc
+        self.transport = transport
+        self.mail_from = mail_from
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        if self.transport is None:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sendguard-server-notices", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.round()
+            except Exception:
+                log.exception("approval emails failed; retrying")
+            self._wake.wait(5.0)
+            self._wake.clear()
+
+    def round(self) -> int:
+        """Send every approval email not sent yet; returns how many went."""
+        from sqlalchemy import text
+
+        from sendguard import notify
+
+        svc = self.svc
+        with svc.store.engine.connect() as lock:
+            postgres = lock.dialect.name == "postgresql"
+            if postgres and not lock.execute(text(f"SELECT pg_try_advisory_lock({self.LOCK_ID})")).scalar():
+                return 0  # another server process is sending right now
+            try:
+                return notify.notify_approvers(
+                    svc.outbox, lambda item: notify.approvers_and_deputies(item, svc.approvals),
+                    lambda _item: self.transport, svc.approval_link, svc.gettext, mail_from=self.mail_from)
+            finally:
+                if postgres:
+                    lock.execute(text(f"SELECT pg_advisory_unlock({self.LOCK_ID})"))
+                    lock.commit()
+
+
 class CentralService:
     """What ``create_app`` needs (outbox, store, config, policy, gettext, approvals), on PostgreSQL.
 
     The server never releases mail (``mailbox_for`` is None): the sender's helper does, once the
-    decision reaches it.
+    decision reaches it. It mails approvers itself (``ServerNotices``).
     """
 
-    def __init__(self, url: str, public_url: str, policy_path: Path | None = None, language: str | None = None):
+    def __init__(self, url: str, public_url: str, policy_path: Path | None = None, language: str | None = None,
+                 mail_url: str | None = None, mail_from: str | None = None):
         from sendguard.approvals import Approvals
 
         self.store = Store(database_url(url))
@@ -223,6 +314,14 @@ class CentralService:
         self.approvals = Approvals(self.outbox, self.policy.get, remote=None)
         self.secret_key = setting(self.store, "secret_key", lambda: secrets.token_urlsafe(48))
         self._housekeeping = 0.0
+        host = urlsplit(self.public_url).hostname or "localhost"
+        self.notices = ServerNotices(self, notice_transport(mail_url), mail_from or f"sendguard@{host}")
+        if self.notices.transport is None:
+            log.warning("no --mail-relay: approvers get no approval emails (they use the Approvals window)")
+
+    def close(self) -> None:
+        self.notices.stop()
+        self.store.close()
 
     def housekeeping(self) -> None:
         """Expire overdue requests (every process does it now and then; row locks keep it single)."""
@@ -233,20 +332,12 @@ class CentralService:
             self.outbox.expire_due()
         except Exception:
             log.exception("expiring overdue approval requests failed")
+        self.notices.wake()
 
-    def approval_links(self, item: Item) -> dict[str, dict[str, Any]]:
-        """A signed, single-use link for each approver and each approver's active deputy."""
-        signer = LinkSigner(self.secret_key, "approve")
-        links: dict[str, dict[str, Any]] = {}
-        for approver in item.approvers:
-            targets = [(approver.lower(), None)]
-            targets += [(d, approver.lower()) for d in self.approvals.active_deputies(approver)]
-            for address, deputy_of in targets:
-                if address in links:
-                    continue
-                token = signer.sign(item.id, approver=address)
-                links[address] = {"url": f"{self.public_url}/approve/{item.id}?t={token}", "deputy_of": deputy_of}
-        return links
+    def approval_link(self, item: Item, address: str) -> str:
+        """A signed, single-use link for one approver (or deputy); it only ever goes into their email."""
+        token = LinkSigner(self.secret_key, LINK_PURPOSE).sign(item.id, approver=address.lower())
+        return f"{self.public_url}/approve/{item.id}?t={token}"
 
 
 def status_json(item: Item) -> dict[str, Any]:
@@ -291,8 +382,7 @@ def submit_request() -> Any:
     if existing is not None:
         if existing.owner != who:
             raise ApiError(409, "id_taken", f"request {item_id} belongs to another user")
-        return jsonify({**status_json(existing), "links": svc.approval_links(existing)
-                        if existing.state == "awaiting_approval" else {}})
+        return jsonify(status_json(existing))
     try:
         raw = base64.b64decode(str(data.get("raw") or ""), validate=True)
     except (binascii.Error, ValueError):
@@ -323,9 +413,10 @@ def submit_request() -> Any:
         existing = _find(svc, item_id)  # the same request raced in twice: answer as for a retry
         if existing is None or existing.owner != who:
             raise ApiError(409, "id_taken", f"request {item_id} belongs to another user") from None
-        return jsonify({**status_json(existing), "links": svc.approval_links(existing)})
+        return jsonify(status_json(existing))
     item = svc.outbox.get(item_id)
-    return jsonify({**status_json(item), "links": svc.approval_links(item)}), 201
+    svc.notices.wake()  # the server itself mails the approvers their links (never the sender's helper)
+    return jsonify(status_json(item)), 201
 
 
 def _find(svc: CentralService, item_id: str) -> Item | None:
@@ -353,7 +444,10 @@ def decisions() -> Any:
     svc = central()
     who = _user()
     try:
-        wait = max(0.0, min(float(request.args.get("wait", 0)), MAX_WAIT))
+        wait = float(request.args.get("wait", 0))
+        if not 0.0 <= wait:  # NaN and negatives
+            raise ValueError(wait)
+        wait = min(wait, MAX_WAIT)
     except ValueError:
         raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
     skip = [i for i in request.args.get("skip", "").split(",") if i][:500]
@@ -364,13 +458,14 @@ def decisions() -> Any:
         query = query.where(outbox.c.id.not_in(skip))
     query = query.order_by(outbox.c.updated_at).limit(200)
     deadline = time.monotonic() + wait
-    while True:
-        with svc.store.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        if rows or time.monotonic() >= deadline:
-            return jsonify([dict(r) for r in rows])
-        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        svc.housekeeping()
+    with long_poll(principal()) if wait else contextlib.nullcontext():
+        while True:
+            with svc.store.engine.connect() as conn:
+                rows = conn.execute(query).mappings().all()
+            if rows or time.monotonic() >= deadline:
+                return jsonify([dict(r) for r in rows])
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            svc.housekeeping()
 
 
 @bp.post("/api/v1/central/decisions/ack")
@@ -431,6 +526,48 @@ def released(item_id: str) -> Any:
     return jsonify(status_json(item))
 
 
+def _checkpoint_key(user: str, db: str) -> str:
+    return "cp:" + hashlib.sha256(f"{user}\n{db}".encode()).hexdigest()[:40]
+
+
+@bp.post("/api/v1/central/audit-checkpoint")
+@require("helper")
+def put_checkpoint() -> Any:
+    """A helper's signed audit head: the server keeps the latest one, out of the helper's reach, so the
+    helper's ``audit verify`` can tell whether its log was cut short or rewritten since."""
+    svc = central()
+    data = request.get_json(silent=True)
+    fields = {"seq": int, "hash": str, "ts": str, "sig": str, "db": str}
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), t) and not isinstance(data.get(k), bool)
+                                             for k, t in fields.items()):
+        raise ApiError(400, "bad_checkpoint", "expected {seq, hash, ts, sig, db}")
+    if len(str(data)) > 2000 or data["seq"] < 0:
+        raise ApiError(400, "bad_checkpoint", "this is not a checkpoint")
+    key = _checkpoint_key(_user(), data["db"])
+    value = json.dumps({k: data[k] for k in fields})
+    with svc.store.transaction() as conn:
+        row = conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)
+                           .with_for_update()).first()
+        if row is None:
+            conn.execute(insert(server_settings).values(key=key, value=value))
+        elif int(json.loads(row[0]).get("seq", 0)) <= data["seq"]:
+            conn.execute(update(server_settings).where(server_settings.c.key == key).values(value=value))
+        else:  # never backwards: a helper whose log went back is exactly what this is here to show
+            return jsonify(json.loads(row[0]))
+    return jsonify(json.loads(value))
+
+
+@bp.get("/api/v1/central/audit-checkpoint")
+@require("helper")
+def get_checkpoint() -> Any:
+    svc = central()
+    db = request.args.get("db", "")
+    with svc.store.engine.connect() as conn:
+        row = conn.execute(select(server_settings.c.value)
+                           .where(server_settings.c.key == _checkpoint_key(_user(), db))).first()
+    return jsonify(json.loads(row[0]) if row else None)
+
+
 @bp.post("/api/v1/central/login-link")
 @require("helper")
 def login_link() -> Any:
@@ -444,8 +581,9 @@ def login_link() -> Any:
 # ---------------------------------------------------------------------- the app
 def create_server_app(url: str, public_url: str, policy_path: Path | None = None,
                       allowed_hosts: list[str] | None = None, language: str | None = None,
-                      test_config: dict[str, Any] | None = None) -> Flask:
-    svc = CentralService(url, public_url, policy_path, language)
+                      test_config: dict[str, Any] | None = None, mail_url: str | None = None,
+                      mail_from: str | None = None) -> Flask:
+    svc = CentralService(url, public_url, policy_path, language, mail_url, mail_from)
     public = urlsplit(svc.public_url)
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1"]
     for host in [public.hostname or "", *(allowed_hosts or [])]:
@@ -457,12 +595,16 @@ def create_server_app(url: str, public_url: str, policy_path: Path | None = None
         # nobody holds a full-access token on the server: helpers and approvers act as themselves
         "API_TOKEN": secrets.token_urlsafe(48),
         "HELPER_TOKEN_VERIFIER": TokenVerifier(svc.store),
+        "APPROVAL_LINK_PURPOSE": LINK_PURPOSE,
+        "ADDIN_NEEDS_USER": True,  # an add-in token names a user proven by their helper token
+        "LONG_POLLS_TOTAL": int(os.environ.get("SENDGUARD_SERVER_LONG_POLLS", "8")),
         "SESSION_COOKIE_SECURE": public.scheme == "https",
         "SESSION_COOKIE_SAMESITE": "Lax",
         **(test_config or {}),
     }
     app = create_app(svc, config)
     app.register_blueprint(bp)
+    relay.init_app(app)  # the Outlook add-in is served from here and reaches the user's helper through us
     return app
 
 
@@ -471,7 +613,9 @@ def _app_from_env() -> Flask:
     return create_server_app(
         os.environ["SENDGUARD_SERVER_DATABASE"], os.environ["SENDGUARD_SERVER_PUBLIC_URL"],
         Path(os.environ["SENDGUARD_SERVER_POLICY"]) if os.environ.get("SENDGUARD_SERVER_POLICY") else None,
-        json.loads(os.environ.get("SENDGUARD_SERVER_HOSTS", "[]")), os.environ.get("SENDGUARD_SERVER_LANGUAGE"))
+        json.loads(os.environ.get("SENDGUARD_SERVER_HOSTS", "[]")), os.environ.get("SENDGUARD_SERVER_LANGUAGE"),
+        mail_url=os.environ.get("SENDGUARD_SERVER_MAIL") or None,
+        mail_from=os.environ.get("SENDGUARD_SERVER_MAIL_FROM") or None)
 
 
 def serve(app_factory: Callable[[], Flask], host: str, port: int, workers: int, threads: int,
@@ -509,9 +653,32 @@ def serve(app_factory: Callable[[], Flask], host: str, port: int, workers: int, 
 
 
 # ---------------------------------------------------------------------- command line
+def _resolve_database(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """--database on the subcommand, else on `sendguard server`, else $SENDGUARD_DATABASE_URL (click reads
+    it), else [server] database in config.toml: the admin types the URL once."""
+    if value:
+        return value
+    parent = ctx.parent.params.get("database") if ctx.parent is not None else None
+    found = str(parent) if parent else _configured_database()
+    if found:
+        return found
+    raise click.UsageError("say which database: --database postgresql://user@host/db, or set "
+                           "$SENDGUARD_DATABASE_URL, or [server] database in config.toml")
+
+
+def _configured_database() -> str | None:
+    from sendguard import config as configmod
+
+    try:
+        return configmod.load().server_database
+    except SendGuardError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _database_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--database", envvar="SENDGUARD_DATABASE_URL", required=True, metavar="URL",
-                        help="postgresql://user@host/db (or $SENDGUARD_DATABASE_URL).")(func)
+    return click.option("--database", envvar="SENDGUARD_DATABASE_URL", metavar="URL", callback=_resolve_database,
+                        help="postgresql://user@host/db (default: $SENDGUARD_DATABASE_URL, then [server] "
+                             "database in config.toml).")(func)
 
 
 @click.group(invoke_without_command=True)
@@ -528,23 +695,32 @@ def _database_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option("--language", default=None, help="Language of pages and emails (en, ja, zh).")
+@click.option("--mail-relay", default=None, metavar="URL",
+              help="How the server mails approvers their links: smtp://[user@]host:port (password in "
+                   "$SENDGUARD_SERVER_MAIL_PASSWORD), smtps://host:port or maildir:/path.")
+@click.option("--mail-from", default=None, metavar="ADDR", help="Sender of approval emails "
+                                                                "(default sendguard@<public host>).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write {\"url\": ...} here once listening (for scripts and tests).")
 @click.pass_context
 def server_command(ctx: click.Context, database: str | None, bind: str, public_url: str | None,
                    allowed_hosts: tuple[str, ...], policy_path: Path | None, workers: int, threads: int,
-                   language: str | None, ready_file: Path | None) -> None:
+                   language: str | None, mail_relay: str | None, mail_from: str | None,
+                   ready_file: Path | None) -> None:
     """Run the central server: the add-in API and approvals on PostgreSQL (gunicorn/waitress)."""
     if ctx.invoked_subcommand is not None:
         return
+    database = database or _configured_database()
     if not database:
-        raise click.ClickException("say which database: --database postgresql://user@host/db")
+        raise click.ClickException("say which database: --database postgresql://user@host/db, or set "
+                                   "$SENDGUARD_DATABASE_URL, or [server] database in config.toml")
     host, _, port_text = bind.rpartition(":")
     if not host or not port_text.isdigit():
         raise click.ClickException(f"--bind {bind!r}: write it as HOST:PORT, e.g. 0.0.0.0:8800")
     port = int(port_text)
     try:
         migrate(database)
+        Store(database_url(database)).close()  # the audit key exists before the workers start
     except Exception as exc:
         raise click.ClickException(f"cannot prepare the database {_safe(database)}: {exc}") from None
     if port == 0 and not public_url and not ready_file:
@@ -555,6 +731,14 @@ def server_command(ctx: click.Context, database: str | None, bind: str, public_u
         env["SENDGUARD_SERVER_POLICY"] = str(policy_path.resolve())
     if language:
         env["SENDGUARD_SERVER_LANGUAGE"] = language
+    if mail_relay:
+        try:
+            notice_transport(mail_relay)
+        except SendGuardError as exc:
+            raise click.ClickException(str(exc)) from None
+        env["SENDGUARD_SERVER_MAIL"] = mail_relay
+    if mail_from:
+        env["SENDGUARD_SERVER_MAIL_FROM"] = mail_from
     if port == 0 and not public_url:
         env["SENDGUARD_SERVER_PUBLIC_URL"] = ""  # learned once listening (see _ReadyPublicUrl)
     os.environ.update(env)
@@ -578,11 +762,19 @@ def _wait_ready_url(ready_file: Path) -> str:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    """The URL without its password (in the user part or as ``?password=``/``?sslpassword=``)."""
+    from urllib.parse import parse_qsl, urlencode, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        query = [(k, "***" if "password" in k.lower() or k.lower() in ("passfile", "sslkey") else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*/"), parts.fragment))
+    except ValueError:
+        return "(a database URL that cannot be parsed)"
 
 
 @server_command.command("migrate")
@@ -667,6 +859,14 @@ def connect_command(url: str, token: str) -> None:
     client = central.CentralClient(url, token)
     try:
         client.decisions(wait=0)
+    except PermissionDenied:
+        raise click.ClickException(
+            f"{url} refused this token. Use the helper token your administrator issued for you on the server "
+            "(`sendguard server token issue --user ADDR`), not the local API token.") from None
+    except central.CentralUnavailable as exc:
+        reason = str(exc).split(":", 1)[-1].split(";", 1)[0].strip()
+        raise click.ClickException(f"cannot reach {url} ({reason}): check the address and that the server is "
+                                   "running; this helper's settings were not changed") from None
     except SendGuardError as exc:
         raise click.ClickException(f"cannot use {url} with this token: {exc}") from None
     secretstore.put(central.TOKEN_KEY, token)

@@ -10,7 +10,8 @@ import traceback
 from importlib import import_module
 from pathlib import Path
 
-MODULES = ("bench.core", "bench.window_latency", "bench.central_server", "bench.soak")
+MODULES = ("bench.smtp_product", "bench.core", "bench.inspection", "bench.window_latency", "bench.serve_window",
+           "bench.scale", "bench.central_server", "bench.outlook_send", "bench.soak")
 RESULTS = Path(__file__).parent / "results"
 
 

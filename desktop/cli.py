@@ -7,16 +7,36 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import click
 
 from sendguard import paths
+from sendguard.i18n import _
 
 
 def has_display() -> bool:
     if sys.platform in ("win32", "darwin"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def quiet_logging(verbose: bool) -> None:
+    """Readable run output: SendGuard's own INFO lines; libraries (SMTP commands, HTTP requests) only
+    when something is wrong, unless --verbose; never colour codes."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("sendguard", "desktop", "addin"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        for name in ("mail.log", "werkzeug"):  # one INFO line per SMTP command / per HTTP request
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import werkzeug.serving
+
+        werkzeug.serving._log_add_style = False  # no ANSI colour codes in the request log
+    except (ImportError, AttributeError):
+        pass
 
 
 @click.command()
@@ -26,37 +46,61 @@ def has_display() -> bool:
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def serve(no_window: bool, smtp_port: int | None, api_port: int | None, verbose: bool) -> None:
     """Run the helper: SMTP submission, the outbox, the confirmation window and the local API."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_logging(verbose)
     from sendguard.errors import SendGuardError
+    from sendguard.instance import InstanceLock
 
     from .runner import Runner
 
+    home = paths.home()
     try:
-        runner = Runner(paths.home(), smtp_port, api_port).start()
-    except (OSError, SendGuardError) as exc:
+        lock = InstanceLock(home).acquire()
+    except SendGuardError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        try:
+            runner = Runner(home, smtp_port, api_port).start()
+        except (OSError, SendGuardError) as exc:
+            raise click.ClickException(str(exc)) from None
+        _serve(runner, no_window)
+    finally:
+        lock.release()
+
+
+def _serve(runner: Any, no_window: bool) -> None:
+    t = runner.helper.gettext
     info = runner.describe()
-    click.echo(f"SendGuard is running (home {info['home']})")
-    click.echo(f"  SMTP submission: {info['smtp']}  (point your mail client's outgoing server here)")
-    click.echo(f"  Web/API:         {info['api']}  (token: `sendguard token`)")
-    click.echo(f"  Release:         {info['transport']}")
+    click.echo(t(_("SendGuard is running (home {home})")).format(home=info["home"]))
+    click.echo("  " + t(_("SMTP submission: {address}  (point your mail client's outgoing server here)")).format(
+        address=info["smtp"]))
+    click.echo("  " + t(_("Web/API: {url}  (token: `sendguard token`)")).format(url=info["api"]))
+    click.echo("  " + t(_("Release: {transport}")).format(transport=info["transport"]))
     window = not no_window and runner.helper.config.window and has_display()
     if window:
         try:
             from . import window as window_mod
         except ImportError as exc:
-            click.echo(f"  Window:          not available ({exc}); confirm in the browser")
+            click.echo("  " + t(_("Window: not available ({error}); confirm in the browser")).format(error=exc))
             window = False
         else:
+            def started(manager: Any) -> None:
+                if manager.has_tray:
+                    click.echo("  " + t(_("Window: ready. Pause or quit from the SendGuard icon in the tray, "
+                                        "or press Ctrl-C here.")))
+                else:
+                    click.echo("  " + t(_("Window: ready. This desktop has no tray: pause or quit from the "
+                                        "window's menu bar, or press Ctrl-C here.")))
+
             try:
-                window_mod.run(runner)  # blocks on the main thread until quit
+                window_mod.run(runner, on_started=started)  # blocks on the main thread until quit
             finally:
                 runner.stop()
+                click.echo(t(_("SendGuard stopped.")))
             return
     if not window:
-        click.echo("  No window: held messages are listed by `sendguard queue list`; "
-                   "`sendguard queue show ID` prints the link to confirm one in a browser.")
+        click.echo("  " + t(_("No window: held messages are listed by `sendguard queue list`; "
+                            "`sendguard queue show ID` prints the link to confirm one in a browser.")))
+        click.echo("  " + t(_("Press Ctrl-C to stop SendGuard.")))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -65,7 +109,7 @@ def serve(no_window: bool, smtp_port: int | None, api_port: int | None, verbose:
             pass
     finally:
         runner.stop()
-        click.echo("SendGuard stopped.")
+        click.echo(t(_("SendGuard stopped.")))
 
 
 @click.command()

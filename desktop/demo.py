@@ -85,10 +85,29 @@ def submit_samples(port: int) -> list[str]:
 
 def run_demo(window: bool | None = None) -> None:
     """Start the demo helper, submit the samples, then show the window (or print links) until quit."""
+    home = Path(tempfile.mkdtemp(prefix="sendguard-demo-"))
+    stop = threading.Event()
+
+    def stopping(*_: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt  # unwinds to the cleanup below, wherever the demo is
+
+    # SIGTERM (a logout, `kill`) must not leave the temporary home (and its secrets.key) behind
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stopping)
+    try:
+        _run_demo(home, window, stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        click.echo("Demo ended; its temporary home was removed.")
+
+
+def _run_demo(home: Path, window: bool | None, stop: threading.Event) -> None:
     from .cli import has_display
     from .runner import Runner
 
-    home = Path(tempfile.mkdtemp(prefix="sendguard-demo-"))
     os.environ["SENDGUARD_HOME"] = str(home)
     (home / "policy.toml").write_text(DEMO_POLICY, encoding="utf-8")
     runner = Runner(home, 0, 0).start()
@@ -104,9 +123,15 @@ def run_demo(window: bool | None = None) -> None:
             try:
                 from . import window as window_mod
 
-                click.echo("  Three sample messages are waiting in the SendGuard window. Close it from the tray "
-                           "or press Ctrl-C here to end the demo.")
-                window_mod.run(runner)
+                def started(manager: object) -> None:
+                    if getattr(manager, "has_tray", False):
+                        click.echo("  Three sample messages are waiting in the SendGuard window. Quit from the "
+                                   "SendGuard icon in the tray, or press Ctrl-C here, to end the demo.")
+                    else:
+                        click.echo("  Three sample messages are waiting in the SendGuard window. Press Quit "
+                                   "SendGuard in the window, or Ctrl-C here, to end the demo.")
+
+                window_mod.run(runner, on_started=started)
                 return
             except ImportError as exc:
                 click.echo(f"  The window is not available ({exc}); use the links below.")
@@ -116,12 +141,7 @@ def run_demo(window: bool | None = None) -> None:
             click.echo(f"  - {item.subject}: {runner.helper.confirm_url(item_id)}")
         click.echo("  (each link works once; Ctrl-C ends the demo)")
         sys.stdout.flush()
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         while not stop.wait(0.5):
             pass
     finally:
         runner.stop()
-        shutil.rmtree(home, ignore_errors=True)
-        click.echo("Demo ended; its temporary home was removed.")

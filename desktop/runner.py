@@ -12,6 +12,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from addin import create_app
 from sendguard import paths, runtime
+from sendguard.config import is_loopback
+from sendguard.errors import SendGuardError
 from sendguard.service import Helper
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class Runner:
         self.scheme = "http"
 
     def start(self) -> Runner:
+        if not is_loopback(self.helper.config.api_host):  # the Host check means nothing on a LAN address
+            raise SendGuardError(f"[api] host {self.helper.config.api_host!r}: the helper listens on loopback only")
         self.helper.start(smtp=True, smtp_port=self.smtp_port)
         context = _ssl_context(self.home) if self.tls is not False else None
         self.scheme = "https" if context else "http"

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -32,6 +33,8 @@ from sendguard.outbox import Item
 log = logging.getLogger(__name__)
 
 TITLE = "SendGuard"
+PREWARM_MS = 400  # how long the window stays mapped off screen at start-up (first paint and compositor set-up)
+SYNC_SECONDS = 0.3  # how often the window re-reads the outbox (changes from other processes show within 1 s)
 WINDOW_STRINGS = (_("Confirm before sending"), _("Held for approval"), _("Released after approval"),
                   _("{subject} waits for approval by {approvers}."), _("{subject} was approved and sent."),
                   _("Save the message as"))
@@ -73,6 +76,14 @@ class Bridge:
         self._manager.events.put(("finished", item_id))
         return True
 
+    def pause(self, paused: bool) -> dict[str, Any]:
+        """Pause or resume releasing (the window's menu bar, where there is no tray)."""
+        return self._manager.set_paused(bool(paused))
+
+    def quit(self) -> bool:
+        self._manager.quit()
+        return True
+
     def painted(self, item_id: str, times: dict[str, Any] | None = None) -> bool:
         """The page became visible and painted a frame (``times``: the page's own clock, ms)."""
         times = times if isinstance(times, dict) else {}
@@ -92,6 +103,7 @@ class ConfirmWindows:
         self.ui: Any = None  # MainThread invoker, when Qt is up
         self.pending: list[str] = []  # ids awaiting confirmation, oldest first
         self.current: str | None = None
+        self.current_state: str | None = None  # the state of ``current`` the page was last told about
         self.deciding: set[str] = set()  # decided in this window: the page shows the outcome until "finished"
         self.visible = False
         self.quitting = False
@@ -99,6 +111,20 @@ class ConfirmWindows:
         self._emit = emit
         self._token: str | None = None
         self._thread: threading.Thread | None = None
+        self._synced_at = 0.0
+
+    @property
+    def has_tray(self) -> bool:
+        return self.tray is not None and getattr(self.tray, "icon", None) is not None
+
+    def set_paused(self, paused: bool) -> dict[str, Any]:
+        from .tray import pause_locked
+
+        if paused and pause_locked(self.runner):
+            return {"paused": False, "locked": True}
+        self.runner.helper.paused = paused
+        log.info("guard %s", "paused" if paused else "resumed")
+        return {"paused": paused, "locked": False}
 
     # ------------------------------------------------------------------ plumbing
     def emit(self, event: str, **data: Any) -> None:
@@ -151,13 +177,21 @@ class ConfirmWindows:
         self.window.events.loaded.wait(30)
         try:
             self.window.evaluate_js("SG.warm(200)")
+            if not self.has_tray:  # no tray on this desktop: the window carries Pause and Quit itself
+                self.window.evaluate_js(f"SG.controls({json.dumps({'paused': bool(self.runner.helper.paused)})})")
         except Exception:
             log.exception("the confirmation page did not load")
+        self._prewarm_show()
         self.emit("loaded")
         self._present_next()
         while not self.quitting:
-            kind, value = self.events.get()
             try:
+                kind, value = self.events.get(timeout=SYNC_SECONDS)
+            except queue.Empty:
+                kind, value = "sync", None
+            try:
+                if kind != "stop" and time.monotonic() - self._synced_at >= SYNC_SECONDS:
+                    self._sync()
                 if kind == "item":
                     self._item_changed(value)
                 elif kind == "finished":
@@ -174,30 +208,47 @@ class ConfirmWindows:
                 self.emit("error", message=str(exc))
 
     def _item_changed(self, item: Item) -> None:
-        if item.state == "awaiting_confirmation":
-            if item.id not in self.pending:
-                self.pending.append(item.id)
-            if self.current is None:
-                self._present_next()
-            else:
-                self._update_counter()
-        elif item.id in self.pending:
-            self.pending.remove(item.id)
-            if item.id == self.current and item.id not in self.deciding:
-                # decided elsewhere (browser, CLI): move on, unless the page shows its own result
-                self.current = None
-                self._present_next()
-            else:
-                self._update_counter()
+        self._sync()
         self._notify(item)
         self._tray_count()
 
+    def _sync(self) -> None:
+        """Bring the window in line with the outbox, whoever changed it (this process, the CLI, the
+        browser page, an approver, expiry, another process): the database is the truth, read every
+        ``SYNC_SECONDS`` and at once on a change made in this process."""
+        self._synced_at = time.monotonic()
+        waiting = sorted(self.runner.helper.outbox.list(["awaiting_confirmation"]), key=lambda i: i.created_at)
+        ids = [i.id for i in waiting]
+        added = [i for i in ids if i not in self.pending]
+        before = list(self.pending)
+        self.pending = [i for i in self.pending if i in ids] + added
+        if self.current is not None:
+            state = self.current_state
+            try:
+                state = self.runner.helper.outbox.get(self.current).state
+            except Exception:  # gone from the store: the page keeps what it shows
+                log.warning("message %s on screen is no longer in the outbox", self.current)
+            if state != self.current_state:
+                result = self.api("GET", f"/api/v1/outbox/{self.current}")
+                if result["status"] == 200:
+                    self.current_state = state
+                    self.window.evaluate_js(f"SG.changed({json.dumps(result['body'], ensure_ascii=False)})")
+                    self.emit("changed", id=self.current, state=state)
+        if self.current is None and added:
+            self._present_next()
+        elif self.pending != before:
+            self._update_counter()
+            self._tray_count()
+
     def _finished(self, item_id: str) -> None:
+        """The page is done with ``item_id`` (its result was read or the undo ran out): show the next one."""
         self.deciding.discard(item_id)
-        if item_id in self.pending:
-            self.pending.remove(item_id)
-        if self.current == item_id:
-            self.current = None
+        if self.current != item_id:
+            return
+        self.current = None
+        self.current_state = None
+        self._sync()
+        self.pending = [i for i in self.pending if i != item_id]
         self._present_next()
         self._tray_count()
 
@@ -209,6 +260,7 @@ class ConfirmWindows:
                 self.window.evaluate_js("SG.idle()")
                 self.emit("hidden")
             self.current = None
+            self.current_state = None
             return
         item_id = self.pending[0]
         result = self.api("GET", f"/confirm/{item_id}/data")
@@ -221,6 +273,7 @@ class ConfirmWindows:
         payload["queue"] = {"index": 1, "total": len(self.pending)}
         rendered = self.window.evaluate_js(f"SG.show({json.dumps(payload, ensure_ascii=False)})")
         self.current = item_id
+        self.current_state = payload["item"]["state"]
         self.window.set_title(self._title())
         self.emit("rendered", id=item_id, rows=rendered)
         if not self.visible or force:
@@ -229,6 +282,36 @@ class ConfirmWindows:
             if self.ui is not None:
                 self.ui.call(self._raise)
         self.emit("shown", id=item_id)
+
+    def _prewarm_show(self) -> None:
+        """Map the window once, off screen, at start-up: the first show of a never-shown Qt WebEngine
+        view sets up its surfaces and compositor (hundreds of ms), which must not fall on the first
+        message. Nothing appears on screen; the window is hidden again before any message is shown."""
+        if self.ui is None or self.pending:
+            return
+        done = threading.Event()
+
+        def step() -> None:
+            from qtpy import QtCore
+            from webview.platforms.qt import BrowserView
+
+            view = BrowserView.instances.get(self.window.uid)
+            if view is None:
+                done.set()
+                return
+            where = view.pos()
+            view.move(-20000, -20000)
+            view.show()
+
+            def back() -> None:
+                view.hide()
+                view.move(where)
+                done.set()
+
+            QtCore.QTimer.singleShot(PREWARM_MS, back)
+
+        self.ui.call(step)
+        done.wait(5)
 
     def _raise(self) -> None:
         from webview.platforms.qt import BrowserView
@@ -245,7 +328,9 @@ class ConfirmWindows:
     def _update_counter(self) -> None:
         if self.current is None:
             return
-        self.window.evaluate_js(f"SG.counter(1, {len(self.pending)})")
+        # the message on screen counts as one, waiting or not
+        total = len(self.pending) + (0 if self.current in self.pending else 1)
+        self.window.evaluate_js(f"SG.counter(1, {total})")
         self.window.set_title(self._title())
 
     def _tray_count(self) -> None:
@@ -318,7 +403,20 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
         if on_started is not None:
             on_started(manager)
 
-    webview.start(started, gui="qt", private_mode=True)
+    # Ctrl-C and SIGTERM end the helper cleanly (held mail stays held; callers' cleanup runs). Python
+    # handles signals only between bytecodes, so a timer hands it the main thread now and then.
+    from qtpy import QtCore
+
+    previous = {sig: signal.signal(sig, lambda *_: manager.quit()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ticker = QtCore.QTimer()
+    ticker.timeout.connect(lambda: None)
+    ticker.start(200)
+    try:
+        webview.start(started, gui="qt", private_mode=True)
+    finally:
+        ticker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     manager.quitting = True
     manager.events.put(("stop", None))
 

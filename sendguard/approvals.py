@@ -76,10 +76,17 @@ class Approvals:
         return None
 
     def may_decide(self, item: Item, actor: str) -> bool:
-        return self.acting_for(item, actor) is not None or self._self_allowed(item, actor)
+        if is_own(item, actor):
+            return self._self_allowed(item, actor)
+        return self.acting_for(item, actor) is not None
+
+    def may_view(self, item: Item, actor: str) -> bool:
+        """An approver sees a message only while it is theirs to approve (named, or active deputy),
+        or when it is their own; never because they approve other people's mail."""
+        return is_own(item, actor) or self.acting_for(item, actor) is not None
 
     def _self_allowed(self, item: Item, actor: str) -> bool:
-        return self.policy().allow_self_approval and actor.lower() == item.sender.lower()
+        return self.policy().allow_self_approval and is_own(item, actor)
 
     # ------------------------------------------------------------------ listing
     def pending_for(self, approver: str | None = None, limit: int = 100_000, offset: int = 0) -> list[Item]:
@@ -125,7 +132,7 @@ class Approvals:
             return StateError(f"message {item.id} expired without a decision and was not sent")
         return StateError(f"message {item.id} is {item.state}, not awaiting approval")
 
-    def _check(self, item_id: str, actor: str, via: str) -> tuple[Item, str | None, bool]:
+    def _check(self, item_id: str, actor: str, via: str, rejecting: bool = False) -> tuple[Item, str | None, bool]:
         item = self.outbox.get(item_id)
         actor = actor.strip().lower()
         if item.state == "awaiting_approval" and item.expires_at is not None and item.expires_at < self.clock():
@@ -139,7 +146,13 @@ class Approvals:
             self.audit_refusal(item_id, actor, str(error), via)
             raise error
         on_behalf = self.acting_for(item, actor)
-        self_approval = on_behalf is None and self._self_allowed(item, actor)
+        self_approval = is_own(item, actor) and not (rejecting and on_behalf is not None)
+        if self_approval and not self._self_allowed(item, actor):
+            # an approver who is also the sender is no second pair of eyes: the self-approval rule
+            # applies whether or not they are named as approver
+            raise self._refuse(item, actor, f"{actor} sent message {item_id}: approving your own message is not "
+                                            "allowed here ([approval] allow_self_approval = false); another "
+                                            "approver must decide", via)
         if on_behalf is None and not self_approval:
             names = ", ".join(item.approvers) or "nobody (set [approval] approvers in policy.toml)"
             raise self._refuse(item, actor, f"{actor} is not an approver for message {item_id}; "
@@ -174,12 +187,18 @@ class Approvals:
             return self.remote.decide(item_id, "reject", actor, reason)  # type: ignore[no-any-return]
         if not reason or not reason.strip():
             raise PermissionDenied("a rejection needs a reason the sender can act on")
-        item, on_behalf, _self = self._check(item_id, actor, via)
+        item, on_behalf, _self = self._check(item_id, actor, via, rejecting=True)
         record = {"decision": "rejected", "by": actor.lower(), "at": now_iso(self.clock()), "reason": reason,
                   "via": via, "self_approved": False}
         if on_behalf and on_behalf != actor.lower():
             record["on_behalf_of"] = on_behalf
         return self._record(item_id, actor, "rejected", record, via)
+
+
+def is_own(item: Item, actor: str) -> bool:
+    """Whether ``actor`` sent (or owns) the message."""
+    actor = actor.strip().lower()
+    return bool(actor) and actor in {(item.sender or "").strip().lower(), (item.owner or "").strip().lower()}
 
 
 def deadline(item: Item) -> str | None:

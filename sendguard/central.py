@@ -5,8 +5,8 @@ issues it with ``sendguard server token issue --user ADDR``; ``sendguard server 
 stores it):
 
 - submits each message that went to ``awaiting_approval`` (``POST /api/v1/central/requests``;
-  idempotent, so a retry after a lost answer is harmless) and emails the approvers the signed links
-  the server returns;
+  idempotent, so a retry after a lost answer is harmless); the server itself emails the approvers
+  their signed links, which never pass through this helper;
 - long-polls the server for decisions on this user's requests (``GET /api/v1/central/decisions?wait=N``)
   and acknowledges each once applied, backing off while the server is unreachable;
 - applies a decision with the outbox's own transition (``awaiting_approval`` -> ``approved``), which
@@ -141,6 +141,13 @@ class CentralClient:
         body = {"as": actor, "comment" if decision == "approve" else "reason": text}
         return item_from_json(self._call("POST", f"/api/v1/approvals/{item_id}/{decision}", json=body))
 
+    def put_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/api/v1/central/audit-checkpoint", json=checkpoint)  # type: ignore[no-any-return]
+
+    def get_checkpoint(self, db: str) -> dict[str, Any] | None:
+        return self._call("GET", "/api/v1/central/audit-checkpoint",  # type: ignore[no-any-return]
+                          params={"db": db})
+
     def login_link(self) -> str:
         return str(self._call("POST", "/api/v1/central/login-link", json={})["url"])
 
@@ -190,6 +197,7 @@ class CentralSync:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._unknown: set[str] = set()
+        self._checkpoint_at = -1e9
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ bookkeeping
@@ -208,21 +216,6 @@ class CentralSync:
             else:
                 conn.execute(insert(central_requests).values(item_id=item_id, server_url=self.client.url, **values))
 
-    def links(self, item_id: str) -> dict[str, str]:
-        with self.outbox.store.engine.connect() as conn:
-            row = conn.execute(select(central_requests.c.links).where(central_requests.c.item_id == item_id)).first()
-        return dict(row[0] or {}) if row else {}
-
-    def link_for(self, item: Item, approver: str) -> str | None:
-        link = self.links(item.id).get(approver.lower())
-        return link.get("url") if isinstance(link, dict) else link
-
-    def targets(self, item: Item) -> list[tuple[str, str | None]]:
-        """(address, deputy_of) for every link the server issued (its approvers and active deputies)."""
-        out: list[tuple[str, str | None]] = []
-        for address, link in self.links(item.id).items():
-            out.append((address, link.get("deputy_of") if isinstance(link, dict) else None))
-        return out
 
     # ------------------------------------------------------------------ one round
     def submit_new(self) -> int:
@@ -240,9 +233,9 @@ class CentralSync:
         return count
 
     def _accepted(self, item: Item, answer: dict[str, Any]) -> None:
-        links = {k.lower(): v for k, v in (answer.get("links") or {}).items()}
-        self._save(item.id, submitted_at=self.clock(), links=links, server_state=answer.get("state"),
-                   last_error=None)
+        # approval links never come here: the server mails each approver their own (so the sender,
+        # who owns this database, cannot open one)
+        self._save(item.id, submitted_at=self.clock(), server_state=answer.get("state"), last_error=None)
         approvers = [a.lower() for a in answer.get("approvers") or item.approvers]
         expires = answer.get("expires_at")
         values: dict[str, Any] = {"approvers": approvers}
@@ -383,9 +376,21 @@ class CentralSync:
     def _submit_round(self) -> None:
         self.submit_new()
         self.report_released()
+        self.report_checkpoint()
+
+    def report_checkpoint(self, every: float = 60.0) -> None:
+        """Hand the audit log's signed head to the server now and then (it keeps the latest)."""
+        from . import audit
+
+        if time.monotonic() - self._checkpoint_at < every:
+            return
+        self._checkpoint_at = time.monotonic()
+        self.client.put_checkpoint(audit.checkpoint(self.outbox.store))
 
     def start(self) -> CentralSync:
         """Two daemon threads: one submits (woken by ``kick``), one long-polls for decisions."""
+        with self.outbox.store.transaction() as conn:  # older versions kept the approvers' links here
+            conn.execute(update(central_requests).where(central_requests.c.links.is_not(None)).values(links=None))
         for name, work, idle in (("submit", self._submit_round, self._kick),
                                  ("poll", lambda: self.poll(), None)):
             thread = threading.Thread(target=self._loop, args=(work, idle), name=f"sendguard-central-{name}",

@@ -23,10 +23,11 @@ from . import config as configmod
 from . import message as msgmod
 from . import policy as policymod
 from .errors import SendGuardError
-from .i18n import translator
+from .i18n import _, translator
 from .mailboxes.registry import CONNECTORS
-from .outbox import Item, Outbox
+from .outbox import STATES, Item, Outbox
 from .runtime import confirm_url
+from .sources import source_label
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -156,7 +157,7 @@ def _human_size(size: int) -> str:
 
 def render_check(result: dict[str, Any], _: Callable[[str], str]) -> str:
     """The human-readable check report, grouped External (by domain) / Internal."""
-    lines = [f"{_('From')}: {result['from']}", f"{_('Subject')}: {result['subject']}", ""]
+    lines = [_("From") + ": " + str(result["from"]), _("Subject") + ": " + str(result["subject"]), ""]
     external = [r for r in result["recipients"] if r["external"]]
     internal = [r for r in result["recipients"] if not r["external"]]
 
@@ -165,27 +166,27 @@ def render_check(result: dict[str, Any], _: Callable[[str], str]) -> str:
         flags = [f for f in r["flags"] if f != "external"]
         return f"    [{r['field'].title()}] {name}" + (f"  ({', '.join(_(f) for f in flags)})" if flags else "")
 
-    lines.append(f"{_('External recipients')} ({len(external)}):")
+    lines.append(_("External recipients ({count}):").format(count=len(external)))
     by_domain: dict[str, list[dict[str, Any]]] = {}
     for r in external:
         by_domain.setdefault(r["domain"], []).append(r)
     for domain, rows in by_domain.items():
         lines.append(f"  {domain}")
         lines.extend(row(r) for r in rows)
-    lines.append(f"{_('Internal recipients')} ({len(internal)}):")
+    lines.append(_("Internal recipients ({count}):").format(count=len(internal)))
     lines.extend(row(r) for r in internal)
-    lines.append(f"{_('Attachments')} ({len(result['attachments'])}):")
+    lines.append(_("Attachments ({count}):").format(count=len(result["attachments"])))
     for a in result["attachments"]:
         flags = f"  ({', '.join(_(f) for f in a['flags'])})" if a["flags"] else ""
         lines.append(f"    {a['filename']}  {_human_size(a['size'])}  {a['content_type']}{flags}")
     verdict = result["verdict"]
-    lines += ["", f"{_('Verdict')}: {_(verdict['action']).upper()}"]
+    lines += ["", _("Verdict: {action}").format(action=_(verdict["action"]).upper())]
     if verdict["approvers"]:
-        lines.append(f"{_('Approvers')}: {', '.join(verdict['approvers'])}")
+        lines.append(_("Approvers") + ": " + ", ".join(verdict["approvers"]))
     for reason in verdict["reasons"]:
-        lines.append(f"  - [{_(reason['action'])}] {reason['message']}")
+        lines.append("  - [" + _(reason["action"]) + "] " + reason["message"])
     if result.get("force_bcc"):
-        lines.append(f"  * {_('Convert external To/Cc to Bcc')}")
+        lines.append("  * " + _("Convert external To/Cc to Bcc"))
     for problem in result.get("problems", []):
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
@@ -211,11 +212,16 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
         raise click.ClickException(f"{policy_path}: no such policy file")
     pol = ctx.policy(policy_path)
     parsed = msgmod.parse(raw)
-    known: set[str] = set()
-    if paths.database_file().exists():
-        known = Outbox(ctx.store, lambda: pol).known_domains(r.domain for r in parsed.recipients)
     gettext = ctx.gettext()
-    result = checks.evaluate(parsed, pol, known, gettext).to_json()
+    try:
+        accounts = [a.address for a in ctx.config.accounts if a.address]
+    except SendGuardError:
+        accounts = []
+    if paths.database_file().exists():  # the sent-to history and released threads count too
+        result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts) \
+            .evaluate_parsed(parsed, pol).to_json()
+    else:
+        result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts).to_json()
     if as_json:
         echo_json(result)
     else:
@@ -242,7 +248,8 @@ def queue() -> None:
 
 @queue.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--state", "states", multiple=True, help="Only these states (repeatable).")
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
+              help="Only these states (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="Include sent and cancelled messages.")
 @pass_ctx
 @user_errors
@@ -261,7 +268,8 @@ def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: b
     for i in items:
         rcpts = ", ".join(r["address"] for r in i.summary()["recipients"][:3])
         more = len(i.summary()["recipients"]) - 3
-        click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}")
+        click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}"
+                   f"  [{source_label(i.source, ctx.gettext())}]")
         if i.waiting_for:
             click.echo(f"    {i.waiting_for}")
 
@@ -280,12 +288,13 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
         return
     gettext = ctx.gettext()
     click.echo(f"{item.id}  {item.state}")
+    click.echo(f"{gettext('Came from')}: {source_label(item.source, gettext)}")
     if item.check and item.check.get("recipients") is not None and "from" in item.check:
         click.echo(render_check(item.check, gettext))
     if item.last_error:
         click.echo(f"! {item.last_error}")
     if data["confirm_url"]:
-        click.echo(f"{gettext('Confirm in a browser')}: {data['confirm_url']}")
+        click.echo(gettext("Confirm in a browser") + ": " + data["confirm_url"])
 
 
 @queue.command("confirm")
@@ -294,17 +303,21 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
 @click.option("--remove-attachment", "remove_attachment", multiple=True, metavar="NAME",
               help="Drop this attachment, by file name or id (repeatable).")
 @click.option("--bcc", is_flag=True, help="Move external To/Cc recipients into Bcc.")
+@click.option("--reconfirmed", is_flag=True,
+              help="Answer the second confirmation a 'reconfirm' reason asks for (read the reasons first).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @user_errors
 def queue_confirm(ctx: Context, item_id: str, remove: tuple[str, ...], remove_attachment: tuple[str, ...],
-                  bcc: bool, as_json: bool) -> None:
+                  bcc: bool, as_json: bool, reconfirmed: bool = False) -> None:
     """Confirm a held message (the same as Send in the window)."""
-    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}")
+    item = ctx.outbox.confirm(item_id, remove, remove_attachment, bcc, actor=f"cli:{_whoami()}",
+                              reconfirmed=reconfirmed)
     if as_json:
         echo_json(item.summary())
     elif item.state == "awaiting_approval":
-        click.echo(f"{item.id}: {ctx.gettext()('held for approval by')} {', '.join(item.approvers) or '?'}")
+        click.echo(ctx.gettext()(_("{id}: held for approval by {approvers}")).format(
+            id=item.id, approvers=", ".join(item.approvers) or "?"))
     else:
         click.echo(f"{item.id}: {item.state}")
 
@@ -324,14 +337,16 @@ def queue_cancel(ctx: Context, item_id: str, as_json: bool) -> None:
 
 @queue.command("resolve")
 @click.argument("item_id")
-@click.option("--sent", "went_out", flag_value=True, default=None, help="It did go out: mark it sent.")
-@click.option("--resend", "went_out", flag_value=False, help="It did not go out: send it again.")
+@click.option("--sent", "sent", is_flag=True, help="It did go out: mark it sent.")
+@click.option("--resend", "resend", is_flag=True, help="It did not go out: send it again.")
 @pass_ctx
 @user_errors
-def queue_resolve(ctx: Context, item_id: str, went_out: bool | None) -> None:
+def queue_resolve(ctx: Context, item_id: str, sent: bool, resend: bool) -> None:
     """Settle an interrupted send: one that needs attention, or one SendGuard is still asking about."""
-    if went_out is None:
-        raise click.ClickException("say --sent (it went out) or --resend (send it again)")
+    if sent == resend:
+        raise click.UsageError("say either --sent (it went out) or --resend (send it again), not both"
+                               if sent else "say --sent (it went out) or --resend (send it again)")
+    went_out = sent
     item = ctx.outbox.resolve(item_id, went_out, actor=f"cli:{_whoami()}")
     click.echo(f"{item.id}: {item.state}")
 
@@ -350,7 +365,13 @@ def queue_export(ctx: Context, item_id: str, out: Path | None, final: bool) -> N
         raise click.ClickException(f"message {item_id} was purged after the retention period; only its audit "
                                    "records remain")
     if out:
-        out.write_bytes(body)
+        if not out.parent.is_dir():
+            raise click.ClickException(f"cannot write {out}: the folder {out.parent} does not exist")
+        try:
+            out.write_bytes(body)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
+        click.echo(f"{item_id}: written to {out}", err=True)
     else:
         sys.stdout.buffer.write(body)
 
@@ -440,7 +461,40 @@ class AccountKinds(click.Group):
         command = getattr(module, "add_command", None)
         if command is None:
             raise click.ClickException(f"adding {name} accounts is not available in this build")
-        return command  # type: ignore[no-any-return]
+        return _guarded_add(command)
+
+
+def _guarded_add(command: click.Command) -> click.Command:
+    """Every ``accounts add KIND``: required values must not be blank, and an existing account of the
+    same name is replaced only when asked (``--replace``), before anything (a password, a sign-in) is stored."""
+    if any(p.name == "replace" for p in command.params):
+        return command
+    command.params.append(click.Option(["--replace"], is_flag=True,
+                                       help="Replace the account of the same name, if there is one."))
+    callback = command.callback
+    assert callback is not None
+
+    @functools.wraps(callback)
+    def guarded(**kwargs: Any) -> Any:
+        replace = kwargs.pop("replace", False)
+        for param in command.params:
+            value = kwargs.get(param.name or "")
+            if isinstance(param, click.Option) and isinstance(value, str) and not value.strip() and (
+                    param.required or param.name == "name"):
+                raise click.ClickException(f"{param.opts[-1]} must not be empty")
+        name = kwargs.get("name")
+        try:
+            existing = configmod.load().account(name) if name else None
+        except SendGuardError as exc:
+            raise click.ClickException(str(exc)) from None
+        if existing is not None and not replace:
+            raise click.ClickException(
+                f"an account named {name!r} already exists ({existing.kind}); choose another --name, "
+                f"or add --replace to replace it (`sendguard accounts list` shows them)")
+        return callback(**kwargs)
+
+    command.callback = guarded
+    return command
 
 
 @accounts.group("add", cls=AccountKinds)
@@ -489,9 +543,16 @@ def audit_group() -> None:
 @pass_ctx
 @user_errors
 def audit_verify(ctx: Context, as_json: bool) -> None:
-    """Check the chain; exits 1 and names each bad record when the log was tampered with."""
-    problems = audit.verify(ctx.store)
-    count = len(audit.records(ctx.store))
+    """Check the chain (and the last signed checkpoint); exits 1 and names each bad record when the log
+    was tampered with or cut short."""
+    path = paths.home() / audit.CHECKPOINT_FILE
+    kept = audit.load_checkpoint(ctx.store, path)
+    remote = _server_checkpoint(ctx.store)
+    problems = audit.verify(ctx.store, audit.latest(kept, remote))
+    altered = audit.checkpoint_problem(ctx.store, path)
+    if altered:
+        problems.append(altered)
+    count = audit.count(ctx.store)
     if as_json:
         echo_json({"ok": not problems, "records": count,
                    "problems": [{"seq": p.seq, "message": p.message} for p in problems]})
@@ -502,6 +563,24 @@ def audit_verify(ctx: Context, as_json: bool) -> None:
             click.echo(f"record {p.seq}: {p.message}", err=True)
     if problems:
         sys.exit(1)
+
+
+def _server_checkpoint(store: Any) -> dict[str, Any] | None:
+    """The latest checkpoint of this log the central server keeps (None without a server)."""
+    from . import central
+
+    client = central.client_from_config()
+    if client is None:
+        return None
+    try:
+        found = client.get_checkpoint(store.setting("audit_db_id", str))
+    except SendGuardError as exc:
+        click.echo(f"note: cannot ask the central server for this log's checkpoint ({exc})", err=True)
+        return None
+    if found is not None and not audit.valid_checkpoint(store, found):
+        click.echo("note: the central server's checkpoint does not match this log's key", err=True)
+        return None
+    return found
 
 
 @audit_group.command("export")
@@ -535,49 +614,31 @@ def token() -> None:
                    "with an empty one.")
 @pass_ctx
 def doctor(ctx: Context, as_json: bool, set_aside: bool) -> None:
-    """Check the installation: files, policy, database, secrets store, display, accounts."""
-    import os
-    import shutil
+    """Diagnose this SendGuard (read-only): files, policies, helper, ports, database, secrets, display.
 
-    report: list[dict[str, Any]] = []
+    Exits 1 when something is wrong; each problem comes with what to do."""
+    from .doctor import diagnose
+
     if set_aside:
         _set_aside_store()
 
-    def add(name: str, ok: bool, detail: str) -> None:
-        report.append({"check": name, "ok": ok, "detail": detail})
-
-    add("home", True, str(paths.home()))
-    try:
-        cfg = ctx.config
-        add("config", True, str(paths.config_file()) + ("" if paths.config_file().exists() else " (defaults)"))
-    except SendGuardError as exc:
-        cfg = configmod.Config()
-        add("config", False, str(exc))
-    try:
-        pol = ctx.policy()
-        add("policy", True, f"{pol.source}; internal domains: {', '.join(pol.internal_domains) or 'none set'}")
-    except SendGuardError as exc:
-        add("policy", False, str(exc))
-    try:
-        counts = ctx.outbox.counts()
-        add("database", True, f"{paths.database_file()} {counts}")
-    except Exception as exc:
-        add("database", False, f"{paths.database_file()}: {exc}")
-    try:
-        add("secrets", True, secrets.describe())
-    except Exception as exc:
-        add("secrets", False, f"no usable keyring: {exc}")
-    display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    add("display", True, f"window on {display}" if display or sys.platform in ("win32", "darwin")
-        else "no display: confirm in the browser (sendguard queue show ID prints the link)")
-    add("transport", True, ", ".join(f"{a.name} ({a.kind})" for a in cfg.accounts)
-        or f"local Maildir {paths.sent_dir()}")
-    add("chromium", shutil.which("chromium") is not None, shutil.which("chromium") or "not installed (tests only)")
+    try:  # read-only: paths.home() would create the home
+        t = translator(configmod.load(paths.home_path() / "config.toml").language)
+    except SendGuardError:
+        t = translator(None)
+    findings = diagnose(t)
     if as_json:
-        echo_json(report)
+        echo_json([f.to_json() for f in findings])
     else:
-        for r in report:
-            click.echo(f"[{'ok' if r['ok'] else '!!'}] {r['check']}: {r['detail']}")
+        marks = {"ok": "[ok]", "warn": "[--]", "fail": "[!!]"}
+        for f in findings:
+            click.echo(f"{marks[f.status]} {f.check}: {f.detail}")
+            if f.fix:
+                click.echo(f"       -> {f.fix}")
+        problems = sum(1 for f in findings if not f.ok)
+        click.echo(t(_("{count} problem(s) found.")).format(count=problems) if problems else t(_("No problems found.")))
+    if any(not f.ok for f in findings):
+        sys.exit(1)
 
 
 def _set_aside_store() -> None:
@@ -600,6 +661,40 @@ def _set_aside_store() -> None:
             part.rename(part.with_name(f"{part.name}.damaged-{stamp}"))
     click.echo(f"set aside: {db}.damaged-{stamp} (kept; held messages in it may be recovered with the sqlite3 "
                f"tool's .recover). SendGuard starts with an empty store; the audit chain starts anew.")
+
+
+# ---------------------------------------------------------------------- policy bundles
+@main.group("policy")
+def policy_group() -> None:
+    """Export or import the policy with its contacts, lists and opt-out files."""
+
+
+@policy_group.command("export")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Export this policy file instead of $SENDGUARD_HOME/policy.toml.")
+@user_errors
+def policy_export(out: Path, policy_path: Path | None) -> None:
+    """Write the policy and the files it names into one zip (OUT)."""
+    from . import policy_bundle
+
+    source = policy_path or paths.policy_file()
+    if not source.exists():
+        raise click.ClickException(f"{source}: no such policy file")
+    names = policy_bundle.export(source, out)
+    click.echo(f"{out}: {', '.join(names)}")
+
+
+@policy_group.command("import")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@user_errors
+def policy_import(bundle: Path) -> None:
+    """Validate a bundle from `sendguard policy export`, then make it the policy in force."""
+    from . import policy_bundle
+
+    loaded = policy_bundle.import_bundle(bundle, paths.home())
+    click.echo(f"{paths.policy_file()}: imported ({len(loaded.contacts)} contacts, {len(loaded.lists)} lists, "
+               f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
 
 
 def _whoami() -> str:

@@ -5,6 +5,7 @@ Secrets never live here: passwords and tokens go to the keyring (``sendguard.sec
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,12 @@ class Config:
     smtp_port: int = 1587
     api_host: str = "127.0.0.1"
     api_port: int = 8765
+    # browser extensions (chrome-extension://ID) allowed to ask for an origin-bound add-in token
+    api_extension_origins: list[str] = field(default_factory=list)
     window: bool = True
     retention_days: int = 14
     server_url: str | None = None  # central server; None runs approvals embedded
+    server_database: str | None = None  # on the central server's machine: its database URL
     # [retry]: the one back-off of the helper (sendguard/mailboxes/_retry.py); None keeps its default
     retry_base_seconds: float | None = None
     retry_max_seconds: float | None = None
@@ -63,6 +67,8 @@ class Config:
         return next((a for a in self.accounts if a.name == name), None)
 
 
+_EXTENSION_ORIGIN = re.compile(r"chrome-extension://[a-p]{32}")
+
 _TOP = {
     "language": (str, None),
     "window": (bool, None),
@@ -70,10 +76,17 @@ _TOP = {
 }
 _SECTIONS = {
     "smtp": {"host": str, "port": int},
-    "api": {"host": str, "port": int},
-    "server": {"url": str},
+    "api": {"host": str, "port": int, "extension_origins": list},
+    "server": {"url": str, "database": str},
     "retry": {"base_seconds": float, "max_seconds": float, "inline_wait_seconds": float},
 }
+
+
+def _known_language(tag: str) -> bool:
+    from .i18n import LANGUAGES
+
+    tag = tag.lower().replace("-", "_")
+    return any(tag == lang or tag.startswith(lang + "_") for lang in LANGUAGES)
 
 
 def _expect(path: Path, text: str, key: str, value: Any, typ: type) -> Any:
@@ -100,6 +113,12 @@ def load(path: Path | None = None) -> Config:
     for key, value in data.items():
         if key in _TOP:
             setattr(cfg, key, _expect(path, text, key, value, _TOP[key][0]))
+            if key == "language" and not _known_language(value):
+                from .i18n import LANGUAGES
+
+                raise ConfigError(str(path), f"{value!r} is not a language SendGuard speaks; one of "
+                                             f"{', '.join(LANGUAGES)} (or leave it out to follow the system)",
+                                  tomlfile.line_of(text, key), key)
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(str(path), "expected a table", tomlfile.line_of(text, key), key)
@@ -109,17 +128,42 @@ def load(path: Path | None = None) -> Config:
                     raise ConfigError(str(path), f"unknown setting; known: {', '.join(_SECTIONS[key])}",
                                       tomlfile.line_of(text, f"{key}.{sub}"), f"{key}.{sub}")
                 sub_value = _expect(path, text, f"{key}.{sub}", sub_value, typ)
-                setattr(cfg, {"server": "server_url"}.get(key, f"{key}_{sub}"), sub_value)
+                setattr(cfg, f"{key}_{sub}", sub_value)
         elif key == "accounts":
             cfg.accounts = _accounts(path, text, value)
         else:
             raise ConfigError(str(path), "unknown setting", tomlfile.line_of(text, key), key)
+    for origin in cfg.api_extension_origins:
+        if not isinstance(origin, str) or not _EXTENSION_ORIGIN.fullmatch(origin):
+            raise ConfigError(str(path), f"{origin!r} is not a browser extension origin like "
+                              "chrome-extension://<32 letters a-p> (see chrome://extensions)",
+                              tomlfile.line_of(text, "api.extension_origins"), "api.extension_origins")
+    for host_key in ("smtp_host", "api_host"):
+        if not is_loopback(getattr(cfg, host_key)):
+            key = host_key.replace("_", ".")
+            raise ConfigError(str(path), f"{getattr(cfg, host_key)!r} is not a loopback address: the helper listens "
+                                         "on this machine only (127.0.0.1, ::1 or localhost); the networked "
+                                         "component is the central server (`sendguard server`)",
+                              tomlfile.line_of(text, key), key)
     for port_key in ("smtp_port", "api_port"):
         port = getattr(cfg, port_key)
         if not 0 <= port <= 65535:
             raise ConfigError(str(path), f"port {port} out of range 0-65535",
                               tomlfile.line_of(text, port_key.replace("_", ".")), port_key.replace("_", "."))
     return cfg
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (the only places the helper may listen)."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _accounts(path: Path, text: str, value: Any) -> list[Account]:

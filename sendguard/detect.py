@@ -15,7 +15,8 @@ from rapidfuzz.distance import OSA, Levenshtein
 
 # ---------------------------------------------------------------- personal data
 
-_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+# full-width digits read as digits; no-break, thin and ideographic spaces as plain spaces (HTML &nbsp;)
+_DIGITS = str.maketrans("０１２３４５６７８９\xa0\u2007\u202f\u2009\u3000－", "0123456789     -")
 # 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits.
 _CARD_RE = re.compile(r"(?<![\d-])(?<!\d )(?:\d[ -]?){12,18}\d(?!\d)(?![ -]\d)")
 # 12 digits, plain or as 4-4-4 with one separator style.
@@ -119,6 +120,7 @@ def extension(filename: str) -> str:
     return base[base.rfind(".") :] if "." in base else ""
 
 
+@lru_cache(maxsize=512)  # a message is checked at intake and again at Send: identify each head once
 def magic_family(head: bytes) -> str | None:
     """The content family from magic bytes (the common types first, puremagic for the rest)."""
     for sig, family in _SIGNATURES:
@@ -154,11 +156,37 @@ def file_flags(filename: str, content_type: str, head: bytes, data: bytes) -> li
         flags.append("archive")
     if family == "zip" and zip_encrypted(data):
         flags.append("encrypted")
-    elif family == "pdf" and b"/Encrypt" in data[:1_000_000]:
+    elif family == "pdf" and pdf_encrypted(data):
         flags.append("encrypted")
+    elif family == "ole" and ext in _OOXML_EXTS and ooxml_encrypted(data):
+        flags.append("encrypted")  # a password-protected .docx/.xlsx/.pptx is an OLE file inside
+        return flags
     if family and ext and ext not in _MAGIC_FAMILY.get(family, set()):
         flags.append("type_mismatch")
     return flags
+
+
+_OOXML_EXTS = {".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm"}
+_ENCRYPTED_PACKAGE = "EncryptedPackage".encode("utf-16-le")
+_PDF_ENCRYPT = re.compile(rb"/Encrypt\s*(?:\d+\s+\d+\s+R|<<)")
+_HARMLESS_FAMILIES = {"jpeg", "png", "gif"}
+
+
+def ooxml_encrypted(data: bytes) -> bool:
+    """An Office document saved with a password: an OLE container holding an EncryptedPackage stream."""
+    return _ENCRYPTED_PACKAGE in data[:4 * 1024 * 1024]
+
+
+def pdf_encrypted(data: bytes) -> bool:
+    """A PDF with an /Encrypt dictionary in its trailer (looked for near the end, then anywhere)."""
+    return _PDF_ENCRYPT.search(data[-65536:]) is not None or _PDF_ENCRYPT.search(data) is not None
+
+
+def disguised(filename: str, head: bytes) -> bool:
+    """A type mismatch that hides something: content other than an image under a foreign extension
+    (a zip named .pdf, a program named .jpg). A PNG saved as .jpg is only sloppy, not disguised."""
+    family = magic_family(head)
+    return family is not None and family not in _HARMLESS_FAMILIES
 
 
 def zip_encrypted(data: bytes) -> bool:
@@ -178,6 +206,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@lru_cache(maxsize=16384)
 def registrable(domain: str) -> tuple[str, str]:
     """(label, public suffix) of a domain: ``mail.example.co.jp`` -> (``example``, ``co.jp``)."""
     domain = domain.lower().rstrip(".")

@@ -47,3 +47,7 @@ class StoreUnavailable(SendGuardError):
 
 class StoreDamaged(SendGuardError):
     """The store file fails SQLite's integrity check: SendGuard refuses to start on it (never resets it)."""
+
+
+class NeedsReconfirmation(StateError):
+    """A ``reconfirm`` reason is still open: the user must confirm once more, the reason named."""

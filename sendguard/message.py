@@ -13,33 +13,26 @@ import email.header
 import email.policy
 import email.utils
 import hashlib
-import html
-import io
 import re
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 
 import idna
 
+from . import extract
 from .errors import MessageError
 
 # Text scanned for personal data and keywords is capped per part: enough for any real document.
 TEXT_SCAN_LIMIT = 2_000_000
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/csv", "application/x-csv")
-OFFICE_XML = {
-    ".docx": ("word/document.xml",),
-    ".xlsx": ("xl/sharedStrings.xml",),
-    ".pptx": ("ppt/slides/",),
-}
 
 
 @dataclass
 class Recipient:
     address: str  # lower-cased addr-spec
     display_name: str  # as written
-    field: str  # to | cc | bcc
+    field: str  # to | cc | bcc | attendee
     domain: str  # Unicode form of the domain
     ascii_domain: str  # IDNA (punycode) form
     idn: bool = False
@@ -64,6 +57,8 @@ class Attachment:
     text: str = ""  # extracted text for content checks, when the type is text-like
     ref: str = ""  # the client's own id for this attachment (Outlook attachment id), if any
     problems: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # found inside (an encrypted member of a zip, ...)
+    uninspected: str = ""  # why the content could not be read for checks (fail closed), or ""
 
 
 @dataclass
@@ -78,6 +73,9 @@ class ParsedMessage:
     size: int
     envelope_from: str = ""
     problems: list[str] = field(default_factory=list)
+    in_reply_to: tuple[str, ...] = ()  # Message-IDs this message answers (In-Reply-To, then References)
+    list_unsubscribe: str = ""
+    precedence: str = ""
 
     @property
     def sender(self) -> str:
@@ -220,7 +218,7 @@ _B64_RUN = re.compile(rb"(?:^[A-Za-z0-9+/=]{16,998}\r?\n){1024,}+(?:^[A-Za-z0-9+
 _DECODE_CHUNK = 1024 * 1024
 KEEP_LIMIT = 32 * 1024 * 1024  # content kept for archive/PDF/text checks up to this size
 _KEEP_EXTS = (".zip", ".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm", ".pdf", ".txt", ".csv", ".tsv",
-              ".json", ".xml", ".eml")
+              ".json", ".xml", ".eml", ".htm", ".html", ".md", ".log", ".ics", ".vcf", ".zipx")
 
 
 @dataclass
@@ -313,6 +311,15 @@ def _content(part: Message, name: str, elided: _Elided | None, problems: list[st
 def _part_bytes(part: Message, problems: list[str]) -> bytes:
     if part.get_content_maintype() == "message" and part.is_multipart():
         inner = part.get_payload(0)
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if cte in ("base64", "quoted-printable") and isinstance(inner, Message) and not inner.keys():
+            # an attached message sent encoded (not allowed by RFC 2046, written by some clients anyway)
+            encoded = str(inner.get_payload()).encode("ascii", "replace")
+            try:
+                return binascii.a2b_base64(encoded) if cte == "base64" else binascii.a2b_qp(encoded)
+            except binascii.Error:
+                problems.append("broken base64 in an attachment; its content may be incomplete")
+                return b""
         try:
             return inner.as_bytes(policy=email.policy.SMTP) if isinstance(inner, Message) else b""
         except (UnicodeError, ValueError, TypeError, LookupError, IndexError):
@@ -333,38 +340,17 @@ def _part_bytes(part: Message, problems: list[str]) -> bytes:
 
 
 def _text_of(part: Message, data: bytes) -> str:
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        text = data.decode(charset, "replace")
-    except LookupError:
-        text = data.decode("utf-8", "replace")
+    """A body part's text: declared charset, else detected (undeclared Shift_JIS included)."""
+    text = extract.decode_text(data, part.get_content_charset())
     if part.get_content_subtype() == "html":
-        text = html_to_text(text)
+        text = extract.html_to_text(text)
+    else:
+        text = extract.normalize_spaces(text)
     return text[:TEXT_SCAN_LIMIT]
 
 
 def html_to_text(markup: str) -> str:
-    markup = re.sub(r"(?is)<(script|style).*?</\1>", " ", markup)
-    markup = re.sub(r"(?s)<[^>]+>", " ", markup)
-    return html.unescape(markup)
-
-
-def office_text(filename: str, data: bytes) -> str:
-    """Text of a .docx/.xlsx/.pptx file (XML inside a zip), for content checks."""
-    ext = filename[filename.rfind(".") :].lower() if "." in filename else ""
-    wanted = OFFICE_XML.get(ext)
-    if not wanted or not data.startswith(b"PK"):
-        return ""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            chunks = []
-            for info in archive.infolist():
-                if any(info.filename.startswith(w) for w in wanted) and info.file_size < TEXT_SCAN_LIMIT:
-                    xml = archive.read(info).decode("utf-8", "replace")
-                    chunks.append(html.unescape(re.sub(r"<[^>]+>", "", xml)))
-            return "\n".join(chunks)[:TEXT_SCAN_LIMIT]
-    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError, ValueError):
-        return ""
+    return extract.html_to_text(markup)
 
 
 def _is_attachment(part: Message) -> bool:
@@ -393,6 +379,30 @@ def _filename(part: Message, index: int) -> str:
         subject = _safe_header(inner, "subject") if isinstance(inner, Message) else ""
         return f"{subject or 'message'}.eml"
     return f"attachment-{index}"
+
+
+_MSGID_RE = re.compile(r"<[^<>\s]+@[^<>\s]+>")
+_ICS_ATTENDEE = re.compile(r"^ATTENDEE((?:;[^:]*)?):(?:mailto:)?(.+)$", re.IGNORECASE)
+_ICS_CN = re.compile(r';CN=("[^"]*"|[^;:]*)', re.IGNORECASE)
+
+
+def calendar_attendees(msg: Message) -> list[tuple[str, str]]:
+    """(name, address) of each ATTENDEE of a meeting request (text/calendar, METHOD:REQUEST)."""
+    out: list[tuple[str, str]] = []
+    for _parent, part in iter_leaves(msg):
+        if part.get_content_type() not in ("text/calendar", "application/ics"):
+            continue
+        data = _part_bytes(part, [])
+        text = _text_of(part, data) if part.get_content_maintype() == "text" else data.decode("utf-8", "replace")
+        lines = re.sub(r"\r?\n[ \t]", "", text).splitlines()  # unfold (RFC 5545 3.1)
+        if not any(line.strip().upper() == "METHOD:REQUEST" for line in lines):
+            continue
+        for line in lines:
+            match = _ICS_ATTENDEE.match(line.strip())
+            if match:
+                cn = _ICS_CN.search(match.group(1))
+                out.append(((cn.group(1).strip('"') if cn else ""), match.group(2).strip()))
+    return out
 
 
 def iter_leaves(msg: Message) -> Iterator[tuple[Message | None, Message]]:
@@ -428,8 +438,15 @@ def parse(
     envelope_recipients: Iterable[str] = (),
     *,
     require_recipients: bool = True,
+    budget: extract.Budget | None = None,
+    depth: int = 0,
 ) -> ParsedMessage:
-    """Parse raw RFC 5322 bytes into the model the policy checks."""
+    """Parse raw RFC 5322 bytes into the model the policy checks.
+
+    Attachments' text is extracted within one ``budget`` per message (attached messages share their
+    parent's); what cannot be read is marked ``uninspected`` with the reason.
+    """
+    budget = budget or extract.Budget()
     problems: list[str] = []
     skeleton, elided = _elide(raw)
     # compat32 keeps header values as text: the few we need are decoded below, instead of the
@@ -450,6 +467,12 @@ def parse(
             if rcpt.address not in seen:
                 seen.add(rcpt.address)
                 recipients.append(rcpt)
+    # meeting invitations: ATTENDEEs are recipients even when the headers do not name them
+    for display, addr_spec in calendar_attendees(msg):
+        rcpt = make_recipient(addr_spec, display, "attendee")
+        if rcpt and rcpt.address not in seen:
+            seen.add(rcpt.address)
+            recipients.append(rcpt)
     for addr in envelope_recipients:
         rcpt = make_recipient(addr, "", "bcc")
         if rcpt and rcpt.address not in seen:
@@ -490,15 +513,17 @@ def parse(
                 head=head,
                 data=data,
             )
-            if ctype.startswith(TEXT_TYPES) or name.lower().endswith((".txt", ".csv", ".tsv", ".json", ".xml")):
-                att.text = _text_of(part, data)
-            elif att.is_message:
-                att.text = data[:TEXT_SCAN_LIMIT].decode("utf-8", "replace")
-            else:
-                att.text = office_text(name, data)
             declared = part.get_param("size", header="content-disposition")
+            kind = extract.kind_of(name, ctype, head)
             if not size and isinstance(declared, str) and declared.isdigit():
                 att.size = int(declared)  # content not supplied (add-in check): keep the real size
+                if kind not in ("none", "unreadable"):
+                    att.uninspected = "its content was not handed to SendGuard"
+            elif size and not data and kind != "none":
+                att.uninspected = f"larger than {KEEP_LIMIT // (1024 * 1024)} MB"
+            else:
+                found = extract.extract(name, ctype, data, budget, depth, part.get_content_charset())
+                att.text, att.flags, att.uninspected = found.text, found.flags, found.uninspected
             att.ref = part.get("X-SendGuard-Attachment-Ref", "")
             attachments.append(att)
         elif part.get_content_maintype() == "text":
@@ -507,6 +532,7 @@ def parse(
 
     subject = _safe_header(msg, "subject")
     message_id = _safe_header(msg, "message-id").strip()
+    thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to") + " " + _safe_header(msg, "references"))
     return ParsedMessage(
         message_id=message_id,
         from_address=from_address,
@@ -518,6 +544,9 @@ def parse(
         size=len(raw),
         envelope_from=envelope_from,
         problems=list(dict.fromkeys(problems)),
+        in_reply_to=tuple(dict.fromkeys(thread))[:100],
+        list_unsubscribe=_safe_header(msg, "list-unsubscribe").strip(),
+        precedence=_safe_header(msg, "precedence").strip().lower(),
     )
 
 

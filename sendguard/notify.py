@@ -1,8 +1,9 @@
 """Notices about approvals: the email each approver gets, and the sender's desktop notification.
 
-The approver email goes out through the same transport as the sender's mail (their account, or the
-Maildir sink by default) and carries a signed, single-use, expiring link to the approval page: the
-helper's own web address on one machine, the central server's public address in a company. Each
+On one machine the approver email goes out through the same transport as the sender's mail (their
+account, or the Maildir sink by default); with a central server, the server mails approvers itself
+through the organization's relay. The email carries a signed, single-use, expiring link to the
+approval page: the helper's own web address on one machine, the central server's public address in a company. Each
 notice is recorded (table ``notices``) and audited, so a restart sends none twice; a notice that
 cannot be sent is retried and the message stays held meanwhile.
 """
@@ -14,6 +15,7 @@ import email.utils
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,19 +74,42 @@ def preview_text(raw: bytes | None, limit: int = PREVIEW_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+
+
+def header_text(value: str, limit: int = 400) -> str:
+    """A value safe for one header line: line breaks and other control characters become a space
+    (an encoded CR/LF in a subject must never add a header such as Bcc), cut to ``limit``."""
+    text = _CONTROL.sub(" ", str(value or "")).strip()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def header_address(value: str) -> str:
+    """An address for a header, or "" when it is not one plain address."""
+    text = header_text(value, 320)
+    name, addr = email.utils.parseaddr(text)
+    return addr if addr and "@" in addr and not any(c in addr for c in ' ,;<>"') else ""
+
+
 def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str], str] = str,
-                   deputy_of: str | None = None, deadline: str | None = None) -> EmailMessage:
-    """The email asking ``approver`` to decide: reasons, recipients, attachments and the link."""
+                   deputy_of: str | None = None, deadline: str | None = None,
+                   mail_from: str | None = None) -> EmailMessage:
+    """The email asking ``approver`` to decide: reasons, recipients, attachments and the link.
+
+    Every header value taken from the message is sanitised (one line, no control characters)."""
     g = gettext
     check = item.check or {}
     msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = item.sender or item.envelope_from
-    msg["To"] = approver
-    msg["Subject"] = g(SUBJECT).format(subject=item.subject or "")
+    sender = header_address(item.sender or item.envelope_from)
+    msg["From"] = header_address(mail_from) if mail_from else (sender or "sendguard@localhost")
+    if mail_from and sender:
+        msg["Reply-To"] = sender
+    msg["To"] = header_address(approver)
+    msg["Subject"] = header_text(g(SUBJECT).format(subject=header_text(item.subject or "")))
     msg["Message-ID"] = email.utils.make_msgid("sendguard-approval")
     msg["Date"] = email.utils.formatdate(localtime=True)
     msg["Auto-Submitted"] = "auto-generated"
-    msg["X-SendGuard-Notice"] = f"approval-request; item={item.id}"
+    msg["X-SendGuard-Notice"] = header_text(f"approval-request; item={item.id}")
     lines = [g(INTRO).format(sender=item.sender), ""]
     if deputy_of:
         lines += [g(DEPUTY_INTRO).format(approver=deputy_of), ""]
@@ -122,13 +147,15 @@ def already_sent(outbox: Outbox, item_id: str, kind: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def record_notice(outbox: Outbox, item_id: str, kind: str, recipient: str, data: dict[str, Any]) -> bool:
+def record_notice(outbox: Outbox, item_id: str, kind: str, recipient: str, data: dict[str, Any],
+                  event: str | None = None) -> bool:
     """Record (and audit) one notice; False when it had already been recorded."""
     try:
         with outbox.store.transaction() as conn:
             conn.execute(insert(notices).values(item_id=item_id, kind=kind, recipient=recipient,
                                                 sent_at=time.time()))
-            outbox.store.append_audit(conn, f"{kind}_notified", "sendguard", item_id, {"to": recipient, **data})
+            outbox.store.append_audit(conn, event or f"{kind}_notified", "sendguard", item_id,
+                                      {"to": recipient, **data})
     except IntegrityError:
         return False
     return True
@@ -145,38 +172,54 @@ def approvers_and_deputies(item: Item, approvals: Any) -> list[tuple[str, str | 
 
 def notify_approvers(outbox: Outbox, targets_for: Callable[[Item], list[tuple[str, str | None]]],
                      mailbox_for: Callable[[Item], Mailbox], link_for: Callable[[Item, str], str | None],
-                     gettext: Callable[[str], str] = str) -> int:
+                     gettext: Callable[[str], str] = str, mail_from: str | None = None) -> int:
     """Email every approver (and active deputy) of each held message who was not emailed yet.
 
     ``targets_for(item)`` names them as (address, deputy_of); ``link_for(item, address)`` gives the
-    signed link, or None while it cannot be made yet (the central server has not taken the request):
-    those are tried again on the next round.
+    signed link, or None while it cannot be made yet: those are tried again on the next round.
+    ``mail_from`` (the central server's own address) replaces the sender as the From of the email.
+    Each message is on its own: one that cannot be turned into an email is logged and audited once
+    and never holds up the others.
     """
     sent = 0
     for item in outbox.list(["awaiting_approval"], limit=10_000):
-        done = already_sent(outbox, item.id, APPROVAL_REQUEST)
-        wanted = [(to, of) for to, of in dict(targets_for(item)).items() if to not in done]
-        if not wanted:
+        try:
+            sent += _notify_item(outbox, item, targets_for, mailbox_for, link_for, gettext, mail_from)
+        except Exception as exc:
+            if record_notice(outbox, item.id, "approval_error", type(exc).__name__[:300],
+                             {"error": f"{type(exc).__name__}: {exc}"[:500]}, event="approval_notice_failed"):
+                log.exception("cannot build the approval email for %s (the others go on)", item.id)
+    return sent
+
+
+def _notify_item(outbox: Outbox, item: Item, targets_for: Callable[[Item], list[tuple[str, str | None]]],
+                 mailbox_for: Callable[[Item], Mailbox], link_for: Callable[[Item, str], str | None],
+                 gettext: Callable[[str], str], mail_from: str | None) -> int:
+    done = already_sent(outbox, item.id, APPROVAL_REQUEST)
+    wanted = [(to, of) for to, of in dict(targets_for(item)).items() if to not in done]
+    if not wanted:
+        return 0
+    sent = 0
+    full = outbox.get(item.id, with_bodies=True)
+    deadline = now_iso(item.expires_at)[:16].replace("T", " ") + " UTC" if item.expires_at else None
+    for to, deputy_of in wanted:
+        link = link_for(item, to)
+        if not link:
             continue
-        full = outbox.get(item.id, with_bodies=True)
-        deadline = now_iso(item.expires_at)[:16].replace("T", " ") + " UTC" if item.expires_at else None
-        for to, deputy_of in wanted:
-            link = link_for(item, to)
-            if not link:
-                continue
-            msg = approval_email(full, to, link, gettext, deputy_of, deadline)
-            raw = msg.as_bytes()
-            try:
-                mailbox = mailbox_for(item)
-                mailbox.release(ReleaseItem(
-                    outbox_id=_notice_id(item.id, APPROVAL_REQUEST, to), message_id=str(msg["Message-ID"]),
-                    raw=raw, envelope_from=item.sender or item.envelope_from, recipients=(to,), source="notice"))
-            except MailboxError as exc:
-                log.warning("cannot email approver %s about %s yet: %s", to, item.id, exc)
-                continue
-            if record_notice(outbox, item.id, APPROVAL_REQUEST, to,
-                             {"via": getattr(mailbox, "name", "?"), "deputy_of": deputy_of}):
-                sent += 1
+        msg = approval_email(full, to, link, gettext, deputy_of, deadline, mail_from)
+        raw = msg.as_bytes()
+        try:
+            mailbox = mailbox_for(item)
+            mailbox.release(ReleaseItem(
+                outbox_id=_notice_id(item.id, APPROVAL_REQUEST, to), message_id=str(msg["Message-ID"]),
+                raw=raw, envelope_from=header_address(mail_from or item.sender or item.envelope_from),
+                recipients=(to,), source="notice"))
+        except MailboxError as exc:
+            log.warning("cannot email approver %s about %s yet: %s", to, item.id, exc)
+            continue
+        if record_notice(outbox, item.id, APPROVAL_REQUEST, to,
+                         {"via": getattr(mailbox, "name", "?"), "deputy_of": deputy_of}):
+            sent += 1
     return sent
 
 

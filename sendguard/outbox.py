@@ -12,6 +12,7 @@ transport what happened to anything found in ``releasing``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import threading
@@ -24,12 +25,14 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from . import checks, faults, message
-from .errors import MessageError, NotFound, StateError
+from .errors import MessageError, NeedsReconfirmation, NotFound, StateError
+from .i18n import _
 from .mailboxes import _retry
 from .mailboxes.base import (
     AuthError,
     Mailbox,
     MailboxError,
+    MissedItem,
     OutcomeUnknown,
     PermanentError,
     ReleaseItem,
@@ -37,7 +40,8 @@ from .mailboxes.base import (
 )
 from .policy import Policy
 from .rewrite import Decision, apply
-from .store import Store, domains, now_iso, outbox
+from .sources import source_label
+from .store import Store, audit, domains, now_iso, outbox
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,21 @@ HELD_STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_appro
 FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
 CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
                "needs_attention")
+# Items taken from a server-side Outbox: when they end without being sent, the user gets them back as
+# drafts (``returns_due`` / ``mark_returned``).
+OUTBOX_SOURCES = ("exchange-outbox", "graph-outbox")
+NOT_SENT_STATES = ("cancelled", "rejected", "expired")
+# Sources whose own client sends the message once SendGuard has decided (the Outlook add-in, the Gmail
+# browser extension): releasing such an item tells the client to go ahead, it sends nothing itself.
+CLIENT_SENDS = ("outlook", "gmail_web")
+# Messages up to this size are checked at intake, before their commit; larger ones by the worker
+# afterwards, so one big attachment never delays the 250 of the messages committed beside it.
+INTAKE_CHECK_MAX_BYTES = 1024 * 1024
+# what a refused transition tried to do, said as a verb ("cannot cancel it now")
+_VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as sent", "releasing": "release",
+          "retry_requested": "send again", "expired": "expire", "verdict": "check", "failed": "fail",
+          "approval_requested": "hold for approval", "approval_rerouted": "re-route", "reconciled": "reconcile",
+          "approved": "approve", "rejected": "reject"}
 # How long a release may take before anyone else may ask the transport what became of it: longer than
 # any connector's timeouts together, so an item still being sent by a live process is never re-sent.
 RELEASE_LEASE = 900.0
@@ -69,6 +88,16 @@ class Incoming:
     source_ref: str | None = None
     account: str | None = None
     actor: str | None = None
+
+
+@dataclass
+class _Verdict:
+    """Where a checked message goes: ``hold`` for the window, else passed on with ``decision``."""
+
+    hold: bool
+    audit: dict[str, Any]
+    values: dict[str, Any]
+    decision: Decision = field(default_factory=Decision)
 
 
 @dataclass
@@ -125,6 +154,7 @@ class Item:
             "id": self.id,
             "state": self.state,
             "source": self.source,
+            "source_label": source_label(self.source),
             "from": self.sender,
             "subject": self.subject,
             "recipients": check.get("recipients", [{"address": a} for a in self.envelope_to]),
@@ -163,10 +193,14 @@ class Outbox:
     mailbox_for: Callable[[Item], Mailbox] | None = None
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
+    accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
     listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    # Is the Outlook add-in still waiting to send this item itself? (outlook_presence; None: assume so)
+    outlook_waiting: Callable[[str], bool] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
     _reconcile_failures: dict[str, int] = field(default_factory=dict)  # asks in a row, per item
+    _sent_domains: tuple[float, tuple[str, ...]] = (0.0, ())  # (read at, domains): see history()
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -208,6 +242,24 @@ class Outbox:
             rows = conn.execute(select(domains.c.domain).where(domains.c.domain.in_(wanted))).all()
         return {r[0] for r in rows}
 
+    def history(self, parsed: message.ParsedMessage) -> checks.History:
+        """What the policy needs from past releases: sent-to domains, and the thread a reply answers."""
+        with self.store.engine.connect() as conn:
+            read_at, sent = self._sent_domains
+            if time.monotonic() - read_at > HISTORY_TTL:  # a burst of intake reads the table once
+                sent = tuple(r[0] for r in conn.execute(select(domains.c.domain).order_by(
+                    domains.c.last_sent.desc()).limit(HISTORY_DOMAINS)).all())
+                self._sent_domains = (time.monotonic(), sent)
+            thread: frozenset[str] | None = None
+            refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
+            if refs:
+                rows = conn.execute(select(outbox.c.envelope_to, outbox.c.sender).where(
+                    outbox.c.message_id.in_(refs), outbox.c.state == "sent")).all()
+                if rows:
+                    thread = frozenset(a.rpartition("@")[2].lower() for row in rows
+                                       for a in [*(row.envelope_to or []), row.sender or ""] if "@" in a)
+        return checks.History(sent, thread)
+
     # ------------------------------------------------------------------ transitions
     def _notify(self, item_id: str) -> None:
         with self._changed:
@@ -235,7 +287,8 @@ class Outbox:
             if row is None:
                 raise NotFound(f"no message {item_id!r} in the outbox (see `sendguard queue list`)")
             if row.state not in allowed:
-                raise StateError(f"message {item_id} is {row.state}: cannot {event.replace('_', ' ')} it now")
+                verb = _VERBS.get(event, event.replace("_", " "))
+                raise StateError(f"message {item_id} is {row.state}: cannot {verb} it now")
             conn.execute(update(outbox).where(outbox.c.id == item_id)
                          .values(state=to, updated_at=self.clock(), **values))
             self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to, **(data or {})},
@@ -262,45 +315,99 @@ class Outbox:
                 source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> str:
         """Commit the message as received (raw MIME + envelope) and return its id. Durable on return."""
         return self.receive_many([Incoming(raw, envelope_from, list(recipients), source, source_ref, account,
-                                           actor)])[0]
+                                           actor)])[0][0]
 
-    def receive_many(self, incoming: list[Incoming]) -> list[str]:
-        """Commit several received messages in one transaction (group commit: one fsync for all)."""
+    def receive_many(self, incoming: list[Incoming], check: bool = False) -> list[tuple[str, str]]:
+        """Commit several received messages in one transaction (group commit: one fsync for all).
+
+        With ``check``, each message of at most ``INTAKE_CHECK_MAX_BYTES`` is checked before the commit
+        and one that the window must show is stored already held, its verdict and audit records in the
+        same transaction: the steady state costs one commit per batch, not one per message. Anything
+        else (larger, or passed on by the policy) is stored ``received`` for ``process``.
+        Returns (id, state) per message, in order.
+        """
         now = self.clock()
-        ids = []
+        policy = self.policy() if check else None
+        out: list[tuple[str, str]] = []
         rows = []
+        records: list[tuple[str, str, str | None, dict[str, Any]]] = []
         for msg in incoming:
             item_id = new_id()
             envelope = [r.strip() for r in msg.recipients]
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
             sender = (msg.envelope_from or "").lower()
-            rows.append((item_id, msg, envelope, msg_id, {
+            values = {
                 "id": item_id, "state": "received", "source": msg.source, "source_ref": msg.source_ref,
                 "account": msg.account, "owner": sender, "envelope_from": msg.envelope_from or "",
                 "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
-                "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0}))
-            ids.append(item_id)
-        records = [("received", msg.actor or msg.envelope_from or msg.source, item_id, {
-            "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
-            "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)})
-            for item_id, msg, envelope, msg_id, _values in rows]
+                "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
+                "check_result": None, "last_error": None}
+            records.append(("received", msg.actor or msg.envelope_from or msg.source, item_id, {
+                "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
+                "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}))
+            if policy is not None and len(msg.raw) <= INTAKE_CHECK_MAX_BYTES:
+                verdict = self._verdict(msg.raw, msg.envelope_from, envelope, policy)
+                if verdict.hold:
+                    values.update(verdict.values, state="awaiting_confirmation")
+                    records.append(("verdict", "policy", item_id,
+                                    {"from": "received", "to": "awaiting_confirmation", **verdict.audit}))
+            rows.append(values)
+            out.append((item_id, values["state"]))
         with self.store.transaction() as conn:
-            conn.execute(_INSERT_ITEM, [values for *_rest, values in rows])
+            conn.execute(_INSERT_ITEM, rows)
             self.store.append_audit_many(conn, records, ts=now)
-        for item_id in ids:
+            faults.point("intake.uncommitted")
+        for item_id, _state in out:
             self._notify(item_id)
-        return ids
+        return out
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
-               source_ref: str | None = None, account: str | None = None) -> Item:
-        item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account)
+               source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
+        item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account, actor)
         return self.process(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
                  policy: Policy | None = None) -> checks.CheckResult:
         parsed = message.parse(raw, envelope_from, recipients)
+        return self.evaluate_parsed(parsed, policy)
+
+    def evaluate_parsed(self, parsed: message.ParsedMessage, policy: Policy | None = None) -> checks.CheckResult:
+        """Check a parsed message with the sent-to history, the thread and the user's accounts."""
         known = self.known_domains(r.domain for r in parsed.recipients)
-        return checks.evaluate(parsed, policy or self.policy(), known, self.gettext)
+        return checks.evaluate(parsed, policy or self.policy(), known, self.gettext, history=self.history(parsed),
+                               accounts=tuple(self.accounts()))
+
+    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: list[str], policy: Policy) -> _Verdict:
+        """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
+
+        Fails closed: an unreadable message or a failing rule holds the message for the user.
+        """
+        try:
+            result = self.evaluate(raw, envelope_from, envelope_to, policy)
+        except MessageError as exc:
+            return _Verdict(True, {"action": "confirm", "error": str(exc)}, {
+                "last_error": str(exc),
+                "check_result": {"verdict": {"action": "confirm", "approvers": [], "reasons": []},
+                                 "problems": [str(exc)], "recipients": [], "attachments": []}})
+        except Exception as exc:  # a bug in a rule must hold the message, never release it
+            log.exception("policy evaluation failed")
+            return _Verdict(True, {"action": "confirm", "error": f"policy error: {exc}"},
+                            {"last_error": f"policy error: {exc}"})
+        action = result.action
+        hold = (
+            policy.confirm_when == "always"
+            or bool(result.message.problems) or bool(result.problems)
+            or action in ("confirm", "block")
+            or (action == "approve" and policy.confirm_when != "never")
+            or any(r.action == "reconfirm" for r in result.reasons)  # only a person can answer it
+        )
+        audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
+                 "force_bcc": result.force_bcc}
+        values = {"check_result": result.to_json(), "sender": result.message.sender,
+                  "owner": result.message.sender, "subject": result.message.subject}
+        decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
+        _policy_changes(decision, values["check_result"])  # auto Cc/Bcc added, opted-out removed
+        return _Verdict(hold, audit, values, decision)
 
     def process(self, item_id: str) -> Item:
         """Check a received message and hold it for the window, or pass it on when the policy allows."""
@@ -308,43 +415,24 @@ class Outbox:
         if item.state != "received":
             return item
         policy = self.policy()
-        try:
-            result = self.evaluate(item.raw or b"", item.envelope_from, item.envelope_to, policy)
-        except MessageError as exc:
-            # fail closed: keep it for the user to look at and cancel
+        verdict = self._verdict(item.raw or b"", item.envelope_from, item.envelope_to, policy)
+        if verdict.hold:
             return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
-                                   {"action": "confirm", "error": str(exc)}, last_error=str(exc),
-                                   check={"verdict": {"action": "confirm", "approvers": [], "reasons": []},
-                                          "problems": [str(exc)], "recipients": [], "attachments": []})
-        except Exception as exc:  # a bug in a rule must hold the message, never release it
-            log.exception("policy evaluation failed for %s", item_id)
-            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
-                                   {"action": "confirm", "error": f"policy error: {exc}"},
-                                   last_error=f"policy error: {exc}")
-        data = result.to_json()
-        action = result.action
-        values = dict(check_result=data, sender=result.message.sender, owner=result.message.sender,
-                      subject=result.message.subject)
-        needs_window = (
-            policy.confirm_when == "always"
-            or bool(result.message.problems)
-            or action in ("confirm", "block")
-            or (action == "approve" and policy.confirm_when != "never")
-        )
-        audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
-                 "force_bcc": result.force_bcc}
-        if needs_window:
-            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy", audit,
-                                   **values)
+                                   verdict.audit, **verdict.values)
         with self.store.transaction() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**values))
-        decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
-        return self._confirm(item_id, ("received",), decision, "policy", checked=None, verdict=audit)
+            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**verdict.values))
+        return self._confirm(item_id, ("received",), verdict.decision, "policy", checked=None,
+                             verdict=verdict.audit)
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
-                bcc: bool = False, actor: str = "user", checked: dict[str, list[str]] | None = None) -> Item:
-        """The user's Send: apply removals and Bcc, re-check, then hold for approval or release."""
+                bcc: bool = False, actor: str = "user", checked: dict[str, list[str]] | None = None,
+                reconfirmed: bool = False) -> Item:
+        """The user's Send: apply removals and Bcc, re-check, then hold for approval or release.
+
+        A message with a ``reconfirm`` reason needs ``reconfirmed=True``: the user has answered the
+        second question that names the reason (DESIGN §3.1).
+        """
         item = self.get(item_id)
         check = item.check or {}
         known_ids = {a["id"] for a in check.get("attachments", [])}
@@ -358,20 +446,29 @@ class Outbox:
             else:
                 raise MessageError(f"message {item_id} has no attachment {ref!r} "
                                    f"(attachments: {', '.join(sorted(by_name)) or 'none'})")
-        addresses = {r["address"] for r in check.get("recipients", [])}
+        by_address = {r["address"]: r for r in check.get("recipients", [])}
+        policy = self.policy()
         removed = []
         for addr in removed_recipients:
             rcpt = message.make_recipient(addr, "", "to")
             key = rcpt.address if rcpt else addr.lower()
-            if key not in addresses:
+            if key not in by_address:
                 raise MessageError(f"message {item_id} has no recipient {addr!r}")
+            row = by_address[key]
+            if row.get("list"):
+                raise MessageError(f"{key} gets this message through the list {row['list']}: "
+                                   f"remove {row['list']} instead")
+            if "auto_added" in row.get("flags", []) and policy.is_locked("rules.auto_cc"):
+                raise MessageError(f"{key} was added by your organization's policy and cannot be removed")
             removed.append(key)
-        policy = self.policy()
         decision = Decision(removed, att_ids, bcc or bool(check.get("force_bcc") and policy.auto_bcc))
-        return self._confirm(item_id, ("awaiting_confirmation",), decision, actor, checked=checked)
+        _policy_changes(decision, check)
+        return self._confirm(item_id, ("awaiting_confirmation",), decision, actor, checked=checked,
+                             reconfirmed=reconfirmed)
 
     def _confirm(self, item_id: str, allowed: tuple[str, ...], decision: Decision, actor: str,
-                 checked: dict[str, list[str]] | None, verdict: dict[str, Any] | None = None) -> Item:
+                 checked: dict[str, list[str]] | None, verdict: dict[str, Any] | None = None,
+                 reconfirmed: bool = False) -> Item:
         item = self.get(item_id, with_bodies=True)
         if item.state not in allowed:
             raise StateError(f"message {item_id} is {item.state}: cannot confirm it now")
@@ -384,7 +481,18 @@ class Outbox:
             blocked = ", ".join(r.target for r in result.reasons if r.action == "block")
             raise StateError(f"message {item_id} cannot be sent: {blocked} is blocked by policy; "
                              "remove it or cancel the message")
+        second = [r for r in result.reasons if r.action == "reconfirm"]
+        if second and not reconfirmed:
+            raise NeedsReconfirmation(
+                f"message {item_id} needs a second confirmation: {second[0].message}. "
+                "Confirm again with --reconfirmed (the window asks it after the checkboxes)")
         needs_approval = result.action == "approve"
+        if needs_approval and not policy.approvers_for(item.sender):
+            # never a hold that waits for nobody: the sender hears it now and the message stays here
+            raise StateError(self.gettext(_(
+                "This message needs approval, but no approver is configured for {sender}: ask your "
+                "administrator to set [approval] approvers in the policy, then press Send again, or cancel "
+                "it.")).format(sender=item.sender or "?"))
         now = self.clock()
         data = {"removed_recipients": decision.removed_recipients,
                 "removed_attachments": decision.removed_attachments, "bcc": decision.bcc,
@@ -392,6 +500,10 @@ class Outbox:
                 "final_sha256": _sha256(final), "action": result.action}
         if checked is not None:
             data["checked"] = checked
+        if second:
+            data["reconfirmed"] = [r.rule for r in second]
+        if decision.added_cc or decision.added_bcc:
+            data["added_cc"], data["added_bcc"] = decision.added_cc, decision.added_bcc
         if verdict is not None:
             data["verdict"] = verdict
         record = decision.to_json() | {"needs_approval": needs_approval, "final_action": result.action,
@@ -408,6 +520,22 @@ class Outbox:
                 approvers=approvers, expires_at=now + policy.expire_hours * 3600,
             )
         return item
+
+    def reroute_approvals(self, policy: Policy) -> list[Item]:
+        """Held messages follow the policy's approvers: when they change, each waiting message is
+        handed to its new approvers (who are then emailed like any other)."""
+        moved = []
+        for item in self.list(["awaiting_approval"], limit=100_000):
+            wanted = [a.lower() for a in policy.approvers_for(item.sender)]
+            if not wanted or sorted(wanted) == sorted(a.lower() for a in item.approvers):
+                continue
+            try:
+                moved.append(self.transition(item.id, ["awaiting_approval"], "awaiting_approval", "approval_rerouted",
+                                             "policy", {"previous_approvers": item.approvers, "approvers": wanted},
+                                             approvers=wanted))
+            except StateError:  # decided meanwhile
+                continue
+        return moved
 
     def cancel(self, item_id: str, actor: str = "user", reason: str = "") -> Item:
         item = self.get(item_id)
@@ -472,9 +600,20 @@ class Outbox:
                                    "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1,
                                    release_after=self.clock() + RELEASE_LEASE)
             item = self.get(item_id, with_bodies=True)
+            if item.source == "gmail_web" and not item.approval:
+                # Gmail in the browser sends it itself once the extension sees the decision.
+                return self._sent(item, {"transport": item.source})
+            if item.source == "gmail_web":  # the page's copy has no attachment content: never send it
+                error = "a message checked in Gmail's page cannot be sent by SendGuard; send it from Gmail again"
+                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                                       {"error": error, "permanent": True}, last_error=error)
             if item.source == "outlook" and not item.approval:
-                # Outlook sends it itself once the add-in sees the decision.
-                return self._sent(item, {"transport": "outlook"})
+                if self.outlook_waiting is None or self.outlook_waiting(item.id):
+                    # Outlook sends it itself once the add-in sees the decision.
+                    return self._sent(item, {"transport": "outlook"})
+                if not self._can_send_outlook_draft(item):
+                    return self._outlook_gone(item)
+                # The add-in is gone (the user left the message): send the saved draft from the server.
             try:
                 if self.mailbox_for is None:
                     raise PermanentError("no release transport is configured")
@@ -499,17 +638,33 @@ class Outbox:
                                        {"error": repr(exc)}, last_error=f"unexpected error: {exc}")
             return self._sent(item, {"transport": receipt.transport, **receipt.detail})
 
+    def _can_send_outlook_draft(self, item: Item) -> bool:
+        if not item.source_ref or self.mailbox_for is None:
+            return False
+        try:
+            return self.mailbox_for(item).kind in ("graph", "exchange")
+        except Exception:  # an account that cannot be opened cannot send the draft either
+            return False
+
+    def _outlook_gone(self, item: Item) -> Item:
+        error = ("Outlook stopped waiting for SendGuard before you confirmed (the message was left or closed), "
+                 "so it was not sent. Open it from Drafts in Outlook and press Send again.")
+        return self.transition(item.id, ["releasing"], "needs_attention", "failed", "sendguard",
+                               {"error": error, "outlook_gone": True}, last_error=error)
+
     def _release_item(self, item: Item) -> ReleaseItem:
         decision = item.decision or {}
         return ReleaseItem(
             outbox_id=item.id, message_id=item.message_id, raw=item.final_raw or item.raw or b"",
             envelope_from=item.envelope_from or item.sender, recipients=tuple(item.envelope_to),
             bcc=tuple(decision.get("bcc_addresses") or ()), source=item.source, source_ref=item.source_ref,
+            held_since=item.created_at,
         )
 
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
         with self.store.transaction() as conn:
             self.store.record_sent_domains(conn, item.envelope_to, self.clock())
+        self._sent_domains = (0.0, ())
         return self.transition(item.id, ["releasing"], "sent", "released", "sendguard", detail, last_error=None)
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
@@ -553,7 +708,7 @@ class Outbox:
         item = self.get(item_id)
         if item.state != "releasing":
             return None
-        if item.source == "outlook" and not item.approval:
+        if item.source in CLIENT_SENDS and not item.approval:
             return self.transition(item.id, ["releasing"], "needs_attention", "reconciled", "sendguard",
                                    {"found": None}, last_error="interrupted while handing back to Outlook")
         found: bool | None
@@ -631,6 +786,91 @@ class Outbox:
                 self.store.append_audit(conn, "purged", "sendguard", None,
                                         {"count": result.rowcount, "retention_days": retention_days})
         return result.rowcount or 0
+
+    # ------------------------------------------------------------------ Outbox interception bookkeeping
+    def knows_message(self, message_id: str) -> bool:
+        """Whether any outbox item (any source, any state) carries this Message-ID."""
+        with self.store.engine.connect() as conn:
+            return conn.execute(select(outbox.c.id).where(outbox.c.message_id == message_id).limit(1)).first() \
+                is not None
+
+    def watch_started(self, account: str) -> float:
+        """When SendGuard first watched this account's Outbox (recorded once in the audit log): what the
+        server sent before then was never SendGuard's to take."""
+        with self.store.transaction() as conn:
+            rows = conn.execute(select(audit.c.data).where(audit.c.event == "outbox_watch_started")).all()
+            for (data,) in rows:
+                record = json.loads(data)
+                if record.get("account") == account:
+                    return float(record["at"])
+            now = self.clock()
+            self.store.append_audit(conn, "outbox_watch_started", "sendguard", None, {"account": account, "at": now},
+                                    ts=now)
+            return now
+
+    def record_missed(self, missed: MissedItem, source: str, account: str) -> Item | None:
+        """Record a message the server sent from the Outbox at its deferred time without SendGuard (the
+        helper was not running, or the deferred time was shorter than the watch interval): an item in
+        ``sent`` with a ``missed`` audit record, so `queue list`, the window and the audit trail show it.
+        Nothing is ever sent again. None when the Message-ID is already known."""
+        if self.knows_message(missed.message_id):
+            return None
+        now = self.clock()
+        item_id = new_id()
+        note = ("sent by the mail server at its deferred time while SendGuard was not watching: "
+                "it was not checked")
+        values = {"id": item_id, "state": "sent", "source": source, "source_ref": None, "account": account,
+                  "owner": "", "envelope_from": "", "envelope_to": list(missed.recipients),
+                  "message_id": missed.message_id, "sender": "", "subject": missed.subject, "raw": missed.raw or None,
+                  "release_after": 0.0, "attempts": 0, "created_at": missed.sent_at, "updated_at": now,
+                  "purged": 0, "last_error": note}
+        if missed.raw:
+            try:
+                parsed = message.parse(missed.raw, "", missed.recipients)
+                values.update(sender=parsed.sender, owner=parsed.sender, envelope_from=parsed.sender)
+            except MessageError:
+                pass
+        with self.store.transaction() as conn:
+            conn.execute(_INSERT_ITEM, [values])
+            self.store.append_audit(conn, "missed", source, item_id, {
+                "to": "sent", "source": source, "account": account, "message_id": missed.message_id,
+                "sent_at": missed.sent_at, "deferred_until": missed.deferred_until,
+                "recipients": list(missed.recipients), "reason": note}, ts=now)
+            self.store.record_sent_domains(conn, list(missed.recipients), now)
+        self._notify(item_id)
+        return self.get(item_id)
+
+    def returns_due(self) -> list[Item]:
+        """Items taken from a server Outbox that ended unsent and are not yet back in the user's Drafts."""
+        returned = select(audit.c.item_id).where(audit.c.event == "returned_to_drafts", audit.c.item_id.isnot(None))
+        query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
+            outbox.c.source.in_(OUTBOX_SOURCES), outbox.c.state.in_(NOT_SENT_STATES),
+            outbox.c.source_ref.isnot(None), outbox.c.id.not_in(returned))
+        with self.store.engine.connect() as conn:
+            return [Item.from_row(r) for r in conn.execute(query).all()]
+
+    def mark_returned(self, item_id: str, found: bool, actor: str = "sendguard") -> None:
+        """Record that a cancelled Outbox item went back to Drafts (or was no longer there to return)."""
+        with self.store.transaction() as conn:
+            self.store.append_audit(conn, "returned_to_drafts", actor, item_id, {"found": found}, ts=self.clock())
+        self._notify(item_id)
+
+
+HISTORY_DOMAINS = 5000  # most recently sent-to domains used as look-alike references
+HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
+
+
+def _policy_changes(decision: Decision, check: dict[str, Any]) -> None:
+    """What the policy itself changes on release: auto Cc/Bcc added, opted-out recipients removed."""
+    removed = set(decision.removed_recipients)
+    for row in check.get("recipients", []):
+        flags = row.get("flags", [])
+        address = row.get("address", "")
+        if "suppressed" in flags and address not in removed:
+            decision.removed_recipients.append(address)
+            removed.add(address)
+        elif "auto_added" in flags and address not in removed:
+            (decision.added_bcc if row.get("field") == "bcc" else decision.added_cc).append(address)
 
 
 def _sha256(data: bytes) -> str:

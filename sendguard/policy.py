@@ -6,7 +6,9 @@ over the user's. A bad file is refused; ``PolicyHolder`` keeps the last good pol
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import io
 import logging
 import re
 import threading
@@ -19,7 +21,10 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("allow", "confirm", "approve", "block")
+ACTIONS = ("allow", "confirm", "reconfirm", "approve", "block")
+SUPPRESSION_ACTIONS = ("remove", "block")
+# contacts, lists and opt-out files larger than this are refused (they are read on every policy load)
+DATA_FILE_LIMIT = 20 * 1024 * 1024
 CONFIRM_WHEN = ("always", "external", "flagged", "never")
 
 
@@ -37,6 +42,71 @@ class Keyword:
     pattern: str
     action: str
     regex: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One row of a contacts file: an address (or ``*@domain``), a person's name and a company."""
+
+    address: str
+    name: str = ""
+    company: str = ""
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+    def matches(self, address: str) -> bool:
+        return address == self.address or (self.address.startswith("*@") and address.endswith(self.address[1:]))
+
+
+@dataclass(frozen=True)
+class DistributionList:
+    """A list address and its members (empty when the list is known but its members are not)."""
+
+    address: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """``[[rules.address]]``: fnmatch patterns on the lower-cased address, exceptions, an action."""
+
+    match: tuple[str, ...]
+    exclude: tuple[str, ...]
+    action: str
+    message: str = ""
+
+    def applies_to(self, address: str) -> bool:
+        return any(fnmatch.fnmatchcase(address, p) for p in self.match) and not any(
+            fnmatch.fnmatchcase(address, p) for p in self.exclude)
+
+
+@dataclass(frozen=True)
+class AutoCc:
+    """``[[rules.auto_cc]]``: add Cc/Bcc recipients when a recipient, keyword or attachment matches."""
+
+    when_recipient: tuple[str, ...] = ()
+    when_keyword: re.Pattern[str] | None = None
+    when_attachment: bool = False
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+
+    @property
+    def unconditional(self) -> bool:
+        return not self.when_recipient and self.when_keyword is None and not self.when_attachment
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """``[rules.suppression]``: opted-out addresses (or ``*@domain``) and what to do with them."""
+
+    addresses: frozenset[str] = frozenset()
+    domains: frozenset[str] = frozenset()
+    action: str = "remove"
+
+    def matches(self, address: str) -> bool:
+        return address in self.addresses or address.rpartition("@")[2] in self.domains
 
 
 @dataclass(frozen=True)
@@ -70,6 +140,26 @@ class Policy:
     blocked_domains: tuple[str, ...] = ()
     auto_bcc: bool = False
     keywords: tuple[Keyword, ...] = ()
+    # DESIGN §3.1: parity with FlexConfirmMail / OutlookOkan
+    contacts: tuple[Contact, ...] = ()
+    lists: tuple[DistributionList, ...] = ()
+    reply_new_domain: str = "confirm"
+    missing_attachment: str = "confirm"
+    missing_attachment_words: tuple[str, ...] = ()
+    large_attachment_mb: float = 10
+    large_attachment: str = "confirm"
+    name_mismatch: str = "confirm"
+    attachment_name_mismatch: str = "confirm"
+    unsafe_attachment: str = "approve"
+    encrypted_attachment: str = "confirm"
+    sender_account: str = "confirm"
+    distribution_list: str = "confirm"
+    bulk_unsubscribe: str = "confirm"
+    bulk_min_recipients: int = 20
+    address_rules: tuple[AddressRule, ...] = ()
+    auto_cc: tuple[AutoCc, ...] = ()
+    suppression: Suppression = field(default_factory=Suppression)
+    data_files: tuple[str, ...] = ()  # contacts/lists/opt-out files read, for reload on change
     locked: tuple[str, ...] = ()
     source: str = "(embedded defaults)"
 
@@ -79,6 +169,19 @@ class Policy:
             if route.matches(sender):
                 return route.approvers
         return self.approvers
+
+    def contact_for(self, address: str) -> Contact | None:
+        """The contact row for an address: an exact row first, else a ``*@domain`` row."""
+        found = None
+        for contact in self.contacts:
+            if contact.address == address:
+                return contact
+            if found is None and contact.matches(address):
+                found = contact
+        return found
+
+    def list_for(self, address: str) -> DistributionList | None:
+        return next((d for d in self.lists if d.address == address), None)
 
     def is_locked(self, dotted_key: str) -> bool:
         return any(fnmatch.fnmatchcase(dotted_key, pattern) for pattern in self.locked)
@@ -97,7 +200,7 @@ _SCHEMA: dict[str, tuple[str, str, Any]] = {
     "approval.route": ("routes", "routes", None),
     "approval.deputies": ("deputies", "deputies", None),
     "rules.many_external_recipients": ("many_external_recipients", "int", (1, 100_000)),
-    "rules.external_attachment": ("external_attachment", "enum", ("confirm", "approve", "block")),
+    "rules.external_attachment": ("external_attachment", "enum", ("confirm", "reconfirm", "approve", "block")),
     "rules.personal_data": ("personal_data", "enum", ACTIONS),
     "rules.lookalike_domain": ("lookalike_domain", "enum", ACTIONS),
     "rules.display_name_mismatch": ("display_name_mismatch", "enum", ACTIONS),
@@ -105,14 +208,72 @@ _SCHEMA: dict[str, tuple[str, str, Any]] = {
     "rules.blocked_domains": ("blocked_domains", "domains", None),
     "rules.auto_bcc": ("auto_bcc", "bool", None),
     "rules.keywords": ("keywords", "keywords", None),
+    "organization.contacts": ("contacts", "contacts", None),
+    "organization.lists": ("lists", "lists", None),
+    "rules.reply_new_domain": ("reply_new_domain", "enum", ACTIONS),
+    "rules.missing_attachment": ("missing_attachment", "enum", ACTIONS),
+    "rules.missing_attachment_words": ("missing_attachment_words", "words", None),
+    "rules.large_attachment_mb": ("large_attachment_mb", "number", (0.001, 100_000)),
+    "rules.large_attachment": ("large_attachment", "enum", ACTIONS),
+    "rules.name_mismatch": ("name_mismatch", "enum", ACTIONS),
+    "rules.attachment_name_mismatch": ("attachment_name_mismatch", "enum", ACTIONS),
+    "rules.unsafe_attachment": ("unsafe_attachment", "enum", ACTIONS),
+    "rules.encrypted_attachment": ("encrypted_attachment", "enum", ACTIONS),
+    "rules.sender_account": ("sender_account", "enum", ACTIONS),
+    "rules.distribution_list": ("distribution_list", "enum", ACTIONS),
+    "rules.bulk_unsubscribe": ("bulk_unsubscribe", "enum", ACTIONS),
+    "rules.bulk_min_recipients": ("bulk_min_recipients", "int", (1, 1_000_000)),
+    "rules.address": ("address_rules", "address_rules", None),
+    "rules.auto_cc": ("auto_cc", "auto_cc", None),
+    "rules.suppression": ("suppression", "suppression", None),
 }
 _SECTIONS = {"organization", "confirm", "approval", "rules"}
+
+
+def _looks_like_address(cell: str) -> bool:
+    local, at, domain = cell.partition("@")
+    return bool(at and local and domain and "." in domain and " " not in cell and "@" not in domain
+                and (local == "*" or "*" not in local) and "*" not in domain)
+
+
+def _decode_data_file(path: Path, data: bytes, key: str) -> str:
+    """UTF-8 (with or without BOM) or Shift_JIS, as Excel saves CSV in Japan."""
+    for codec in ("utf-8-sig", "cp932"):
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+    raise ConfigError(str(path), "not UTF-8 or Shift_JIS text; save the file as UTF-8 CSV", key=key)
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of each CSV record."""
+    rows = []
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise ConfigError(str(path), f"bad CSV: {exc}", line=reader.line_num) from None
+    return rows
+
+
+def _header(path: Path, rows: list[tuple[int, list[str]]], wanted: tuple[str, ...], key: str) -> list[str]:
+    if not rows:
+        raise ConfigError(str(path), f"empty file; the first line must be the header {','.join(wanted)}", key=key)
+    number, row = rows[0]
+    header = [c.strip().lower() for c in row]
+    if header[: len(wanted)] != list(wanted) and not set(wanted[:1]) <= set(header):
+        raise ConfigError(str(path), f"the first line must be the header {','.join(wanted)}, found {','.join(row)!r}",
+                          line=number, key=key)
+    return header
 
 
 class _Validator:
     def __init__(self, path: Path, text: str):
         self.path = path
         self.text = text
+        self.files: list[str] = []
 
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(str(self.path), message, line=tomlfile.line_of(self.text, key), key=key)
@@ -142,7 +303,163 @@ class _Validator:
             return self.deputies(key, value)
         if kind == "keywords":
             return self.keywords(key, value)
+        if kind == "words":
+            return tuple(w.strip() for w in self._list(key, value) if w.strip())
+        if kind == "contacts":
+            return self.contacts(key, value)
+        if kind == "lists":
+            return self.lists(key, value)
+        if kind == "address_rules":
+            return self.address_rules(key, value)
+        if kind == "auto_cc":
+            return self.auto_cc(key, value)
+        if kind == "suppression":
+            return self.suppression(key, value)
         raise AssertionError(kind)
+
+    # ---------------------------------------------------------- DESIGN §3.1 tables and data files
+    def _table_keys(self, key: str, entry: Any, allowed: set[str], what: str) -> dict[str, Any]:
+        if not isinstance(entry, dict):
+            raise self.fail(key, f"write it as a {what} table")
+        extra = set(entry) - allowed
+        if extra:
+            raise self.fail(f"{key}.{sorted(extra)[0]}", f"unknown setting; {what} has {', '.join(sorted(allowed))}")
+        return entry
+
+    def _patterns(self, key: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        out = []
+        for item in self._list(key, value):
+            item = item.strip().lower()
+            if not item:
+                raise self.fail(key, "an empty pattern matches nothing; remove it")
+            out.append(item)
+        return tuple(out)
+
+    def _action(self, key: str, value: Any, default: str = "confirm") -> str:
+        value = default if value is None else value
+        if value not in ACTIONS:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(ACTIONS)}")
+        return str(value)
+
+    def address_rules(self, key: str, value: Any) -> tuple[AddressRule, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, "write address rules as [[rules.address]] tables")
+        out = []
+        for entry in value:
+            entry = self._table_keys(key, entry, {"match", "except", "action", "message"}, "[[rules.address]]")
+            match = self._patterns(f"{key}.match", entry.get("match"))
+            if not match:
+                raise self.fail(f"{key}.match", "each [[rules.address]] needs match patterns")
+            exclude = self._patterns(f"{key}.except", entry.get("except", []))
+            action = self._action(f"{key}.action", entry.get("action"))
+            message = entry.get("message", "")
+            if not isinstance(message, str):
+                raise self.fail(f"{key}.message", f"expected text, got {message!r}")
+            out.append(AddressRule(match, exclude, action, message.strip()))
+        return tuple(out)
+
+    def auto_cc(self, key: str, value: Any) -> tuple[AutoCc, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, "write automatic Cc/Bcc as [[rules.auto_cc]] tables")
+        out = []
+        allowed = {"when_recipient", "when_keyword", "when_attachment", "cc", "bcc"}
+        for entry in value:
+            entry = self._table_keys(key, entry, allowed, "[[rules.auto_cc]]")
+            when_recipient = self._patterns(f"{key}.when_recipient", entry.get("when_recipient", []))
+            pattern = entry.get("when_keyword")
+            regex = None
+            if pattern is not None:
+                if not isinstance(pattern, str) or not pattern:
+                    raise self.fail(f"{key}.when_keyword", "expected a non-empty regular expression")
+                try:
+                    regex = re.compile(pattern, re.IGNORECASE)
+                except re.error as exc:
+                    raise self.fail(f"{key}.when_keyword", f"bad regular expression {pattern!r}: {exc}") from None
+            when_attachment = entry.get("when_attachment", False)
+            if not isinstance(when_attachment, bool):
+                raise self.fail(f"{key}.when_attachment", f"expected true or false, got {when_attachment!r}")
+            cc = self.strings(f"{key}.cc", entry.get("cc", []), "addresses")
+            bcc = self.strings(f"{key}.bcc", entry.get("bcc", []), "addresses")
+            if not cc and not bcc:
+                raise self.fail(key, "each [[rules.auto_cc]] needs cc or bcc addresses")
+            out.append(AutoCc(when_recipient, regex, when_attachment, cc, bcc))
+        return tuple(out)
+
+    def suppression(self, key: str, value: Any) -> Suppression:
+        entry = self._table_keys(key, value, {"files", "action"}, "[rules.suppression]")
+        action = entry.get("action", "remove")
+        if action not in SUPPRESSION_ACTIONS:
+            raise self.fail(f"{key}.action", f"{action!r} is not one of {', '.join(SUPPRESSION_ACTIONS)}")
+        addresses: set[str] = set()
+        domains: set[str] = set()
+        for path, text in self._data_files(f"{key}.files", entry.get("files", [])):
+            for number, row in _csv_rows(path, text):
+                cell = (row[0] if row else "").strip().lower()
+                if not cell or cell.startswith("#") or (number == 1 and "@" not in cell):
+                    continue  # blank lines, comments and a header row
+                if not _looks_like_address(cell):
+                    raise ConfigError(str(path), f"{row[0]!r} is not an email address or *@domain",
+                                      line=number, key=f"{key}.files")
+                if cell.startswith("*@"):
+                    domains.add(cell[2:])
+                else:
+                    addresses.add(cell)
+        return Suppression(frozenset(addresses), frozenset(domains), action)
+
+    def contacts(self, key: str, value: Any) -> tuple[Contact, ...]:
+        out = []
+        for path, text in self._data_files(key, value):
+            rows = _csv_rows(path, text)
+            header = _header(path, rows, ("address", "name", "company"), key)
+            for number, row in rows[1:]:
+                cells = dict(zip(header, (c.strip() for c in row), strict=False))
+                address = cells.get("address", "").lower()
+                if not address and not any(cells.values()):
+                    continue
+                if not _looks_like_address(address):
+                    raise ConfigError(str(path), f"{cells.get('address', '')!r} is not an email address or *@domain",
+                                      line=number, key=key)
+                out.append(Contact(address, cells.get("name", ""), cells.get("company", "")))
+        return tuple(out)
+
+    def lists(self, key: str, value: Any) -> tuple[DistributionList, ...]:
+        members: dict[str, list[str]] = {}
+        for path, text in self._data_files(key, value):
+            rows = _csv_rows(path, text)
+            header = _header(path, rows, ("list", "member"), key)
+            for number, row in rows[1:]:
+                cells = dict(zip(header, (c.strip().lower() for c in row), strict=False))
+                address, member = cells.get("list", ""), cells.get("member", "")
+                if not address and not member:
+                    continue
+                for what, cell in (("list", address), ("member", member)):
+                    if (cell or what == "list") and ("@" not in cell or cell.startswith("*")):
+                        raise ConfigError(str(path), f"{what} {cell!r} is not an email address", line=number, key=key)
+                bucket = members.setdefault(address, [])
+                if member and member not in bucket:
+                    bucket.append(member)
+        return tuple(DistributionList(a, tuple(m)) for a, m in members.items())
+
+    def _data_files(self, key: str, value: Any) -> list[tuple[Path, str]]:
+        """Read the files a key names, relative to this policy file; missing or unreadable is an error."""
+        if isinstance(value, str):
+            value = [value]
+        out = []
+        for name in self._list(key, value):
+            path = Path(name).expanduser()
+            if not path.is_absolute():
+                path = self.path.parent / path
+            try:
+                if path.stat().st_size > DATA_FILE_LIMIT:
+                    raise self.fail(key, f"{path} is larger than {DATA_FILE_LIMIT // (1024 * 1024)} MB")
+                data = path.read_bytes()
+            except OSError as exc:
+                raise self.fail(key, f"cannot read {path}: {exc.strerror or exc}") from None
+            out.append((path, _decode_data_file(path, data, key)))
+            self.files.append(str(path))
+        return out
 
     def strings(self, key: str, value: Any, kind: str) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -236,6 +553,8 @@ def _flatten(path: Path, text: str, data: dict[str, Any]) -> dict[str, Any]:
                 raise validator.fail(dotted, f"unknown setting; known in [{section}]: {known}")
             attr, kind, extra = _SCHEMA[dotted]
             out[dotted] = validator.value(dotted, kind, extra, value)
+    if validator.files:
+        out["data_files"] = tuple(validator.files)
     return out
 
 
@@ -249,23 +568,58 @@ def build(user: dict[str, Any], admin: dict[str, Any] | None = None, source: str
     admin = admin or {}
     locked = tuple(admin.get("locked", ()))
     values: dict[str, Any] = {}
+    files = tuple(admin.get("data_files", ())) + tuple(user.get("data_files", ()))
     for layer in (admin, user):
         for dotted, value in layer.items():
-            if dotted == "locked":
+            if dotted in ("locked", "data_files"):
                 continue
             if layer is user and any(fnmatch.fnmatchcase(dotted, p) for p in locked):
                 continue  # locked: the admin's value, or the built-in default when the admin set none
             values[dotted] = value
     kwargs = {_SCHEMA[k][0]: v for k, v in values.items()}
-    return Policy(locked=locked, source=source, **kwargs)
+    return Policy(locked=locked, source=source, data_files=files, **kwargs)
+
+
+def _approve_keys(layer: dict[str, Any]) -> list[str]:
+    """Keys in one file whose action is ``approve`` (plain settings, or tables such as keywords)."""
+    found = []
+    for dotted, value in layer.items():
+        if value == "approve" or (isinstance(value, tuple) and any(
+                getattr(entry, "action", None) == "approve" for entry in value)):
+            found.append(dotted)
+    return found
+
+
+def check_approvers(policy: Policy, layers: list[tuple[Path, dict[str, Any]]]) -> None:
+    """A rule the files set to ``approve`` needs someone to approve: with no default approvers a
+    message from any sender no route covers would wait for nobody. Refused, with the key named."""
+    if policy.approvers:
+        return
+    for path, layer in layers:
+        for dotted in _approve_keys(layer):
+            effective = getattr(policy, _SCHEMA[dotted][0], None) if dotted in _SCHEMA else None
+            if effective is not None and effective != "approve" and not (isinstance(effective, tuple) and any(
+                    getattr(entry, "action", None) == "approve" for entry in effective)):
+                continue  # overridden by a locked admin value
+            text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+            covered = " (the [[approval.route]] tables cover only some senders)" if policy.routes else ""
+            raise ConfigError(str(path), f"this rule asks for approval, but [approval] approvers is empty{covered}: "
+                                         "nobody could approve such a message. Add approvers = [\"boss@example.com\"] "
+                                         "under [approval], or set the rule to confirm or block",
+                              line=tomlfile.line_of(text, dotted), key=dotted)
 
 
 def load(path: Path | None, admin_path: Path | None = None) -> Policy:
     """Load and validate the user's policy (and the admin's, if present). Raises ConfigError."""
-    admin = parse_file(admin_path) if admin_path and admin_path.exists() else None
+    from . import managed  # Group Policy / MDM values: locked, on top of the machine file
+
+    admin = managed.apply(parse_file(admin_path) if admin_path and admin_path.exists() else None)
     user = parse_file(path) if path and path.exists() else {}
     source = str(path) if path and path.exists() else "(embedded defaults)"
-    return build(user, admin, source)
+    policy = build(user, admin, source)
+    layers = [(p, layer) for p, layer in ((admin_path, admin), (path, user)) if p is not None and layer]
+    check_approvers(policy, layers)  # type: ignore[arg-type]
+    return policy
 
 
 @dataclass
@@ -276,28 +630,31 @@ class PolicyHolder:
     admin_path: Path | None = None
     current: Policy = field(default_factory=Policy)
     last_error: ConfigError | None = None
-    _stamp: tuple[float, float] = (0.0, 0.0)
+    _stamp: tuple[object, ...] = (0.0, 0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _mtimes(self) -> tuple[float, float]:
+    def _mtimes(self) -> tuple[object, ...]:
         def mtime(p: Path | None) -> float:
             try:
                 return p.stat().st_mtime_ns if p else 0.0
             except OSError:
                 return 0.0
 
-        return (mtime(self.path), mtime(self.admin_path))
+        from . import managed
+
+        # the contacts, lists and opt-out files count too: an edited opt-out list applies at once
+        data = tuple(mtime(Path(f)) for f in self.current.data_files)
+        return (mtime(self.path), mtime(self.admin_path), managed.stamp(), *data)
 
     def reload(self) -> Policy:
         with self._lock:
-            stamp = self._mtimes()
             try:
                 self.current = load(self.path, self.admin_path)
                 self.last_error = None
             except ConfigError as exc:
                 self.last_error = exc
                 log.error("policy refused, keeping the last good one: %s", exc)
-            self._stamp = stamp
+            self._stamp = self._mtimes()
             return self.current
 
     def get(self) -> Policy:

@@ -23,16 +23,23 @@ class Decision:
     removed_attachments: list[str] = field(default_factory=list)  # attachment ids
     bcc: bool = False  # move external To/Cc into Bcc
     bcc_addresses: list[str] = field(default_factory=list)  # filled in: the addresses moved
+    added_cc: list[str] = field(default_factory=list)  # [[rules.auto_cc]]: put in Cc
+    added_bcc: list[str] = field(default_factory=list)  # [[rules.auto_cc]]: envelope only
 
     def to_json(self) -> dict[str, object]:
-        return {"removed_recipients": self.removed_recipients, "removed_attachments": self.removed_attachments,
-                "bcc": self.bcc, "bcc_addresses": self.bcc_addresses}
+        out: dict[str, object] = {"removed_recipients": self.removed_recipients,
+                                  "removed_attachments": self.removed_attachments,
+                                  "bcc": self.bcc, "bcc_addresses": self.bcc_addresses}
+        if self.added_cc or self.added_bcc:
+            out.update(added_cc=self.added_cc, added_bcc=self.added_bcc)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, object] | None) -> Decision:
         data = data or {}
         return cls(list(data.get("removed_recipients") or []), list(data.get("removed_attachments") or []),  # type: ignore[call-overload]
-                   bool(data.get("bcc")), list(data.get("bcc_addresses") or []))  # type: ignore[call-overload]
+                   bool(data.get("bcc")), list(data.get("bcc_addresses") or []),  # type: ignore[call-overload]
+                   list(data.get("added_cc") or []), list(data.get("added_bcc") or []))  # type: ignore[call-overload]
 
 
 def _address_key(addr_spec: str) -> str:
@@ -80,6 +87,16 @@ def apply(
     cc = [a for a in _addresses(msg, "cc") if _address_key(a.addr_spec) not in removed]
     bcc_header = [a for a in _addresses(msg, "bcc") if _address_key(a.addr_spec) not in removed]
     bcc = [_address_key(a.addr_spec) for a in bcc_header]
+    present = {_address_key(a.addr_spec) for a in to + cc} | set(bcc) | {_address_key(a) for a in envelope}
+    for address in decision.added_cc:
+        if address not in present and address not in removed:
+            local, _, domain = address.rpartition("@")
+            cc.append(Address(username=local, domain=domain))
+            present.add(address)
+    for address in decision.added_bcc:
+        if address not in present and address not in removed:
+            bcc.append(address)
+            present.add(address)
     if decision.bcc:
         moved = [a for a in to + cc if _address_key(a.addr_spec) in external]
         bcc += [_address_key(a.addr_spec) for a in moved]
@@ -88,11 +105,13 @@ def apply(
     header_rcpts = [_address_key(a.addr_spec) for a in to + cc] + bcc
     env = [_address_key(a) for a in envelope] or header_rcpts
     # envelope-only recipients (Bcc given at submission) keep going unless removed
-    recipients = list(dict.fromkeys([a for a in env if a not in removed] + [a for a in bcc if a not in env]))
+    added = [a for a in decision.added_cc if a not in removed]
+    recipients = list(dict.fromkeys([a for a in env if a not in removed] + [a for a in bcc if a not in env]
+                                    + [a for a in added if a not in env]))
     if not recipients:
         raise MessageError("no recipients left after the removals: cancel the message instead")
     changed = bool(removed or decision.bcc or decision.removed_attachments or msg.get("bcc") is not None
-                   or not msg.get("message-id"))
+                   or not msg.get("message-id") or decision.added_cc)
     if not changed:
         return raw, recipients, sorted(set(bcc))
     _set_addresses(msg, "To", to)

@@ -79,6 +79,16 @@ def describe() -> str:
     return name
 
 
+def describe_readonly(home: Path) -> tuple[str, bool]:
+    """(where secrets would be kept, whether that store is ready) without creating anything."""
+    chosen = _usable(keyring.get_keyring())
+    if chosen is not None:
+        return f"{type(chosen).__module__}.{type(chosen).__name__}", True
+    path = home / "secrets.cfg"
+    key_ready = bool(os.environ.get("SENDGUARD_KEYRING_PASSWORD")) or (home / "secrets.key").exists()
+    return f"encrypted file {path} (no OS keyring backend found)", key_ready or not path.exists()
+
+
 def get(key: str) -> str | None:
     return backend().get_password(SERVICE, key)
 

@@ -11,21 +11,36 @@ import threading
 import time
 from pathlib import Path
 
+from . import audit, notify, paths, runtime
 from . import config as configmod
-from . import notify, paths, runtime
+from .addin_relay import AddinRelay
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
 from .clock import SteadyClock
 from .config import Config
+from .errors import SendGuardError
 from .i18n import translator
 from .mailboxes import _retry, registry
 from .mailboxes.base import Mailbox, MailboxError
 from .outbox import WAITING_PREFIX, Item, Outbox
+from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
 from .store import Store
 from .submission import SubmissionHandler, SubmissionServer
 
 log = logging.getLogger(__name__)
+CHECKPOINT_SECONDS = 10.0
+
+# Outbox interception (DESIGN §8): how often each Exchange/Graph account's Outbox is looked at, unless
+# the account sets ``outbox_poll_seconds``. The worst case from an item appearing in the Outbox to it
+# being taken is this interval plus one look (a FindItem/list and a move: well under a second on a
+# healthy server), so any deferred time above that is enough; a one-minute defer rule leaves ample room.
+# On EWS a streaming subscription on the Outbox wakes the watch at once as well (``outbox_streaming``);
+# the polling stays, so a lost notification costs at most one interval.
+OUTBOX_POLL_SECONDS = 5.0
+MIN_OUTBOX_POLL_SECONDS = 1.0
+MISSED_SCAN_SECONDS = 60.0  # how often Sent Items is checked for deferred mail the server sent itself
+MISSED_LOOKBACK_SECONDS = 14 * 86400.0
 
 
 class Helper:
@@ -33,6 +48,8 @@ class Helper:
 
     def __init__(self, home: Path | None = None, cfg: Config | None = None, database_url: str | None = None):
         self.home = home or paths.home()
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.make_private(self.home)  # mail bodies live here: the user's alone (repairs an older install)
         self.config = cfg or configmod.load(self.home / "config.toml")
         self.policy = PolicyHolder(self.home / "policy.toml", paths.admin_policy_file())
         self.policy.reload()
@@ -42,15 +59,22 @@ class Helper:
                          self.config.retry_inline_wait_seconds)
         # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
-                             gettext=self.gettext)
+                             gettext=self.gettext,
+                             accounts=lambda: [a.address for a in self.config.accounts if a.address])
+        self.addin_presence = AddinPresence()  # the Outlook add-in still waiting to send an item itself?
+        self.outbox.outlook_waiting = self.addin_presence.waiting
         # approvals: embedded in this database, or on the central server when [server] url is set
         self.central = client_from_config(self.config)
         self.approvals = Approvals(self.outbox, self.policy.get, remote=self.central, clock=self.outbox.clock)
         self.sync = (CentralSync(self.outbox, self.central, self.wake, clock=self.outbox.clock)
                      if self.central else None)
+        # Outlook add-in served by the central server: its checks come through the server
+        self.addin_relay = AddinRelay(self.outbox, self.central, self.config, self.addin_presence) \
+            if self.central else None
         self.notifier = notify.desktop_notify  # (title, body): tells the sender about decisions
         self.decisions = notify.DecisionWatcher(self.outbox, lambda t, b: self.notifier(t, b), self.gettext)
         self._notices_at = 0.0
+        self._scanned_at = 0.0
         self.outbox.listeners.append(self._approval_listener)
         self.outbox.listeners.append(self._waiting_listener)
         self._told_waiting: set[str] = set()
@@ -60,7 +84,17 @@ class Helper:
         self._pending: list[str] = []
         self._pending_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._watched_at: dict[str, float] = {}  # account -> monotonic time of the last Outbox look
+        self._missed_at: dict[str, float] = {}  # account -> monotonic time of the last Sent Items check
+        self._missed_since: dict[str, float] = {}  # account -> epoch lower bound for the next check
+        self._intake_lock = threading.Lock()
+        self._watch_wake = threading.Event()
+        self._intake_pending: set[str] = set()  # accounts with items moved out of the Outbox, not yet taken in
+        self._streams: list[threading.Thread] = []
         self._last_purge = 0.0
+        self._routed_policy: object = None
+        self._checkpoint_at = 0.0
         self.paused = False
 
     # ------------------------------------------------------------------ mailboxes
@@ -87,42 +121,71 @@ class Helper:
         """Open the SMTP port and start the worker. Never waits for (or fails on) a mail service: messages
         left ``releasing`` by a previous run are settled by the worker, asking again until it knows."""
         if smtp:
+            if not configmod.is_loopback(self.config.smtp_host):
+                raise SendGuardError(f"[smtp] host {self.config.smtp_host!r}: the helper listens on loopback only")
             port = self.config.smtp_port if smtp_port is None else smtp_port
             handler = SubmissionHandler(self.outbox, self.enqueue)
             self.smtp = SubmissionServer(handler, self.config.smtp_host, port).start()
         self._worker = threading.Thread(target=self._run, name="sendguard-worker", daemon=True)
         self._worker.start()
+        if self.outbox_accounts():
+            self._watcher = threading.Thread(target=self._watch_forever, name="sendguard-outbox-watch", daemon=True)
+            self._watcher.start()
+            for account in self.outbox_accounts():
+                streams = hasattr(registry.connector_class(account.kind), "stream_outbox_changes")
+                if streams and account.settings.get("outbox_streaming", True):
+                    thread = threading.Thread(target=self._stream_forever, args=(account,), daemon=True,
+                                              name=f"sendguard-outbox-stream-{account.name}")
+                    thread.start()
+                    self._streams.append(thread)
         if self.sync:
             self.sync.start()
+        if self.addin_relay:
+            self.addin_relay.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._watch_wake.set()
         if self.sync:
             self.sync.stop()
+        if self.addin_relay:
+            self.addin_relay.stop()
         if self.smtp:
             self.smtp.stop()
         if self._worker:
             self._worker.join(15)
+        if self._watcher:
+            self._watcher.join(15)
+        self.save_checkpoint()
         self.store.close()
+
+    def save_checkpoint(self) -> None:
+        """Sign the audit chain's head into a file outside the database (``audit verify`` checks it)."""
+        self._checkpoint_at = time.monotonic()
+        try:
+            audit.save_checkpoint(self.store, self.home / audit.CHECKPOINT_FILE)
+        except Exception as exc:  # a checkpoint is evidence, never a reason to hold up mail
+            log.warning("cannot write the audit checkpoint: %s", exc)
 
     def confirm_url(self, item_id: str) -> str:
         return runtime.confirm_url(item_id, self.home)
 
     def approval_link(self, item: Item, approver: str) -> str | None:
-        """The signed, single-use approval link for one approver: the central server's, else our own."""
+        """The signed, single-use approval link for one approver (standalone; the central server mails its own)."""
         if self.sync:
-            return self.sync.link_for(item, approver)
+            return None
         from .links import LinkSigner, signing_key
 
         token = LinkSigner(signing_key(), "approve").sign(item.id, approver=approver.lower())
         return f"{runtime.api_base(self.home)}/approve/{item.id}?t={token}"
 
     def approval_targets(self, item: Item) -> list[tuple[str, str | None]]:
-        """Who is emailed about a held message: its approvers and their active deputies."""
+        """Who this helper emails about a held message: its approvers and their active deputies (with a
+        central server: nobody, the server mails them)."""
         if self.sync:
-            return self.sync.targets(item)
+            return []
         return notify.approvers_and_deputies(item, self.approvals)
 
     def _approval_listener(self, item: Item) -> None:
@@ -162,7 +225,18 @@ class Helper:
         self._wake.set()
 
     # ------------------------------------------------------------------ worker
+    def warm_up(self) -> None:
+        """Check one sample message in memory, so the first real one does not pay for loading the
+        rules' data (public suffixes, confusables, ...): it would delay the first window."""
+        sample = (b"From: warm@example.invalid\r\nTo: someone@warm.example\r\nSubject: warm-up\r\n\r\n"
+                  b"warm-up 4111 1111 1111 1111\r\n")
+        try:
+            self.outbox.evaluate(sample, "warm@example.invalid", ["someone@warm.example"])
+        except Exception:  # warming is best effort; the real check reports its own errors
+            log.debug("warm-up check failed", exc_info=True)
+
     def _run(self) -> None:
+        self.warm_up()
         last_poll = 0.0
         try:
             self.outbox.reconcile()  # what a previous run left half-done
@@ -184,10 +258,16 @@ class Helper:
             pending, self._pending = self._pending, []
         for item_id in pending:
             self.outbox.process(item_id)
-        for item in self.outbox.list(["received"]):
-            if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
-                self.outbox.process(item.id)
+        if time.monotonic() - self._scanned_at > 2.0:  # not on every wake-up: intake stays cheap
+            self._scanned_at = time.monotonic()
+            for item in self.outbox.list(["received"]):
+                if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
+                    self.outbox.process(item.id)
         self.outbox.expire_due()
+        policy = self.policy.get()
+        if policy is not self._routed_policy:  # approvers may have changed: re-route held messages
+            self._routed_policy = policy
+            self.outbox.reroute_approvals(policy)
         if time.monotonic() - self._notices_at > 2.0:
             self._notices_at = time.monotonic()
             try:
@@ -199,6 +279,8 @@ class Helper:
             self.outbox.release_due()
         if poll_held:
             self.poll_held()
+        if time.monotonic() - self._checkpoint_at > CHECKPOINT_SECONDS:
+            self.save_checkpoint()
         if time.time() - self._last_purge > 3600:
             self._last_purge = time.time()
             self.outbox.purge(self.config.retention_days)
@@ -209,15 +291,131 @@ class Helper:
             if fetch is None:
                 continue
             try:
-                held = fetch()
+                with self._intake_lock:  # the Outbox watcher takes in from the same folder
+                    held = fetch()
+                    self._take_in(box, held)
             except MailboxError as exc:
                 log.warning("cannot read the hold folder of %s: %s", box.name, exc)
                 continue
-            for h in held:
-                if self.outbox.by_source_ref(h.source, h.ref):
-                    box.ack_held(h.ref)  # type: ignore[attr-defined]
-                    continue
-                item_id = self.outbox.receive(h.raw, h.envelope_from, h.recipients, h.source, h.ref, box.name)
+
+    def _take_in(self, box: Mailbox, held: list) -> None:
+        for h in held:
+            if self.outbox.by_source_ref(h.source, h.ref):
                 box.ack_held(h.ref)  # type: ignore[attr-defined]
-                self.outbox.process(item_id)
+                continue
+            item_id = self.outbox.receive(h.raw, h.envelope_from, h.recipients, h.source, h.ref, box.name)
+            box.ack_held(h.ref)  # type: ignore[attr-defined]
+            self.outbox.process(item_id)
+
+    # ------------------------------------------------------------------ Outbox interception
+    def outbox_accounts(self) -> list[configmod.Account]:
+        """Exchange/Graph accounts whose server-side Outbox is watched (``intercept_outbox``, default on)."""
+        return [a for a in self.config.accounts if a.kind in ("exchange", "graph")
+                and a.settings.get("hold", True) and a.settings.get("intercept_outbox", True)]
+
+    @staticmethod
+    def outbox_poll_seconds(account: configmod.Account) -> float:
+        try:
+            value = float(account.settings.get("outbox_poll_seconds", OUTBOX_POLL_SECONDS))
+        except (TypeError, ValueError):
+            value = OUTBOX_POLL_SECONDS
+        return max(MIN_OUTBOX_POLL_SECONDS, value)
+
+    def _watch_forever(self) -> None:
+        # Its own thread, with its own connection per account: a slow release or a busy worker never
+        # delays a take (the race against the deferred time is the point).
+        while not self._stop.is_set():
+            try:
+                self.watch_outboxes()
+            except Exception:
+                log.exception("Outbox watch failed")
+            self._watch_wake.wait(0.25)
+            self._watch_wake.clear()
+
+    def _stream_forever(self, account: configmod.Account) -> None:
+        """Keep a streaming subscription on the account's Outbox open; each notification makes the watch
+        look at once. When streaming fails (or the server does not offer it) polling carries on alone and
+        streaming is tried again later. Blocked in a read at stop: the thread is a daemon."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                box = registry.connector_class(account.kind).outbox_watcher(account, self.home, role="outbox-stream")
+                box.stream_outbox_changes(lambda: self.outbox_changed(account.name), minutes=1)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - polling covers for it; say why once per failure
+                failures += 1
+                log.info("no streaming notifications from the Outbox of %s (%s); polling every %.0f s", account.name,
+                         exc, self.outbox_poll_seconds(account))
+                self._stop.wait(min(300.0, 15.0 * failures))
+
+    def outbox_changed(self, account_name: str) -> None:
+        """Something arrived in an account's Outbox: look at it now, not at the next poll."""
+        self._watched_at.pop(account_name, None)
+        self._watch_wake.set()
+
+    def watch_outboxes(self, force: bool = False) -> int:
+        """Look at every watched Outbox that is due (all of them with ``force``); returns items taken."""
+        taken = 0
+        for account in self.outbox_accounts():
+            now = time.monotonic()
+            last = self._watched_at.get(account.name)
+            if not force and last is not None and now - last < self.outbox_poll_seconds(account):
+                continue
+            self._watched_at[account.name] = now
+            taken += self.watch_outbox(account)
+        return taken
+
+    def watch_outbox(self, account: configmod.Account) -> int:
+        """One look at one account: take deferred items out of its Outbox and into SendGuard's outbox,
+        give cancelled ones back as drafts, and record what the server sent without us."""
+        try:
+            box = registry.connector_class(account.kind).outbox_watcher(account, self.home)
+        except Exception as exc:
+            log.warning("account %s cannot be opened to watch its Outbox: %s", account.name, exc)
+            return 0
+        try:
+            taken = box.watch_outbox()
+            if taken or account.name in self._intake_pending:
+                # out of the Outbox already; a failed intake is tried again at the next look
+                self._intake_pending.add(account.name)
+                with self._intake_lock:
+                    self._take_in(box, box.fetch_held())
+                self._intake_pending.discard(account.name)
+            self._return_unsent(box, account)
+            self._check_missed(box, account)
+        except MailboxError as exc:
+            log.warning("cannot watch the Outbox of %s: %s", account.name, exc)
+            return 0
+        return taken
+
+    def _return_unsent(self, box, account: configmod.Account) -> None:
+        for item in self.outbox.returns_due():
+            if item.account == account.name and item.source == box.source_outbox and item.source_ref:
+                found = box.return_to_drafts(item.source_ref)
+                self.outbox.mark_returned(item.id, found)
+
+    def _check_missed(self, box, account: configmod.Account) -> None:
+        now = time.monotonic()
+        last = self._missed_at.get(account.name)
+        if last is not None and now - last < MISSED_SCAN_SECONDS:
+            return
+        started = self.outbox.watch_started(account.name)
+        since = max(started, self._missed_since.get(account.name, 0.0), time.time() - MISSED_LOOKBACK_SECONDS)
+        checked_at = time.time()
+        for missed in box.find_missed(since):
+            item = self.outbox.record_missed(missed, box.source_outbox, account.name)
+            if item is None:
+                continue
+            log.warning("the server sent %s from the Outbox of %s without a check (SendGuard was not watching)",
+                        missed.message_id, account.name)
+            try:
+                self.notifier(self.gettext("SendGuard: a message went out unchecked"),
+                              self.gettext("“{subject}” was sent by the mail server at its deferred time while "
+                                           "SendGuard was not running. It was not checked.").format(
+                                  subject=missed.subject or missed.message_id))
+            except Exception:  # telling the user must never stop the watch; the audit record stands
+                log.exception("could not show the missed-message notice")
+        self._missed_at[account.name] = now
+        # the next look starts an hour before this one: the server's clock may differ from ours
+        self._missed_since[account.name] = checked_at - 3600.0
 

@@ -8,7 +8,9 @@ Every outbox transition and its audit record are written in one transaction (``S
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -36,8 +38,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
+from . import store_migrations
 from .errors import StoreDamaged, StoreUnavailable
 
 metadata = MetaData()
@@ -150,6 +153,23 @@ server_settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# central server: Outlook add-in checks relayed to the user's helper over the helper's own connection
+# (so no browser calls loopback). state: pending -> taken (by the helper) | cancelled (by the add-in)
+# | expired (no helper took it); status is the helper's latest view of the outbox item.
+addin_relay = Table(
+    "addin_relay",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user", String(320), nullable=False, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("request", JSON),  # the add-in's check payload; dropped once the helper took it
+    Column("status", JSON),
+    Column("version", Integer, nullable=False, default=0),
+    Column("addin_seen", Float, nullable=False),  # the add-in's last call about it
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 GENESIS = "0" * 64
 # prepared once: the statement cache then skips compiling on the hot path (SMTP intake)
 _INSERT_AUDIT = insert(audit)
@@ -166,9 +186,40 @@ def canonical(data: Any) -> str:
 
 
 def record_hash(prev_hash: str, seq: int, ts: str, item_id: str | None, event_name: str, actor: str,
-                data: str) -> str:
-    body = canonical([prev_hash, seq, ts, item_id or "", event_name, actor, data])
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+                data: str, key: bytes | None = None) -> str:
+    """The record's link in the chain: HMAC-SHA256 under the audit key (plain SHA-256 for records
+    written before the log had a key). Without the key nobody can re-hash an edited chain."""
+    body = canonical([prev_hash, seq, ts, item_id or "", event_name, actor, data]).encode("utf-8")
+    if key:
+        return hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hashlib.sha256(body).hexdigest()
+
+
+AUDIT_KEY_ENV = "SENDGUARD_AUDIT_KEY"
+_AUTO: Any = object()
+
+
+def audit_key_for(db_id: str, head_seq: int) -> tuple[bytes, int]:
+    """The audit key (``$SENDGUARD_AUDIT_KEY`` or the keyring, never the database) and the last record
+    written before this database had one (kept in the keyring too)."""
+    from . import secrets
+
+    key = os.environ.get(AUDIT_KEY_ENV) or secrets.get("audit-key")
+    if not key:
+        key = secrets_token()
+        secrets.put("audit-key", key)
+    name = f"audit-legacy-end:{db_id}"
+    legacy = secrets.get(name)
+    if legacy is None or not legacy.isdigit():
+        legacy = str(head_seq)  # everything written so far predates the key
+        secrets.put(name, legacy)
+    return key.encode("utf-8"), int(legacy)
+
+
+def secrets_token() -> str:
+    import secrets as random
+
+    return random.token_urlsafe(32)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -192,7 +243,7 @@ def _sqlite_setup(engine: Engine) -> None:
 class Store:
     """The database behind one helper (SQLite file) or the central server (PostgreSQL URL)."""
 
-    def __init__(self, url: str | Path):
+    def __init__(self, url: str | Path, audit_key: bytes | None = _AUTO):
         if isinstance(url, Path) or "://" not in str(url):
             url = f"sqlite:///{Path(url)}"
         self.url = str(url)
@@ -208,10 +259,38 @@ class Store:
         self.write_problem: StoreUnavailable | None = None  # the last write failure, until a write succeeds
         if self.is_sqlite:
             self._check_integrity()
-        metadata.create_all(self.engine)
+            # a helper's own store migrates itself (versioned steps); the central server's uses Alembic
+            database = self.engine.url.database
+            store_migrations.migrate(self.engine, metadata,
+                                     Path(database) if database and database != ":memory:" else None)
+        else:
+            metadata.create_all(self.engine)
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+        self.audit_key, self.audit_legacy_end = self._audit_key(audit_key)
+
+    def _audit_key(self, given: bytes | None) -> tuple[bytes | None, int]:
+        if given is not _AUTO:
+            return given, 0
+        db_id = self.setting("audit_db_id", secrets_token)
+        with self.engine.connect() as conn:
+            head_seq = int(conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one())
+        return audit_key_for(db_id, head_seq)
+
+    def setting(self, key: str, make: Any) -> str:
+        """A value kept in the database (made once by ``make()``)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).first()
+        if row:
+            return str(row[0])
+        try:
+            with self.transaction() as conn:
+                conn.execute(insert(server_settings).values(key=key, value=make()))
+        except IntegrityError:
+            pass
+        with self.engine.connect() as conn:
+            return str(conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).scalar_one())
 
     @property
     def path(self) -> Path | None:
@@ -283,7 +362,7 @@ class Store:
         seq = head.seq + 1
         stamp = now_iso(ts)
         body = canonical(data or {})
-        digest = record_hash(head.hash, seq, stamp, item_id, event_name, actor, body)
+        digest = record_hash(head.hash, seq, stamp, item_id, event_name, actor, body, self.audit_key)
         conn.execute(_INSERT_AUDIT, {"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name,
                                      "actor": actor, "data": body, "prev_hash": head.hash, "hash": digest})
         conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": digest})
@@ -302,7 +381,7 @@ class Store:
         for event_name, actor, item_id, data in records:
             seq += 1
             body = canonical(data)
-            digest = record_hash(prev, seq, stamp, item_id, event_name, actor, body)
+            digest = record_hash(prev, seq, stamp, item_id, event_name, actor, body, self.audit_key)
             rows.append({"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name, "actor": actor,
                          "data": body, "prev_hash": prev, "hash": digest})
             prev = digest

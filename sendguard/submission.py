@@ -35,22 +35,23 @@ R_STORE_UNAVAILABLE = "451 4.3.1 SendGuard cannot store mail now (store {reason}
 
 
 class GroupCommitter:
-    """One writer thread commits whatever messages are waiting in one transaction (one fsync).
+    """One writer thread checks and commits whatever messages are waiting in one transaction (one fsync).
 
-    Each SMTP session still gets its 250 only after the commit that holds its message.
+    Each SMTP session still gets its 250 only after the commit that holds its message; a message the
+    window must show is committed already checked and held, so it needs no second commit.
     """
 
     MAX_BATCH = 64
 
     def __init__(self, outbox: Outbox):
         self.outbox = outbox
-        self._queue: queue.Queue[tuple[Incoming, asyncio.AbstractEventLoop, asyncio.Future[str]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Incoming, asyncio.AbstractEventLoop, asyncio.Future[tuple[str, str]]]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="sendguard-intake", daemon=True)
         self._thread.start()
 
-    def submit(self, msg: Incoming) -> asyncio.Future[str]:
+    def submit(self, msg: Incoming) -> asyncio.Future[tuple[str, str]]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
+        future: asyncio.Future[tuple[str, str]] = loop.create_future()
         self._queue.put((msg, loop, future))
         return future
 
@@ -63,7 +64,7 @@ class GroupCommitter:
                 except queue.Empty:
                     break
             try:
-                ids = self.outbox.receive_many([m for m, _, _ in batch])
+                stored = self.outbox.receive_many([m for m, _, _ in batch], check=True)
             except Exception as exc:  # nothing in this batch was stored: every sender gets a 451
                 if isinstance(exc, StoreUnavailable):
                     log.warning("refused %d submitted message(s) with 451: %s", len(batch), exc)
@@ -72,17 +73,18 @@ class GroupCommitter:
                 for _, loop, future in batch:
                     loop.call_soon_threadsafe(_settle, future, None, exc)
                 continue
-            for (_, loop, future), item_id in zip(batch, ids, strict=True):
-                loop.call_soon_threadsafe(_settle, future, item_id, None)
+            for (_, loop, future), id_state in zip(batch, stored, strict=True):
+                loop.call_soon_threadsafe(_settle, future, id_state, None)
 
 
-def _settle(future: asyncio.Future[str], value: str | None, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[tuple[str, str]], value: tuple[str, str] | None,
+            error: BaseException | None) -> None:
     if future.done():
         return
-    if error is not None:
-        future.set_exception(error)
+    if error is not None or value is None:
+        future.set_exception(error or RuntimeError("nothing stored"))
     else:
-        future.set_result(value or "")
+        future.set_result(value)
 
 
 class SubmissionHandler:
@@ -107,14 +109,14 @@ class SubmissionHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         try:
-            item_id = await self.committer.submit(
+            item_id, state = await self.committer.submit(
                 Incoming(raw, envelope.mail_from or "", list(envelope.rcpt_tos), "smtp"))
         except StoreUnavailable as exc:  # disk full / read-only: the client keeps the message and retries
             return R_STORE_UNAVAILABLE.format(reason=exc.reason.replace("_", "-"))
         except Exception as exc:  # storage failure: refuse temporarily, the client keeps the message
             return R_STORE_FAILED.format(error=type(exc).__name__)
         faults.point("smtp.before_250")
-        if self.on_received:
+        if self.on_received and state == "received":  # not checked at intake: the worker checks it
             self.on_received(item_id)
         return R_HELD.format(id=item_id)
 

@@ -212,3 +212,44 @@ def test_outlook_send_cancelled_in_sendguard(helper, outlook_page):
     assert completed["allowEvent"] is False
     assert "not sent" in completed["errorMessage"]
     assert page.evaluate("() => window.__sg.state.to.length") == 2, "the message is left as it was"
+
+
+def test_runtime_page_csp_allows_office_js_and_reports_the_rest(helper, caplog):
+    """The enforced policy lets Office.js load its host script from its CDN; what the report-only
+    policy would block (here: a request to an unlisted host) reaches the helper's log, not the user."""
+    from playwright.sync_api import sync_playwright
+
+    loader = FAKE_OFFICE_JS + r"""
+    (function () {
+      var s = document.createElement("script");
+      s.src = "https://appsforoffice.microsoft.com/lib/1/hosted/outlook-web-16.01.js";
+      document.head.appendChild(s);
+      fetch("https://unlisted.example/collect", {method: "POST", body: "x"}).catch(function () {});
+    })();
+    """
+
+    def office(route):
+        if route.request.url.endswith("/outlook-web-16.01.js"):
+            return route.fulfill(status=200, content_type="text/javascript", body="window.__hostScript = true;")
+        return route.fulfill(status=200, content_type="text/javascript", body=loader)
+
+    pin = _spki_pin(certs.CertPaths.under(helper.home).server_cert)
+    console: list[str] = []
+    with sync_playwright() as p, caplog.at_level("WARNING", logger="addin.outlook"):
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda msg: console.append(msg.text))
+            page.route("https://appsforoffice.microsoft.com/**", office)
+            page.route("https://unlisted.example/**", lambda route: route.fulfill(status=204))
+            assert page.goto(f"{helper.base_url}/addin/commands.html").ok
+            page.wait_for_function("() => window.__hostScript === true && typeof window.SendGuardAddin === 'object'")
+            deadline = time.monotonic() + 10
+            while "unlisted.example" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            browser.close()
+    assert "unlisted.example" in caplog.text and "connect-src" in caplog.text
+    enforced = [line for line in console if "Refused" in line and "[Report Only]" not in line]
+    assert enforced == [], enforced

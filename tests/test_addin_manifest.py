@@ -48,7 +48,7 @@ def _local(tag: str) -> str:
 def _urls_in_xml(root: ET.Element) -> list[str]:
     """Every attribute value or text holding a URL (namespace names are tags, not values)."""
     values = [v for el in root.iter() for v in [*el.attrib.values(), el.text or ""]]
-    return [v.strip() for v in values if "://" in v]
+    return [v.strip() for v in values if "://" in v and not v.strip().startswith("api://")]  # SSO resource: a name
 
 
 def _urls_in_json(value) -> list[str]:
@@ -92,7 +92,8 @@ def check_xml(text: str, settings: manifests.AddinSettings) -> None:
     assert len(launch) == 1
     events = launch[0].findall("v11:LaunchEvents/v11:LaunchEvent", NS)
     assert [(e.get("Type"), e.get("FunctionName"), e.get("SendMode")) for e in events] == [
-        ("OnMessageSend", "onMessageSendHandler", settings.send_mode)
+        ("OnMessageSend", "onMessageSendHandler", settings.send_mode),
+        ("OnAppointmentSend", "onAppointmentSendHandler", settings.send_mode),
     ]
     assert launch[0].find("v11:SourceLocation", NS).get("resid") == runtime.get("resid")
 
@@ -110,16 +111,21 @@ def check_xml(text: str, settings: manifests.AddinSettings) -> None:
 
 
 def check_unified(doc: dict, settings: manifests.AddinSettings) -> None:
-    assert doc["id"] == settings.addin_id
+    # Its own GUID, hiding the XML manifest's add-in where both are installed.
+    assert doc["id"] == settings.unified_id != settings.addin_id
+    assert GUID.match(doc["id"])
     [extension] = doc["extensions"]
+    assert extension["alternates"] == [{"hide": {"customOfficeAddin": {"officeAddinId": settings.addin_id}}}]
     assert {"name": "Mailbox", "minVersion": "1.12"} in extension["requirements"]["capabilities"]
     [runtime] = extension["runtimes"]
     assert runtime["code"] == {"page": settings.url("commands"), "script": settings.url("script")}
     action_ids = {a["id"] for a in runtime["actions"]}
-    [event] = extension["autoRunEvents"][0]["events"]
-    assert event["type"] == "messageSending"
-    assert event["actionId"] in action_ids == {"onMessageSendHandler"}
-    assert event["options"] == {"sendMode": settings.send_mode[0].lower() + settings.send_mode[1:]}
+    assert action_ids == {"onMessageSendHandler", "onAppointmentSendHandler"}
+    events = extension["autoRunEvents"][0]["events"]
+    assert [(e["type"], e["actionId"]) for e in events] == [
+        ("messageSending", "onMessageSendHandler"), ("appointmentSending", "onAppointmentSendHandler")]
+    for event in events:
+        assert event["options"] == {"sendMode": settings.send_mode[0].lower() + settings.send_mode[1:]}
     urls = _urls_in_json(doc)
     assert urls and all(u.startswith("https://") for u in urls), urls
 
@@ -146,6 +152,35 @@ def test_checked_in_manifests_match_the_generator():
     assert (MANIFEST_DIR / "outlook.xml").read_text(encoding="utf-8") == manifests.build_xml(defaults), \
         "manifest/outlook.xml is stale: run `sendguard addin manifest --out manifest` and drop the extra files"
     assert (MANIFEST_DIR / "manifest.json").read_text(encoding="utf-8") == manifests.unified_text(defaults)
+    assert (MANIFEST_DIR / manifests.LOOPBACK_SCRIPT).read_bytes() == \
+        manifests.build_loopback_script(defaults).replace("\n", "\r\n").encode("ascii")
+    assert (MANIFEST_DIR / manifests.LNA_REG).read_bytes() == \
+        b"\xff\xfe" + manifests.build_lna_reg(defaults).encode("utf-16-le")
+
+
+def test_loopback_exemption_script_names_the_runtime_container():
+    defaults = manifests.AddinSettings()
+    # Microsoft's form: "1_" + the origin with ':' and '/' as '_' + the add-in id in upper case.
+    assert manifests.loopback_container(defaults) == "1_https___localhost_87655D1A8C3E-2B7F-4C61-9A0E-7F3B6E2D4C18"
+    other = manifests.AddinSettings(port=9443, addin_id="0f8fad5b-d9cb-469f-a165-70867728950e")
+    script = manifests.build_loopback_script(other)
+    assert '$Container = "1_https___localhost_94430F8FAD5B-D9CB-469F-A165-70867728950E"' in script
+    assert "LoopbackExempt -a" in script and "LoopbackExempt -d" in script and "Administrator" in script
+    assert manifests.build_loopback_script(manifests.AddinSettings(host="sendguard.example.com", port=443)) is None
+
+
+def test_local_network_access_policy_lists_outlook_and_the_addin(tmp_path):
+    written = manifests.write_manifests(manifests.AddinSettings(port=9443), tmp_path)
+    reg = (tmp_path / manifests.LNA_REG).read_bytes()
+    assert tmp_path / manifests.LNA_REG in written
+    text = reg[2:].decode("utf-16-le")
+    assert reg[:2] == b"\xff\xfe" and text.startswith("Windows Registry Editor Version 5.00\r\n")
+    for browser in ("Microsoft\\Edge", "Google\\Chrome"):
+        section = text.split(f"[HKEY_LOCAL_MACHINE\\SOFTWARE\\Policies\\{browser}\\LocalNetworkAccessAllowedForUrls]")[1]
+        section = section.split("[")[0]
+        assert '"101"="https://outlook.office.com"' in section
+        assert '"104"="https://localhost:9443"' in section
+    assert manifests.build_lna_reg(manifests.AddinSettings(host="sendguard.example.com", port=443)) is None
 
 
 def test_checked_in_xml_is_valid():
@@ -214,6 +249,7 @@ def test_cli_writes_manifests_and_package(tmp_path):
     assert report["origin"] == "https://sendguard.example.com"
     settings = manifests.AddinSettings(host="sendguard.example.com", port=443, send_mode="Block")
     check_xml((tmp_path / "outlook.xml").read_text(encoding="utf-8"), settings)
+    assert not (tmp_path / manifests.LOOPBACK_SCRIPT).exists(), "a central server needs no loopback exemption"
     with zipfile.ZipFile(tmp_path / "sendguard-outlook-addin.zip") as package:
         assert sorted(package.namelist()) == ["color.png", "manifest.json", "outline.png"]
         doc = json.loads(package.read("manifest.json"))
@@ -245,7 +281,26 @@ def test_serves_the_runtime_page(client):
     # the page's relative script reference resolves to the served script
     src = re.findall(r'<script src="([^"]+)"', page)[-1]
     assert manifests.PATHS["commands"].rsplit("/", 1)[0] + "/" + src == manifests.PATHS["script"]
-    assert "connect-src 'self'" in resp.headers["Content-Security-Policy"]
+    enforced = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self' https://appsforoffice.microsoft.com" in enforced
+    assert "connect-src" not in enforced, "fetch directives run report-only until a client is known to need no more"
+    report_only = resp.headers["Content-Security-Policy-Report-Only"]
+    assert "default-src 'none'" in report_only and "report-uri /addin/csp-report" in report_only
+    for directive in ("script-src", "connect-src", "img-src", "style-src", "frame-src"):
+        assert re.search(directive + r" [^;]*https://appsforoffice\.microsoft\.com", report_only), directive
+
+
+def test_csp_reports_are_logged_and_bounded(client, caplog):
+    report = {"csp-report": {"document-uri": "https://localhost:8765/addin/commands.html",
+                             "violated-directive": "connect-src", "blocked-uri": "https://new.office.example/x"}}
+    with caplog.at_level("WARNING", logger="addin.outlook"):
+        resp = client.post("/addin/csp-report", data=json.dumps(report), content_type="application/csp-report",
+                           base_url="https://localhost:8765")
+    assert resp.status_code == 204
+    assert "https://new.office.example/x" in caplog.text and "connect-src" in caplog.text
+    junk = client.post("/addin/csp-report", data=b"{" * 100000, content_type="application/csp-report",
+                       base_url="https://localhost:8765")
+    assert junk.status_code == 204
 
 
 def test_serves_the_script_with_its_api_base(client):
@@ -289,3 +344,23 @@ def test_manifest_download_follows_the_request_host(client):
     check_unified(doc, manifests.AddinSettings())
     bad = client.get("/addin/manifest.xml?send_mode=Whatever", base_url="https://localhost:8765")
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "bad_request"
+
+
+def test_sso_client_id_adds_web_application_info_to_both_manifests():
+    settings = manifests.AddinSettings(host="sendguard.example.co.jp", port=443,
+                                       sso_client_id="0F8FAD5B-D9CB-469F-A165-70867728950E")
+    xml = manifests.build_xml(settings)
+    check_xml(xml, settings)
+    root = ET.fromstring(xml.encode("utf-8"))
+    info = root.find("v10:VersionOverrides/v11:VersionOverrides/v11:WebApplicationInfo", NS)
+    assert info.findtext("v11:Id", namespaces=NS) == "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert info.findtext("v11:Resource", namespaces=NS) == \
+        "api://sendguard.example.co.jp/0f8fad5b-d9cb-469f-a165-70867728950e"
+    doc = manifests.build_unified(settings)
+    assert doc["webApplicationInfo"] == {"id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                                         "resource": "api://sendguard.example.co.jp/0f8fad5b-d9cb-469f-a165-70867728950e"}
+    validate_schema(doc)
+    assert "WebApplicationInfo" not in manifests.build_xml(manifests.AddinSettings())
+    with pytest.raises(manifests.ManifestError, match="--sso-client-id"):
+        manifests.AddinSettings(sso_client_id="nope")
+

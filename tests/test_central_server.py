@@ -68,13 +68,15 @@ def pg_url() -> Iterator[str]:
 class ThreadServer:
     """The server app under werkzeug in a thread (fast to start; the process test uses gunicorn)."""
 
-    def __init__(self, url: str, policy: Path):
+    def __init__(self, url: str, policy: Path, **config: Any):
         from werkzeug.serving import make_server
 
         from addin.server import create_server_app, migrate
 
         migrate(url)
-        self.app = create_server_app(url, "http://127.0.0.1", policy)
+        self.mail = policy.parent / "server-mail"  # the organization's relay, as a Maildir in mail/sent
+        self.app = create_server_app(url, "http://127.0.0.1", policy, mail_url=f"maildir:{self.mail / 'sent'}",
+                                     mail_from="sendguard@example.co.jp", test_config=config or None)
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.service = self.app.config["SENDGUARD_SERVICE"]
@@ -89,7 +91,7 @@ class ThreadServer:
 
     def stop(self) -> None:
         self.server.shutdown()
-        self.service.store.close()
+        self.service.close()
 
 
 @pytest.fixture
@@ -137,10 +139,11 @@ def maildir(home: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-def approval_link_in(home: Path, item_id: str) -> str | None:
+def approval_link_in(home: Path, item_id: str, to: str | None = None) -> str | None:
+    """The link in the approval email about ``item_id`` in the Maildir ``home/sent`` (optionally: to ``to``)."""
     for path in maildir(home):
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        if msg.get("X-SendGuard-Notice") == f"approval-request; item={item_id}":
+        if msg.get("X-SendGuard-Notice") == f"approval-request; item={item_id}" and (to is None or msg["To"] == to):
             found = re.search(r"(https?://\S+/approve/\S+)", msg.get_content())
             return found.group(1) if found else None
     return None
@@ -150,9 +153,10 @@ def test_approval_on_the_server_releases_on_the_sender_side(server: ThreadServer
     boss = CentralClient(server.url, server.token("boss@example.co.jp"))
     item_id = held_for_approval(sender_helper)
     wait_for(lambda: [i.id for i in boss.pending()] == [item_id], timeout=20)
-    # the approver's email went out through the sender's transport, with the server's link
-    link = wait_for(lambda: approval_link_in(sender_helper.home, item_id), timeout=20)
+    # the server mailed the approver through the organization's relay; the sender's helper mailed nothing
+    link = wait_for(lambda: approval_link_in(server.mail, item_id), timeout=20)
     assert link.startswith(server.url + f"/approve/{item_id}?t=")
+    assert approval_link_in(sender_helper.home, item_id) is None
     item = boss.decide(item_id, "approve", "boss@example.co.jp", "OK")
     assert item.state == "approved"
     wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=20)
@@ -169,7 +173,7 @@ def test_approval_on_the_server_releases_on_the_sender_side(server: ThreadServer
 
 def test_reject_through_the_emailed_link_on_the_server(server: ThreadServer, sender_helper: Any) -> None:
     item_id = held_for_approval(sender_helper)
-    link = wait_for(lambda: approval_link_in(sender_helper.home, item_id), timeout=20)
+    link = wait_for(lambda: approval_link_in(server.mail, item_id), timeout=20)
     browser = requests.Session()
     page = browser.get(link, timeout=10)
     assert page.status_code == 200 and "社外秘 見積" in page.text
@@ -195,12 +199,12 @@ def test_tokens_bind_helpers_to_their_user(server: ThreadServer) -> None:
     first = taro._call("POST", "/api/v1/central/requests", json=payload)
     again = taro._call("POST", "/api/v1/central/requests", json=payload)  # a retry changes nothing
     assert first["state"] == again["state"] == "awaiting_approval"
-    assert first["approvers"] == ["boss@example.co.jp"] and "boss@example.co.jp" in first["links"]
+    assert first["approvers"] == ["boss@example.co.jp"] and "links" not in first
     with pytest.raises(PermissionDenied, match="cannot submit mail from hanako"):
         taro._call("POST", "/api/v1/central/requests", json={**payload, "id": "x2", "sender": "hanako@example.co.jp"})
     with pytest.raises(PermissionDenied, match="cannot decide as boss"):
         taro.decide("abc123", "approve", "boss@example.co.jp")
-    with pytest.raises(PermissionDenied, match="taro@example.co.jp is not an approver"):
+    with pytest.raises(PermissionDenied, match="approving your own message is not allowed"):
         taro.decide("abc123", "approve", "taro@example.co.jp")
     refusals = [r for r in audit.records(server.service.store, "abc123") if r["event"] == "approval_refused"]
     assert len(refusals) == 2 and {r["actor"] for r in refusals} == {"taro@example.co.jp"}
@@ -279,9 +283,13 @@ def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return done
 
 
+AUDIT_KEY = "server-audit-key-for-this-test"
+
+
 @pytest.mark.slow
 def test_two_helpers_and_a_server_killed_twice(pg_url: str, tmp_path: Path) -> None:
     server_env = env_for(tmp_path, "server")
+    server_env["SENDGUARD_AUDIT_KEY"] = AUDIT_KEY  # every process writing the server's database shares it
     (tmp_path / "server" / "policy.toml").write_text(SERVER_POLICY, encoding="utf-8")
     ready = tmp_path / "ready.json"
     procs: list[Proc] = []
@@ -289,7 +297,8 @@ def test_two_helpers_and_a_server_killed_twice(pg_url: str, tmp_path: Path) -> N
     def start_server(bind: str) -> str:
         ready.unlink(missing_ok=True)
         p = Proc(["server", "--database", pg_url, "--bind", bind, "--ready-file", str(ready), "--workers", "2",
-                  "--threads", "8"], server_env, tmp_path / "server.log").start()
+                  "--threads", "8", "--mail-relay", f"maildir:{tmp_path / 'server' / 'sent'}"], server_env,
+                 tmp_path / "server.log").start()
         procs.append(p)
         url = wait_for(lambda: ready.exists() and json.loads(ready.read_text())["url"], timeout=30)
         wait_for(lambda: _healthy(url), timeout=30)
@@ -320,7 +329,8 @@ def test_two_helpers_and_a_server_killed_twice(pg_url: str, tmp_path: Path) -> N
         cli(sender_env, "queue", "confirm", item_id)
         listed = wait_for(lambda: _pending(approver_env), timeout=30)
         assert [i["id"] for i in listed] == [item_id] and listed[0]["approvers"] == ["boss@example.co.jp"]
-        assert wait_for(lambda: approval_link_in(sender_home, item_id), timeout=20).startswith(url)
+        assert wait_for(lambda: approval_link_in(tmp_path / "server", item_id), timeout=20).startswith(url)
+        assert approval_link_in(sender_home, item_id) is None  # never through the sender's mailbox
 
         # kill -9 the server: the approver is told plainly; nothing is decided
         procs[0].kill9()
@@ -342,7 +352,7 @@ def test_two_helpers_and_a_server_killed_twice(pg_url: str, tmp_path: Path) -> N
     finally:
         for p in reversed(procs):
             p.stop()
-    store = Store(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    store = Store(pg_url.replace("postgresql://", "postgresql+psycopg://"), audit_key=AUDIT_KEY.encode())
     try:
         events = [r["event"] for r in audit.records(store, item_id)]
         assert events.count("approval_requested") == 1 and events.count("approved") == 1

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS
+from conftest import CHROMIUM, CHROMIUM_ARGS, run_cli
 
 pytestmark = pytest.mark.browser
 
@@ -231,6 +231,7 @@ def test_japanese_from_config(make_runner, page):
     assert page.locator("#send").text_content() == "送信"
     assert page.locator("#cancel").text_content() == "キャンセル"
     assert page.locator("#external-heading").text_content().startswith("社外")
+    assert page.locator("#came-from").text_content() == "SMTP 送信"  # where the message came from
     assert "確認" in page.title()
     page.screenshot(path=str(artifacts() / "confirm-page-ja.png"), full_page=True)
 
@@ -241,6 +242,7 @@ def test_chinese_by_query(helper_runner, page):
     item_id = submit(runner, raw, "me@example.co.jp", rcpts)
     open_page(page, runner, item_id, lang="zh")
     assert page.locator("#send").text_content() == "发送"
+    assert page.locator("#came-from").text_content() == "SMTP 提交"
     assert page.locator("#external-heading").text_content().startswith("外部")
 
 
@@ -342,3 +344,102 @@ def test_500_recipients_scroll_and_stay_fast(helper_runner, page):
     assert page.evaluate("SG.checkAll()") is True
     assert time.perf_counter() - started < 1.0
     page.screenshot(path=str(artifacts() / "confirm-page-500.png"))
+
+
+# ---------------------------------------------------------------------- issue #11: one test per item
+def _tick_and_send(page) -> None:
+    for box in page.locator("input.check:not(:disabled)").all():
+        box.check()
+    page.locator("#send").click()
+
+
+def test_decided_elsewhere_reaches_the_open_page(helper_runner, page):
+    """Item 2: a cancel from another process (the CLI) shows on the open page, not a stale Send."""
+    runner = helper_runner
+    raw, rcpts = sample(attachments=())
+    item_id = submit(runner, raw, "me@example.co.jp", rcpts)
+    open_page(page, runner, item_id)
+    done = run_cli("queue", "cancel", item_id)
+    assert done.returncode == 0, done.stderr
+    page.wait_for_selector("body[data-done=cancelled]", timeout=5_000)
+    assert "Decided elsewhere" in page.locator("#done-text").text_content()
+    assert not page.locator("#send").is_visible()
+
+
+def test_held_for_approval_shows_whom_and_what_next(make_runner, page, home):
+    """Item 3: Send on a message that needs approval ends on a result screen, not a silent close."""
+    (home / "policy.toml").write_text(POLICY + '[approval]\napprovers = ["boss@example.co.jp"]\n'
+                                      '[rules]\npersonal_data = "approve"\n', encoding="utf-8")
+    runner = make_runner()
+    msg = EmailMessage()
+    msg["From"] = "me@example.co.jp"
+    msg["To"] = "x@partner.example"
+    msg["Subject"] = "card"
+    msg.set_content("4111 1111 1111 1111")
+    item_id = submit(runner, msg.as_bytes(), "me@example.co.jp", ["x@partner.example"])
+    open_page(page, runner, item_id)
+    _tick_and_send(page)
+    page.wait_for_selector("body[data-done=awaiting_approval]")
+    text = page.locator("#done-text").text_content()
+    assert "Held for approval by boss@example.co.jp" in text
+    assert f"sendguard queue show {item_id}" in text and "expires" in text
+
+
+def test_tab_moves_row_to_row_and_delete_removes(helper_runner, page):
+    """Item 5: Tab never lands on Remove (Tab+Space removed a recipient); Delete is the removal key."""
+    runner = helper_runner
+    raw, rcpts = sample()
+    item_id = submit(runner, raw, "me@example.co.jp", rcpts)
+    open_page(page, runner, item_id)
+    page.locator(".row input.check").first.focus()
+    for _ in range(5):
+        page.keyboard.press("Space")
+        page.keyboard.press("Tab")
+    assert page.locator(".row.removed").count() == 0
+    assert page.locator(".row input.check:checked").count() == 5
+    page.locator(".row input.check").first.focus()
+    page.keyboard.press("Delete")
+    assert page.locator(".row.removed").count() == 1
+    page.keyboard.press("Delete")  # focus stayed on the row: Delete again restores it
+    assert page.locator(".row.removed").count() == 0
+
+
+def test_excerpt_keeps_line_breaks(helper_runner, page):
+    """Item 6: the message excerpt is shown with its lines, not run together."""
+    runner = helper_runner
+    raw, rcpts = sample(attachments=())
+    item_id = submit(runner, raw, "me@example.co.jp", rcpts)
+    open_page(page, runner, item_id)
+    assert page.locator("#body").text_content() == "Hello,\nplease find the quote attached."
+
+
+def test_blocked_message_offers_only_cancel_and_eml(make_runner, page, home):
+    """Item 7: a blocked message says so and why, with no Send (which only failed afterwards)."""
+    (home / "policy.toml").write_text(POLICY + '[rules]\nblocked_domains = ["rival.example"]\n', encoding="utf-8")
+    runner = make_runner()
+    raw, rcpts = sample(to=("ceo@rival.example",), cc=(), attachments=())
+    item_id = submit(runner, raw, "me@example.co.jp", rcpts)
+    open_page(page, runner, item_id)
+    assert not page.locator("#send").is_visible()
+    assert not page.locator("#bcc").is_visible()
+    assert page.locator("#cancel").is_enabled()
+    assert page.locator("#save-eml").is_visible()
+    assert "Blocked by policy" in page.locator("#alert").text_content()
+    assert "rival.example" in page.locator("#alert").text_content()
+    assert page.locator("input.check:not(:disabled)").count() == 0
+
+
+def test_undo_countdown_after_send(make_runner, page, home):
+    """Item 9: with hold_seconds, Send shows a countdown with Undo; Undo keeps the message unsent."""
+    (home / "policy.toml").write_text(POLICY + "[confirm]\nhold_seconds = 30\n", encoding="utf-8")
+    runner = make_runner()
+    raw, rcpts = sample(attachments=())
+    item_id = submit(runner, raw, "me@example.co.jp", rcpts)
+    open_page(page, runner, item_id)
+    _tick_and_send(page)
+    page.wait_for_selector(f"body[data-undo='{item_id}']")
+    assert "Sending in" in page.locator("#done-text").text_content()
+    page.locator("#undo").click()
+    page.wait_for_selector("body[data-done=cancelled]")
+    assert runner.helper.outbox.get(item_id).state == "cancelled"
+    assert released(home) == []

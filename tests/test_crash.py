@@ -46,9 +46,36 @@ def test_crash_after_commit_before_250_keeps_the_message(home, setup):
     assert len(items(home)) == 1
 
 
+def test_crash_while_committing_at_intake_leaves_the_mail_with_the_client(home, setup):
+    """Killed while the checked message's transaction is open: no 250, nothing half-stored."""
+    proc = setup().start(crash_at="intake.uncommitted")
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
+    assert proc.wait_dead() == -9
+    assert items(home) == []
+    proc = setup().start()
+    smtp_send(proc.smtp_port, make_message(to="x@partner.example"))  # the client's retry
+    assert held_item(home).subject == "見積書の送付"
+    assert len(items(home)) == 1
+
+
+def test_a_small_message_is_stored_already_checked_in_one_commit(home, setup):
+    proc = setup().start()
+    smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
+    [item] = items(home)  # right after the 250, without waiting for the worker
+    assert item.state == "awaiting_confirmation"
+    assert item.check["verdict"]["action"] == "confirm"
+    events = [r["event"] for r in audit.records(store.Store(home / "sendguard.db"), item.id)]
+    assert events == ["received", "verdict"]
+
+
 def test_crash_after_250_before_check_is_rechecked_on_restart(home, setup):
+    """A message too large to check at intake is stored ``received``; the worker checks it later."""
     proc = setup().start(crash_at="transition.verdict.uncommitted")
-    smtp_send(proc.smtp_port, make_message(to="x@partner.example"))  # 250 came back: it is ours now
+    big = make_message(to="x@partner.example",
+                       attachments=[("data.bin", os.urandom(outbox.INTAKE_CHECK_MAX_BYTES + 1),
+                                     "application/octet-stream")])
+    smtp_send(proc.smtp_port, big)  # 250 came back: it is ours now
     assert proc.wait_dead() == -9
     [item] = items(home)
     assert item.state == "received"

@@ -439,24 +439,50 @@ def test_check_and_send_takes_the_draft_and_cancel_leaves_it_untouched(drafts_ac
     assert not [r for r, _m, _q in google.calls if r in ("drafts.update", "drafts.send", "messages.send")]
 
 
-def test_confirmed_draft_is_sent_with_drafts_send(drafts_account, google):
+def test_confirmed_draft_is_sent_as_confirmed_in_its_thread_then_deleted(drafts_account, google):
     raw = make_raw(msgid="<d1@x>")
     draft_id = google.add_draft(raw)
+    thread = google.messages[google.drafts[draft_id]]["thread"]
     held = mailbox().take_draft(draft_id)
     receipt = mailbox().release(item(held.raw, message_id="<d1@x>", source="gmail", source_ref=held.ref))
-    assert receipt.detail["method"] == "drafts.send" and receipt.detail["draft_id"] == draft_id
-    assert google.route_count("drafts.update") == 0  # unchanged MIME: the draft is sent as it is
-    assert [s["method"] for s in google.sends] == ["drafts.send"] and google.sends[0]["raw"] == raw
+    assert receipt.detail["method"] == "messages.send" and receipt.detail["draft_id"] == draft_id
+    assert receipt.detail["draft_deleted"] is True
+    assert [s["method"] for s in google.sends] == ["messages.send"] and google.sends[0]["raw"] == raw
+    assert google.sends[0]["threadId"] == thread
+    assert google.route_count("drafts.update") == 0 and google.route_count("drafts.send") == 0
     assert draft_id not in google.drafts
 
 
-def test_draft_with_a_removed_recipient_is_updated_then_sent(drafts_account, google):
+def test_an_autosave_after_confirmation_is_not_what_goes_out(drafts_account, google):
+    """Regression (#18 item 8): the confirmed MIME is sent, not whatever Gmail saved in the meantime."""
+    raw = make_raw(msgid="<d1@x>")
+    draft_id = google.add_draft(raw)
+    held = mailbox().take_draft(draft_id)
+    unconfirmed = make_raw(to="eve@rival.example", msgid="<d1@x>")
+    google.autosave(draft_id, unconfirmed)  # the compose window is still open and saves...
+    for route in ("drafts.get", "drafts.update"):  # ...at any moment of the release, too
+        google.after[route] = lambda: google.autosave(draft_id, unconfirmed)
+    mailbox().release(item(held.raw, message_id="<d1@x>", source="gmail", source_ref=held.ref))
+    assert [s["raw"] for s in google.sends] == [raw]
+    assert draft_id not in google.drafts  # no sendable copy of the unconfirmed content is left behind
+
+
+def test_draft_with_a_removed_recipient_sends_the_confirmed_mime(drafts_account, google):
     raw = make_raw(to="bob@partner.example, eve@rival.example", msgid="<d1@x>")
     draft_id = google.add_draft(raw)
     final = make_raw(to="bob@partner.example", msgid="<d1@x>")
     mailbox().release(item(final, message_id="<d1@x>", source="gmail", source_ref=f"draft:{draft_id}"))
-    assert google.route_count("drafts.update") == 1
-    assert [s["method"] for s in google.sends] == ["drafts.send"] and google.sends[0]["raw"] == final
+    assert google.route_count("drafts.update") == 0
+    assert [s["method"] for s in google.sends] == ["messages.send"] and google.sends[0]["raw"] == final
+
+
+def test_a_draft_that_cannot_be_deleted_still_counts_as_sent(drafts_account, google):
+    draft_id = google.add_draft(make_raw(msgid="<d1@x>"))
+    google.fail("drafts.delete", 403, reason="forbidden", message="no")
+    receipt = mailbox().release(
+        item(make_raw(msgid="<d1@x>"), message_id="<d1@x>", source="gmail", source_ref=f"draft:{draft_id}")
+    )
+    assert receipt.detail["draft_deleted"] is False and len(google.sends) == 1
 
 
 def test_draft_deleted_in_gmail_is_a_clear_error(drafts_account, google):
@@ -464,11 +490,12 @@ def test_draft_deleted_in_gmail_is_a_clear_error(drafts_account, google):
         mailbox().release(
             item(make_raw(msgid="<gone@x>"), message_id="<gone@x>", source="gmail", source_ref="draft:r-999")
         )
+    assert google.sends == []
 
 
 def test_draft_sent_before_a_crash_is_not_sent_again(drafts_account, google):
     draft_id = google.add_draft(make_raw(msgid="<d1@x>"))
-    google.fail("drafts.send", 502, after=True)
+    google.fail("messages.send", 502, after=True)
     first = mailbox().release(
         item(make_raw(msgid="<d1@x>"), message_id="<d1@x>", source="gmail", source_ref=f"draft:{draft_id}")
     )
@@ -478,6 +505,34 @@ def test_draft_sent_before_a_crash_is_not_sent_again(drafts_account, google):
     )
     assert again.detail.get("reconciled") is True
     assert len(google.sends) == 1
+
+
+def test_find_drafts_matches_the_compose_events_recipients_across_autosaves(drafts_account, google):
+    """Regression (#18 item 3): the draft is found by its metadata, and its id survives autosave."""
+    other = google.add_draft(make_raw(to="carol@example.com", msgid="<o@x>"), labels=())
+    draft_id = google.add_draft(make_raw(msgid="<d1@x>"), labels=())
+    google.autosave(draft_id, make_raw(msgid="<d1@x>"))
+    found = mailbox().find_drafts(to=["Bob <BOB@partner.example>"])
+    assert [d["id"] for d in found if d["exact"]] == [draft_id]
+    assert {d["id"] for d in found} == {draft_id, other}
+    assert found[0]["id"] == draft_id  # newest saved first
+
+
+def test_drafts_with_header_reconciliation_is_refused_at_set_up(env, tmp_path, google, browser):
+    """Regression (#18 item 9): gmail.metadata on the token would break every draft read."""
+    result = add_account(tmp_path, google, "--drafts", "--reconcile", "headers")
+    assert result.exit_code != 0 and "--reconcile headers" in result.output
+    assert config.load().accounts == []
+
+
+def test_a_reply_sent_over_smtp_stays_in_its_thread(account, google):
+    """Regression (#18 item 11): messages.send names the thread of the message replied to."""
+    original = google._store(make_raw(msgid="<orig@partner.example>"), {"INBOX"})
+    thread = google.messages[original]["thread"]
+    reply = make_raw(msgid="<reply@x>").replace(
+        b"Subject:", b"In-Reply-To: <orig@partner.example>\r\nReferences: <orig@partner.example>\r\nSubject:", 1)
+    mailbox().release(item(reply, message_id="<reply@x>"))
+    assert google.sends[0]["threadId"] == thread
 
 
 def test_with_bcc_keeps_lf_messages_and_replaces_an_old_bcc():
@@ -582,7 +637,7 @@ def test_check_and_send_cli_puts_the_draft_in_the_outbox(drafts_account, google,
         assert helper.outbox.release(items[0].id).state == "sent"
     finally:
         helper.stop()
-    assert [s["method"] for s in google.sends] == ["drafts.send"] and google.sends[0]["raw"] == raw
+    assert [s["method"] for s in google.sends] == ["messages.send"] and google.sends[0]["raw"] == raw
     assert draft_id not in google.drafts
 
 

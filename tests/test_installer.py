@@ -98,10 +98,12 @@ def fake_sendguard_wheel(directory: Path) -> Path:
     )
 
 
-def wheelhouse(directory: Path) -> Path:
+def wheelhouse(directory: Path, target: str = "any") -> Path:
+    """Stand-in wheels for the fake wheel's requirements, pinned in a requirements.lock like a real one."""
     for name in ("sendguard-testdep", "sendguard-testdesktop"):
         module = name.replace("-", "_")
         make_wheel(directory, name, "1.0", {f"{module}.py": "VALUE = 1\n"})
+    bi.write_lock(directory, target, "test wheelhouse")
     return directory
 
 
@@ -126,9 +128,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         policy.write_text(ADMIN_POLICY, encoding="utf-8")
         wheel = fake_sendguard_wheel(base / "input")
         house = wheelhouse(base / "wheelhouse")
+        win_house = wheelhouse(base / "wheelhouse-win", "win_amd64-cp311")
         out = base / "dist"
         results = bi.build(out, bi.PLATFORMS, policy, SERVER_URL, wheel_path=wheel, wheelhouse=house,
-                           maintainer="IT <it@example.co.jp>")
+                           windows_wheelhouse=win_house, maintainer="IT <it@example.co.jp>",
+                           msi=shutil.which("wixl") is not None)
     finally:
         tempfile.tempdir = old_tempdir
     by_name = {p.name: p for p in results}
@@ -136,6 +140,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "deb": by_name[f"sendguard_{VERSION}_all.deb"],
             "windows": by_name[f"sendguard-{VERSION}-windows.zip"],
             "macos": by_name[f"sendguard-{VERSION}-macos.zip"],
+            "msi": by_name.get(f"SendGuard-{VERSION}-x64.msi"),
             "results": results}  # type: ignore[dict-item]
 
 
@@ -173,7 +178,7 @@ def test_policy_template_is_a_valid_policy(tmp_path: Path) -> None:
     from sendguard import policy
 
     path = tmp_path / "policy.toml"
-    path.write_text(bi.POLICY_TEMPLATE, encoding="utf-8")
+    path.write_text(bi.policy_template(), encoding="utf-8")
     assert policy.parse_file(path) == {}
 
 
@@ -272,6 +277,8 @@ def test_deb_contents(built: dict[str, Path]) -> None:
         "/opt/sendguard/requirements.txt": "-rw-r--r--",
         "/opt/sendguard/config.toml": "-rw-r--r--",
         "/opt/sendguard/bin/sendguard-autostart": "-rwxr-xr-x",
+        "/opt/sendguard/bin/sendguard-stop-helpers": "-rwxr-xr-x",
+        "/opt/sendguard/requirements.lock": "-rw-r--r--",
         "/opt/sendguard/wheelhouse/sendguard_testdep-1.0-py3-none-any.whl": "-rw-r--r--",
         "/etc/xdg/SendGuard/policy.toml": "-rw-r--r--",
         "/etc/xdg/autostart/sendguard.desktop": "-rw-r--r--",
@@ -294,6 +301,8 @@ def test_deb_files(built: dict[str, Path], tmp_path: Path) -> None:
     desktop = (root / "etc/xdg/autostart/sendguard.desktop").read_text()
     assert desktop.startswith("[Desktop Entry]\n")
     assert "Exec=/opt/sendguard/bin/sendguard-autostart" in desktop and "Type=Application" in desktop
+    # once the package is removed (the conffile stays until purge) the session starts nothing
+    assert "\nTryExec=/opt/sendguard/bin/sendguard-autostart\n" in desktop
     autostart = (root / "opt/sendguard/bin/sendguard-autostart").read_text()
     assert "systemctl --user start sendguard.service" in autostart and "exec /usr/bin/sendguard serve" in autostart
 
@@ -303,7 +312,7 @@ def test_deb_files(built: dict[str, Path], tmp_path: Path) -> None:
     assert f'url = "{SERVER_URL}"' in (root / "opt/sendguard/config.toml").read_text()
 
     wrapper = (root / "usr/bin/sendguard").read_text()
-    assert "SENDGUARD_ADMIN_POLICY='/etc/xdg/SendGuard/policy.toml'" in wrapper
+    assert "SENDGUARD_ADMIN_POLICY" not in wrapper.replace("# ", "")  # the venv's marker pins it instead
     assert "exec '/opt/sendguard/venv/bin/sendguard' \"$@\"" in wrapper
 
 
@@ -314,7 +323,7 @@ def test_deb_wrapper_runs_the_venv_pins_the_policy_and_seeds_config(built: dict[
     prefix = root / "opt/sendguard"
     fake_python = prefix / "venv/bin/sendguard"
     fake_python.parent.mkdir(parents=True)
-    fake_python.write_text('#!/bin/sh\necho "argv: $*"\necho "policy: $SENDGUARD_ADMIN_POLICY"\n')
+    fake_python.write_text('#!/bin/sh\necho "argv: $*"\n')
     fake_python.chmod(0o755)
     wrapper = tmp_path / "sendguard"
     wrapper.write_text((root / "usr/bin/sendguard").read_text().replace("/opt/sendguard", str(prefix)))
@@ -322,7 +331,6 @@ def test_deb_wrapper_runs_the_venv_pins_the_policy_and_seeds_config(built: dict[
     env = script_env(tmp_path, SENDGUARD_ADMIN_POLICY="/tmp/user-chosen.toml")
     run = subprocess.run([str(wrapper), "queue", "list"], capture_output=True, text=True, env=env, check=True)
     assert "argv: queue list" in run.stdout
-    assert "policy: /etc/xdg/SendGuard/policy.toml" in run.stdout
     seeded = tmp_path / "user-home/.local/share/SendGuard/config.toml"
     assert f'url = "{SERVER_URL}"' in seeded.read_text()
     seeded.write_text("language = \"ja\"\n")
@@ -346,8 +354,10 @@ def test_deb_maintainer_scripts_in_a_dpkg_root(built: dict[str, Path], tmp_path:
     env = script_env(tmp_path, DPKG_ROOT=str(root))
     post = subprocess.run([str(control / "postinst"), "configure", ""], capture_output=True, text=True, env=env)
     assert post.returncode == 0, post.stdout + post.stderr
-    assert "bundled wheelhouse" in post.stdout
+    assert "bundled wheelhouse (no network)" in post.stdout
     venv_python = root / "opt/sendguard/venv/bin/python"
+    marker = (root / "opt/sendguard/venv/sendguard-install.toml").read_text()
+    assert 'admin_policy = "/etc/xdg/SendGuard/policy.toml"' in marker
     log = tmp_path / "calls.jsonl"
     subprocess.run([str(venv_python.parent / "sendguard"), "serve"], env={**env, "SENDGUARD_TEST_LOG": str(log)},
                    check=True, capture_output=True, cwd=ROOT)  # the checkout's sendguard/ is not picked up
@@ -377,12 +387,32 @@ def test_postinst_says_clearly_when_pypi_is_unreachable(built: dict[str, Path], 
     subprocess.run(["dpkg-deb", "-x", str(built["deb"]), str(root)], check=True)
     subprocess.run(["dpkg-deb", "--control", str(built["deb"]), str(control)], check=True)
     shutil.rmtree(root / "opt/sendguard/wheelhouse")
+    (root / "opt/sendguard/requirements.lock").unlink()  # as a package built without --wheelhouse
     # pip's index is a closed port: what a machine without network or proxy sees.
     env = script_env(tmp_path, DPKG_ROOT=str(root), PIP_INDEX_URL="http://127.0.0.1:9/simple/",
                      PIP_RETRIES="0", PIP_TIMEOUT="2")
     post = subprocess.run([str(control / "postinst"), "configure", ""], capture_output=True, text=True, env=env)
     assert post.returncode == 1
     assert "cannot reach PyPI" in post.stderr and "sudo dpkg --configure -a" in post.stderr
+
+
+def test_postinst_refuses_a_wheel_whose_bytes_differ_from_the_lock(built: dict[str, Path], tmp_path: Path) -> None:
+    """--require-hashes: a wheelhouse file swapped after the build is not installed, offline or not."""
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("postinst uses /usr/bin/python3")
+    root = tmp_path / "root"
+    control = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-x", str(built["deb"]), str(root)], check=True)
+    subprocess.run(["dpkg-deb", "--control", str(built["deb"]), str(control)], check=True)
+    house = root / "opt/sendguard/wheelhouse"
+    target = next(house.glob("sendguard_testdep-*.whl"))
+    target.unlink()
+    make_wheel(house, "sendguard-testdep", "1.0", {"sendguard_testdep.py": "VALUE = 'tampered'\n"})
+    env = script_env(tmp_path, DPKG_ROOT=str(root))
+    post = subprocess.run([str(control / "postinst"), "configure", ""], capture_output=True, text=True, env=env)
+    assert post.returncode == 1, post.stdout
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in post.stderr or "hash" in post.stderr.lower()
+    assert "sudo dpkg --configure -a" in post.stderr
 
 
 # --------------------------------------------------------------------------- Windows bundle
@@ -457,7 +487,7 @@ def test_macos_bundle_contents(built: dict[str, Path]) -> None:
         install = zf.read(top + "install.sh").decode()
     assert f"/Library/LaunchAgents/{bi.LAUNCHD_LABEL}.plist" in install.replace('$PREFIX_ROOT', '')
     assert "POLICY_DIR='/Library/Application Support/SendGuard'" in install
-    assert "paths.admin_policy_file()" in install
+    assert "sendguard-install.toml" in install and "chown root:wheel" in install
     assert "addin certs install --trust" in install and "launchctl bootstrap" in install
     assert not re.search(r"@[A-Z][A-Z0-9_]*@", install)
 
@@ -484,11 +514,12 @@ def test_macos_install_sh_with_prefix(built: dict[str, Path], tmp_path: Path) ->
     assert link.is_symlink() and link.resolve() == (app / "bin/sendguard").resolve()
 
     log = tmp_path / "calls.jsonl"
-    env_user = {**env, "SENDGUARD_TEST_LOG": str(log), "SENDGUARD_ADMIN_POLICY": "/elsewhere.toml"}
+    env_user = {**env, "SENDGUARD_TEST_LOG": str(log)}
     subprocess.run([str(link), "addin", "certs", "install", "--trust"], env=env_user, check=True, capture_output=True)
     call = json.loads(log.read_text())
     assert call["argv"] == ["addin", "certs", "install", "--trust"]
-    assert call["admin_policy"] == str(policy)
+    marker = (app / "venv/sendguard-install.toml").read_text()
+    assert "admin_policy = \"/Library/Application Support/SendGuard/policy.toml\"" in marker
     assert Path(call["prefix"]) == app / "venv"
     seeded = tmp_path / "user-home/Library/Application Support/SendGuard/config.toml"
     assert f'url = "{SERVER_URL}"' in seeded.read_text()
@@ -524,7 +555,7 @@ def test_only_the_requested_platform_and_no_policy(tmp_path: Path, monkeypatch: 
     root = tmp_path / "root"
     subprocess.run(["dpkg-deb", "-x", str(out / f"sendguard_{VERSION}_all.deb"), str(root)], check=True)
     # without --policy the conffile is the commented template, ready to be edited in place
-    assert (root / "etc/xdg/SendGuard/policy.toml").read_text() == bi.POLICY_TEMPLATE
+    assert (root / "etc/xdg/SendGuard/policy.toml").read_text() == bi.policy_template()
     assert not (root / "opt/sendguard/config.toml").exists() and not (root / "opt/sendguard/wheelhouse").exists()
 
 

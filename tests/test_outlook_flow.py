@@ -71,3 +71,68 @@ def test_outlook_message_needing_approval_is_held_then_released_by_the_helper(ru
     assert any(m["To"] == "boss@example.co.jp" and m is not sent for m in delivered)
     [att] = list(sent.iter_attachments())
     assert att.get_filename() == "見積書.pdf" and att.get_content() == PDF
+
+
+def _addin_token(r) -> str:
+    # What the add-in does first (no Origin from a non-browser client: an origin-less add-in token).
+    return requests.post(f"{r.base_url}/api/v1/addin/session", json={}, timeout=30).json()["token"]
+
+
+def _final_state(r, item_id):
+    return wait_for(lambda: (lambda i: i if i["state"] in ("sent", "needs_attention", "failed") else None)(
+        api(r, "GET", f"/api/v1/outbox/{item_id}").json()))
+
+
+def test_confirmed_after_outlook_stopped_waiting_is_never_recorded_as_sent(runner, write_policy):
+    """The user left the message in Outlook (the handler ended), then confirmed in the window: nobody
+    will send it, so it must not show as sent; without an Exchange/Graph account the user is told
+    to send it again from Drafts."""
+    write_policy(SAMPLE_POLICY)
+    r = runner()
+    r.app.config["API_TOKEN"] = "tok"
+    r.helper.addin_presence.grace = 0.0  # the add-in's last contact is already too long ago
+    created = api(r, "POST", "/api/v1/checks", json=outlook_payload()).json()
+    assert created["state"] == "awaiting_confirmation"
+    assert api(r, "POST", f"/api/v1/outbox/{created['id']}/confirm", json={}).status_code == 200
+    done = _final_state(r, created["id"])
+    assert done["state"] == "needs_attention"
+    assert "Open it from Drafts in Outlook and press Send again" in done["user_message"] + str(done.get("last_error"))
+    assert not MaildirMailbox(r.home / "sent").messages()
+
+
+def test_confirmed_while_the_addin_waits_is_handed_back_to_outlook(runner, write_policy):
+    import threading
+
+    write_policy(SAMPLE_POLICY)
+    r = runner()
+    r.app.config["API_TOKEN"] = "tok"
+    r.helper.addin_presence.grace = 0.0  # only an open long-poll counts
+    token = _addin_token(r)
+    created = requests.post(f"{r.base_url}/api/v1/checks", json=outlook_payload(), timeout=30,
+                            headers={"Authorization": f"Bearer {token}"}).json()
+    polled: dict = {}
+
+    def long_poll():
+        polled.update(requests.get(f"{r.base_url}/api/v1/outbox/{created['id']}?wait=20", timeout=30,
+                                   headers={"Authorization": f"Bearer {token}"}).json())
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    wait_for(lambda: r.helper.addin_presence.waiting(created["id"]))
+    assert api(r, "POST", f"/api/v1/outbox/{created['id']}/confirm", json={}).status_code == 200
+    poller.join(30)
+    assert polled["state"] == "sent"
+    trail = api(r, "GET", f"/api/v1/outbox/{created['id']}").json()["audit"]
+    assert any(a["event"] == "released" and a["data"].get("transport") == "outlook" for a in trail), trail
+
+
+def test_send_pressed_again_for_the_same_draft_withdraws_the_earlier_check(runner, write_policy):
+    write_policy(SAMPLE_POLICY)
+    r = runner()
+    r.app.config["API_TOKEN"] = "tok"
+    first = api(r, "POST", "/api/v1/checks", json=outlook_payload()).json()
+    other = api(r, "POST", "/api/v1/checks", json=outlook_payload(item_id="AAMkAD-other")).json()
+    second = api(r, "POST", "/api/v1/checks", json=outlook_payload()).json()
+    assert api(r, "GET", f"/api/v1/outbox/{first['id']}").json()["state"] == "cancelled"
+    assert api(r, "GET", f"/api/v1/outbox/{other['id']}").json()["state"] == "awaiting_confirmation"
+    assert api(r, "GET", f"/api/v1/outbox/{second['id']}").json()["state"] == "awaiting_confirmation"

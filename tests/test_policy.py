@@ -106,7 +106,9 @@ def test_rules(pol, kwargs, rule, action, verdict):
 
 
 def test_every_rule_id_is_covered():
-    assert {case[1] for case in RULE_CASES} == set(checks.RULE_IDS)
+    from test_rules import CASES as PARITY_CASES  # DESIGN §3.1 rules have their own table
+
+    assert {case[1] for case in RULE_CASES} | {case[0] for case in PARITY_CASES} == set(checks.RULE_IDS)
 
 
 def test_internal_only_is_allow(pol):
@@ -156,7 +158,7 @@ def test_inline_flag_and_no_external_flag_for_inline(pol):
 
 
 def test_every_flag_is_covered():
-    rflags = {f for case in RECIPIENT_CASES for f in case[3]}
+    rflags = {f for case in RECIPIENT_CASES for f in case[3]} | {"auto_added", "list_member", "suppressed"}
     aflags = {f for case in ATTACHMENT_CASES for f in case[3]} | {"inline"}
     assert rflags == set(checks.RECIPIENT_FLAGS)
     assert aflags == set(checks.ATTACHMENT_FLAGS)
@@ -235,7 +237,7 @@ def test_last_good_policy_stays_in_force(tmp_path):
 def test_admin_locked_keys_override_user(tmp_path):
     admin = tmp_path / "admin.toml"
     admin.write_text('locked = ["rules.*"]\n[rules]\nexternal_attachment = "approve"\n'
-                     '[confirm]\nwhen = "always"\n', encoding="utf-8")
+                     '[confirm]\nwhen = "always"\n[approval]\napprovers = ["boss@example.co.jp"]\n', encoding="utf-8")
     user = tmp_path / "user.toml"
     user.write_text('[rules]\nexternal_attachment = "confirm"\n[confirm]\nwhen = "external"\n', encoding="utf-8")
     pol = policy.load(user, admin)
@@ -246,7 +248,8 @@ def test_admin_locked_keys_override_user(tmp_path):
 def test_never_downgrades_confirm_but_not_approve(tmp_path):
     path = Path(tmp_path / "p.toml")
     path.write_text('[organization]\ninternal_domains = ["example.co.jp"]\n[confirm]\nwhen = "never"\n'
-                    '[rules]\nlookalike_domain = "approve"\n', encoding="utf-8")
+                    '[rules]\nlookalike_domain = "approve"\n[approval]\napprovers = ["boss@example.co.jp"]\n',
+                    encoding="utf-8")
     pol = policy.load(path)
     assert run(pol, to="x@customer.example").action == "allow"
     assert run(pol, to="x@exarnple.co.jp").action == "approve"
@@ -269,3 +272,16 @@ def test_admin_policy_found_in_any_xdg_config_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("SENDGUARD_ADMIN_POLICY")
     monkeypatch.setenv("XDG_CONFIG_DIRS", f"{first}:{second}")
     assert paths.admin_policy_file() == second / "SendGuard" / "policy.toml"
+
+
+@pytest.mark.parametrize("rules", ['personal_data = "approve"', '[[rules.keywords]]\npattern = "x"\naction = "approve"'])
+def test_approve_without_any_approver_is_refused_with_the_key(tmp_path, rules):
+    """Issue #11 item 10: a rule set to approve with nobody to approve is a dead end: refused at load."""
+    path = tmp_path / "p.toml"
+    path.write_text(f"[organization]\ninternal_domains = [\"example.co.jp\"]\n[rules]\n{rules}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        policy.load(path)
+    assert info.value.key in ("rules.personal_data", "rules.keywords")
+    assert info.value.line is not None and "approvers" in str(info.value)
+    path.write_text(path.read_text() + '[approval]\napprovers = ["boss@example.co.jp"]\n', encoding="utf-8")
+    assert policy.load(path).approvers == ("boss@example.co.jp",)

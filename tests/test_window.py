@@ -200,3 +200,39 @@ def test_held_messages_queue_one_window_with_counter(window: WindowProcess, home
     window.evaluate("document.getElementById('next').click()")
     wait_until(lambda: not visible_windows(window))
     assert len(list((home / "sent" / "new").glob("*"))) == 1
+
+
+def test_every_message_gets_working_buttons_and_outside_decisions_show(window: WindowProcess, home: Path) -> None:
+    """Issue #11 items 1 and 2: after one Send the next message's Cancel/Bcc still work, and a cancel
+    from the command line (another process) reaches the window instead of leaving a stale message."""
+    port = window.ready["smtp_port"]
+    first = submit(port, "first", ["a@partner.example"], attachment=False)
+    window.wait("shown", id=first)
+    second = submit(port, "second", ["b@partner.example"], attachment=False)
+    third = submit(port, "third", ["c@partner.example"], attachment=False)
+    wait_until(lambda: window.evaluate("document.getElementById('counter').textContent") == "1 of 3")
+    window.evaluate("SG.checkAll() && SG.send()")
+    window.wait("shown", id=second)
+    enabled = "(function(id){var e=document.getElementById(id); return !e.hidden && !e.disabled;})"
+    assert window.evaluate(enabled + "('cancel')") is True
+    assert window.evaluate(enabled + "('bcc')") is True
+    done = subprocess.run([sys.executable, "-m", "sendguard", "queue", "cancel", second], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, SENDGUARD_HOME=str(home)), timeout=60)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: window.evaluate("document.body.getAttribute('data-done')") == "cancelled", timeout=5)
+    assert window.evaluate("document.getElementById('next').textContent") == "Next message"
+    window.evaluate("document.getElementById('next').click()")
+    window.wait("shown", id=third)
+    assert window.evaluate("document.getElementById('counter').hidden") is True
+
+
+def test_without_a_tray_the_window_offers_pause_and_quit(window: WindowProcess) -> None:
+    """Issue #11 item 8: Xvfb has no system tray: Pause and Quit are in the window itself."""
+    item_id = submit(window.ready["smtp_port"], "tray", ["a@partner.example"], attachment=False)
+    window.wait("shown", id=item_id)
+    assert window.evaluate("document.getElementById('helper-controls').hidden") is False
+    assert window.evaluate("document.getElementById('quit').textContent") == "Quit SendGuard"
+    window.evaluate("document.getElementById('pause').click()")
+    wait_until(lambda: window.evaluate("document.getElementById('pause').getAttribute('aria-pressed')") == "true")
+    window.evaluate("document.getElementById('quit').click()")
+    window.proc.wait(20)  # the helper ends; the message stays held for next time

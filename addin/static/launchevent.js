@@ -1,17 +1,23 @@
 /*
- * SendGuard for Outlook: the Smart Alerts (OnMessageSend) handler.
+ * SendGuard for Outlook: the Smart Alerts handlers (OnMessageSend, OnAppointmentSend).
  *
- * When the user presses Send, Outlook calls onMessageSendHandler. It reads the message with
- * Office.js, hands it to the SendGuard helper (same origin as this file), waits while the user
- * decides in the SendGuard desktop window, applies what the user removed there, and completes the
- * event. A Smart Alerts handler cannot open dialogs, which is why the decision is made in the
- * helper's own window.
+ * When the user presses Send, Outlook calls onMessageSendHandler (onAppointmentSendHandler for a
+ * meeting invitation). It reads the item with Office.js, hands it to the SendGuard helper (same
+ * origin as this file), waits while the user decides in the SendGuard desktop window, applies what
+ * the user removed there, and completes the event. A Smart Alerts handler cannot open dialogs,
+ * which is why the decision is made in the helper's own window.
  *
  *   gather (Office.js) -> submit (helper API) -> wait (long-poll) -> amend item -> completed()
  *
  * Fail closed: every error, timeout or unexpected answer completes with allowEvent: false and a
- * message saying the send was stopped and why. Plain script: classic Outlook on Windows loads it in
- * a JavaScript-only runtime that supports no imports and has no DOM.
+ * message saying the send was stopped and why.
+ *
+ * Written for the runtime with the fewest features: classic Outlook on Windows before Version 2403
+ * loads this file in a JavaScript-only runtime that accepts ECMAScript 2016 at most, no imports and
+ * no DOM, and Microsoft warns that the conditional operator (?:) can keep it from loading. So: no
+ * async/await, no spread, no optional chaining, no `?:` (tests/js/es_level.js checks all of this).
+ * Outlook allows at most three Office.js asynchronous calls in flight at once: every call goes
+ * through one queue that keeps to that.
  */
 (function (global) {
   "use strict";
@@ -27,7 +33,8 @@
     retryDelayMs: 1000,
     maxAttachmentBytes: 10 * 1024 * 1024, // larger attachments are checked by name, size and type only
     maxContentBytes: 25 * 1024 * 1024, // all attachment contents of one message together
-    maxMessageLength: 500 // Outlook's limit for errorMessage
+    maxMessageLength: 500, // Outlook's limit for errorMessage
+    maxOfficeCalls: 3 // "Limits for activation and JavaScript API for Outlook add-ins"
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -51,6 +58,12 @@
       noRecipients: "SendGuard stopped this message: every recipient was removed in the SendGuard window.",
       amendFailed: "SendGuard stopped this message: the changes made in the SendGuard window could not be " +
         "applied to it ({detail}). Nothing was sent; press Send to try again.",
+      notRemoved: "SendGuard stopped this message: {names} could not be removed from it ({why}). " +
+        "Remove it from the message yourself (an inline picture: delete it from the body), then press Send again.",
+      meetingBcc: "SendGuard stopped this invitation: a meeting has no Bcc, so its attendees cannot be hidden. " +
+        "Remove the attendees who must not see each other, then press Send again.",
+      signInFailed: "SendGuard stopped this message: Outlook could not sign you in to SendGuard ({detail}). " +
+        "Nothing was sent; press Send again, and ask your administrator if this keeps happening.",
       refused: "SendGuard stopped this message: the helper refused it ({detail}).",
       failed: "SendGuard stopped this message because of an error: {detail}. Nothing was sent; " +
         "press Send to try again."
@@ -72,6 +85,12 @@
       noRecipients: "SendGuard が送信を止めました: SendGuard の画面ですべての宛先が削除されました。",
       amendFailed: "SendGuard が送信を止めました: SendGuard の画面での変更をメッセージに反映できませんでした " +
         "({detail})。送信されていません。もう一度 [送信] を押してください。",
+      notRemoved: "SendGuard が送信を止めました: {names} をメッセージから削除できませんでした ({why})。" +
+        "ご自身で削除して (本文中の画像は本文から削除)、もう一度 [送信] を押してください。",
+      meetingBcc: "SendGuard が送信を止めました: 会議出席依頼には BCC がないため、出席者を隠せません。" +
+        "互いに見えてはいけない出席者を削除して、もう一度 [送信] を押してください。",
+      signInFailed: "SendGuard が送信を止めました: Outlook から SendGuard にサインインできませんでした ({detail})。" +
+        "送信されていません。もう一度 [送信] を押し、続く場合は管理者に連絡してください。",
       refused: "SendGuard が送信を止めました: ヘルパーが受け付けませんでした ({detail})。",
       failed: "SendGuard がエラーのため送信を止めました: {detail}。送信されていません。" +
         "もう一度 [送信] を押してください。"
@@ -81,17 +100,22 @@
   function language() {
     try {
       var tag = String(global.Office.context.displayLanguage || "");
-      return tag.toLowerCase().indexOf("ja") === 0 ? "ja" : "en";
-    } catch (e) {
-      return "en";
-    }
+      if (tag.toLowerCase().indexOf("ja") === 0) return "ja";
+    } catch (e) { /* no Office context: English */ }
+    return "en";
   }
 
   function text(key, values) {
     var template = TEXT[language()][key] || TEXT.en[key];
     return template.replace(/\{(\w+)\}/g, function (_, name) {
-      return values && values[name] !== undefined ? String(values[name]) : "";
+      if (values && values[name] !== undefined) return String(values[name]);
+      return "";
     });
+  }
+
+  function messageOf(err) {
+    if (err && err.message) return String(err.message);
+    return String(err);
   }
 
   // A failure that already knows what to tell the user.
@@ -105,83 +129,167 @@
   // ---------------------------------------------------------------------------------------------
   // Office.js: every call to the host API is in this section.
 
-  // Calls target[method](...args, callback) and settles with the result's value. `label` names the
-  // call in error messages (for example "body.getAsync").
-  function officeCall(label, target, method, args) {
-    return new Promise(function (resolve, reject) {
-      if (!target || typeof target[method] !== "function") {
-        reject(new Error(label + " is not available in this Outlook"));
-        return;
-      }
-      target[method].apply(target, (args || []).concat([function (result) {
-        if (result && result.status === global.Office.AsyncResultStatus.Succeeded) {
-          resolve(result.value);
-        } else {
-          var why = result && result.error && result.error.message ? result.error.message : "no result";
-          reject(new Error(label + " failed: " + why));
+  // At most settings.maxOfficeCalls asynchronous Office.js calls in flight; the rest wait in order.
+  var officeQueue = {
+    running: 0,
+    waiting: [],
+    run: function (start) {
+      var self = this;
+      return new Promise(function (resolve, reject) {
+        self.waiting.push({ start: start, resolve: resolve, reject: reject });
+        self.next();
+      });
+    },
+    next: function () {
+      var self = this;
+      while (self.running < settings.maxOfficeCalls && self.waiting.length) {
+        var job = self.waiting.shift();
+        self.running += 1;
+        var done = function (job) {
+          var over = false;
+          return function (ok, value) {
+            if (over) return; // a callback after a synchronous throw
+            over = true;
+            self.running -= 1;
+            if (ok) job.resolve(value);
+            else job.reject(value);
+            self.next();
+          };
+        }(job);
+        try {
+          job.start(done);
+        } catch (err) {
+          done(false, err);
         }
+      }
+    }
+  };
+
+  // Calls target[method](...args, callback) through the queue and settles with the result's value.
+  // `label` names the call in error messages (for example "body.getAsync").
+  function officeCall(label, target, method, args) {
+    if (!target || typeof target[method] !== "function") {
+      return Promise.reject(new Error(label + " is not available in this Outlook"));
+    }
+    return officeQueue.run(function (done) {
+      var settled = false;
+      target[method].apply(target, (args || []).concat([function (result) {
+        if (settled) return;
+        settled = true;
+        if (result && result.status === global.Office.AsyncResultStatus.Succeeded) {
+          done(true, result.value);
+          return;
+        }
+        var why = "no result";
+        if (result && result.error && result.error.message) why = result.error.message;
+        done(false, new Error(label + " failed: " + why));
       }]));
     });
   }
 
-  var mail = {
-    item: function () {
-      return global.Office.context.mailbox.item;
-    },
-    recipients: function (field) {
-      return officeCall(field + ".getAsync", mail.item()[field], "getAsync").then(function (list) {
-        return (list || []).map(function (r) {
-          return { address: r.emailAddress || "", name: r.displayName || "" };
-        });
-      });
-    },
-    setRecipients: function (field, list) {
-      var value = list.map(function (r) {
-        return { emailAddress: r.address, displayName: r.name || r.address };
-      });
-      return officeCall(field + ".setAsync", mail.item()[field], "setAsync", [value]);
-    },
-    from: function () {
-      var item = mail.item();
-      var fromProfile = function () {
-        var profile = global.Office.context.mailbox.userProfile || {};
-        return { address: profile.emailAddress || "", name: profile.displayName || "" };
-      };
-      if (!item.from || typeof item.from.getAsync !== "function") {
-        return Promise.resolve(fromProfile());
-      }
-      return officeCall("from.getAsync", item.from, "getAsync").then(function (f) {
-        return f && f.emailAddress ? { address: f.emailAddress, name: f.displayName || "" } : fromProfile();
-      });
-    },
-    subject: function () {
-      return officeCall("subject.getAsync", mail.item().subject, "getAsync");
-    },
-    bodyText: function () {
-      return officeCall("body.getAsync", mail.item().body, "getAsync", [global.Office.CoercionType.Text]);
-    },
-    attachments: function () {
-      return officeCall("getAttachmentsAsync", mail.item(), "getAttachmentsAsync");
-    },
-    attachmentContent: function (id) {
-      return officeCall("getAttachmentContentAsync", mail.item(), "getAttachmentContentAsync", [id]);
-    },
-    removeAttachment: function (id) {
-      return officeCall("removeAttachmentAsync", mail.item(), "removeAttachmentAsync", [id]);
-    },
-    // The id lets the helper find the draft later (to hold it for approval). A new message has no
-    // id until saved, so save it once; a message that cannot be saved is checked without one.
-    itemId: function () {
-      return officeCall("getItemIdAsync", mail.item(), "getItemIdAsync").catch(function () {
-        return officeCall("saveAsync", mail.item(), "saveAsync");
-      }).catch(function () {
-        return null;
-      });
-    }
+  // The item's recipient fields by role: a message has To/Cc/Bcc, a meeting required and optional
+  // attendees (and no Bcc).
+  var FIELDS = {
+    message: { to: "to", cc: "cc", bcc: "bcc" },
+    appointment: { to: "requiredAttendees", cc: "optionalAttendees", bcc: null }
   };
 
+  function Mail(kind) {
+    this.kind = kind;
+    this.fields = FIELDS[kind];
+  }
+
+  Mail.prototype.item = function () {
+    return global.Office.context.mailbox.item;
+  };
+
+  // role is "to", "cc" or "bcc"; a role the item does not have reads as empty.
+  Mail.prototype.recipients = function (role) {
+    var field = this.fields[role];
+    if (!field) return Promise.resolve([]);
+    return officeCall(field + ".getAsync", this.item()[field], "getAsync").then(function (list) {
+      return (list || []).map(function (r) {
+        return { address: r.emailAddress || "", name: r.displayName || "" };
+      });
+    });
+  };
+
+  Mail.prototype.setRecipients = function (role, list) {
+    var field = this.fields[role];
+    var value = list.map(function (r) {
+      return { emailAddress: r.address, displayName: r.name || r.address };
+    });
+    return officeCall(field + ".setAsync", this.item()[field], "setAsync", [value]);
+  };
+
+  Mail.prototype.from = function () {
+    var item = this.item();
+    var fromProfile = function () {
+      var profile = global.Office.context.mailbox.userProfile || {};
+      return { address: profile.emailAddress || "", name: profile.displayName || "" };
+    };
+    var source = item.from;
+    var label = "from.getAsync";
+    if (this.kind === "appointment") {
+      source = item.organizer;
+      label = "organizer.getAsync";
+    }
+    if (!source || typeof source.getAsync !== "function") return Promise.resolve(fromProfile());
+    return officeCall(label, source, "getAsync").then(function (f) {
+      if (f && f.emailAddress) return { address: f.emailAddress, name: f.displayName || "" };
+      return fromProfile();
+    });
+  };
+
+  Mail.prototype.subject = function () {
+    return officeCall("subject.getAsync", this.item().subject, "getAsync");
+  };
+
+  Mail.prototype.bodyText = function () {
+    return officeCall("body.getAsync", this.item().body, "getAsync", [global.Office.CoercionType.Text]);
+  };
+
+  Mail.prototype.attachments = function () {
+    return officeCall("getAttachmentsAsync", this.item(), "getAttachmentsAsync").then(function (list) {
+      return list || [];
+    });
+  };
+
+  Mail.prototype.attachmentContent = function (id) {
+    return officeCall("getAttachmentContentAsync", this.item(), "getAttachmentContentAsync", [id]);
+  };
+
+  Mail.prototype.removeAttachment = function (id) {
+    return officeCall("removeAttachmentAsync", this.item(), "removeAttachmentAsync", [id]);
+  };
+
+  // The id lets the helper find the draft later (to hold it for approval). A new item has no id
+  // until saved, so save it once; an item that cannot be saved is checked without one.
+  Mail.prototype.itemId = function () {
+    var self = this;
+    return officeCall("getItemIdAsync", self.item(), "getItemIdAsync").catch(function () {
+      return officeCall("saveAsync", self.item(), "saveAsync");
+    }).catch(function () {
+      return null;
+    });
+  };
+
+  // The same id in the format Microsoft Graph takes (getItemIdAsync gives the EWS format, which
+  // Graph refuses). Synchronous, so not an async call; null where Outlook cannot convert.
+  function restIdOf(ewsId) {
+    if (!ewsId) return null;
+    try {
+      var mailbox = global.Office.context.mailbox;
+      var versions = global.Office.MailboxEnums && global.Office.MailboxEnums.RestVersion;
+      if (typeof mailbox.convertToRestId !== "function" || !versions) return null;
+      return mailbox.convertToRestId(ewsId, versions.v2_0) || null;
+    } catch (e) {
+      return null;
+    }
+  }
+
   // ---------------------------------------------------------------------------------------------
-  // Gathering the message.
+  // Gathering the item.
 
   function utf8Base64(str) {
     var bytes = [];
@@ -197,15 +305,18 @@
     var out = "";
     for (var j = 0; j < bytes.length; j += 3) {
       var n = (bytes[j] << 16) | ((bytes[j + 1] || 0) << 8) | (bytes[j + 2] || 0);
-      out += abc[(n >> 18) & 63] + abc[(n >> 12) & 63] +
-        (j + 1 < bytes.length ? abc[(n >> 6) & 63] : "=") + (j + 2 < bytes.length ? abc[n & 63] : "=");
+      var third = "=";
+      var fourth = "=";
+      if (j + 1 < bytes.length) third = abc[(n >> 6) & 63];
+      if (j + 2 < bytes.length) fourth = abc[n & 63];
+      out += abc[(n >> 18) & 63] + abc[(n >> 12) & 63] + third + fourth;
     }
     return out;
   }
 
   // Attachment content for the helper's checks (personal data, keywords, file type): base64, or
-  // null for cloud links and files over the size limits.
-  function attachmentContents(list) {
+  // null for cloud links and files over the size limits. One at a time: contents can be large.
+  function attachmentContents(mail, list) {
     var budget = settings.maxContentBytes;
     return list.reduce(function (chain, a) {
       return chain.then(function (done) {
@@ -226,16 +337,25 @@
     }, Promise.resolve([]));
   }
 
-  function gatherMessage() {
+  function attachmentType(a) {
+    if (a.contentType) return a.contentType;
+    if (a.attachmentType === "item") return "message/rfc822"; // an attached Outlook item
+    return null;
+  }
+
+  function gatherMessage(mail) {
+    // Started together; the queue lets three run at a time.
     return Promise.all([
       mail.itemId(), mail.from(), mail.recipients("to"), mail.recipients("cc"), mail.recipients("bcc"),
       mail.subject(), mail.bodyText(), mail.attachments()
     ]).then(function (v) {
-      var attachments = v[7] || [];
-      return attachmentContents(attachments).then(function (contents) {
-        return {
+      var attachments = v[7];
+      return attachmentContents(mail, attachments).then(function (contents) {
+        var message = {
           source: "outlook",
+          item_type: mail.kind,
           item_id: v[0] || null,
+          rest_item_id: restIdOf(v[0]),
           from: v[1],
           to: v[2],
           cc: v[3],
@@ -245,15 +365,15 @@
           attachments: attachments.map(function (a, i) {
             return {
               id: a.id,
-              // The helper needs a name; an attached Outlook item is a message/rfc822 part.
-              name: a.name || "unnamed attachment",
+              name: a.name || "unnamed attachment", // the helper needs a name
               size: Number(a.size) || 0,
-              contentType: a.contentType || (a.attachmentType === "item" ? "message/rfc822" : null),
+              contentType: attachmentType(a),
               isInline: !!a.isInline,
               content: contents[i]
             };
           })
         };
+        return message;
       });
     });
   }
@@ -282,7 +402,8 @@
     var headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (token) headers.Authorization = "Bearer " + token;
-    var controller = typeof global.AbortController === "function" ? new global.AbortController() : null;
+    var controller = null;
+    if (typeof global.AbortController === "function") controller = new global.AbortController();
     var timer;
     var timeout = new Promise(function (_, reject) {
       timer = setTimeout(function () {
@@ -290,19 +411,19 @@
         reject(new StopSend(text("helperTimeout"), "timeout"));
       }, timeoutMs);
     });
+    var init = { method: method, headers: headers, credentials: "omit", cache: "no-store" };
+    if (body !== undefined) init.body = JSON.stringify(body);
+    if (controller) init.signal = controller.signal;
     var exchange = Promise.resolve().then(function () {
-      return global.fetch(apiBase() + path, {
-        method: method,
-        headers: headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        credentials: "omit",
-        cache: "no-store",
-        signal: controller ? controller.signal : undefined
-      });
+      return global.fetch(apiBase() + path, init);
     }).then(function (response) {
       return response.text().then(function (raw) {
         var data = null;
-        try { data = raw ? JSON.parse(raw) : null; } catch (e) { data = null; }
+        try {
+          if (raw) data = JSON.parse(raw);
+        } catch (e) {
+          data = null;
+        }
         return { status: response.status, data: data };
       });
     }, function () {
@@ -319,7 +440,8 @@
 
   function apiErrorText(response) {
     var err = response.data && response.data.error;
-    return err && err.message ? String(err.message) : "HTTP " + response.status;
+    if (err && err.message) return String(err.message);
+    return "HTTP " + response.status;
   }
 
   function HelperClient(deadline) {
@@ -327,9 +449,29 @@
     this.token = null;
   }
 
+  // Served by a central SendGuard server (SENDGUARD_SSO), the add-in proves who the user is with an
+  // Office single sign-on token; the server relays the check to that user's helper. Served by the
+  // helper itself, no sign-in is needed.
+  function signInToken() {
+    if (global.SENDGUARD_SSO !== true) return Promise.resolve(null);
+    var auth = global.Office && global.Office.auth;
+    if (!auth || typeof auth.getAccessToken !== "function") {
+      return Promise.reject(new StopSend(text("signInFailed", { detail: "Office.auth is not available" }), "sso"));
+    }
+    return Promise.resolve().then(function () {
+      return auth.getAccessToken({ allowSignInPrompt: false, allowConsentPrompt: false, forMSGraphAccess: false });
+    }).catch(function (err) {
+      var detail = messageOf(err);
+      if (err && err.code) detail = String(err.code) + " " + detail;
+      throw new StopSend(text("signInFailed", { detail: detail }), "sso");
+    });
+  }
+
   HelperClient.prototype.openSession = function () {
     var self = this;
-    return request("POST", "/api/v1/addin/session", {}, null, settings.submitTimeoutMs).then(function (r) {
+    return signInToken().then(function (sso) {
+      return request("POST", "/api/v1/addin/session", {}, sso, settings.submitTimeoutMs);
+    }).then(function (r) {
       if (r.status !== 200 && r.status !== 201 || !r.data || !r.data.token) {
         throw new StopSend(text("refused", { detail: apiErrorText(r) }), "refused");
       }
@@ -399,7 +541,8 @@
   // What the handler does for an outbox item in this state: {allow: true}, {allow: false, message},
   // or null to keep waiting.
   function outcomeFor(item) {
-    var said = item.user_message ? String(item.user_message) : "";
+    var said = "";
+    if (item.user_message) said = String(item.user_message);
     switch (item.state) {
       case "sent": // for Outlook items: "Outlook may send it now"
         return { allow: true };
@@ -407,7 +550,8 @@
         return { allow: false, message: said || text("cancelled") };
       case "awaiting_approval":
         var approvers = (item.approvers || []).join(", ");
-        return { allow: false, message: approvers ? text("held", { approvers: approvers }) : said || text("heldNoNames") };
+        if (approvers) return { allow: false, message: text("held", { approvers: approvers }) };
+        return { allow: false, message: said || text("heldNoNames") };
       case "rejected":
         return { allow: false, message: said || text("rejected") };
       case "expired":
@@ -457,38 +601,68 @@
   // ---------------------------------------------------------------------------------------------
   // Amending the item and the orchestration.
 
-  function applyDecision(decision) {
-    if (!decision) return Promise.resolve();
-    var removeRecipients = (decision.removed_recipients || []).length > 0 || !!decision.bcc;
-    var recipientsDone = !removeRecipients ? Promise.resolve() : Promise.all([
-      mail.recipients("to"), mail.recipients("cc"), mail.recipients("bcc")
-    ]).then(function (lists) {
+  function applyRecipients(mail, decision) {
+    if (!(decision.removed_recipients || []).length && !decision.bcc) return Promise.resolve();
+    return Promise.all([mail.recipients("to"), mail.recipients("cc"), mail.recipients("bcc")]).then(function (lists) {
       var plan = planRecipients({ to: lists[0], cc: lists[1], bcc: lists[2] }, decision);
       if (!plan.to.length && !plan.cc.length && !plan.bcc.length) {
         throw new StopSend(text("noRecipients"), "no-recipients");
       }
+      if (plan.changed.bcc && !mail.fields.bcc) throw new StopSend(text("meetingBcc"), "meeting-bcc");
       // Bcc first, so that a failure half-way never leaves a moved address in no field at all.
       var steps = ["bcc", "to", "cc"].filter(function (f) { return plan.changed[f]; });
-      return steps.reduce(function (chain, field) {
-        return chain.then(function () { return mail.setRecipients(field, plan[field]); });
+      return steps.reduce(function (chain, role) {
+        return chain.then(function () { return mail.setRecipients(role, plan[role]); });
       }, Promise.resolve());
-    });
-    return recipientsDone.then(function () {
-      return (decision.removed_attachments || []).reduce(function (chain, id) {
-        return chain.then(function () { return mail.removeAttachment(id); });
-      }, Promise.resolve());
-    }).catch(function (err) {
-      if (err instanceof StopSend) throw err;
-      throw new StopSend(text("amendFailed", { detail: err && err.message ? err.message : String(err) }), "amend");
     });
   }
 
-  function checkAndDecide() {
+  // Removes the attachments the user removed, then reads the list back: Outlook may report success
+  // for an inline picture it did not remove, and ids are only valid in this compose session. Only
+  // what is really gone counts as removed; anything still there stops the send, named.
+  function applyAttachments(mail, decision) {
+    var ids = decision.removed_attachments || [];
+    if (!ids.length) return Promise.resolve();
+    var failures = {};
+    return ids.reduce(function (chain, id) {
+      return chain.then(function () {
+        return mail.removeAttachment(id).catch(function (err) { failures[id] = messageOf(err); });
+      });
+    }, Promise.resolve()).then(function () {
+      return mail.attachments();
+    }).then(function (after) {
+      var left = after.filter(function (a) { return ids.indexOf(a.id) >= 0; });
+      if (!left.length) return;
+      var names = left.map(function (a) { return "\"" + (a.name || a.id) + "\""; }).join(", ");
+      var why = left.map(function (a) {
+        if (failures[a.id]) return failures[a.id];
+        if (a.isInline) return "Outlook does not remove inline pictures";
+        return "still attached after removal";
+      }).join("; ");
+      throw new StopSend(text("notRemoved", { names: names, why: why }), "not-removed");
+    });
+  }
+
+  function applyDecision(mail, decision) {
+    if (!decision) return Promise.resolve();
+    return applyRecipients(mail, decision).then(function () {
+      return applyAttachments(mail, decision);
+    }).catch(function (err) {
+      if (err instanceof StopSend) throw err;
+      throw new StopSend(text("amendFailed", { detail: messageOf(err) }), "amend");
+    });
+  }
+
+  function checkAndDecide(kind) {
+    var mail = new Mail(kind);
     var deadline = Date.now() + settings.budgetMs;
     var client = new HelperClient(deadline);
     var itemId = null;
-    return gatherMessage().then(function (message) {
-      return client.openSession().then(function () { return client.submit(message); });
+    // The session is opened while Office.js reads the item (fetch is not an Office.js call).
+    var session = client.openSession();
+    var gathered = gatherMessage(mail);
+    return Promise.all([gathered, session]).then(function (both) {
+      return client.submit(both[0]);
     }).then(function (item) {
       itemId = item.id;
       var step = function (current) {
@@ -499,13 +673,16 @@
       return step(item);
     }).then(function (result) {
       if (!result.outcome.allow) return { allowEvent: false, errorMessage: result.outcome.message };
-      return applyDecision(result.item.decision).then(function () { return { allowEvent: true }; });
+      return applyDecision(mail, result.item.decision).then(function () { return { allowEvent: true }; });
     }).catch(function (err) {
       // Stopped by us, not by a decision: take the item off the helper's list so that a late
       // confirmation in the window does not look like a sent message. Best effort.
-      var stop = err instanceof StopSend ? err : new StopSend(
-        text("failed", { detail: err && err.message ? err.message : String(err) }), "error");
-      var after = itemId && stop.kind !== "down" ? client.cancel(itemId) : Promise.resolve();
+      var stop = err;
+      if (!(err instanceof StopSend)) stop = new StopSend(text("failed", { detail: messageOf(err) }), "error");
+      var after = Promise.resolve();
+      if (itemId && stop.kind !== "down") after = client.cancel(itemId);
+      // A session that failed while the item was read must not surface as an unhandled rejection.
+      session.catch(function () { return null; });
       return after.then(function () { return { allowEvent: false, errorMessage: stop.message }; });
     });
   }
@@ -517,34 +694,41 @@
     return options;
   }
 
-  function onMessageSendHandler(event) {
-    var finished = false;
-    var finish = function (options) {
-      if (finished) return;
-      finished = true;
-      clearTimeout(safety);
+  function handlerFor(kind) {
+    return function (event) {
+      var finished = false;
+      var safety = null;
+      var finish = function (options) {
+        if (finished) return;
+        finished = true;
+        clearTimeout(safety);
+        try {
+          event.completed(trim(options));
+        } catch (e) {
+          if (global.console) global.console.error("SendGuard: completing the send event failed", e);
+        }
+      };
+      // A hung Office.js call must not leave Outlook waiting for its own five-minute timeout.
+      safety = setTimeout(function () {
+        finish({ allowEvent: false, errorMessage: text("noDecision") });
+      }, settings.budgetMs + settings.requestSlackMs);
       try {
-        event.completed(trim(options));
-      } catch (e) {
-        if (global.console) global.console.error("SendGuard: completing the send event failed", e);
+        checkAndDecide(kind).then(finish, function (err) {
+          finish({ allowEvent: false, errorMessage: text("failed", { detail: messageOf(err) }) });
+        });
+      } catch (err) {
+        finish({ allowEvent: false, errorMessage: text("failed", { detail: messageOf(err) }) });
       }
     };
-    // A hung Office.js call must not leave Outlook waiting for its own five-minute timeout.
-    var safety = setTimeout(function () {
-      finish({ allowEvent: false, errorMessage: text("noDecision") });
-    }, settings.budgetMs + settings.requestSlackMs);
-    try {
-      checkAndDecide().then(finish, function (err) {
-        finish({ allowEvent: false, errorMessage: text("failed", { detail: err && err.message }) });
-      });
-    } catch (err) {
-      finish({ allowEvent: false, errorMessage: text("failed", { detail: err && err.message }) });
-    }
   }
+
+  var onMessageSendHandler = handlerFor("message");
+  var onAppointmentSendHandler = handlerFor("appointment");
 
   global.SendGuardAddin = {
     settings: settings,
     onMessageSendHandler: onMessageSendHandler,
+    onAppointmentSendHandler: onAppointmentSendHandler,
     outcomeFor: outcomeFor,
     planRecipients: planRecipients,
     utf8Base64: utf8Base64,
@@ -553,5 +737,6 @@
 
   if (global.Office && global.Office.actions && typeof global.Office.actions.associate === "function") {
     global.Office.actions.associate("onMessageSendHandler", onMessageSendHandler);
+    global.Office.actions.associate("onAppointmentSendHandler", onAppointmentSendHandler);
   }
-})(typeof globalThis !== "undefined" ? globalThis : this);
+}(this));

@@ -8,6 +8,10 @@ The outbox never knows which connector it talks to. A connector:
   True (found in Sent Items / the sink), False (certainly not sent), None (cannot be known).
 - ``fetch_held()`` (optional): items the user put in the account's hold folder, to take into the
   outbox; ``ack_held(ref)`` is called once such an item is durable in the outbox.
+- Outbox interception (optional, Exchange and Graph; see ``OutboxWatching``): ``watch_outbox()``
+  takes every item waiting in the server-side Outbox with a future deferred send time into the hold
+  folder, where ``fetch_held`` finds it; ``return_to_drafts(ref)`` gives a cancelled one back to the
+  user; ``find_missed(since)`` lists what the server sent at its deferred time without SendGuard.
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ class ReleaseItem:
     envelope_from: str
     recipients: tuple[str, ...]  # every address that must receive it (To, Cc and Bcc)
     bcc: tuple[str, ...] = ()  # the subset of recipients that are blind copies
-    source: str = "smtp"  # smtp | outlook | exchange | graph | gmail
+    source: str = "smtp"  # smtp | outlook | exchange | exchange-outbox | graph | graph-outbox | gmail
     source_ref: str | None = None  # the connector's own id of a held item (EWS item id, draft id...)
+    held_since: float | None = None  # epoch seconds the outbox took it in (grace periods for late syncs)
 
 
 @dataclass(frozen=True)
@@ -94,3 +99,25 @@ class HoldingMailbox(Mailbox, Protocol):
     def fetch_held(self) -> list[HeldItem]: ...
 
     def ack_held(self, ref: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class MissedItem:
+    """A message the server sent from the Outbox at its deferred time, which SendGuard never took."""
+
+    message_id: str
+    subject: str
+    sent_at: float  # epoch seconds, the server's DateTimeSent / sentDateTime
+    deferred_until: float | None
+    recipients: tuple[str, ...]
+    raw: bytes = b""
+
+
+class OutboxWatching(HoldingMailbox, Protocol):
+    source_outbox: str  # the outbox source of items it takes: exchange-outbox | graph-outbox
+
+    def watch_outbox(self) -> int: ...
+
+    def return_to_drafts(self, ref: str) -> bool: ...
+
+    def find_missed(self, since: float) -> list[MissedItem]: ...

@@ -5,6 +5,15 @@ draft with the category "SendGuard". ``fetch_held`` finds those items (a pull su
 when to look; a periodic full scan is the fallback), hands their MIME to the outbox, and ``ack_held``
 marks each taken item with the category "SendGuard: taken" so it is not taken twice.
 
+Outbox interception: an item the user sent with a deferred send time (PidTagDeferredSendTime,
+0x3FEF: Outlook's delay delivery, a "defer all sends" rule, scheduled send) waits in the server-side
+Outbox until that time. ``watch_outbox`` moves every such item whose time is still ahead into the hold
+folder at once (MoveItem), so the server never sends it; ``fetch_held`` then takes it like any held item,
+with the source ``exchange-outbox``. Items without a deferred time are never touched. Releasing clears
+the deferred time in the same UpdateItem that sends (Exchange would queue it again otherwise); a
+cancelled one goes back to Drafts. ``find_missed`` lists what the server sent at its deferred time
+while nobody was watching, from Sent Items (the sent copy keeps 0x3FEF).
+
 Release: an item taken from the mailbox is sent in place (recipients and attachments brought in line
 with the confirmed message first) with ``send_and_save`` so the copy lands in Sent Items; a message
 that came in over SMTP is created from its MIME and sent the same way. Before any send the connector
@@ -36,6 +45,8 @@ from exchangelib import (
     Account,
     Configuration,
     Credentials,
+    EWSDateTime,
+    ExtendedProperty,
     FailFast,
     Folder,
     FolderCollection,
@@ -54,6 +65,7 @@ from .base import (
     AuthError,
     HeldItem,
     MailboxError,
+    MissedItem,
     PermanentError,
     ReleaseItem,
     ReleaseReceipt,
@@ -73,7 +85,22 @@ TAKEN_CATEGORY = "SendGuard: taken"
 FULL_SCAN_SECONDS = 300.0
 AUTH_TYPES = {"ntlm": NTLM, "basic": BASIC, "oauth": OAUTH2, "auto": None}
 HELD_FIELDS = ("mime_content", "message_id", "subject", "categories", "to_recipients", "cc_recipients",
-               "bcc_recipients", "author")
+               "bcc_recipients", "author", "deferred_send_time")
+OUTBOX_SOURCE = "exchange-outbox"
+CONNECTIONS = 4  # per server and sign-in: release, hold/Outbox watch, Outbox stream, one spare
+
+
+class DeferredSendTime(ExtendedProperty):
+    """PidTagDeferredSendTime (0x3FEF, PT_SYSTIME): the time the server may send an Outbox item."""
+
+    property_tag = 0x3FEF
+    property_type = "SystemTime"
+
+
+try:
+    Message.register("deferred_send_time", DeferredSendTime)
+except ValueError:  # registered already (the module was loaded twice, e.g. by a test reloading it)
+    pass
 
 
 def _mailbox(name_addr: tuple[str, str]) -> EwsMailbox:
@@ -103,6 +130,8 @@ class _TokenCredentials(OAuth2AuthorizationCodeCredentials):
 
 _INSTANCES: dict[tuple, ExchangeMailbox] = {}
 _INSTANCES_LOCK = threading.Lock()
+_WATCHERS: dict[tuple, ExchangeMailbox] = {}  # Outbox watch and stream connectors (outbox_watcher)
+_WATCHERS_LOCK = threading.Lock()
 
 
 class ExchangeMailbox:
@@ -133,6 +162,8 @@ class ExchangeMailbox:
         self._hold = None
         self._subscription: tuple[str, str] | None = None  # (id, watermark)
         self._last_scan = 0.0
+        self._outbox_moved = False  # items were moved from the Outbox into the hold folder: look there
+        self._stream_subscription: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -149,6 +180,24 @@ class ExchangeMailbox:
                 for old in [k for k in _INSTANCES if k[:2] == key[:2]]:
                     _INSTANCES.pop(old).close()
                 box = _INSTANCES[key] = cls._build(account, password)
+            return box
+
+    @classmethod
+    def outbox_watcher(cls, account: AccountConfig, home: Path, role: str = "outbox-watch") -> ExchangeMailbox:
+        """Another connector for the same account, with its own lock, for the Outbox watch (and, with
+        ``role="outbox-stream"``, for the streaming connection that wakes it): a long release (a large
+        attachment) on the main connector never delays a take."""
+        password = None if account.settings.get("auth") == "oauth" else secrets.get(account.secret_key("password"))
+        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())),
+               hashlib.sha256((password or "").encode()).hexdigest(), role)
+        # kept apart from _INSTANCES: from_account replaces those, and must never wait for (or close) a
+        # watcher that is in the middle of a long streaming call
+        with _WATCHERS_LOCK:
+            box = _WATCHERS.get(key)
+            if box is None:
+                for old in [k for k in _WATCHERS if k[:2] == key[:2] and k[-1] == role]:
+                    del _WATCHERS[old]  # settings or password changed; its connection ends with it
+                box = _WATCHERS[key] = cls._build(account, password)
             return box
 
     @classmethod
@@ -191,6 +240,10 @@ class ExchangeMailbox:
             account = Account(self.address, config=config, autodiscover=False, access_type=DELEGATE,
                               default_timezone=UTC)
         account.protocol.TIMEOUT = self.timeout
+        # exchangelib shares one protocol (and its connection pool, one connection by default) between all
+        # connectors of the same server and sign-in: the release, the Outbox watch and its streaming
+        # connection each need their own, or a long release or an open stream would hold up a take.
+        account.protocol.max_connections = max(account.protocol.max_connections or 1, CONNECTIONS)
         self._account = account
         return account
 
@@ -325,7 +378,8 @@ class ExchangeMailbox:
         return self._call("looking for held mail", self._fetch_held)
 
     def _fetch_held(self, account: Account) -> list[HeldItem]:
-        if not self._changed_since_last_look(account):
+        changed = self._changed_since_last_look(account)
+        if not (changed or self._outbox_moved):
             return []
         hold = self._hold_folder(account)
         candidates = []
@@ -338,6 +392,7 @@ class ExchangeMailbox:
                     continue
                 candidates.append((item.id, item.changekey))
         self._last_scan = time.monotonic()
+        self._outbox_moved = False  # the scan that sees what was moved has been made
         if not candidates:
             return []
         held = []
@@ -347,8 +402,9 @@ class ExchangeMailbox:
             raw = _mime.ensure_message_id(bytes(item.mime_content), item.message_id)
             recipients = _addresses(item.to_recipients) + _addresses(item.cc_recipients) + _addresses(
                 item.bcc_recipients)
+            source = OUTBOX_SOURCE if item.deferred_send_time is not None else "exchange"
             held.append(HeldItem(ref=item.id, raw=raw, envelope_from=self.address,
-                                 recipients=tuple(dict.fromkeys(recipients)), source="exchange"))
+                                 recipients=tuple(dict.fromkeys(recipients)), source=source))
         return held
 
     def ack_held(self, ref: str) -> None:
@@ -363,6 +419,99 @@ class ExchangeMailbox:
                 item.save(update_fields=["categories"])
 
         self._call("marking a held item as taken", ack)
+
+    # ------------------------------------------------------------------ Outbox interception
+    source_outbox = OUTBOX_SOURCE
+
+    def watch_outbox(self) -> int:
+        """Move every Outbox item whose deferred send time is still ahead into the hold folder, at once.
+
+        One FindItem (restricted to 0x3FEF later than now, so items without a deferred time are never
+        even read) and one MoveItem for all of them. Returns how many were taken; an item the server
+        sent in the meantime is simply not found (``find_missed`` reports it)."""
+        return self._call("watching the Outbox", self._take_from_outbox)
+
+    def _take_from_outbox(self, account: Account) -> int:
+        now = EWSDateTime.now(UTC)
+        waiting = list(account.outbox.filter(deferred_send_time__gt=now).values_list("id", "changekey"))
+        if not waiting:
+            return 0
+        hold = self._hold_folder(account)
+        taken = 0
+        for result in account.bulk_move(ids=waiting, to_folder=hold):
+            if isinstance(result, Exception):
+                log.info("an Outbox item of %s left before it could be taken (%s)", self.address,
+                         type(result).__name__)
+                continue
+            taken += 1
+        if taken:
+            self._outbox_moved = True
+            log.info("took %d deferred item(s) out of the Outbox of %s", taken, self.address)
+        return taken
+
+    def stream_outbox_changes(self, on_change, minutes: int = 1) -> None:
+        """Hold a streaming subscription on the Outbox open for up to ``minutes`` and call ``on_change()``
+        whenever an item is created, changed or moved there, so the watch looks at once instead of at its
+        next poll. Returns when the server closes the connection; raises MailboxError when streaming
+        fails (the caller keeps polling and tries again later)."""
+
+        def stream(account: Account) -> None:
+            if self._stream_subscription is None:
+                self._stream_subscription = account.outbox.subscribe_to_streaming(
+                    event_types=("CreatedEvent", "ModifiedEvent", "MovedEvent", "CopiedEvent"))
+            for notification in account.outbox.get_streaming_events(self._stream_subscription,
+                                                                    connection_timeout=minutes):
+                if any(type(event).__name__ != "StatusEvent" for event in notification.events):
+                    on_change()
+
+        try:
+            self._call("waiting for Outbox notifications", stream)
+        except MailboxError:
+            self._stream_subscription = None  # lapsed or refused: subscribe again next time
+            raise
+
+    def return_to_drafts(self, ref: str) -> bool:
+        """A cancelled Outbox item goes back to Drafts, without its deferred time or our category, so
+        the user can edit it and send it again. False when it is no longer in the hold folder."""
+        return self._call("returning a cancelled message to Drafts", lambda a: self._return_to_drafts(a, ref))
+
+    def _return_to_drafts(self, account: Account, ref: str) -> bool:
+        item = self._get(account, ref, ("categories", "deferred_send_time", "is_draft"))
+        if item is None or not item.is_draft:
+            return False
+        moved = account.bulk_move(ids=[(item.id, item.changekey)], to_folder=account.drafts)
+        if not moved or isinstance(moved[0], Exception):
+            return False
+        draft = self._get(account, moved[0][0], ("categories", "deferred_send_time"))
+        if draft is not None:
+            draft.deferred_send_time = None
+            draft.categories = [c for c in (draft.categories or []) if c not in (DRAFT_CATEGORY, TAKEN_CATEGORY)] or None
+            draft.save(update_fields=["deferred_send_time", "categories"])
+        return True
+
+    def find_missed(self, since: float) -> list[MissedItem]:
+        """Messages in Sent Items, sent at or after ``since`` (epoch seconds), that carry a deferred
+        send time: the server sent them from the Outbox itself. SendGuard's own releases clear 0x3FEF;
+        the caller skips any Message-ID it already knows."""
+        return self._call("looking for deferred mail the server sent", lambda a: self._find_missed(a, since))
+
+    def _find_missed(self, account: Account, since: float) -> list[MissedItem]:
+        start = EWSDateTime.fromtimestamp(since, tz=UTC)
+        found = account.sent.filter(datetime_sent__gte=start, deferred_send_time__exists=True).only(
+            "message_id", "subject", "datetime_sent", "deferred_send_time", "to_recipients", "cc_recipients",
+            "bcc_recipients", "mime_content")
+        out = []
+        for item in found:
+            if isinstance(item, Exception) or not item.message_id:
+                continue
+            recipients = _addresses(item.to_recipients) + _addresses(item.cc_recipients) + _addresses(
+                item.bcc_recipients)
+            out.append(MissedItem(
+                message_id=item.message_id, subject=item.subject or "",
+                sent_at=item.datetime_sent.timestamp() if item.datetime_sent else since,
+                deferred_until=item.deferred_send_time.timestamp() if item.deferred_send_time else None,
+                recipients=tuple(dict.fromkeys(recipients)), raw=bytes(item.mime_content or b"")))
+        return out
 
     @staticmethod
     def _get(account: Account, ref: str, fields) -> Message | None:
@@ -407,7 +556,7 @@ class ExchangeMailbox:
 
     def _release_held(self, account: Account, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
         fields = ("message_id", "categories", "to_recipients", "cc_recipients", "bcc_recipients", "attachments",
-                  "is_draft")
+                  "is_draft", "deferred_send_time")
         draft = self._get(account, item.source_ref, fields)
         if draft is None or not draft.is_draft:
             if self._find_sent(account, item.message_id):
@@ -434,7 +583,13 @@ class ExchangeMailbox:
         draft.cc_recipients = [_mailbox(p) for p in plan.cc] or None
         draft.bcc_recipients = [_mailbox(p) for p in plan.bcc] or None
         draft.categories = [c for c in (draft.categories or []) if c not in (DRAFT_CATEGORY, TAKEN_CATEGORY)] or None
-        draft.send_and_save(update_fields=["to_recipients", "cc_recipients", "bcc_recipients", "categories"])
+        update = ["to_recipients", "cc_recipients", "bcc_recipients", "categories"]
+        if draft.deferred_send_time is not None:
+            # taken from the Outbox: with its future deferred time left on, Exchange would only queue it
+            # again; cleared in the same UpdateItem that sends it
+            draft.deferred_send_time = None
+            update.append("deferred_send_time")
+        draft.send_and_save(update_fields=update)
         receipt = self._receipt(item, "UpdateItem/SendAndSaveCopy", item_id=item.source_ref)
         if draft.message_id and draft.message_id != item.message_id:
             receipt.detail["internet_message_id"] = draft.message_id

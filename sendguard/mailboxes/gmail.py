@@ -3,7 +3,7 @@
 Gmail has no API that holds or delays a send made in the web UI, so SendGuard serves Gmail two ways:
 mail clients submit over the helper's SMTP port and the helper releases with ``users.messages.send``;
 a draft handed over by ``sendguard gmail check-and-send`` or the Gmail add-on is released with
-``users.drafts.send``.
+``users.messages.send`` (the confirmed MIME, in the draft's thread), and the draft is then deleted.
 
 Permissions are the least that do the job: ``gmail.send`` to release (``gmail.compose`` instead when
 the drafts feature is on, since it covers sending too), ``openid email`` to learn which Google account
@@ -404,34 +404,77 @@ class GmailMailbox:
         if item.source == "gmail" and (item.source_ref or "").startswith("draft:"):
             return self._release_draft(item, item.source_ref.split(":", 1)[1], raw)
         users = self.service.users()
-        result = self._execute(lambda: users.messages().send(userId="me", **self._payload(raw)),
+        payload = self._payload(raw)
+        thread_id = self._thread_of_reply(raw)
+        if thread_id:  # Gmail files a reply in its conversation only when told the threadId
+            payload.setdefault("body", {})["threadId"] = thread_id
+        result = self._execute(lambda: users.messages().send(userId="me", **payload),
                                "send the message", message_id=item.message_id, size=len(raw))
         return self._receipt(result, item, "messages.send")
 
+    def _thread_of_reply(self, raw: bytes) -> str | None:
+        """The Gmail thread of the message this one replies to (In-Reply-To, then References), if found.
+
+        Needs the Sent/mailbox search (``search`` reconciliation, gmail.readonly); without it, or when
+        Gmail cannot be asked, the reply is sent without a threadId (Gmail may then start a new thread).
+        """
+        if self.reconcile != "search":
+            return None
+        refs = (_header(raw, "In-Reply-To") + " " + _header(raw, "References")).split()
+        messages = self.service.users().messages()
+        for ref in dict.fromkeys(r.strip().strip("<>") for r in refs if r.strip().strip("<>")):
+            try:
+                found = self._execute(lambda r=ref: messages.list(userId="me", q=f"rfc822msgid:{r}",
+                                                                  includeSpamTrash=True, maxResults=1),
+                                      "find the conversation of the reply")
+            except MailboxError as exc:
+                log.info("gmail %s: no thread for reply to %s: %s", self.address, ref, exc)
+                return None
+            hits = found.get("messages") or []
+            if hits and hits[0].get("threadId"):
+                return str(hits[0]["threadId"])
+        return None
+
     def _release_draft(self, item: ReleaseItem, draft_id: str, raw: bytes) -> ReleaseReceipt:
+        """Send the confirmed MIME with ``messages.send`` in the draft's thread, then delete the draft.
+
+        The draft is not updated and sent: the compose window may still be open and autosaving, and
+        anything Gmail saved after the confirmation would go out unseen. The draft is only read for its
+        thread (and, if it is gone, to find out whether Gmail already sent it).
+        """
         drafts = self.service.users().drafts()
         try:
-            draft = self._execute(lambda: drafts.get(userId="me", id=draft_id, format="raw"),
+            draft = self._execute(lambda: drafts.get(userId="me", id=draft_id, format="minimal"),
                                   "read the draft")
         except _NotFound:
             if self.find_sent(item.message_id):
-                return ReleaseReceipt("gmail", {"account": self.address, "method": "drafts.send",
+                return ReleaseReceipt("gmail", {"account": self.address, "method": "messages.send",
                                                 "reconciled": True, "draft_id": draft_id})
             raise PermanentError(f"The Gmail draft {draft_id} no longer exists (sent or deleted in Gmail); "
                                  "SendGuard sent nothing.") from None
-        message = draft.get("message", {})
-        if _unb64(message.get("raw", "")) != raw:
-            body: dict[str, Any] = {"id": draft_id, "message": {"threadId": message.get("threadId")}}
-            payload = self._payload(raw)
-            if "body" in payload:
-                body["message"]["raw"] = payload.pop("body")["raw"]
-            self._execute(lambda: drafts.update(userId="me", id=draft_id, body=body, **payload),
-                          "update the draft", size=len(raw))
-        result = self._execute(lambda: drafts.send(userId="me", body={"id": draft_id}), "send the draft",
+        payload = self._payload(raw)
+        thread_id = (draft.get("message") or {}).get("threadId")
+        if thread_id:
+            payload.setdefault("body", {})["threadId"] = thread_id
+        messages = self.service.users().messages()
+        result = self._execute(lambda: messages.send(userId="me", **payload), "send the message",
                                message_id=item.message_id, size=len(raw))
-        receipt = self._receipt(result, item, "drafts.send")
+        receipt = self._receipt(result, item, "messages.send")
         receipt.detail["draft_id"] = draft_id
+        receipt.detail["draft_deleted"] = self._delete_draft(draft_id)
         return receipt
+
+    def _delete_draft(self, draft_id: str) -> bool:
+        """Delete the draft after its content went out; a failure is logged, never raised (it was sent)."""
+        drafts = self.service.users().drafts()
+        try:
+            self._execute(lambda: drafts.delete(userId="me", id=draft_id), "delete the sent draft")
+        except _NotFound:
+            return True
+        except MailboxError as exc:
+            log.warning("gmail %s: sent, but the draft %s stays in Drafts: %s", self.address, draft_id, exc)
+            return False
+        return True
 
     def _payload(self, raw: bytes) -> dict[str, Any]:
         if len(raw) <= self.upload_threshold:
@@ -513,6 +556,37 @@ class GmailMailbox:
                             "date": headers.get("date", ""),
                             "snippet": full.get("message", {}).get("snippet", "")})
             request = drafts.list_next(request, page)
+        return out
+
+    def find_drafts(self, to: Iterable[str] = (), cc: Iterable[str] = (), bcc: Iterable[str] = (),
+                    limit: int = 25) -> list[dict[str, Any]]:
+        """The newest saved drafts (at most ``limit``), newest first, each marked ``exact`` when its
+        To/Cc/Bcc are the addresses given (what a compose event with draft metadata carries).
+
+        A draft's id survives Gmail's autosaves (its message id does not), so the id found here is
+        what the outbox keeps.
+        """
+        self._need_drafts()
+        wanted = {f: sorted(set(_addresses(v))) for f, v in (("to", to), ("cc", cc), ("bcc", bcc))}
+        drafts = self.service.users().drafts()
+        listing = self._execute(lambda: drafts.list(userId="me", maxResults=limit), "list drafts")
+        out: list[dict[str, Any]] = []
+        for entry in listing.get("drafts", [])[:limit]:
+            try:
+                full = self._execute(lambda e=entry: drafts.get(userId="me", id=e["id"], format="metadata"),
+                                     "read a draft")
+            except _NotFound:  # sent or discarded meanwhile
+                continue
+            message = full.get("message") or {}
+            headers: dict[str, list[str]] = {}
+            for h in message.get("payload", {}).get("headers", []):
+                headers.setdefault(h.get("name", "").lower(), []).append(_decode(h.get("value", "")))
+            found = {f: sorted(set(_addresses(headers.get(f, [])))) for f in ("to", "cc", "bcc")}
+            out.append({"id": entry["id"], "thread_id": message.get("threadId"),
+                        "subject": (headers.get("subject") or [""])[0], **found,
+                        "saved": int(message.get("internalDate") or 0),
+                        "exact": any(wanted.values()) and found == wanted})
+        out.sort(key=lambda d: d["saved"], reverse=True)
         return out
 
     def draft_id_for_message(self, gmail_message_id: str) -> str | None:
@@ -797,6 +871,11 @@ def add_command(address: str, name: str | None, client_secrets: Path | None, aut
         raise click.ClickException("Give either --client-secrets (browser sign-in) or --authorized-user, "
                                    "not both.")
     endpoint = _valid_endpoint(api_endpoint)
+    if drafts and reconcile == "headers":
+        # gmail.metadata on the token makes Gmail refuse q= and RAW/FULL reads, which drafts need.
+        raise click.ClickException("--drafts cannot be combined with --reconcile headers: a token with "
+                                   "gmail.metadata cannot read drafts (Gmail refuses RAW and FULL formats "
+                                   "and searches). Use --reconcile search or --reconcile off.")
     if not drafts_label.strip():
         raise click.ClickException("--drafts-label must not be empty.")
     settings: dict[str, Any] = {"drafts": drafts, "drafts_label": drafts_label.strip(),

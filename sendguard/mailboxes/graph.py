@@ -7,6 +7,15 @@ confirmation the item itself is corrected (recipients, attachments) and sent wit
 sent from its MIME with ``POST /me/sendMail``, or, when an attachment is over 3 MB, as a draft made
 from the MIME plus upload sessions for the large attachments, then ``/send``.
 
+Outbox interception: a message sent with a deferred send time (``singleValueExtendedProperties``
+``SystemTime 0x3FEF``: Outlook's delay delivery, Outlook on the web's scheduled send, a defer rule)
+waits in the Outbox until then. ``watch_outbox`` moves each one whose time is still ahead into the hold
+folder at once (``POST /me/messages/{id}/move``), so the server never sends it; ``fetch_held`` takes
+it with the source ``graph-outbox``. Messages without a deferred time are never touched. Releasing sets
+the deferred time in the past in the PATCH before ``/send`` (Graph cannot remove the property; Exchange
+would queue it again otherwise); a cancelled one goes back to Drafts. ``find_missed`` lists what the
+server sent at its deferred time while nobody was watching (Sent Items keeps 0x3FEF).
+
 Sign-in is msal's PublicClientApplication (device code or interactive); its token cache is kept in
 the keyring. Throttling (429/503) honours Retry-After. Every failure becomes one clear line.
 """
@@ -14,8 +23,10 @@ the keyring. Throttling (429/503) honours Retry-After. Every failure becomes one
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,6 +44,7 @@ from .base import (
     AuthError,
     HeldItem,
     MailboxError,
+    MissedItem,
     PermanentError,
     ReleaseItem,
     ReleaseReceipt,
@@ -51,6 +63,17 @@ ATTACHMENT_INLINE_LIMIT = 3 * 1024 * 1024  # above this an attachment goes throu
 REQUEST_LIMIT = 4 * 1024 * 1024  # Graph's request body limit (base64 MIME counts)
 UPLOAD_CHUNK = 10 * 320 * 1024  # 3.2 MiB: a multiple of 320 KiB, under the 4 MB per-PUT limit
 PAGE = 50
+OUTBOX_SOURCE = "graph-outbox"
+DEFERRED_ID = "SystemTime 0x3FEF"  # PidTagDeferredSendTime as a Graph extended property
+DEFERRED_EXPAND = f"singleValueExtendedProperties($filter=id eq '{DEFERRED_ID}')"
+# What a released or returned message gets as its deferred time: Graph cannot delete the property, and a
+# time in the past means "send now". Also how find_missed tells SendGuard's own releases apart.
+DEFERRED_CLEARED = "2000-01-01T00:00:00Z"
+_CLEARED_BEFORE = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+# A draft the Outlook add-in saved in Cached Exchange Mode reaches the server only when Outlook syncs
+# it; until then Graph does not find it. Within this time after intake that is a wait, not a deletion.
+OUTLOOK_SYNC_GRACE = 15 * 60
+OUTLOOK_SYNC_RETRY = 30.0
 
 
 def _b64len(n: int) -> int:
@@ -59,6 +82,18 @@ def _b64len(n: int) -> int:
 
 def _odata_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _deferred_of(message: dict) -> dt.datetime | None:
+    """The deferred send time of a message read with ``$expand=DEFERRED_EXPAND``, or None."""
+    for prop in message.get("singleValueExtendedProperties") or []:
+        if str(prop.get("id", "")).lower() == DEFERRED_ID.lower() and prop.get("value"):
+            try:
+                return dt.datetime.fromisoformat(str(prop["value"]).replace("Z", "+00:00")).astimezone(dt.UTC)
+            except ValueError:
+                log.warning("unreadable deferred send time %r", prop["value"])
+                return None
+    return None
 
 
 class _Session(requests.Session):
@@ -211,6 +246,8 @@ class MsalTokenSource:
 
 _INSTANCES: dict[tuple, GraphMailbox] = {}
 _INSTANCES_LOCK = threading.Lock()
+_WATCHERS: dict[tuple, GraphMailbox] = {}  # Outbox watch connectors (outbox_watcher)
+_WATCHERS_LOCK = threading.Lock()
 
 
 class GraphMailbox:
@@ -243,6 +280,21 @@ class GraphMailbox:
                 box = _INSTANCES[key] = cls(
                     account.name, account.address, tokens, endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT),
                     hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
+            return box
+
+    @classmethod
+    def outbox_watcher(cls, account: AccountConfig, home: Path) -> GraphMailbox:
+        """A second connector for the same account, with its own HTTP session but the same sign-in, for
+        the Outbox watch: a long release (an upload session) never delays a take."""
+        main = cls.from_account(account, home)
+        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())), "outbox-watch")
+        with _WATCHERS_LOCK:
+            box = _WATCHERS.get(key)
+            if box is None or box.tokens is not main.tokens:
+                s = account.settings
+                box = _WATCHERS[key] = cls(
+                    account.name, account.address, main.tokens, endpoint=main.endpoint,
+                    session=_session(s.get("ca_bundle")), hold_folder=main.hold_folder_name, timeout=main.timeout)
             return box
 
     def close(self) -> None:
@@ -372,15 +424,17 @@ class GraphMailbox:
         for m in candidates:
             try:
                 info = self._json("GET", f"/me/messages/{m['id']}", what=what, params={
-                    "$select": "id,internetMessageId,toRecipients,ccRecipients,bccRecipients"})
+                    "$select": "id,internetMessageId,toRecipients,ccRecipients,bccRecipients",
+                    "$expand": DEFERRED_EXPAND})
                 raw = self._request("GET", f"/me/messages/{m['id']}/$value", what=what).content
             except PermanentError:
                 continue  # deleted between the listing and the read
             recipients = [r["emailAddress"]["address"] for key in ("toRecipients", "ccRecipients", "bccRecipients")
                           for r in info.get(key) or [] if r.get("emailAddress", {}).get("address")]
             raw = _mime.ensure_message_id(raw, info.get("internetMessageId"))
+            source = OUTBOX_SOURCE if _deferred_of(info) is not None else "graph"
             held.append(HeldItem(ref=m["id"], raw=raw, envelope_from=self.address,
-                                 recipients=tuple(dict.fromkeys(recipients)), source="graph"))
+                                 recipients=tuple(dict.fromkeys(recipients)), source=source))
         return held
 
     def ack_held(self, ref: str) -> None:
@@ -394,6 +448,79 @@ class GraphMailbox:
         if TAKEN_CATEGORY not in categories:
             self._request("PATCH", f"/me/messages/{ref}", json={"categories": categories + [TAKEN_CATEGORY]},
                           what=what)
+
+    # ------------------------------------------------------------------ Outbox interception
+    source_outbox = OUTBOX_SOURCE
+
+    def watch_outbox(self) -> int:
+        """Move every Outbox message whose deferred send time is still ahead into the hold folder, at once.
+
+        One listing of the Outbox (ids and the 0x3FEF property only) and one move per waiting message;
+        messages without a deferred time are only listed, never changed. Returns how many were taken; a
+        message the server sent meanwhile is gone (``find_missed`` reports it)."""
+        what = "watching the Outbox"
+        listing = self._pages("/me/mailFolders/outbox/messages",
+                              {"$select": "id", "$expand": DEFERRED_EXPAND, "$top": str(PAGE)}, what=what)
+        now = dt.datetime.now(dt.UTC)
+        waiting = [m["id"] for m in listing if (_deferred_of(m) or now) > now]
+        if not waiting:
+            return 0
+        hold = self.ensure_hold_folder()
+        taken = 0
+        for ref in waiting:
+            try:
+                self._request("POST", f"/me/messages/{ref}/move", what=what, json={"destinationId": hold})
+                taken += 1
+            except PermanentError as e:  # sent (or opened by the user) between the listing and the move
+                log.info("an Outbox message of %s left before it could be taken (%s)", self.address, e)
+        if taken:
+            log.info("took %d deferred message(s) out of the Outbox of %s", taken, self.address)
+        return taken
+
+    def return_to_drafts(self, ref: str) -> bool:
+        """A cancelled Outbox message goes back to Drafts, with its deferred time in the past and without
+        our category, so the user can edit it and send it again. False when it is no longer held."""
+        what = "returning a cancelled message to Drafts"
+        try:
+            held = self._json("GET", f"/me/messages/{ref}", what=what, params={"$select": "id,isDraft,categories"})
+        except PermanentError:
+            return False
+        if not held.get("isDraft", True):
+            return False
+        moved = self._json("POST", f"/me/messages/{ref}/move", what=what, json={"destinationId": "drafts"})
+        categories = [c for c in held.get("categories") or [] if c not in (DRAFT_CATEGORY, TAKEN_CATEGORY)]
+        self._request("PATCH", f"/me/messages/{moved['id']}", what=what, json={
+            "categories": categories,
+            "singleValueExtendedProperties": [{"id": DEFERRED_ID, "value": DEFERRED_CLEARED}]})
+        return True
+
+    def find_missed(self, since: float) -> list[MissedItem]:
+        """Messages in Sent Items, sent at or after ``since`` (epoch seconds), that carry a deferred send
+        time: the server sent them from the Outbox itself (SendGuard's releases carry DEFERRED_CLEARED).
+        The caller skips any Message-ID it already knows."""
+        what = "looking for deferred mail the server sent"
+        start = dt.datetime.fromtimestamp(since, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        found = self._pages("/me/mailFolders/sentitems/messages", {
+            "$filter": f"sentDateTime ge {start}", "$expand": DEFERRED_EXPAND, "$top": str(PAGE),
+            "$select": "id,internetMessageId,subject,sentDateTime,toRecipients,ccRecipients,bccRecipients"},
+            what=what)
+        out = []
+        for m in found:
+            deferred = _deferred_of(m)
+            if deferred is None or deferred < _CLEARED_BEFORE or not m.get("internetMessageId"):
+                continue
+            recipients = [r["emailAddress"]["address"] for key in ("toRecipients", "ccRecipients", "bccRecipients")
+                          for r in m.get(key) or [] if r.get("emailAddress", {}).get("address")]
+            try:
+                raw = self._request("GET", f"/me/messages/{m['id']}/$value", what=what).content
+            except PermanentError:
+                raw = b""
+            sent = m.get("sentDateTime")
+            out.append(MissedItem(
+                message_id=m["internetMessageId"], subject=m.get("subject") or "",
+                sent_at=dt.datetime.fromisoformat(sent.replace("Z", "+00:00")).timestamp() if sent else since,
+                deferred_until=deferred.timestamp(), recipients=tuple(dict.fromkeys(recipients)), raw=raw))
+        return out
 
     # ------------------------------------------------------------------ reconciliation
     def find_sent(self, message_id: str) -> bool | None:
@@ -420,17 +547,44 @@ class GraphMailbox:
     def _recipients(pairs) -> list[dict]:
         return [{"emailAddress": {"address": a, **({"name": n} if n else {})}} for n, a in pairs]
 
+    def _graph_id(self, ref: str, what: str) -> str:
+        """``ref`` as Graph takes it. The Outlook add-in sends the REST id (``convertToRestId``); an
+        EWS-format id (it has ``/`` or ``+``, which REST ids never do) from an older add-in is
+        translated with ``translateExchangeIds``, which needs User.ReadBasic.All (or User.Read)."""
+        if "/" not in ref and "+" not in ref:
+            return ref
+        try:
+            found = self._json("POST", "/me/translateExchangeIds", what=what, json={
+                "inputIds": [ref], "sourceIdType": "ewsId", "targetIdType": "restId"})
+        except (AuthError, PermanentError) as e:
+            raise PermanentError(
+                "The Outlook add-in identified this draft by its Exchange (EWS) id, which Microsoft Graph does "
+                "not accept, and Graph refused to translate it (" + str(e).rstrip(".") + "). Update the add-in "
+                "(it now sends the Graph id itself) or grant the app User.ReadBasic.All; nothing was sent.") from None
+        targets = [v.get("targetId") for v in found.get("value") or [] if v.get("targetId")]
+        if not targets:
+            raise PermanentError("Microsoft Graph could not translate the Outlook item id of the held message; "
+                                 "nothing was sent.")
+        return targets[0]
+
     def _release_held(self, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
-        ref = item.source_ref
         what = "sending the held message"
+        ref = self._graph_id(item.source_ref or "", what)
         try:
             draft = self._json("GET", f"/me/messages/{ref}", what=what,
-                               params={"$select": "id,isDraft,categories,internetMessageId"})
+                               params={"$select": "id,isDraft,categories,internetMessageId",
+                                       "$expand": DEFERRED_EXPAND})
         except PermanentError:
             draft = None
         if draft is None or not draft.get("isDraft", True):
             if self.find_sent(item.message_id):
                 return self._receipt(item, "already-sent")
+            if draft is None and item.source == "outlook" and item.held_since is not None \
+                    and time.time() - item.held_since < OUTLOOK_SYNC_GRACE:
+                raise TransientError("The draft Outlook saved for this message is not on the server yet (Outlook "
+                                     "in Cached Exchange Mode uploads it when it next syncs); trying again in "
+                                     f"{OUTLOOK_SYNC_RETRY:.0f} s. Keep Outlook running; the message stays held.",
+                                     retry_after=OUTLOOK_SYNC_RETRY)
             raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
                                  "nothing was sent.")
         wanted = _mime.attachment_names(msg)
@@ -441,9 +595,13 @@ class GraphMailbox:
             else:
                 self._request("DELETE", f"/me/messages/{ref}/attachments/{att['id']}", what=what)
         categories = [c for c in draft.get("categories") or [] if c not in (DRAFT_CATEGORY, TAKEN_CATEGORY)]
-        self._request("PATCH", f"/me/messages/{ref}", what=what, json={
+        patch: dict[str, Any] = {
             "toRecipients": self._recipients(plan.to), "ccRecipients": self._recipients(plan.cc),
-            "bccRecipients": self._recipients(plan.bcc), "categories": categories})
+            "bccRecipients": self._recipients(plan.bcc), "categories": categories}
+        if _deferred_of(draft) is not None:
+            # taken from the Outbox: with a future deferred time /send would only queue it again
+            patch["singleValueExtendedProperties"] = [{"id": DEFERRED_ID, "value": DEFERRED_CLEARED}]
+        self._request("PATCH", f"/me/messages/{ref}", what=what, json=patch)
         self._send_draft(ref, what)
         receipt = self._receipt(item, "messages/send", item_id=ref)
         if draft.get("internetMessageId") and draft["internetMessageId"] != item.message_id:

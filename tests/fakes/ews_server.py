@@ -2,20 +2,29 @@
 
 It answers the operations exchangelib issues for SendGuard's connector (ConvertId for version and
 auth probing, GetFolder, FindFolder, CreateFolder, FindItem, GetItem, CreateItem, UpdateItem,
-SendItem, DeleteAttachment, Subscribe, GetEvents, Unsubscribe) with the element names, namespaces
-and response envelopes of the EWS schema (messages.xsd / types.xsd) as exchangelib parses them.
+SendItem, MoveItem, DeleteAttachment, Subscribe (pull and streaming), GetEvents, GetStreamingEvents,
+Unsubscribe) with the element names,
+namespaces and response envelopes of the EWS schema (messages.xsd / types.xsd) as exchangelib parses them.
 
-State lives in memory. Tests use the Python API to play the user (``put_item``, ``delete_item``) and
-the network (``fail_next``), and read what was sent from ``sends``.
+The Outbox behaves as Exchange's does: an item submitted with a future ``PidTagDeferredSendTime``
+(extended property 0x3FEF, SystemTime) waits in the Outbox and the server itself sends it once that
+time has passed (a background ticker, and ``advance`` moves the server's clock); an item submitted
+with a future deferred time still set goes back to the Outbox instead of being sent. Items without a
+deferred time leave the Outbox after ``submission_delay`` seconds.
+
+State lives in memory. Tests use the Python API to play the user (``put_item``, ``outlook_send``,
+``delete_item``) and the network (``fail_next``), and read what was sent from ``sends``.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email
 import email.policy
 import itertools
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import getaddresses, make_msgid
@@ -31,6 +40,7 @@ SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 M = "http://schemas.microsoft.com/exchange/services/2006/messages"
 T = "http://schemas.microsoft.com/exchange/services/2006/types"
 NS = {"s": SOAP, "m": M, "t": T}
+DEFERRED_SEND_TIME = "0x3fef"  # PidTagDeferredSendTime, PT_SYSTIME
 
 DISTINGUISHED = {
     "root": ("Root", None, None),
@@ -46,6 +56,25 @@ DISTINGUISHED = {
 def _q(tag: str) -> str:
     prefix, _, local = tag.partition(":")
     return f"{{{NS[prefix]}}}{local}"
+
+
+def _ews_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+def _field_uri(node) -> str:
+    """The FieldURI of a path element, or ``ext:<tag>`` for an ExtendedFieldURI (by property tag)."""
+    plain = node.find(_q("t:FieldURI"))
+    if plain is not None:
+        return plain.get("FieldURI")
+    ext = node.find(_q("t:ExtendedFieldURI"))
+    if ext is not None and ext.get("PropertyTag"):
+        return f"ext:{int(ext.get('PropertyTag'), 16):#06x}"
+    raise SoapFault("ErrorInvalidPropertyRequest", "This fake server knows only tagged extended properties.")
 
 
 @dataclass
@@ -74,6 +103,9 @@ class Item:
     attachments: list[Attachment] = field(default_factory=list)
     changekey: int = 1
     mime: bytes = b""
+    deferred: dt.datetime | None = None  # PidTagDeferredSendTime (UTC)
+    queued_at: dt.datetime | None = None  # when it entered the Outbox
+    sent_at: dt.datetime | None = None  # DateTimeSent
 
 
 @dataclass
@@ -87,6 +119,7 @@ class Send:
     subject: str
     message_id: str
     attachments: list[str]
+    deferred: dt.datetime | None = None  # the item's deferred send time when it went out
 
 
 class SoapFault(Exception):
@@ -127,6 +160,12 @@ class FakeEWS:
         self.outage = Outage()  # the whole server down or slow
         self.subscriptions: dict[str, dict] = {}
         self.events: list[tuple[int, str, str, str]] = []  # (seq, kind, item_id, folder_id)
+        self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
+        self.submission_delay = 0.0  # how long an item without a deferred time stays in the Outbox
+        self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
+        self.changed = threading.Condition(self.lock)  # notified on every event (streaming subscriptions)
+        self.stream_seconds = 60.0  # a streaming connection closes after min(ConnectionTimeout, this)
+        self.streams_open = 0
         for key, (name, _parent, cls) in DISTINGUISHED.items():
             fid = self._new_id("F")
             self.folders[fid] = Folder(fid, name, None, cls, distinguished=key)
@@ -136,6 +175,8 @@ class FakeEWS:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self._stopped = threading.Event()
+        self.ticker = threading.Thread(target=self._tick_forever, daemon=True)
 
     # ------------------------------------------------------------------ control API for tests
     @property
@@ -144,14 +185,60 @@ class FakeEWS:
 
     def __enter__(self) -> FakeEWS:
         self.thread.start()
+        self.ticker.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
     def stop(self) -> None:
+        self._stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def now(self) -> dt.datetime:
+        """The server's clock (UTC)."""
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_offset)
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's clock forward and let its transport send whatever became due."""
+        with self.lock:
+            self.clock_offset += seconds
+            self.deliver_due()
+
+    def outlook_send(self, raw: bytes, defer_seconds: float | None = None) -> str:
+        """Play Outlook in online mode pressing Send: the item goes to the Outbox, with a deferred send
+        time ``defer_seconds`` from now (delay delivery, a defer rule, scheduled send) or none."""
+        with self.lock:
+            item = self._item_from_mime(raw, self.folder_by_key("outbox").id)
+            if defer_seconds is not None:
+                item.deferred = self.now() + dt.timedelta(seconds=defer_seconds)
+            item.queued_at = self.now()
+            self.items[item.id] = item
+            self._event("CreatedEvent", item)
+            return item.id
+
+    def deliver_due(self) -> list[str]:
+        """The server's transport: send every Outbox item whose time has come; returns their ids."""
+        with self.lock:
+            if not self.delivering:
+                return []
+            outbox = self.folder_by_key("outbox").id
+            now = self.now()
+            due = [i for i in self.items_in(outbox)
+                   if (i.deferred is not None and i.deferred <= now)
+                   or (i.deferred is None and (i.queued_at or now) + dt.timedelta(seconds=self.submission_delay) <= now)]
+            for item in due:
+                # the Outbox item is gone; the copy in Sent Items is a new item with its own id
+                self._event("DeletedEvent", item)
+                del self.items[item.id]
+                item.id = self._new_id("I")
+                self._submit(item, "ServerTransport", self.folder_by_key("sentitems").id)
+            return [i.id for i in due]
+
+    def _tick_forever(self) -> None:
+        while not self._stopped.wait(0.05):
+            self.deliver_due()
 
     def fail_next(self, operation: str, kind: str, times: int = 1, **detail) -> None:
         """Make the next ``times`` calls of ``operation`` ("*" for any) fail.
@@ -195,8 +282,10 @@ class FakeEWS:
         return base64.b64encode(b"AAMkA" + raw).decode()
 
     def _event(self, kind: str, item: Item) -> None:
-        seq = len(self.events) + 1
-        self.events.append((seq, kind, item.id, item.folder))
+        with self.lock:
+            seq = len(self.events) + 1
+            self.events.append((seq, kind, item.id, item.folder))
+            self.changed.notify_all()
 
     def _item_from_mime(self, raw: bytes, folder_id: str) -> Item:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
@@ -240,13 +329,27 @@ class FakeEWS:
             msg.set_payload(payload)
         return msg.as_bytes(policy=email.policy.SMTP)
 
+    def _client_submit(self, item: Item, operation: str, save_to: str | None) -> None:
+        """A client's send: an item still carrying a future deferred time goes to the Outbox and waits
+        (Exchange's behaviour); anything else is delivered now."""
+        if item.deferred is not None and item.deferred > self.now():
+            self._event("DeletedEvent", item)
+            item.folder = self.folder_by_key("outbox").id
+            item.queued_at = self.now()
+            item.changekey += 1
+            self.items[item.id] = item
+            self._event("CreatedEvent", item)
+            return
+        self._submit(item, operation, save_to)
+
     def _submit(self, item: Item, operation: str, save_to: str | None) -> None:
         """Deliver (record) the item and file the copy; the draft leaves its folder."""
         self.sends.append(Send(operation, [a for _, a in item.to], [a for _, a in item.cc],
                                [a for _, a in item.bcc], item.subject, item.message_id,
-                               [a.name for a in item.attachments]))
+                               [a.name for a in item.attachments], item.deferred))
         item.mime = self._mime_of(item)
         item.is_draft = False
+        item.sent_at = self.now()
         item.changekey += 1
         if save_to:
             item.folder = save_to
@@ -333,6 +436,9 @@ class FakeEWS:
                 version = rsv.get("Version", version)
         self.requests.append(operation)
         failure = self._take_failure(operation)
+        if operation == "GetStreamingEvents" and not failure:
+            self._stream(handler, content, version)
+            return
         if failure:
             kind, detail = failure
             if kind == "unauthorized":
@@ -369,6 +475,69 @@ class FakeEWS:
             handler.connection.shutdown(2)
             return
         handler._send(status, xml, {"Content-Type": "text/xml; charset=utf-8"})
+
+    # ------------------------------------------------------------------ streaming notifications
+    def _stream(self, handler, content, version: str) -> None:
+        """GetStreamingEvents: one chunked HTTP answer holding a SOAP envelope per batch of events, then
+        one with ConnectionStatus Closed when the connection timeout is over (as Exchange does)."""
+        sub_ids = [e.text for e in content.find(_q("m:SubscriptionIds"))]
+        minutes = int(content.findtext(_q("m:ConnectionTimeout")) or 1)
+        deadline = time.monotonic() + min(minutes * 60.0, self.stream_seconds)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/xml; charset=utf-8")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def chunk(data: bytes) -> None:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            handler.wfile.flush()
+
+        def doc(status: str, notifications: str = "", error: ResponseError | None = None) -> bytes:
+            if error is not None:
+                message = self._error_message("GetStreamingEvents", error)
+            else:
+                message = ('<m:GetStreamingEventsResponseMessage ResponseClass="Success"><m:ResponseCode>NoError'
+                           f"</m:ResponseCode>{notifications}<m:ConnectionStatus>{status}</m:ConnectionStatus>"
+                           "</m:GetStreamingEventsResponseMessage>")
+            return self._envelope("GetStreamingEvents", message, version)
+
+        try:
+            with self.lock:
+                subs = {sid: self.subscriptions.get(sid) for sid in sub_ids}
+                seen = len(self.events)
+            if any(sub is None for sub in subs.values()):
+                chunk(doc("Closed", error=ResponseError("ErrorSubscriptionNotFound",
+                                                        "The specified subscription was not found.")))
+                handler.wfile.write(b"0\r\n\r\n")
+                return
+            with self.lock:
+                self.streams_open += 1
+            try:
+                chunk(doc("OK"))
+                while not self._stopped.is_set() and time.monotonic() < deadline:
+                    with self.changed:
+                        if len(self.events) == seen:
+                            self.changed.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                        new, seen = self.events[seen:], len(self.events)
+                    parts = []
+                    for sid, sub in subs.items():
+                        events = "".join(
+                            f'<t:{kind}><t:TimeStamp>{_ews_time(self.now())}</t:TimeStamp><t:ItemId Id="{iid}" '
+                            f'ChangeKey="CQAAAA=="/><t:ParentFolderId Id="{fid}" ChangeKey="AQAAAA=="/></t:{kind}>'
+                            for _seq, kind, iid, fid in new if fid in sub["folders"])
+                        if events:
+                            parts.append(f"<m:Notification><t:SubscriptionId>{sid}</t:SubscriptionId>{events}"
+                                         "</m:Notification>")
+                    if parts:
+                        chunk(doc("OK", "<m:Notifications>" + "".join(parts) + "</m:Notifications>"))
+                chunk(doc("Closed"))
+                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+            finally:
+                with self.lock:
+                    self.streams_open -= 1
+        except OSError:  # the client went away
+            handler.close_connection = True
 
     # ------------------------------------------------------------------ envelopes
     @staticmethod
@@ -462,8 +631,14 @@ class FakeEWS:
                        + "</t:Categories>")
         if want("item:IsDraft"):
             out.append(f"<t:IsDraft>{str(item.is_draft).lower()}</t:IsDraft>")
+        if want("item:DateTimeSent") and item.sent_at is not None:
+            out.append(f"<t:DateTimeSent>{_ews_time(item.sent_at)}</t:DateTimeSent>")
         if want("item:HasAttachments"):
             out.append(f"<t:HasAttachments>{str(bool(item.attachments)).lower()}</t:HasAttachments>")
+        if fields is not None and f"ext:{DEFERRED_SEND_TIME}" in fields and item.deferred is not None:
+            out.append(f'<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="{DEFERRED_SEND_TIME}" '
+                       f'PropertyType="SystemTime"/><t:Value>{_ews_time(item.deferred)}</t:Value>'
+                       "</t:ExtendedProperty>")
         if want("message:Sender") and item.sender:
             out.append(self._mailboxes("Sender", [item.sender]))
         if want("message:ToRecipients"):
@@ -506,6 +681,9 @@ class FakeEWS:
             return fields
         for uri in shape.iter(_q("t:FieldURI")):
             fields.add(uri.get("FieldURI"))
+        for ext in shape.iter(_q("t:ExtendedFieldURI")):
+            if ext.get("PropertyTag"):
+                fields.add(f"ext:{int(ext.get('PropertyTag'), 16):#06x}")
         return fields
 
     @staticmethod
@@ -529,6 +707,8 @@ class FakeEWS:
             "item:Subject": item.subject,
             "item:Categories": item.categories,
             "item:IsDraft": item.is_draft,
+            "item:DateTimeSent": item.sent_at,
+            f"ext:{DEFERRED_SEND_TIME}": item.deferred,
         }.get(uri)
 
     def _eval(self, item: Item, node) -> bool:
@@ -539,8 +719,15 @@ class FakeEWS:
             return any(self._eval(item, c) for c in node)
         if name == "Not":
             return not self._eval(item, node[0])
-        uri = node.find(_q("t:FieldURI")).get("FieldURI")
+        uri = _field_uri(node)
         value = self._field_value(item, uri)
+        if name in ("IsGreaterThan", "IsGreaterThanOrEqualTo", "IsLessThan", "IsLessThanOrEqualTo"):
+            const = node.find(f"{_q('t:FieldURIOrConstant')}/{_q('t:Constant')}").get("Value")
+            if not isinstance(value, dt.datetime):
+                return False  # a missing property never compares
+            other = _parse_time(const)
+            return {"IsGreaterThan": value > other, "IsGreaterThanOrEqualTo": value >= other,
+                    "IsLessThan": value < other, "IsLessThanOrEqualTo": value <= other}[name]
         if name in ("IsEqualTo", "IsNotEqualTo"):
             const = node.find(f"{_q('t:FieldURIOrConstant')}/{_q('t:Constant')}").get("Value")
             if isinstance(value, bool):
@@ -561,7 +748,7 @@ class FakeEWS:
                     return True
             return False
         if name == "Exists":
-            return bool(value)
+            return value is not None and value != "" and value != []
         raise SoapFault("ErrorUnsupportedQueryFilter", f"Restriction {name} is not supported by this server.")
 
     # ------------------------------------------------------------------ operations
@@ -704,7 +891,11 @@ class FakeEWS:
     def _apply_update(self, item: Item, updates) -> None:
         for change in updates:
             name = etree.QName(change).localname
-            uri = change.find(_q("t:FieldURI")).get("FieldURI")
+            uri = _field_uri(change)
+            if uri == f"ext:{DEFERRED_SEND_TIME}":
+                value = change.findtext(f"{_q('t:Message')}/{_q('t:ExtendedProperty')}/{_q('t:Value')}")
+                item.deferred = None if name == "DeleteItemField" or not value else _parse_time(value)
+                continue
             local = uri.split(":", 1)[1]
             if name == "DeleteItemField":
                 value_elem = None
@@ -736,7 +927,7 @@ class FakeEWS:
                              '/></t:Message></m:Items><m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>')
                 else:
                     sent = self.folder_by_key("sentitems").id if disposition == "SendAndSaveCopy" else None
-                    self._submit(item, "UpdateItem", sent)
+                    self._client_submit(item, "UpdateItem", sent)
                     inner = "<m:Items/><m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>"
                 out.append(self._ok("UpdateItem", inner))
             except ResponseError as e:
@@ -751,10 +942,32 @@ class FakeEWS:
                 item = self._get_item(ref)
                 if not item.is_draft:
                     raise ResponseError("ErrorItemSave", "The item has already been sent.")
-                self._submit(item, "SendItem", saved)
+                self._client_submit(item, "SendItem", saved)
                 out.append(self._ok("SendItem"))
             except ResponseError as e:
                 out.append(self._error_message("SendItem", e))
+        return "".join(out)
+
+    def _op_MoveItem(self, content) -> str:
+        """Move items; as on Exchange, a moved item gets a new id. An item the transport has already
+        sent is gone from the Outbox, so moving it fails with ErrorItemNotFound."""
+        target = self._resolve_folder(content.find(_q("m:ToFolderId"))[0])
+        out = []
+        for ref in content.find(_q("m:ItemIds")):
+            try:
+                item = self._get_item(ref)
+                self._event("DeletedEvent", item)
+                del self.items[item.id]
+                item.id = self._new_id("I")
+                item.folder = target.id
+                item.changekey += 1
+                item.queued_at = None
+                self.items[item.id] = item
+                self._event("CreatedEvent", item)
+                out.append(self._ok("MoveItem", f'<m:Items><t:Message><t:ItemId Id="{item.id}" '
+                                                f'ChangeKey="CQAAAB{item.changekey:04d}"/></t:Message></m:Items>'))
+            except ResponseError as e:
+                out.append(self._error_message("MoveItem", e))
         return "".join(out)
 
     def _op_DeleteAttachment(self, content) -> str:

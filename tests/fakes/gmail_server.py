@@ -50,6 +50,7 @@ ALLOWED = {
     "drafts.create": {COMPOSE, MODIFY, FULL},
     "drafts.update": {COMPOSE, MODIFY, FULL},
     "drafts.send": {COMPOSE, MODIFY, FULL},
+    "drafts.delete": {COMPOSE, MODIFY, FULL},
     "profile": {COMPOSE, READONLY, METADATA, MODIFY, FULL},
 }
 
@@ -118,6 +119,7 @@ class FakeGoogle:
         self.search_lag = 0  # the newest N messages are not yet in the search index
         self.access_token_lifetime = 3600
         self.on_send: Callable[[dict[str, Any]], None] | None = None
+        self.after: dict[str, Callable[[], None]] = {}  # route -> what happens right after it (autosave...)
         self._server: ThreadingHTTPServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -236,6 +238,16 @@ class FakeGoogle:
             self.drafts[draft_id] = mid
             return draft_id
 
+    def autosave(self, draft_id: str, raw: bytes) -> str:
+        """What Gmail's autosave does: the draft keeps its id, its message gets a new id; returns it."""
+        with self.lock:
+            old = self.drafts[draft_id]
+            mid = self._store(raw, set(self.messages[old]["labels"]))
+            self.messages[mid]["thread"] = self.messages[old]["thread"]
+            del self.messages[old]
+            self.drafts[draft_id] = mid
+            return mid
+
     def sent(self) -> list[dict[str, Any]]:
         return list(self.sends)
 
@@ -326,6 +338,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)
@@ -446,6 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", r"drafts/send", "drafts.send"),
             ("GET", r"drafts/([^/]+)", "drafts.get"),
             ("PUT", r"drafts/([^/]+)", "drafts.update"),
+            ("DELETE", r"drafts/([^/]+)", "drafts.delete"),
             ("GET", r"profile", "profile"),
         ]
         for verb, pattern, name in table:
@@ -553,6 +569,8 @@ class _Handler(BaseHTTPRequestHandler):
         g = self.google
         with g.lock:
             status, answer = self._act(route, ident, query, meta, raw, upload, scopes)
+            if status == 200 and route in g.after:
+                g.after[route]()
         if fault and fault["after"] and status == 200:
             fault["times"] -= 1
             return self._error(fault["status"], fault["message"], fault["reason"], fault["headers"])
@@ -583,7 +601,10 @@ class _Handler(BaseHTTPRequestHandler):
             if len(raw) > 36_700_160:
                 return 413, {"message": "Request Entity Too Large", "reason": "uploadTooLarge"}
             mid = g._store(raw, {"SENT"})
-            record = {"method": route, "raw": raw, "upload": upload, "id": mid}
+            thread = meta.get("threadId")
+            if thread:
+                g.messages[mid]["thread"] = thread
+            record = {"method": route, "raw": raw, "upload": upload, "id": mid, "threadId": thread}
             g.sends.append(record)
             if g.on_send:
                 g.on_send(record)
@@ -632,6 +653,11 @@ class _Handler(BaseHTTPRequestHandler):
                     for d in ids
                 ]
             return 200, out
+        if route == "drafts.delete":
+            if ident not in g.drafts:
+                return 404, {"message": "Requested entity was not found.", "reason": "notFound"}
+            del g.messages[g.drafts.pop(ident)]
+            return 200, {}
         if route in ("drafts.get", "drafts.update", "drafts.send"):
             draft_id = ident if route != "drafts.send" else meta.get("id")
             if draft_id not in g.drafts:
@@ -688,6 +714,7 @@ class _Handler(BaseHTTPRequestHandler):
             "labelIds": sorted(msg["labels"]),
             "snippet": "",
             "sizeEstimate": len(msg["raw"]),
+            "internalDate": str(msg["seq"]),
         }
         if fmt == "raw":
             out["raw"] = b64url(msg["raw"])

@@ -9,8 +9,14 @@ authorities only). ``ca_file`` is the CA to trust. Routes:
   session URL, with Graph's JSON shapes (``value``/``@odata.nextLink`` collections, ``{"error": {"code",
   "message"}}`` errors, 202 for send, 429 with ``Retry-After``).
 
-Tests play the user with ``put_item``/``delete_item`` and the network with ``fail_next``; ``sends`` is
-what went out.
+The Outbox behaves as Exchange Online's does: a message sent with a future deferred send time
+(``singleValueExtendedProperties`` ``SystemTime 0x3FEF``: Outlook's delay delivery, scheduled send)
+waits in the Outbox and the server sends it itself once that time has passed (a background ticker;
+``advance`` moves the server's clock); ``/send`` on a message still carrying a future deferred time
+puts it in the Outbox instead of sending it. ``/move`` gives the message a new id, as Graph does.
+
+Tests play the user with ``put_item``/``outlook_send``/``delete_item`` and the network with
+``fail_next``; ``sends`` is what went out.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses, make_msgid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -97,6 +103,20 @@ class Message:
     body: str = ""
     attachments: list[Attachment] = field(default_factory=list)
     mime: bytes = b""
+    deferred: dt.datetime | None = None  # SystemTime 0x3FEF (UTC)
+    queued_at: dt.datetime | None = None  # when it entered the Outbox
+    sent_at: dt.datetime | None = None  # sentDateTime
+
+
+DEFERRED_ID = "SystemTime 0x3fef"  # how Graph names PidTagDeferredSendTime in singleValueExtendedProperties
+
+
+def _graph_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 @dataclass
@@ -109,6 +129,7 @@ class Send:
     internet_message_id: str
     attachments: list[str]
     attachment_sizes: list[int]
+    deferred: dt.datetime | None = None  # the message's deferred send time when it went out
 
 
 class GraphError(Exception):
@@ -142,6 +163,13 @@ class FakeGraph:
         self.token_lifetime = 3600
         self.grants: list[str] = []
         self.uploads: dict[str, dict] = {}
+        self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
+        self.submission_delay = 0.0  # how long a message without a deferred time stays in the Outbox
+        self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
+        self.unsynced: set[str] = set()  # drafts Outlook (Cached Exchange Mode) has not uploaded yet
+        self.translate_allowed = False  # translateExchangeIds needs User.ReadBasic.All, which the app lacks
+        self._stopped = threading.Event()
+        self.ticker = threading.Thread(target=self._tick_forever, daemon=True)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -165,9 +193,11 @@ class FakeGraph:
 
     def __enter__(self) -> FakeGraph:
         self.thread.start()
+        self.ticker.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.tmp.cleanup()
@@ -209,16 +239,75 @@ class FakeGraph:
         fid = self.folder_id(key)
         return [m for m in self.messages.values() if m.folder == fid]
 
-    def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None) -> str:
+    def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None,
+                 msg_id: str | None = None, unsynced: bool = False) -> str:
+        """Store a message (``msg_id``: its REST id; ``unsynced``: saved by Outlook in Cached Exchange
+        Mode and not on the server until ``sync``)."""
         with self.lock:
             msg = self._from_mime(raw, self.folder_id(folder))
+            if msg_id:
+                msg.id = msg_id
+            if unsynced:
+                self.unsynced.add(msg.id)
             msg.categories = list(categories or [])
             self.messages[msg.id] = msg
             return msg.id
 
+    def sync(self, message_id: str) -> None:
+        """Outlook uploaded the draft: from now on Graph finds it."""
+        with self.lock:
+            self.unsynced.discard(message_id)
+
+    @staticmethod
+    def ews_id(rest_id: str) -> str:
+        """The EWS form of a REST id (what getItemIdAsync gives the Outlook add-in)."""
+        return rest_id.replace("-", "/").replace("_", "+")
+
     def delete_item(self, message_id: str) -> None:
         with self.lock:
             del self.messages[message_id]
+
+    def now(self) -> dt.datetime:
+        """The server's clock (UTC)."""
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.clock_offset)
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's clock forward and let its transport send whatever became due."""
+        with self.lock:
+            self.clock_offset += seconds
+            self.deliver_due()
+
+    def outlook_send(self, raw: bytes, defer_seconds: float | None = None) -> str:
+        """Play Outlook (or Outlook on the web) pressing Send: the message goes to the Outbox, with a
+        deferred send time ``defer_seconds`` from now (delay delivery, scheduled send) or none."""
+        with self.lock:
+            msg = self._from_mime(raw, self.folder_id("outbox"))
+            if defer_seconds is not None:
+                msg.deferred = self.now() + dt.timedelta(seconds=defer_seconds)
+            msg.queued_at = self.now()
+            self.messages[msg.id] = msg
+            return msg.id
+
+    def deliver_due(self) -> list[str]:
+        """The server's transport: send every Outbox message whose time has come; returns their ids."""
+        with self.lock:
+            if not self.delivering:
+                return []
+            now = self.now()
+            delay = dt.timedelta(seconds=self.submission_delay)
+            due = [m for m in self.in_folder("outbox")
+                   if (m.deferred is not None and m.deferred <= now)
+                   or (m.deferred is None and (m.queued_at or now) + delay <= now)]
+            for msg in due:
+                # the Outbox item is gone; the copy in Sent Items is a new item with its own id
+                del self.messages[msg.id]
+                msg.id = self._id("M")
+                self._submit(msg, "ServerTransport")
+            return [m.id for m in due]
+
+    def _tick_forever(self) -> None:
+        while not self._stopped.wait(0.05):
+            self.deliver_due()
 
     # ------------------------------------------------------------------ model
     def _id(self, prefix: str) -> str:
@@ -267,14 +356,32 @@ class FakeGraph:
             "toRecipients": self._recipients(msg.to), "ccRecipients": self._recipients(msg.cc),
             "bccRecipients": self._recipients(msg.bcc),
             "body": {"contentType": "text", "content": msg.body},
+            "sentDateTime": _graph_time(msg.sent_at) if msg.sent_at else None,
         }
+
+    def _shaped(self, msg: Message, query: dict) -> dict:
+        """The message as $select and $expand ask for it (only the 0x3FEF extended property expands)."""
+        data = self._select(self._json(msg), query)
+        expand = query.get("$expand", "")
+        if expand:
+            if not expand.startswith("singleValueExtendedProperties"):
+                raise GraphError(400, "BadRequest", f"Unsupported $expand {expand}")
+            m = re.search(r"id eq '([^']*)'", expand)
+            wanted = m.group(1).lower() if m else None
+            props = []
+            if msg.deferred is not None and wanted in (None, DEFERRED_ID.lower()):
+                props.append({"id": DEFERRED_ID, "value": _graph_time(msg.deferred)})
+            if props:
+                data["singleValueExtendedProperties"] = props
+        return data
 
     def _submit(self, msg: Message, route: str) -> None:
         self.sends.append(Send(route, [a for _, a in msg.to], [a for _, a in msg.cc], [a for _, a in msg.bcc],
                                msg.subject, msg.internet_message_id, [a.name for a in msg.attachments],
-                               [len(a.content) for a in msg.attachments]))
+                               [len(a.content) for a in msg.attachments], msg.deferred))
         msg.mime = self._mime(msg)
         msg.is_draft = False
+        msg.sent_at = self.now()
         msg.folder = self.folder_id("sentitems")
         self.messages[msg.id] = msg
 
@@ -441,8 +548,10 @@ class FakeGraph:
         return m.group(1).replace("''", "'") if m else None
 
     def _message(self, mid: str) -> Message:
+        if "+" in mid:  # an EWS id ('/' in one splits the path, so it is not found)
+            raise GraphError(400, "ErrorInvalidIdMalformed", "Id is malformed.")
         msg = self.messages.get(mid)
-        if msg is None:
+        if msg is None or mid in self.unsynced:
             raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
         return msg
 
@@ -452,8 +561,9 @@ class FakeGraph:
         page = items[skip:skip + top]
         out = {"@odata.context": f"{self.graph_endpoint}/$metadata#{path}", "value": page}
         if skip + top < len(items):
-            out["@odata.nextLink"] = f"{self.graph_endpoint}{path}?$top={top}&$skip={skip + top}" + (
-                f"&$filter={query['$filter']}" if "$filter" in query else "")
+            # like Graph's, the link carries the query's other options ($filter, $select, $expand)
+            out["@odata.nextLink"] = f"{self.graph_endpoint}{path}?$top={top}&$skip={skip + top}" + "".join(
+                f"&{key}={quote(query[key])}" for key in ("$filter", "$select", "$expand") if key in query)
         return out
 
     def _select(self, data: dict, query: dict) -> dict:
@@ -472,6 +582,10 @@ class FakeGraph:
         cat = re.search(r"categories/any\(c:c eq '((?:[^']|'')*)'\)", f)
         if cat:
             msgs = [m for m in msgs if cat.group(1).replace("''", "'") in m.categories]
+        sent = re.search(r"sentDateTime ge (\S+)", f)
+        if sent:
+            since = _parse_time(sent.group(1))
+            msgs = [m for m in msgs if m.sent_at is not None and m.sent_at >= since]
         return msgs
 
     def _graph(self, h, path: str, query: dict, body: bytes):
@@ -490,6 +604,13 @@ class FakeGraph:
             return 202, None, {}
         if parts[0] == "messages":
             return self._messages(h, method, parts[1:], query, data, body, path)
+        if parts[0] == "translateExchangeIds" and method == "POST":
+            if not self.translate_allowed:
+                raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+            if (data or {}).get("sourceIdType") != "ewsId" or (data or {}).get("targetIdType") != "restId":
+                raise GraphError(400, "BadRequest", "unsupported id types")
+            return 200, {"value": [{"sourceId": i, "targetId": i.replace("/", "-").replace("+", "_")}
+                                   for i in data.get("inputIds") or []]}, {}
         raise GraphError(400, "BadRequest", f"Unsupported segment {parts[0]}")
 
     def _mime_body(self, h, body: bytes) -> bytes:
@@ -522,7 +643,7 @@ class FakeGraph:
             return 200, self._folder_json(fid), {}
         if len(parts) == 2 and parts[1] == "messages" and method == "GET":
             msgs = self._filter_messages([m for m in self.messages.values() if m.folder == fid], query)
-            return 200, self._collection([self._select(self._json(m), query) for m in msgs], query, path), {}
+            return 200, self._collection([self._shaped(m, query) for m in msgs], query, path), {}
         raise GraphError(400, "BadRequest", "Unsupported mailFolders request")
 
     def _folder_json(self, fid: str) -> dict:
@@ -544,8 +665,12 @@ class FakeGraph:
         rest = parts[1:]
         if not rest:
             if method == "GET":
-                return 200, self._select(self._json(msg), query), {}
+                return 200, self._shaped(msg, query), {}
             if method == "PATCH":
+                for prop in data.get("singleValueExtendedProperties") or []:
+                    if prop.get("id", "").lower() != DEFERRED_ID.lower():
+                        raise GraphError(400, "BadRequest", "This fake server knows only SystemTime 0x3FEF.")
+                    msg.deferred = _parse_time(prop["value"]) if prop.get("value") else None
                 for key, attr in (("toRecipients", "to"), ("ccRecipients", "cc"), ("bccRecipients", "bcc")):
                     if key in data:
                         setattr(msg, attr, [(r["emailAddress"].get("name", ""), r["emailAddress"]["address"])
@@ -563,8 +688,21 @@ class FakeGraph:
         if rest == ["send"] and method == "POST":
             if not msg.is_draft:
                 raise GraphError(400, "ErrorInvalidOperation", "The message has already been sent.")
+            if msg.deferred is not None and msg.deferred > self.now():
+                msg.folder = self.folder_id("outbox")  # Exchange waits for the deferred time
+                msg.queued_at = self.now()
+                return 202, None, {}
             self._submit(msg, "send")
             return 202, None, {}
+        if rest == ["move"] and method == "POST":
+            # a moved message gets a new id; one the transport already sent is gone from the Outbox
+            target = self.folder_id(data["destinationId"])
+            del self.messages[msg.id]
+            msg.id = self._id("M")
+            msg.folder = target
+            msg.queued_at = None
+            self.messages[msg.id] = msg
+            return 201, self._json(msg), {}
         if rest and rest[0] == "attachments":
             return self._attachments(method, msg, rest[1:], data, query, path)
         raise GraphError(400, "BadRequest", "Unsupported messages request")

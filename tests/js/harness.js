@@ -7,6 +7,7 @@ const http = require("node:http");
 const path = require("node:path");
 const vm = require("node:vm");
 const { OfficeMockObject } = require("office-addin-mock");
+const esLevel = require("./es_level");
 
 const SCRIPT_PATH = path.resolve(__dirname, "../../addin/static/launchevent.js");
 const SCRIPT = fs.readFileSync(SCRIPT_PATH, "utf8");
@@ -21,12 +22,34 @@ function failed(message) {
   return { status: "failed", error: { message } };
 }
 
+// Outlook's limit on asynchronous Office.js calls in flight at once ("Limits for activation and
+// JavaScript API for Outlook add-ins").
+const MAX_ASYNC_CALLS = 3;
+
+// Office.context.mailbox.convertToRestId for RestVersion v2_0: the REST form of an EWS id is its
+// URL-safe variant.
+function restIdOf(ewsId) {
+  return ewsId.replace(/\//g, "-").replace(/\+/g, "_");
+}
+
 /**
  * A compose item in the state given; `state` is live (the add-in's setAsync/removeAttachmentAsync
  * change it) and `calls` logs every Office.js call by name.
+ *
+ * Like Outlook, it answers each call a little later (`latencyMs`), refuses a call that would make
+ * more than three in flight (recorded in `state.overLimit`, highest count in `state.maxInFlight`),
+ * and reports success for removeAttachmentAsync on an inline picture without removing it.
+ * `itemType: "appointment"` makes it a meeting (requiredAttendees/optionalAttendees, organizer).
  */
 function fakeOutlook(overrides = {}) {
   const state = {
+    itemType: "message",
+    latencyMs: 1,
+    inFlight: 0,
+    maxInFlight: 0,
+    overLimit: [],
+    requiredAttendees: [{ emailAddress: "x@partner.example", displayName: "X Partner" }],
+    optionalAttendees: [],
     from: { emailAddress: "taro@example.co.jp", displayName: "Taro Yamada" },
     to: [{ emailAddress: "x@partner.example", displayName: "X Partner" }],
     cc: [{ emailAddress: "hanako@example.co.jp", displayName: "Hanako" }],
@@ -48,8 +71,18 @@ function fakeOutlook(overrides = {}) {
   function call(name, cb, result) {
     state.calls.push(name);
     if (state.throws[name]) throw new Error(state.throws[name]);
-    const answer = state.failures[name] ? failed(state.failures[name]) : result();
-    setImmediate(() => cb(answer));
+    if (state.inFlight >= MAX_ASYNC_CALLS) {
+      state.overLimit.push(name);
+      setImmediate(() => cb(failed(`${name}: more than ${MAX_ASYNC_CALLS} asynchronous calls at once`)));
+      return;
+    }
+    state.inFlight += 1;
+    state.maxInFlight = Math.max(state.maxInFlight, state.inFlight);
+    setTimeout(() => {
+      const answer = state.failures[name] ? failed(state.failures[name]) : result();
+      state.inFlight -= 1;
+      cb(answer);
+    }, state.latencyMs);
   }
 
   function recipientField(field) {
@@ -68,8 +101,18 @@ function fakeOutlook(overrides = {}) {
 
   const data = {
     host: "outlook",
+    auth: {
+      // Office single sign-on (used when the add-in is served by a central server)
+      getAccessToken(options) {
+        state.calls.push("auth.getAccessToken");
+        state.ssoOptions = options;
+        if (!state.ssoToken) return Promise.reject(Object.assign(new Error("no SSO token"), { code: 13001 }));
+        return Promise.resolve(state.ssoToken);
+      },
+    },
     AsyncResultStatus: { Succeeded: "succeeded", Failed: "failed" },
     CoercionType: { Text: "text", Html: "html" },
+    MailboxEnums: { RestVersion: { v1_0: "v1.0", v2_0: "v2.0", Beta: "beta" }, ItemType: { Message: "message", Appointment: "appointment" } },
     actions: {
       associate(name, fn) {
         state.associated = state.associated || {};
@@ -80,11 +123,22 @@ function fakeOutlook(overrides = {}) {
       displayLanguage: state.displayLanguage,
       mailbox: {
         userProfile: { emailAddress: "taro@example.co.jp", displayName: "Taro Yamada" },
+        convertToRestId(id, version) {
+          if (version !== "v2.0") throw new Error("convertToRestId: unknown REST version");
+          return restIdOf(id);
+        },
         item: {
-          from: { getAsync: (cb) => call("from.getAsync", cb, () => ok(state.from)) },
-          to: recipientField("to"),
-          cc: recipientField("cc"),
-          bcc: recipientField("bcc"),
+          itemType: state.itemType,
+          ...(state.itemType === "appointment" ? {
+            organizer: { getAsync: (cb) => call("organizer.getAsync", cb, () => ok(state.from)) },
+            requiredAttendees: recipientField("requiredAttendees"),
+            optionalAttendees: recipientField("optionalAttendees"),
+          } : {
+            from: { getAsync: (cb) => call("from.getAsync", cb, () => ok(state.from)) },
+            to: recipientField("to"),
+            cc: recipientField("cc"),
+            bcc: recipientField("bcc"),
+          }),
           subject: { getAsync: (cb) => call("subject.getAsync", cb, () => ok(state.subject)) },
           body: {
             getAsync(coercion, cb) {
@@ -103,9 +157,10 @@ function fakeOutlook(overrides = {}) {
           },
           removeAttachmentAsync(id, cb) {
             call("removeAttachmentAsync", cb, () => {
-              const before = state.attachments.length;
-              state.attachments = state.attachments.filter((a) => a.id !== id);
-              return state.attachments.length < before ? ok(undefined) : failed("InvalidAttachmentId");
+              const found = state.attachments.find((a) => a.id === id);
+              if (!found) return failed("InvalidAttachmentId");
+              if (!found.isInline) state.attachments = state.attachments.filter((a) => a.id !== id);
+              return ok(undefined); // an inline picture stays, but the call reports success
             });
           },
           getItemIdAsync(cb) {
@@ -127,8 +182,14 @@ function fakeOutlook(overrides = {}) {
 
 // ---- the add-in --------------------------------------------------------------------------------
 
-/** Load launchevent.js as Outlook would (a plain script), with `office` as the Office global. */
-function loadAddin(office, { apiBase, settings = {}, fetchImpl } = {}) {
+/**
+ * Load launchevent.js as Outlook would (a plain script), with `office` as the Office global. Like
+ * classic Outlook's JavaScript-only runtime, refuses a script that is not ECMAScript 2016 or uses
+ * the conditional operator.
+ */
+function loadAddin(office, { apiBase, settings = {}, fetchImpl, source = SCRIPT, sso = false } = {}) {
+  const problems = esLevel.lint(source, { filename: SCRIPT_PATH });
+  if (problems.length) throw new Error(`the JavaScript-only runtime would not load the script:\n${problems.map(esLevel.format).join("\n")}`);
   const sandbox = {
     Office: office,
     fetch: fetchImpl || fetch,
@@ -138,20 +199,22 @@ function loadAddin(office, { apiBase, settings = {}, fetchImpl } = {}) {
     console: { log() {}, error() {}, warn() {} },
     SENDGUARD_API_BASE: apiBase,
   };
+  if (sso) sandbox.SENDGUARD_SSO = true; // as the central server serves the script
   vm.createContext(sandbox);
-  vm.runInContext(SCRIPT, sandbox, { filename: SCRIPT_PATH });
+  vm.runInContext(source, sandbox, { filename: SCRIPT_PATH });
   Object.assign(sandbox.SendGuardAddin.settings, settings);
   return sandbox.SendGuardAddin;
 }
 
 /** Press Send: run the associated handler and resolve with what it passed to event.completed. */
-function pressSend(state, { timeoutMs = 20000 } = {}) {
-  const handler = state.associated && state.associated.onMessageSendHandler;
-  if (!handler) throw new Error("onMessageSendHandler was not associated");
+function pressSend(state, { timeoutMs = 20000, handlerName } = {}) {
+  const name = handlerName || (state.itemType === "appointment" ? "onAppointmentSendHandler" : "onMessageSendHandler");
+  const handler = state.associated && state.associated[name];
+  if (!handler) throw new Error(`${name} was not associated`);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("event.completed was never called")), timeoutMs);
     const event = {
-      type: "messageSend",
+      type: state.itemType === "appointment" ? "appointmentSend" : "messageSend",
       completed(options) {
         clearTimeout(timer);
         state.completedCount = (state.completedCount || 0) + 1;
@@ -214,6 +277,7 @@ async function startHelper({ onCheck, hangPolls = false, sessionStatus = 200 } =
       const url = new URL(req.url, "http://helper");
       if (req.method === "POST" && url.pathname === "/api/v1/addin/session") {
         helper.sessions += 1;
+        helper.sessionAuth = req.headers.authorization || null;
         if (sessionStatus !== 200) return send(res, sessionStatus, { error: { code: "forbidden", message: "origin refused" } });
         const token = `tok-${helper.sessions}`;
         helper.tokens.add(token);
@@ -280,4 +344,4 @@ async function deadBase() {
   return `http://127.0.0.1:${port}`;
 }
 
-module.exports = { fakeOutlook, loadAddin, pressSend, startHelper, deadBase, SCRIPT, SCRIPT_PATH };
+module.exports = { fakeOutlook, loadAddin, pressSend, startHelper, deadBase, restIdOf, MAX_ASYNC_CALLS, SCRIPT, SCRIPT_PATH };

@@ -205,7 +205,7 @@ describe("sending through the helper", () => {
     });
     const completed = await result;
     assert.equal(completed.allowEvent, false);
-    assert.match(completed.errorMessage, /could not be applied.*InvalidAttachmentId/);
+    assert.match(completed.errorMessage, /"見積.pdf" could not be removed from it \(removeAttachmentAsync failed: InvalidAttachmentId\)/);
   });
 
   test("an exception while reading the message blocks the send", async () => {

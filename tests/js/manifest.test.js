@@ -1,5 +1,6 @@
 // The checked-in XML manifest converts (with Microsoft's converter) to a unified manifest that
-// runs onMessageSendHandler on messageSending from the helper's own URLs.
+// runs onMessageSendHandler on messageSending and onAppointmentSendHandler on appointmentSending
+// from the helper's own URLs.
 "use strict";
 
 const assert = require("node:assert/strict");
@@ -24,11 +25,12 @@ test("outlook.xml converts to an equivalent unified manifest", async () => {
   const ours = JSON.parse(fs.readFileSync(path.join(MANIFEST_DIR, "manifest.json"), "utf8"));
   fs.rmSync(out, { recursive: true, force: true });
 
-  assert.equal(converted.id, ours.id);
+  // Microsoft: the unified manifest gets its own GUID and hides the XML manifest's add-in.
+  assert.notEqual(ours.id, converted.id);
+  assert.deepEqual(ours.extensions[0].alternates, [{ hide: { customOfficeAddin: { officeAddinId: converted.id } } }]);
   const [ext] = converted.extensions;
-  const [event] = ext.autoRunEvents[0].events;
-  assert.deepEqual(event, ours.extensions[0].autoRunEvents[0].events[0]);
+  assert.deepEqual(ext.autoRunEvents[0].events, ours.extensions[0].autoRunEvents[0].events);
   assert.deepEqual(ext.runtimes[0].code, ours.extensions[0].runtimes[0].code);
-  assert.equal(ext.runtimes[0].actions[0].id, "onMessageSendHandler");
+  assert.deepEqual(ext.runtimes[0].actions.map((a) => a.id).sort(), ["onAppointmentSendHandler", "onMessageSendHandler"]);
   assert.deepEqual(converted.authorization, ours.authorization);
 });

@@ -1,0 +1,261 @@
+"""The central server's relay between the Outlook add-in and the user's helper.
+
+Chrome/Edge 142+ and WebView2 143+ (Local Network Access) ask the user before a public site - Outlook
+on the web, new Outlook, and every frame in them - reaches loopback. So where a central server
+exists, Outlook loads the add-in from the server and the add-in talks only to the server:
+
+    add-in --(/relay/api/v1/..., same paths as the helper's API)--> server --(row in addin_relay)-->
+    the user's helper, over its own connection (GET /api/v1/central/relay/pending, helper token)
+    helper: checks it in its outbox, the SendGuard window opens, reports each state back
+    (POST /api/v1/central/relay/{id}/status) --> the add-in's long-poll answers
+
+Who the user is: the add-in gets an Office single sign-on token (``Office.auth.getAccessToken``)
+and exchanges it at ``/relay/api/v1/addin/session`` for an add-in token naming that user (the same
+claims as the server's own add-in tokens: origin, sid, user). The server verifies the SSO token's
+signature against the tenant's keys (``SENDGUARD_SERVER_SSO_JWKS_URL``), its audience (the add-in's
+app registration) and issuer. A check is relayed only to its own user's helper, and only for mail
+from that user. Without SSO configured the relay refuses, so the add-in stops the send (fail closed).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from sqlalchemy import delete, insert, select, update
+
+from sendguard.errors import PermissionDenied
+from sendguard.store import addin_relay
+
+from .security import ApiError, addin_signer, principal, require
+
+bp = Blueprint("addin_relay", __name__)
+
+API_PATH = "/relay"  # the add-in's API base on the server (the helper's paths below it)
+ADDIN_TOKEN_MAX_AGE = 12 * 3600
+PICKUP_SECONDS = 10.0  # a check no helper takes within this is refused: the helper is not connected
+ADDIN_WAITING_SECONDS = 5.0
+MAX_WAIT = 30.0
+TICK = 0.2
+KEEP_SECONDS = 24 * 3600
+
+
+class SsoVerifier:
+    """Office SSO access tokens (Microsoft identity platform JWTs) for the add-in's app registration."""
+
+    def __init__(self, jwks_url: str, audience: str, issuer: str | None = None):
+        import jwt
+
+        self._jwt = jwt
+        self.keys = jwt.PyJWKClient(jwks_url, cache_keys=True)
+        self.audience = audience
+        self.issuer = issuer
+
+    def user(self, token: str) -> str:
+        jwt = self._jwt
+        try:
+            key = self.keys.get_signing_key_from_jwt(token).key
+            claims = jwt.decode(token, key, algorithms=["RS256"], audience=self.audience,
+                                issuer=self.issuer, options={"require": ["exp", "aud"]})
+        except jwt.PyJWTError as exc:
+            raise PermissionDenied(f"the Office sign-in token was refused ({exc})") from None
+        user = str(claims.get("preferred_username") or claims.get("upn") or claims.get("email") or "").lower()
+        if "@" not in user:
+            raise PermissionDenied("the Office sign-in token names no user (no preferred_username or upn)")
+        return user
+
+
+def _db() -> Any:
+    return current_app.config["SENDGUARD_SERVICE"].store
+
+
+def _relay_user() -> str:
+    """The user of the add-in token on this request (issued by ``relay_session``)."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    try:
+        claims = addin_signer().load(token, "addin", ADDIN_TOKEN_MAX_AGE)
+    except PermissionDenied:
+        raise ApiError(401, "invalid_token", "the add-in token is missing, invalid or expired: "
+                                             f"ask for a new one (POST {API_PATH}/api/v1/addin/session)") from None
+    origin = request.headers.get("Origin")
+    if origin and claims.get("origin") and origin != claims["origin"]:
+        raise ApiError(403, "token_origin", "this add-in token was issued to another origin")
+    user = str(claims.get("user") or "")
+    if not claims.get("relay") or "@" not in user:
+        raise ApiError(401, "invalid_token", "this add-in token does not name a signed-in user")
+    return user
+
+
+def _row(relay_id: str, user: str) -> dict[str, Any]:
+    with _db().engine.connect() as conn:
+        row = conn.execute(select(addin_relay).where(addin_relay.c.id == relay_id)).mappings().first()
+    if row is None or row["user"] != user:
+        raise ApiError(404, "not_found", f"no check {relay_id!r} of yours")
+    return dict(row)
+
+
+def _answer(row: dict[str, Any]) -> dict[str, Any]:
+    status = dict(row["status"] or {})
+    if row["state"] == "cancelled" and status.get("state") in (None, "received", "awaiting_confirmation",
+                                                               "confirmed", "releasing"):
+        status = {**status, "state": "cancelled"}
+    return {"id": row["id"], "state": "received", "user_message": "", "approvers": [], "decision": None, **status}
+
+
+# ---------------------------------------------------------------------- the add-in's side
+@bp.post(f"{API_PATH}/api/v1/addin/session")
+def relay_session() -> Any:
+    """An add-in token for the user an Office SSO token proves."""
+    verifier: SsoVerifier | None = current_app.config.get("RELAY_SSO_VERIFIER")
+    if verifier is None:
+        raise ApiError(503, "sso_not_configured", "this SendGuard server has no Office sign-in configured "
+                                                  "(SENDGUARD_SERVER_SSO_JWKS_URL / _AUDIENCE): the add-in cannot "
+                                                  "prove who you are, so nothing can be checked or sent")
+    header = request.headers.get("Authorization", "")
+    sso = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if not sso:
+        raise ApiError(401, "unauthorized", "send the Office sign-in token: Authorization: Bearer <token>")
+    try:
+        user = verifier.user(sso)
+    except PermissionDenied as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+    token = addin_signer().sign("addin", origin=request.headers.get("Origin", ""), sid=secrets.token_urlsafe(16),
+                                user=user, relay=True)
+    return jsonify({"token": token, "expires_in": ADDIN_TOKEN_MAX_AGE})
+
+
+@bp.post(f"{API_PATH}/api/v1/checks")
+def relay_check() -> Any:
+    """Hand the add-in's check to the user's helper; answers with the helper's first view of it."""
+    user = _relay_user()
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "expected the add-in's JSON object")
+    sender = str((data.get("from") or {}).get("address") or "").strip().lower() \
+        if isinstance(data.get("from"), dict) else ""
+    if sender != user:
+        raise ApiError(403, "forbidden", f"you are signed in as {user}: SendGuard cannot check mail from "
+                                         f"{sender or '(no sender)'} for you")
+    now = time.time()
+    relay_id = uuid.uuid4().hex
+    with _db().transaction() as conn:
+        conn.execute(delete(addin_relay).where(addin_relay.c.updated_at < now - KEEP_SECONDS))
+        conn.execute(insert(addin_relay).values(id=relay_id, user=user, state="pending", request=data, status=None,
+                                                version=0, addin_seen=now, created_at=now, updated_at=now))
+    deadline = time.monotonic() + float(current_app.config.get("RELAY_PICKUP_SECONDS", PICKUP_SECONDS))
+    while True:
+        row = _row(relay_id, user)
+        if row["status"] is not None:
+            status = row["status"]
+            if status.get("state") == "error":
+                raise ApiError(422, "refused", str(status.get("error") or "the helper could not check it"))
+            return jsonify(_answer(row)), 201
+        if time.monotonic() > deadline:
+            with _db().transaction() as conn:
+                conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
+                                                       addin_relay.c.state == "pending")
+                             .values(state="expired", request=None, updated_at=time.time()))
+            if _row(relay_id, user)["state"] == "expired":
+                raise ApiError(503, "helper_offline", f"SendGuard on {user}'s computer is not connected to the "
+                                                      "server: start SendGuard (it connects by itself), then press "
+                                                      "Send again")
+        time.sleep(TICK)
+
+
+@bp.get(f"{API_PATH}/api/v1/outbox/<relay_id>")
+def relay_poll(relay_id: str) -> Any:
+    """Long-poll: answers when the helper reports a new state, or after ``wait`` seconds."""
+    user = _relay_user()
+    try:
+        wait = min(max(float(request.args.get("wait") or 0), 0.0), MAX_WAIT)
+    except ValueError:
+        raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
+    row = _row(relay_id, user)
+    seen_version = row["version"]
+    deadline = time.monotonic() + wait
+    while True:
+        with _db().transaction() as conn:  # the add-in is still there: the helper hands it back to Outlook
+            conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(addin_seen=time.time()))
+        if row["version"] != seen_version or row["state"] in ("cancelled", "expired") or time.monotonic() >= deadline:
+            return jsonify(_answer(row))
+        time.sleep(min(TICK * 2, max(0.0, deadline - time.monotonic())))
+        row = _row(relay_id, user)
+
+
+@bp.post(f"{API_PATH}/api/v1/outbox/<relay_id>/cancel")
+def relay_cancel(relay_id: str) -> Any:
+    user = _relay_user()
+    _row(relay_id, user)
+    with _db().transaction() as conn:
+        conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
+                                               addin_relay.c.state.in_(["pending", "taken"]))
+                     .values(state="cancelled", request=None, updated_at=time.time()))
+    return jsonify(_answer(_row(relay_id, user)))
+
+
+# ---------------------------------------------------------------------- the helper's side
+def _helper_user() -> str:
+    who = principal()
+    assert who is not None and who.kind == "helper"
+    return who.who
+
+
+@bp.get("/api/v1/central/relay/pending")
+@require("helper")
+def relay_pending() -> Any:
+    """Long-poll: this user's add-in checks no helper has taken yet; each is taken by one helper only."""
+    user = _helper_user()
+    try:
+        wait = min(max(float(request.args.get("wait") or 0), 0.0), MAX_WAIT)
+    except ValueError:
+        raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
+    deadline = time.monotonic() + wait
+    while True:
+        with _db().engine.connect() as conn:
+            rows = conn.execute(select(addin_relay.c.id, addin_relay.c.request).where(
+                addin_relay.c.user == user, addin_relay.c.state == "pending")).all()
+        taken = []
+        for relay_id, payload in rows:
+            with _db().transaction() as conn:
+                claimed = conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
+                                                                 addin_relay.c.state == "pending")
+                                       .values(state="taken", request=None, updated_at=time.time())).rowcount
+            if claimed == 1:
+                taken.append({"id": relay_id, "request": payload})
+        if taken or time.monotonic() >= deadline:
+            return jsonify(taken)
+        time.sleep(TICK)
+
+
+@bp.post("/api/v1/central/relay/<relay_id>/status")
+@require("helper")
+def relay_status(relay_id: str) -> Any:
+    """The helper's view of a relayed check; answers whether the add-in still waits or withdrew it."""
+    user = _helper_user()
+    status = request.get_json(silent=True)
+    if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+        raise ApiError(400, "bad_json", "expected a JSON object with the item's state")
+    allowed = {k: status[k] for k in ("state", "user_message", "approvers", "decision", "error") if k in status}
+    row = _row(relay_id, user)
+    with _db().transaction() as conn:
+        conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(
+            status=allowed, version=addin_relay.c.version + 1, updated_at=time.time()))
+    return jsonify({"cancel": row["state"] == "cancelled",
+                    "addin_waiting": time.time() - float(row["addin_seen"]) <= ADDIN_WAITING_SECONDS})
+
+
+def init_app(app: Flask) -> None:
+    """Serve the add-in from this server through the relay (called by ``create_server_app``)."""
+    jwks = app.config.get("RELAY_SSO_JWKS_URL") or os.environ.get("SENDGUARD_SERVER_SSO_JWKS_URL")
+    audience = app.config.get("RELAY_SSO_AUDIENCE") or os.environ.get("SENDGUARD_SERVER_SSO_AUDIENCE")
+    issuer = app.config.get("RELAY_SSO_ISSUER") or os.environ.get("SENDGUARD_SERVER_SSO_ISSUER")
+    if jwks and audience and "RELAY_SSO_VERIFIER" not in app.config:
+        app.config["RELAY_SSO_VERIFIER"] = SsoVerifier(jwks, audience, issuer or None)
+    app.config.setdefault("ADDIN_API_PATH", API_PATH)  # launchevent.js is served with this API base
+    app.config.setdefault("ADDIN_SSO", True)
+    app.register_blueprint(bp)

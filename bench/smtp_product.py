@@ -1,0 +1,181 @@
+"""SMTP accept throughput of the helper as people run it: `sendguard serve` against a bare sink.
+
+Both servers run in processes of their own (the helper exactly as a user starts it: worker and API on,
+window off), alternating, best of three, over one connection (a mail client, a mail merge) and over
+four. Every message the helper accepts is durable before its ``250`` and checked by the helper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+GOALS = {1: 0.5, 4: 0.8}
+
+_BARE_SINK = """
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Sink(), hostname="localhost"), "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+def message_2kb() -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Taro <taro@example.co.jp>"
+    msg["To"] = "Hanako <hanako@partner.example>, jiro@example.co.jp"
+    msg["Subject"] = "週次報告"
+    msg.set_content("いつもお世話になっております。今週の報告です。\n" * 28)
+    raw = msg.as_bytes().replace(b"\n", b"\r\n")
+    return raw
+
+
+def sendguard_command() -> list[str]:
+    """The installed command when the venv has it (as users run it), else ``python -m sendguard``."""
+    exe = Path(sys.executable).with_name("sendguard")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sendguard"]
+
+
+class Helper:
+    """A real ``sendguard serve --no-window`` in a throwaway home."""
+
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="sg-bench-"))
+        (self.home / "policy.toml").write_text(
+            '[organization]\ninternal_domains = ["example.co.jp"]\n', encoding="utf-8")
+        env = {**os.environ, "SENDGUARD_HOME": str(self.home)}
+        env.pop("DISPLAY", None)
+        self.proc = subprocess.Popen([*sendguard_command(), "serve", "--no-window", "--smtp-port", "0",
+                                      "--api-port", "0"], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            info = self._runtime()
+            if info.get("smtp_port") and info.get("pid") == self.proc.pid:
+                self.port = int(info["smtp_port"])
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("sendguard serve did not start")
+            time.sleep(0.05)
+
+    def _runtime(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.home / "runtime.json").read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    def held(self) -> int:
+        """Messages the helper stored (any state), read with the product's own CLI."""
+        out = subprocess.run([*sendguard_command(), "queue", "list", "--json", "--all"],
+                             env={**os.environ, "SENDGUARD_HOME": str(self.home)}, capture_output=True,
+                             text=True)
+        try:
+            return len(json.loads(out.stdout))
+        except ValueError:
+            return -1
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class Bare:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _BARE_SINK], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(30)
+
+
+def blast(port: int, raw: bytes, total: int, clients: int) -> float:
+    """Messages per second, ``clients`` connections each sending its share in sequence."""
+    per = total // clients
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+                for _ in range(per):
+                    client.sendmail("taro@example.co.jp", ["hanako@partner.example", "jiro@example.co.jp"], raw)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return per * clients / elapsed
+
+
+def measure(server_kind: str, raw: bytes, total: int, clients: int) -> tuple[float, int]:
+    server: Helper | Bare = Helper() if server_kind == "helper" else Bare()
+    try:
+        blast(server.port, raw, 40, clients)  # warm up (imports, caches, first connections)
+        rate = blast(server.port, raw, total, clients)
+        stored = server.held() if isinstance(server, Helper) else 0
+        return rate, stored
+    finally:
+        server.close()
+
+
+def run(total: int = 600, rounds: int = 3) -> dict[str, Any]:
+    raw = message_2kb()
+    out: dict[str, Any] = {
+        "what": "the product: `sendguard serve --no-window` (worker + API on) vs a bare aiosmtpd sink, "
+                f"each in its own process, alternating, best of {rounds}; {len(raw)}-byte messages",
+    }
+    ok = True
+    for clients in (1, 4):
+        bare, helper = [], []
+        for _ in range(rounds):
+            bare.append(measure("bare", raw, total, clients)[0])
+            rate, stored = measure("helper", raw, total, clients)
+            helper.append(rate)
+            if stored != total // clients * clients + 40:
+                raise RuntimeError(f"the helper stored {stored} messages, expected {total + 40}")
+        ratio = max(helper) / max(bare)
+        goal = GOALS[clients]
+        ok = ok and ratio >= goal
+        out[f"connections_{clients}"] = {
+            "bare_sink_msgs_per_s": round(max(bare), 1), "helper_msgs_per_s": round(max(helper), 1),
+            "ratio": round(ratio, 2), "goal": f"ratio >= {goal}", "ok": ratio >= goal,
+            "runs": {"bare": [round(x) for x in bare], "helper": [round(x) for x in helper]}}
+    out["ok"] = ok
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2, ensure_ascii=False))

@@ -1,0 +1,408 @@
+"""Text of attachments for the personal-data and keyword checks (DESIGN §3.1).
+
+Reads text in any declared or detected charset, HTML, docx, xlsx (shared and inline strings and
+numeric cells), pptx, PDF (pypdf: plain and Flate streams), the members of unencrypted zip archives
+and attached messages, recursively. Every message gets one ``Budget`` (bytes decompressed, seconds,
+depth): what does not fit, or cannot be read, is reported as *uninspected* with the reason, so the
+policy never shows such a file as checked. No network, no files: bytes in, text out.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import io
+import logging
+import re
+import time
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+TEXT_LIMIT = 8_000_000  # characters of text kept per attachment for the checks
+BUDGET_BYTES = 256 * 1024 * 1024  # decompressed bytes read per message (zip bombs stop here)
+BUDGET_SECONDS = 20.0  # wall time spent extracting per message
+MAX_DEPTH = 4  # zip in zip in message in ...
+_CHUNK = 1024 * 1024
+
+TEXT_EXTS = (".txt", ".csv", ".tsv", ".json", ".xml", ".htm", ".html", ".md", ".log", ".ics", ".vcf", ".eml")
+OFFICE_EXTS = (".docx", ".docm", ".xlsx", ".xlsm", ".pptx", ".pptm")
+# formats that hold text SendGuard cannot read: said so instead of shown as checked
+UNREADABLE_EXTS = {".doc": "Word 97-2003", ".xls": "Excel 97-2003", ".ppt": "PowerPoint 97-2003",
+                   ".rtf": "RTF", ".7z": "7-Zip", ".rar": "RAR", ".lzh": "LZH", ".gz": "gzip", ".tgz": "gzip",
+                   ".tar": "tar", ".bz2": "bzip2", ".xz": "xz", ".cab": "CAB", ".odt": "OpenDocument",
+                   ".ods": "OpenDocument", ".odp": "OpenDocument", ".msg": "Outlook .msg", ".one": "OneNote"}
+
+
+class Uninspectable(Exception):
+    """This content cannot be read within the budget; the message says why, for the user."""
+
+
+@dataclass
+class Budget:
+    """What one message may cost to inspect; shared by all its attachments and their members."""
+
+    bytes_left: int = BUDGET_BYTES
+    seconds: float = BUDGET_SECONDS
+    started: float = field(default_factory=time.monotonic)
+
+    def spend(self, size: int) -> None:
+        self.bytes_left -= size
+        if self.bytes_left < 0:
+            raise Uninspectable(f"more than {BUDGET_BYTES // (1024 * 1024)} MB of content to read")
+        self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() - self.started > self.seconds:
+            raise Uninspectable(f"inspection took longer than {self.seconds:g} s")
+
+
+@dataclass
+class Extracted:
+    text: str = ""
+    flags: list[str] = field(default_factory=list)  # found inside: "encrypted"
+    uninspected: str = ""  # why (part of) the content could not be read
+
+
+# ---------------------------------------------------------------- text and charsets
+
+_JA_CODECS = ("cp932", "euc-jp", "iso-2022-jp", "gb18030", "big5")
+
+
+def decode_text(data: bytes, declared: str | None = None) -> str:
+    """Bytes as text: the declared charset if it fits, else UTF-8, else the detected Japanese or
+    Chinese codec (Shift_JIS CSV saved by Excel carries no charset), else UTF-8 with replacements."""
+    if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        codec = "utf-8-sig" if data[:1] == b"\xef" else "utf-16"
+        return data.decode(codec, "replace")
+    if declared:
+        try:
+            return data.decode(declared)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if b"\x1b$" in data[:65536]:
+        try:
+            return data.decode("iso-2022-jp")
+        except UnicodeDecodeError:
+            pass
+    guess = _detect(data)
+    for codec in ((guess,) if guess else ()) + _JA_CODECS:
+        try:
+            return data.decode(codec)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode(guess or "utf-8", "replace")
+
+
+def _detect(data: bytes) -> str | None:
+    try:
+        from charset_normalizer import from_bytes
+    except ImportError:  # pragma: no cover - a dependency; the codec list still works
+        return None
+    best = from_bytes(data[:262144], cp_isolation=["cp932", "euc_jp", "iso2022_jp", "gb18030", "big5", "utf_8",
+                                                  "cp1252"]).best()
+    return best.encoding if best else None
+
+
+_BLOCK_TAGS = re.compile(r"(?i)<\s*/?\s*(?:p|div|br|tr|li|h[1-6]|table|section|article|blockquote|pre|hr|dd|dt|ul|ol)"
+                         r"\b[^>]*>")
+_CELL_TAGS = re.compile(r"(?i)<\s*/?\s*(?:td|th)\b[^>]*>")
+_ANY_TAG = re.compile(r"(?s)<[^>]*>")
+_SPACES = str.maketrans({"\xa0": " ", "\u2007": " ", "\u202f": " ", "\u2009": " ", "\u200a": " ", "\u3000": " ",
+                         "\u200b": None, "\u2060": None, "\ufeff": None, "\u00ad": None})
+
+
+def html_to_text(markup: str) -> str:
+    """Readable text of HTML: block ends become line breaks, inline tags vanish (so digits split by
+    <span> or &nbsp; still read as one number), entities decoded, no-break spaces made plain."""
+    markup = re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", markup)
+    markup = re.sub(r"(?s)<!--.*?-->", "", markup)
+    markup = _BLOCK_TAGS.sub("\n", markup)
+    markup = _CELL_TAGS.sub("\t", markup)
+    markup = _ANY_TAG.sub("", markup)
+    return normalize_spaces(html.unescape(markup))
+
+
+def normalize_spaces(text: str) -> str:
+    """No-break, thin and ideographic spaces as plain spaces; invisible characters dropped."""
+    return text.translate(_SPACES)
+
+
+# ---------------------------------------------------------------- Office Open XML
+
+_XML_BREAKS = re.compile(r"</w:p>|</a:p>|<w:br\b[^>]*/>|<w:tab\b[^>]*/>|<a:br\b[^>]*/>|</si>|</c>|</row>|<w:cr\b[^>]*/>")
+_XML_TAG = re.compile(r"<[^>]*>")
+_SCI = re.compile(r"^-?\d+(?:\.\d+)?[eE][+-]?\d+$")
+
+
+def _xml_text(xml: str) -> str:
+    return html.unescape(_XML_TAG.sub("", _XML_BREAKS.sub("\n", xml)))
+
+
+def _number(value: str) -> str:
+    """A numeric cell as written by a person: 1.23456789018E+11 -> 123456789018."""
+    if _SCI.match(value):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if number.is_integer() and abs(number) < 1e20:
+            return str(int(number))
+    if value.endswith(".0") and value[:-2].lstrip("-").isdigit():
+        return value[:-2]
+    return value
+
+
+_LONG_NUMBER = 12  # the shortest personal number (My Number); shorter cells cannot hold one
+# inline strings, and numeric cells long enough to hold a personal number (plain or 1.23E+11)
+_SHEET_TEXT = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>|<v>(-?\d[\d.]{11,}|-?\d(?:\.\d+)?[eE]\+?\d+)</v>")
+
+
+def _sheet_values(xml: str) -> str:
+    """A worksheet's own text: inline strings and the numeric cells that could be a personal number.
+    A sheet of prices and quantities stays small; shared strings are read once from their own part."""
+    out = []
+    for text, number in _SHEET_TEXT.findall(xml):
+        if number:
+            number = _number(number)
+            if sum(ch.isdigit() for ch in number) >= _LONG_NUMBER:
+                out.append(number)
+        elif text:
+            out.append(text)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _office_members(ext: str, names: list[str]) -> list[str]:
+    if ext in (".docx", ".docm"):
+        wanted = ("word/document.xml", "word/header", "word/footer", "word/footnotes.xml", "word/endnotes.xml",
+                  "word/comments.xml")
+    elif ext in (".xlsx", ".xlsm"):
+        wanted = ("xl/sharedStrings.xml", "xl/worksheets/sheet", "xl/comments")
+    else:
+        wanted = ("ppt/slides/slide", "ppt/notesSlides/notesSlide")
+    return [n for n in names if n.startswith(wanted) and n.endswith(".xml")]
+
+
+def _read_member_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget) -> Iterator[str]:
+    """A member's XML, decoded piece by piece (never all at once), cut after closing tags."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    carry = ""
+    with archive.open(info) as fh:
+        while chunk := fh.read(_CHUNK):
+            budget.spend(len(chunk))
+            text = carry + decoder.decode(chunk)
+            close = text.rfind("</")  # cut after a closing tag: never between <v> and its value
+            cut = text.find(">", close) + 1 if close >= 0 else 0
+            carry = text[cut:]
+            if cut:
+                yield text[:cut]
+    carry += decoder.decode(b"", final=True)
+    if carry:
+        yield carry
+
+
+def office_text(ext: str, data: bytes, budget: Budget) -> Extracted:
+    out = Extracted()
+    pieces: list[str] = []
+    size = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = {i.filename: i for i in archive.infolist()}
+            for name in _office_members(ext, sorted(infos)):
+                info = infos[name]
+                if info.flag_bits & 0x1:
+                    out.flags.append("encrypted")
+                    continue
+                is_sheet = name.startswith("xl/worksheets/")
+                for xml in _read_member_text(archive, info, budget):
+                    text = html.unescape(_sheet_values(xml)) if is_sheet else _xml_text(xml)
+                    size += len(text)
+                    if size > TEXT_LIMIT:
+                        raise Uninspectable(f"more than {TEXT_LIMIT // 1_000_000} million characters of text")
+                    pieces.append(text)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise Uninspectable(f"damaged Office file: {exc}") from None
+    out.text = "\n".join(pieces)
+    return out
+
+
+# ---------------------------------------------------------------- PDF
+
+def pdf_text(data: bytes, budget: Budget) -> Extracted:
+    """Text of every page (pypdf decodes Flate and the other filters); encrypted PDFs are flagged."""
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+    except ImportError:  # pragma: no cover - a dependency; without it a PDF is said to be unread
+        raise Uninspectable("no PDF reader installed") from None
+    if b"%PDF-" not in data[:1024]:
+        raise Uninspectable("named or typed as PDF but not a PDF")
+    # pypdf reports each oddity of a damaged file as a warning; the outcome is all we need
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    out = Extracted()
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            try:
+                if not reader.decrypt(""):
+                    out.flags.append("encrypted")
+                    return out
+            except Exception:  # noqa: BLE001 - unsupported crypto: the file is password-protected
+                out.flags.append("encrypted")
+                return out
+        pieces: list[str] = []
+        size = 0
+        for page in reader.pages:
+            budget.check_time()
+            text = page.extract_text() or ""
+            size += len(text)
+            if size > TEXT_LIMIT:
+                raise Uninspectable(f"more than {TEXT_LIMIT // 1_000_000} million characters of text")
+            pieces.append(text)
+        out.text = normalize_spaces("\n".join(pieces))
+    except Uninspectable:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, zlib.error,
+            RecursionError, AssertionError, OSError) as exc:
+        raise Uninspectable(f"unreadable PDF: {type(exc).__name__}") from None
+    return out
+
+
+# ---------------------------------------------------------------- archives and messages
+
+def zip_text(data: bytes, budget: Budget, depth: int) -> Extracted:
+    """Each member of an unencrypted zip, read as if it were attached itself."""
+    out = Extracted()
+    pieces: list[str] = []
+    problems: list[str] = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                name = _zip_name(info)
+                if info.flag_bits & 0x1:
+                    if "encrypted" not in out.flags:
+                        out.flags.append("encrypted")
+                    continue
+                budget.spend(0)
+                if info.file_size > budget.bytes_left:
+                    raise Uninspectable(f"{name}: more than the {BUDGET_BYTES // (1024 * 1024)} MB of content "
+                                        "SendGuard reads per message")
+                with archive.open(info) as fh:
+                    member = fh.read(info.file_size + 1)
+                budget.spend(len(member))
+                inner = extract(name, "", member, budget, depth + 1)
+                for flag in inner.flags:
+                    if flag not in out.flags:
+                        out.flags.append(flag)
+                if inner.uninspected:
+                    problems.append(f"{name}: {inner.uninspected}")
+                if inner.text:
+                    pieces.append(inner.text)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise Uninspectable(f"damaged zip archive: {exc}") from None
+    out.text = "\n".join(pieces)[:TEXT_LIMIT]
+    out.uninspected = "; ".join(problems[:3]) + (f" (+{len(problems) - 3})" if len(problems) > 3 else "")
+    return out
+
+
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    name = info.filename
+    if not info.flag_bits & 0x800:  # not flagged UTF-8: Japanese Windows writes Shift_JIS names
+        try:
+            name = name.encode("cp437").decode("cp932")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return name
+
+
+def message_text(data: bytes, budget: Budget, depth: int) -> Extracted:
+    """An attached message: its subject, body and attachments, recursively."""
+    from . import message  # message.py imports this module
+
+    out = Extracted()
+    try:
+        inner = message.parse(data, require_recipients=False, budget=budget, depth=depth)
+    except Uninspectable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a message we cannot parse is said to be unread, never checked
+        raise Uninspectable(f"unreadable attached message: {type(exc).__name__}") from None
+    pieces = [inner.subject, inner.body_text]
+    problems = []
+    for att in inner.attachments:
+        pieces.append(att.filename)
+        if att.text:
+            pieces.append(att.text)
+        for flag in att.flags:
+            if flag not in out.flags:
+                out.flags.append(flag)
+        if att.uninspected:
+            problems.append(f"{att.filename}: {att.uninspected}")
+    out.text = "\n".join(pieces)[:TEXT_LIMIT]
+    out.uninspected = "; ".join(problems[:3])
+    return out
+
+
+# ---------------------------------------------------------------- dispatch
+
+def kind_of(filename: str, content_type: str, head: bytes) -> str:
+    """Which reader applies: text, html, office, pdf, zip, message, unreadable, or none."""
+    name = filename.lower().strip()
+    ext = name[name.rfind(".") :] if "." in name else ""
+    ctype = content_type.lower()
+    if ctype == "message/rfc822" or ext == ".eml":
+        return "message"
+    if head.startswith(b"%PDF") or ext == ".pdf" or ctype == "application/pdf":
+        return "pdf"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "office" if ext in OFFICE_EXTS else ("zip" if ext in ("", ".zip", ".zipx") else "zip-other")
+    if ext in OFFICE_EXTS:
+        return "unreadable"  # an Office name without a zip inside (encrypted ones are flagged elsewhere)
+    if ctype in ("text/html", "application/xhtml+xml") or ext in (".htm", ".html"):
+        return "html"
+    if ctype.startswith("text/") or ctype in ("application/json", "application/xml", "application/csv",
+                                              "application/x-csv", "application/ics") or ext in TEXT_EXTS:
+        return "text"
+    if ext in UNREADABLE_EXTS:
+        return "unreadable"
+    return "none"
+
+
+def extract(filename: str, content_type: str, data: bytes, budget: Budget, depth: int = 0,
+            declared_charset: str | None = None) -> Extracted:
+    """Text and inside-flags of one attachment; never raises: what fails is ``uninspected``."""
+    kind = kind_of(filename, content_type, data[:8])
+    name = filename.lower()
+    ext = name[name.rfind(".") :] if "." in name else ""
+    try:
+        if depth > MAX_DEPTH and kind in ("zip", "message", "office"):
+            raise Uninspectable(f"nested more than {MAX_DEPTH} levels deep")
+        if kind == "text":
+            return Extracted(normalize_spaces(decode_text(data[: TEXT_LIMIT * 2], declared_charset)[:TEXT_LIMIT]))
+        if kind == "html":
+            return Extracted(html_to_text(decode_text(data[: TEXT_LIMIT * 4], declared_charset))[:TEXT_LIMIT])
+        if kind == "office":
+            return office_text(ext, data, budget)
+        if kind == "pdf":
+            return pdf_text(data, budget)
+        if kind == "zip":
+            return zip_text(data, budget, depth)
+        if kind == "message":
+            return message_text(data, budget, depth + 1)
+        if kind == "unreadable":
+            if ext in OFFICE_EXTS and data[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
+                return Extracted()  # a password-protected Office file: flagged "encrypted" by its type
+            return Extracted(uninspected=f"SendGuard cannot read {UNREADABLE_EXTS.get(ext, ext or 'this')} files")
+        return Extracted()
+    except Uninspectable as exc:
+        return Extracted(uninspected=str(exc))
+    except MemoryError:
+        return Extracted(uninspected="too large to inspect in memory")

@@ -1,0 +1,135 @@
+"""Whom a message addresses: salutations (山田様, 山田さん, Dear Mr Yamada) and the names behind
+recipients and companies, compared after Unicode normalisation. Pure functions."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+_JA_HONORIFIC = re.compile(r"^(.{1,40}?)\s*(?:様|さま|サマ|さん|殿|先生|くん|君|部長|課長|社長|係長|主任|専務|常務)(?=$|[\s、，,。:：!！])")
+_ZH_HONORIFIC = re.compile(r"^(?:尊敬的|亲爱的|親愛的)?\s*(.{1,12}?)\s*(?:先生|女士|小姐|经理|經理|总|老师|老師)(?=$|[\s、，,。:：!！])")
+_EN_SALUTATION = re.compile(
+    r"^(?:dear|hi|hello|attn\.?:?|attention:?)\s+(?:(?:mr|mrs|ms|miss|mx|dr|prof|professor)\.?\s+)?"
+    r"([^\W\d_][\w'’.-]*(?:\s+[^\W\d_][\w'’-]*){0,2}?)(?:[-\s]?(?:san|sama|sensei))?\s*[,:!]?\s*$",
+    re.IGNORECASE,
+)
+# salutations that name nobody in particular
+_GENERIC = {
+    "各位", "皆様", "皆さま", "みなさま", "皆さん", "みなさん", "ご担当者", "担当者", "ご担当", "ご担当者各位", "関係者",
+    "関係者各位", "お客", "お客さま", "お客様", "会員", "会員の皆", "株主", "社員", "メンバー", "チーム", "各位殿",
+    "all", "team", "sir", "sirs", "madam", "sir or madam", "sir/madam", "colleagues", "customer", "customers",
+    "everyone", "friends", "partner", "partners", "valued customer", "members", "hiring manager", "there", "folks",
+    "各位同事", "大家", "同事们", "客户",
+}
+_COMPANY_WORDS = re.compile(
+    r"株式会社|有限会社|合同会社|合資会社|（株）|\(株\)|㈱|（有）|\(有\)|㈲|御中|様|"
+    r"\b(?:inc|co|corp|corporation|ltd|llc|gmbh|company|kk|k\.k|limited|plc)\b\.?|[,.]",
+    re.IGNORECASE,
+)
+_HEAD_LINES = 6
+
+
+def norm(text: str) -> str:
+    """NFKC, lower case, no spaces (全角 and 半角 alike, 山田 太郎 == 山田太郎)."""
+    return re.sub(r"[\s\u3000・･]+", "", unicodedata.normalize("NFKC", text)).lower()
+
+
+def words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^\w]+", unicodedata.normalize("NFKC", text).lower()) if len(w) >= 2]
+
+
+def salutation_names(body: str) -> list[list[str]]:
+    """The names the opening lines address, each as a list of candidate spellings (empty: none).
+
+    Only the first few non-empty, unquoted lines are read: that is where a salutation stands.
+    """
+    found: list[list[str]] = []
+    seen = 0
+    for raw in body.splitlines():
+        line = unicodedata.normalize("NFKC", raw).strip()
+        if not line or line.startswith((">", "|")):
+            continue
+        seen += 1
+        if seen > _HEAD_LINES:
+            break
+        if len(line) > 80:
+            continue
+        for part in re.split(r"[、，,]\s*(?=\S+\s*(?:様|さん|殿))", line):
+            names = _japanese(part) or _chinese(part) or _english(part)
+            if names:
+                found.append(names)
+    return found
+
+
+def _japanese(line: str) -> list[str]:
+    match = _JA_HONORIFIC.match(line)
+    if not match:
+        return []
+    head = match.group(1).strip()
+    if norm(head) in _GENERIC or any(norm(head).endswith(g) for g in ("各位", "担当者", "御中", "皆")):
+        return []
+    chunks = head.split()
+    candidates = [chunks[-1]]
+    if len(chunks) >= 2:
+        candidates.append(chunks[-2] + chunks[-1])
+    return [norm(c) for c in candidates if norm(c) and norm(c) not in _GENERIC]
+
+
+def _chinese(line: str) -> list[str]:
+    match = _ZH_HONORIFIC.match(line)
+    if not match or match.group(1).isascii():
+        return []
+    name = norm(match.group(1))
+    return [name] if name and name not in _GENERIC else []
+
+
+def _english(line: str) -> list[str]:
+    match = _EN_SALUTATION.match(line)
+    if not match:
+        return []
+    name = match.group(1).strip().rstrip(".").lower()
+    if name in _GENERIC or name.split()[0] in _GENERIC:
+        return []
+    return [w for w in words(name) if w not in ("san", "sama")]
+
+
+def names_match(candidates: Iterable[str], known: Iterable[str], local_part: str = "") -> bool:
+    """True when a salutation candidate is one of the known names of a recipient.
+
+    Known names are display names and contact names; CJK names match when one contains the other
+    (山田 in 山田太郎), Latin ones word by word or inside the address's local part (yamada in t.yamada).
+    """
+    known_norm = [norm(k) for k in known if k]
+    known_words = {w for k in known for w in words(k)}
+    local = local_part.lower()
+    for cand in candidates:
+        if not cand:
+            continue
+        if cand.isascii():
+            if cand in known_words or (len(cand) >= 3 and cand in local):
+                return True
+            continue
+        if any(cand in k or (len(k) >= 2 and k in cand) for k in known_norm):
+            return True
+    return False
+
+
+def company_tokens(company: str, domain_label: str) -> list[str]:
+    """How a file name might name a company: its name without 株式会社/Inc., and its domain label."""
+    out = []
+    name = norm(_COMPANY_WORDS.sub(" ", unicodedata.normalize("NFKC", company)))
+    if len(name) >= 2:
+        out.append(name)
+    label = domain_label.lower()
+    if len(label) >= 3:
+        out.append(label)
+    return list(dict.fromkeys(out))
+
+
+def names_in_filename(token: str, filename: str) -> bool:
+    """``token`` appears in the file name; an ASCII token must stand as its own word (acorp_quote)."""
+    if token.isascii():
+        spaced = unicodedata.normalize("NFKC", filename).lower()
+        return re.search(rf"(?<![a-z0-9]){re.escape(token)}(?![a-z0-9])", spaced) is not None
+    return token in norm(filename)

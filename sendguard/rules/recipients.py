@@ -1,0 +1,153 @@
+"""Recipient rules of DESIGN §3.1: automatic Cc/Bcc, distribution lists, address rules, the
+suppression list, the sender account, replies that add a domain, and bulk mail without an opt-out."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import TYPE_CHECKING
+
+from .. import detect
+from ..message import make_recipient
+
+if TYPE_CHECKING:
+    from ..checks import _Context
+
+_OPT_OUT = re.compile(r"配信停止|配信解除|購読解除|登録解除|受信拒否|unsubscribe|opt[- ]?out|退订|取消订阅|退訂", re.IGNORECASE)
+_BULK_PRECEDENCE = ("bulk", "list", "junk")
+
+
+def _present(ctx: _Context) -> set[str]:
+    return {r.recipient.address for r in ctx.recipients}
+
+
+def auto_cc(ctx: _Context) -> None:
+    """[[rules.auto_cc]]: add the configured Cc/Bcc when a recipient, keyword or attachment matches."""
+    if not ctx.policy.auto_cc:
+        return
+    from ..checks import RecipientResult
+
+    addresses = [r.address for r in ctx.msg.recipients]
+    text = ctx.msg.subject + "\n" + ctx.msg.body_text
+    has_attachment = any(not a.inline for a in ctx.msg.attachments)
+    for rule in ctx.policy.auto_cc:
+        fired = rule.unconditional or (
+            any(fnmatch.fnmatchcase(a, p) for a in addresses for p in rule.when_recipient)
+            or (rule.when_keyword is not None and rule.when_keyword.search(text) is not None)
+            or (rule.when_attachment and has_attachment))
+        if not fired:
+            continue
+        present = _present(ctx)
+        for field_name, wanted in (("cc", rule.cc), ("bcc", rule.bcc)):
+            for address in wanted:
+                if address in present:
+                    continue
+                rcpt = make_recipient(address, "", field_name)
+                if rcpt is None:
+                    continue
+                present.add(rcpt.address)
+                ctx.recipients.append(RecipientResult(rcpt, ["auto_added"]))
+                ctx.add("auto_cc", "allow", rcpt.address, field=field_name.title())
+
+
+def expand_lists(ctx: _Context) -> None:
+    """Distribution lists from lists.csv: members are listed under the list (flag ``list_member``)."""
+    if not ctx.policy.lists:
+        return
+    from ..checks import RecipientResult
+
+    present = _present(ctx)
+    for res in list(ctx.recipients):
+        dist = ctx.policy.list_for(res.recipient.address)
+        if dist is None:
+            continue
+        res.is_list = True
+        for member in dist.members:
+            if member in present:
+                continue
+            rcpt = make_recipient(member, "", res.recipient.field)
+            if rcpt is None:
+                continue
+            present.add(rcpt.address)
+            ctx.recipients.append(RecipientResult(rcpt, ["list_member"], list_address=res.recipient.address))
+
+
+def distribution_list(ctx: _Context) -> None:
+    """A recipient is a list: say so; under ``block`` a list whose members are unknown is refused."""
+    action = ctx.policy.distribution_list
+    for res in ctx.recipients:
+        if not res.is_list:
+            continue
+        dist = ctx.policy.list_for(res.recipient.address)
+        count = len(dist.members) if dist else 0
+        if count:
+            ctx.add("distribution_list", "confirm" if action == "block" else action, res.recipient.address,
+                    count=str(count))
+        else:
+            ctx.add("distribution_list", action, res.recipient.address, key="distribution_list_unexpanded")
+
+
+def address_rules(ctx: _Context) -> None:
+    """[[rules.address]]: every matching rule applies, with its own message when it has one."""
+    for rule in ctx.policy.address_rules:
+        for res in ctx.recipients:
+            address = res.recipient.address
+            if not rule.applies_to(address):
+                continue
+            if rule.action == "block" and "blocked" not in res.flags:
+                res.flags.append("blocked")
+            ctx.add("address_rule", rule.action, address, message=rule.message or None)
+
+
+def suppression(ctx: _Context) -> None:
+    """送信除外リスト: opted-out recipients are flagged ``suppressed``; removed or blocked by policy."""
+    sup = ctx.policy.suppression
+    if not sup.addresses and not sup.domains:
+        return
+    for res in ctx.recipients:
+        if res.list_address or not sup.matches(res.recipient.address):
+            continue  # a list member is not addressed directly; the list's own owner handles opt-outs
+        res.flags.append("suppressed")
+        if sup.action == "block":
+            ctx.add("suppressed", "block", res.recipient.address, key="suppressed_block")
+        else:
+            ctx.add("suppressed", "confirm", res.recipient.address)
+
+
+def sender_account(ctx: _Context) -> None:
+    """From is neither in the internal domains nor one of the configured accounts."""
+    policy = ctx.policy
+    sender = ctx.msg.sender
+    if not sender or (not policy.internal_domains and not ctx.accounts):
+        return  # nothing configured to compare with
+    domain = sender.rpartition("@")[2]
+    if any(detect.in_domain(domain, d) for d in policy.internal_domains) or sender in ctx.accounts:
+        return
+    ctx.add("sender_account", policy.sender_account, sender)
+
+
+def reply_new_domain(ctx: _Context) -> None:
+    """A reply to mail SendGuard released adds an external domain that was not in that thread."""
+    thread = ctx.history.thread_domains
+    if thread is None:
+        return
+    seen: set[str] = set()
+    for res in ctx.recipients:
+        domain = res.recipient.domain
+        if not res.external or res.list_address or domain in seen:
+            continue
+        if any(detect.in_domain(domain, d) for d in thread):
+            continue
+        seen.add(domain)
+        ctx.add("reply_new_domain", ctx.policy.reply_new_domain, domain)
+
+
+def bulk_unsubscribe(ctx: _Context) -> None:
+    """Bulk mail (many external recipients or Precedence: bulk) with no opt-out (特定電子メール法)."""
+    external = sum(1 for r in ctx.recipients if r.external and not r.list_address and "auto_added" not in r.flags)
+    bulk = external >= ctx.policy.bulk_min_recipients or ctx.msg.precedence in _BULK_PRECEDENCE
+    if not bulk or ctx.msg.list_unsubscribe or _OPT_OUT.search(ctx.msg.body_text):
+        return
+    ctx.add("bulk_unsubscribe", ctx.policy.bulk_unsubscribe, str(external))
+
+
