@@ -62,7 +62,7 @@ def test_store_full_or_read_only_refuses_with_451_and_503_then_recovers(runner, 
     auth = {"Authorization": f"Bearer {TOKEN}"}
     port = r.helper.smtp.port
     smtp_send(port, make_message(to="x@partner.example", subject="before"))
-    (held,) = wait_for(lambda: r.helper.outbox.list(["awaiting_confirmation"]))
+    (held,) = wait_for(lambda: r.helper.outbox.list(["awaiting_confirmation"]), timeout=60)
     disk = DiskFault(r.helper.store)
     getattr(disk, fault)()
 
@@ -79,7 +79,7 @@ def test_store_full_or_read_only_refuses_with_451_and_503_then_recovers(runner, 
 
     disk.fixed()  # space is back: no restart
     smtp_send(port, big_message(2))
-    wait_for(lambda: len(r.helper.outbox.list(["awaiting_confirmation"])) == 2)
+    wait_for(lambda: len(r.helper.outbox.list(["awaiting_confirmation"])) == 2, timeout=60)
     assert requests.get(f"{r.base_url}/healthz", timeout=10).status_code == 200
     cancel = requests.post(f"{r.base_url}/api/v1/outbox/{held.id}/cancel", headers=auth, timeout=10)
     assert cancel.status_code == 200
