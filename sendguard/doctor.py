@@ -59,9 +59,13 @@ def _answers(host: str, port: int) -> bool:
 
 
 def _db_counts(path: Path) -> dict[str, int]:
-    """Message counts per state, read with a read-only connection (never creates or migrates)."""
+    """Message counts per state, read with a read-only connection (never creates or migrates); a file that
+    fails SQLite's ``quick_check`` raises ``sqlite3.DatabaseError`` naming the damage."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
+        check = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if check != ["ok"]:
+            raise sqlite3.DatabaseError(f"the store is damaged ({'; '.join(check[:3])})")
         rows = conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
     finally:
         conn.close()
@@ -182,8 +186,12 @@ def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
                 add(Finding("outbox", WARN, t(_("{count} message(s) could not be sent yet")).format(count=attention),
                             t(_("see `sendguard queue list --state failed --state needs_attention`"))))
         except sqlite3.Error as exc:
-            add(Finding("database", FAIL, f"{db}: {exc}", t(_("move the file aside and restart the helper; "
-                                                              "`sendguard audit verify` checks the log"))))
+            damaged = isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+            add(Finding("database", FAIL, f"{db}: {exc}" + (" — the store is damaged" if damaged and
+                                                            "damaged" not in str(exc) else ""),
+                        t(_("run `sendguard doctor --set-aside-store` (the damaged file is kept beside) and "
+                            "restart the helper")) if damaged else
+                        t(_("move the file aside and restart the helper; `sendguard audit verify` checks the log"))))
     else:
         add(Finding("database", OK, t(_("{path} (not created yet)")).format(path=db)))
 

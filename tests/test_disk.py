@@ -109,7 +109,7 @@ def test_damaged_store_is_refused_at_start_with_a_way_out(home, write_policy, se
     assert db.exists() and db.stat().st_size == size  # changed nothing
 
     doctor = run_cli("doctor")
-    assert b"is damaged" in doctor.stdout, doctor.stdout
+    assert doctor.returncode != 0 and b"is damaged" in doctor.stdout and b"--set-aside-store" in doctor.stdout, doctor.stdout
     fixed = run_cli("doctor", "--set-aside-store")
     assert fixed.returncode == 0 and b"set aside" in fixed.stdout, fixed.stderr
     assert list(home.glob("sendguard.db.damaged-*"))  # kept, not deleted
