@@ -58,14 +58,23 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+def _damage(path: Path) -> str | None:
+    """What SQLite's ``quick_check`` finds wrong with the store, read-only (None: it is sound)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if rows == ["ok"] else "; ".join(rows[:3])
+
+
 def _db_counts(path: Path) -> dict[str, int]:
-    """Message counts per state, read with a read-only connection (never creates or migrates); a file that
-    fails SQLite's ``quick_check`` raises ``sqlite3.DatabaseError`` naming the damage."""
+    """Message counts per state, read with a read-only connection (never creates or migrates)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        check = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
-        if check != ["ok"]:
-            raise sqlite3.DatabaseError(f"the store is damaged ({'; '.join(check[:3])})")
         rows = conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
     finally:
         conn.close()
@@ -98,7 +107,7 @@ def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
     if home.is_dir():
         exposed = _open_to_others(home)
         if exposed:
-            add(Finding("home", FAIL, t(_("{path}: readable by other local users: {entries}")).format(
+            add(Finding("home", WARN, t(_("{path}: readable by other local users: {entries}")).format(
                 path=home, entries="; ".join(exposed[:3])),
                 t(_("start `sendguard serve` once (it closes them), or run chmod 700 on the folder and chmod 600 on "
                     "its files"))))
@@ -175,7 +184,12 @@ def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
                                 "[api] port)"))))
 
     db = home / "sendguard.db"
-    if db.exists():
+    damage = _damage(db) if db.exists() else None
+    if damage:
+        add(Finding("database", FAIL, t(_("{path} is damaged ({problem})")).format(path=db, problem=damage),
+                    t(_("`sendguard doctor --set-aside-store` keeps the damaged file beside it and lets SendGuard "
+                        "start with an empty store"))))
+    elif db.exists():
         try:
             counts = _db_counts(db)
             held = sum(n for s, n in counts.items() if s not in ("sent", "cancelled", "rejected", "expired"))
@@ -186,12 +200,8 @@ def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
                 add(Finding("outbox", WARN, t(_("{count} message(s) could not be sent yet")).format(count=attention),
                             t(_("see `sendguard queue list --state failed --state needs_attention`"))))
         except sqlite3.Error as exc:
-            damaged = isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
-            add(Finding("database", FAIL, f"{db}: {exc}" + (" — the store is damaged" if damaged and
-                                                            "damaged" not in str(exc) else ""),
-                        t(_("run `sendguard doctor --set-aside-store` (the damaged file is kept beside) and "
-                            "restart the helper")) if damaged else
-                        t(_("move the file aside and restart the helper; `sendguard audit verify` checks the log"))))
+            add(Finding("database", FAIL, f"{db}: {exc}", t(_("move the file aside and restart the helper; "
+                                                              "`sendguard audit verify` checks the log"))))
     else:
         add(Finding("database", OK, t(_("{path} (not created yet)")).format(path=db)))
 

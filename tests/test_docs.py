@@ -78,6 +78,10 @@ def test_docs_policy_md_shows_every_setting_and_its_examples_load(tmp_path):
         (tmp_path / name).write_text(text, encoding="utf-8")
     for index, block in enumerate(blocks):
         path = tmp_path / f"example{index}.toml"
-        path.write_text(block, encoding="utf-8")
+        # a rule set to approve needs approvers (the docs say so): an example shown alone gets the
+        # approvers of the [approval] example, as in a real policy file
+        needs = "[approval]" not in block and '"approve"' in block
+        path.write_text(('[approval]\napprovers = ["boss@example.co.jp"]\n' if needs else "") + block,
+                        encoding="utf-8")
         policy.load(path)
     assert "sendguard queue confirm ID --reconfirmed" in README

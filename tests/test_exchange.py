@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -65,9 +67,22 @@ def message(to="a@partner.example, b@partner.example", cc="boss@example.co.jp", 
         m["Message-ID"] = msgid
     m.set_content("お見積りをお送りします。")
     for name in attachments:
-        m.add_attachment(b"%PDF-1.4 data " + name.encode(), maintype="application", subtype="octet-stream",
-                         filename=name)
+        m.add_attachment(_content_for(name), maintype="application", subtype="octet-stream", filename=name)
     return bytes(m)
+
+
+def _content_for(name: str) -> bytes:
+    """Content of the type the name says (a PDF under an .xlsx name is a disguised file: unsafe_attachment)."""
+    if not name.endswith(".xlsx"):
+        return b"%PDF-1.4 data " + name.encode()
+    buf = io.BytesIO()
+    main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types '
+                   'xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>')
+        z.writestr("xl/workbook.xml", f'<?xml version="1.0"?><workbook xmlns="{main}"/>')
+        z.writestr("xl/worksheets/sheet1.xml", f'<?xml version="1.0"?><worksheet xmlns="{main}"><sheetData/></worksheet>')
+    return buf.getvalue()
 
 
 def final(held_raw: bytes, to: list[str], cc: list[str], keep: tuple[str, ...]) -> bytes:

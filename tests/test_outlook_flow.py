@@ -74,8 +74,10 @@ def test_outlook_message_needing_approval_is_held_then_released_by_the_helper(ru
 
 
 def _addin_token(r) -> str:
-    # What the add-in does first (no Origin from a non-browser client: an origin-less add-in token).
-    return requests.post(f"{r.base_url}/api/v1/addin/session", json={}, timeout=30).json()["token"]
+    # What the add-in does first, from its page on the helper's own origin (an origin-less request gets no
+    # add-in token: tests/security/test_addin_tokens.py).
+    return requests.post(f"{r.base_url}/api/v1/addin/session", json={}, headers={"Origin": r.base_url},
+                         timeout=30).json()["token"]
 
 
 def _final_state(r, item_id):
