@@ -58,7 +58,8 @@ def _message(n: int) -> tuple[str, bytes]:
     msg["Message-ID"] = msgid
     msg.set_content("お世話になっております。\n" * (1 + n % 20))
     if n % 5 == 0:
-        msg.add_attachment(os.urandom(2000 + n % 30000), maintype="application", subtype="pdf", filename="q.pdf")
+        pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n" + os.urandom(2000 + n % 30000) + b"\n%%EOF\n"
+        msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="q.pdf")
     return msgid, msg.as_bytes(policy=email.policy.SMTP)
 
 

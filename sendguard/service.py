@@ -253,16 +253,23 @@ class Helper:
             except Exception:
                 log.exception("worker tick failed")
 
+    def _process(self, item_id: str) -> None:
+        """Check one received message; a failure with one message never holds up the others."""
+        try:
+            self.outbox.process(item_id)
+        except Exception:
+            log.exception("checking %s failed; it stays received and is checked again", item_id)
+
     def tick(self, poll_held: bool = False) -> None:
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for item_id in pending:
-            self.outbox.process(item_id)
+            self._process(item_id)
         if time.monotonic() - self._scanned_at > 2.0:  # not on every wake-up: intake stays cheap
             self._scanned_at = time.monotonic()
             for item in self.outbox.list(["received"]):
                 if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
-                    self.outbox.process(item.id)
+                    self._process(item.id)
         self.outbox.expire_due()
         policy = self.policy.get()
         if policy is not self._routed_policy:  # approvers may have changed: re-route held messages
