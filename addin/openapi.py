@@ -69,8 +69,11 @@ SPEC: dict[str, Any] = {
         },
     },
     "paths": {
-        "/healthz": {"get": {"summary": "Liveness and held count", "security": [],
-                             "responses": _ok({"type": "object"})}},
+        "/healthz": {"get": {"summary": "Liveness and held count; 503 with the reason while the store cannot "
+                                        "be written (disk full, read-only)", "security": [],
+                             "responses": {**_ok({"type": "object"}),
+                                           "503": {"description": "store unavailable",
+                                                   "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": _ok({"type": "object"})}},
         "/api/v1/addin/session": {"post": {"summary": "An origin-bound token for the Outlook add-in",

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, jsonify, request, session
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
 
@@ -340,6 +341,10 @@ def init_app(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Any:
         if isinstance(exc, HTTPException):
             return _http_error(exc)
+        if isinstance(exc, DBAPIError) and (isinstance(exc, OperationalError) or exc.connection_invalidated):
+            app.logger.warning("database unavailable: %s", str(exc.orig or exc).splitlines()[0])
+            return error_response(503, "database_unavailable", "SendGuard's database cannot be reached right now "
+                                  "(restarting?); nothing was changed. Try again in a moment.")
         app.logger.exception("unexpected error")
         return error_response(500, "internal", f"SendGuard hit an internal error ({type(exc).__name__}); "
                                                "the message stays held. See the helper's log.")

@@ -51,6 +51,9 @@ BODY_APPROVED = _("“{subject}” was approved and is being sent. {comment}")
 BODY_REJECTED = _("“{subject}” was not sent. Reason: {reason}. Export it with `sendguard queue export {id}`, "
                   "edit it in your mail program and send it again.")
 BODY_EXPIRED = _("Nobody approved “{subject}” in time; it was not sent.")
+TITLE_WAITING = _("SendGuard: waiting to learn whether a message went out")
+BODY_WAITING = _("Sending “{subject}” was interrupted and the mail service cannot be asked right now. SendGuard "
+                 "keeps asking and will not send it twice; see `sendguard queue show {id}`.")
 
 
 def notice_reasons(item: Item) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from .errors import SendGuardError
 from .i18n import translator
 from .mailboxes import _retry, registry
 from .mailboxes.base import Mailbox, MailboxError
-from .outbox import Item, Outbox
+from .outbox import WAITING_PREFIX, Item, Outbox
 from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
 from .store import Store
@@ -80,6 +80,8 @@ class Helper:
         self._notices_at = 0.0
         self._scanned_at = 0.0
         self.outbox.listeners.append(self._approval_listener)
+        self.outbox.listeners.append(self._waiting_listener)
+        self._told_waiting: set[str] = set()
         self.smtp: SubmissionServer | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -198,6 +200,20 @@ class Helper:
         if self.sync and item.state in ("awaiting_approval", "sent", "cancelled"):
             self.sync.kick()
 
+    def _waiting_listener(self, item: Item) -> None:
+        """Tell the user once when an interrupted send waits for its mail service to answer."""
+        if item.state != "releasing" or not (item.waiting_for or "").startswith(WAITING_PREFIX):
+            self._told_waiting.discard(item.id)
+            return
+        if item.id in self._told_waiting:
+            return
+        self._told_waiting.add(item.id)
+        try:
+            self.notifier(self.gettext(notify.TITLE_WAITING),
+                          self.gettext(notify.BODY_WAITING).format(subject=item.subject, id=item.id))
+        except Exception:  # a notification must never hold up the outbox
+            log.exception("could not show the waiting notice")
+
     def notify_approvals(self) -> None:
         """Email approvers of newly held messages; tell the sender about decisions (each once)."""
         notify.notify_approvers(self.outbox, self.approval_targets, self.mailbox_for, self.approval_link,
@@ -242,16 +258,23 @@ class Helper:
             except Exception:
                 log.exception("worker tick failed")
 
+    def _process(self, item_id: str) -> None:
+        """Check one received message; a failure with one message never holds up the others."""
+        try:
+            self.outbox.process(item_id)
+        except Exception:
+            log.exception("checking %s failed; it stays received and is checked again", item_id)
+
     def tick(self, poll_held: bool = False) -> None:
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for item_id in pending:
-            self.outbox.process(item_id)
+            self._process(item_id)
         if time.monotonic() - self._scanned_at > 2.0:  # not on every wake-up: intake stays cheap
             self._scanned_at = time.monotonic()
             for item in self.outbox.list(["received"]):
                 if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
-                    self.outbox.process(item.id)
+                    self._process(item.id)
         self.outbox.expire_due()
         policy = self.policy.get()
         if policy is not self._routed_policy and self.central is None:  # approvers changed: re-route held mail

@@ -264,7 +264,8 @@ class Store:
             self._check_integrity()
             # a helper's own store migrates itself (versioned steps); the central server's uses Alembic
             database = self.engine.url.database
-            store_migrations.migrate(self.engine, metadata,
+            # as a writer (BEGIN IMMEDIATE): two processes opening an old store migrate it once
+            store_migrations.migrate(self.engine.execution_options(sendguard_read=False), metadata,
                                      Path(database) if database and database != ":memory:" else None)
         else:
             metadata.create_all(self.engine)

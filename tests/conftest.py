@@ -62,6 +62,15 @@ def sg_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def default_retry_policy() -> Iterator[None]:
+    """A helper started in a test sets the process-wide retry policy from its config.toml: reset it."""
+    yield
+    from sendguard.mailboxes import _retry
+
+    _retry.configure()
+
+
 @pytest.fixture
 def home(sg_env: Path) -> Path:
     return sg_env

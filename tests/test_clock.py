@@ -38,7 +38,7 @@ def test_forward_jump_does_not_end_the_hold_seconds_window(home, helper, write_p
                  'hold_seconds = 600\n')
     h = helper()
     smtp_send(h.smtp.port, make_message(to="x@partner.example"))
-    (item,) = wait_for(lambda: h.outbox.list(["confirmed"]))
+    (item,) = wait_for(lambda: h.outbox.list(["confirmed"]), timeout=60)
     jump(+DAY)
     time.sleep(1.5)  # several worker turns with the clock a day ahead
     assert h.outbox.get(item.id).state == "confirmed"
@@ -52,12 +52,12 @@ def test_forward_jump_does_not_expire_an_approval_early(home, helper, write_poli
                  '[[rules.keywords]]\npattern = "社外秘"\naction = "approve"\n')
     h = helper()
     smtp_send(h.smtp.port, make_message(to="x@partner.example", body="社外秘の資料です。"))
-    (item,) = wait_for(lambda: h.outbox.list(["awaiting_approval"]))
+    (item,) = wait_for(lambda: h.outbox.list(["awaiting_approval"]), timeout=60)
     jump(+2 * 3600)  # past expire_hours by the system clock; a few seconds by the real one
     time.sleep(1.5)
     assert h.outbox.get(item.id).state == "awaiting_approval"
     h.approvals.approve(item.id, "boss@example.co.jp")
-    wait_for(lambda: h.outbox.get(item.id).state == "sent")
+    wait_for(lambda: h.outbox.get(item.id).state == "sent", timeout=60)
 
 
 def test_backward_jump_does_not_make_a_spent_link_usable(home, helper, jump):

@@ -62,7 +62,7 @@ def test_store_full_or_read_only_refuses_with_451_and_503_then_recovers(runner, 
     auth = {"Authorization": f"Bearer {TOKEN}"}
     port = r.helper.smtp.port
     smtp_send(port, make_message(to="x@partner.example", subject="before"))
-    (held,) = wait_for(lambda: r.helper.outbox.list(["awaiting_confirmation"]))
+    (held,) = wait_for(lambda: r.helper.outbox.list(["awaiting_confirmation"]), timeout=60)
     disk = DiskFault(r.helper.store)
     getattr(disk, fault)()
 
@@ -79,7 +79,7 @@ def test_store_full_or_read_only_refuses_with_451_and_503_then_recovers(runner, 
 
     disk.fixed()  # space is back: no restart
     smtp_send(port, big_message(2))
-    wait_for(lambda: len(r.helper.outbox.list(["awaiting_confirmation"])) == 2)
+    wait_for(lambda: len(r.helper.outbox.list(["awaiting_confirmation"])) == 2, timeout=60)
     assert requests.get(f"{r.base_url}/healthz", timeout=10).status_code == 200
     cancel = requests.post(f"{r.base_url}/api/v1/outbox/{held.id}/cancel", headers=auth, timeout=10)
     assert cancel.status_code == 200
@@ -109,7 +109,7 @@ def test_damaged_store_is_refused_at_start_with_a_way_out(home, write_policy, se
     assert db.exists() and db.stat().st_size == size  # changed nothing
 
     doctor = run_cli("doctor")
-    assert b"is damaged" in doctor.stdout, doctor.stdout
+    assert doctor.returncode != 0 and b"is damaged" in doctor.stdout and b"--set-aside-store" in doctor.stdout, doctor.stdout
     fixed = run_cli("doctor", "--set-aside-store")
     assert fixed.returncode == 0 and b"set aside" in fixed.stdout, fixed.stderr
     assert list(home.glob("sendguard.db.damaged-*"))  # kept, not deleted

@@ -430,7 +430,7 @@ class Cell:
         items = self.items()
         return all(m in items and items[m].state in FINAL for m in ids)
 
-    def finish(self, timeout: float = 60) -> None:
+    def finish(self, timeout: float = 120) -> None:
         """Every message settled exactly once; an unknown outcome only where the peer cannot be asked."""
         wait_for(lambda: self.settled(self.ids), timeout=timeout)
         items = self.items()
@@ -495,7 +495,7 @@ def cell(request, home, monkeypatch, helper):
 
 
 def _wait_hit(cell: Cell, before: int = 0) -> None:
-    wait_for(lambda: cell.peer.hits() > before, timeout=30)
+    wait_for(lambda: cell.peer.hits() > before, timeout=90)
 
 
 def _nothing_sent(cell: Cell, ids: list[str]) -> None:
@@ -513,7 +513,7 @@ def test_fault_matrix(cell: Cell, fault: str) -> None:
         cell.start()
         ids = cell.hand_in(2)  # the helper started and takes mail although its peer is down
         _wait_hit(cell)
-        wait_for(lambda: all(cell.items()[m].last_error for m in ids), timeout=30)  # the user is told why
+        wait_for(lambda: all(cell.items()[m].last_error for m in ids), timeout=90)  # the user is told why
         _nothing_sent(cell, ids)
         peer.up()
     elif fault in ("drop_before", "drop_after"):
@@ -526,7 +526,7 @@ def test_fault_matrix(cell: Cell, fault: str) -> None:
         h = cell.start()
         if not peer.unknown_outcome_attention:
             wait_for(lambda: any((i.last_error or "").startswith("Waiting for ") for i in h.outbox.list(["releasing"])),
-                     timeout=30)
+                     timeout=90)
             time.sleep(1.0)  # several rounds of asking while down
             (waiting,) = h.outbox.list(["releasing"])
             assert waiting.summary()["waiting_for"].startswith("Waiting for ")
@@ -541,14 +541,14 @@ def test_fault_matrix(cell: Cell, fault: str) -> None:
         peer.slow()
         ids = cell.hand_in(1)
         _wait_hit(cell)
-        wait_for(lambda: cell.items()[ids[0]].state in ("failed", "needs_attention"), timeout=30)
+        wait_for(lambda: cell.items()[ids[0]].state in ("failed", "needs_attention"), timeout=90)
         peer.up()
     elif fault == "revoked":
         cell.start()
         peer.revoke()
         ids = cell.hand_in(2)
         wait_for(lambda: all(cell.items()[m].state == "failed" and cell.items()[m].last_error for m in ids),
-                 timeout=30)
+                 timeout=90)
         for m in ids:  # the user is told how to sign in again; nothing went out
             text = cell.items()[m].last_error.lower()
             assert "sign in again" in text or "reconnect" in text or "password" in text, text
@@ -558,7 +558,7 @@ def test_fault_matrix(cell: Cell, fault: str) -> None:
         cell.start()
         peer.change_cert()
         ids = cell.hand_in(1)
-        wait_for(lambda: cell.items()[ids[0]].state == "failed", timeout=30)
+        wait_for(lambda: cell.items()[ids[0]].state == "failed", timeout=90)
         assert "certificate" in (cell.items()[ids[0]].last_error or "").lower(), cell.items()[ids[0]].last_error
         time.sleep(1.0)  # asked again meanwhile: still refused, still nothing sent
         _nothing_sent(cell, ids)

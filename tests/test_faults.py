@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,17 +79,17 @@ def test_interrupted_send_is_asked_about_until_graph_answers(graph_home, fake, h
     fake.fail_next("/v1.0/", "503", times=10_000, retry_after=0)  # Graph down; sign-in still answers
     h = helper()
     waiting = wait_for(lambda: (i := h.outbox.get(item_id)).last_error and i.last_error.startswith(WAITING_PREFIX)
-                       and i)
+                       and i, timeout=60)
     assert waiting.state == "releasing" and "graph account m365" in waiting.last_error
     asked = len(fake.requests)
-    wait_for(lambda: len(fake.requests) > asked + 2)  # asked again, and again: not a start-up step
+    wait_for(lambda: len(fake.requests) > asked + 2, timeout=60)  # asked again, and again: not a start-up step
     # the user sees it, and what SendGuard waits for
     listed = json.loads(run_cli("queue", "list", "--json").stdout)
     (row,) = [r for r in listed if r["id"] == item_id]
     assert row["state"] == "releasing" and row["waiting_for"].startswith("Waiting for graph account m365")
     assert fake.sends == []
     fake.failures.clear()  # Graph is back: found not sent -> sent once, without a restart
-    wait_for(lambda: state_of(h, item_id) == "sent", timeout=30)
+    wait_for(lambda: state_of(h, item_id) == "sent", timeout=90)
     assert len(fake.sends) == 1
 
 
@@ -99,7 +100,7 @@ def test_waiting_send_can_be_settled_by_the_user(graph_home, fake, helper):
     fake.fail_next("/v1.0/", "503", times=10_000, retry_after=0)
     h = helper()
     for item_id in (first, second, third):
-        wait_for(lambda i=item_id: (h.outbox.get(i).last_error or "").startswith(WAITING_PREFIX))
+        wait_for(lambda i=item_id: (h.outbox.get(i).last_error or "").startswith(WAITING_PREFIX), timeout=60)
     out = run_cli("queue", "resolve", first, "--sent")
     assert out.returncode == 0, out.stderr
     out = run_cli("queue", "cancel", second)
@@ -108,7 +109,7 @@ def test_waiting_send_can_be_settled_by_the_user(graph_home, fake, helper):
     assert out.returncode == 0, out.stderr
     assert (state_of(h, first), state_of(h, second)) == ("sent", "cancelled")
     fake.failures.clear()
-    wait_for(lambda: state_of(h, third) == "sent", timeout=30)
+    wait_for(lambda: state_of(h, third) == "sent", timeout=90)
     assert [s.internet_message_id for s in fake.sends] == ["<int4@contoso.example>"]
 
 
@@ -132,13 +133,31 @@ def test_serve_starts_and_takes_mail_while_the_sign_in_service_answers_503(graph
     proc = serve_process().start()
     reply = smtp_send(proc.smtp_port, make_message(to="b@partner.example", sender=ADDRESS), sender=ADDRESS)
     assert reply == {}
-    wait_for(lambda: fake.outage.hits > 0)
+    wait_for(lambda: fake.outage.hits > 0, timeout=60)
     assert proc.proc.poll() is None
     out = run_cli("queue", "show", item_id, "--json")
     assert json.loads(out.stdout)["state"] == "releasing"
     fake.outage.up()
     box = Helper(graph_home).outbox
-    wait_for(lambda: box.get(item_id).state == "sent" and len(box.list(["sent"])) == 2, timeout=60)
+    wait_for(lambda: box.get(item_id).state == "sent" and len(box.list(["sent"])) == 2, timeout=120)
     assert sorted(s.internet_message_id for s in fake.sends).count("<int5@contoso.example>") == 1
     assert len(fake.sends) == 2
     assert proc.proc.poll() is None
+
+
+def test_the_user_is_told_once_that_a_send_waits_for_its_service(graph_home, fake):
+    item_id = interrupted_send(graph_home, "<int6@contoso.example>")
+    fake.fail_next("/v1.0/", "503", times=10_000, retry_after=0)
+    h = Helper(graph_home)
+    notices: list[tuple[str, str]] = []
+    h.notifier = lambda title, body: notices.append((title, body))
+    h.start(smtp=False)
+    try:
+        wait_for(lambda: notices, timeout=60)
+        time.sleep(1.0)  # asked again meanwhile: still one notice
+        assert len(notices) == 1 and "waiting to learn" in notices[0][0]
+        assert f"sendguard queue show {item_id}" in notices[0][1]
+        fake.failures.clear()
+        wait_for(lambda: state_of(h, item_id) == "sent", timeout=90)
+    finally:
+        h.stop()
