@@ -424,8 +424,16 @@ class Outbox:
                                    verdict.audit, **verdict.values)
         with self.store.transaction() as conn:
             conn.execute(update(outbox).where(outbox.c.id == item_id).values(**verdict.values))
-        return self._confirm(item_id, ("received",), verdict.decision, "policy", checked=None,
-                             verdict=verdict.audit)
+        try:
+            return self._confirm(item_id, ("received",), verdict.decision, "policy", checked=None,
+                                 verdict=verdict.audit)
+        except StateError as exc:
+            # the policy passed it on, but it cannot go (e.g. it needs approval and nobody can approve):
+            # hold it where the user sees it and why, never leave it unseen in ``received``
+            if self.get(item_id).state != "received":
+                raise
+            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
+                                   {**verdict.audit, "error": str(exc)}, last_error=str(exc))
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),

@@ -48,3 +48,15 @@ def test_held_messages_follow_changed_approvers(helper, home: Path) -> None:
     with pytest.raises(Exception, match="approvers are: new@example.co.jp"):
         h.approvals.approve(item_id, "old@example.co.jp")
     assert h.approvals.approve(item_id, "new@example.co.jp").state in ("approved", "releasing", "sent")
+
+
+def test_passed_on_without_a_window_but_nobody_can_approve_is_held_where_the_user_sees_it(helper, home: Path) -> None:
+    """confirm.when = "never": an approve verdict goes straight to approval; with no approver it cannot,
+    so it waits in the window with the reason, not unseen in ``received`` (found by bench/soak.py)."""
+    (home / "policy.toml").write_text(BASE + '[confirm]\nwhen = "never"\n', encoding="utf-8")
+    h = helper()
+    smtp_send(h.smtp.port, make_message(to="x@partner.example", body=CARD))
+    item = wait_for(lambda: next(iter(h.outbox.list(["awaiting_confirmation"])), None), timeout=30)
+    assert item.verdict["action"] == "approve"
+    assert "no approver is configured" in (item.last_error or "")
+    assert h.outbox.list(["received"]) == []
