@@ -28,6 +28,7 @@ import email.policy
 import itertools
 import json
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -138,6 +139,65 @@ class GraphError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
+def _server_context(cert, key) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class _TrackingServer(ThreadingHTTPServer):
+    """Remembers its open connections so a certificate switch can end them (a kept-alive connection
+    would otherwise go on with the old certificate's session). A connection accepted (its handshake
+    done) before the switch but not yet handed to a thread is ended too."""
+
+    def __init__(self, *args, **kwargs):
+        self.open_connections: set = set()
+        self.generation = 0  # bumped by every certificate switch
+        self._accepted: dict = {}  # connection -> generation at accept
+        self._connections_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self):
+        plain, address = self.socket.accept()
+        with self._connections_lock:  # the certificate this connection's handshake uses, and its generation
+            context, generation = self.context, self.generation
+        request = context.wrap_socket(plain, server_side=True)
+        with self._connections_lock:
+            self._accepted[request] = generation
+        return request, address
+
+    def process_request(self, request, client_address):
+        with self._connections_lock:
+            stale = self._accepted.pop(request, self.generation) != self.generation
+            if not stale:
+                self.open_connections.add(request)
+        if stale:
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._connections_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def switch(self, context: ssl.SSLContext) -> None:
+        """Present another certificate from now on and end every connection made with the old one."""
+        with self._connections_lock:
+            self.context = context
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        with self._connections_lock:
+            self.generation += 1
+            connections, self.open_connections = list(self.open_connections), set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class FakeGraph:
     def __init__(self, address: str = "user@contoso.example", tenant: str = "contoso.example",
                  client_id: str = "11111111-2222-3333-4444-555555555555"):
@@ -170,12 +230,12 @@ class FakeGraph:
         self.translate_allowed = False  # translateExchangeIds needs User.ReadBasic.All, which the app lacks
         self._stopped = threading.Event()
         self.ticker = threading.Thread(target=self._tick_forever, daemon=True)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.httpd = _TrackingServer(("127.0.0.1", 0), self._handler_class())
         self.httpd.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         self.tls, self._cert_pair = context, (cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd.context = context  # each connection's handshake happens in get_request
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     # ------------------------------------------------------------------ control API
@@ -218,10 +278,12 @@ class FakeGraph:
         other = Path(self.tmp.name) / "other"
         other.mkdir(exist_ok=True)
         _ca, cert, key = make_tls(other)
-        self.tls.load_cert_chain(cert, key)
+        # as a server that switches its certificate does: open connections end, every client must
+        # connect (and check the new certificate) again
+        self.httpd.switch(_server_context(cert, key))
 
     def restore_certificate(self) -> None:
-        self.tls.load_cert_chain(*self._cert_pair)
+        self.httpd.switch(_server_context(*self._cert_pair))
 
     def revoke(self) -> None:
         """The admin revoked the user's sessions: every access and refresh token stops working."""
