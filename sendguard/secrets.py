@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets as _random
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -89,16 +90,25 @@ def describe_readonly(home: Path) -> tuple[str, bool]:
     return f"encrypted file {path} (no OS keyring backend found)", key_ready or not path.exists()
 
 
+# File keyrings (the encrypted-file fallback) rewrite one file in place: a read while another thread
+# writes sees half a file. One lock per process keeps the helper's threads (token caches, the audit
+# key) from meeting there.
+_lock = threading.RLock()
+
+
 def get(key: str) -> str | None:
-    return backend().get_password(SERVICE, key)
+    with _lock:
+        return backend().get_password(SERVICE, key)
 
 
 def put(key: str, value: str) -> None:
-    backend().set_password(SERVICE, key, value)
+    with _lock:
+        backend().set_password(SERVICE, key, value)
 
 
 def delete(key: str) -> None:
-    try:
-        backend().delete_password(SERVICE, key)
-    except keyring.errors.PasswordDeleteError:
-        pass
+    with _lock:
+        try:
+            backend().delete_password(SERVICE, key)
+        except keyring.errors.PasswordDeleteError:
+            pass
