@@ -103,17 +103,7 @@ def migrate(url: str) -> None:
 
 def setting(store: Store, key: str, make: Callable[[], str]) -> str:
     """A server-wide value kept in the database (made once, shared by every process)."""
-    with store.engine.connect() as conn:
-        row = conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).first()
-    if row:
-        return str(row[0])
-    try:
-        with store.transaction() as conn:
-            conn.execute(insert(server_settings).values(key=key, value=make()))
-    except IntegrityError:
-        pass
-    with store.engine.connect() as conn:
-        return str(conn.execute(select(server_settings.c.value).where(server_settings.c.key == key)).scalar_one())
+    return store.setting(key, make)
 
 
 def _hash(token: str) -> str:
