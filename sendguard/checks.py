@@ -354,14 +354,15 @@ def _personal_data(ctx: _Context) -> None:
 def _keywords(ctx: _Context) -> None:
     gettext = ctx.gettext
     for kw in ctx.policy.keywords:
+        message = kw.message or None
         if kw.regex.search(ctx.msg.subject) or kw.regex.search(ctx.msg.body_text):
-            ctx.add("keyword", kw.action, gettext(KIND_NAMES["body"]), pattern=kw.pattern)
+            ctx.add("keyword", kw.action, gettext(KIND_NAMES["body"]), message, pattern=kw.pattern)
         for res in ctx.attachments:
             a = res.attachment
             if kw.regex.search(a.filename) or (a.text and kw.regex.search(a.text)):
                 if "keyword" not in res.flags:
                     res.flags.append("keyword")
-                ctx.add("keyword", kw.action, a.filename, pattern=kw.pattern)
+                ctx.add("keyword", kw.action, a.filename, message, pattern=kw.pattern)
 
 
 RULES: tuple[Callable[[_Context], None], ...] = (
