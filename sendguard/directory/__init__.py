@@ -1,0 +1,206 @@
+"""Distribution lists from the mail server's directory: is this recipient a list, and who is on it?
+
+The policy engine stays pure: the outbox asks a ``Directory`` before a check and hands the answers in
+as data (``ListLookup`` per address). A directory is a cache in front of one resolver per account
+that allows it (``expand_lists = true`` in the account's settings): Exchange's ExpandDL over EWS
+(``sendguard.directory.ews``) or Microsoft Graph's groups (``sendguard.directory.graph``).
+
+Only addresses in the organisation's own domains are asked (an external list is not in our
+directory; ``lists.csv`` covers those). A resolver that cannot answer (server down, throttled,
+permission missing) gives an answer too: ``is_list`` None with the reason, which the policy treats
+like a list that cannot be expanded (DESIGN §3.1 ``distribution_list``), never as a single address.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .. import detect
+
+if TYPE_CHECKING:
+    from ..config import Account
+    from ..policy import Policy
+
+log = logging.getLogger(__name__)
+
+ANSWER_TTL = 600.0  # seconds a directory answer is reused (list membership changes rarely)
+FAILURE_TTL = 60.0  # seconds "could not ask" is reused, so an outage does not cost a timeout per message
+MAX_MEMBERS = 5000  # a larger list is treated as one SendGuard cannot show in full
+MAX_DEPTH = 5  # nested lists followed at most this deep
+
+
+@dataclass(frozen=True)
+class Member:
+    address: str  # lower-cased
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ListLookup:
+    """What the directory said about one address.
+
+    ``is_list``: True (a list), False (not a list), None (the directory could not be asked: ``why``).
+    A list is ``expanded`` when ``members`` is all of it; otherwise ``why`` says why not.
+    ``source`` names the directory ("Exchange", "Microsoft Graph").
+    """
+
+    address: str
+    is_list: bool | None
+    members: tuple[Member, ...] = ()
+    expanded: bool = False
+    why: str = ""
+    source: str = ""
+
+
+class Resolver(Protocol):
+    """One account's directory. ``expand`` answers for one address and never raises for a failure of
+    the server: it returns ``ListLookup(address, None, why=...)`` instead."""
+
+    source: str
+    domain: str  # the account's own domain
+
+    def expand(self, address: str) -> ListLookup: ...
+
+    def close(self) -> None: ...
+
+
+class NotCached(Exception):
+    """Raised by ``Directory.lookup(cached_only=True)`` when the directory would have to be asked."""
+
+
+class Directory:
+    """A cache of directory answers in front of the accounts' resolvers. Thread-safe."""
+
+    def __init__(self, resolvers: Iterable[Resolver], clock: Callable[[], float] = time.monotonic,
+                 answer_ttl: float = ANSWER_TTL, failure_ttl: float = FAILURE_TTL):
+        self.resolvers = list(resolvers)
+        self.clock = clock
+        self.answer_ttl = answer_ttl
+        self.failure_ttl = failure_ttl
+        self._cache: dict[str, tuple[float, ListLookup]] = {}
+        self._lock = threading.Lock()
+
+    def candidates(self, addresses: Iterable[str], internal_domains: Iterable[str]) -> list[str]:
+        """The addresses a directory can know: in the internal domains or an account's own domain."""
+        domains = [*internal_domains, *(r.domain for r in self.resolvers if r.domain)]
+        out = []
+        for address in addresses:
+            domain = address.rpartition("@")[2]
+            if domain and any(detect.in_domain(domain, d) for d in domains) and address not in out:
+                out.append(address)
+        return out
+
+    def _resolver_for(self, address: str) -> Resolver:
+        domain = address.rpartition("@")[2]
+        for resolver in self.resolvers:
+            if resolver.domain and detect.in_domain(domain, resolver.domain):
+                return resolver
+        return self.resolvers[0]
+
+    def _cached(self, address: str) -> ListLookup | None:
+        with self._lock:
+            entry = self._cache.get(address)
+        if entry is None or entry[0] <= self.clock():
+            return None
+        return entry[1]
+
+    def lookup(self, addresses: Iterable[str], *, cached_only: bool = False) -> dict[str, ListLookup]:
+        """An answer per address (from the cache, else asked now). With ``cached_only``, raise
+        ``NotCached`` instead of asking (intake must not wait for a network call)."""
+        out: dict[str, ListLookup] = {}
+        if not self.resolvers:
+            return out
+        for address in addresses:
+            found = self._cached(address)
+            if found is None:
+                if cached_only:
+                    raise NotCached(address)
+                found = self._ask(address)
+            out[address] = found
+        return out
+
+    def _ask(self, address: str) -> ListLookup:
+        resolver = self._resolver_for(address)
+        try:
+            found = resolver.expand(address)
+        except Exception as exc:  # a resolver bug must not pass a list off as one address
+            log.exception("directory lookup of %s failed", address)
+            found = ListLookup(address, None, why=f"{type(exc).__name__}: {exc}", source=resolver.source)
+        ttl = self.failure_ttl if found.is_list is None else self.answer_ttl
+        with self._lock:
+            self._cache[address] = (self.clock() + ttl, found)
+        return found
+
+    def close(self) -> None:
+        for resolver in self.resolvers:
+            try:
+                resolver.close()
+            except Exception:  # closing is best effort
+                log.debug("closing a directory resolver failed", exc_info=True)
+
+
+def flatten(address: str, source: str, members: Iterable[tuple[str, str, bool]],
+            expand_nested: Callable[[str], Iterable[tuple[str, str, bool]] | None], depth: int = 0,
+            seen: set[str] | None = None) -> ListLookup:
+    """A list's members with nested lists followed (``expand_nested`` gives a nested list's members,
+    or None when it cannot): (address, name, is_list) rows in, one ``ListLookup`` out."""
+    seen = seen if seen is not None else {address}
+    out: dict[str, Member] = {}
+    why = ""
+    for member, name, is_list in members:
+        member = member.lower()
+        if not member or member in seen:
+            continue
+        if is_list:
+            seen.add(member)
+            nested = expand_nested(member) if depth + 1 < MAX_DEPTH else None
+            if nested is None:
+                why = why or f"the nested list {member} could not be expanded"
+                continue
+            inner = flatten(member, source, nested, expand_nested, depth + 1, seen)
+            why = why or inner.why
+            for m in inner.members:
+                out.setdefault(m.address, m)
+        else:
+            out.setdefault(member, Member(member, name))
+        if len(out) > MAX_MEMBERS:
+            return ListLookup(address, True, (), False, f"more than {MAX_MEMBERS} members", source)
+    return ListLookup(address, True, tuple(out.values()), not why, why, source)
+
+
+def lists_for(lookups: Mapping[str, ListLookup]) -> dict[str, ListLookup]:
+    """Only the answers the policy needs: lists, and addresses that could not be asked."""
+    return {a: found for a, found in lookups.items() if found.is_list is not False}
+
+
+def answers_for(found: Directory | None, addresses: Iterable[str], policy: Policy,
+                cached_only: bool = False) -> dict[str, ListLookup]:
+    """What the policy engine gets for a message's recipients: the directory's answers for the
+    addresses it can know (ours, and not already described by lists.csv)."""
+    if found is None:
+        return {}
+    wanted = found.candidates([a for a in addresses if policy.list_for(a) is None], policy.internal_domains)
+    return lists_for(found.lookup(wanted, cached_only=cached_only))
+
+
+def for_accounts(accounts: Iterable[Account], home: Path) -> Directory | None:
+    """The directory of the accounts whose settings say ``expand_lists = true``; None when none do."""
+    resolvers: list[Resolver] = []
+    for account in accounts:
+        if not account.settings.get("expand_lists"):
+            continue
+        if account.kind == "exchange":
+            from .ews import EwsResolver
+
+            resolvers.append(EwsResolver.for_account(account, home))
+        elif account.kind == "graph":
+            from .graph import GraphResolver
+
+            resolvers.append(GraphResolver.for_account(account, home))
+    return Directory(resolvers) if resolvers else None
