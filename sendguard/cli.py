@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, audit, checks, paths, secrets
+from . import __version__, audit, checks, directory, paths, secrets
 from . import config as configmod
 from . import message as msgmod
 from . import policy as policymod
@@ -215,13 +215,19 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
     gettext = ctx.gettext()
     try:
         accounts = [a.address for a in ctx.config.accounts if a.address]
+        lists = directory.for_accounts(ctx.config.accounts, paths.home())  # as the helper asks its directory
     except SendGuardError:
-        accounts = []
-    if paths.database_file().exists():  # the sent-to history and released threads count too
-        result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts) \
-            .evaluate_parsed(parsed, pol).to_json()
-    else:
-        result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts).to_json()
+        accounts, lists = [], None
+    try:
+        if paths.database_file().exists():  # the sent-to history and released threads count too
+            result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts, directory=lists) \
+                .evaluate_parsed(parsed, pol).to_json()
+        else:
+            answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol)
+            result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts, lists=answers).to_json()
+    finally:
+        if lists is not None:
+            lists.close()
     if as_json:
         echo_json(result)
     else:

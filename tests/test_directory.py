@@ -6,8 +6,10 @@ asked about, is said so and handled per policy: never counted as one address."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from conftest import SAMPLE_POLICY, make_message, smtp_send, wait_for
+from conftest import SAMPLE_POLICY, make_message, run_cli, smtp_send, wait_for
 
 from sendguard import checks, config, directory, message, policy, secrets
 from sendguard.config import Account
@@ -254,3 +256,14 @@ def test_expand_lists_must_be_true_or_false(home):
                                       'expand_lists = "yes"\n', encoding="utf-8")
     with pytest.raises(Exception, match="expand_lists is true or false"):
         config.load(home / "config.toml")
+
+
+def test_sendguard_check_asks_the_directory_as_the_helper_does(home, ews, tmp_path):
+    setup_exchange(home, ews)
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message(to="sales@example.co.jp").as_bytes())
+    out = run_cli("check", str(eml), "--json")
+    assert out.returncode == 0, out.stderr.decode()
+    result = json.loads(out.stdout)
+    members = sorted(r["address"] for r in result["recipients"] if r.get("list") == "sales@example.co.jp")
+    assert members == ["kato@example.co.jp", "sato@example.co.jp"]
