@@ -267,3 +267,23 @@ def test_sendguard_check_asks_the_directory_as_the_helper_does(home, ews, tmp_pa
     result = json.loads(out.stdout)
     members = sorted(r["address"] for r in result["recipients"] if r.get("list") == "sales@example.co.jp")
     assert members == ["kato@example.co.jp", "sato@example.co.jp"]
+
+
+def test_the_cache_stays_bounded(monkeypatch):
+    class Plain:
+        source, domain = "Exchange", "example.co.jp"
+
+        def expand(self, address):
+            return ListLookup(address, False, source=self.source)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(directory, "MAX_CACHED", 10)
+    now = [0.0]
+    cache = Directory([Plain()], clock=lambda: now[0])
+    for n in range(100):
+        now[0] += 1
+        cache.lookup([f"u{n}@example.co.jp"])
+    assert len(cache._cache) <= 10
+    assert "u99@example.co.jp" in cache._cache, "the newest answer is kept"

@@ -33,6 +33,7 @@ ANSWER_TTL = 600.0  # seconds a directory answer is reused (list membership chan
 FAILURE_TTL = 60.0  # seconds "could not ask" is reused, so an outage does not cost a timeout per message
 MAX_MEMBERS = 5000  # a larger list is treated as one SendGuard cannot show in full
 MAX_DEPTH = 5  # nested lists followed at most this deep
+MAX_CACHED = 20_000  # answers kept; expired ones are dropped when the cache is full
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,14 @@ class Directory:
             log.exception("directory lookup of %s failed", address)
             found = ListLookup(address, None, why=f"{type(exc).__name__}: {exc}", source=resolver.source)
         ttl = self.failure_ttl if found.is_list is None else self.answer_ttl
+        now = self.clock()
         with self._lock:
-            self._cache[address] = (self.clock() + ttl, found)
+            if len(self._cache) >= MAX_CACHED:
+                self._cache = {a: e for a, e in self._cache.items() if e[0] > now}
+                if len(self._cache) >= MAX_CACHED:  # all still fresh: drop the oldest half
+                    keep = sorted(self._cache.items(), key=lambda kv: kv[1][0])[MAX_CACHED // 2:]
+                    self._cache = dict(keep)
+            self._cache[address] = (now + ttl, found)
         return found
 
     def close(self) -> None:

@@ -46,6 +46,8 @@ class GraphResolver:
 
     def _denied(self, r: requests.Response) -> str:
         code, message = self.box._error_of(r)
+        if r.status_code == 404:
+            return f"Microsoft Graph no longer finds the group ({code}: {message})"
         return (f"Microsoft Graph refused to read the group ({code}: {message}); the app needs the "
                 f"{DIRECTORY_SCOPE} permission, granted by an administrator")
 
