@@ -91,6 +91,17 @@ def test_exchange_down_is_could_not_ask_and_is_asked_again_after_a_minute(ews, e
     assert cache.lookup(["all-staff@example.co.jp"])["all-staff@example.co.jp"].expanded
 
 
+def test_exchange_down_is_asked_once_for_a_message_to_many_colleagues(ews, ews_resolver, monkeypatch):
+    asked = []
+    real = ews_resolver.expand
+    monkeypatch.setattr(ews_resolver, "expand", lambda address: asked.append(address) or real(address))
+    ews.outage.down()
+    found = Directory([ews_resolver]).lookup([f"u{n}@example.co.jp" for n in range(5)])
+    assert len(asked) == 1, "after the first failure the others are answered at once"
+    assert {f.is_list for f in found.values()} == {None}
+    assert all("Cannot reach the Exchange server" in f.why for f in found.values())
+
+
 # ------------------------------------------------------------------------------- Microsoft Graph
 @pytest.fixture
 def graph():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .. import detect
+from ..mailboxes.base import MailboxError
 
 if TYPE_CHECKING:
     from ..config import Account
@@ -60,8 +61,9 @@ class ListLookup:
 
 
 class Resolver(Protocol):
-    """One account's directory. ``expand`` answers for one address and never raises for a failure of
-    the server: it returns ``ListLookup(address, None, why=...)`` instead."""
+    """One account's directory. ``expand`` answers for one address: a ``ListLookup`` (with ``is_list``
+    None and ``why`` when the server answered but not with the members), or it raises ``MailboxError``
+    when the server cannot be asked at all (down, throttling, sign-in refused)."""
 
     source: str
     domain: str  # the account's own domain
@@ -85,6 +87,7 @@ class Directory:
         self.answer_ttl = answer_ttl
         self.failure_ttl = failure_ttl
         self._cache: dict[str, tuple[float, ListLookup]] = {}
+        self._down: dict[int, tuple[float, str]] = {}  # resolver -> (until, why): not asked again meanwhile
         self._lock = threading.Lock()
 
     def candidates(self, addresses: Iterable[str], internal_domains: Iterable[str]) -> list[str]:
@@ -128,11 +131,22 @@ class Directory:
 
     def _ask(self, address: str) -> ListLookup:
         resolver = self._resolver_for(address)
-        try:
-            found = resolver.expand(address)
-        except Exception as exc:  # a resolver bug must not pass a list off as one address
-            log.exception("directory lookup of %s failed", address)
-            found = ListLookup(address, None, why=f"{type(exc).__name__}: {exc}", source=resolver.source)
+        with self._lock:
+            down = self._down.get(id(resolver))
+        if down is not None and down[0] > self.clock():
+            # the server could not be asked a moment ago: say so at once instead of waiting for it again
+            # (a message to many colleagues would otherwise wait a timeout per address)
+            found = ListLookup(address, None, why=down[1], source=resolver.source)
+        else:
+            try:
+                found = resolver.expand(address)
+            except MailboxError as exc:
+                found = ListLookup(address, None, why=str(exc), source=resolver.source)
+                with self._lock:
+                    self._down[id(resolver)] = (self.clock() + self.failure_ttl, str(exc))
+            except Exception as exc:  # a resolver bug must not pass a list off as one address
+                log.exception("directory lookup of %s failed", address)
+                found = ListLookup(address, None, why=f"{type(exc).__name__}: {exc}", source=resolver.source)
         ttl = self.failure_ttl if found.is_list is None else self.answer_ttl
         now = self.clock()
         with self._lock:

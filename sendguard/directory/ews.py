@@ -58,9 +58,10 @@ class EwsResolver:
         return [((m.email_address or "").lower(), m.name or "", m.mailbox_type in _LIST_TYPES) for m in found]
 
     def expand(self, address: str) -> ListLookup:
+        """Raises MailboxError when Exchange cannot be asked (the directory then stops asking a while)."""
         try:
             members = self._members(address)
-        except (MailboxError, _CannotExpand) as exc:
+        except _CannotExpand as exc:
             return ListLookup(address, None, why=str(exc), source=self.source)
         if members is None:
             return ListLookup(address, False, source=self.source)

@@ -17,7 +17,6 @@ from pathlib import Path
 import requests
 
 from ..config import Account
-from ..mailboxes.base import MailboxError
 from ..mailboxes.graph import GraphMailbox, _odata_literal, _session
 from . import MAX_MEMBERS, ListLookup, flatten
 
@@ -52,6 +51,7 @@ class GraphResolver:
                 f"{DIRECTORY_SCOPE} permission, granted by an administrator")
 
     def expand(self, address: str) -> ListLookup:
+        """Raises MailboxError when Graph cannot be asked (the directory then stops asking a while)."""
         what = f"looking {address} up in the directory"
         try:
             r = self._get("/groups", {"$filter": f"mail eq {_odata_literal(address)}",
@@ -77,8 +77,6 @@ class GraphResolver:
                 if len(rows) > MAX_MEMBERS:
                     break
                 url, params = data.get("@odata.nextLink"), None
-        except MailboxError as exc:
-            return ListLookup(address, None, why=str(exc), source=self.source)
         except ValueError as exc:  # a body that is not JSON
             return ListLookup(address, None, why=f"Microsoft Graph answered something unreadable ({exc})",
                               source=self.source)
