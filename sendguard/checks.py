@@ -55,6 +55,7 @@ MESSAGES = {
     "sender_account": _("You are sending from {target}, which is not one of your organization's accounts"),
     "distribution_list": _("{target} is a distribution list ({count} members, shown under it)"),
     "distribution_list_unexpanded": _("{target} is a distribution list whose members SendGuard cannot see"),
+    "distribution_list_unseen": _("{target} is a distribution list whose members SendGuard cannot see ({why})"),
     "distribution_list_partial": _("{target} is a distribution list that SendGuard could not expand in full ({why})"),
     "distribution_list_unknown": _("SendGuard could not ask {source} whether {target} is a distribution list "
                                    "({why}): check who receives it"),

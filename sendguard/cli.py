@@ -223,7 +223,8 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
             result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts, directory=lists) \
                 .evaluate_parsed(parsed, pol).to_json()
         else:
-            answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol)
+            answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol,
+                                            marked=parsed.marked_lists)
             result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts, lists=answers).to_json()
     finally:
         if lists is not None:

@@ -393,7 +393,8 @@ class Outbox:
     def directory_lists(self, parsed: message.ParsedMessage, policy: Policy,
                         cached_only: bool = False) -> dict[str, directory.ListLookup]:
         """The directory's answers for the recipients it can know (ours, not already in lists.csv)."""
-        return directory.answers_for(self.directory, [r.address for r in parsed.recipients], policy, cached_only)
+        return directory.answers_for(self.directory, [r.address for r in parsed.recipients], policy, cached_only,
+                                     marked=parsed.marked_lists)
 
     def _verdict(self, raw: bytes, envelope_from: str, envelope_to: list[str], policy: Policy,
                  cached_only: bool = False) -> _Verdict:

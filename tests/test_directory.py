@@ -298,3 +298,40 @@ def test_the_cache_stays_bounded(monkeypatch):
         cache.lookup([f"u{n}@example.co.jp"])
     assert len(cache._cache) <= 10
     assert "u99@example.co.jp" in cache._cache, "the newest answer is kept"
+
+
+# ------------------------------------------------------------------- lists Outlook marks as such
+def test_a_list_outlook_marks_is_never_one_address_even_without_a_directory(runner, write_policy):
+    """The add-in reports Office.js recipientType "distributionList" as {"list": true}: with no account
+    that can expand it, the list is one SendGuard cannot see (block refuses it); the note never goes out."""
+    import requests
+
+    write_policy(SAMPLE_POLICY.replace("[rules]", '[rules]\ndistribution_list = "block"'))
+    r = runner()
+    r.app.config["API_TOKEN"] = "tok"
+    payload = {"source": "api", "from": {"address": "taro@example.co.jp", "name": "Taro"},
+               "to": [{"address": "all-staff@example.co.jp", "name": "All staff", "list": True},
+                      {"address": "hanako@example.co.jp", "name": "Hanako"}],
+               "subject": "全社連絡", "body": "よろしくお願いします。", "attachments": []}
+    created = requests.post(f"{r.base_url}/api/v1/checks", json=payload, timeout=30,
+                            headers={"Authorization": "Bearer tok"}).json()
+    [reason] = [x for x in created["verdict"]["reasons"] if x["rule"] == "distribution_list"]
+    assert reason["target"] == "all-staff@example.co.jp" and reason["action"] == "block"
+    assert "members SendGuard cannot see (Outlook marks it as a distribution list" in reason["message"]
+    assert created["verdict"]["action"] == "block"
+
+    payload["to"][0].pop("list")  # false-positive guard: the same address unmarked is one internal address
+    plain = requests.post(f"{r.base_url}/api/v1/checks", json=payload, timeout=30,
+                          headers={"Authorization": "Bearer tok"}).json()
+    assert not [x for x in plain["verdict"]["reasons"] if x["rule"] == "distribution_list"]
+
+
+def test_the_client_note_is_removed_before_release():
+    from sendguard import compose, rewrite
+
+    raw, sender, rcpts = compose.from_fields({"from": {"address": "taro@example.co.jp"},
+                                              "to": [{"address": "ml@example.co.jp", "list": True}],
+                                              "subject": "s", "body": "b"})
+    assert message.parse(raw).marked_lists == ("ml@example.co.jp",)
+    final, _env, _bcc = rewrite.apply(raw, rewrite.Decision(), rcpts, set(), "<x@y>")
+    assert message.LISTS_HEADER.encode() not in final and message.parse(final).marked_lists == ()

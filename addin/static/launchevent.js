@@ -217,7 +217,11 @@
     if (!field) return Promise.resolve([]);
     return officeCall(field + ".getAsync", this.item()[field], "getAsync").then(function (list) {
       return (list || []).map(function (r) {
-        return { address: r.emailAddress || "", name: r.displayName || "" };
+        var entry = { address: r.emailAddress || "", name: r.displayName || "" };
+        // Outlook knows a distribution list from the address book: the helper then never takes it for
+        // one person (it expands it, or says it cannot)
+        if (r.recipientType === "distributionList") entry.list = true;
+        return entry;
       });
     });
   };

@@ -200,14 +200,25 @@ def lists_for(lookups: Mapping[str, ListLookup]) -> dict[str, ListLookup]:
     return {a: found for a, found in lookups.items() if found.is_list is not False}
 
 
+MARKED_BY_CLIENT = "Outlook"
+
+
 def answers_for(found: Directory | None, addresses: Iterable[str], policy: Policy,
-                cached_only: bool = False) -> dict[str, ListLookup]:
+                cached_only: bool = False, marked: Iterable[str] = ()) -> dict[str, ListLookup]:
     """What the policy engine gets for a message's recipients: the directory's answers for the
-    addresses it can know (ours, and not already described by lists.csv)."""
-    if found is None:
-        return {}
-    wanted = found.candidates([a for a in addresses if policy.list_for(a) is None], policy.internal_domains)
-    return lists_for(found.lookup(wanted, cached_only=cached_only))
+    addresses it can know (ours, and not already described by lists.csv). ``marked``: addresses the
+    mail client says are lists; one the directory does not expand is a list SendGuard cannot see."""
+    addresses = list(addresses)
+    answers: dict[str, ListLookup] = {}
+    if found is not None:
+        wanted = found.candidates([a for a in addresses if policy.list_for(a) is None], policy.internal_domains)
+        answers = lists_for(found.lookup(wanted, cached_only=cached_only))
+    for address in marked:
+        if address in addresses and address not in answers and policy.list_for(address) is None:
+            answers[address] = ListLookup(address, True, (), False, source=MARKED_BY_CLIENT, why=(
+                "Outlook marks it as a distribution list and no account here can expand it; an Exchange or "
+                "Microsoft 365 account added with --expand-lists can"))
+    return answers
 
 
 def for_accounts(accounts: Iterable[Account], home: Path) -> Directory | None:

@@ -104,7 +104,8 @@ def distribution_list(ctx: _Context) -> None:
         if count and not res.list_problem:
             ctx.add("distribution_list", "confirm" if action == "block" else action, address, count=str(count))
         elif res.list_problem:
-            ctx.add("distribution_list", action, address, key="distribution_list_partial", why=res.list_problem)
+            key = "distribution_list_partial" if count else "distribution_list_unseen"
+            ctx.add("distribution_list", action, address, key=key, why=res.list_problem)
         else:
             ctx.add("distribution_list", action, address, key="distribution_list_unexpanded")
 

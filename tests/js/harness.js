@@ -88,7 +88,7 @@ function fakeOutlook(overrides = {}) {
   function recipientField(field) {
     return {
       getAsync(cb) {
-        call(`${field}.getAsync`, cb, () => ok(state[field].map((r) => ({ ...r, recipientType: "other" }))));
+        call(`${field}.getAsync`, cb, () => ok(state[field].map((r) => ({ recipientType: "other", ...r }))));
       },
       setAsync(list, cb) {
         call(`${field}.setAsync`, cb, () => {
