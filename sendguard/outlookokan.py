@@ -268,6 +268,8 @@ def _general(src: _Folder, organization, confirm, rules, files, report: Report) 
     name = "GeneralSetting.csv"
     rows = src.rows(name)
     if not rows:
+        report.not_mapped.append(f"{name} is absent: SendGuard's defaults are kept (confirm.when = \"external\", "
+                                 "missing_attachment = \"confirm\")")
         return
     line, cells = rows[0]
     values = {column: _bool(src, name, line, column, _cell(cells, index), default)

@@ -335,3 +335,11 @@ def test_the_client_note_is_removed_before_release():
     assert message.parse(raw).marked_lists == ("ml@example.co.jp",)
     final, _env, _bcc = rewrite.apply(raw, rewrite.Decision(), rcpts, set(), "<x@y>")
     assert message.LISTS_HEADER.encode() not in final and message.parse(final).marked_lists == ()
+
+
+def test_an_account_that_cannot_be_set_up_makes_every_lookup_say_why(home):
+    broken = Account("work", "exchange", EWS_ADDRESS, {"expand_lists": True})  # neither server nor autodiscover
+    found = directory.for_accounts([broken], home)
+    assert found is not None
+    [answer] = found.lookup(["all-staff@example.co.jp"]).values()
+    assert answer.is_list is None and "the account work cannot be used" in answer.why and "server URL" in answer.why

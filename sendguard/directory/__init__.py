@@ -221,18 +221,38 @@ def answers_for(found: Directory | None, addresses: Iterable[str], policy: Polic
     return answers
 
 
+class _Unusable:
+    """An account whose directory cannot even be set up (settings incomplete, secrets unreadable): every
+    lookup says so, so lists are never taken for single addresses while it is broken."""
+
+    def __init__(self, account: Account, why: str):
+        self.source = {"exchange": "Exchange", "graph": "Microsoft Graph"}.get(account.kind, account.kind)
+        self.domain = account.address.rpartition("@")[2].lower()
+        self.why = f"the account {account.name} cannot be used: {why}"
+
+    def expand(self, address: str) -> ListLookup:
+        raise MailboxError(self.why)
+
+    def close(self) -> None:
+        pass
+
+
 def for_accounts(accounts: Iterable[Account], home: Path) -> Directory | None:
     """The directory of the accounts whose settings say ``expand_lists = true``; None when none do."""
     resolvers: list[Resolver] = []
     for account in accounts:
-        if not account.settings.get("expand_lists"):
+        if not account.settings.get("expand_lists") or account.kind not in ("exchange", "graph"):
             continue
-        if account.kind == "exchange":
-            from .ews import EwsResolver
+        try:
+            if account.kind == "exchange":
+                from .ews import EwsResolver
 
-            resolvers.append(EwsResolver.for_account(account, home))
-        elif account.kind == "graph":
-            from .graph import GraphResolver
+                resolvers.append(EwsResolver.for_account(account, home))
+            else:
+                from .graph import GraphResolver
 
-            resolvers.append(GraphResolver.for_account(account, home))
+                resolvers.append(GraphResolver.for_account(account, home))
+        except Exception as exc:  # the helper starts anyway; checks say why lists cannot be asked about
+            log.warning("the directory of account %s cannot be used: %s", account.name, exc)
+            resolvers.append(_Unusable(account, str(exc)))
     return Directory(resolvers) if resolvers else None
