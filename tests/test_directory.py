@@ -343,3 +343,33 @@ def test_an_account_that_cannot_be_set_up_makes_every_lookup_say_why(home):
     assert found is not None
     [answer] = found.lookup(["all-staff@example.co.jp"]).values()
     assert answer.is_list is None and "the account work cannot be used" in answer.why and "server URL" in answer.why
+
+
+def test_accounts_add_graph_expand_lists_asks_for_the_directory_permission(graph, home):
+    from click.testing import CliRunner
+
+    from sendguard.mailboxes.graph import add_command
+
+    result = CliRunner().invoke(add_command, [
+        "--address", GRAPH_ADDRESS, "--tenant", graph.tenant, "--client-id", graph.client_id, "--authority",
+        graph.base, "--graph-endpoint", graph.graph_endpoint, "--ca-bundle", str(graph.ca_file), "--expand-lists"])
+    assert result.exit_code == 0, result.output
+    (account,) = config.load(home / "config.toml").accounts
+    assert account.settings["expand_lists"] is True
+    assert any("GroupMember.Read.All" in scope for scope in graph.token_scopes.values())
+    found = directory.for_accounts([account], home).lookup(["all@contoso.example"])["all@contoso.example"]
+    assert found.expanded and len(found.members) == 4
+
+
+def test_accounts_add_exchange_expand_lists_is_saved(ews, home):
+    from click.testing import CliRunner
+
+    from sendguard.mailboxes.exchange import add_command
+
+    result = CliRunner().invoke(add_command, ["--address", EWS_ADDRESS, "--server", ews.url, "--username", "user",
+                                              "--password-stdin", "--expand-lists"], input="secret\n")
+    assert result.exit_code == 0, result.output
+    (account,) = config.load(home / "config.toml").accounts
+    assert account.settings["expand_lists"] is True
+    found = directory.for_accounts([account], home).lookup(["sales@example.co.jp"])["sales@example.co.jp"]
+    assert [m.address for m in found.members] == ["sato@example.co.jp", "kato@example.co.jp"]
