@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TITLE = "SendGuard"
 PREWARM_MS = 400  # how long the window stays mapped off screen at start-up (first paint and compositor set-up)
 SYNC_SECONDS = 0.3  # how often the window re-reads the outbox (changes from other processes show within 1 s)
+STATUS_SECONDS = 1.0  # how often the status line (what SendGuard waits for) is brought up to date
 WINDOW_STRINGS = (_("Confirm before sending"), _("Held for approval"), _("Released after approval"),
                   _("{subject} waits for approval by {approvers}."), _("{subject} was approved and sent."),
                   _("Save the message as"))
@@ -112,6 +113,8 @@ class ConfirmWindows:
         self._token: str | None = None
         self._thread: threading.Thread | None = None
         self._synced_at = 0.0
+        self._status_at = 0.0
+        self.status: list[dict[str, Any]] = []  # what SendGuard waits for, as last shown (sendguard.waiting)
 
     @property
     def has_tray(self) -> bool:
@@ -124,6 +127,7 @@ class ConfirmWindows:
             return {"paused": False, "locked": True}
         self.runner.helper.paused = paused
         log.info("guard %s", "paused" if paused else "resumed")
+        self._status_at = 0.0  # the status line says so at the next turn
         return {"paused": paused, "locked": False}
 
     # ------------------------------------------------------------------ plumbing
@@ -148,6 +152,9 @@ class ConfirmWindows:
         result = self.api("POST", f"/api/v1/outbox/{item_id}/{action}", body)
         if result["status"] >= 400:
             self.deciding.discard(item_id)
+            error = (result.get("body") or {}).get("error")
+            if isinstance(error, dict) and isinstance(error.get("message"), str):  # said in the user's language
+                error["message"] = i18n.localize(error["message"], self.gettext)
         return result
 
     def on_item(self, item: Item) -> None:
@@ -192,6 +199,8 @@ class ConfirmWindows:
             try:
                 if kind != "stop" and time.monotonic() - self._synced_at >= SYNC_SECONDS:
                     self._sync()
+                if kind != "stop" and time.monotonic() - self._status_at >= STATUS_SECONDS:
+                    self._update_status()
                 if kind == "item":
                     self._item_changed(value)
                 elif kind == "finished":
@@ -239,6 +248,24 @@ class ConfirmWindows:
         elif self.pending != before:
             self._update_counter()
             self._tray_count()
+
+    def _update_status(self) -> None:
+        """Tell the page and the tray what SendGuard is waiting on (a mail service, the central server,
+        the user), when that changed."""
+        from sendguard.waiting import waiting
+
+        self._status_at = time.monotonic()
+        helper = self.runner.helper
+        lines = [w.to_json() for w in waiting(helper.outbox, self.gettext, getattr(helper, "sync", None),
+                                              bool(helper.paused))]
+        shown = [(line["kind"], line["text"]) for line in lines]
+        if shown == [(line["kind"], line["text"]) for line in self.status]:
+            return
+        self.status = lines
+        self.window.evaluate_js(f"SG.status({json.dumps(lines, ensure_ascii=False)})")
+        self.emit("status", lines=lines)
+        if self.has_tray and self.ui is not None:
+            self.ui.call(lambda: self.tray.set_status([line["text"] for line in lines]))
 
     def _finished(self, item_id: str) -> None:
         """The page is done with ``item_id`` (its result was read or the undo ran out): show the next one."""
