@@ -180,7 +180,16 @@ class ConfirmWindows:
         return False
 
     # ------------------------------------------------------------------ the loop
+    def _warm_api(self) -> None:
+        """Take the first-call costs of the helper's API (token from the keyring, the Flask client, the
+        outbox listing) at start-up instead of on the first message."""
+        try:
+            self.api("GET", "/api/v1/outbox?state=awaiting_confirmation")
+        except Exception:  # warming is best effort; a real call reports its own errors
+            log.debug("warming the API failed", exc_info=True)
+
     def _loop(self) -> None:
+        self._warm_api()
         self.window.events.loaded.wait(30)
         try:
             self.window.evaluate_js("SG.warm(200)")
@@ -290,7 +299,9 @@ class ConfirmWindows:
             self.current_state = None
             return
         item_id = self.pending[0]
+        self.emit("picked", id=item_id)
         result = self.api("GET", f"/confirm/{item_id}/data")
+        self.emit("fetched", id=item_id)
         if result["status"] != 200:
             log.warning("cannot show %s: %s", item_id, result["body"])
             self.pending.remove(item_id)
