@@ -36,6 +36,9 @@ TITLE = "SendGuard"
 PREWARM_MS = 400  # how long the window stays mapped off screen at start-up (first paint and compositor set-up)
 SYNC_SECONDS = 0.3  # how often the window re-reads the outbox (changes from other processes show within 1 s)
 STATUS_SECONDS = 1.0  # how often the status line (what SendGuard waits for) is brought up to date
+HIDDEN_TITLE = _("SendGuard keeps running")
+HIDDEN_TEXT = _("Held mail stays held. This desktop has no tray: start SendGuard again (`sendguard serve`) to show "
+                "its window, with Pause and Quit.")
 WINDOW_STRINGS = (_("Confirm before sending"), _("Held for approval"), _("Released after approval"),
                   _("{subject} waits for approval by {approvers}."), _("{subject} was approved and sent."),
                   _("Save the message as"))
@@ -114,6 +117,7 @@ class ConfirmWindows:
         self._thread: threading.Thread | None = None
         self._synced_at = 0.0
         self._status_at = 0.0
+        self._told_hidden = False
         self.status: list[dict[str, Any]] = []  # what SendGuard waits for, as last shown (sendguard.waiting)
 
     @property
@@ -177,7 +181,28 @@ class ConfirmWindows:
         self.visible = False
         self.current = None
         threading.Thread(target=self.window.hide, daemon=True).start()
+        if not self.has_tray and not self._told_hidden:
+            # no tray to bring it back from: say how (starting SendGuard again shows this window)
+            self._told_hidden = True
+            t = self.gettext
+            title, text = t(HIDDEN_TITLE), t(HIDDEN_TEXT)
+            self.emit("notification", title=title, text=text)
+            from .tray import notify_without_tray
+
+            notify_without_tray(title, text)
         return False
+
+    def _show_idle(self) -> None:
+        """Show the window with no message in it (asked for from the tray, or by starting SendGuard again
+        where there is no tray): what SendGuard waits for, Pause and Quit."""
+        self.window.evaluate_js("SG.idle()")
+        self._update_status()
+        self.window.set_title(f"{TITLE} — {self.gettext('Waiting for messages…')}")
+        self.window.show()
+        self.visible = True
+        if self.ui is not None:
+            self.ui.call(self._raise)
+        self.emit("shown", id=None)
 
     # ------------------------------------------------------------------ the loop
     def _warm_api(self) -> None:
@@ -216,7 +241,10 @@ class ConfirmWindows:
                     self._finished(value)
                 elif kind == "open":
                     self.current = None
-                    self._present_next(force=True)
+                    if self.pending:
+                        self._present_next(force=True)
+                    else:
+                        self._show_idle()
                 elif kind == "eval":
                     self.emit("result", value=self.window.evaluate_js(value))
                 elif kind == "stop":
@@ -438,6 +466,10 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
 
     def started() -> None:
         manager.start(window)
+        from sendguard import runtime
+
+        info = runtime.read(runner.home)  # a second start on this home may ask this window to show itself
+        runtime.write(runner.home, **{**info, "window": True})
         if on_started is not None:
             on_started(manager)
 
@@ -446,6 +478,8 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
     from qtpy import QtCore
 
     previous = {sig: signal.signal(sig, lambda *_: manager.quit()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGUSR1"):  # SendGuard started again on this home: show the window (where no tray can)
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: manager.events.put(("open", None)))
     ticker = QtCore.QTimer()
     ticker.timeout.connect(lambda: None)
     ticker.start(200)
