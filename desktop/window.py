@@ -231,8 +231,8 @@ class ConfirmWindows:
             except queue.Empty:
                 kind, value = "sync", None
             try:
-                if kind != "stop" and time.monotonic() - self._synced_at >= SYNC_SECONDS:
-                    self._sync()
+                if kind not in ("stop", "item") and time.monotonic() - self._synced_at >= SYNC_SECONDS:
+                    self._sync()  # (a change made here syncs in _item_changed: once, not twice)
                 if kind != "stop" and time.monotonic() - self._status_at >= STATUS_SECONDS:
                     self._update_status()
                 if kind == "item":
