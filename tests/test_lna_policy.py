@@ -215,3 +215,16 @@ def test_policy_for_other_origins_does_not_open_loopback(helper: Any, tmp_path: 
         outlook.close()
     assert not any(url.startswith(helper.base_url) for url in refused["frames"]), refused
     assert refused["fetched"].startswith("refused"), refused
+
+
+def test_outlook_origin_alone_is_what_chromium_checks(helper: Any, tmp_path: Path, managed_policy: Any) -> None:
+    """The frame's navigation is the public page's request: Outlook's origin is the entry that matters
+    (the .reg file also lists the add-in's own origin, which does no harm)."""
+    managed_policy({"LocalNetworkAccessAllowedForUrls": [f"https://{OUTLOOK}"]})
+    outlook = FakeOutlookWeb(tmp_path, f"{helper.base_url}/addin/commands.html", helper.base_url)
+    try:
+        allowed = open_outlook(helper, outlook)
+    finally:
+        outlook.close()
+    assert f"{helper.base_url}/addin/commands.html" in allowed["frames"] and allowed["handler_loaded"], allowed
+    assert allowed["fetched"] == "reached", allowed
