@@ -119,7 +119,8 @@ def _waiting(key: str, user: str) -> Iterator[None]:
 
 
 def _relay_caller() -> tuple[str, str]:
-    """The user and the session id of the add-in token on this request (issued by ``relay_session``)."""
+    """The user of the add-in token on this request (issued by ``relay_session``), and the key its
+    waiting requests are counted under (one per token: its session id)."""
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else ""
     try:
