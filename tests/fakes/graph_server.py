@@ -8,8 +8,8 @@ authorities only). ``ca_file`` is the CA to trust. Routes:
 - ``/v1.0/me/mailFolders...``, ``/v1.0/me/messages...``, ``/v1.0/me/sendMail`` and the attachment upload
   session URL, ``/v1.0/groups?$filter=mail eq '...'`` and ``/v1.0/groups/{id}/transitiveMembers`` (the
   directory: they need GroupMember.Read.All, Group.Read.All or Directory.Read.All among the token's
-  scopes, else 403 Authorization_RequestDenied), with Graph's JSON shapes (``value``/``@odata.nextLink`` collections, ``{"error": {"code",
-  "message"}}`` errors, 202 for send, 429 with ``Retry-After``).
+  scopes, else 403 Authorization_RequestDenied), with Graph's JSON shapes (``value``/``@odata.nextLink``
+  collections, ``{"error": {"code", "message"}}`` errors, 202 for send, 429 with ``Retry-After``).
 
 The Outbox behaves as Exchange Online's does: a message sent with a future deferred send time
 (``singleValueExtendedProperties`` ``SystemTime 0x3FEF``: Outlook's delay delivery, scheduled send)
@@ -650,7 +650,8 @@ class FakeGraph:
         out = {"@odata.context": f"{self.graph_endpoint}/$metadata#{path}", "value": page}
         if skip + top < len(items):
             # like Graph's, the link carries the query's other options ($filter, $select, $expand)
-            out["@odata.nextLink"] = f"{self.graph_endpoint}{path}?$top={top}&$skip={skip + top}" + "".join(
+            # ``path`` is the request's path, /v1.0 included: the link is absolute, as Graph's are
+            out["@odata.nextLink"] = f"{self.base}{path}?$top={top}&$skip={skip + top}" + "".join(
                 f"&{key}={quote(query[key])}" for key in ("$filter", "$select", "$expand") if key in query)
         return out
 
@@ -716,7 +717,7 @@ class FakeGraph:
                 raise GraphError(400, "Request_UnsupportedQuery", "Unsupported query.")
             found = [{"id": g["id"], "displayName": g["displayName"], "mail": g["mail"]}
                      for g in self.groups.values() if g["mail"].lower() == mail.lower()]
-            return 200, self._collection([self._select(g, query) for g in found], query, "/groups"), {}
+            return 200, self._collection([self._select(g, query) for g in found], query, path), {}
         group = self.groups.get(parts[0])
         if group is None:
             raise GraphError(404, "Request_ResourceNotFound", f"Resource '{parts[0]}' does not exist.")
@@ -724,7 +725,7 @@ class FakeGraph:
             # Graph may give fewer than $top per page: the client must follow @odata.nextLink
             query = {**query, "$top": str(min(int(query.get("$top", 100)), self.member_page_limit))}
             members = [{"@odata.type": m["@odata.type"], **self._select(m, query)} for m in group["members"]]
-            return 200, self._collection(members, query, f"/groups/{parts[0]}/transitiveMembers"), {}
+            return 200, self._collection(members, query, path), {}
         raise GraphError(400, "BadRequest", f"Unsupported segment {'/'.join(parts[1:])}")
 
     def _mime_body(self, h, body: bytes) -> bytes:
