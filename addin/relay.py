@@ -43,6 +43,7 @@ from sqlalchemy import delete, insert, select, update
 from sendguard.errors import PermissionDenied
 from sendguard.store import addin_relay
 
+from .api import WAIT_WHILE
 from .security import ApiError, LongPolls, addin_signer, principal, require
 
 bp = Blueprint("addin_relay", __name__)
@@ -220,7 +221,8 @@ def _hand_over(user: str, data: dict[str, Any]) -> Any:
 
 @bp.get(f"{API_PATH}/api/v1/outbox/<relay_id>")
 def relay_poll(relay_id: str) -> Any:
-    """Long-poll: answers when the helper reports a new state, or after ``wait`` seconds."""
+    """Long-poll: answers at once with an outcome (a state the add-in does not wait in, as the helper's
+    own ``GET /api/v1/outbox/{id}?wait=`` does), else when the helper reports news, or after ``wait``."""
     user, key = _relay_caller()
     wait = _wait_seconds()
     row = _row(relay_id, user)
@@ -230,9 +232,11 @@ def relay_poll(relay_id: str) -> Any:
         while True:
             with _db().transaction() as conn:  # the add-in is still there: the helper hands it back to Outlook
                 conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(addin_seen=time.time()))
-            if row["version"] != seen_version or row["state"] in ("cancelled", "expired") or \
-                    time.monotonic() >= deadline:
-                return jsonify(_answer(row))
+            answer = _answer(row)
+            # news, or an outcome the add-in acts on (it may have come before this poll), or time is up
+            if row["version"] != seen_version or answer["state"] not in WAIT_WHILE or \
+                    row["state"] in ("cancelled", "expired") or time.monotonic() >= deadline:
+                return jsonify(answer)
             time.sleep(min(TICK * 2, max(0.0, deadline - time.monotonic())))
             row = _row(relay_id, user)
 
