@@ -41,6 +41,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from sqlalchemy import delete, insert, select, update
 
 from sendguard.errors import PermissionDenied
+from sendguard.outbox import AWAITING_OUTCOME
 from sendguard.store import addin_relay
 
 from .api import WAIT_WHILE
@@ -149,8 +150,8 @@ def _row(relay_id: str, user: str) -> dict[str, Any]:
 
 def _answer(row: dict[str, Any]) -> dict[str, Any]:
     status = dict(row["status"] or {})
-    if row["state"] == "cancelled" and status.get("state") in (None, "received", "awaiting_confirmation",
-                                                               "confirmed", "releasing"):
+    # the add-in withdrew the check (relay row cancelled) before the helper said anything final
+    if row["state"] == "cancelled" and status.get("state") in (None, *AWAITING_OUTCOME):
         status = {**status, "state": "cancelled"}
     return {"id": row["id"], "state": "received", "user_message": "", "approvers": [], "decision": None, **status}
 
