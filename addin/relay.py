@@ -44,7 +44,6 @@ from sendguard.errors import PermissionDenied
 from sendguard.outbox import AWAITING_OUTCOME
 from sendguard.store import addin_relay
 
-from .api import WAIT_WHILE
 from .security import ApiError, LongPolls, addin_signer, principal, require
 
 bp = Blueprint("addin_relay", __name__)
@@ -240,7 +239,7 @@ def relay_poll(relay_id: str) -> Any:
                                  .values(addin_seen=time.time()))
             answer = _answer(row)
             # news, or an outcome the add-in acts on (it may have come before this poll), or time is up
-            if row["version"] != seen_version or answer["state"] not in WAIT_WHILE or \
+            if row["version"] != seen_version or answer["state"] not in AWAITING_OUTCOME or \
                     row["state"] in ("cancelled", "expired") or time.monotonic() >= deadline:
                 return jsonify(answer)
             time.sleep(min(TICK, max(0.0, deadline - time.monotonic())))
