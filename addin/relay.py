@@ -44,7 +44,7 @@ from sendguard.errors import PermissionDenied
 from sendguard.outbox import AWAITING_OUTCOME
 from sendguard.store import addin_relay
 
-from .security import ApiError, LongPolls, addin_signer, principal, require
+from .security import ApiError, LongPolls, addin_signer, background_poll, principal, require
 
 bp = Blueprint("addin_relay", __name__)
 
@@ -264,21 +264,16 @@ def _helper_user() -> str:
     return who.who
 
 
-def _helper_key() -> str:
-    who = principal()
-    assert who is not None
-    return who.key
-
-
 @bp.get("/api/v1/central/relay/pending")
 @require("helper")
 def relay_pending() -> Any:
     """Long-poll: this user's add-in checks no helper has taken yet; each is taken by one helper only."""
     user = _helper_user()
     wait = _wait_seconds()
-    deadline = time.monotonic() + wait
-    # counted with the same helper token's decisions poll (2 per token) and the server's other long polls
-    with current_app.extensions["sendguard_long_polls"].hold(_helper_key()) if wait else nullcontext():
+    # counted with the same helper token's decisions poll (2 per token) and the server's other long polls;
+    # beyond the server's budget for helpers it is answered at once (the helper short-polls)
+    with background_poll(principal(), wait) as may_wait:
+        deadline = time.monotonic() + may_wait
         while True:
             with _db().engine.connect() as conn:
                 rows = conn.execute(select(addin_relay.c.id, addin_relay.c.request).where(

@@ -93,8 +93,7 @@ class AddinRelay:
 
     # ------------------------------------------------------------------ the loop
     def step(self, wait: float = POLL_SECONDS) -> int:
-        pending = self.client._call("GET", "/api/v1/central/relay/pending", params={"wait": wait},
-                                    timeout=wait + 15) or []
+        pending = self.client.relay_pending(wait)
         for request in pending:
             threading.Thread(target=self._handle_safely, args=(str(request["id"]), request.get("request") or {}),
                              name="sendguard-addin-relay", daemon=True).start()
@@ -112,6 +111,8 @@ class AddinRelay:
             try:
                 self.step()
                 backoff = 0.5
+                if self.client.poll_after:  # the server answered at once (its wait budget is full)
+                    self._stop.wait(self.client.poll_after)
             except SendGuardError as exc:
                 log.warning("add-in relay: %s", exc)
                 self._stop.wait(backoff)
