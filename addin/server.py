@@ -621,10 +621,11 @@ def wait_budget(threads: int, total: str | None = None, helpers: str | None = No
         try:
             n = int(value)
         except ValueError:
-            raise ConfigError(f"{name}={value!r}: write a whole number of waiting requests per server process, "
-                              "e.g. 12") from None
+            raise ConfigError("environment", f"{name}={value!r}: write a whole number of waiting requests per "
+                                             "server process, e.g. 12", key=name) from None
         if n < 0:
-            raise ConfigError(f"{name}={value!r}: write 0 or more waiting requests per server process")
+            raise ConfigError("environment", f"{name}={value!r}: write 0 or more waiting requests per server "
+                                             "process", key=name)
         return n
 
     total_n = number(total, "SENDGUARD_SERVER_LONG_POLLS", max(1, threads - max(2, threads // 4)))

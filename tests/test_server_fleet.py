@@ -11,26 +11,30 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import test_addin_relay as relay_tests
+import test_central_server as central_tests
 from conftest import make_message, wait_for
-from test_central_server import SERVER_POLICY, Proc, _healthy, env_for
+from test_central_server import SERVER_POLICY, Proc, ThreadServer, _healthy, env_for, held_for_approval
 
 from addin.server import database_url, issue_token
 from sendguard.central import CentralClient
-from sendguard.errors import SendGuardError
+from sendguard.errors import ConfigError, SendGuardError
 from sendguard.store import Store
 
 pytestmark = pytest.mark.postgres
 
 pg_url, tenant = relay_tests.pg_url, relay_tests.tenant
+sender_helper = central_tests.sender_helper
 HELPERS = 40
 BUDGET = 8  # waiting requests per server process (SENDGUARD_SERVER_LONG_POLLS)
 
@@ -158,3 +162,79 @@ def test_a_fleet_of_helpers_beyond_the_wait_budget_all_get_their_answers(pg_url:
             h.stop.set()
         server.stop()
 
+
+
+# ---------------------------------------------------------------------- one real helper, budget taken
+@pytest.fixture
+def server(pg_url: str, tmp_path: Path) -> Iterator[ThreadServer]:
+    """A server that holds no helper's poll waiting (its helpers' share of waits: 0)."""
+    policy = tmp_path / "server-policy.toml"
+    policy.write_text(SERVER_POLICY, encoding="utf-8")
+    s = ThreadServer(pg_url, policy, LONG_POLLS_TOTAL=3, LONG_POLLS_BACKGROUND=0)
+    yield s
+    s.stop()
+
+
+def test_a_helper_that_cannot_wait_on_the_server_short_polls_quietly(server: ThreadServer, sender_helper: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    polls = server.app.extensions["sendguard_long_polls"]
+    # a helper's polls are answered at once, with the hint; the client reads it
+    taro = CentralClient(server.url, server.token("taro@example.co.jp"))
+    started = time.monotonic()
+    assert taro.decisions(wait=20) == [] and time.monotonic() - started < 2.0
+    assert taro.poll_after is not None and 2.0 <= taro.poll_after <= 15.0 * 1.3
+    assert taro.relay_pending(wait=20) == [] and taro.poll_after is not None
+    assert polls.short_polling() >= 1 and polls.waiting() == 0
+    assert taro.statuses(["nothing"]) == [] and taro.poll_after is not None  # only polls change the hint
+
+    # the real helper (its decisions and relay loops) short-polls and still gets its decision in seconds
+    boss = CentralClient(server.url, server.token("boss@example.co.jp"))
+    item_id = held_for_approval(sender_helper)
+    wait_for(lambda: [i.id for i in boss.pending()] == [item_id], timeout=20)
+    boss.decide(item_id, "approve", "boss@example.co.jp", "OK")
+    decided = time.monotonic()
+    wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=20)
+    assert time.monotonic() - decided < 8.0
+    assert polls.waiting() == 0  # it never held a thread waiting
+    # never refused, never backed off: nothing to warn about
+    noisy = [r.getMessage() for r in caplog.records if r.name.startswith(("sendguard.central",
+                                                                          "sendguard.addin_relay"))]
+    assert noisy == []
+
+
+def test_wait_budget_follows_the_threads_and_refuses_nonsense() -> None:
+    from addin.server import wait_budget
+
+    assert wait_budget(16) == {"LONG_POLLS_TOTAL": 12, "LONG_POLLS_BACKGROUND": 8}
+    assert wait_budget(64) == {"LONG_POLLS_TOTAL": 48, "LONG_POLLS_BACKGROUND": 32}
+    assert wait_budget(4) == {"LONG_POLLS_TOTAL": 2, "LONG_POLLS_BACKGROUND": 1}
+    assert wait_budget(1) == {"LONG_POLLS_TOTAL": 1, "LONG_POLLS_BACKGROUND": 1}
+    assert wait_budget(16, "8") == {"LONG_POLLS_TOTAL": 8, "LONG_POLLS_BACKGROUND": 5}
+    assert wait_budget(16, "8", "20") == {"LONG_POLLS_TOTAL": 8, "LONG_POLLS_BACKGROUND": 8}
+    with pytest.raises(ConfigError, match="SENDGUARD_SERVER_LONG_POLLS='many'.*whole number"):
+        wait_budget(16, "many")
+    with pytest.raises(ConfigError, match="SENDGUARD_SERVER_HELPER_POLLS='-1'"):
+        wait_budget(16, None, "-1")
+
+
+def test_interactive_waits_keep_their_share_and_the_per_token_bound_stays() -> None:
+    from addin.security import ApiError, LongPolls
+
+    polls = LongPolls(per_credential=2, total=4, background=2)
+    with polls.hold("helper:a", background=True) as a, polls.hold("helper:b", background=True) as b:
+        assert a and b
+        with polls.hold("helper:c", background=True) as c:
+            assert not c  # over the helpers' share: answered at once, not refused
+            assert polls.waiting() == 2
+        with polls.hold("addin:x") as x, polls.hold("addin:y") as y:  # add-ins still have their places
+            assert x and y
+            with pytest.raises(ApiError) as busy:
+                polls.hold("addin:z").__enter__()
+            assert busy.value.status == 503
+    assert polls.waiting() == 0
+    roomy = LongPolls(per_credential=2, total=8, background=4)
+    with roomy.hold("helper:a", background=True), roomy.hold("helper:a", background=True):
+        with pytest.raises(ApiError) as many:
+            roomy.hold("helper:a", background=True).__enter__()
+        assert many.value.status == 429  # one token: 2 waiting at a time, as before
