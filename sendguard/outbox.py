@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -369,11 +369,13 @@ class Outbox:
                     log.exception("outbox listener failed")
 
     def transition(self, item_id: str, step: str, actor: str, data: dict[str, Any] | None = None, *,
-                   only_from: Iterable[State] | None = None, **values: Any) -> Item:
+                   only_from: Iterable[State] | None = None, also: Callable[[Any], None] | None = None,
+                   **values: Any) -> Item:
         """Take one step of ``TRANSITIONS`` (with its audit record) atomically, or raise ``StateError``.
 
         ``only_from`` narrows the step's sources further for this call (e.g. ``releasing`` only when the
-        caller has just seen that nobody is sending it); it can never widen them.
+        caller has just seen that nobody is sending it); it can never widen them. ``also(conn)`` writes
+        what belongs to the step beyond the item's row, in the same transaction.
         """
         if not isinstance(step, str) or step not in TRANSITIONS:
             raise ValueError(f"unknown outbox transition {step!r}: one of {', '.join(TRANSITIONS)} "
@@ -395,6 +397,8 @@ class Outbox:
                          .values(state=to.value, updated_at=self.clock(), **values))
             self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to.value, **(data or {})},
                                     ts=self.clock())
+            if also is not None:
+                also(conn)
             faults.point(f"transition.{event}.uncommitted")
         faults.point(f"transition.{event}.committed")
         self._notify(item_id)
@@ -513,26 +517,34 @@ class Outbox:
         return _Verdict(hold, audit, values, decision)
 
     def process(self, item_id: str) -> Item:
-        """Check a received message and hold it for the window, or pass it on when the policy allows."""
+        """Check a received message and hold it for the window, or pass it on when the policy allows.
+
+        The check's result is written by the step that follows it (hold or confirm), in that step's
+        audited transaction. Checked meanwhile by another thread or process: that outcome stands.
+        """
         item = self.get(item_id, with_bodies=True)
         if item.state != State.RECEIVED:
             return item
         policy = self.policy()
         verdict = self._verdict(item.raw or b"", item.envelope_from, item.envelope_to, policy)
-        if verdict.hold:
-            return self.transition(item_id, "hold", "policy", verdict.audit, **verdict.values)
-        with self.store.transaction() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**verdict.values))
         try:
-            return self._confirm(item_id, (State.RECEIVED,), verdict.decision, "policy", checked=None,
-                                 verdict=verdict.audit)
-        except StateError as exc:
-            # the policy passed it on, but it cannot go (e.g. it needs approval and nobody can approve):
-            # hold it where the user sees it and why, never leave it unseen in ``received``
-            if self.get(item_id).state != State.RECEIVED:
+            if verdict.hold:
+                return self.transition(item_id, "hold", "policy", verdict.audit, **verdict.values)
+            try:
+                return self._confirm(item_id, (State.RECEIVED,), verdict.decision, "policy", checked=None,
+                                     verdict=verdict.audit, stored=verdict.values)
+            except StateError as exc:
+                # the policy passed it on, but it cannot go (e.g. it needs approval and nobody can approve):
+                # hold it where the user sees it and why, never leave it unseen in ``received``
+                if self.get(item_id).state != State.RECEIVED:
+                    raise
+                return self.transition(item_id, "hold", "policy", {**verdict.audit, "error": str(exc)},
+                                       last_error=str(exc), **verdict.values)
+        except StateError:
+            current = self.get(item_id)
+            if current.state == State.RECEIVED:
                 raise
-            return self.transition(item_id, "hold", "policy", {**verdict.audit, "error": str(exc)},
-                                   last_error=str(exc))
+            return current
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
@@ -578,8 +590,13 @@ class Outbox:
 
     def _confirm(self, item_id: str, allowed: tuple[str, ...], decision: Decision, actor: str,
                  checked: dict[str, list[str]] | None, verdict: dict[str, Any] | None = None,
-                 reconfirmed: bool = False) -> Item:
+                 reconfirmed: bool = False, stored: dict[str, Any] | None = None) -> Item:
+        """``stored``: what the policy's check found (check result, sender, subject), not yet written:
+        it is written with the confirmation."""
         item = self.get(item_id, with_bodies=True)
+        if stored:
+            item = replace(item, check=stored.get("check_result", item.check), sender=stored.get("sender", item.sender),
+                           owner=stored.get("owner", item.owner), subject=stored.get("subject", item.subject))
         if item.state not in allowed:
             raise StateError(f"message {item_id} is {item.state}: cannot confirm it now")
         external = {r["address"] for r in (item.check or {}).get("recipients", []) if r.get("external")}
@@ -620,7 +637,7 @@ class Outbox:
                                        "final_recipients": envelope, "confirmed_by": actor}
         item = self.transition(
             item_id, "confirm", actor, data, only_from=allowed, final_raw=final, decision=record,
-            envelope_to=envelope, release_after=now + (0 if needs_approval else policy.hold_seconds),
+            envelope_to=envelope, release_after=now + (0 if needs_approval else policy.hold_seconds), **(stored or {}),
         )
         if needs_approval:
             approvers = list(policy.approvers_for(item.sender))
@@ -777,10 +794,14 @@ class Outbox:
         )
 
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
-        with self.store.transaction() as conn:
-            self.store.record_sent_domains(conn, item.envelope_to, self.clock())
+        """``sent``, and its recipients' domains counted as sent to, in one transaction."""
+        done = self.transition(item.id, "sent", "sendguard", detail, also=self._record_domains(item.envelope_to),
+                               last_error=None)
         self._sent_domains = (0.0, ())
-        return self.transition(item.id, "sent", "sendguard", detail, last_error=None)
+        return done
+
+    def _record_domains(self, addresses: list[str]) -> Callable[[Any], None]:
+        return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
         backoff = retry_after if retry_after is not None else _retry.delay(item.attempts)
