@@ -65,7 +65,7 @@ def test_a_small_message_is_stored_already_checked_in_one_commit(home, setup):
     smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
     [item] = items(home)  # right after the 250, without waiting for the worker
     assert item.state == "awaiting_confirmation"
-    assert item.check["verdict"]["action"] == "confirm"
+    assert item.check.verdict.action == "confirm"
     events = [r["event"] for r in audit.records(store.Store(home / "sendguard.db"), item.id)]
     assert events == ["received", "verdict"]
 
@@ -108,7 +108,7 @@ def test_crash_while_passing_a_checked_message_on_writes_nothing_of_that_step(ho
     assert [r["event"] for r in audit.records(store.Store(home / "sendguard.db"), item.id)] == ["received"]
     setup().start()
     wait_for(lambda: items(home)[0].state == "sent")
-    assert items(home)[0].check["verdict"]["action"] == "allow"
+    assert items(home)[0].check.verdict.action == "allow"
     assert len(sent_files(home)) == 1
 
 
