@@ -1,4 +1,4 @@
-"""REST API v1 (DESIGN §6): checks, the outbox, approvals, health and the OpenAPI document."""
+"""REST API v1: checks, the outbox, approvals, health and the OpenAPI document."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ UI_STRINGS = (
     _("Embedded in the message body"),
     # actions in the reasons list
     _("allow"), _("confirm"), _("approve"), _("block"),
-    # DESIGN §3.1: list members, added and opted-out recipients, the second confirmation
+    # list members, added and opted-out recipients, the second confirmation
     _("reconfirm"), _("auto_added"), _("list_member"), _("suppressed"), _("via {list}"),
     _("Added automatically by your organization's policy"), _("A member of the distribution list shown with it"),
     _("On the opt-out list: removed from this message"),

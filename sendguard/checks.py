@@ -1,4 +1,4 @@
-"""The policy engine: a parsed message + a policy + known domains -> the check result (DESIGN §4).
+"""The policy engine: a parsed message + a policy + known domains -> the check result.
 
 Pure: no I/O, no clock, no database. Each rule is a small function over a shared context; the
 verdict is the strongest action among the reasons.
@@ -60,7 +60,7 @@ MESSAGES = {
     "suppressed": _("{target} is on the opt-out list and is removed from this message"),
     "suppressed_block": _("{target} is on the opt-out list: this message cannot be sent to it"),
 }
-# confirm.when = "always": an otherwise allowed message still goes to the window (DESIGN §4)
+# confirm.when = "always": an otherwise allowed message still goes to the window
 MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (confirm.when = \"always\")")
 UNINSPECTED = _("{target} could not be inspected ({why}): check its content yourself")
 KIND_NAMES = {"card_number": _("card number"), "my_number": _("My Number"), "body": _("the message body")}

@@ -574,7 +574,7 @@ class Outbox:
         """The user's Send: apply removals and Bcc, re-check, then hold for approval or release.
 
         A message with a ``reconfirm`` reason needs ``reconfirmed=True``: the user has answered the
-        second question that names the reason (DESIGN §3.1).
+        second question that names the reason.
         """
         item = self.get(item_id)
         check = item.check or StoredCheck()
