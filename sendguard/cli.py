@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, audit, checks, paths, secrets
+from . import OWN_PACKAGES, __version__, audit, checks, paths, secrets
 from . import config as configmod
 from . import message as msgmod
 from . import policy as policymod
@@ -115,8 +115,10 @@ class PluginGroup(click.Group):
             return None
         try:
             return ep.load()  # type: ignore[no-any-return]
-        except ImportError as exc:
-            reason = str(exc)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] in OWN_PACKAGES:
+                raise  # SendGuard's own code is never optional: a broken import is a bug to see
+            reason = str(exc)  # a third-party package of an extra is not installed
 
             @click.command(name, help=f"(not available: {reason})",
                            context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -133,10 +135,7 @@ class _LazyTarget:
 
     def load(self) -> Any:
         module, _, attr = self.target.partition(":")
-        command = getattr(import_module(module), attr, None)
-        if command is None:
-            raise ImportError(f"{self.target} is not built yet")
-        return command
+        return getattr(import_module(module), attr)
 
 
 @click.group(cls=PluginGroup)
@@ -194,7 +193,7 @@ def render_check(result: checks.StoredCheck, _: Callable[[str], str]) -> str:
 
 @main.command()
 @click.argument("file", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (DESIGN §4).")
+@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (the shape the API and `queue show --json` use).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Use this policy file instead of $SENDGUARD_HOME/policy.toml.")
 @pass_ctx
