@@ -28,7 +28,7 @@ from typing import Any
 
 from sendguard import i18n
 from sendguard.i18n import _
-from sendguard.outbox import Item
+from sendguard.outbox import Item, State
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class ConfirmWindows:
         self.window = window
         window.events.closing += self._on_closing
         self.runner.helper.outbox.listeners.append(self.on_item)
-        for item in sorted(self.runner.helper.outbox.list(["awaiting_confirmation"]), key=lambda i: i.created_at):
+        for item in sorted(self.runner.helper.outbox.list([State.AWAITING_CONFIRMATION]), key=lambda i: i.created_at):
             self.pending.append(item.id)
         self._thread = threading.Thread(target=self._loop, name="sendguard-window", daemon=True)
         self._thread.start()
@@ -263,7 +263,7 @@ class ConfirmWindows:
         browser page, an approver, expiry, another process): the database is the truth, read every
         ``SYNC_SECONDS`` and at once on a change made in this process."""
         self._synced_at = time.monotonic()
-        waiting = sorted(self.runner.helper.outbox.list(["awaiting_confirmation"]), key=lambda i: i.created_at)
+        waiting = sorted(self.runner.helper.outbox.list([State.AWAITING_CONFIRMATION]), key=lambda i: i.created_at)
         ids = [i.id for i in waiting]
         added = [i for i in ids if i not in self.pending]
         before = list(self.pending)
@@ -401,16 +401,16 @@ class ConfirmWindows:
 
     def _tray_count(self) -> None:
         if self.tray is not None and self.ui is not None:
-            count = len(self.pending) + len(self.runner.helper.outbox.list(["awaiting_approval"]))
+            count = len(self.pending) + len(self.runner.helper.outbox.list([State.AWAITING_APPROVAL]))
             self.ui.call(lambda: self.tray.set_count(count))
 
     def _notify(self, item: Item) -> None:
         t = self.gettext
-        if item.state == "awaiting_approval":
+        if item.state == State.AWAITING_APPROVAL:
             title = t("Held for approval")
             text = t("{subject} waits for approval by {approvers}.").format(
                 subject=item.subject or item.id, approvers=", ".join(item.approvers) or "?")
-        elif item.state == "sent" and item.approval:
+        elif item.state == State.SENT and item.approval:
             title = t("Released after approval")
             text = t("{subject} was approved and sent.").format(subject=item.subject or item.id)
         else:
