@@ -21,8 +21,11 @@ helper's long-poll for new checks) holds one of the server's threads, so each is
 at a time per add-in token (``LONG_POLLS_PER_CREDENTIAL``), 4 per signed-in user whatever the number of
 tokens (``RELAY_LONG_POLLS_PER_USER``; an SSO token mints add-in tokens at will), the helper's poll
 together with its decisions poll 2 per helper token, and all of them together with the server's other
-long polls at most ``SENDGUARD_SERVER_LONG_POLLS`` per server process. More are answered 429 / 503 at
-once, before anything is stored. Relay ids are checked (32 lower-case hex digits) before the database.
+long polls at most ``LONG_POLLS_TOTAL`` per server process (sized from its threads). More are answered
+429 / 503 at once, before anything is stored - except a helper's poll beyond the helpers' share
+(``LONG_POLLS_BACKGROUND``): it is answered at once with what there is and an ``X-SendGuard-Poll-After``
+hint, and the helper short-polls (a fleet of hundreds of helpers is served). Relay ids are checked (32
+lower-case hex digits) before the database.
 """
 
 from __future__ import annotations
