@@ -82,10 +82,12 @@ class Transition:
     sources: frozenset[State]
     target: State
     event: str
+    # a record put right after the fact (it never sends anything): its sources stay final states
+    correction: bool = False
 
 
-def _t(sources: Iterable[State], target: State, event: str) -> Transition:
-    return Transition(frozenset(sources), target, event)
+def _t(sources: Iterable[State], target: State, event: str, correction: bool = False) -> Transition:
+    return Transition(frozenset(sources), target, event, correction)
 
 
 S = State
@@ -120,6 +122,9 @@ TRANSITIONS: dict[str, Transition] = {
     "resolve_resend": _t([S.NEEDS_ATTENTION, S.RELEASING, S.FAILED], S.FAILED, "retry_requested"),
     # central server: the sender's helper reports it sent the approved message
     "helper_sent": _t([S.APPROVED], S.SENT, "released"),
+    # the Outlook add-in was cleared to send (``sent`` for Outlook items means "Outlook may send it now")
+    # but then stopped the send itself (it could not apply a removal or an added Cc/Bcc): never sent
+    "client_stopped": _t([S.SENT], S.CANCELLED, "send_stopped", correction=True),
 }
 del S
 
@@ -132,7 +137,8 @@ def _in_order(states: Iterable[State]) -> tuple[State, ...]:
 
 
 # states no transition leaves: the item is done
-FINAL_STATES = _in_order(s for s in State if not any(s in t.sources for t in TRANSITIONS.values()))
+FINAL_STATES = _in_order(s for s in State
+                         if not any(s in t.sources for t in TRANSITIONS.values() if not t.correction))
 HELD_STATES = _in_order(s for s in State if s not in FINAL_STATES)
 NOT_SENT_STATES = _in_order(s for s in FINAL_STATES if s != State.SENT)
 CANCELLABLE = _in_order(TRANSITIONS["cancel"].sources)
@@ -717,6 +723,25 @@ class Outbox:
                                    last_error="cancelled while SendGuard could not tell whether it had gone out; "
                                               "check your Sent mail")
         return self.transition(item_id, "cancel", actor, {"reason": reason})
+
+    def client_stopped(self, item_id: str, actor: str, reason: str = "") -> Item:
+        """The client that was to send this item itself (the Outlook add-in, after ``sent``) stopped the
+        send: the record ends ``cancelled`` with a ``send_stopped`` audit record. Only for an item handed
+        back to its client to send; one SendGuard sent itself stays ``sent`` (StateError)."""
+        item = self.get(item_id)
+        if item.state != State.SENT or item.source not in CLIENT_SENDS:
+            raise StateError(f"message {item_id} is {item.state}: only a message its mail program was to send "
+                             "itself can be reported as stopped")
+        with self.store.engine.connect() as conn:
+            data = conn.execute(select(audit.c.data).where(audit.c.item_id == item_id, audit.c.event == "released")
+                                .order_by(audit.c.seq.desc()).limit(1)).scalar()
+        transport = (json.loads(data) if data else {}).get("transport")
+        if transport != item.source:
+            raise StateError(f"message {item_id} was sent by SendGuard ({transport or 'unknown transport'}), not "
+                             "handed back to the mail program: it cannot be reported as stopped")
+        return self.transition(item_id, "client_stopped", actor, {"reason": reason[:500]}, only_from=[State.SENT],
+                               last_error=f"stopped by the mail program after SendGuard cleared it: {reason[:200]}"
+                               if reason else "stopped by the mail program after SendGuard cleared it")
 
     def resolve(self, item_id: str, sent: bool, actor: str = "user") -> Item:
         """For ``needs_attention``, or an interrupted send SendGuard is still asking about: the user says
