@@ -253,6 +253,14 @@ def relay_poll(relay_id: str) -> Any:
 def relay_cancel(relay_id: str) -> Any:
     user, _key = _relay_caller()
     _row(relay_id, user)
+    data = request.get_json(silent=True)
+    if isinstance(data, dict) and data.get("stopped_send") is True:
+        # the add-in stopped a send its helper had cleared: the helper (still listening) records it not sent
+        with _db().transaction() as conn:
+            conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id, addin_relay.c.state == "taken")
+                         .values(state="stopped", request={"reason": str(data.get("reason") or "")[:500]},
+                                 updated_at=time.time()))
+        return jsonify(_answer(_row(relay_id, user)))
     with _db().transaction() as conn:
         conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
                                                addin_relay.c.state.in_(["pending", "taken"]))
@@ -307,8 +315,11 @@ def relay_status(relay_id: str) -> Any:
     with _db().transaction() as conn:
         conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(
             status=allowed, version=addin_relay.c.version + 1, updated_at=time.time()))
+    stopped = row["state"] == "stopped"
     return jsonify({"cancel": row["state"] == "cancelled",
-                    "addin_waiting": time.time() - float(row["addin_seen"]) <= ADDIN_WAITING_SECONDS})
+                    "addin_waiting": time.time() - float(row["addin_seen"]) <= ADDIN_WAITING_SECONDS,
+                    "stopped_send": stopped, "reason": str((row["request"] or {}).get("reason") or "") if stopped
+                    else ""})
 
 
 def init_app(app: Flask) -> None:
