@@ -411,26 +411,21 @@ def submit_request() -> Any:
     approvers = [a.lower() for a in policy.approvers_for(sender)]
     now = time.time()
     reasons = [r.rule for r in check.verdict.reasons_at("approve", "block")] if check else []
+    subject = str(data.get("subject") or "")
     try:
-        with svc.store.transaction() as conn:
-            conn.execute(insert(outbox).values(
-                id=item_id, state=State.AWAITING_APPROVAL.value, source=str(data.get("source") or "central")[:16],
-                source_ref=None, account=None, owner=who, envelope_from=str(data.get("envelope_from") or sender),
-                envelope_to=recipients, message_id=str(data.get("message_id") or "")[:998], sender=sender,
-                subject=str(data.get("subject") or ""), raw=raw, final_raw=raw,
-                check_result=check.to_json() if check else None,
-                decision=data.get("decision") if isinstance(data.get("decision"), dict) else None,
-                approvers=approvers, release_after=0.0, expires_at=now + policy.expire_hours * 3600,
-                attempts=0, created_at=now, updated_at=now, purged=0))
-            svc.store.append_audit(conn, "approval_requested", who, item_id, {
-                "approvers": approvers, "reasons": reasons, "sha256": hashlib.sha256(raw).hexdigest(),
-                "recipients": recipients, "subject": str(data.get("subject") or "")}, ts=now)
+        item = svc.outbox.take_for_approval(
+            item_id, raw, owner=who, sender=sender, envelope_from=str(data.get("envelope_from") or sender),
+            recipients=recipients, message_id=str(data.get("message_id") or "")[:998], subject=subject,
+            source=str(data.get("source") or "central")[:16], check=check,
+            decision=data.get("decision") if isinstance(data.get("decision"), dict) else None,
+            approvers=approvers, expires_at=now + policy.expire_hours * 3600, actor=who,
+            audit_data={"approvers": approvers, "reasons": reasons, "sha256": hashlib.sha256(raw).hexdigest(),
+                        "recipients": recipients, "subject": subject})
     except IntegrityError:
         existing = _find(svc, item_id)  # the same request raced in twice: answer as for a retry
         if existing is None or existing.owner != who:
             raise ApiError(409, "id_taken", f"request {item_id} belongs to another user") from None
         return jsonify(status_json(existing))
-    item = svc.outbox.get(item_id)
     svc.notices.wake()  # the server itself mails the approvers their links (never the sender's helper)
     return jsonify(status_json(item)), 201
 
