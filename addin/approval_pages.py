@@ -285,8 +285,12 @@ def decide(item_id: str) -> Any:
     svc = service()
     if hasattr(svc, "wake"):
         svc.wake()
-    done = _("Approved. The sender's SendGuard sends the message now.") if item.state == "approved" \
-        else _("Rejected. The sender has been told why.")
+    if item.state != "approved":
+        done = _("Rejected. The sender has been told why.")
+    elif (item.decision or {}).get("release") == "server":
+        done = _("Approved. The SendGuard server sends the message now, exactly as you saw it.")
+    else:
+        done = _("Approved. The sender's SendGuard sends the message now.")
     return _page("approve_notice.html", title=done, message="", continue_url=url_for("approval_pages.listing"))
 
 

@@ -367,7 +367,10 @@ class Outbox:
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
         item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account, actor)
-        return self.process(item_id)
+        try:
+            return self.process(item_id)
+        except StateError:  # the worker checked it first (it takes every committed `received` item)
+            return self.get(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
                  policy: Policy | None = None) -> checks.CheckResult:

@@ -1,0 +1,326 @@
+"""``[approval] release = "server"`` (issue #10, enforced approval): the central server keeps a flagged
+message and sends it itself, through the organization's relay, once an approver said yes.
+
+The peers are real: the server app on PostgreSQL, the sender's helper (its own SQLite, its own Maildir
+transport), an aiosmtpd relay behind a TCP proxy that can be cut, and another proxy between the helper
+and the server. "Leaves" means reaches the organization's relay; the helper's own transport must never
+carry a message the server sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email
+import email.policy
+import email.utils
+import hashlib
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import test_central_server as central
+from conftest import make_message, smtp_send, wait_for
+from fakes.tcpproxy import TcpProxy
+from sqlalchemy import select, update
+
+from sendguard import audit
+from sendguard.central import CentralClient
+from sendguard.errors import PermissionDenied
+from sendguard.store import outbox
+
+pg_url = central.pg_url
+pytestmark = pytest.mark.postgres
+
+SERVER_POLICY = """
+[approval]
+approvers = ["boss@example.co.jp"]
+expire_hours = 24
+release = "server"
+"""
+
+
+class Relay:
+    """The organization's SMTP relay (aiosmtpd), keeping every message it accepts."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.received: list[tuple[str, list[str], bytes]] = []
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            port = probe.getsockname()[1]
+        self.controller = Controller(self, hostname="127.0.0.1", port=port)
+        self.controller.start()
+        self.proxy = TcpProxy([("127.0.0.1", self.controller.port)])
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
+                              envelope.original_content or envelope.content))
+        await asyncio.sleep(0)
+        return "250 2.0.0 queued"
+
+    def released(self, message_id: str) -> list[tuple[str, list[str], bytes]]:
+        """Messages the server released with this Message-ID (not its own approval emails)."""
+        out = []
+        for r in self.received:
+            msg = email.message_from_bytes(r[2], policy=email.policy.default)
+            if msg.get("X-SendGuard-Notice") is None and msg.get("Message-ID", "").strip("<>") == message_id.strip("<>"):
+                out.append(r)
+        return out
+
+    def notices(self, item_id: str) -> list[email.message.EmailMessage]:
+        out = []
+        for _f, _t, data in self.received:
+            msg = email.message_from_bytes(data, policy=email.policy.default)
+            if msg.get("X-SendGuard-Notice") == f"approval-request; item={item_id}":
+                out.append(msg)
+        return out
+
+    def stop(self) -> None:
+        self.proxy.close()
+        self.controller.stop()
+
+
+class Server:
+    """The server app (werkzeug in a thread) whose policy says release = "server", mailing through ``relay``."""
+
+    def __init__(self, url: str, policy: Path, relay: Relay):
+        from werkzeug.serving import make_server
+
+        from addin.server import create_server_app, migrate
+
+        migrate(url)
+        relay_url = f"smtp://127.0.0.1:{relay.proxy.port}?security=none"
+        self.app = create_server_app(url, "http://127.0.0.1", policy, mail_url=relay_url,
+                                     mail_from="sendguard@example.co.jp")
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.service = self.app.config["SENDGUARD_SERVICE"]
+        if hasattr(self.service, "releaser"):  # (absent before server-side release existed)
+            self.service.releaser.interval = 0.3
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.direct = f"http://127.0.0.1:{self.server.server_port}"
+        self.proxy = TcpProxy([("127.0.0.1", self.server.server_port)])  # the network between helper and server
+        self.url = self.proxy.url
+        self.service.public_url = self.direct
+
+    def token(self, user: str) -> str:
+        from addin.server import issue_token
+
+        return issue_token(self.service.store, user)
+
+    def stop(self) -> None:
+        self.proxy.close()
+        self.server.shutdown()
+        self.service.close()
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    r = Relay()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def server(pg_url: str, tmp_path: Path, relay: Relay, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    from sendguard.mailboxes import _retry
+
+    monkeypatch.setattr(_retry, "BASE", 0.3)  # the server's back-off for its relay, short for the test
+    monkeypatch.setattr(_retry, "CAP", 1.0)
+    policy = tmp_path / "server-policy.toml"
+    policy.write_text(SERVER_POLICY, encoding="utf-8")
+    s = Server(pg_url, policy, relay)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def sender_helper(home: Path, server: Server) -> Iterator[Any]:
+    from sendguard.service import Helper
+
+    central.connect_helper(home, server.url, server.token("taro@example.co.jp"))
+    with (home / "config.toml").open("a", encoding="utf-8") as fh:  # short back-off (the server's too)
+        fh.write("\n[retry]\nbase_seconds = 0.3\nmax_seconds = 1.0\n")
+    helper = Helper(home)
+    assert helper.sync is not None
+    helper.sync.long_poll = 1.0
+    helper.sync.max_backoff = 1.0
+    helper.notices = []
+    helper.notifier = lambda title, body: helper.notices.append((title, body))
+    helper.start(smtp=True, smtp_port=0)
+    yield helper
+    helper.stop()
+
+
+def held(helper: Any, body: str = "社外秘の資料です。") -> tuple[str, str, bytes]:
+    """A flagged message confirmed by the sender: (id, Message-ID, the content handed over)."""
+    msg = make_message(subject="社外秘 見積", body=body)
+    if msg["Message-ID"] is None:
+        msg["Message-ID"] = email.utils.make_msgid(domain="example.co.jp")
+    smtp_send(helper.smtp.port, msg, ["a@partner.example"])  # the mail program hands it to the helper
+    item = wait_for(lambda: next((i for i in helper.outbox.list(["awaiting_confirmation"])
+                                  if i.message_id.strip("<>") == msg["Message-ID"].strip("<>")), None), timeout=20)
+    item = helper.outbox.confirm(item.id)
+    assert item.state == "awaiting_approval"
+    full = helper.outbox.get(item.id, with_bodies=True)
+    return str(item.id), full.message_id, full.final_raw or full.raw
+
+
+def handed_over(helper: Any, item_id: str) -> bool:
+    """The server took the message over: the helper shows it held, for the server to send once approved."""
+    item = helper.outbox.get(item_id)
+    return (item.decision or {}).get("release") == "server" and \
+        (item.last_error or "").startswith("Waiting for approval: the central server keeps this message")
+
+
+def sent_by_helper(helper: Any, item_id: str) -> bool:
+    return any(p.name == f"sendguard-{item_id}" for p in central.maildir(helper.home))
+
+
+def lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
+
+
+def stored_sha256(server: Server, item_id: str) -> str:
+    with server.service.store.engine.connect() as conn:
+        row = conn.execute(select(outbox.c.final_raw).where(outbox.c.id == item_id)).first()
+    return hashlib.sha256(row[0]).hexdigest()
+
+
+def test_the_server_sends_approved_mail_itself_exactly_as_the_approver_saw_it(
+        server: Server, relay: Relay, sender_helper: Any) -> None:
+    boss = CentralClient(server.direct, server.token("boss@example.co.jp"))
+    item_id, mid, content = held(sender_helper)
+    wait_for(lambda: handed_over(sender_helper, item_id), timeout=20)
+    local = sender_helper.outbox.get(item_id)
+    assert local.state == "awaiting_approval" and local.decision["release"] == "server"
+    assert local.decision["server_sha256"] == hashlib.sha256(content).hexdigest() == stored_sha256(server, item_id)
+    # what the approver is shown: the page behind the link the server mailed through the relay
+    notice = wait_for(lambda: relay.notices(item_id), timeout=20)[0]
+    link = re.search(r"(https?://\S+/approve/\S+)", notice.get_content()).group(1)
+    page = requests.Session().get(link, timeout=10)
+    assert page.status_code == 200 and "社外秘の資料です" in page.text and "a@partner.example" in page.text
+    time.sleep(1.0)
+    assert relay.released(mid) == [] and not sent_by_helper(sender_helper, item_id)  # nothing before a yes
+
+    boss.decide(item_id, "approve", "boss@example.co.jp", "OK")
+    wait_for(lambda: relay.released(mid), timeout=20)
+    wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=20)
+    time.sleep(1.5)
+    [(mail_from, rcpts, data)] = relay.released(mid)  # once
+    assert mail_from == "taro@example.co.jp" and rcpts == ["a@partner.example"]
+    assert lf(data) == lf(content)  # exactly the approved content (SMTP only changes line ends)
+    assert not sent_by_helper(sender_helper, item_id)  # the helper never sent it itself
+    events = [r["event"] for r in audit.records(server.service.store, item_id)]
+    assert events.count("approved") == 1 and events.count("released") == 1
+    local_events = [r["event"] for r in audit.records(sender_helper.store, item_id)]
+    assert "released_by_server" in local_events and "released" not in local_events
+    assert audit.verify(server.service.store) == [] and audit.verify(sender_helper.store) == []
+
+
+def test_a_tampered_helper_cannot_release_or_change_what_is_sent(
+        server: Server, relay: Relay, sender_helper: Any) -> None:
+    from sendguard.central import CentralClient as Client
+
+    token = server.token("taro@example.co.jp")
+    item_id, mid, content = held(sender_helper)
+    wait_for(lambda: handed_over(sender_helper, item_id), timeout=20)
+    sender_helper.sync.stop()  # from here on, the sender's own code talks to the server
+    me = Client(server.direct, token)
+    # his database says approved, and no longer that the server sends it (the server signs nothing it
+    # sends itself, so there is no signature he could copy)
+    with sender_helper.store.transaction() as conn:
+        conn.execute(update(outbox).where(outbox.c.id == item_id).values(
+            state="approved", release_after=0.0, decision={},
+            approval={"decision": "approved", "by": "boss@example.co.jp"}))
+    sender_helper.wake()
+    item = wait_for(lambda: (i := sender_helper.outbox.get(item_id)).state != "approved" and i, timeout=20)
+    assert item.state == "needs_attention" and "signature" in (item.last_error or "")
+    # he tells the server he sent it, approves it himself, hands over other content under the same id
+    r = requests.post(f"{server.direct}/api/v1/central/requests/{item_id}/released",
+                      headers={"Authorization": f"Bearer {token}"}, json={}, timeout=10)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "server_releases"
+    with pytest.raises(PermissionDenied):
+        me.decide(item_id, "approve", "taro@example.co.jp", "me")
+    altered = content.replace("社外秘の資料です".encode(), "別の資料です".encode())
+    answer = me.submit(sender_helper.outbox.get(item_id), altered)
+    assert answer["sha256"] == hashlib.sha256(content).hexdigest() != hashlib.sha256(altered).hexdigest()
+    # a new request that sends to an address the approver would not be shown is refused outright
+    sneaky = dataclasses.replace(sender_helper.outbox.get(item_id), id="sneaky1",
+                                 envelope_to=["a@partner.example", "evil@attacker.example"])
+    r = requests.post(f"{server.direct}/api/v1/central/requests", headers={"Authorization": f"Bearer {token}"},
+                      json={**_payload(sneaky, altered)}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unlisted_recipients"
+    assert "evil@attacker.example" in r.json()["error"]["message"]
+    # a hand-over whose hash does not match what arrived is refused (nothing stored)
+    broken = {**_payload(sneaky, altered), "id": "broken1", "recipients": ["a@partner.example"],
+              "sha256": hashlib.sha256(content).hexdigest()}
+    r = requests.post(f"{server.direct}/api/v1/central/requests", headers={"Authorization": f"Bearer {token}"},
+                      json=broken, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_hash"
+    time.sleep(1.5)
+    assert relay.released(mid) == []  # nothing left without the approver
+    assert server.service.outbox.get(item_id).state == "awaiting_approval"
+    # the approver says yes: the server sends what it was first given, never the altered copy
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    [(_f, _r, data)] = wait_for(lambda: relay.released(mid), timeout=20)
+    assert lf(data) == lf(content) and "別の資料".encode() not in data
+    assert not sent_by_helper(sender_helper, item_id)
+
+
+def _payload(item: Any, raw: bytes) -> dict[str, Any]:
+    import base64
+
+    return {"id": item.id, "sender": item.sender, "subject": item.subject, "message_id": item.message_id,
+            "envelope_from": item.envelope_from, "recipients": item.envelope_to, "check": item.check,
+            "decision": item.decision, "source": item.source, "raw": base64.b64encode(raw).decode("ascii"),
+            "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def test_server_down_during_hand_over_keeps_it_held_and_nothing_is_lost(
+        server: Server, relay: Relay, sender_helper: Any) -> None:
+    server.proxy.cut()
+    item_id, mid, content = held(sender_helper)
+    wait_for(lambda: sender_helper.sync.last_error, timeout=20)
+    assert "cannot reach the central server" in sender_helper.sync.last_error
+    item = sender_helper.outbox.get(item_id, with_bodies=True)
+    assert item.state == "awaiting_approval" and (item.final_raw or item.raw) == content
+    assert server.service.outbox.list() == [] and not sent_by_helper(sender_helper, item_id)
+    server.proxy.heal()
+    wait_for(lambda: handed_over(sender_helper, item_id), timeout=30)
+    assert stored_sha256(server, item_id) == hashlib.sha256(content).hexdigest()
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=30)
+    time.sleep(1.0)
+    assert len(relay.released(mid)) == 1 and not sent_by_helper(sender_helper, item_id)
+
+
+def test_relay_down_after_approval_is_retried_by_the_server_and_sent_once(
+        server: Server, relay: Relay, sender_helper: Any) -> None:
+    item_id, mid, content = held(sender_helper)
+    wait_for(lambda: relay.notices(item_id), timeout=20)
+    relay.proxy.cut()  # the organization's relay goes down before the approver decides
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    failed = wait_for(lambda: (i := server.service.outbox.get(item_id)).state == "failed" and i, timeout=20)
+    assert "cannot reach the SMTP relay" in (failed.last_error or "")
+    # the sender sees that it is approved and what the server waits for; it is not released here
+    note = wait_for(lambda: "could not send it yet" in (sender_helper.outbox.get(item_id).last_error or "")
+                    and sender_helper.outbox.get(item_id).last_error, timeout=20)
+    assert "approved by boss@example.co.jp" in note and sender_helper.outbox.get(item_id).state == "awaiting_approval"
+    wait_for(lambda: server.service.outbox.get(item_id).attempts >= 2, timeout=20)  # it keeps trying
+    relay.proxy.heal()
+    wait_for(lambda: server.service.outbox.get(item_id).state == "sent", timeout=30)
+    wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=30)
+    time.sleep(1.5)
+    [(_f, _r, data)] = relay.released(mid)  # sent once
+    assert lf(data) == lf(content) and not sent_by_helper(sender_helper, item_id)
