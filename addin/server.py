@@ -404,6 +404,11 @@ class CentralService:
             self._decision_key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed))
         return self._decision_key
 
+    def wake(self) -> None:
+        """A decision was just recorded: approval emails and server-side releases go now, not next tick."""
+        self.notices.wake()
+        self.releaser.wake()
+
     def close(self) -> None:
         self.notices.stop()
         self.releaser.stop()
