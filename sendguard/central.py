@@ -507,10 +507,18 @@ class CentralSync:
 
     def follow_server_releases(self) -> int:
         """Ask the server about the messages it sends itself (approved, sent, or held up at its relay)."""
-        rows = self._rows()
         settled = ("sent", "cancelled", "rejected", "expired")
-        ids = [i.id for i in self.outbox.list(["awaiting_approval", "cancelled"], limit=10_000)
-               if server_releases(i) and (rows.get(i.id) or {}).get("server_state") not in settled]
+        ids = []
+        for item_id, row in self._rows().items():
+            if row.get("server_state") in settled:
+                continue
+            try:
+                item = self.outbox.get(item_id)
+            except NotFound:
+                continue
+            # a message cancelled here while the server was already sending it is followed too
+            if server_releases(item) and item.state in ("awaiting_approval", "cancelled"):
+                ids.append(item_id)
         changed = 0
         for start in range(0, len(ids), 200):
             for status in self.client.statuses(ids[start:start + 200]):

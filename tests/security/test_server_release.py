@@ -196,7 +196,6 @@ def stored_sha256(server: Server, item_id: str) -> str:
 
 def test_the_server_sends_approved_mail_itself_exactly_as_the_approver_saw_it(
         server: Server, relay: Relay, sender_helper: Any) -> None:
-    boss = CentralClient(server.direct, server.token("boss@example.co.jp"))
     item_id, mid, content = held(sender_helper)
     wait_for(lambda: handed_over(sender_helper, item_id), timeout=20)
     local = sender_helper.outbox.get(item_id)
@@ -205,12 +204,17 @@ def test_the_server_sends_approved_mail_itself_exactly_as_the_approver_saw_it(
     # what the approver is shown: the page behind the link the server mailed through the relay
     notice = wait_for(lambda: relay.notices(item_id), timeout=20)[0]
     link = re.search(r"(https?://\S+/approve/\S+)", notice.get_content()).group(1)
-    page = requests.Session().get(link, timeout=10)
+    browser = requests.Session()
+    page = browser.get(link, timeout=10)
     assert page.status_code == 200 and "社外秘の資料です" in page.text and "a@partner.example" in page.text
     time.sleep(1.0)
     assert relay.released(mid) == [] and not sent_by_helper(sender_helper, item_id)  # nothing before a yes
 
-    boss.decide(item_id, "approve", "boss@example.co.jp", "OK")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    done = browser.post(f"{server.direct}/approve/{item_id}", data={"csrf": csrf, "decision": "approve",
+                                                                    "comment": "OK"},
+                        headers={"Origin": server.direct}, timeout=10)
+    assert done.status_code == 200 and "SendGuard server sends the message now" in done.text, done.text
     wait_for(lambda: relay.released(mid), timeout=20)
     wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=20)
     time.sleep(1.5)
@@ -247,6 +251,8 @@ def test_a_tampered_helper_cannot_release_or_change_what_is_sent(
     r = requests.post(f"{server.direct}/api/v1/central/requests/{item_id}/released",
                       headers={"Authorization": f"Bearer {token}"}, json={}, timeout=10)
     assert r.status_code == 409 and r.json()["error"]["code"] == "server_releases"
+    refused = [r["data"] for r in audit.records(server.service.store, item_id) if r["event"] == "approval_refused"]
+    assert any("cannot report it sent" in d.get("reason", "") for d in refused)
     with pytest.raises(PermissionDenied):
         me.decide(item_id, "approve", "taro@example.co.jp", "me")
     altered = content.replace("社外秘の資料です".encode(), "別の資料です".encode())
@@ -324,3 +330,18 @@ def test_relay_down_after_approval_is_retried_by_the_server_and_sent_once(
     time.sleep(1.5)
     [(_f, _r, data)] = relay.released(mid)  # sent once
     assert lf(data) == lf(content) and not sent_by_helper(sender_helper, item_id)
+
+
+def test_the_sender_can_still_cancel_until_the_server_sends(server: Server, relay: Relay, sender_helper: Any) -> None:
+    item_id, mid, _content = held(sender_helper)
+    wait_for(lambda: relay.notices(item_id), timeout=20)
+    relay.proxy.cut()
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    wait_for(lambda: server.service.outbox.get(item_id).state == "failed", timeout=20)
+    sender_helper.outbox.cancel(item_id, reason="wrong customer")  # in his window, after the approval
+    wait_for(lambda: server.service.outbox.get(item_id).state == "cancelled", timeout=20)
+    relay.proxy.heal()
+    time.sleep(2.0)
+    assert relay.released(mid) == [] and not sent_by_helper(sender_helper, item_id)
+    assert sender_helper.outbox.get(item_id).state == "cancelled"
