@@ -1016,6 +1016,67 @@ def token_revoke(database: str, user: str, token_id: str | None) -> None:
     click.echo(f"revoked {count} token(s) of {user}")
 
 
+@server_command.group("releases")
+def releases_group() -> None:
+    """Messages the server sends itself ([approval] release = "server") that have not gone out (admin)."""
+
+
+def _server_outbox(store: Store) -> Outbox:
+    from sendguard.policy import Policy
+
+    return Outbox(store, lambda: Policy(), None, local_approvers=False)  # reads and settles; never sends
+
+
+@releases_group.command("list")
+@_database_option
+@click.option("--json", "as_json", is_flag=True)
+def releases_list(database: str, as_json: bool) -> None:
+    """Approved messages the server still has to send, is sending, retries, or could not send."""
+    store = _store(database)
+    try:
+        items = [i for i in _server_outbox(store).list(["approved", "releasing", "failed", "needs_attention"],
+                                                        limit=10_000) if server_releases(i)]
+    finally:
+        store.close()
+    out = [{"id": i.id, "state": i.state, "from": i.sender, "subject": i.subject, "attempts": i.attempts,
+            "last_error": i.last_error} for i in items]
+    if as_json:
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    if not out:
+        click.echo("nothing waiting: every approved message the server sends has gone out")
+    for r in out:
+        click.echo(f"{r['id']}  {r['state']}  {r['from']}  {r['subject']}")
+        if r["last_error"]:
+            click.echo(f"  ! {r['last_error']}")
+
+
+@releases_group.command("resolve")
+@_database_option
+@click.argument("item_id")
+@click.option("--sent", "outcome", flag_value="sent", help="It did go out (you checked the relay's log).")
+@click.option("--resend", "outcome", flag_value="resend", help="It did not go out: send it again.")
+def releases_resolve(database: str, item_id: str, outcome: str | None) -> None:
+    """Settle a message the server could not send (needs_attention): it went out, or send it again."""
+    if outcome is None:
+        raise click.UsageError("say what happened: --sent (it went out) or --resend (send it again)")
+    if not _ID.match(item_id):
+        raise click.ClickException(f"{item_id!r} is not a message id (see `sendguard server releases list`)")
+    store = _store(database)
+    try:
+        box = _server_outbox(store)
+        item = box.get(item_id)
+        if not server_releases(item):
+            raise click.ClickException(f"message {item_id} is sent by its sender's helper, not by this server")
+        item = box.resolve(item_id, outcome == "sent", actor="admin")
+    except SendGuardError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"message {item_id} is now {item.state}"
+               + (" (the server sends it again within seconds)" if item.state == "failed" else ""))
+
+
 @server_command.command("connect")
 @click.argument("url")
 @click.option("--token", prompt=True, hide_input=True, help="The token your administrator issued.")

@@ -53,6 +53,7 @@ class Relay:
         from aiosmtpd.controller import Controller
 
         self.received: list[tuple[str, list[str], bytes]] = []
+        self.refuse = False  # answer 554 to every message (a relay not allowed to send as the sender)
         with socket.create_server(("127.0.0.1", 0)) as probe:
             port = probe.getsockname()[1]
         self.controller = Controller(self, hostname="127.0.0.1", port=port)
@@ -60,6 +61,8 @@ class Relay:
         self.proxy = TcpProxy([("127.0.0.1", self.controller.port)])
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse:
+            return "554 5.7.1 Sender address rejected: not allowed to send as this user"
         self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
                               envelope.original_content or envelope.content))
         await asyncio.sleep(0)
@@ -345,3 +348,33 @@ def test_the_sender_can_still_cancel_until_the_server_sends(server: Server, rela
     time.sleep(2.0)
     assert relay.released(mid) == [] and not sent_by_helper(sender_helper, item_id)
     assert sender_helper.outbox.get(item_id).state == "cancelled"
+
+
+def test_a_message_the_relay_refuses_waits_for_the_admin_and_goes_once_resent(
+        pg_url: str, server: Server, relay: Relay, sender_helper: Any) -> None:
+    from click.testing import CliRunner
+
+    from addin.server import server_command
+
+    item_id, mid, content = held(sender_helper)
+    wait_for(lambda: relay.notices(item_id), timeout=20)
+    relay.refuse = True  # the relay may not send as the sender: a permanent refusal, not retried
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    wait_for(lambda: server.service.outbox.get(item_id).state == "needs_attention", timeout=20)
+    note = wait_for(lambda: "will not try again" in (sender_helper.outbox.get(item_id).last_error or "")
+                    and sender_helper.outbox.get(item_id).last_error, timeout=20)
+    assert "554" in note and "Ask your administrator" in note
+    cli = CliRunner()
+    listed = cli.invoke(server_command, ["releases", "list", "--database", pg_url])
+    assert listed.exit_code == 0 and item_id in listed.output and "554" in listed.output, listed.output
+    refused = cli.invoke(server_command, ["releases", "resolve", item_id, "--database", pg_url])
+    assert refused.exit_code != 0 and "--sent" in refused.output and "--resend" in refused.output
+    relay.refuse = False  # the admin fixed the relay's permissions
+    done = cli.invoke(server_command, ["releases", "resolve", item_id, "--resend", "--database", pg_url])
+    assert done.exit_code == 0 and "failed" in done.output, done.output
+    wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=30)
+    time.sleep(1.0)
+    [(_f, _r, data)] = relay.released(mid)
+    assert lf(data) == lf(content)
+    assert "nothing waiting" in cli.invoke(server_command, ["releases", "list", "--database", pg_url]).output
