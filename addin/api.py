@@ -36,9 +36,18 @@ def _(text: str) -> str:
 def user_message(item: Item) -> str:
     """One sentence for the person who pressed Send, in their language."""
     state = item.state
+    by_server = (item.decision or {}).get("release") == "server"
+    if state == "awaiting_approval" and by_server and \
+            (item.last_error or "").startswith("Waiting for the central server to send it"):
+        return _("Approved; the SendGuard server sends it itself: {status}").format(status=item.last_error)
+    if state == "awaiting_approval" and by_server:
+        return _("Held for approval by {approvers}. The SendGuard server sends it itself once it is "
+                 "approved.").format(approvers=", ".join(item.approvers) or "?")
     if state == "awaiting_approval":
         return _("Held for approval by {approvers}. SendGuard sends it once it is approved.").format(
             approvers=", ".join(item.approvers) or "?")
+    if state == "sent" and (item.approval or {}).get("released_by") == "server":
+        return _("Approved and sent by the SendGuard server.")
     if state == "rejected":
         a = item.approval or {}
         return _("Rejected by {who}: {reason}").format(who=a.get("by", "?"), reason=a.get("reason", ""))

@@ -15,6 +15,7 @@ import email
 import email.policy
 import email.utils
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 import test_central_server as central
-from conftest import make_message, smtp_send, wait_for
+from conftest import make_message, run_cli, smtp_send, wait_for
 from fakes.tcpproxy import TcpProxy
 from sqlalchemy import select, update
 
@@ -204,6 +205,9 @@ def test_the_server_sends_approved_mail_itself_exactly_as_the_approver_saw_it(
     local = sender_helper.outbox.get(item_id)
     assert local.state == "awaiting_approval" and local.decision["release"] == "server"
     assert local.decision["server_sha256"] == hashlib.sha256(content).hexdigest() == stored_sha256(server, item_id)
+    listed = run_cli("queue", "list")  # what the sender sees: held, and who sends it
+    assert listed.returncode == 0 and "the central server keeps this message and sends it itself" in \
+        listed.stdout.decode(), listed.stderr
     # what the approver is shown: the page behind the link the server mailed through the relay
     notice = wait_for(lambda: relay.notices(item_id), timeout=20)[0]
     link = re.search(r"(https?://\S+/approve/\S+)", notice.get_content()).group(1)
@@ -227,6 +231,8 @@ def test_the_server_sends_approved_mail_itself_exactly_as_the_approver_saw_it(
     assert not sent_by_helper(sender_helper, item_id)  # the helper never sent it itself
     events = [r["event"] for r in audit.records(server.service.store, item_id)]
     assert events.count("approved") == 1 and events.count("released") == 1
+    shown = json.loads(run_cli("queue", "show", item_id, "--json").stdout)
+    assert shown["state"] == "sent" and shown["approval"]["released_by"] == "server"
     local_events = [r["event"] for r in audit.records(sender_helper.store, item_id)]
     assert "released_by_server" in local_events and "released" not in local_events
     assert audit.verify(server.service.store) == [] and audit.verify(sender_helper.store) == []
@@ -326,6 +332,9 @@ def test_relay_down_after_approval_is_retried_by_the_server_and_sent_once(
     note = wait_for(lambda: "could not send it yet" in (sender_helper.outbox.get(item_id).last_error or "")
                     and sender_helper.outbox.get(item_id).last_error, timeout=20)
     assert "approved by boss@example.co.jp" in note and sender_helper.outbox.get(item_id).state == "awaiting_approval"
+    shown = helper_api(sender_helper, f"/api/v1/outbox/{item_id}")  # the sender's window and add-in read this
+    assert shown["state"] == "awaiting_approval" and shown["user_message"].startswith(
+        "Approved; the SendGuard server sends it itself") and "could not send it yet" in shown["user_message"]
     wait_for(lambda: server.service.outbox.get(item_id).attempts >= 2, timeout=20)  # it keeps trying
     relay.proxy.heal()
     wait_for(lambda: server.service.outbox.get(item_id).state == "sent", timeout=30)
@@ -333,6 +342,27 @@ def test_relay_down_after_approval_is_retried_by_the_server_and_sent_once(
     time.sleep(1.5)
     [(_f, _r, data)] = relay.released(mid)  # sent once
     assert lf(data) == lf(content) and not sent_by_helper(sender_helper, item_id)
+    assert helper_api(sender_helper, f"/api/v1/outbox/{item_id}")["user_message"] == \
+        "Approved and sent by the SendGuard server."
+
+
+def helper_api(helper: Any, path: str) -> Any:
+    """GET from the sender's own helper API (the one its window and the Outlook add-in use)."""
+    from werkzeug.serving import make_server
+
+    from addin import create_app
+
+    app = create_app(helper, {"API_TOKEN": "tok"})
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        answer = requests.get(f"http://127.0.0.1:{http.server_port}{path}", headers={"Authorization": "Bearer tok"},
+                              timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+    finally:
+        http.shutdown()
 
 
 def test_the_sender_can_still_cancel_until_the_server_sends(server: Server, relay: Relay, sender_helper: Any) -> None:
