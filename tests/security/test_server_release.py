@@ -408,3 +408,81 @@ def test_a_message_the_relay_refuses_waits_for_the_admin_and_goes_once_resent(
     [(_f, _r, data)] = relay.released(mid)
     assert lf(data) == lf(content)
     assert "nothing waiting" in cli.invoke(server_command, ["releases", "list", "--database", pg_url]).output
+
+
+@pytest.mark.slow
+def test_real_processes_server_killed_after_the_approval_sends_once(pg_url: str, tmp_path: Path, relay: Relay) -> None:
+    """`sendguard server` (gunicorn, two workers, each with its releaser) and `sendguard serve` as separate
+    processes; the relay down at the approval and the server killed with kill -9 while it retries."""
+    from sendguard.store import Store
+
+    server_env = central.env_for(tmp_path, "server")
+    server_env["SENDGUARD_AUDIT_KEY"] = central.AUDIT_KEY
+    (tmp_path / "server" / "policy.toml").write_text(SERVER_POLICY, encoding="utf-8")
+    ready = tmp_path / "ready.json"
+    procs: list[Any] = []
+    relay_url = f"smtp://127.0.0.1:{relay.proxy.port}?security=none"
+
+    def start_server(bind: str) -> str:
+        ready.unlink(missing_ok=True)
+        p = central.Proc(["server", "--database", pg_url, "--bind", bind, "--ready-file", str(ready),
+                          "--workers", "2", "--threads", "8", "--mail-relay", relay_url,
+                          "--mail-from", "sendguard@example.co.jp"], server_env, tmp_path / "server.log").start()
+        procs.append(p)
+        url = wait_for(lambda: ready.exists() and json.loads(ready.read_text())["url"], timeout=30)
+        wait_for(lambda: central._healthy(url), timeout=30)
+        return str(url)
+
+    store = Store(pg_url.replace("postgresql://", "postgresql+psycopg://"), audit_key=central.AUDIT_KEY.encode())
+
+    def on_server(item_id: str) -> Any:
+        with store.engine.connect() as conn:
+            return conn.execute(select(outbox.c.state, outbox.c.attempts).where(outbox.c.id == item_id)).first()
+
+    sender_env = central.env_for(tmp_path, "sender")
+    try:
+        url = start_server("127.0.0.1:0")
+        port = url.rsplit(":", 1)[1]
+        token = central.cli(server_env, "server", "token", "issue", "--database", pg_url,
+                            "--user", "taro@example.co.jp").stdout.strip()
+        boss = CentralClient(url, central.cli(server_env, "server", "token", "issue", "--database", pg_url,
+                                              "--user", "boss@example.co.jp").stdout.strip())
+        (Path(sender_env["SENDGUARD_HOME"]) / "policy.toml").write_text(central.HELPER_POLICY, encoding="utf-8")
+        central.cli(sender_env, "server", "connect", url, "--token", token)
+        procs.append(central.Proc(["serve", "--no-window", "--smtp-port", "0", "--api-port", "0"], sender_env,
+                                  tmp_path / "sender.log").start())
+        sender_home = Path(sender_env["SENDGUARD_HOME"])
+        runtime = wait_for(lambda: central._runtime(sender_home), timeout=30)
+        msg = make_message(subject="社外秘 見積", body="社外秘の資料です。")
+        msg["Message-ID"] = email.utils.make_msgid(domain="example.co.jp")
+        smtp_send(runtime["smtp_port"], msg, ["a@partner.example"])
+        item_id = wait_for(lambda: central._held_id(sender_env), timeout=30)
+        central.cli(sender_env, "queue", "confirm", item_id)
+        wait_for(lambda: on_server(item_id), timeout=30)
+        wait_for(lambda: relay.notices(item_id), timeout=30)
+
+        relay.proxy.cut()
+        boss.decide(item_id, "approve", "boss@example.co.jp", "OK")
+        wait_for(lambda: tuple(on_server(item_id)) == ("failed", 1), timeout=30)
+        procs[0].kill9()  # between two attempts (the next one is seconds away)
+        relay.proxy.heal()
+        start_server(f"127.0.0.1:{port}")
+        wait_for(lambda: central._state(sender_env, item_id) == "sent", timeout=90)
+        time.sleep(3.0)  # time enough for a second copy to show up, if there were one
+        [(_f, rcpts, data)] = relay.released(msg["Message-ID"])
+        with store.engine.connect() as conn:
+            kept = conn.execute(select(outbox.c.final_raw).where(outbox.c.id == item_id)).scalar_one()
+        assert rcpts == ["a@partner.example"] and lf(data) == lf(kept)  # the copy handed over and approved
+        assert not any(p.name == f"sendguard-{item_id}" for p in central.maildir(sender_home))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    try:
+        events = [r["event"] for r in audit.records(store, item_id)]
+        assert events.count("approved") == 1 and events.count("released") == 1 and events.count("failed") >= 1
+        assert audit.verify(store) == []
+    finally:
+        store.close()
+    sender_log = [json.loads(line) for line in central.cli(sender_env, "audit", "export").stdout.splitlines()]
+    local = [r["event"] for r in sender_log if r["item_id"] == item_id]
+    assert local.count("released_by_server") == 1 and "released" not in local
