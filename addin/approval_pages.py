@@ -170,6 +170,13 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
     recipients = []
     for r in (item.check or {}).get("recipients", []):
         recipients.append({**r, "removed": bool(final) and r["address"].lower() not in final})
+    # addresses the message goes to that the check did not see (auto-Cc/Bcc added at confirmation)
+    checked = {r["address"].lower() for r in recipients}
+    added_bcc = {a.lower() for a in decision.get("added_bcc") or [] if isinstance(a, str)}
+    for address in item.envelope_to:
+        if address.lower() not in checked:
+            recipients.append({"address": address, "display_name": "", "removed": False, "flags": ["added"],
+                               "field": "bcc" if address.lower() in added_bcc else "cc"})
     attachments = [a for a in (item.check or {}).get("attachments", []) if a.get("id") not in removed_att]
     acting = approvals().acting_for(item, approver)
     return {

@@ -527,9 +527,13 @@ def submit_request() -> Any:
     if decision is not None:
         decision.pop("release", None)  # the server's policy says who sends it, never the helper
     if policy.release == "server":
-        # the approver must see every address the server will send to
+        # the approver must see every address the server will send to: those the check lists, and those
+        # the policy added at confirmation (auto-Cc/Bcc), which the approval page shows as added
         listed = {str(r.get("address") or "").lower() for r in (check or {}).get("recipients") or []
                   if isinstance(r, dict)}
+        for key in ("added_cc", "added_bcc"):
+            added = (decision or {}).get(key)
+            listed |= {a.lower() for a in added if isinstance(a, str)} if isinstance(added, list) else set()
         unlisted = sorted({r.lower() for r in recipients} - listed)
         if not recipients or unlisted:
             why = (f"request {item_id}: the check result does not list "

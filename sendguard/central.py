@@ -500,6 +500,8 @@ class CentralSync:
             else:
                 return False
         except (StateError, NotFound):
+            if state in ("rejected", "expired"):  # settled here already (e.g. cancelled): stop asking
+                self._save(item_id, server_state=state)
             return False
         self._save(item_id, server_state=state)
         self.on_change()

@@ -486,3 +486,28 @@ def test_real_processes_server_killed_after_the_approval_sends_once(pg_url: str,
     sender_log = [json.loads(line) for line in central.cli(sender_env, "audit", "export").stdout.splitlines()]
     local = [r["event"] for r in sender_log if r["item_id"] == item_id]
     assert local.count("released_by_server") == 1 and "released" not in local
+
+
+def test_auto_bcc_added_at_confirmation_is_shown_to_the_approver_and_sent(
+        home: Path, server: Server, relay: Relay) -> None:
+    from sendguard.service import Helper
+
+    central.connect_helper(home, server.url, server.token("taro@example.co.jp"))
+    with (home / "policy.toml").open("a", encoding="utf-8") as fh:
+        fh.write('\n[[rules.auto_cc]]\nbcc = ["archive@example.co.jp"]\n')
+    helper = Helper(home)
+    helper.sync.long_poll = 1.0
+    helper.start(smtp=True, smtp_port=0)
+    try:
+        item_id, mid, content = held(helper)
+        wait_for(lambda: handed_over(helper, item_id), timeout=20)
+        notice = wait_for(lambda: relay.notices(item_id), timeout=20)[0]
+        link = re.search(r"(https?://\S+/approve/\S+)", notice.get_content()).group(1)  # type: ignore[union-attr]
+        page = requests.Session().get(link, timeout=10)
+        assert "archive@example.co.jp" in page.text  # the approver sees the added Bcc
+        CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                               "boss@example.co.jp", "OK")
+        [(_f, rcpts, _data)] = wait_for(lambda: relay.released(mid), timeout=20)
+        assert sorted(rcpts) == ["a@partner.example", "archive@example.co.jp"]
+    finally:
+        helper.stop()
