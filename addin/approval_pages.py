@@ -170,7 +170,8 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
     recipients = []
     for r in (item.check or {}).get("recipients", []):
         recipients.append({**r, "removed": bool(final) and r["address"].lower() not in final})
-    # addresses the message goes to that the check did not see (auto-Cc/Bcc added at confirmation)
+    # an address the message goes to that the check does not list (a helper that sent a changed check)
+    # is shown all the same: the approver sees every address
     checked = {r["address"].lower() for r in recipients}
     added_bcc = {a.lower() for a in decision.get("added_bcc") or [] if isinstance(a, str)}
     for address in item.envelope_to:

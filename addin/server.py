@@ -466,9 +466,11 @@ def signed(status: dict[str, Any]) -> dict[str, Any]:
         return status  # the server sends it itself: the helper gets nothing it could release with
     svc = central()
     with svc.store.engine.connect() as conn:
-        raw = conn.execute(select(outbox.c.final_raw, outbox.c.raw).where(outbox.c.id == status["id"])).first()
+        raw = conn.execute(select(outbox.c.final_raw, outbox.c.raw, outbox.c.envelope_to)
+                           .where(outbox.c.id == status["id"])).first()
     content = (raw[0] or raw[1] or b"") if raw else b""
-    payload = decision_payload(str(status["id"]), hashlib.sha256(content).hexdigest(), approval)
+    payload = decision_payload(str(status["id"]), hashlib.sha256(content).hexdigest(), approval,
+                               list((raw[2] if raw else None) or []))
     return {**status, "signed": payload, "signature": sign_decision(svc.decision_key(), payload)}
 
 
@@ -527,13 +529,9 @@ def submit_request() -> Any:
     if decision is not None:
         decision.pop("release", None)  # the server's policy says who sends it, never the helper
     if policy.release == "server":
-        # the approver must see every address the server will send to: those the check lists, and those
-        # the policy added at confirmation (auto-Cc/Bcc), which the approval page shows as added
+        # the approver must see every address the server will send to (auto-Cc/Bcc are in the check too)
         listed = {str(r.get("address") or "").lower() for r in (check or {}).get("recipients") or []
                   if isinstance(r, dict)}
-        for key in ("added_cc", "added_bcc"):
-            added = (decision or {}).get(key)
-            listed |= {a.lower() for a in added if isinstance(a, str)} if isinstance(added, list) else set()
         unlisted = sorted({r.lower() for r in recipients} - listed)
         if not recipients or unlisted:
             why = (f"request {item_id}: the check result does not list "

@@ -47,10 +47,11 @@ LOCAL_GRACE = 3600.0
 DECISION_KEY = "server-decision-key"  # keyring: the server's Ed25519 public key, pinned at connect
 
 
-def decision_payload(item_id: str, sha256: str, approval: dict[str, Any]) -> dict[str, Any]:
-    """What the server signs for an approval: this message (its content hash), approved, by whom, when."""
-    return {"id": item_id, "sha256": sha256, "decision": "approved", "by": str(approval.get("by") or ""),
-            "at": str(approval.get("at") or "")}
+def decision_payload(item_id: str, sha256: str, approval: dict[str, Any], recipients: list[str]) -> dict[str, Any]:
+    """What the server signs for an approval: this message (its content hash) to these envelope
+    recipients, approved, by whom, when."""
+    return {"id": item_id, "sha256": sha256, "recipients": sorted({r.lower() for r in recipients}),
+            "decision": "approved", "by": str(approval.get("by") or ""), "at": str(approval.get("at") or "")}
 
 
 def _canonical(data: Any) -> bytes:
@@ -63,7 +64,8 @@ def sign_decision(private_key: Any, payload: dict[str, Any]) -> str:
     return base64.b64encode(private_key.sign(_canonical(payload))).decode("ascii")
 
 
-def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, approval: dict[str, Any] | None) -> str | None:
+def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, approval: dict[str, Any] | None,
+                     recipients: list[str]) -> str | None:
     """Why an approval may not release this message (None: the server signed it for exactly this content)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -74,8 +76,10 @@ def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, ap
         return "no pinned key of the central server: run `sendguard server connect URL --token T` again"
     if not isinstance(signed, dict) or not isinstance(signature, str):
         return "the approval carries no signature of the central server"
-    expected = decision_payload(item_id, hashlib.sha256(raw or b"").hexdigest(), signed)
+    expected = decision_payload(item_id, hashlib.sha256(raw or b"").hexdigest(), signed, recipients)
     if signed != expected:
+        if signed.get("recipients") != expected["recipients"]:
+            return "the signed approval is for other recipients"
         return "the signed approval is for another message or other content"
     try:
         Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key)).verify(base64.b64decode(signature),
@@ -294,7 +298,8 @@ class CentralSync:
                                    "this helper never releases it")
         # with a central server every approval is the server's: one without its signature (an edited
         # database, or a record from before the server) releases nothing
-        why = decision_problem(self.server_key(), item.id, item.final_raw or item.raw, item.approval)
+        why = decision_problem(self.server_key(), item.id, item.final_raw or item.raw, item.approval,
+                               item.envelope_to)
         if why:
             raise PermissionDenied(f"not released: {why}")
 
@@ -437,7 +442,7 @@ class CentralSync:
             except NotFound:
                 return False
             approval["signed"], approval["signature"] = status.get("signed"), status.get("signature")
-            why = decision_problem(self.server_key(), item_id, raw.final_raw or raw.raw, approval)
+            why = decision_problem(self.server_key(), item_id, raw.final_raw or raw.raw, approval, raw.envelope_to)
             if why:
                 raise DecisionUnverified(f"decision on {item_id} not applied: {why}")
         try:

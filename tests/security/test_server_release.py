@@ -32,7 +32,7 @@ from fakes.tcpproxy import TcpProxy
 from sqlalchemy import select, update
 
 from sendguard import audit
-from sendguard.central import CentralClient
+from sendguard.central import CentralClient, item_from_json
 from sendguard.errors import PermissionDenied
 from sendguard.store import outbox
 
@@ -511,3 +511,27 @@ def test_auto_bcc_added_at_confirmation_is_shown_to_the_approver_and_sent(
         assert sorted(rcpts) == ["a@partner.example", "archive@example.co.jp"]
     finally:
         helper.stop()
+
+
+def test_the_approval_page_shows_every_address_even_one_the_check_does_not_list(pg_url: str, tmp_path: Path) -> None:
+    """With the helper releasing (the default), a changed helper could hand over a check that hides an
+    address its envelope has: the approver is shown it all the same."""
+    policy = tmp_path / "helper-release.toml"
+    policy.write_text(central.SERVER_POLICY, encoding="utf-8")
+    s = central.ThreadServer(pg_url, policy)
+    try:
+        token = s.token("taro@example.co.jp")
+        msg = make_message(subject="見積", body="資料です。")
+        item = dataclasses.replace(
+            item_from_json({"id": "hidden1", "state": "awaiting_approval", "from": "taro@example.co.jp",
+                                    "recipients": [{"address": "a@partner.example", "field": "to", "flags": []}]}),
+            envelope_to=["a@partner.example", "evil@attacker.example"], message_id="<hidden1@example.co.jp>")
+        r = requests.post(f"{s.url}/api/v1/central/requests", headers={"Authorization": f"Bearer {token}"},
+                          json=_payload(item, msg.as_bytes()), timeout=10)
+        assert r.status_code == 201, r.text
+        link = wait_for(lambda: central.approval_link_in(s.mail, "hidden1"), timeout=20)
+        page = requests.Session().get(link, timeout=10)
+        assert page.status_code == 200 and "evil@attacker.example" in page.text
+        assert r.json()["release"] == "helper"
+    finally:
+        s.stop()
