@@ -36,7 +36,7 @@ from sendguard.approvals import is_own
 from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
 from sendguard.i18n import _
 from sendguard.links import LinkSigner, use_once, was_used
-from sendguard.outbox import Item
+from sendguard.outbox import APPROVAL_OUTCOMES, Item, State
 
 from .api import approvals, item_json, service
 
@@ -235,7 +235,7 @@ def _open_link(item_id: str, token: str) -> Any:
         item = service().outbox.get(item_id)
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
-    if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
+    if item.state == State.AWAITING_APPROVAL and not approvals().may_decide(item, approver):
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {', '.join(item.approvers) or '-'}")
     if was_used(service().store, str(claims.get("jti"))):  # whoever fetches it again (a scanner, say)
@@ -293,7 +293,7 @@ def decide(item_id: str) -> Any:
     svc = service()
     if hasattr(svc, "wake"):
         svc.wake()
-    if item.state != "approved":
+    if item.state != State.APPROVED:
         done = _("Rejected. The sender has been told why.")
     elif (item.decision or {}).get("release") == "server":
         done = _("Approved. The SendGuard server sends the message now, exactly as you saw it.")
@@ -310,7 +310,7 @@ def listing() -> Any:
         return _notice(_("Not allowed"), _("Open the approval link from your email first."), 401)
     waiting = approvals().pending_for(approver, limit=500)
     own = [i for i in service().outbox.list(owner=approver, limit=50)
-           if i.approvers and i.state in ("awaiting_approval", "approved", "rejected", "expired")]
+           if i.approvers and i.state in (State.AWAITING_APPROVAL, *APPROVAL_OUTCOMES)]
     return _page("approve_list.html", items=[_row(i) for i in waiting], own=[_row(i) for i in own])
 
 

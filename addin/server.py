@@ -44,7 +44,7 @@ from sendguard.config import Config
 from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
 from sendguard.i18n import translator
 from sendguard.links import LinkSigner
-from sendguard.outbox import Item, Outbox
+from sendguard.outbox import DECIDED_STATES, Item, Outbox, State
 from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
@@ -54,7 +54,6 @@ from .security import ApiError, long_poll, principal, require
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-DECIDED = ("approved", "rejected", "expired", "sent", "cancelled")
 MAX_WAIT = 30.0
 TOKEN_CACHE_SECONDS = 10.0
 # links the server mails itself; links of older versions (handed to the sender's helper) no longer work
@@ -350,7 +349,7 @@ class ServerReleaser:
                     if not server_releases(item):
                         continue  # the sender's helper releases this one
                     try:
-                        sent += self.outbox.release(item.id).state == "sent"
+                        sent += self.outbox.release(item.id).state == State.SENT
                     except (StateError, NotFound):
                         continue
                     except Exception:
@@ -460,7 +459,7 @@ def signed(status: dict[str, Any]) -> dict[str, Any]:
     """An approval goes to the helper with the server's signature over the message's content hash: the
     helper releases nothing the server did not approve for exactly that content."""
     approval = status.get("approval") or {}
-    if status.get("state") not in ("approved", "sent") or approval.get("decision") != "approved":
+    if status.get("state") not in (State.APPROVED, State.SENT) or approval.get("decision") != "approved":
         return status
     if status.get("release") == "server":
         return status  # the server sends it itself: the helper gets nothing it could release with
@@ -547,7 +546,7 @@ def submit_request() -> Any:
     try:
         with svc.store.transaction() as conn:
             conn.execute(insert(outbox).values(
-                id=item_id, state="awaiting_approval", source=str(data.get("source") or "central")[:16],
+                id=item_id, state=State.AWAITING_APPROVAL.value, source=str(data.get("source") or "central")[:16],
                 source_ref=None, account=None, owner=who, envelope_from=str(data.get("envelope_from") or sender),
                 envelope_to=recipients, message_id=str(data.get("message_id") or "")[:998], sender=sender,
                 subject=str(data.get("subject") or ""), raw=raw, final_raw=raw, check_result=check,
@@ -608,7 +607,8 @@ def decisions() -> Any:
     skip = [i for i in request.args.get("skip", "").split(",") if i][:500]
     acked = select(notices.c.item_id).where(notices.c.kind == "helper_ack", notices.c.recipient == who)
     cols = [outbox.c[n] for n in _STATUS_COLUMNS]
-    query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_(DECIDED), outbox.c.id.not_in(acked))
+    query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_([s.value for s in DECIDED_STATES]),
+                                outbox.c.id.not_in(acked))
     if skip:
         query = query.where(outbox.c.id.not_in(skip))
     query = query.order_by(outbox.c.updated_at).limit(200)
@@ -635,7 +635,7 @@ def ack_decisions() -> Any:
     done = 0
     for item_id in ids[:500]:
         item = _find(svc, item_id)
-        if item is None or item.owner != who or item.state not in DECIDED:
+        if item is None or item.owner != who or item.state not in DECIDED_STATES:
             continue
         try:
             with svc.store.transaction() as conn:
@@ -661,10 +661,10 @@ def cancel_request(item_id: str) -> Any:
     """The sender cancelled the message in their helper: withdraw the request."""
     svc = central()
     # a message the server sends itself can be withdrawn until the server starts sending it
-    allowed = ["awaiting_approval", "approved", "failed"] if server_releases(_own(svc, item_id)) \
-        else ["awaiting_approval"]
-    item = svc.outbox.transition(item_id, allowed, "cancelled", "cancelled", _user(),
-                                 {"reason": "cancelled by the sender"})
+    only_from = [State.AWAITING_APPROVAL, State.APPROVED, State.FAILED] if server_releases(_own(svc, item_id)) \
+        else [State.AWAITING_APPROVAL]
+    item = svc.outbox.transition(item_id, "cancel", _user(), {"reason": "cancelled by the sender"},
+                                 only_from=only_from)
     return jsonify(status_json(item))
 
 
@@ -678,8 +678,8 @@ def released(item_id: str) -> Any:
         why = f"message {item_id} is sent by the central server itself: a helper cannot report it sent"
         svc.approvals.audit_refusal(item_id, _user(), why, "central")
         raise ApiError(409, "server_releases", why)
-    if item.state == "approved":
-        item = svc.outbox.transition(item_id, ["approved"], "sent", "released", _user(), {"by_helper": True})
+    if item.state == State.APPROVED:
+        item = svc.outbox.transition(item_id, "helper_sent", _user(), {"by_helper": True})
         try:
             svc.outbox.record_sent_domains(item.envelope_to)
         except Exception:  # the domain history is a hint for checks; never fail the report for it
@@ -1036,7 +1036,7 @@ def releases_list(database: str, as_json: bool) -> None:
     """Approved messages the server still has to send, is sending, retries, or could not send."""
     store = _store(database)
     try:
-        items = [i for i in _server_outbox(store).list(["approved", "releasing", "failed", "needs_attention"],
+        items = [i for i in _server_outbox(store).list([State.APPROVED, State.RELEASING, State.FAILED, State.NEEDS_ATTENTION],
                                                         limit=10_000) if server_releases(i)]
     finally:
         store.close()
@@ -1076,7 +1076,7 @@ def releases_resolve(database: str, item_id: str, outcome: str | None) -> None:
     finally:
         store.close()
     click.echo(f"message {item_id} is now {item.state}"
-               + (" (the server sends it again within seconds)" if item.state == "failed" else ""))
+               + (" (the server sends it again within seconds)" if item.state == State.FAILED else ""))
 
 
 @server_command.command("connect")

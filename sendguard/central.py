@@ -33,8 +33,9 @@ from sqlalchemy import insert, select, update
 from . import config as configmod
 from . import paths, secrets
 from .errors import NotFound, PermissionDenied, SendGuardError, StateError
-from .outbox import Item, Outbox
+from .outbox import APPROVAL_OUTCOMES, Item, Outbox, State
 from .store import central_requests, outbox
+from .waiting import SERVER_SENDS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def server_releases(item: Item) -> bool:
 
 def waiting_note(state: str, approval: dict[str, Any], server_error: Any) -> str:
     """The line the helper shows for a message the server sends itself, from the server's status."""
-    waiting = f"Waiting for the central server to send it (approved by {approval.get('by') or 'the approver'})"
+    waiting = f"{SERVER_SENDS} (approved by {approval.get('by') or 'the approver'})"
     if state == "releasing":
         return f"{waiting}; the server is sending it now"
     if state == "failed":
@@ -399,7 +400,7 @@ class CentralSync:
     def withdraw_cancelled(self) -> None:
         rows = self._rows()
         for item_id, row in rows.items():
-            if row.get("server_state") in ("awaiting_approval", "approved", "failed", "needs_attention"):
+            if row.get("server_state") in (State.AWAITING_APPROVAL, State.APPROVED, State.FAILED, State.NEEDS_ATTENTION):
                 try:
                     item = self.outbox.get(item_id)
                 except NotFound:
@@ -420,7 +421,11 @@ class CentralSync:
             return
         try:
             answer = self.client.cancel(item_id)
-        except (StateError, NotFound):
+        except StateError:
+            if server_releases(item):
+                return  # the server is sending it this moment: ask again next round (or hear it was sent)
+            answer = {"state": "gone"}
+        except NotFound:
             answer = {"state": "gone"}
         self._save(item_id, server_state=answer.get("state"))
 
@@ -430,9 +435,9 @@ class CentralSync:
         item_id = status.get("id")
         if item_id and status.get("release") == "server":
             return self._apply_server_release(str(item_id), status)
-        if not item_id or state not in ("approved", "rejected", "expired", "sent"):
+        if not item_id or state not in (*APPROVAL_OUTCOMES, State.SENT):
             return False
-        if state == "sent":  # released already (the server heard it from us): nothing to do here
+        if state == State.SENT:  # released already (the server heard it from us): nothing to do here
             state = "approved"
         approval = dict(status.get("approval") or {})
         approval["server"] = self.client.url
@@ -447,14 +452,14 @@ class CentralSync:
                 raise DecisionUnverified(f"decision on {item_id} not applied: {why}")
         try:
             if state == "expired":
-                self.outbox.transition(item_id, ["awaiting_approval"], "expired", "expired", "central-server",
-                                       {"server": self.client.url})
+                self.outbox.transition(item_id, "expire", "central-server", {"server": self.client.url})
             else:
                 values: dict[str, Any] = {"approval": approval}
                 if state == "approved":
                     values["release_after"] = self.clock()
-                self.outbox.transition(item_id, ["awaiting_approval"], state, state,
-                                       str(approval.get("by") or "central-server"), approval, **values)
+                step = "approve" if state == "approved" else "reject"
+                self.outbox.transition(item_id, step, str(approval.get("by") or "central-server"), approval,
+                                       **values)
         except (StateError, NotFound):
             return False  # already applied (or the sender cancelled meanwhile): never twice
         self._save(item_id, server_state=state)
@@ -470,32 +475,40 @@ class CentralSync:
         except NotFound:
             return False
         try:
-            if state == "sent":
-                # also from a state this helper moved to meanwhile (the sender cancelled here while the
-                # server was already sending): the record here must say what happened
-                self.outbox.transition(item_id, ["awaiting_approval", "cancelled", "expired", "needs_attention"],
-                                       "sent", "released_by_server", "central-server",
+            if state == State.SENT and item.state in (State.AWAITING_APPROVAL, State.NEEDS_ATTENTION):
+                self.outbox.transition(item_id, "released_by_server", "central-server",
                                        {"server": self.client.url, "by": approval.get("by")},
                                        approval=approval, last_error=None)
                 with self.outbox.store.transaction() as conn:
                     self.outbox.store.record_sent_domains(conn, item.envelope_to, self.clock())
-            elif state in ("rejected", "expired"):
+            elif state == State.SENT:
+                # the sender cancelled (or it expired) here while the server was already sending it: the
+                # state here stays final, but the record must say that it went out
+                note = "The central server had already started sending it: it was sent"
+                with self.outbox.store.transaction() as conn:
+                    conn.execute(update(outbox).where(outbox.c.id == item_id).values(last_error=note,
+                                                                                      updated_at=self.clock()))
+                    self.outbox.store.append_audit(conn, "released_by_server", "central-server", item_id,
+                                                   {"server": self.client.url, "by": approval.get("by"),
+                                                    "state_here": item.state}, ts=self.clock())
+                self.outbox._notify(item_id)
+            elif state in (State.REJECTED, State.EXPIRED):
                 values: dict[str, Any] = {"last_error": None}
-                if state == "rejected":
+                if state == State.REJECTED:
                     values["approval"] = approval
-                self.outbox.transition(item_id, ["awaiting_approval"], state, state,
+                self.outbox.transition(item_id, "reject" if state == State.REJECTED else "expire",
                                        str(approval.get("by") or "central-server"), approval, **values)
             elif state == "cancelled":
                 self._save(item_id, server_state=state)
                 return False
-            elif item.state == "awaiting_approval":
+            elif item.state == State.AWAITING_APPROVAL:
                 # approved and waiting to be sent by the server, or the server cannot send it yet
                 note = waiting_note(state, approval, status.get("last_error"))
                 if note == item.last_error:
                     return False
                 with self.outbox.store.transaction() as conn:
-                    conn.execute(update(outbox).where(outbox.c.id == item_id, outbox.c.state == "awaiting_approval")
-                                 .values(last_error=note, expires_at=None if state != "awaiting_approval"
+                    conn.execute(update(outbox).where(outbox.c.id == item_id, outbox.c.state == State.AWAITING_APPROVAL)
+                                 .values(last_error=note, expires_at=None if state != State.AWAITING_APPROVAL
                                          else item.expires_at, updated_at=self.clock()))
                     if state == "approved":
                         self.outbox.store.append_audit(conn, "approved_for_server_release", "central-server", item_id,
@@ -505,7 +518,7 @@ class CentralSync:
             else:
                 return False
         except (StateError, NotFound):
-            if state in ("rejected", "expired"):  # settled here already (e.g. cancelled): stop asking
+            if state in (State.REJECTED, State.EXPIRED):  # settled here already (e.g. cancelled): stop asking
                 self._save(item_id, server_state=state)
             return False
         self._save(item_id, server_state=state)
@@ -514,7 +527,7 @@ class CentralSync:
 
     def follow_server_releases(self) -> int:
         """Ask the server about the messages it sends itself (approved, sent, or held up at its relay)."""
-        settled = ("sent", "cancelled", "rejected", "expired")
+        settled = (State.SENT, State.CANCELLED, State.REJECTED, State.EXPIRED)
         ids = []
         for item_id, row in self._rows().items():
             if row.get("server_state") in settled:
@@ -524,7 +537,7 @@ class CentralSync:
             except NotFound:
                 continue
             # a message cancelled here while the server was already sending it is followed too
-            if server_releases(item) and item.state in ("awaiting_approval", "cancelled"):
+            if server_releases(item) and item.state in (State.AWAITING_APPROVAL, State.CANCELLED):
                 ids.append(item_id)
         changed = 0
         for start in range(0, len(ids), 200):

@@ -332,6 +332,10 @@ def test_relay_down_after_approval_is_retried_by_the_server_and_sent_once(
     note = wait_for(lambda: "could not send it yet" in (sender_helper.outbox.get(item_id).last_error or "")
                     and sender_helper.outbox.get(item_id).last_error, timeout=20)
     assert "approved by boss@example.co.jp" in note and sender_helper.outbox.get(item_id).state == "awaiting_approval"
+    from sendguard.waiting import waiting
+
+    [line] = [w for w in waiting(sender_helper.outbox, str, sender_helper.sync) if w.ids == (item_id,)]
+    assert line.kind == "central" and "the central server sends them itself" in line.text  # the status line
     shown = helper_api(sender_helper, f"/api/v1/outbox/{item_id}")  # the sender's window and add-in read this
     assert shown["state"] == "awaiting_approval" and shown["user_message"].startswith(
         "Approved; the SendGuard server sends it itself") and "could not send it yet" in shown["user_message"]
