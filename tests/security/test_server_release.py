@@ -295,7 +295,7 @@ def _payload(item: Any, raw: bytes) -> dict[str, Any]:
     import base64
 
     return {"id": item.id, "sender": item.sender, "subject": item.subject, "message_id": item.message_id,
-            "envelope_from": item.envelope_from, "recipients": item.envelope_to, "check": item.check,
+            "envelope_from": item.envelope_from, "recipients": item.envelope_to, "check": item.check.to_json() if item.check else None,
             "decision": item.decision, "source": item.source, "raw": base64.b64encode(raw).decode("ascii"),
             "sha256": hashlib.sha256(raw).hexdigest()}
 
