@@ -17,6 +17,13 @@ from rapidfuzz.distance import OSA, Levenshtein
 
 # full-width digits read as digits; no-break, thin and ideographic spaces as plain spaces (HTML &nbsp;)
 _DIGITS = str.maketrans("０１２３４５６７８９\xa0\u2007\u202f\u2009\u3000－", "0123456789     -")
+_NEEDS_DIGITS = re.compile("[０-９\xa0\u2007\u202f\u2009\u3000－]")
+
+
+def _plain_digits(text: str) -> str:
+    """Full-width digits and odd spaces as ASCII (translating only text that has any: a dict
+    translation walks every character in Python-level lookups)."""
+    return text.translate(_DIGITS) if _NEEDS_DIGITS.search(text) else text
 # 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits.
 _CARD_RE = re.compile(r"(?<![\d-])(?<!\d )(?:\d[ -]?){12,18}\d(?!\d)(?![ -]\d)")
 # 12 digits, plain or as 4-4-4 with one separator style.
@@ -54,7 +61,7 @@ def mynumber_ok(digits: str) -> bool:
 def find_card_numbers(text: str) -> list[str]:
     """Payment card numbers (14-19 digits, Luhn-valid, not one repeated digit)."""
     found = []
-    for match in _CARD_RE.finditer(text.translate(_DIGITS)):
+    for match in _CARD_RE.finditer(_plain_digits(text)):
         chunk = match.group(0)
         if "  " in chunk or "--" in chunk:
             continue
@@ -67,7 +74,7 @@ def find_card_numbers(text: str) -> list[str]:
 def find_my_numbers(text: str) -> list[str]:
     """12-digit individual numbers whose check digit is valid."""
     found = []
-    for match in _MYNUMBER_RE.finditer(text.translate(_DIGITS)):
+    for match in _MYNUMBER_RE.finditer(_plain_digits(text)):
         digits = match.group(1) + match.group(3) + match.group(4)
         if len(set(digits)) > 1 and mynumber_ok(digits):
             found.append(digits)

@@ -11,6 +11,7 @@ transport what happened to anything found in ``releasing``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -131,13 +132,17 @@ class Item:
 
     @classmethod
     def from_row(cls, row: Any, with_bodies: bool = False) -> Item:
-        m = row._mapping
+        return cls.from_mapping(row._mapping, with_bodies)
+
+    @classmethod
+    def from_mapping(cls, m: Any, with_bodies: bool = False) -> Item:
+        """From a row's mapping, or the column values an insert was just given."""
         return cls(
             id=m["id"], state=m["state"], source=m["source"], source_ref=m["source_ref"], account=m["account"],
             owner=m["owner"] or "", envelope_from=m["envelope_from"] or "", envelope_to=list(m["envelope_to"] or []),
             message_id=m["message_id"] or "", sender=m["sender"] or "", subject=m["subject"] or "",
-            check=m["check_result"], decision=m["decision"], approvers=list(m["approvers"] or []),
-            approval=m["approval"], release_after=m["release_after"] or 0.0, expires_at=m["expires_at"],
+            check=m["check_result"], decision=m.get("decision"), approvers=list(m.get("approvers") or []),
+            approval=m.get("approval"), release_after=m["release_after"] or 0.0, expires_at=m.get("expires_at"),
             attempts=m["attempts"] or 0, last_error=m["last_error"], created_at=m["created_at"],
             updated_at=m["updated_at"], purged=bool(m["purged"]),
             raw=m["raw"] if with_bodies else None, final_raw=m["final_raw"] if with_bodies else None,
@@ -204,6 +209,10 @@ class Outbox:
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
     _reconcile_failures: dict[str, int] = field(default_factory=dict)  # asks in a row, per item
     _sent_domains: tuple[float, tuple[str, ...]] = (0.0, ())  # (read at, domains): see history()
+    _known: set[str] = field(default_factory=set)  # domains found in the sent-to history (see known_domains)
+    _unknown: set[str] = field(default_factory=set)  # not found there at ``_unknown_at``
+    _unknown_at: float = 0.0
+    _domain_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -238,23 +247,45 @@ class Outbox:
         return {state: n for state, n in rows}
 
     def known_domains(self, candidates: Iterable[str]) -> set[str]:
-        wanted = list(set(candidates))
+        """Which of these domains were sent to before. A domain once sent to stays so (kept in memory);
+        one not found is asked again after ``HISTORY_TTL`` (or at once after a release of ours), so a
+        burst of intake does not query the table for every message."""
+        wanted = set(candidates)
         if not wanted:
             return set()
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(domains.c.domain).where(domains.c.domain.in_(wanted))).all()
-        return {r[0] for r in rows}
+        with self._domain_lock:
+            if time.monotonic() - self._unknown_at > HISTORY_TTL:
+                self._unknown.clear()
+                self._unknown_at = time.monotonic()
+            misses = wanted - self._known - self._unknown
+        if misses:
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(select(domains.c.domain).where(domains.c.domain.in_(list(misses)))).all()
+            found = {r[0] for r in rows}
+            with self._domain_lock:
+                self._known |= found
+                self._unknown |= misses - found
+            return (wanted - misses) & self._known | found
+        return wanted & self._known
+
+    def _forget_unknown_domains(self) -> None:
+        """Domains were just sent to: nothing cached as new may be trusted any more."""
+        with self._domain_lock:
+            self._unknown.clear()
+        self._sent_domains = (0.0, ())
 
     def history(self, parsed: message.ParsedMessage) -> checks.History:
         """What the policy needs from past releases: sent-to domains, and the thread a reply answers."""
+        read_at, sent = self._sent_domains
+        refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
+        thread: frozenset[str] | None = None
+        if time.monotonic() - read_at <= HISTORY_TTL and not refs:  # a burst of intake reads the table once
+            return checks.History(sent, thread)
         with self.store.engine.connect() as conn:
-            read_at, sent = self._sent_domains
-            if time.monotonic() - read_at > HISTORY_TTL:  # a burst of intake reads the table once
+            if time.monotonic() - read_at > HISTORY_TTL:
                 sent = tuple(r[0] for r in conn.execute(select(domains.c.domain).order_by(
                     domains.c.last_sent.desc()).limit(HISTORY_DOMAINS)).all())
                 self._sent_domains = (time.monotonic(), sent)
-            thread: frozenset[str] | None = None
-            refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
             if refs:
                 rows = conn.execute(select(outbox.c.envelope_to, outbox.c.sender).where(
                     outbox.c.message_id.in_(refs), outbox.c.state == "sent")).all()
@@ -264,14 +295,16 @@ class Outbox:
         return checks.History(sent, thread)
 
     # ------------------------------------------------------------------ transitions
-    def _notify(self, item_id: str) -> None:
+    def _notify(self, item_id: str, item: Item | None = None) -> None:
+        """Wake waiters and tell listeners; ``item`` when the caller has it as just written (no re-read)."""
         with self._changed:
             self._changed.notify_all()
         if self.listeners:
-            try:
-                item = self.get(item_id)
-            except NotFound:
-                return
+            if item is None:
+                try:
+                    item = self.get(item_id)
+                except NotFound:
+                    return
             for listener in list(self.listeners):
                 try:
                     listener(item)
@@ -357,11 +390,11 @@ class Outbox:
             rows.append(values)
             out.append((item_id, values["state"]))
         with self.store.transaction() as conn:
-            conn.execute(_INSERT_ITEM, rows)
+            self.store.insert_items(conn, rows)
             self.store.append_audit_many(conn, records, ts=now)
             faults.point("intake.uncommitted")
-        for item_id, _state in out:
-            self._notify(item_id)
+        for values in rows:
+            self._notify(values["id"], Item.from_mapping(values) if self.listeners else None)
         return out
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
@@ -682,7 +715,7 @@ class Outbox:
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
         with self.store.transaction() as conn:
             self.store.record_sent_domains(conn, item.envelope_to, self.clock())
-        self._sent_domains = (0.0, ())
+        self._forget_unknown_domains()
         return self.transition(item.id, ["releasing"], "sent", "released", "sendguard", detail, last_error=None)
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
@@ -855,6 +888,7 @@ class Outbox:
                 "sent_at": missed.sent_at, "deferred_until": missed.deferred_until,
                 "recipients": list(missed.recipients), "reason": note}, ts=now)
             self.store.record_sent_domains(conn, list(missed.recipients), now)
+        self._forget_unknown_domains()
         self._notify(item_id)
         return self.get(item_id)
 
@@ -895,6 +929,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@functools.cache
 def _hostname() -> str:
     name = socket.gethostname() or "localhost"
     return name if "." in name else f"{name}.local"

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -177,6 +178,17 @@ _UPDATE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 
 
+_OUTBOX_JSON = frozenset(c.name for c in outbox.c if isinstance(c.type, JSON))
+_AUDIT_COLUMNS = ("seq", "ts", "item_id", "event", "actor", "data", "prev_hash", "hash")
+
+
+def _insert_sql(table: str, names: list[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+
+
+_AUDIT_SQL = _insert_sql("audit", list(_AUDIT_COLUMNS))
+
+
 def now_iso(ts: float | None = None) -> str:
     return datetime.fromtimestamp(ts if ts is not None else time.time(), UTC).isoformat(timespec="microseconds")
 
@@ -237,7 +249,9 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         # writers take the write lock up front (no upgrade deadlocks); readers do not, so reading still
         # works while the file cannot be written (read-only disk) and never waits for a writer
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sendguard_read") else "BEGIN IMMEDIATE")
+        # through the driver: SQLAlchemy's statement machinery cost more than the BEGIN itself
+        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            "BEGIN" if conn.get_execution_options().get("sendguard_read") else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -335,8 +349,8 @@ class Store:
                                "done, and `sendguard doctor --set-aside-store` to keep the damaged file beside "
                                "it and start with an empty store.")
 
-    def _write_failed(self, exc: OperationalError) -> StoreUnavailable | None:
-        text = str(exc.orig or exc).lower()
+    def _write_failed(self, exc: OperationalError | sqlite3.OperationalError) -> StoreUnavailable | None:
+        text = str(getattr(exc, "orig", None) or exc).lower()
         where = self.path or "the database"
         if "full" in text:
             problem = StoreUnavailable(f"SendGuard cannot write its store {where}: the disk is full. Free some "
@@ -368,7 +382,7 @@ class Store:
             else:
                 with self.engine.begin() as conn:
                     yield conn
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:  # the latter from driver-level writes
             problem = self._write_failed(exc)
             if problem is None:
                 raise
@@ -392,14 +406,39 @@ class Store:
         conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": digest})
         return seq
 
+    def insert_items(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert new outbox rows (all with the same columns) inside the caller's transaction.
+
+        On SQLite straight through the driver: SMTP intake calls this for every batch, and building
+        the statement through SQLAlchemy cost more than the insert itself. Values are stored as
+        SQLAlchemy would store them (JSON columns as JSON text, ``None`` as JSON ``null``).
+        """
+        if not rows:
+            return
+        if not self.is_sqlite:
+            conn.execute(insert(outbox), rows)
+            return
+        names = list(rows[0])
+        sql = _insert_sql("outbox", names)
+        json_at = [i for i, name in enumerate(names) if name in _OUTBOX_JSON]
+        params = []
+        for row in rows:
+            values = [row[name] for name in names]
+            for i in json_at:
+                values[i] = json.dumps(values[i])
+            params.append(values)
+        conn.connection.driver_connection.executemany(sql, params)  # type: ignore[union-attr]
+
     def append_audit_many(self, conn: Connection, records: list[tuple[str, str, str | None, dict[str, Any]]],
                           ts: float | None = None) -> None:
         """Append several (event, actor, item_id, data) records in one go (one head read and write)."""
-        query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-        if not self.is_sqlite:
-            query = query.with_for_update()
-        head = conn.execute(query).one()
-        seq, prev = head.seq, head.hash
+        if self.is_sqlite:  # the intake path: through the driver, as ``insert_items``
+            driver = conn.connection.driver_connection
+            seq, prev = driver.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()  # type: ignore[union-attr]
+        else:
+            head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+                                .with_for_update()).one()
+            seq, prev = head.seq, head.hash
         stamp = now_iso(ts)
         rows = []
         for event_name, actor, item_id, data in records:
@@ -409,7 +448,12 @@ class Store:
             rows.append({"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name, "actor": actor,
                          "data": body, "prev_hash": prev, "hash": digest})
             prev = digest
-        if rows:
+        if not rows:
+            return
+        if self.is_sqlite:
+            driver.executemany(_AUDIT_SQL, [[r[k] for k in _AUDIT_COLUMNS] for r in rows])  # type: ignore[union-attr]
+            driver.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))  # type: ignore[union-attr]
+        else:
             conn.execute(_INSERT_AUDIT, rows)
             conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": prev})
 

@@ -70,21 +70,30 @@ class GroupCommitter:
                     log.warning("refused %d submitted message(s) with 451: %s", len(batch), exc)
                 else:
                     log.exception("could not store %d submitted message(s)", len(batch))
-                for _, loop, future in batch:
-                    loop.call_soon_threadsafe(_settle, future, None, exc)
+                _answer(batch, [None] * len(batch), exc)
                 continue
-            for (_, loop, future), id_state in zip(batch, stored, strict=True):
-                loop.call_soon_threadsafe(_settle, future, id_state, None)
+            _answer(batch, stored, None)
 
 
-def _settle(future: asyncio.Future[tuple[str, str]], value: tuple[str, str] | None,
+def _answer(batch: list[tuple[Incoming, asyncio.AbstractEventLoop, asyncio.Future[tuple[str, str]]]],
+            results: list[tuple[str, str]] | list[None], error: BaseException | None) -> None:
+    """Settle each sender's future in its event loop: one wake-up per loop for the whole batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[tuple[str, str]], Any]]] = {}
+    for (_, loop, future), value in zip(batch, results, strict=True):
+        by_loop.setdefault(loop, []).append((future, value))
+    for loop, settled in by_loop.items():
+        loop.call_soon_threadsafe(_settle, settled, error)
+
+
+def _settle(settled: list[tuple[asyncio.Future[tuple[str, str]], tuple[str, str] | None]],
             error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None or value is None:
-        future.set_exception(error or RuntimeError("nothing stored"))
-    else:
-        future.set_result(value)
+    for future, value in settled:
+        if future.done():
+            continue
+        if error is not None or value is None:
+            future.set_exception(error or RuntimeError("nothing stored"))
+        else:
+            future.set_result(value)
 
 
 class SubmissionHandler:
