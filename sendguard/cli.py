@@ -7,28 +7,45 @@ packages through the ``sendguard.commands`` entry point group, so the core impor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 from collections.abc import Callable
 from importlib import import_module
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import __version__, audit, checks, paths, secrets
-from . import config as configmod
-from . import message as msgmod
-from . import policy as policymod
+from . import __version__, paths
 from .errors import SendGuardError
 from .i18n import _, translator
-from .mailboxes.registry import CONNECTORS
-from .outbox import STATES, Item, Outbox
-from .runtime import confirm_url
+from .items import STATES, Item
 from .sources import source_label
-from .store import Store
+
+
+class LazyModule:
+    """A module imported when one of its attributes is first used."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from . import audit, checks, secrets
+    from . import config as configmod
+    from . import message as msgmod
+    from . import policy as policymod
+    from .outbox import Outbox
+    from .store import Store
+    from .store_read import ReadStore
+else:  # each loaded by the first command that uses it: `queue list` and `check` start fast
+    audit, checks, secrets, configmod, msgmod, policymod = (
+        LazyModule(f"sendguard.{name}") for name in ("audit", "checks", "secrets", "config", "message", "policy"))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,8 +91,17 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from .store import Store
+
             self._store = Store(paths.private_file(paths.database_file()))
         return self._store
+
+    def read_store(self) -> ReadStore | None:
+        """The store opened for reading only (standard library; no keyring, no migration), or None when
+        it is missing or of another schema version: then use ``outbox``/``store``, which set it up."""
+        from .store_read import open_store
+
+        return open_store(paths.database_file())
 
     @property
     def outbox(self) -> Outbox:
@@ -98,6 +124,8 @@ class PluginGroup(click.Group):
     LAZY = {"gmail": "sendguard.mailboxes.gmail:gmail_group"}
 
     def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points  # scanning installed packages: only for a plug-in command
+
         found: dict[str, Any] = {ep.name: ep for ep in entry_points(group="sendguard.commands")}
         for name, target in self.LAZY.items():
             found.setdefault(name, _LazyTarget(target))
@@ -217,11 +245,19 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
         accounts = [a.address for a in ctx.config.accounts if a.address]
     except SendGuardError:
         accounts = []
+    known: set[str] = set()
+    history = checks.History()
     if paths.database_file().exists():  # the sent-to history and released threads count too
-        result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts) \
-            .evaluate_parsed(parsed, pol).to_json()
-    else:
-        result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts).to_json()
+        store = ctx.read_store()
+        if store is None:  # an older store: opened (and migrated) the full way
+            outbox = ctx.outbox
+            known, history = outbox.known_domains(r.domain for r in parsed.recipients), outbox.history(parsed)
+        else:
+            with contextlib.closing(store):
+                known = store.known_domains(r.domain for r in parsed.recipients)
+                history = checks.History(store.sent_domains(), store.thread_domains(
+                    [m for m in parsed.in_reply_to if m != parsed.message_id]))
+    result = checks.evaluate(parsed, pol, known, gettext, history=history, accounts=accounts).to_json()
     if as_json:
         echo_json(result)
     else:
@@ -230,6 +266,8 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
 
 # ---------------------------------------------------------------------- queue
 def item_details(item: Item, store: Store) -> dict[str, Any]:
+    from .runtime import confirm_url
+
     data = item.summary()
     data["check"] = item.check
     data["decision"] = item.decision
@@ -255,10 +293,16 @@ def queue() -> None:
 @user_errors
 def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: bool) -> None:
     """List messages in the outbox (held ones by default)."""
-    from .outbox import HELD_STATES
+    from .items import HELD_STATES
 
     wanted = states or (None if show_all else HELD_STATES)
-    items = ctx.outbox.list(wanted)
+    configmod.load()  # a config.toml in error is refused here as in every command
+    store = ctx.read_store()
+    if store is None:
+        items = ctx.outbox.list(wanted)
+    else:
+        with contextlib.closing(store):
+            items = store.items(wanted)
     if as_json:
         echo_json([i.summary() for i in items])
         return
@@ -454,9 +498,13 @@ def accounts() -> None:
 
 class AccountKinds(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
+        from .mailboxes.registry import CONNECTORS
+
         return [k for k in CONNECTORS if k != "maildir"]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from .mailboxes.registry import CONNECTORS
+
         if name not in CONNECTORS or name == "maildir":
             return None
         module = import_module(CONNECTORS[name].partition(":")[0])
@@ -648,6 +696,7 @@ def _set_aside_store() -> None:
     import time as _time
 
     from .errors import StoreDamaged
+    from .store import Store
 
     db = paths.database_file()
     try:

@@ -7,11 +7,13 @@ import re
 import unicodedata
 import zipfile
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import puremagic
-from confusable_homoglyphs import confusables
-from publicsuffixlist import PublicSuffixList
-from rapidfuzz.distance import OSA, Levenshtein
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
+
+# puremagic, confusable_homoglyphs, publicsuffixlist and rapidfuzz are imported where first used: loading
+# their tables is most of a command's start-up otherwise (``sendguard check`` of a plain message)
 
 # ---------------------------------------------------------------- personal data
 
@@ -135,6 +137,8 @@ def magic_family(head: bytes) -> str | None:
             return family
     if len(head) < 8:
         return None
+    import puremagic
+
     try:
         guess = puremagic.from_string(head)
     except (puremagic.PureError, ValueError):
@@ -210,6 +214,8 @@ def zip_encrypted(data: bytes) -> bool:
 
 @lru_cache(maxsize=1)
 def _psl() -> PublicSuffixList:
+    from publicsuffixlist import PublicSuffixList
+
     return PublicSuffixList()
 
 
@@ -240,6 +246,8 @@ def skeleton(text: str) -> str:
         if ch.isascii():
             out.append(ch)
             continue
+        from confusable_homoglyphs import confusables
+
         found = confusables.is_confusable(ch, greedy=False, preferred_aliases=["latin"])
         if found and found[0]["homoglyphs"]:
             out.append(found[0]["homoglyphs"][0]["c"].lower())
@@ -259,6 +267,8 @@ def lookalike_of(domain: str, known: list[str]) -> str | None:
     Never matches a known domain itself or its subdomains. Catches homoglyphs (after IDNA decoding),
     small edit distances on the registrable label, and the same label under another suffix.
     """
+    from rapidfuzz.distance import OSA, Levenshtein
+
     domain = domain.lower().rstrip(".")
     if any(in_domain(domain, k) for k in known):
         return None

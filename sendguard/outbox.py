@@ -18,7 +18,6 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from sqlalchemy import func, insert, select, update
 from . import checks, faults, message
 from .errors import MessageError, NeedsReconfirmation, NotFound, PermissionDenied, StateError
 from .i18n import _
+from .items import HELD_STATES, STATES, WAITING_PREFIX, Item, new_id  # noqa: F401 - re-exported
 from .mailboxes import _retry
 from .mailboxes.base import (
     AuthError,
@@ -41,15 +41,10 @@ from .mailboxes.base import (
 )
 from .policy import Policy
 from .rewrite import Decision, apply
-from .sources import source_label
-from .store import Store, audit, domains, now_iso, outbox
+from .store import Store, audit, domains, outbox
 
 log = logging.getLogger(__name__)
 
-STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "rejected",
-          "releasing", "sent", "cancelled", "expired", "failed", "needs_attention")
-HELD_STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
-               "needs_attention", "releasing")
 FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
 CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
                "needs_attention")
@@ -71,8 +66,6 @@ _VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as se
 # How long a release may take before anyone else may ask the transport what became of it: longer than
 # any connector's timeouts together, so an item still being sent by a live process is never re-sent.
 RELEASE_LEASE = 900.0
-# last_error of an item in ``releasing`` whose fate SendGuard is still asking the transport about
-WAITING_PREFIX = "Waiting for "
 
 
 _INSERT_ITEM = insert(outbox)
@@ -99,94 +92,6 @@ class _Verdict:
     audit: dict[str, Any]
     values: dict[str, Any]
     decision: Decision = field(default_factory=Decision)
-
-
-@dataclass
-class Item:
-    """One outbox item as stored (bodies left out unless asked for)."""
-
-    id: str
-    state: str
-    source: str
-    source_ref: str | None
-    account: str | None
-    owner: str
-    envelope_from: str
-    envelope_to: list[str]
-    message_id: str
-    sender: str
-    subject: str
-    check: dict[str, Any] | None
-    decision: dict[str, Any] | None
-    approvers: list[str]
-    approval: dict[str, Any] | None
-    release_after: float
-    expires_at: float | None
-    attempts: int
-    last_error: str | None
-    created_at: float
-    updated_at: float
-    purged: bool
-    raw: bytes | None = None
-    final_raw: bytes | None = None
-
-    @classmethod
-    def from_row(cls, row: Any, with_bodies: bool = False) -> Item:
-        return cls.from_mapping(row._mapping, with_bodies)
-
-    @classmethod
-    def from_mapping(cls, m: Any, with_bodies: bool = False) -> Item:
-        """From a row's mapping, or the column values an insert was just given."""
-        return cls(
-            id=m["id"], state=m["state"], source=m["source"], source_ref=m["source_ref"], account=m["account"],
-            owner=m["owner"] or "", envelope_from=m["envelope_from"] or "", envelope_to=list(m["envelope_to"] or []),
-            message_id=m["message_id"] or "", sender=m["sender"] or "", subject=m["subject"] or "",
-            check=m["check_result"], decision=m.get("decision"), approvers=list(m.get("approvers") or []),
-            approval=m.get("approval"), release_after=m["release_after"] or 0.0, expires_at=m.get("expires_at"),
-            attempts=m["attempts"] or 0, last_error=m["last_error"], created_at=m["created_at"],
-            updated_at=m["updated_at"], purged=bool(m["purged"]),
-            raw=m["raw"] if with_bodies else None, final_raw=m["final_raw"] if with_bodies else None,
-        )
-
-    @property
-    def verdict(self) -> dict[str, Any]:
-        return (self.check or {}).get("verdict") or {"action": "allow", "approvers": [], "reasons": []}
-
-    def summary(self) -> dict[str, Any]:
-        """The ``queue list --json`` shape."""
-        check = self.check or {}
-        return {
-            "id": self.id,
-            "state": self.state,
-            "source": self.source,
-            "source_label": source_label(self.source),
-            "from": self.sender,
-            "subject": self.subject,
-            "recipients": check.get("recipients", [{"address": a} for a in self.envelope_to]),
-            "attachments": check.get("attachments", []),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "verdict": self.verdict.get("action", "allow"),
-            "last_error": self.last_error,
-            "waiting_for": self.waiting_for,
-        }
-
-    @property
-    def waiting_for(self) -> str | None:
-        """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
-        if self.state != "releasing":
-            return None
-        if self.last_error and self.last_error.startswith(WAITING_PREFIX):
-            return self.last_error
-        return "Sending now"
-
-
-def _iso(ts: float) -> str:
-    return now_iso(ts)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
 
 
 @dataclass

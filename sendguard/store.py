@@ -13,10 +13,8 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from . import store_migrations
+from .clock import now_iso
 from .errors import StoreDamaged, StoreUnavailable
 
 metadata = MetaData()
@@ -187,10 +186,6 @@ def _insert_sql(table: str, names: list[str]) -> str:
 
 
 _AUDIT_SQL = _insert_sql("audit", list(_AUDIT_COLUMNS))
-
-
-def now_iso(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(ts if ts is not None else time.time(), UTC).isoformat(timespec="microseconds")
 
 
 def canonical(data: Any) -> str:

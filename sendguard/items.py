@@ -1,0 +1,106 @@
+"""One outbox item as stored, and the outbox's state names: what reading commands need, without the
+database layer (``sendguard queue list`` loads this, not SQLAlchemy; see ``store_read``)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import now_iso
+from .sources import source_label
+
+STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "rejected",
+          "releasing", "sent", "cancelled", "expired", "failed", "needs_attention")
+HELD_STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
+               "needs_attention", "releasing")
+# last_error of an item in ``releasing`` whose fate SendGuard is still asking the transport about
+WAITING_PREFIX = "Waiting for "
+
+
+@dataclass
+class Item:
+    """One outbox item as stored (bodies left out unless asked for)."""
+
+    id: str
+    state: str
+    source: str
+    source_ref: str | None
+    account: str | None
+    owner: str
+    envelope_from: str
+    envelope_to: list[str]
+    message_id: str
+    sender: str
+    subject: str
+    check: dict[str, Any] | None
+    decision: dict[str, Any] | None
+    approvers: list[str]
+    approval: dict[str, Any] | None
+    release_after: float
+    expires_at: float | None
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    purged: bool
+    raw: bytes | None = None
+    final_raw: bytes | None = None
+
+    @classmethod
+    def from_row(cls, row: Any, with_bodies: bool = False) -> Item:
+        return cls.from_mapping(row._mapping, with_bodies)
+
+    @classmethod
+    def from_mapping(cls, m: Any, with_bodies: bool = False) -> Item:
+        """From a row's mapping, or the column values an insert was just given."""
+        return cls(
+            id=m["id"], state=m["state"], source=m["source"], source_ref=m["source_ref"], account=m["account"],
+            owner=m["owner"] or "", envelope_from=m["envelope_from"] or "", envelope_to=list(m["envelope_to"] or []),
+            message_id=m["message_id"] or "", sender=m["sender"] or "", subject=m["subject"] or "",
+            check=m["check_result"], decision=m.get("decision"), approvers=list(m.get("approvers") or []),
+            approval=m.get("approval"), release_after=m["release_after"] or 0.0, expires_at=m.get("expires_at"),
+            attempts=m["attempts"] or 0, last_error=m["last_error"], created_at=m["created_at"],
+            updated_at=m["updated_at"], purged=bool(m["purged"]),
+            raw=m["raw"] if with_bodies else None, final_raw=m["final_raw"] if with_bodies else None,
+        )
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        return (self.check or {}).get("verdict") or {"action": "allow", "approvers": [], "reasons": []}
+
+    def summary(self) -> dict[str, Any]:
+        """The ``queue list --json`` shape."""
+        check = self.check or {}
+        return {
+            "id": self.id,
+            "state": self.state,
+            "source": self.source,
+            "source_label": source_label(self.source),
+            "from": self.sender,
+            "subject": self.subject,
+            "recipients": check.get("recipients", [{"address": a} for a in self.envelope_to]),
+            "attachments": check.get("attachments", []),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "verdict": self.verdict.get("action", "allow"),
+            "last_error": self.last_error,
+            "waiting_for": self.waiting_for,
+        }
+
+    @property
+    def waiting_for(self) -> str | None:
+        """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
+        if self.state != "releasing":
+            return None
+        if self.last_error and self.last_error.startswith(WAITING_PREFIX):
+            return self.last_error
+        return "Sending now"
+
+
+def _iso(ts: float) -> str:
+    return now_iso(ts)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
