@@ -125,6 +125,10 @@ class Helper:
     def start(self, smtp: bool = True, smtp_port: int | None = None) -> Helper:
         """Open the SMTP port and start the worker. Never waits for (or fails on) a mail service: messages
         left ``releasing`` by a previous run are settled by the worker, asking again until it knows."""
+        try:  # now rather than at the first message: its 250 does not wait for the keyring
+            self.store.load_audit_key()
+        except Exception as exc:  # the first write asks again (and answers 451 while it cannot)
+            log.warning("cannot read the audit key yet: %s", exc)
         if smtp:
             if not configmod.is_loopback(self.config.smtp_host):
                 raise SendGuardError(f"[smtp] host {self.config.smtp_host!r}: the helper listens on loopback only")

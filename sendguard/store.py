@@ -206,21 +206,33 @@ AUDIT_KEY_ENV = "SENDGUARD_AUDIT_KEY"
 _AUTO: Any = object()
 
 
-def audit_key_for(db_id: str, head_seq: int) -> tuple[bytes, int]:
-    """The audit key (``$SENDGUARD_AUDIT_KEY`` or the keyring, never the database) and the last record
-    written before this database had one (kept in the keyring too)."""
+def audit_key() -> bytes:
+    """The audit key: ``$SENDGUARD_AUDIT_KEY`` or the keyring (made there once), never the database."""
     from . import secrets
 
     key = os.environ.get(AUDIT_KEY_ENV) or secrets.get("audit-key")
     if not key:
         key = secrets_token()
         secrets.put("audit-key", key)
-    name = f"audit-legacy-end:{db_id}"
-    legacy = secrets.get(name)
-    if legacy is None or not legacy.isdigit():
-        legacy = str(head_seq)  # everything written so far predates the key
-        secrets.put(name, legacy)
-    return key.encode("utf-8"), int(legacy)
+    return key.encode("utf-8")
+
+
+LEGACY_END_SETTING = "audit_legacy_end"
+
+
+def legacy_end_value(key: bytes, db_id: str, seq: int) -> str:
+    """The stored form of the legacy marker: the number and its HMAC under the audit key, so that
+    whoever edits the database cannot move it (records up to it are checked without the key)."""
+    mac = hmac.new(key, f"audit-legacy-end:{db_id}:{seq}".encode(), hashlib.sha256).hexdigest()
+    return f"{seq}:{mac}"
+
+
+def parse_legacy_end(key: bytes, db_id: str, value: str) -> int:
+    """The marker's number; 0 (every record must carry the key) when its HMAC does not hold."""
+    seq, _, _mac = value.partition(":")
+    if seq.isdigit() and hmac.compare_digest(legacy_end_value(key, db_id, int(seq)), value):
+        return int(seq)
+    return 0
 
 
 def secrets_token() -> str:
@@ -281,7 +293,9 @@ class Store:
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-        self._key_busy = False  # the key itself is read at the first write (``_load_audit_key``)
+        # the key itself is read at the first write (``_load_audit_key``), or at start by the helper
+        # (``load_audit_key``): commands that only read never open the keyring for it
+        self._key_busy = False
 
     @property
     def audit_key(self) -> bytes | None:
@@ -300,13 +314,30 @@ class Store:
                 self._key_busy = True
                 try:
                     db_id = self.setting("audit_db_id", secrets_token)
-                    with self.engine.connect() as conn:  # the committed head: what the next record builds on
-                        head_seq = int(conn.execute(select(audit_head.c.seq)
-                                                    .where(audit_head.c.id == 1)).scalar_one())
-                    self._audit_key = audit_key_for(db_id, head_seq)
+                    key = audit_key()
+                    self._audit_key = (key, parse_legacy_end(key, db_id, self.setting(
+                        LEGACY_END_SETTING, lambda: self._first_legacy_end(key, db_id))))
                 finally:
                     self._key_busy = False
             return self._audit_key
+
+    def _first_legacy_end(self, key: bytes, db_id: str) -> str:
+        """The legacy marker of a store that has none yet: the one an older SendGuard kept in the keyring,
+        else the head (everything written so far predates the key)."""
+        from . import secrets
+
+        kept = secrets.get(f"audit-legacy-end:{db_id}")
+        if kept is not None and kept.isdigit():
+            seq = int(kept)
+        else:
+            with self.engine.connect() as conn:  # the committed head: what the next record builds on
+                seq = int(conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one())
+        return legacy_end_value(key, db_id, seq)
+
+    def load_audit_key(self) -> None:
+        """Read the audit key now (the helper does at start), so the first message taken in does not
+        wait for the keyring."""
+        self._load_audit_key()
 
     def setting(self, key: str, make: Any) -> str:
         """A value kept in the database (made once by ``make()``)."""
