@@ -306,14 +306,16 @@ def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: b
     if as_json:
         echo_json([i.summary() for i in items])
         return
+    gettext = ctx.gettext()
     if not items:
-        click.echo(ctx.gettext()("No held messages."))
+        click.echo(gettext("No held messages."))
         return
     for i in items:
-        rcpts = ", ".join(r["address"] for r in i.summary()["recipients"][:3])
-        more = len(i.summary()["recipients"]) - 3
+        recipients = i.summary()["recipients"]
+        rcpts = ", ".join(r["address"] for r in recipients[:3])
+        more = len(recipients) - 3
         click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}"
-                   f"  [{source_label(i.source, ctx.gettext())}]")
+                   f"  [{source_label(i.source, gettext)}]")
         if i.waiting_for:
             click.echo(f"    {i.waiting_for}")
 

@@ -212,18 +212,20 @@ def zip_encrypted(data: bytes) -> bool:
 # ---------------------------------------------------------------- domains
 
 
-@lru_cache(maxsize=1)
-def _psl() -> PublicSuffixList:
+@lru_cache(maxsize=2)
+def _psl(encoded_idn: bool) -> PublicSuffixList:
+    """The public suffix list; with ``encoded_idn`` it also knows each IDN rule in its xn-- form, which
+    takes most of its loading time and only matters for a domain with an xn-- label in it."""
     from publicsuffixlist import PublicSuffixList
 
-    return PublicSuffixList()
+    return PublicSuffixList(accept_encoded_idn=encoded_idn)
 
 
 @lru_cache(maxsize=16384)
 def registrable(domain: str) -> tuple[str, str]:
     """(label, public suffix) of a domain: ``mail.example.co.jp`` -> (``example``, ``co.jp``)."""
     domain = domain.lower().rstrip(".")
-    suffix = _psl().publicsuffix(domain) or domain.rpartition(".")[2]
+    suffix = _psl("xn--" in domain).publicsuffix(domain) or domain.rpartition(".")[2]
     head = domain[: -len(suffix)].rstrip(".") if domain.endswith(suffix) else domain
     return head.rpartition(".")[2], suffix
 

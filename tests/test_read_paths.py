@@ -155,3 +155,30 @@ def test_a_marker_an_older_helper_kept_in_the_keyring_moves_into_the_database(ho
 @pytest.fixture(autouse=True)
 def _no_audit_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SENDGUARD_AUDIT_KEY", raising=False)
+
+
+def test_public_suffixes_are_found_as_with_the_full_list() -> None:
+    """``detect.registrable`` loads the list without the xn-- forms of IDN rules unless the domain has an
+    xn-- label: every rule of the list, in Unicode and in xn-- form, gets the same suffix as before."""
+    from pathlib import Path
+
+    import publicsuffixlist
+    from publicsuffixlist import PublicSuffixList
+
+    from sendguard import detect
+
+    full = PublicSuffixList()
+    data = Path(publicsuffixlist.__file__).with_name("public_suffix_list.dat").read_text(encoding="utf-8")
+    rules = [line.strip().lstrip("*.!") for line in data.splitlines() if line.strip() and not line.startswith("//")]
+    checked = 0
+    for rule in rules:
+        for domain in (f"example.{rule}".lower(), f"a.b.{rule}".lower(), rule.lower()):
+            forms = [domain]
+            try:
+                forms.append(domain.encode("idna").decode("ascii"))
+            except UnicodeError:
+                pass
+            for form in forms:
+                assert detect._psl("xn--" in form).publicsuffix(form) == full.publicsuffix(form), form
+                checked += 1
+    assert checked > 20_000
