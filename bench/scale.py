@@ -104,7 +104,10 @@ def run() -> dict[str, Any]:
     figures["window_next_message"] = _best(lambda: box.list(["awaiting_confirmation"], limit=1))
     figures["held_list_in_process"] = _best(lambda: box.list(HELD_STATES))
     candidates = [f"customer{d}.example" for d in range(0, 5000, 500)] + ["new.example"]
-    figures["new_domain_lookup"] = _best(lambda: box.known_domains(candidates), 20)
+    # cold: what the first check after a start (or after a release) asks the store; the intake then keeps
+    # found domains in memory (see Outbox.known_domains), which the second figure shows
+    figures["new_domain_lookup"] = _best(lambda: Outbox(store, Policy).known_domains(candidates), 20)
+    figures["new_domain_lookup_cached"] = _best(lambda: box.known_domains(candidates), 20)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     figures["audit_verify_cli"], verify_out = _cli_ms(home, "audit", "verify")
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
