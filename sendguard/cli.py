@@ -20,9 +20,10 @@ import click
 
 from . import __version__, paths
 from .errors import SendGuardError
-from .i18n import _, translator
-from .items import STATES, Item
+from .i18n import _, localize, translator
+from .items import Item
 from .sources import source_label
+from .states import STATES
 
 
 class LazyModule:
@@ -61,6 +62,14 @@ def user_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_language() -> Callable[[str], str]:
+    """The configured language for an error; the system's when the config itself is what is wrong."""
+    try:
+        return translator(configmod.load().language)
+    except Exception:  # noqa: BLE001 - a broken config must not hide the error being reported
+        return translator(None)
 
 
 def echo_json(data: Any) -> None:
@@ -122,6 +131,16 @@ class PluginGroup(click.Group):
 
     # core command groups that live beside their connector, loaded only when used
     LAZY = {"gmail": "sendguard.mailboxes.gmail:gmail_group"}
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError:
+            raise
+        except click.ClickException as exc:
+            exc.message = localize(exc.message, _error_language())
+            raise
 
     def _plugins(self) -> dict[str, Any]:
         from importlib.metadata import entry_points  # scanning installed packages: only for a plug-in command
@@ -293,7 +312,7 @@ def queue() -> None:
 @user_errors
 def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: bool) -> None:
     """List messages in the outbox (held ones by default)."""
-    from .items import HELD_STATES
+    from .states import HELD_STATES
 
     wanted = states or (None if show_all else HELD_STATES)
     configmod.load()  # a config.toml in error is refused here as in every command

@@ -1,5 +1,5 @@
-"""One outbox item as stored, and the outbox's state names: what reading commands need, without the
-database layer (``sendguard queue list`` loads this, not SQLAlchemy; see ``store_read``)."""
+"""One outbox item as stored: what reading commands need, without the database layer (``sendguard
+queue list`` loads this and ``states``, not SQLAlchemy; see ``store_read``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ from typing import Any
 
 from .clock import now_iso
 from .sources import source_label
+from .states import State
 
-STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "rejected",
-          "releasing", "sent", "cancelled", "expired", "failed", "needs_attention")
-HELD_STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
-               "needs_attention", "releasing")
 # last_error of an item in ``releasing`` whose fate SendGuard is still asking the transport about
 WAITING_PREFIX = "Waiting for "
 
@@ -91,7 +88,7 @@ class Item:
     @property
     def waiting_for(self) -> str | None:
         """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
-        if self.state != "releasing":
+        if self.state != State.RELEASING:
             return None
         if self.last_error and self.last_error.startswith(WAITING_PREFIX):
             return self.last_error

@@ -68,7 +68,7 @@ class ReadStore:
         wanted = list(states or ())
         if wanted:
             where.append(f"state IN ({', '.join('?' for _ in wanted)})")
-            params += wanted
+            params += [str(s) for s in wanted]  # a state enum as its stored string
         if owner:
             where.append("owner = ?")
             params.append(owner.lower())

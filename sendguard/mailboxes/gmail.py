@@ -926,8 +926,9 @@ def submit_draft(outbox: Any, mailbox: GmailMailbox, draft_id: str) -> Any:
     ref = f"draft:{draft_id}"
     find = getattr(outbox, "by_source_ref", None)
     existing = find("gmail", ref) if find else None
-    finished = ("sent", "cancelled", "rejected", "expired")
-    if existing is not None and getattr(existing, "state", "") not in finished:
+    from ..outbox import FINAL_STATES
+
+    if existing is not None and getattr(existing, "state", "") not in FINAL_STATES:
         return existing
     held = mailbox.take_draft(draft_id)
     return outbox.submit(held.raw, held.envelope_from, list(held.recipients), source="gmail",
@@ -969,13 +970,15 @@ def check_and_send_command(draft_id: str, account_name: str | None) -> None:
         result = submit_draft(outbox, mailbox, draft_id)
     except SendGuardError as exc:
         raise click.ClickException(str(exc)) from None
+    from ..outbox import State
+
     item_id = getattr(result, "id", result)
     state = getattr(result, "state", "")
-    if state == "awaiting_confirmation":
+    if state == State.AWAITING_CONFIRMATION:
         then = f"confirm it in the SendGuard window or with `sendguard queue confirm {item_id}`"
-    elif state == "awaiting_approval":
+    elif state == State.AWAITING_APPROVAL:
         then = "it waits for approval"
-    elif state in ("confirmed", "approved"):
+    elif state in (State.CONFIRMED, State.APPROVED):
         then = "the SendGuard helper sends it"
     else:
         then = f"see `sendguard queue show {item_id}`"
