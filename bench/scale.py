@@ -95,6 +95,18 @@ def _best(fn: Any, repeat: int = 5) -> float:
 
 def run() -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="sg-scale-"))
+    old_home = os.environ.get("SENDGUARD_HOME")
+    os.environ["SENDGUARD_HOME"] = str(home)  # the audit key the store is written with is the CLI's one
+    try:
+        return _measure(home)
+    finally:
+        if old_home is None:
+            os.environ.pop("SENDGUARD_HOME", None)
+        else:
+            os.environ["SENDGUARD_HOME"] = old_home
+
+
+def _measure(home: Path) -> dict[str, Any]:
     start = time.perf_counter()
     store = build(home)
     built_s = time.perf_counter() - start
