@@ -305,7 +305,7 @@ def queue() -> None:
 
 @queue.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in STATES]),
               help="Only these states (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="Include sent and cancelled messages.")
 @pass_ctx
