@@ -216,9 +216,21 @@ def zip_encrypted(data: bytes) -> bool:
 def _psl(encoded_idn: bool) -> PublicSuffixList:
     """The public suffix list; with ``encoded_idn`` it also knows each IDN rule in its xn-- form, which
     takes most of its loading time and only matters for a domain with an xn-- label in it."""
-    from publicsuffixlist import PublicSuffixList
+    from publicsuffixlist import PSLFILE, PublicSuffixList
 
-    return PublicSuffixList(accept_encoded_idn=encoded_idn)
+    if encoded_idn:
+        return PublicSuffixList()
+    # The rules PublicSuffixList(accept_encoded_idn=False) reads, read at C speed: its own parser takes
+    # most of `sendguard check`'s start. tests/test_read_paths.py keeps the two the same.
+    psl = PublicSuffixList(source="")
+    if not hasattr(psl, "_publicsuffix") or not hasattr(psl, "_maxlabel"):  # another version: its own way
+        return PublicSuffixList(accept_encoded_idn=False)
+    with open(PSLFILE, encoding="utf-8", errors="replace") as fh:
+        rules = {line.lower().split(" ")[0].rstrip() for line in fh}
+    rules = {r for r in rules if r and not r.startswith("//")}
+    psl._publicsuffix = frozenset(rules)
+    psl._maxlabel = max(r.count(".") + 1 for r in rules)
+    return psl
 
 
 @lru_cache(maxsize=16384)

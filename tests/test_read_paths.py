@@ -168,6 +168,9 @@ def test_public_suffixes_are_found_as_with_the_full_list() -> None:
     from sendguard import detect
 
     full = PublicSuffixList()
+    plain = PublicSuffixList(accept_encoded_idn=False)
+    assert detect._psl(False)._publicsuffix == plain._publicsuffix
+    assert detect._psl(False)._maxlabel == plain._maxlabel
     data = Path(publicsuffixlist.__file__).with_name("public_suffix_list.dat").read_text(encoding="utf-8")
     rules = [line.strip().lstrip("*.!") for line in data.splitlines() if line.strip() and not line.startswith("//")]
     checked = 0
