@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
 
 from sendguard.errors import (
+    CheckFormatError,
     ConfigError,
     MessageError,
     NeedsReconfirmation,
@@ -62,7 +63,7 @@ def error_response(status: int, code: str, message: str) -> Any:
 _STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"),
                (NeedsReconfirmation, 409, "needs_reconfirmation"), (StateError, 409, "conflict"),
                (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"),
-               (StoreUnavailable, 503, "store_unavailable"))
+               (StoreUnavailable, 503, "store_unavailable"), (CheckFormatError, 400, "bad_check"))
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import __version__, paths
+from . import OWN_PACKAGES, __version__, paths
 from .errors import SendGuardError
 from .i18n import _, localize, translator
 from .items import Item
@@ -37,7 +37,7 @@ class LazyModule:
 
 
 if TYPE_CHECKING:
-    from . import audit, checks, secrets
+    from . import audit, checks, directory, secrets
     from . import config as configmod
     from . import message as msgmod
     from . import policy as policymod
@@ -45,8 +45,9 @@ if TYPE_CHECKING:
     from .store import Store
     from .store_read import ReadStore
 else:  # each loaded by the first command that uses it: `queue list` and `check` start fast
-    audit, checks, secrets, configmod, msgmod, policymod = (
-        LazyModule(f"sendguard.{name}") for name in ("audit", "checks", "secrets", "config", "message", "policy"))
+    audit, checks, directory, secrets, configmod, msgmod, policymod = (
+        LazyModule(f"sendguard.{name}")
+        for name in ("audit", "checks", "directory", "secrets", "config", "message", "policy"))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -162,8 +163,10 @@ class PluginGroup(click.Group):
             return None
         try:
             return ep.load()  # type: ignore[no-any-return]
-        except ImportError as exc:
-            reason = str(exc)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] in OWN_PACKAGES:
+                raise  # SendGuard's own code is never optional: a broken import is a bug to see
+            reason = str(exc)  # a third-party package of an extra is not installed
 
             @click.command(name, help=f"(not available: {reason})",
                            context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -180,10 +183,7 @@ class _LazyTarget:
 
     def load(self) -> Any:
         module, _, attr = self.target.partition(":")
-        command = getattr(import_module(module), attr, None)
-        if command is None:
-            raise ImportError(f"{self.target} is not built yet")
-        return command
+        return getattr(import_module(module), attr)
 
 
 @click.group(cls=PluginGroup)
@@ -202,46 +202,46 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
-def render_check(result: dict[str, Any], _: Callable[[str], str]) -> str:
+def render_check(result: checks.StoredCheck, _: Callable[[str], str]) -> str:
     """The human-readable check report, grouped External (by domain) / Internal."""
-    lines = [_("From") + ": " + str(result["from"]), _("Subject") + ": " + str(result["subject"]), ""]
-    external = [r for r in result["recipients"] if r["external"]]
-    internal = [r for r in result["recipients"] if not r["external"]]
+    lines = [_("From") + ": " + str(result.sender), _("Subject") + ": " + str(result.subject), ""]
+    external = [r for r in result.recipients if r.external]
+    internal = [r for r in result.recipients if not r.external]
 
-    def row(r: dict[str, Any]) -> str:
-        name = f"{r['display_name']} <{r['address']}>" if r["display_name"] else r["address"]
-        flags = [f for f in r["flags"] if f != "external"]
-        return f"    [{r['field'].title()}] {name}" + (f"  ({', '.join(_(f) for f in flags)})" if flags else "")
+    def row(r: checks.StoredRecipient) -> str:
+        name = f"{r.display_name} <{r.address}>" if r.display_name else r.address
+        flags = [f for f in r.flags if f != "external"]
+        return f"    [{r.field.title()}] {name}" + (f"  ({', '.join(_(f) for f in flags)})" if flags else "")
 
     lines.append(_("External recipients ({count}):").format(count=len(external)))
-    by_domain: dict[str, list[dict[str, Any]]] = {}
+    by_domain: dict[str, list[checks.StoredRecipient]] = {}
     for r in external:
-        by_domain.setdefault(r["domain"], []).append(r)
+        by_domain.setdefault(r.domain, []).append(r)
     for domain, rows in by_domain.items():
         lines.append(f"  {domain}")
         lines.extend(row(r) for r in rows)
     lines.append(_("Internal recipients ({count}):").format(count=len(internal)))
     lines.extend(row(r) for r in internal)
-    lines.append(_("Attachments ({count}):").format(count=len(result["attachments"])))
-    for a in result["attachments"]:
-        flags = f"  ({', '.join(_(f) for f in a['flags'])})" if a["flags"] else ""
-        lines.append(f"    {a['filename']}  {_human_size(a['size'])}  {a['content_type']}{flags}")
-    verdict = result["verdict"]
-    lines += ["", _("Verdict: {action}").format(action=_(verdict["action"]).upper())]
-    if verdict["approvers"]:
-        lines.append(_("Approvers") + ": " + ", ".join(verdict["approvers"]))
-    for reason in verdict["reasons"]:
-        lines.append("  - [" + _(reason["action"]) + "] " + reason["message"])
-    if result.get("force_bcc"):
+    lines.append(_("Attachments ({count}):").format(count=len(result.attachments)))
+    for a in result.attachments:
+        flags = f"  ({', '.join(_(f) for f in a.flags)})" if a.flags else ""
+        lines.append(f"    {a.filename}  {_human_size(a.size)}  {a.content_type}{flags}")
+    verdict = result.verdict
+    lines += ["", _("Verdict: {action}").format(action=_(verdict.action).upper())]
+    if verdict.approvers:
+        lines.append(_("Approvers") + ": " + ", ".join(verdict.approvers))
+    for reason in verdict.reasons:
+        lines.append("  - [" + _(reason.action) + "] " + reason.message)
+    if result.force_bcc:
         lines.append("  * " + _("Convert external To/Cc to Bcc"))
-    for problem in result.get("problems", []):
+    for problem in result.problems:
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
 
 
 @main.command()
 @click.argument("file", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (DESIGN §4).")
+@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (the shape the API and `queue show --json` use).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Use this policy file instead of $SENDGUARD_HOME/policy.toml.")
 @pass_ctx
@@ -262,23 +262,32 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
     gettext = ctx.gettext()
     try:
         accounts = [a.address for a in ctx.config.accounts if a.address]
+        lists = directory.for_accounts(ctx.config.accounts, paths.home())  # as the helper asks its directory
     except SendGuardError:
-        accounts = []
+        accounts, lists = [], None
     known: set[str] = set()
     history = checks.History()
-    if paths.database_file().exists():  # the sent-to history and released threads count too
-        store = ctx.read_store()
-        if store is None:  # an older store: opened (and migrated) the full way
-            outbox = ctx.outbox
-            known, history = outbox.known_domains(r.domain for r in parsed.recipients), outbox.history(parsed)
-        else:
-            with contextlib.closing(store):
-                known = store.known_domains(r.domain for r in parsed.recipients)
-                history = checks.History(store.sent_domains(), store.thread_domains(
-                    [m for m in parsed.in_reply_to if m != parsed.message_id]))
-    result = checks.evaluate(parsed, pol, known, gettext, history=history, accounts=accounts).to_json()
+    try:
+        if paths.database_file().exists():  # the sent-to history and released threads count too
+            store = ctx.read_store()
+            if store is None:  # an older store: opened (and migrated) the full way
+                outbox = ctx.outbox
+                known, history = outbox.known_domains(r.domain for r in parsed.recipients), outbox.history(parsed)
+            else:
+                with contextlib.closing(store):
+                    known = store.known_domains(r.domain for r in parsed.recipients)
+                    history = checks.History(store.sent_domains(), store.thread_domains(
+                        [m for m in parsed.in_reply_to if m != parsed.message_id]))
+        # what the directory says about lists, as the helper's outbox asks it (Outbox.directory_lists)
+        answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol,
+                                        marked=parsed.marked_lists)
+        result = checks.evaluate(parsed, pol, known, gettext, history=history, accounts=accounts,
+                                 lists=answers).stored()
+    finally:
+        if lists is not None:
+            lists.close()
     if as_json:
-        echo_json(result)
+        echo_json(result.to_json())
     else:
         click.echo(render_check(result, gettext))
 
@@ -288,11 +297,11 @@ def item_details(item: Item, store: Store) -> dict[str, Any]:
     from .runtime import confirm_url
 
     data = item.summary()
-    data["check"] = item.check
+    data["check"] = item.check.to_json() if item.check else None
     data["decision"] = item.decision
     data["approvers"] = item.approvers
     data["approval"] = item.approval
-    data["reasons"] = item.verdict.get("reasons", [])
+    data["reasons"] = [r.to_json() for r in item.verdict.reasons]
     data["audit"] = [{k: r[k] for k in ("seq", "ts", "event", "actor", "data")} for r in audit.records(store, item.id)]
     data["confirm_url"] = confirm_url(item.id) if item.state == "awaiting_confirmation" else None
     return data
@@ -305,7 +314,7 @@ def queue() -> None:
 
 @queue.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in STATES]),
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
               help="Only these states (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="Include sent and cancelled messages.")
 @pass_ctx
@@ -354,7 +363,7 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
     gettext = ctx.gettext()
     click.echo(f"{item.id}  {gettext(item.state)}")
     click.echo(gettext("Came from") + ": " + source_label(item.source, gettext))
-    if item.check and item.check.get("recipients") is not None and "from" in item.check:
+    if item.check and item.check.readable:
         click.echo(render_check(item.check, gettext))
     if item.last_error:
         click.echo(f"! {item.last_error}")
@@ -466,7 +475,7 @@ def approvals_list(ctx: Context, as_json: bool, approver: str | None) -> None:
     for item in items:
         data = item.summary()
         data["approvers"] = item.approvers
-        data["reasons"] = [r for r in item.verdict.get("reasons", []) if r.get("action") in ("approve", "block")]
+        data["reasons"] = [r.to_json() for r in item.verdict.reasons_at("approve", "block")]
         data["expires_at"] = _iso_or_none(item.expires_at)
         rows.append(data)
     if as_json:
@@ -759,8 +768,9 @@ def policy_export(out: Path, policy_path: Path | None) -> None:
 
 @policy_group.command("import")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.option("--from", "source_format", type=click.Choice(["sendguard", "flexconfirmmail"]), default="sendguard",
-              help="sendguard: a zip from `sendguard policy export`; flexconfirmmail: its configuration folder.")
+@click.option("--from", "source_format", type=click.Choice(["sendguard", "flexconfirmmail", "outlookokan"]),
+              default="sendguard", help="sendguard: a zip from `sendguard policy export`; flexconfirmmail: its "
+              "configuration folder; outlookokan: its settings folder (%APPDATA%\\Noraneko\\OutlookOkan).")
 @user_errors
 def policy_import(bundle: Path, source_format: str) -> None:
     """Validate a bundle from `sendguard policy export` (or another tool's settings), then use it."""
@@ -773,10 +783,35 @@ def policy_import(bundle: Path, source_format: str) -> None:
         click.echo(f"{paths.policy_file()}: imported from FlexConfirmMail ({len(loaded.internal_domains)} internal "
                    f"domains, {len(loaded.address_rules)} address rules, {len(loaded.keywords)} keywords)")
         return
+    if source_format == "outlookokan":
+        _import_outlookokan(bundle)
+        return
     if bundle.is_dir():
         raise click.ClickException(f"{bundle} is a folder: give the zip from `sendguard policy export`")
     loaded = policy_bundle.import_bundle(bundle, paths.home())
     click.echo(f"{paths.policy_file()}: imported ({len(loaded.contacts)} contacts, {len(loaded.lists)} lists, "
+               f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
+
+
+@policy_group.command("import-outlookokan")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@user_errors
+def policy_import_outlookokan(folder: Path) -> None:
+    """Same as `policy import --from outlookokan FOLDER`: OutlookOkan's CSV settings into the policy."""
+    _import_outlookokan(folder)
+
+
+def _import_outlookokan(folder: Path) -> None:
+    from . import outlookokan
+
+    loaded, report = outlookokan.import_folder(folder, paths.home())
+    for line in report.mapped:
+        click.echo(f"mapped: {line}")
+    for line in report.not_mapped:
+        click.echo(f"not mapped: {line}")
+    click.echo(f"{paths.policy_file()}: imported from OutlookOkan ({len(loaded.internal_domains)} internal domains, "
+               f"{len(loaded.address_rules)} address rules, {len(loaded.keywords)} keywords, {len(loaded.auto_cc)} "
+               f"automatic Cc/Bcc rules, {len(loaded.contacts)} contacts, "
                f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
 
 

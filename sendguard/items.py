@@ -3,13 +3,21 @@ queue list`` loads this and ``states``, not SQLAlchemy; see ``store_read``)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from .clock import now_iso
+from .errors import CheckFormatError
 from .sources import source_label
 from .states import State
+
+if TYPE_CHECKING:
+    from .checks import StoredCheck, Verdict
+
+log = logging.getLogger(__name__)
 
 # last_error of an item in ``releasing`` whose fate SendGuard is still asking the transport about
 WAITING_PREFIX = "Waiting for "
@@ -30,7 +38,7 @@ class Item:
     message_id: str
     sender: str
     subject: str
-    check: dict[str, Any] | None
+    check_json: dict[str, Any] | None  # the check result as stored (None until checked): see ``check``
     decision: dict[str, Any] | None
     approvers: list[str]
     approval: dict[str, Any] | None
@@ -55,20 +63,36 @@ class Item:
             id=m["id"], state=m["state"], source=m["source"], source_ref=m["source_ref"], account=m["account"],
             owner=m["owner"] or "", envelope_from=m["envelope_from"] or "", envelope_to=list(m["envelope_to"] or []),
             message_id=m["message_id"] or "", sender=m["sender"] or "", subject=m["subject"] or "",
-            check=m["check_result"], decision=m.get("decision"), approvers=list(m.get("approvers") or []),
+            check_json=m["check_result"], decision=m.get("decision"), approvers=list(m.get("approvers") or []),
             approval=m.get("approval"), release_after=m["release_after"] or 0.0, expires_at=m.get("expires_at"),
             attempts=m["attempts"] or 0, last_error=m["last_error"], created_at=m["created_at"],
             updated_at=m["updated_at"], purged=bool(m["purged"]),
             raw=m["raw"] if with_bodies else None, final_raw=m["final_raw"] if with_bodies else None,
         )
 
+    @cached_property
+    def check(self) -> StoredCheck | None:
+        """The check result, read when first asked: a damaged stored result (``CheckFormatError``) fails
+        whatever needs this one message, never a listing of all of them."""
+        from .checks import StoredCheck  # the rule engine: loaded when a check result is read
+
+        return None if self.check_json is None else StoredCheck.from_json(self.check_json)
+
     @property
-    def verdict(self) -> dict[str, Any]:
-        return (self.check or {}).get("verdict") or {"action": "allow", "approvers": [], "reasons": []}
+    def verdict(self) -> Verdict:
+        from .checks import Verdict
+
+        return self.check.verdict if self.check else Verdict()
 
     def summary(self) -> dict[str, Any]:
         """The ``queue list --json`` shape."""
-        check = self.check or {}
+        from .checks import StoredCheck
+
+        try:
+            check = self.check
+        except CheckFormatError as exc:  # listed from its envelope; whatever acts on it says what is wrong
+            log.error("message %s: %s", self.id, exc)
+            check = StoredCheck.unreadable(str(exc))
         return {
             "id": self.id,
             "state": self.state,
@@ -76,11 +100,12 @@ class Item:
             "source_label": source_label(self.source),
             "from": self.sender,
             "subject": self.subject,
-            "recipients": check.get("recipients", [{"address": a} for a in self.envelope_to]),
-            "attachments": check.get("attachments", []),
+            "recipients": [r.to_json() for r in check.recipients] if check else
+            [{"address": a} for a in self.envelope_to],
+            "attachments": [a.to_json() for a in check.attachments] if check else [],
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
-            "verdict": self.verdict.get("action", "allow"),
+            "verdict": check.verdict.action if check else "allow",
             "last_error": self.last_error,
             "waiting_for": self.waiting_for,
         }

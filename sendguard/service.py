@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import audit, notify, paths, runtime
 from . import config as configmod
+from . import directory as directorymod
 from .addin_relay import AddinRelay
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
@@ -31,8 +32,9 @@ from .submission import SubmissionHandler, SubmissionServer
 log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = 10.0
 
-# Outbox interception (DESIGN §8): how often each Exchange/Graph account's Outbox is looked at, unless
-# the account sets ``outbox_poll_seconds``. The worst case from an item appearing in the Outbox to it
+# Outbox interception (mail Outlook sends with a deferred time waits in the server-side Outbox, where
+# SendGuard takes it before the server sends it): how often each Exchange/Graph account's Outbox is
+# looked at, unless the account sets ``outbox_poll_seconds``. The worst case from an item appearing in the Outbox to it
 # being taken is this interval plus one look (a FindItem/list and a move: well under a second on a
 # healthy server), so any deferred time above that is enough; a one-minute defer rule leaves ample room.
 # On EWS a streaming subscription on the Outbox wakes the watch at once as well (``outbox_streaming``);
@@ -59,9 +61,12 @@ class Helper:
         _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
                          self.config.retry_inline_wait_seconds)
         # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
+        # distribution lists from the server's directory, for accounts set up with --expand-lists
+        self.directory = directorymod.for_accounts(self.config.accounts, self.home)
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
                              gettext=self.gettext,
-                             accounts=lambda: [a.address for a in self.config.accounts if a.address])
+                             accounts=lambda: [a.address for a in self.config.accounts if a.address],
+                             directory=self.directory)
         self.addin_presence = AddinPresence()  # the Outlook add-in still waiting to send an item itself?
         self.outbox.outlook_waiting = self.addin_presence.waiting
         # approvals: embedded in this database, or on the central server when [server] url is set
@@ -168,6 +173,8 @@ class Helper:
         if self._watcher:
             self._watcher.join(15)
         self.save_checkpoint()
+        if self.directory is not None:
+            self.directory.close()
         self.store.close()
 
     def save_checkpoint(self) -> None:

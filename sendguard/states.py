@@ -76,7 +76,7 @@ TRANSITIONS: dict[str, Transition] = {
 }
 del S
 
-STATES = tuple(State)
+STATES = tuple(s.value for s in State)  # as stored and shown (`queue list --state`)
 
 
 def _in_order(states: Iterable[State]) -> tuple[State, ...]:

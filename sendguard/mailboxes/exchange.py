@@ -619,8 +619,10 @@ def _read_password() -> str:
 @click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Sign in now and create the hold folder.")
+@click.option("--expand-lists", is_flag=True,
+              help="Ask Exchange (ExpandDL) who is on a distribution list before checking a message to it.")
 def add_command(address, server, autodiscover, username, password_stdin, auth, oauth, tenant, client_id,
-                authority, device_code, name, hold_folder, verify):
+                authority, device_code, name, hold_folder, verify, expand_lists):
     """Add an on-premises Exchange account (EWS)."""
     from .. import paths
 
@@ -640,7 +642,8 @@ def add_command(address, server, autodiscover, username, password_stdin, auth, o
         raise click.ClickException("--oauth needs --client-id (the application registered for SendGuard).")
     name = name or address
     settings: dict = {"server": server, "autodiscover": bool(autodiscover) or None, "username": username,
-                      "auth": "oauth" if oauth else auth, "hold_folder": hold_folder}
+                      "auth": "oauth" if oauth else auth, "hold_folder": hold_folder,
+                      "expand_lists": True if expand_lists else None}
     account = AccountConfig(name, "exchange", address, {k: v for k, v in settings.items() if v is not None})
     token_source = None
     password = None

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 AUTHORITY_HOST = "https://login.microsoftonline.com"
 GRAPH_SCOPES = ("Mail.ReadWrite", "Mail.Send")
+DIRECTORY_SCOPES = ("GroupMember.Read.All",)  # accounts with expand_lists = true
 HOLD_FOLDER = "SendGuard Hold"
 DRAFT_CATEGORY = "SendGuard"
 TAKEN_CATEGORY = "SendGuard: taken"
@@ -143,8 +144,10 @@ class MsalTokenSource:
         s = account.settings
         endpoint = s.get("graph_endpoint", GRAPH_ENDPOINT).rstrip("/")
         origin = "{0.scheme}://{0.netloc}".format(urlparse(endpoint))
-        # Scopes are named on the Graph resource of the cloud in use (national clouds differ).
-        scopes = tuple(f"{origin}/{scope}" for scope in GRAPH_SCOPES)
+        # Scopes are named on the Graph resource of the cloud in use (national clouds differ). Reading
+        # distribution lists (sendguard.directory.graph) needs group members too.
+        wanted = GRAPH_SCOPES + (DIRECTORY_SCOPES if s.get("expand_lists") else ())
+        scopes = tuple(f"{origin}/{scope}" for scope in wanted)
         return cls(account.secret_key("token_cache"), s.get("client_id", ""), cls.authority_for(s),
                    scopes, account.address, session or _session(s.get("ca_bundle")))
 
@@ -687,8 +690,10 @@ class GraphMailbox:
 @click.option("--name", help="Account name in config.toml; default: the address.")
 @click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Create the hold folder now.")
+@click.option("--expand-lists", is_flag=True,
+              help="Read group members (GroupMember.Read.All, admin consent) to check mail to distribution lists.")
 def add_command(address, tenant, client_id, graph_endpoint, authority, device_code, ca_bundle, name, hold_folder,
-                verify):
+                verify, expand_lists):
     """Add an Exchange Online account (Microsoft Graph)."""
     from .. import paths
 
@@ -709,6 +714,8 @@ def add_command(address, tenant, client_id, graph_endpoint, authority, device_co
         settings["authority"] = authority.rstrip("/")
     if ca_bundle:
         settings["ca_bundle"] = str(Path(ca_bundle).resolve())
+    if expand_lists:
+        settings["expand_lists"] = True
     account = AccountConfig(name, "graph", address, settings)
     tokens = MsalTokenSource.for_account(account)
     try:
