@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from . import detect
 from .errors import CheckFormatError
 from .i18n import _
-from .message import Attachment, ParsedMessage, Recipient
-from .policy import Policy
 from .rules import content, recipients
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: reading a stored check result (``queue list``) loads neither
     from .directory import ListLookup
+    from .message import Attachment, ParsedMessage, Recipient
+    from .policy import Policy
 
 ACTION_RANK = {"allow": 0, "confirm": 1, "reconfirm": 2, "approve": 3, "block": 4}
 RECIPIENT_FLAGS = ("external", "trusted", "new_domain", "lookalike", "display_name_mismatch", "blocked", "idn",
