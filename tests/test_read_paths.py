@@ -55,6 +55,11 @@ def test_queue_list_and_check_load_no_database_layer_keyring_or_unneeded_tables(
         assert out.returncode == 0, out.stderr
         loaded = json.loads(out.stdout.strip().splitlines()[-1])
         assert loaded == [], f"`sendguard {' '.join(args)}` imported {loaded}"
+    listing = subprocess.run([sys.executable, "-c", "import sys\nfrom sendguard.cli import main\ntry:\n"
+                              "    main(['queue', 'list'], prog_name='sendguard')\nexcept SystemExit:\n    pass\n"
+                              "print([m for m in ('sendguard.message', 'email.policy', 'sendguard.policy') "
+                              "if m in sys.modules])"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert listing.stdout.strip().splitlines()[-1] == "[]", listing.stdout + listing.stderr
 
 
 def test_read_store_lists_what_the_outbox_lists(home: Path) -> None:
