@@ -62,6 +62,7 @@ from .states import (  # noqa: F401 - the state machine, re-exported for everyon
     RELEASABLE,
     STATES,
     TRANSITIONS,
+    WAITING_STATES,
     State,
     Transition,
 )

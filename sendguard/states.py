@@ -98,3 +98,6 @@ DECIDED_STATES = _in_order([*APPROVAL_OUTCOMES, *FINAL_STATES])
 AWAITING_OUTCOME = (State.RECEIVED, State.AWAITING_CONFIRMATION, State.CONFIRMED, State.RELEASING)
 # states in which a release is due once ``release_after`` has passed
 RELEASABLE = _in_order(TRANSITIONS["start_release"].sources)
+# what the status line (sendguard/waiting.py) tells about: a send being carried out or asked about, a send
+# retried after a failure, a message waiting for the user's decision
+WAITING_STATES = (State.RELEASING, State.FAILED, State.NEEDS_ATTENTION)

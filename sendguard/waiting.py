@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .i18n import _
-from .outbox import WAITING_PREFIX, Item, Outbox, State
+from .outbox import WAITING_PREFIX, WAITING_STATES, Item, Outbox, State
 
 # the state SendGuard is waiting in, for each kind of line (also the order they are shown in)
 KINDS = ("attention", "reconcile", "retry", "central", "sending", "paused")
@@ -42,8 +42,7 @@ def waiting(outbox: Outbox, gettext: Callable[[str], str], central: Any = None,
             paused: bool = False) -> list[Waiting]:
     """The lines for everything SendGuard is waiting on now (empty when nothing waits)."""
     t = gettext
-    states = [State.RELEASING, State.FAILED, State.NEEDS_ATTENTION] + ([State.AWAITING_APPROVAL] if central else [])
-    items = outbox.list(states, limit=10_000)
+    items = outbox.list([*WAITING_STATES, *([State.AWAITING_APPROVAL] if central else [])], limit=10_000)
     now = outbox.clock()
     lines: list[Waiting] = []
     attention = [i for i in items if i.state == State.NEEDS_ATTENTION]
