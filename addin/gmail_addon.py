@@ -46,6 +46,7 @@ from google.auth import jwt as google_jwt
 
 from sendguard import config as sg_config
 from sendguard import paths
+from sendguard.accounts import gmail as gmail_accounts
 from sendguard.errors import SendGuardError
 from sendguard.mailboxes import gmail
 from sendguard.mailboxes.base import TransientError
@@ -362,7 +363,7 @@ def check_and_send(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hand_over(service: Any, mailbox: gmail.GmailMailbox, draft_id: str) -> dict[str, Any]:
-    item = gmail.submit_draft(service.outbox, mailbox, draft_id)
+    item = gmail_accounts.submit_draft(service.outbox, mailbox, draft_id)
     item_id = getattr(item, "id", item)
     state = getattr(item, "state", "")
     created = getattr(service, "item_created", None)

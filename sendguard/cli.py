@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, audit, checks, paths, secrets
+from . import accounts as account_setup
 from . import config as configmod
 from . import message as msgmod
 from . import policy as policymod
 from .errors import SendGuardError
 from .i18n import _, translator
-from .mailboxes.registry import CONNECTORS
 from .outbox import STATES, Item, Outbox
 from .runtime import confirm_url
 from .sources import source_label
@@ -94,8 +94,8 @@ pass_ctx = click.make_pass_decorator(Context, ensure=True)
 class PluginGroup(click.Group):
     """Adds the commands other SendGuard packages register under ``sendguard.commands``."""
 
-    # core command groups that live beside their connector, loaded only when used
-    LAZY = {"gmail": "sendguard.mailboxes.gmail:gmail_group"}
+    # core command groups that live with their account set-up, loaded only when used
+    LAZY = {"gmail": "sendguard.accounts.gmail:gmail_group"}
 
     def _plugins(self) -> dict[str, Any]:
         found: dict[str, Any] = {ep.name: ep for ep in entry_points(group="sendguard.commands")}
@@ -454,16 +454,12 @@ def accounts() -> None:
 
 class AccountKinds(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [k for k in CONNECTORS if k != "maildir"]
+        return list(account_setup.ADD_COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in CONNECTORS or name == "maildir":
+        if name not in account_setup.ADD_COMMANDS:
             return None
-        module = import_module(CONNECTORS[name].partition(":")[0])
-        command = getattr(module, "add_command", None)
-        if command is None:
-            raise click.ClickException(f"adding {name} accounts is not available in this build")
-        return _guarded_add(command)
+        return _guarded_add(account_setup.add_command(name))
 
 
 def _guarded_add(command: click.Command) -> click.Command:

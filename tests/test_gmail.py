@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from keyrings.alt.file import PlaintextKeyring
 
 from sendguard import config, secrets
+from sendguard.accounts import gmail as gmail_accounts
 from sendguard.mailboxes import gmail, registry
 from sendguard.mailboxes.base import AuthError, PermanentError, ReleaseItem, TransientError
 from tests.fakes.gmail_server import READONLY, SEND, FakeGoogle
@@ -96,7 +97,7 @@ def add_account(tmp_path, google, *extra: str) -> object:
         "--no-browser",
         *extra,
     ]
-    return CliRunner().invoke(gmail.add_command, args)
+    return CliRunner().invoke(gmail_accounts.add_command, args)
 
 
 def tune(name: str = ADDR, **settings) -> config.Account:
@@ -222,7 +223,7 @@ def test_authorized_user_import_without_browser(env, tmp_path, google, monkeypat
     path = tmp_path / "authorized_user.json"
     token = google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY], typed=True)
     result = CliRunner().invoke(
-        gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
+        gmail_accounts.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
     )
     assert result.exit_code == 0, result.output
     acc = config.load().account(ADDR)
@@ -242,7 +243,7 @@ def test_authorized_user_import_without_browser(env, tmp_path, google, monkeypat
     ],
 )
 def test_bad_input_is_refused_with_one_line(env, args, message):
-    result = CliRunner().invoke(gmail.add_command, args)
+    result = CliRunner().invoke(gmail_accounts.add_command, args)
     assert result.exit_code == 1
     assert message in result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
@@ -355,7 +356,7 @@ def test_revoked_token_asks_to_reconnect(account, google):
 
 def test_reconnect_after_revocation(account, google, browser):
     google.revoke_all()
-    result = CliRunner().invoke(gmail.gmail_group, ["reconnect", ADDR, "--no-browser"])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["reconnect", ADDR, "--no-browser"])
     assert result.exit_code == 0, result.output
     tune()
     mailbox().release(item(make_raw()))
@@ -414,7 +415,7 @@ def drafts_account(env, tmp_path, google, browser):
 def test_drafts_lists_only_labelled_drafts(drafts_account, google):
     labelled = google.add_draft(make_raw(msgid="<d1@x>"))
     google.add_draft(make_raw(msgid="<d2@x>"), labels=())
-    result = CliRunner().invoke(gmail.gmail_group, ["drafts", "--json"])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["drafts", "--json"])
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)
     assert [d["id"] for d in listed] == [labelled]
@@ -422,7 +423,7 @@ def test_drafts_lists_only_labelled_drafts(drafts_account, google):
 
 
 def test_drafts_need_the_drafts_feature(account, google):
-    result = CliRunner().invoke(gmail.gmail_group, ["drafts"])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["drafts"])
     assert result.exit_code == 1 and "--drafts" in result.output
 
 
@@ -430,7 +431,7 @@ def test_check_and_send_takes_the_draft_and_cancel_leaves_it_untouched(drafts_ac
     raw = make_raw(cc="carol@example.com", msgid="<d1@x>")
     draft_id = google.add_draft(raw)
     outbox = FakeOutbox()
-    assert gmail.submit_draft(outbox, mailbox(), draft_id) == "ob1"
+    assert gmail_accounts.submit_draft(outbox, mailbox(), draft_id) == "ob1"
     taken = outbox.items[0]
     assert taken["raw"] == raw and taken["source"] == "gmail" and taken["ref"] == f"draft:{draft_id}"
     assert taken["recipients"] == ["bob@partner.example", "carol@example.com"] and taken["from"] == ADDR
@@ -623,10 +624,10 @@ def test_check_and_send_cli_puts_the_draft_in_the_outbox(drafts_account, google,
     (env / "policy.toml").write_text(POLICY)
     raw = make_raw(msgid="<draft-e2e@x>")
     draft_id = google.add_draft(raw)
-    result = CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["check-and-send", draft_id])
     assert result.exit_code == 0, result.output
     assert "awaiting_confirmation" in result.output
-    again = CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id])
+    again = CliRunner().invoke(gmail_accounts.gmail_group, ["check-and-send", draft_id])
     assert again.exit_code == 0  # the same draft is not taken twice
 
     helper = Helper(env)
@@ -647,7 +648,7 @@ def test_cancelled_draft_is_left_untouched(drafts_account, google, env):
     (env / "policy.toml").write_text(POLICY)
     raw = make_raw(msgid="<draft-cancel@x>")
     draft_id = google.add_draft(raw)
-    assert CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id]).exit_code == 0
+    assert CliRunner().invoke(gmail_accounts.gmail_group, ["check-and-send", draft_id]).exit_code == 0
     helper = Helper(env)
     try:
         item = helper.outbox.list()[0]
@@ -667,7 +668,7 @@ def test_headless_machine_keeps_the_token_in_the_encrypted_file(env, tmp_path, g
     path = tmp_path / "authorized_user.json"
     token = google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY])
     result = CliRunner().invoke(
-        gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
+        gmail_accounts.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
     )
     assert result.exit_code == 0, result.output
     assert "encrypted file" in result.output

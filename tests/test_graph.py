@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from sendguard import config as config_mod
 from sendguard import secrets
+from sendguard.accounts.graph import add_command
 from sendguard.config import Account
 from sendguard.mailboxes import _retry, registry
 from sendguard.mailboxes import graph as graph_mod
@@ -29,7 +30,6 @@ from sendguard.mailboxes.graph import (
     TAKEN_CATEGORY,
     GraphMailbox,
     MsalTokenSource,
-    add_command,
 )
 from tests.fakes.graph_server import FakeGraph
 

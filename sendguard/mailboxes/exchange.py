@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-import click
 import requests
 from exchangelib import (
     BASIC,
@@ -57,7 +54,6 @@ from exchangelib import errors as ews_errors
 from exchangelib.credentials import OAuth2AuthorizationCodeCredentials
 from exchangelib.folders import SingleFolderQuerySet
 
-from .. import config as config_mod
 from .. import secrets
 from ..config import Account as AccountConfig
 from . import _mime, _retry
@@ -594,82 +590,3 @@ class ExchangeMailbox:
         if draft.message_id and draft.message_id != item.message_id:
             receipt.detail["internet_message_id"] = draft.message_id
         return receipt
-
-
-# ---------------------------------------------------------------------- `sendguard accounts add exchange`
-def _read_password() -> str:
-    data = sys.stdin.readline()
-    return data.rstrip("\r\n")
-
-
-@click.command("exchange")
-@click.option("--address", required=True, help="The mailbox address; mail from it is released through it.")
-@click.option("--server", help="EWS URL, e.g. https://mail.example.co.jp/EWS/Exchange.asmx")
-@click.option("--autodiscover", is_flag=True, help="Find the EWS URL by Exchange autodiscover.")
-@click.option("--username", help="Sign-in name (DOMAIN\\user or UPN); default: the address.")
-@click.option("--password-stdin", "password_stdin", is_flag=True, help="Read the password from standard input.")
-@click.option("--auth", "auth", type=click.Choice(["auto", "ntlm", "basic"]), default="auto", show_default=True,
-              help="Password sign-in method (auto asks the server).")
-@click.option("--oauth", is_flag=True, help="Sign in with OAuth 2.0 (Microsoft Entra hybrid modern auth).")
-@click.option("--tenant", default="organizations", show_default=True, help="Entra tenant for --oauth.")
-@click.option("--client-id", help="Application (client) id for --oauth.")
-@click.option("--authority", help="Sign-in authority URL for --oauth (national clouds, AD FS).")
-@click.option("--device-code/--interactive", "device_code", default=True, help="OAuth sign-in flow.")
-@click.option("--name", help="Account name in config.toml; default: the address.")
-@click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Sign in now and create the hold folder.")
-def add_command(address, server, autodiscover, username, password_stdin, auth, oauth, tenant, client_id,
-                authority, device_code, name, hold_folder, verify):
-    """Add an on-premises Exchange account (EWS)."""
-    from .. import paths
-
-    if "@" not in address or address.startswith("@") or address.endswith("@"):
-        raise click.ClickException(f"--address {address!r} is not an email address.")
-    if bool(server) == bool(autodiscover):
-        raise click.ClickException("Give exactly one of --server URL or --autodiscover.")
-    if server:
-        parsed = urlparse(server)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise click.ClickException(f"--server {server!r} is not an http(s) URL.")
-    if oauth and password_stdin:
-        raise click.ClickException("Use either --password-stdin or --oauth, not both.")
-    if not oauth and not password_stdin:
-        raise click.ClickException("Give --password-stdin (the password is read from standard input) or --oauth.")
-    if oauth and not client_id:
-        raise click.ClickException("--oauth needs --client-id (the application registered for SendGuard).")
-    name = name or address
-    settings: dict = {"server": server, "autodiscover": bool(autodiscover) or None, "username": username,
-                      "auth": "oauth" if oauth else auth, "hold_folder": hold_folder}
-    account = AccountConfig(name, "exchange", address, {k: v for k, v in settings.items() if v is not None})
-    token_source = None
-    password = None
-    if oauth:
-        from .graph import MsalTokenSource
-
-        account.settings.update({"tenant": tenant, "client_id": client_id})
-        if authority:
-            account.settings["authority"] = authority
-        token_source = MsalTokenSource.for_ews(account)
-        try:
-            token_source.sign_in(device_code=device_code, echo=lambda line: click.echo(line, err=True))
-        except MailboxError as e:
-            raise click.ClickException(str(e)) from None
-    else:
-        password = _read_password()
-        if not password:
-            raise click.ClickException("No password on standard input.")
-    if verify:
-        box = ExchangeMailbox(name, address, server=server, autodiscover=autodiscover, username=username,
-                              password=password, auth=account.settings["auth"], token_source=token_source,
-                              hold_folder=hold_folder)
-        try:
-            box.ensure_hold_folder()
-        except MailboxError as e:
-            raise click.ClickException(str(e)) from None
-        finally:
-            box.close()
-    if password is not None:
-        secrets.put(account.secret_key("password"), password)
-    config_mod.save_account(account, paths.config_file())
-    click.echo(f"Added Exchange account {name} ({address}); secrets are in {secrets.describe()}.")
