@@ -618,6 +618,30 @@ def test_smtp_submit_confirm_release_once_then_crash_and_reconcile(account, goog
     assert google.route_count("messages.send") == 2
 
 
+def test_the_helper_keeps_one_gmail_connector_and_signs_in_once(account, google, env):
+    """The helper owns its connectors: three releases share one sign-in (one access token from Google), not a
+    new connector and a new token for every release; stop closes it, and a later use builds a new one."""
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(POLICY)
+    tokens_before = len(google.access_tokens)
+    helper = Helper(env).start(smtp_port=0)
+    try:
+        for n in range(3):
+            smtp_submit(helper.smtp.port, make_raw(msgid=f"<own-{n}@sendguard.test>"), ["bob@partner.example"])
+            held = wait_for(lambda: helper.outbox.list(["awaiting_confirmation"]))
+            helper.outbox.confirm(held[0].id)
+            wait_for(lambda item_id=held[0].id: helper.outbox.get(item_id).state == "sent")
+        item = helper.outbox.list(["sent"])[0]
+        box = helper.mailbox_for(item)
+        assert box is helper.mailbox_for(item) and isinstance(box, gmail.GmailMailbox)
+    finally:
+        helper.stop()
+    assert google.route_count("messages.send") == 3
+    assert len(google.access_tokens) - tokens_before == 1, "each release signed in to Google anew"
+    assert helper.mailbox_for(item) is not box  # closed at stop; a later use builds a new one
+
+
 def test_check_and_send_cli_puts_the_draft_in_the_outbox(drafts_account, google, env):
     from sendguard.service import Helper
 

@@ -25,7 +25,6 @@ writes them to a file or a log.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -124,12 +123,6 @@ class _TokenCredentials(OAuth2AuthorizationCodeCredentials):
         self.access_token = self._token()
 
 
-_INSTANCES: dict[tuple, ExchangeMailbox] = {}
-_INSTANCES_LOCK = threading.Lock()
-_WATCHERS: dict[tuple, ExchangeMailbox] = {}  # Outbox watch and stream connectors (outbox_watcher)
-_WATCHERS_LOCK = threading.Lock()
-
-
 class ExchangeMailbox:
     """The Mailbox (and HoldingMailbox) interface for one Exchange account over EWS."""
 
@@ -138,7 +131,7 @@ class ExchangeMailbox:
     def __init__(self, name: str, address: str, *, server: str | None = None, autodiscover: bool = False,
                  username: str | None = None, password: str | None = None, auth: str = "auto",
                  token_source=None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0,
-                 full_scan_seconds: float = FULL_SCAN_SECONDS):
+                 full_scan_seconds: float = FULL_SCAN_SECONDS, password_key: str | None = None):
         if not server and not autodiscover:
             raise PermanentError(f"Exchange account {name}: give a server URL or turn autodiscover on.")
         self.name = name
@@ -147,6 +140,10 @@ class ExchangeMailbox:
         self.autodiscover = autodiscover
         self.username = username or address
         self._password = password
+        # the keyring entry of the password: read again when the server refuses it (the user may have
+        # stored a new one meanwhile), so a running helper needs no restart after a password change
+        self._password_key = password_key
+        self._reread_password = False
         self.auth = auth
         self._token_source = token_source
         self.hold_folder_name = hold_folder
@@ -164,50 +161,31 @@ class ExchangeMailbox:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_account(cls, account: AccountConfig, home: Path) -> ExchangeMailbox:
-        """The connector for an account. The helper asks for it on every poll and release, so one
-        instance per account (and password) is kept: its connection, hold folder and pull subscription
-        carry over from one call to the next."""
-        password = None if account.settings.get("auth") == "oauth" else secrets.get(account.secret_key("password"))
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())),
-               hashlib.sha256((password or "").encode()).hexdigest())
-        with _INSTANCES_LOCK:
-            box = _INSTANCES.get(key)
-            if box is None:
-                for old in [k for k in _INSTANCES if k[:2] == key[:2]]:
-                    _INSTANCES.pop(old).close()
-                box = _INSTANCES[key] = cls._build(account, password)
-            return box
-
-    @classmethod
-    def outbox_watcher(cls, account: AccountConfig, home: Path, role: str = "outbox-watch") -> ExchangeMailbox:
-        """Another connector for the same account, with its own lock, for the Outbox watch (and, with
-        ``role="outbox-stream"``, for the streaming connection that wakes it): a long release (a large
-        attachment) on the main connector never delays a take."""
-        password = None if account.settings.get("auth") == "oauth" else secrets.get(account.secret_key("password"))
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())),
-               hashlib.sha256((password or "").encode()).hexdigest(), role)
-        # kept apart from _INSTANCES: from_account replaces those, and must never wait for (or close) a
-        # watcher that is in the middle of a long streaming call
-        with _WATCHERS_LOCK:
-            box = _WATCHERS.get(key)
-            if box is None:
-                for old in [k for k in _WATCHERS if k[:2] == key[:2] and k[-1] == role]:
-                    del _WATCHERS[old]  # settings or password changed; its connection ends with it
-                box = _WATCHERS[key] = cls._build(account, password)
-            return box
-
-    @classmethod
-    def _build(cls, account: AccountConfig, password: str | None) -> ExchangeMailbox:
+        """The connector for an account (the helper keeps one per account while it runs)."""
         s = account.settings
         auth = s.get("auth", "auto")
         token_source = None
+        password_key = None
         if auth == "oauth":
             from .graph import MsalTokenSource
 
             token_source = MsalTokenSource.for_ews(account)
+        else:
+            password_key = account.secret_key("password")
         return cls(account.name, account.address, server=s.get("server"), autodiscover=bool(s.get("autodiscover")),
-                   username=s.get("username"), password=password, auth=auth, token_source=token_source,
-                   hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
+                   username=s.get("username"), password=secrets.get(password_key) if password_key else None,
+                   auth=auth, token_source=token_source, hold_folder=s.get("hold_folder", HOLD_FOLDER),
+                   timeout=float(s.get("timeout", 60)), password_key=password_key)
+
+    def companion(self) -> ExchangeMailbox:
+        """Another connector for the same account and sign-in, with its own connection and lock, for the
+        Outbox watch and its streaming connection: a long release (a large attachment) on this one never
+        delays a take."""
+        return ExchangeMailbox(self.name, self.address, server=self.server, autodiscover=self.autodiscover,
+                               username=self.username, password=self._password, auth=self.auth,
+                               token_source=self._token_source, hold_folder=self.hold_folder_name,
+                               timeout=self.timeout, full_scan_seconds=self.full_scan_seconds,
+                               password_key=self._password_key)
 
     def _where(self) -> str:
         return self.server or f"autodiscover for {self.address}"
@@ -221,6 +199,9 @@ class ExchangeMailbox:
                                 f"--address {self.address} --oauth` again. Your mail stays held.")
             credentials = _TokenCredentials(self._token_source)
         else:
+            if self._password_key and (self._reread_password or not self._password):
+                self._password = secrets.get(self._password_key)
+                self._reread_password = False
             if not self._password:
                 raise AuthError(f"No password stored for Exchange account {self.name}; run `sendguard accounts add "
                                 f"exchange --address {self.address} --password-stdin` again. Your mail stays held.")
@@ -282,6 +263,7 @@ class ExchangeMailbox:
     def _translate(self, what: str, e: Exception) -> MailboxError:
         if isinstance(e, ews_errors.UnauthorizedError | ews_errors.ErrorAccessDenied):
             self.close()
+            self._reread_password = True
             if self._token_source is not None:
                 self._token_source.reset()
             how = "--oauth" if self.auth == "oauth" else "--password-stdin"

@@ -20,7 +20,6 @@ import base64
 import email.policy
 import json
 import logging
-import random
 import re
 import time
 import urllib.parse
@@ -193,7 +192,8 @@ class GmailMailbox:
                  retries: int = 4, backoff: float = 1.0, upload_threshold: int = UPLOAD_THRESHOLD,
                  upload_chunk: int = UPLOAD_CHUNK, timeout: float = 60.0,
                  on_token_rotated: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 credentials_source: Callable[[], Credentials | None] | None = None):
         self.name = name
         self.address = address
         self.credentials = credentials
@@ -212,37 +212,47 @@ class GmailMailbox:
         self._sleep = sleep
         self._service: Any = None
         self._refresh_token = credentials.refresh_token if credentials else None
+        # where the sign-in is kept (the keyring): read again after Google refused it, so a reconnect
+        # from another process takes effect in a running helper
+        self._credentials_source = credentials_source
+        self._reread_credentials = False
 
     # -- construction --------------------------------------------------------------------------------
 
     @classmethod
     def from_account(cls, account: Account, home: Path) -> GmailMailbox:
         s = account.settings
-        refresh_token = secrets.get(account.secret_key("refresh_token"))
-        creds = None
-        if refresh_token:
+
+        def stored_credentials() -> Credentials | None:
+            refresh_token = secrets.get(account.secret_key("refresh_token"))
+            if not refresh_token:
+                return None
             granted = list(s.get("scopes", []))
-            creds = Credentials(None, refresh_token=refresh_token,
-                                token_uri=s.get("token_uri", GOOGLE_TOKEN_URI),
-                                client_id=s.get("client_id"),
-                                client_secret=secrets.get(account.secret_key("client_secret")),
-                                scopes=granted or None)
+            return Credentials(None, refresh_token=refresh_token, token_uri=s.get("token_uri", GOOGLE_TOKEN_URI),
+                               client_id=s.get("client_id"),
+                               client_secret=secrets.get(account.secret_key("client_secret")),
+                               scopes=granted or None)
 
         def rotated(token: str) -> None:
             secrets.put(account.secret_key("refresh_token"), token)
 
-        return cls(account.name, account.address, creds, api_endpoint=s.get("api_endpoint"),
+        return cls(account.name, account.address, stored_credentials(), api_endpoint=s.get("api_endpoint"),
                    reconcile=reconcile_mode(s.get("scopes", []), s.get("reconcile", "search")),
                    drafts=bool(s.get("drafts", False)), drafts_label=s.get("drafts_label", "SendGuard"),
                    send_as=s.get("send_as", []), gmail_account=s.get("gmail_account", ""),
                    retries=int(s.get("retries", 4)), backoff=float(s.get("backoff_seconds", 1.0)),
                    upload_threshold=int(s.get("upload_threshold", UPLOAD_THRESHOLD)),
                    upload_chunk=int(s.get("upload_chunk", UPLOAD_CHUNK)),
-                   timeout=float(s.get("timeout_seconds", 60.0)), on_token_rotated=rotated)
+                   timeout=float(s.get("timeout_seconds", 60.0)), on_token_rotated=rotated,
+                   credentials_source=stored_credentials)
 
     @property
     def service(self) -> Any:
         if self._service is None:
+            if self._credentials_source is not None and (self._reread_credentials or self.credentials is None):
+                self.credentials = self._credentials_source()
+                self._refresh_token = self.credentials.refresh_token if self.credentials else None
+                self._reread_credentials = False
             if self.credentials is None:
                 raise AuthError(f"SendGuard holds no Gmail sign-in for {self.address}: run "
                                 f"`sendguard gmail reconnect {self.name}`; your mail stays held.")
@@ -273,7 +283,10 @@ class GmailMailbox:
                 self._note_rotation()
                 return result
             except google_auth_errors.RefreshError as exc:
-                raise self._refresh_failed(exc) from None
+                err = self._refresh_failed(exc)
+                if isinstance(err, AuthError):
+                    self._sign_in_refused()
+                raise err from None
             except google_auth_errors.TransportError as exc:
                 err: MailboxError = TransientError(f"Google's sign-in service could not be reached ({exc}); "
                                                    "SendGuard will try again.")
@@ -281,6 +294,8 @@ class GmailMailbox:
                 raise self._too_large(size) from None
             except HttpError as exc:
                 err = self._http_error(exc, action, size)
+                if isinstance(err, AuthError):
+                    self._sign_in_refused()
                 if not isinstance(err, TransientError):
                     raise err from None
                 ambiguous = exc.resp.status >= 500
@@ -301,15 +316,20 @@ class GmailMailbox:
                 if sent is None:
                     raise err
             delay = err.retry_after if isinstance(err, TransientError) and err.retry_after else None
-            if delay is None:
-                delay = self.backoff * (2 ** attempt) + random.uniform(0, self.backoff)
             attempt += 1
+            if delay is None:  # the helper's back-off, from this account's first wait (backoff_seconds)
+                delay = _retry.delay(attempt, base=self.backoff)
             # the helper's one retry policy (_retry): only a short pause is waited out here; anything longer
             # goes back to the outbox (the server's Retry-After, if any, travels with the error)
             if attempt > min(self.retries, _retry.MAX_INLINE_ATTEMPTS - 1) or delay > _retry.MAX_INLINE_WAIT:
                 raise err
             log.info("gmail %s: %s; retry %d in %.1fs", self.address, err, attempt, delay)
             self._sleep(delay)
+
+    def _sign_in_refused(self) -> None:
+        """Google refused the sign-in: the next call reads it from the keyring again."""
+        self._service = None
+        self._reread_credentials = True
 
     def _note_rotation(self) -> None:
         token = getattr(self.credentials, "refresh_token", None)

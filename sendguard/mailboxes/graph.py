@@ -242,24 +242,20 @@ class MsalTokenSource:
             return result
 
 
-_INSTANCES: dict[tuple, GraphMailbox] = {}
-_INSTANCES_LOCK = threading.Lock()
-_WATCHERS: dict[tuple, GraphMailbox] = {}  # Outbox watch connectors (outbox_watcher)
-_WATCHERS_LOCK = threading.Lock()
-
-
 class GraphMailbox:
     """The Mailbox (and HoldingMailbox) interface for one Exchange Online account over Microsoft Graph."""
 
     kind = "graph"
 
     def __init__(self, name: str, address: str, token_source: MsalTokenSource, *, endpoint: str = GRAPH_ENDPOINT,
-                 session: requests.Session | None = None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0):
+                 session: requests.Session | None = None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0,
+                 ca_bundle: str | None = None):
         self.name = name
         self.address = address
         self.tokens = token_source
         self.endpoint = endpoint.rstrip("/")
         self.session = session or token_source.session
+        self.ca_bundle = ca_bundle
         self.hold_folder_name = hold_folder
         self.timeout = timeout
         self.backoff = _retry.Backoff()
@@ -267,33 +263,19 @@ class GraphMailbox:
 
     @classmethod
     def from_account(cls, account: AccountConfig, home: Path) -> GraphMailbox:
-        """One instance per account and settings: the helper asks for it on every poll and release, and
-        the sign-in (msal's in-memory cache) and hold folder id carry over between calls."""
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())))
-        with _INSTANCES_LOCK:
-            box = _INSTANCES.get(key)
-            if box is None:
-                s = account.settings
-                tokens = MsalTokenSource.for_account(account)
-                box = _INSTANCES[key] = cls(
-                    account.name, account.address, tokens, endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT),
-                    hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
-            return box
+        """The connector for an account (the helper keeps one per account while it runs, so the sign-in
+        in msal's in-memory cache and the hold folder id carry over between calls)."""
+        s = account.settings
+        return cls(account.name, account.address, MsalTokenSource.for_account(account),
+                   endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT), hold_folder=s.get("hold_folder", HOLD_FOLDER),
+                   timeout=float(s.get("timeout", 60)), ca_bundle=s.get("ca_bundle"))
 
-    @classmethod
-    def outbox_watcher(cls, account: AccountConfig, home: Path) -> GraphMailbox:
+    def companion(self) -> GraphMailbox:
         """A second connector for the same account, with its own HTTP session but the same sign-in, for
         the Outbox watch: a long release (an upload session) never delays a take."""
-        main = cls.from_account(account, home)
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())), "outbox-watch")
-        with _WATCHERS_LOCK:
-            box = _WATCHERS.get(key)
-            if box is None or box.tokens is not main.tokens:
-                s = account.settings
-                box = _WATCHERS[key] = cls(
-                    account.name, account.address, main.tokens, endpoint=main.endpoint,
-                    session=_session(s.get("ca_bundle")), hold_folder=main.hold_folder_name, timeout=main.timeout)
-            return box
+        return GraphMailbox(self.name, self.address, self.tokens, endpoint=self.endpoint,
+                            session=_session(self.ca_bundle), hold_folder=self.hold_folder_name,
+                            timeout=self.timeout, ca_bundle=self.ca_bundle)
 
     def close(self) -> None:
         self.session.close()

@@ -21,13 +21,18 @@ class SmtpRelay:
     kind = "smtp"
 
     def __init__(self, name: str, host: str, port: int, security: str = "starttls", username: str | None = None,
-                 password: str | None = None, timeout: float = 60.0, cafile: str | None = None):
+                 password: str | None = None, timeout: float = 60.0, cafile: str | None = None,
+                 password_key: str | None = None):
         self.name = name
         self.host = host
         self.port = port
         self.security = security
         self.username = username
         self.password = password
+        # the keyring entry of the password: read again after the relay refused the login (the user may
+        # have stored a new one meanwhile), so a running helper needs no restart
+        self.password_key = password_key
+        self._reread_password = False
         self.timeout = timeout
         self.cafile = cafile
 
@@ -35,9 +40,10 @@ class SmtpRelay:
     def from_account(cls, account: Account, home: Path) -> SmtpRelay:
         s = account.settings
         username = s.get("username")
-        password = secrets.get(account.secret_key("password")) if username else None
+        key = account.secret_key("password") if username else None
         return cls(account.name, s.get("host", "localhost"), int(s.get("port", 587)), s.get("security", "starttls"),
-                   username, password, float(s.get("timeout", 60)), s.get("cafile"))
+                   username, secrets.get(key) if key else None, float(s.get("timeout", 60)), s.get("cafile"),
+                   password_key=key)
 
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.cafile)
@@ -55,6 +61,9 @@ class SmtpRelay:
                 if self.security == "starttls":
                     client.starttls(context=self._context())
                 if self.username:
+                    if self.password_key and (self._reread_password or self.password is None):
+                        self.password = secrets.get(self.password_key)
+                        self._reread_password = False
                     if self.password is None:
                         raise AuthError(f"no password stored for {self.username} on {where}: run "
                                         f"`sendguard accounts add smtp --name {self.name} ...` again")
@@ -76,6 +85,7 @@ class SmtpRelay:
                 if code != 250:
                     raise smtplib.SMTPDataError(code, resp)
         except smtplib.SMTPAuthenticationError as exc:
+            self._reread_password = True
             raise AuthError(f"{where} refused the login for {self.username}: check the password "
                             f"({exc.smtp_code})") from None
         except smtplib.SMTPRecipientsRefused as exc:
