@@ -27,6 +27,7 @@ from sendguard.links import LinkSigner, signing_key, use_once
 
 from .api import item_json, service
 from .security import ApiError, grant_item, principal, require
+from .service import current_service
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
@@ -103,8 +104,8 @@ def _language() -> str:
     asked = request.args.get("lang")
     if asked:
         return i18n.normalize(asked)
-    svc = current_app.config.get("SENDGUARD_SERVICE")
-    configured = getattr(getattr(svc, "config", None), "language", None)
+    svc = current_service()
+    configured = svc.config.language if svc is not None else None
     return i18n.normalize(configured) if configured else i18n.system_language()
 
 

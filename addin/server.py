@@ -285,7 +285,7 @@ class ServerNotices:
 
 
 class CentralService:
-    """What ``create_app`` needs (outbox, store, config, policy, gettext, approvals), on PostgreSQL.
+    """What ``create_app`` needs (``addin.service.AppService``), on PostgreSQL.
 
     The server never releases mail (``mailbox_for`` is None): the sender's helper does, once the
     decision reaches it. It mails approvers itself (``ServerNotices``).
@@ -296,6 +296,8 @@ class CentralService:
         from sendguard.approvals import Approvals
 
         self.store = Store(database_url(url))
+        self.home = paths.home()
+        self.addin_presence = None  # no Outlook add-in sends mail through the server on its own
         self.public_url = public_url.rstrip("/")
         self.config = Config(language=language)
         self.policy = PolicyHolder(policy_path or (paths.home() / "policy.toml"), paths.admin_policy_file())
@@ -320,6 +322,14 @@ class CentralService:
                            lambda: base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
             self._decision_key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed))
         return self._decision_key
+
+    def wake(self) -> None:
+        """A decision was made: mail the approvers now (the server releases nothing; helpers poll)."""
+        self.notices.wake()
+
+    def confirm_url(self, item_id: str) -> None:
+        """The server has no confirmation window: the sender confirms in his own helper."""
+        return None
 
     def close(self) -> None:
         self.notices.stop()

@@ -30,6 +30,7 @@ from .i18n import _
 from .mailboxes import _retry
 from .mailboxes.base import (
     AuthError,
+    HoldingMailbox,
     Mailbox,
     MailboxError,
     MissedItem,
@@ -660,7 +661,8 @@ class Outbox:
         if not item.source_ref or self.mailbox_for is None:
             return False
         try:
-            return self.mailbox_for(item).kind in ("graph", "exchange")
+            # a connector that holds items in the mailbox sends the saved draft by its id
+            return isinstance(self.mailbox_for(item), HoldingMailbox)
         except Exception:  # an account that cannot be opened cannot send the draft either
             return False
 
@@ -736,7 +738,7 @@ class Outbox:
                 found = None
             else:
                 mailbox = self.mailbox_for(item)
-                where = f"{getattr(mailbox, 'kind', 'mail')} account {getattr(mailbox, 'name', '') or where}"
+                where = f"{mailbox.kind} account {mailbox.name or where}"
                 found = mailbox.find_sent(item.message_id)
         except Exception as exc:  # cannot ask now (down, throttled, sign-in refused, a bug): ask again later
             return self._wait_for_answer(item, where, exc)

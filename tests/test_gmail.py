@@ -395,17 +395,6 @@ def test_too_large_answer_from_gmail_is_permanent(account, google):
 # -- drafts -------------------------------------------------
 
 
-class FakeOutbox:
-    def __init__(self):
-        self.items = []
-
-    def submit(self, raw, envelope_from, recipients, source="smtp", source_ref=None, account=None):
-        self.items.append(
-            {"raw": raw, "from": envelope_from, "recipients": recipients, "source": source, "ref": source_ref}
-        )
-        return f"ob{len(self.items)}"
-
-
 @pytest.fixture
 def drafts_account(env, tmp_path, google, browser):
     assert add_account(tmp_path, google, "--drafts").exit_code == 0
@@ -427,14 +416,22 @@ def test_drafts_need_the_drafts_feature(account, google):
     assert result.exit_code == 1 and "--drafts" in result.output
 
 
-def test_check_and_send_takes_the_draft_and_cancel_leaves_it_untouched(drafts_account, google):
+def test_check_and_send_takes_the_draft_and_cancel_leaves_it_untouched(drafts_account, google, env):
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(POLICY)
     raw = make_raw(cc="carol@example.com", msgid="<d1@x>")
     draft_id = google.add_draft(raw)
-    outbox = FakeOutbox()
-    assert gmail_accounts.submit_draft(outbox, mailbox(), draft_id) == "ob1"
-    taken = outbox.items[0]
-    assert taken["raw"] == raw and taken["source"] == "gmail" and taken["ref"] == f"draft:{draft_id}"
-    assert taken["recipients"] == ["bob@partner.example", "carol@example.com"] and taken["from"] == ADDR
+    helper = Helper(env)
+    try:
+        item = gmail_accounts.submit_draft(helper.outbox, mailbox(), draft_id)
+        taken = helper.outbox.get(item.id, with_bodies=True)
+        assert taken.state == "awaiting_confirmation" and taken.account == ADDR
+        assert taken.raw == raw and taken.source == "gmail" and taken.source_ref == f"draft:{draft_id}"
+        assert taken.envelope_to == ["bob@partner.example", "carol@example.com"] and taken.envelope_from == ADDR
+        helper.outbox.cancel(item.id)
+    finally:
+        helper.stop()
     # The user cancels: nothing else happens to the draft.
     assert google.messages[google.drafts[draft_id]]["raw"] == raw
     assert not [r for r, _m, _q in google.calls if r in ("drafts.update", "drafts.send", "messages.send")]

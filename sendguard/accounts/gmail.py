@@ -37,6 +37,7 @@ from ..mailboxes.gmail import (
     reconcile_mode,
     requested_scopes,
 )
+from ..outbox import Item, Outbox
 
 # Sign-in: installed-app OAuth, or an admin's authorized-user file.
 
@@ -303,16 +304,15 @@ def mailbox_for(account: Account) -> GmailMailbox:
     return GmailMailbox.from_account(account, paths.home())
 
 
-def submit_draft(outbox: Any, mailbox: GmailMailbox, draft_id: str) -> Any:
+def submit_draft(outbox: Outbox, mailbox: GmailMailbox, draft_id: str) -> Item:
     """Take a draft into the outbox (source ``gmail``, ref ``draft:<id>``, this account); returns the item.
 
     A draft already in the outbox and not finished is not taken twice: that item is returned.
     """
     ref = f"draft:{draft_id}"
-    find = getattr(outbox, "by_source_ref", None)
-    existing = find("gmail", ref) if find else None
+    existing = outbox.by_source_ref("gmail", ref)
     finished = ("sent", "cancelled", "rejected", "expired")
-    if existing is not None and getattr(existing, "state", "") not in finished:
+    if existing is not None and existing.state not in finished:
         return existing
     held = mailbox.take_draft(draft_id)
     return outbox.submit(held.raw, held.envelope_from, list(held.recipients), source="gmail",
@@ -354,8 +354,7 @@ def check_and_send_command(draft_id: str, account_name: str | None) -> None:
         result = submit_draft(outbox, mailbox, draft_id)
     except SendGuardError as exc:
         raise click.ClickException(str(exc)) from None
-    item_id = getattr(result, "id", result)
-    state = getattr(result, "state", "")
+    item_id, state = result.id, result.state
     if state == "awaiting_confirmation":
         then = f"confirm it in the SendGuard window or with `sendguard queue confirm {item_id}`"
     elif state == "awaiting_approval":
@@ -364,11 +363,11 @@ def check_and_send_command(draft_id: str, account_name: str | None) -> None:
         then = "the SendGuard helper sends it"
     else:
         then = f"see `sendguard queue show {item_id}`"
-    click.echo(f"Draft {draft_id} is in the SendGuard outbox as {item_id} ({state or 'held'}): {then}; "
+    click.echo(f"Draft {draft_id} is in the SendGuard outbox as {item_id} ({state}): {then}; "
                "the draft stays untouched until it is sent.")
 
 
-def _open_outbox() -> Any:
+def _open_outbox() -> Outbox:
     """The outbox in SENDGUARD_HOME (shared with a running helper, which does the release)."""
     from ..service import Helper
 
