@@ -75,7 +75,8 @@ NEEDED_SCOPES = {
 }
 REQUIRED_SETTINGS = ("GMAIL_ADDON_BASE_URL", "GMAIL_ADDON_SERVICE_ACCOUNT", "GMAIL_ADDON_CLIENT_ID")
 
-bp = Blueprint("gmail_addon", __name__, url_prefix="/gmail/addon")
+URL_PREFIX = "/gmail/addon"
+bp = Blueprint("gmail_addon", __name__, url_prefix=URL_PREFIX)
 
 _certs_lock = threading.Lock()
 _certs_cache: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -232,7 +233,7 @@ def guarded(endpoint: str) -> Callable[[Callable[..., dict[str, Any]]], Callable
 
 
 def _endpoint(name: str) -> str:
-    return _base_url() + bp.url_prefix + "/" + name
+    return _base_url() + URL_PREFIX + "/" + name
 
 
 def _card(title: str, text: str, buttons: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -336,7 +337,7 @@ def check_and_send(event: dict[str, Any]) -> dict[str, Any]:
     try:
         if not draft_id:
             wanted = _event_recipients(event.get("gmail") or {})
-            drafts = mailbox.find_drafts(**wanted)
+            drafts = mailbox.find_drafts(wanted["to"], wanted["cc"], wanted["bcc"])
             exact = [d for d in drafts if d["exact"]]
             if len(exact) == 1:
                 draft_id = exact[0]["id"]
@@ -392,7 +393,7 @@ def _retry_in_background(app: Any, service: AppService, mailbox: gmail.GmailMail
             try:
                 target = draft_id
                 if not target:  # the lookup itself failed: hand over only an unambiguous match
-                    exact = [d for d in mailbox.find_drafts(**wanted) if d["exact"]]
+                    exact = [d for d in mailbox.find_drafts(wanted["to"], wanted["cc"], wanted["bcc"]) if d["exact"]]
                     if len(exact) != 1:
                         log.warning("gmail add-on: no single saved draft for %s; the user presses again", wanted)
                         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .. import config, secrets
@@ -25,7 +27,7 @@ def add_command(name: str, address: str, host: str, port: int, security: str, us
         account.settings["username"] = username
         if not password_stdin:
             raise click.ClickException("--username needs --password-stdin (the password goes to the keyring)")
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise click.ClickException("no password on standard input")
         secrets.put(account.secret_key("password"), password)

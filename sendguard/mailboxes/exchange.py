@@ -517,8 +517,9 @@ class ExchangeMailbox:
     def release(self, item: ReleaseItem) -> ReleaseReceipt:
         msg = _mime.parse(item.raw)
         plan = _mime.plan_recipients(item, msg)
-        if item.source_ref:
-            return self._call("sending the held message", lambda a: self._release_held(a, item, msg, plan))
+        ref = item.source_ref
+        if ref:
+            return self._call("sending the held message", lambda a: self._release_held(a, item, ref, msg, plan))
         return self._call("sending the message", lambda a: self._release_new(a, item, plan))
 
     def _receipt(self, item: ReleaseItem, how: str, **extra) -> ReleaseReceipt:
@@ -532,10 +533,11 @@ class ExchangeMailbox:
         message.send_and_save()
         return self._receipt(item, "CreateItem")
 
-    def _release_held(self, account: Account, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
+    def _release_held(self, account: Account, item: ReleaseItem, ref: str, msg,
+                      plan: _mime.RecipientPlan) -> ReleaseReceipt:
         fields = ("message_id", "categories", "to_recipients", "cc_recipients", "bcc_recipients", "attachments",
                   "is_draft", "deferred_send_time")
-        draft = self._get(account, item.source_ref, fields)
+        draft = self._get(account, ref, fields)
         if draft is None or not draft.is_draft:
             if self._find_sent(account, item.message_id):
                 return self._receipt(item, "already-sent")
@@ -553,7 +555,7 @@ class ExchangeMailbox:
                 att.detach()
                 removed = True
         if removed:
-            draft = self._get(account, item.source_ref, fields)
+            draft = self._get(account, ref, fields)
             if draft is None:
                 raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
                                      "nothing was sent.")

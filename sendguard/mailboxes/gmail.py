@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.utils import getaddresses
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -283,10 +284,10 @@ class GmailMailbox:
                 self._note_rotation()
                 return result
             except google_auth_errors.RefreshError as exc:
-                err = self._refresh_failed(exc)
-                if isinstance(err, AuthError):
+                refused = self._refresh_failed(exc)
+                if isinstance(refused, AuthError):
                     self._sign_in_refused()
-                raise err from None
+                raise refused from None
             except google_auth_errors.TransportError as exc:
                 err: MailboxError = TransientError(f"Google's sign-in service could not be reached ({exc}); "
                                                    "SendGuard will try again.")
@@ -416,7 +417,7 @@ class GmailMailbox:
         if len(raw) > MAX_MESSAGE_BYTES:
             raise self._too_large(len(raw))
         if item.source == "gmail" and (item.source_ref or "").startswith("draft:"):
-            return self._release_draft(item, item.source_ref.split(":", 1)[1], raw)
+            return self._release_draft(item, (item.source_ref or "").split(":", 1)[1], raw)
         users = self.service.users()
         payload = self._payload(raw)
         thread_id = self._thread_of_reply(raw)
@@ -438,8 +439,8 @@ class GmailMailbox:
         messages = self.service.users().messages()
         for ref in dict.fromkeys(r.strip().strip("<>") for r in refs if r.strip().strip("<>")):
             try:
-                found = self._execute(lambda r=ref: messages.list(userId="me", q=f"rfc822msgid:{r}",
-                                                                  includeSpamTrash=True, maxResults=1),
+                found = self._execute(partial(messages.list, userId="me", q=f"rfc822msgid:{ref}",
+                                              includeSpamTrash=True, maxResults=1),
                                       "find the conversation of the reply")
             except MailboxError as exc:
                 log.info("gmail %s: no thread for reply to %s: %s", self.address, ref, exc)
@@ -534,8 +535,8 @@ class GmailMailbox:
         listing = self._execute(lambda: messages.list(userId="me", labelIds=["SENT"], includeSpamTrash=True,
                                                       maxResults=RECENT_SENT_SCAN), "list Sent mail")
         for entry in listing.get("messages", []):
-            meta = self._execute(lambda e=entry: messages.get(userId="me", id=e["id"], format="metadata",
-                                                              metadataHeaders=["Message-ID"]),
+            meta = self._execute(partial(messages.get, userId="me", id=entry["id"], format="metadata",
+                                         metadataHeaders=["Message-ID"]),
                                  "read Sent mail")
             for header in meta.get("payload", {}).get("headers", []):
                 value = header.get("value", "").strip().strip("<>")
@@ -558,9 +559,9 @@ class GmailMailbox:
         out: list[dict[str, Any]] = []
         request = drafts.list(userId="me", q=query, maxResults=100)
         while request is not None:
-            page = self._execute(lambda r=request: r, "list drafts")
+            page = self._execute(_again(request), "list drafts")
             for entry in page.get("drafts", []):
-                full = self._execute(lambda e=entry: drafts.get(userId="me", id=e["id"], format="metadata"),
+                full = self._execute(partial(drafts.get, userId="me", id=entry["id"], format="metadata"),
                                      "read a draft")
                 headers = {h["name"].lower(): h["value"]
                            for h in full.get("message", {}).get("payload", {}).get("headers", [])}
@@ -587,7 +588,7 @@ class GmailMailbox:
         out: list[dict[str, Any]] = []
         for entry in listing.get("drafts", [])[:limit]:
             try:
-                full = self._execute(lambda e=entry: drafts.get(userId="me", id=e["id"], format="metadata"),
+                full = self._execute(partial(drafts.get, userId="me", id=entry["id"], format="metadata"),
                                      "read a draft")
             except _NotFound:  # sent or discarded meanwhile
                 continue
@@ -608,7 +609,7 @@ class GmailMailbox:
         drafts = self.service.users().drafts()
         request = drafts.list(userId="me", maxResults=500)
         while request is not None:
-            page = self._execute(lambda r=request: r, "list drafts")
+            page = self._execute(_again(request), "list drafts")
             for entry in page.get("drafts", []):
                 if entry.get("message", {}).get("id") == gmail_message_id:
                     return entry["id"]
@@ -647,6 +648,11 @@ def _error_detail(exc: HttpError) -> tuple[str, str]:
     errors = error.get("errors") or [{}]
     reason = errors[0].get("reason") or error.get("status") or ""
     return str(reason), str(error.get("message", ""))
+
+
+def _again(request: Any) -> Callable[[], Any]:
+    """A prepared API request to execute (again, on a retry) as it is."""
+    return lambda: request
 
 
 def _retry_after(exc: HttpError, message: str) -> float | None:

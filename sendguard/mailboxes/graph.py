@@ -98,10 +98,10 @@ class _Session(requests.Session):
     """A session whose configured CA file wins: plain requests lets REQUESTS_CA_BUNDLE from the
     environment override ``Session.verify``, which would silently ignore the account's ``ca_bundle``."""
 
-    def request(self, method, url, **kwargs):
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("verify") is None:
             kwargs["verify"] = self.verify
-        return super().request(method, url, **kwargs)
+        return super().request(*args, **kwargs)
 
 
 def _session(ca_bundle: str | None) -> requests.Session:
@@ -316,10 +316,9 @@ class GraphMailbox:
                 return r
             code, message = self._error_of(r)
             if r.status_code in (429, 503) or (r.status_code >= 500 and not sends):
-                wait = _retry.parse_retry_after(r.headers.get("Retry-After"))
+                asked = _retry.parse_retry_after(r.headers.get("Retry-After"))
                 throttled = r.status_code == 429 or (r.status_code == 503 and not sends)
-                if wait is None:
-                    wait = self.backoff.next_delay()
+                wait = asked if asked is not None else self.backoff.next_delay()
                 if throttled and wait <= _retry.MAX_INLINE_WAIT and attempts < _retry.MAX_INLINE_ATTEMPTS:
                     _retry.sleep(wait)
                     continue
@@ -364,10 +363,11 @@ class GraphMailbox:
     def _pages(self, path: str, params: dict, *, what: str) -> list[dict]:
         out: list[dict] = []
         url: str | None = path
+        query: dict | None = params
         while url:
-            data = self._json("GET", url, what=what, params=params)
+            data = self._json("GET", url, what=what, params=query)
             out.extend(data.get("value", []))
-            url, params = data.get("@odata.nextLink"), None
+            url, query = data.get("@odata.nextLink"), None  # the next link carries the query itself
         return out
 
     # ------------------------------------------------------------------ folders

@@ -12,6 +12,7 @@ import logging
 import threading
 from importlib import import_module
 from pathlib import Path
+from typing import Protocol
 
 from ..config import Account, Config
 from .base import Mailbox, OutboxWatching
@@ -31,13 +32,19 @@ OUTBOX_WATCH = "outbox-watch"  # takes deferred items out of the server-side Out
 OUTBOX_STREAM = "outbox-stream"  # keeps a streaming subscription on the Outbox open
 
 
-def connector_class(kind: str) -> type:
+class ConnectorClass(Protocol):
+    """A connector class: it makes the connector for an account from config.toml and the keyring."""
+
+    def from_account(self, account: Account, home: Path) -> Mailbox: ...
+
+
+def connector_class(kind: str) -> ConnectorClass:
     module, _, cls = CONNECTORS[kind].partition(":")
     return getattr(import_module(module), cls)  # type: ignore[no-any-return]
 
 
 def build(account: Account, home: Path) -> Mailbox:
-    return connector_class(account.kind).from_account(account, home)  # type: ignore[no-any-return]
+    return connector_class(account.kind).from_account(account, home)
 
 
 def default_sink(home: Path) -> Mailbox:
@@ -120,7 +127,11 @@ class Connectors:
             boxes, self._boxes = [box for _shape, box in self._boxes.values()], {}
         if not boxes:
             return
-        closer = threading.Thread(target=lambda: [_close(box) for box in boxes], name="sendguard-close-connectors",
-                                  daemon=True)
+
+        def close_all() -> None:
+            for box in boxes:
+                _close(box)
+
+        closer = threading.Thread(target=close_all, name="sendguard-close-connectors", daemon=True)
         closer.start()
         closer.join(timeout)
