@@ -870,6 +870,20 @@ def _wix_tree(stage: Path) -> tuple[str, str]:
     return "\n".join(walk(stage, 5)), "\n".join(refs)
 
 
+def loopback_container(manifests: Path) -> str:
+    """The AppContainer to exempt from loopback isolation: the one named by the loopback script that
+    ``sendguard addin manifest`` wrote for these manifests (install.ps1 runs that script; the MSI runs
+    CheckNetIsolation itself, so both exempt the same container)."""
+    script = manifests / "sendguard-loopback-exempt.ps1"
+    if not script.is_file():
+        raise BuildError(f"{script.name} is missing from the manifests: the MSI would not let classic Outlook "
+                         "reach the helper (build the manifests for https://localhost)")
+    found = re.search(r'^\$Container = "(1_[A-Za-z0-9_.-]+)"\r?$', script.read_text(encoding="ascii"), re.MULTILINE)
+    if found is None:
+        raise BuildError(f"{script.name}: no $Container line with an AppContainer name")
+    return found.group(1)
+
+
 def build_msi(wheel: Wheel, policy_text: str | None, config_text: str | None, manifests: Path,
               wheelhouse: Wheelhouse | None, out_dir: Path, work: Path, signing: Signing | None = None,
               upgrade_code: str = UPGRADE_CODE) -> Path:
@@ -904,7 +918,7 @@ def build_msi(wheel: Wheel, policy_text: str | None, config_text: str | None, ma
     directories, refs = _wix_tree(stage)
     source = _fill(template("windows/SendGuard.wxs"), MSI_VERSION=msi_version(wheel.version), VERSION=wheel.version,
                    UPGRADE_CODE=upgrade_code.upper(), MANUFACTURER=MSI_MANUFACTURER, DIRECTORIES=directories,
-                   COMPONENT_REFS=refs)
+                   COMPONENT_REFS=refs, LOOPBACK_CONTAINER=loopback_container(stage / "manifest"))
     if signing is None:  # an unsigned script cannot run under AllSigned; the admin chose not to sign
         source = source.replace("-ExecutionPolicy AllSigned", "-ExecutionPolicy Bypass")
     wxs = work / "SendGuard.wxs"

@@ -12,14 +12,13 @@ from sendguard import audit, checks, compose, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
 from sendguard.errors import MessageError, StateError
-from sendguard.outbox import HELD_STATES, STATES, Item
+from sendguard.outbox import AWAITING_OUTCOME, HELD_STATES, STATES, Item, State
 
 from .openapi import SPEC
 from .security import ApiError, addin_signer, long_poll, principal, require
 from .service import AppService, current_service
 
 bp = Blueprint("api", __name__)
-WAIT_WHILE = ("received", "awaiting_confirmation", "confirmed", "releasing")
 MAX_WAIT = 60.0
 
 
@@ -37,22 +36,22 @@ def _(text: str) -> str:
 def user_message(item: Item) -> str:
     """One sentence for the person who pressed Send, in their language."""
     state = item.state
-    if state == "awaiting_approval":
+    if state == State.AWAITING_APPROVAL:
         return _("Held for approval by {approvers}. SendGuard sends it once it is approved.").format(
             approvers=", ".join(item.approvers) or "?")
-    if state == "rejected":
+    if state == State.REJECTED:
         a = item.approval or {}
         return _("Rejected by {who}: {reason}").format(who=a.get("by", "?"), reason=a.get("reason", ""))
-    if state == "expired":
+    if state == State.EXPIRED:
         return _("Nobody approved this message in time; it was not sent.")
-    if state == "cancelled":
+    if state == State.CANCELLED:
         if item.verdict.get("action") == "block":
             blocked = [r["message"] for r in item.verdict.get("reasons", []) if r.get("action") == "block"]
             return _("Blocked by policy: {reasons}").format(reasons="; ".join(blocked))
         return _("Cancelled in SendGuard: the message was not sent.")
-    if state in ("sent", "releasing"):
+    if state in (State.SENT, State.RELEASING):
         return _("Confirmed in SendGuard.")
-    if state in ("failed", "needs_attention"):
+    if state in (State.FAILED, State.NEEDS_ATTENTION):
         return _("SendGuard could not send it yet: {error}").format(error=item.last_error or "")
     return _("Waiting for you to confirm the recipients and attachments in the SendGuard window.")
 
@@ -62,7 +61,7 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
     data["user_message"] = user_message(item)
     data["approvers"] = item.approvers
     data["decision"] = outlook_items.decision_for_addin(item)
-    if item.state == "confirmed" and not (item.decision or {}).get("needs_approval"):
+    if item.state == State.CONFIRMED and not (item.decision or {}).get("needs_approval"):
         # the undo window (confirm.hold_seconds) still open, in seconds from now
         data["release_in"] = max(0.0, round(item.release_after - time.time(), 3))
     if full:
@@ -137,7 +136,7 @@ def _json_body() -> dict[str, Any]:
 def _supersede(svc: Any, ref: str) -> None:
     """Send pressed again in Outlook for the same draft (after leaving it, from Drafts): the earlier
     check, still waiting in the window, is withdrawn so the draft can never be sent twice."""
-    for old in svc.outbox.list(["awaiting_confirmation"]):
+    for old in svc.outbox.list([State.AWAITING_CONFIRMATION]):
         if old.source == "outlook" and old.source_ref == ref:
             try:
                 svc.outbox.cancel(old.id, actor="outlook", reason="Send was pressed again in Outlook; "
@@ -219,14 +218,14 @@ def get_item(item_id: str) -> Any:
         who = principal()
         presence = svc.addin_presence
         if who is not None and who.kind == "api":  # the user's own windows and scripts
-            item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
+            item = svc.outbox.wait(item_id, AWAITING_OUTCOME, seconds)
         elif presence is not None and who is not None and who.kind == "addin":
             # The Outlook add-in is waiting on this item: Outlook will send it once it is confirmed.
             with long_poll(who), presence.polling(item_id):
-                item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
+                item = svc.outbox.wait(item_id, AWAITING_OUTCOME, seconds)
         else:
             with long_poll(who):
-                item = svc.outbox.wait(item_id, WAIT_WHILE, seconds)
+                item = svc.outbox.wait(item_id, AWAITING_OUTCOME, seconds)
     else:
         item = svc.outbox.get(item_id)
     return jsonify(item_json(item, full=True))

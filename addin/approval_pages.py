@@ -36,7 +36,7 @@ from sendguard.approvals import is_own
 from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
 from sendguard.i18n import _
 from sendguard.links import LinkSigner, use_once, was_used
-from sendguard.outbox import Item
+from sendguard.outbox import APPROVAL_OUTCOMES, Item, State
 
 from .api import approvals, item_json, service
 from .service import current_service
@@ -227,7 +227,7 @@ def _open_link(item_id: str, token: str) -> Any:
         item = service().outbox.get(item_id)
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
-    if item.state == "awaiting_approval" and not approvals().may_decide(item, approver):
+    if item.state == State.AWAITING_APPROVAL and not approvals().may_decide(item, approver):
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {', '.join(item.approvers) or '-'}")
     if was_used(service().store, str(claims.get("jti"))):  # whoever fetches it again (a scanner, say)
@@ -283,7 +283,7 @@ def decide(item_id: str) -> Any:
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
     service().wake()
-    done = _("Approved. The sender's SendGuard sends the message now.") if item.state == "approved" \
+    done = _("Approved. The sender's SendGuard sends the message now.") if item.state == State.APPROVED \
         else _("Rejected. The sender has been told why.")
     return _page("approve_notice.html", title=done, message="", continue_url=url_for("approval_pages.listing"))
 
@@ -296,7 +296,7 @@ def listing() -> Any:
         return _notice(_("Not allowed"), _("Open the approval link from your email first."), 401)
     waiting = approvals().pending_for(approver, limit=500)
     own = [i for i in service().outbox.list(owner=approver, limit=50)
-           if i.approvers and i.state in ("awaiting_approval", "approved", "rejected", "expired")]
+           if i.approvers and i.state in (State.AWAITING_APPROVAL, *APPROVAL_OUTCOMES)]
     return _page("approve_list.html", items=[_row(i) for i in waiting], own=[_row(i) for i in own])
 
 

@@ -15,23 +15,36 @@ claims as the server's own add-in tokens: origin, sid, user). The server verifie
 signature against the tenant's keys (``SENDGUARD_SERVER_SSO_JWKS_URL``), its audience (the add-in's
 app registration) and issuer. A check is relayed only to its own user's helper, and only for mail
 from that user. Without SSO configured the relay refuses, so the add-in stops the send (fail closed).
+
+Every request that waits (the add-in's check until a helper takes it, the add-in's long-poll, the
+helper's long-poll for new checks) holds one of the server's threads, so each is counted: at most 2
+at a time per add-in token (``LONG_POLLS_PER_CREDENTIAL``), 4 per signed-in user whatever the number of
+tokens (``RELAY_LONG_POLLS_PER_USER``; an SSO token mints add-in tokens at will), the helper's poll
+together with its decisions poll 2 per helper token, and all of them together with the server's other
+long polls at most ``SENDGUARD_SERVER_LONG_POLLS`` per server process. More are answered 429 / 503 at
+once, before anything is stored. Relay ids are checked (32 lower-case hex digits) before the database.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from sqlalchemy import delete, insert, select, update
 
 from sendguard.errors import PermissionDenied
+from sendguard.outbox import AWAITING_OUTCOME
 from sendguard.store import addin_relay
 
-from .security import ApiError, addin_signer, principal, require
+from .security import ApiError, LongPolls, addin_signer, principal, require
 
 bp = Blueprint("addin_relay", __name__)
 
@@ -42,6 +55,8 @@ ADDIN_WAITING_SECONDS = 5.0
 MAX_WAIT = 30.0
 TICK = 0.2
 KEEP_SECONDS = 24 * 3600
+POLLS_PER_USER = 4  # waiting requests of one signed-in user's add-ins together
+RELAY_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as relay_check makes them
 
 
 class SsoVerifier:
@@ -73,8 +88,40 @@ def _db() -> Any:
     return current_app.config["SENDGUARD_SERVICE"].store
 
 
-def _relay_user() -> str:
-    """The user of the add-in token on this request (issued by ``relay_session``)."""
+@bp.url_value_preprocessor
+def _valid_relay_id(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """A malformed relay id never reaches the database (over-long ids, NUL bytes, other people's formats)."""
+    relay_id = (values or {}).get("relay_id")
+    if relay_id is not None and not RELAY_ID.match(str(relay_id)):
+        raise ApiError(404, "not_found", f"no check {str(relay_id)[:40]!r}: relay ids are 32 lower-case "
+                                         "hexadecimal digits, as the server gave them")
+
+
+def _wait_seconds() -> float:
+    """The ``wait`` of a long-poll: 0 to MAX_WAIT seconds (more is cut to MAX_WAIT; NaN or less than 0 is
+    refused: a NaN deadline never comes, and the request would hold a thread for good)."""
+    raw = request.args.get("wait") or "0"
+    try:
+        wait = min(float(raw), MAX_WAIT)
+    except ValueError:
+        raise ApiError(400, "bad_wait", f"wait must be a number of seconds, not {raw[:20]!r}") from None
+    if math.isnan(wait) or wait < 0:
+        raise ApiError(400, "bad_wait", f"wait must be 0 to {MAX_WAIT:g} seconds, not {raw[:20]!r}")
+    return wait
+
+
+@contextmanager
+def _waiting(key: str, user: str) -> Iterator[None]:
+    """One waiting request of an add-in: counted per token, per user and in the server's long polls."""
+    per_user: LongPolls = current_app.extensions["sendguard_relay_user_polls"]
+    polls: LongPolls = current_app.extensions["sendguard_long_polls"]
+    with per_user.hold(user), polls.hold(key):
+        yield
+
+
+def _relay_caller() -> tuple[str, str]:
+    """The user of the add-in token on this request (issued by ``relay_session``), and the key its
+    waiting requests are counted under (one per token: its session id)."""
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else ""
     try:
@@ -86,9 +133,9 @@ def _relay_user() -> str:
     if origin and claims.get("origin") and origin != claims["origin"]:
         raise ApiError(403, "token_origin", "this add-in token was issued to another origin")
     user = str(claims.get("user") or "")
-    if not claims.get("relay") or "@" not in user:
+    if not claims.get("relay") or "@" not in user or not claims.get("sid"):
         raise ApiError(401, "invalid_token", "this add-in token does not name a signed-in user")
-    return user
+    return user, f"relay:{claims['sid']}"
 
 
 def _row(relay_id: str, user: str) -> dict[str, Any]:
@@ -101,8 +148,8 @@ def _row(relay_id: str, user: str) -> dict[str, Any]:
 
 def _answer(row: dict[str, Any]) -> dict[str, Any]:
     status = dict(row["status"] or {})
-    if row["state"] == "cancelled" and status.get("state") in (None, "received", "awaiting_confirmation",
-                                                               "confirmed", "releasing"):
+    # the add-in withdrew the check (relay row cancelled) before the helper said anything final
+    if row["state"] == "cancelled" and status.get("state") in (None, *AWAITING_OUTCOME):
         status = {**status, "state": "cancelled"}
     return {"id": row["id"], "state": "received", "user_message": "", "approvers": [], "decision": None, **status}
 
@@ -132,7 +179,7 @@ def relay_session() -> Any:
 @bp.post(f"{API_PATH}/api/v1/checks")
 def relay_check() -> Any:
     """Hand the add-in's check to the user's helper; answers with the helper's first view of it."""
-    user = _relay_user()
+    user, key = _relay_caller()
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "expected the add-in's JSON object")
@@ -141,6 +188,11 @@ def relay_check() -> Any:
     if sender != user:
         raise ApiError(403, "forbidden", f"you are signed in as {user}: SendGuard cannot check mail from "
                                          f"{sender or '(no sender)'} for you")
+    with _waiting(key, user):  # refused before anything is stored: no helper ever sees a refused check
+        return _hand_over(user, data)
+
+
+def _hand_over(user: str, data: dict[str, Any]) -> Any:
     now = time.time()
     relay_id = uuid.uuid4().hex
     with _db().transaction() as conn:
@@ -170,26 +222,25 @@ def relay_check() -> Any:
 @bp.get(f"{API_PATH}/api/v1/outbox/<relay_id>")
 def relay_poll(relay_id: str) -> Any:
     """Long-poll: answers when the helper reports a new state, or after ``wait`` seconds."""
-    user = _relay_user()
-    try:
-        wait = min(max(float(request.args.get("wait") or 0), 0.0), MAX_WAIT)
-    except ValueError:
-        raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
+    user, key = _relay_caller()
+    wait = _wait_seconds()
     row = _row(relay_id, user)
     seen_version = row["version"]
     deadline = time.monotonic() + wait
-    while True:
-        with _db().transaction() as conn:  # the add-in is still there: the helper hands it back to Outlook
-            conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(addin_seen=time.time()))
-        if row["version"] != seen_version or row["state"] in ("cancelled", "expired") or time.monotonic() >= deadline:
-            return jsonify(_answer(row))
-        time.sleep(min(TICK * 2, max(0.0, deadline - time.monotonic())))
-        row = _row(relay_id, user)
+    with _waiting(key, user) if wait else nullcontext():
+        while True:
+            with _db().transaction() as conn:  # the add-in is still there: the helper hands it back to Outlook
+                conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(addin_seen=time.time()))
+            if row["version"] != seen_version or row["state"] in ("cancelled", "expired") or \
+                    time.monotonic() >= deadline:
+                return jsonify(_answer(row))
+            time.sleep(min(TICK * 2, max(0.0, deadline - time.monotonic())))
+            row = _row(relay_id, user)
 
 
 @bp.post(f"{API_PATH}/api/v1/outbox/<relay_id>/cancel")
 def relay_cancel(relay_id: str) -> Any:
-    user = _relay_user()
+    user, _key = _relay_caller()
     _row(relay_id, user)
     with _db().transaction() as conn:
         conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
@@ -205,31 +256,36 @@ def _helper_user() -> str:
     return who.who
 
 
+def _helper_key() -> str:
+    who = principal()
+    assert who is not None
+    return who.key
+
+
 @bp.get("/api/v1/central/relay/pending")
 @require("helper")
 def relay_pending() -> Any:
     """Long-poll: this user's add-in checks no helper has taken yet; each is taken by one helper only."""
     user = _helper_user()
-    try:
-        wait = min(max(float(request.args.get("wait") or 0), 0.0), MAX_WAIT)
-    except ValueError:
-        raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
+    wait = _wait_seconds()
     deadline = time.monotonic() + wait
-    while True:
-        with _db().engine.connect() as conn:
-            rows = conn.execute(select(addin_relay.c.id, addin_relay.c.request).where(
-                addin_relay.c.user == user, addin_relay.c.state == "pending")).all()
-        taken = []
-        for relay_id, payload in rows:
-            with _db().transaction() as conn:
-                claimed = conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
-                                                                 addin_relay.c.state == "pending")
-                                       .values(state="taken", request=None, updated_at=time.time())).rowcount
-            if claimed == 1:
-                taken.append({"id": relay_id, "request": payload})
-        if taken or time.monotonic() >= deadline:
-            return jsonify(taken)
-        time.sleep(TICK)
+    # counted with the same helper token's decisions poll (2 per token) and the server's other long polls
+    with current_app.extensions["sendguard_long_polls"].hold(_helper_key()) if wait else nullcontext():
+        while True:
+            with _db().engine.connect() as conn:
+                rows = conn.execute(select(addin_relay.c.id, addin_relay.c.request).where(
+                    addin_relay.c.user == user, addin_relay.c.state == "pending")).all()
+            taken = []
+            for relay_id, payload in rows:
+                with _db().transaction() as conn:
+                    claimed = conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
+                                                                     addin_relay.c.state == "pending")
+                                           .values(state="taken", request=None, updated_at=time.time())).rowcount
+                if claimed == 1:
+                    taken.append({"id": relay_id, "request": payload})
+            if taken or time.monotonic() >= deadline:
+                return jsonify(taken)
+            time.sleep(TICK)
 
 
 @bp.post("/api/v1/central/relay/<relay_id>/status")
@@ -258,4 +314,6 @@ def init_app(app: Flask) -> None:
         app.config["RELAY_SSO_VERIFIER"] = SsoVerifier(jwks, audience, issuer or None)
     app.config.setdefault("ADDIN_API_PATH", API_PATH)  # launchevent.js is served with this API base
     app.config.setdefault("ADDIN_SSO", True)
+    app.extensions["sendguard_relay_user_polls"] = LongPolls(
+        int(app.config.get("RELAY_LONG_POLLS_PER_USER", POLLS_PER_USER)), total=1 << 30, unit="signed-in user")
     app.register_blueprint(bp)

@@ -88,18 +88,24 @@ class LongPolls:
     ``/healthz`` and the real users.
     """
 
-    def __init__(self, per_credential: int = 2, total: int = 16):
+    def __init__(self, per_credential: int = 2, total: int = 16, unit: str = "credential"):
         self.per_credential = per_credential
         self.total = total
+        self.unit = unit  # what one key stands for, in the refusal
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def waiting(self, key: str | None = None) -> int:
+        """How many requests wait now: of ``key``, or in all."""
+        with self._lock:
+            return self._held.get(key, 0) if key is not None else sum(self._held.values())
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
         with self._lock:
             if self._held.get(key, 0) >= self.per_credential:
                 raise ApiError(429, "too_many_waits", f"at most {self.per_credential} waiting requests per "
-                                                      "credential: wait for an answer before asking again")
+                                                      f"{self.unit}: wait for an answer before asking again")
             if sum(self._held.values()) >= self.total:
                 raise ApiError(503, "busy", "the server is answering too many waiting requests: retry shortly")
             self._held[key] = self._held.get(key, 0) + 1

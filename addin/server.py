@@ -44,7 +44,7 @@ from sendguard.config import Config
 from sendguard.errors import PermissionDenied, SendGuardError
 from sendguard.i18n import translator
 from sendguard.links import LinkSigner
-from sendguard.outbox import Item, Outbox
+from sendguard.outbox import DECIDED_STATES, Item, Outbox, State
 from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
@@ -54,7 +54,6 @@ from .security import ApiError, long_poll, principal, require
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-DECIDED = ("approved", "rejected", "expired", "sent", "cancelled")
 MAX_WAIT = 30.0
 TOKEN_CACHE_SECONDS = 10.0
 # links the server mails itself; links of older versions (handed to the sender's helper) no longer work
@@ -361,7 +360,7 @@ def signed(status: dict[str, Any]) -> dict[str, Any]:
     """An approval goes to the helper with the server's signature over the message's content hash: the
     helper releases nothing the server did not approve for exactly that content."""
     approval = status.get("approval") or {}
-    if status.get("state") not in ("approved", "sent") or approval.get("decision") != "approved":
+    if status.get("state") not in (State.APPROVED, State.SENT) or approval.get("decision") != "approved":
         return status
     svc = central()
     with svc.store.engine.connect() as conn:
@@ -425,7 +424,7 @@ def submit_request() -> Any:
     try:
         with svc.store.transaction() as conn:
             conn.execute(insert(outbox).values(
-                id=item_id, state="awaiting_approval", source=str(data.get("source") or "central")[:16],
+                id=item_id, state=State.AWAITING_APPROVAL.value, source=str(data.get("source") or "central")[:16],
                 source_ref=None, account=None, owner=who, envelope_from=str(data.get("envelope_from") or sender),
                 envelope_to=recipients, message_id=str(data.get("message_id") or "")[:998], sender=sender,
                 subject=str(data.get("subject") or ""), raw=raw, final_raw=raw, check_result=check,
@@ -479,7 +478,7 @@ def decisions() -> Any:
     skip = [i for i in request.args.get("skip", "").split(",") if i][:500]
     acked = select(notices.c.item_id).where(notices.c.kind == "helper_ack", notices.c.recipient == who)
     cols = [outbox.c[n] for n in ("id", "state", "approvers", "expires_at", "approval", "owner")]
-    query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_(DECIDED), outbox.c.id.not_in(acked))
+    query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_([s.value for s in DECIDED_STATES]), outbox.c.id.not_in(acked))
     if skip:
         query = query.where(outbox.c.id.not_in(skip))
     query = query.order_by(outbox.c.updated_at).limit(200)
@@ -506,7 +505,7 @@ def ack_decisions() -> Any:
     done = 0
     for item_id in ids[:500]:
         item = _find(svc, item_id)
-        if item is None or item.owner != who or item.state not in DECIDED:
+        if item is None or item.owner != who or item.state not in DECIDED_STATES:
             continue
         try:
             with svc.store.transaction() as conn:
@@ -532,8 +531,8 @@ def cancel_request(item_id: str) -> Any:
     """The sender cancelled the message in their helper: withdraw the request."""
     svc = central()
     _own(svc, item_id)
-    item = svc.outbox.transition(item_id, ["awaiting_approval"], "cancelled", "cancelled", _user(),
-                                 {"reason": "cancelled by the sender"})
+    item = svc.outbox.transition(item_id, "cancel", _user(), {"reason": "cancelled by the sender"},
+                                 only_from=[State.AWAITING_APPROVAL])
     return jsonify(status_json(item))
 
 
@@ -543,8 +542,8 @@ def released(item_id: str) -> Any:
     """The sender's helper sent the approved message: the server's record says so too."""
     svc = central()
     item = _own(svc, item_id)
-    if item.state == "approved":
-        item = svc.outbox.transition(item_id, ["approved"], "sent", "released", _user(), {"by_helper": True})
+    if item.state == State.APPROVED:
+        item = svc.outbox.transition(item_id, "helper_sent", _user(), {"by_helper": True})
         try:
             svc.outbox.record_sent_domains(item.envelope_to)
         except Exception:  # the domain history is a hint for checks; never fail the report for it

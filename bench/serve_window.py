@@ -1,7 +1,8 @@
 """First-message latency of the real ``sendguard serve`` window: SMTP ``250`` to a painted, visible window.
 
-Three cases, each from the hidden window: the first message after start-up, a message after the
-window was hidden for a while (idle), and warm messages in a row. The helper runs exactly as a user
+Four cases, each from the hidden window: the first message after start-up, a message after the
+window was hidden for a while (idle), warm messages in a row, and messages while other mail (passed
+on by the policy, released to the Maildir) is handed in back to back over another SMTP connection. The helper runs exactly as a user
 starts it (``python -m sendguard serve``) under Xvfb; the benchmark watches the window's page over
 the DevTools protocol (``QTWEBENGINE_REMOTE_DEBUGGING``), where the page records when it painted a
 frame after becoming visible (``window.SG_PAINTED``, the page's own clock), and confirms each
@@ -96,6 +97,38 @@ def _sample(page: _Page, port: int, serial: int) -> float:
     return float(painted) - accepted * 1000.0
 
 
+class _SmtpLoad:
+    """Mail the policy passes on (internal recipients only) handed in back to back over one connection
+    while window samples are taken: the intake and the release worker must not starve the window."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.port = port
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as smtp:
+            smtp.ehlo()
+            while not self._stop.is_set():
+                raw = (f"From: Taro <taro@example.co.jp>\r\nTo: hanako@example.co.jp\r\nSubject: load {self.sent}\r\n"
+                       f"Message-ID: <bench-load-{self.sent}-{time.time()}@example.co.jp>\r\n\r\nload\r\n").encode()
+                smtp.sendmail("taro@example.co.jp", ["hanako@example.co.jp"], raw)
+                self.sent += 1
+
+    def __enter__(self) -> _SmtpLoad:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.rate = self.sent / max(1e-9, time.monotonic() - self.started)
+
+
 def _summary(samples: list[float]) -> dict[str, Any]:
     ordered = sorted(samples)
     p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
@@ -104,12 +137,14 @@ def _summary(samples: list[float]) -> dict[str, Any]:
 
 
 def run(starts: int = 3, warm_runs: int = 20, idle_seconds: float = 20.0, idle_runs: int = 3,
-        settle_seconds: float = 5.0) -> dict[str, Any]:
+        settle_seconds: float = 5.0, load_runs: int = 10) -> dict[str, Any]:
     if not os.environ.get("DISPLAY"):
         return {"skipped": "no DISPLAY: run under xvfb-run (make bench does)"}
     first: list[float] = []
     after_idle: list[float] = []
     warm: list[float] = []
+    loaded: list[float] = []
+    load_rates: list[float] = []
     for start in range(starts):
         home = Path(tempfile.mkdtemp(prefix="sendguard-bench-serve-"))
         (home / "policy.toml").write_text(POLICY, encoding="utf-8")
@@ -136,6 +171,11 @@ def run(starts: int = 3, warm_runs: int = 20, idle_seconds: float = 20.0, idle_r
             for i in range(idle_runs if start == 0 else 1):
                 time.sleep(idle_seconds)
                 after_idle.append(_sample(page, port, serial + 100 + i))
+            with _SmtpLoad(port) as load:
+                time.sleep(1.0)
+                for i in range(load_runs if start == 0 else 2):
+                    loaded.append(_sample(page, port, serial + 200 + i))
+            load_rates.append(load.rate)
         finally:
             proc.terminate()
             try:
@@ -148,9 +188,10 @@ def run(starts: int = 3, warm_runs: int = 20, idle_seconds: float = 20.0, idle_r
         "first_after_start": _summary(first) | {"settle_s": settle_seconds},
         "after_idle": _summary(after_idle) | {"idle_s": idle_seconds},
         "warm": _summary(warm),
+        "under_smtp_load": _summary(loaded) | {"smtp_messages_per_s": round(statistics.mean(load_rates), 1)},
         "target_p95_ms": TARGET_P95_MS,
     }
-    worst = max(result[k]["p95_ms"] for k in ("first_after_start", "after_idle", "warm"))
+    worst = max(result[k]["p95_ms"] for k in ("first_after_start", "after_idle", "warm", "under_smtp_load"))
     result["meets_target"] = worst <= TARGET_P95_MS
     return result
 
@@ -158,6 +199,7 @@ def run(starts: int = 3, warm_runs: int = 20, idle_seconds: float = 20.0, idle_r
 if __name__ == "__main__":
     RESULTS.mkdir(exist_ok=True)
     quick = "--quick" in sys.argv
-    out = run(starts=1, warm_runs=5, idle_seconds=10, idle_runs=1) if quick else run()
+    out = run(starts=1, warm_runs=5, idle_seconds=10, idle_runs=1, load_runs=5) if quick else run()
+    out["load_average"] = os.getloadavg()[0]  # figures taken on a busy machine are not the goal's figures
     (RESULTS / "serve_window.json").write_text(json.dumps(out, indent=2, ensure_ascii=False))
     print(json.dumps(out, indent=2, ensure_ascii=False))

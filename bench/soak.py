@@ -45,8 +45,13 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+# Distinct customer domains: names one letter apart (partner0/partner1) are look-alikes to the policy and
+# would rightly be held for approval, which is not what this run measures.
+DOMAINS = ("northwind.example", "kobayashi-shoji.example", "alpine-trading.example")
+
+
 def _rcpt(n: int) -> str:
-    return f"customer{n % 7}@partner{n % 3}.example"
+    return f"customer{n % 7}@{DOMAINS[n % 3]}"
 
 
 def _message(n: int) -> tuple[str, bytes]:
@@ -57,9 +62,11 @@ def _message(n: int) -> tuple[str, bytes]:
     msg["Subject"] = f"soak {n}"
     msg["Message-ID"] = msgid
     msg.set_content("お世話になっております。\n" * (1 + n % 20))
-    if n % 5 == 0:
-        pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n" + os.urandom(2000 + n % 30000) + b"\n%%EOF\n"
-        msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="q.pdf")
+    if n % 5 == 0:  # a real, readable PDF (random bytes would rightly be held as unreadable)
+        from tests.docmaker import pdf
+
+        doc = pdf([f"Quotation {n}"] + ["Item line"] * (1 + n % 200))
+        msg.add_attachment(doc, maintype="application", subtype="pdf", filename="q.pdf")
     return msgid, msg.as_bytes(policy=email.policy.SMTP)
 
 
@@ -194,13 +201,16 @@ def run(seconds: float | None = None, rate: float = 4.0, seed: int | None = None
             serve.stop()
         sends = [s.internet_message_id for s in fake.sends]
     longest, stuck = _longest_releasing(home)
+    held = _held_for_user(home)
     distinct = set(sends)
     result = {
         "seconds": seconds, "rate_per_s": rate, "faults": dict(faults),
         "messages_in": len(accepted), "smtp_refused_then_retried": refused, "last_refusal": last_refusal,
         "messages_out": len(distinct & set(accepted)),
         "duplicates": len(sends) - len(distinct),
-        "lost": len(set(accepted) - distinct),
+        # held where the user sees it (the window, `queue list`) is not lost, but this run expects none
+        "held_for_user": len(set(accepted) & held),
+        "lost": len(set(accepted) - distinct - held),
         "still_releasing_at_end": stuck,
         "memory_rss_mb": {"after_warmup": round(warm_rss, 1), "end": round(end_rss, 1)},
         "memory_growth_mb": round(end_rss - warm_rss, 1) if warm_rss else None,
@@ -209,6 +219,7 @@ def run(seconds: float | None = None, rate: float = 4.0, seed: int | None = None
         "goals": GOALS,
     }
     result["pass"] = (result["messages_in"] > 0 and result["duplicates"] == GOALS["duplicates"] and result["lost"] == GOALS["lost"]
+                      and result["held_for_user"] == 0
                       and (result["memory_growth_mb"] or 0) <= GOALS["memory_growth_mb_max"]
                       and result["longest_releasing_s"] <= GOALS["longest_releasing_s_max"])
     return result
@@ -233,6 +244,22 @@ def _longest_releasing(home: Path) -> tuple[float, int]:
             elif data.get("from") == "releasing" and r["item_id"] in entered:
                 longest = max(longest, ts - entered.pop(r["item_id"]))
         return longest, len(entered)
+    finally:
+        store.close()
+
+
+def _held_for_user(home: Path) -> set[str]:
+    """Message-IDs still held for the user to decide (not lost: the window and `queue list` show them)."""
+    from sqlalchemy import select
+
+    from sendguard.store import Store, outbox
+
+    store = Store(home / "sendguard.db")
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.message_id).where(outbox.c.state.in_(
+                ["received", "awaiting_confirmation", "awaiting_approval", "needs_attention"]))).all()
+        return {r[0] for r in rows}
     finally:
         store.close()
 

@@ -39,6 +39,41 @@ def quiet_logging(verbose: bool) -> None:
         pass
 
 
+def _wants_window(home: Any) -> bool:
+    from sendguard import config as configmod
+
+    try:
+        return bool(configmod.load(home / "config.toml").window) and has_display()
+    except Exception:  # noqa: BLE001 - a broken config is reported by the helper itself
+        return False
+
+
+def _translator(home: Any) -> Any:
+    from sendguard import config as configmod
+    from sendguard.i18n import translator
+
+    try:
+        return translator(configmod.load(home / "config.toml").language)
+    except Exception:  # noqa: BLE001
+        return translator(None)
+
+
+def show_running_window(home: Any, pid: int | None) -> bool:
+    """Ask the helper already running on this home to show its window (where there is no tray, starting
+    SendGuard again is how the window with Pause and Quit comes back). Only a helper that has a window
+    (runtime.json says so) is asked. POSIX only: Windows and macOS always have a tray or menu bar icon."""
+    from sendguard import runtime
+
+    info = runtime.read(home)
+    if not pid or not hasattr(signal, "SIGUSR1") or info.get("pid") != pid or not info.get("window"):
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return False
+    return True
+
+
 @click.command()
 @click.option("--no-window", is_flag=True, help="No desktop window: confirm in the browser or with the CLI.")
 @click.option("--smtp-port", type=click.IntRange(0, 65535), default=None, help="SMTP submission port (0: any).")
@@ -48,13 +83,22 @@ def serve(no_window: bool, smtp_port: int | None, api_port: int | None, verbose:
     """Run the helper: SMTP submission, the outbox, the confirmation window and the local API."""
     quiet_logging(verbose)
     from sendguard.errors import SendGuardError
-    from sendguard.instance import InstanceLock
+    from sendguard.instance import AlreadyRunning, InstanceLock
 
     from .runner import Runner
 
     home = paths.home()
+    if hasattr(signal, "SIGUSR1"):  # "show your window" from a second start: not yet, nothing to show
+        signal.signal(signal.SIGUSR1, lambda *_: None)
     try:
         lock = InstanceLock(home).acquire()
+    except AlreadyRunning as exc:
+        if not no_window and _wants_window(home) and show_running_window(home, exc.pid):
+            t = _translator(home)
+            click.echo(t(_("SendGuard is already running (process {pid}): its window is shown now.")).format(
+                pid=exc.pid))
+            return
+        raise click.ClickException(str(exc)) from None
     except SendGuardError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -90,6 +134,8 @@ def _serve(runner: Any, no_window: bool) -> None:
                 else:
                     click.echo("  " + t(_("Window: ready. This desktop has no tray: pause or quit from the "
                                         "window's menu bar, or press Ctrl-C here.")))
+                    click.echo("  " + t(_("Closed, the window comes back when you start SendGuard again "
+                                        "(`sendguard serve`).")))
 
             try:
                 window_mod.run(runner, on_started=started)  # blocks on the main thread until quit

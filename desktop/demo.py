@@ -105,6 +105,8 @@ def run_demo(window: bool | None = None) -> None:
 
 
 def _run_demo(home: Path, window: bool | None, stop: threading.Event) -> None:
+    from sendguard.outbox import State
+
     from .cli import has_display
     from .runner import Runner
 
@@ -117,7 +119,7 @@ def _run_demo(home: Path, window: bool | None, stop: threading.Event) -> None:
         click.echo(f"  SMTP {runner.helper.smtp.host}:{runner.helper.smtp.port}, web {runner.base_url}")
         ids = submit_samples(runner.helper.smtp.port)
         for item_id in ids:  # wait until each is checked (held for the window)
-            runner.helper.outbox.wait(item_id, ("received",), 10)
+            runner.helper.outbox.wait(item_id, (State.RECEIVED,), 10)
         show_window = has_display() if window is None else window
         if show_window:
             try:

@@ -105,13 +105,16 @@ class Tray:
         self.icon: QtWidgets.QSystemTrayIcon | None = None
         self.count = 0
         self.pause_action: Any = None
+        self.status: list[str] = []  # what SendGuard waits for (sendguard.waiting), shown atop the menu
+        self._status_actions: list[Any] = []
         if not QtWidgets.QSystemTrayIcon.isSystemTrayAvailable():
             log.info("no system tray on this desktop: running without a tray icon")
             return
         t = gettext
         self.icon = QtWidgets.QSystemTrayIcon(QtGui.QIcon(icon_pixmap(0)))
         menu = QtWidgets.QMenu()
-        menu.addAction(t("Open confirmations")).triggered.connect(on_open)
+        self._open_action = menu.addAction(t("Open confirmations"))
+        self._open_action.triggered.connect(on_open)
         approvals = menu.addAction(t("Open approvals"))
         approvals.setEnabled(approvals_available())
         approvals.triggered.connect(lambda: open_approvals(runner))
@@ -140,6 +143,25 @@ class Tray:
         log.info("guard %s", "paused" if paused else "resumed")
         self.set_count(self.count)
 
+    def set_status(self, lines: list[str]) -> None:
+        """Lines saying what SendGuard waits for (a mail service, the central server, the user): shown as
+        the first, greyed entries of the menu and in the tooltip; none when nothing waits."""
+        self.status = list(lines)
+        if self.icon is None:
+            return
+        for action in self._status_actions:
+            self.menu.removeAction(action)
+        self._status_actions = []
+        for line in self.status:
+            action = QtGui.QAction(line if len(line) <= 120 else line[:117] + "…", self.menu)
+            action.setEnabled(False)
+            action.setToolTip(line)
+            self.menu.insertAction(self._open_action, action)
+            self._status_actions.append(action)
+        if self.status:
+            self._status_actions.append(self.menu.insertSeparator(self._open_action))
+        self.set_count(self.count)
+
     def set_count(self, count: int) -> None:
         self.count = count
         if self.icon is None:
@@ -148,6 +170,8 @@ class Tray:
         tip = self._("SendGuard: {count} held").format(count=count)
         if self.runner.helper.paused:
             tip += " — " + self._("paused")
+        if self.status:
+            tip += "\n" + "\n".join(self.status)
         self.icon.setToolTip(tip)
 
     def notify(self, title: str, text: str) -> None:

@@ -28,13 +28,17 @@ from typing import Any
 
 from sendguard import i18n
 from sendguard.i18n import _
-from sendguard.outbox import Item
+from sendguard.outbox import Item, State
 
 log = logging.getLogger(__name__)
 
 TITLE = "SendGuard"
 PREWARM_MS = 400  # how long the window stays mapped off screen at start-up (first paint and compositor set-up)
 SYNC_SECONDS = 0.3  # how often the window re-reads the outbox (changes from other processes show within 1 s)
+STATUS_SECONDS = 1.0  # how often the status line (what SendGuard waits for) is brought up to date
+HIDDEN_TITLE = _("SendGuard keeps running")
+HIDDEN_TEXT = _("Held mail stays held. This desktop has no tray: start SendGuard again (`sendguard serve`) to show "
+                "its window, with Pause and Quit.")
 WINDOW_STRINGS = (_("Confirm before sending"), _("Held for approval"), _("Released after approval"),
                   _("{subject} waits for approval by {approvers}."), _("{subject} was approved and sent."),
                   _("Save the message as"))
@@ -112,6 +116,9 @@ class ConfirmWindows:
         self._token: str | None = None
         self._thread: threading.Thread | None = None
         self._synced_at = 0.0
+        self._status_at = 0.0
+        self._told_hidden = False
+        self.status: list[dict[str, Any]] = []  # what SendGuard waits for, as last shown (sendguard.waiting)
 
     @property
     def has_tray(self) -> bool:
@@ -124,6 +131,7 @@ class ConfirmWindows:
             return {"paused": False, "locked": True}
         self.runner.helper.paused = paused
         log.info("guard %s", "paused" if paused else "resumed")
+        self._status_at = 0.0  # the status line says so at the next turn
         return {"paused": paused, "locked": False}
 
     # ------------------------------------------------------------------ plumbing
@@ -148,6 +156,9 @@ class ConfirmWindows:
         result = self.api("POST", f"/api/v1/outbox/{item_id}/{action}", body)
         if result["status"] >= 400:
             self.deciding.discard(item_id)
+            error = (result.get("body") or {}).get("error")
+            if isinstance(error, dict) and isinstance(error.get("message"), str):  # said in the user's language
+                error["message"] = i18n.localize(error["message"], self.gettext)
         return result
 
     def on_item(self, item: Item) -> None:
@@ -158,7 +169,7 @@ class ConfirmWindows:
         self.window = window
         window.events.closing += self._on_closing
         self.runner.helper.outbox.listeners.append(self.on_item)
-        for item in sorted(self.runner.helper.outbox.list(["awaiting_confirmation"]), key=lambda i: i.created_at):
+        for item in sorted(self.runner.helper.outbox.list([State.AWAITING_CONFIRMATION]), key=lambda i: i.created_at):
             self.pending.append(item.id)
         self._thread = threading.Thread(target=self._loop, name="sendguard-window", daemon=True)
         self._thread.start()
@@ -170,10 +181,40 @@ class ConfirmWindows:
         self.visible = False
         self.current = None
         threading.Thread(target=self.window.hide, daemon=True).start()
+        if not self.has_tray and not self._told_hidden:
+            # no tray to bring it back from: say how (starting SendGuard again shows this window)
+            self._told_hidden = True
+            t = self.gettext
+            title, text = t(HIDDEN_TITLE), t(HIDDEN_TEXT)
+            self.emit("notification", title=title, text=text)
+            from .tray import notify_without_tray
+
+            notify_without_tray(title, text)
         return False
 
+    def _show_idle(self) -> None:
+        """Show the window with no message in it (asked for from the tray, or by starting SendGuard again
+        where there is no tray): what SendGuard waits for, Pause and Quit."""
+        self.window.evaluate_js("SG.idle()")
+        self._update_status()
+        self.window.set_title(f"{TITLE} — {self.gettext('Waiting for messages…')}")
+        self.window.show()
+        self.visible = True
+        if self.ui is not None:
+            self.ui.call(self._raise)
+        self.emit("shown", id=None)
+
     # ------------------------------------------------------------------ the loop
+    def _warm_api(self) -> None:
+        """Take the first-call costs of the helper's API (token from the keyring, the Flask client, the
+        outbox listing) at start-up instead of on the first message."""
+        try:
+            self.api("GET", "/api/v1/outbox?state=awaiting_confirmation")
+        except Exception:  # warming is best effort; a real call reports its own errors
+            log.debug("warming the API failed", exc_info=True)
+
     def _loop(self) -> None:
+        self._warm_api()
         self.window.events.loaded.wait(30)
         try:
             self.window.evaluate_js("SG.warm(200)")
@@ -190,15 +231,20 @@ class ConfirmWindows:
             except queue.Empty:
                 kind, value = "sync", None
             try:
-                if kind != "stop" and time.monotonic() - self._synced_at >= SYNC_SECONDS:
-                    self._sync()
+                if kind not in ("stop", "item") and time.monotonic() - self._synced_at >= SYNC_SECONDS:
+                    self._sync()  # (a change made here syncs in _item_changed: once, not twice)
+                if kind != "stop" and time.monotonic() - self._status_at >= STATUS_SECONDS:
+                    self._update_status()
                 if kind == "item":
                     self._item_changed(value)
                 elif kind == "finished":
                     self._finished(value)
                 elif kind == "open":
                     self.current = None
-                    self._present_next(force=True)
+                    if self.pending:
+                        self._present_next(force=True)
+                    else:
+                        self._show_idle()
                 elif kind == "eval":
                     self.emit("result", value=self.window.evaluate_js(value))
                 elif kind == "stop":
@@ -217,7 +263,7 @@ class ConfirmWindows:
         browser page, an approver, expiry, another process): the database is the truth, read every
         ``SYNC_SECONDS`` and at once on a change made in this process."""
         self._synced_at = time.monotonic()
-        waiting = sorted(self.runner.helper.outbox.list(["awaiting_confirmation"]), key=lambda i: i.created_at)
+        waiting = sorted(self.runner.helper.outbox.list([State.AWAITING_CONFIRMATION]), key=lambda i: i.created_at)
         ids = [i.id for i in waiting]
         added = [i for i in ids if i not in self.pending]
         before = list(self.pending)
@@ -239,6 +285,24 @@ class ConfirmWindows:
         elif self.pending != before:
             self._update_counter()
             self._tray_count()
+
+    def _update_status(self) -> None:
+        """Tell the page and the tray what SendGuard is waiting on (a mail service, the central server,
+        the user), when that changed."""
+        from sendguard.waiting import waiting
+
+        self._status_at = time.monotonic()
+        helper = self.runner.helper
+        lines = [w.to_json() for w in waiting(helper.outbox, self.gettext, getattr(helper, "sync", None),
+                                              bool(helper.paused))]
+        shown = [(line["kind"], line["text"]) for line in lines]
+        if shown == [(line["kind"], line["text"]) for line in self.status]:
+            return
+        self.status = lines
+        self.window.evaluate_js(f"SG.status({json.dumps(lines, ensure_ascii=False)})")
+        self.emit("status", lines=lines)
+        if self.has_tray and self.ui is not None:
+            self.ui.call(lambda: self.tray.set_status([line["text"] for line in lines]))
 
     def _finished(self, item_id: str) -> None:
         """The page is done with ``item_id`` (its result was read or the undo ran out): show the next one."""
@@ -263,7 +327,9 @@ class ConfirmWindows:
             self.current_state = None
             return
         item_id = self.pending[0]
+        self.emit("picked", id=item_id)
         result = self.api("GET", f"/confirm/{item_id}/data")
+        self.emit("fetched", id=item_id)
         if result["status"] != 200:
             log.warning("cannot show %s: %s", item_id, result["body"])
             self.pending.remove(item_id)
@@ -335,16 +401,16 @@ class ConfirmWindows:
 
     def _tray_count(self) -> None:
         if self.tray is not None and self.ui is not None:
-            count = len(self.pending) + len(self.runner.helper.outbox.list(["awaiting_approval"]))
+            count = len(self.pending) + len(self.runner.helper.outbox.list([State.AWAITING_APPROVAL]))
             self.ui.call(lambda: self.tray.set_count(count))
 
     def _notify(self, item: Item) -> None:
         t = self.gettext
-        if item.state == "awaiting_approval":
+        if item.state == State.AWAITING_APPROVAL:
             title = t("Held for approval")
             text = t("{subject} waits for approval by {approvers}.").format(
                 subject=item.subject or item.id, approvers=", ".join(item.approvers) or "?")
-        elif item.state == "sent" and item.approval:
+        elif item.state == State.SENT and item.approval:
             title = t("Released after approval")
             text = t("{subject} was approved and sent.").format(subject=item.subject or item.id)
         else:
@@ -400,6 +466,10 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
 
     def started() -> None:
         manager.start(window)
+        from sendguard import runtime
+
+        info = runtime.read(runner.home)  # a second start on this home may ask this window to show itself
+        runtime.write(runner.home, **{**info, "window": True})
         if on_started is not None:
             on_started(manager)
 
@@ -408,6 +478,8 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
     from qtpy import QtCore
 
     previous = {sig: signal.signal(sig, lambda *_: manager.quit()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGUSR1"):  # SendGuard started again on this home: show the window (where no tray can)
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: manager.events.put(("open", None)))
     ticker = QtCore.QTimer()
     ticker.timeout.connect(lambda: None)
     ticker.start(200)

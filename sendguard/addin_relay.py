@@ -21,12 +21,11 @@ from . import compose, outlook_items
 from .central import CentralClient
 from .config import Config
 from .errors import SendGuardError, StateError
-from .outbox import Item, Outbox
+from .outbox import AWAITING_OUTCOME, Item, Outbox, State
 from .outlook_presence import AddinPresence
 
 log = logging.getLogger(__name__)
 
-WAIT_WHILE = ("received", "awaiting_confirmation", "confirmed", "releasing")
 POLL_SECONDS = 25.0
 STATUS_EVERY = 2.0  # how often an open check reports (the add-in's presence rides on it)
 MAX_HANDLE_SECONDS = 330.0  # Outlook ends a handler at 5 minutes
@@ -35,7 +34,7 @@ MAX_HANDLE_SECONDS = 330.0  # Outlook ends a handler at 5 minutes
 def status_of(item: Item) -> dict[str, Any]:
     """What the add-in is told (the same fields as the helper's own ``GET /api/v1/outbox/{id}``)."""
     message = ""
-    if item.state == "cancelled" and item.verdict.get("action") == "block":
+    if item.state == State.CANCELLED and item.verdict.get("action") == "block":
         blocked = [r["message"] for r in item.verdict.get("reasons", []) if r.get("action") == "block"]
         message = "Blocked by policy: " + "; ".join(blocked)
     return {"state": item.state, "user_message": message, "approvers": item.approvers,
@@ -72,15 +71,15 @@ class AddinRelay:
             answer = self._report(relay_id, status_of(item))
             if answer.get("addin_waiting"):
                 self.presence.seen(item.id)
-            if answer.get("cancel") and item.state in WAIT_WHILE:
+            if answer.get("cancel") and item.state in AWAITING_OUTCOME:
                 try:
                     item = self.outbox.cancel(item.id, actor="outlook", reason="withdrawn by the Outlook add-in")
                 except StateError:
                     item = self.outbox.get(item.id)
                 continue
-            if item.state not in WAIT_WHILE or time.monotonic() > deadline:
+            if item.state not in AWAITING_OUTCOME or time.monotonic() > deadline:
                 return
-            item = self.outbox.wait(item.id, WAIT_WHILE, STATUS_EVERY)
+            item = self.outbox.wait(item.id, AWAITING_OUTCOME, STATUS_EVERY)
 
     def _report(self, relay_id: str, status: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(3):

@@ -23,13 +23,12 @@ from typing import Any
 from sqlalchemy import Text, cast, or_, select
 
 from .errors import PermissionDenied, StateError
-from .outbox import Item, Outbox
+from .outbox import Item, Outbox, State
 from .policy import Policy
 from .store import now_iso, outbox
 
 log = logging.getLogger(__name__)
 _AUTO: Any = object()
-DECIDED = ("approved", "rejected", "expired")
 
 
 @dataclass
@@ -95,7 +94,7 @@ class Approvals:
         if self.remote is not None:
             return self.remote.pending(approver)  # type: ignore[no-any-return]
         cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
-        query = select(*cols).where(outbox.c.state == "awaiting_approval")
+        query = select(*cols).where(outbox.c.state == State.AWAITING_APPROVAL.value)
         if approver is not None:
             approver = approver.strip().lower()
             policy = self.policy()
@@ -128,20 +127,20 @@ class Approvals:
         if a.get("decision"):
             return StateError(f"message {item.id} was already {a.get('decision')} by {a.get('by')} at "
                               f"{a.get('at')}")
-        if item.state == "expired":
+        if item.state == State.EXPIRED:
             return StateError(f"message {item.id} expired without a decision and was not sent")
         return StateError(f"message {item.id} is {item.state}, not awaiting approval")
 
     def _check(self, item_id: str, actor: str, via: str, rejecting: bool = False) -> tuple[Item, str | None, bool]:
         item = self.outbox.get(item_id)
         actor = actor.strip().lower()
-        if item.state == "awaiting_approval" and item.expires_at is not None and item.expires_at < self.clock():
+        if item.state == State.AWAITING_APPROVAL and item.expires_at is not None and item.expires_at < self.clock():
             # past its deadline but not yet swept by the worker: expire it now, never approve late
             try:
-                item = self.outbox.transition(item_id, ["awaiting_approval"], "expired", "expired", "sendguard", {})
+                item = self.outbox.transition(item_id, "expire", "sendguard", {})
             except StateError:
                 item = self.outbox.get(item_id)
-        if item.state != "awaiting_approval":
+        if item.state != State.AWAITING_APPROVAL:
             error = self._decided_error(item)
             self.audit_refusal(item_id, actor, str(error), via)
             raise error
@@ -159,11 +158,10 @@ class Approvals:
                                             f"its approvers are: {names}", via)
         return item, on_behalf, self_approval
 
-    def _record(self, item_id: str, actor: str, to: str, record: dict[str, Any], via: str,
+    def _record(self, item_id: str, actor: str, step: str, record: dict[str, Any], via: str,
                 **values: Any) -> Item:
         try:
-            return self.outbox.transition(item_id, ["awaiting_approval"], to, to, actor.lower(), record,
-                                          approval=record, **values)
+            return self.outbox.transition(item_id, step, actor.lower(), record, approval=record, **values)
         except StateError:
             # someone else decided between our check and our write: the first decision stands
             error = self._decided_error(self.outbox.get(item_id))
@@ -180,7 +178,7 @@ class Approvals:
                   "via": via, "self_approved": self_approval}
         if on_behalf and on_behalf != actor.lower():
             record["on_behalf_of"] = on_behalf
-        return self._record(item_id, actor, "approved", record, via, release_after=self.clock())
+        return self._record(item_id, actor, "approve", record, via, release_after=self.clock())
 
     def reject(self, item_id: str, actor: str, reason: str, via: str = "cli") -> Item:
         if self.remote is not None:
@@ -192,7 +190,7 @@ class Approvals:
                   "via": via, "self_approved": False}
         if on_behalf and on_behalf != actor.lower():
             record["on_behalf_of"] = on_behalf
-        return self._record(item_id, actor, "rejected", record, via)
+        return self._record(item_id, actor, "reject", record, via)
 
 
 def is_own(item: Item, actor: str) -> bool:

@@ -33,7 +33,7 @@ from sqlalchemy import insert, select, update
 from . import config as configmod
 from . import paths, secrets
 from .errors import NotFound, PermissionDenied, SendGuardError, StateError
-from .outbox import Item, Outbox
+from .outbox import APPROVAL_OUTCOMES, Item, Outbox, State
 from .store import central_requests, outbox
 
 log = logging.getLogger(__name__)
@@ -382,9 +382,9 @@ class CentralSync:
         """Apply one server decision to the local outbox; True if it changed something (at most once)."""
         state = status.get("state")
         item_id = status.get("id")
-        if not item_id or state not in ("approved", "rejected", "expired", "sent"):
+        if not item_id or state not in (*APPROVAL_OUTCOMES, State.SENT):
             return False
-        if state == "sent":  # released already (the server heard it from us): nothing to do here
+        if state == State.SENT:  # released already (the server heard it from us): nothing to do here
             state = "approved"
         approval = dict(status.get("approval") or {})
         approval["server"] = self.client.url
@@ -399,14 +399,14 @@ class CentralSync:
                 raise DecisionUnverified(f"decision on {item_id} not applied: {why}")
         try:
             if state == "expired":
-                self.outbox.transition(item_id, ["awaiting_approval"], "expired", "expired", "central-server",
-                                       {"server": self.client.url})
+                self.outbox.transition(item_id, "expire", "central-server", {"server": self.client.url})
             else:
                 values: dict[str, Any] = {"approval": approval}
                 if state == "approved":
                     values["release_after"] = self.clock()
-                self.outbox.transition(item_id, ["awaiting_approval"], state, state,
-                                       str(approval.get("by") or "central-server"), approval, **values)
+                step = "approve" if state == "approved" else "reject"
+                self.outbox.transition(item_id, step, str(approval.get("by") or "central-server"), approval,
+                                       **values)
         except (StateError, NotFound):
             return False  # already applied (or the sender cancelled meanwhile): never twice
         self._save(item_id, server_state=state)

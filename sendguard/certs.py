@@ -230,26 +230,29 @@ def ensure_certificates(home: Path, *, now: dt.datetime | None = None) -> CertPa
     which means trusting it again); the server certificate is re-issued when it is missing, not
     signed by the current CA, or within 30 days of expiry. Safe to call at every helper start.
     """
-    now = now or _now()
     paths = CertPaths.under(home)
     paths.directory.mkdir(parents=True, exist_ok=True)
     if os.name == "posix":
         os.chmod(paths.directory, 0o700)
+    _renew_due(paths, now or _now())
+    return paths
 
+
+def _renew_due(paths: CertPaths, now: dt.datetime, ca_common_name: str = CA_COMMON_NAME) -> None:
+    """Re-make the CA when unreadable or near expiry, and the server certificate when missing, not signed
+    by the current CA or near expiry; keep what is still good."""
     loaded_ca = _load(paths.ca_cert, paths.ca_key)
     if loaded_ca is None or loaded_ca[0].not_valid_after_utc - now < RENEW_CA_BEFORE:
-        ca_cert, ca_key = _make_ca(now)
+        ca_cert, ca_key = _make_ca(now, ca_common_name)
         _write_private(paths.ca_key, _key_pem(ca_key))
         _write_public(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
     else:
         ca_cert, ca_key = loaded_ca
-
     loaded_server = _load(paths.server_cert, paths.server_key)
     if loaded_server is None or not _server_is_current(loaded_server[0], ca_cert, now):
         server_cert, server_key = _make_server(ca_cert, ca_key, now)
         _write_private(paths.server_key, _key_pem(server_key))
         _write_public(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
-    return paths
 
 
 MACHINE_CA_COMMON_NAME = "SendGuard Machine CA"
@@ -270,23 +273,11 @@ def ensure_machine_certificates(directory: Path, *, now: dt.datetime | None = No
     every local user, who all need it, and is good for nothing but ``localhost``/``127.0.0.1``/``::1``
     (the CA is name-constrained to those). Re-running (an upgrade, a repair) renews what is due.
     """
-    now = now or _now()
     found = machine_paths(directory)
     found.directory.mkdir(parents=True, exist_ok=True)
     if os.name == "posix":
         os.chmod(found.directory, 0o755)
-    loaded_ca = _load(found.ca_cert, found.ca_key)
-    if loaded_ca is None or loaded_ca[0].not_valid_after_utc - now < RENEW_CA_BEFORE:
-        ca_cert, ca_key = _make_ca(now, MACHINE_CA_COMMON_NAME)
-        _write_private(found.ca_key, _key_pem(ca_key))
-        _write_public(found.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    else:
-        ca_cert, ca_key = loaded_ca
-    loaded_server = _load(found.server_cert, found.server_key)
-    if loaded_server is None or not _server_is_current(loaded_server[0], ca_cert, now):
-        server_cert, server_key = _make_server(ca_cert, ca_key, now)
-        _write_private(found.server_key, _key_pem(server_key))
-        _write_public(found.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    _renew_due(found, now or _now(), MACHINE_CA_COMMON_NAME)
     if os.name == "posix":
         os.chmod(found.server_key, 0o644)
         os.chmod(found.ca_cert, 0o644)

@@ -24,7 +24,7 @@ from . import config as configmod
 from . import message as msgmod
 from . import policy as policymod
 from .errors import SendGuardError
-from .i18n import _, translator
+from .i18n import _, localize, translator
 from .outbox import STATES, Item, Outbox
 from .runtime import confirm_url
 from .sources import source_label
@@ -44,6 +44,14 @@ def user_errors(func: F) -> F:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_language() -> Callable[[str], str]:
+    """The configured language for an error; the system's when the config itself is what is wrong."""
+    try:
+        return translator(configmod.load().language)
+    except Exception:  # noqa: BLE001 - a broken config must not hide the error being reported
+        return translator(None)
 
 
 def echo_json(data: Any) -> None:
@@ -96,6 +104,16 @@ class PluginGroup(click.Group):
 
     # core command groups that live with their account set-up, loaded only when used
     LAZY = {"gmail": "sendguard.accounts.gmail:gmail_group"}
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError:
+            raise
+        except click.ClickException as exc:
+            exc.message = localize(exc.message, _error_language())
+            raise
 
     def _plugins(self) -> dict[str, Any]:
         found: dict[str, Any] = {ep.name: ep for ep in entry_points(group="sendguard.commands")}

@@ -191,11 +191,13 @@ def diagnose(t: Callable[[str], str] = str) -> list[Finding]:
                         "start with an empty store"))))
     elif db.exists():
         try:
+            from .outbox import HELD_STATES, State
+
             counts = _db_counts(db)
-            held = sum(n for s, n in counts.items() if s not in ("sent", "cancelled", "rejected", "expired"))
+            held = sum(n for s, n in counts.items() if s in HELD_STATES)
             add(Finding("database", OK, t(_("{path}: {held} held, {total} in all")).format(
                 path=db, held=held, total=sum(counts.values()))))
-            attention = counts.get("needs_attention", 0) + counts.get("failed", 0)
+            attention = counts.get(State.NEEDS_ATTENTION, 0) + counts.get(State.FAILED, 0)
             if attention:
                 add(Finding("outbox", WARN, t(_("{count} message(s) could not be sent yet")).format(count=attention),
                             t(_("see `sendguard queue list --state failed --state needs_attention`"))))

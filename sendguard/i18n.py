@@ -10,6 +10,7 @@ import gettext
 import io
 import locale
 import os
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -76,3 +77,75 @@ def catalog_messages(lang: str) -> dict[str, str]:
 def _(message: str) -> str:
     """Mark a string for extraction; translated later where the language is known."""
     return message
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@lru_cache(maxsize=1)
+def _templates() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Each error template (``error_texts.TEMPLATES``) as a pattern that finds its values in a message."""
+    from .error_texts import TEMPLATES
+
+    out = []
+    for template in TEMPLATES:
+        pattern, seen, last = [], set(), 0
+        for m in _PLACEHOLDER.finditer(template):
+            pattern.append(re.escape(template[last:m.start()]))
+            name = m.group(1)
+            pattern.append(f"(?P={name})" if name in seen else f"(?P<{name}>.+?)")
+            seen.add(name)
+            last = m.end()
+        pattern.append(re.escape(template[last:]))
+        out.append((re.compile("".join(pattern), re.DOTALL), template))
+    return tuple(out)
+
+
+def localize(text: str, gettext: Callable[[str], str]) -> str:
+    """Say a message from SendGuard's core (built in English, its values in it) in ``gettext``'s language.
+
+    The message is recognised by its template in ``error_texts``; the template is translated and the
+    values put back (values that are words of their own, such as states and actions, translated too).
+    A prefix such as ``file:line [key]: `` is kept as it is. Anything not recognised stays as it is.
+    """
+    if gettext("Send") == "Send":  # English (or no catalog): nothing to do
+        return text
+    return _localize(text, gettext, 0)
+
+
+def _localize(text: str, gettext: Callable[[str], str], depth: int) -> str:
+    for pattern, template in _templates():
+        m = pattern.fullmatch(text)
+        if m is None:
+            continue
+        translated = gettext(template)
+        if translated == template:
+            return text
+        values = {name: _value(name, value, gettext, depth) for name, value in m.groupdict().items()}
+        try:
+            return translated.format(**values)
+        except (KeyError, IndexError, ValueError):  # a broken translation: the English text beats none
+            return text
+    if depth > 0:
+        return gettext(text) if text else text  # a value that is a word of its own (a state, an action)
+    # "path:line [key]: detail": keep the prefix, say the detail in the language
+    start = 0
+    while (cut := text.find(": ", start)) != -1:
+        rest = _localize(text[cut + 2:], gettext, 1) if _recognised(text[cut + 2:]) else None
+        if rest is not None:
+            return text[:cut + 2] + rest
+        start = cut + 2
+    return text
+
+
+def _value(name: str, value: str, gettext: Callable[[str], str], depth: int) -> str:
+    if name == "verb":
+        from .error_texts import VERBS
+
+        said = gettext(VERBS.get(value, value))
+        return value if said.startswith("(verb)") else said
+    return _localize(value, gettext, depth + 1) if depth < 2 else value
+
+
+def _recognised(text: str) -> bool:
+    return any(pattern.fullmatch(text) for pattern, _template in _templates())

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from . import message as msgmod
 from .i18n import _
 from .mailboxes.base import Mailbox, MailboxError, ReleaseItem
-from .outbox import Item, Outbox
+from .outbox import TRANSITIONS, Item, Outbox, State
 from .store import audit, notices, now_iso
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def notify_approvers(outbox: Outbox, targets_for: Callable[[Item], list[tuple[st
     and never holds up the others.
     """
     sent = 0
-    for item in outbox.list(["awaiting_approval"], limit=10_000):
+    for item in outbox.list([State.AWAITING_APPROVAL], limit=10_000):
         try:
             sent += _notify_item(outbox, item, targets_for, mailbox_for, link_for, gettext, mail_from)
         except Exception as exc:
@@ -248,7 +248,7 @@ class DecisionWatcher:
     across restarts.
     """
 
-    EVENTS = ("approved", "rejected", "expired")
+    EVENTS = tuple(TRANSITIONS[step].event for step in ("approve", "reject", "expire"))
 
     def __init__(self, outbox: Outbox, notifier: Callable[[str, str], Any], gettext: Callable[[str], str] = str,
                  listeners: Iterable[Callable[[Item], Any]] = ()):

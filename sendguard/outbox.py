@@ -1,8 +1,11 @@
-"""The durable outbox and its state machine (DESIGN §2).
+"""The durable outbox and its state machine.
 
-received -> awaiting_confirmation -> confirmed -> (awaiting_approval -> approved | rejected)
--> releasing -> sent; any held state -> cancelled; awaiting_approval -> expired;
-releasing -> failed (retried) | needs_attention.
+Every state is a member of ``State`` and every allowed move is one row of ``TRANSITIONS``: a step name
+-> (the states it may start from, the state it ends in, the event written to the audit log). Read
+together they are the whole life of a message::
+
+    received -> awaiting_confirmation -> confirmed -> (awaiting_approval -> approved | rejected | expired)
+    -> releasing -> sent | failed (retried) | needs_attention; any held state -> cancelled.
 
 Each transition and its audit record are one transaction. ``releasing`` is committed before a
 transport is called and ``sent`` after, so a crash can never send twice: ``reconcile`` asks the
@@ -11,6 +14,7 @@ transport what happened to anything found in ``releasing``.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
@@ -46,17 +50,103 @@ from .store import Store, audit, domains, now_iso, outbox
 
 log = logging.getLogger(__name__)
 
-STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "rejected",
-          "releasing", "sent", "cancelled", "expired", "failed", "needs_attention")
-HELD_STATES = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
-               "needs_attention", "releasing")
-FINAL_STATES = ("sent", "cancelled", "rejected", "expired")
-CANCELLABLE = ("received", "awaiting_confirmation", "confirmed", "awaiting_approval", "approved", "failed",
-               "needs_attention")
+class State(enum.StrEnum):
+    """Where an outbox item is. Stored and shown as these strings (``State.SENT == "sent"``)."""
+
+    RECEIVED = "received"  # committed on intake, not yet checked
+    AWAITING_CONFIRMATION = "awaiting_confirmation"  # held for the user's window
+    CONFIRMED = "confirmed"  # the user (or the policy) said send; waits out the undo time
+    AWAITING_APPROVAL = "awaiting_approval"  # held for an approver
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    RELEASING = "releasing"  # committed before the transport is called: never sent twice
+    SENT = "sent"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # nobody approved it in time
+    FAILED = "failed"  # a release failed and is retried after a back-off
+    NEEDS_ATTENTION = "needs_attention"  # the user must decide (unknown outcome, permanent error)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One allowed move: from any of ``sources`` to ``target``, recorded as ``event`` in the audit log."""
+
+    sources: frozenset[State]
+    target: State
+    event: str
+
+
+def _t(sources: Iterable[State], target: State, event: str) -> Transition:
+    return Transition(frozenset(sources), target, event)
+
+
+S = State
+# Every state an item may still be cancelled from (anything held; ``releasing`` has its own step).
+_HELD_FOR_CANCEL = (S.RECEIVED, S.AWAITING_CONFIRMATION, S.CONFIRMED, S.AWAITING_APPROVAL, S.APPROVED, S.FAILED,
+                    S.NEEDS_ATTENTION)
+# The state machine: step -> (from, to, audit event). ``Outbox.transition`` refuses anything else.
+TRANSITIONS: dict[str, Transition] = {
+    # the policy holds a checked message for the user's window
+    "hold": _t([S.RECEIVED], S.AWAITING_CONFIRMATION, "verdict"),
+    # the user's Send (or the policy passing a message on without a window)
+    "confirm": _t([S.RECEIVED, S.AWAITING_CONFIRMATION], S.CONFIRMED, "confirmed"),
+    "request_approval": _t([S.CONFIRMED], S.AWAITING_APPROVAL, "approval_requested"),
+    "reroute_approval": _t([S.AWAITING_APPROVAL], S.AWAITING_APPROVAL, "approval_rerouted"),
+    "approve": _t([S.AWAITING_APPROVAL], S.APPROVED, "approved"),
+    "reject": _t([S.AWAITING_APPROVAL], S.REJECTED, "rejected"),
+    "expire": _t([S.AWAITING_APPROVAL], S.EXPIRED, "expired"),
+    "cancel": _t(_HELD_FOR_CANCEL, S.CANCELLED, "cancelled"),
+    # an interrupted send SendGuard cannot settle: the user stops it (it may have gone out)
+    "cancel_interrupted": _t([S.RELEASING], S.CANCELLED, "cancelled"),
+    "start_release": _t([S.CONFIRMED, S.APPROVED, S.FAILED], S.RELEASING, "releasing"),
+    # the central server's signed decision does not cover this content: never sent
+    "refuse_release": _t([S.CONFIRMED, S.APPROVED, S.FAILED], S.NEEDS_ATTENTION, "release_refused"),
+    "sent": _t([S.RELEASING], S.SENT, "released"),
+    "fail": _t([S.RELEASING], S.FAILED, "failed"),  # retried after a back-off
+    "fail_for_user": _t([S.RELEASING], S.NEEDS_ATTENTION, "failed"),  # permanent, or the outcome is unknown
+    # at start-up or later: the transport said it never went out / cannot say
+    "reconcile_unsent": _t([S.RELEASING], S.FAILED, "reconciled"),
+    "reconcile_unknown": _t([S.RELEASING], S.NEEDS_ATTENTION, "reconciled"),
+    # the user settles a message SendGuard cannot: it went out / send it again
+    "resolve_sent": _t([S.NEEDS_ATTENTION, S.RELEASING], S.SENT, "released"),
+    "resolve_resend": _t([S.NEEDS_ATTENTION, S.RELEASING, S.FAILED], S.FAILED, "retry_requested"),
+    # central server: the sender's helper reports it sent the approved message
+    "helper_sent": _t([S.APPROVED], S.SENT, "released"),
+}
+del S
+
+STATES = tuple(State)
+
+
+def _in_order(states: Iterable[State]) -> tuple[State, ...]:
+    wanted = set(states)
+    return tuple(s for s in State if s in wanted)
+
+
+# states no transition leaves: the item is done
+FINAL_STATES = _in_order(s for s in State if not any(s in t.sources for t in TRANSITIONS.values()))
+HELD_STATES = _in_order(s for s in State if s not in FINAL_STATES)
+NOT_SENT_STATES = _in_order(s for s in FINAL_STATES if s != State.SENT)
+CANCELLABLE = _in_order(TRANSITIONS["cancel"].sources)
+# what an approver's decision (or the lack of one) can end in
+APPROVAL_OUTCOMES = _in_order(TRANSITIONS[step].target for step in ("approve", "reject", "expire"))
+# an approval request the approvers are done with: a central server hands these back to the sender's helper
+DECIDED_STATES = _in_order([*APPROVAL_OUTCOMES, *FINAL_STATES])
+# a sender's client (the Outlook add-in, a script) waits for the outcome while the item is in one of these:
+# the user has not decided yet, or the decision is being carried out (the undo time, the send itself)
+AWAITING_OUTCOME = (State.RECEIVED, State.AWAITING_CONFIRMATION, State.CONFIRMED, State.RELEASING)
+# states in which a release is due once ``release_after`` has passed
+RELEASABLE = _in_order(TRANSITIONS["start_release"].sources)
+_HOLD = TRANSITIONS["hold"]
+
+
+def _values(states: Iterable[str]) -> list[str]:
+    """States as the plain strings stored in the database (a driver may adapt an enum by its name)."""
+    return [State(s).value for s in states]
+
 # Items taken from a server-side Outbox: when they end without being sent, the user gets them back as
 # drafts (``returns_due`` / ``mark_returned``).
 OUTBOX_SOURCES = ("exchange-outbox", "graph-outbox")
-NOT_SENT_STATES = ("cancelled", "rejected", "expired")
 # Sources whose own client sends the message once SendGuard has decided (the Outlook add-in, the Gmail
 # browser extension): releasing such an item tells the client to go ahead, it sends nothing itself.
 CLIENT_SENDS = ("outlook", "gmail_web")
@@ -170,7 +260,7 @@ class Item:
     @property
     def waiting_for(self) -> str | None:
         """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
-        if self.state != "releasing":
+        if self.state != State.RELEASING:
             return None
         if self.last_error and self.last_error.startswith(WAITING_PREFIX):
             return self.last_error
@@ -218,7 +308,7 @@ class Outbox:
         cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
         query = select(*cols).order_by(outbox.c.created_at.desc()).limit(limit)
         if states:
-            query = query.where(outbox.c.state.in_(list(states)))
+            query = query.where(outbox.c.state.in_(_values(states)))
         if owner:
             query = query.where(outbox.c.owner == owner.lower())
         with self.store.engine.connect() as conn:
@@ -258,7 +348,7 @@ class Outbox:
             refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
             if refs:
                 rows = conn.execute(select(outbox.c.envelope_to, outbox.c.sender).where(
-                    outbox.c.message_id.in_(refs), outbox.c.state == "sent")).all()
+                    outbox.c.message_id.in_(refs), outbox.c.state == State.SENT.value)).all()
                 if rows:
                     thread = frozenset(a.rpartition("@")[2].lower() for row in rows
                                        for a in [*(row.envelope_to or []), row.sender or ""] if "@" in a)
@@ -279,10 +369,19 @@ class Outbox:
                 except Exception:  # a UI listener must never break the outbox
                     log.exception("outbox listener failed")
 
-    def transition(self, item_id: str, allowed: Iterable[str], to: str, event: str, actor: str,
-                   data: dict[str, Any] | None = None, **values: Any) -> Item:
-        """Move one item from one of ``allowed`` states to ``to``, with its audit record, atomically."""
-        allowed = tuple(allowed)
+    def transition(self, item_id: str, step: str, actor: str, data: dict[str, Any] | None = None, *,
+                   only_from: Iterable[State] | None = None, **values: Any) -> Item:
+        """Take one step of ``TRANSITIONS`` (with its audit record) atomically, or raise ``StateError``.
+
+        ``only_from`` narrows the step's sources further for this call (e.g. ``releasing`` only when the
+        caller has just seen that nobody is sending it); it can never widen them.
+        """
+        if not isinstance(step, str) or step not in TRANSITIONS:
+            raise ValueError(f"unknown outbox transition {step!r}: one of {', '.join(TRANSITIONS)} "
+                             "(Outbox.transition(item_id, step, actor, data, **values))")
+        move = TRANSITIONS[step]
+        allowed = move.sources if only_from is None else move.sources & set(only_from)
+        to, event = move.target, move.event
         with self.store.transaction() as conn:
             query = select(outbox.c.state).where(outbox.c.id == item_id)
             if not self.store.is_sqlite:
@@ -294,8 +393,8 @@ class Outbox:
                 verb = _VERBS.get(event, event.replace("_", " "))
                 raise StateError(f"message {item_id} is {row.state}: cannot {verb} it now")
             conn.execute(update(outbox).where(outbox.c.id == item_id)
-                         .values(state=to, updated_at=self.clock(), **values))
-            self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to, **(data or {})},
+                         .values(state=to.value, updated_at=self.clock(), **values))
+            self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to.value, **(data or {})},
                                     ts=self.clock())
             faults.point(f"transition.{event}.uncommitted")
         faults.point(f"transition.{event}.committed")
@@ -341,7 +440,7 @@ class Outbox:
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
             sender = (msg.envelope_from or "").lower()
             values = {
-                "id": item_id, "state": "received", "source": msg.source, "source_ref": msg.source_ref,
+                "id": item_id, "state": State.RECEIVED.value, "source": msg.source, "source_ref": msg.source_ref,
                 "account": msg.account, "owner": sender, "envelope_from": msg.envelope_from or "",
                 "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
                 "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
@@ -352,9 +451,10 @@ class Outbox:
             if policy is not None and len(msg.raw) <= INTAKE_CHECK_MAX_BYTES:
                 verdict = self._verdict(msg.raw, msg.envelope_from, envelope, policy)
                 if verdict.hold:
-                    values.update(verdict.values, state="awaiting_confirmation")
-                    records.append(("verdict", "policy", item_id,
-                                    {"from": "received", "to": "awaiting_confirmation", **verdict.audit}))
+                    # the step "hold", taken in the intake transaction itself
+                    values.update(verdict.values, state=_HOLD.target.value)
+                    records.append((_HOLD.event, "policy", item_id,
+                                    {"from": State.RECEIVED.value, "to": _HOLD.target.value, **verdict.audit}))
             rows.append(values)
             out.append((item_id, values["state"]))
         with self.store.transaction() as conn:
@@ -416,25 +516,24 @@ class Outbox:
     def process(self, item_id: str) -> Item:
         """Check a received message and hold it for the window, or pass it on when the policy allows."""
         item = self.get(item_id, with_bodies=True)
-        if item.state != "received":
+        if item.state != State.RECEIVED:
             return item
         policy = self.policy()
         verdict = self._verdict(item.raw or b"", item.envelope_from, item.envelope_to, policy)
         if verdict.hold:
-            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
-                                   verdict.audit, **verdict.values)
+            return self.transition(item_id, "hold", "policy", verdict.audit, **verdict.values)
         with self.store.transaction() as conn:
             conn.execute(update(outbox).where(outbox.c.id == item_id).values(**verdict.values))
         try:
-            return self._confirm(item_id, ("received",), verdict.decision, "policy", checked=None,
+            return self._confirm(item_id, (State.RECEIVED,), verdict.decision, "policy", checked=None,
                                  verdict=verdict.audit)
         except StateError as exc:
             # the policy passed it on, but it cannot go (e.g. it needs approval and nobody can approve):
             # hold it where the user sees it and why, never leave it unseen in ``received``
-            if self.get(item_id).state != "received":
+            if self.get(item_id).state != State.RECEIVED:
                 raise
-            return self.transition(item_id, ["received"], "awaiting_confirmation", "verdict", "policy",
-                                   {**verdict.audit, "error": str(exc)}, last_error=str(exc))
+            return self.transition(item_id, "hold", "policy", {**verdict.audit, "error": str(exc)},
+                                   last_error=str(exc))
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
@@ -475,7 +574,7 @@ class Outbox:
             removed.append(key)
         decision = Decision(removed, att_ids, bcc or bool(check.get("force_bcc") and policy.auto_bcc))
         _policy_changes(decision, check)
-        return self._confirm(item_id, ("awaiting_confirmation",), decision, actor, checked=checked,
+        return self._confirm(item_id, (State.AWAITING_CONFIRMATION,), decision, actor, checked=checked,
                              reconfirmed=reconfirmed)
 
     def _confirm(self, item_id: str, allowed: tuple[str, ...], decision: Decision, actor: str,
@@ -521,13 +620,13 @@ class Outbox:
         record = decision.to_json() | {"needs_approval": needs_approval, "final_action": result.action,
                                        "final_recipients": envelope, "confirmed_by": actor}
         item = self.transition(
-            item_id, allowed, "confirmed", "confirmed", actor, data, final_raw=final, decision=record,
+            item_id, "confirm", actor, data, only_from=allowed, final_raw=final, decision=record,
             envelope_to=envelope, release_after=now + (0 if needs_approval else policy.hold_seconds),
         )
         if needs_approval:
             approvers = list(policy.approvers_for(item.sender))
             item = self.transition(
-                item_id, ["confirmed"], "awaiting_approval", "approval_requested", "policy",
+                item_id, "request_approval", "policy",
                 {"approvers": approvers, "reasons": [r.rule for r in result.reasons if r.action == "approve"]},
                 approvers=approvers, expires_at=now + policy.expire_hours * 3600,
             )
@@ -537,13 +636,13 @@ class Outbox:
         """Held messages follow the policy's approvers: when they change, each waiting message is
         handed to its new approvers (who are then emailed like any other)."""
         moved = []
-        for item in self.list(["awaiting_approval"], limit=100_000):
+        for item in self.list([State.AWAITING_APPROVAL], limit=100_000):
             wanted = [a.lower() for a in policy.approvers_for(item.sender)]
             if not wanted or sorted(wanted) == sorted(a.lower() for a in item.approvers):
                 continue
             try:
-                moved.append(self.transition(item.id, ["awaiting_approval"], "awaiting_approval", "approval_rerouted",
-                                             "policy", {"previous_approvers": item.approvers, "approvers": wanted},
+                moved.append(self.transition(item.id, "reroute_approval", "policy",
+                                             {"previous_approvers": item.approvers, "approvers": wanted},
                                              approvers=wanted))
             except StateError:  # decided meanwhile
                 continue
@@ -551,27 +650,27 @@ class Outbox:
 
     def cancel(self, item_id: str, actor: str = "user", reason: str = "") -> Item:
         item = self.get(item_id)
-        if item.state == "releasing":
+        if item.state == State.RELEASING:
             # an interrupted send SendGuard cannot settle yet: stop asking and never send it again
             self._check_settleable(item, "cancel")
-            return self.transition(item_id, ["releasing"], "cancelled", "cancelled", actor,
+            return self.transition(item_id, "cancel_interrupted", actor,
                                    {"reason": reason, "interrupted_send": True, "may_have_been_sent": True},
                                    last_error="cancelled while SendGuard could not tell whether it had gone out; "
                                               "check your Sent mail")
-        return self.transition(item_id, CANCELLABLE, "cancelled", "cancelled", actor, {"reason": reason})
+        return self.transition(item_id, "cancel", actor, {"reason": reason})
 
     def resolve(self, item_id: str, sent: bool, actor: str = "user") -> Item:
         """For ``needs_attention``, or an interrupted send SendGuard is still asking about: the user says
         it went out, or asks to send it again."""
         item = self.get(item_id)
-        allowed = ["needs_attention"]
-        if item.state == "releasing":
+        allowed = [State.NEEDS_ATTENTION]
+        if item.state == State.RELEASING:
             self._check_settleable(item, "resolve")
-            allowed.append("releasing")
+            allowed.append(State.RELEASING)
         if sent:
-            return self.transition(item_id, allowed, "sent", "released", actor, {"resolved_by_user": True},
+            return self.transition(item_id, "resolve_sent", actor, {"resolved_by_user": True}, only_from=allowed,
                                    last_error=None)
-        return self.transition(item_id, [*allowed, "failed"], "failed", "retry_requested", actor, {},
+        return self.transition(item_id, "resolve_resend", actor, {}, only_from=[*allowed, State.FAILED],
                                release_after=0.0)
 
     def _check_settleable(self, item: Item, what: str) -> None:
@@ -587,11 +686,11 @@ class Outbox:
         """Items ready to go now: confirmed (no approval needed, undo window over), approved, failed to retry."""
         now = self.clock()
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
-            outbox.c.state.in_(["confirmed", "approved", "failed"]), outbox.c.release_after <= now)
+            outbox.c.state.in_(_values(RELEASABLE)), outbox.c.release_after <= now)
         with self.store.engine.connect() as conn:
             rows = conn.execute(query.order_by(outbox.c.created_at)).all()
         items = [Item.from_row(r) for r in rows]
-        return [i for i in items if not (i.state == "confirmed" and (i.decision or {}).get("needs_approval"))]
+        return [i for i in items if not (i.state == State.CONFIRMED and (i.decision or {}).get("needs_approval"))]
 
     def release_due(self) -> list[Item]:
         released = []
@@ -606,25 +705,23 @@ class Outbox:
         """releasing (committed) -> transport -> sent | failed | needs_attention."""
         with self._release_lock:
             item = self.get(item_id, with_bodies=True)
-            if item.state == "confirmed" and (item.decision or {}).get("needs_approval"):
+            if item.state == State.CONFIRMED and (item.decision or {}).get("needs_approval"):
                 raise StateError(f"message {item_id} waits for approval")
             if self.release_guard is not None and (item.approvers or item.approval):
                 try:
                     self.release_guard(item)
                 except PermissionDenied as exc:
-                    return self.transition(item_id, ["confirmed", "approved", "failed"], "needs_attention",
-                                           "release_refused", "sendguard", {"error": str(exc)},
+                    return self.transition(item_id, "refuse_release", "sendguard", {"error": str(exc)},
                                            last_error=str(exc))
-            item = self.transition(item_id, ["confirmed", "approved", "failed"], "releasing", "releasing",
-                                   "sendguard", {"attempt": item.attempts + 1}, attempts=item.attempts + 1,
-                                   release_after=self.clock() + RELEASE_LEASE)
+            item = self.transition(item_id, "start_release", "sendguard", {"attempt": item.attempts + 1},
+                                   attempts=item.attempts + 1, release_after=self.clock() + RELEASE_LEASE)
             item = self.get(item_id, with_bodies=True)
             if item.source == "gmail_web" and not item.approval:
                 # Gmail in the browser sends it itself once the extension sees the decision.
                 return self._sent(item, {"transport": item.source})
             if item.source == "gmail_web":  # the page's copy has no attachment content: never send it
                 error = "a message checked in Gmail's page cannot be sent by SendGuard; send it from Gmail again"
-                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": error, "permanent": True}, last_error=error)
             if item.source == "outlook" and not item.approval:
                 if self.outlook_waiting is None or self.outlook_waiting(item.id):
@@ -640,20 +737,20 @@ class Outbox:
                 receipt = mailbox.release(self._release_item(item))
                 faults.point("release.after_transport")
             except OutcomeUnknown as exc:  # it may have gone out and nobody can tell: never send it again
-                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": str(exc), "outcome_unknown": True}, last_error=str(exc))
             except TransientError as exc:
                 return self._failed(item, str(exc), exc.retry_after)
             except AuthError as exc:  # asked again after the user signs in (or at the latest in 10 min)
                 return self._failed(item, str(exc), _retry.delay(item.attempts, cap=min(_retry.CAP, 600.0)))
             except PermanentError as exc:
-                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": str(exc), "permanent": True}, last_error=str(exc))
             except MailboxError as exc:
                 return self._failed(item, str(exc), None)
             except Exception as exc:  # unknown: the transport may or may not have sent it
                 log.exception("release of %s failed unexpectedly", item_id)
-                return self.transition(item_id, ["releasing"], "needs_attention", "failed", "sendguard",
+                return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": repr(exc)}, last_error=f"unexpected error: {exc}")
             return self._sent(item, {"transport": receipt.transport, **receipt.detail})
 
@@ -669,7 +766,7 @@ class Outbox:
     def _outlook_gone(self, item: Item) -> Item:
         error = ("Outlook stopped waiting for SendGuard before you confirmed (the message was left or closed), "
                  "so it was not sent. Open it from Drafts in Outlook and press Send again.")
-        return self.transition(item.id, ["releasing"], "needs_attention", "failed", "sendguard",
+        return self.transition(item.id, "fail_for_user", "sendguard",
                                {"error": error, "outlook_gone": True}, last_error=error)
 
     def _release_item(self, item: Item) -> ReleaseItem:
@@ -685,11 +782,11 @@ class Outbox:
         with self.store.transaction() as conn:
             self.store.record_sent_domains(conn, item.envelope_to, self.clock())
         self._sent_domains = (0.0, ())
-        return self.transition(item.id, ["releasing"], "sent", "released", "sendguard", detail, last_error=None)
+        return self.transition(item.id, "sent", "sendguard", detail, last_error=None)
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
         backoff = retry_after if retry_after is not None else _retry.delay(item.attempts)
-        return self.transition(item.id, ["releasing"], "failed", "failed", "sendguard",
+        return self.transition(item.id, "fail", "sendguard",
                                {"error": error, "retry_in": backoff}, last_error=error,
                                release_after=self.clock() + backoff)
 
@@ -699,15 +796,15 @@ class Outbox:
         Whatever cannot be settled now stays ``releasing`` and is asked about again by the worker
         (``reconcile_due``) with back-off until the transport answers or the user settles it.
         """
-        settled = self._reconcile(self.list(["releasing"]))
-        for item in self.list(["received"]):
+        settled = self._reconcile(self.list([State.RELEASING]))
+        for item in self.list([State.RECEIVED]):
             settled.append(self.process(item.id))
         return settled
 
     def reconcile_due(self) -> list[Item]:
         """Every worker turn: interrupted sends whose wait is over (back-off, or a dead sender's lease)."""
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
-            outbox.c.state == "releasing", outbox.c.release_after <= self.clock())
+            outbox.c.state == State.RELEASING.value, outbox.c.release_after <= self.clock())
         with self.store.engine.connect() as conn:
             rows = conn.execute(query.order_by(outbox.c.updated_at)).all()
         return self._reconcile([Item.from_row(r) for r in rows]) if rows else []
@@ -726,10 +823,10 @@ class Outbox:
 
     def _reconcile_one(self, item_id: str) -> Item | None:
         item = self.get(item_id)
-        if item.state != "releasing":
+        if item.state != State.RELEASING:
             return None
         if item.source in CLIENT_SENDS and not item.approval:
-            return self.transition(item.id, ["releasing"], "needs_attention", "reconciled", "sendguard",
+            return self.transition(item.id, "reconcile_unknown", "sendguard",
                                    {"found": None}, last_error="interrupted while handing back to Outlook")
         found: bool | None
         where = f"the account {item.account}" if item.account else "the mail service"
@@ -746,11 +843,11 @@ class Outbox:
         if found is True:
             return self._sent(item, {"reconciled": True})
         if found is False:
-            return self.transition(item.id, ["releasing"], "failed", "reconciled", "sendguard",
+            return self.transition(item.id, "reconcile_unsent", "sendguard",
                                    {"found": False}, release_after=self.clock(),
                                    last_error="interrupted before it was sent; sending again")
         return self.transition(
-            item.id, ["releasing"], "needs_attention", "reconciled", "sendguard", {"found": None},
+            item.id, "reconcile_unknown", "sendguard", {"found": None},
             last_error="interrupted while sending; the transport cannot tell whether it went out. "
                        f"Check your Sent mail, then `sendguard queue resolve {item.id} --sent` or `--resend`")
 
@@ -771,7 +868,7 @@ class Outbox:
                 "or `--resend`.")
         first = not (item.last_error or "").startswith(WAITING_PREFIX)
         with self.store.transaction() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == item.id, outbox.c.state == "releasing")
+            conn.execute(update(outbox).where(outbox.c.id == item.id, outbox.c.state == State.RELEASING.value)
                          .values(release_after=self.clock() + wait, last_error=text))
             if first:
                 self.store.append_audit(conn, "reconcile_waiting", "sendguard", item.id,
@@ -786,11 +883,11 @@ class Outbox:
         now = self.clock()
         with self.store.engine.connect() as conn:
             ids = [r[0] for r in conn.execute(select(outbox.c.id).where(
-                outbox.c.state == "awaiting_approval", outbox.c.expires_at < now)).all()]
+                outbox.c.state == State.AWAITING_APPROVAL.value, outbox.c.expires_at < now)).all()]
         out = []
         for item_id in ids:
             try:
-                out.append(self.transition(item_id, ["awaiting_approval"], "expired", "expired", "sendguard", {}))
+                out.append(self.transition(item_id, "expire", "sendguard", {}))
             except StateError:
                 continue
         return out
@@ -800,7 +897,7 @@ class Outbox:
         cutoff = self.clock() - retention_days * 86400
         with self.store.transaction() as conn:
             result = conn.execute(update(outbox).where(
-                outbox.c.state.in_(FINAL_STATES), outbox.c.updated_at < cutoff, outbox.c.purged == 0,
+                outbox.c.state.in_(_values(FINAL_STATES)), outbox.c.updated_at < cutoff, outbox.c.purged == 0,
             ).values(raw=None, final_raw=None, purged=1))
             if result.rowcount:
                 self.store.append_audit(conn, "purged", "sendguard", None,
@@ -839,7 +936,7 @@ class Outbox:
         item_id = new_id()
         note = ("sent by the mail server at its deferred time while SendGuard was not watching: "
                 "it was not checked")
-        values = {"id": item_id, "state": "sent", "source": source, "source_ref": None, "account": account,
+        values = {"id": item_id, "state": State.SENT.value, "source": source, "source_ref": None, "account": account,
                   "owner": "", "envelope_from": "", "envelope_to": list(missed.recipients),
                   "message_id": missed.message_id, "sender": "", "subject": missed.subject, "raw": missed.raw or None,
                   "release_after": 0.0, "attempts": 0, "created_at": missed.sent_at, "updated_at": now,
@@ -853,7 +950,7 @@ class Outbox:
         with self.store.transaction() as conn:
             conn.execute(_INSERT_ITEM, [values])
             self.store.append_audit(conn, "missed", source, item_id, {
-                "to": "sent", "source": source, "account": account, "message_id": missed.message_id,
+                "to": State.SENT.value, "source": source, "account": account, "message_id": missed.message_id,
                 "sent_at": missed.sent_at, "deferred_until": missed.deferred_until,
                 "recipients": list(missed.recipients), "reason": note}, ts=now)
             self.store.record_sent_domains(conn, list(missed.recipients), now)
@@ -864,7 +961,7 @@ class Outbox:
         """Items taken from a server Outbox that ended unsent and are not yet back in the user's Drafts."""
         returned = select(audit.c.item_id).where(audit.c.event == "returned_to_drafts", audit.c.item_id.isnot(None))
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
-            outbox.c.source.in_(OUTBOX_SOURCES), outbox.c.state.in_(NOT_SENT_STATES),
+            outbox.c.source.in_(OUTBOX_SOURCES), outbox.c.state.in_(_values(NOT_SENT_STATES)),
             outbox.c.source_ref.isnot(None), outbox.c.id.not_in(returned))
         with self.store.engine.connect() as conn:
             return [Item.from_row(r) for r in conn.execute(query).all()]

@@ -22,7 +22,7 @@ from .errors import SendGuardError
 from .i18n import translator
 from .mailboxes import _retry, registry
 from .mailboxes.base import HeldItem, HoldingMailbox, Mailbox, MailboxError, OutboxStreaming, OutboxWatching
-from .outbox import WAITING_PREFIX, Item, Outbox
+from .outbox import WAITING_PREFIX, Item, Outbox, State
 from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
 from .store import Store
@@ -211,15 +211,15 @@ class Helper:
         return notify.approvers_and_deputies(item, self.approvals)
 
     def _approval_listener(self, item: Item) -> None:
-        if item.state == "awaiting_approval":
+        if item.state == State.AWAITING_APPROVAL:
             self._notices_at = 0.0
             self.wake()
-        if self.sync and item.state in ("awaiting_approval", "sent", "cancelled"):
+        if self.sync and item.state in (State.AWAITING_APPROVAL, State.SENT, State.CANCELLED):
             self.sync.kick()
 
     def _waiting_listener(self, item: Item) -> None:
         """Tell the user once when an interrupted send waits for its mail service to answer."""
-        if item.state != "releasing" or not (item.waiting_for or "").startswith(WAITING_PREFIX):
+        if item.state != State.RELEASING or not (item.waiting_for or "").startswith(WAITING_PREFIX):
             self._told_waiting.discard(item.id)
             return
         if item.id in self._told_waiting:
@@ -289,7 +289,7 @@ class Helper:
             self._process(item_id)
         if time.monotonic() - self._scanned_at > 2.0:  # not on every wake-up: intake stays cheap
             self._scanned_at = time.monotonic()
-            for item in self.outbox.list(["received"]):
+            for item in self.outbox.list([State.RECEIVED]):
                 if time.time() - item.created_at > 5:  # missed (e.g. stored by another process)
                     self._process(item.id)
         self.outbox.expire_due()

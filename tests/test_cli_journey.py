@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, make_message, run_cli, smtp_send, wait_for
+from test_central_server import pg_url  # noqa: F401 - the PostgreSQL fixture
 
 POLICY = '[organization]\ninternal_domains = ["example.co.jp"]\n'
 
@@ -51,6 +52,22 @@ def test_unknown_language_is_refused_with_the_list(home: Path) -> None:
     out = run_cli("queue", "list")
     err = out.stderr.decode()
     assert out.returncode == 1 and "config.toml:1" in err and "'ko'" in err and "en, ja, zh" in err
+
+
+def test_errors_are_said_in_the_configured_language(home: Path, tmp_path: Path) -> None:
+    """Item 19: the core's errors, not only the CLI's own lines, come through the catalogs."""
+    (home / "config.toml").write_text('language = "ja"\n', encoding="utf-8")
+    missing = run_cli("queue", "cancel", "0123456789abcdef")
+    assert missing.returncode == 1
+    assert "送信トレイにメッセージ '0123456789abcdef' はありません" in missing.stderr.decode()
+    nobody = tmp_path / "nobody.eml"
+    nobody.write_bytes(b"From: taro@example.co.jp\r\nSubject: x\r\n\r\nbody\r\n")
+    out = run_cli("check", str(nobody))
+    assert out.returncode == 1 and "メールに宛先がありません" in out.stderr.decode()
+    gone = run_cli("accounts", "remove", "nosuch")
+    assert gone.returncode == 1 and "nosuch' という名前のアカウントはありません" in gone.stderr.decode()
+    (home / "config.toml").write_text('language = "zh"\n', encoding="utf-8")
+    assert "发件箱中没有邮件" in run_cli("queue", "cancel", "0123456789abcdef").stderr.decode()
 
 
 # ---------------------------------------------------------------------- 12: queue errors and flags
@@ -96,6 +113,31 @@ def test_server_connect_says_what_went_wrong(home: Path) -> None:
     err = out.stderr.decode()
     assert out.returncode == 1 and "cannot reach" in err and "stays held" not in err
     assert not (home / "config.toml").exists()
+
+
+def test_server_connect_with_a_wrong_token_names_the_server_token(home: Path, tmp_path: Path,
+                                                                  pg_url: str) -> None:  # noqa: F811
+    """Item 14: a refused token is the server's helper token, never "get it with `sendguard token`"."""
+    from test_central_server import SERVER_POLICY, ThreadServer
+
+    policy = tmp_path / "server-policy.toml"
+    policy.write_text(SERVER_POLICY, encoding="utf-8")
+    server = ThreadServer(pg_url, policy)
+    try:
+        server.token("taro@example.co.jp")  # the server knows a token for this user; this is not it
+        out = run_cli("server", "connect", server.url, "--token", "not-the-token")
+        err = out.stderr.decode()
+        assert out.returncode == 1, err
+        assert f"{server.url} refused this token" in err
+        assert "`sendguard server token issue --user ADDR`" in err and "not the local API token" in err
+        assert "get the token with `sendguard token`" not in err and "stays held" not in err
+        assert not (home / "config.toml").exists()  # nothing changed
+        (home / "config.toml").write_text('language = "ja"\n', encoding="utf-8")
+        err = run_cli("server", "connect", server.url, "--token", "not-the-token").stderr.decode()
+        assert "はこのトークンを拒否しました" in err and "`sendguard server token issue --user ADDR`" in err
+        assert "[server]" not in (home / "config.toml").read_text()
+    finally:
+        server.stop()
 
 
 def test_server_token_issue_reads_the_database_from_config(home: Path, tmp_path: Path) -> None:

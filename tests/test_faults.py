@@ -116,7 +116,7 @@ def test_a_send_in_flight_cannot_be_settled_by_the_user(graph_home, fake):
     try:
         raw = bytes(make_message(to="a@partner.example", sender=ADDRESS, message_id="<fl@contoso.example>"))
         item = helper.outbox.submit(raw, ADDRESS, ["a@partner.example"])
-        helper.outbox.transition(item.id, ["confirmed"], "releasing", "releasing", "sendguard",
+        helper.outbox.transition(item.id, "start_release", "sendguard", only_from=["confirmed"],
                                  release_after=helper.outbox.clock() + 900)
     finally:
         helper.stop()

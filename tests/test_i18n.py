@@ -76,3 +76,64 @@ def test_translator_uses_the_catalogs() -> None:
     assert i18n.translator("en")("Send") == "Send"
     message = i18n.translator("ja")("{target} is outside your organization").format(target="x@partner.example")
     assert message == "x@partner.example は社外のアドレスです"
+
+
+# ---------------------------------------------------------------------- issue #11 item 19: errors in the language
+def _errors_the_code_raises(home: Path) -> list[str]:
+    """Real errors from the real objects (not copies of their text), so a changed message shows here."""
+    from sendguard import message
+    from sendguard.errors import SendGuardError
+    from sendguard.instance import AlreadyRunning
+    from sendguard.links import LinkSigner
+    from sendguard.service import Helper
+
+    (home / "policy.toml").write_text('[organization]\ninternal_domains = ["example.co.jp"]\n', encoding="utf-8")
+    helper = Helper(home)
+    out: list[str] = []
+
+    def said(call) -> None:  # noqa: ANN001
+        try:
+            call()
+        except SendGuardError as exc:
+            out.append(str(exc))
+        else:
+            raise AssertionError(f"{call} raised nothing")
+
+    try:
+        raw = (b"From: a@example.co.jp\r\nTo: x@partner.example\r\nSubject: s\r\n\r\nbody\r\n")
+        item = helper.outbox.submit(raw, "a@example.co.jp", ["x@partner.example"])
+        assert item.state == "awaiting_confirmation"
+        said(lambda: helper.outbox.get("nosuchid"))
+        said(lambda: helper.outbox.confirm(item.id, removed_recipients=["y@partner.example"]))
+        said(lambda: helper.outbox.confirm(item.id, removed_attachments=["a.pdf"]))
+        helper.outbox.cancel(item.id)
+        said(lambda: helper.outbox.cancel(item.id))
+        said(lambda: helper.approvals.reject(item.id, "boss@example.co.jp", ""))
+        said(lambda: message.parse(b"From: a@example.co.jp\r\nSubject: s\r\n\r\nx\r\n"))
+        signer = LinkSigner("k" * 32, "approve")
+        said(lambda: signer.load(signer.sign("one"), "two", 60))
+        said(lambda: signer.load("garbage", "one", 60))
+        out.append(str(AlreadyRunning(home, 4242)))
+    finally:
+        helper.store.close()
+    return out
+
+
+@pytest.mark.parametrize("lang", ["ja", "zh"])
+def test_errors_users_meet_are_said_in_their_language(home: Path, lang: str) -> None:
+    gettext = i18n.translator(lang)
+    for english in _errors_the_code_raises(home):
+        said = i18n.localize(english, gettext)
+        assert said != english, f"no {lang} template matches {english!r} (sendguard/error_texts.py)"
+        assert not re.search(r"\b(cannot|message|the|this)\b", said), (english, said)  # no English left in it
+
+
+def test_localize_keeps_values_prefixes_and_unknown_text() -> None:
+    ja = i18n.translator("ja")
+    assert i18n.localize("message 0123abcd is sent: cannot cancel it now", ja) == \
+        "メッセージ 0123abcd は「送信済み」のため、今はキャンセルできません"
+    prefixed = "/home/u/policy.toml:4 [approval]: this link has already been used"
+    assert i18n.localize(prefixed, ja) == "/home/u/policy.toml:4 [approval]: このリンクはすでに使用されています"
+    assert i18n.localize("something SendGuard has no template for", ja) == "something SendGuard has no template for"
+    assert i18n.localize("message 1 is sent: cannot cancel it now", i18n.translator("en")) == \
+        "message 1 is sent: cannot cancel it now"

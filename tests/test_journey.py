@@ -406,3 +406,39 @@ def test_browser_journey(browser_helper: Serve, browser: Any, home: Path) -> Non
     assert len(released(home)) == 2
     assert errors == []
     context.close()
+
+
+def test_without_a_tray_starting_sendguard_again_shows_the_window_with_pause_and_quit(
+        window_helper: tuple[Serve, WindowPage], home: Path) -> None:
+    """Issue #11 item 8: Xvfb has no tray. With no message held the window is hidden; starting SendGuard
+    again (what a user does from a launcher or a terminal) shows it, idle, with Pause and Quit and the
+    status line; nothing speaks of a tray."""
+    serve, page = window_helper
+    assert not serve.visible()
+    again = subprocess.run([sys.executable, "-m", "sendguard", "serve"], capture_output=True, cwd=ROOT, timeout=60,
+                           env=dict(os.environ, SENDGUARD_HOME=str(home)))
+    assert again.returncode == 0, again.stderr
+    assert f"already running (process {serve.proc.pid})".encode() in again.stdout
+    assert b"window is shown now" in again.stdout
+    wait_for(serve.visible, timeout=10)
+    assert page.js("document.getElementById('helper-controls').hidden") is False
+    assert page.js("document.getElementById('loading').textContent") == "Waiting for messages…"
+    assert page.js("document.getElementById('content').hidden") is True
+    page.click("#pause")
+    page.wait("document.getElementById('pause').getAttribute('aria-pressed') === 'true'")
+    page.wait("(function(){var l=document.querySelector('#status li');"
+              "return l && l.getAttribute('data-kind') === 'paused';})()", timeout=10)
+    banner = (home / "serve.log").read_text(encoding="utf-8")
+    assert "This desktop has no tray" in banner and "start SendGuard again" in banner
+    assert "icon in the tray" not in banner and "from the tray" not in banner
+    page.click("#quit")
+    serve.proc.wait(20)  # the helper ends; nothing was held
+
+
+def test_second_start_without_a_window_still_refuses(window_helper: tuple[Serve, WindowPage], home: Path) -> None:
+    """A second `serve --no-window` on the same home is still refused with the holder named (item 15)."""
+    serve, _page = window_helper
+    again = subprocess.run([sys.executable, "-m", "sendguard", "serve", "--no-window"], capture_output=True,
+                           cwd=ROOT, timeout=60, env=dict(os.environ, SENDGUARD_HOME=str(home)))
+    assert again.returncode == 1 and f"process {serve.proc.pid}".encode() in again.stderr
+    assert not serve.visible()

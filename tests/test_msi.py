@@ -109,6 +109,47 @@ def test_msi_custom_actions_set_up_and_clean_up_as_system(msi: dict[str, Path]) 
     assert sequence["MachineCleanup"]["Condition"] == 'REMOVE="ALL" AND NOT UPGRADINGPRODUCTCODE'
 
 
+def test_msi_exempts_classic_outlook_from_loopback_isolation_without_powershell(msi: dict[str, Path]) -> None:
+    """Issue #19.9: the MSI does what install.ps1 does for classic Outlook, with CheckNetIsolation run as
+    SYSTEM (an executable: no execution policy, signed or not), for the add-in container of the manifests
+    it carries, and removes it on uninstall."""
+    from addin.manifests import AddinSettings, loopback_container
+
+    container = loopback_container(AddinSettings())  # the manifests the build makes: localhost:8765, default id
+    assert container.startswith("1_https___localhost_8765")
+    actions = {r["Action"]: r for r in table(msi["msi"], "CustomAction")}
+    setter = actions["SetCheckNetIsolation"]
+    assert int(setter["Type"]) & 0x3F == 51 and setter["Source"] == "CHECKNETISOLATION"
+    assert setter["Target"] == r"[System64Folder]CheckNetIsolation.exe"
+    add, remove = actions["LoopbackExempt"], actions["LoopbackExemptRemove"]
+    for action in (add, remove):
+        kind = int(action["Type"])
+        assert kind & 0x3F == 50 and kind & 0x400 and kind & 0x800, kind  # exe from property, deferred, SYSTEM
+        assert action["Source"] == "CHECKNETISOLATION"
+    assert add["Target"] == f"LoopbackExempt -a -n={container}"
+    assert not int(add["Type"]) & 0x40  # a failed exemption fails the install (classic Outlook could not check)
+    assert remove["Target"] == f"LoopbackExempt -d -n={container}"
+    assert int(remove["Type"]) & 0x40  # uninstall goes on if it was already gone
+    sequence = {r["Action"]: r for r in table(msi["msi"], "InstallExecuteSequence")}
+    seq = {name: int(row["Sequence"]) for name, row in sequence.items()}
+    assert seq["SetCheckNetIsolation"] < seq["InstallInitialize"] < seq["LoopbackExempt"] < seq["InstallFinalize"]
+    assert seq["InstallInitialize"] < seq["LoopbackExemptRemove"] < seq["InstallFinalize"]
+    assert sequence["LoopbackExempt"]["Condition"] == 'NOT REMOVE="ALL"'
+    assert sequence["LoopbackExemptRemove"]["Condition"] == 'REMOVE="ALL" AND NOT UPGRADINGPRODUCTCODE'
+    # the same container as the script the package carries (install.ps1 runs that one)
+    extracted = msi["base"] / "extracted"
+    if not extracted.exists():
+        subprocess.run(["msiextract", "-C", str(extracted), str(msi["msi"])], check=True, capture_output=True)
+    (script,) = extracted.rglob("sendguard-loopback-exempt.ps1")
+    assert f'$Container = "{container}"' in script.read_text(encoding="ascii")
+
+
+def test_msi_build_refuses_manifests_without_the_loopback_step(tmp_path: Path) -> None:
+    (tmp_path / "outlook.xml").write_text("<x/>", encoding="utf-8")
+    with pytest.raises(bi.BuildError, match="sendguard-loopback-exempt.ps1 is missing"):
+        bi.loopback_container(tmp_path)
+
+
 def test_msi_build_refuses_a_linux_wheelhouse(msi: dict[str, Path], tmp_path: Path) -> None:
     linux = wheelhouse(tmp_path / "wh", "linux_x86_64-cp311")
     with pytest.raises(bi.BuildError, match="not Windows"):

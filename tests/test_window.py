@@ -236,3 +236,39 @@ def test_without_a_tray_the_window_offers_pause_and_quit(window: WindowProcess) 
     wait_until(lambda: window.evaluate("document.getElementById('pause').getAttribute('aria-pressed')") == "true")
     window.evaluate("document.getElementById('quit').click()")
     window.proc.wait(20)  # the helper ends; the message stays held for next time
+
+
+def test_status_line_says_what_sendguard_waits_for(home: Path) -> None:
+    """Issue #16: a confirmed message the mail service does not take is not silently gone: the window's
+    status line says SendGuard waits for the mail service (with its last answer), and clears once the
+    message went out. The sink here is the real Maildir, made unreachable as an unmounted share is."""
+    (home / "policy.toml").write_text(POLICY, encoding="utf-8")
+    (home / "config.toml").write_text("[retry]\nbase_seconds = 1.0\nmax_seconds = 2.0\n", encoding="utf-8")
+    sink = home / "sent"
+    sink.write_text("not a folder: the share is not mounted")
+    window = WindowProcess(home)
+    try:
+        port = window.ready["smtp_port"]
+        first = submit(port, "first", ["a@partner.example"], attachment=False)
+        window.wait("shown", id=first)
+        assert window.evaluate("document.getElementById('status').hidden") is True  # nothing waits yet
+        window.evaluate("SG.checkAll() && SG.send()")
+        status = window.wait("status", timeout=20)
+        assert [line["kind"] for line in status["lines"]] == ["retry"]
+        assert first in status["lines"][0]["ids"]
+        text = status["lines"][0]["text"]
+        assert "wait for the mail service" in text and "cannot write to the Maildir" in text
+        # the next message shows it in the window itself
+        second = submit(port, "second", ["b@partner.example"], attachment=False)
+        window.wait("shown", id=second)
+        shown = window.evaluate("(function(){var s=document.getElementById('status');"
+                                "return s.hidden ? null : s.textContent;})()")
+        assert shown is not None and "cannot write to the Maildir" in shown
+        assert window.evaluate("document.querySelector('#status li').getAttribute('data-kind')") == "retry"
+        sink.unlink()  # the share is back
+        cleared = window.wait("status", timeout=30)
+        assert cleared["lines"] == []
+        wait_until(lambda: window.evaluate("document.getElementById('status').hidden") is True)
+        assert len(list((sink / "new").glob("*"))) == 1  # sent once, when it could be
+    finally:
+        window.stop()

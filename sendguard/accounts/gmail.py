@@ -37,7 +37,7 @@ from ..mailboxes.gmail import (
     reconcile_mode,
     requested_scopes,
 )
-from ..outbox import Item, Outbox
+from ..outbox import FINAL_STATES, Item, Outbox, State
 
 # Sign-in: installed-app OAuth, or an admin's authorized-user file.
 
@@ -311,8 +311,7 @@ def submit_draft(outbox: Outbox, mailbox: GmailMailbox, draft_id: str) -> Item:
     """
     ref = f"draft:{draft_id}"
     existing = outbox.by_source_ref("gmail", ref)
-    finished = ("sent", "cancelled", "rejected", "expired")
-    if existing is not None and existing.state not in finished:
+    if existing is not None and existing.state not in FINAL_STATES:
         return existing
     held = mailbox.take_draft(draft_id)
     return outbox.submit(held.raw, held.envelope_from, list(held.recipients), source="gmail",
@@ -355,11 +354,11 @@ def check_and_send_command(draft_id: str, account_name: str | None) -> None:
     except SendGuardError as exc:
         raise click.ClickException(str(exc)) from None
     item_id, state = result.id, result.state
-    if state == "awaiting_confirmation":
+    if state == State.AWAITING_CONFIRMATION:
         then = f"confirm it in the SendGuard window or with `sendguard queue confirm {item_id}`"
-    elif state == "awaiting_approval":
+    elif state == State.AWAITING_APPROVAL:
         then = "it waits for approval"
-    elif state in ("confirmed", "approved"):
+    elif state in (State.CONFIRMED, State.APPROVED):
         then = "the SendGuard helper sends it"
     else:
         then = f"see `sendguard queue show {item_id}`"

@@ -624,7 +624,8 @@ class FakeGraph:
         out = {"@odata.context": f"{self.graph_endpoint}/$metadata#{path}", "value": page}
         if skip + top < len(items):
             # like Graph's, the link carries the query's other options ($filter, $select, $expand)
-            out["@odata.nextLink"] = f"{self.graph_endpoint}{path}?$top={top}&$skip={skip + top}" + "".join(
+            # ``path`` is the request's path, /v1.0 included: the link is absolute, as Graph's are
+            out["@odata.nextLink"] = f"{self.base}{path}?$top={top}&$skip={skip + top}" + "".join(
                 f"&{key}={quote(query[key])}" for key in ("$filter", "$select", "$expand") if key in query)
         return out
 
