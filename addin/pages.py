@@ -159,7 +159,7 @@ def confirm_page(item_id: str) -> Any:
         except (PermissionDenied, NotFound) as exc:
             return _error_page(403 if isinstance(exc, PermissionDenied) else 404, str(exc))
         grant_item(item_id)
-        keep = {"lang": request.args["lang"]} if request.args.get("lang") else {}
+        keep: dict[str, Any] = {"lang": request.args["lang"]} if request.args.get("lang") else {}
         return redirect(url_for("pages.confirm_page", item_id=item_id, **keep), code=303)
     who = principal()
     if who is None or not who.may_see(item_id):

@@ -66,4 +66,5 @@ class AppService(Protocol):
 
 def current_service() -> AppService | None:
     """The service of the running app, or None while it starts (``create_app()`` without one)."""
-    return current_app.config.get("SENDGUARD_SERVICE")  # type: ignore[no-any-return]
+    service: AppService | None = current_app.config.get("SENDGUARD_SERVICE")
+    return service

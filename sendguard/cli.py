@@ -112,7 +112,8 @@ class PluginGroup(click.Group):
         except click.UsageError:
             raise
         except click.ClickException as exc:
-            exc.message = localize(exc.message, _error_language())
+            # click declares the text Final; rewriting it keeps the exception's class and exit status
+            exc.message = localize(exc.message, _error_language())  # type: ignore[misc]
             raise
 
     def _plugins(self) -> dict[str, Any]:

@@ -128,8 +128,8 @@ def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str]
     attachments = [a for a in check.get("attachments", []) if a.get("id") not in removed_att]
     lines += ["", f"{g('Attachments')} ({len(attachments)}):"]
     for a in attachments:
-        flags = f" ({', '.join(a.get('flags', []))})" if a.get("flags") else ""
-        lines.append(f"  {a.get('filename')}  {a.get('size', 0)} B  {a.get('content_type', '')}{flags}")
+        marks = f" ({', '.join(a.get('flags', []))})" if a.get("flags") else ""
+        lines.append(f"  {a.get('filename')}  {a.get('size', 0)} B  {a.get('content_type', '')}{marks}")
     lines += ["", g(OPEN_LINK).format(deadline=deadline or "?"), link, ""]
     msg.set_content("\n".join(lines))
     return msg

@@ -14,6 +14,7 @@ transport what happened to anything found in ``releasing``.
 
 from __future__ import annotations
 
+import builtins  # `Outbox.list` shadows the builtin inside the class: annotations there say builtins.list
 import enum
 import hashlib
 import json
@@ -22,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,7 +286,7 @@ class Outbox:
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
     accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
-    listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    listeners: builtins.list[Callable[[Item], None]] = field(default_factory=list)
     local_approvers: bool = True  # False when a central server names the approvers (its own policy)
     # checks an approved message before release (central server: the server's signed decision)
     release_guard: Callable[[Item], None] | None = None
@@ -304,7 +305,8 @@ class Outbox:
             raise NotFound(f"no message {item_id!r} in the outbox (see `sendguard queue list`)")
         return Item.from_row(row, with_bodies)
 
-    def list(self, states: Iterable[str] | None = None, owner: str | None = None, limit: int = 1000) -> list[Item]:
+    def list(self, states: Iterable[str] | None = None, owner: str | None = None,
+             limit: int = 1000) -> builtins.list[Item]:
         cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
         query = select(*cols).order_by(outbox.c.created_at.desc()).limit(limit)
         if states:
@@ -420,7 +422,8 @@ class Outbox:
         return self.receive_many([Incoming(raw, envelope_from, list(recipients), source, source_ref, account,
                                            actor)])[0][0]
 
-    def receive_many(self, incoming: list[Incoming], check: bool = False) -> list[tuple[str, str]]:
+    def receive_many(self, incoming: builtins.list[Incoming],
+                     check: bool = False) -> builtins.list[tuple[str, str]]:
         """Commit several received messages in one transaction (group commit: one fsync for all).
 
         With ``check``, each message of at most ``INTAKE_CHECK_MAX_BYTES`` is checked before the commit
@@ -431,15 +434,15 @@ class Outbox:
         """
         now = self.clock()
         policy = self.policy() if check else None
-        out: list[tuple[str, str]] = []
+        out: builtins.list[tuple[str, str]] = []
         rows = []
-        records: list[tuple[str, str, str | None, dict[str, Any]]] = []
+        records: builtins.list[tuple[str, str, str | None, dict[str, Any]]] = []
         for msg in incoming:
             item_id = new_id()
             envelope = [r.strip() for r in msg.recipients]
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
             sender = (msg.envelope_from or "").lower()
-            values = {
+            values: dict[str, Any] = {
                 "id": item_id, "state": State.RECEIVED.value, "source": msg.source, "source_ref": msg.source_ref,
                 "account": msg.account, "owner": sender, "envelope_from": msg.envelope_from or "",
                 "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
@@ -481,7 +484,7 @@ class Outbox:
         return checks.evaluate(parsed, policy or self.policy(), known, self.gettext, history=self.history(parsed),
                                accounts=tuple(self.accounts()))
 
-    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: list[str], policy: Policy) -> _Verdict:
+    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str], policy: Policy) -> _Verdict:
         """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
 
         Fails closed: an unreadable message or a failing rule holds the message for the user.
@@ -507,7 +510,7 @@ class Outbox:
         )
         audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
                  "force_bcc": result.force_bcc}
-        values = {"check_result": result.to_json(), "sender": result.message.sender,
+        values: dict[str, Any] = {"check_result": result.to_json(), "sender": result.message.sender,
                   "owner": result.message.sender, "subject": result.message.subject}
         decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
         _policy_changes(decision, values["check_result"])  # auto Cc/Bcc added, opted-out removed
@@ -537,7 +540,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
-                bcc: bool = False, actor: str = "user", checked: dict[str, list[str]] | None = None,
+                bcc: bool = False, actor: str = "user", checked: dict[str, builtins.list[str]] | None = None,
                 reconfirmed: bool = False) -> Item:
         """The user's Send: apply removals and Bcc, re-check, then hold for approval or release.
 
@@ -577,8 +580,8 @@ class Outbox:
         return self._confirm(item_id, (State.AWAITING_CONFIRMATION,), decision, actor, checked=checked,
                              reconfirmed=reconfirmed)
 
-    def _confirm(self, item_id: str, allowed: tuple[str, ...], decision: Decision, actor: str,
-                 checked: dict[str, list[str]] | None, verdict: dict[str, Any] | None = None,
+    def _confirm(self, item_id: str, allowed: Collection[State], decision: Decision, actor: str,
+                 checked: dict[str, builtins.list[str]] | None, verdict: dict[str, Any] | None = None,
                  reconfirmed: bool = False) -> Item:
         item = self.get(item_id, with_bodies=True)
         if item.state not in allowed:
@@ -632,7 +635,7 @@ class Outbox:
             )
         return item
 
-    def reroute_approvals(self, policy: Policy) -> list[Item]:
+    def reroute_approvals(self, policy: Policy) -> builtins.list[Item]:
         """Held messages follow the policy's approvers: when they change, each waiting message is
         handed to its new approvers (who are then emailed like any other)."""
         moved = []
@@ -682,7 +685,7 @@ class Outbox:
                              f"`sendguard queue show {item.id}` in a moment")
 
     # ------------------------------------------------------------------ release
-    def due(self) -> list[Item]:
+    def due(self) -> builtins.list[Item]:
         """Items ready to go now: confirmed (no approval needed, undo window over), approved, failed to retry."""
         now = self.clock()
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
@@ -692,7 +695,7 @@ class Outbox:
         items = [Item.from_row(r) for r in rows]
         return [i for i in items if not (i.state == State.CONFIRMED and (i.decision or {}).get("needs_approval"))]
 
-    def release_due(self) -> list[Item]:
+    def release_due(self) -> builtins.list[Item]:
         released = []
         for item in self.due():
             try:
@@ -790,7 +793,7 @@ class Outbox:
                                {"error": error, "retry_in": backoff}, last_error=error,
                                release_after=self.clock() + backoff)
 
-    def reconcile(self) -> list[Item]:
+    def reconcile(self) -> builtins.list[Item]:
         """At start-up: ask about everything left in ``releasing`` (and re-check ``received``).
 
         Whatever cannot be settled now stays ``releasing`` and is asked about again by the worker
@@ -801,7 +804,7 @@ class Outbox:
             settled.append(self.process(item.id))
         return settled
 
-    def reconcile_due(self) -> list[Item]:
+    def reconcile_due(self) -> builtins.list[Item]:
         """Every worker turn: interrupted sends whose wait is over (back-off, or a dead sender's lease)."""
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
             outbox.c.state == State.RELEASING.value, outbox.c.release_after <= self.clock())
@@ -809,7 +812,7 @@ class Outbox:
             rows = conn.execute(query.order_by(outbox.c.updated_at)).all()
         return self._reconcile([Item.from_row(r) for r in rows]) if rows else []
 
-    def _reconcile(self, items: list[Item]) -> list[Item]:
+    def _reconcile(self, items: builtins.list[Item]) -> builtins.list[Item]:
         settled = []
         with self._release_lock:  # nothing of ours is mid-send while we ask
             for item in items:
@@ -879,7 +882,7 @@ class Outbox:
         return self.get(item.id)
 
     # ------------------------------------------------------------------ housekeeping
-    def expire_due(self) -> list[Item]:
+    def expire_due(self) -> builtins.list[Item]:
         now = self.clock()
         with self.store.engine.connect() as conn:
             ids = [r[0] for r in conn.execute(select(outbox.c.id).where(
@@ -957,7 +960,7 @@ class Outbox:
         self._notify(item_id)
         return self.get(item_id)
 
-    def returns_due(self) -> list[Item]:
+    def returns_due(self) -> builtins.list[Item]:
         """Items taken from a server Outbox that ended unsent and are not yet back in the user's Drafts."""
         returned = select(audit.c.item_id).where(audit.c.event == "returned_to_drafts", audit.c.item_id.isnot(None))
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
