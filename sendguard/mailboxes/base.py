@@ -102,6 +102,10 @@ class Mailbox(Protocol):
 
     def find_sent(self, message_id: str) -> bool | None: ...
 
+    def close(self) -> None:
+        """Let go of connections (the helper stops); a later call connects again."""
+        ...
+
 
 @runtime_checkable
 class HoldingMailbox(Mailbox, Protocol):

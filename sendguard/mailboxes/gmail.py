@@ -504,6 +504,10 @@ class GmailMailbox:
             detail["reconciled"] = True
         return ReleaseReceipt("gmail", detail)
 
+    def close(self) -> None:
+        """Drop the API client (and its HTTP connections); the next call builds it again."""
+        self._service = None
+
     def find_sent(self, message_id: str) -> bool | None:
         """Whether a message with this Message-ID is in the account's Sent mail.
 

@@ -66,12 +66,9 @@ def for_sender(cfg: Config, sender: str, home: Path) -> Mailbox:
     return build(account, home) if account else default_sink(home)
 
 
-def _close(box: object) -> None:
-    close = getattr(box, "close", None)  # connectors without a connection have nothing to close
-    if close is None:
-        return
+def _close(box: Mailbox) -> None:
     try:
-        close()
+        box.close()
     except Exception:  # closing is tidying up; a connection that is already gone is fine
         log.debug("closing connector %s failed", getattr(box, "name", box), exc_info=True)
 

@@ -106,5 +106,8 @@ class SmtpRelay:
             raise TransientError(f"cannot reach the SMTP relay {where}: {exc}; will retry") from None
         return ReleaseReceipt("smtp", {"relay": where, "refused": sorted(refused)})
 
+    def close(self) -> None:
+        """Nothing to let go of: every release is a connection of its own."""
+
     def find_sent(self, message_id: str) -> bool | None:
         return None
