@@ -53,7 +53,8 @@ ADDIN_TOKEN_MAX_AGE = 12 * 3600
 PICKUP_SECONDS = 10.0  # a check no helper takes within this is refused: the helper is not connected
 ADDIN_WAITING_SECONDS = 5.0
 MAX_WAIT = 30.0
-TICK = 0.2
+TICK = 0.1  # how often a waiting request looks at the database (waiting requests are bounded: see above)
+SEEN_EVERY = 1.0  # how often a waiting add-in poll records that the add-in is still there
 KEEP_SECONDS = 24 * 3600
 POLLS_PER_USER = 4  # waiting requests of one signed-in user's add-ins together
 RELAY_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as relay_check makes them
@@ -221,20 +222,27 @@ def _hand_over(user: str, data: dict[str, Any]) -> Any:
 
 @bp.get(f"{API_PATH}/api/v1/outbox/<relay_id>")
 def relay_poll(relay_id: str) -> Any:
-    """Long-poll: answers when the helper reports a new state, or after ``wait`` seconds."""
+    """Long-poll: answers at once with an outcome (a state the add-in does not wait in, as the helper's
+    own ``GET /api/v1/outbox/{id}?wait=`` does), else when the helper reports news, or after ``wait``."""
     user, key = _relay_caller()
     wait = _wait_seconds()
     row = _row(relay_id, user)
     seen_version = row["version"]
     deadline = time.monotonic() + wait
+    seen_at = 0.0
     with _waiting(key, user) if wait else nullcontext():
         while True:
-            with _db().transaction() as conn:  # the add-in is still there: the helper hands it back to Outlook
-                conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(addin_seen=time.time()))
-            if row["version"] != seen_version or row["state"] in ("cancelled", "expired") or \
-                    time.monotonic() >= deadline:
-                return jsonify(_answer(row))
-            time.sleep(min(TICK * 2, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() - seen_at >= SEEN_EVERY:  # the add-in is still there: the helper hands it back
+                seen_at = time.monotonic()
+                with _db().transaction() as conn:
+                    conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id)
+                                 .values(addin_seen=time.time()))
+            answer = _answer(row)
+            # news, or an outcome the add-in acts on (it may have come before this poll), or time is up
+            if row["version"] != seen_version or answer["state"] not in AWAITING_OUTCOME or \
+                    row["state"] in ("cancelled", "expired") or time.monotonic() >= deadline:
+                return jsonify(answer)
+            time.sleep(min(TICK, max(0.0, deadline - time.monotonic())))
             row = _row(relay_id, user)
 
 

@@ -11,7 +11,8 @@ from importlib import import_module
 from pathlib import Path
 
 MODULES = ("bench.smtp_product", "bench.core", "bench.inspection", "bench.window_latency", "bench.serve_window",
-           "bench.scale", "bench.central_server", "bench.outlook_send", "bench.soak")
+           "bench.scale", "bench.central_server", "bench.outlook_send",
+           "bench.outlook_relay", "bench.soak")
 RESULTS = Path(__file__).parent / "results"
 
 

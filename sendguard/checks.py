@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import detect
 from .i18n import _
 from .message import Attachment, ParsedMessage, Recipient
 from .policy import Policy
 from .rules import content, recipients
+
+if TYPE_CHECKING:
+    from .directory import ListLookup
 
 ACTION_RANK = {"allow": 0, "confirm": 1, "reconfirm": 2, "approve": 3, "block": 4}
 RECIPIENT_FLAGS = ("external", "trusted", "new_domain", "lookalike", "display_name_mismatch", "blocked", "idn",
@@ -52,6 +55,10 @@ MESSAGES = {
     "sender_account": _("You are sending from {target}, which is not one of your organization's accounts"),
     "distribution_list": _("{target} is a distribution list ({count} members, shown under it)"),
     "distribution_list_unexpanded": _("{target} is a distribution list whose members SendGuard cannot see"),
+    "distribution_list_unseen": _("{target} is a distribution list whose members SendGuard cannot see ({why})"),
+    "distribution_list_partial": _("{target} is a distribution list that SendGuard could not expand in full ({why})"),
+    "distribution_list_unknown": _("SendGuard could not ask {source} whether {target} is a distribution list "
+                                   "({why}): check who receives it"),
     "bulk_unsubscribe": _("Bulk mail to {target} external recipients without an opt-out "
                           "(List-Unsubscribe header or unsubscribe text)"),
     "address_rule": _("{target} matches an address rule of your organization"),
@@ -94,6 +101,10 @@ class RecipientResult:
     flags: list[str] = field(default_factory=list)
     list_address: str = ""  # for a list member: the list it was expanded from
     is_list: bool = False
+    list_size: int = 0  # members the directory gave for a list
+    list_problem: str = ""  # why a list could not be expanded (in full), or why the directory could not say
+    list_source: str = ""  # the directory that answered ("Exchange", "Microsoft Graph")
+    list_unknown: bool = False  # the directory could not be asked whether this is a list
 
     @property
     def external(self) -> bool:
@@ -163,8 +174,10 @@ def _lookalike(domain: str, known: tuple[str, ...]) -> str | None:
 
 class _Context:
     def __init__(self, msg: ParsedMessage, policy: Policy, known_domains: Collection[str],
-                 gettext: Callable[[str], str], history: History, accounts: Collection[str]):
+                 gettext: Callable[[str], str], history: History, accounts: Collection[str],
+                 lists: Mapping[str, ListLookup] | None = None):
         self.msg = msg
+        self.lists = lists or {}  # the directory's answers for recipients (Exchange/Graph lists)
         self.policy = policy
         self.known_domains = known_domains
         self.gettext = gettext
@@ -357,14 +370,15 @@ def _personal_data(ctx: _Context) -> None:
 def _keywords(ctx: _Context) -> None:
     gettext = ctx.gettext
     for kw in ctx.policy.keywords:
+        message = kw.message or None
         if kw.regex.search(ctx.msg.subject) or kw.regex.search(ctx.msg.body_text):
-            ctx.add("keyword", kw.action, gettext(KIND_NAMES["body"]), pattern=kw.pattern)
+            ctx.add("keyword", kw.action, gettext(KIND_NAMES["body"]), message, pattern=kw.pattern)
         for res in ctx.attachments:
             a = res.attachment
             if kw.regex.search(a.filename) or (a.text and kw.regex.search(a.text)):
                 if "keyword" not in res.flags:
                     res.flags.append("keyword")
-                ctx.add("keyword", kw.action, a.filename, pattern=kw.pattern)
+                ctx.add("keyword", kw.action, a.filename, message, pattern=kw.pattern)
 
 
 RULES: tuple[Callable[[_Context], None], ...] = (
@@ -386,13 +400,15 @@ def evaluate(
     *,
     history: History | None = None,
     accounts: Collection[str] = (),
+    lists: Mapping[str, ListLookup] | None = None,
 ) -> CheckResult:
     """Run every rule and return the check result.
 
     ``known_domains``: recipient domains found in the sent-to history; ``history``: all sent-to
-    domains and the thread this message answers; ``accounts``: the user's configured sending addresses.
+    domains and the thread this message answers; ``accounts``: the user's configured sending addresses;
+    ``lists``: what the mail server's directory said about recipients (``sendguard.directory``).
     """
-    ctx = _Context(msg, policy, known_domains, gettext, history or History(), accounts)
+    ctx = _Context(msg, policy, known_domains, gettext, history or History(), accounts, lists)
     for rule in RULES:
         rule(ctx)
     action = max((r.action for r in ctx.reasons), key=ACTION_RANK.__getitem__, default="allow")

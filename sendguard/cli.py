@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, audit, checks, paths, secrets
+from . import __version__, audit, checks, directory, paths, secrets
 from . import accounts as account_setup
 from . import config as configmod
 from . import message as msgmod
@@ -234,13 +234,20 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
     gettext = ctx.gettext()
     try:
         accounts = [a.address for a in ctx.config.accounts if a.address]
+        lists = directory.for_accounts(ctx.config.accounts, paths.home())  # as the helper asks its directory
     except SendGuardError:
-        accounts = []
-    if paths.database_file().exists():  # the sent-to history and released threads count too
-        result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts) \
-            .evaluate_parsed(parsed, pol).to_json()
-    else:
-        result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts).to_json()
+        accounts, lists = [], None
+    try:
+        if paths.database_file().exists():  # the sent-to history and released threads count too
+            result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts, directory=lists) \
+                .evaluate_parsed(parsed, pol).to_json()
+        else:
+            answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol,
+                                            marked=parsed.marked_lists)
+            result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts, lists=answers).to_json()
+    finally:
+        if lists is not None:
+            lists.close()
     if as_json:
         echo_json(result)
     else:
@@ -704,8 +711,9 @@ def policy_export(out: Path, policy_path: Path | None) -> None:
 
 @policy_group.command("import")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.option("--from", "source_format", type=click.Choice(["sendguard", "flexconfirmmail"]), default="sendguard",
-              help="sendguard: a zip from `sendguard policy export`; flexconfirmmail: its configuration folder.")
+@click.option("--from", "source_format", type=click.Choice(["sendguard", "flexconfirmmail", "outlookokan"]),
+              default="sendguard", help="sendguard: a zip from `sendguard policy export`; flexconfirmmail: its "
+              "configuration folder; outlookokan: its settings folder (%APPDATA%\\Noraneko\\OutlookOkan).")
 @user_errors
 def policy_import(bundle: Path, source_format: str) -> None:
     """Validate a bundle from `sendguard policy export` (or another tool's settings), then use it."""
@@ -718,10 +726,35 @@ def policy_import(bundle: Path, source_format: str) -> None:
         click.echo(f"{paths.policy_file()}: imported from FlexConfirmMail ({len(loaded.internal_domains)} internal "
                    f"domains, {len(loaded.address_rules)} address rules, {len(loaded.keywords)} keywords)")
         return
+    if source_format == "outlookokan":
+        _import_outlookokan(bundle)
+        return
     if bundle.is_dir():
         raise click.ClickException(f"{bundle} is a folder: give the zip from `sendguard policy export`")
     loaded = policy_bundle.import_bundle(bundle, paths.home())
     click.echo(f"{paths.policy_file()}: imported ({len(loaded.contacts)} contacts, {len(loaded.lists)} lists, "
+               f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
+
+
+@policy_group.command("import-outlookokan")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@user_errors
+def policy_import_outlookokan(folder: Path) -> None:
+    """Same as `policy import --from outlookokan FOLDER`: OutlookOkan's CSV settings into the policy."""
+    _import_outlookokan(folder)
+
+
+def _import_outlookokan(folder: Path) -> None:
+    from . import outlookokan
+
+    loaded, report = outlookokan.import_folder(folder, paths.home())
+    for line in report.mapped:
+        click.echo(f"mapped: {line}")
+    for line in report.not_mapped:
+        click.echo(f"not mapped: {line}")
+    click.echo(f"{paths.policy_file()}: imported from OutlookOkan ({len(loaded.internal_domains)} internal domains, "
+               f"{len(loaded.address_rules)} address rules, {len(loaded.keywords)} keywords, {len(loaded.auto_cc)} "
+               f"automatic Cc/Bcc rules, {len(loaded.contacts)} contacts, "
                f"{len(loaded.suppression.addresses) + len(loaded.suppression.domains)} opt-out entries)")
 
 

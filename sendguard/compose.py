@@ -15,6 +15,7 @@ from email.message import EmailMessage
 from typing import Any, cast
 
 from .errors import MessageError
+from .message import LISTS_HEADER
 
 
 def _address(entry: Any, where: str) -> Address:
@@ -38,6 +39,7 @@ def from_fields(data: dict[str, Any]) -> tuple[bytes, str, list[str]]:
     if sender:
         msg["From"] = sender
     recipients: list[str] = []
+    lists: list[str] = []  # what the client marks as distribution lists ({"list": true})
     for field in ("to", "cc", "bcc"):
         entries = data.get(field) or []
         if not isinstance(entries, list):
@@ -46,11 +48,14 @@ def from_fields(data: dict[str, Any]) -> tuple[bytes, str, list[str]]:
         if addrs and field != "bcc":
             msg[field.title()] = addrs
         recipients += [a.addr_spec for a in addrs]
+        lists += [a.addr_spec for e, a in zip(entries, addrs, strict=True) if isinstance(e, dict) and e.get("list") is True]
     if not recipients:
         raise MessageError("the message has no recipients: add To, Cc or Bcc addresses")
     bcc = [_address(e, "bcc").addr_spec for e in data.get("bcc") or []]
     if bcc:
         msg["Bcc"] = ", ".join(bcc)
+    if lists:
+        msg[LISTS_HEADER] = ", ".join(dict.fromkeys(lists))
     msg["Subject"] = " ".join(str(data.get("subject") or "").splitlines())
     msg["Date"] = email.utils.formatdate(localtime=True)
     message_id = data.get("internetMessageId")

@@ -180,6 +180,11 @@ def _accounts(path: Path, text: str, value: Any) -> list[Account]:
             raise ConfigError(str(path), f"unknown kind {entry['kind']!r}; one of {', '.join(ACCOUNT_KINDS)}",
                               tomlfile.line_of(text, "accounts.kind"), f"{where}.kind")
         settings = {k: v for k, v in entry.items() if k not in ("name", "kind", "address")}
+        if "expand_lists" in settings and (not isinstance(settings["expand_lists"], bool)
+                                           or entry["kind"] not in ("exchange", "graph")):
+            raise ConfigError(str(path), "expand_lists is true or false, for exchange and graph accounts only "
+                                         "(it lets SendGuard ask the server who is on a distribution list)",
+                              tomlfile.line_of(text, "accounts.expand_lists"), f"{where}.expand_lists")
         out.append(Account(entry["name"], entry["kind"], str(entry.get("address", "")), settings))
     return out
 

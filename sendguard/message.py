@@ -61,6 +61,10 @@ class Attachment:
     uninspected: str = ""  # why the content could not be read for checks (fail closed), or ""
 
 
+# Set by compose.from_fields for the recipients the Outlook add-in reports as distribution lists.
+LISTS_HEADER = "X-SendGuard-Distribution-Lists"
+
+
 @dataclass
 class ParsedMessage:
     message_id: str
@@ -76,6 +80,9 @@ class ParsedMessage:
     in_reply_to: tuple[str, ...] = ()  # Message-IDs this message answers (In-Reply-To, then References)
     list_unsubscribe: str = ""
     precedence: str = ""
+    # recipients the mail client itself marks as distribution lists (the Outlook add-in: Office.js
+    # recipientType "distributionList"), from LISTS_HEADER; it can only make a recipient a list
+    marked_lists: tuple[str, ...] = ()
 
     @property
     def sender(self) -> str:
@@ -549,6 +556,7 @@ def parse(
         in_reply_to=tuple(dict.fromkeys(thread))[:100],
         list_unsubscribe=_safe_header(msg, "list-unsubscribe").strip(),
         precedence=_safe_header(msg, "precedence").strip().lower(),
+        marked_lists=tuple(a.strip().lower() for a in _safe_header(msg, LISTS_HEADER).split(",") if "@" in a),
     )
 
 

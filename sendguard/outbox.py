@@ -29,7 +29,8 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from . import checks, faults, message
+from . import checks, directory, faults, message
+from .directory import Directory, ListLookup
 from .errors import MessageError, NeedsReconfirmation, NotFound, PermissionDenied, StateError
 from .i18n import _
 from .mailboxes import _retry
@@ -286,6 +287,8 @@ class Outbox:
     clock: Callable[[], float] = time.time
     gettext: Callable[[str], str] = str
     accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
+    # the mail server's directory (Exchange ExpandDL, Graph groups): which recipients are lists
+    directory: Directory | None = None  # (the field shadows the module inside the class: names imported)
     listeners: builtins.list[Callable[[Item], None]] = field(default_factory=list)
     local_approvers: bool = True  # False when a central server names the approvers (its own policy)
     # checks an approved message before release (central server: the server's signed decision)
@@ -452,8 +455,12 @@ class Outbox:
                 "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
                 "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}))
             if policy is not None and len(msg.raw) <= INTAKE_CHECK_MAX_BYTES:
-                verdict = self._verdict(msg.raw, msg.envelope_from, envelope, policy)
-                if verdict.hold:
+                try:  # the directory is never asked before the 250: a list not known yet waits for the worker
+                    verdict: _Verdict | None = self._verdict(msg.raw, msg.envelope_from, envelope, policy,
+                                                             cached_only=True)
+                except directory.NotCached:
+                    verdict = None
+                if verdict is not None and verdict.hold:
                     # the step "hold", taken in the intake transaction itself
                     values.update(verdict.values, state=_HOLD.target.value)
                     records.append((_HOLD.event, "policy", item_id,
@@ -474,23 +481,36 @@ class Outbox:
         return self.process(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
-                 policy: Policy | None = None) -> checks.CheckResult:
+                 policy: Policy | None = None, cached_only: bool = False) -> checks.CheckResult:
         parsed = message.parse(raw, envelope_from, recipients)
-        return self.evaluate_parsed(parsed, policy)
+        return self.evaluate_parsed(parsed, policy, cached_only)
 
-    def evaluate_parsed(self, parsed: message.ParsedMessage, policy: Policy | None = None) -> checks.CheckResult:
-        """Check a parsed message with the sent-to history, the thread and the user's accounts."""
+    def evaluate_parsed(self, parsed: message.ParsedMessage, policy: Policy | None = None,
+                        cached_only: bool = False) -> checks.CheckResult:
+        """Check a parsed message with the sent-to history, the thread, the user's accounts and what the
+        directory says about lists (``cached_only``: raise ``directory.NotCached`` rather than ask it)."""
+        policy = policy or self.policy()
         known = self.known_domains(r.domain for r in parsed.recipients)
-        return checks.evaluate(parsed, policy or self.policy(), known, self.gettext, history=self.history(parsed),
-                               accounts=tuple(self.accounts()))
+        return checks.evaluate(parsed, policy, known, self.gettext, history=self.history(parsed),
+                               accounts=tuple(self.accounts()),
+                               lists=self.directory_lists(parsed, policy, cached_only))
 
-    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str], policy: Policy) -> _Verdict:
+    def directory_lists(self, parsed: message.ParsedMessage, policy: Policy,
+                        cached_only: bool = False) -> dict[str, ListLookup]:
+        """The directory's answers for the recipients it can know (ours, not already in lists.csv)."""
+        return directory.answers_for(self.directory, [r.address for r in parsed.recipients], policy, cached_only,
+                                     marked=parsed.marked_lists)
+
+    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str], policy: Policy,
+                 cached_only: bool = False) -> _Verdict:
         """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
 
         Fails closed: an unreadable message or a failing rule holds the message for the user.
         """
         try:
-            result = self.evaluate(raw, envelope_from, envelope_to, policy)
+            result = self.evaluate(raw, envelope_from, envelope_to, policy, cached_only)
+        except directory.NotCached:
+            raise
         except MessageError as exc:
             return _Verdict(True, {"action": "confirm", "error": str(exc)}, {
                 "last_error": str(exc),

@@ -42,6 +42,7 @@ class Keyword:
     pattern: str
     action: str
     regex: re.Pattern[str]
+    message: str = ""  # shown as the reason instead of the catalog's text (e.g. an imported alert)
 
 
 @dataclass(frozen=True)
@@ -525,14 +526,18 @@ class _Validator:
             action = entry.get("action", "confirm")
             if action not in ACTIONS:
                 raise self.fail(f"{key}.action", f"{action!r} is not one of {', '.join(ACTIONS)}")
-            extra = set(entry) - {"pattern", "action"}
+            extra = set(entry) - {"pattern", "action", "message"}
             if extra:
-                raise self.fail(f"{key}.{sorted(extra)[0]}", "unknown setting; a keyword has pattern and action")
+                raise self.fail(f"{key}.{sorted(extra)[0]}",
+                                "unknown setting; a keyword has pattern, action and message")
+            message = entry.get("message", "")
+            if not isinstance(message, str):
+                raise self.fail(f"{key}.message", f"expected text, got {message!r}")
             try:
                 regex = re.compile(entry["pattern"], re.IGNORECASE)
             except re.error as exc:
                 raise self.fail(f"{key}.pattern", f"bad regular expression {entry['pattern']!r}: {exc}") from None
-            out.append(Keyword(entry["pattern"], action, regex))
+            out.append(Keyword(entry["pattern"], action, regex, message.strip()))
         return tuple(out)
 
 

@@ -111,12 +111,13 @@ def apply(
     if not recipients:
         raise MessageError("no recipients left after the removals: cancel the message instead")
     changed = bool(removed or decision.bcc or decision.removed_attachments or msg.get("bcc") is not None
-                   or not msg.get("message-id") or decision.added_cc)
+                   or not msg.get("message-id") or decision.added_cc or msg.get(msgmod.LISTS_HEADER) is not None)
     if not changed:
         return raw, recipients, sorted(set(bcc))
     _set_addresses(msg, "To", to)
     _set_addresses(msg, "Cc", cc)
     del msg["Bcc"]
+    del msg[msgmod.LISTS_HEADER]  # SendGuard's own note to itself never goes out
     if not to:
         msg["To"] = "undisclosed-recipients:;"
     if not msg.get("message-id"):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import audit, notify, paths, runtime
 from . import config as configmod
+from . import directory as directorymod
 from .addin_relay import AddinRelay
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
@@ -61,9 +62,12 @@ class Helper:
         _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
                          self.config.retry_inline_wait_seconds)
         # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
+        # distribution lists from the server's directory, for accounts set up with --expand-lists
+        self.directory = directorymod.for_accounts(self.config.accounts, self.home)
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
                              gettext=self.gettext,
-                             accounts=lambda: [a.address for a in self.config.accounts if a.address])
+                             accounts=lambda: [a.address for a in self.config.accounts if a.address],
+                             directory=self.directory)
         self.addin_presence = AddinPresence()  # the Outlook add-in still waiting to send an item itself?
         self.outbox.outlook_waiting = self.addin_presence.waiting
         # approvals: embedded in this database, or on the central server when [server] url is set
@@ -181,6 +185,8 @@ class Helper:
             self._watcher.join(15)
         self.connectors.close()
         self.save_checkpoint()
+        if self.directory is not None:
+            self.directory.close()
         self.store.close()
 
     def save_checkpoint(self) -> None:

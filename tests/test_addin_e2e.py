@@ -53,7 +53,8 @@ FAKE_OFFICE_JS = r"""
   function field(name) {
     return {
       getAsync: function (cb) { later(name + ".getAsync", cb, state[name].slice()); },
-      setAsync: function (list, cb) { state[name] = list.slice(); later(name + ".setAsync", cb); }
+      setAsync: function (list, cb) { state[name] = list.slice(); later(name + ".setAsync", cb); },
+      addAsync: function (list, cb) { state[name] = state[name].concat(list); later(name + ".addAsync", cb); }
     };
   }
   window.__sg = {state: state, handlers: {}, completed: null};
@@ -92,7 +93,7 @@ def _spki_pin(cert_path: Path) -> str:
 
 
 @pytest.fixture
-def helper(tmp_path, monkeypatch):
+def helper(request, tmp_path, monkeypatch):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make test installs it)")
     from desktop.runner import Runner
@@ -100,7 +101,7 @@ def helper(tmp_path, monkeypatch):
     home = tmp_path / "helper-home"
     home.mkdir()
     monkeypatch.setenv("SENDGUARD_HOME", str(home))
-    (home / "policy.toml").write_text(POLICY, encoding="utf-8")
+    (home / "policy.toml").write_text(getattr(request, "param", POLICY), encoding="utf-8")
     certs.ensure_certificates(home)
     runner = Runner(home, smtp_port=0, api_port=0).start()
     try:
@@ -199,6 +200,40 @@ def test_outlook_send_confirmed_in_sendguard(helper, outlook_page):
     assert [r["emailAddress"] for r in state["to"]] == ["x@partner.example"]
     assert [r["emailAddress"] for r in state["cc"]] == ["hanako@example.co.jp"]
     assert api.call("GET", f"/api/v1/outbox/{summary['id']}")["state"] == "sent"
+
+
+AUTO_CC_POLICY = POLICY + """
+[[rules.auto_cc]]
+when_recipient = ["*@partner.example"]
+cc = ["boss@example.co.jp"]
+bcc = ["archive@example.co.jp"]
+"""
+
+
+@pytest.mark.parametrize("helper", [AUTO_CC_POLICY], indirect=True)
+def test_outlook_send_gets_the_recipients_the_policy_adds(helper, outlook_page):
+    """[[rules.auto_cc]] on mail Outlook sends itself: the helper's decision names the added Cc/Bcc and
+    the add-in puts them on the Outlook item (Recipients.addAsync), so what Outlook sends is what the
+    window showed."""
+    page = outlook_page
+    api = Api(helper.base_url, helper.home)
+    _press_send(page)
+    summary = api.wait_for_held()
+    item = api.call("GET", f"/api/v1/outbox/{summary['id']}")
+    added = {r["address"]: r for r in item["check"]["recipients"] if "auto_added" in r["flags"]}
+    assert {a: r["field"] for a, r in added.items()} == {"boss@example.co.jp": "cc", "archive@example.co.jp": "bcc"}
+
+    api.call("POST", f"/api/v1/outbox/{summary['id']}/confirm", {"actor": "window"})
+
+    assert _completed(page) == {"allowEvent": True}
+    state = page.evaluate("() => window.__sg.state")
+    assert [r["emailAddress"] for r in state["cc"]] == ["hanako@example.co.jp", "boss@example.co.jp"]
+    assert [r["emailAddress"] for r in state["bcc"]] == ["archive@example.co.jp"]
+    assert "cc.addAsync" in state["calls"] and "bcc.addAsync" in state["calls"]
+    done = api.call("GET", f"/api/v1/outbox/{summary['id']}")
+    assert done["state"] == "sent"
+    assert done["decision"]["added_cc"] == ["boss@example.co.jp"]
+    assert done["decision"]["added_bcc"] == ["archive@example.co.jp"]
 
 
 def test_outlook_send_cancelled_in_sendguard(helper, outlook_page):

@@ -273,3 +273,44 @@ def test_addin_gone_before_the_user_confirms_is_not_recorded_as_sent(server, hel
         helper.outbox.get(item.id)), timeout=30)
     assert done.state == "needs_attention"
     assert "Open it from Drafts" in (done.last_error or "")
+
+
+def test_poll_answers_at_once_when_the_helper_already_reported_the_outcome(server, tenant):
+    """The helper's outcome can reach the server between the check's answer and the add-in's first
+    poll: the poll must answer with it at once, like the helper's own API, not wait for a further
+    change (the send waited a whole long poll, past Outlook's 5 s notice, for a message already allowed)."""
+    import requests
+
+    session = requests.post(f"{server.url}/relay/api/v1/addin/session", timeout=10,
+                            headers={"Authorization": f"Bearer {tenant.token()}", "Origin": server.url}).json()
+    addin = {"Authorization": f"Bearer {session['token']}", "Origin": server.url}
+    helper = {"Authorization": f"Bearer {server.token(USER)}"}
+    answer: dict = {}
+    check = {"source": "outlook", "from": {"address": USER}, "to": [{"address": "x@partner.example"}],
+             "subject": "s", "body": "b"}
+    submit = threading.Thread(target=lambda: answer.update(r=requests.post(
+        f"{server.url}/relay/api/v1/checks", json=check, headers=addin, timeout=30)))
+    submit.start()
+    taken = wait_for(lambda: requests.get(f"{server.url}/api/v1/central/relay/pending?wait=1", headers=helper,
+                                          timeout=10).json())
+    relay_id = taken[0]["id"]
+
+    def report(state: str) -> None:
+        r = requests.post(f"{server.url}/api/v1/central/relay/{relay_id}/status", json={"state": state},
+                          headers=helper, timeout=10)
+        assert r.status_code == 200, r.text
+
+    report("awaiting_confirmation")
+    submit.join(30)
+    assert answer["r"].status_code == 201 and answer["r"].json()["state"] == "awaiting_confirmation"
+    report("sent")  # the user confirmed at once, before the add-in asked again
+    for _ in range(2):  # and asking again is answered at once too
+        started = time.monotonic()
+        polled = requests.get(f"{server.url}/relay/api/v1/outbox/{relay_id}?wait=10", headers=addin, timeout=30)
+        assert polled.status_code == 200 and polled.json()["state"] == "sent", polled.text
+        assert time.monotonic() - started < 3, f"the poll waited {time.monotonic() - started:.1f} s for news"
+    # while the item still waits for the user, a poll does wait (for news or until `wait`)
+    report("awaiting_confirmation")
+    started = time.monotonic()
+    polled = requests.get(f"{server.url}/relay/api/v1/outbox/{relay_id}?wait=2", headers=addin, timeout=30)
+    assert polled.json()["state"] == "awaiting_confirmation" and time.monotonic() - started >= 1.5

@@ -4,7 +4,7 @@
  * When the user presses Send, Outlook calls onMessageSendHandler (onAppointmentSendHandler for a
  * meeting invitation). It reads the item with Office.js, hands it to the SendGuard helper (same
  * origin as this file), waits while the user decides in the SendGuard desktop window, applies what
- * the user removed there, and completes the event. A Smart Alerts handler cannot open dialogs,
+ * the user removed there and the recipients the policy adds, and completes the event. A Smart Alerts handler cannot open dialogs,
  * which is why the decision is made in the helper's own window.
  *
  *   gather (Office.js) -> submit (helper API) -> wait (long-poll) -> amend item -> completed()
@@ -62,6 +62,10 @@
         "Remove it from the message yourself (an inline picture: delete it from the body), then press Send again.",
       meetingBcc: "SendGuard stopped this invitation: a meeting has no Bcc, so its attendees cannot be hidden. " +
         "Remove the attendees who must not see each other, then press Send again.",
+      notAdded: "SendGuard stopped this message: your organization's policy adds {names} ({field}), and Outlook " +
+        "did not add them ({why}). Nothing was sent; add them yourself, or press Send to try again.",
+      meetingAutoBcc: "SendGuard stopped this invitation: your organization's policy adds {names} as Bcc, and a " +
+        "meeting has no Bcc. Nothing was sent; ask your administrator, or send it as a message.",
       signInFailed: "SendGuard stopped this message: Outlook could not sign you in to SendGuard ({detail}). " +
         "Nothing was sent; press Send again, and ask your administrator if this keeps happening.",
       refused: "SendGuard stopped this message: the helper refused it ({detail}).",
@@ -89,6 +93,10 @@
         "ご自身で削除して (本文中の画像は本文から削除)、もう一度 [送信] を押してください。",
       meetingBcc: "SendGuard が送信を止めました: 会議出席依頼には BCC がないため、出席者を隠せません。" +
         "互いに見えてはいけない出席者を削除して、もう一度 [送信] を押してください。",
+      notAdded: "SendGuard が送信を止めました: 組織のポリシーで {names} を {field} に追加しますが、Outlook が追加" +
+        "しませんでした ({why})。送信されていません。ご自身で追加するか、もう一度 [送信] を押してください。",
+      meetingAutoBcc: "SendGuard が送信を止めました: 組織のポリシーで {names} を BCC に追加しますが、会議出席依頼" +
+        "には BCC がありません。送信されていません。管理者に相談するか、メッセージとして送信してください。",
       signInFailed: "SendGuard が送信を止めました: Outlook から SendGuard にサインインできませんでした ({detail})。" +
         "送信されていません。もう一度 [送信] を押し、続く場合は管理者に連絡してください。",
       refused: "SendGuard が送信を止めました: ヘルパーが受け付けませんでした ({detail})。",
@@ -209,7 +217,11 @@
     if (!field) return Promise.resolve([]);
     return officeCall(field + ".getAsync", this.item()[field], "getAsync").then(function (list) {
       return (list || []).map(function (r) {
-        return { address: r.emailAddress || "", name: r.displayName || "" };
+        var entry = { address: r.emailAddress || "", name: r.displayName || "" };
+        // Outlook knows a distribution list from the address book: the helper then never takes it for
+        // one person (it expands it, or says it cannot)
+        if (r.recipientType === "distributionList") entry.list = true;
+        return entry;
       });
     });
   };
@@ -220,6 +232,15 @@
       return { emailAddress: r.address, displayName: r.name || r.address };
     });
     return officeCall(field + ".setAsync", this.item()[field], "setAsync", [value]);
+  };
+
+  // Adds to a field without touching who is already there (Recipients.addAsync).
+  Mail.prototype.addRecipients = function (role, list) {
+    var field = this.fields[role];
+    var value = list.map(function (address) {
+      return { emailAddress: address, displayName: address };
+    });
+    return officeCall(field + ".addAsync", this.item()[field], "addAsync", [value]);
   };
 
   Mail.prototype.from = function () {
@@ -617,6 +638,65 @@
     });
   }
 
+  // The recipients the policy adds ([[rules.auto_cc]]: added_cc / added_bcc), by the field they go
+  // to. An added Cc that the decision moves to Bcc (Convert to BCC) goes straight to Bcc; anything
+  // removed, or already anywhere on the message, is left alone.
+  function planAdditions(current, decision) {
+    var removed = {};
+    (decision.removed_recipients || []).forEach(function (a) { removed[lower(a)] = true; });
+    var toBcc = {};
+    if (decision.bcc) (decision.bcc_addresses || []).forEach(function (a) { toBcc[lower(a)] = true; });
+    var present = {};
+    current.to.concat(current.cc, current.bcc).forEach(function (r) { present[lower(r.address)] = true; });
+    var plan = { cc: [], bcc: [] };
+    var add = function (role, address) {
+      var key = lower(address);
+      if (!key || removed[key] || present[key]) return;
+      present[key] = true;
+      plan[role].push(key);
+    };
+    var allToBcc = decision.bcc && !(decision.bcc_addresses || []).length;
+    (decision.added_cc || []).forEach(function (a) {
+      if (allToBcc || toBcc[lower(a)]) add("bcc", a);
+      else add("cc", a);
+    });
+    (decision.added_bcc || []).forEach(function (a) { add("bcc", a); });
+    return plan;
+  }
+
+  // Adds what the policy adds, then reads the fields back: only an address really there counts as
+  // added; one that is not stops the send, named (never reported as added when it is not).
+  function applyAdditions(mail, decision) {
+    if (!(decision.added_cc || []).length && !(decision.added_bcc || []).length) return Promise.resolve();
+    return Promise.all([mail.recipients("to"), mail.recipients("cc"), mail.recipients("bcc")]).then(function (lists) {
+      var plan = planAdditions({ to: lists[0], cc: lists[1], bcc: lists[2] }, decision);
+      if (plan.bcc.length && !mail.fields.bcc) {
+        throw new StopSend(text("meetingAutoBcc", { names: plan.bcc.join(", ") }), "meeting-bcc");
+      }
+      var roles = ["cc", "bcc"].filter(function (role) { return plan[role].length; });
+      var failures = {};
+      return roles.reduce(function (chain, role) {
+        return chain.then(function () {
+          return mail.addRecipients(role, plan[role]).catch(function (err) { failures[role] = messageOf(err); });
+        });
+      }, Promise.resolve()).then(function () {
+        return Promise.all(roles.map(function (role) { return mail.recipients(role); }));
+      }).then(function (after) {
+        roles.forEach(function (role, i) {
+          var there = {};
+          after[i].forEach(function (r) { there[lower(r.address)] = true; });
+          var missing = plan[role].filter(function (a) { return !there[a]; });
+          if (!missing.length) return;
+          var field = mail.fields[role];
+          throw new StopSend(text("notAdded", {
+            names: missing.join(", "), field: field,
+            why: failures[role] || "not in " + field + " after adding"
+          }), "not-added");
+        });
+      });
+    });
+  }
+
   // Removes the attachments the user removed, then reads the list back: Outlook may report success
   // for an inline picture it did not remove, and ids are only valid in this compose session. Only
   // what is really gone counts as removed; anything still there stops the send, named.
@@ -646,6 +726,8 @@
   function applyDecision(mail, decision) {
     if (!decision) return Promise.resolve();
     return applyRecipients(mail, decision).then(function () {
+      return applyAdditions(mail, decision);
+    }).then(function () {
       return applyAttachments(mail, decision);
     }).catch(function (err) {
       if (err instanceof StopSend) throw err;
@@ -731,6 +813,7 @@
     onAppointmentSendHandler: onAppointmentSendHandler,
     outcomeFor: outcomeFor,
     planRecipients: planRecipients,
+    planAdditions: planAdditions,
     utf8Base64: utf8Base64,
     text: text
   };

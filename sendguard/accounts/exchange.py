@@ -42,9 +42,11 @@ def _read_password() -> str:
 @click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Sign in now and create the hold folder.")
+@click.option("--expand-lists", is_flag=True,
+              help="Ask Exchange (ExpandDL) who is on a distribution list before checking a message to it.")
 def add_command(address: str, server: str | None, autodiscover: bool, username: str | None, password_stdin: bool,
                 auth: str, oauth: bool, tenant: str, client_id: str | None, authority: str | None,
-                device_code: bool, name: str | None, hold_folder: str, verify: bool) -> None:
+                device_code: bool, name: str | None, hold_folder: str, verify: bool, expand_lists: bool) -> None:
     """Add an on-premises Exchange account (EWS)."""
     if "@" not in address or address.startswith("@") or address.endswith("@"):
         raise click.ClickException(f"--address {address!r} is not an email address.")
@@ -62,7 +64,8 @@ def add_command(address: str, server: str | None, autodiscover: bool, username: 
         raise click.ClickException("--oauth needs --client-id (the application registered for SendGuard).")
     name = name or address
     settings: dict = {"server": server, "autodiscover": bool(autodiscover) or None, "username": username,
-                      "auth": "oauth" if oauth else auth, "hold_folder": hold_folder}
+                      "auth": "oauth" if oauth else auth, "hold_folder": hold_folder,
+                      "expand_lists": True if expand_lists else None}
     account = AccountConfig(name, "exchange", address, {k: v for k, v in settings.items() if v is not None})
     token_source = None
     password = None

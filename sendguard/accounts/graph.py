@@ -35,8 +35,11 @@ from ..mailboxes.graph import GRAPH_ENDPOINT, HOLD_FOLDER, GraphMailbox, MsalTok
 @click.option("--name", help="Account name in config.toml; default: the address.")
 @click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Create the hold folder now.")
+@click.option("--expand-lists", is_flag=True,
+              help="Read group members (GroupMember.Read.All, admin consent) to check mail to distribution lists.")
 def add_command(address: str, tenant: str, client_id: str, graph_endpoint: str, authority: str | None,
-                device_code: bool, ca_bundle: str | None, name: str | None, hold_folder: str, verify: bool) -> None:
+                device_code: bool, ca_bundle: str | None, name: str | None, hold_folder: str, verify: bool,
+                expand_lists: bool) -> None:
     """Add an Exchange Online account (Microsoft Graph)."""
     if "@" not in address or address.startswith("@") or address.endswith("@"):
         raise click.ClickException(f"--address {address!r} is not an email address.")
@@ -55,6 +58,8 @@ def add_command(address: str, tenant: str, client_id: str, graph_endpoint: str, 
         settings["authority"] = authority.rstrip("/")
     if ca_bundle:
         settings["ca_bundle"] = str(Path(ca_bundle).resolve())
+    if expand_lists:
+        settings["expand_lists"] = True
     account = AccountConfig(name, "graph", address, settings)
     tokens = MsalTokenSource.for_account(account)
     try:

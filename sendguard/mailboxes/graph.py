@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 AUTHORITY_HOST = "https://login.microsoftonline.com"
 GRAPH_SCOPES = ("Mail.ReadWrite", "Mail.Send")
+DIRECTORY_SCOPES = ("GroupMember.Read.All",)  # accounts with expand_lists = true
 HOLD_FOLDER = "SendGuard Hold"
 DRAFT_CATEGORY = "SendGuard"
 TAKEN_CATEGORY = "SendGuard: taken"
@@ -141,8 +142,10 @@ class MsalTokenSource:
         s = account.settings
         endpoint = s.get("graph_endpoint", GRAPH_ENDPOINT).rstrip("/")
         origin = "{0.scheme}://{0.netloc}".format(urlparse(endpoint))
-        # Scopes are named on the Graph resource of the cloud in use (national clouds differ).
-        scopes = tuple(f"{origin}/{scope}" for scope in GRAPH_SCOPES)
+        # Scopes are named on the Graph resource of the cloud in use (national clouds differ). Reading
+        # distribution lists (sendguard.directory.graph) needs group members too.
+        wanted = GRAPH_SCOPES + (DIRECTORY_SCOPES if s.get("expand_lists") else ())
+        scopes = tuple(f"{origin}/{scope}" for scope in wanted)
         return cls(account.secret_key("token_cache"), s.get("client_id", ""), cls.authority_for(s),
                    scopes, account.address, session or _session(s.get("ca_bundle")))
 

@@ -51,40 +51,63 @@ def auto_cc(ctx: _Context) -> None:
 
 
 def expand_lists(ctx: _Context) -> None:
-    """Distribution lists from lists.csv: members are listed under the list (flag ``list_member``)."""
-    if not ctx.policy.lists:
+    """Distribution lists from lists.csv, else from the mail server's directory (Exchange ExpandDL,
+    Graph group members): members are listed under the list (flag ``list_member``). A recipient the
+    directory could not be asked about is marked, never taken for a single address."""
+    if not ctx.policy.lists and not ctx.lists:
         return
     from ..checks import RecipientResult
 
     present = _present(ctx)
     for res in list(ctx.recipients):
-        dist = ctx.policy.list_for(res.recipient.address)
-        if dist is None:
-            continue
+        address = res.recipient.address
+        dist = ctx.policy.list_for(address)
+        if dist is not None:
+            members: list[tuple[str, str]] = [(m, "") for m in dist.members]
+        else:
+            found = ctx.lists.get(address)
+            if found is None or found.is_list is False:
+                continue
+            res.list_source, res.list_problem = found.source, found.why
+            if found.is_list is None:
+                res.list_unknown = True
+                continue
+            members = [(m.address, m.name) for m in found.members]
+            res.list_size = len(members)
+            if members and not found.expanded and not res.list_problem:
+                res.list_problem = "incomplete"
         res.is_list = True
-        for member in dist.members:
+        for member, name in members:
             if member in present:
                 continue
-            rcpt = make_recipient(member, "", res.recipient.field)
+            rcpt = make_recipient(member, name, res.recipient.field)
             if rcpt is None:
                 continue
             present.add(rcpt.address)
-            ctx.recipients.append(RecipientResult(rcpt, ["list_member"], list_address=res.recipient.address))
+            ctx.recipients.append(RecipientResult(rcpt, ["list_member"], list_address=address))
 
 
 def distribution_list(ctx: _Context) -> None:
-    """A recipient is a list: say so; under ``block`` a list whose members are unknown is refused."""
+    """A recipient is a list: say so; under ``block`` a list whose members are unknown (or only partly
+    known, or that the directory could not be asked about) is refused."""
     action = ctx.policy.distribution_list
     for res in ctx.recipients:
+        address = res.recipient.address
+        if res.list_unknown:
+            ctx.add("distribution_list", action, address, key="distribution_list_unknown",
+                    source=res.list_source or "the directory", why=res.list_problem)
+            continue
         if not res.is_list:
             continue
-        dist = ctx.policy.list_for(res.recipient.address)
-        count = len(dist.members) if dist else 0
-        if count:
-            ctx.add("distribution_list", "confirm" if action == "block" else action, res.recipient.address,
-                    count=str(count))
+        dist = ctx.policy.list_for(address)
+        count = len(dist.members) if dist else res.list_size
+        if count and not res.list_problem:
+            ctx.add("distribution_list", "confirm" if action == "block" else action, address, count=str(count))
+        elif res.list_problem:
+            key = "distribution_list_partial" if count else "distribution_list_unseen"
+            ctx.add("distribution_list", action, address, key=key, why=res.list_problem)
         else:
-            ctx.add("distribution_list", action, res.recipient.address, key="distribution_list_unexpanded")
+            ctx.add("distribution_list", action, address, key="distribution_list_unexpanded")
 
 
 def address_rules(ctx: _Context) -> None:

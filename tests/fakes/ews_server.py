@@ -3,7 +3,7 @@
 It answers the operations exchangelib issues for SendGuard's connector (ConvertId for version and
 auth probing, GetFolder, FindFolder, CreateFolder, FindItem, GetItem, CreateItem, UpdateItem,
 SendItem, MoveItem, DeleteAttachment, Subscribe (pull and streaming), GetEvents, GetStreamingEvents,
-Unsubscribe) with the element names,
+Unsubscribe, ExpandDL) with the element names,
 namespaces and response envelopes of the EWS schema (messages.xsd / types.xsd) as exchangelib parses them.
 
 The Outbox behaves as Exchange's does: an item submitted with a future ``PidTagDeferredSendTime``
@@ -165,6 +165,8 @@ class FakeEWS:
         self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
         self.changed = threading.Condition(self.lock)  # notified on every event (streaming subscriptions)
         self.stream_seconds = 60.0  # a streaming connection closes after min(ConnectionTimeout, this)
+        # distribution lists in the organisation's directory (ExpandDL): address -> {name, members, hidden}
+        self.lists: dict[str, dict] = {}
         self.streams_open = 0
         for key, (name, _parent, cls) in DISTINGUISHED.items():
             fid = self._new_id("F")
@@ -260,6 +262,14 @@ class FakeEWS:
 
     def items_in(self, folder_id: str) -> list[Item]:
         return [i for i in self.items.values() if i.folder == folder_id]
+
+    def add_list(self, address: str, members: list[tuple[str, str]] | list[str], name: str = "",
+                 hidden: bool = False) -> None:
+        """A distribution list in the directory. ``members``: addresses, or (name, address) pairs; a
+        member that is itself a list here is answered with MailboxType PublicDL. ``hidden``: its
+        membership is hidden (ExpandDL answers with no members), as Exchange's HiddenDLMembership."""
+        pairs = [m if isinstance(m, tuple) else ("", m) for m in members]
+        self.lists[address.lower()] = {"name": name or address.split("@")[0], "members": pairs, "hidden": hidden}
 
     def put_item(self, raw: bytes, folder: str = "SendGuard Hold", categories: list[str] | None = None) -> str:
         """Play Outlook: save a draft (parsed from MIME) in a folder given by name or distinguished id."""
@@ -760,6 +770,22 @@ class FakeEWS:
                "</t:EmailAddress><t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox>")
         return self._ok("ResolveNames", '<m:ResolutionSet TotalItemsInView="1" IncludesLastItemInRange="true">'
                                         f"<t:Resolution>{box}</t:Resolution></m:ResolutionSet>")
+
+    def _op_ExpandDL(self, content) -> str:
+        mailbox = content.find(_q("m:Mailbox"))
+        address = (mailbox.findtext(_q("t:EmailAddress")) if mailbox is not None else "") or ""
+        found = self.lists.get(address.strip().lower())
+        if found is None:  # as Exchange answers for an address that is not a list
+            return self._error_message("ExpandDL", ResponseError("ErrorNameResolutionNoResults",
+                                                                 "No results were found."))
+        members = [] if found["hidden"] else found["members"]
+        boxes = "".join(
+            f"<t:Mailbox><t:Name>{escape(name or addr)}</t:Name><t:EmailAddress>{escape(addr)}</t:EmailAddress>"
+            f"<t:RoutingType>SMTP</t:RoutingType><t:MailboxType>"
+            f"{'PublicDL' if addr.lower() in self.lists else 'Mailbox'}</t:MailboxType></t:Mailbox>"
+            for name, addr in members)
+        return self._ok("ExpandDL", f'<m:DLExpansion TotalItemsInView="{len(members)}" '
+                                    f'IncludesLastItemInRange="true">{boxes}</m:DLExpansion>')
 
     def _op_GetFolder(self, content) -> str:
         out = []

@@ -6,8 +6,10 @@ authorities only). ``ca_file`` is the CA to trust. Routes:
 - ``/{tenant}/v2.0/.well-known/openid-configuration``, ``/{tenant}/oauth2/v2.0/devicecode``,
   ``/{tenant}/oauth2/v2.0/token`` (device_code and refresh_token grants) for msal;
 - ``/v1.0/me/mailFolders...``, ``/v1.0/me/messages...``, ``/v1.0/me/sendMail`` and the attachment upload
-  session URL, with Graph's JSON shapes (``value``/``@odata.nextLink`` collections, ``{"error": {"code",
-  "message"}}`` errors, 202 for send, 429 with ``Retry-After``).
+  session URL, ``/v1.0/groups?$filter=mail eq '...'`` and ``/v1.0/groups/{id}/transitiveMembers`` (the
+  directory: they need GroupMember.Read.All, Group.Read.All or Directory.Read.All among the token's
+  scopes, else 403 Authorization_RequestDenied), with Graph's JSON shapes (``value``/``@odata.nextLink``
+  collections, ``{"error": {"code", "message"}}`` errors, 202 for send, 429 with ``Retry-After``).
 
 The Outbox behaves as Exchange Online's does: a message sent with a future deferred send time
 (``singleValueExtendedProperties`` ``SystemTime 0x3FEF``: Outlook's delay delivery, scheduled send)
@@ -219,6 +221,10 @@ class FakeGraph:
         self.failures: list[tuple[str, str, dict]] = []
         self.outage = Outage()  # the whole service (sign-in included) down or slow
         self.access_tokens: dict[str, float] = {}  # token -> expiry (epoch)
+        self.token_scopes: dict[str, str] = {}  # token -> the scopes it was issued for
+        self.groups: dict[str, dict] = {}  # id -> {"mail", "displayName", "members": [directory objects]}
+        self.consented: set[str] = {"GroupMember.Read.All", "Group.Read.All", "Directory.Read.All"}
+        self.member_page_limit = 999
         self.refresh_tokens: set[str] = set()
         self.token_lifetime = 3600
         self.grants: list[str] = []
@@ -284,6 +290,25 @@ class FakeGraph:
 
     def restore_certificate(self) -> None:
         self.httpd.switch(_server_context(*self._cert_pair))
+
+    def add_group(self, mail: str, members: list, name: str = "") -> str:
+        """A group (distribution list) in the directory; ``members`` are addresses, (name, address) pairs
+        or the mail of another group added before (nested: listed in transitiveMembers with its members)."""
+        gid = str(uuid.uuid4())
+        objects: list[dict] = []
+        for m in members:
+            name_, address = m if isinstance(m, tuple) else ("", m)
+            nested = next((g for g in self.groups.values() if g["mail"].lower() == address.lower()), None)
+            if nested is not None:
+                objects.append({"@odata.type": "#microsoft.graph.group", "id": nested["id"], "mail": nested["mail"],
+                                "displayName": nested["displayName"]})
+                objects.extend(o for o in nested["members"] if o not in objects)
+            else:
+                objects.append({"@odata.type": "#microsoft.graph.user", "id": str(uuid.uuid4()), "mail": address,
+                                "displayName": name_ or address.split("@")[0],
+                                "userPrincipalName": address})
+        self.groups[gid] = {"id": gid, "mail": mail, "displayName": name or mail.split("@")[0], "members": objects}
+        return gid
 
     def revoke(self) -> None:
         """The admin revoked the user's sessions: every access and refresh token stops working."""
@@ -547,6 +572,7 @@ class FakeGraph:
     def _issue(self, scope: str) -> dict:
         access, refresh = uuid.uuid4().hex, uuid.uuid4().hex
         self.access_tokens[access] = time.time() + self.token_lifetime
+        self.token_scopes[access] = scope
         self.refresh_tokens.add(refresh)
         now = int(time.time())
         oid, tid = "00000000-0000-0000-0000-0000000000aa", "00000000-0000-0000-0000-0000000000bb"
@@ -655,6 +681,8 @@ class FakeGraph:
         method = h.command
         if path.startswith("/uploadSessions/"):
             return self._upload(h, path.split("/")[2], body)
+        if path == "/v1.0/groups" or path.startswith("/v1.0/groups/"):
+            return self._groups(h, method, path[len("/v1.0/groups"):].strip("/").split("/"), query, path)
         if not path.startswith("/v1.0/me/"):
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
         parts = path[len("/v1.0/me/"):].split("/")
@@ -675,6 +703,30 @@ class FakeGraph:
             return 200, {"value": [{"sourceId": i, "targetId": i.replace("/", "-").replace("+", "_")}
                                    for i in data.get("inputIds") or []]}, {}
         raise GraphError(400, "BadRequest", f"Unsupported segment {parts[0]}")
+
+    def _groups(self, h, method, parts, query, path):
+        if method != "GET":
+            raise GraphError(405, "Request_BadRequest", "Only reads of the directory are supported here.")
+        token = h.headers.get("Authorization", "")[7:]
+        granted = {s.rsplit("/", 1)[-1] for s in self.token_scopes.get(token, "").split()}
+        if not granted & self.consented & {"GroupMember.Read.All", "Group.Read.All", "Directory.Read.All"}:
+            raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+        if parts == [""]:
+            mail = self._odata_eq(query.get("$filter", ""), "mail")
+            if mail is None:
+                raise GraphError(400, "Request_UnsupportedQuery", "Unsupported query.")
+            found = [{"id": g["id"], "displayName": g["displayName"], "mail": g["mail"]}
+                     for g in self.groups.values() if g["mail"].lower() == mail.lower()]
+            return 200, self._collection([self._select(g, query) for g in found], query, path), {}
+        group = self.groups.get(parts[0])
+        if group is None:
+            raise GraphError(404, "Request_ResourceNotFound", f"Resource '{parts[0]}' does not exist.")
+        if parts[1:] == ["transitiveMembers"]:
+            # Graph may give fewer than $top per page: the client must follow @odata.nextLink
+            query = {**query, "$top": str(min(int(query.get("$top", 100)), self.member_page_limit))}
+            members = [{"@odata.type": m["@odata.type"], **self._select(m, query)} for m in group["members"]]
+            return 200, self._collection(members, query, path), {}
+        raise GraphError(400, "BadRequest", f"Unsupported segment {'/'.join(parts[1:])}")
 
     def _mime_body(self, h, body: bytes) -> bytes:
         if not h.headers.get("Content-Type", "").startswith("text/plain"):

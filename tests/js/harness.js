@@ -33,7 +33,7 @@ function restIdOf(ewsId) {
 }
 
 /**
- * A compose item in the state given; `state` is live (the add-in's setAsync/removeAttachmentAsync
+ * A compose item in the state given; `state` is live (the add-in's setAsync/addAsync/removeAttachmentAsync
  * change it) and `calls` logs every Office.js call by name.
  *
  * Like Outlook, it answers each call a little later (`latencyMs`), refuses a call that would make
@@ -88,11 +88,21 @@ function fakeOutlook(overrides = {}) {
   function recipientField(field) {
     return {
       getAsync(cb) {
-        call(`${field}.getAsync`, cb, () => ok(state[field].map((r) => ({ ...r, recipientType: "other" }))));
+        call(`${field}.getAsync`, cb, () => ok(state[field].map((r) => ({ recipientType: "other", ...r }))));
       },
       setAsync(list, cb) {
         call(`${field}.setAsync`, cb, () => {
           state[field] = list.map((r) => ({ emailAddress: r.emailAddress, displayName: r.displayName }));
+          return ok(undefined);
+        });
+      },
+      // Recipients.addAsync: appends; an address in `state.ignoreAdds` is answered with success but
+      // not added (what the add-in must catch by reading the field back).
+      addAsync(list, cb) {
+        call(`${field}.addAsync`, cb, () => {
+          state.added = (state.added || []).concat(list.map((r) => `${field}:${r.emailAddress}`));
+          const kept = list.filter((r) => !(state.ignoreAdds || []).includes(r.emailAddress));
+          state[field] = state[field].concat(kept.map((r) => ({ emailAddress: r.emailAddress, displayName: r.displayName })));
           return ok(undefined);
         });
       },
