@@ -552,13 +552,7 @@ def server_config(url: str | None) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or any(c in url for c in "\"\\\n "):
         raise BuildError(f"--server-url {url!r}: give the central server's address, like https://sendguard.example.co.jp")
-    text = (
-        "# SendGuard helper settings written by the installer: approvals go through the company's\n"
-        "# central server. Each user still needs a token from the administrator:\n"
-        f"#   sendguard server connect {url} --token TOKEN\n"
-        "[server]\n"
-        f'url = "{url}"\n'
-    )
+    text = _fill(template("common/server-config.toml"), URL=url)
     from sendguard import config
     from sendguard.errors import ConfigError
 
@@ -704,30 +698,9 @@ def build_deb(wheel: Wheel, policy_text: str, config_text: str | None, out_dir: 
     debian.chmod(0o755)
     how = ("installs the locked Python packages from the wheelhouse in the package (no network)"
            if wheelhouse is not None else "installs its Python packages with pip (PyPI or the mirror in pip.conf)")
-    description = (
-        "guard against mis-sent email (helper, policy, confirmation window)\n"
-        " SendGuard holds every outgoing message, checks it against the company's policy and\n"
-        " releases it only after the sender has confirmed every recipient and attachment (and,\n"
-        " when the policy says so, after a supervisor approved it).\n"
-        " .\n"
-        " This package installs the helper for every desktop user; postinst creates the\n"
-        f" Python environment {LINUX_PREFIX}/venv and {how}.\n"
-        f" The machine-wide policy is {policy}.\n"
-        " .\n"
-        f" {python_note}"
-    )
-    control = (
-        f"Package: {DIST}\n"
-        f"Version: {version}\n"
-        f"Architecture: {arch}\n"
-        f"Maintainer: {maintainer}\n"
-        f"Installed-Size: {_installed_size_kib(root)}\n"
-        f"Depends: {depends}, python3-venv\n"
-        f"Recommends: {DEB_RECOMMENDS}\n"
-        "Section: mail\n"
-        "Priority: optional\n"
-        f"Description: {description}\n"
-    )
+    control = _fill(template("linux/control"), DIST=DIST, VERSION=version, ARCH=arch, MAINTAINER=maintainer,
+                    INSTALLED_SIZE=str(_installed_size_kib(root)), DEPENDS=depends, RECOMMENDS=DEB_RECOMMENDS,
+                    PREFIX=LINUX_PREFIX, HOW=how, POLICY=policy, PYTHON_NOTE=python_note)
     _write(debian / "control", control)
     conffiles = sorted(f"/{p.relative_to(root).as_posix()}" for p in (root / "etc").rglob("*") if p.is_file())
     _write(debian / "conffiles", "".join(f"{c}\n" for c in conffiles))

@@ -47,12 +47,7 @@ def create_app(service: AppService | None = None, test_config: dict[str, Any] | 
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     security.init_app(app)
     for name in BLUEPRINTS:
-        try:
-            module = import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+        module = import_module(name)
         init = getattr(module, "init_app", None)
         if init is not None:
             init(app)

@@ -1,4 +1,4 @@
-"""REST API v1 (DESIGN §6): checks, the outbox, approvals, health and the OpenAPI document."""
+"""REST API v1: checks, the outbox, approvals, health and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, checks, compose, outlook_items
+from sendguard import audit, checks, compose, notify, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
+from sendguard.checks import StoredCheck
 from sendguard.errors import MessageError, StateError
 from sendguard.outbox import AWAITING_OUTCOME, HELD_STATES, STATES, Item, State
 
@@ -45,8 +46,8 @@ def user_message(item: Item) -> str:
     if state == State.EXPIRED:
         return _("Nobody approved this message in time; it was not sent.")
     if state == State.CANCELLED:
-        if item.verdict.get("action") == "block":
-            blocked = [r["message"] for r in item.verdict.get("reasons", []) if r.get("action") == "block"]
+        if item.verdict.action == "block":
+            blocked = [r.message for r in item.verdict.reasons_at("block")]
             return _("Blocked by policy: {reasons}").format(reasons="; ".join(blocked))
         return _("Cancelled in SendGuard: the message was not sent.")
     if state in (State.SENT, State.RELEASING):
@@ -65,8 +66,8 @@ def item_json(item: Item, full: bool = False) -> dict[str, Any]:
         # the undo window (confirm.hold_seconds) still open, in seconds from now
         data["release_in"] = max(0.0, round(item.release_after - time.time(), 3))
     if full:
-        data["check"] = item.check
-        data["reasons"] = item.verdict.get("reasons", [])
+        data["check"] = item.check.to_json() if item.check else None
+        data["reasons"] = [r.to_json() for r in item.verdict.reasons]
         data["approval"] = item.approval
         data["expires_at"] = item.expires_at
         data["audit"] = [{k: r[k] for k in ("seq", "ts", "event", "actor", "data")}
@@ -181,8 +182,9 @@ def create_check() -> Any:
     item = svc.outbox.submit(raw, envelope_from, recipients, source=source, source_ref=ref, actor=actor)
     if source == "outlook" and svc.addin_presence is not None:
         svc.addin_presence.seen(item.id)
-    body = dict(item.check or {})
-    body.update(id=item.id, state=item.state, check=item.check, user_message=user_message(item),
+    check = item.check.to_json() if item.check else None
+    body = dict(check or {})
+    body.update(id=item.id, state=item.state, check=check, user_message=user_message(item),
                 confirm_url=svc.confirm_url(item.id))
     return jsonify(body), 201
 
@@ -272,11 +274,11 @@ def _string_list(data: dict[str, Any], key: str) -> list[str]:
 
 def _require_all_checked(item: Item, checked: Any, removed: list[str], removed_att: list[str]) -> None:
     """A page must show every remaining recipient and attachment as checked before Send."""
-    check = item.check or {}
+    check = item.check or StoredCheck()
     if not isinstance(checked, dict):
         raise ApiError(400, "not_checked", "confirm needs 'checked': {recipients: [...], attachments: [...]}")
-    need_r = {r["address"] for r in check.get("recipients", [])} - {a.lower() for a in removed}
-    need_a = {a["id"] for a in check.get("attachments", [])} - set(removed_att)
+    need_r = {r.address for r in check.recipients} - {a.lower() for a in removed}
+    need_a = {a.id for a in check.attachments} - set(removed_att)
     got_r = {str(a).lower() for a in checked.get("recipients", [])}
     got_a = {str(a) for a in checked.get("attachments", [])}
     missing = sorted(need_r - got_r) + sorted(need_a - got_a)
@@ -319,8 +321,7 @@ def list_approvals() -> Any:
     out = []
     for item in items:
         data = item_json(item)
-        data["reasons"] = [r for r in item.verdict.get("reasons", []) if r.get("action") in ("approve", "block")] \
-            or item.verdict.get("reasons", [])
+        data["reasons"] = [r.to_json() for r in notify.notice_reasons(item)]
         data["expires_at"] = item.expires_at
         out.append(data)
     return jsonify(out)

@@ -33,6 +33,7 @@ from flask import (
 
 from sendguard import notify
 from sendguard.approvals import is_own
+from sendguard.checks import StoredCheck
 from sendguard.errors import NotFound, PermissionDenied, SendGuardError, StateError
 from sendguard.i18n import _
 from sendguard.links import LinkSigner, use_once, was_used
@@ -167,10 +168,9 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
     decision = item.decision or {}
     final = {a.lower() for a in item.envelope_to}
     removed_att = set(decision.get("removed_attachments") or [])
-    recipients = []
-    for r in (item.check or {}).get("recipients", []):
-        recipients.append({**r, "removed": bool(final) and r["address"].lower() not in final})
-    attachments = [a for a in (item.check or {}).get("attachments", []) if a.get("id") not in removed_att]
+    check = item.check or StoredCheck()
+    recipients = [{**r.to_json(), "removed": bool(final) and r.address.lower() not in final} for r in check.recipients]
+    attachments = [a.to_json() for a in check.attachments if a.id not in removed_att]
     acting = approvals().acting_for(item, approver)
     return {
         "item": data, "recipients": recipients, "attachments": attachments,
@@ -303,7 +303,7 @@ def listing() -> Any:
 def _row(item: Item) -> dict[str, Any]:
     return {"id": item.id, "from": item.sender, "subject": item.subject, "state": item.state,
             "reasons": notify.notice_reasons(item), "deadline": _deadline(item), "approval": item.approval or {},
-            "recipients": len((item.check or {}).get("recipients", [])) or len(item.envelope_to)}
+            "recipients": len(item.check.recipients if item.check else ()) or len(item.envelope_to)}
 
 
 @bp.get("/approvals/login")

@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, g, redirect, render_t
 
 from sendguard import i18n
 from sendguard import message as msgmod
+from sendguard.checks import StoredAttachment
 from sendguard.errors import NotFound, PermissionDenied
 from sendguard.i18n import _
 from sendguard.links import LinkSigner, signing_key, use_once
@@ -92,7 +93,7 @@ UI_STRINGS = (
     _("Embedded in the message body"),
     # actions in the reasons list
     _("allow"), _("confirm"), _("approve"), _("block"),
-    # DESIGN §3.1: list members, added and opted-out recipients, the second confirmation
+    # list members, added and opted-out recipients, the second confirmation
     _("reconfirm"), _("auto_added"), _("list_member"), _("suppressed"), _("via {list}"),
     _("Added automatically by your organization's policy"), _("A member of the distribution list shown with it"),
     _("On the opt-out list: removed from this message"),
@@ -205,12 +206,12 @@ def confirm_data(item_id: str) -> Any:
     return page_data(item_id)
 
 
-def _attachment(item_id: str, att_id: str) -> tuple[dict[str, Any], bytes]:
+def _attachment(item_id: str, att_id: str) -> tuple[StoredAttachment, bytes]:
     svc = service()
     item = svc.outbox.get(item_id, with_bodies=True)
     if not item.raw or item.purged:
         raise ApiError(410, "purged", "the message body is no longer kept")
-    meta = next((a for a in (item.check or {}).get("attachments", []) if a["id"] == att_id), None)
+    meta = item.check.attachment(att_id) if item.check else None
     if meta is None:
         raise ApiError(404, "not_found", f"message {item_id} has no attachment {att_id!r}")
     msg = msgmod.load(item.raw)
@@ -231,14 +232,13 @@ def _attachment(item_id: str, att_id: str) -> tuple[dict[str, Any], bytes]:
 def preview_attachment(item_id: str, att_id: str) -> Any:
     """A safe preview: text as text, common images as a data URL, anything else not at all."""
     meta, data = _attachment(item_id, att_id)
-    ctype = str(meta.get("content_type") or "").lower()
-    out: dict[str, Any] = {"id": att_id, "filename": meta["filename"], "content_type": ctype, "kind": "none"}
+    ctype = meta.content_type.lower()
+    out: dict[str, Any] = {"id": att_id, "filename": meta.filename, "content_type": ctype, "kind": "none"}
     if ctype.startswith("text/") or ctype in ("application/json", "message/rfc822", "application/xml"):
         out["kind"] = "text"
         out["text"] = msgmod.clean_text(data[:PREVIEW_TEXT_BYTES].decode("utf-8", "surrogateescape"))
         out["truncated"] = len(data) > PREVIEW_TEXT_BYTES
-    elif ctype in PREVIEW_IMAGES and "executable" not in meta.get("flags", []) \
-            and "type_mismatch" not in meta.get("flags", []):
+    elif ctype in PREVIEW_IMAGES and "executable" not in meta.flags and "type_mismatch" not in meta.flags:
         out["kind"] = "image"
         out["data_url"] = f"data:{ctype};base64,{base64.b64encode(data).decode()}"
     return out

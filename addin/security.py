@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
 
 from sendguard.errors import (
+    CheckFormatError,
     ConfigError,
     MessageError,
     NeedsReconfirmation,
@@ -37,6 +38,7 @@ from sendguard.errors import (
     StateError,
     StoreUnavailable,
 )
+from sendguard.i18n import localize, translator
 from sendguard.links import LinkSigner, api_token, token_matches
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +55,9 @@ class ApiError(Exception):
         self.message = message
 
 
+LANGUAGE_HEADER = "X-SendGuard-Language"  # the confirmation page's language, for the errors it shows
+
+
 def error_response(status: int, code: str, message: str) -> Any:
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
@@ -62,7 +67,7 @@ def error_response(status: int, code: str, message: str) -> Any:
 _STATUS_FOR = ((NotFound, 404, "not_found"), (PermissionDenied, 403, "forbidden"),
                (NeedsReconfirmation, 409, "needs_reconfirmation"), (StateError, 409, "conflict"),
                (MessageError, 422, "bad_message"), (ConfigError, 400, "bad_config"),
-               (StoreUnavailable, 503, "store_unavailable"))
+               (StoreUnavailable, 503, "store_unavailable"), (CheckFormatError, 400, "bad_check"))
 
 
 @dataclass
@@ -326,10 +331,14 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(SendGuardError)
     def _core_error(exc: SendGuardError) -> Any:
+        message = str(exc)
+        lang = request.headers.get(LANGUAGE_HEADER)
+        if lang:  # the confirmation page asks for its own language (other clients get the English text)
+            message = localize(message, translator(lang))
         for cls, status, code in _STATUS_FOR:
             if isinstance(exc, cls):
-                return error_response(status, code, str(exc))
-        return error_response(400, "error", str(exc))
+                return error_response(status, code, message)
+        return error_response(400, "error", message)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:

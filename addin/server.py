@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sendguard import paths
 from sendguard.central import decision_payload, sign_decision
+from sendguard.checks import StoredCheck
 from sendguard.config import Config
 from sendguard.errors import PermissionDenied, SendGuardError
 from sendguard.i18n import translator
@@ -415,19 +416,19 @@ def submit_request() -> Any:
     recipients = data.get("recipients") or []
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
         raise ApiError(400, "bad_recipients", "recipients must be a list of addresses")
-    check = data.get("check") if isinstance(data.get("check"), dict) else None
+    check = None if data.get("check") is None else StoredCheck.from_json(data["check"])  # else 400 bad_check
     policy = svc.policy.get()
     approvers = [a.lower() for a in policy.approvers_for(sender)]
     now = time.time()
-    reasons = [r.get("rule") for r in ((check or {}).get("verdict") or {}).get("reasons", [])
-               if isinstance(r, dict) and r.get("action") in ("approve", "block")]
+    reasons = [r.rule for r in check.verdict.reasons_at("approve", "block")] if check else []
     try:
         with svc.store.transaction() as conn:
             conn.execute(insert(outbox).values(
                 id=item_id, state=State.AWAITING_APPROVAL.value, source=str(data.get("source") or "central")[:16],
                 source_ref=None, account=None, owner=who, envelope_from=str(data.get("envelope_from") or sender),
                 envelope_to=recipients, message_id=str(data.get("message_id") or "")[:998], sender=sender,
-                subject=str(data.get("subject") or ""), raw=raw, final_raw=raw, check_result=check,
+                subject=str(data.get("subject") or ""), raw=raw, final_raw=raw,
+                check_result=check.to_json() if check else None,
                 decision=data.get("decision") if isinstance(data.get("decision"), dict) else None,
                 approvers=approvers, release_after=0.0, expires_at=now + policy.expire_hours * 3600,
                 attempts=0, created_at=now, updated_at=now, purged=0))

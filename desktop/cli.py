@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from sendguard import paths
+from sendguard import OWN_PACKAGES, paths
 from sendguard.i18n import _
 
 
@@ -123,7 +123,9 @@ def _serve(runner: Any, no_window: bool) -> None:
     if window:
         try:
             from . import window as window_mod
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:  # pywebview/Qt (the desktop extra) are not installed
+            if (exc.name or "").partition(".")[0] in OWN_PACKAGES:
+                raise
             click.echo("  " + t(_("Window: not available ({error}); confirm in the browser")).format(error=exc))
             window = False
         else:

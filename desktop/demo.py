@@ -105,6 +105,7 @@ def run_demo(window: bool | None = None) -> None:
 
 
 def _run_demo(home: Path, window: bool | None, stop: threading.Event) -> None:
+    from sendguard import OWN_PACKAGES
     from sendguard.outbox import State
 
     from .cli import has_display
@@ -135,7 +136,9 @@ def _run_demo(home: Path, window: bool | None, stop: threading.Event) -> None:
 
                 window_mod.run(runner, on_started=started)
                 return
-            except ImportError as exc:
+            except ModuleNotFoundError as exc:  # pywebview/Qt (the desktop extra) are not installed
+                if (exc.name or "").partition(".")[0] in OWN_PACKAGES:
+                    raise
                 click.echo(f"  The window is not available ({exc}); use the links below.")
         click.echo("  No display: open these links in a browser to confirm each sample message:")
         for item_id in ids:

@@ -22,10 +22,8 @@ log = logging.getLogger(__name__)
 def _ssl_context(home: Path) -> ssl.SSLContext | None:
     """HTTPS with the installer's per-machine CA, or this user's local CA once `sendguard addin certs
     install` created it."""
-    try:
-        from sendguard import certs
-    except ImportError:
-        return None
+    from sendguard import certs
+
     try:
         if not (home / "certs").exists() and certs.machine_certificates() is None:
             return None

@@ -9,8 +9,6 @@ Everything here runs on the Qt main thread; other threads call in through ``Main
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import shutil
 import subprocess
@@ -23,7 +21,6 @@ from sendguard.i18n import _
 
 log = logging.getLogger(__name__)
 PAUSE_LOCK_KEY = "guard.pause"
-APPROVALS_MODULE = "desktop.approvals_window"
 
 
 class MainThread(QtCore.QObject):
@@ -74,17 +71,11 @@ def icon_pixmap(count: int, size: int = 64) -> QtGui.QPixmap:
     return pixmap
 
 
-def approvals_available() -> bool:
-    try:
-        return importlib.util.find_spec(APPROVALS_MODULE) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def open_approvals(runner: Any) -> None:
-    """The supervisor's Approvals window (built separately); nothing happens when it is not installed."""
-    if approvals_available():
-        importlib.import_module(APPROVALS_MODULE).open(runner)
+    """The supervisor's Approvals window."""
+    from . import approvals_window  # imported when first opened: most users never approve anything
+
+    approvals_window.open(runner)
 
 
 def pause_locked(runner: Any) -> bool:
@@ -123,7 +114,6 @@ class Tray:
         self._open_action = _add_action(menu, t("Open confirmations"))
         self._open_action.triggered.connect(on_open)
         approvals = _add_action(menu, t("Open approvals"))
-        approvals.setEnabled(approvals_available())
         approvals.triggered.connect(lambda: open_approvals(runner))
         self.pause_action = menu.addAction(t("Pause guard"))
         self.pause_action.setCheckable(True)

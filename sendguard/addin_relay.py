@@ -34,8 +34,8 @@ MAX_HANDLE_SECONDS = 330.0  # Outlook ends a handler at 5 minutes
 def status_of(item: Item) -> dict[str, Any]:
     """What the add-in is told (the same fields as the helper's own ``GET /api/v1/outbox/{id}``)."""
     message = ""
-    if item.state == State.CANCELLED and item.verdict.get("action") == "block":
-        blocked = [r["message"] for r in item.verdict.get("reasons", []) if r.get("action") == "block"]
+    if item.state == State.CANCELLED and item.verdict.action == "block":
+        blocked = [r.message for r in item.verdict.reasons_at("block")]
         message = "Blocked by policy: " + "; ".join(blocked)
     return {"state": item.state, "user_message": message, "approvers": item.approvers,
             "decision": outlook_items.decision_for_addin(item)}

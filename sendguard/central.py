@@ -152,7 +152,8 @@ class CentralClient:
     def submit(self, item: Item, raw: bytes | None) -> dict[str, Any]:
         payload = {
             "id": item.id, "sender": item.sender, "subject": item.subject, "message_id": item.message_id,
-            "envelope_from": item.envelope_from, "recipients": item.envelope_to, "check": item.check,
+            "envelope_from": item.envelope_from, "recipients": item.envelope_to,
+            "check": item.check.to_json() if item.check else None,
             "decision": item.decision, "source": item.source, "created_at": item.created_at,
             "raw": base64.b64encode(raw or b"").decode("ascii"),
         }
@@ -210,7 +211,7 @@ def item_from_json(data: dict[str, Any]) -> Item:
         id=data["id"], state=data["state"], source=data.get("source", "central"), source_ref=None, account=None,
         owner=data.get("from", ""), envelope_from=data.get("from", ""),
         envelope_to=[r["address"] for r in data.get("recipients", [])], message_id="",
-        sender=data.get("from", ""), subject=data.get("subject", ""), check=check, decision=data.get("decision"),
+        sender=data.get("from", ""), subject=data.get("subject", ""), check_json=check, decision=data.get("decision"),
         approvers=list(data.get("approvers") or []), approval=data.get("approval"), release_after=0.0,
         expires_at=data.get("expires_at"), attempts=0, last_error=data.get("last_error"),
         created_at=_ts(data.get("created_at")), updated_at=_ts(data.get("updated_at")), purged=False,

@@ -1,4 +1,4 @@
-"""The policy engine: a parsed message + a policy + known domains -> the check result (DESIGN §4).
+"""The policy engine: a parsed message + a policy + known domains -> the check result.
 
 Pure: no I/O, no clock, no database. Each rule is a small function over a shared context; the
 verdict is the strongest action among the reasons.
@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from . import detect
+from .errors import CheckFormatError
 from .i18n import _
 from .message import Attachment, ParsedMessage, Recipient
 from .policy import Policy
@@ -66,10 +67,45 @@ MESSAGES = {
     "suppressed": _("{target} is on the opt-out list and is removed from this message"),
     "suppressed_block": _("{target} is on the opt-out list: this message cannot be sent to it"),
 }
-# confirm.when = "always": an otherwise allowed message still goes to the window (DESIGN §4)
+# confirm.when = "always": an otherwise allowed message still goes to the window
 MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (confirm.when = \"always\")")
 UNINSPECTED = _("{target} could not be inspected ({why}): check its content yourself")
 KIND_NAMES = {"card_number": _("card number"), "my_number": _("My Number"), "body": _("the message body")}
+
+
+def _field(data: Any, key: str, kind: type | tuple[type, ...], default: Any, where: str) -> Any:
+    value = data.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CheckFormatError(f"check result: {where}{key} must be {_kind_name(kind)}, not {type(value).__name__}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", bool: "true or false", int: "a number", float: "a number", list: "a list",
+             dict: "an object"}
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _required(data: Any, key: str, where: str) -> str:
+    if key not in data:
+        raise CheckFormatError(f"check result: {where}{key} is missing")
+    return _field(data, key, str, "", where)  # type: ignore[no-any-return]
+
+
+def _strings(data: Any, key: str, where: str) -> tuple[str, ...]:
+    values = _field(data, key, list, [], where)
+    if not all(isinstance(v, str) for v in values):
+        raise CheckFormatError(f"check result: {where}{key} must be a list of strings")
+    return tuple(values)
+
+
+def _object(data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise CheckFormatError(f"check result: {where or 'the result'} must be an object, not {type(data).__name__}")
+    return data
 
 
 @dataclass
@@ -81,6 +117,170 @@ class Reason:
 
     def to_json(self) -> dict[str, str]:
         return {"rule": self.rule, "action": self.action, "target": self.target, "message": self.message}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "") -> Reason:
+        _object(data, where)
+        return cls(*(_field(data, key, str, "", where) for key in ("rule", "action", "target", "message")))
+
+
+# ---------------------------------------------------------------------- the stored check result
+# What a check leaves behind (in the outbox, the API, the central server): the JSON of
+# ``sendguard check --json``. These classes own that shape: ``to_json`` writes it, ``from_json``
+# reads it back (refusing a wrong shape with the key named), and everything else reads the fields.
+
+
+@dataclass(frozen=True)
+class StoredRecipient:
+    """One recipient as checked: ``address`` lower-cased, ``domain`` in Unicode, ``list_address`` the
+    distribution list it came from (JSON ``list``)."""
+
+    address: str
+    display_name: str = ""
+    field: str = "to"
+    domain: str = ""
+    external: bool = False
+    flags: tuple[str, ...] = ()
+    list_address: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"address": self.address, "display_name": self.display_name, "field": self.field,
+                               "domain": self.domain, "external": self.external, "flags": list(self.flags)}
+        if self.list_address:
+            out["list"] = self.list_address
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "") -> StoredRecipient:
+        _object(data, where)
+        return cls(address=_required(data, "address", where),
+                   display_name=_field(data, "display_name", str, "", where),
+                   field=_field(data, "field", str, "to", where), domain=_field(data, "domain", str, "", where),
+                   external=_field(data, "external", bool, False, where), flags=_strings(data, "flags", where),
+                   list_address=_field(data, "list", str, "", where))
+
+
+@dataclass(frozen=True)
+class StoredAttachment:
+    """One attachment as checked; ``ref`` is the mail client's own id for it (Outlook, Gmail)."""
+
+    id: str
+    filename: str = ""
+    size: int = 0
+    content_type: str = ""
+    sha256: str = ""
+    flags: tuple[str, ...] = ()
+    ref: str = ""
+    uninspected: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "filename": self.filename, "size": self.size,
+                               "content_type": self.content_type, "sha256": self.sha256, "flags": list(self.flags)}
+        if self.ref:
+            out["ref"] = self.ref
+        if self.uninspected:
+            out["uninspected"] = self.uninspected
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "") -> StoredAttachment:
+        _object(data, where)
+        return cls(id=_required(data, "id", where), filename=_field(data, "filename", str, "", where),
+                   size=_field(data, "size", int, 0, where), content_type=_field(data, "content_type", str, "", where),
+                   sha256=_field(data, "sha256", str, "", where), flags=_strings(data, "flags", where),
+                   ref=_field(data, "ref", str, "", where), uninspected=_field(data, "uninspected", str, "", where))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The strongest action among the reasons, and who may approve when it is ``approve``."""
+
+    action: str = "allow"
+    approvers: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = ()
+
+    def reasons_at(self, *actions: str) -> list[Reason]:
+        """The reasons of these actions (e.g. what made a message need approval)."""
+        return [r for r in self.reasons if r.action in actions]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "approvers": list(self.approvers),
+                "reasons": [r.to_json() for r in self.reasons]}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "verdict.") -> Verdict:
+        _object(data, where.rstrip("."))
+        action = _field(data, "action", str, "allow", where)
+        if action not in ACTION_RANK:
+            raise CheckFormatError(f"check result: {where}action must be one of {', '.join(ACTION_RANK)}, "
+                                   f"not {action!r}")
+        reasons = _field(data, "reasons", list, [], where)
+        return cls(action, _strings(data, "approvers", where),
+                   tuple(Reason.from_json(r, f"{where}reasons[{i}].") for i, r in enumerate(reasons)))
+
+
+@dataclass(frozen=True)
+class StoredCheck:
+    """The check result as stored with a message and shown everywhere (``sendguard check --json``).
+
+    ``message_id``/``sender``/``subject`` are None when the message could not be read at all (then
+    ``problems`` says why and the verdict holds it).
+    """
+
+    recipients: tuple[StoredRecipient, ...] = ()
+    attachments: tuple[StoredAttachment, ...] = ()
+    verdict: Verdict = field(default_factory=Verdict)
+    force_bcc: bool = False
+    problems: tuple[str, ...] = ()
+    message_id: str | None = None
+    sender: str | None = None
+    subject: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        """Whether the message itself was read (else only ``problems`` and the verdict are known)."""
+        return self.sender is not None
+
+    @property
+    def by_address(self) -> dict[str, StoredRecipient]:
+        """Recipients by address (an address listed twice, e.g. also as a list member: its last row)."""
+        return {r.address: r for r in self.recipients}
+
+    def attachment(self, att_id: str) -> StoredAttachment | None:
+        return next((a for a in self.attachments if a.id == att_id), None)
+
+    @property
+    def external_addresses(self) -> set[str]:
+        return {r.address for r in self.recipients if r.external}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.readable:
+            out.update({"message_id": self.message_id or "", "from": self.sender, "subject": self.subject or ""})
+        out.update({"recipients": [r.to_json() for r in self.recipients],
+                    "attachments": [a.to_json() for a in self.attachments],
+                    "verdict": self.verdict.to_json(), "force_bcc": self.force_bcc})
+        if self.problems:
+            out["problems"] = list(self.problems)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> StoredCheck:
+        """Read a stored or submitted check result; ``CheckFormatError`` names the first wrong key."""
+        _object(data, "")
+        recipients = _field(data, "recipients", list, [], "")
+        attachments = _field(data, "attachments", list, [], "")
+        return cls(
+            recipients=tuple(StoredRecipient.from_json(r, f"recipients[{i}].") for i, r in enumerate(recipients)),
+            attachments=tuple(StoredAttachment.from_json(a, f"attachments[{i}].") for i, a in enumerate(attachments)),
+            verdict=Verdict.from_json(data.get("verdict") or {}), force_bcc=_field(data, "force_bcc", bool, False, ""),
+            problems=_strings(data, "problems", ""), message_id=_field(data, "message_id", str, None, ""),
+            sender=_field(data, "from", str, None, ""), subject=_field(data, "subject", str, None, ""))
+
+    @classmethod
+    def unreadable(cls, problem: str) -> StoredCheck:
+        """A message that could not be read: held for the user with the reason."""
+        return cls(verdict=Verdict("confirm"), problems=(problem,))
 
 
 @dataclass(frozen=True)
@@ -110,13 +310,13 @@ class RecipientResult:
     def external(self) -> bool:
         return "external" in self.flags
 
-    def to_json(self) -> dict[str, Any]:
+    def stored(self) -> StoredRecipient:
         r = self.recipient
-        out: dict[str, Any] = {"address": r.address, "display_name": r.display_name, "field": r.field,
-                               "domain": r.domain, "external": self.external, "flags": list(self.flags)}
-        if self.list_address:
-            out["list"] = self.list_address
-        return out
+        return StoredRecipient(r.address, r.display_name, r.field, r.domain, self.external, tuple(self.flags),
+                               self.list_address)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.stored().to_json()
 
 
 @dataclass
@@ -124,15 +324,13 @@ class AttachmentResult:
     attachment: Attachment
     flags: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def stored(self) -> StoredAttachment:
         a = self.attachment
-        out: dict[str, Any] = {"id": a.id, "filename": a.filename, "size": a.size, "content_type": a.content_type,
-                               "sha256": a.sha256, "flags": list(self.flags)}
-        if a.ref:
-            out["ref"] = a.ref
-        if a.uninspected:
-            out["uninspected"] = a.uninspected
-        return out
+        return StoredAttachment(a.id, a.filename, a.size, a.content_type, a.sha256, tuple(self.flags), a.ref or "",
+                                a.uninspected or "")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.stored().to_json()
 
 
 @dataclass
@@ -150,21 +348,17 @@ class CheckResult:
     def external_recipients(self) -> list[RecipientResult]:
         return [r for r in self.recipients if r.external]
 
-    def to_json(self) -> dict[str, Any]:
+    def stored(self) -> StoredCheck:
+        """What is kept of this check with the message (and shown by ``check --json``)."""
         m = self.message
-        out: dict[str, Any] = {
-            "message_id": m.message_id,
-            "from": m.sender,
-            "subject": m.subject,
-            "recipients": [r.to_json() for r in self.recipients],
-            "attachments": [a.to_json() for a in self.attachments],
-            "verdict": {"action": self.action, "approvers": list(self.approvers),
-                        "reasons": [r.to_json() for r in self.reasons]},
-            "force_bcc": self.force_bcc,
-        }
-        if m.problems or self.problems:
-            out["problems"] = list(m.problems) + self.problems
-        return out
+        return StoredCheck(
+            recipients=tuple(r.stored() for r in self.recipients),
+            attachments=tuple(a.stored() for a in self.attachments),
+            verdict=Verdict(self.action, tuple(self.approvers), tuple(self.reasons)), force_bcc=self.force_bcc,
+            problems=(*m.problems, *self.problems), message_id=m.message_id, sender=m.sender, subject=m.subject)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.stored().to_json()
 
 
 @lru_cache(maxsize=4096)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, audit, checks, directory, paths, secrets
+from . import OWN_PACKAGES, __version__, audit, checks, directory, paths, secrets
 from . import accounts as account_setup
 from . import config as configmod
 from . import message as msgmod
@@ -134,8 +134,10 @@ class PluginGroup(click.Group):
             return None
         try:
             return ep.load()  # type: ignore[no-any-return]
-        except ImportError as exc:
-            reason = str(exc)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] in OWN_PACKAGES:
+                raise  # SendGuard's own code is never optional: a broken import is a bug to see
+            reason = str(exc)  # a third-party package of an extra is not installed
 
             @click.command(name, help=f"(not available: {reason})",
                            context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -152,10 +154,7 @@ class _LazyTarget:
 
     def load(self) -> Any:
         module, _, attr = self.target.partition(":")
-        command = getattr(import_module(module), attr, None)
-        if command is None:
-            raise ImportError(f"{self.target} is not built yet")
-        return command
+        return getattr(import_module(module), attr)
 
 
 @click.group(cls=PluginGroup)
@@ -174,46 +173,46 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
-def render_check(result: dict[str, Any], _: Callable[[str], str]) -> str:
+def render_check(result: checks.StoredCheck, _: Callable[[str], str]) -> str:
     """The human-readable check report, grouped External (by domain) / Internal."""
-    lines = [_("From") + ": " + str(result["from"]), _("Subject") + ": " + str(result["subject"]), ""]
-    external = [r for r in result["recipients"] if r["external"]]
-    internal = [r for r in result["recipients"] if not r["external"]]
+    lines = [_("From") + ": " + str(result.sender), _("Subject") + ": " + str(result.subject), ""]
+    external = [r for r in result.recipients if r.external]
+    internal = [r for r in result.recipients if not r.external]
 
-    def row(r: dict[str, Any]) -> str:
-        name = f"{r['display_name']} <{r['address']}>" if r["display_name"] else r["address"]
-        flags = [f for f in r["flags"] if f != "external"]
-        return f"    [{r['field'].title()}] {name}" + (f"  ({', '.join(_(f) for f in flags)})" if flags else "")
+    def row(r: checks.StoredRecipient) -> str:
+        name = f"{r.display_name} <{r.address}>" if r.display_name else r.address
+        flags = [f for f in r.flags if f != "external"]
+        return f"    [{r.field.title()}] {name}" + (f"  ({', '.join(_(f) for f in flags)})" if flags else "")
 
     lines.append(_("External recipients ({count}):").format(count=len(external)))
-    by_domain: dict[str, list[dict[str, Any]]] = {}
+    by_domain: dict[str, list[checks.StoredRecipient]] = {}
     for r in external:
-        by_domain.setdefault(r["domain"], []).append(r)
+        by_domain.setdefault(r.domain, []).append(r)
     for domain, rows in by_domain.items():
         lines.append(f"  {domain}")
         lines.extend(row(r) for r in rows)
     lines.append(_("Internal recipients ({count}):").format(count=len(internal)))
     lines.extend(row(r) for r in internal)
-    lines.append(_("Attachments ({count}):").format(count=len(result["attachments"])))
-    for a in result["attachments"]:
-        flags = f"  ({', '.join(_(f) for f in a['flags'])})" if a["flags"] else ""
-        lines.append(f"    {a['filename']}  {_human_size(a['size'])}  {a['content_type']}{flags}")
-    verdict = result["verdict"]
-    lines += ["", _("Verdict: {action}").format(action=_(verdict["action"]).upper())]
-    if verdict["approvers"]:
-        lines.append(_("Approvers") + ": " + ", ".join(verdict["approvers"]))
-    for reason in verdict["reasons"]:
-        lines.append("  - [" + _(reason["action"]) + "] " + reason["message"])
-    if result.get("force_bcc"):
+    lines.append(_("Attachments ({count}):").format(count=len(result.attachments)))
+    for a in result.attachments:
+        flags = f"  ({', '.join(_(f) for f in a.flags)})" if a.flags else ""
+        lines.append(f"    {a.filename}  {_human_size(a.size)}  {a.content_type}{flags}")
+    verdict = result.verdict
+    lines += ["", _("Verdict: {action}").format(action=_(verdict.action).upper())]
+    if verdict.approvers:
+        lines.append(_("Approvers") + ": " + ", ".join(verdict.approvers))
+    for reason in verdict.reasons:
+        lines.append("  - [" + _(reason.action) + "] " + reason.message)
+    if result.force_bcc:
         lines.append("  * " + _("Convert external To/Cc to Bcc"))
-    for problem in result.get("problems", []):
+    for problem in result.problems:
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
 
 
 @main.command()
 @click.argument("file", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (DESIGN §4).")
+@click.option("--json", "as_json", is_flag=True, help="Print the check result as JSON (the shape the API and `queue show --json` use).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Use this policy file instead of $SENDGUARD_HOME/policy.toml.")
 @pass_ctx
@@ -240,16 +239,16 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
     try:
         if paths.database_file().exists():  # the sent-to history and released threads count too
             result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts, directory=lists) \
-                .evaluate_parsed(parsed, pol).to_json()
+                .evaluate_parsed(parsed, pol).stored()
         else:
             answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol,
                                             marked=parsed.marked_lists)
-            result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts, lists=answers).to_json()
+            result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts, lists=answers).stored()
     finally:
         if lists is not None:
             lists.close()
     if as_json:
-        echo_json(result)
+        echo_json(result.to_json())
     else:
         click.echo(render_check(result, gettext))
 
@@ -257,11 +256,11 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
 # ---------------------------------------------------------------------- queue
 def item_details(item: Item, store: Store) -> dict[str, Any]:
     data = item.summary()
-    data["check"] = item.check
+    data["check"] = item.check.to_json() if item.check else None
     data["decision"] = item.decision
     data["approvers"] = item.approvers
     data["approval"] = item.approval
-    data["reasons"] = item.verdict.get("reasons", [])
+    data["reasons"] = [r.to_json() for r in item.verdict.reasons]
     data["audit"] = [{k: r[k] for k in ("seq", "ts", "event", "actor", "data")} for r in audit.records(store, item.id)]
     data["confirm_url"] = confirm_url(item.id) if item.state == "awaiting_confirmation" else None
     return data
@@ -315,7 +314,7 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
     gettext = ctx.gettext()
     click.echo(f"{item.id}  {gettext(item.state)}")
     click.echo(gettext("Came from") + ": " + source_label(item.source, gettext))
-    if item.check and item.check.get("recipients") is not None and "from" in item.check:
+    if item.check and item.check.readable:
         click.echo(render_check(item.check, gettext))
     if item.last_error:
         click.echo(f"! {item.last_error}")
@@ -427,7 +426,7 @@ def approvals_list(ctx: Context, as_json: bool, approver: str | None) -> None:
     for item in items:
         data = item.summary()
         data["approvers"] = item.approvers
-        data["reasons"] = [r for r in item.verdict.get("reasons", []) if r.get("action") in ("approve", "block")]
+        data["reasons"] = [r.to_json() for r in item.verdict.reasons_at("approve", "block")]
         data["expires_at"] = _iso_or_none(item.expires_at)
         rows.append(data)
     if as_json:

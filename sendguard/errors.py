@@ -24,6 +24,11 @@ class MessageError(SendGuardError):
     """A message cannot be checked (unreadable, no recipients, ...)."""
 
 
+class CheckFormatError(SendGuardError):
+    """A check result (stored, or sent by another machine) without the shape of ``sendguard check --json``:
+    names the first wrong key."""
+
+
 class StateError(SendGuardError):
     """An outbox action does not fit the message's current state."""
 

@@ -1,4 +1,4 @@
-"""Text of attachments for the personal-data and keyword checks (DESIGN §3.1).
+"""Text of attachments for the personal-data and keyword checks.
 
 Reads text in any declared or detected charset, HTML, docx, xlsx (shared and inline strings and
 numeric cells), pptx, PDF (pypdf: plain and Flate streams), the members of unencrypted zip archives

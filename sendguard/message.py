@@ -427,18 +427,28 @@ def iter_leaves(msg: Message) -> Iterator[tuple[Message | None, Message]]:
         elif part.is_multipart():
             payload = part.get_payload()
             if isinstance(payload, list):
-                stack.extend((part, child) for child in reversed(payload))
+                stack.extend((part, child) for child in reversed(payload) if isinstance(child, Message))
         else:
             yield parent, part
 
 
-def iter_attachments(msg: Message) -> Iterator[tuple[str, Message | None, Message]]:
-    """(id, parent, part) for each attachment, ids "1", "2", ... in document order."""
+def iter_parts(msg: Message) -> Iterator[tuple[str | None, Message | None, Message]]:
+    """(attachment id, parent, leaf) in document order: ids "1", "2", ... for attachments, None for
+    body parts. The one numbering of attachments: the check, the rewrite and the pages all use it."""
     index = 0
     for parent, part in iter_leaves(msg):
         if _is_attachment(part):
             index += 1
             yield str(index), parent, part
+        else:
+            yield None, parent, part
+
+
+def iter_attachments(msg: Message) -> Iterator[tuple[str, Message | None, Message]]:
+    """(id, parent, part) for each attachment (see ``iter_parts``)."""
+    for att_id, parent, part in iter_parts(msg):
+        if att_id is not None:
+            yield att_id, parent, part
 
 
 def parse(
@@ -463,33 +473,60 @@ def parse(
     msg = email.message_from_bytes(skeleton, policy=email.policy.compat32)
     if not msg.keys():
         problems.append("the message has no headers (not an RFC 5322 message)")
-
-    recipients: list[Recipient] = []
-    seen: set[str] = set()
-    for header, field_name in (("to", "to"), ("cc", "cc"), ("bcc", "bcc")):
-        for display, addr_spec in _header_addresses(msg, header):
-            rcpt = make_recipient(addr_spec, display, field_name)
-            if rcpt is None:
-                if addr_spec or display:
-                    problems.append(f"unreadable address in {header.title()}: {clean_text(addr_spec or display)!r}")
-                continue
-            if rcpt.address not in seen:
-                seen.add(rcpt.address)
-                recipients.append(rcpt)
-    # meeting invitations: ATTENDEEs are recipients even when the headers do not name them
-    for display, addr_spec in calendar_attendees(msg):
-        rcpt = make_recipient(addr_spec, display, "attendee")
-        if rcpt and rcpt.address not in seen:
-            seen.add(rcpt.address)
-            recipients.append(rcpt)
-    for addr in envelope_recipients:
-        rcpt = make_recipient(addr, "", "bcc")
-        if rcpt and rcpt.address not in seen:
-            seen.add(rcpt.address)
-            recipients.append(rcpt)
+    recipients = _recipients(msg, envelope_recipients, problems)
     if require_recipients and not recipients:
         raise MessageError("the message has no recipients: add To, Cc or Bcc addresses")
+    from_name, from_address = _sender(msg, envelope_from, problems)
+    attachments: list[Attachment] = []
+    body_chunks: list[str] = []
+    for att_id, _parent, part in iter_parts(msg):
+        if att_id is not None:
+            attachments.append(_attachment(att_id, part, elided, budget, depth, problems))
+        elif part.get_content_maintype() == "text":
+            body_chunks.append(_text_of(part, _content(part, "body.txt", elided, problems)[0]))
+    thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to") + " " + _safe_header(msg, "references"))
+    return ParsedMessage(
+        message_id=_safe_header(msg, "message-id").strip(),
+        from_address=from_address,
+        from_name=from_name,
+        subject=_safe_header(msg, "subject"),
+        recipients=recipients,
+        attachments=attachments,
+        body_text="\n".join(body_chunks),
+        size=len(raw),
+        envelope_from=envelope_from,
+        problems=list(dict.fromkeys(problems)),
+        in_reply_to=tuple(dict.fromkeys(thread))[:100],
+        list_unsubscribe=_safe_header(msg, "list-unsubscribe").strip(),
+        precedence=_safe_header(msg, "precedence").strip().lower(),
+        marked_lists=tuple(a.strip().lower() for a in _safe_header(msg, LISTS_HEADER).split(",") if "@" in a),
+    )
 
+
+def _recipients(msg: Message, envelope_recipients: Iterable[str], problems: list[str]) -> list[Recipient]:
+    """To, Cc, Bcc, meeting attendees (even when the headers do not name them), then envelope-only
+    addresses as Bcc; each address once, in that order."""
+    found: dict[str, Recipient] = {}
+
+    def add(rcpt: Recipient | None) -> None:
+        if rcpt is not None and rcpt.address not in found:
+            found[rcpt.address] = rcpt
+
+    for header in ("to", "cc", "bcc"):
+        for display, addr_spec in _header_addresses(msg, header):
+            rcpt = make_recipient(addr_spec, display, header)
+            if rcpt is None and (addr_spec or display):
+                problems.append(f"unreadable address in {header.title()}: {clean_text(addr_spec or display)!r}")
+            add(rcpt)
+    for display, addr_spec in calendar_attendees(msg):
+        add(make_recipient(addr_spec, display, "attendee"))
+    for addr in envelope_recipients:
+        add(make_recipient(addr, "", "bcc"))
+    return list(found.values())
+
+
+def _sender(msg: Message, envelope_from: str, problems: list[str]) -> tuple[str, str]:
+    """(display name, lower-cased address) of From; the envelope sender when From has no address."""
     from_pairs = _header_addresses(msg, "from")
     from_name, from_address = ("", "")
     if from_pairs:
@@ -502,62 +539,30 @@ def parse(
         problems.append("the message has no From address")
     if not from_address and envelope_from:
         from_address = envelope_from.lower()
+    return clean_text(from_name or ""), from_address
 
-    attachments: list[Attachment] = []
-    body_chunks: list[str] = []
-    for _parent, part in iter_leaves(msg):
-        if _is_attachment(part):
-            index = len(attachments) + 1
-            name = _filename(part, index)
-            ctype = part.get_content_type()
-            data, size, digest, head = _content(part, name, elided, problems)
-            att = Attachment(
-                id=str(index),
-                filename=name,
-                size=size,
-                content_type=ctype,
-                sha256=digest,
-                inline=(part.get_content_disposition() == "inline"),
-                is_message=ctype == "message/rfc822",
-                head=head,
-                data=data,
-            )
-            declared = part.get_param("size", header="content-disposition")
-            kind = extract.kind_of(name, ctype, head)
-            if not size and isinstance(declared, str) and declared.isdigit():
-                att.size = int(declared)  # content not supplied (add-in check): keep the real size
-                if kind not in ("none", "unreadable"):
-                    att.uninspected = "its content was not handed to SendGuard"
-            elif size and not data and kind != "none":
-                att.uninspected = f"larger than {KEEP_LIMIT // (1024 * 1024)} MB"
-            else:
-                found = extract.extract(name, ctype, data, budget, depth, part.get_content_charset())
-                att.text, att.flags, att.uninspected = found.text, found.flags, found.uninspected
-            att.ref = part.get("X-SendGuard-Attachment-Ref", "")
-            attachments.append(att)
-        elif part.get_content_maintype() == "text":
-            data = _content(part, "body.txt", elided, problems)[0]
-            body_chunks.append(_text_of(part, data))
 
-    subject = _safe_header(msg, "subject")
-    message_id = _safe_header(msg, "message-id").strip()
-    thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to") + " " + _safe_header(msg, "references"))
-    return ParsedMessage(
-        message_id=message_id,
-        from_address=from_address,
-        from_name=clean_text(from_name or ""),
-        subject=subject,
-        recipients=recipients,
-        attachments=attachments,
-        body_text="\n".join(body_chunks),
-        size=len(raw),
-        envelope_from=envelope_from,
-        problems=list(dict.fromkeys(problems)),
-        in_reply_to=tuple(dict.fromkeys(thread))[:100],
-        list_unsubscribe=_safe_header(msg, "list-unsubscribe").strip(),
-        precedence=_safe_header(msg, "precedence").strip().lower(),
-        marked_lists=tuple(a.strip().lower() for a in _safe_header(msg, LISTS_HEADER).split(",") if "@" in a),
-    )
+def _attachment(att_id: str, part: Message, elided: _Elided | None, budget: extract.Budget, depth: int,
+                problems: list[str]) -> Attachment:
+    """One attachment with its content's text and flags, or the reason it could not be read."""
+    name = _filename(part, int(att_id))
+    ctype = part.get_content_type()
+    data, size, digest, head = _content(part, name, elided, problems)
+    att = Attachment(id=att_id, filename=name, size=size, content_type=ctype, sha256=digest,
+                     inline=part.get_content_disposition() == "inline", is_message=ctype == "message/rfc822",
+                     head=head, data=data, ref=part.get("X-SendGuard-Attachment-Ref", ""))
+    declared = part.get_param("size", header="content-disposition")
+    kind = extract.kind_of(name, ctype, head)
+    if not size and isinstance(declared, str) and declared.isdigit():
+        att.size = int(declared)  # content not supplied (add-in check): keep the real size
+        if kind not in ("none", "unreadable"):
+            att.uninspected = "its content was not handed to SendGuard"
+    elif size and not data and kind != "none":
+        att.uninspected = f"larger than {KEEP_LIMIT // (1024 * 1024)} MB"
+    else:
+        found = extract.extract(name, ctype, data, budget, depth, part.get_content_charset())
+        att.text, att.flags, att.uninspected = found.text, found.flags, found.uninspected
+    return att
 
 
 def load(raw: bytes) -> EmailMessage:

@@ -28,6 +28,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from . import message as msgmod
+from .checks import Reason, StoredCheck, StoredRecipient
 from .i18n import _
 from .mailboxes.base import Mailbox, MailboxError, ReleaseItem
 from .outbox import TRANSITIONS, Item, Outbox, State
@@ -56,10 +57,9 @@ BODY_WAITING = _("Sending “{subject}” was interrupted and the mail service c
                  "keeps asking and will not send it twice; see `sendguard queue show {id}`.")
 
 
-def notice_reasons(item: Item) -> list[dict[str, Any]]:
+def notice_reasons(item: Item) -> list[Reason]:
     """The reasons that made the message need approval (all reasons if none is of that strength)."""
-    reasons = item.verdict.get("reasons", [])
-    return [r for r in reasons if r.get("action") in ("approve", "block")] or list(reasons)
+    return item.verdict.reasons_at("approve", "block") or list(item.verdict.reasons)
 
 
 def preview_text(raw: bytes | None, limit: int = PREVIEW_CHARS) -> str:
@@ -98,7 +98,7 @@ def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str]
 
     Every header value taken from the message is sanitised (one line, no control characters)."""
     g = gettext
-    check = item.check or {}
+    check = item.check or StoredCheck()
     msg = EmailMessage(policy=email.policy.SMTP)
     sender = header_address(item.sender or item.envelope_from)
     msg["From"] = header_address(mail_from) if mail_from else (sender or "sendguard@localhost")
@@ -114,22 +114,21 @@ def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str]
     if deputy_of:
         lines += [g(DEPUTY_INTRO).format(approver=deputy_of), ""]
     lines += [f"{g('Subject')}: {item.subject}", "", f"{g('Why it needs approval')}:"]
-    lines += [f"  - {r.get('message') or r.get('rule')}" for r in notice_reasons(item)] or ["  -"]
-    recipients = check.get("recipients") or [{"address": a, "field": "to", "flags": []} for a in item.envelope_to]
+    lines += [f"  - {r.message or r.rule}" for r in notice_reasons(item)] or ["  -"]
+    recipients = check.recipients or tuple(StoredRecipient(a) for a in item.envelope_to)
     final = {a.lower() for a in item.envelope_to}
     lines += ["", f"{g('Recipients')} ({len(recipients)}):"]
     for r in recipients:
-        flags = [f for f in r.get("flags", []) if f != "external"]
-        gone = "" if not final or r["address"].lower() in final else f" ({g('removed')})"
-        ext = f" [{g('external')}]" if r.get("external") else ""
-        lines.append(f"  {r.get('field', 'to').title()}: {r['address']}{ext}{gone}"
-                     + (f" ({', '.join(flags)})" if flags else ""))
+        flags = [f for f in r.flags if f != "external"]
+        gone = "" if not final or r.address.lower() in final else f" ({g('removed')})"
+        ext = f" [{g('external')}]" if r.external else ""
+        lines.append(f"  {r.field.title()}: {r.address}{ext}{gone}" + (f" ({', '.join(flags)})" if flags else ""))
     removed_att = set((item.decision or {}).get("removed_attachments") or [])
-    attachments = [a for a in check.get("attachments", []) if a.get("id") not in removed_att]
+    attachments = [a for a in check.attachments if a.id not in removed_att]
     lines += ["", f"{g('Attachments')} ({len(attachments)}):"]
     for a in attachments:
-        marks = f" ({', '.join(a.get('flags', []))})" if a.get("flags") else ""
-        lines.append(f"  {a.get('filename')}  {a.get('size', 0)} B  {a.get('content_type', '')}{marks}")
+        marks = f" ({', '.join(a.flags)})" if a.flags else ""
+        lines.append(f"  {a.filename}  {a.size} B  {a.content_type}{marks}")
     lines += ["", g(OPEN_LINK).format(deadline=deadline or "?"), link, ""]
     msg.set_content("\n".join(lines))
     return msg

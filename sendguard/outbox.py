@@ -25,13 +25,22 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
 from . import checks, directory, faults, message
+from .checks import StoredCheck, Verdict
 from .directory import Directory, ListLookup
-from .errors import MessageError, NeedsReconfirmation, NotFound, PermissionDenied, StateError
+from .errors import (
+    CheckFormatError,
+    MessageError,
+    NeedsReconfirmation,
+    NotFound,
+    PermissionDenied,
+    StateError,
+)
 from .i18n import _
 from .mailboxes import _retry
 from .mailboxes.base import (
@@ -117,7 +126,7 @@ TRANSITIONS: dict[str, Transition] = {
 }
 del S
 
-STATES = tuple(State)
+STATES = tuple(s.value for s in State)  # as stored and shown (`queue list --state`)
 
 
 def _in_order(states: Iterable[State]) -> tuple[State, ...]:
@@ -139,6 +148,9 @@ DECIDED_STATES = _in_order([*APPROVAL_OUTCOMES, *FINAL_STATES])
 AWAITING_OUTCOME = (State.RECEIVED, State.AWAITING_CONFIRMATION, State.CONFIRMED, State.RELEASING)
 # states in which a release is due once ``release_after`` has passed
 RELEASABLE = _in_order(TRANSITIONS["start_release"].sources)
+# what the status line (sendguard/waiting.py) tells about: a send being carried out or asked about, a send
+# retried after a failure, a message waiting for the user's decision
+WAITING_STATES = (State.RELEASING, State.FAILED, State.NEEDS_ATTENTION)
 _HOLD = TRANSITIONS["hold"]
 
 
@@ -189,8 +201,9 @@ class _Verdict:
 
     hold: bool
     audit: dict[str, Any]
-    values: dict[str, Any]
+    values: dict[str, Any]  # the item's columns the check fills in
     decision: Decision = field(default_factory=Decision)
+    check: StoredCheck | None = None
 
 
 @dataclass
@@ -208,7 +221,7 @@ class Item:
     message_id: str
     sender: str
     subject: str
-    check: dict[str, Any] | None
+    check_json: dict[str, Any] | None  # the check result as stored (None until checked): see ``check``
     decision: dict[str, Any] | None
     approvers: list[str]
     approval: dict[str, Any] | None
@@ -229,20 +242,30 @@ class Item:
             id=m["id"], state=m["state"], source=m["source"], source_ref=m["source_ref"], account=m["account"],
             owner=m["owner"] or "", envelope_from=m["envelope_from"] or "", envelope_to=list(m["envelope_to"] or []),
             message_id=m["message_id"] or "", sender=m["sender"] or "", subject=m["subject"] or "",
-            check=m["check_result"], decision=m["decision"], approvers=list(m["approvers"] or []),
+            check_json=m["check_result"], decision=m["decision"], approvers=list(m["approvers"] or []),
             approval=m["approval"], release_after=m["release_after"] or 0.0, expires_at=m["expires_at"],
             attempts=m["attempts"] or 0, last_error=m["last_error"], created_at=m["created_at"],
             updated_at=m["updated_at"], purged=bool(m["purged"]),
             raw=m["raw"] if with_bodies else None, final_raw=m["final_raw"] if with_bodies else None,
         )
 
+    @cached_property
+    def check(self) -> StoredCheck | None:
+        """The check result, read when first asked: a damaged stored result (``CheckFormatError``) fails
+        whatever needs this one message, never a listing of all of them."""
+        return None if self.check_json is None else StoredCheck.from_json(self.check_json)
+
     @property
-    def verdict(self) -> dict[str, Any]:
-        return (self.check or {}).get("verdict") or {"action": "allow", "approvers": [], "reasons": []}
+    def verdict(self) -> Verdict:
+        return self.check.verdict if self.check else Verdict()
 
     def summary(self) -> dict[str, Any]:
         """The ``queue list --json`` shape."""
-        check = self.check or {}
+        try:
+            check = self.check
+        except CheckFormatError as exc:  # listed from its envelope; whatever acts on it says what is wrong
+            log.error("message %s: %s", self.id, exc)
+            check = StoredCheck.unreadable(str(exc))
         return {
             "id": self.id,
             "state": self.state,
@@ -250,11 +273,12 @@ class Item:
             "source_label": source_label(self.source),
             "from": self.sender,
             "subject": self.subject,
-            "recipients": check.get("recipients", [{"address": a} for a in self.envelope_to]),
-            "attachments": check.get("attachments", []),
+            "recipients": [r.to_json() for r in check.recipients] if check else
+            [{"address": a} for a in self.envelope_to],
+            "attachments": [a.to_json() for a in check.attachments] if check else [],
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
-            "verdict": self.verdict.get("action", "allow"),
+            "verdict": check.verdict.action if check else "allow",
             "last_error": self.last_error,
             "waiting_for": self.waiting_for,
         }
@@ -375,11 +399,13 @@ class Outbox:
                     log.exception("outbox listener failed")
 
     def transition(self, item_id: str, step: str, actor: str, data: dict[str, Any] | None = None, *,
-                   only_from: Iterable[State] | None = None, **values: Any) -> Item:
+                   only_from: Iterable[State] | None = None, also: Callable[[Any], None] | None = None,
+                   **values: Any) -> Item:
         """Take one step of ``TRANSITIONS`` (with its audit record) atomically, or raise ``StateError``.
 
         ``only_from`` narrows the step's sources further for this call (e.g. ``releasing`` only when the
-        caller has just seen that nobody is sending it); it can never widen them.
+        caller has just seen that nobody is sending it); it can never widen them. ``also(conn)`` writes
+        what belongs to the step beyond the item's row, in the same transaction.
         """
         if not isinstance(step, str) or step not in TRANSITIONS:
             raise ValueError(f"unknown outbox transition {step!r}: one of {', '.join(TRANSITIONS)} "
@@ -401,6 +427,8 @@ class Outbox:
                          .values(state=to.value, updated_at=self.clock(), **values))
             self.store.append_audit(conn, event, actor, item_id, {"from": row.state, "to": to.value, **(data or {})},
                                     ts=self.clock())
+            if also is not None:
+                also(conn)
             faults.point(f"transition.{event}.uncommitted")
         faults.point(f"transition.{event}.committed")
         self._notify(item_id)
@@ -512,10 +540,9 @@ class Outbox:
         except directory.NotCached:
             raise
         except MessageError as exc:
-            return _Verdict(True, {"action": "confirm", "error": str(exc)}, {
-                "last_error": str(exc),
-                "check_result": {"verdict": {"action": "confirm", "approvers": [], "reasons": []},
-                                 "problems": [str(exc)], "recipients": [], "attachments": []}})
+            unreadable = StoredCheck.unreadable(str(exc))
+            return _Verdict(True, {"action": "confirm", "error": str(exc)},
+                            {"last_error": str(exc), "check_result": unreadable.to_json()}, check=unreadable)
         except Exception as exc:  # a bug in a rule must hold the message, never release it
             log.exception("policy evaluation failed")
             return _Verdict(True, {"action": "confirm", "error": f"policy error: {exc}"},
@@ -530,33 +557,42 @@ class Outbox:
         )
         audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
                  "force_bcc": result.force_bcc}
-        values: dict[str, Any] = {"check_result": result.to_json(), "sender": result.message.sender,
+        check = result.stored()
+        values: dict[str, Any] = {"check_result": check.to_json(), "sender": result.message.sender,
                   "owner": result.message.sender, "subject": result.message.subject}
         decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
-        _policy_changes(decision, values["check_result"])  # auto Cc/Bcc added, opted-out removed
-        return _Verdict(hold, audit, values, decision)
+        _policy_changes(decision, check)  # auto Cc/Bcc added, opted-out removed
+        return _Verdict(hold, audit, values, decision, check)
 
     def process(self, item_id: str) -> Item:
-        """Check a received message and hold it for the window, or pass it on when the policy allows."""
+        """Check a received message and hold it for the window, or pass it on when the policy allows.
+
+        The check's result is written by the step that follows it (hold or confirm), in that step's
+        audited transaction. Checked meanwhile by another thread or process: that outcome stands.
+        """
         item = self.get(item_id, with_bodies=True)
         if item.state != State.RECEIVED:
             return item
         policy = self.policy()
         verdict = self._verdict(item.raw or b"", item.envelope_from, item.envelope_to, policy)
-        if verdict.hold:
-            return self.transition(item_id, "hold", "policy", verdict.audit, **verdict.values)
-        with self.store.transaction() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == item_id).values(**verdict.values))
         try:
-            return self._confirm(item_id, (State.RECEIVED,), verdict.decision, "policy", checked=None,
-                                 verdict=verdict.audit)
-        except StateError as exc:
-            # the policy passed it on, but it cannot go (e.g. it needs approval and nobody can approve):
-            # hold it where the user sees it and why, never leave it unseen in ``received``
-            if self.get(item_id).state != State.RECEIVED:
+            if verdict.hold:
+                return self.transition(item_id, "hold", "policy", verdict.audit, **verdict.values)
+            try:
+                return self._confirm(item_id, (State.RECEIVED,), verdict.decision, "policy", checked=None,
+                                     verdict=verdict)
+            except StateError as exc:
+                # the policy passed it on, but it cannot go (e.g. it needs approval and nobody can approve):
+                # hold it where the user sees it and why, never leave it unseen in ``received``
+                if self.get(item_id).state != State.RECEIVED:
+                    raise
+                return self.transition(item_id, "hold", "policy", {**verdict.audit, "error": str(exc)},
+                                       last_error=str(exc), **verdict.values)
+        except StateError:
+            current = self.get(item_id)
+            if current.state == State.RECEIVED:
                 raise
-            return self.transition(item_id, "hold", "policy", {**verdict.audit, "error": str(exc)},
-                                   last_error=str(exc))
+            return current
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
@@ -565,48 +601,52 @@ class Outbox:
         """The user's Send: apply removals and Bcc, re-check, then hold for approval or release.
 
         A message with a ``reconfirm`` reason needs ``reconfirmed=True``: the user has answered the
-        second question that names the reason (DESIGN §3.1).
+        second question that names the reason.
         """
         item = self.get(item_id)
-        check = item.check or {}
-        known_ids = {a["id"] for a in check.get("attachments", [])}
-        by_name = {a["filename"]: a["id"] for a in check.get("attachments", [])}
+        check = item.check or StoredCheck()
+        by_name = {a.filename: a.id for a in check.attachments}
         att_ids = []
         for ref in removed_attachments:
-            if ref in known_ids:
+            if check.attachment(ref) is not None:
                 att_ids.append(ref)
             elif ref in by_name:
                 att_ids.append(by_name[ref])
             else:
                 raise MessageError(f"message {item_id} has no attachment {ref!r} "
                                    f"(attachments: {', '.join(sorted(by_name)) or 'none'})")
-        by_address = {r["address"]: r for r in check.get("recipients", [])}
+        by_address = check.by_address
         policy = self.policy()
         removed = []
         for addr in removed_recipients:
             rcpt = message.make_recipient(addr, "", "to")
             key = rcpt.address if rcpt else addr.lower()
-            if key not in by_address:
+            row = by_address.get(key)
+            if row is None:
                 raise MessageError(f"message {item_id} has no recipient {addr!r}")
-            row = by_address[key]
-            if row.get("list"):
-                raise MessageError(f"{key} gets this message through the list {row['list']}: "
-                                   f"remove {row['list']} instead")
-            if "auto_added" in row.get("flags", []) and policy.is_locked("rules.auto_cc"):
+            if row.list_address:
+                raise MessageError(f"{key} gets this message through the list {row.list_address}: "
+                                   f"remove {row.list_address} instead")
+            if "auto_added" in row.flags and policy.is_locked("rules.auto_cc"):
                 raise MessageError(f"{key} was added by your organization's policy and cannot be removed")
             removed.append(key)
-        decision = Decision(removed, att_ids, bcc or bool(check.get("force_bcc") and policy.auto_bcc))
+        decision = Decision(removed, att_ids, bcc or (check.force_bcc and policy.auto_bcc))
         _policy_changes(decision, check)
         return self._confirm(item_id, (State.AWAITING_CONFIRMATION,), decision, actor, checked=checked,
                              reconfirmed=reconfirmed)
 
     def _confirm(self, item_id: str, allowed: Collection[State], decision: Decision, actor: str,
-                 checked: dict[str, builtins.list[str]] | None, verdict: dict[str, Any] | None = None,
+                 checked: dict[str, builtins.list[str]] | None, verdict: _Verdict | None = None,
                  reconfirmed: bool = False) -> Item:
+        """``verdict``: the policy passing a message on; what its check found (result, sender, subject)
+        is written with the confirmation."""
         item = self.get(item_id, with_bodies=True)
+        check, sender = item.check, item.sender
+        if verdict is not None:
+            check, sender = verdict.check, verdict.values.get("sender", item.sender)
         if item.state not in allowed:
             raise StateError(f"message {item_id} is {item.state}: cannot confirm it now")
-        external = {r["address"] for r in (item.check or {}).get("recipients", []) if r.get("external")}
+        external = check.external_addresses if check else set()
         final, envelope, bcc = apply(item.raw or b"", decision, item.envelope_to, external, item.message_id)
         decision.bcc_addresses = bcc if decision.bcc else []
         policy = self.policy()
@@ -621,12 +661,12 @@ class Outbox:
                 f"message {item_id} needs a second confirmation: {second[0].message}. "
                 "Confirm again with --reconfirmed (the window asks it after the checkboxes)")
         needs_approval = result.action == "approve"
-        if needs_approval and self.local_approvers and not policy.approvers_for(item.sender):
+        if needs_approval and self.local_approvers and not policy.approvers_for(sender):
             # never a hold that waits for nobody: the sender hears it now and the message stays here
             raise StateError(self.gettext(_(
                 "This message needs approval, but no approver is configured for {sender}: ask your "
                 "administrator to set [approval] approvers in the policy, then press Send again, or cancel "
-                "it.")).format(sender=item.sender or "?"))
+                "it.")).format(sender=sender or "?"))
         now = self.clock()
         data = {"removed_recipients": decision.removed_recipients,
                 "removed_attachments": decision.removed_attachments, "bcc": decision.bcc,
@@ -639,12 +679,13 @@ class Outbox:
         if decision.added_cc or decision.added_bcc:
             data["added_cc"], data["added_bcc"] = decision.added_cc, decision.added_bcc
         if verdict is not None:
-            data["verdict"] = verdict
+            data["verdict"] = verdict.audit
         record = decision.to_json() | {"needs_approval": needs_approval, "final_action": result.action,
                                        "final_recipients": envelope, "confirmed_by": actor}
         item = self.transition(
             item_id, "confirm", actor, data, only_from=allowed, final_raw=final, decision=record,
             envelope_to=envelope, release_after=now + (0 if needs_approval else policy.hold_seconds),
+            **(verdict.values if verdict is not None else {}),
         )
         if needs_approval:
             approvers = list(policy.approvers_for(item.sender))
@@ -802,10 +843,14 @@ class Outbox:
         )
 
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
-        with self.store.transaction() as conn:
-            self.store.record_sent_domains(conn, item.envelope_to, self.clock())
+        """``sent``, and its recipients' domains counted as sent to, in one transaction."""
+        done = self.transition(item.id, "sent", "sendguard", detail, also=self._record_domains(item.envelope_to),
+                               last_error=None)
         self._sent_domains = (0.0, ())
-        return self.transition(item.id, "sent", "sendguard", detail, last_error=None)
+        return done
+
+    def _record_domains(self, addresses: builtins.list[str]) -> Callable[[Any], None]:
+        return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
         backoff = retry_after if retry_after is not None else _retry.delay(item.attempts)
@@ -1000,17 +1045,15 @@ HISTORY_DOMAINS = 2000  # most recently sent-to domains used as look-alike refer
 HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
 
 
-def _policy_changes(decision: Decision, check: dict[str, Any]) -> None:
+def _policy_changes(decision: Decision, check: StoredCheck) -> None:
     """What the policy itself changes on release: auto Cc/Bcc added, opted-out recipients removed."""
     removed = set(decision.removed_recipients)
-    for row in check.get("recipients", []):
-        flags = row.get("flags", [])
-        address = row.get("address", "")
-        if "suppressed" in flags and address not in removed:
-            decision.removed_recipients.append(address)
-            removed.add(address)
-        elif "auto_added" in flags and address not in removed:
-            (decision.added_bcc if row.get("field") == "bcc" else decision.added_cc).append(address)
+    for row in check.recipients:
+        if "suppressed" in row.flags and row.address not in removed:
+            decision.removed_recipients.append(row.address)
+            removed.add(row.address)
+        elif "auto_added" in row.flags and row.address not in removed:
+            (decision.added_bcc if row.field == "bcc" else decision.added_cc).append(row.address)
 
 
 def _sha256(data: bytes) -> str:

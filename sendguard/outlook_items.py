@@ -28,7 +28,7 @@ def decision_for_addin(item: Item) -> dict[str, Any] | None:
     decision = item.decision
     if decision is None:
         return None
-    refs = {a["id"]: a.get("ref") or a["id"] for a in (item.check or {}).get("attachments", [])}
+    refs = {a.id: a.ref or a.id for a in item.check.attachments} if item.check else {}
     decision = dict(decision)
     decision["removed_attachment_refs"] = [refs.get(i, i) for i in decision.get("removed_attachments", [])]
     if item.source in ("outlook", "gmail_web"):  # the client removes them itself, by its own ids

@@ -141,7 +141,7 @@ class Policy:
     blocked_domains: tuple[str, ...] = ()
     auto_bcc: bool = False
     keywords: tuple[Keyword, ...] = ()
-    # DESIGN §3.1: parity with FlexConfirmMail / OutlookOkan
+    # the rules that catch the wrong customer and the forgotten file (parity with FlexConfirmMail / OutlookOkan)
     contacts: tuple[Contact, ...] = ()
     lists: tuple[DistributionList, ...] = ()
     reply_new_domain: str = "confirm"
@@ -320,7 +320,7 @@ class _Validator:
             return self.suppression(key, value)
         raise AssertionError(kind)
 
-    # ---------------------------------------------------------- DESIGN §3.1 tables and data files
+    # ---------------------------------------------------------- tables and data files of [rules]/[organization]
     def _table_keys(self, key: str, entry: Any, allowed: set[str], what: str) -> dict[str, Any]:
         if not isinstance(entry, dict):
             raise self.fail(key, f"write it as a {what} table")

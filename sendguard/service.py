@@ -32,8 +32,9 @@ from .submission import SubmissionHandler, SubmissionServer
 log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = 10.0
 
-# Outbox interception (DESIGN §8): how often each Exchange/Graph account's Outbox is looked at, unless
-# the account sets ``outbox_poll_seconds``. The worst case from an item appearing in the Outbox to it
+# Outbox interception (mail Outlook sends with a deferred time waits in the server-side Outbox, where
+# SendGuard takes it before the server sends it): how often each Exchange/Graph account's Outbox is
+# looked at, unless the account sets ``outbox_poll_seconds``. The worst case from an item appearing in the Outbox to it
 # being taken is this interval plus one look (a FindItem/list and a move: well under a second on a
 # healthy server), so any deferred time above that is enough; a one-minute defer rule leaves ample room.
 # On EWS a streaming subscription on the Outbox wakes the watch at once as well (``outbox_streaming``);

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .i18n import _
-from .outbox import WAITING_PREFIX, Item, Outbox
+from .outbox import WAITING_PREFIX, WAITING_STATES, Item, Outbox, State
 
 # the state SendGuard is waiting in, for each kind of line (also the order they are shown in)
 KINDS = ("attention", "reconcile", "retry", "central", "sending", "paused")
@@ -42,11 +42,10 @@ def waiting(outbox: Outbox, gettext: Callable[[str], str], central: Any = None,
             paused: bool = False) -> list[Waiting]:
     """The lines for everything SendGuard is waiting on now (empty when nothing waits)."""
     t = gettext
-    items = outbox.list(["releasing", "failed", "needs_attention"] + (["awaiting_approval"] if central else []),
-                        limit=10_000)
+    items = outbox.list([*WAITING_STATES, *([State.AWAITING_APPROVAL] if central else [])], limit=10_000)
     now = outbox.clock()
     lines: list[Waiting] = []
-    attention = [i for i in items if i.state == "needs_attention"]
+    attention = [i for i in items if i.state == State.NEEDS_ATTENTION]
     if attention:
         lines.append(Waiting("attention", t(_("{count} message(s) need your decision: see `sendguard queue list`."))
                              .format(count=len(attention)), tuple(i.id for i in attention)))
@@ -54,7 +53,7 @@ def waiting(outbox: Outbox, gettext: Callable[[str], str], central: Any = None,
     asking: dict[str, list[Item]] = {}
     sending: list[Item] = []
     for item in items:
-        if item.state != "releasing":
+        if item.state != State.RELEASING:
             continue
         found = _WHERE.match(item.last_error or "")
         if found:
@@ -68,7 +67,7 @@ def waiting(outbox: Outbox, gettext: Callable[[str], str], central: Any = None,
                              .format(count=len(group), where=where, seconds=_seconds(left)),
                              tuple(i.id for i in group)))
     # sends that failed for now: retried with back-off until the mail service takes them
-    failed = sorted((i for i in items if i.state == "failed"), key=lambda i: -i.updated_at)
+    failed = sorted((i for i in items if i.state == State.FAILED), key=lambda i: -i.updated_at)
     if failed:
         left = min(i.release_after for i in failed) - now
         last = next((i.last_error for i in failed if i.last_error), "") or t(_("no answer"))
@@ -77,7 +76,7 @@ def waiting(outbox: Outbox, gettext: Callable[[str], str], central: Any = None,
                              .format(count=len(failed), seconds=_seconds(left), error=last),
                              tuple(i.id for i in failed)))
     error = getattr(central, "last_error", None) if central is not None else None
-    held = [i for i in items if i.state == "awaiting_approval"]
+    held = [i for i in items if i.state == State.AWAITING_APPROVAL]
     if error and held:
         lines.append(Waiting("central", t(_("{count} message(s) held for approval: waiting for the central server "
                                             "{url} ({error}). They stay held; nothing is lost."))

@@ -167,3 +167,15 @@ def test_openapi_describes_every_api_endpoint(client):
         path = rule.rule.replace("<item_id>", "{item_id}")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, f"{method} {path} is not in the OpenAPI document"
+
+
+def test_the_confirmation_page_gets_errors_in_its_language(client):
+    """Issue #11 item 19: the page names its language; other clients keep the English text."""
+
+    for lang, expected in (("ja", "送信トレイにメッセージ"), ("zh", "发件箱中没有邮件")):
+        response = client.post("/api/v1/outbox/0123456789abcdef/cancel", json={},
+                               headers={**AUTH, "X-SendGuard-Language": lang})
+        assert response.status_code == 404 and error_of(response) == "not_found"
+        assert expected in response.get_json()["error"]["message"]
+    english = client.post("/api/v1/outbox/0123456789abcdef/cancel", json={}, headers=AUTH)
+    assert english.get_json()["error"]["message"].startswith("no message '0123456789abcdef' in the outbox")

@@ -26,7 +26,7 @@ def _held(helper, home: Path) -> str:
 
 def test_default_policy_without_approvers_tells_the_sender_at_send(helper, home: Path) -> None:
     h, item_id = _held(helper, home)  # embedded defaults: personal_data = "approve", no approvers
-    assert h.outbox.get(item_id).verdict["action"] == "approve"
+    assert h.outbox.get(item_id).verdict.action == "approve"
     with pytest.raises(StateError, match=r"no approver is configured .*\[approval\] approvers"):
         h.outbox.confirm(item_id)
     assert h.outbox.get(item_id).state == "awaiting_confirmation"  # still the sender's to fix or cancel
@@ -57,6 +57,6 @@ def test_passed_on_without_a_window_but_nobody_can_approve_is_held_where_the_use
     h = helper()
     smtp_send(h.smtp.port, make_message(to="x@partner.example", body=CARD))
     item = wait_for(lambda: next(iter(h.outbox.list(["awaiting_confirmation"])), None), timeout=30)
-    assert item.verdict["action"] == "approve"
+    assert item.verdict.action == "approve"
     assert "no approver is configured" in (item.last_error or "")
     assert h.outbox.list(["received"]) == []

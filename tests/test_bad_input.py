@@ -128,7 +128,7 @@ def test_non_mime_bytes_over_smtp_are_held(home, helper, write_policy):
     h = helper()
     smtp_send(h.smtp.port, b"just some words, no headers at all", to_addrs=["s@partner.example"])
     [item] = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))
-    assert item.check["problems"]
+    assert item.check.problems
 
 
 def test_overlong_line_is_refused_at_smtp_with_a_reason(helper):

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from conftest import SAMPLE_POLICY, make_message, run_cli, smtp_send, wait_for
+from sqlalchemy import select
 
 from sendguard import audit, config, outbox, policy, store
 from sendguard.mailboxes.maildir import MaildirMailbox
@@ -64,7 +65,7 @@ def test_a_small_message_is_stored_already_checked_in_one_commit(home, setup):
     smtp_send(proc.smtp_port, make_message(to="x@partner.example"))
     [item] = items(home)  # right after the 250, without waiting for the worker
     assert item.state == "awaiting_confirmation"
-    assert item.check["verdict"]["action"] == "confirm"
+    assert item.check.verdict.action == "confirm"
     events = [r["event"] for r in audit.records(store.Store(home / "sendguard.db"), item.id)]
     assert events == ["received", "verdict"]
 
@@ -96,6 +97,21 @@ def test_crash_during_confirm_leaves_it_held_then_confirm_again(home, setup):
     assert len(sent_files(home)) == 1
 
 
+def test_crash_while_passing_a_checked_message_on_writes_nothing_of_that_step(home, setup):
+    """The check's result is written by the step that follows the check, in its audited transaction:
+    killed before that commits, the message is as received (no unaudited verdict) and is checked again."""
+    proc = setup().start(crash_at="transition.confirmed.uncommitted")
+    smtp_send(proc.smtp_port, make_message(to="colleague@example.co.jp"))  # internal: the policy passes it on
+    assert proc.wait_dead() == -9
+    [item] = items(home)
+    assert (item.state, item.check, item.subject) == ("received", None, "")
+    assert [r["event"] for r in audit.records(store.Store(home / "sendguard.db"), item.id)] == ["received"]
+    setup().start()
+    wait_for(lambda: items(home)[0].state == "sent")
+    assert items(home)[0].check.verdict.action == "allow"
+    assert len(sent_files(home)) == 1
+
+
 @pytest.mark.parametrize("point", ["transition.releasing.committed", "release.after_transport",
                                    "transition.released.uncommitted"])
 def test_crash_during_maildir_release_is_reconciled_once(home, setup, point):
@@ -116,6 +132,10 @@ def test_crash_during_maildir_release_is_reconciled_once(home, setup, point):
     else:  # the file was written: found, recorded as sent, not sent again
         assert events.count("releasing") == 1
         assert trail[-1]["event"] == "released" and trail[-1]["data"]["reconciled"] is True
+    # the domain was counted with the "released" step itself: once, however often the send was interrupted
+    with store.Store(home / "sendguard.db").engine.connect() as conn:
+        counts = conn.execute(select(store.domains.c.domain, store.domains.c.count)).all()
+    assert [tuple(r) for r in counts] == [("partner.example", 1)]
 
 
 class Sink:

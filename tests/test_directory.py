@@ -222,11 +222,11 @@ def test_smtp_mail_to_an_exchange_list_shows_its_members(home, helper, ews):
     h = helper()
     smtp_send(h.smtp.port, make_message(to="all-staff@example.co.jp"))
     item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
-    rows = {r["address"]: r for r in item.check["recipients"]}
-    assert {a for a, r in rows.items() if r.get("list") == "all-staff@example.co.jp"} == {
+    rows = item.check.by_address
+    assert {a for a, r in rows.items() if r.list_address == "all-staff@example.co.jp"} == {
         "hanako@example.co.jp", "sato@example.co.jp", "kato@example.co.jp", "taro@example.co.jp"}
-    [reason] = [r for r in item.verdict["reasons"] if r["rule"] == "distribution_list"]
-    assert reason["target"] == "all-staff@example.co.jp" and "4 members" in reason["message"]
+    [reason] = [r for r in item.verdict.reasons if r.rule == "distribution_list"]
+    assert reason.target == "all-staff@example.co.jp" and "4 members" in reason.message
 
 
 def test_block_refuses_a_list_exchange_will_not_expand_and_one_it_could_not_ask(home, helper, ews):
@@ -234,12 +234,12 @@ def test_block_refuses_a_list_exchange_will_not_expand_and_one_it_could_not_ask(
     h = helper()
     smtp_send(h.smtp.port, make_message(to="board@example.co.jp"))
     item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
-    assert item.verdict["action"] == "block"
+    assert item.verdict.action == "block"
     ews.outage.down()
     smtp_send(h.smtp.port, make_message(to="new-team@example.co.jp", subject="2"))
     second = wait_for(lambda: [i for i in h.outbox.list(["awaiting_confirmation"]) if i.subject == "2"])[0]
-    [reason] = [r for r in second.verdict["reasons"] if r["rule"] == "distribution_list"]
-    assert reason["action"] == "block" and "could not ask Exchange" in reason["message"]
+    [reason] = [r for r in second.verdict.reasons if r.rule == "distribution_list"]
+    assert reason.action == "block" and "could not ask Exchange" in reason.message
 
 
 def test_intake_never_waits_for_the_directory_before_the_250(home, ews):

@@ -166,7 +166,7 @@ def test_uninspectable_attachment_holds_internal_mail(home, helper, write_policy
     h = helper()
     smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp", attachments=[("q.xls", OLE, "application/vnd.ms-excel")]))
     [item] = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))
-    assert any("q.xls" in p for p in item.check["problems"])
+    assert any("q.xls" in p for p in item.check.problems)
 
 
 @pytest.mark.parametrize("shift", range(-4, 5))

@@ -13,10 +13,12 @@ policy, allowed with the same origins as a managed Chromium policy.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import re
 import ssl
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -121,7 +123,13 @@ def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 @pytest.fixture
 def managed_policy() -> Iterator[Any]:
-    """Writes a managed Chromium policy file for the next browser started; removed afterwards."""
+    """Writes a managed Chromium policy file for the next browser started; removed afterwards.
+
+    The policy folder is the machine's: the tests that write it hold a lock on it for their whole run, so
+    one that expects no policy never meets another's (pytest-xdist runs them side by side, and a second
+    checkout's suite may run on the same machine)."""
+    lock = open(Path(tempfile.gettempdir()) / "sendguard-test-chromium-policy.lock", "w")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
     written: list[Path] = []
     made = [d for d in (POLICY_DIR.parent, POLICY_DIR) if not d.exists()]
 
@@ -138,6 +146,7 @@ def managed_policy() -> Iterator[Any]:
     for folder in reversed(made):  # the folders this test made, if nothing else was put there meanwhile
         if folder.exists() and not any(folder.iterdir()):
             folder.rmdir()
+    lock.close()  # releases the lock
 
 
 def open_outlook(helper: Any, outlook: FakeOutlookWeb) -> dict[str, Any]:

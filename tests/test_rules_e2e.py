@@ -47,7 +47,7 @@ def test_reconfirm_needs_the_second_confirmation_on_the_cli(home, helper):
     h = helper()
     smtp_send(h.smtp.port, make_message(to="x@careful.example"))
     item = held(h)
-    assert item.verdict["action"] == "reconfirm"
+    assert item.verdict.action == "reconfirm"
     out = run_cli("queue", "confirm", item.id)
     err = out.stderr.decode()
     assert out.returncode == 1 and "--reconfirmed" in err and "要注意の取引先" in err and "Traceback" not in err
@@ -66,12 +66,12 @@ def test_auto_cc_is_released_and_suppressed_recipient_is_removed(home, helper):
     msg = make_message(to=["a@customer.example", "optout@customer.example"])
     smtp_send(h.smtp.port, msg)
     item = held(h)
-    rows = {r["address"]: r for r in item.check["recipients"]}
-    assert "auto_added" in rows["legal@example.co.jp"]["flags"] and rows["legal@example.co.jp"]["field"] == "cc"
-    assert "auto_added" in rows["archive@example.co.jp"]["flags"] and rows["archive@example.co.jp"]["field"] == "bcc"
-    assert "suppressed" in rows["optout@customer.example"]["flags"]
-    reasons = {r["rule"]: r for r in item.verdict["reasons"]}
-    assert "optout@customer.example" in reasons["suppressed"]["message"]
+    rows = item.check.by_address
+    assert "auto_added" in rows["legal@example.co.jp"].flags and rows["legal@example.co.jp"].field == "cc"
+    assert "auto_added" in rows["archive@example.co.jp"].flags and rows["archive@example.co.jp"].field == "bcc"
+    assert "suppressed" in rows["optout@customer.example"].flags
+    reasons = {r.rule: r for r in item.verdict.reasons}
+    assert "optout@customer.example" in reasons["suppressed"].message
     assert run_cli("queue", "confirm", item.id).returncode == 0
     wait_for(lambda: h.outbox.get(item.id).state == "sent")
     [sent] = released(home)
@@ -128,7 +128,7 @@ def test_auto_cc_on_allowed_internal_mail_goes_out_without_a_window(home, helper
     h = helper()
     smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp", subject="契約書の件"))
     [item] = wait_for(lambda: h.outbox.list(["sent"]))
-    assert item.verdict["action"] == "allow"
+    assert item.verdict.action == "allow"
     [sent] = released(home)
     assert sent["Cc"] == "legal@example.co.jp"
     assert sorted(sent.get_all("X-SendGuard-Envelope-To")) == ["hanako@example.co.jp", "legal@example.co.jp"]

@@ -76,7 +76,7 @@ def test_allow_verdict_released_without_window(home, helper, write_policy):
     smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp", cc="dev@sub.example.co.jp"))
     [item] = wait_for(lambda: h.outbox.list(["sent"]))  # the file is written while still "releasing"
     assert len(released(home)) == 1
-    assert item.verdict["action"] == "allow"
+    assert item.verdict.action == "allow"
 
 
 def test_confirm_when_always_holds_internal_mail(home, helper, write_policy):
@@ -84,8 +84,8 @@ def test_confirm_when_always_holds_internal_mail(home, helper, write_policy):
     h = helper()
     smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp"))
     item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
-    assert item.verdict["action"] == "confirm"  # DESIGN §4: what the helper does for this user
-    assert [r["rule"] for r in item.verdict["reasons"]] == ["confirm_always"]
+    assert item.verdict.action == "confirm"  # DESIGN §4: what the helper does for this user
+    assert [r.rule for r in item.verdict.reasons] == ["confirm_always"]
     assert not released(home)
 
 
@@ -95,8 +95,8 @@ def test_bcc_conversion_moves_external_addresses_out_of_headers(home, helper, wr
     rcpts = [f"user{i}@customer{i}.example" for i in range(12)]
     smtp_send(h.smtp.port, make_message(to=rcpts, cc="boss@example.co.jp"))
     item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
-    assert item.check["force_bcc"] is True
-    assert any(r["rule"] == "many_external_recipients" for r in item.verdict["reasons"])
+    assert item.check.force_bcc is True
+    assert any(r.rule == "many_external_recipients" for r in item.verdict.reasons)
     assert run_cli("queue", "confirm", item.id, "--bcc").returncode == 0
     wait_for(lambda: h.outbox.get(item.id).state == "sent")
     [sent] = released(home)
@@ -154,7 +154,7 @@ def test_block_verdict_cannot_be_confirmed_until_recipient_removed(home, helper,
     h = helper()
     smtp_send(h.smtp.port, make_message(to=["x@rival.example", "y@partner.example"]))
     item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
-    assert item.verdict["action"] == "block"
+    assert item.verdict.action == "block"
     refused = run_cli("queue", "confirm", item.id)
     assert refused.returncode == 1
     assert b"x@rival.example" in refused.stderr and b"Traceback" not in refused.stderr

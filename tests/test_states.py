@@ -167,3 +167,32 @@ def test_no_module_keeps_a_private_set_of_outbox_states() -> None:
                     found.append(f"{rel}:{node.lineno} {states}")
     assert not found, "state sets outside outbox.py (use State and the sets in outbox.py):\n" + "\n".join(found)
 
+
+def test_a_message_checked_meanwhile_by_another_process_keeps_that_outcome(home: Path, write_policy: Any,
+                                                                           message_factory: Any) -> None:
+    """``submit`` checks what it received; a running helper's worker may check it first: no error."""
+    from sendguard.outbox import Outbox
+    from sendguard.policy import load as load_policy
+    from sendguard.store import Store
+
+    policy = load_policy(write_policy())
+    store = Store(home / "sendguard.db")
+    other = Outbox(store, lambda: policy)  # e.g. the helper's worker, in another process
+    ours_asked: list[str] = []
+
+    def ours_policy() -> Any:
+        if not ours_asked:  # between our read of the item and our step, the other one checks it
+            ours_asked.append(item_id)
+            assert other.process(item_id).state == S.AWAITING_CONFIRMATION
+        return policy
+
+    ours = Outbox(store, ours_policy)
+    item_id = ours.receive(message_factory(to="x@partner.example").as_bytes(), "taro@example.co.jp",
+                           ["x@partner.example"])
+    item = ours.process(item_id)
+    assert ours_asked == [item_id]
+    assert item.state == S.AWAITING_CONFIRMATION
+    with store.engine.connect() as conn:
+        events = [r.event for r in conn.execute(select(audit.c.event).where(audit.c.item_id == item_id))]
+    assert events == ["received", "verdict"]  # checked and held once
+    store.close()

@@ -1,4 +1,4 @@
-"""Rules on what the message says and carries (DESIGN §3.1): the forgotten and the oversized
+"""Rules on what the message says and carries: the forgotten and the oversized
 attachment, unsafe and encrypted files, and the wrong customer named in a salutation or file name."""
 
 from __future__ import annotations

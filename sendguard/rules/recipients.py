@@ -1,4 +1,4 @@
-"""Recipient rules of DESIGN §3.1: automatic Cc/Bcc, distribution lists, address rules, the
+"""Recipient rules: automatic Cc/Bcc, distribution lists, address rules, the
 suppression list, the sender account, replies that add a domain, and bulk mail without an opt-out."""
 
 from __future__ import annotations

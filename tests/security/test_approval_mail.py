@@ -72,6 +72,6 @@ def test_one_broken_message_never_holds_up_the_other_approval_mails(home: Path, 
             helper.notify_approvals()
         assert [str(m["X-SendGuard-Notice"]).split("item=")[1] for m in approval_mails(home)] == [fine]
         failures = [rec for rec in audit.records(helper.store, broken) if rec["event"] == "approval_notice_failed"]
-        assert len(failures) == 1 and "KeyError" in failures[0]["data"]["error"]
+        assert len(failures) == 1 and "recipients[0].address is missing" in failures[0]["data"]["error"]
     finally:
         helper.stop()
