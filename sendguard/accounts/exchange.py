@@ -15,8 +15,8 @@ import click
 from .. import config as config_mod
 from .. import paths, secrets
 from ..config import Account as AccountConfig
-from ..mailboxes.base import MailboxError
-from ..mailboxes.exchange import HOLD_FOLDER, ExchangeMailbox
+from ..mailboxes.base import HOLD_FOLDER, MailboxError
+from ..mailboxes.exchange import ExchangeMailbox
 from ..mailboxes.graph import MsalTokenSource
 
 

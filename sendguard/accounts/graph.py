@@ -16,8 +16,8 @@ import click
 from .. import config as config_mod
 from .. import paths, secrets
 from ..config import Account as AccountConfig
-from ..mailboxes.base import MailboxError
-from ..mailboxes.graph import GRAPH_ENDPOINT, HOLD_FOLDER, GraphMailbox, MsalTokenSource
+from ..mailboxes.base import HOLD_FOLDER, MailboxError
+from ..mailboxes.graph import GRAPH_ENDPOINT, GraphMailbox, MsalTokenSource
 
 
 @click.command("graph")
