@@ -272,7 +272,7 @@ def queue() -> None:
 
 @queue.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in STATES]),
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
               help="Only these states (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="Include sent and cancelled messages.")
 @pass_ctx
