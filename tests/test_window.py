@@ -254,6 +254,8 @@ def test_status_line_says_what_sendguard_waits_for(home: Path) -> None:
         assert window.evaluate("document.getElementById('status').hidden") is True  # nothing waits yet
         window.evaluate("SG.checkAll() && SG.send()")
         status = window.wait("status", timeout=60)
+        while [line["kind"] for line in status["lines"]] == ["sending"]:  # caught mid-send: the failure follows
+            status = window.wait("status", timeout=60)
         assert [line["kind"] for line in status["lines"]] == ["retry"]
         assert first in status["lines"][0]["ids"]
         text = status["lines"][0]["text"]
@@ -267,6 +269,8 @@ def test_status_line_says_what_sendguard_waits_for(home: Path) -> None:
         assert window.evaluate("document.querySelector('#status li').getAttribute('data-kind')") == "retry"
         sink.unlink()  # the share is back
         cleared = window.wait("status", timeout=60)
+        while [line["kind"] for line in cleared["lines"]] in (["retry"], ["sending"]):  # retried, then sent
+            cleared = window.wait("status", timeout=60)
         assert cleared["lines"] == []
         wait_until(lambda: window.evaluate("document.getElementById('status').hidden") is True)
         assert len(list((sink / "new").glob("*"))) == 1  # sent once, when it could be
