@@ -44,7 +44,7 @@ from flask import Blueprint, current_app, jsonify, request
 from google.auth import exceptions as google_auth_errors
 from google.auth import jwt as google_jwt
 
-from sendguard import config as sg_config
+from sendguard import config as configmod
 from sendguard import paths
 from sendguard.errors import SendGuardError
 from sendguard.mailboxes import gmail
@@ -304,7 +304,7 @@ def _mailbox_for(email: str) -> tuple[Any, gmail.GmailMailbox | None]:
     if getattr(service.outbox, "mailbox_for", None) is None:
         raise NotConfigured("this server never sends mail (the central approval server): host the add-on on "
                             "a SendGuard Gmail gateway, see docs/gmail-addon.md")
-    cfg = getattr(service, "config", None) or sg_config.load()
+    cfg = getattr(service, "config", None) or configmod.load()
     account = cfg.account_for(email)
     if account is None or account.kind != "gmail" or not account.settings.get("drafts"):
         return service, None

@@ -120,6 +120,9 @@ TRANSITIONS: dict[str, Transition] = {
     "resolve_resend": _t([S.NEEDS_ATTENTION, S.RELEASING, S.FAILED], S.FAILED, "retry_requested"),
     # central server: the sender's helper reports it sent the approved message
     "helper_sent": _t([S.APPROVED], S.SENT, "released"),
+    # the sender's helper: the central server sent a message it keeps and sends itself
+    # ([approval] release = "server"); this helper never sends such a message
+    "released_by_server": _t([S.AWAITING_APPROVAL, S.NEEDS_ATTENTION], S.SENT, "released_by_server"),
 }
 del S
 
@@ -282,7 +285,10 @@ class Item:
 
     @property
     def waiting_for(self) -> str | None:
-        """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
+        """For an interrupted send: what SendGuard is waiting to learn, and from whom; for a message the
+        central server sends itself: what the server is doing with it (else None)."""
+        if self.state == State.AWAITING_APPROVAL and (self.decision or {}).get("release") == "server":
+            return self.last_error
         if self.state != State.RELEASING:
             return None
         if self.last_error and self.last_error.startswith(WAITING_PREFIX):
@@ -468,12 +474,9 @@ class Outbox:
             envelope = [r.strip() for r in msg.recipients]
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
             sender = (msg.envelope_from or "").lower()
-            values = {
-                "id": item_id, "state": State.RECEIVED.value, "source": msg.source, "source_ref": msg.source_ref,
-                "account": msg.account, "owner": sender, "envelope_from": msg.envelope_from or "",
-                "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
-                "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
-                "check_result": None, "last_error": None}
+            values = _new_row(item_id, State.RECEIVED, now, source=msg.source, source_ref=msg.source_ref,
+                              account=msg.account, owner=sender, envelope_from=msg.envelope_from or "",
+                              envelope_to=envelope, message_id=msg_id, sender=sender, raw=msg.raw)
             records.append(("received", msg.actor or msg.envelope_from or msg.source, item_id, {
                 "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
                 "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}))
@@ -501,7 +504,10 @@ class Outbox:
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
         item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account, actor)
-        return self.process(item_id)
+        try:
+            return self.process(item_id)
+        except StateError:  # the worker checked it first (it takes every committed `received` item)
+            return self.get(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
                  policy: Policy | None = None, cached_only: bool = False) -> checks.CheckResult:
@@ -998,11 +1004,9 @@ class Outbox:
         item_id = new_id()
         note = ("sent by the mail server at its deferred time while SendGuard was not watching: "
                 "it was not checked")
-        values = {"id": item_id, "state": State.SENT.value, "source": source, "source_ref": None, "account": account,
-                  "owner": "", "envelope_from": "", "envelope_to": list(missed.recipients),
-                  "message_id": missed.message_id, "sender": "", "subject": missed.subject, "raw": missed.raw or None,
-                  "release_after": 0.0, "attempts": 0, "created_at": missed.sent_at, "updated_at": now,
-                  "purged": 0, "last_error": note}
+        values = _new_row(item_id, State.SENT, now, source=source, account=account,
+                          envelope_to=list(missed.recipients), message_id=missed.message_id, subject=missed.subject,
+                          raw=missed.raw or None, created_at=missed.sent_at, last_error=note)
         if missed.raw:
             try:
                 parsed = message.parse(missed.raw, "", missed.recipients)
@@ -1016,6 +1020,27 @@ class Outbox:
                 "sent_at": missed.sent_at, "deferred_until": missed.deferred_until,
                 "recipients": list(missed.recipients), "reason": note}, ts=now)
             self.store.record_sent_domains(conn, list(missed.recipients), now)
+        self._notify(item_id)
+        return self.get(item_id)
+
+    # ------------------------------------------------------------------ requests from other machines
+    def take_for_approval(self, item_id: str, raw: bytes, *, owner: str, sender: str, envelope_from: str,
+                          recipients: list[str], message_id: str, subject: str, source: str,
+                          check: checks.StoredCheck | None, decision: dict[str, Any] | None, approvers: list[str],
+                          expires_at: float, actor: str, audit_data: dict[str, Any]) -> Item:
+        """Keep a message another machine holds for approval (the central server, for a user's helper):
+        stored in ``awaiting_approval`` under that machine's id, with its ``approval_requested`` record,
+        in one transaction. Raises ``IntegrityError`` when the id is taken (the caller answers a retry)."""
+        now = self.clock()
+        event = TRANSITIONS["request_approval"].event
+        values = _new_row(item_id, TRANSITIONS["request_approval"].target, now, source=source, owner=owner,
+                          envelope_from=envelope_from, envelope_to=recipients, message_id=message_id,
+                          sender=sender, subject=subject, raw=raw, final_raw=raw,
+                          check_result=check.to_json() if check else None, decision=decision, approvers=approvers,
+                          expires_at=expires_at)
+        with self.store.transaction() as conn:
+            conn.execute(_INSERT_ITEM, [values])
+            self.store.append_audit(conn, event, actor, item_id, audit_data, ts=now)
         self._notify(item_id)
         return self.get(item_id)
 
@@ -1037,6 +1062,20 @@ class Outbox:
 
 HISTORY_DOMAINS = 2000  # most recently sent-to domains used as look-alike references
 HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
+
+
+def _new_row(item_id: str, state: State, now: float, **values: Any) -> dict[str, Any]:
+    """Every column of a new outbox row: the defaults, then ``values`` (names as in ``store.outbox``)."""
+    row: dict[str, Any] = {
+        "id": item_id, "state": state.value, "source": "", "source_ref": None, "account": None, "owner": "",
+        "envelope_from": "", "envelope_to": [], "message_id": "", "sender": "", "subject": "", "raw": None,
+        "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
+        "check_result": None, "last_error": None}
+    unknown = set(values) - {c.name for c in outbox.c}
+    if unknown:
+        raise TypeError(f"no outbox column {', '.join(sorted(unknown))}")
+    row.update(values)
+    return row
 
 
 def _policy_changes(decision: Decision, check: StoredCheck) -> None:

@@ -21,6 +21,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import SendGuardError
 
+# What SendGuard names in the user's Exchange / Exchange Online mailbox (EWS and Graph alike, so a user
+# moved from one to the other finds the same folder): the folder held mail waits in, the category a
+# draft is handed over with, and the one marking an item already taken.
+HOLD_FOLDER = "SendGuard Hold"
+DRAFT_CATEGORY = "SendGuard"
+TAKEN_CATEGORY = "SendGuard: taken"
+
 
 class MailboxError(SendGuardError):
     """A connector failed; ``user_message`` tells the user what to do."""

@@ -62,6 +62,9 @@ from .. import secrets
 from ..config import Account as AccountConfig
 from . import _mime, _retry
 from .base import (
+    DRAFT_CATEGORY,
+    HOLD_FOLDER,
+    TAKEN_CATEGORY,
     AuthError,
     HeldItem,
     MailboxError,
@@ -79,9 +82,6 @@ log = logging.getLogger(__name__)
 for _noisy in ("exchangelib", "requests_oauthlib", "requests_ntlm"):
     logging.getLogger(_noisy).setLevel(max(logging.getLogger(_noisy).level, logging.INFO))
 
-HOLD_FOLDER = "SendGuard Hold"
-DRAFT_CATEGORY = "SendGuard"
-TAKEN_CATEGORY = "SendGuard: taken"
 FULL_SCAN_SECONDS = 300.0
 AUTH_TYPES = {"ntlm": NTLM, "basic": BASIC, "oauth": OAUTH2, "auto": None}
 HELD_FIELDS = ("mime_content", "message_id", "subject", "categories", "to_recipients", "cc_recipients",

@@ -41,6 +41,9 @@ from .. import secrets
 from ..config import Account as AccountConfig
 from . import _mime, _retry
 from .base import (
+    DRAFT_CATEGORY,
+    HOLD_FOLDER,
+    TAKEN_CATEGORY,
     AuthError,
     HeldItem,
     MailboxError,
@@ -57,9 +60,6 @@ GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 AUTHORITY_HOST = "https://login.microsoftonline.com"
 GRAPH_SCOPES = ("Mail.ReadWrite", "Mail.Send")
 DIRECTORY_SCOPES = ("GroupMember.Read.All",)  # accounts with expand_lists = true
-HOLD_FOLDER = "SendGuard Hold"
-DRAFT_CATEGORY = "SendGuard"
-TAKEN_CATEGORY = "SendGuard: taken"
 ATTACHMENT_INLINE_LIMIT = 3 * 1024 * 1024  # above this an attachment goes through an upload session
 REQUEST_LIMIT = 4 * 1024 * 1024  # Graph's request body limit (base64 MIME counts)
 UPLOAD_CHUNK = 10 * 320 * 1024  # 3.2 MiB: a multiple of 320 KiB, under the 4 MB per-PUT limit
