@@ -485,7 +485,10 @@ def _lookalike_references(policy: Policy, history: History,
     return tuple(groups)
 
 
-_domain_set = lru_cache(maxsize=16)(frozenset)
+@lru_cache(maxsize=16)
+def _domain_set(domains: Collection[str]) -> frozenset[str]:
+    """The same few reference groups come back for every message: build each set once."""
+    return frozenset(domains)
 
 
 def _customer_lookalike(domain: str, ours: tuple[str, ...], customers: tuple[tuple[str, ...], ...],

@@ -37,6 +37,7 @@ class LazyModule:
 
 
 if TYPE_CHECKING:
+    from . import accounts as account_setup
     from . import audit, checks, directory, secrets
     from . import config as configmod
     from . import message as msgmod
@@ -45,9 +46,9 @@ if TYPE_CHECKING:
     from .store import Store
     from .store_read import ReadStore
 else:  # each loaded by the first command that uses it: `queue list` and `check` start fast
-    audit, checks, directory, secrets, configmod, msgmod, policymod = (
+    account_setup, audit, checks, directory, secrets, configmod, msgmod, policymod = (
         LazyModule(f"sendguard.{name}")
-        for name in ("audit", "checks", "directory", "secrets", "config", "message", "policy"))
+        for name in ("accounts", "audit", "checks", "directory", "secrets", "config", "message", "policy"))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -130,8 +131,8 @@ pass_ctx = click.make_pass_decorator(Context, ensure=True)
 class PluginGroup(click.Group):
     """Adds the commands other SendGuard packages register under ``sendguard.commands``."""
 
-    # core command groups that live beside their connector, loaded only when used
-    LAZY = {"gmail": "sendguard.mailboxes.gmail:gmail_group"}
+    # core command groups that live with their account set-up, loaded only when used
+    LAZY = {"gmail": "sendguard.accounts.gmail:gmail_group"}
 
     def invoke(self, ctx: click.Context) -> Any:
         """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
@@ -140,7 +141,8 @@ class PluginGroup(click.Group):
         except click.UsageError:
             raise
         except click.ClickException as exc:
-            exc.message = localize(exc.message, _error_language())
+            # click declares the text Final; rewriting it keeps the exception's class and exit status
+            exc.message = localize(exc.message, _error_language())  # type: ignore[misc]
             raise
 
     def _plugins(self) -> dict[str, Any]:
@@ -528,20 +530,12 @@ def accounts() -> None:
 
 class AccountKinds(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from .mailboxes.registry import CONNECTORS
-
-        return [k for k in CONNECTORS if k != "maildir"]
+        return list(account_setup.ADD_COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from .mailboxes.registry import CONNECTORS
-
-        if name not in CONNECTORS or name == "maildir":
+        if name not in account_setup.ADD_COMMANDS:
             return None
-        module = import_module(CONNECTORS[name].partition(":")[0])
-        command = getattr(module, "add_command", None)
-        if command is None:
-            raise click.ClickException(f"adding {name} accounts is not available in this build")
-        return _guarded_add(command)
+        return _guarded_add(account_setup.add_command(name))
 
 
 def _guarded_add(command: click.Command) -> click.Command:

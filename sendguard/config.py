@@ -75,7 +75,7 @@ _TOP = {
     "window": (bool, None),
     "retention_days": (int, None),
 }
-_SECTIONS = {
+_SECTIONS: dict[str, dict[str, type]] = {
     "smtp": {"host": str, "port": int},
     "api": {"host": str, "port": int, "extension_origins": list},
     "server": {"url": str, "database": str},

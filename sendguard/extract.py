@@ -183,6 +183,7 @@ def _sheet_values(xml: str) -> str:
 
 
 def _office_members(ext: str, names: list[str]) -> list[str]:
+    wanted: tuple[str, ...]
     if ext in (".docx", ".docm"):
         wanted = ("word/document.xml", "word/header", "word/footer", "word/footnotes.xml", "word/endnotes.xml",
                   "word/comments.xml")

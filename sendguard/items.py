@@ -112,7 +112,10 @@ class Item:
 
     @property
     def waiting_for(self) -> str | None:
-        """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
+        """For an interrupted send: what SendGuard is waiting to learn, and from whom; for a message the
+        central server sends itself: what the server is doing with it (else None)."""
+        if self.state == State.AWAITING_APPROVAL and (self.decision or {}).get("release") == "server":
+            return self.last_error
         if self.state != State.RELEASING:
             return None
         if self.last_error and self.last_error.startswith(WAITING_PREFIX):

@@ -14,6 +14,7 @@ transport what happened to anything found in ``releasing``.
 
 from __future__ import annotations
 
+import builtins  # `Outbox.list` shadows the builtin inside the class: annotations there say builtins.list
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from sqlalchemy import func, insert, select, update
 
 from . import checks, directory, faults, message
 from .checks import StoredCheck
+from .directory import Directory, ListLookup
 from .errors import (
     MessageError,
     NeedsReconfirmation,
@@ -41,6 +43,7 @@ from .items import WAITING_PREFIX, Item, new_id  # noqa: F401 - re-exported
 from .mailboxes import _retry
 from .mailboxes.base import (
     AuthError,
+    HoldingMailbox,
     Mailbox,
     MailboxError,
     MissedItem,
@@ -135,8 +138,8 @@ class Outbox:
     gettext: Callable[[str], str] = str
     accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
     # the mail server's directory (Exchange ExpandDL, Graph groups): which recipients are lists
-    directory: directory.Directory | None = None
-    listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    directory: Directory | None = None  # (the field shadows the module inside the class: names imported)
+    listeners: builtins.list[Callable[[Item], None]] = field(default_factory=list)
     local_approvers: bool = True  # False when a central server names the approvers (its own policy)
     # checks an approved message before release (central server: the server's signed decision)
     release_guard: Callable[[Item], None] | None = None
@@ -159,7 +162,8 @@ class Outbox:
             raise NotFound(f"no message {item_id!r} in the outbox (see `sendguard queue list`)")
         return Item.from_row(row, with_bodies)
 
-    def list(self, states: Iterable[str] | None = None, owner: str | None = None, limit: int = 1000) -> list[Item]:
+    def list(self, states: Iterable[str] | None = None, owner: str | None = None,
+             limit: int = 1000) -> builtins.list[Item]:
         cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
         query = select(*cols).order_by(outbox.c.created_at.desc()).limit(limit)
         if states:
@@ -303,7 +307,8 @@ class Outbox:
         return self.receive_many([Incoming(raw, envelope_from, list(recipients), source, source_ref, account,
                                            actor)])[0][0]
 
-    def receive_many(self, incoming: list[Incoming], check: bool = False) -> list[tuple[str, str]]:
+    def receive_many(self, incoming: builtins.list[Incoming],
+                     check: bool = False) -> builtins.list[tuple[str, str]]:
         """Commit several received messages in one transaction (group commit: one fsync for all).
 
         With ``check``, each message of at most ``INTAKE_CHECK_MAX_BYTES`` is checked before the commit
@@ -314,20 +319,17 @@ class Outbox:
         """
         now = self.clock()
         policy = self.policy() if check else None
-        out: list[tuple[str, str]] = []
+        out: builtins.list[tuple[str, str]] = []
         rows = []
-        records: list[tuple[str, str, str | None, dict[str, Any]]] = []
+        records: builtins.list[tuple[str, str, str | None, dict[str, Any]]] = []
         for msg in incoming:
             item_id = new_id()
             envelope = [r.strip() for r in msg.recipients]
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
             sender = (msg.envelope_from or "").lower()
-            values = {
-                "id": item_id, "state": State.RECEIVED.value, "source": msg.source, "source_ref": msg.source_ref,
-                "account": msg.account, "owner": sender, "envelope_from": msg.envelope_from or "",
-                "envelope_to": envelope, "message_id": msg_id, "sender": sender, "subject": "", "raw": msg.raw,
-                "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
-                "check_result": None, "last_error": None}
+            values = _new_row(item_id, State.RECEIVED, now, source=msg.source, source_ref=msg.source_ref,
+                              account=msg.account, owner=sender, envelope_from=msg.envelope_from or "",
+                              envelope_to=envelope, message_id=msg_id, sender=sender, raw=msg.raw)
             records.append(("received", msg.actor or msg.envelope_from or msg.source, item_id, {
                 "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
                 "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}))
@@ -355,7 +357,10 @@ class Outbox:
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
         item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account, actor)
-        return self.process(item_id)
+        try:
+            return self.process(item_id)
+        except StateError:  # the worker checked it first (it takes every committed `received` item)
+            return self.get(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
                  policy: Policy | None = None, cached_only: bool = False) -> checks.CheckResult:
@@ -373,12 +378,12 @@ class Outbox:
                                lists=self.directory_lists(parsed, policy, cached_only))
 
     def directory_lists(self, parsed: message.ParsedMessage, policy: Policy,
-                        cached_only: bool = False) -> dict[str, directory.ListLookup]:
+                        cached_only: bool = False) -> dict[str, ListLookup]:
         """The directory's answers for the recipients it can know (ours, not already in lists.csv)."""
         return directory.answers_for(self.directory, [r.address for r in parsed.recipients], policy, cached_only,
                                      marked=parsed.marked_lists)
 
-    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: list[str], policy: Policy,
+    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str], policy: Policy,
                  cached_only: bool = False) -> _Verdict:
         """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
 
@@ -407,7 +412,7 @@ class Outbox:
         audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
                  "force_bcc": result.force_bcc}
         check = result.stored()
-        values = {"check_result": check.to_json(), "sender": result.message.sender,
+        values: dict[str, Any] = {"check_result": check.to_json(), "sender": result.message.sender,
                   "owner": result.message.sender, "subject": result.message.subject}
         decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
         _policy_changes(decision, check)  # auto Cc/Bcc added, opted-out removed
@@ -445,7 +450,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
-                bcc: bool = False, actor: str = "user", checked: dict[str, list[str]] | None = None,
+                bcc: bool = False, actor: str = "user", checked: dict[str, builtins.list[str]] | None = None,
                 reconfirmed: bool = False) -> Item:
         """The user's Send: apply removals and Bcc, re-check, then hold for approval or release.
 
@@ -484,8 +489,8 @@ class Outbox:
         return self._confirm(item_id, (State.AWAITING_CONFIRMATION,), decision, actor, checked=checked,
                              reconfirmed=reconfirmed)
 
-    def _confirm(self, item_id: str, allowed: tuple[str, ...], decision: Decision, actor: str,
-                 checked: dict[str, list[str]] | None, verdict: _Verdict | None = None,
+    def _confirm(self, item_id: str, allowed: Collection[State], decision: Decision, actor: str,
+                 checked: dict[str, builtins.list[str]] | None, verdict: _Verdict | None = None,
                  reconfirmed: bool = False) -> Item:
         """``verdict``: the policy passing a message on; what its check found (result, sender, subject)
         is written with the confirmation."""
@@ -545,7 +550,7 @@ class Outbox:
             )
         return item
 
-    def reroute_approvals(self, policy: Policy) -> list[Item]:
+    def reroute_approvals(self, policy: Policy) -> builtins.list[Item]:
         """Held messages follow the policy's approvers: when they change, each waiting message is
         handed to its new approvers (who are then emailed like any other)."""
         moved = []
@@ -595,7 +600,7 @@ class Outbox:
                              f"`sendguard queue show {item.id}` in a moment")
 
     # ------------------------------------------------------------------ release
-    def due(self) -> list[Item]:
+    def due(self) -> builtins.list[Item]:
         """Items ready to go now: confirmed (no approval needed, undo window over), approved, failed to retry."""
         now = self.clock()
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
@@ -605,7 +610,7 @@ class Outbox:
         items = [Item.from_row(r) for r in rows]
         return [i for i in items if not (i.state == State.CONFIRMED and (i.decision or {}).get("needs_approval"))]
 
-    def release_due(self) -> list[Item]:
+    def release_due(self) -> builtins.list[Item]:
         released = []
         for item in self.due():
             try:
@@ -671,7 +676,8 @@ class Outbox:
         if not item.source_ref or self.mailbox_for is None:
             return False
         try:
-            return self.mailbox_for(item).kind in ("graph", "exchange")
+            # a connector that holds items in the mailbox sends the saved draft by its id
+            return isinstance(self.mailbox_for(item), HoldingMailbox)
         except Exception:  # an account that cannot be opened cannot send the draft either
             return False
 
@@ -697,7 +703,7 @@ class Outbox:
         self._forget_unknown_domains()
         return done
 
-    def _record_domains(self, addresses: list[str]) -> Callable[[Any], None]:
+    def _record_domains(self, addresses: builtins.list[str]) -> Callable[[Any], None]:
         return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
@@ -706,7 +712,7 @@ class Outbox:
                                {"error": error, "retry_in": backoff}, last_error=error,
                                release_after=self.clock() + backoff)
 
-    def reconcile(self) -> list[Item]:
+    def reconcile(self) -> builtins.list[Item]:
         """At start-up: ask about everything left in ``releasing`` (and re-check ``received``).
 
         Whatever cannot be settled now stays ``releasing`` and is asked about again by the worker
@@ -717,7 +723,7 @@ class Outbox:
             settled.append(self.process(item.id))
         return settled
 
-    def reconcile_due(self) -> list[Item]:
+    def reconcile_due(self) -> builtins.list[Item]:
         """Every worker turn: interrupted sends whose wait is over (back-off, or a dead sender's lease)."""
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
             outbox.c.state == State.RELEASING.value, outbox.c.release_after <= self.clock())
@@ -725,7 +731,7 @@ class Outbox:
             rows = conn.execute(query.order_by(outbox.c.updated_at)).all()
         return self._reconcile([Item.from_row(r) for r in rows]) if rows else []
 
-    def _reconcile(self, items: list[Item]) -> list[Item]:
+    def _reconcile(self, items: builtins.list[Item]) -> builtins.list[Item]:
         settled = []
         with self._release_lock:  # nothing of ours is mid-send while we ask
             for item in items:
@@ -751,7 +757,7 @@ class Outbox:
                 found = None
             else:
                 mailbox = self.mailbox_for(item)
-                where = f"{getattr(mailbox, 'kind', 'mail')} account {getattr(mailbox, 'name', '') or where}"
+                where = f"{mailbox.kind} account {mailbox.name or where}"
                 found = mailbox.find_sent(item.message_id)
         except Exception as exc:  # cannot ask now (down, throttled, sign-in refused, a bug): ask again later
             return self._wait_for_answer(item, where, exc)
@@ -795,7 +801,7 @@ class Outbox:
         return self.get(item.id)
 
     # ------------------------------------------------------------------ housekeeping
-    def expire_due(self) -> list[Item]:
+    def expire_due(self) -> builtins.list[Item]:
         now = self.clock()
         with self.store.engine.connect() as conn:
             ids = [r[0] for r in conn.execute(select(outbox.c.id).where(
@@ -852,11 +858,9 @@ class Outbox:
         item_id = new_id()
         note = ("sent by the mail server at its deferred time while SendGuard was not watching: "
                 "it was not checked")
-        values = {"id": item_id, "state": State.SENT.value, "source": source, "source_ref": None, "account": account,
-                  "owner": "", "envelope_from": "", "envelope_to": list(missed.recipients),
-                  "message_id": missed.message_id, "sender": "", "subject": missed.subject, "raw": missed.raw or None,
-                  "release_after": 0.0, "attempts": 0, "created_at": missed.sent_at, "updated_at": now,
-                  "purged": 0, "last_error": note}
+        values = _new_row(item_id, State.SENT, now, source=source, account=account,
+                          envelope_to=list(missed.recipients), message_id=missed.message_id, subject=missed.subject,
+                          raw=missed.raw or None, created_at=missed.sent_at, last_error=note)
         if missed.raw:
             try:
                 parsed = message.parse(missed.raw, "", missed.recipients)
@@ -874,7 +878,28 @@ class Outbox:
         self._notify(item_id)
         return self.get(item_id)
 
-    def returns_due(self) -> list[Item]:
+    # ------------------------------------------------------------------ requests from other machines
+    def take_for_approval(self, item_id: str, raw: bytes, *, owner: str, sender: str, envelope_from: str,
+                          recipients: builtins.list[str], message_id: str, subject: str, source: str,
+                          check: checks.StoredCheck | None, decision: dict[str, Any] | None, approvers: builtins.list[str],
+                          expires_at: float, actor: str, audit_data: dict[str, Any]) -> Item:
+        """Keep a message another machine holds for approval (the central server, for a user's helper):
+        stored in ``awaiting_approval`` under that machine's id, with its ``approval_requested`` record,
+        in one transaction. Raises ``IntegrityError`` when the id is taken (the caller answers a retry)."""
+        now = self.clock()
+        event = TRANSITIONS["request_approval"].event
+        values = _new_row(item_id, TRANSITIONS["request_approval"].target, now, source=source, owner=owner,
+                          envelope_from=envelope_from, envelope_to=recipients, message_id=message_id,
+                          sender=sender, subject=subject, raw=raw, final_raw=raw,
+                          check_result=check.to_json() if check else None, decision=decision, approvers=approvers,
+                          expires_at=expires_at)
+        with self.store.transaction() as conn:
+            conn.execute(_INSERT_ITEM, [values])
+            self.store.append_audit(conn, event, actor, item_id, audit_data, ts=now)
+        self._notify(item_id)
+        return self.get(item_id)
+
+    def returns_due(self) -> builtins.list[Item]:
         """Items taken from a server Outbox that ended unsent and are not yet back in the user's Drafts."""
         returned = select(audit.c.item_id).where(audit.c.event == "returned_to_drafts", audit.c.item_id.isnot(None))
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
@@ -892,6 +917,20 @@ class Outbox:
 
 HISTORY_DOMAINS = 2000  # most recently sent-to domains used as look-alike references
 HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
+
+
+def _new_row(item_id: str, state: State, now: float, **values: Any) -> dict[str, Any]:
+    """Every column of a new outbox row: the defaults, then ``values`` (names as in ``store.outbox``)."""
+    row: dict[str, Any] = {
+        "id": item_id, "state": state.value, "source": "", "source_ref": None, "account": None, "owner": "",
+        "envelope_from": "", "envelope_to": [], "message_id": "", "sender": "", "subject": "", "raw": None,
+        "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
+        "check_result": None, "last_error": None}
+    unknown = set(values) - {c.name for c in outbox.c}
+    if unknown:
+        raise TypeError(f"no outbox column {', '.join(sorted(unknown))}")
+    row.update(values)
+    return row
 
 
 def _policy_changes(decision: Decision, check: StoredCheck) -> None:

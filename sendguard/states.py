@@ -73,6 +73,9 @@ TRANSITIONS: dict[str, Transition] = {
     "resolve_resend": _t([S.NEEDS_ATTENTION, S.RELEASING, S.FAILED], S.FAILED, "retry_requested"),
     # central server: the sender's helper reports it sent the approved message
     "helper_sent": _t([S.APPROVED], S.SENT, "released"),
+    # the sender's helper: the central server sent a message it keeps and sends itself
+    # ([approval] release = "server"); this helper never sends such a message
+    "released_by_server": _t([S.AWAITING_APPROVAL, S.NEEDS_ATTENTION], S.SENT, "released_by_server"),
 }
 del S
 

@@ -46,6 +46,8 @@ FURTHER_EDGES = {
     (S.NEEDS_ATTENTION, S.SENT), (S.RELEASING, S.SENT), (S.NEEDS_ATTENTION, S.FAILED), (S.FAILED, S.FAILED),
     (S.CONFIRMED, S.NEEDS_ATTENTION), (S.APPROVED, S.NEEDS_ATTENTION), (S.FAILED, S.NEEDS_ATTENTION),
     (S.APPROVED, S.SENT),
+    # the sender's helper: the central server sent a message it keeps and sends itself (release = "server")
+    (S.AWAITING_APPROVAL, S.SENT),
 }
 
 
@@ -195,4 +197,38 @@ def test_a_message_checked_meanwhile_by_another_process_keeps_that_outcome(home:
     with store.engine.connect() as conn:
         events = [r.event for r in conn.execute(select(audit.c.event).where(audit.c.item_id == item_id))]
     assert events == ["received", "verdict"]  # checked and held once
+    store.close()
+
+
+def test_a_request_from_another_machine_enters_waiting_for_approval_with_its_record(home: Path,
+                                                                                     message_factory: Any) -> None:
+    """The central server keeps a helper's message through the outbox, not raw SQL of its own."""
+    from sqlalchemy.exc import IntegrityError
+
+    from sendguard.checks import StoredCheck
+    from sendguard.outbox import Outbox
+    from sendguard.policy import Policy
+    from sendguard.store import Store
+
+    store = Store(home / "sendguard.db")
+    box = Outbox(store, Policy)
+    raw = message_factory(to="a@partner.example").as_bytes()
+    check = StoredCheck.unreadable("example")
+
+    def take(item_id: str) -> Any:
+        return box.take_for_approval(
+            item_id, raw, owner="taro@example.co.jp", sender="taro@example.co.jp", envelope_from="taro@example.co.jp",
+            recipients=["a@partner.example"], message_id="<m@x>", subject="s", source="central", check=check,
+            decision=None, approvers=["boss@example.co.jp"], expires_at=123.0, actor="taro@example.co.jp",
+            audit_data={"approvers": ["boss@example.co.jp"]})
+
+    item = take("helper-1")
+    assert (item.state, item.approvers, item.check, item.expires_at) == (
+        S.AWAITING_APPROVAL, ["boss@example.co.jp"], check, 123.0)
+    with store.engine.connect() as conn:
+        events = [r.event for r in conn.execute(select(audit.c.event).where(audit.c.item_id == "helper-1"))]
+    assert events == [TRANSITIONS["request_approval"].event]
+    with pytest.raises(IntegrityError):
+        take("helper-1")  # the same id again: the caller answers it as a retry
+    assert box.get("helper-1", with_bodies=True).final_raw == raw
     store.close()
