@@ -14,6 +14,7 @@ from sendguard.approvals import Approvals
 from sendguard.checks import StoredCheck
 from sendguard.errors import MessageError, StateError
 from sendguard.outbox import AWAITING_OUTCOME, HELD_STATES, STATES, Item, State
+from sendguard.waiting import SERVER_SENDS
 
 from .openapi import SPEC
 from .security import ApiError, addin_signer, long_poll, principal, require
@@ -36,9 +37,18 @@ def _(text: str) -> str:
 def user_message(item: Item) -> str:
     """One sentence for the person who pressed Send, in their language."""
     state = item.state
+    by_server = (item.decision or {}).get("release") == "server"
+    if state == State.AWAITING_APPROVAL and by_server and \
+            (item.last_error or "").startswith(SERVER_SENDS):
+        return _("Approved; the SendGuard server sends it itself: {status}").format(status=item.last_error)
+    if state == State.AWAITING_APPROVAL and by_server:
+        return _("Held for approval by {approvers}. The SendGuard server sends it itself once it is "
+                 "approved.").format(approvers=", ".join(item.approvers) or "?")
     if state == State.AWAITING_APPROVAL:
         return _("Held for approval by {approvers}. SendGuard sends it once it is approved.").format(
             approvers=", ".join(item.approvers) or "?")
+    if state == State.SENT and (item.approval or {}).get("released_by") == "server":
+        return _("Approved and sent by the SendGuard server.")
     if state == State.REJECTED:
         a = item.approval or {}
         return _("Rejected by {who}: {reason}").format(who=a.get("by", "?"), reason=a.get("reason", ""))

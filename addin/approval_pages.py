@@ -170,6 +170,14 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
     removed_att = set(decision.get("removed_attachments") or [])
     check = item.check or StoredCheck()
     recipients = [{**r.to_json(), "removed": bool(final) and r.address.lower() not in final} for r in check.recipients]
+    # an address the message goes to that the check does not list (a helper that sent a changed check)
+    # is shown all the same: the approver sees every address
+    checked = {r.address.lower() for r in check.recipients}
+    added_bcc = {a.lower() for a in decision.get("added_bcc") or [] if isinstance(a, str)}
+    for address in item.envelope_to:
+        if address.lower() not in checked:
+            recipients.append({"address": address, "display_name": "", "removed": False, "flags": ["added"],
+                               "field": "bcc" if address.lower() in added_bcc else "cc"})
     attachments = [a.to_json() for a in check.attachments if a.id not in removed_att]
     acting = approvals().acting_for(item, approver)
     return {
@@ -285,8 +293,12 @@ def decide(item_id: str) -> Any:
     svc = service()
     if hasattr(svc, "wake"):
         svc.wake()
-    done = _("Approved. The sender's SendGuard sends the message now.") if item.state == State.APPROVED \
-        else _("Rejected. The sender has been told why.")
+    if item.state != State.APPROVED:
+        done = _("Rejected. The sender has been told why.")
+    elif (item.decision or {}).get("release") == "server":
+        done = _("Approved. The SendGuard server sends the message now, exactly as you saw it.")
+    else:
+        done = _("Approved. The sender's SendGuard sends the message now.")
     return _page("approve_notice.html", title=done, message="", continue_url=url_for("approval_pages.listing"))
 
 

@@ -46,7 +46,7 @@ from sendguard import paths
 from sendguard.central import decision_payload, sign_decision
 from sendguard.checks import StoredCheck
 from sendguard.config import Config
-from sendguard.errors import SendGuardError
+from sendguard.errors import NotFound, SendGuardError, StateError
 from sendguard.i18n import translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import DECIDED_STATES, Item, Outbox, State
@@ -186,11 +186,90 @@ class ServerNotices:
                     lock.commit()
 
 
+def server_releases(item: Item) -> bool:
+    """Does the server itself send this message once approved (``[approval] release = "server"`` in the
+    server's policy when it was handed over)? The mark is the server's own: a helper cannot set it."""
+    return (item.decision or {}).get("release") == "server"
+
+
+class ServerReleaser:
+    """Sends approved messages whose policy says ``release = "server"``, through the organization's relay.
+
+    The helper handed the message over and never sends it: the server keeps it and, once an approver
+    said yes, sends exactly the content that approver saw. It uses the outbox's own release step
+    (``approved`` -> ``releasing`` -> ``sent``, each committed with its audit record), so a relay that is
+    down leaves the message ``failed`` and retried with back-off, and a message is never sent twice.
+    One thread per server process; on PostgreSQL an advisory lock lets one process at a time send.
+    """
+
+    LOCK_ID = 7253614
+
+    def __init__(self, svc: CentralService, transport: Any):
+        self.svc = svc
+        self.transport = transport
+        self.outbox = Outbox(svc.store, svc.policy.get, (lambda _item: transport) if transport else None,
+                             gettext=svc.gettext, local_approvers=False)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.interval = 2.0
+
+    def wake(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sendguard-server-release", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.round()
+            except Exception:
+                log.exception("server-side release failed; retrying")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def round(self) -> int:
+        """Send every approved server-released message that is due; returns how many went out."""
+        from sqlalchemy import text
+
+        with self.svc.store.engine.connect() as lock:
+            postgres = lock.dialect.name == "postgresql"
+            if postgres and not lock.execute(text(f"SELECT pg_try_advisory_lock({self.LOCK_ID})")).scalar():
+                return 0  # another server process is sending right now
+            try:
+                # a send interrupted by a crash: ask the transport (an SMTP relay cannot tell: the
+                # message goes to needs_attention for the administrator, never out a second time)
+                self.outbox.reconcile_due()
+                sent = 0
+                for item in self.outbox.due():
+                    if not server_releases(item):
+                        continue  # the sender's helper releases this one
+                    try:
+                        sent += self.outbox.release(item.id).state == State.SENT
+                    except (StateError, NotFound):
+                        continue
+                    except Exception:
+                        log.exception("releasing %s from the server failed", item.id)
+                return sent
+            finally:
+                if postgres:
+                    lock.execute(text(f"SELECT pg_advisory_unlock({self.LOCK_ID})"))
+                    lock.commit()
+
+
 class CentralService:
     """What ``create_app`` needs (outbox, store, config, policy, gettext, approvals), on PostgreSQL.
 
-    The server never releases mail (``mailbox_for`` is None): the sender's helper does, once the
-    decision reaches it. It mails approvers itself (``ServerNotices``).
+    The sender's helper releases approved mail, once the decision reaches it, unless the server's policy
+    says ``[approval] release = "server"``: then the server keeps the message and sends it itself
+    (``ServerReleaser``). It mails approvers itself (``ServerNotices``).
     """
 
     def __init__(self, url: str, public_url: str, policy_path: Path | None = None, language: str | None = None,
@@ -210,8 +289,12 @@ class CentralService:
         self._decision_key: Any = None
         host = urlsplit(self.public_url).hostname or "localhost"
         self.notices = ServerNotices(self, notice_transport(mail_url), mail_from or f"sendguard@{host}")
+        self.releaser = ServerReleaser(self, self.notices.transport)
         if self.notices.transport is None:
             log.warning("no --mail-relay: approvers get no approval emails (they use the Approvals window)")
+            if self.policy.get().release == "server":
+                log.error('[approval] release = "server" but no --mail-relay: approved messages stay held '
+                          "(needs_attention) until the server is given a relay")
 
     def decision_key(self) -> Any:
         """The Ed25519 key that signs approvals (made once, kept by the server, never given to helpers)."""
@@ -223,8 +306,14 @@ class CentralService:
             self._decision_key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed))
         return self._decision_key
 
+    def wake(self) -> None:
+        """A decision was just recorded: approval emails and server-side releases go now, not next tick."""
+        self.notices.wake()
+        self.releaser.wake()
+
     def close(self) -> None:
         self.notices.stop()
+        self.releaser.stop()
         self.store.close()
 
     def housekeeping(self) -> None:
@@ -237,6 +326,7 @@ class CentralService:
         except Exception:
             log.exception("expiring overdue approval requests failed")
         self.notices.wake()
+        self.releaser.wake()
 
     def approval_link(self, item: Item, address: str) -> str:
         """A signed, single-use link for one approver (or deputy); it only ever goes into their email."""
@@ -245,8 +335,27 @@ class CentralService:
 
 
 def status_json(item: Item) -> dict[str, Any]:
-    return signed({"id": item.id, "state": item.state, "approvers": item.approvers, "expires_at": item.expires_at,
-                   "approval": item.approval, "owner": item.owner})
+    return signed(_status(item.id, item.state, item.approvers, item.expires_at, item.approval, item.owner,
+                          item.decision, item.last_error))
+
+
+_STATUS_COLUMNS = ("id", "state", "approvers", "expires_at", "approval", "owner", "decision", "last_error")
+
+
+def _status(item_id: str, state: str, approvers: Any, expires_at: Any, approval: Any, owner: str,
+            decision: Any, last_error: Any) -> dict[str, Any]:
+    """What a helper hears about one of its requests. ``release`` says who sends it once approved: the
+    helper, or the server itself (then ``last_error`` says why the server could not send it yet)."""
+    by_server = isinstance(decision, dict) and decision.get("release") == "server"
+    status = {"id": item_id, "state": state, "approvers": approvers, "expires_at": expires_at,
+              "approval": approval, "owner": owner, "release": "server" if by_server else "helper"}
+    if by_server:
+        status["last_error"] = last_error
+    return status
+
+
+def _status_row(row: Any) -> dict[str, Any]:
+    return _status(*(row[c] for c in _STATUS_COLUMNS))
 
 
 def signed(status: dict[str, Any]) -> dict[str, Any]:
@@ -255,11 +364,15 @@ def signed(status: dict[str, Any]) -> dict[str, Any]:
     approval = status.get("approval") or {}
     if status.get("state") not in (State.APPROVED, State.SENT) or approval.get("decision") != "approved":
         return status
+    if status.get("release") == "server":
+        return status  # the server sends it itself: the helper gets nothing it could release with
     svc = central()
     with svc.store.engine.connect() as conn:
-        raw = conn.execute(select(outbox.c.final_raw, outbox.c.raw).where(outbox.c.id == status["id"])).first()
+        raw = conn.execute(select(outbox.c.final_raw, outbox.c.raw, outbox.c.envelope_to)
+                           .where(outbox.c.id == status["id"])).first()
     content = (raw[0] or raw[1] or b"") if raw else b""
-    payload = decision_payload(str(status["id"]), hashlib.sha256(content).hexdigest(), approval)
+    payload = decision_payload(str(status["id"]), hashlib.sha256(content).hexdigest(), approval,
+                               list((raw[2] if raw else None) or []))
     return {**status, "signed": payload, "signature": sign_decision(svc.decision_key(), payload)}
 
 
@@ -297,19 +410,37 @@ def submit_request() -> Any:
         svc.approvals.audit_refusal(item_id, who, why, "central")
         raise ApiError(403, "forbidden", why)
     existing = _find(svc, item_id)
-    if existing is not None:
+    if existing is not None:  # a retry (or a changed copy): the first content handed over is the one kept
         if existing.owner != who:
             raise ApiError(409, "id_taken", f"request {item_id} belongs to another user")
-        return jsonify(status_json(existing))
+        return jsonify({**status_json(existing), "sha256": _stored_sha256(svc, item_id)})
     try:
         raw = base64.b64decode(str(data.get("raw") or ""), validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "bad_raw", "raw must be the message in base64") from None
+    claimed = data.get("sha256")
+    if claimed is not None and claimed != hashlib.sha256(raw).hexdigest():
+        raise ApiError(400, "bad_hash", f"request {item_id}: the message does not match its SHA-256 (changed or cut "
+                                        "on the way); nothing was stored, the helper keeps it held and sends it again")
     recipients = data.get("recipients") or []
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
         raise ApiError(400, "bad_recipients", "recipients must be a list of addresses")
     check = None if data.get("check") is None else StoredCheck.from_json(data["check"])  # else 400 bad_check
     policy = svc.policy.get()
+    decision = dict(data["decision"]) if isinstance(data.get("decision"), dict) else None
+    if decision is not None:
+        decision.pop("release", None)  # the server's policy says who sends it, never the helper
+    if policy.release == "server":
+        # the approver must see every address the server will send to (auto-Cc/Bcc are in the check too)
+        listed = {r.address.lower() for r in check.recipients} if check else set()
+        unlisted = sorted({r.lower() for r in recipients} - listed)
+        if not recipients or unlisted:
+            why = (f"request {item_id}: the check result does not list "
+                   f"{', '.join(unlisted) if unlisted else 'any recipient'}; the server sends approved mail itself "
+                   "and sends only to addresses the approver is shown")
+            svc.approvals.audit_refusal(item_id, who, why, "central")
+            raise ApiError(400, "unlisted_recipients", why)
+        decision = {**(decision or {}), "release": "server"}
     approvers = [a.lower() for a in policy.approvers_for(sender)]
     now = time.time()
     reasons = [r.rule for r in check.verdict.reasons_at("approve", "block")] if check else []
@@ -318,18 +449,25 @@ def submit_request() -> Any:
         item = svc.outbox.take_for_approval(
             item_id, raw, owner=who, sender=sender, envelope_from=str(data.get("envelope_from") or sender),
             recipients=recipients, message_id=str(data.get("message_id") or "")[:998], subject=subject,
-            source=str(data.get("source") or "central")[:16], check=check,
-            decision=data.get("decision") if isinstance(data.get("decision"), dict) else None,
+            source=str(data.get("source") or "central")[:16], check=check, decision=decision,
             approvers=approvers, expires_at=now + policy.expire_hours * 3600, actor=who,
             audit_data={"approvers": approvers, "reasons": reasons, "sha256": hashlib.sha256(raw).hexdigest(),
-                        "recipients": recipients, "subject": subject})
+                        "recipients": recipients, "subject": subject,
+                        "release": "server" if policy.release == "server" else "helper"})
     except IntegrityError:
         existing = _find(svc, item_id)  # the same request raced in twice: answer as for a retry
         if existing is None or existing.owner != who:
             raise ApiError(409, "id_taken", f"request {item_id} belongs to another user") from None
-        return jsonify(status_json(existing))
+        return jsonify({**status_json(existing), "sha256": _stored_sha256(svc, item_id)})
     svc.notices.wake()  # the server itself mails the approvers their links (never the sender's helper)
-    return jsonify(status_json(item)), 201
+    return jsonify({**status_json(item), "sha256": hashlib.sha256(raw).hexdigest()}), 201
+
+
+def _stored_sha256(svc: CentralService, item_id: str) -> str:
+    """The SHA-256 of the content the server keeps for a request (what an approver sees and approves)."""
+    with svc.store.engine.connect() as conn:
+        row = conn.execute(select(outbox.c.final_raw, outbox.c.raw).where(outbox.c.id == item_id)).first()
+    return hashlib.sha256((row[0] or row[1] or b"") if row else b"").hexdigest()
 
 
 def _find(svc: CentralService, item_id: str) -> Item | None:
@@ -344,10 +482,10 @@ def _find(svc: CentralService, item_id: str) -> Item | None:
 def request_statuses() -> Any:
     svc = central()
     ids = [i for i in request.args.get("ids", "").split(",") if i][:500]
-    cols = [outbox.c[n] for n in ("id", "state", "approvers", "expires_at", "approval", "owner")]
+    cols = [outbox.c[n] for n in _STATUS_COLUMNS]
     with svc.store.engine.connect() as conn:
         rows = conn.execute(select(*cols).where(outbox.c.id.in_(ids), outbox.c.owner == _user())).mappings().all()
-    return jsonify([signed(dict(r)) for r in rows])
+    return jsonify([signed(_status_row(r)) for r in rows])
 
 
 @bp.get("/api/v1/central/decisions")
@@ -365,8 +503,9 @@ def decisions() -> Any:
         raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
     skip = [i for i in request.args.get("skip", "").split(",") if i][:500]
     acked = select(notices.c.item_id).where(notices.c.kind == "helper_ack", notices.c.recipient == who)
-    cols = [outbox.c[n] for n in ("id", "state", "approvers", "expires_at", "approval", "owner")]
-    query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_([s.value for s in DECIDED_STATES]), outbox.c.id.not_in(acked))
+    cols = [outbox.c[n] for n in _STATUS_COLUMNS]
+    query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_([s.value for s in DECIDED_STATES]),
+                                outbox.c.id.not_in(acked))
     if skip:
         query = query.where(outbox.c.id.not_in(skip))
     query = query.order_by(outbox.c.updated_at).limit(200)
@@ -376,7 +515,7 @@ def decisions() -> Any:
             with svc.store.engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
             if rows or time.monotonic() >= deadline:
-                return jsonify([signed(dict(r)) for r in rows])
+                return jsonify([signed(_status_row(r)) for r in rows])
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
             svc.housekeeping()
 
@@ -418,9 +557,11 @@ def _own(svc: CentralService, item_id: str) -> Item:
 def cancel_request(item_id: str) -> Any:
     """The sender cancelled the message in their helper: withdraw the request."""
     svc = central()
-    _own(svc, item_id)
+    # a message the server sends itself can be withdrawn until the server starts sending it
+    only_from = [State.AWAITING_APPROVAL, State.APPROVED, State.FAILED] if server_releases(_own(svc, item_id)) \
+        else [State.AWAITING_APPROVAL]
     item = svc.outbox.transition(item_id, "cancel", _user(), {"reason": "cancelled by the sender"},
-                                 only_from=[State.AWAITING_APPROVAL])
+                                 only_from=only_from)
     return jsonify(status_json(item))
 
 
@@ -430,6 +571,10 @@ def released(item_id: str) -> Any:
     """The sender's helper sent the approved message: the server's record says so too."""
     svc = central()
     item = _own(svc, item_id)
+    if server_releases(item):
+        why = f"message {item_id} is sent by the central server itself: a helper cannot report it sent"
+        svc.approvals.audit_refusal(item_id, _user(), why, "central")
+        raise ApiError(409, "server_releases", why)
     if item.state == State.APPROVED:
         item = svc.outbox.transition(item_id, "helper_sent", _user(), {"by_helper": True})
         try:
@@ -734,6 +879,67 @@ def token_revoke(database: str, user: str, token_id: str | None) -> None:
     count = revoke_tokens(store, user, token_id)
     store.close()
     click.echo(f"revoked {count} token(s) of {user}")
+
+
+@server_command.group("releases")
+def releases_group() -> None:
+    """Messages the server sends itself ([approval] release = "server") that have not gone out (admin)."""
+
+
+def _server_outbox(store: Store) -> Outbox:
+    from sendguard.policy import Policy
+
+    return Outbox(store, lambda: Policy(), None, local_approvers=False)  # reads and settles; never sends
+
+
+@releases_group.command("list")
+@_database_option
+@click.option("--json", "as_json", is_flag=True)
+def releases_list(database: str, as_json: bool) -> None:
+    """Approved messages the server still has to send, is sending, retries, or could not send."""
+    store = _store(database)
+    try:
+        items = [i for i in _server_outbox(store).list([State.APPROVED, State.RELEASING, State.FAILED, State.NEEDS_ATTENTION],
+                                                        limit=10_000) if server_releases(i)]
+    finally:
+        store.close()
+    out = [{"id": i.id, "state": i.state, "from": i.sender, "subject": i.subject, "attempts": i.attempts,
+            "last_error": i.last_error} for i in items]
+    if as_json:
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    if not out:
+        click.echo("nothing waiting: every approved message the server sends has gone out")
+    for r in out:
+        click.echo(f"{r['id']}  {r['state']}  {r['from']}  {r['subject']}")
+        if r["last_error"]:
+            click.echo(f"  ! {r['last_error']}")
+
+
+@releases_group.command("resolve")
+@_database_option
+@click.argument("item_id")
+@click.option("--sent", "outcome", flag_value="sent", help="It did go out (you checked the relay's log).")
+@click.option("--resend", "outcome", flag_value="resend", help="It did not go out: send it again.")
+def releases_resolve(database: str, item_id: str, outcome: str | None) -> None:
+    """Settle a message the server could not send (needs_attention): it went out, or send it again."""
+    if outcome is None:
+        raise click.UsageError("say what happened: --sent (it went out) or --resend (send it again)")
+    if not _ID.match(item_id):
+        raise click.ClickException(f"{item_id!r} is not a message id (see `sendguard server releases list`)")
+    store = _store(database)
+    try:
+        box = _server_outbox(store)
+        item = box.get(item_id)
+        if not server_releases(item):
+            raise click.ClickException(f"message {item_id} is sent by its sender's helper, not by this server")
+        item = box.resolve(item_id, outcome == "sent", actor="admin")
+    except SendGuardError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"message {item_id} is now {item.state}"
+               + (" (the server sends it again within seconds)" if item.state == State.FAILED else ""))
 
 
 @server_command.command("connect")

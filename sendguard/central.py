@@ -35,6 +35,7 @@ from . import paths, secrets
 from .errors import NotFound, PermissionDenied, SendGuardError, StateError
 from .outbox import APPROVAL_OUTCOMES, Item, Outbox, State
 from .store import central_requests, outbox
+from .waiting import SERVER_SENDS
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ LOCAL_GRACE = 3600.0
 DECISION_KEY = "server-decision-key"  # keyring: the server's Ed25519 public key, pinned at connect
 
 
-def decision_payload(item_id: str, sha256: str, approval: dict[str, Any]) -> dict[str, Any]:
-    """What the server signs for an approval: this message (its content hash), approved, by whom, when."""
-    return {"id": item_id, "sha256": sha256, "decision": "approved", "by": str(approval.get("by") or ""),
-            "at": str(approval.get("at") or "")}
+def decision_payload(item_id: str, sha256: str, approval: dict[str, Any], recipients: list[str]) -> dict[str, Any]:
+    """What the server signs for an approval: this message (its content hash) to these envelope
+    recipients, approved, by whom, when."""
+    return {"id": item_id, "sha256": sha256, "recipients": sorted({r.lower() for r in recipients}),
+            "decision": "approved", "by": str(approval.get("by") or ""), "at": str(approval.get("at") or "")}
 
 
 def _canonical(data: Any) -> bytes:
@@ -63,7 +65,8 @@ def sign_decision(private_key: Any, payload: dict[str, Any]) -> str:
     return base64.b64encode(private_key.sign(_canonical(payload))).decode("ascii")
 
 
-def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, approval: dict[str, Any] | None) -> str | None:
+def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, approval: dict[str, Any] | None,
+                     recipients: list[str]) -> str | None:
     """Why an approval may not release this message (None: the server signed it for exactly this content)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -74,8 +77,10 @@ def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, ap
         return "no pinned key of the central server: run `sendguard server connect URL --token T` again"
     if not isinstance(signed, dict) or not isinstance(signature, str):
         return "the approval carries no signature of the central server"
-    expected = decision_payload(item_id, hashlib.sha256(raw or b"").hexdigest(), signed)
+    expected = decision_payload(item_id, hashlib.sha256(raw or b"").hexdigest(), signed, recipients)
     if signed != expected:
+        if signed.get("recipients") != expected["recipients"]:
+            return "the signed approval is for other recipients"
         return "the signed approval is for another message or other content"
     try:
         Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key)).verify(base64.b64decode(signature),
@@ -83,6 +88,31 @@ def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, ap
     except (InvalidSignature, ValueError):
         return "the approval's signature is not the central server's"
     return None
+
+
+# what the helper shows for a message the central server keeps and sends itself (``last_error`` is the
+# line that says what SendGuard waits for)
+HANDED_OVER = "Waiting for approval: the central server keeps this message and sends it itself once approved"
+
+
+def server_releases(item: Item) -> bool:
+    """Is this a message the central server sends itself (its answer at hand-over said so)?"""
+    return (item.decision or {}).get("release") == "server"
+
+
+def waiting_note(state: str, approval: dict[str, Any], server_error: Any) -> str:
+    """The line the helper shows for a message the server sends itself, from the server's status."""
+    waiting = f"{SERVER_SENDS} (approved by {approval.get('by') or 'the approver'})"
+    if state == "releasing":
+        return f"{waiting}; the server is sending it now"
+    if state == "failed":
+        return f"{waiting}; the server could not send it yet and tries again: {server_error or 'no reason given'}"
+    if state == "needs_attention":
+        return (f"{waiting}; the server could not send it and will not try again by itself: "
+                f"{server_error or 'no reason given'}. Ask your administrator")
+    if state == "approved":
+        return waiting
+    return HANDED_OVER
 
 
 class DecisionUnverified(SendGuardError):
@@ -155,7 +185,7 @@ class CentralClient:
             "envelope_from": item.envelope_from, "recipients": item.envelope_to,
             "check": item.check.to_json() if item.check else None,
             "decision": item.decision, "source": item.source, "created_at": item.created_at,
-            "raw": base64.b64encode(raw or b"").decode("ascii"),
+            "raw": base64.b64encode(raw or b"").decode("ascii"), "sha256": hashlib.sha256(raw or b"").hexdigest(),
         }
         return self._call("POST", "/api/v1/central/requests", json=payload)  # type: ignore[no-any-return]
 
@@ -263,10 +293,15 @@ class CentralSync:
 
     def release_guard(self, item: Item) -> None:
         """Before a message decided on the central server is released: the approval must be the server's
-        signature over exactly this content (a database edited to say "approved" releases nothing)."""
-        if not (item.approval or {}).get("server"):
-            return
-        why = decision_problem(self.server_key(), item.id, item.final_raw or item.raw, item.approval)
+        signature over exactly this content (a database edited to say "approved" releases nothing).
+        A message the server sends itself (``[approval] release = "server"``) is never released here."""
+        if server_releases(item):
+            raise PermissionDenied("the central server sends this message itself once it is approved; "
+                                   "this helper never releases it")
+        # with a central server every approval is the server's: one without its signature (an edited
+        # database, or a record from before the server) releases nothing
+        why = decision_problem(self.server_key(), item.id, item.final_raw or item.raw, item.approval,
+                               item.envelope_to)
         if why:
             raise PermissionDenied(f"not released: {why}")
 
@@ -297,12 +332,13 @@ class CentralSync:
             if row and row.get("submitted_at") and row.get("server_url") == self.client.url:
                 continue
             full = self.outbox.get(item.id, with_bodies=True)
-            answer = self.client.submit(item, full.final_raw or full.raw)
-            self._accepted(item, answer)
+            content = full.final_raw or full.raw
+            answer = self.client.submit(item, content)
+            self._accepted(item, answer, hashlib.sha256(content or b"").hexdigest())
             count += 1
         return count
 
-    def _accepted(self, item: Item, answer: dict[str, Any]) -> None:
+    def _accepted(self, item: Item, answer: dict[str, Any], sha256: str | None = None) -> None:
         # approval links never come here: the server mails each approver their own (so the sender,
         # who owns this database, cannot open one)
         self._save(item.id, submitted_at=self.clock(), server_state=answer.get("state"), last_error=None)
@@ -311,12 +347,21 @@ class CentralSync:
         values: dict[str, Any] = {"approvers": approvers}
         if isinstance(expires, int | float):
             values["expires_at"] = float(expires) + LOCAL_GRACE
+        detail: dict[str, Any] = {"server": self.client.url, "approvers": approvers,
+                                  "server_state": answer.get("state")}
+        if answer.get("release") == "server":
+            # the server keeps the message and sends it itself once approved: this helper never will
+            values["decision"] = {**(item.decision or {}), "release": "server", "server_sha256": answer.get("sha256")}
+            values["last_error"] = HANDED_OVER
+            detail.update(release="server", sha256=answer.get("sha256"))
+            if sha256 and answer.get("sha256") != sha256:
+                detail["content_differs"] = True  # the server keeps the first copy it was given
+                log.error("%s: the central server keeps other content than this helper holds (SHA-256 %s, here "
+                          "%s); the server sends the copy the approver sees", item.id, answer.get("sha256"), sha256)
         with self.outbox.store.transaction() as conn:
             conn.execute(update(outbox).where(outbox.c.id == item.id, outbox.c.state == "awaiting_approval")
                          .values(**values))
-            self.outbox.store.append_audit(conn, "approval_submitted", "sendguard", item.id,
-                                           {"server": self.client.url, "approvers": approvers,
-                                            "server_state": answer.get("state")}, ts=self.clock())
+            self.outbox.store.append_audit(conn, "approval_submitted", "sendguard", item.id, detail, ts=self.clock())
         try:
             self.apply(answer)
         except DecisionUnverified as exc:  # the poll meets it again; it stays held meanwhile
@@ -356,12 +401,14 @@ class CentralSync:
     def withdraw_cancelled(self) -> None:
         rows = self._rows()
         for item_id, row in rows.items():
-            if row.get("server_state") == "awaiting_approval":
+            if row.get("server_state") in (State.AWAITING_APPROVAL, State.APPROVED, State.FAILED, State.NEEDS_ATTENTION):
                 try:
-                    state = self.outbox.get(item_id).state
+                    item = self.outbox.get(item_id)
                 except NotFound:
                     continue
-                if state != "awaiting_approval":
+                if row.get("server_state") != "awaiting_approval" and not server_releases(item):
+                    continue  # approved here: report_released tells the server once it is sent
+                if item.state != "awaiting_approval":
                     self._tell_server_gone(item_id)
 
     def _tell_server_gone(self, item_id: str) -> None:
@@ -375,7 +422,11 @@ class CentralSync:
             return
         try:
             answer = self.client.cancel(item_id)
-        except (StateError, NotFound):
+        except StateError:
+            if server_releases(item):
+                return  # the server is sending it this moment: ask again next round (or hear it was sent)
+            answer = {"state": "gone"}
+        except NotFound:
             answer = {"state": "gone"}
         self._save(item_id, server_state=answer.get("state"))
 
@@ -383,6 +434,8 @@ class CentralSync:
         """Apply one server decision to the local outbox; True if it changed something (at most once)."""
         state = status.get("state")
         item_id = status.get("id")
+        if item_id and status.get("release") == "server":
+            return self._apply_server_release(str(item_id), status)
         if not item_id or state not in (*APPROVAL_OUTCOMES, State.SENT):
             return False
         if state == State.SENT:  # released already (the server heard it from us): nothing to do here
@@ -395,7 +448,7 @@ class CentralSync:
             except NotFound:
                 return False
             approval["signed"], approval["signature"] = status.get("signed"), status.get("signature")
-            why = decision_problem(self.server_key(), item_id, raw.final_raw or raw.raw, approval)
+            why = decision_problem(self.server_key(), item_id, raw.final_raw or raw.raw, approval, raw.envelope_to)
             if why:
                 raise DecisionUnverified(f"decision on {item_id} not applied: {why}")
         try:
@@ -413,6 +466,85 @@ class CentralSync:
         self._save(item_id, server_state=state)
         self.on_change()
         return True
+
+    def _apply_server_release(self, item_id: str, status: dict[str, Any]) -> bool:
+        """A message the server sends itself: show here what the server did; never release it here."""
+        state = str(status.get("state") or "")
+        approval = {**(status.get("approval") or {}), "server": self.client.url, "released_by": "server"}
+        try:
+            item = self.outbox.get(item_id)
+        except NotFound:
+            return False
+        try:
+            if state == State.SENT and item.state in (State.AWAITING_APPROVAL, State.NEEDS_ATTENTION):
+                self.outbox.transition(item_id, "released_by_server", "central-server",
+                                       {"server": self.client.url, "by": approval.get("by")},
+                                       approval=approval, last_error=None)
+                with self.outbox.store.transaction() as conn:
+                    self.outbox.store.record_sent_domains(conn, item.envelope_to, self.clock())
+            elif state == State.SENT:
+                # the sender cancelled (or it expired) here while the server was already sending it: the
+                # state here stays final, but the record must say that it went out
+                note = "The central server had already started sending it: it was sent"
+                with self.outbox.store.transaction() as conn:
+                    conn.execute(update(outbox).where(outbox.c.id == item_id).values(last_error=note,
+                                                                                      updated_at=self.clock()))
+                    self.outbox.store.append_audit(conn, "released_by_server", "central-server", item_id,
+                                                   {"server": self.client.url, "by": approval.get("by"),
+                                                    "state_here": item.state}, ts=self.clock())
+                self.outbox._notify(item_id)
+            elif state in (State.REJECTED, State.EXPIRED):
+                values: dict[str, Any] = {"last_error": None}
+                if state == State.REJECTED:
+                    values["approval"] = approval
+                self.outbox.transition(item_id, "reject" if state == State.REJECTED else "expire",
+                                       str(approval.get("by") or "central-server"), approval, **values)
+            elif state == "cancelled":
+                self._save(item_id, server_state=state)
+                return False
+            elif item.state == State.AWAITING_APPROVAL:
+                # approved and waiting to be sent by the server, or the server cannot send it yet
+                note = waiting_note(state, approval, status.get("last_error"))
+                if note == item.last_error:
+                    return False
+                with self.outbox.store.transaction() as conn:
+                    conn.execute(update(outbox).where(outbox.c.id == item_id, outbox.c.state == State.AWAITING_APPROVAL)
+                                 .values(last_error=note, expires_at=None if state != State.AWAITING_APPROVAL
+                                         else item.expires_at, updated_at=self.clock()))
+                    if state == "approved":
+                        self.outbox.store.append_audit(conn, "approved_for_server_release", "central-server", item_id,
+                                                       {"server": self.client.url, "by": approval.get("by")},
+                                                       ts=self.clock())
+                self.outbox._notify(item_id)
+            else:
+                return False
+        except (StateError, NotFound):
+            if state in (State.REJECTED, State.EXPIRED):  # settled here already (e.g. cancelled): stop asking
+                self._save(item_id, server_state=state)
+            return False
+        self._save(item_id, server_state=state)
+        self.on_change()
+        return True
+
+    def follow_server_releases(self) -> int:
+        """Ask the server about the messages it sends itself (approved, sent, or held up at its relay)."""
+        settled = (State.SENT, State.CANCELLED, State.REJECTED, State.EXPIRED)
+        ids = []
+        for item_id, row in self._rows().items():
+            if row.get("server_state") in settled:
+                continue
+            try:
+                item = self.outbox.get(item_id)
+            except NotFound:
+                continue
+            # a message cancelled here while the server was already sending it is followed too
+            if server_releases(item) and item.state in (State.AWAITING_APPROVAL, State.CANCELLED):
+                ids.append(item_id)
+        changed = 0
+        for start in range(0, len(ids), 200):
+            for status in self.client.statuses(ids[start:start + 200]):
+                changed += int(self.apply(status))
+        return changed
 
     def report_released(self) -> None:
         """Tell the server which approved messages went out (its records show them as sent)."""
@@ -436,6 +568,7 @@ class CentralSync:
         """One full round (tests and ``sendguard`` commands use it; the helper runs two loops)."""
         self.submit_new()
         self.report_released()
+        self.follow_server_releases()
         self.poll(wait)
 
     # ------------------------------------------------------------------ the threads
@@ -465,6 +598,7 @@ class CentralSync:
     def _submit_round(self) -> None:
         self.submit_new()
         self.report_released()
+        self.follow_server_releases()
         self.report_checkpoint()
 
     def report_checkpoint(self, every: float = 60.0) -> None:

@@ -120,6 +120,9 @@ TRANSITIONS: dict[str, Transition] = {
     "resolve_resend": _t([S.NEEDS_ATTENTION, S.RELEASING, S.FAILED], S.FAILED, "retry_requested"),
     # central server: the sender's helper reports it sent the approved message
     "helper_sent": _t([S.APPROVED], S.SENT, "released"),
+    # the sender's helper: the central server sent a message it keeps and sends itself
+    # ([approval] release = "server"); this helper never sends such a message
+    "released_by_server": _t([S.AWAITING_APPROVAL, S.NEEDS_ATTENTION], S.SENT, "released_by_server"),
 }
 del S
 
@@ -282,7 +285,10 @@ class Item:
 
     @property
     def waiting_for(self) -> str | None:
-        """For an interrupted send: what SendGuard is waiting to learn, and from whom (else None)."""
+        """For an interrupted send: what SendGuard is waiting to learn, and from whom; for a message the
+        central server sends itself: what the server is doing with it (else None)."""
+        if self.state == State.AWAITING_APPROVAL and (self.decision or {}).get("release") == "server":
+            return self.last_error
         if self.state != State.RELEASING:
             return None
         if self.last_error and self.last_error.startswith(WAITING_PREFIX):
@@ -498,7 +504,10 @@ class Outbox:
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
         item_id = self.receive(raw, envelope_from, recipients, source, source_ref, account, actor)
-        return self.process(item_id)
+        try:
+            return self.process(item_id)
+        except StateError:  # the worker checked it first (it takes every committed `received` item)
+            return self.get(item_id)
 
     def evaluate(self, raw: bytes, envelope_from: str = "", recipients: Iterable[str] = (),
                  policy: Policy | None = None, cached_only: bool = False) -> checks.CheckResult:

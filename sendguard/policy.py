@@ -130,6 +130,8 @@ class Policy:
     approvers: tuple[str, ...] = ()
     allow_self_approval: bool = False
     expire_hours: float = 72
+    # who sends an approved message: the sender's helper, or (central server only) the server itself
+    release: str = "helper"
     routes: tuple[Route, ...] = ()
     deputies: tuple[Deputy, ...] = ()
     many_external_recipients: int = 10
@@ -200,6 +202,7 @@ _SCHEMA: dict[str, tuple[str, str, Any]] = {
     "approval.approvers": ("approvers", "addresses", None),
     "approval.allow_self_approval": ("allow_self_approval", "bool", None),
     "approval.expire_hours": ("expire_hours", "number", (0.001, 24 * 365)),
+    "approval.release": ("release", "enum", ("helper", "server")),
     "approval.route": ("routes", "routes", None),
     "approval.deputies": ("deputies", "deputies", None),
     "rules.many_external_recipients": ("many_external_recipients", "int", (1, 100_000)),

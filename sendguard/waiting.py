@@ -19,6 +19,8 @@ from .outbox import WAITING_PREFIX, WAITING_STATES, Item, Outbox, State
 
 # the state SendGuard is waiting in, for each kind of line (also the order they are shown in)
 KINDS = ("attention", "reconcile", "retry", "central", "sending", "paused")
+# how the helper's line for an approved message the central server sends itself begins (central.py)
+SERVER_SENDS = "Waiting for the central server to send it"
 _WHERE = re.compile(re.escape(WAITING_PREFIX) + r"(.+?) to say whether")
 
 
@@ -82,6 +84,13 @@ def waiting(outbox: Outbox, gettext: Callable[[str], str], central: Any = None,
                                             "{url} ({error}). They stay held; nothing is lost."))
                              .format(count=len(held), url=getattr(getattr(central, "client", None), "url", "")
                                      or "?", error=error), tuple(i.id for i in held)))
+    # approved messages the central server sends itself ([approval] release = "server"): what it is doing
+    by_server = [i for i in held if (i.decision or {}).get("release") == "server"
+                 and (i.last_error or "").startswith(SERVER_SENDS)]
+    if by_server:
+        lines.append(Waiting("central", t(_("{count} approved message(s): the central server sends them itself. "
+                                            "{status}")).format(count=len(by_server), status=by_server[0].last_error),
+                             tuple(i.id for i in by_server)))
     if sending:
         lines.append(Waiting("sending", t(_("Sending {count} message(s) now.")).format(count=len(sending)),
                              tuple(i.id for i in sending)))

@@ -67,3 +67,21 @@ def test_unsigned_decision_from_the_wire_is_not_applied(server: Any, sender_help
         sender_helper.sync.apply({"id": item_id, "state": "approved",
                                   "approval": {"decision": "approved", "by": "boss@example.co.jp"}})
     assert sender_helper.outbox.get(item_id).state == "awaiting_approval"
+
+
+def test_approval_does_not_cover_a_recipient_added_afterwards(server: Any, sender_helper: Any) -> None:
+    """The signature names the envelope recipients: one added to the database after the approval is refused."""
+    boss = CentralClient(server.url, server.token("boss@example.co.jp"))
+    sender_helper.paused = True
+    item_id = central.held_for_approval(sender_helper)
+    wait_for(lambda: [i.id for i in boss.pending()] == [item_id], timeout=20)
+    boss.decide(item_id, "approve", "boss@example.co.jp", "OK")
+    wait_for(lambda: sender_helper.outbox.get(item_id).state == "approved", timeout=20)
+    with sender_helper.store.transaction() as conn:  # the sender adds a recipient the approver never saw
+        conn.execute(update(outbox).where(outbox.c.id == item_id)
+                     .values(envelope_to=["a@partner.example", "evil@attacker.example"]))
+    sender_helper.paused = False
+    sender_helper.wake()
+    item = wait_for(lambda: (i := sender_helper.outbox.get(item_id)).state != "approved" and i, timeout=20)
+    assert item.state == "needs_attention" and "other recipients" in (item.last_error or "")
+    assert not released(sender_helper, item_id)
