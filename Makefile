@@ -51,6 +51,7 @@ run: setup-run
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 ## The whole suite: lint, architecture contract, Python tests (Xvfb + PostgreSQL), add-in JS tests.
 test: setup lint

@@ -1,22 +1,25 @@
 """SendGuard's web side: the REST API, the confirmation/approval pages and the Outlook/Gmail add-ins.
 
-``create_app(service)`` builds the Flask app around a service object (the desktop helper's
-``sendguard.service.Helper`` or the central server) that offers ``outbox``, ``store``, ``config``,
-``policy`` and ``gettext``.
+``create_app(service)`` builds the Flask app around the process it runs in: the desktop helper
+(``sendguard.service.Helper``) or the central server (``addin.server.CentralService``), both of which
+offer ``addin.service.AppService``.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
+
+if TYPE_CHECKING:
+    from .service import AppService
 
 # Optional feature blueprints: registered when their module is present.
 BLUEPRINTS = ("addin.api", "addin.pages", "addin.approval_pages", "addin.outlook", "addin.gmail_addon")
 
 
-def create_app(service: Any = None, test_config: dict[str, Any] | None = None) -> Flask:
+def create_app(service: AppService | None = None, test_config: dict[str, Any] | None = None) -> Flask:
     from . import security
 
     app = Flask(__name__, static_folder=None)
@@ -35,7 +38,7 @@ def create_app(service: Any = None, test_config: dict[str, Any] | None = None) -
     if test_config:
         app.config.update(test_config)
     # the Gmail browser extension's origin(s), from config.toml [api] extension_origins
-    extension_origins = getattr(getattr(service, "config", None), "api_extension_origins", None) or []
+    extension_origins = service.config.api_extension_origins if service is not None else []
     app.config["EXTRA_ORIGINS"] = [*app.config["EXTRA_ORIGINS"], *extension_origins]
     if not app.config.get("SECRET_KEY"):
         from sendguard.links import signing_key

@@ -18,20 +18,21 @@ from sendguard.waiting import SERVER_SENDS
 
 from .openapi import SPEC
 from .security import ApiError, addin_signer, long_poll, principal, require
+from .service import AppService, current_service
 
 bp = Blueprint("api", __name__)
 MAX_WAIT = 60.0
 
 
-def service() -> Any:
-    svc = current_app.config.get("SENDGUARD_SERVICE")
+def service() -> AppService:
+    svc = current_service()
     if svc is None:
         raise ApiError(503, "no_service", "the SendGuard service is not running")
     return svc
 
 
 def _(text: str) -> str:
-    return service().gettext(text)  # type: ignore[no-any-return]
+    return service().gettext(text)
 
 
 def user_message(item: Item) -> str:
@@ -185,18 +186,16 @@ def create_check() -> Any:
             raise ApiError(403, "forbidden", f"this add-in session is {who.who}'s: it cannot submit mail from "
                                              f"{envelope_from or '(no sender)'}")
         actor = addin_actor(who.sid)
-    ref = outlook_items.item_ref(getattr(svc, "config", None), envelope_from, data)
+    ref = outlook_items.item_ref(svc.config, envelope_from, data)
     if source == "outlook" and ref:
         _supersede(svc, ref)
     item = svc.outbox.submit(raw, envelope_from, recipients, source=source, source_ref=ref, actor=actor)
-    if source == "outlook" and getattr(svc, "addin_presence", None) is not None:
+    if source == "outlook" and svc.addin_presence is not None:
         svc.addin_presence.seen(item.id)
-    if hasattr(svc, "item_created"):
-        svc.item_created(item)
     check = item.check.to_json() if item.check else None
     body = dict(check or {})
     body.update(id=item.id, state=item.state, check=check, user_message=user_message(item),
-                confirm_url=svc.confirm_url(item.id) if hasattr(svc, "confirm_url") else None)
+                confirm_url=svc.confirm_url(item.id))
     return jsonify(body), 201
 
 
@@ -230,7 +229,7 @@ def get_item(item_id: str) -> Any:
         if not 0.0 <= seconds <= MAX_WAIT:  # also NaN
             raise ApiError(400, "bad_wait", f"wait must be 0 to {MAX_WAIT:g} seconds")
         who = principal()
-        presence = getattr(svc, "addin_presence", None)
+        presence = svc.addin_presence
         if who is not None and who.kind == "api":  # the user's own windows and scripts
             item = svc.outbox.wait(item_id, AWAITING_OUTCOME, seconds)
         elif presence is not None and who is not None and who.kind == "addin":
@@ -265,8 +264,7 @@ def confirm_item(item_id: str) -> Any:
     item = svc.outbox.confirm(item_id, removed, removed_att, bool(data.get("bcc")),
                               actor=_actor(who),
                               checked=checked if isinstance(checked, dict) else None, reconfirmed=reconfirmed)
-    if hasattr(svc, "wake"):
-        svc.wake()
+    svc.wake()
     return jsonify(item_json(item, full=True))
 
 
@@ -312,9 +310,7 @@ def cancel_item(item_id: str) -> Any:
 
 # ---------------------------------------------------------------------- approvals
 def approvals() -> Approvals:
-    svc = service()
-    found = getattr(svc, "approvals", None)
-    return found if found is not None else Approvals(svc.outbox, svc.policy.get)
+    return service().approvals
 
 
 @bp.get("/api/v1/approvals")
@@ -357,9 +353,7 @@ def _decide(item_id: str, decision: str) -> Any:
         item = approvals().approve(item_id, actor, str(data.get("comment") or ""), via="api")
     else:
         item = approvals().reject(item_id, actor, str(data.get("reason") or ""), via="api")
-    svc = service()
-    if hasattr(svc, "wake"):
-        svc.wake()
+    service().wake()
     return jsonify(item_json(item, full=True))
 
 

@@ -40,6 +40,7 @@ from sendguard.links import LinkSigner, use_once, was_used
 from sendguard.outbox import APPROVAL_OUTCOMES, Item, State
 
 from .api import approvals, item_json, service
+from .service import current_service
 
 bp = Blueprint("approval_pages", __name__, template_folder="templates")
 log = logging.getLogger(__name__)
@@ -63,9 +64,8 @@ UI_STRINGS = (
 
 
 def _(text: str) -> str:  # noqa: F811 - at run time, translate in the service's language
-    svc = current_app.config.get("SENDGUARD_SERVICE")
-    gettext = getattr(svc, "gettext", None)
-    return gettext(text) if gettext else text  # type: ignore[no-any-return]
+    svc = current_service()
+    return svc.gettext(text) if svc is not None else text
 
 
 def approve_signer() -> LinkSigner:
@@ -290,9 +290,7 @@ def decide(item_id: str) -> Any:
         return _notice(_("Already decided"), str(exc), 409)
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
-    svc = service()
-    if hasattr(svc, "wake"):
-        svc.wake()
+    service().wake()
     if item.state != State.APPROVED:
         done = _("Rejected. The sender has been told why.")
     elif (item.decision or {}).get("release") == "server":

@@ -44,11 +44,12 @@ from flask import Blueprint, current_app, jsonify, request
 from google.auth import exceptions as google_auth_errors
 from google.auth import jwt as google_jwt
 
-from sendguard import config as configmod
-from sendguard import paths
+from sendguard.accounts import gmail as gmail_accounts
 from sendguard.errors import SendGuardError
-from sendguard.mailboxes import gmail
+from sendguard.mailboxes import _retry, gmail
 from sendguard.mailboxes.base import TransientError
+
+from .service import AppService, current_service
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ NEEDED_SCOPES = {
 }
 REQUIRED_SETTINGS = ("GMAIL_ADDON_BASE_URL", "GMAIL_ADDON_SERVICE_ACCOUNT", "GMAIL_ADDON_CLIENT_ID")
 
-bp = Blueprint("gmail_addon", __name__, url_prefix="/gmail/addon")
+URL_PREFIX = "/gmail/addon"
+bp = Blueprint("gmail_addon", __name__, url_prefix=URL_PREFIX)
 
 _certs_lock = threading.Lock()
 _certs_cache: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -231,7 +233,7 @@ def guarded(endpoint: str) -> Callable[[Callable[..., dict[str, Any]]], Callable
 
 
 def _endpoint(name: str) -> str:
-    return _base_url() + bp.url_prefix + "/" + name
+    return _base_url() + URL_PREFIX + "/" + name
 
 
 def _card(title: str, text: str, buttons: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -297,19 +299,18 @@ def compose(event: dict[str, Any]) -> dict[str, Any]:
     return _card("Check and send", text, [_check_button()])
 
 
-def _mailbox_for(email: str) -> tuple[Any, gmail.GmailMailbox | None]:
-    service = current_app.config.get("SENDGUARD_SERVICE")
-    if service is None or getattr(service, "outbox", None) is None:
+def _mailbox_for(email: str) -> tuple[AppService, gmail.GmailMailbox | None]:
+    service = current_service()
+    if service is None:
         raise NotConfigured("this server holds no outbox to take drafts into")
-    if getattr(service.outbox, "mailbox_for", None) is None:
+    if service.outbox.mailbox_for is None:
         raise NotConfigured("this server never sends mail (the central approval server): host the add-on on "
                             "a SendGuard Gmail gateway, see docs/gmail-addon.md")
-    cfg = getattr(service, "config", None) or configmod.load()
-    account = cfg.account_for(email)
+    account = service.config.account_for(email)
     if account is None or account.kind != "gmail" or not account.settings.get("drafts"):
         return service, None
-    home = getattr(service, "home", None) or paths.home()
-    mailbox = gmail.GmailMailbox.from_account(account, home)
+    # a connector of its own, not the helper's: Google waits for the card, so it never waits inside a call
+    mailbox = gmail.GmailMailbox.from_account(account, service.home)
     mailbox.retries = 0  # Google waits for the card: retries happen in the background instead
     return service, mailbox
 
@@ -336,7 +337,7 @@ def check_and_send(event: dict[str, Any]) -> dict[str, Any]:
     try:
         if not draft_id:
             wanted = _event_recipients(event.get("gmail") or {})
-            drafts = mailbox.find_drafts(**wanted)
+            drafts = mailbox.find_drafts(wanted["to"], wanted["cc"], wanted["bcc"])
             exact = [d for d in drafts if d["exact"]]
             if len(exact) == 1:
                 draft_id = exact[0]["id"]
@@ -361,17 +362,13 @@ def check_and_send(event: dict[str, Any]) -> dict[str, Any]:
         return _card("Could not check this draft", str(exc))
 
 
-def _hand_over(service: Any, mailbox: gmail.GmailMailbox, draft_id: str) -> dict[str, Any]:
-    item = gmail.submit_draft(service.outbox, mailbox, draft_id)
-    item_id = getattr(item, "id", item)
-    state = getattr(item, "state", "")
-    created = getattr(service, "item_created", None)
-    if callable(created):
-        created(item)
+def _hand_over(service: AppService, mailbox: gmail.GmailMailbox, draft_id: str) -> dict[str, Any]:
+    item = gmail_accounts.submit_draft(service.outbox, mailbox, draft_id)
+    item_id, state = item.id, item.state
     buttons = []
-    confirm_url = getattr(service, "confirm_url", None)
-    if callable(confirm_url) and state == "awaiting_confirmation":
-        url = public_link(confirm_url(item_id))
+    confirm_url = service.confirm_url(item_id) if state == "awaiting_confirmation" else None
+    if confirm_url:
+        url = public_link(confirm_url)
         if open_link_allowed(url):
             buttons.append({"text": "Open the confirmation", "onClick": {"openLink": {"url": url}}})
     close = " Close this compose window now without sending (Discard is not needed: SendGuard deletes the " \
@@ -385,7 +382,7 @@ def _hand_over(service: Any, mailbox: gmail.GmailMailbox, draft_id: str) -> dict
     return _card("Handed to SendGuard", text + close, buttons)
 
 
-def _retry_in_background(app: Any, service: Any, mailbox: gmail.GmailMailbox, draft_id: str,
+def _retry_in_background(app: Any, service: AppService, mailbox: gmail.GmailMailbox, draft_id: str,
                          wanted: dict[str, list[str]], first: TransientError) -> None:
     """Keep trying to take the draft after the card was answered (Gmail waits for no one)."""
 
@@ -396,7 +393,7 @@ def _retry_in_background(app: Any, service: Any, mailbox: gmail.GmailMailbox, dr
             try:
                 target = draft_id
                 if not target:  # the lookup itself failed: hand over only an unambiguous match
-                    exact = [d for d in mailbox.find_drafts(**wanted) if d["exact"]]
+                    exact = [d for d in mailbox.find_drafts(wanted["to"], wanted["cc"], wanted["bcc"]) if d["exact"]]
                     if len(exact) != 1:
                         log.warning("gmail add-on: no single saved draft for %s; the user presses again", wanted)
                         return
@@ -406,7 +403,7 @@ def _retry_in_background(app: Any, service: Any, mailbox: gmail.GmailMailbox, dr
                 log.info("gmail add-on: draft %s taken after %d background retries", target, attempt)
                 return
             except TransientError as exc:
-                delay = exc.retry_after or BACKGROUND_BACKOFF * (2 ** attempt)
+                delay = exc.retry_after or _retry.delay(attempt + 1, base=BACKGROUND_BACKOFF)
             except SendGuardError as exc:
                 log.warning("gmail add-on: draft %s not taken: %s", draft_id, exc)
                 return

@@ -445,7 +445,9 @@ def write_manifests(settings: AddinSettings, out_dir: Path) -> list[Path]:
         # Windows PowerShell 5.1 reads a BOM-less script as ANSI; the script is ASCII, CRLF for Notepad.
         script_path.write_bytes(loopback.replace("\n", "\r\n").encode("ascii"))
         written.append(script_path)
+    lna_reg = build_lna_reg(settings)  # None, like the script, unless the add-in is on loopback
+    if lna_reg is not None:
         reg_path = out_dir / LNA_REG
-        reg_path.write_bytes(b"\xff\xfe" + build_lna_reg(settings).encode("utf-16-le"))  # regedit's own format
+        reg_path.write_bytes(b"\xff\xfe" + lna_reg.encode("utf-16-le"))  # regedit's own format
         written.append(reg_path)
     return written

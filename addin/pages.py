@@ -28,6 +28,7 @@ from sendguard.links import LinkSigner, signing_key, use_once
 
 from .api import item_json, service
 from .security import ApiError, grant_item, principal, require
+from .service import current_service
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
@@ -104,8 +105,8 @@ def _language() -> str:
     asked = request.args.get("lang")
     if asked:
         return i18n.normalize(asked)
-    svc = current_app.config.get("SENDGUARD_SERVICE")
-    configured = getattr(getattr(svc, "config", None), "language", None)
+    svc = current_service()
+    configured = svc.config.language if svc is not None else None
     return i18n.normalize(configured) if configured else i18n.system_language()
 
 
@@ -159,7 +160,7 @@ def confirm_page(item_id: str) -> Any:
         except (PermissionDenied, NotFound) as exc:
             return _error_page(403 if isinstance(exc, PermissionDenied) else 404, str(exc))
         grant_item(item_id)
-        keep = {"lang": request.args["lang"]} if request.args.get("lang") else {}
+        keep: dict[str, Any] = {"lang": request.args["lang"]} if request.args.get("lang") else {}
         return redirect(url_for("pages.confirm_page", item_id=item_id, **keep), code=303)
     who = principal()
     if who is None or not who.may_see(item_id):

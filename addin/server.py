@@ -265,7 +265,7 @@ class ServerReleaser:
 
 
 class CentralService:
-    """What ``create_app`` needs (outbox, store, config, policy, gettext, approvals), on PostgreSQL.
+    """What ``create_app`` needs (``addin.service.AppService``), on PostgreSQL.
 
     The sender's helper releases approved mail, once the decision reaches it, unless the server's policy
     says ``[approval] release = "server"``: then the server keeps the message and sends it itself
@@ -277,6 +277,8 @@ class CentralService:
         from sendguard.approvals import Approvals
 
         self.store = Store(database_url(url))
+        self.home = paths.home()
+        self.addin_presence = None  # no Outlook add-in sends mail through the server on its own
         self.public_url = public_url.rstrip("/")
         self.config = Config(language=language)
         self.policy = PolicyHolder(policy_path or (paths.home() / "policy.toml"), paths.admin_policy_file())
@@ -310,6 +312,10 @@ class CentralService:
         """A decision was just recorded: approval emails and server-side releases go now, not next tick."""
         self.notices.wake()
         self.releaser.wake()
+
+    def confirm_url(self, item_id: str) -> None:
+        """The server has no confirmation window: the sender confirms in his own helper."""
+        return None
 
     def close(self) -> None:
         self.notices.stop()

@@ -10,8 +10,8 @@ import traceback
 from importlib import import_module
 from pathlib import Path
 
-MODULES = ("bench.smtp_product", "bench.core", "bench.inspection", "bench.window_latency", "bench.serve_window",
-           "bench.scale", "bench.central_server", "bench.outlook_send",
+MODULES = ("bench.smtp_product", "bench.cli_start", "bench.core", "bench.inspection", "bench.window_latency",
+           "bench.serve_window", "bench.scale", "bench.central_server", "bench.outlook_send",
            "bench.outlook_relay", "bench.soak")
 RESULTS = Path(__file__).parent / "results"
 

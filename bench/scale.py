@@ -75,6 +75,7 @@ def _cli_ms(home: Path, *args: str) -> tuple[float, str]:
     exe = Path(sys.executable).with_name("sendguard")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sendguard"]
     env = {**os.environ, "SENDGUARD_HOME": str(home)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # byte code cached, as an installed package has it
     start = time.perf_counter()
     out = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True)
     elapsed = (time.perf_counter() - start) * 1000
@@ -94,6 +95,18 @@ def _best(fn: Any, repeat: int = 5) -> float:
 
 def run() -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="sg-scale-"))
+    old_home = os.environ.get("SENDGUARD_HOME")
+    os.environ["SENDGUARD_HOME"] = str(home)  # the audit key the store is written with is the CLI's one
+    try:
+        return _measure(home)
+    finally:
+        if old_home is None:
+            os.environ.pop("SENDGUARD_HOME", None)
+        else:
+            os.environ["SENDGUARD_HOME"] = old_home
+
+
+def _measure(home: Path) -> dict[str, Any]:
     start = time.perf_counter()
     store = build(home)
     built_s = time.perf_counter() - start
@@ -103,7 +116,10 @@ def run() -> dict[str, Any]:
     figures["window_next_message"] = _best(lambda: box.list(["awaiting_confirmation"], limit=1))
     figures["held_list_in_process"] = _best(lambda: box.list(HELD_STATES))
     candidates = [f"customer{d}.example" for d in range(0, 5000, 500)] + ["new.example"]
-    figures["new_domain_lookup"] = _best(lambda: box.known_domains(candidates), 20)
+    # cold: what the first check after a start (or after a release) asks the store; the intake then keeps
+    # found domains in memory (see Outbox.known_domains), which the second figure shows
+    figures["new_domain_lookup"] = _best(lambda: Outbox(store, Policy).known_domains(candidates), 20)
+    figures["new_domain_lookup_cached"] = _best(lambda: box.known_domains(candidates), 20)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     figures["audit_verify_cli"], verify_out = _cli_ms(home, "audit", "verify")
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -86,6 +86,13 @@ def pause_locked(runner: Any) -> bool:
         return True  # cannot tell: do not offer to pause
 
 
+def _add_action(menu: QtWidgets.QMenu, text: str) -> QtGui.QAction:
+    action = menu.addAction(text)
+    if action is None:  # Qt always returns the new action; its type stubs allow None
+        raise RuntimeError(f"Qt did not add the menu entry {text!r}")
+    return action
+
+
 class Tray:
     """The tray icon; build it on the Qt main thread after the QApplication exists."""
 
@@ -104,9 +111,9 @@ class Tray:
         t = gettext
         self.icon = QtWidgets.QSystemTrayIcon(QtGui.QIcon(icon_pixmap(0)))
         menu = QtWidgets.QMenu()
-        self._open_action = menu.addAction(t("Open confirmations"))
+        self._open_action = _add_action(menu, t("Open confirmations"))
         self._open_action.triggered.connect(on_open)
-        approvals = menu.addAction(t("Open approvals"))
+        approvals = _add_action(menu, t("Open approvals"))
         approvals.triggered.connect(lambda: open_approvals(runner))
         self.pause_action = menu.addAction(t("Pause guard"))
         self.pause_action.setCheckable(True)
@@ -116,7 +123,7 @@ class Tray:
             self.pause_action.setToolTip(t("Your administrator does not allow pausing SendGuard"))
         self.pause_action.toggled.connect(self.set_paused)
         menu.addSeparator()
-        menu.addAction(t("Quit SendGuard")).triggered.connect(on_quit)
+        _add_action(menu, t("Quit SendGuard")).triggered.connect(on_quit)
         self.menu = menu  # keep a reference: Qt does not own it
         self.icon.setContextMenu(menu)
         self.icon.activated.connect(lambda reason: on_open()

@@ -452,7 +452,8 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
 
     from .tray import MainThread, Tray
 
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    existing = QtWidgets.QApplication.instance()
+    app = existing if isinstance(existing, QtWidgets.QApplication) else QtWidgets.QApplication(sys.argv[:1])
     app.setQuitOnLastWindowClosed(False)
     app.setApplicationName(TITLE)
     manager = ConfirmWindows(runner, emit)

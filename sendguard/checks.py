@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from . import detect
 from .errors import CheckFormatError
 from .i18n import _
-from .message import Attachment, ParsedMessage, Recipient
-from .policy import Policy
 from .rules import content, recipients
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: reading a stored check result (``queue list``) loads neither
     from .directory import ListLookup
+    from .message import Attachment, ParsedMessage, Recipient
+    from .policy import Policy
 
 ACTION_RANK = {"allow": 0, "confirm": 1, "reconfirm": 2, "approve": 3, "block": 4}
 RECIPIENT_FLAGS = ("external", "trusted", "new_domain", "lookalike", "display_name_mismatch", "blocked", "idn",
@@ -485,7 +485,10 @@ def _lookalike_references(policy: Policy, history: History,
     return tuple(groups)
 
 
-_domain_set = lru_cache(maxsize=16)(frozenset)
+@lru_cache(maxsize=16)
+def _domain_set(domains: Collection[str]) -> frozenset[str]:
+    """The same few reference groups come back for every message: build each set once."""
+    return frozenset(domains)
 
 
 def _customer_lookalike(domain: str, ours: tuple[str, ...], customers: tuple[tuple[str, ...], ...],

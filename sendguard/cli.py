@@ -7,28 +7,48 @@ packages through the ``sendguard.commands`` entry point group, so the core impor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 from collections.abc import Callable
 from importlib import import_module
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import OWN_PACKAGES, __version__, audit, checks, directory, paths, secrets
-from . import config as configmod
-from . import message as msgmod
-from . import policy as policymod
+from . import OWN_PACKAGES, __version__, paths
 from .errors import SendGuardError
 from .i18n import _, localize, translator
-from .mailboxes.registry import CONNECTORS
-from .outbox import STATES, Item, Outbox
-from .runtime import confirm_url
+from .items import Item
 from .sources import source_label
-from .store import Store
+from .states import STATES
+
+
+class LazyModule:
+    """A module imported when one of its attributes is first used."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from . import accounts as account_setup
+    from . import audit, checks, directory, secrets
+    from . import config as configmod
+    from . import message as msgmod
+    from . import policy as policymod
+    from .outbox import Outbox
+    from .store import Store
+    from .store_read import ReadStore
+else:  # each loaded by the first command that uses it: `queue list` and `check` start fast
+    account_setup, audit, checks, directory, secrets, configmod, msgmod, policymod = (
+        LazyModule(f"sendguard.{name}")
+        for name in ("accounts", "audit", "checks", "directory", "secrets", "config", "message", "policy"))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,8 +102,17 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from .store import Store
+
             self._store = Store(paths.private_file(paths.database_file()))
         return self._store
+
+    def read_store(self) -> ReadStore | None:
+        """The store opened for reading only (standard library; no keyring, no migration), or None when
+        it is missing or of another schema version: then use ``outbox``/``store``, which set it up."""
+        from .store_read import open_store
+
+        return open_store(paths.database_file())
 
     @property
     def outbox(self) -> Outbox:
@@ -102,8 +131,8 @@ pass_ctx = click.make_pass_decorator(Context, ensure=True)
 class PluginGroup(click.Group):
     """Adds the commands other SendGuard packages register under ``sendguard.commands``."""
 
-    # core command groups that live beside their connector, loaded only when used
-    LAZY = {"gmail": "sendguard.mailboxes.gmail:gmail_group"}
+    # core command groups that live with their account set-up, loaded only when used
+    LAZY = {"gmail": "sendguard.accounts.gmail:gmail_group"}
 
     def invoke(self, ctx: click.Context) -> Any:
         """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
@@ -112,10 +141,13 @@ class PluginGroup(click.Group):
         except click.UsageError:
             raise
         except click.ClickException as exc:
-            exc.message = localize(exc.message, _error_language())
+            # click declares the text Final; rewriting it keeps the exception's class and exit status
+            exc.message = localize(exc.message, _error_language())  # type: ignore[misc]
             raise
 
     def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points  # scanning installed packages: only for a plug-in command
+
         found: dict[str, Any] = {ep.name: ep for ep in entry_points(group="sendguard.commands")}
         for name, target in self.LAZY.items():
             found.setdefault(name, _LazyTarget(target))
@@ -235,14 +267,24 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
         lists = directory.for_accounts(ctx.config.accounts, paths.home())  # as the helper asks its directory
     except SendGuardError:
         accounts, lists = [], None
+    known: set[str] = set()
+    history = checks.History()
     try:
         if paths.database_file().exists():  # the sent-to history and released threads count too
-            result = Outbox(ctx.store, lambda: pol, gettext=gettext, accounts=lambda: accounts, directory=lists) \
-                .evaluate_parsed(parsed, pol).stored()
-        else:
-            answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol,
-                                            marked=parsed.marked_lists)
-            result = checks.evaluate(parsed, pol, (), gettext, accounts=accounts, lists=answers).stored()
+            store = ctx.read_store()
+            if store is None:  # an older store: opened (and migrated) the full way
+                outbox = ctx.outbox
+                known, history = outbox.known_domains(r.domain for r in parsed.recipients), outbox.history(parsed)
+            else:
+                with contextlib.closing(store):
+                    known = store.known_domains(r.domain for r in parsed.recipients)
+                    history = checks.History(store.sent_domains(), store.thread_domains(
+                        [m for m in parsed.in_reply_to if m != parsed.message_id]))
+        # what the directory says about lists, as the helper's outbox asks it (Outbox.directory_lists)
+        answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol,
+                                        marked=parsed.marked_lists)
+        result = checks.evaluate(parsed, pol, known, gettext, history=history, accounts=accounts,
+                                 lists=answers).stored()
     finally:
         if lists is not None:
             lists.close()
@@ -254,6 +296,8 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
 
 # ---------------------------------------------------------------------- queue
 def item_details(item: Item, store: Store) -> dict[str, Any]:
+    from .runtime import confirm_url
+
     data = item.summary()
     data["check"] = item.check.to_json() if item.check else None
     data["decision"] = item.decision
@@ -279,21 +323,29 @@ def queue() -> None:
 @user_errors
 def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: bool) -> None:
     """List messages in the outbox (held ones by default)."""
-    from .outbox import HELD_STATES
+    from .states import HELD_STATES
 
     wanted = states or (None if show_all else HELD_STATES)
-    items = ctx.outbox.list(wanted)
+    configmod.load()  # a config.toml in error is refused here as in every command
+    store = ctx.read_store()
+    if store is None:
+        items = ctx.outbox.list(wanted)
+    else:
+        with contextlib.closing(store):
+            items = store.items(wanted)
     if as_json:
         echo_json([i.summary() for i in items])
         return
+    gettext = ctx.gettext()
     if not items:
-        click.echo(ctx.gettext()("No held messages."))
+        click.echo(gettext("No held messages."))
         return
     for i in items:
-        rcpts = ", ".join(r["address"] for r in i.summary()["recipients"][:3])
-        more = len(i.summary()["recipients"]) - 3
+        recipients = i.summary()["recipients"]
+        rcpts = ", ".join(r["address"] for r in recipients[:3])
+        more = len(recipients) - 3
         click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}"
-                   f"  [{source_label(i.source, ctx.gettext())}]")
+                   f"  [{source_label(i.source, gettext)}]")
         if i.waiting_for:
             click.echo(f"    {i.waiting_for}")
 
@@ -478,16 +530,12 @@ def accounts() -> None:
 
 class AccountKinds(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [k for k in CONNECTORS if k != "maildir"]
+        return list(account_setup.ADD_COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in CONNECTORS or name == "maildir":
+        if name not in account_setup.ADD_COMMANDS:
             return None
-        module = import_module(CONNECTORS[name].partition(":")[0])
-        command = getattr(module, "add_command", None)
-        if command is None:
-            raise click.ClickException(f"adding {name} accounts is not available in this build")
-        return _guarded_add(command)
+        return _guarded_add(account_setup.add_command(name))
 
 
 def _guarded_add(command: click.Command) -> click.Command:
@@ -672,6 +720,7 @@ def _set_aside_store() -> None:
     import time as _time
 
     from .errors import StoreDamaged
+    from .store import Store
 
     db = paths.database_file()
     try:

@@ -10,6 +10,7 @@ back-off. Anchoring again happens at the next start.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
@@ -34,3 +35,8 @@ class SteadyClock:
     def skew(self) -> float:
         """How far the system clock has moved away from this clock since start (seconds, signed)."""
         return time.time() - self()
+
+
+def now_iso(ts: float | None = None) -> str:
+    """A timestamp (now by default) as ISO 8601 UTC with microseconds, as stored in the audit log."""
+    return datetime.fromtimestamp(ts if ts is not None else time.time(), UTC).isoformat(timespec="microseconds")

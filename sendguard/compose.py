@@ -12,7 +12,7 @@ import email.policy
 import email.utils
 from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 from .errors import MessageError
 from .message import LISTS_HEADER
@@ -83,7 +83,7 @@ def from_fields(data: dict[str, Any]) -> tuple[bytes, str, list[str]]:
         disposition = "inline" if att.get("isInline") else "attachment"
         msg.add_attachment(payload, maintype=maintype or "application", subtype=subtype or "octet-stream",
                            filename=str(att["name"]), disposition=disposition)
-        part = msg.get_payload()[-1]
+        part = cast("list[EmailMessage]", msg.get_payload())[-1]  # multipart once an attachment is added
         if not content and att.get("size"):
             size = att["size"]
             if isinstance(size, bool) or not (isinstance(size, int) or (isinstance(size, str) and size.isdigit())) \

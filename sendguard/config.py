@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import tomlkit
+from typing import TYPE_CHECKING, Any
 
 from . import paths, tomlfile
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # tomlkit only writes config.toml: imported there, so reading commands start faster
+    import tomlkit
 
 ACCOUNT_KINDS = ("maildir", "smtp", "exchange", "graph", "gmail")
 
@@ -74,7 +75,7 @@ _TOP = {
     "window": (bool, None),
     "retention_days": (int, None),
 }
-_SECTIONS = {
+_SECTIONS: dict[str, dict[str, type]] = {
     "smtp": {"host": str, "port": int},
     "api": {"host": str, "port": int, "extension_origins": list},
     "server": {"url": str, "database": str},
@@ -190,6 +191,8 @@ def _accounts(path: Path, text: str, value: Any) -> list[Account]:
 
 
 def _document(path: Path) -> tomlkit.TOMLDocument:
+    import tomlkit
+
     if path.exists():
         return tomlkit.parse(path.read_text(encoding="utf-8"))
     return tomlkit.document()
@@ -197,6 +200,8 @@ def _document(path: Path) -> tomlkit.TOMLDocument:
 
 def save_account(account: Account, path: Path | None = None) -> None:
     """Add or replace the account of that name, keeping the rest of the file (comments too)."""
+    import tomlkit
+
     path = path or paths.config_file()
     doc = _document(path)
     accounts = doc.get("accounts")
@@ -216,6 +221,8 @@ def save_account(account: Account, path: Path | None = None) -> None:
 
 
 def remove_account(name: str, path: Path | None = None) -> bool:
+    import tomlkit
+
     path = path or paths.config_file()
     doc = _document(path)
     accounts = doc.get("accounts") or []

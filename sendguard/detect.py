@@ -7,16 +7,25 @@ import re
 import unicodedata
 import zipfile
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import puremagic
-from confusable_homoglyphs import confusables
-from publicsuffixlist import PublicSuffixList
-from rapidfuzz.distance import OSA, Levenshtein
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
+
+# puremagic, confusable_homoglyphs, publicsuffixlist and rapidfuzz are imported where first used: loading
+# their tables is most of a command's start-up otherwise (``sendguard check`` of a plain message)
 
 # ---------------------------------------------------------------- personal data
 
 # full-width digits read as digits; no-break, thin and ideographic spaces as plain spaces (HTML &nbsp;)
 _DIGITS = str.maketrans("０１２３４５６７８９\xa0\u2007\u202f\u2009\u3000－", "0123456789     -")
+_NEEDS_DIGITS = re.compile("[０-９\xa0\u2007\u202f\u2009\u3000－]")
+
+
+def _plain_digits(text: str) -> str:
+    """Full-width digits and odd spaces as ASCII (translating only text that has any: a dict
+    translation walks every character in Python-level lookups)."""
+    return text.translate(_DIGITS) if _NEEDS_DIGITS.search(text) else text
 # 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits.
 _CARD_RE = re.compile(r"(?<![\d-])(?<!\d )(?:\d[ -]?){12,18}\d(?!\d)(?![ -]\d)")
 # 12 digits, plain or as 4-4-4 with one separator style.
@@ -54,7 +63,7 @@ def mynumber_ok(digits: str) -> bool:
 def find_card_numbers(text: str) -> list[str]:
     """Payment card numbers (14-19 digits, Luhn-valid, not one repeated digit)."""
     found = []
-    for match in _CARD_RE.finditer(text.translate(_DIGITS)):
+    for match in _CARD_RE.finditer(_plain_digits(text)):
         chunk = match.group(0)
         if "  " in chunk or "--" in chunk:
             continue
@@ -67,7 +76,7 @@ def find_card_numbers(text: str) -> list[str]:
 def find_my_numbers(text: str) -> list[str]:
     """12-digit individual numbers whose check digit is valid."""
     found = []
-    for match in _MYNUMBER_RE.finditer(text.translate(_DIGITS)):
+    for match in _MYNUMBER_RE.finditer(_plain_digits(text)):
         digits = match.group(1) + match.group(3) + match.group(4)
         if len(set(digits)) > 1 and mynumber_ok(digits):
             found.append(digits)
@@ -128,6 +137,8 @@ def magic_family(head: bytes) -> str | None:
             return family
     if len(head) < 8:
         return None
+    import puremagic
+
     try:
         guess = puremagic.from_string(head)
     except (puremagic.PureError, ValueError):
@@ -201,16 +212,32 @@ def zip_encrypted(data: bytes) -> bool:
 # ---------------------------------------------------------------- domains
 
 
-@lru_cache(maxsize=1)
-def _psl() -> PublicSuffixList:
-    return PublicSuffixList()
+@lru_cache(maxsize=2)
+def _psl(encoded_idn: bool) -> PublicSuffixList:
+    """The public suffix list; with ``encoded_idn`` it also knows each IDN rule in its xn-- form, which
+    takes most of its loading time and only matters for a domain with an xn-- label in it."""
+    from publicsuffixlist import PSLFILE, PublicSuffixList
+
+    if encoded_idn:
+        return PublicSuffixList()
+    # The rules PublicSuffixList(accept_encoded_idn=False) reads, read at C speed: its own parser takes
+    # most of `sendguard check`'s start. tests/test_read_paths.py keeps the two the same.
+    psl = PublicSuffixList(source="")
+    if not hasattr(psl, "_publicsuffix") or not hasattr(psl, "_maxlabel"):  # another version: its own way
+        return PublicSuffixList(accept_encoded_idn=False)
+    with open(PSLFILE, encoding="utf-8", errors="replace") as fh:
+        rules = {line.lower().split(" ")[0].rstrip() for line in fh}
+    rules = {r for r in rules if r and not r.startswith("//")}
+    psl._publicsuffix = frozenset(rules)
+    psl._maxlabel = max(r.count(".") + 1 for r in rules)
+    return psl
 
 
 @lru_cache(maxsize=16384)
 def registrable(domain: str) -> tuple[str, str]:
     """(label, public suffix) of a domain: ``mail.example.co.jp`` -> (``example``, ``co.jp``)."""
     domain = domain.lower().rstrip(".")
-    suffix = _psl().publicsuffix(domain) or domain.rpartition(".")[2]
+    suffix = _psl("xn--" in domain).publicsuffix(domain) or domain.rpartition(".")[2]
     head = domain[: -len(suffix)].rstrip(".") if domain.endswith(suffix) else domain
     return head.rpartition(".")[2], suffix
 
@@ -233,6 +260,8 @@ def skeleton(text: str) -> str:
         if ch.isascii():
             out.append(ch)
             continue
+        from confusable_homoglyphs import confusables
+
         found = confusables.is_confusable(ch, greedy=False, preferred_aliases=["latin"])
         if found and found[0]["homoglyphs"]:
             out.append(found[0]["homoglyphs"][0]["c"].lower())
@@ -252,6 +281,8 @@ def lookalike_of(domain: str, known: list[str]) -> str | None:
     Never matches a known domain itself or its subdomains. Catches homoglyphs (after IDNA decoding),
     small edit distances on the registrable label, and the same label under another suffix.
     """
+    from rapidfuzz.distance import OSA, Levenshtein
+
     domain = domain.lower().rstrip(".")
     if any(in_domain(domain, k) for k in known):
         return None

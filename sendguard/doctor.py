@@ -85,7 +85,7 @@ def _open_to_others(home: Path) -> list[str]:
     """The home and the files in it that other local users can read or enter (looked at, not changed)."""
     if os.name == "nt":  # ACLs: the per-user profile folders are private already
         return []
-    found = []
+    found: list[str] = []
     try:
         entries = [home, *home.iterdir()]
     except OSError:

@@ -130,9 +130,12 @@ def html_to_text(markup: str) -> str:
     return normalize_spaces(html.unescape(markup))
 
 
+_NEEDS_SPACES = re.compile("[\xa0\u2007\u202f\u2009\u200a\u3000\u200b\u2060\ufeff\u00ad]")
+
+
 def normalize_spaces(text: str) -> str:
     """No-break, thin and ideographic spaces as plain spaces; invisible characters dropped."""
-    return text.translate(_SPACES)
+    return text.translate(_SPACES) if _NEEDS_SPACES.search(text) else text
 
 
 # ---------------------------------------------------------------- Office Open XML
@@ -180,6 +183,7 @@ def _sheet_values(xml: str) -> str:
 
 
 def _office_members(ext: str, names: list[str]) -> list[str]:
+    wanted: tuple[str, ...]
     if ext in (".docx", ".docm"):
         wanted = ("word/document.xml", "word/header", "word/footer", "word/footnotes.xml", "word/endnotes.xml",
                   "word/comments.xml")

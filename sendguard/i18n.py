@@ -15,9 +15,6 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-
 LOCALE_DIR = Path(__file__).parent / "locale"
 DOMAIN = "sendguard"
 LANGUAGES = ("en", "ja", "zh")
@@ -52,6 +49,9 @@ def translations(lang: str) -> gettext.NullTranslations:
     po = LOCALE_DIR / name / "LC_MESSAGES" / f"{DOMAIN}.po"
     if not po.exists():  # a build without this catalog: English rather than a crash
         return gettext.NullTranslations()
+    from babel.messages.mofile import write_mo  # only when a translation is used: CLI start stays fast
+    from babel.messages.pofile import read_po
+
     with po.open("rb") as fh:
         catalog = read_po(fh, locale=name)
     buf = io.BytesIO()
@@ -69,6 +69,8 @@ def catalog_messages(lang: str) -> dict[str, str]:
     """msgid -> msgstr for one catalog (used by the UI and by the completeness test)."""
     name = _CATALOG_NAME[normalize(lang)]
     po = LOCALE_DIR / str(name) / "LC_MESSAGES" / f"{DOMAIN}.po"
+    from babel.messages.pofile import read_po
+
     with po.open("rb") as fh:
         catalog = read_po(fh, locale=name)
     return {str(m.id): str(m.string) for m in catalog if m.id and isinstance(m.id, str)}

@@ -55,7 +55,8 @@ class LinkSigner:
     def load(self, token: str, item_id: str, max_age: float) -> dict[str, Any]:
         """The claims, or PermissionDenied saying exactly why the link does not work."""
         try:
-            data = self.serializer.loads(token, max_age=max_age)
+            # itsdangerous compares ages in (fractional) seconds; its annotation says int
+            data = self.serializer.loads(token, max_age=max_age)  # type: ignore[arg-type]
         except SignatureExpired:
             raise PermissionDenied("this link has expired: ask for a new one") from None
         except BadSignature:

@@ -66,7 +66,9 @@ class ManagedSource:
 
 def windows_registry_reader() -> dict[str, dict[str, Any]]:
     """HKLM\\Software\\Policies\\SendGuard\\<section> values (64-bit view)."""
-    import winreg  # only on Windows
+    if sys.platform != "win32":  # (also tells the type checker that winreg is Windows-only)
+        raise OSError("the Windows registry exists only on Windows")
+    import winreg
 
     out: dict[str, dict[str, Any]] = {}
     try:

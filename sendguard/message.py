@@ -184,7 +184,7 @@ def _header_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
             except (IndexError, TypeError, ValueError, email.errors.HeaderParseError):
                 pass
         try:
-            for addr in value.addresses:  # type: ignore[union-attr]
+            for addr in value.addresses:  # type: ignore[union-attr,attr-defined]  # a str has none: below
                 out.append((addr.display_name, addr.addr_spec))
             continue
         except (AttributeError, IndexError, TypeError, ValueError, email.errors.HeaderParseError):
@@ -207,9 +207,9 @@ def _safe_header(msg: Message, name: str) -> str:
         value = msg.get(name)
     except (IndexError, TypeError, ValueError, LookupError, email.errors.HeaderParseError):
         value = None
-        for key, raw in msg.raw_items():
+        for key, text in msg.raw_items():
             if key.lower() == name.lower():
-                value = decode_words(str(raw))
+                value = decode_words(str(text))
                 break
     return clean_text(str(value)) if value is not None else ""
 
@@ -338,6 +338,8 @@ def _part_bytes(part: Message, problems: list[str]) -> bytes:
     if data is None:
         payload = part.get_payload()
         data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    if not isinstance(data, bytes):  # get_payload(decode=True) gives bytes for a leaf part, None otherwise
+        data = b""
     for defect in getattr(part, "defects", []):
         name = type(defect).__name__
         if "Base64" in name:
@@ -425,7 +427,7 @@ def iter_leaves(msg: Message) -> Iterator[tuple[Message | None, Message]]:
         elif part.is_multipart():
             payload = part.get_payload()
             if isinstance(payload, list):
-                stack.extend((part, child) for child in reversed(payload))
+                stack.extend((part, child) for child in reversed(payload) if isinstance(child, Message))
         else:
             yield parent, part
 

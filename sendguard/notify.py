@@ -127,8 +127,8 @@ def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str]
     attachments = [a for a in check.attachments if a.id not in removed_att]
     lines += ["", f"{g('Attachments')} ({len(attachments)}):"]
     for a in attachments:
-        flags = f" ({', '.join(a.flags)})" if a.flags else ""
-        lines.append(f"  {a.filename}  {a.size} B  {a.content_type}{flags}")
+        marks = f" ({', '.join(a.flags)})" if a.flags else ""
+        lines.append(f"  {a.filename}  {a.size} B  {a.content_type}{marks}")
     lines += ["", g(OPEN_LINK).format(deadline=deadline or "?"), link, ""]
     msg.set_content("\n".join(lines))
     return msg

@@ -14,25 +14,24 @@ transport what happened to anything found in ``releasing``.
 
 from __future__ import annotations
 
-import enum
+import builtins  # `Outbox.list` shadows the builtin inside the class: annotations there say builtins.list
+import functools
 import hashlib
 import json
 import logging
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
 from . import checks, directory, faults, message
-from .checks import StoredCheck, Verdict
+from .checks import StoredCheck
+from .directory import Directory, ListLookup
 from .errors import (
-    CheckFormatError,
     MessageError,
     NeedsReconfirmation,
     NotFound,
@@ -40,9 +39,11 @@ from .errors import (
     StateError,
 )
 from .i18n import _
+from .items import WAITING_PREFIX, Item, new_id  # noqa: F401 - re-exported
 from .mailboxes import _retry
 from .mailboxes.base import (
     AuthError,
+    HoldingMailbox,
     Mailbox,
     MailboxError,
     MissedItem,
@@ -53,110 +54,32 @@ from .mailboxes.base import (
 )
 from .policy import Policy
 from .rewrite import Decision, apply
-from .sources import source_label
-from .store import Store, audit, domains, now_iso, outbox
+from .states import (  # noqa: F401 - the state machine, re-exported for everyone who imports it from here
+    APPROVAL_OUTCOMES,
+    AWAITING_OUTCOME,
+    CANCELLABLE,
+    DECIDED_STATES,
+    FINAL_STATES,
+    HELD_STATES,
+    NOT_SENT_STATES,
+    RELEASABLE,
+    STATES,
+    TRANSITIONS,
+    WAITING_STATES,
+    State,
+    Transition,
+)
+from .store import Store, audit, domains, outbox
 
 log = logging.getLogger(__name__)
 
-class State(enum.StrEnum):
-    """Where an outbox item is. Stored and shown as these strings (``State.SENT == "sent"``)."""
-
-    RECEIVED = "received"  # committed on intake, not yet checked
-    AWAITING_CONFIRMATION = "awaiting_confirmation"  # held for the user's window
-    CONFIRMED = "confirmed"  # the user (or the policy) said send; waits out the undo time
-    AWAITING_APPROVAL = "awaiting_approval"  # held for an approver
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    RELEASING = "releasing"  # committed before the transport is called: never sent twice
-    SENT = "sent"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"  # nobody approved it in time
-    FAILED = "failed"  # a release failed and is retried after a back-off
-    NEEDS_ATTENTION = "needs_attention"  # the user must decide (unknown outcome, permanent error)
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One allowed move: from any of ``sources`` to ``target``, recorded as ``event`` in the audit log."""
-
-    sources: frozenset[State]
-    target: State
-    event: str
-
-
-def _t(sources: Iterable[State], target: State, event: str) -> Transition:
-    return Transition(frozenset(sources), target, event)
-
-
-S = State
-# Every state an item may still be cancelled from (anything held; ``releasing`` has its own step).
-_HELD_FOR_CANCEL = (S.RECEIVED, S.AWAITING_CONFIRMATION, S.CONFIRMED, S.AWAITING_APPROVAL, S.APPROVED, S.FAILED,
-                    S.NEEDS_ATTENTION)
-# The state machine: step -> (from, to, audit event). ``Outbox.transition`` refuses anything else.
-TRANSITIONS: dict[str, Transition] = {
-    # the policy holds a checked message for the user's window
-    "hold": _t([S.RECEIVED], S.AWAITING_CONFIRMATION, "verdict"),
-    # the user's Send (or the policy passing a message on without a window)
-    "confirm": _t([S.RECEIVED, S.AWAITING_CONFIRMATION], S.CONFIRMED, "confirmed"),
-    "request_approval": _t([S.CONFIRMED], S.AWAITING_APPROVAL, "approval_requested"),
-    "reroute_approval": _t([S.AWAITING_APPROVAL], S.AWAITING_APPROVAL, "approval_rerouted"),
-    "approve": _t([S.AWAITING_APPROVAL], S.APPROVED, "approved"),
-    "reject": _t([S.AWAITING_APPROVAL], S.REJECTED, "rejected"),
-    "expire": _t([S.AWAITING_APPROVAL], S.EXPIRED, "expired"),
-    "cancel": _t(_HELD_FOR_CANCEL, S.CANCELLED, "cancelled"),
-    # an interrupted send SendGuard cannot settle: the user stops it (it may have gone out)
-    "cancel_interrupted": _t([S.RELEASING], S.CANCELLED, "cancelled"),
-    "start_release": _t([S.CONFIRMED, S.APPROVED, S.FAILED], S.RELEASING, "releasing"),
-    # the central server's signed decision does not cover this content: never sent
-    "refuse_release": _t([S.CONFIRMED, S.APPROVED, S.FAILED], S.NEEDS_ATTENTION, "release_refused"),
-    "sent": _t([S.RELEASING], S.SENT, "released"),
-    "fail": _t([S.RELEASING], S.FAILED, "failed"),  # retried after a back-off
-    "fail_for_user": _t([S.RELEASING], S.NEEDS_ATTENTION, "failed"),  # permanent, or the outcome is unknown
-    # at start-up or later: the transport said it never went out / cannot say
-    "reconcile_unsent": _t([S.RELEASING], S.FAILED, "reconciled"),
-    "reconcile_unknown": _t([S.RELEASING], S.NEEDS_ATTENTION, "reconciled"),
-    # the user settles a message SendGuard cannot: it went out / send it again
-    "resolve_sent": _t([S.NEEDS_ATTENTION, S.RELEASING], S.SENT, "released"),
-    "resolve_resend": _t([S.NEEDS_ATTENTION, S.RELEASING, S.FAILED], S.FAILED, "retry_requested"),
-    # central server: the sender's helper reports it sent the approved message
-    "helper_sent": _t([S.APPROVED], S.SENT, "released"),
-    # the sender's helper: the central server sent a message it keeps and sends itself
-    # ([approval] release = "server"); this helper never sends such a message
-    "released_by_server": _t([S.AWAITING_APPROVAL, S.NEEDS_ATTENTION], S.SENT, "released_by_server"),
-}
-del S
-
-STATES = tuple(s.value for s in State)  # as stored and shown (`queue list --state`)
-
-
-def _in_order(states: Iterable[State]) -> tuple[State, ...]:
-    wanted = set(states)
-    return tuple(s for s in State if s in wanted)
-
-
-# states no transition leaves: the item is done
-FINAL_STATES = _in_order(s for s in State if not any(s in t.sources for t in TRANSITIONS.values()))
-HELD_STATES = _in_order(s for s in State if s not in FINAL_STATES)
-NOT_SENT_STATES = _in_order(s for s in FINAL_STATES if s != State.SENT)
-CANCELLABLE = _in_order(TRANSITIONS["cancel"].sources)
-# what an approver's decision (or the lack of one) can end in
-APPROVAL_OUTCOMES = _in_order(TRANSITIONS[step].target for step in ("approve", "reject", "expire"))
-# an approval request the approvers are done with: a central server hands these back to the sender's helper
-DECIDED_STATES = _in_order([*APPROVAL_OUTCOMES, *FINAL_STATES])
-# a sender's client (the Outlook add-in, a script) waits for the outcome while the item is in one of these:
-# the user has not decided yet, or the decision is being carried out (the undo time, the send itself)
-AWAITING_OUTCOME = (State.RECEIVED, State.AWAITING_CONFIRMATION, State.CONFIRMED, State.RELEASING)
-# states in which a release is due once ``release_after`` has passed
-RELEASABLE = _in_order(TRANSITIONS["start_release"].sources)
-# what the status line (sendguard/waiting.py) tells about: a send being carried out or asked about, a send
-# retried after a failure, a message waiting for the user's decision
-WAITING_STATES = (State.RELEASING, State.FAILED, State.NEEDS_ATTENTION)
 _HOLD = TRANSITIONS["hold"]
 
 
 def _values(states: Iterable[str]) -> list[str]:
     """States as the plain strings stored in the database (a driver may adapt an enum by its name)."""
     return [State(s).value for s in states]
+
 
 # Items taken from a server-side Outbox: when they end without being sent, the user gets them back as
 # drafts (``returns_due`` / ``mark_returned``).
@@ -175,8 +98,6 @@ _VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as se
 # How long a release may take before anyone else may ask the transport what became of it: longer than
 # any connector's timeouts together, so an item still being sent by a live process is never re-sent.
 RELEASE_LEASE = 900.0
-# last_error of an item in ``releasing`` whose fate SendGuard is still asking the transport about
-WAITING_PREFIX = "Waiting for "
 
 
 _INSERT_ITEM = insert(outbox)
@@ -207,104 +128,6 @@ class _Verdict:
 
 
 @dataclass
-class Item:
-    """One outbox item as stored (bodies left out unless asked for)."""
-
-    id: str
-    state: str
-    source: str
-    source_ref: str | None
-    account: str | None
-    owner: str
-    envelope_from: str
-    envelope_to: list[str]
-    message_id: str
-    sender: str
-    subject: str
-    check_json: dict[str, Any] | None  # the check result as stored (None until checked): see ``check``
-    decision: dict[str, Any] | None
-    approvers: list[str]
-    approval: dict[str, Any] | None
-    release_after: float
-    expires_at: float | None
-    attempts: int
-    last_error: str | None
-    created_at: float
-    updated_at: float
-    purged: bool
-    raw: bytes | None = None
-    final_raw: bytes | None = None
-
-    @classmethod
-    def from_row(cls, row: Any, with_bodies: bool = False) -> Item:
-        m = row._mapping
-        return cls(
-            id=m["id"], state=m["state"], source=m["source"], source_ref=m["source_ref"], account=m["account"],
-            owner=m["owner"] or "", envelope_from=m["envelope_from"] or "", envelope_to=list(m["envelope_to"] or []),
-            message_id=m["message_id"] or "", sender=m["sender"] or "", subject=m["subject"] or "",
-            check_json=m["check_result"], decision=m["decision"], approvers=list(m["approvers"] or []),
-            approval=m["approval"], release_after=m["release_after"] or 0.0, expires_at=m["expires_at"],
-            attempts=m["attempts"] or 0, last_error=m["last_error"], created_at=m["created_at"],
-            updated_at=m["updated_at"], purged=bool(m["purged"]),
-            raw=m["raw"] if with_bodies else None, final_raw=m["final_raw"] if with_bodies else None,
-        )
-
-    @cached_property
-    def check(self) -> StoredCheck | None:
-        """The check result, read when first asked: a damaged stored result (``CheckFormatError``) fails
-        whatever needs this one message, never a listing of all of them."""
-        return None if self.check_json is None else StoredCheck.from_json(self.check_json)
-
-    @property
-    def verdict(self) -> Verdict:
-        return self.check.verdict if self.check else Verdict()
-
-    def summary(self) -> dict[str, Any]:
-        """The ``queue list --json`` shape."""
-        try:
-            check = self.check
-        except CheckFormatError as exc:  # listed from its envelope; whatever acts on it says what is wrong
-            log.error("message %s: %s", self.id, exc)
-            check = StoredCheck.unreadable(str(exc))
-        return {
-            "id": self.id,
-            "state": self.state,
-            "source": self.source,
-            "source_label": source_label(self.source),
-            "from": self.sender,
-            "subject": self.subject,
-            "recipients": [r.to_json() for r in check.recipients] if check else
-            [{"address": a} for a in self.envelope_to],
-            "attachments": [a.to_json() for a in check.attachments] if check else [],
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "verdict": check.verdict.action if check else "allow",
-            "last_error": self.last_error,
-            "waiting_for": self.waiting_for,
-        }
-
-    @property
-    def waiting_for(self) -> str | None:
-        """For an interrupted send: what SendGuard is waiting to learn, and from whom; for a message the
-        central server sends itself: what the server is doing with it (else None)."""
-        if self.state == State.AWAITING_APPROVAL and (self.decision or {}).get("release") == "server":
-            return self.last_error
-        if self.state != State.RELEASING:
-            return None
-        if self.last_error and self.last_error.startswith(WAITING_PREFIX):
-            return self.last_error
-        return "Sending now"
-
-
-def _iso(ts: float) -> str:
-    return now_iso(ts)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-@dataclass
 class Outbox:
     """Intake, decisions and release of held mail. Thread-safe; several processes may share the store."""
 
@@ -315,8 +138,8 @@ class Outbox:
     gettext: Callable[[str], str] = str
     accounts: Callable[[], Iterable[str]] = tuple  # the user's configured sending addresses
     # the mail server's directory (Exchange ExpandDL, Graph groups): which recipients are lists
-    directory: directory.Directory | None = None
-    listeners: list[Callable[[Item], None]] = field(default_factory=list)
+    directory: Directory | None = None  # (the field shadows the module inside the class: names imported)
+    listeners: builtins.list[Callable[[Item], None]] = field(default_factory=list)
     local_approvers: bool = True  # False when a central server names the approvers (its own policy)
     # checks an approved message before release (central server: the server's signed decision)
     release_guard: Callable[[Item], None] | None = None
@@ -326,6 +149,10 @@ class Outbox:
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
     _reconcile_failures: dict[str, int] = field(default_factory=dict)  # asks in a row, per item
     _sent_domains: tuple[float, tuple[str, ...]] = (0.0, ())  # (read at, domains): see history()
+    _known: set[str] = field(default_factory=set)  # domains found in the sent-to history (see known_domains)
+    _unknown: set[str] = field(default_factory=set)  # not found there at ``_unknown_at``
+    _unknown_at: float = 0.0
+    _domain_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -335,7 +162,8 @@ class Outbox:
             raise NotFound(f"no message {item_id!r} in the outbox (see `sendguard queue list`)")
         return Item.from_row(row, with_bodies)
 
-    def list(self, states: Iterable[str] | None = None, owner: str | None = None, limit: int = 1000) -> list[Item]:
+    def list(self, states: Iterable[str] | None = None, owner: str | None = None,
+             limit: int = 1000) -> builtins.list[Item]:
         cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
         query = select(*cols).order_by(outbox.c.created_at.desc()).limit(limit)
         if states:
@@ -360,23 +188,45 @@ class Outbox:
         return {state: n for state, n in rows}
 
     def known_domains(self, candidates: Iterable[str]) -> set[str]:
-        wanted = list(set(candidates))
+        """Which of these domains were sent to before. A domain once sent to stays so (kept in memory);
+        one not found is asked again after ``HISTORY_TTL`` (or at once after a release of ours), so a
+        burst of intake does not query the table for every message."""
+        wanted = set(candidates)
         if not wanted:
             return set()
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(domains.c.domain).where(domains.c.domain.in_(wanted))).all()
-        return {r[0] for r in rows}
+        with self._domain_lock:
+            if time.monotonic() - self._unknown_at > HISTORY_TTL:
+                self._unknown.clear()
+                self._unknown_at = time.monotonic()
+            misses = wanted - self._known - self._unknown
+        if misses:
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(select(domains.c.domain).where(domains.c.domain.in_(list(misses)))).all()
+            found = {r[0] for r in rows}
+            with self._domain_lock:
+                self._known |= found
+                self._unknown |= misses - found
+            return (wanted - misses) & self._known | found
+        return wanted & self._known
+
+    def _forget_unknown_domains(self) -> None:
+        """Domains were just sent to: nothing cached as new may be trusted any more."""
+        with self._domain_lock:
+            self._unknown.clear()
+        self._sent_domains = (0.0, ())
 
     def history(self, parsed: message.ParsedMessage) -> checks.History:
         """What the policy needs from past releases: sent-to domains, and the thread a reply answers."""
+        read_at, sent = self._sent_domains
+        refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
+        thread: frozenset[str] | None = None
+        if time.monotonic() - read_at <= HISTORY_TTL and not refs:  # a burst of intake reads the table once
+            return checks.History(sent, thread)
         with self.store.engine.connect() as conn:
-            read_at, sent = self._sent_domains
-            if time.monotonic() - read_at > HISTORY_TTL:  # a burst of intake reads the table once
+            if time.monotonic() - read_at > HISTORY_TTL:
                 sent = tuple(r[0] for r in conn.execute(select(domains.c.domain).order_by(
                     domains.c.last_sent.desc()).limit(HISTORY_DOMAINS)).all())
                 self._sent_domains = (time.monotonic(), sent)
-            thread: frozenset[str] | None = None
-            refs = [m for m in parsed.in_reply_to if m != parsed.message_id]
             if refs:
                 rows = conn.execute(select(outbox.c.envelope_to, outbox.c.sender).where(
                     outbox.c.message_id.in_(refs), outbox.c.state == State.SENT.value)).all()
@@ -386,14 +236,16 @@ class Outbox:
         return checks.History(sent, thread)
 
     # ------------------------------------------------------------------ transitions
-    def _notify(self, item_id: str) -> None:
+    def _notify(self, item_id: str, item: Item | None = None) -> None:
+        """Wake waiters and tell listeners; ``item`` when the caller has it as just written (no re-read)."""
         with self._changed:
             self._changed.notify_all()
         if self.listeners:
-            try:
-                item = self.get(item_id)
-            except NotFound:
-                return
+            if item is None:
+                try:
+                    item = self.get(item_id)
+                except NotFound:
+                    return
             for listener in list(self.listeners):
                 try:
                     listener(item)
@@ -455,7 +307,8 @@ class Outbox:
         return self.receive_many([Incoming(raw, envelope_from, list(recipients), source, source_ref, account,
                                            actor)])[0][0]
 
-    def receive_many(self, incoming: list[Incoming], check: bool = False) -> list[tuple[str, str]]:
+    def receive_many(self, incoming: builtins.list[Incoming],
+                     check: bool = False) -> builtins.list[tuple[str, str]]:
         """Commit several received messages in one transaction (group commit: one fsync for all).
 
         With ``check``, each message of at most ``INTAKE_CHECK_MAX_BYTES`` is checked before the commit
@@ -466,9 +319,9 @@ class Outbox:
         """
         now = self.clock()
         policy = self.policy() if check else None
-        out: list[tuple[str, str]] = []
+        out: builtins.list[tuple[str, str]] = []
         rows = []
-        records: list[tuple[str, str, str | None, dict[str, Any]]] = []
+        records: builtins.list[tuple[str, str, str | None, dict[str, Any]]] = []
         for msg in incoming:
             item_id = new_id()
             envelope = [r.strip() for r in msg.recipients]
@@ -494,11 +347,11 @@ class Outbox:
             rows.append(values)
             out.append((item_id, values["state"]))
         with self.store.transaction() as conn:
-            conn.execute(_INSERT_ITEM, rows)
+            self.store.insert_items(conn, rows)
             self.store.append_audit_many(conn, records, ts=now)
             faults.point("intake.uncommitted")
-        for item_id, _state in out:
-            self._notify(item_id)
+        for values in rows:
+            self._notify(values["id"], Item.from_mapping(values) if self.listeners else None)
         return out
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
@@ -525,12 +378,12 @@ class Outbox:
                                lists=self.directory_lists(parsed, policy, cached_only))
 
     def directory_lists(self, parsed: message.ParsedMessage, policy: Policy,
-                        cached_only: bool = False) -> dict[str, directory.ListLookup]:
+                        cached_only: bool = False) -> dict[str, ListLookup]:
         """The directory's answers for the recipients it can know (ours, not already in lists.csv)."""
         return directory.answers_for(self.directory, [r.address for r in parsed.recipients], policy, cached_only,
                                      marked=parsed.marked_lists)
 
-    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: list[str], policy: Policy,
+    def _verdict(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str], policy: Policy,
                  cached_only: bool = False) -> _Verdict:
         """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
 
@@ -559,7 +412,7 @@ class Outbox:
         audit = {"action": action, "reasons": [r.rule for r in result.reasons], "approvers": result.approvers,
                  "force_bcc": result.force_bcc}
         check = result.stored()
-        values = {"check_result": check.to_json(), "sender": result.message.sender,
+        values: dict[str, Any] = {"check_result": check.to_json(), "sender": result.message.sender,
                   "owner": result.message.sender, "subject": result.message.subject}
         decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
         _policy_changes(decision, check)  # auto Cc/Bcc added, opted-out removed
@@ -597,7 +450,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ decisions
     def confirm(self, item_id: str, removed_recipients: Iterable[str] = (), removed_attachments: Iterable[str] = (),
-                bcc: bool = False, actor: str = "user", checked: dict[str, list[str]] | None = None,
+                bcc: bool = False, actor: str = "user", checked: dict[str, builtins.list[str]] | None = None,
                 reconfirmed: bool = False) -> Item:
         """The user's Send: apply removals and Bcc, re-check, then hold for approval or release.
 
@@ -636,8 +489,8 @@ class Outbox:
         return self._confirm(item_id, (State.AWAITING_CONFIRMATION,), decision, actor, checked=checked,
                              reconfirmed=reconfirmed)
 
-    def _confirm(self, item_id: str, allowed: tuple[str, ...], decision: Decision, actor: str,
-                 checked: dict[str, list[str]] | None, verdict: _Verdict | None = None,
+    def _confirm(self, item_id: str, allowed: Collection[State], decision: Decision, actor: str,
+                 checked: dict[str, builtins.list[str]] | None, verdict: _Verdict | None = None,
                  reconfirmed: bool = False) -> Item:
         """``verdict``: the policy passing a message on; what its check found (result, sender, subject)
         is written with the confirmation."""
@@ -697,7 +550,7 @@ class Outbox:
             )
         return item
 
-    def reroute_approvals(self, policy: Policy) -> list[Item]:
+    def reroute_approvals(self, policy: Policy) -> builtins.list[Item]:
         """Held messages follow the policy's approvers: when they change, each waiting message is
         handed to its new approvers (who are then emailed like any other)."""
         moved = []
@@ -747,7 +600,7 @@ class Outbox:
                              f"`sendguard queue show {item.id}` in a moment")
 
     # ------------------------------------------------------------------ release
-    def due(self) -> list[Item]:
+    def due(self) -> builtins.list[Item]:
         """Items ready to go now: confirmed (no approval needed, undo window over), approved, failed to retry."""
         now = self.clock()
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
@@ -757,7 +610,7 @@ class Outbox:
         items = [Item.from_row(r) for r in rows]
         return [i for i in items if not (i.state == State.CONFIRMED and (i.decision or {}).get("needs_approval"))]
 
-    def release_due(self) -> list[Item]:
+    def release_due(self) -> builtins.list[Item]:
         released = []
         for item in self.due():
             try:
@@ -823,7 +676,8 @@ class Outbox:
         if not item.source_ref or self.mailbox_for is None:
             return False
         try:
-            return self.mailbox_for(item).kind in ("graph", "exchange")
+            # a connector that holds items in the mailbox sends the saved draft by its id
+            return isinstance(self.mailbox_for(item), HoldingMailbox)
         except Exception:  # an account that cannot be opened cannot send the draft either
             return False
 
@@ -846,10 +700,10 @@ class Outbox:
         """``sent``, and its recipients' domains counted as sent to, in one transaction."""
         done = self.transition(item.id, "sent", "sendguard", detail, also=self._record_domains(item.envelope_to),
                                last_error=None)
-        self._sent_domains = (0.0, ())
+        self._forget_unknown_domains()
         return done
 
-    def _record_domains(self, addresses: list[str]) -> Callable[[Any], None]:
+    def _record_domains(self, addresses: builtins.list[str]) -> Callable[[Any], None]:
         return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
 
     def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
@@ -858,7 +712,7 @@ class Outbox:
                                {"error": error, "retry_in": backoff}, last_error=error,
                                release_after=self.clock() + backoff)
 
-    def reconcile(self) -> list[Item]:
+    def reconcile(self) -> builtins.list[Item]:
         """At start-up: ask about everything left in ``releasing`` (and re-check ``received``).
 
         Whatever cannot be settled now stays ``releasing`` and is asked about again by the worker
@@ -869,7 +723,7 @@ class Outbox:
             settled.append(self.process(item.id))
         return settled
 
-    def reconcile_due(self) -> list[Item]:
+    def reconcile_due(self) -> builtins.list[Item]:
         """Every worker turn: interrupted sends whose wait is over (back-off, or a dead sender's lease)."""
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
             outbox.c.state == State.RELEASING.value, outbox.c.release_after <= self.clock())
@@ -877,7 +731,7 @@ class Outbox:
             rows = conn.execute(query.order_by(outbox.c.updated_at)).all()
         return self._reconcile([Item.from_row(r) for r in rows]) if rows else []
 
-    def _reconcile(self, items: list[Item]) -> list[Item]:
+    def _reconcile(self, items: builtins.list[Item]) -> builtins.list[Item]:
         settled = []
         with self._release_lock:  # nothing of ours is mid-send while we ask
             for item in items:
@@ -903,7 +757,7 @@ class Outbox:
                 found = None
             else:
                 mailbox = self.mailbox_for(item)
-                where = f"{getattr(mailbox, 'kind', 'mail')} account {getattr(mailbox, 'name', '') or where}"
+                where = f"{mailbox.kind} account {mailbox.name or where}"
                 found = mailbox.find_sent(item.message_id)
         except Exception as exc:  # cannot ask now (down, throttled, sign-in refused, a bug): ask again later
             return self._wait_for_answer(item, where, exc)
@@ -947,7 +801,7 @@ class Outbox:
         return self.get(item.id)
 
     # ------------------------------------------------------------------ housekeeping
-    def expire_due(self) -> list[Item]:
+    def expire_due(self) -> builtins.list[Item]:
         now = self.clock()
         with self.store.engine.connect() as conn:
             ids = [r[0] for r in conn.execute(select(outbox.c.id).where(
@@ -1020,13 +874,14 @@ class Outbox:
                 "sent_at": missed.sent_at, "deferred_until": missed.deferred_until,
                 "recipients": list(missed.recipients), "reason": note}, ts=now)
             self.store.record_sent_domains(conn, list(missed.recipients), now)
+        self._forget_unknown_domains()
         self._notify(item_id)
         return self.get(item_id)
 
     # ------------------------------------------------------------------ requests from other machines
     def take_for_approval(self, item_id: str, raw: bytes, *, owner: str, sender: str, envelope_from: str,
-                          recipients: list[str], message_id: str, subject: str, source: str,
-                          check: checks.StoredCheck | None, decision: dict[str, Any] | None, approvers: list[str],
+                          recipients: builtins.list[str], message_id: str, subject: str, source: str,
+                          check: checks.StoredCheck | None, decision: dict[str, Any] | None, approvers: builtins.list[str],
                           expires_at: float, actor: str, audit_data: dict[str, Any]) -> Item:
         """Keep a message another machine holds for approval (the central server, for a user's helper):
         stored in ``awaiting_approval`` under that machine's id, with its ``approval_requested`` record,
@@ -1044,7 +899,7 @@ class Outbox:
         self._notify(item_id)
         return self.get(item_id)
 
-    def returns_due(self) -> list[Item]:
+    def returns_due(self) -> builtins.list[Item]:
         """Items taken from a server Outbox that ended unsent and are not yet back in the user's Drafts."""
         returned = select(audit.c.item_id).where(audit.c.event == "returned_to_drafts", audit.c.item_id.isnot(None))
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
@@ -1093,6 +948,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@functools.cache
 def _hostname() -> str:
     name = socket.gethostname() or "localhost"
     return name if "." in name else f"{name}.local"

@@ -159,10 +159,10 @@ def from_flexconfirmmail(folder: Path) -> tuple[str, list[str]]:
         raise ConfigError(str(folder), f"no FlexConfirmMail files here ({', '.join(names)})")
     notes: list[str] = []
     common: dict[str, str] = {}
-    for number, line in enumerate(_fcm_lines(folder / "Common.txt"), start=1):
+    for line_no, line in enumerate(_fcm_lines(folder / "Common.txt"), start=1):
         key, eq, value = line.partition("=")
         if not eq:
-            raise ConfigError(str(folder / "Common.txt"), f"expected Key = Value, got {line!r}", line=number)
+            raise ConfigError(str(folder / "Common.txt"), f"expected Key = Value, got {line!r}", line=line_no)
         common[key.strip()] = value.strip()
 
     def flag(key: str, default: bool) -> bool:

@@ -67,7 +67,7 @@ def _addresses(msg: Message, name: str) -> list[Address]:
 def _set_addresses(msg: Message, name: str, addrs: list[Address]) -> None:
     del msg[name]
     if addrs:
-        msg[name] = addrs
+        msg[name] = addrs  # type: ignore[assignment]  # the header registry takes Address objects
 
 
 def apply(

@@ -22,7 +22,7 @@ from .config import Config
 from .errors import SendGuardError
 from .i18n import translator
 from .mailboxes import _retry, registry
-from .mailboxes.base import Mailbox, MailboxError
+from .mailboxes.base import HeldItem, HoldingMailbox, Mailbox, MailboxError, OutboxStreaming, OutboxWatching
 from .outbox import WAITING_PREFIX, Item, Outbox, State
 from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
@@ -58,6 +58,8 @@ class Helper:
         self.policy.reload()
         self.gettext = translator(self.config.language)
         self.store = Store(database_url or paths.private_file(self.home / "sendguard.db"))
+        self.connectors = registry.Connectors(self.home)  # one per account, built on first use, closed at stop
+        self._unopened: set[str] = set()  # accounts whose connector could not be built (said once)
         _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
                          self.config.retry_inline_wait_seconds)
         # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
@@ -109,27 +111,45 @@ class Helper:
 
     # ------------------------------------------------------------------ mailboxes
     def mailbox_for(self, item: Item) -> Mailbox:
+        """The connector that releases (and reconciles) this message: the account that holds it, else
+        the sender's account, else the first relay for everyone, else the Maildir sink."""
         if item.account:
             account = self.config.account(item.account)
             if account is None:
                 raise MailboxError(f"the account {item.account!r} that holds this message is no longer configured")
-            return registry.build(account, self.home)
-        return registry.for_sender(self.config, item.sender or item.envelope_from, self.home)
+            return self.connectors.get(account)
+        return self.connectors.for_sender(self.config, item.sender or item.envelope_from)
 
-    def holding_mailboxes(self) -> list[Mailbox]:
+    def _connector(self, account: configmod.Account) -> Mailbox | None:
+        """The account's connector, or None (said once in the log) when it cannot be built."""
+        try:
+            box = self.connectors.get(account)
+        except Exception as exc:
+            if account.name not in self._unopened:
+                self._unopened.add(account.name)
+                log.warning("account %s cannot be opened: %s", account.name, exc)
+            return None
+        self._unopened.discard(account.name)
+        return box
+
+    def holding_mailboxes(self) -> list[HoldingMailbox]:
+        """Connectors with a hold folder to take mail from (``hold`` is on unless the account turns it off)."""
         boxes = []
         for account in self.config.accounts:
-            if account.kind in ("exchange", "graph") and account.settings.get("hold", True):
-                try:
-                    boxes.append(registry.build(account, self.home))
-                except Exception as exc:
-                    log.warning("account %s cannot be opened: %s", account.name, exc)
+            if account.settings.get("hold", True):
+                box = self._connector(account)
+                if isinstance(box, HoldingMailbox):
+                    boxes.append(box)
         return boxes
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, smtp: bool = True, smtp_port: int | None = None) -> Helper:
         """Open the SMTP port and start the worker. Never waits for (or fails on) a mail service: messages
         left ``releasing`` by a previous run are settled by the worker, asking again until it knows."""
+        try:  # now rather than at the first message: its 250 does not wait for the keyring
+            self.store.load_audit_key()
+        except Exception as exc:  # the first write asks again (and answers 451 while it cannot)
+            log.warning("cannot read the audit key yet: %s", exc)
         if smtp:
             if not configmod.is_loopback(self.config.smtp_host):
                 raise SendGuardError(f"[smtp] host {self.config.smtp_host!r}: the helper listens on loopback only")
@@ -142,7 +162,7 @@ class Helper:
             self._watcher = threading.Thread(target=self._watch_forever, name="sendguard-outbox-watch", daemon=True)
             self._watcher.start()
             for account in self.outbox_accounts():
-                streams = hasattr(registry.connector_class(account.kind), "stream_outbox_changes")
+                streams = isinstance(self._connector(account), OutboxStreaming)
                 if streams and account.settings.get("outbox_streaming", True):
                     thread = threading.Thread(target=self._stream_forever, args=(account,), daemon=True,
                                               name=f"sendguard-outbox-stream-{account.name}")
@@ -168,6 +188,7 @@ class Helper:
             self._worker.join(15)
         if self._watcher:
             self._watcher.join(15)
+        self.connectors.close()
         self.save_checkpoint()
         if self.directory is not None:
             self.directory.close()
@@ -244,6 +265,9 @@ class Helper:
                   b"warm-up 4111 1111 1111 1111\r\n")
         try:
             self.outbox.evaluate(sample, "warm@example.invalid", ["someone@warm.example"])
+            from . import detect
+
+            detect.registrable("warm.xn--zckzah")  # the suffix list's IDN forms, loaded only for such domains
         except Exception:  # warming is best effort; the real check reports its own errors
             log.debug("warm-up check failed", exc_info=True)
 
@@ -306,31 +330,29 @@ class Helper:
 
     def poll_held(self) -> None:
         for box in self.holding_mailboxes():
-            fetch = getattr(box, "fetch_held", None)
-            if fetch is None:
-                continue
             try:
                 with self._intake_lock:  # the Outbox watcher takes in from the same folder
-                    held = fetch()
+                    held = box.fetch_held()
                     self._take_in(box, held)
             except MailboxError as exc:
                 log.warning("cannot read the hold folder of %s: %s", box.name, exc)
                 continue
 
-    def _take_in(self, box: Mailbox, held: list) -> None:
+    def _take_in(self, box: HoldingMailbox, held: list[HeldItem]) -> None:
         for h in held:
             if self.outbox.by_source_ref(h.source, h.ref):
-                box.ack_held(h.ref)  # type: ignore[attr-defined]
+                box.ack_held(h.ref)
                 continue
             item_id = self.outbox.receive(h.raw, h.envelope_from, h.recipients, h.source, h.ref, box.name)
-            box.ack_held(h.ref)  # type: ignore[attr-defined]
+            box.ack_held(h.ref)
             self.outbox.process(item_id)
 
     # ------------------------------------------------------------------ Outbox interception
     def outbox_accounts(self) -> list[configmod.Account]:
-        """Exchange/Graph accounts whose server-side Outbox is watched (``intercept_outbox``, default on)."""
-        return [a for a in self.config.accounts if a.kind in ("exchange", "graph")
-                and a.settings.get("hold", True) and a.settings.get("intercept_outbox", True)]
+        """Accounts whose server-side Outbox is watched: their connector can (``OutboxWatching``: Exchange,
+        Graph) and ``hold`` and ``intercept_outbox`` are on (the default)."""
+        return [a for a in self.config.accounts if a.settings.get("hold", True)
+                and a.settings.get("intercept_outbox", True) and isinstance(self._connector(a), OutboxWatching)]
 
     @staticmethod
     def outbox_poll_seconds(account: configmod.Account) -> float:
@@ -358,7 +380,8 @@ class Helper:
         failures = 0
         while not self._stop.is_set():
             try:
-                box = registry.connector_class(account.kind).outbox_watcher(account, self.home, role="outbox-stream")
+                box = self.connectors.get(account, registry.OUTBOX_STREAM)
+                assert isinstance(box, OutboxStreaming)  # only such accounts get this thread (start)
                 box.stream_outbox_changes(lambda: self.outbox_changed(account.name), minutes=1)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - polling covers for it; say why once per failure
@@ -388,7 +411,8 @@ class Helper:
         """One look at one account: take deferred items out of its Outbox and into SendGuard's outbox,
         give cancelled ones back as drafts, and record what the server sent without us."""
         try:
-            box = registry.connector_class(account.kind).outbox_watcher(account, self.home)
+            box = self.connectors.get(account, registry.OUTBOX_WATCH)
+            assert isinstance(box, OutboxWatching)  # outbox_accounts() names only such accounts
         except Exception as exc:
             log.warning("account %s cannot be opened to watch its Outbox: %s", account.name, exc)
             self._watch_failed(account, str(exc))
@@ -425,13 +449,13 @@ class Helper:
         except Exception:  # the log line above stands
             log.exception("could not show the Outbox watch notice")
 
-    def _return_unsent(self, box, account: configmod.Account) -> None:
+    def _return_unsent(self, box: OutboxWatching, account: configmod.Account) -> None:
         for item in self.outbox.returns_due():
             if item.account == account.name and item.source == box.source_outbox and item.source_ref:
                 found = box.return_to_drafts(item.source_ref)
                 self.outbox.mark_returned(item.id, found)
 
-    def _check_missed(self, box, account: configmod.Account) -> None:
+    def _check_missed(self, box: OutboxWatching, account: configmod.Account) -> None:
         now = time.monotonic()
         last = self._missed_at.get(account.name)
         if last is not None and now - last < MISSED_SCAN_SECONDS:

@@ -11,11 +11,10 @@ import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from . import store_migrations
+from .clock import now_iso
 from .errors import StoreDamaged, StoreUnavailable
 
 metadata = MetaData()
@@ -177,8 +177,15 @@ _UPDATE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
     seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 
 
-def now_iso(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(ts if ts is not None else time.time(), UTC).isoformat(timespec="microseconds")
+_OUTBOX_JSON = frozenset(c.name for c in outbox.c if isinstance(c.type, JSON))
+_AUDIT_COLUMNS = ("seq", "ts", "item_id", "event", "actor", "data", "prev_hash", "hash")
+
+
+def _insert_sql(table: str, names: list[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+
+
+_AUDIT_SQL = _insert_sql("audit", list(_AUDIT_COLUMNS))
 
 
 def canonical(data: Any) -> str:
@@ -199,21 +206,33 @@ AUDIT_KEY_ENV = "SENDGUARD_AUDIT_KEY"
 _AUTO: Any = object()
 
 
-def audit_key_for(db_id: str, head_seq: int) -> tuple[bytes, int]:
-    """The audit key (``$SENDGUARD_AUDIT_KEY`` or the keyring, never the database) and the last record
-    written before this database had one (kept in the keyring too)."""
+def audit_key() -> bytes:
+    """The audit key: ``$SENDGUARD_AUDIT_KEY`` or the keyring (made there once), never the database."""
     from . import secrets
 
     key = os.environ.get(AUDIT_KEY_ENV) or secrets.get("audit-key")
     if not key:
         key = secrets_token()
         secrets.put("audit-key", key)
-    name = f"audit-legacy-end:{db_id}"
-    legacy = secrets.get(name)
-    if legacy is None or not legacy.isdigit():
-        legacy = str(head_seq)  # everything written so far predates the key
-        secrets.put(name, legacy)
-    return key.encode("utf-8"), int(legacy)
+    return key.encode("utf-8")
+
+
+LEGACY_END_SETTING = "audit_legacy_end"
+
+
+def legacy_end_value(key: bytes, db_id: str, seq: int) -> str:
+    """The stored form of the legacy marker: the number and its HMAC under the audit key, so that
+    whoever edits the database cannot move it (records up to it are checked without the key)."""
+    mac = hmac.new(key, f"audit-legacy-end:{db_id}:{seq}".encode(), hashlib.sha256).hexdigest()
+    return f"{seq}:{mac}"
+
+
+def parse_legacy_end(key: bytes, db_id: str, value: str) -> int:
+    """The marker's number; 0 (every record must carry the key) when its HMAC does not hold."""
+    seq, _, _mac = value.partition(":")
+    if seq.isdigit() and hmac.compare_digest(legacy_end_value(key, db_id, int(seq)), value):
+        return int(seq)
+    return 0
 
 
 def secrets_token() -> str:
@@ -237,7 +256,9 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         # writers take the write lock up front (no upgrade deadlocks); readers do not, so reading still
         # works while the file cannot be written (read-only disk) and never waits for a writer
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sendguard_read") else "BEGIN IMMEDIATE")
+        # through the driver: SQLAlchemy's statement machinery cost more than the BEGIN itself
+        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            "BEGIN" if conn.get_execution_options().get("sendguard_read") else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -272,7 +293,9 @@ class Store:
         with self.transaction() as conn:
             if conn.execute(select(audit_head.c.id)).first() is None:
                 conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
-        self._key_busy = False  # the key itself is read at the first write (``_load_audit_key``)
+        # the key itself is read at the first write (``_load_audit_key``), or at start by the helper
+        # (``load_audit_key``): commands that only read never open the keyring for it
+        self._key_busy = False
 
     @property
     def audit_key(self) -> bytes | None:
@@ -291,13 +314,30 @@ class Store:
                 self._key_busy = True
                 try:
                     db_id = self.setting("audit_db_id", secrets_token)
-                    with self.engine.connect() as conn:  # the committed head: what the next record builds on
-                        head_seq = int(conn.execute(select(audit_head.c.seq)
-                                                    .where(audit_head.c.id == 1)).scalar_one())
-                    self._audit_key = audit_key_for(db_id, head_seq)
+                    key = audit_key()
+                    self._audit_key = (key, parse_legacy_end(key, db_id, self.setting(
+                        LEGACY_END_SETTING, lambda: self._first_legacy_end(key, db_id))))
                 finally:
                     self._key_busy = False
             return self._audit_key
+
+    def _first_legacy_end(self, key: bytes, db_id: str) -> str:
+        """The legacy marker of a store that has none yet: the one an older SendGuard kept in the keyring,
+        else the head (everything written so far predates the key)."""
+        from . import secrets
+
+        kept = secrets.get(f"audit-legacy-end:{db_id}")
+        if kept is not None and kept.isdigit():
+            seq = int(kept)
+        else:
+            with self.engine.connect() as conn:  # the committed head: what the next record builds on
+                seq = int(conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one())
+        return legacy_end_value(key, db_id, seq)
+
+    def load_audit_key(self) -> None:
+        """Read the audit key now (the helper does at start), so the first message taken in does not
+        wait for the keyring."""
+        self._load_audit_key()
 
     def setting(self, key: str, make: Any) -> str:
         """A value kept in the database (made once by ``make()``)."""
@@ -335,8 +375,8 @@ class Store:
                                "done, and `sendguard doctor --set-aside-store` to keep the damaged file beside "
                                "it and start with an empty store.")
 
-    def _write_failed(self, exc: OperationalError) -> StoreUnavailable | None:
-        text = str(exc.orig or exc).lower()
+    def _write_failed(self, exc: OperationalError | sqlite3.OperationalError) -> StoreUnavailable | None:
+        text = str(getattr(exc, "orig", None) or exc).lower()
         where = self.path or "the database"
         if "full" in text:
             problem = StoreUnavailable(f"SendGuard cannot write its store {where}: the disk is full. Free some "
@@ -368,7 +408,7 @@ class Store:
             else:
                 with self.engine.begin() as conn:
                     yield conn
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:  # the latter from driver-level writes
             problem = self._write_failed(exc)
             if problem is None:
                 raise
@@ -392,14 +432,39 @@ class Store:
         conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": digest})
         return seq
 
+    def insert_items(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert new outbox rows (all with the same columns) inside the caller's transaction.
+
+        On SQLite straight through the driver: SMTP intake calls this for every batch, and building
+        the statement through SQLAlchemy cost more than the insert itself. Values are stored as
+        SQLAlchemy would store them (JSON columns as JSON text, ``None`` as JSON ``null``).
+        """
+        if not rows:
+            return
+        if not self.is_sqlite:
+            conn.execute(insert(outbox), rows)
+            return
+        names = list(rows[0])
+        sql = _insert_sql("outbox", names)
+        json_at = [i for i, name in enumerate(names) if name in _OUTBOX_JSON]
+        params = []
+        for row in rows:
+            values = [row[name] for name in names]
+            for i in json_at:
+                values[i] = json.dumps(values[i])
+            params.append(values)
+        conn.connection.driver_connection.executemany(sql, params)  # type: ignore[union-attr]
+
     def append_audit_many(self, conn: Connection, records: list[tuple[str, str, str | None, dict[str, Any]]],
                           ts: float | None = None) -> None:
         """Append several (event, actor, item_id, data) records in one go (one head read and write)."""
-        query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-        if not self.is_sqlite:
-            query = query.with_for_update()
-        head = conn.execute(query).one()
-        seq, prev = head.seq, head.hash
+        if self.is_sqlite:  # the intake path: through the driver, as ``insert_items``
+            driver = conn.connection.driver_connection
+            seq, prev = driver.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()  # type: ignore[union-attr]
+        else:
+            head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+                                .with_for_update()).one()
+            seq, prev = head.seq, head.hash
         stamp = now_iso(ts)
         rows = []
         for event_name, actor, item_id, data in records:
@@ -409,7 +474,12 @@ class Store:
             rows.append({"seq": seq, "ts": stamp, "item_id": item_id, "event": event_name, "actor": actor,
                          "data": body, "prev_hash": prev, "hash": digest})
             prev = digest
-        if rows:
+        if not rows:
+            return
+        if self.is_sqlite:
+            driver.executemany(_AUDIT_SQL, [[r[k] for k in _AUDIT_COLUMNS] for r in rows])  # type: ignore[union-attr]
+            driver.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))  # type: ignore[union-attr]
+        else:
             conn.execute(_INSERT_AUDIT, rows)
             conn.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": prev})
 

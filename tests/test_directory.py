@@ -348,7 +348,7 @@ def test_an_account_that_cannot_be_set_up_makes_every_lookup_say_why(home):
 def test_accounts_add_graph_expand_lists_asks_for_the_directory_permission(graph, home):
     from click.testing import CliRunner
 
-    from sendguard.mailboxes.graph import add_command
+    from sendguard.accounts.graph import add_command
 
     result = CliRunner().invoke(add_command, [
         "--address", GRAPH_ADDRESS, "--tenant", graph.tenant, "--client-id", graph.client_id, "--authority",
@@ -364,7 +364,7 @@ def test_accounts_add_graph_expand_lists_asks_for_the_directory_permission(graph
 def test_accounts_add_exchange_expand_lists_is_saved(ews, home):
     from click.testing import CliRunner
 
-    from sendguard.mailboxes.exchange import add_command
+    from sendguard.accounts.exchange import add_command
 
     result = CliRunner().invoke(add_command, ["--address", EWS_ADDRESS, "--server", ews.url, "--username", "user",
                                               "--password-stdin", "--expand-lists"], input="secret\n")

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from sendguard import config as config_mod
 from sendguard import secrets
+from sendguard.accounts.exchange import add_command
 from sendguard.mailboxes import _retry, registry
 from sendguard.mailboxes.base import AuthError, PermanentError, ReleaseItem, TransientError
 from sendguard.mailboxes.exchange import (
@@ -27,7 +28,6 @@ from sendguard.mailboxes.exchange import (
     HOLD_FOLDER,
     TAKEN_CATEGORY,
     ExchangeMailbox,
-    add_command,
 )
 from tests.fakes.ews_server import FakeEWS
 

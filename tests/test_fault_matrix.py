@@ -38,8 +38,6 @@ from conftest import make_message, smtp_send, wait_for
 
 from sendguard import certs, secrets
 from sendguard import config as config_mod
-from sendguard.mailboxes import exchange as exchange_mod
-from sendguard.mailboxes import graph as graph_mod
 from sendguard.mailboxes.graph import MsalTokenSource
 from sendguard.service import Helper
 from sendguard.submission import SubmissionServer
@@ -100,7 +98,6 @@ class GraphPeer(Peer):
 
     def stop(self):
         self.fake.__exit__(None, None, None)
-        graph_mod._INSTANCES.clear()
 
     def sent(self):
         return [s.internet_message_id for s in self.fake.sends]
@@ -151,9 +148,6 @@ class EwsPeer(Peer):
 
     def stop(self):
         self.fake.stop()
-        for box in list(exchange_mod._INSTANCES.values()):
-            box.close()
-        exchange_mod._INSTANCES.clear()
 
     def sent(self):
         return [s.message_id for s in self.fake.sends]

@@ -20,7 +20,6 @@ import pytest
 from conftest import make_message, run_cli, smtp_send, wait_for
 
 from sendguard import config as config_mod
-from sendguard.mailboxes import graph as graph_mod
 from sendguard.mailboxes.graph import MsalTokenSource
 from sendguard.service import Helper
 from tests.fakes.graph_server import FakeGraph
@@ -36,7 +35,6 @@ FAST_RETRY = "[retry]\nbase_seconds = 0.1\nmax_seconds = 0.5\ninline_wait_second
 def fake():
     with FakeGraph(address=ADDRESS) as server:
         yield server
-    graph_mod._INSTANCES.clear()
 
 
 @pytest.fixture

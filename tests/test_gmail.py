@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from keyrings.alt.file import PlaintextKeyring
 
 from sendguard import config, secrets
+from sendguard.accounts import gmail as gmail_accounts
 from sendguard.mailboxes import gmail, registry
 from sendguard.mailboxes.base import AuthError, PermanentError, ReleaseItem, TransientError
 from tests.fakes.gmail_server import READONLY, SEND, FakeGoogle
@@ -96,7 +97,7 @@ def add_account(tmp_path, google, *extra: str) -> object:
         "--no-browser",
         *extra,
     ]
-    return CliRunner().invoke(gmail.add_command, args)
+    return CliRunner().invoke(gmail_accounts.add_command, args)
 
 
 def tune(name: str = ADDR, **settings) -> config.Account:
@@ -222,7 +223,7 @@ def test_authorized_user_import_without_browser(env, tmp_path, google, monkeypat
     path = tmp_path / "authorized_user.json"
     token = google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY], typed=True)
     result = CliRunner().invoke(
-        gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
+        gmail_accounts.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
     )
     assert result.exit_code == 0, result.output
     acc = config.load().account(ADDR)
@@ -242,7 +243,7 @@ def test_authorized_user_import_without_browser(env, tmp_path, google, monkeypat
     ],
 )
 def test_bad_input_is_refused_with_one_line(env, args, message):
-    result = CliRunner().invoke(gmail.add_command, args)
+    result = CliRunner().invoke(gmail_accounts.add_command, args)
     assert result.exit_code == 1
     assert message in result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
@@ -355,7 +356,7 @@ def test_revoked_token_asks_to_reconnect(account, google):
 
 def test_reconnect_after_revocation(account, google, browser):
     google.revoke_all()
-    result = CliRunner().invoke(gmail.gmail_group, ["reconnect", ADDR, "--no-browser"])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["reconnect", ADDR, "--no-browser"])
     assert result.exit_code == 0, result.output
     tune()
     mailbox().release(item(make_raw()))
@@ -394,17 +395,6 @@ def test_too_large_answer_from_gmail_is_permanent(account, google):
 # -- drafts -------------------------------------------------
 
 
-class FakeOutbox:
-    def __init__(self):
-        self.items = []
-
-    def submit(self, raw, envelope_from, recipients, source="smtp", source_ref=None, account=None):
-        self.items.append(
-            {"raw": raw, "from": envelope_from, "recipients": recipients, "source": source, "ref": source_ref}
-        )
-        return f"ob{len(self.items)}"
-
-
 @pytest.fixture
 def drafts_account(env, tmp_path, google, browser):
     assert add_account(tmp_path, google, "--drafts").exit_code == 0
@@ -414,7 +404,7 @@ def drafts_account(env, tmp_path, google, browser):
 def test_drafts_lists_only_labelled_drafts(drafts_account, google):
     labelled = google.add_draft(make_raw(msgid="<d1@x>"))
     google.add_draft(make_raw(msgid="<d2@x>"), labels=())
-    result = CliRunner().invoke(gmail.gmail_group, ["drafts", "--json"])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["drafts", "--json"])
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)
     assert [d["id"] for d in listed] == [labelled]
@@ -422,18 +412,26 @@ def test_drafts_lists_only_labelled_drafts(drafts_account, google):
 
 
 def test_drafts_need_the_drafts_feature(account, google):
-    result = CliRunner().invoke(gmail.gmail_group, ["drafts"])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["drafts"])
     assert result.exit_code == 1 and "--drafts" in result.output
 
 
-def test_check_and_send_takes_the_draft_and_cancel_leaves_it_untouched(drafts_account, google):
+def test_check_and_send_takes_the_draft_and_cancel_leaves_it_untouched(drafts_account, google, env):
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(POLICY)
     raw = make_raw(cc="carol@example.com", msgid="<d1@x>")
     draft_id = google.add_draft(raw)
-    outbox = FakeOutbox()
-    assert gmail.submit_draft(outbox, mailbox(), draft_id) == "ob1"
-    taken = outbox.items[0]
-    assert taken["raw"] == raw and taken["source"] == "gmail" and taken["ref"] == f"draft:{draft_id}"
-    assert taken["recipients"] == ["bob@partner.example", "carol@example.com"] and taken["from"] == ADDR
+    helper = Helper(env)
+    try:
+        item = gmail_accounts.submit_draft(helper.outbox, mailbox(), draft_id)
+        taken = helper.outbox.get(item.id, with_bodies=True)
+        assert taken.state == "awaiting_confirmation" and taken.account == ADDR
+        assert taken.raw == raw and taken.source == "gmail" and taken.source_ref == f"draft:{draft_id}"
+        assert taken.envelope_to == ["bob@partner.example", "carol@example.com"] and taken.envelope_from == ADDR
+        helper.outbox.cancel(item.id)
+    finally:
+        helper.stop()
     # The user cancels: nothing else happens to the draft.
     assert google.messages[google.drafts[draft_id]]["raw"] == raw
     assert not [r for r, _m, _q in google.calls if r in ("drafts.update", "drafts.send", "messages.send")]
@@ -617,16 +615,40 @@ def test_smtp_submit_confirm_release_once_then_crash_and_reconcile(account, goog
     assert google.route_count("messages.send") == 2
 
 
+def test_the_helper_keeps_one_gmail_connector_and_signs_in_once(account, google, env):
+    """The helper owns its connectors: three releases share one sign-in (one access token from Google), not a
+    new connector and a new token for every release; stop closes it, and a later use builds a new one."""
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(POLICY)
+    tokens_before = len(google.access_tokens)
+    helper = Helper(env).start(smtp_port=0)
+    try:
+        for n in range(3):
+            smtp_submit(helper.smtp.port, make_raw(msgid=f"<own-{n}@sendguard.test>"), ["bob@partner.example"])
+            held = wait_for(lambda: helper.outbox.list(["awaiting_confirmation"]))
+            helper.outbox.confirm(held[0].id)
+            wait_for(lambda item_id=held[0].id: helper.outbox.get(item_id).state == "sent")
+        item = helper.outbox.list(["sent"])[0]
+        box = helper.mailbox_for(item)
+        assert box is helper.mailbox_for(item) and isinstance(box, gmail.GmailMailbox)
+    finally:
+        helper.stop()
+    assert google.route_count("messages.send") == 3
+    assert len(google.access_tokens) - tokens_before == 1, "each release signed in to Google anew"
+    assert helper.mailbox_for(item) is not box  # closed at stop; a later use builds a new one
+
+
 def test_check_and_send_cli_puts_the_draft_in_the_outbox(drafts_account, google, env):
     from sendguard.service import Helper
 
     (env / "policy.toml").write_text(POLICY)
     raw = make_raw(msgid="<draft-e2e@x>")
     draft_id = google.add_draft(raw)
-    result = CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id])
+    result = CliRunner().invoke(gmail_accounts.gmail_group, ["check-and-send", draft_id])
     assert result.exit_code == 0, result.output
     assert "awaiting_confirmation" in result.output
-    again = CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id])
+    again = CliRunner().invoke(gmail_accounts.gmail_group, ["check-and-send", draft_id])
     assert again.exit_code == 0  # the same draft is not taken twice
 
     helper = Helper(env)
@@ -647,7 +669,7 @@ def test_cancelled_draft_is_left_untouched(drafts_account, google, env):
     (env / "policy.toml").write_text(POLICY)
     raw = make_raw(msgid="<draft-cancel@x>")
     draft_id = google.add_draft(raw)
-    assert CliRunner().invoke(gmail.gmail_group, ["check-and-send", draft_id]).exit_code == 0
+    assert CliRunner().invoke(gmail_accounts.gmail_group, ["check-and-send", draft_id]).exit_code == 0
     helper = Helper(env)
     try:
         item = helper.outbox.list()[0]
@@ -667,7 +689,7 @@ def test_headless_machine_keeps_the_token_in_the_encrypted_file(env, tmp_path, g
     path = tmp_path / "authorized_user.json"
     token = google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], SEND, READONLY])
     result = CliRunner().invoke(
-        gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
+        gmail_accounts.add_command, ["--address", ADDR, "--authorized-user", str(path), "--api-endpoint", google.url]
     )
     assert result.exit_code == 0, result.output
     assert "encrypted file" in result.output

@@ -18,6 +18,7 @@ from flask import Flask
 from keyrings.alt.file import PlaintextKeyring
 
 from addin import gmail_addon
+from sendguard.accounts import gmail as gmail_accounts
 from sendguard.mailboxes import gmail
 from tests.fakes.gmail_server import COMPOSE, READONLY, FakeGoogle, SigningKey
 
@@ -55,7 +56,7 @@ def helper(google, tmp_path, sg_env):
     path = tmp_path / "user.json"
     google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], COMPOSE, READONLY])
     result = CliRunner().invoke(
-        gmail.add_command,
+        gmail_accounts.add_command,
         ["--address", ADDR, "--authorized-user", str(path), "--drafts", "--api-endpoint", google.url],
     )
     assert result.exit_code == 0, result.output
@@ -360,7 +361,7 @@ def test_gateway_helper_end_to_end(google, tmp_path, sg_env, monkeypatch):
 
     path = tmp_path / "alice-consented.json"  # the user's own consent, imported by the admin
     google.write_authorized_user(path, ["openid", gmail.IDENTITY_SCOPES[1], COMPOSE, READONLY])
-    assert CliRunner().invoke(gmail.add_command, ["--address", ADDR, "--authorized-user", str(path), "--drafts",
+    assert CliRunner().invoke(gmail_accounts.add_command, ["--address", ADDR, "--authorized-user", str(path), "--drafts",
                                                   "--api-endpoint", google.url]).exit_code == 0
     (sg_env / "policy.toml").write_text('[organization]\ninternal_domains = ["example.com"]\n')
     for key, variable in gmail_addon.ENV_SETTINGS.items():

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from sendguard import config as config_mod
 from sendguard import secrets
+from sendguard.accounts.graph import add_command
 from sendguard.config import Account
 from sendguard.mailboxes import _retry, registry
-from sendguard.mailboxes import graph as graph_mod
 from sendguard.mailboxes.base import AuthError, PermanentError, ReleaseItem, TransientError
 from sendguard.mailboxes.graph import (
     DRAFT_CATEGORY,
@@ -29,7 +29,6 @@ from sendguard.mailboxes.graph import (
     TAKEN_CATEGORY,
     GraphMailbox,
     MsalTokenSource,
-    add_command,
 )
 from tests.fakes.graph_server import FakeGraph
 
@@ -191,7 +190,7 @@ def test_crash_between_releasing_and_sent_reconciles_without_a_second_send(box, 
     with pytest.raises(TransientError, match="Cannot reach Microsoft Graph"):
         box.release(item)
     assert len(fake.sends) == 1
-    graph_mod._INSTANCES.clear()  # as after a restart: a new connector, token cache read from the keyring
+    # as after a restart: a new connector, token cache read from the keyring
     restarted = registry.build(account_for(fake), home)
     assert restarted is not box
     assert restarted.find_sent(item.message_id) is True
@@ -385,7 +384,6 @@ def test_end_to_end_hold_folder_confirm_crash_and_reconcile(fake, home):
     assert sent.route == "send" and sent.to == ["a@partner.example"] and sent.cc == ["boss@contoso.example"]
     assert sent.attachments == ["quote.pdf"]
 
-    graph_mod._INSTANCES.clear()
     restarted = Helper(home)
     try:
         assert restarted.outbox.get(item.id).state == "releasing"

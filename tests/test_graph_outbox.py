@@ -17,7 +17,6 @@ import pytest
 
 from sendguard import config as config_mod
 from sendguard.mailboxes import _retry
-from sendguard.mailboxes import graph as graph_mod
 from sendguard.mailboxes.graph import HOLD_FOLDER, TAKEN_CATEGORY, MsalTokenSource
 from sendguard.service import Helper
 from tests.fakes.graph_server import FakeGraph
@@ -36,7 +35,6 @@ def no_waiting(monkeypatch):
 def fake():
     with FakeGraph(address=ADDRESS) as server:
         yield server
-    graph_mod._INSTANCES.clear()
 
 
 def configure(home: Path, fake: FakeGraph, **settings) -> config_mod.Account:
@@ -179,7 +177,6 @@ def test_kill_9_during_release_is_reconciled_from_sent_items(fake, home):
     assert sent.route == "send" and sent.to == ["a@partner.example"]
     fake.advance(120)
 
-    graph_mod._INSTANCES.clear()
     restarted = new_helper(home)
     try:
         assert restarted.outbox.get(item.id).state == "releasing"

@@ -43,9 +43,7 @@ action = "approve"
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
     monkeypatch.setattr(_retry, "sleep", lambda seconds: None)
-    graph_mod._INSTANCES.clear()
     yield
-    graph_mod._INSTANCES.clear()
 
 
 @pytest.fixture

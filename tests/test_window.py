@@ -235,7 +235,7 @@ def test_without_a_tray_the_window_offers_pause_and_quit(window: WindowProcess) 
     window.evaluate("document.getElementById('pause').click()")
     wait_until(lambda: window.evaluate("document.getElementById('pause').getAttribute('aria-pressed')") == "true")
     window.evaluate("document.getElementById('quit').click()")
-    window.proc.wait(20)  # the helper ends; the message stays held for next time
+    window.proc.wait(60)  # the helper ends; the message stays held for next time
 
 
 def test_status_line_says_what_sendguard_waits_for(home: Path) -> None:
@@ -253,7 +253,9 @@ def test_status_line_says_what_sendguard_waits_for(home: Path) -> None:
         window.wait("shown", id=first)
         assert window.evaluate("document.getElementById('status').hidden") is True  # nothing waits yet
         window.evaluate("SG.checkAll() && SG.send()")
-        status = window.wait("status", timeout=20)
+        status = window.wait("status", timeout=60)
+        while [line["kind"] for line in status["lines"]] == ["sending"]:  # caught mid-send: the failure follows
+            status = window.wait("status", timeout=60)
         assert [line["kind"] for line in status["lines"]] == ["retry"]
         assert first in status["lines"][0]["ids"]
         text = status["lines"][0]["text"]
@@ -266,7 +268,9 @@ def test_status_line_says_what_sendguard_waits_for(home: Path) -> None:
         assert shown is not None and "cannot write to the Maildir" in shown
         assert window.evaluate("document.querySelector('#status li').getAttribute('data-kind')") == "retry"
         sink.unlink()  # the share is back
-        cleared = window.wait("status", timeout=30)
+        cleared = window.wait("status", timeout=60)
+        while [line["kind"] for line in cleared["lines"]] in (["retry"], ["sending"]):  # retried, then sent
+            cleared = window.wait("status", timeout=60)
         assert cleared["lines"] == []
         wait_until(lambda: window.evaluate("document.getElementById('status').hidden") is True)
         assert len(list((sink / "new").glob("*"))) == 1  # sent once, when it could be

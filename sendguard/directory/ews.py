@@ -35,7 +35,7 @@ class EwsResolver:
 
     @classmethod
     def for_account(cls, account: Account, home: Path) -> EwsResolver:
-        return cls(ExchangeMailbox.outbox_watcher(account, home, role="directory"))
+        return cls(ExchangeMailbox.from_account(account, home))  # its own connection and lock
 
     def _members(self, address: str) -> list[tuple[str, str, bool]] | None:
         """(address, name, is a list) per member; None when the address is not a list."""

@@ -6,16 +6,24 @@ The outbox never knows which connector it talks to. A connector:
   again; mail stays held) or ``PermanentError`` (this message can never go this way).
 - ``find_sent(message_id)``: after a crash in ``releasing``, says whether the message went out:
   True (found in Sent Items / the sink), False (certainly not sent), None (cannot be known).
-- ``fetch_held()`` (optional): items the user put in the account's hold folder, to take into the
-  outbox; ``ack_held(ref)`` is called once such an item is durable in the outbox.
+- ``fetch_held()`` (``HoldingMailbox``: Exchange and Graph): items the user put in the account's hold
+  folder, to take into the outbox; ``ack_held(ref)`` is called once such an item is durable in the
+  outbox. Such a connector can also send an item it holds by its ``source_ref`` (an Outlook draft).
 - Outbox interception (optional, Exchange and Graph; see ``OutboxWatching``): ``watch_outbox()``
   takes every item waiting in the server-side Outbox with a future deferred send time into the hold
   folder, where ``fetch_held`` finds it; ``return_to_drafts(ref)`` gives a cancelled one back to the
-  user; ``find_missed(since)`` lists what the server sent at its deferred time without SendGuard.
+  user; ``find_missed(since)`` lists what the server sent at its deferred time without SendGuard;
+  ``companion()`` gives another connector for the same sign-in with a connection of its own (the watch
+  must never wait behind a long release). ``OutboxStreaming`` connectors can also be woken by the server.
+
+Which of these a connector offers is checked with ``isinstance`` against the protocols below, never
+by its kind: a new connector that implements ``OutboxWatching`` is watched like Exchange and Graph.
+The helper (``registry.Connectors``) builds one connector per account and closes it at stop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -101,7 +109,12 @@ class Mailbox(Protocol):
 
     def find_sent(self, message_id: str) -> bool | None: ...
 
+    def close(self) -> None:
+        """Let go of connections (the helper stops); a later call connects again."""
+        ...
 
+
+@runtime_checkable
 class HoldingMailbox(Mailbox, Protocol):
     def fetch_held(self) -> list[HeldItem]: ...
 
@@ -120,6 +133,7 @@ class MissedItem:
     raw: bytes = b""
 
 
+@runtime_checkable
 class OutboxWatching(HoldingMailbox, Protocol):
     source_outbox: str  # the outbox source of items it takes: exchange-outbox | graph-outbox
 
@@ -128,3 +142,10 @@ class OutboxWatching(HoldingMailbox, Protocol):
     def return_to_drafts(self, ref: str) -> bool: ...
 
     def find_missed(self, since: float) -> list[MissedItem]: ...
+
+    def companion(self) -> OutboxWatching: ...
+
+
+@runtime_checkable
+class OutboxStreaming(OutboxWatching, Protocol):
+    def stream_outbox_changes(self, on_change: Callable[[], None], minutes: int = 1) -> None: ...

@@ -25,15 +25,11 @@ writes them to a file or a log.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-import click
 import requests
 from exchangelib import (
     BASIC,
@@ -57,7 +53,6 @@ from exchangelib import errors as ews_errors
 from exchangelib.credentials import OAuth2AuthorizationCodeCredentials
 from exchangelib.folders import SingleFolderQuerySet
 
-from .. import config as config_mod
 from .. import secrets
 from ..config import Account as AccountConfig
 from . import _mime, _retry
@@ -128,12 +123,6 @@ class _TokenCredentials(OAuth2AuthorizationCodeCredentials):
         self.access_token = self._token()
 
 
-_INSTANCES: dict[tuple, ExchangeMailbox] = {}
-_INSTANCES_LOCK = threading.Lock()
-_WATCHERS: dict[tuple, ExchangeMailbox] = {}  # Outbox watch and stream connectors (outbox_watcher)
-_WATCHERS_LOCK = threading.Lock()
-
-
 class ExchangeMailbox:
     """The Mailbox (and HoldingMailbox) interface for one Exchange account over EWS."""
 
@@ -142,7 +131,7 @@ class ExchangeMailbox:
     def __init__(self, name: str, address: str, *, server: str | None = None, autodiscover: bool = False,
                  username: str | None = None, password: str | None = None, auth: str = "auto",
                  token_source=None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0,
-                 full_scan_seconds: float = FULL_SCAN_SECONDS):
+                 full_scan_seconds: float = FULL_SCAN_SECONDS, password_key: str | None = None):
         if not server and not autodiscover:
             raise PermanentError(f"Exchange account {name}: give a server URL or turn autodiscover on.")
         self.name = name
@@ -151,6 +140,10 @@ class ExchangeMailbox:
         self.autodiscover = autodiscover
         self.username = username or address
         self._password = password
+        # the keyring entry of the password: read again when the server refuses it (the user may have
+        # stored a new one meanwhile), so a running helper needs no restart after a password change
+        self._password_key = password_key
+        self._reread_password = False
         self.auth = auth
         self._token_source = token_source
         self.hold_folder_name = hold_folder
@@ -168,50 +161,31 @@ class ExchangeMailbox:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_account(cls, account: AccountConfig, home: Path) -> ExchangeMailbox:
-        """The connector for an account. The helper asks for it on every poll and release, so one
-        instance per account (and password) is kept: its connection, hold folder and pull subscription
-        carry over from one call to the next."""
-        password = None if account.settings.get("auth") == "oauth" else secrets.get(account.secret_key("password"))
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())),
-               hashlib.sha256((password or "").encode()).hexdigest())
-        with _INSTANCES_LOCK:
-            box = _INSTANCES.get(key)
-            if box is None:
-                for old in [k for k in _INSTANCES if k[:2] == key[:2]]:
-                    _INSTANCES.pop(old).close()
-                box = _INSTANCES[key] = cls._build(account, password)
-            return box
-
-    @classmethod
-    def outbox_watcher(cls, account: AccountConfig, home: Path, role: str = "outbox-watch") -> ExchangeMailbox:
-        """Another connector for the same account, with its own lock, for the Outbox watch (and, with
-        ``role="outbox-stream"``, for the streaming connection that wakes it): a long release (a large
-        attachment) on the main connector never delays a take."""
-        password = None if account.settings.get("auth") == "oauth" else secrets.get(account.secret_key("password"))
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())),
-               hashlib.sha256((password or "").encode()).hexdigest(), role)
-        # kept apart from _INSTANCES: from_account replaces those, and must never wait for (or close) a
-        # watcher that is in the middle of a long streaming call
-        with _WATCHERS_LOCK:
-            box = _WATCHERS.get(key)
-            if box is None:
-                for old in [k for k in _WATCHERS if k[:2] == key[:2] and k[-1] == role]:
-                    del _WATCHERS[old]  # settings or password changed; its connection ends with it
-                box = _WATCHERS[key] = cls._build(account, password)
-            return box
-
-    @classmethod
-    def _build(cls, account: AccountConfig, password: str | None) -> ExchangeMailbox:
+        """The connector for an account (the helper keeps one per account while it runs)."""
         s = account.settings
         auth = s.get("auth", "auto")
         token_source = None
+        password_key = None
         if auth == "oauth":
             from .graph import MsalTokenSource
 
             token_source = MsalTokenSource.for_ews(account)
+        else:
+            password_key = account.secret_key("password")
         return cls(account.name, account.address, server=s.get("server"), autodiscover=bool(s.get("autodiscover")),
-                   username=s.get("username"), password=password, auth=auth, token_source=token_source,
-                   hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
+                   username=s.get("username"), password=secrets.get(password_key) if password_key else None,
+                   auth=auth, token_source=token_source, hold_folder=s.get("hold_folder", HOLD_FOLDER),
+                   timeout=float(s.get("timeout", 60)), password_key=password_key)
+
+    def companion(self) -> ExchangeMailbox:
+        """Another connector for the same account and sign-in, with its own connection and lock, for the
+        Outbox watch and its streaming connection: a long release (a large attachment) on this one never
+        delays a take."""
+        return ExchangeMailbox(self.name, self.address, server=self.server, autodiscover=self.autodiscover,
+                               username=self.username, password=self._password, auth=self.auth,
+                               token_source=self._token_source, hold_folder=self.hold_folder_name,
+                               timeout=self.timeout, full_scan_seconds=self.full_scan_seconds,
+                               password_key=self._password_key)
 
     def _where(self) -> str:
         return self.server or f"autodiscover for {self.address}"
@@ -225,6 +199,9 @@ class ExchangeMailbox:
                                 f"--address {self.address} --oauth` again. Your mail stays held.")
             credentials = _TokenCredentials(self._token_source)
         else:
+            if self._password_key and (self._reread_password or not self._password):
+                self._password = secrets.get(self._password_key)
+                self._reread_password = False
             if not self._password:
                 raise AuthError(f"No password stored for Exchange account {self.name}; run `sendguard accounts add "
                                 f"exchange --address {self.address} --password-stdin` again. Your mail stays held.")
@@ -286,6 +263,7 @@ class ExchangeMailbox:
     def _translate(self, what: str, e: Exception) -> MailboxError:
         if isinstance(e, ews_errors.UnauthorizedError | ews_errors.ErrorAccessDenied):
             self.close()
+            self._reread_password = True
             if self._token_source is not None:
                 self._token_source.reset()
             how = "--oauth" if self.auth == "oauth" else "--password-stdin"
@@ -539,8 +517,9 @@ class ExchangeMailbox:
     def release(self, item: ReleaseItem) -> ReleaseReceipt:
         msg = _mime.parse(item.raw)
         plan = _mime.plan_recipients(item, msg)
-        if item.source_ref:
-            return self._call("sending the held message", lambda a: self._release_held(a, item, msg, plan))
+        ref = item.source_ref
+        if ref:
+            return self._call("sending the held message", lambda a: self._release_held(a, item, ref, msg, plan))
         return self._call("sending the message", lambda a: self._release_new(a, item, plan))
 
     def _receipt(self, item: ReleaseItem, how: str, **extra) -> ReleaseReceipt:
@@ -554,10 +533,11 @@ class ExchangeMailbox:
         message.send_and_save()
         return self._receipt(item, "CreateItem")
 
-    def _release_held(self, account: Account, item: ReleaseItem, msg, plan: _mime.RecipientPlan) -> ReleaseReceipt:
+    def _release_held(self, account: Account, item: ReleaseItem, ref: str, msg,
+                      plan: _mime.RecipientPlan) -> ReleaseReceipt:
         fields = ("message_id", "categories", "to_recipients", "cc_recipients", "bcc_recipients", "attachments",
                   "is_draft", "deferred_send_time")
-        draft = self._get(account, item.source_ref, fields)
+        draft = self._get(account, ref, fields)
         if draft is None or not draft.is_draft:
             if self._find_sent(account, item.message_id):
                 return self._receipt(item, "already-sent")
@@ -575,7 +555,7 @@ class ExchangeMailbox:
                 att.detach()
                 removed = True
         if removed:
-            draft = self._get(account, item.source_ref, fields)
+            draft = self._get(account, ref, fields)
             if draft is None:
                 raise PermanentError("The held message was deleted from the mailbox before it could be sent; "
                                      "nothing was sent.")
@@ -594,85 +574,3 @@ class ExchangeMailbox:
         if draft.message_id and draft.message_id != item.message_id:
             receipt.detail["internet_message_id"] = draft.message_id
         return receipt
-
-
-# ---------------------------------------------------------------------- `sendguard accounts add exchange`
-def _read_password() -> str:
-    data = sys.stdin.readline()
-    return data.rstrip("\r\n")
-
-
-@click.command("exchange")
-@click.option("--address", required=True, help="The mailbox address; mail from it is released through it.")
-@click.option("--server", help="EWS URL, e.g. https://mail.example.co.jp/EWS/Exchange.asmx")
-@click.option("--autodiscover", is_flag=True, help="Find the EWS URL by Exchange autodiscover.")
-@click.option("--username", help="Sign-in name (DOMAIN\\user or UPN); default: the address.")
-@click.option("--password-stdin", "password_stdin", is_flag=True, help="Read the password from standard input.")
-@click.option("--auth", "auth", type=click.Choice(["auto", "ntlm", "basic"]), default="auto", show_default=True,
-              help="Password sign-in method (auto asks the server).")
-@click.option("--oauth", is_flag=True, help="Sign in with OAuth 2.0 (Microsoft Entra hybrid modern auth).")
-@click.option("--tenant", default="organizations", show_default=True, help="Entra tenant for --oauth.")
-@click.option("--client-id", help="Application (client) id for --oauth.")
-@click.option("--authority", help="Sign-in authority URL for --oauth (national clouds, AD FS).")
-@click.option("--device-code/--interactive", "device_code", default=True, help="OAuth sign-in flow.")
-@click.option("--name", help="Account name in config.toml; default: the address.")
-@click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
-@click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Sign in now and create the hold folder.")
-@click.option("--expand-lists", is_flag=True,
-              help="Ask Exchange (ExpandDL) who is on a distribution list before checking a message to it.")
-def add_command(address, server, autodiscover, username, password_stdin, auth, oauth, tenant, client_id,
-                authority, device_code, name, hold_folder, verify, expand_lists):
-    """Add an on-premises Exchange account (EWS)."""
-    from .. import paths
-
-    if "@" not in address or address.startswith("@") or address.endswith("@"):
-        raise click.ClickException(f"--address {address!r} is not an email address.")
-    if bool(server) == bool(autodiscover):
-        raise click.ClickException("Give exactly one of --server URL or --autodiscover.")
-    if server:
-        parsed = urlparse(server)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise click.ClickException(f"--server {server!r} is not an http(s) URL.")
-    if oauth and password_stdin:
-        raise click.ClickException("Use either --password-stdin or --oauth, not both.")
-    if not oauth and not password_stdin:
-        raise click.ClickException("Give --password-stdin (the password is read from standard input) or --oauth.")
-    if oauth and not client_id:
-        raise click.ClickException("--oauth needs --client-id (the application registered for SendGuard).")
-    name = name or address
-    settings: dict = {"server": server, "autodiscover": bool(autodiscover) or None, "username": username,
-                      "auth": "oauth" if oauth else auth, "hold_folder": hold_folder,
-                      "expand_lists": True if expand_lists else None}
-    account = AccountConfig(name, "exchange", address, {k: v for k, v in settings.items() if v is not None})
-    token_source = None
-    password = None
-    if oauth:
-        from .graph import MsalTokenSource
-
-        account.settings.update({"tenant": tenant, "client_id": client_id})
-        if authority:
-            account.settings["authority"] = authority
-        token_source = MsalTokenSource.for_ews(account)
-        try:
-            token_source.sign_in(device_code=device_code, echo=lambda line: click.echo(line, err=True))
-        except MailboxError as e:
-            raise click.ClickException(str(e)) from None
-    else:
-        password = _read_password()
-        if not password:
-            raise click.ClickException("No password on standard input.")
-    if verify:
-        box = ExchangeMailbox(name, address, server=server, autodiscover=autodiscover, username=username,
-                              password=password, auth=account.settings["auth"], token_source=token_source,
-                              hold_folder=hold_folder)
-        try:
-            box.ensure_hold_folder()
-        except MailboxError as e:
-            raise click.ClickException(str(e)) from None
-        finally:
-            box.close()
-    if password is not None:
-        secrets.put(account.secret_key("password"), password)
-    config_mod.save_account(account, paths.config_file())
-    click.echo(f"Added Exchange account {name} ({address}); secrets are in {secrets.describe()}.")

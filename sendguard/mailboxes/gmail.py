@@ -20,33 +20,27 @@ import base64
 import email.policy
 import json
 import logging
-import os
-import random
 import re
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.utils import getaddresses
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import click
 import google_auth_httplib2
 import httplib2
 from google.auth import exceptions as google_auth_errors
-from google.auth import jwt as google_jwt
 from google.oauth2.credentials import Credentials
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError, MediaUploadSizeError
 from googleapiclient.http import MediaInMemoryUpload
 
-from .. import config as sg_config
-from .. import paths, secrets
+from .. import secrets
 from ..config import Account
-from ..errors import SendGuardError
 from . import _retry
 from .base import (
     AuthError,
@@ -199,7 +193,8 @@ class GmailMailbox:
                  retries: int = 4, backoff: float = 1.0, upload_threshold: int = UPLOAD_THRESHOLD,
                  upload_chunk: int = UPLOAD_CHUNK, timeout: float = 60.0,
                  on_token_rotated: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 credentials_source: Callable[[], Credentials | None] | None = None):
         self.name = name
         self.address = address
         self.credentials = credentials
@@ -218,37 +213,47 @@ class GmailMailbox:
         self._sleep = sleep
         self._service: Any = None
         self._refresh_token = credentials.refresh_token if credentials else None
+        # where the sign-in is kept (the keyring): read again after Google refused it, so a reconnect
+        # from another process takes effect in a running helper
+        self._credentials_source = credentials_source
+        self._reread_credentials = False
 
     # -- construction --------------------------------------------------------------------------------
 
     @classmethod
     def from_account(cls, account: Account, home: Path) -> GmailMailbox:
         s = account.settings
-        refresh_token = secrets.get(account.secret_key("refresh_token"))
-        creds = None
-        if refresh_token:
+
+        def stored_credentials() -> Credentials | None:
+            refresh_token = secrets.get(account.secret_key("refresh_token"))
+            if not refresh_token:
+                return None
             granted = list(s.get("scopes", []))
-            creds = Credentials(None, refresh_token=refresh_token,
-                                token_uri=s.get("token_uri", GOOGLE_TOKEN_URI),
-                                client_id=s.get("client_id"),
-                                client_secret=secrets.get(account.secret_key("client_secret")),
-                                scopes=granted or None)
+            return Credentials(None, refresh_token=refresh_token, token_uri=s.get("token_uri", GOOGLE_TOKEN_URI),
+                               client_id=s.get("client_id"),
+                               client_secret=secrets.get(account.secret_key("client_secret")),
+                               scopes=granted or None)
 
         def rotated(token: str) -> None:
             secrets.put(account.secret_key("refresh_token"), token)
 
-        return cls(account.name, account.address, creds, api_endpoint=s.get("api_endpoint"),
+        return cls(account.name, account.address, stored_credentials(), api_endpoint=s.get("api_endpoint"),
                    reconcile=reconcile_mode(s.get("scopes", []), s.get("reconcile", "search")),
                    drafts=bool(s.get("drafts", False)), drafts_label=s.get("drafts_label", "SendGuard"),
                    send_as=s.get("send_as", []), gmail_account=s.get("gmail_account", ""),
                    retries=int(s.get("retries", 4)), backoff=float(s.get("backoff_seconds", 1.0)),
                    upload_threshold=int(s.get("upload_threshold", UPLOAD_THRESHOLD)),
                    upload_chunk=int(s.get("upload_chunk", UPLOAD_CHUNK)),
-                   timeout=float(s.get("timeout_seconds", 60.0)), on_token_rotated=rotated)
+                   timeout=float(s.get("timeout_seconds", 60.0)), on_token_rotated=rotated,
+                   credentials_source=stored_credentials)
 
     @property
     def service(self) -> Any:
         if self._service is None:
+            if self._credentials_source is not None and (self._reread_credentials or self.credentials is None):
+                self.credentials = self._credentials_source()
+                self._refresh_token = self.credentials.refresh_token if self.credentials else None
+                self._reread_credentials = False
             if self.credentials is None:
                 raise AuthError(f"SendGuard holds no Gmail sign-in for {self.address}: run "
                                 f"`sendguard gmail reconnect {self.name}`; your mail stays held.")
@@ -279,7 +284,10 @@ class GmailMailbox:
                 self._note_rotation()
                 return result
             except google_auth_errors.RefreshError as exc:
-                raise self._refresh_failed(exc) from None
+                refused = self._refresh_failed(exc)
+                if isinstance(refused, AuthError):
+                    self._sign_in_refused()
+                raise refused from None
             except google_auth_errors.TransportError as exc:
                 err: MailboxError = TransientError(f"Google's sign-in service could not be reached ({exc}); "
                                                    "SendGuard will try again.")
@@ -287,6 +295,8 @@ class GmailMailbox:
                 raise self._too_large(size) from None
             except HttpError as exc:
                 err = self._http_error(exc, action, size)
+                if isinstance(err, AuthError):
+                    self._sign_in_refused()
                 if not isinstance(err, TransientError):
                     raise err from None
                 ambiguous = exc.resp.status >= 500
@@ -307,15 +317,20 @@ class GmailMailbox:
                 if sent is None:
                     raise err
             delay = err.retry_after if isinstance(err, TransientError) and err.retry_after else None
-            if delay is None:
-                delay = self.backoff * (2 ** attempt) + random.uniform(0, self.backoff)
             attempt += 1
+            if delay is None:  # the helper's back-off, from this account's first wait (backoff_seconds)
+                delay = _retry.delay(attempt, base=self.backoff)
             # the helper's one retry policy (_retry): only a short pause is waited out here; anything longer
             # goes back to the outbox (the server's Retry-After, if any, travels with the error)
             if attempt > min(self.retries, _retry.MAX_INLINE_ATTEMPTS - 1) or delay > _retry.MAX_INLINE_WAIT:
                 raise err
             log.info("gmail %s: %s; retry %d in %.1fs", self.address, err, attempt, delay)
             self._sleep(delay)
+
+    def _sign_in_refused(self) -> None:
+        """Google refused the sign-in: the next call reads it from the keyring again."""
+        self._service = None
+        self._reread_credentials = True
 
     def _note_rotation(self) -> None:
         token = getattr(self.credentials, "refresh_token", None)
@@ -402,7 +417,7 @@ class GmailMailbox:
         if len(raw) > MAX_MESSAGE_BYTES:
             raise self._too_large(len(raw))
         if item.source == "gmail" and (item.source_ref or "").startswith("draft:"):
-            return self._release_draft(item, item.source_ref.split(":", 1)[1], raw)
+            return self._release_draft(item, (item.source_ref or "").split(":", 1)[1], raw)
         users = self.service.users()
         payload = self._payload(raw)
         thread_id = self._thread_of_reply(raw)
@@ -424,8 +439,8 @@ class GmailMailbox:
         messages = self.service.users().messages()
         for ref in dict.fromkeys(r.strip().strip("<>") for r in refs if r.strip().strip("<>")):
             try:
-                found = self._execute(lambda r=ref: messages.list(userId="me", q=f"rfc822msgid:{r}",
-                                                                  includeSpamTrash=True, maxResults=1),
+                found = self._execute(partial(messages.list, userId="me", q=f"rfc822msgid:{ref}",
+                                              includeSpamTrash=True, maxResults=1),
                                       "find the conversation of the reply")
             except MailboxError as exc:
                 log.info("gmail %s: no thread for reply to %s: %s", self.address, ref, exc)
@@ -489,6 +504,10 @@ class GmailMailbox:
             detail["reconciled"] = True
         return ReleaseReceipt("gmail", detail)
 
+    def close(self) -> None:
+        """Drop the API client (and its HTTP connections); the next call builds it again."""
+        self._service = None
+
     def find_sent(self, message_id: str) -> bool | None:
         """Whether a message with this Message-ID is in the account's Sent mail.
 
@@ -520,8 +539,8 @@ class GmailMailbox:
         listing = self._execute(lambda: messages.list(userId="me", labelIds=["SENT"], includeSpamTrash=True,
                                                       maxResults=RECENT_SENT_SCAN), "list Sent mail")
         for entry in listing.get("messages", []):
-            meta = self._execute(lambda e=entry: messages.get(userId="me", id=e["id"], format="metadata",
-                                                              metadataHeaders=["Message-ID"]),
+            meta = self._execute(partial(messages.get, userId="me", id=entry["id"], format="metadata",
+                                         metadataHeaders=["Message-ID"]),
                                  "read Sent mail")
             for header in meta.get("payload", {}).get("headers", []):
                 value = header.get("value", "").strip().strip("<>")
@@ -544,9 +563,9 @@ class GmailMailbox:
         out: list[dict[str, Any]] = []
         request = drafts.list(userId="me", q=query, maxResults=100)
         while request is not None:
-            page = self._execute(lambda r=request: r, "list drafts")
+            page = self._execute(_again(request), "list drafts")
             for entry in page.get("drafts", []):
-                full = self._execute(lambda e=entry: drafts.get(userId="me", id=e["id"], format="metadata"),
+                full = self._execute(partial(drafts.get, userId="me", id=entry["id"], format="metadata"),
                                      "read a draft")
                 headers = {h["name"].lower(): h["value"]
                            for h in full.get("message", {}).get("payload", {}).get("headers", [])}
@@ -573,7 +592,7 @@ class GmailMailbox:
         out: list[dict[str, Any]] = []
         for entry in listing.get("drafts", [])[:limit]:
             try:
-                full = self._execute(lambda e=entry: drafts.get(userId="me", id=e["id"], format="metadata"),
+                full = self._execute(partial(drafts.get, userId="me", id=entry["id"], format="metadata"),
                                      "read a draft")
             except _NotFound:  # sent or discarded meanwhile
                 continue
@@ -594,7 +613,7 @@ class GmailMailbox:
         drafts = self.service.users().drafts()
         request = drafts.list(userId="me", maxResults=500)
         while request is not None:
-            page = self._execute(lambda r=request: r, "list drafts")
+            page = self._execute(_again(request), "list drafts")
             for entry in page.get("drafts", []):
                 if entry.get("message", {}).get("id") == gmail_message_id:
                     return entry["id"]
@@ -635,6 +654,11 @@ def _error_detail(exc: HttpError) -> tuple[str, str]:
     return str(reason), str(error.get("message", ""))
 
 
+def _again(request: Any) -> Callable[[], Any]:
+    """A prepared API request to execute (again, on a retry) as it is."""
+    return lambda: request
+
+
 def _retry_after(exc: HttpError, message: str) -> float | None:
     header = exc.resp.get("retry-after")
     if header:
@@ -650,364 +674,3 @@ def _retry_after(exc: HttpError, message: str) -> float | None:
         except ValueError:
             return None
     return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Sign-in: installed-app OAuth, or an admin's authorized-user file.
-
-
-def _client_config(client_secrets: Path | None) -> dict[str, Any]:
-    """The OAuth client, in Google's client-file shape: the file given, the admin's file, or env."""
-    from_env = os.environ.get("SENDGUARD_GMAIL_CLIENT_SECRETS")
-    sources = [client_secrets, from_env, paths.home() / "gmail-client.json"]
-    for source in sources:
-        if source is None:
-            continue
-        path = Path(source)
-        if not path.is_file():
-            if source is client_secrets or source == from_env:
-                raise click.ClickException(f"OAuth client file {path}: no such file.")
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(f"OAuth client file {path}: not readable JSON ({exc}).") from None
-        client = data.get("installed") or data.get("web") if isinstance(data, dict) else None
-        if not isinstance(client, dict) or not client.get("client_id"):
-            raise click.ClickException(f"OAuth client file {path}: expected a Google 'installed' "
-                                       "(Desktop app) client with client_id and client_secret.")
-        client.setdefault("auth_uri", GOOGLE_AUTH_URI)
-        client.setdefault("token_uri", GOOGLE_TOKEN_URI)
-        return {"installed": client}
-    client_id = os.environ.get("SENDGUARD_GMAIL_CLIENT_ID")
-    if client_id:
-        return {"installed": {"client_id": client_id,
-                              "client_secret": os.environ.get("SENDGUARD_GMAIL_CLIENT_SECRET", ""),
-                              "auth_uri": GOOGLE_AUTH_URI, "token_uri": GOOGLE_TOKEN_URI}}
-    raise click.ClickException("No OAuth client for Gmail: pass --client-secrets FILE (a Desktop-app client "
-                               "from Google Cloud console), or have your admin install gmail-client.json.")
-
-
-def _signed_in_email(creds: Credentials) -> str:
-    """The Google account that signed in, from the ID token the token endpoint returned."""
-    token = getattr(creds, "id_token", None)
-    if not token:
-        return ""
-    try:
-        # Received straight from the token endpoint over TLS: OIDC lets a client trust it without
-        # checking the signature.
-        claims = google_jwt.decode(token, verify=False)
-    except ValueError:
-        return ""
-    return str(claims.get("email", "")).lower()
-
-
-def _granted(creds: Credentials, asked: Iterable[str]) -> list[str]:
-    granted = getattr(creds, "granted_scopes", None) or getattr(creds, "scopes", None) or list(asked)
-    if isinstance(granted, str):
-        granted = granted.split()
-    return sorted(set(granted))
-
-
-def _consent(client: dict[str, Any], scopes: list[str], address: str, open_browser: bool) -> Credentials:
-    from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
-    from oauthlib.oauth2.rfc6749 import errors as oauth_errors
-
-    flow = InstalledAppFlow.from_client_config(client, scopes=scopes)
-    prompt = f"Sign in to Google as {address} to let SendGuard send its mail:\n{{url}}"
-    relaxed = os.environ.get("OAUTHLIB_RELAX_TOKEN_SCOPE")
-    os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = "1"  # we check the granted scopes ourselves
-    try:
-        return flow.run_local_server(host="localhost", port=0, open_browser=open_browser,
-                                     authorization_prompt_message=prompt,
-                                     success_message="SendGuard is signed in to Gmail. "
-                                                     "You may close this window.",
-                                     timeout_seconds=300, access_type="offline", prompt="consent",
-                                     login_hint=address)
-    except oauth_errors.AccessDeniedError:
-        raise click.ClickException(f"Consent was denied in the browser: SendGuard cannot send mail as "
-                                   f"{address} without it. Run the command again and choose Allow.") from None
-    except WSGITimeoutError:
-        raise click.ClickException("No answer from the browser within 5 minutes; "
-                                   "run the command again.") from None
-    except oauth_errors.OAuth2Error as exc:
-        detail = exc.description or exc.error
-        raise click.ClickException(f"Google refused the sign-in ({exc.error}: {detail}).") from None
-    except OSError as exc:
-        raise click.ClickException(f"Sign-in failed: {exc}.") from None
-    finally:
-        if relaxed is None:
-            os.environ.pop("OAUTHLIB_RELAX_TOKEN_SCOPE", None)
-        else:
-            os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = relaxed
-
-
-def _import_authorized_user(path: Path) -> Credentials:
-    import google.auth.transport.requests
-
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"--authorized-user {path}: not readable JSON ({exc}).") from None
-    if not isinstance(info, dict):
-        info = {}
-    missing = [k for k in ("client_id", "client_secret", "refresh_token") if not info.get(k)]
-    if missing:
-        raise click.ClickException(f"--authorized-user {path}: missing {', '.join(missing)} (expected "
-                                   "google-auth's authorized_user JSON).")
-    token_uri = info.get("token_uri") or GOOGLE_TOKEN_URI
-    parts = urllib.parse.urlsplit(token_uri)
-    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise click.ClickException(f"--authorized-user {path}: token_uri {token_uri!r} must be https.")
-    # google-auth's from_authorized_user_info always uses Google's endpoint; an admin's file may name
-    # another (a proxy), so build the credentials from the fields themselves.
-    creds = Credentials(None, refresh_token=info["refresh_token"], token_uri=token_uri,
-                        client_id=info["client_id"], client_secret=info["client_secret"],
-                        scopes=info.get("scopes"))
-    try:
-        creds.refresh(google.auth.transport.requests.Request())
-    except google_auth_errors.RefreshError as exc:
-        raise click.ClickException(f"--authorized-user {path}: Google refused its refresh token "
-                                   f"({str(exc).split(',')[0]}); issue a new one.") from None
-    except google_auth_errors.TransportError as exc:
-        raise click.ClickException(f"Cannot reach Google's token endpoint {token_uri}: {exc}") from None
-    return creds
-
-
-def _valid_address(address: str) -> str:
-    address = address.strip()
-    parsed = _addresses([address])
-    if len(parsed) != 1 or parsed[0] != address.lower() or "@" not in address or address.startswith("@") \
-            or address.endswith("@") or " " in address:
-        raise click.ClickException(f"--address {address!r} is not an email address.")
-    return address
-
-
-def _valid_endpoint(url: str | None) -> str | None:
-    if not url:
-        return None
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise click.ClickException(f"--api-endpoint {url!r} is not an http(s) URL.")
-    return url.rstrip("/") + "/"
-
-
-def _sign_in_and_save(account: Account, client: dict[str, Any] | None, creds: Credentials | None, *,
-                      scopes: list[str], open_browser: bool, assume_yes: bool) -> None:
-    """Consent (unless creds are given), check what was granted and who signed in, store everything."""
-    address = account.address
-    if creds is None:
-        assert client is not None
-        creds = _consent(client, scopes, address, open_browser)
-        if not creds.refresh_token:
-            raise click.ClickException("Google returned no refresh token: remove SendGuard at "
-                                       "https://myaccount.google.com/permissions and run the command again.")
-    granted = _granted(creds, scopes)
-    s = account.settings
-    if not set(granted) & RELEASE_SCOPES:
-        raise click.ClickException(f"SendGuard was not allowed to send email as {address}: run the command "
-                                   "again and tick \"Send email on your behalf\".")
-    if s.get("drafts") and not set(granted) & DRAFT_SCOPES:
-        raise click.ClickException("SendGuard was not allowed to manage your drafts (needed by --drafts): "
-                                   "run the command again and tick it, or leave out --drafts.")
-    wanted = s.get("reconcile", "search")
-    got = reconcile_mode(granted, wanted)
-    if got != wanted:
-        click.echo(f"Note: Gmail did not grant the permission to look in Sent mail ({wanted}); after a crash "
-                   "SendGuard will ask you whether an unfinished message went out.", err=True)
-    signed_in = _signed_in_email(creds)
-    if signed_in and signed_in != address.lower() and not assume_yes:
-        question = (f"You signed in to Google as {signed_in}, not {address}: mail from {address} would be "
-                    f"sent by {signed_in}'s Gmail ({address} must be a send-as address there).")
-        if not sys.stdin.isatty():
-            raise click.ClickException(question + f" Sign in as {address}, or pass --yes to accept.")
-        if not click.confirm(question + " Continue?", default=False):
-            raise click.ClickException("Account not added.")
-    s["scopes"] = granted
-    s["gmail_account"] = signed_in
-    s["client_id"] = creds.client_id
-    s["token_uri"] = creds.token_uri or GOOGLE_TOKEN_URI
-    if client:
-        s["auth_uri"] = client["installed"].get("auth_uri", GOOGLE_AUTH_URI)
-    try:
-        secrets.put(account.secret_key("refresh_token"), creds.refresh_token)
-        if creds.client_secret:
-            secrets.put(account.secret_key("client_secret"), creds.client_secret)
-    except Exception as exc:  # keyring backends raise their own types
-        raise click.ClickException(f"Cannot store the Gmail token in {secrets.describe()}: {exc}") from None
-    sg_config.save_account(account)
-    who = f" (signed in as {signed_in})" if signed_in and signed_in != address.lower() else ""
-    click.echo(f"Gmail account {account.name} added: mail from {address} is released through Gmail{who}; "
-               f"token stored in {secrets.describe()}.")
-
-
-@click.command("gmail")
-@click.option("--address", required=True, help="The sender address whose mail this Gmail account releases.")
-@click.option("--name", default=None, help="Account name in config.toml (default: the address).")
-@click.option("--client-secrets", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Google OAuth client file (Desktop app) for the browser sign-in.")
-@click.option("--authorized-user", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Import google-auth authorized-user JSON (client_id, client_secret, refresh_token, "
-                   "token_uri); no browser.")
-@click.option("--api-endpoint", default=None, help="Gmail API base URL (a proxy; tests).")
-@click.option("--drafts/--no-drafts", default=False,
-              help="Let SendGuard send Gmail drafts (asks for gmail.compose).")
-@click.option("--drafts-label", default="SendGuard", show_default=True,
-              help="Label that marks drafts for SendGuard.")
-@click.option("--reconcile", type=click.Choice(["search", "headers", "off"]), default="search",
-              show_default=True,
-              help="How to tell after a crash whether a message went out: search Sent (gmail.readonly), "
-                   "read the newest Sent headers (gmail.metadata), or ask the user.")
-@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
-@click.option("--yes", "assume_yes", is_flag=True,
-              help="Accept signing in as another Google account (send-as alias).")
-def add_command(address: str, name: str | None, client_secrets: Path | None, authorized_user: Path | None,
-                api_endpoint: str | None, drafts: bool, drafts_label: str, reconcile: str, no_browser: bool,
-                assume_yes: bool) -> None:
-    """Add a Gmail account: mail from ADDRESS is released with the Gmail API."""
-    address = _valid_address(address)
-    if client_secrets and authorized_user:
-        raise click.ClickException("Give either --client-secrets (browser sign-in) or --authorized-user, "
-                                   "not both.")
-    endpoint = _valid_endpoint(api_endpoint)
-    if drafts and reconcile == "headers":
-        # gmail.metadata on the token makes Gmail refuse q= and RAW/FULL reads, which drafts need.
-        raise click.ClickException("--drafts cannot be combined with --reconcile headers: a token with "
-                                   "gmail.metadata cannot read drafts (Gmail refuses RAW and FULL formats "
-                                   "and searches). Use --reconcile search or --reconcile off.")
-    if not drafts_label.strip():
-        raise click.ClickException("--drafts-label must not be empty.")
-    settings: dict[str, Any] = {"drafts": drafts, "drafts_label": drafts_label.strip(),
-                                "reconcile": reconcile}
-    if endpoint:
-        settings["api_endpoint"] = endpoint
-    account = Account(name or address, "gmail", address, settings)
-    scopes = requested_scopes(drafts, reconcile)
-    if authorized_user:
-        if not authorized_user.is_file():
-            raise click.ClickException(f"--authorized-user {authorized_user}: no such file.")
-        creds = _import_authorized_user(authorized_user)
-        _sign_in_and_save(account, None, creds, scopes=scopes, open_browser=False, assume_yes=assume_yes)
-    else:
-        client = _client_config(client_secrets)
-        _sign_in_and_save(account, client, None, scopes=scopes, open_browser=not no_browser,
-                          assume_yes=assume_yes)
-
-
-# ---------------------------------------------------------------------------------------------------
-# `sendguard gmail ...`
-
-
-def _gmail_account(name: str | None) -> Account:
-    cfg = sg_config.load()
-    accounts = [a for a in cfg.accounts if a.kind == "gmail"]
-    if name:
-        chosen = next((a for a in accounts if a.name == name or a.address.lower() == name.lower()), None)
-        if chosen is None:
-            raise click.ClickException(f"No Gmail account {name!r}; see `sendguard accounts list`.")
-        return chosen
-    if not accounts:
-        raise click.ClickException("No Gmail account yet: run `sendguard accounts add gmail --address ADDR`.")
-    if len(accounts) > 1:
-        raise click.ClickException("Several Gmail accounts: choose one with --account NAME.")
-    return accounts[0]
-
-
-def mailbox_for(account: Account) -> GmailMailbox:
-    return GmailMailbox.from_account(account, paths.home())
-
-
-def submit_draft(outbox: Any, mailbox: GmailMailbox, draft_id: str) -> Any:
-    """Take a draft into the outbox (source ``gmail``, ref ``draft:<id>``, this account); returns the item.
-
-    A draft already in the outbox and not finished is not taken twice: that item is returned.
-    """
-    ref = f"draft:{draft_id}"
-    find = getattr(outbox, "by_source_ref", None)
-    existing = find("gmail", ref) if find else None
-    from ..outbox import FINAL_STATES
-
-    if existing is not None and getattr(existing, "state", "") not in FINAL_STATES:
-        return existing
-    held = mailbox.take_draft(draft_id)
-    return outbox.submit(held.raw, held.envelope_from, list(held.recipients), source="gmail",
-                         source_ref=held.ref, account=mailbox.name)
-
-
-@click.group("gmail")
-def gmail_group() -> None:
-    """Gmail drafts handed to SendGuard, and the Gmail sign-in."""
-
-
-@gmail_group.command("drafts")
-@click.option("--account", "account_name", default=None, help="Gmail account name or address.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def drafts_command(account_name: str | None, as_json: bool) -> None:
-    """List drafts labelled for SendGuard."""
-    mailbox = mailbox_for(_gmail_account(account_name))
-    try:
-        drafts = mailbox.list_drafts()
-    except MailboxError as exc:
-        raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(drafts, ensure_ascii=False, indent=2))
-        return
-    if not drafts:
-        click.echo(f"No drafts labelled {mailbox.drafts_label!r} in {mailbox.address}.")
-    for d in drafts:
-        click.echo(f"{d['id']}\t{d['to']}\t{d['subject']}")
-
-
-@gmail_group.command("check-and-send")
-@click.argument("draft_id")
-@click.option("--account", "account_name", default=None, help="Gmail account name or address.")
-def check_and_send_command(draft_id: str, account_name: str | None) -> None:
-    """Take a Gmail draft into the outbox: it is checked, confirmed (and approved if needed), then sent."""
-    mailbox = mailbox_for(_gmail_account(account_name))
-    outbox = _open_outbox()
-    try:
-        result = submit_draft(outbox, mailbox, draft_id)
-    except SendGuardError as exc:
-        raise click.ClickException(str(exc)) from None
-    from ..outbox import State
-
-    item_id = getattr(result, "id", result)
-    state = getattr(result, "state", "")
-    if state == State.AWAITING_CONFIRMATION:
-        then = f"confirm it in the SendGuard window or with `sendguard queue confirm {item_id}`"
-    elif state == State.AWAITING_APPROVAL:
-        then = "it waits for approval"
-    elif state in (State.CONFIRMED, State.APPROVED):
-        then = "the SendGuard helper sends it"
-    else:
-        then = f"see `sendguard queue show {item_id}`"
-    click.echo(f"Draft {draft_id} is in the SendGuard outbox as {item_id} ({state or 'held'}): {then}; "
-               "the draft stays untouched until it is sent.")
-
-
-def _open_outbox() -> Any:
-    """The outbox in SENDGUARD_HOME (shared with a running helper, which does the release)."""
-    from ..service import Helper
-
-    return Helper().outbox
-
-
-@gmail_group.command("reconnect")
-@click.argument("account_name", required=False)
-@click.option("--no-browser", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
-@click.option("--yes", "assume_yes", is_flag=True, help="Accept signing in as another Google account.")
-def reconnect_command(account_name: str | None, no_browser: bool, assume_yes: bool) -> None:
-    """Sign in to Gmail again (after access was revoked or expired), keeping the account's settings."""
-    account = _gmail_account(account_name)
-    s = account.settings
-    if not s.get("client_id"):
-        raise click.ClickException(f"Account {account.name} has no OAuth client recorded: add it again with "
-                                   "`sendguard accounts add gmail`.")
-    client = {"installed": {"client_id": s["client_id"],
-                            "client_secret": secrets.get(account.secret_key("client_secret")) or "",
-                            "auth_uri": s.get("auth_uri", GOOGLE_AUTH_URI),
-                            "token_uri": s.get("token_uri", GOOGLE_TOKEN_URI)}}
-    scopes = requested_scopes(bool(s.get("drafts")), s.get("reconcile", "search"))
-    _sign_in_and_save(account, client, None, scopes=scopes, open_browser=not no_browser,
-                      assume_yes=assume_yes)

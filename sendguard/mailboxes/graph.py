@@ -31,12 +31,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import click
 import msal
 import requests
 from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 
-from .. import config as config_mod
 from .. import secrets
 from ..config import Account as AccountConfig
 from . import _mime, _retry
@@ -101,10 +99,10 @@ class _Session(requests.Session):
     """A session whose configured CA file wins: plain requests lets REQUESTS_CA_BUNDLE from the
     environment override ``Session.verify``, which would silently ignore the account's ``ca_bundle``."""
 
-    def request(self, method, url, **kwargs):
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("verify") is None:
             kwargs["verify"] = self.verify
-        return super().request(method, url, **kwargs)
+        return super().request(*args, **kwargs)
 
 
 def _session(ca_bundle: str | None) -> requests.Session:
@@ -247,24 +245,20 @@ class MsalTokenSource:
             return result
 
 
-_INSTANCES: dict[tuple, GraphMailbox] = {}
-_INSTANCES_LOCK = threading.Lock()
-_WATCHERS: dict[tuple, GraphMailbox] = {}  # Outbox watch connectors (outbox_watcher)
-_WATCHERS_LOCK = threading.Lock()
-
-
 class GraphMailbox:
     """The Mailbox (and HoldingMailbox) interface for one Exchange Online account over Microsoft Graph."""
 
     kind = "graph"
 
     def __init__(self, name: str, address: str, token_source: MsalTokenSource, *, endpoint: str = GRAPH_ENDPOINT,
-                 session: requests.Session | None = None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0):
+                 session: requests.Session | None = None, hold_folder: str = HOLD_FOLDER, timeout: float = 60.0,
+                 ca_bundle: str | None = None):
         self.name = name
         self.address = address
         self.tokens = token_source
         self.endpoint = endpoint.rstrip("/")
         self.session = session or token_source.session
+        self.ca_bundle = ca_bundle
         self.hold_folder_name = hold_folder
         self.timeout = timeout
         self.backoff = _retry.Backoff()
@@ -272,33 +266,19 @@ class GraphMailbox:
 
     @classmethod
     def from_account(cls, account: AccountConfig, home: Path) -> GraphMailbox:
-        """One instance per account and settings: the helper asks for it on every poll and release, and
-        the sign-in (msal's in-memory cache) and hold folder id carry over between calls."""
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())))
-        with _INSTANCES_LOCK:
-            box = _INSTANCES.get(key)
-            if box is None:
-                s = account.settings
-                tokens = MsalTokenSource.for_account(account)
-                box = _INSTANCES[key] = cls(
-                    account.name, account.address, tokens, endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT),
-                    hold_folder=s.get("hold_folder", HOLD_FOLDER), timeout=float(s.get("timeout", 60)))
-            return box
+        """The connector for an account (the helper keeps one per account while it runs, so the sign-in
+        in msal's in-memory cache and the hold folder id carry over between calls)."""
+        s = account.settings
+        return cls(account.name, account.address, MsalTokenSource.for_account(account),
+                   endpoint=s.get("graph_endpoint", GRAPH_ENDPOINT), hold_folder=s.get("hold_folder", HOLD_FOLDER),
+                   timeout=float(s.get("timeout", 60)), ca_bundle=s.get("ca_bundle"))
 
-    @classmethod
-    def outbox_watcher(cls, account: AccountConfig, home: Path) -> GraphMailbox:
+    def companion(self) -> GraphMailbox:
         """A second connector for the same account, with its own HTTP session but the same sign-in, for
         the Outbox watch: a long release (an upload session) never delays a take."""
-        main = cls.from_account(account, home)
-        key = (str(home), account.name, account.address, repr(sorted(account.settings.items())), "outbox-watch")
-        with _WATCHERS_LOCK:
-            box = _WATCHERS.get(key)
-            if box is None or box.tokens is not main.tokens:
-                s = account.settings
-                box = _WATCHERS[key] = cls(
-                    account.name, account.address, main.tokens, endpoint=main.endpoint,
-                    session=_session(s.get("ca_bundle")), hold_folder=main.hold_folder_name, timeout=main.timeout)
-            return box
+        return GraphMailbox(self.name, self.address, self.tokens, endpoint=self.endpoint,
+                            session=_session(self.ca_bundle), hold_folder=self.hold_folder_name,
+                            timeout=self.timeout, ca_bundle=self.ca_bundle)
 
     def close(self) -> None:
         self.session.close()
@@ -339,10 +319,9 @@ class GraphMailbox:
                 return r
             code, message = self._error_of(r)
             if r.status_code in (429, 503) or (r.status_code >= 500 and not sends):
-                wait = _retry.parse_retry_after(r.headers.get("Retry-After"))
+                asked = _retry.parse_retry_after(r.headers.get("Retry-After"))
                 throttled = r.status_code == 429 or (r.status_code == 503 and not sends)
-                if wait is None:
-                    wait = self.backoff.next_delay()
+                wait = asked if asked is not None else self.backoff.next_delay()
                 if throttled and wait <= _retry.MAX_INLINE_WAIT and attempts < _retry.MAX_INLINE_ATTEMPTS:
                     _retry.sleep(wait)
                     continue
@@ -387,10 +366,11 @@ class GraphMailbox:
     def _pages(self, path: str, params: dict, *, what: str) -> list[dict]:
         out: list[dict] = []
         url: str | None = path
+        query: dict | None = params
         while url:
-            data = self._json("GET", url, what=what, params=params)
+            data = self._json("GET", url, what=what, params=query)
             out.extend(data.get("value", []))
-            url, params = data.get("@odata.nextLink"), None
+            url, query = data.get("@odata.nextLink"), None  # the next link carries the query itself
         return out
 
     # ------------------------------------------------------------------ folders
@@ -674,60 +654,4 @@ class GraphMailbox:
                                    "Content-Type": "application/octet-stream"})
 
 
-# ---------------------------------------------------------------------- `sendguard accounts add graph`
-@click.command("graph")
-@click.option("--address", required=True, help="The mailbox address; mail from it is released through it.")
-@click.option("--tenant", default="organizations", show_default=True,
-              help="Entra tenant id or domain (organizations = any work account).")
-@click.option("--client-id", required=True,
-              help="Application (client) id of the public-client app your admin registered for SendGuard.")
-@click.option("--graph-endpoint", default=GRAPH_ENDPOINT, show_default=True,
-              help="Graph root for national clouds, e.g. https://graph.microsoft.us/v1.0")
-@click.option("--authority", help="Sign-in authority host or URL, e.g. https://login.microsoftonline.us")
-@click.option("--device-code/--interactive", "device_code", default=True, show_default=True,
-              help="Sign in with a device code (any terminal) or a browser window.")
-@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA file for a TLS-inspecting proxy.")
-@click.option("--name", help="Account name in config.toml; default: the address.")
-@click.option("--hold-folder", default=HOLD_FOLDER, show_default=True, help="Name of the hold folder.")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Create the hold folder now.")
-@click.option("--expand-lists", is_flag=True,
-              help="Read group members (GroupMember.Read.All, admin consent) to check mail to distribution lists.")
-def add_command(address, tenant, client_id, graph_endpoint, authority, device_code, ca_bundle, name, hold_folder,
-                verify, expand_lists):
-    """Add an Exchange Online account (Microsoft Graph)."""
-    from .. import paths
-
-    if "@" not in address or address.startswith("@") or address.endswith("@"):
-        raise click.ClickException(f"--address {address!r} is not an email address.")
-    for option, url in (("--graph-endpoint", graph_endpoint), ("--authority", authority)):
-        if url is not None:
-            parsed = urlparse(url)
-            if parsed.scheme != "https" or not parsed.netloc:
-                raise click.ClickException(f"{option} {url!r} must be an https URL.")
-    if not tenant or "/" in tenant:
-        raise click.ClickException(f"--tenant {tenant!r} is not a tenant id or domain.")
-    name = name or address
-    settings: dict[str, Any] = {"tenant": tenant, "client_id": client_id, "hold_folder": hold_folder}
-    if graph_endpoint.rstrip("/") != GRAPH_ENDPOINT:
-        settings["graph_endpoint"] = graph_endpoint.rstrip("/")
-    if authority:
-        settings["authority"] = authority.rstrip("/")
-    if ca_bundle:
-        settings["ca_bundle"] = str(Path(ca_bundle).resolve())
-    if expand_lists:
-        settings["expand_lists"] = True
-    account = AccountConfig(name, "graph", address, settings)
-    tokens = MsalTokenSource.for_account(account)
-    try:
-        tokens.sign_in(device_code=device_code, echo=lambda line: click.echo(line, err=True))
-        if verify:
-            GraphMailbox(name, address, tokens, endpoint=settings.get("graph_endpoint", GRAPH_ENDPOINT),
-                         hold_folder=hold_folder).ensure_hold_folder()
-    except MailboxError as e:
-        secrets.delete(account.secret_key("token_cache"))
-        raise click.ClickException(str(e)) from None
-    config_mod.save_account(account, paths.config_file())
-    click.echo(f"Added Microsoft 365 account {name} ({address}); the sign-in is kept in {secrets.describe()}.")
-
-
-__all__ = ["GraphMailbox", "MsalTokenSource", "add_command"]
+__all__ = ["GraphMailbox", "MsalTokenSource"]

@@ -60,6 +60,9 @@ class MaildirMailbox:
                                  "will try again: check that the folder is there and writable") from None
         return ReleaseReceipt("maildir", {"path": str(final)})
 
+    def close(self) -> None:
+        """Nothing to let go of: every call opens the folder anew."""
+
     def find_sent(self, message_id: str) -> bool | None:
         """True when a delivered file carries this Message-ID in its header (not merely in its body,
         where a forwarded copy of another message would hold that message's id)."""

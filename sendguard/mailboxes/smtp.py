@@ -10,9 +10,7 @@ import smtplib
 import ssl
 from pathlib import Path
 
-import click
-
-from .. import config, secrets
+from .. import secrets
 from ..config import Account
 from .base import AuthError, OutcomeUnknown, PermanentError, ReleaseItem, ReleaseReceipt, TransientError
 
@@ -23,13 +21,18 @@ class SmtpRelay:
     kind = "smtp"
 
     def __init__(self, name: str, host: str, port: int, security: str = "starttls", username: str | None = None,
-                 password: str | None = None, timeout: float = 60.0, cafile: str | None = None):
+                 password: str | None = None, timeout: float = 60.0, cafile: str | None = None,
+                 password_key: str | None = None):
         self.name = name
         self.host = host
         self.port = port
         self.security = security
         self.username = username
         self.password = password
+        # the keyring entry of the password: read again after the relay refused the login (the user may
+        # have stored a new one meanwhile), so a running helper needs no restart
+        self.password_key = password_key
+        self._reread_password = False
         self.timeout = timeout
         self.cafile = cafile
 
@@ -37,9 +40,10 @@ class SmtpRelay:
     def from_account(cls, account: Account, home: Path) -> SmtpRelay:
         s = account.settings
         username = s.get("username")
-        password = secrets.get(account.secret_key("password")) if username else None
+        key = account.secret_key("password") if username else None
         return cls(account.name, s.get("host", "localhost"), int(s.get("port", 587)), s.get("security", "starttls"),
-                   username, password, float(s.get("timeout", 60)), s.get("cafile"))
+                   username, secrets.get(key) if key else None, float(s.get("timeout", 60)), s.get("cafile"),
+                   password_key=key)
 
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.cafile)
@@ -57,6 +61,9 @@ class SmtpRelay:
                 if self.security == "starttls":
                     client.starttls(context=self._context())
                 if self.username:
+                    if self.password_key and (self._reread_password or self.password is None):
+                        self.password = secrets.get(self.password_key)
+                        self._reread_password = False
                     if self.password is None:
                         raise AuthError(f"no password stored for {self.username} on {where}: run "
                                         f"`sendguard accounts add smtp --name {self.name} ...` again")
@@ -78,6 +85,7 @@ class SmtpRelay:
                 if code != 250:
                     raise smtplib.SMTPDataError(code, resp)
         except smtplib.SMTPAuthenticationError as exc:
+            self._reread_password = True
             raise AuthError(f"{where} refused the login for {self.username}: check the password "
                             f"({exc.smtp_code})") from None
         except smtplib.SMTPRecipientsRefused as exc:
@@ -98,29 +106,8 @@ class SmtpRelay:
             raise TransientError(f"cannot reach the SMTP relay {where}: {exc}; will retry") from None
         return ReleaseReceipt("smtp", {"relay": where, "refused": sorted(refused)})
 
+    def close(self) -> None:
+        """Nothing to let go of: every release is a connection of its own."""
+
     def find_sent(self, message_id: str) -> bool | None:
         return None
-
-
-@click.command("smtp")
-@click.option("--name", default="smtp", show_default=True, help="A name for this account.")
-@click.option("--address", default="", help="Release mail from this sender through this relay (default: all).")
-@click.option("--host", required=True, help="SMTP relay host name.")
-@click.option("--port", type=click.IntRange(1, 65535), default=587, show_default=True)
-@click.option("--security", type=click.Choice(SECURITY), default="starttls", show_default=True)
-@click.option("--username", default=None, help="Login name, if the relay needs AUTH.")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (stored in keyring).")
-def add_command(name: str, address: str, host: str, port: int, security: str, username: str | None,
-                password_stdin: bool) -> None:
-    """Release mail through an SMTP relay."""
-    account = Account(name, "smtp", address.lower(), {"host": host, "port": port, "security": security})
-    if username:
-        account.settings["username"] = username
-        if not password_stdin:
-            raise click.ClickException("--username needs --password-stdin (the password goes to the keyring)")
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
-        if not password:
-            raise click.ClickException("no password on standard input")
-        secrets.put(account.secret_key("password"), password)
-    config.save_account(account)
-    click.echo(f"added SMTP relay {name} ({host}:{port}, {security})")

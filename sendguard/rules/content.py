@@ -108,7 +108,7 @@ def attachment_name_mismatch(ctx: _Context) -> None:
     files = [res for res in ctx.attachments if not res.attachment.inline]
     if not ctx.policy.contacts or not files:
         return
-    recipient_suffixes = set()
+    recipient_suffixes: set[str] = set()
     for res in ctx.recipients:
         labels = res.recipient.domain.split(".")
         recipient_suffixes.update(".".join(labels[i:]) for i in range(len(labels)))
@@ -123,13 +123,13 @@ def attachment_name_mismatch(ctx: _Context) -> None:
     wrong = {t: who for t, who in theirs.items() if t not in ours}
     words = {t for t in wrong if _WORD.fullmatch(t)}  # looked up as whole words of the file name
     others = [t for t in wrong if t not in words]
-    for res in files:
-        forms = names.filename_forms(res.attachment.filename)
+    for file in files:
+        forms = names.filename_forms(file.attachment.filename)
         found = next(iter(words.intersection(_WORD.findall(forms[0]))), None) if words else None
         if found is None:
             found = next((t for t in others if names.token_in(t, forms)), None)
         if found is not None:
-            ctx.add("attachment_name_mismatch", ctx.policy.attachment_name_mismatch, res.attachment.filename,
+            ctx.add("attachment_name_mismatch", ctx.policy.attachment_name_mismatch, file.attachment.filename,
                     company=wrong[found])
 
 

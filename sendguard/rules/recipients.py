@@ -8,13 +8,21 @@ import re
 from typing import TYPE_CHECKING
 
 from .. import detect
-from ..message import make_recipient
 
 if TYPE_CHECKING:
     from ..checks import _Context
+    from ..message import Recipient
 
 _OPT_OUT = re.compile(r"配信停止|配信解除|購読解除|登録解除|受信拒否|unsubscribe|opt[- ]?out|退订|取消订阅|退訂", re.IGNORECASE)
 _BULK_PRECEDENCE = ("bulk", "list", "junk")
+
+
+def _recipient(address: str, name: str, field_name: str) -> Recipient | None:
+    """``message.make_recipient``, with the MIME layer imported when a rule first adds someone: reading a
+    stored check result (``sendguard queue list``) imports this module but never needs it."""
+    from ..message import make_recipient
+
+    return make_recipient(address, name, field_name)
 
 
 def _present(ctx: _Context) -> set[str]:
@@ -42,7 +50,7 @@ def auto_cc(ctx: _Context) -> None:
             for address in wanted:
                 if address in present:
                     continue
-                rcpt = make_recipient(address, "", field_name)
+                rcpt = _recipient(address, "", field_name)
                 if rcpt is None:
                     continue
                 present.add(rcpt.address)
@@ -80,7 +88,7 @@ def expand_lists(ctx: _Context) -> None:
         for member, name in members:
             if member in present:
                 continue
-            rcpt = make_recipient(member, name, res.recipient.field)
+            rcpt = _recipient(member, name, res.recipient.field)
             if rcpt is None:
                 continue
             present.add(rcpt.address)

@@ -24,11 +24,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import Connection, MetaData
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from ..errors import SendGuardError
+
+if TYPE_CHECKING:  # not imported at run time: ``store_read`` counts the steps without SQLAlchemy
+    from sqlalchemy import Connection, MetaData
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
 
