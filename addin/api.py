@@ -303,8 +303,14 @@ def cancel_item(item_id: str) -> Any:
     svc = service()
     own_item(item_id)
     data = request.get_json(silent=True) or {}
-    item = svc.outbox.cancel(item_id, actor=_actor(principal()), reason=str(data.get("reason") or "") if isinstance(data, dict)
-                             else "")
+    if not isinstance(data, dict):
+        data = {}
+    reason = str(data.get("reason") or "")[:500]
+    if data.get("stopped_send") is True:
+        # the add-in was told "sent" (Outlook may send it) and then stopped the send itself: not sent
+        item = svc.outbox.client_stopped(item_id, actor=_actor(principal()), reason=reason)
+    else:
+        item = svc.outbox.cancel(item_id, actor=_actor(principal()), reason=reason)
     return jsonify(item_json(item, full=True))
 
 

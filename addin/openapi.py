@@ -107,7 +107,16 @@ SPEC: dict[str, Any] = {
                 "bcc": {"type": "boolean"}, "checked": {"type": "object"}}}}}},
             "responses": {**_ok({"$ref": "#/components/schemas/Item"}), **_errors(400, 401, 403, 404, 409, 422)}}},
         "/api/v1/outbox/{item_id}/cancel": {"post": {
-            "summary": "Cancel a held message", "parameters": [_ITEM_ID],
+            "summary": "Cancel a held message, or report that the add-in stopped a send it was cleared for",
+            "description": "With `stopped_send: true`: the item is `sent` because its mail program (the Outlook "
+                           "add-in) was to send it itself, and the add-in then stopped the send (it could not "
+                           "apply a removal or an added Cc/Bcc). The record ends `cancelled` with a "
+                           "`send_stopped` audit record. An add-in token may report only on items it created "
+                           "(404 otherwise); a message SendGuard sent itself answers 409.",
+            "parameters": [_ITEM_ID],
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                "reason": {"type": "string", "maxLength": 500},
+                "stopped_send": {"type": "boolean", "default": False}}}}}},
             "responses": {**_ok({"$ref": "#/components/schemas/Item"}), **_errors(401, 403, 404, 409)}}},
         "/api/v1/approvals": {"get": {
             "summary": "Messages waiting for approval",

@@ -21,8 +21,11 @@ helper's long-poll for new checks) holds one of the server's threads, so each is
 at a time per add-in token (``LONG_POLLS_PER_CREDENTIAL``), 4 per signed-in user whatever the number of
 tokens (``RELAY_LONG_POLLS_PER_USER``; an SSO token mints add-in tokens at will), the helper's poll
 together with its decisions poll 2 per helper token, and all of them together with the server's other
-long polls at most ``SENDGUARD_SERVER_LONG_POLLS`` per server process. More are answered 429 / 503 at
-once, before anything is stored. Relay ids are checked (32 lower-case hex digits) before the database.
+long polls at most ``LONG_POLLS_TOTAL`` per server process (sized from its threads). More are answered
+429 / 503 at once, before anything is stored - except a helper's poll beyond the helpers' share
+(``LONG_POLLS_BACKGROUND``): it is answered at once with what there is and an ``X-SendGuard-Poll-After``
+hint, and the helper short-polls (a fleet of hundreds of helpers is served). Relay ids are checked (32
+lower-case hex digits) before the database.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from sendguard.errors import PermissionDenied
 from sendguard.outbox import AWAITING_OUTCOME
 from sendguard.store import addin_relay
 
-from .security import ApiError, LongPolls, addin_signer, principal, require
+from .security import ApiError, LongPolls, addin_signer, background_poll, principal, require
 
 bp = Blueprint("addin_relay", __name__)
 
@@ -250,6 +253,14 @@ def relay_poll(relay_id: str) -> Any:
 def relay_cancel(relay_id: str) -> Any:
     user, _key = _relay_caller()
     _row(relay_id, user)
+    data = request.get_json(silent=True)
+    if isinstance(data, dict) and data.get("stopped_send") is True:
+        # the add-in stopped a send its helper had cleared: the helper (still listening) records it not sent
+        with _db().transaction() as conn:
+            conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id, addin_relay.c.state == "taken")
+                         .values(state="stopped", request={"reason": str(data.get("reason") or "")[:500]},
+                                 updated_at=time.time()))
+        return jsonify(_answer(_row(relay_id, user)))
     with _db().transaction() as conn:
         conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
                                                addin_relay.c.state.in_(["pending", "taken"]))
@@ -264,21 +275,16 @@ def _helper_user() -> str:
     return who.who
 
 
-def _helper_key() -> str:
-    who = principal()
-    assert who is not None
-    return who.key
-
-
 @bp.get("/api/v1/central/relay/pending")
 @require("helper")
 def relay_pending() -> Any:
     """Long-poll: this user's add-in checks no helper has taken yet; each is taken by one helper only."""
     user = _helper_user()
     wait = _wait_seconds()
-    deadline = time.monotonic() + wait
-    # counted with the same helper token's decisions poll (2 per token) and the server's other long polls
-    with current_app.extensions["sendguard_long_polls"].hold(_helper_key()) if wait else nullcontext():
+    # counted with the same helper token's decisions poll (2 per token) and the server's other long polls;
+    # beyond the server's budget for helpers it is answered at once (the helper short-polls)
+    with background_poll(principal(), wait) as may_wait:
+        deadline = time.monotonic() + may_wait
         while True:
             with _db().engine.connect() as conn:
                 rows = conn.execute(select(addin_relay.c.id, addin_relay.c.request).where(
@@ -309,8 +315,11 @@ def relay_status(relay_id: str) -> Any:
     with _db().transaction() as conn:
         conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id).values(
             status=allowed, version=addin_relay.c.version + 1, updated_at=time.time()))
+    stopped = row["state"] == "stopped"
     return jsonify({"cancel": row["state"] == "cancelled",
-                    "addin_waiting": time.time() - float(row["addin_seen"]) <= ADDIN_WAITING_SECONDS})
+                    "addin_waiting": time.time() - float(row["addin_seen"]) <= ADDIN_WAITING_SECONDS,
+                    "stopped_send": stopped, "reason": str((row["request"] or {}).get("reason") or "") if stopped
+                    else ""})
 
 
 def init_app(app: Flask) -> None:

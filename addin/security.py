@@ -14,8 +14,10 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,14 +92,31 @@ class LongPolls:
     """Bounds long polls: a few at a time per credential, and a share of the server's threads in all.
 
     A long poll holds a worker thread; without a bound a dozen ``?wait=60`` requests starve
-    ``/healthz`` and the real users.
+    ``/healthz`` and the real users. Two kinds of waiting request:
+
+    - interactive ones (an add-in waiting for its check) are refused (503) when ``total`` wait already;
+    - background ones (a helper's polls: a fleet has hundreds) hold a thread only while fewer than
+      ``background`` of them and fewer than ``total`` in all wait. Beyond that ``hold(..., background=True)``
+      yields False: the caller answers at once with what there is now and tells the helper when to ask
+      again (``short_poll_after``), so helpers degrade to short polling instead of being refused, and
+      the background polls never take the threads the interactive ones need.
+
+    The per-credential bound is the same for both (429 beyond it).
     """
 
-    def __init__(self, per_credential: int = 2, total: int = 16, unit: str = "credential"):
+    SHORT_POLL = 2.0  # seconds between a degraded helper's polls, at least
+    SHORT_POLL_RATE = 40.0  # degraded polls per second per process we aim not to exceed (spaces them out)
+    SHORT_POLL_MAX = 15.0
+
+    def __init__(self, per_credential: int = 2, total: int = 16, unit: str = "credential",
+                 background: int | None = None):
         self.per_credential = per_credential
         self.total = total
+        self.background = max(1, total * 2 // 3) if background is None else background
         self.unit = unit  # what one key stands for, in the refusal
         self._held: dict[str, int] = {}
+        self._held_background = 0
+        self._short: dict[str, float] = {}  # key -> when it was last answered at once (degraded)
         self._lock = threading.Lock()
 
     def waiting(self, key: str | None = None) -> int:
@@ -105,28 +124,73 @@ class LongPolls:
         with self._lock:
             return self._held.get(key, 0) if key is not None else sum(self._held.values())
 
+    def short_polling(self, within: float = 30.0) -> int:
+        """How many credentials were answered at once (instead of waiting) in the last ``within`` s."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(1 for at in self._short.values() if now - at <= within)
+
+    def short_poll_after(self) -> float:
+        """When a degraded poller should ask again: SHORT_POLL, longer when many poll (so that they
+        together ask about SHORT_POLL_RATE times a second), with jitter so they do not come in step."""
+        spread = max(self.SHORT_POLL, self.short_polling() / self.SHORT_POLL_RATE)
+        return round(min(self.SHORT_POLL_MAX, spread) * random.uniform(1.0, 1.3), 2)
+
     @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
+    def hold(self, key: str, background: bool = False) -> Iterator[bool]:
+        """Count one waiting request of ``key``; yields True if it may wait (False: background request
+        over the budget, answer it at once). 429 beyond the per-credential bound, 503 for an interactive
+        request over the total."""
         with self._lock:
             if self._held.get(key, 0) >= self.per_credential:
                 raise ApiError(429, "too_many_waits", f"at most {self.per_credential} waiting requests per "
                                                       f"{self.unit}: wait for an answer before asking again")
-            if sum(self._held.values()) >= self.total:
+            full = sum(self._held.values()) >= self.total
+            if background and (full or self._held_background >= self.background):
+                now = time.monotonic()
+                self._short[key] = now
+                if len(self._short) > 4096:  # forget the quiet ones (bounded memory)
+                    self._short = {k: at for k, at in self._short.items() if now - at <= 30.0}
+                granted = False
+            elif full:
                 raise ApiError(503, "busy", "the server is answering too many waiting requests: retry shortly")
-            self._held[key] = self._held.get(key, 0) + 1
+            else:
+                self._held[key] = self._held.get(key, 0) + 1
+                self._held_background += int(background)
+                granted = True
         try:
-            yield
+            yield granted
         finally:
-            with self._lock:
-                self._held[key] -= 1
-                if not self._held[key]:
-                    del self._held[key]
+            if granted:
+                with self._lock:
+                    self._held[key] -= 1
+                    self._held_background -= int(background)
+                    if not self._held[key]:
+                        del self._held[key]
 
 
 def long_poll(who: Principal | None) -> Any:
     """The app's long-poll bound for this caller (a context manager)."""
     polls: LongPolls = current_app.extensions["sendguard_long_polls"]
     return polls.hold(who.key if who else "anonymous")
+
+
+POLL_AFTER_HEADER = "X-SendGuard-Poll-After"  # on a poll answered at once: ask again after this many seconds
+
+
+@contextmanager
+def background_poll(who: Principal | None, wait: float) -> Iterator[float]:
+    """A helper's long poll: yields how long it may wait - ``wait``, or 0 when the server's wait budget
+    for helpers is full. Then the answer (what there is now) carries ``X-SendGuard-Poll-After``: the
+    helper asks again after that many seconds (it short-polls) instead of being refused."""
+    if not wait:
+        yield 0.0
+        return
+    polls: LongPolls = current_app.extensions["sendguard_long_polls"]
+    with polls.hold(who.key if who else "anonymous", background=True) as granted:
+        if not granted:
+            g.sendguard_poll_after = polls.short_poll_after()
+        yield wait if granted else 0.0
 
 
 def _host_name(value: str) -> str:
@@ -294,7 +358,8 @@ def redact_access_logs() -> None:
 def init_app(app: Flask) -> None:
     redact_access_logs()
     app.extensions["sendguard_long_polls"] = LongPolls(app.config.get("LONG_POLLS_PER_CREDENTIAL", 2),
-                                                       app.config.get("LONG_POLLS_TOTAL", 16))
+                                                       app.config.get("LONG_POLLS_TOTAL", 16),
+                                                       background=app.config.get("LONG_POLLS_BACKGROUND"))
 
     @app.before_request
     def _guard() -> Any:
@@ -321,6 +386,9 @@ def init_app(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
+        poll_after = g.get("sendguard_poll_after")
+        if poll_after is not None and response.status_code == 200:
+            response.headers[POLL_AFTER_HEADER] = f"{poll_after:g}"
         if response.mimetype == "text/html" and not request.path.startswith(FRAMED_PATHS):
             _no_framing(response)
         return response

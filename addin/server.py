@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import logging
@@ -46,7 +45,7 @@ from sendguard import paths
 from sendguard.central import decision_payload, sign_decision
 from sendguard.checks import StoredCheck
 from sendguard.config import Config
-from sendguard.errors import NotFound, SendGuardError, StateError
+from sendguard.errors import ConfigError, NotFound, SendGuardError, StateError
 from sendguard.i18n import translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import DECIDED_STATES, Item, Outbox, State
@@ -54,7 +53,7 @@ from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
 from . import create_app, relay
-from .security import ApiError, long_poll, principal, require
+from .security import ApiError, background_poll, principal, require
 from .server_db import database_url, migrate, setting
 from .server_tokens import TokenVerifier, issue_token, revoke_tokens
 from .wsgi import serve
@@ -515,8 +514,9 @@ def decisions() -> Any:
     if skip:
         query = query.where(outbox.c.id.not_in(skip))
     query = query.order_by(outbox.c.updated_at).limit(200)
-    deadline = time.monotonic() + wait
-    with long_poll(principal()) if wait else contextlib.nullcontext():
+    # a helper's poll: waits while the server's budget for helpers allows, else is answered at once
+    with background_poll(principal(), wait) as may_wait:
+        deadline = time.monotonic() + may_wait
         while True:
             with svc.store.engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
@@ -654,6 +654,34 @@ def login_link() -> Any:
 
 
 # ---------------------------------------------------------------------- the app
+DEFAULT_THREADS = 16  # per worker process (gunicorn gthread); waitress: workers x threads in one process
+
+
+def wait_budget(threads: int, total: str | None = None, helpers: str | None = None) -> dict[str, int]:
+    """How many requests of one server process may wait (long polls), from its thread count.
+
+    A quarter of the threads (at least 2) stay free for ordinary requests and /healthz; of the rest, two
+    thirds at most go to helpers' polls (a helper beyond that is answered at once and short-polls, so a
+    fleet of any size is served), the remainder is kept for add-ins waiting on a check (503 beyond).
+    ``SENDGUARD_SERVER_LONG_POLLS`` / ``SENDGUARD_SERVER_HELPER_POLLS`` set the two numbers instead."""
+    def number(value: str | None, name: str, default: int) -> int:
+        if value is None or not value.strip():
+            return default
+        try:
+            n = int(value)
+        except ValueError:
+            raise ConfigError("environment", f"{name}={value!r}: write a whole number of waiting requests per "
+                                             "server process, e.g. 12", key=name) from None
+        if n < 0:
+            raise ConfigError("environment", f"{name}={value!r}: write 0 or more waiting requests per server "
+                                             "process", key=name)
+        return n
+
+    total_n = number(total, "SENDGUARD_SERVER_LONG_POLLS", max(1, threads - max(2, threads // 4)))
+    helpers_n = number(helpers, "SENDGUARD_SERVER_HELPER_POLLS", max(1, total_n * 2 // 3) if total_n else 0)
+    return {"LONG_POLLS_TOTAL": total_n, "LONG_POLLS_BACKGROUND": min(helpers_n, total_n)}
+
+
 def create_server_app(url: str, public_url: str, policy_path: Path | None = None,
                       allowed_hosts: list[str] | None = None, language: str | None = None,
                       test_config: dict[str, Any] | None = None, mail_url: str | None = None,
@@ -672,7 +700,8 @@ def create_server_app(url: str, public_url: str, policy_path: Path | None = None
         "HELPER_TOKEN_VERIFIER": TokenVerifier(svc.store),
         "APPROVAL_LINK_PURPOSE": LINK_PURPOSE,
         "ADDIN_NEEDS_USER": True,  # an add-in token names a user proven by their helper token
-        "LONG_POLLS_TOTAL": int(os.environ.get("SENDGUARD_SERVER_LONG_POLLS", "8")),
+        **wait_budget(int(os.environ.get("SENDGUARD_SERVER_THREADS") or DEFAULT_THREADS),
+                      os.environ.get("SENDGUARD_SERVER_LONG_POLLS"), os.environ.get("SENDGUARD_SERVER_HELPER_POLLS")),
         "SESSION_COOKIE_SECURE": public.scheme == "https",
         "SESSION_COOKIE_SAMESITE": "Lax",
         **(test_config or {}),
@@ -734,7 +763,9 @@ def _database_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="policy.toml with [approval] (default: $SENDGUARD_HOME/policy.toml).")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--threads", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=DEFAULT_THREADS, show_default=True,
+              help="Threads per worker process. Helpers' polls wait on up to half of them; more helpers are "
+                   "answered at once and ask again a few seconds later (see docs/central-server.md, sizing).")
 @click.option("--language", default=None, help="Language of pages and emails (en, ja, zh).")
 @click.option("--mail-relay", default=None, metavar="URL",
               help="How the server mails approvers their links: smtp://[user@]host:port (password in "
@@ -767,7 +798,12 @@ def server_command(ctx: click.Context, database: str | None, bind: str, public_u
     if port == 0 and not public_url and not ready_file:
         raise click.ClickException("with port 0, give --public-url or --ready-file")
     env = {"SENDGUARD_SERVER_DATABASE": database, "SENDGUARD_SERVER_PUBLIC_URL": public_url or f"http://{bind}",
-           "SENDGUARD_SERVER_HOSTS": json.dumps(list(allowed_hosts))}
+           "SENDGUARD_SERVER_HOSTS": json.dumps(list(allowed_hosts)), "SENDGUARD_SERVER_THREADS": str(threads)}
+    try:
+        wait_budget(threads, os.environ.get("SENDGUARD_SERVER_LONG_POLLS"),
+                    os.environ.get("SENDGUARD_SERVER_HELPER_POLLS"))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     if policy_path:
         env["SENDGUARD_SERVER_POLICY"] = str(policy_path.resolve())
     if language:

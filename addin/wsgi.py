@@ -21,6 +21,7 @@ def serve(app_factory: Callable[[], Flask], host: str, port: int, workers: int, 
 
         if ready_file:
             ready_file.write_text(json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid()}))
+        os.environ["SENDGUARD_SERVER_THREADS"] = str(max(4, workers * threads))  # one process: the wait budget
         waitress.serve(app_factory(), host=host, port=port, threads=max(4, workers * threads))
         return
     from gunicorn.app.base import BaseApplication

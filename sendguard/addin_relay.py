@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 25.0
 STATUS_EVERY = 2.0  # how often an open check reports (the add-in's presence rides on it)
 MAX_HANDLE_SECONDS = 330.0  # Outlook ends a handler at 5 minutes
+HANDED_BACK_SECONDS = 20.0  # after "sent", how long the add-in may still report that it stopped the send
 
 
 def status_of(item: Item) -> dict[str, Any]:
@@ -78,8 +79,25 @@ class AddinRelay:
                     item = self.outbox.get(item.id)
                 continue
             if item.state not in AWAITING_OUTCOME or time.monotonic() > deadline:
-                return
+                break
             item = self.outbox.wait(item.id, AWAITING_OUTCOME, STATUS_EVERY)
+        if item.state == State.SENT and item.source == "outlook":
+            self._listen_for_stop(relay_id, item)
+
+    def _listen_for_stop(self, relay_id: str, item: Item) -> None:
+        """Handed back to Outlook ("sent": Outlook may send it): for a while the add-in may still stop the
+        send (it could not apply a removal or an added Cc/Bcc) and say so; then the record ends not sent."""
+        until = time.monotonic() + HANDED_BACK_SECONDS
+        while not self._stop.wait(STATUS_EVERY) and time.monotonic() < until:
+            answer = self._report(relay_id, status_of(item))
+            if answer.get("stopped_send"):
+                try:
+                    item = self.outbox.client_stopped(item.id, actor="outlook", reason=str(answer.get("reason") or ""))
+                except StateError as exc:
+                    log.warning("Outlook stopped relayed check %s, but %s", relay_id, exc)
+                    return
+                self._report(relay_id, status_of(item))
+                return
 
     def _report(self, relay_id: str, status: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(3):
@@ -93,8 +111,7 @@ class AddinRelay:
 
     # ------------------------------------------------------------------ the loop
     def step(self, wait: float = POLL_SECONDS) -> int:
-        pending = self.client._call("GET", "/api/v1/central/relay/pending", params={"wait": wait},
-                                    timeout=wait + 15) or []
+        pending = self.client.relay_pending(wait)
         for request in pending:
             threading.Thread(target=self._handle_safely, args=(str(request["id"]), request.get("request") or {}),
                              name="sendguard-addin-relay", daemon=True).start()
@@ -112,6 +129,8 @@ class AddinRelay:
             try:
                 self.step()
                 backoff = 0.5
+                if self.client.poll_after:  # the server answered at once (its wait budget is full)
+                    self._stop.wait(self.client.poll_after)
             except SendGuardError as exc:
                 log.warning("add-in relay: %s", exc)
                 self._stop.wait(backoff)

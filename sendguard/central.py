@@ -138,6 +138,10 @@ def client_from_config(cfg: configmod.Config | None = None) -> CentralClient | N
     return CentralClient(cfg.server_url, token_for(cfg.server_url))
 
 
+POLL_AFTER_HEADER = "X-SendGuard-Poll-After"  # the server's hint on a poll it answered at once
+MAX_POLL_AFTER = 60.0
+
+
 class CentralClient:
     """Talks to the central server with the user's helper token (requests, JSON)."""
 
@@ -146,8 +150,28 @@ class CentralClient:
         self.token = token
         self.timeout = timeout
         self.http = session or requests.Session()
+        self._local = threading.local()  # the last poll's hint, per polling thread
 
-    def _call(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
+    @property
+    def poll_after(self) -> float | None:
+        """After this thread's last poll (``decisions``/``relay_pending``): seconds to wait before the next
+        one, when the server answered at once instead of waiting (its wait budget was full); else None."""
+        return getattr(self._local, "poll_after", None)
+
+    def _poll(self, path: str, wait: float, params: dict[str, Any]) -> Any:
+        self._local.poll_after = None
+        response = self._call("GET", path, params={**params, "wait": f"{wait:g}"}, timeout=wait + self.timeout,
+                              _response=True)
+        hint = response.headers.get(POLL_AFTER_HEADER)
+        if hint is not None:
+            try:
+                self._local.poll_after = min(MAX_POLL_AFTER, max(0.5, float(hint)))
+            except ValueError:  # a garbled hint: ask again at the slowest pace
+                self._local.poll_after = MAX_POLL_AFTER
+        return response.json()
+
+    def _call(self, method: str, path: str, timeout: float | None = None, _response: bool = False,
+              **kwargs: Any) -> Any:
         if not self.token:
             raise PermissionDenied(f"no token for the central server {self.url}: ask your administrator for one "
                                    "(`sendguard server token issue --user ADDR`) and store it with "
@@ -176,7 +200,7 @@ class CentralClient:
             if response.status_code == 409:
                 raise StateError(f"central server: {text}")
             raise SendGuardError(f"central server: {text}")
-        return body
+        return response if _response else body
 
     # ------------------------------------------------------------------ the sender's helper
     def submit(self, item: Item, raw: bytes | None) -> dict[str, Any]:
@@ -195,9 +219,12 @@ class CentralClient:
 
     def decisions(self, wait: float = 0.0, skip: list[str] | None = None) -> list[dict[str, Any]]:
         """Decided, not yet acknowledged requests of this user; waits up to ``wait`` s for one."""
-        params = {"wait": f"{wait:g}", "skip": ",".join(skip or [])}
-        return self._call("GET", "/api/v1/central/decisions", params=params,  # type: ignore[no-any-return]
-                          timeout=wait + self.timeout)
+        return self._poll("/api/v1/central/decisions", wait,  # type: ignore[no-any-return]
+                          {"skip": ",".join(skip or [])}) or []
+
+    def relay_pending(self, wait: float = 0.0) -> list[dict[str, Any]]:
+        """This user's Outlook checks relayed by the server, taken by this helper; waits up to ``wait`` s."""
+        return self._poll("/api/v1/central/relay/pending", wait, {}) or []  # type: ignore[no-any-return]
 
     def ack(self, ids: list[str]) -> None:
         self._call("POST", "/api/v1/central/decisions/ack", json={"ids": ids})
@@ -582,6 +609,8 @@ class CentralSync:
                 if idle is not None:
                     idle.wait(2.0)
                     idle.clear()
+                elif self.client.poll_after:  # the server could not hold the poll: ask again when it says
+                    self._stop.wait(self.client.poll_after)
             except CentralUnavailable as exc:
                 self.last_error = str(exc)
                 log.warning("%s; retrying in %.1f s", exc, delay)

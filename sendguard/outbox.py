@@ -578,6 +578,25 @@ class Outbox:
                                               "check your Sent mail")
         return self.transition(item_id, "cancel", actor, {"reason": reason})
 
+    def client_stopped(self, item_id: str, actor: str, reason: str = "") -> Item:
+        """The client that was to send this item itself (the Outlook add-in, after ``sent``) stopped the
+        send: the record ends ``cancelled`` with a ``send_stopped`` audit record. Only for an item handed
+        back to its client to send; one SendGuard sent itself stays ``sent`` (StateError)."""
+        item = self.get(item_id)
+        if item.state != State.SENT or item.source not in CLIENT_SENDS:
+            raise StateError(f"message {item_id} is {item.state}: only a message its mail program was to send "
+                             "itself can be reported as stopped")
+        with self.store.engine.connect() as conn:
+            data = conn.execute(select(audit.c.data).where(audit.c.item_id == item_id, audit.c.event == "released")
+                                .order_by(audit.c.seq.desc()).limit(1)).scalar()
+        transport = (json.loads(data) if data else {}).get("transport")
+        if transport != item.source:
+            raise StateError(f"message {item_id} was sent by SendGuard ({transport or 'unknown transport'}), not "
+                             "handed back to the mail program: it cannot be reported as stopped")
+        return self.transition(item_id, "client_stopped", actor, {"reason": reason[:500]}, only_from=[State.SENT],
+                               last_error=f"stopped by the mail program after SendGuard cleared it: {reason[:200]}"
+                               if reason else "stopped by the mail program after SendGuard cleared it")
+
     def resolve(self, item_id: str, sent: bool, actor: str = "user") -> Item:
         """For ``needs_attention``, or an interrupted send SendGuard is still asking about: the user says
         it went out, or asks to send it again."""

@@ -35,10 +35,12 @@ class Transition:
     sources: frozenset[State]
     target: State
     event: str
+    # a record put right after the fact (it never sends anything): its sources stay final states
+    correction: bool = False
 
 
-def _t(sources: Iterable[State], target: State, event: str) -> Transition:
-    return Transition(frozenset(sources), target, event)
+def _t(sources: Iterable[State], target: State, event: str, correction: bool = False) -> Transition:
+    return Transition(frozenset(sources), target, event, correction)
 
 
 S = State
@@ -76,6 +78,9 @@ TRANSITIONS: dict[str, Transition] = {
     # the sender's helper: the central server sent a message it keeps and sends itself
     # ([approval] release = "server"); this helper never sends such a message
     "released_by_server": _t([S.AWAITING_APPROVAL, S.NEEDS_ATTENTION], S.SENT, "released_by_server"),
+    # the Outlook add-in was cleared to send (``sent`` for Outlook items means "Outlook may send it now")
+    # but then stopped the send itself (it could not apply a removal or an added Cc/Bcc): never sent
+    "client_stopped": _t([S.SENT], S.CANCELLED, "send_stopped", correction=True),
 }
 del S
 
@@ -88,7 +93,8 @@ def _in_order(states: Iterable[State]) -> tuple[State, ...]:
 
 
 # states no transition leaves: the item is done
-FINAL_STATES = _in_order(s for s in State if not any(s in t.sources for t in TRANSITIONS.values()))
+FINAL_STATES = _in_order(s for s in State
+                         if not any(s in t.sources for t in TRANSITIONS.values() if not t.correction))
 HELD_STATES = _in_order(s for s in State if s not in FINAL_STATES)
 NOT_SENT_STATES = _in_order(s for s in FINAL_STATES if s != State.SENT)
 CANCELLABLE = _in_order(TRANSITIONS["cancel"].sources)

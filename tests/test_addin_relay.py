@@ -314,3 +314,29 @@ def test_poll_answers_at_once_when_the_helper_already_reported_the_outcome(serve
     started = time.monotonic()
     polled = requests.get(f"{server.url}/relay/api/v1/outbox/{relay_id}?wait=2", headers=addin, timeout=30)
     assert polled.json()["state"] == "awaiting_confirmation" and time.monotonic() - started >= 1.5
+
+
+def test_addin_that_stops_a_cleared_send_through_the_relay_leaves_it_not_sent(server, helper, tenant):
+    """The helper hands the message back to Outlook ("sent") with a removal, Outlook cannot apply it, and
+    the add-in stops the send: through the server it tells the helper, whose record ends cancelled."""
+    from sendguard import audit
+
+    node = shutil.which("node")
+    if node is None or not (JS_DIR / "node_modules").exists():
+        pytest.skip("node or tests/js/node_modules missing (make setup installs them)")
+    driver = DRIVER.replace("cc: [],", 'cc: [], failures: { "to.setAsync": "ItemNotFound" },', 1)
+    assert driver != DRIVER
+    env = dict(os.environ, SG_HARNESS=str(JS_DIR / "harness.js"), SG_API=f"{server.url}/relay",
+               SG_SSO=tenant.token(), SG_FROM=USER)
+    proc = subprocess.Popen([node, "-e", driver], cwd=JS_DIR, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    item = wait_for(lambda: next(iter(helper.outbox.list(["awaiting_confirmation"])), None), timeout=30)
+    helper.outbox.confirm(item.id, removed_recipients=["y@other.example"])
+    result = outcome(proc)
+    assert result["completed"]["allowEvent"] is False and "ItemNotFound" in result["completed"]["errorMessage"]
+    assert result["to"] == ["x@partner.example", "y@other.example"]  # Outlook changed nothing, sent nothing
+    done = wait_for(lambda: (lambda i: i if i.state == "cancelled" else None)(helper.outbox.get(item.id)),
+                    timeout=30)
+    assert "stopped by the mail program" in (done.last_error or "")
+    events = [r["event"] for r in audit.records(helper.store, item.id)]
+    assert events[-1] == "send_stopped" and events.count("released") == 1, events

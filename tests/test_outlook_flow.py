@@ -139,3 +139,43 @@ def test_send_pressed_again_for_the_same_draft_withdraws_the_earlier_check(runne
     assert api(r, "GET", f"/api/v1/outbox/{first['id']}").json()["state"] == "cancelled"
     assert api(r, "GET", f"/api/v1/outbox/{other['id']}").json()["state"] == "awaiting_confirmation"
     assert api(r, "GET", f"/api/v1/outbox/{second['id']}").json()["state"] == "awaiting_confirmation"
+
+
+def test_addin_stopping_a_send_it_was_cleared_for_ends_not_sent(runner, write_policy, message_factory):
+    """The helper said "sent" (Outlook may send it) and the add-in then stopped the send (it could not apply
+    a removal or an added Cc/Bcc): the add-in says so, and the record ends cancelled with an audit record.
+    Only the add-in session that created the item may say it, and only of an item Outlook was to send."""
+    write_policy(SAMPLE_POLICY)
+    r = runner()
+    r.app.config["API_TOKEN"] = "tok"
+    mine, other = _addin_token(r), _addin_token(r)
+
+    def as_addin(token, method, path, **kw):
+        return requests.request(method, f"{r.base_url}{path}", timeout=30, **kw,
+                                headers={"Authorization": f"Bearer {token}", "Origin": r.base_url})
+
+    created = as_addin(mine, "POST", "/api/v1/checks", json=outlook_payload()).json()
+    assert api(r, "POST", f"/api/v1/outbox/{created['id']}/confirm", json={}).status_code == 200
+    assert _final_state(r, created["id"])["state"] == "sent"
+    stop = {"stopped_send": True, "reason": "Outlook did not add boss@example.co.jp (cc)"}
+    cancel = f"/api/v1/outbox/{created['id']}/cancel"
+    assert as_addin(other, "POST", cancel, json=stop).status_code == 404  # not that session's item
+    plain = as_addin(mine, "POST", cancel, json={"reason": "x"})
+    assert plain.status_code == 409  # a sent message is not cancelled by a plain cancel
+    done = as_addin(mine, "POST", cancel, json=stop)
+    assert done.status_code == 200, done.text
+    assert done.json()["state"] == "cancelled"
+    trail = api(r, "GET", f"/api/v1/outbox/{created['id']}").json()["audit"]
+    stopped = [a for a in trail if a["event"] == "send_stopped"]
+    assert len(stopped) == 1 and stopped[0]["data"]["reason"] == stop["reason"], trail
+    assert as_addin(mine, "POST", cancel, json=stop).status_code == 409  # said once
+    assert not MaildirMailbox(r.home / "sent").messages()
+
+    # a message SendGuard sent itself cannot be reported as stopped by anyone
+    raw = message_factory(to="a@partner.example").as_bytes()
+    item = r.helper.outbox.submit(raw, "taro@example.co.jp", ["a@partner.example"])
+    r.helper.outbox.confirm(item.id)
+    wait_for(lambda: r.helper.outbox.get(item.id).state == "sent", timeout=20)
+    refused = api(r, "POST", f"/api/v1/outbox/{item.id}/cancel", json=stop)
+    assert refused.status_code == 409 and "reported as stopped" in refused.json()["error"]["message"]
+    assert r.helper.outbox.get(item.id).state == "sent"

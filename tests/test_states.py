@@ -46,6 +46,7 @@ FURTHER_EDGES = {
     (S.NEEDS_ATTENTION, S.SENT), (S.RELEASING, S.SENT), (S.NEEDS_ATTENTION, S.FAILED), (S.FAILED, S.FAILED),
     (S.CONFIRMED, S.NEEDS_ATTENTION), (S.APPROVED, S.NEEDS_ATTENTION), (S.FAILED, S.NEEDS_ATTENTION),
     (S.APPROVED, S.SENT),
+    (S.SENT, S.CANCELLED),  # a correction: the Outlook add-in stopped a send it had been cleared for
     # the sender's helper: the central server sent a message it keeps and sends itself (release = "server")
     (S.AWAITING_APPROVAL, S.SENT),
 }

@@ -551,8 +551,12 @@
     return attempt();
   };
 
-  HelperClient.prototype.cancel = function (id) {
-    return this.call("POST", "/api/v1/outbox/" + encodeURIComponent(id) + "/cancel", {},
+  // Withdraws the item; with stoppedSend, tells SendGuard that a send it had cleared ("sent": Outlook
+  // may send it) was stopped here after all, so its record does not say sent.
+  HelperClient.prototype.cancel = function (id, reason, stoppedSend) {
+    var body = { reason: String(reason || "") };
+    if (stoppedSend) body.stopped_send = true;
+    return this.call("POST", "/api/v1/outbox/" + encodeURIComponent(id) + "/cancel", body,
       settings.cancelTimeoutMs).catch(function () { return null; });
   };
 
@@ -740,6 +744,7 @@
     var deadline = Date.now() + settings.budgetMs;
     var client = new HelperClient(deadline);
     var itemId = null;
+    var cleared = false; // SendGuard said "sent": from here on a stop must be reported as such
     // The session is opened while Office.js reads the item (fetch is not an Office.js call).
     var session = client.openSession();
     var gathered = gatherMessage(mail);
@@ -755,6 +760,7 @@
       return step(item);
     }).then(function (result) {
       if (!result.outcome.allow) return { allowEvent: false, errorMessage: result.outcome.message };
+      cleared = true;
       return applyDecision(mail, result.item.decision).then(function () { return { allowEvent: true }; });
     }).catch(function (err) {
       // Stopped by us, not by a decision: take the item off the helper's list so that a late
@@ -762,7 +768,7 @@
       var stop = err;
       if (!(err instanceof StopSend)) stop = new StopSend(text("failed", { detail: messageOf(err) }), "error");
       var after = Promise.resolve();
-      if (itemId && stop.kind !== "down") after = client.cancel(itemId);
+      if (itemId && stop.kind !== "down") after = client.cancel(itemId, stop.message, cleared);
       // A session that failed while the item was read must not surface as an unhandled rejection.
       session.catch(function () { return null; });
       return after.then(function () { return { allowEvent: false, errorMessage: stop.message }; });

@@ -83,6 +83,18 @@ describe("recipients added by the policy", () => {
     assert.deepEqual(fields(outlook.state).bcc, []);
   });
 
+  test("stopped after SendGuard cleared it: the helper is told the send was stopped", async () => {
+    const { result } = await send({ failures: { "cc.addAsync": "NumberOfRecipientsExceeded" } }, {
+      state: "sent", decision: decision({ added_cc: ["boss@example.co.jp"] }),
+    });
+    const completed = await result;
+    assert.equal(completed.allowEvent, false);
+    assert.deepEqual(helper.cancels, ["ob-1"]);
+    assert.equal(helper.cancelBodies[0].stopped_send, true);
+    assert.equal(helper.cancelBodies[0].reason, completed.errorMessage);
+    assert.equal(helper.items.get("ob-1").state, "cancelled", "the helper's record no longer says sent");
+  });
+
   test("addAsync fails: stopped with Outlook's reason", async () => {
     const { result } = await send({ failures: { "cc.addAsync": "NumberOfRecipientsExceeded" } }, {
       state: "sent", decision: decision({ added_cc: ["boss@example.co.jp"] }),

@@ -245,6 +245,7 @@ async function startHelper({ onCheck, hangPolls = false, sessionStatus = 200 } =
   const helper = {
     checks: [],
     cancels: [],
+    cancelBodies: [],
     polls: 0,
     sessions: 0,
     items: new Map(),
@@ -323,7 +324,13 @@ async function startHelper({ onCheck, hangPolls = false, sessionStatus = 200 } =
       const cancel = url.pathname.match(/^\/api\/v1\/outbox\/([^/]+)\/cancel$/);
       if (req.method === "POST" && cancel) {
         helper.cancels.push(cancel[1]);
+        const body = raw ? JSON.parse(raw) : {};
+        helper.cancelBodies.push(body);
         const item = helper.items.get(cancel[1]);
+        // as the helper does: a sent item is only reported as stopped (stopped_send), never cancelled
+        if (item && item.state === "sent" && body.stopped_send !== true) {
+          return send(res, 409, { error: { code: "conflict", message: "message is sent: cannot cancel it now" } });
+        }
         if (item) item.state = "cancelled";
         return send(res, 200, item || {});
       }
