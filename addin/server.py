@@ -12,6 +12,11 @@ Helpers submit approval requests and learn decisions through ``/api/v1/central/*
 ``sendguard.central``); approvers use the emailed links (``addin.approval_pages``) or their own
 helper, whose token names them. All state lives in the database, so more server processes scale out
 and a restart loses nothing.
+
+Here: the service behind the app, the ``/api/v1/central`` routes and the ``sendguard server`` commands.
+Apart: the database and its migrations (``addin.server_db``), helper tokens (``addin.server_tokens``),
+the WSGI runner (``addin.wsgi``) and what ``server connect`` does on the user's machine
+(``sendguard.server_connect``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import logging
 import os
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,14 +38,14 @@ from urllib.parse import urlsplit
 
 import click
 from flask import Blueprint, Flask, current_app, jsonify, request
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sendguard import paths
 from sendguard.central import decision_payload, sign_decision
 from sendguard.checks import StoredCheck
 from sendguard.config import Config
-from sendguard.errors import ConfigError, NotFound, PermissionDenied, SendGuardError, StateError
+from sendguard.errors import ConfigError, NotFound, SendGuardError, StateError
 from sendguard.i18n import translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import DECIDED_STATES, Item, Outbox, State
@@ -50,118 +54,16 @@ from sendguard.store import Store, helper_tokens, notices, outbox, server_settin
 
 from . import create_app, relay
 from .security import ApiError, background_poll, principal, require
+from .server_db import database_url, migrate, setting
+from .server_tokens import TokenVerifier, issue_token, revoke_tokens
+from .wsgi import serve
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).parent / "migrations"
 MAX_WAIT = 30.0
-TOKEN_CACHE_SECONDS = 10.0
 # links the server mails itself; links of older versions (handed to the sender's helper) no longer work
 LINK_PURPOSE = "approve-mailed"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-
-
-def database_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 here (the driver SendGuard installs)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
-# ---------------------------------------------------------------------- database
-def alembic_config(url: str) -> Any:
-    from alembic.config import Config as AlembicConfig
-
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", database_url(url).replace("%", "%%"))
-    return cfg
-
-
-def migrate(url: str) -> None:
-    """Bring the database schema to the latest revision (safe to run by several processes at once)."""
-    from alembic import command
-    from sqlalchemy import create_engine, inspect, text
-
-    engine = create_engine(database_url(url))
-    try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":  # one migrator at a time
-                conn.execute(text("SELECT pg_advisory_xact_lock(7253612)"))
-            tables = set(inspect(conn).get_table_names())
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = conn
-            if "outbox" in tables and "alembic_version" not in tables:
-                command.stamp(cfg, "head")  # made by an older create_all: adopt it as it is
-            else:
-                command.upgrade(cfg, "head")
-    finally:
-        engine.dispose()
-
-
-def setting(store: Store, key: str, make: Callable[[], str]) -> str:
-    """A server-wide value kept in the database (made once, shared by every process)."""
-    return store.setting(key, make)
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def issue_token(store: Store, user: str, label: str = "") -> str:
-    """A new helper token for ``user``; shown once, only its hash is kept. The issue is audited."""
-    user = user.strip().lower()
-    if "@" not in user:
-        raise SendGuardError(f"{user!r} is not an email address")
-    token = "sgh_" + secrets.token_urlsafe(32)
-    with store.transaction() as conn:
-        conn.execute(insert(helper_tokens).values(token_hash=_hash(token), user=user, label=label,
-                                                  created_at=time.time()))
-        store.append_audit(conn, "token_issued", "admin", None, {"user": user, "label": label,
-                                                                 "token_id": _hash(token)[:12]})
-    return token
-
-
-def revoke_tokens(store: Store, user: str, token_id: str | None = None) -> int:
-    user = user.strip().lower()
-    cond = and_(helper_tokens.c.user == user, helper_tokens.c.revoked_at.is_(None))
-    if token_id:
-        cond = and_(cond, helper_tokens.c.token_hash.startswith(token_id))
-    with store.transaction() as conn:
-        count = conn.execute(update(helper_tokens).where(cond).values(revoked_at=time.time())).rowcount or 0
-        store.append_audit(conn, "token_revoked", "admin", None, {"user": user, "token_id": token_id,
-                                                                  "count": count})
-    return count
-
-
-class TokenVerifier:
-    """Helper token -> user, with a short cache (a revoked token stops working within seconds)."""
-
-    def __init__(self, store: Store, ttl: float = TOKEN_CACHE_SECONDS):
-        self.store = store
-        self.ttl = ttl
-        self._cache: dict[str, tuple[float, str | None]] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, token: str) -> str | None:
-        if not token.startswith("sgh_"):
-            return None
-        digest = _hash(token)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
-        if hit and now - hit[0] < self.ttl:
-            return hit[1]
-        with self.store.engine.connect() as conn:
-            row = conn.execute(select(helper_tokens.c.user).where(
-                helper_tokens.c.token_hash == digest, helper_tokens.c.revoked_at.is_(None))).first()
-        user = str(row[0]) if row else None
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now, user)
-        return user
 
 
 # ---------------------------------------------------------------------- the service behind the app
@@ -820,41 +722,6 @@ def _app_from_env() -> Flask:
         mail_from=os.environ.get("SENDGUARD_SERVER_MAIL_FROM") or None)
 
 
-def serve(app_factory: Callable[[], Flask], host: str, port: int, workers: int, threads: int,
-          ready_file: Path | None = None) -> None:
-    """gunicorn (gthread workers, so long polls do not block others) on POSIX; waitress on Windows."""
-    if sys.platform == "win32":
-        import waitress
-
-        if ready_file:
-            ready_file.write_text(json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid()}))
-        os.environ["SENDGUARD_SERVER_THREADS"] = str(max(4, workers * threads))  # one process: the wait budget
-        waitress.serve(app_factory(), host=host, port=port, threads=max(4, workers * threads))
-        return
-    from gunicorn.app.base import BaseApplication
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            def when_ready(arbiter: Any) -> None:
-                if ready_file:
-                    sock = arbiter.LISTENERS[0].sock.getsockname()
-                    tmp = ready_file.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"url": f"http://{sock[0]}:{sock[1]}", "pid": os.getpid()}))
-                    os.replace(tmp, ready_file)
-
-            settings = {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                        "worker_class": "gthread", "timeout": int(MAX_WAIT) + 30, "graceful_timeout": 10,
-                        "keepalive": 5, "accesslog": None, "errorlog": "-", "loglevel": "warning",
-                        "when_ready": when_ready}
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Flask:
-            return app_factory()
-
-    Server().run()
-
-
 # ---------------------------------------------------------------------- command line
 def _resolve_database(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     """--database on the subcommand, else on `sendguard server`, else $SENDGUARD_DATABASE_URL (click reads
@@ -959,7 +826,7 @@ def server_command(ctx: click.Context, database: str | None, bind: str, public_u
             os.environ["SENDGUARD_SERVER_PUBLIC_URL"] = _wait_ready_url(ready_file)
         return _app_from_env()
 
-    serve(factory, host, port, workers, threads, ready_file)
+    serve(factory, host, port, workers, threads, ready_file, longest_request=MAX_WAIT + 30)
 
 
 def _wait_ready_url(ready_file: Path) -> str:
@@ -1122,32 +989,10 @@ def releases_resolve(database: str, item_id: str, outcome: str | None) -> None:
 @click.option("--token", prompt=True, hide_input=True, help="The token your administrator issued.")
 def connect_command(url: str, token: str) -> None:
     """Point this helper at a central server (config.toml [server] url; the token goes to the keyring)."""
-    import tomlkit
+    from sendguard.server_connect import connect
 
-    from sendguard import central
-    from sendguard import secrets as secretstore
-
-    client = central.CentralClient(url, token)
     try:
-        client.decisions(wait=0)
-    except PermissionDenied:
-        raise click.ClickException(
-            f"{url} refused this token. Use the helper token your administrator issued for you on the server "
-            "(`sendguard server token issue --user ADDR`), not the local API token.") from None
-    except central.CentralUnavailable as exc:
-        reason = str(exc).split(":", 1)[-1].split(";", 1)[0].strip()
-        raise click.ClickException(f"cannot reach {url} ({reason}): check the address and that the server is "
-                                   "running; this helper's settings were not changed") from None
+        connect(url, token)
     except SendGuardError as exc:
-        raise click.ClickException(f"cannot use {url} with this token: {exc}") from None
-    secretstore.put(central.TOKEN_KEY, token)
-    secretstore.put(central.DECISION_KEY, client.decision_key())  # approvals are checked against it
-    path = paths.config_file()
-    doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
-    table = doc.get("server")
-    if table is None:
-        table = tomlkit.table()
-        doc["server"] = table
-    table["url"] = url.rstrip("/")
-    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+        raise click.ClickException(str(exc)) from None
     click.echo(f"this helper now uses {url} for approvals (restart `sendguard serve`)")

@@ -1,7 +1,8 @@
 """The durable outbox and its state machine.
 
 Every state is a member of ``State`` and every allowed move is one row of ``TRANSITIONS``: a step name
--> (the states it may start from, the state it ends in, the event written to the audit log). Read
+-> (the states it may start from, the state it ends in, the event written to the audit log). Both live
+in ``states.py`` (no imports, so commands that only read start fast) and are re-exported here. Read
 together they are the whole life of a message::
 
     received -> awaiting_confirmation -> confirmed -> (awaiting_approval -> approved | rejected | expired)

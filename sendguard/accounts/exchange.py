@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import click
 
-from .. import config as config_mod
+from .. import config as configmod
 from .. import paths, secrets
 from ..config import Account as AccountConfig
 from ..mailboxes.base import HOLD_FOLDER, MailboxError
@@ -94,5 +94,5 @@ def add_command(address: str, server: str | None, autodiscover: bool, username: 
             box.close()
     if password is not None:
         secrets.put(account.secret_key("password"), password)
-    config_mod.save_account(account, paths.config_file())
+    configmod.save_account(account, paths.config_file())
     click.echo(f"Added Exchange account {name} ({address}); secrets are in {secrets.describe()}.")

@@ -23,7 +23,7 @@ from google.auth import exceptions as google_auth_errors
 from google.auth import jwt as google_jwt
 from google.oauth2.credentials import Credentials
 
-from .. import config as sg_config
+from .. import config as configmod
 from .. import paths, secrets
 from ..config import Account
 from ..errors import SendGuardError
@@ -222,7 +222,7 @@ def _sign_in_and_save(account: Account, client: dict[str, Any] | None, creds: Cr
             secrets.put(account.secret_key("client_secret"), creds.client_secret)
     except Exception as exc:  # keyring backends raise their own types
         raise click.ClickException(f"Cannot store the Gmail token in {secrets.describe()}: {exc}") from None
-    sg_config.save_account(account)
+    configmod.save_account(account)
     who = f" (signed in as {signed_in})" if signed_in and signed_in != address.lower() else ""
     click.echo(f"Gmail account {account.name} added: mail from {address} is released through Gmail{who}; "
                f"token stored in {secrets.describe()}.")
@@ -286,7 +286,7 @@ def add_command(address: str, name: str | None, client_secrets: Path | None, aut
 
 
 def _gmail_account(name: str | None) -> Account:
-    cfg = sg_config.load()
+    cfg = configmod.load()
     accounts = [a for a in cfg.accounts if a.kind == "gmail"]
     if name:
         chosen = next((a for a in accounts if a.name == name or a.address.lower() == name.lower()), None)

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import click
 
-from .. import config as config_mod
+from .. import config as configmod
 from .. import paths, secrets
 from ..config import Account as AccountConfig
 from ..mailboxes.base import HOLD_FOLDER, MailboxError
@@ -70,5 +70,5 @@ def add_command(address: str, tenant: str, client_id: str, graph_endpoint: str, 
     except MailboxError as e:
         secrets.delete(account.secret_key("token_cache"))
         raise click.ClickException(str(e)) from None
-    config_mod.save_account(account, paths.config_file())
+    configmod.save_account(account, paths.config_file())
     click.echo(f"Added Microsoft 365 account {name} ({address}); the sign-in is kept in {secrets.describe()}.")

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .. import config, secrets
+from .. import config as configmod
+from .. import secrets
 from ..config import Account
 from ..mailboxes.smtp import SECURITY
 
@@ -31,5 +32,5 @@ def add_command(name: str, address: str, host: str, port: int, security: str, us
         if not password:
             raise click.ClickException("no password on standard input")
         secrets.put(account.secret_key("password"), password)
-    config.save_account(account)
+    configmod.save_account(account)
     click.echo(f"added SMTP relay {name} ({host}:{port}, {security})")
