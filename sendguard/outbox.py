@@ -1,12 +1,37 @@
 """The durable outbox and its state machine.
 
-Every state is a member of ``State`` and every allowed move is one row of ``TRANSITIONS``: a step name
--> (the states it may start from, the state it ends in, the event written to the audit log). Both live
-in ``states.py`` (no imports, so commands that only read start fast) and are re-exported here. Read
-together they are the whole life of a message::
+Every state is a member of ``State``; every allowed move is one step of ``TRANSITIONS``: the states it may
+start from, the state it ends in and the event written to the audit log. Both are defined in ``states.py``
+(it imports nothing, so commands that only read start fast) and re-exported here; ``Outbox.transition``
+refuses any move the table does not have. The states::
 
-    received -> awaiting_confirmation -> confirmed -> (awaiting_approval -> approved | rejected | expired)
-    -> releasing -> sent | failed (retried) | needs_attention; any held state -> cancelled.
+    received, awaiting_confirmation, confirmed, awaiting_approval, approved, rejected, releasing, sent,
+    cancelled, expired, failed, needs_attention
+
+The steps (``tests/test_states.py`` keeps this copy equal to the table)::
+
+    hold                received -> awaiting_confirmation [verdict]
+    confirm             received, awaiting_confirmation -> confirmed [confirmed]
+    request_approval    confirmed -> awaiting_approval [approval_requested]
+    reroute_approval    awaiting_approval -> awaiting_approval [approval_rerouted]
+    approve             awaiting_approval -> approved [approved]
+    reject              awaiting_approval -> rejected [rejected]
+    expire              awaiting_approval -> expired [expired]
+    cancel              received, awaiting_confirmation, confirmed, awaiting_approval, approved, failed,
+                          needs_attention -> cancelled [cancelled]
+    cancel_interrupted  releasing -> cancelled [cancelled]
+    start_release       confirmed, approved, failed -> releasing [releasing]
+    refuse_release      confirmed, approved, failed -> needs_attention [release_refused]
+    sent                releasing -> sent [released]
+    fail                releasing -> failed [failed]
+    fail_for_user       releasing -> needs_attention [failed]
+    reconcile_unsent    releasing -> failed [reconciled]
+    reconcile_unknown   releasing -> needs_attention [reconciled]
+    resolve_sent        releasing, needs_attention -> sent [released]
+    resolve_resend      releasing, failed, needs_attention -> failed [retry_requested]
+    helper_sent         approved -> sent [released]
+    released_by_server  awaiting_approval, needs_attention -> sent [released_by_server]
+    client_stopped      sent -> cancelled [send_stopped]
 
 Each transition and its audit record are one transaction. ``releasing`` is committed before a
 transport is called and ``sent`` after, so a crash can never send twice: ``reconcile`` asks the

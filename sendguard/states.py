@@ -110,3 +110,22 @@ RELEASABLE = _in_order(TRANSITIONS["start_release"].sources)
 # what the status line (sendguard/waiting.py) tells about: a send being carried out or asked about, a send
 # retried after a failure, a message waiting for the user's decision
 WAITING_STATES = (State.RELEASING, State.FAILED, State.NEEDS_ATTENTION)
+
+
+def table_text(width: int = 108) -> str:
+    """The table as text, one step a line (``step: from states -> to state [audit event]``), wrapped at
+    ``width``. ``outbox.py``'s docstring carries this text, and a test keeps the two the same."""
+    name_width = max(len(step) for step in TRANSITIONS)
+    lines = []
+    for step, t in TRANSITIONS.items():
+        words = [*(f"{s.value}," for s in State if s in t.sources)]
+        words[-1] = words[-1].rstrip(",")
+        words += ["->", t.target.value, f"[{t.event}]"]
+        line = f"{step:<{name_width}}  "
+        for word in words:
+            if len(line) + len(word) + 1 > width and line.strip():
+                lines.append(line.rstrip())
+                line = " " * (name_width + 4)
+            line += word + " "
+        lines.append(line.rstrip())
+    return "\n".join(lines)

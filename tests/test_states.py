@@ -246,3 +246,15 @@ def test_a_request_from_another_machine_enters_waiting_for_approval_with_its_rec
         take("helper-1")  # the same id again: the caller answers it as a retry
     assert box.get("helper-1", with_bodies=True).final_raw == raw
     store.close()
+
+
+def test_outbox_module_shows_every_state_and_step_as_the_table_has_them() -> None:
+    """A reader of outbox.py alone finds every state and every allowed transition (the table lives in
+    states.py for the CLI's fast start; the docstring's copy must not drift from it)."""
+    import textwrap
+
+    from sendguard import outbox, states
+
+    doc = outbox.__doc__ or ""
+    assert textwrap.indent(states.table_text(), "    ") in doc, "outbox.py's docstring: copy states.table_text()"
+    assert all(s.value in doc.split("The steps")[0] for s in State)
