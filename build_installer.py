@@ -680,6 +680,9 @@ def build_deb(wheel: Wheel, policy_text: str, config_text: str | None, out_dir: 
     _write(root / policy.lstrip("/"), policy_text)
     _write(root / "usr/lib/systemd/user/sendguard.service", template("linux/sendguard.service"))
     _write(root / "etc/xdg/autostart/sendguard.desktop", _fill(template("linux/sendguard.desktop"), PREFIX=LINUX_PREFIX))
+    # in the applications menu: where the desktop has no tray (vanilla GNOME), starting SendGuard again is
+    # how a user gets the running helper's window back (a second `sendguard serve` asks the first to show it)
+    _write(root / "usr/share/applications/sendguard.desktop", template("linux/sendguard-menu.desktop"))
     _write(root / "usr/bin/sendguard",
            wrapper_script(LINUX_PREFIX, "Debian package", "$HOME/.local/share", "run: sudo dpkg --configure -a"), 0o755)
     icon = ROOT / "addin/static/icons/icon-128.png"

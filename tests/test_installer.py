@@ -283,6 +283,7 @@ def test_deb_contents(built: dict[str, Path]) -> None:
         "/opt/sendguard/wheelhouse/sendguard_testdep-1.0-py3-none-any.whl": "-rw-r--r--",
         "/etc/xdg/SendGuard/policy.toml": "-rw-r--r--",
         "/etc/xdg/autostart/sendguard.desktop": "-rw-r--r--",
+        "/usr/share/applications/sendguard.desktop": "-rw-r--r--",
         "/usr/lib/systemd/user/sendguard.service": "-rw-r--r--",
         "/usr/bin/sendguard": "-rwxr-xr-x",
     }
@@ -304,6 +305,9 @@ def test_deb_files(built: dict[str, Path], tmp_path: Path) -> None:
     assert "Exec=/opt/sendguard/bin/sendguard-autostart" in desktop and "Type=Application" in desktop
     # once the package is removed (the conffile stays until purge) the session starts nothing
     assert "\nTryExec=/opt/sendguard/bin/sendguard-autostart\n" in desktop
+    # in the applications menu too: with no tray, starting SendGuard again brings its window back
+    menu = (root / "usr/share/applications/sendguard.desktop").read_text()
+    assert "\nExec=/usr/bin/sendguard serve\n" in menu and "X-GNOME-Autostart" not in menu
     autostart = (root / "opt/sendguard/bin/sendguard-autostart").read_text()
     assert "systemctl --user start sendguard.service" in autostart and "exec /usr/bin/sendguard serve" in autostart
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +103,22 @@ def migrate(engine: Engine, metadata: MetaData, database: Path | None) -> list[s
     if has_data and database is not None and database.exists():
         backup = database.with_name(f"{database.name}.schema-{version}.bak")
         if not backup.exists():
+            # VACUUM cannot run under the write lock, so two processes may both copy: each writes a file of
+            # its own and links it into place only if no copy is there yet (the first, made before any step ran)
+            partial = backup.with_name(f"{backup.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+            partial.unlink(missing_ok=True)
             raw = engine.raw_connection()
             try:
-                raw.execute("VACUUM INTO ?", (str(backup),))
+                raw.execute("VACUUM INTO ?", (str(partial),))
             finally:
                 raw.close()
-            log.info("store %s: copy kept as %s before migrating from schema %s", database, backup, version)
+            try:
+                os.link(partial, backup)
+                log.info("store %s: copy kept as %s before migrating from schema %s", database, backup, version)
+            except FileExistsError:
+                pass  # another process kept its copy first
+            finally:
+                partial.unlink(missing_ok=True)
     applied: list[str] = []
     with engine.connect() as conn:
         conn.execution_options(sendguard_read=False)  # BEGIN IMMEDIATE: the write lock before reading
