@@ -303,6 +303,7 @@ class CentralSync:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._kick = threading.Event()
+        self._withdrawing = threading.Lock()
         self._unknown: set[str] = set()
         self._checkpoint_at = -1e9
         self._unverified: set[str] = set()
@@ -426,6 +427,10 @@ class CentralSync:
         return applied
 
     def withdraw_cancelled(self) -> None:
+        with self._withdrawing:  # both loops call this; one cancel per message reaches the server
+            self._withdraw_cancelled()
+
+    def _withdraw_cancelled(self) -> None:
         rows = self._rows()
         for item_id, row in rows.items():
             if row.get("server_state") in (State.AWAITING_APPROVAL, State.APPROVED, State.FAILED, State.NEEDS_ATTENTION):
@@ -625,6 +630,9 @@ class CentralSync:
                 self._stop.wait(self.max_backoff)
 
     def _submit_round(self) -> None:
+        # a cancel is told at once (the listener kicks this loop): the decisions poll may be waiting out
+        # its full length, and a server that sends approved mail itself must not send what was stopped
+        self.withdraw_cancelled()
         self.submit_new()
         self.report_released()
         self.follow_server_releases()

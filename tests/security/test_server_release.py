@@ -384,6 +384,27 @@ def test_the_sender_can_still_cancel_until_the_server_sends(server: Server, rela
     assert sender_helper.outbox.get(item_id).state == "cancelled"
 
 
+def test_a_cancel_reaches_the_server_at_once_while_the_decisions_poll_waits(server: Server, relay: Relay,
+                                                                          sender_helper: Any) -> None:
+    """The helper's decisions poll waits up to its full length (20 s by default) on the server; a cancel
+    made meanwhile must not wait for it, or the server may send what the user just stopped."""
+    from sendguard.central import LONG_POLL
+
+    item_id, mid, _content = held(sender_helper)
+    wait_for(lambda: relay.notices(item_id), timeout=20)
+    relay.proxy.cut()
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    wait_for(lambda: server.service.outbox.get(item_id).state == "failed", timeout=20)
+    sender_helper.sync.long_poll = LONG_POLL
+    time.sleep(2.5)  # the poll running now is one of the full length
+    sender_helper.outbox.cancel(item_id, reason="wrong customer")
+    wait_for(lambda: server.service.outbox.get(item_id).state == "cancelled", timeout=6)
+    relay.proxy.heal()
+    time.sleep(1.0)
+    assert relay.released(mid) == [] and not sent_by_helper(sender_helper, item_id)
+
+
 def test_a_message_the_relay_refuses_waits_for_the_admin_and_goes_once_resent(
         pg_url: str, server: Server, relay: Relay, sender_helper: Any) -> None:
     from click.testing import CliRunner
