@@ -123,29 +123,25 @@ def notice_transport(url: str | None) -> Any:
     raise SendGuardError(f"--mail-relay {_safe(url)}: write smtp://host:port, smtps://host:port or maildir:/path")
 
 
-class ServerNotices:
-    """The server mails each approver (and active deputy) their own signed link, through the
-    organization's relay: links never pass through, or are stored by, the sender's helper.
+class _Rounds:
+    """A background thread that runs ``round()`` when woken and every ``interval`` seconds, logging (never
+    raising) what fails, until ``stop``; started by the first ``wake``."""
 
-    One thread per server process, woken by new requests and every few seconds; on PostgreSQL an
-    advisory lock lets one process at a time send, and the ``notices`` table keeps every email single.
-    """
+    interval = 5.0
+    thread_name = "sendguard-server-rounds"
+    failure = "background round failed; retrying"
 
-    LOCK_ID = 7253613
-
-    def __init__(self, svc: CentralService, transport: Any, mail_from: str):
-        self.svc = svc
-        self.transport = transport
-        self.mail_from = mail_from
+    def __init__(self) -> None:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def round(self) -> object:
+        raise NotImplementedError
+
     def wake(self) -> None:
-        if self.transport is None:
-            return
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sendguard-server-notices", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
             self._thread.start()
         self._wake.set()
 
@@ -160,9 +156,32 @@ class ServerNotices:
             try:
                 self.round()
             except Exception:
-                log.exception("approval emails failed; retrying")
-            self._wake.wait(5.0)
+                log.exception("%s", self.failure)
+            self._wake.wait(self.interval)
             self._wake.clear()
+
+
+class ServerNotices(_Rounds):
+    """The server mails each approver (and active deputy) their own signed link, through the
+    organization's relay: links never pass through, or are stored by, the sender's helper.
+
+    One thread per server process, woken by new requests and every few seconds; on PostgreSQL an
+    advisory lock lets one process at a time send, and the ``notices`` table keeps every email single.
+    """
+
+    LOCK_ID = 7253613
+    thread_name = "sendguard-server-notices"
+    failure = "approval emails failed; retrying"
+
+    def __init__(self, svc: CentralService, transport: Any, mail_from: str):
+        super().__init__()
+        self.svc = svc
+        self.transport = transport
+        self.mail_from = mail_from
+
+    def wake(self) -> None:
+        if self.transport is not None:  # without a relay approvers decide in their Approvals window
+            super().wake()
 
     def round(self) -> int:
         """Send every approval email not sent yet; returns how many went."""
@@ -191,7 +210,7 @@ def server_releases(item: Item) -> bool:
     return (item.decision or {}).get("release") == "server"
 
 
-class ServerReleaser:
+class ServerReleaser(_Rounds):
     """Sends approved messages whose policy says ``release = "server"``, through the organization's relay.
 
     The helper handed the message over and never sends it: the server keeps it and, once an approver
@@ -202,37 +221,16 @@ class ServerReleaser:
     """
 
     LOCK_ID = 7253614
+    interval = 2.0
+    thread_name = "sendguard-server-release"
+    failure = "server-side release failed; retrying"
 
     def __init__(self, svc: CentralService, transport: Any):
+        super().__init__()
         self.svc = svc
         self.transport = transport
         self.outbox = Outbox(svc.store, svc.policy.get, (lambda _item: transport) if transport else None,
                              gettext=svc.gettext, local_approvers=False)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.interval = 2.0
-
-    def wake(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sendguard-server-release", daemon=True)
-            self._thread.start()
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.round()
-            except Exception:
-                log.exception("server-side release failed; retrying")
-            self._wake.wait(self.interval)
-            self._wake.clear()
 
     def round(self) -> int:
         """Send every approved server-released message that is due; returns how many went out."""
