@@ -40,6 +40,7 @@ import tomlkit
 
 from . import policy
 from .errors import ConfigError
+from .policy_bundle import decode_settings_text
 
 CONTACTS_FILE = "files/outlookokan-contacts.csv"
 OPTOUT_FILE = "files/outlookokan-optout.txt"
@@ -98,15 +99,7 @@ class _Folder:
         if path is None:
             return []
         self.used.add(name.lower())
-        data = path.read_bytes()
-        for codec in ("utf-8-sig", "cp932"):
-            try:
-                text = data.decode(codec)
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
-            raise ConfigError(str(path), "not UTF-8 or Shift_JIS text (OutlookOkan saves UTF-8)")
+        text = decode_settings_text(path, ("utf-8-sig", "cp932"), "not UTF-8 or Shift_JIS text (OutlookOkan saves UTF-8)")
         reader = csv.reader(io.StringIO(text))
         out = []
         try:

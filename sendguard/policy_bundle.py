@@ -135,18 +135,22 @@ def import_bundle(source: Path, home: Path) -> policy.Policy:
 _FCM_BOOL = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
+def decode_settings_text(path: Path, codecs: tuple[str, ...], refusal: str) -> str:
+    """A Windows add-in's settings file as text: the first of ``codecs`` that decodes it (they save UTF-8 with
+    or without a BOM, UTF-16 or Shift_JIS), else ``ConfigError`` naming the file with ``refusal``."""
+    data = path.read_bytes()
+    for codec in codecs:
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+    raise ConfigError(str(path), refusal)
+
+
 def _fcm_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
-    data = path.read_bytes()
-    for codec in ("utf-8-sig", "utf-16", "cp932"):
-        try:
-            text = data.decode(codec)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise ConfigError(str(path), "not UTF-8, UTF-16 or Shift_JIS text")
+    text = decode_settings_text(path, ("utf-8-sig", "utf-16", "cp932"), "not UTF-8, UTF-16 or Shift_JIS text")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
