@@ -1,4 +1,4 @@
-"""Content inspection (DESIGN §3.1): parse + check of one message carrying a 10 MB xlsx and a 10 MB
+"""Content inspection (personal data and keywords inside files): parse + check of one message carrying a 10 MB xlsx and a 10 MB
 PDF, in a fresh process, with the wall time and the peak RSS growth against the message size.
 
 Targets: parse + check within ``BUDGET_S`` seconds, peak memory growth below 3x the message, and every
@@ -148,7 +148,7 @@ def content_inspection() -> dict[str, Any]:
 
 def check_with_history() -> dict[str, Any]:
     """Component benchmark: the policy engine alone (no parse, no I/O) on a typical message, with the
-    DESIGN §3.1 references in play: 2,000 sent-to domains and 200 contacts as look-alike references."""
+    look-alike references in play: 2,000 sent-to domains and 200 contacts as look-alike references."""
     import random
     import statistics
     import string

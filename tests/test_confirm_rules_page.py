@@ -1,4 +1,4 @@
-"""DESIGN §3.1 in the confirmation page: the reconfirm question, list members, opted-out recipients."""
+"""The wrong-customer rules in the confirmation page: the reconfirm question, list members, opted-out recipients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Distribution lists from the mail server's directory (DESIGN §3.1 ``distribution_list``): Exchange's
+"""Distribution lists from the mail server's directory (the policy's ``distribution_list`` action): Exchange's
 ExpandDL through the real exchangelib client and Microsoft Graph groups through the real msal and
 requests, against the fakes in tests/fakes speaking their wire formats; then through the product (real
 SMTP -> outbox -> verdict). A list that cannot be expanded, or an address the directory could not be

@@ -1,4 +1,4 @@
-"""Outbox interception on Exchange (DESIGN §8): the helper takes deferred items out of the server-side
+"""Outbox interception on Exchange (messages Outlook defers in the server's Outbox): the helper takes deferred items out of the server-side
 Outbox before the server sends them, holds them, and releases each exactly once.
 
 The fake EWS server sends Outbox items itself when their deferred time passes (``advance`` moves its

@@ -1,4 +1,4 @@
-"""Outbox interception on Exchange Online over Microsoft Graph (DESIGN §8).
+"""Outbox interception on Exchange Online over Microsoft Graph (messages Outlook defers in the server's Outbox).
 
 The fake Graph server sends Outbox messages itself when their deferred time (``SystemTime 0x3FEF``)
 passes, so a message left in the Outbox is really sent by the server.

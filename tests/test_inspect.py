@@ -1,4 +1,4 @@
-"""Content inspection (DESIGN §3.1): personal data and keywords inside the files people send, and
+"""Content inspection (the policy's `[inspection]` and personal-data rules): personal data and keywords inside the files people send, and
 files that cannot be read are said to be so (fail closed), never shown as checked."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Table-driven policy tests: every recipient flag, attachment flag and rule id of DESIGN §4."""
+"""Table-driven policy tests: every recipient flag, attachment flag and rule id of `sendguard check --json`."""
 
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def test_rules(pol, kwargs, rule, action, verdict):
 
 
 def test_every_rule_id_is_covered():
-    from test_rules import CASES as PARITY_CASES  # DESIGN §3.1 rules have their own table
+    # the wrong-customer/forgotten-file rules have their own table
+    from test_rules import CASES as PARITY_CASES
 
     assert {case[1] for case in RULE_CASES} | {case[0] for case in PARITY_CASES} == set(checks.RULE_IDS)
 

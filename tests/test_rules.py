@@ -1,4 +1,4 @@
-"""DESIGN §3.1 rules, table-driven: each rule id with the cases it must catch and, next to them,
+"""The wrong-customer and forgotten-file rules (policy keys under [rules]), table-driven: each rule id with the cases it must catch and, next to them,
 the look-alike cases it must leave alone (false positives are bugs too)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DESIGN §3.1 through the product: real SMTP -> outbox -> CLI -> Maildir, and `sendguard check`."""
+"""The wrong-customer and forgotten-file rules through the product: real SMTP -> outbox -> CLI -> Maildir, and `sendguard check`."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def test_confirm_when_always_holds_internal_mail(home, helper, write_policy):
     h = helper()
     smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp"))
     item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
-    assert item.verdict.action == "confirm"  # DESIGN §4: what the helper does for this user
+    assert item.verdict.action == "confirm"  # `check` gives what the helper does for this user
     assert [r.rule for r in item.verdict.reasons] == ["confirm_always"]
     assert not released(home)
 

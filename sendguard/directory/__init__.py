@@ -8,7 +8,7 @@ that allows it (``expand_lists = true`` in the account's settings): Exchange's E
 Only addresses in the organisation's own domains are asked (an external list is not in our
 directory; ``lists.csv`` covers those). A resolver that cannot answer (server down, throttled,
 permission missing) gives an answer too: ``is_list`` None with the reason, which the policy treats
-like a list that cannot be expanded (DESIGN §3.1 ``distribution_list``), never as a single address.
+like a list that cannot be expanded (the policy's ``[rules] distribution_list`` action), never as a single address.
 """
 
 from __future__ import annotations
