@@ -309,8 +309,8 @@ class Helper:
         self.outbox.expire_due()
         policy = self.policy.get()
         if policy is not self._routed_policy and self.central is None:  # approvers changed: re-route held mail
-            self._routed_policy = policy
             self.outbox.reroute_approvals(policy)
+            self._routed_policy = policy  # after: a failed round is tried again on the next tick
         if time.monotonic() - self._notices_at > 2.0:
             self._notices_at = time.monotonic()
             try:

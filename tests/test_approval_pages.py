@@ -130,6 +130,9 @@ def test_wrong_approver_is_refused_and_audited(started: Any, message_factory: An
     assert "intruder@example.co.jp is not an approver" in page.get_data(as_text=True)
     # an approver signed in for one message cannot decide another that names someone else
     other = submit_flagged(r, message_factory, subject="社外秘 other")
+    # the worker hands held mail to the policy's approvers once it has read the policy (and again whenever
+    # the policy changes): let it do so first, or it would undo the edit below
+    wait_for(lambda: r.helper._routed_policy is not None)
     with r.helper.store.transaction() as conn:
         from sqlalchemy import update
 
