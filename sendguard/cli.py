@@ -138,9 +138,7 @@ class PluginGroup(click.Group):
         """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
         try:
             return super().invoke(ctx)
-        except click.UsageError:
-            raise
-        except click.ClickException as exc:
+        except click.ClickException as exc:  # usage errors too: click's own stay English, SendGuard's are said
             # click declares the text Final; rewriting it keeps the exception's class and exit status
             exc.message = localize(exc.message, _error_language())  # type: ignore[misc]
             raise

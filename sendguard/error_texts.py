@@ -61,6 +61,159 @@ TEMPLATES: tuple[str, ...] = (
     _("cannot reach {url} ({reason}): check the address and that the server is running; this helper's settings "
       "were not changed"),
     _("cannot use {url} with this token: {error}"),
+    # policy.toml and config.toml: what a value or a table must be
+    _("{value} is not one of {choices}"),
+    _("expected true or false, got {value}"),
+    _("expected a whole number, got {value}"),
+    _("expected a number, got {value}"),
+    _("{value} is out of range {low}-{high}"),
+    _("write it as a {what} table"),
+    _("unknown setting; a keyword has pattern, action and message"),
+    _("unknown setting; {what} has {known}"),
+    _("unknown section; known: {known}"),
+    _("expected a table like [{section}]"),
+    _("unknown setting; known in [{section}]: {known}"),
+    _("unknown setting; known: {known}"),
+    _("unknown setting"),
+    _("expected a table"),
+    _("an empty pattern matches nothing; remove it"),
+    _("expected text, got {value}"),
+    _("expected a non-empty regular expression"),
+    _("bad regular expression {pattern}: {error}"),
+    _("expected a list of strings, got {value}"),
+    _("{value} is not a domain name (write it like example.co.jp)"),
+    _("list {value} is not an email address"),
+    _("member {value} is not an email address"),
+    _("{value} is not an email address or *@domain"),
+    _("{value} is not an email address"),
+    _("{path} is larger than {mb} MB"),
+    _("write address rules as [[rules.address]] tables"),
+    _("each [[rules.address]] needs match patterns"),
+    _("write automatic Cc/Bcc as [[rules.auto_cc]] tables"),
+    _("each [[rules.auto_cc]] needs cc or bcc addresses"),
+    _("write keywords as [[rules.keywords]] tables"),
+    _("each [[rules.keywords]] needs a non-empty pattern"),
+    _("write routes as [[approval.route]] tables"),
+    _("each [[approval.route]] has only senders and approvers"),
+    _("each [[approval.route]] needs senders and approvers"),
+    _("write deputies as [[approval.deputies]] tables"),
+    _("each [[approval.deputies]] has approver, deputy, start and end"),
+    _("start {start} is after end {end}"),
+    _("this rule asks for approval, but [approval] approvers is empty: nobody could approve such "
+      "a message. Add approvers = [\"boss@example.com\"] under [approval], or set the rule to "
+      "confirm or block"),
+    _("this rule asks for approval, but [approval] approvers is empty (the [[approval.route]] "
+      "tables cover only some senders): nobody could approve such a message. Add approvers = "
+      "[\"boss@example.com\"] under [approval], or set the rule to confirm or block"),
+    _("not UTF-8 or Shift_JIS text; save the file as UTF-8 CSV"),
+    _("bad CSV: {error}"),
+    _("empty file; the first line must be the header {header}"),
+    _("the first line must be the header {header}, found {found}"),
+    _("expected {expected}, got {kind} {value}"),
+    _("{value} is not a language SendGuard speaks; one of {languages} (or leave it out to follow "
+      "the system)"),
+    _("{value} is not a browser extension origin like chrome-extension://<32 letters a-p> (see "
+      "chrome://extensions)"),
+    _("{value} is not a loopback address: the helper listens on this machine only (127.0.0.1, ::1 "
+      "or localhost); the networked component is the central server (`sendguard server`)"),
+    _("port {port} out of range 0-65535"),
+    _("write accounts as [[accounts]] tables"),
+    _("each account needs name and kind"),
+    _("unknown kind {kind}; one of {kinds}"),
+    _("expand_lists is true or false, for exchange and graph accounts only (it lets SendGuard ask "
+      "the server who is on a distribution list)"),
+    _("unknown policy value {name}; known: {known}"),
+    _("expected a REG_DWORD 0 or 1"),
+    _("cannot read the managed preferences: {error}"),
+    _("expected a dictionary of policy tables"),
+    # policy bundles and imports
+    _("unexpected file {name} in the bundle (only policy.toml and files/)"),
+    _("the bundle is larger than 64 MB unpacked"),
+    _("no policy.toml in the bundle (make one with `sendguard policy export`)"),
+    _("not a policy bundle (zip): {error}"),
+    _("not a folder (give the folder holding Common.txt and TrustedDomains.txt)"),
+    _("no FlexConfirmMail files here ({names})"),
+    _("expected Key = Value, got {line}"),
+    _("expected yes/no, got {value}"),
+    _("{path} is a folder: give the zip from `sendguard policy export`"),
+    # the command line
+    _("`sendguard {name}` is not available: {reason}. Install SendGuard with its extras (make "
+      "run) first."),
+    _("say either --sent (it went out) or --resend (send it again), not both"),
+    _("say --sent (it went out) or --resend (send it again)"),
+    _("say what happened: --sent (it went out) or --resend (send it again)"),
+    _("{db} passes SQLite's integrity check: nothing to set aside"),
+    _("--out {folder}: no such folder; create it first (nothing was written)"),
+    _("cannot write to {folder}: {error}"),
+    _("cannot write the machine CA in {folder}: {error} (run as root/Administrator)"),
+    _("no certificates yet: run `sendguard addin certs install`"),
+    # accounts add
+    _("{value} is not an email address."),
+    _("{value} is not an http(s) URL."),
+    _("{value} must be an https URL."),
+    _("--tenant {value} is not a tenant id or domain."),
+    _("Give exactly one of --server URL or --autodiscover."),
+    _("Use either --password-stdin or --oauth, not both."),
+    _("Give --password-stdin (the password is read from standard input) or --oauth."),
+    _("--oauth needs --client-id (the application registered for SendGuard)."),
+    _("No password on standard input."),
+    _("no password on standard input"),
+    _("--username needs --password-stdin (the password goes to the keyring)"),
+    _("OAuth client file {path}: no such file."),
+    _("OAuth client file {path}: not readable JSON ({error})."),
+    _("No OAuth client for Gmail: pass --client-secrets FILE (a Desktop-app client from Google "
+      "Cloud console), or have your admin install gmail-client.json."),
+    _("Consent was denied in the browser: SendGuard cannot send mail as {address} without it. Run "
+      "the command again and choose Allow."),
+    _("No answer from the browser within 5 minutes; run the command again."),
+    _("Sign-in failed: {error}."),
+    _("No Gmail account yet: run `sendguard accounts add gmail --address ADDR`."),
+    _("Several Gmail accounts: choose one with --account NAME."),
+    _("No Gmail account {name}; see `sendguard accounts list`."),
+    _("Account not added."),
+    _("Give either --client-secrets (browser sign-in) or --authorized-user, not both."),
+    _("--drafts-label must not be empty."),
+    _("Google returned no refresh token: remove SendGuard at "
+      "https://myaccount.google.com/permissions and run the command again."),
+    _("SendGuard was not allowed to send email as {address}: run the command again and tick "
+      "\"Send email on your behalf\"."),
+    # the central server's commands
+    _("say which database: --database postgresql://user@host/db, or set $SENDGUARD_DATABASE_URL, "
+      "or [server] database in config.toml"),
+    _("--bind {value}: write it as HOST:PORT, e.g. 0.0.0.0:8800"),
+    _("cannot prepare the database {database}: {error}"),
+    _("with port 0, give --public-url or --ready-file"),
+    _("cannot migrate {database}: {error}"),
+    _("cannot open the database {database}: {error}"),
+    _("{value} is not a message id (see `sendguard server releases list`)"),
+    _("message {id} is sent by its sender's helper, not by this server"),
+    # Gmail sign-in
+    _("You signed in to Google as {signed_in}, not {address}: mail from {address} would be sent "
+      "by {signed_in}'s Gmail ({address} must be a send-as address there). Sign in as {address}, "
+      "or pass --yes to accept."),
+    _("OAuth client file {path}: expected a Google 'installed' (Desktop app) client with "
+      "client_id and client_secret."),
+    _("Google refused the sign-in ({error}: {detail})."),
+    _("--authorized-user {path}: not readable JSON ({error})."),
+    _("--authorized-user {path}: missing {fields} (expected google-auth's authorized_user JSON)."),
+    _("--authorized-user {path}: token_uri {uri} must be https."),
+    _("--authorized-user {path}: Google refused its refresh token ({error}); issue a new one."),
+    _("--authorized-user {path}: no such file."),
+    _("Cannot reach Google's token endpoint {url}: {error}"),
+    _("SendGuard was not allowed to manage your drafts (needed by --drafts): run the command "
+      "again and tick it, or leave out --drafts."),
+    _("--drafts cannot be combined with --reconcile headers: a token with gmail.metadata cannot "
+      "read drafts (Gmail refuses RAW and FULL formats and searches). Use --reconcile search or "
+      "--reconcile off."),
+    _("Cannot store the Gmail token in {store}: {error}"),
+    _("Account {name} has no OAuth client recorded: add it again with `sendguard accounts add "
+      "gmail`."),
+    # the central server's limits
+    _("{name}={value}: write a whole number of waiting requests per server process, e.g. 12"),
+    _("{name}={value}: write 0 or more waiting requests per server process"),
+    # settings files of other add-ins
+    _("not UTF-8, UTF-16 or Shift_JIS text"),
+    _("not UTF-8 or Shift_JIS text (OutlookOkan saves UTF-8)"),
 )
 
 # What a refused action was, put into "cannot {verb} it": said as a verb, so marked with "(verb)" for the

@@ -296,7 +296,8 @@ class _Validator:
         if kind in ("int", "number"):
             ok_types = (int,) if kind == "int" else (int, float)
             if isinstance(value, bool) or not isinstance(value, ok_types):
-                raise self.fail(key, f"expected a {'whole ' if kind == 'int' else ''}number, got {value!r}")
+                raise self.fail(key, f"expected a whole number, got {value!r}" if kind == "int"
+                                else f"expected a number, got {value!r}")
             low, high = extra
             if not low <= value <= high:
                 raise self.fail(key, f"{value} is out of range {low}-{high}")
@@ -555,7 +556,7 @@ def _flatten(path: Path, text: str, data: dict[str, Any]) -> dict[str, Any]:
         if section not in _SECTIONS:
             raise validator.fail(section, f"unknown section; known: {', '.join(sorted(_SECTIONS))}, locked")
         if not isinstance(body, dict):
-            raise validator.fail(section, "expected a table like [" + section + "]")
+            raise validator.fail(section, f"expected a table like [{section}]")
         for key, value in body.items():
             dotted = f"{section}.{key}"
             if dotted not in _SCHEMA:
@@ -612,10 +613,12 @@ def check_approvers(policy: Policy, layers: list[tuple[Path, dict[str, Any]]]) -
                     getattr(entry, "action", None) == "approve" for entry in effective)):
                 continue  # overridden by a locked admin value
             text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-            covered = " (the [[approval.route]] tables cover only some senders)" if policy.routes else ""
-            raise ConfigError(str(path), f"this rule asks for approval, but [approval] approvers is empty{covered}: "
-                                         "nobody could approve such a message. Add approvers = [\"boss@example.com\"] "
-                                         "under [approval], or set the rule to confirm or block",
+            # two whole sentences rather than one with a piece put in: error_texts recognises each
+            empty = ("this rule asks for approval, but [approval] approvers is empty (the [[approval.route]] tables "
+                     "cover only some senders): " if policy.routes else
+                     "this rule asks for approval, but [approval] approvers is empty: ")
+            raise ConfigError(str(path), empty + "nobody could approve such a message. Add approvers = [\"boss@example"
+                                                 ".com\"] under [approval], or set the rule to confirm or block",
                               line=tomlfile.line_of(text, dotted), key=dotted)
 
 
