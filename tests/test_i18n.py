@@ -267,7 +267,7 @@ def test_command_and_policy_file_errors_are_said_in_the_language(home: Path, tmp
     (home / "config.toml").write_text("[api]\nport = 70000\n", encoding="utf-8")
     said["config"] = _error_line(run_cli("queue", "list", env={**os.environ, "LANG": system}))
     for name, text in said.items():
-        assert not _ENGLISH.search(text), (lang, name, text)
+        assert not _ENGLISH.search(text.replace(str(tmp_path), "")), (lang, name, text)  # paths aside
         assert re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", text), (lang, name, text)
     assert word in said["resolve"] and "--sent" in said["resolve"] and "--resend" in said["resolve"]
     assert "'sometimes'" in said["enum"] and "'taro.example.co.jp'" in said["address"]
