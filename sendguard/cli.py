@@ -138,7 +138,13 @@ class PluginGroup(click.Group):
         """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
         try:
             return super().invoke(ctx)
-        except click.ClickException as exc:  # usage errors too: click's own stay English, SendGuard's are said
+        except click.UsageError as exc:  # click builds some texts itself (missing/bad parameter): say the whole
+            full = exc.format_message()
+            said = localize(full, _error_language())
+            if said != full:
+                raise click.UsageError(said, ctx=exc.ctx) from None  # same exit status (2) and usage line
+            raise
+        except click.ClickException as exc:
             # click declares the text Final; rewriting it keeps the exception's class and exit status
             exc.message = localize(exc.message, _error_language())  # type: ignore[misc]
             raise

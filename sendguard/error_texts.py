@@ -13,6 +13,16 @@ from __future__ import annotations
 from .i18n import _
 
 TEMPLATES: tuple[str, ...] = (
+    # click's own usage errors (its texts are English; recognised here like SendGuard's)
+    _("Invalid value for {param}: {value} is not one of {choices}."),
+    _("Invalid value for {param}: {value} is not a valid integer."),
+    _("No such command {name}."),
+    _("No such option {name}."),
+    _("No such option {name}. Did you mean {suggestion}?"),
+    _("Missing argument {name}."),
+    _("Missing option {name}."),
+    _("Got unexpected extra argument ({args})"),
+    _("Got unexpected extra arguments ({args})"),
     # the outbox (queue confirm/cancel/resolve/export, the window, the page)
     _("no message {id} in the outbox (see `sendguard queue list`)"),
     _("message {id} is {state}: cannot {verb} it now"),

@@ -157,6 +157,8 @@ DELIBERATE = {
         "_Validator.fail() passes on its caller's text; every caller's text is checked at its fail() call",
     ("sendguard/policy_bundle.py", "<refusal>"):
         "decode_settings_text() passes on its caller's refusal; those are checked at its calls",
+    ("sendguard/cli.py", "<localize(full, _error_language())>"):
+        "click's own usage error, already said in the language (click's texts have templates of their own)",
     ("addin/cli.py", "<message>"):
         "certs.install_trust() reports the system trust tool's own output (certutil, update-ca-certificates) "
         "with the command line that failed; not a SendGuard sentence",
@@ -281,3 +283,25 @@ def test_policy_errors_stay_english_without_a_language(home: Path, tmp_path: Pat
     eml = tmp_path / "m.eml"
     eml.write_bytes(_EML)
     assert "'sometimes' is not one of" in _error_line(run_cli("check", str(eml)))
+
+
+@pytest.mark.parametrize("lang", ["ja", "zh"])
+def test_click_usage_errors_are_said_in_the_language(home: Path, lang: str) -> None:
+    """Item 19: the texts click builds itself (a bad choice, an unknown command or option, a missing or extra
+    argument) are said in the configured language too, with the same exit status; English stays English."""
+    from conftest import run_cli
+
+    commands = {"choice": ("queue", "list", "--state", "bogus"), "command": ("queue", "frobnicate"),
+                "option": ("queue", "list", "--bogus"), "missing": ("queue", "show"),
+                "extra": ("queue", "show", "a", "b")}
+    english = {name: run_cli(*args) for name, args in commands.items()}
+    (home / "config.toml").write_text(f'language = "{lang}"\n', encoding="utf-8")
+    for name, args in commands.items():
+        out = run_cli(*args)
+        assert out.returncode == 2 == english[name].returncode, (name, out.stderr)
+        line = _error_line(out)
+        assert re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", line), (lang, name, line)
+        assert not re.search(r"\b(Invalid|No such|Missing|unexpected|is not one of)\b", line), (lang, name, line)
+        assert _error_line(english[name]) != line
+    assert "'bogus'" in _error_line(run_cli(*commands["choice"])) and "ITEM_ID" in _error_line(
+        run_cli(*commands["missing"]))
