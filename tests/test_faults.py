@@ -49,13 +49,13 @@ def graph_home(home, fake):
     return home
 
 
-def interrupted_send(home: Path, msgid: str) -> str:
+def interrupted_send(home: Path, msgid: str, sender: str = ADDRESS) -> str:
     """A message confirmed for release, then the process killed (-9) right after ``releasing`` was
     committed and before the transport was called: what a power cut leaves behind."""
     helper = Helper(home)
     try:
-        raw = bytes(make_message(to="a@partner.example", sender=ADDRESS, message_id=msgid))
-        item = helper.outbox.submit(raw, ADDRESS, ["a@partner.example"])
+        raw = bytes(make_message(to="a@partner.example", sender=sender, message_id=msgid))
+        item = helper.outbox.submit(raw, sender, ["a@partner.example"])
         assert item.state == "confirmed", item.state
         helper.outbox.clock = lambda: 0.0  # not due yet: nothing releases it before the kill
     finally:

@@ -6,14 +6,11 @@ interrupted send (the process killed with SIGKILL right after ``releasing`` was 
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT, make_message, wait_for
+from conftest import make_message, wait_for
+from test_faults import interrupted_send
 
 from sendguard.central import CentralClient, CentralSync
 from sendguard.i18n import translator
@@ -24,22 +21,6 @@ POLICY = '[organization]\ninternal_domains = ["example.co.jp"]\n[confirm]\nwhen 
 SENDER = "taro@example.co.jp"
 
 
-def _interrupted(home: Path) -> str:
-    helper = Helper(home)
-    try:
-        raw = bytes(make_message(to="a@partner.example", sender=SENDER, message_id="<w1@example.co.jp>"))
-        item = helper.outbox.submit(raw, SENDER, ["a@partner.example"])
-        assert item.state == "confirmed", item.state
-    finally:
-        helper.stop()
-    script = "import sys; from sendguard.service import Helper; Helper().outbox.release(sys.argv[1])"
-    env = dict(os.environ, SENDGUARD_CRASH_AT="transition.releasing.committed")
-    crashed = subprocess.run([sys.executable, "-c", script, item.id], env=env, capture_output=True, timeout=60,
-                             cwd=ROOT)
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    return item.id
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +29,7 @@ def _closed_port() -> int:
 
 def test_an_interrupted_send_waits_for_its_mail_service_and_says_so(home: Path) -> None:
     (home / "policy.toml").write_text(POLICY, encoding="utf-8")
-    item_id = _interrupted(home)
+    item_id = interrupted_send(home, "<w1@example.co.jp>", SENDER)
     (home / "sent").write_text("not a folder")  # the sink cannot be asked whether it went out
     helper = Helper(home)
     try:
