@@ -62,9 +62,9 @@ class Helper:
         self._unopened: set[str] = set()  # accounts whose connector could not be built (said once)
         _retry.configure(self.config.retry_base_seconds, self.config.retry_max_seconds,
                          self.config.retry_inline_wait_seconds)
-        # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
         # distribution lists from the server's directory, for accounts set up with --expand-lists
         self.directory = directorymod.for_accounts(self.config.accounts, self.home)
+        # deadlines (hold_seconds, approval expiry, back-off) follow a clock the system clock cannot jump
         self.outbox = Outbox(self.store, self.policy.get, self.mailbox_for, clock=SteadyClock(),
                              gettext=self.gettext,
                              accounts=lambda: [a.address for a in self.config.accounts if a.address],
