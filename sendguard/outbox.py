@@ -48,7 +48,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,7 @@ class Incoming:
 
 
 @dataclass
-class _Verdict:
+class Verdict:
     """Where a checked message goes: ``hold`` for the window, else passed on with ``decision``."""
 
     hold: bool
@@ -179,6 +179,7 @@ class Outbox:
     _unknown: set[str] = field(default_factory=set)  # not found there at ``_unknown_at``
     _unknown_at: float = 0.0
     _domain_lock: threading.Lock = field(default_factory=threading.Lock)
+    domains_epoch: int = 0  # counts ``forget_unknown_domains`` (a checking process follows it: checker.py)
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -235,10 +236,11 @@ class Outbox:
             return (wanted - misses) & self._known | found
         return wanted & self._known
 
-    def _forget_unknown_domains(self) -> None:
+    def forget_unknown_domains(self) -> None:
         """Domains were just sent to: nothing cached as new may be trusted any more."""
         with self._domain_lock:
             self._unknown.clear()
+            self.domains_epoch += 1
         self._sent_domains = (0.0, ())
 
     def history(self, parsed: message.ParsedMessage) -> checks.History:
@@ -333,22 +335,24 @@ class Outbox:
         return self.receive_many([Incoming(raw, envelope_from, list(recipients), source, source_ref, account,
                                            actor)])[0][0]
 
-    def receive_many(self, incoming: builtins.list[Incoming],
-                     check: bool = False) -> builtins.list[tuple[str, str]]:
+    def receive_many(self, incoming: builtins.list[Incoming], check: bool = False,
+                     verdicts: Sequence[Verdict | None] | None = None) -> builtins.list[tuple[str, str]]:
         """Commit several received messages in one transaction (group commit: one fsync for all).
 
         With ``check``, each message of at most ``INTAKE_CHECK_MAX_BYTES`` is checked before the commit
         and one that the window must show is stored already held, its verdict and audit records in the
         same transaction: the steady state costs one commit per batch, not one per message. Anything
-        else (larger, or passed on by the policy) is stored ``received`` for ``process``.
+        else (larger, or passed on by the policy) is stored ``received`` for ``process``. ``verdicts``
+        (one per message, None where not checked) are checks already made by ``verdict_at_intake`` in
+        a checking process (checker.py), taken as they are.
         Returns (id, state) per message, in order.
         """
         now = self.clock()
-        policy = self.policy() if check else None
+        policy = self.policy() if check and verdicts is None else None
         out: builtins.list[tuple[str, str]] = []
         rows = []
         records: builtins.list[tuple[str, str, str | None, dict[str, Any]]] = []
-        for msg in incoming:
+        for n, msg in enumerate(incoming):
             item_id = new_id()
             envelope = [r.strip() for r in msg.recipients]
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
@@ -359,26 +363,34 @@ class Outbox:
             records.append(("received", msg.actor or msg.envelope_from or msg.source, item_id, {
                 "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
                 "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}))
-            if policy is not None and len(msg.raw) <= INTAKE_CHECK_MAX_BYTES:
-                try:  # the directory is never asked before the 250: a list not known yet waits for the worker
-                    verdict: _Verdict | None = self._verdict(msg.raw, msg.envelope_from, envelope, policy,
-                                                             cached_only=True)
-                except directory.NotCached:
-                    verdict = None
-                if verdict is not None and verdict.hold:
-                    # the step "hold", taken in the intake transaction itself
-                    values.update(verdict.values, state=_HOLD.target.value)
-                    records.append((_HOLD.event, "policy", item_id,
-                                    {"from": State.RECEIVED.value, "to": _HOLD.target.value, **verdict.audit}))
+            verdict = (verdicts[n] if verdicts is not None else
+                       self.verdict_at_intake(msg.raw, msg.envelope_from, envelope, policy) if policy else None)
+            if verdict is not None and verdict.hold:
+                # the step "hold", taken in the intake transaction itself
+                values.update(verdict.values, state=_HOLD.target.value)
+                records.append((_HOLD.event, "policy", item_id,
+                                {"from": State.RECEIVED.value, "to": _HOLD.target.value, **verdict.audit}))
             rows.append(values)
             out.append((item_id, values["state"]))
-        with self.store.transaction() as conn:
+        with self.store.intake_transaction() as conn:
             self.store.insert_items(conn, rows)
             self.store.append_audit_many(conn, records, ts=now)
             faults.point("intake.uncommitted")
         for values in rows:
             self._notify(values["id"], Item.from_mapping(values) if self.listeners else None)
         return out
+
+    def verdict_at_intake(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str],
+                          policy: Policy) -> Verdict | None:
+        """The check made before the intake commit, or None where it waits for the worker: a message over
+        ``INTAKE_CHECK_MAX_BYTES``, or one whose lists the directory has not answered yet (the directory
+        is never asked before the ``250``)."""
+        if len(raw) > INTAKE_CHECK_MAX_BYTES:
+            return None
+        try:
+            return self._verdict(raw, envelope_from, envelope_to, policy, cached_only=True)
+        except directory.NotCached:
+            return None
 
     def submit(self, raw: bytes, envelope_from: str, recipients: Iterable[str], source: str = "smtp",
                source_ref: str | None = None, account: str | None = None, actor: str | None = None) -> Item:
@@ -410,7 +422,7 @@ class Outbox:
                                      marked=parsed.marked_lists)
 
     def _verdict(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str], policy: Policy,
-                 cached_only: bool = False) -> _Verdict:
+                 cached_only: bool = False) -> Verdict:
         """Check a message and say where it goes: held for the window, or passed on (``hold`` False).
 
         Fails closed: an unreadable message or a failing rule holds the message for the user.
@@ -421,11 +433,11 @@ class Outbox:
             raise
         except MessageError as exc:
             unreadable = StoredCheck.unreadable(str(exc))
-            return _Verdict(True, {"action": "confirm", "error": str(exc)},
+            return Verdict(True, {"action": "confirm", "error": str(exc)},
                             {"last_error": str(exc), "check_result": unreadable.to_json()}, check=unreadable)
         except Exception as exc:  # a bug in a rule must hold the message, never release it
             log.exception("policy evaluation failed")
-            return _Verdict(True, {"action": "confirm", "error": f"policy error: {exc}"},
+            return Verdict(True, {"action": "confirm", "error": f"policy error: {exc}"},
                             {"last_error": f"policy error: {exc}"})
         action = result.action
         hold = (
@@ -442,7 +454,7 @@ class Outbox:
                   "owner": result.message.sender, "subject": result.message.subject}
         decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
         _policy_changes(decision, check)  # auto Cc/Bcc added, opted-out removed
-        return _Verdict(hold, audit, values, decision, check)
+        return Verdict(hold, audit, values, decision, check)
 
     def process(self, item_id: str) -> Item:
         """Check a received message and hold it for the window, or pass it on when the policy allows.
@@ -516,7 +528,7 @@ class Outbox:
                              reconfirmed=reconfirmed)
 
     def _confirm(self, item_id: str, allowed: Collection[State], decision: Decision, actor: str,
-                 checked: dict[str, builtins.list[str]] | None, verdict: _Verdict | None = None,
+                 checked: dict[str, builtins.list[str]] | None, verdict: Verdict | None = None,
                  reconfirmed: bool = False) -> Item:
         """``verdict``: the policy passing a message on; what its check found (result, sender, subject)
         is written with the confirmation."""
@@ -745,7 +757,7 @@ class Outbox:
         """``sent``, and its recipients' domains counted as sent to, in one transaction."""
         done = self.transition(item.id, "sent", "sendguard", detail, also=self._record_domains(item.envelope_to),
                                last_error=None)
-        self._forget_unknown_domains()
+        self.forget_unknown_domains()
         return done
 
     def _record_domains(self, addresses: builtins.list[str]) -> Callable[[Any], None]:
@@ -919,7 +931,7 @@ class Outbox:
                 "sent_at": missed.sent_at, "deferred_until": missed.deferred_until,
                 "recipients": list(missed.recipients), "reason": note}, ts=now)
             self.store.record_sent_domains(conn, list(missed.recipients), now)
-        self._forget_unknown_domains()
+        self.forget_unknown_domains()
         self._notify(item_id)
         return self.get(item_id)
 

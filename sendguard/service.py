@@ -7,9 +7,12 @@ only this plus the API.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import audit, notify, paths, runtime
 from . import config as configmod
@@ -17,6 +20,7 @@ from . import directory as directorymod
 from .addin_relay import AddinRelay
 from .approvals import Approvals
 from .central import CentralSync, client_from_config
+from .checker import CheckerProcess
 from .clock import SteadyClock
 from .config import Config
 from .errors import SendGuardError
@@ -90,6 +94,7 @@ class Helper:
         self.outbox.listeners.append(self._waiting_listener)
         self._told_waiting: set[str] = set()
         self.smtp: SubmissionServer | None = None
+        self.checker: CheckerProcess[Any] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pending: list[str] = []
@@ -154,7 +159,7 @@ class Helper:
             if not configmod.is_loopback(self.config.smtp_host):
                 raise SendGuardError(f"[smtp] host {self.config.smtp_host!r}: the helper listens on loopback only")
             port = self.config.smtp_port if smtp_port is None else smtp_port
-            handler = SubmissionHandler(self.outbox, self.enqueue)
+            handler = SubmissionHandler(self.outbox, self.enqueue, self._intake_checker())
             self.smtp = SubmissionServer(handler, self.config.smtp_host, port).start()
         self._worker = threading.Thread(target=self._run, name="sendguard-worker", daemon=True)
         self._worker.start()
@@ -174,6 +179,20 @@ class Helper:
             self.addin_relay.start()
         return self
 
+    def _intake_checker(self) -> Callable[..., CheckerProcess[Any]] | None:
+        """A process of its own for the checks at SMTP intake when messages come in together (a mail merge,
+        several clients), where another core can take them. Not with a mail server's directory: what it
+        knows of lists is in this process only."""
+        if self.directory is not None or (os.cpu_count() or 1) < 2 or self.store.path is None:
+            return None
+        database, language = self.store.path, self.config.language
+
+        def make(commit: Callable[..., None]) -> CheckerProcess[Any]:
+            self.checker = CheckerProcess(self.outbox, database, language, commit)
+            return self.checker  # started by the first messages that come in together
+
+        return make
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -184,6 +203,8 @@ class Helper:
             self.addin_relay.stop()
         if self.smtp:
             self.smtp.stop()
+        if self.checker is not None:
+            self.checker.close()
         if self._worker:
             self._worker.join(15)
         if self._watcher:

@@ -1,0 +1,196 @@
+"""Checks at SMTP intake in the checking process (sendguard/checker.py), as a mail merge meets them.
+
+Messages sent together over several connections go to the child process; every one must end up stored
+once, with the verdict the helper itself would have given, whatever happens to the child meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SAMPLE_POLICY, make_message, smtp_send, wait_for
+
+from sendguard import checker as checkermod
+
+CARD = "ご請求先のカード番号は 4111 1111 1111 1111 です。"
+
+# (recipients, body): a new domain, a trusted one, a card number, a blocked domain, a keyword, internal only
+VARIETY = [
+    (["a@newcustomer.example"], "ご確認ください。"),
+    (["b@partner.example"], "いつもお世話になっております。"),
+    (["c@partner.example"], CARD),
+    (["d@rival.example"], "ご確認ください。"),
+    (["e@partner.example"], "社外秘の資料です。"),
+    (["f@example.co.jp"], "社内連絡です。"),
+]
+
+
+def burst(port: int, messages: list[tuple[list[str], bytes]], connections: int = 4) -> list[BaseException]:
+    """Send the messages over ``connections`` SMTP connections at once (each its share, in order)."""
+    errors: list[BaseException] = []
+
+    def send(share: list[tuple[list[str], bytes]]) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+                for rcpts, raw in share:
+                    client.sendmail("taro@example.co.jp", rcpts, raw)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(messages[i::connections],)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return errors
+
+
+def messages(n: int, tag: str) -> list[tuple[list[str], bytes]]:
+    out = []
+    for i in range(n):
+        rcpts, body = VARIETY[i % len(VARIETY)]
+        msg = make_message(to=rcpts, subject=f"{tag} {i}", body=body)
+        out.append((rcpts, msg.as_bytes()))
+    return out
+
+
+def checker_ready(h: Any) -> checkermod.CheckerProcess[Any]:
+    """Send messages together until the checking process is up (it starts on the first such batch)."""
+    def up() -> bool:
+        if h.checker is not None and h.checker.ready():
+            return True
+        burst(h.smtp.port, messages(8, "warm-up"))
+        return False
+
+    wait_for(up, timeout=60, interval=0.2)
+    return h.checker  # type: ignore[no-any-return]
+
+
+def stored_by_subject(h: Any, tag: str) -> dict[str, Any]:
+    return {i.subject: i for i in h.outbox.list(limit=100_000) if (i.subject or "").startswith(tag)}
+
+
+def expected_check(h: Any, raw: bytes, rcpts: list[str]) -> tuple[bool, Any]:
+    """The verdict the helper reaches in its own process for this message."""
+    verdict = h.outbox.verdict_at_intake(raw, "taro@example.co.jp", rcpts, h.outbox.policy())
+    return verdict.hold, verdict.values["check_result"]
+
+
+def test_messages_sent_together_are_checked_in_the_checking_process_with_the_helpers_own_verdicts(
+        helper, write_policy):
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker = checker_ready(h)
+    before = checker.checked_there
+    sent = messages(60, "together")
+    assert burst(h.smtp.port, sent) == []
+    stored = wait_for(lambda: (s := stored_by_subject(h, "together")) and len(s) == 60 and s)
+    assert checker.checked_there - before >= 30, "most of a burst is checked by the child"
+    assert checker.checked_here == 0
+    for rcpts, raw in sent:
+        subject = make_subject(raw)
+        item = stored[subject]
+        hold, check = expected_check(h, raw, rcpts)
+        if hold:
+            assert item.state == "awaiting_confirmation", (subject, item.state)
+            assert item.check.to_json() == check, subject
+        else:  # passed on: the worker sends it
+            wait_for(lambda s=subject: h.outbox.get(stored[s].id).state == "sent")
+    actions = {make_subject(raw): stored[make_subject(raw)].check.verdict.action for _, raw in sent}
+    assert [actions[f"together {i}"] for i in range(6)] == ["confirm", "confirm", "approve", "block", "approve", "allow"]
+    assert len({i.id for i in stored.values()}) == 60  # each once
+
+
+def make_subject(raw: bytes) -> str:
+    import email
+    import email.policy
+
+    return str(email.message_from_bytes(raw, policy=email.policy.default)["Subject"])
+
+
+def test_a_policy_edited_while_the_checking_process_runs_holds_the_very_next_messages(helper, write_policy):
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker_ready(h)
+    write_policy(SAMPLE_POLICY.replace('blocked_domains = ["rival.example"]',
+                                       'blocked_domains = ["rival.example", "partner.example"]'))
+    sent = [(["x@partner.example"], make_message(to="x@partner.example", subject=f"edited {i}").as_bytes())
+            for i in range(12)]
+    assert burst(h.smtp.port, sent) == []
+    stored = wait_for(lambda: (s := stored_by_subject(h, "edited")) and len(s) == 12 and s)
+    assert {i.check.verdict.action for i in stored.values()} == {"block"}
+    assert h.checker.checked_there > 0
+
+
+def test_the_checking_process_killed_in_a_burst_loses_nothing_takes_nothing_twice_and_comes_back(
+        helper, write_policy, monkeypatch):
+    monkeypatch.setattr(checkermod, "RESTART_SECONDS", 0.5)
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker = checker_ready(h)
+    pid = checker._proc.pid  # type: ignore[union-attr]
+    sent = messages(240, "killed")
+    errors: list[BaseException] = []
+    sender = threading.Thread(target=lambda: errors.extend(burst(h.smtp.port, sent)))
+    sender.start()
+    wait_for(lambda: len(stored_by_subject(h, "killed")) >= 20, interval=0.01)
+    wait_for(checker.busy, interval=0.001)  # it holds messages whose verdicts are not in
+    os.kill(pid, signal.SIGKILL)
+    sender.join(120)
+    assert errors == []  # every message got its 250
+    stored = wait_for(lambda: (s := stored_by_subject(h, "killed")) and len(s) == 240 and s)
+    assert len({i.id for i in stored.values()}) == 240
+    for rcpts, raw in sent:  # every one checked, by the child or by the helper
+        item = stored[make_subject(raw)]
+        hold, check = expected_check(h, raw, rcpts)
+        if hold:
+            assert item.check.to_json() == check
+    # it comes back by itself for the next messages sent together
+    def back() -> bool:
+        proc = checker._proc
+        if checker.ready() and proc is not None and proc.pid != pid:
+            return True
+        burst(h.smtp.port, messages(4, "again"))
+        return False
+
+    wait_for(back, timeout=60, interval=0.3)
+
+
+def test_after_a_release_to_a_new_domain_the_checking_process_stops_calling_it_new(helper, write_policy):
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker_ready(h)
+    smtp_send(h.smtp.port, make_message(to="first@fresh.example", subject="fresh first"))
+    first = wait_for(lambda: stored_by_subject(h, "fresh first").get("fresh first"))
+    first = wait_for(lambda: (i := h.outbox.get(first.id)).state == "awaiting_confirmation" and i)
+    assert "new_domain" in [r.rule for r in first.check.verdict.reasons]
+    h.outbox.confirm(first.id, actor="taro@example.co.jp")
+    wait_for(lambda: h.outbox.get(first.id).state == "sent")
+    sent = [(["next@fresh.example"], make_message(to="next@fresh.example", subject=f"fresh next {i}").as_bytes())
+            for i in range(8)]
+    assert burst(h.smtp.port, sent) == []
+    stored = wait_for(lambda: (s := stored_by_subject(h, "fresh next")) and len(s) == 8 and s)
+    for item in stored.values():
+        assert "new_domain" not in [r.rule for r in item.check.verdict.reasons], item.subject
+
+
+@pytest.mark.parametrize("language", ["ja"])
+def test_the_checking_process_words_its_verdicts_in_the_users_language(home: Path, helper, write_policy,
+                                                                        language):
+    (home / "config.toml").write_text(f'language = "{language}"\n', encoding="utf-8")
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker_ready(h)
+    sent = [(["y@newcustomer.example"], make_message(to="y@newcustomer.example", subject=f"lang {i}").as_bytes())
+            for i in range(8)]
+    assert burst(h.smtp.port, sent) == []
+    stored = wait_for(lambda: (s := stored_by_subject(h, "lang")) and len(s) == 8 and s)
+    for rcpts, raw in sent:
+        _hold, check = expected_check(h, raw, rcpts)
+        assert stored[make_subject(raw)].check.to_json() == check
