@@ -2,4 +2,5 @@
 
 from .cli import main
 
-main(prog_name="sendguard")
+if __name__ == "__main__":  # not when a process of ours is started from it (checker.py)
+    main(prog_name="sendguard")
