@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import OWN_PACKAGES, __version__, paths
+from .cli_help import Command, Group, configured_gettext
 from .errors import SendGuardError
 from .i18n import _, localize, translator
 from .items import Item
@@ -68,10 +69,7 @@ def user_errors(func: F) -> F:
 
 def _error_language() -> Callable[[str], str]:
     """The configured language for an error; the system's when the config itself is what is wrong."""
-    try:
-        return translator(configmod.load().language)
-    except Exception:  # noqa: BLE001 - a broken config must not hide the error being reported
-        return translator(None)
+    return configured_gettext()
 
 
 def echo_json(data: Any) -> None:
@@ -128,8 +126,10 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
-class PluginGroup(click.Group):
+class PluginGroup(Group):
     """Adds the commands other SendGuard packages register under ``sendguard.commands``."""
+
+    group_class = Group  # its subgroups list their own commands only
 
     # core command groups that live with their account set-up, loaded only when used
     LAZY = {"gmail": "sendguard.accounts.gmail:gmail_group"}
@@ -174,7 +174,7 @@ class PluginGroup(click.Group):
                 raise  # SendGuard's own code is never optional: a broken import is a bug to see
             reason = str(exc)  # a third-party package of an extra is not installed
 
-            @click.command(name, help=f"(not available: {reason})",
+            @click.command(name, cls=Command, help=f"(not available: {reason})",
                            context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
             def unavailable() -> None:
                 raise click.ClickException(f"`sendguard {name}` is not available: {reason}. "
@@ -532,7 +532,7 @@ def accounts() -> None:
     """Mailbox accounts that release (and hold) your mail."""
 
 
-class AccountKinds(click.Group):
+class AccountKinds(Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(account_setup.ADD_COMMANDS)
 
