@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import OWN_PACKAGES, __version__, paths
-from .cli_help import Command, Group, configured_gettext
+from .cli_help import Command, Group, UsageError, configured_gettext
 from .errors import SendGuardError
 from .i18n import _, localize, translator
 from .items import Item
@@ -141,8 +141,8 @@ class PluginGroup(Group):
         except click.UsageError as exc:  # click builds some texts itself (missing/bad parameter): say the whole
             full = exc.format_message()
             said = localize(full, _error_language())
-            if said != full:
-                raise click.UsageError(said, ctx=exc.ctx) from None  # same exit status (2) and usage line
+            if said != full or type(exc).show is click.UsageError.show:  # its usage and hint lines in the language
+                raise UsageError(said, ctx=exc.ctx) from None  # same exit status (2) and usage line
             raise
         except click.ClickException as exc:
             # click declares the text Final; rewriting it keeps the exception's class and exit status

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
 
 import click
 
@@ -33,6 +35,7 @@ Gettext = Callable[[str], str]
 _USAGE, _OPTIONS, _COMMANDS, _ARGUMENTS = _("Usage:"), _("Options"), _("Commands"), _("Positional arguments")
 _REQUIRED, _DEFAULT, _ENVVAR = _("required"), _("default: {default}"), _("env var: {var}")
 _CLICK_HELP = (_("Show this message and exit."), _("Show the version and exit."))
+_TRY = _("Try '{command} {option}' for help.")
 
 _META_KEY = "sendguard.help_gettext"
 
@@ -102,6 +105,84 @@ def _width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
+def _wide(text: str) -> bool:
+    return _width(text) != len(text)
+
+
+# no line starts with a closing mark, none ends with an opening one (kinsoku)
+_NO_START, _NO_END = set("、。，．,.)）」』】〕：:；;！？!?・ー…"), set("(（「『【〔")
+_TOKEN = re.compile(r"\s+|[^\s\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]+|.")
+
+
+def _wrap(text: str, width: int, indent: str = "", subsequent: str = "") -> str:
+    """Like click's wrap_text (paragraphs, ``\\b`` blocks kept) but in terminal columns, breaking between CJK
+    characters where click breaks only at spaces."""
+    out = []
+    for kept, first_indent, paragraph in _paragraphs(text):
+        if kept:
+            out.append("\n".join(indent + line for line in paragraph.splitlines()))
+            continue
+        units: list[str] = []
+        for token in _TOKEN.findall(paragraph):
+            if units and not token.isspace() and (token[0] in _NO_START or units[-1][-1] in _NO_END):
+                units[-1] += token
+            else:
+                units.append(token)
+        lines, line, space = [], indent + first_indent, ""
+        for unit in units:
+            if unit.isspace():
+                space = " " if line.strip() else ""
+                continue
+            if line.strip() and _width(line + space + unit) > width:
+                lines.append(line.rstrip())
+                line, space = subsequent + first_indent, ""
+            line += space + unit
+            space = ""
+        lines.append(line.rstrip())
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+class _WideFormatter(click.HelpFormatter):
+    """click's formatter, wrapping text with Japanese or Chinese in it by terminal columns."""
+
+    def write_text(self, text: str) -> None:
+        if not _wide(text):
+            return super().write_text(text)
+        indent = " " * self.current_indent
+        self.write(_wrap(text, self.width, indent, indent) + "\n")
+        return None
+
+    def write_dl(self, rows: Iterable[tuple[str, str]], col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = list(rows)
+        if not any(_wide(second) for _first, second in rows):
+            return super().write_dl(rows, col_max, col_spacing)
+        first_col = min(max((len(first) for first, _second in rows), default=0), col_max) + col_spacing
+        for first, second in rows:
+            self.write(f"{'':>{self.current_indent}}{first}")
+            if not second:
+                self.write("\n")
+                continue
+            if len(first) <= first_col - col_spacing:
+                self.write(" " * (first_col - len(first)))
+            else:
+                self.write("\n" + " " * (first_col + self.current_indent))
+            lines = _wrap(second, max(self.width - first_col - 2, 10)).splitlines() or [""]
+            self.write(lines[0] + "\n")
+            for line in lines[1:]:
+                self.write(f"{'':>{first_col + self.current_indent}}{line}\n")
+        return None
+
+
+class HelpContext(click.Context):
+    """A click context whose help, when said in a language, wraps Japanese and Chinese by terminal columns."""
+
+    def make_formatter(self) -> click.HelpFormatter:
+        if help_gettext(self) is None:
+            return super().make_formatter()
+        return _WideFormatter(width=self.terminal_width, max_width=self.max_content_width)
+
+
 def _short_help(command: click.Command, limit: int, gettext: Gettext) -> str:
     """The command list's one line: its first translated sentence, shortened to ``limit`` columns."""
     source = command.short_help or command.help
@@ -111,10 +192,15 @@ def _short_help(command: click.Command, limit: int, gettext: Gettext) -> str:
         return command.get_short_help_str(limit)
     if command.short_help or _width(said) <= limit:
         return said
-    for stop in ("。", ". "):
+    for stop in ("。", ". "):  # the first sentence
         head, found, _rest = said.partition(stop)
         if found and _width(head + found) <= limit:
             return (head + found).strip()
+    for stop in (": ", "："):  # what comes before the colon: "Settle an interrupted send"
+        head, found, _rest = said.partition(stop)
+        balanced = head.count("(") == head.count(")") and head.count("（") == head.count("）")
+        if found and balanced and 10 <= _width(head) <= limit:
+            return head
     cut = ""
     for ch in said:
         if _width(cut + ch) > limit - 3:
@@ -152,6 +238,8 @@ def _param_record(param: click.Parameter, ctx: click.Context, gettext: Gettext) 
 # ---------------------------------------------------------------------- the command classes
 class _HelpInLanguage(click.Command):
     """click's help layout, each text said in the configured language."""
+
+    context_class = HelpContext
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         gettext = help_gettext(ctx)
@@ -230,4 +318,22 @@ class Group(_HelpInLanguage, click.Group):
             rows = [(name, _short_help(command, limit, gettext)) for name, command in commands]
             with formatter.section(gettext(_COMMANDS)):
                 formatter.write_dl(rows)
+        return None
+
+
+class UsageError(click.UsageError):
+    """click's usage error, its usage line and its "Try ... --help" line said in the configured language."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        gettext = None if self.ctx is None else help_gettext(self.ctx)
+        if self.ctx is None or gettext is None:
+            return super().show(file)
+        command = self.ctx.command
+        hint = ""
+        if command.get_help_option(self.ctx) is not None:
+            option = max(command.get_help_option_names(self.ctx), key=len)
+            hint = gettext(_TRY).format(command=self.ctx.command_path, option=option) + "\n"
+        click.echo(f"{self.ctx.get_usage()}\n{hint}", file=file, err=True, color=self.ctx.color)
+        # "Error: " stays as click writes it: scripts and tests look for it
+        click.echo(f"Error: {self.format_message()}", file=file, err=True, color=self.ctx.color)
         return None

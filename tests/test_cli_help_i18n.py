@@ -64,6 +64,8 @@ def test_help_of_every_command_is_said_in_the_language(home: Path, lang: str) ->
         assert out.returncode == 0, (path, out.stderr.decode())
         text = out.stdout.decode()
         assert CJK.search(text.splitlines()[0]), (path, text)  # the usage line, too
+        said = [line for line in text.splitlines() if CJK.search(line)]
+        assert max(cli_help._width(line) for line in said) <= 80, (path, text)  # wrapped in terminal columns
         if english := _english_left(text, path):
             left[" ".join(path)] = english
     assert not left, f"English left in the {lang} help: {left}"
@@ -71,8 +73,12 @@ def test_help_of_every_command_is_said_in_the_language(home: Path, lang: str) ->
 
 def test_usage_line_of_a_usage_error_in_the_language(home: Path) -> None:
     (home / "config.toml").write_text('language = "ja"\n', encoding="utf-8")
-    err = run_cli("queue", "show").stderr.decode()
-    assert err.startswith("使い方: sendguard queue show [OPTIONS] ITEM_ID"), err
+    out = run_cli("queue", "show")
+    assert out.returncode == 2
+    usage, hint, _blank, error = out.stderr.decode().splitlines()
+    assert usage == "使い方: sendguard queue show [OPTIONS] ITEM_ID"
+    assert hint == "'sendguard queue show --help' でヘルプを表示できます。"
+    assert error.startswith("Error: ") and CJK.search(error)
 
 
 def test_help_stays_english_without_a_language(home: Path) -> None:
