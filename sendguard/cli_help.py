@@ -42,10 +42,10 @@ _META_KEY = "sendguard.help_gettext"
 
 def configured_gettext() -> Gettext:
     """The configured language (config.toml); the system's when the config itself is what is wrong."""
-    from . import config
+    from . import config, paths
 
-    try:
-        return translator(config.load().language)
+    try:  # read where it is: showing help or an error creates no home
+        return translator(config.load(paths.home_path() / "config.toml").language)
     except Exception:  # noqa: BLE001 - a broken config must not hide the error or the help being shown
         return translator(None)
 

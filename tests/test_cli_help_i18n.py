@@ -91,6 +91,16 @@ def test_help_stays_english_without_a_language(home: Path) -> None:
     assert not CJK.search(confirm)
 
 
+def test_help_creates_no_home(tmp_path: Path) -> None:
+    import os
+
+    home = tmp_path / "not-yet"
+    system = {"LANG": "ja_JP.UTF-8", "LC_ALL": "ja_JP.UTF-8"}
+    out = run_cli("queue", "--help", env={**os.environ, "SENDGUARD_HOME": str(home), **system})
+    assert out.returncode == 0 and out.stdout.decode().startswith("使い方:"), out.stderr  # the system's language
+    assert not home.exists()
+
+
 def _help(path: list[str], gettext: cli_help.Gettext | None) -> str:
     """``--help`` rendered in-process with the help language forced (None: click's own English layout)."""
     ctx = click.Context(main, info_name="sendguard", terminal_width=80)
