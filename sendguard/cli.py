@@ -134,16 +134,19 @@ class PluginGroup(Group):
     # core command groups that live with their account set-up, loaded only when used
     LAZY = {"gmail": "sendguard.accounts.gmail:gmail_group"}
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``sendguard``'s own options (``sendguard --bogus``): their usage errors in the language too."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _in_language(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
         try:
             return super().invoke(ctx)
-        except click.UsageError as exc:  # click builds some texts itself (missing/bad parameter): say the whole
-            full = exc.format_message()
-            said = localize(full, _error_language())
-            if said != full or type(exc).show is click.UsageError.show:  # its usage and hint lines in the language
-                raise UsageError(said, ctx=exc.ctx) from None  # same exit status (2) and usage line
-            raise
+        except click.UsageError as exc:
+            raise _in_language(exc) from None
         except click.ClickException as exc:
             # click declares the text Final; rewriting it keeps the exception's class and exit status
             exc.message = localize(exc.message, _error_language())  # type: ignore[misc]
@@ -181,6 +184,16 @@ class PluginGroup(Group):
                                            "Install SendGuard with its extras (make run) first.")
 
             return unavailable
+
+
+def _in_language(exc: click.UsageError) -> click.UsageError:
+    """A usage error said whole in the configured language (click builds some texts itself: a missing or bad
+    parameter), with its usage and "Try ... --help" lines; the same exit status (2)."""
+    full = exc.format_message()
+    said = localize(full, _error_language())
+    if said != full or type(exc).show is click.UsageError.show:
+        return UsageError(said, ctx=exc.ctx)
+    return exc  # one that shows itself differently (the help for no arguments)
 
 
 class _LazyTarget:

@@ -298,7 +298,7 @@ def test_click_usage_errors_are_said_in_the_language(home: Path, lang: str) -> N
 
     commands = {"choice": ("queue", "list", "--state", "bogus"), "command": ("queue", "frobnicate"),
                 "option": ("queue", "list", "--bogus"), "missing": ("queue", "show"),
-                "extra": ("queue", "show", "a", "b")}
+                "extra": ("queue", "show", "a", "b"), "root option": ("--bogus",)}
     english = {name: run_cli(*args) for name, args in commands.items()}
     (home / "config.toml").write_text(f'language = "{lang}"\n', encoding="utf-8")
     for name, args in commands.items():
