@@ -124,7 +124,8 @@ def _wrap(text: str, width: int, indent: str = "", subsequent: str = "") -> str:
             continue
         units: list[str] = []
         for token in _TOKEN.findall(paragraph):
-            if units and not token.isspace() and (token[0] in _NO_START or units[-1][-1] in _NO_END):
+            if units and not (token.isspace() or units[-1].isspace()) and (
+                    token[0] in _NO_START or units[-1][-1] in _NO_END):
                 units[-1] += token
             else:
                 units.append(token)
