@@ -9,9 +9,10 @@ import click
 
 from addin import manifests
 from sendguard import certs, paths
+from sendguard.cli_help import Group
 
 
-@click.group("addin")
+@click.group("addin", cls=Group)
 def addin_group() -> None:
     """The Outlook add-in: manifests for deployment and the HTTPS certificate it is served with."""
 

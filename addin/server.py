@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sendguard import paths
 from sendguard.central import decision_payload, sign_decision
 from sendguard.checks import StoredCheck
+from sendguard.cli_help import Group
 from sendguard.config import Config
 from sendguard.errors import ConfigError, NotFound, SendGuardError, StateError
 from sendguard.i18n import translator
@@ -749,7 +750,7 @@ def _database_option(func: Callable[..., Any]) -> Callable[..., Any]:
                              "database in config.toml).")(func)
 
 
-@click.group(invoke_without_command=True)
+@click.group(cls=Group, invoke_without_command=True)
 @click.option("--database", envvar="SENDGUARD_DATABASE_URL", metavar="URL",
               help="postgresql://user@host/db (or $SENDGUARD_DATABASE_URL).")
 @click.option("--bind", default="127.0.0.1:8800", show_default=True, metavar="HOST:PORT",
@@ -771,7 +772,7 @@ def _database_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--mail-from", default=None, metavar="ADDR", help="Sender of approval emails "
                                                                 "(default sendguard@<public host>).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write {\"url\": ...} here once listening (for scripts and tests).")
+              help="Once listening, write the server's URL here as JSON (for scripts and tests).")
 @click.pass_context
 def server_command(ctx: click.Context, database: str | None, bind: str, public_url: str | None,
                    allowed_hosts: tuple[str, ...], policy_path: Path | None, workers: int, threads: int,

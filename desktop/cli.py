@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from sendguard import OWN_PACKAGES, paths
+from sendguard.cli_help import Command
 from sendguard.i18n import _
 
 
@@ -74,7 +75,7 @@ def show_running_window(home: Any, pid: int | None) -> bool:
     return True
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--no-window", is_flag=True, help="No desktop window: confirm in the browser or with the CLI.")
 @click.option("--smtp-port", type=click.IntRange(0, 65535), default=None, help="SMTP submission port (0: any).")
 @click.option("--api-port", type=click.IntRange(0, 65535), default=None, help="Local API/web port (0: any).")
@@ -160,7 +161,7 @@ def _serve(runner: Any, no_window: bool) -> None:
         click.echo(t(_("SendGuard stopped.")))
 
 
-@click.command()
+@click.command(cls=Command)
 def demo() -> None:
     """Show the confirmation window with three sample messages (a temporary SENDGUARD_HOME)."""
     from .demo import run_demo

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import OWN_PACKAGES, __version__, paths
+from .cli_help import Command, Group, UsageError, configured_gettext
 from .errors import SendGuardError
 from .i18n import _, localize, translator
 from .items import Item
@@ -68,10 +69,7 @@ def user_errors(func: F) -> F:
 
 def _error_language() -> Callable[[str], str]:
     """The configured language for an error; the system's when the config itself is what is wrong."""
-    try:
-        return translator(configmod.load().language)
-    except Exception:  # noqa: BLE001 - a broken config must not hide the error being reported
-        return translator(None)
+    return configured_gettext()
 
 
 def echo_json(data: Any) -> None:
@@ -128,22 +126,27 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
-class PluginGroup(click.Group):
+class PluginGroup(Group):
     """Adds the commands other SendGuard packages register under ``sendguard.commands``."""
+
+    group_class = Group  # its subgroups list their own commands only
 
     # core command groups that live with their account set-up, loaded only when used
     LAZY = {"gmail": "sendguard.accounts.gmail:gmail_group"}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``sendguard``'s own options (``sendguard --bogus``): their usage errors in the language too."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _in_language(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         """Every command's one-line error in the configured language (``error_texts`` has the templates)."""
         try:
             return super().invoke(ctx)
-        except click.UsageError as exc:  # click builds some texts itself (missing/bad parameter): say the whole
-            full = exc.format_message()
-            said = localize(full, _error_language())
-            if said != full:
-                raise click.UsageError(said, ctx=exc.ctx) from None  # same exit status (2) and usage line
-            raise
+        except click.UsageError as exc:
+            raise _in_language(exc) from None
         except click.ClickException as exc:
             # click declares the text Final; rewriting it keeps the exception's class and exit status
             exc.message = localize(exc.message, _error_language())  # type: ignore[misc]
@@ -174,13 +177,23 @@ class PluginGroup(click.Group):
                 raise  # SendGuard's own code is never optional: a broken import is a bug to see
             reason = str(exc)  # a third-party package of an extra is not installed
 
-            @click.command(name, help=f"(not available: {reason})",
+            @click.command(name, cls=Command, help=f"(not available: {reason})",
                            context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
             def unavailable() -> None:
                 raise click.ClickException(f"`sendguard {name}` is not available: {reason}. "
                                            "Install SendGuard with its extras (make run) first.")
 
             return unavailable
+
+
+def _in_language(exc: click.UsageError) -> click.UsageError:
+    """A usage error said whole in the configured language (click builds some texts itself: a missing or bad
+    parameter), with its usage and "Try ... --help" lines; the same exit status (2)."""
+    full = exc.format_message()
+    said = localize(full, _error_language())
+    if said != full or type(exc).show is click.UsageError.show:
+        return UsageError(said, ctx=exc.ctx)
+    return exc  # one that shows itself differently (the help for no arguments)
 
 
 class _LazyTarget:
@@ -532,7 +545,7 @@ def accounts() -> None:
     """Mailbox accounts that release (and hold) your mail."""
 
 
-class AccountKinds(click.Group):
+class AccountKinds(Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(account_setup.ADD_COMMANDS)
 

@@ -224,6 +224,11 @@ TEMPLATES: tuple[str, ...] = (
     # settings files of other add-ins
     _("not UTF-8, UTF-16 or Shift_JIS text"),
     _("not UTF-8 or Shift_JIS text (OutlookOkan saves UTF-8)"),
+    _("not a folder (give OutlookOkan's settings folder, %APPDATA%\\Noraneko\\OutlookOkan)"),
+    _("no OutlookOkan settings here (expected files such as Whitelist.csv, GeneralSetting.csv, "
+      "AlertAddressList.csv)"),
+    _("expected True or False, got {value}"),
+    _("expected CC or BCC, got {value}"),
 )
 
 # What a refused action was, put into "cannot {verb} it": said as a verb, so marked with "(verb)" for the

@@ -147,7 +147,7 @@ def test_localize_keeps_values_prefixes_and_unknown_text() -> None:
 ERROR_MODULES = ("sendguard/cli.py", "desktop/cli.py", "addin/cli.py", "sendguard/accounts/exchange.py",
                  "sendguard/accounts/gmail.py", "sendguard/accounts/graph.py", "sendguard/accounts/smtp.py",
                  "sendguard/server_connect.py", "addin/server.py", "sendguard/policy.py", "sendguard/config.py",
-                 "sendguard/policy_bundle.py", "sendguard/managed.py")
+                 "sendguard/policy_bundle.py", "sendguard/managed.py", "sendguard/outlookokan.py")
 # Raising calls and which argument is the text the user reads.
 _RAISERS = {"ClickException": 0, "UsageError": 0, "BadParameter": 0, "ConfigError": 1, "PolicyError": 1, "fail": 1,
             "decode_settings_text": 2}
@@ -265,6 +265,11 @@ def test_command_and_policy_file_errors_are_said_in_the_language(home: Path, tmp
     said["smtp"] = _error_line(run_cli("accounts", "add", "smtp", "--host", "relay.example.co.jp", "--username", "u"))
     said["bundle"] = _error_line(run_cli("policy", "import", str(tmp_path)))
     said["server"] = _error_line(run_cli("server", "token", "issue", "--user", "taro@example.co.jp"))
+    okan = tmp_path / "okan"  # OutlookOkan's settings folder: none there, then a bad True/False cell
+    okan.mkdir()
+    said["okan"] = _error_line(run_cli("policy", "import-outlookokan", str(okan)))
+    (okan / "ExternalDomainsWarningAndAutoChangeToBccSetting.csv").write_text("10,maybe\n", encoding="utf-8")
+    said["okan_cell"] = _error_line(run_cli("policy", "import", "--from", "outlookokan", str(okan)))
     # config.toml itself wrong: said in the system's language
     (home / "config.toml").write_text("[api]\nport = 70000\n", encoding="utf-8")
     said["config"] = _error_line(run_cli("queue", "list", env={**os.environ, "LANG": system}))
@@ -293,7 +298,7 @@ def test_click_usage_errors_are_said_in_the_language(home: Path, lang: str) -> N
 
     commands = {"choice": ("queue", "list", "--state", "bogus"), "command": ("queue", "frobnicate"),
                 "option": ("queue", "list", "--bogus"), "missing": ("queue", "show"),
-                "extra": ("queue", "show", "a", "b")}
+                "extra": ("queue", "show", "a", "b"), "root option": ("--bogus",)}
     english = {name: run_cli(*args) for name, args in commands.items()}
     (home / "config.toml").write_text(f'language = "{lang}"\n', encoding="utf-8")
     for name, args in commands.items():

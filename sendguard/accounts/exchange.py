@@ -14,6 +14,7 @@ import click
 
 from .. import config as configmod
 from .. import paths, secrets
+from ..cli_help import Command
 from ..config import Account as AccountConfig
 from ..mailboxes.base import HOLD_FOLDER, MailboxError
 from ..mailboxes.exchange import ExchangeMailbox
@@ -25,7 +26,7 @@ def _read_password() -> str:
     return data.rstrip("\r\n")
 
 
-@click.command("exchange")
+@click.command("exchange", cls=Command)
 @click.option("--address", required=True, help="The mailbox address; mail from it is released through it.")
 @click.option("--server", help="EWS URL, e.g. https://mail.example.co.jp/EWS/Exchange.asmx")
 @click.option("--autodiscover", is_flag=True, help="Find the EWS URL by Exchange autodiscover.")

@@ -25,6 +25,7 @@ from google.oauth2.credentials import Credentials
 
 from .. import config as configmod
 from .. import paths, secrets
+from ..cli_help import Command, Group
 from ..config import Account
 from ..errors import SendGuardError
 from ..mailboxes.base import MailboxError
@@ -228,7 +229,7 @@ def _sign_in_and_save(account: Account, client: dict[str, Any] | None, creds: Cr
                f"token stored in {secrets.describe()}.")
 
 
-@click.command("gmail")
+@click.command("gmail", cls=Command)
 @click.option("--address", required=True, help="The sender address whose mail this Gmail account releases.")
 @click.option("--name", default=None, help="Account name in config.toml (default: the address).")
 @click.option("--client-secrets", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -318,7 +319,7 @@ def submit_draft(outbox: Outbox, mailbox: GmailMailbox, draft_id: str) -> Item:
                          source_ref=held.ref, account=mailbox.name)
 
 
-@click.group("gmail")
+@click.group("gmail", cls=Group)
 def gmail_group() -> None:
     """Gmail drafts handed to SendGuard, and the Gmail sign-in."""
 

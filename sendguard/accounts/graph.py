@@ -15,12 +15,13 @@ import click
 
 from .. import config as configmod
 from .. import paths, secrets
+from ..cli_help import Command
 from ..config import Account as AccountConfig
 from ..mailboxes.base import HOLD_FOLDER, MailboxError
 from ..mailboxes.graph import GRAPH_ENDPOINT, GraphMailbox, MsalTokenSource
 
 
-@click.command("graph")
+@click.command("graph", cls=Command)
 @click.option("--address", required=True, help="The mailbox address; mail from it is released through it.")
 @click.option("--tenant", default="organizations", show_default=True,
               help="Entra tenant id or domain (organizations = any work account).")

@@ -8,11 +8,12 @@ import click
 
 from .. import config as configmod
 from .. import secrets
+from ..cli_help import Command
 from ..config import Account
 from ..mailboxes.smtp import SECURITY
 
 
-@click.command("smtp")
+@click.command("smtp", cls=Command)
 @click.option("--name", default="smtp", show_default=True, help="A name for this account.")
 @click.option("--address", default="", help="Release mail from this sender through this relay (default: all).")
 @click.option("--host", required=True, help="SMTP relay host name.")
