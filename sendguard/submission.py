@@ -101,7 +101,10 @@ def _answer(batch: list[tuple[Incoming, _Reply]], results: list[tuple[str, str]]
     for (_, (loop, future)), value in zip(batch, results, strict=True):
         by_loop.setdefault(loop, []).append((future, value))
     for loop, settled in by_loop.items():
-        loop.call_soon_threadsafe(_settle, settled, error)
+        try:
+            loop.call_soon_threadsafe(_settle, settled, error)
+        except RuntimeError:  # the SMTP server has stopped: its sessions are gone, their clients retry
+            log.info("%d message(s) stored after their SMTP session ended", len(settled))
 
 
 def _settle(settled: list[tuple[asyncio.Future[tuple[str, str]], tuple[str, str] | None]],
