@@ -194,3 +194,43 @@ def test_the_checking_process_words_its_verdicts_in_the_users_language(home: Pat
     for rcpts, raw in sent:
         _hold, check = expected_check(h, raw, rcpts)
         assert stored[make_subject(raw)].check.to_json() == check
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no thread may fail
+def test_stopping_the_helper_in_a_burst_keeps_every_accepted_message_and_stops_cleanly(home: Path, write_policy):
+    from sendguard.service import Helper
+    from sendguard.store import Store
+
+    write_policy(SAMPLE_POLICY)
+    h = Helper(home).start(smtp=True, smtp_port=0)
+    checker_ready(h)
+    accepted: list[str] = []
+    lock = threading.Lock()
+
+    def send(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", h.smtp.port, timeout=30) as client:
+                for i in range(200):
+                    subject = f"stopping {n}-{i}"
+                    client.sendmail("taro@example.co.jp", ["a@newcustomer.example"],
+                                    make_message(to="a@newcustomer.example", subject=subject).as_bytes())
+                    with lock:
+                        accepted.append(subject)
+        except (smtplib.SMTPException, OSError):
+            pass  # the helper stopped: this client keeps its message and would retry
+
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for t in senders:
+        t.start()
+    wait_for(lambda: len(accepted) >= 40 and h.checker.busy(), interval=0.001)
+    h.stop()  # raises nothing
+    for t in senders:
+        t.join(60)
+    store = Store(home / "sendguard.db")
+    try:
+        from sendguard.outbox import Outbox
+
+        stored = {i.subject for i in Outbox(store, lambda: None).list(limit=100_000)}  # type: ignore[arg-type, return-value]
+    finally:
+        store.close()
+    assert set(accepted) <= stored  # every 250 kept its promise
