@@ -107,10 +107,11 @@ def state_of(item_id: str) -> str:
 class Serve:
     """`sendguard serve` (window on) as a user starts it, with the window's DevTools endpoint open."""
 
-    def __init__(self, home: Path, window: bool = True):
+    def __init__(self, home: Path, window: bool = True, env: dict[str, str] | None = None):
         self.home = home
         self.devtools = _free_port()
-        env = dict(os.environ, SENDGUARD_HOME=str(home), QTWEBENGINE_REMOTE_DEBUGGING=f"127.0.0.1:{self.devtools}")
+        env = dict(os.environ, **(env or {}), SENDGUARD_HOME=str(home),
+                   QTWEBENGINE_REMOTE_DEBUGGING=f"127.0.0.1:{self.devtools}")
         env["QTWEBENGINE_CHROMIUM_FLAGS"] = (env.get("QTWEBENGINE_CHROMIUM_FLAGS", "") + " --no-sandbox").strip()
         self.log = open(home / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
         args = ["serve", "--smtp-port", "0", "--api-port", "0"] + ([] if window else ["--no-window"])
@@ -433,6 +434,41 @@ def test_without_a_tray_starting_sendguard_again_shows_the_window_with_pause_and
     assert "icon in the tray" not in banner and "from the tray" not in banner
     page.click("#quit")
     serve.proc.wait(60)  # the helper ends; nothing was held
+
+
+def test_quit_in_the_window_ends_the_helper_even_when_the_answer_to_the_page_comes_late(home: Path) -> None:
+    """Issue #11: Quit pressed in the window (no tray) left `sendguard serve` running for good, now and then.
+    pywebview runs the page's call in a thread of its own that then hands the answer back to the page
+    through the Qt main thread and waits for it, and the interpreter waits for that thread at exit. When
+    the window was taken down (and Qt's loop ended) while that thread was between looking the window up
+    and asking for the answer to be run, nobody ever ran it: the process never ended. A test-only
+    start-up shim (tests/fixtures/late_answer) pauses that thread right there, which makes the order
+    certain. Quitting keeps the held message held."""
+    missing = _window_missing()
+    if missing:
+        pytest.skip(missing)
+    (home / "policy.toml").write_text(POLICY, encoding="utf-8")
+    shim = str(ROOT / "tests" / "fixtures" / "late_answer")
+    serve = Serve(home, env={"PYTHONPATH": os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")])),
+                             "SENDGUARD_TEST_LATE_ANSWER": "quit=0.5"})
+    page = WindowPage(serve.devtools)
+    try:
+        page.wait("typeof SG === 'object' && document.getElementById('loading').textContent !== ''", timeout=60)
+        held = submit(serve.smtp_port, "見積書の送付", ["x@partner.example"])
+        shown(page, held)
+        page.click("#quit")
+        started = time.monotonic()
+        serve.proc.wait(20)  # the old code never got past here
+        took = time.monotonic() - started
+    finally:
+        page.close()
+        serve.stop()
+    log = (home / "serve.log").read_text(encoding="utf-8")
+    assert serve.proc.returncode == 0, log
+    assert took < 5, took  # the answer's 0.5 s, then the helper's own (idle) stop
+    assert "SendGuard stopped." in log
+    assert state_of(held) == "awaiting_confirmation"
+    assert released(home) == []
 
 
 def test_second_start_without_a_window_still_refuses(window_helper: tuple[Serve, WindowPage], home: Path) -> None:
