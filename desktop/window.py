@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sendguard import i18n
+from sendguard import i18n, shutdown
 from sendguard.i18n import _
 from sendguard.outbox import Item, State
 
@@ -126,6 +126,7 @@ class ConfirmWindows:
         self.deciding: set[str] = set()  # decided in this window: the page shows the outcome until "finished"
         self.visible = False
         self.quitting = False
+        self.on_quit: Callable[[], None] | None = None  # told when quitting starts (the stop's watchdog)
         self.loop_ended = threading.Event()  # Qt's loop is over (``run`` sets it)
         self._answering: set[threading.Thread] = set()  # threads running a call from the page
         self._answering_lock = threading.Lock()
@@ -476,6 +477,8 @@ class ConfirmWindows:
             self._quit_started = True
         self.quitting = True
         self.events.put(("stop", None))
+        if self.on_quit is not None:
+            self.on_quit()
         threading.Thread(target=self._close_when_answered, name="sendguard-quit", daemon=True).start()
 
     def _close_when_answered(self) -> None:
@@ -504,8 +507,9 @@ class ConfirmWindows:
 
 
 def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callable[[ConfirmWindows], None]
-        | None = None) -> None:
-    """Show windows for ``runner`` until the user quits; blocks on the main thread."""
+        | None = None, on_quit: Callable[[], None] | None = None) -> None:
+    """Show windows for ``runner`` until the user quits; blocks on the main thread. ``on_quit`` is called
+    (from any thread) when quitting starts."""
     prepare_environment()
     import webview
     from qtpy import QtWebEngineWidgets, QtWidgets  # noqa: F401  (WebEngine must load before the QApplication)
@@ -517,6 +521,7 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
     app.setQuitOnLastWindowClosed(False)
     app.setApplicationName(TITLE)
     manager = ConfirmWindows(runner, emit)
+    manager.on_quit = on_quit
     manager.ui = MainThread()
     manager.tray = Tray(runner, manager.gettext, on_open=lambda: manager.events.put(("open", None)),
                         on_quit=manager.quit)
@@ -610,6 +615,7 @@ def main(argv: list[str] | None = None) -> None:
         run(runner, emit=out if args.control else None, on_started=on_started)
     finally:
         runner.stop()
+    shutdown.leave()
 
 
 if __name__ == "__main__":

@@ -480,6 +480,18 @@ def test_quit_in_the_window_ends_the_helper_even_when_the_answer_to_the_page_com
     assert "not answered" not in log and "did not finish" not in log  # the window waited for the answer
 
 
+def test_quit_in_the_window_ends_the_helper_even_when_an_answer_to_the_page_never_comes(home: Path) -> None:
+    """The stop is bounded even when a call from the page outlasts its budget: the window goes anyway,
+    the helper stops, and the thread still waiting is named in the log and not waited for."""
+    missing = _window_missing()
+    if missing:
+        pytest.skip(missing)
+    _held, took, log = quit_with_a_late_answer(home, 60)
+    assert took < 10, took  # 1 s for the answer, the helper's stop, 1 s for the thread: far below 60
+    assert "closing the window with 1 call(s) from the page not answered yet" in log
+    assert "ending now; these threads did not finish: " in log and "in evaluate_js" in log
+
+
 def test_second_start_without_a_window_still_refuses(window_helper: tuple[Serve, WindowPage], home: Path) -> None:
     """A second `serve --no-window` on the same home is still refused with the holder named (item 15)."""
     serve, _page = window_helper
