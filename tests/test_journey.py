@@ -458,6 +458,7 @@ def quit_with_a_late_answer(home: Path, seconds: float) -> tuple[str, float, str
         page.close()
         serve.stop()
     log = (home / "serve.log").read_text(encoding="utf-8")
+    assert f"late_answer: holding the answer to quit() for {seconds} s" in log  # the shim did its part
     assert serve.proc.returncode == 0, log
     assert "SendGuard stopped." in log
     assert state_of(held) == "awaiting_confirmation"  # Quit keeps held mail held
