@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from sendguard import OWN_PACKAGES, paths
+from sendguard import OWN_PACKAGES, paths, shutdown
 from sendguard.cli_help import Command
 from sendguard.i18n import _
 
@@ -102,17 +102,21 @@ def serve(no_window: bool, smtp_port: int | None, api_port: int | None, verbose:
         raise click.ClickException(str(exc)) from None
     except SendGuardError as exc:
         raise click.ClickException(str(exc)) from None
+    watchdog = shutdown.Watchdog()  # armed when the stop is asked for: the process ends within its bound
     try:
         try:
             runner = Runner(home, smtp_port, api_port).start()
         except (OSError, SendGuardError) as exc:
             raise click.ClickException(str(exc)) from None
-        _serve(runner, no_window)
+        _serve(runner, no_window, watchdog)
     finally:
         lock.release()
+    # A library's thread still waiting on the closed window would keep the interpreter from exiting.
+    shutdown.leave()
+    watchdog.disarm()
 
 
-def _serve(runner: Any, no_window: bool) -> None:
+def _serve(runner: Any, no_window: bool, watchdog: shutdown.Watchdog) -> None:
     t = runner.helper.gettext
     info = runner.describe()
     click.echo(t(_("SendGuard is running (home {home})")).format(home=info["home"]))
@@ -141,8 +145,9 @@ def _serve(runner: Any, no_window: bool) -> None:
                                         "(`sendguard serve`).")))
 
             try:
-                window_mod.run(runner, on_started=started)  # blocks on the main thread until quit
+                window_mod.run(runner, on_started=started, on_quit=watchdog.arm)  # blocks until quit
             finally:
+                watchdog.arm()
                 runner.stop()
                 click.echo(t(_("SendGuard stopped.")))
             return
@@ -157,6 +162,7 @@ def _serve(runner: Any, no_window: bool) -> None:
         while not stop.wait(1.0):
             pass
     finally:
+        watchdog.arm()
         runner.stop()
         click.echo(t(_("SendGuard stopped.")))
 

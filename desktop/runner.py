@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from addin import create_app
-from sendguard import paths, runtime
+from sendguard import paths, runtime, shutdown
 from sendguard.config import is_loopback
 from sendguard.errors import SendGuardError
 from sendguard.service import Helper
@@ -79,10 +80,15 @@ class Runner:
         return {"smtp": f"{self.helper.smtp.host}:{self.helper.smtp.port}", "api": self.base_url,
                 "home": str(self.home), "transport": transport}
 
-    def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-        if self._thread:
-            self._thread.join(10)
-        self.helper.stop()
+    def stop(self, timeout: float = shutdown.STOP_SECONDS) -> None:
+        """Stop the API server and the helper within ``timeout`` seconds in all (a part still busy then
+        is named in the log and left behind; see ``Helper.stop``)."""
+        deadline = time.monotonic() + timeout
+        if self.server and self._thread:
+            # serve_forever() notices within its poll interval; shutdown() itself would wait without limit
+            threading.Thread(target=self.server.shutdown, name="sendguard-api-shutdown", daemon=True).start()
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.warning("the API server did not stop in time; stopping the helper without it")
+        self.helper.stop(max(0.0, deadline - time.monotonic()))
         runtime.clear(self.home)

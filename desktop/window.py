@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sendguard import i18n
+from sendguard import i18n, shutdown
 from sendguard.i18n import _
 from sendguard.outbox import Item, State
 
@@ -36,6 +36,8 @@ TITLE = "SendGuard"
 PREWARM_MS = 400  # how long the window stays mapped off screen at start-up (first paint and compositor set-up)
 SYNC_SECONDS = 0.3  # how often the window re-reads the outbox (changes from other processes show within 1 s)
 STATUS_SECONDS = 1.0  # how often the status line (what SendGuard waits for) is brought up to date
+ANSWER_SECONDS = 1.0  # at Quit, how long calls from the page get to be answered before the window goes
+CLOSE_SECONDS = 3.0  # then how long Qt gets to take the window down and end its loop
 HIDDEN_TITLE = _("SendGuard keeps running")
 HIDDEN_TEXT = _("Held mail stays held. This desktop has no tray: start SendGuard again (`sendguard serve`) to show "
                 "its window, with Pause and Quit.")
@@ -57,39 +59,52 @@ def _seconds(ms: Any) -> float | None:
 
 
 class Bridge:
-    """What the page may ask of the helper (``window.pywebview.api.*``). Attributes stay private."""
+    """What the page may ask of the helper (``window.pywebview.api.*``). Attributes stay private.
+
+    pywebview runs each call in a thread of its own, which afterwards hands the answer back to the page
+    through the Qt main thread and waits for it without a time limit; the interpreter waits for these
+    threads at exit. Each method therefore first tells the manager its thread (``answering``), so that
+    Quit takes the window down only once the calls in flight have been answered."""
 
     def __init__(self, manager: ConfirmWindows):
         self._manager = manager
 
     def confirm(self, item_id: str, decision: dict[str, Any]) -> dict[str, Any]:
+        self._manager.answering()
         body = dict(decision) if isinstance(decision, dict) else {}
         body["actor"] = "window"
         return self._manager.decide(item_id, "confirm", body)
 
     def cancel(self, item_id: str) -> dict[str, Any]:
+        self._manager.answering()
         return self._manager.decide(item_id, "cancel", {"reason": "cancelled in the window"})
 
     def preview(self, item_id: str, att_id: str) -> dict[str, Any]:
+        self._manager.answering()
         return self._manager.api("GET", f"/confirm/{item_id}/attachments/{att_id}/preview")
 
     def save_eml(self, item_id: str) -> bool:
+        self._manager.answering()
         return self._manager.save_eml(item_id)
 
     def finished(self, item_id: str, state: str) -> bool:
+        self._manager.answering()
         self._manager.events.put(("finished", item_id))
         return True
 
     def pause(self, paused: bool) -> dict[str, Any]:
         """Pause or resume releasing (the window's menu bar, where there is no tray)."""
+        self._manager.answering()
         return self._manager.set_paused(bool(paused))
 
     def quit(self) -> bool:
+        self._manager.answering()
         self._manager.quit()
         return True
 
     def painted(self, item_id: str, times: dict[str, Any] | None = None) -> bool:
         """The page became visible and painted a frame (``times``: the page's own clock, ms)."""
+        self._manager.answering()
         times = times if isinstance(times, dict) else {}
         self._manager.emit("painted", id=item_id, visible_at=_seconds(times.get("visible")),
                            frame_at=_seconds(times.get("frame")))
@@ -111,6 +126,11 @@ class ConfirmWindows:
         self.deciding: set[str] = set()  # decided in this window: the page shows the outcome until "finished"
         self.visible = False
         self.quitting = False
+        self.on_quit: Callable[[], None] | None = None  # told when quitting starts (the stop's watchdog)
+        self.loop_ended = threading.Event()  # Qt's loop is over (``run`` sets it)
+        self._answering: set[threading.Thread] = set()  # threads running a call from the page
+        self._answering_lock = threading.Lock()
+        self._quit_started = False
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._emit = emit
         self._token: str | None = None
@@ -436,16 +456,60 @@ class ConfirmWindows:
         path.write_bytes(item.raw)
         return True
 
+    def answering(self) -> None:
+        """A call from the page runs in the current thread (see ``Bridge``)."""
+        with self._answering_lock:
+            self._answering = {t for t in self._answering if t.is_alive()}
+            self._answering.add(threading.current_thread())
+
+    def unanswered(self) -> list[threading.Thread]:
+        """Threads of calls from the page that have not handed their answer back yet (the caller left out)."""
+        me = threading.current_thread()
+        with self._answering_lock:
+            return [t for t in self._answering if t is not me and t.is_alive()]
+
     def quit(self) -> None:
+        """End the window, and so ``run``, soon. Returns at once, from any thread: the page's Quit (a
+        pywebview call thread), the tray's menu or a signal handler (both on the Qt main thread)."""
+        with self._answering_lock:
+            if self._quit_started:
+                return
+            self._quit_started = True
         self.quitting = True
         self.events.put(("stop", None))
-        if self.window is not None:
-            self.window.destroy()
+        if self.on_quit is not None:
+            self.on_quit()
+        threading.Thread(target=self._close_when_answered, name="sendguard-quit", daemon=True).start()
+
+    def _close_when_answered(self) -> None:
+        """Take the window down once the calls from the page in flight (Quit's own included) have been
+        answered. Destroying it sooner ends Qt's loop under them: a call that had found the window but
+        not yet asked Qt to run its answer then waits for good, and the process with it (issue #11)."""
+        deadline = time.monotonic() + ANSWER_SECONDS
+        for thread in self.unanswered():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        late = self.unanswered()
+        if late:
+            log.warning("closing the window with %d call(s) from the page not answered yet: %s", len(late),
+                        ", ".join(t.name for t in late))
+        window = self.window
+        if window is None or self.loop_ended.is_set():
+            return
+        try:
+            window.destroy()
+        except Exception:
+            log.exception("the window could not be closed")
+        if not self.loop_ended.wait(CLOSE_SECONDS) and self.ui is not None:
+            log.warning("the window did not close within %.0f s; ending its loop", CLOSE_SECONDS)
+            from qtpy import QtWidgets
+
+            self.ui.call(QtWidgets.QApplication.quit)
 
 
 def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callable[[ConfirmWindows], None]
-        | None = None) -> None:
-    """Show windows for ``runner`` until the user quits; blocks on the main thread."""
+        | None = None, on_quit: Callable[[], None] | None = None) -> None:
+    """Show windows for ``runner`` until the user quits; blocks on the main thread. ``on_quit`` is called
+    (from any thread) when quitting starts."""
     prepare_environment()
     import webview
     from qtpy import QtWebEngineWidgets, QtWidgets  # noqa: F401  (WebEngine must load before the QApplication)
@@ -457,6 +521,7 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
     app.setQuitOnLastWindowClosed(False)
     app.setApplicationName(TITLE)
     manager = ConfirmWindows(runner, emit)
+    manager.on_quit = on_quit
     manager.ui = MainThread()
     manager.tray = Tray(runner, manager.gettext, on_open=lambda: manager.events.put(("open", None)),
                         on_quit=manager.quit)
@@ -464,8 +529,12 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
     window = webview.create_window(
         f"{TITLE} — {manager.gettext('Confirm before sending')}", url=f"{runner.base_url}/confirm/_window?lang={lang}",
         js_api=Bridge(manager), hidden=True, width=960, height=760, min_size=(520, 420), text_select=True)
+    manager.window = window  # a quit that comes before ``started`` still has a window to take down
 
     def started() -> None:
+        # pywebview sets its own SIGINT handler (ending Qt's loop at once, calls from the page in flight or
+        # not) when it starts the loop: Ctrl-C, too, goes through quit. Posted now, run once the loop runs.
+        manager.ui.call(lambda: signal.signal(signal.SIGINT, on_signal))
         manager.start(window)
         from sendguard import runtime
 
@@ -478,7 +547,10 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
     # handles signals only between bytecodes, so a timer hands it the main thread now and then.
     from qtpy import QtCore
 
-    previous = {sig: signal.signal(sig, lambda *_: manager.quit()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def on_signal(*_args: Any) -> None:
+        manager.quit()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     if hasattr(signal, "SIGUSR1"):  # SendGuard started again on this home: show the window (where no tray can)
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: manager.events.put(("open", None)))
     ticker = QtCore.QTimer()
@@ -487,6 +559,7 @@ def run(runner: Any, emit: Callable[..., None] | None = None, on_started: Callab
     try:
         webview.start(started, gui="qt", private_mode=True)
     finally:
+        manager.loop_ended.set()
         ticker.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -542,6 +615,7 @@ def main(argv: list[str] | None = None) -> None:
         run(runner, emit=out if args.control else None, on_started=on_started)
     finally:
         runner.stop()
+    shutdown.leave()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import audit, notify, paths, runtime
+from . import audit, notify, paths, runtime, shutdown
 from . import config as configmod
 from . import directory as directorymod
 from .addin_relay import AddinRelay
@@ -193,7 +193,16 @@ class Helper:
 
         return make
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = shutdown.STOP_SECONDS) -> None:
+        """Stop within ``timeout`` seconds in all. A thread still busy then (the worker in a send to a slow
+        server) is named in the log and left behind with its connector open, so that its send is neither
+        cut short under it nor repeated: what it committed stays, and a send it had begun is settled at the
+        next start (``releasing`` is reconciled, never sent twice)."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         self._stop.set()
         self._wake.set()
         self._watch_wake.set()
@@ -201,15 +210,21 @@ class Helper:
             self.sync.stop()
         if self.addin_relay:
             self.addin_relay.stop()
-        if self.smtp:
-            self.smtp.stop()
-        if self.checker is not None:
+        busy = []
+        if self.smtp and not self.smtp.stop(left()):
+            busy.append("the SMTP port")
+        if self.checker is not None:  # what it still holds is checked and committed here
             self.checker.close()
-        if self._worker:
-            self._worker.join(15)
-        if self._watcher:
-            self._watcher.join(15)
-        self.connectors.close()
+        for what, thread in (("the release worker", self._worker), ("the Outbox watch", self._watcher)):
+            if thread is not None:
+                thread.join(left())
+                if thread.is_alive():
+                    busy.append(f"{what} ({shutdown.where(thread)})")
+        if busy:
+            log.warning("stopping without waiting longer for %s (%.0f s budget); a send in progress is "
+                        "settled at the next start", ", ".join(busy), timeout)
+        else:
+            self.connectors.close(timeout=min(5.0, left()))
         self.save_checkpoint()
         if self.directory is not None:
             self.directory.close()

@@ -241,8 +241,11 @@ class SubmissionServer:
             raise err
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Close the port; False when the server's thread is still busy after ``timeout`` seconds."""
         if self._loop and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:
-            self._thread.join(10)
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
