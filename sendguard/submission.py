@@ -226,6 +226,11 @@ class SubmissionServer:
         self._ready.set()
         self._loop.run_forever()
         self._server.close()
+        # sessions still open end here (their clients see the connection close and keep their messages)
+        sessions = [task for task in asyncio.all_tasks(self._loop) if not task.done()]
+        for task in sessions:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*sessions, return_exceptions=True))
         self._loop.run_until_complete(self._server.wait_closed())
         self._loop.close()
 
