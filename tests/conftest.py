@@ -71,6 +71,39 @@ def default_retry_policy() -> Iterator[None]:
     _retry.configure()
 
 
+_CENTRAL_SERVICES: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _record_central_services(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Note every central-server service a test makes, so that its database fixture can stop the service's
+    background rounds before dropping the database (``stop_central_rounds``). Left running, they log a
+    traceback every round, and Python 3.11's traceback carets parse source with ``ast`` in their thread,
+    which races the main thread's ``ast.parse`` (a SystemError in an unrelated test)."""
+    try:
+        from addin.server import CentralService
+    except ImportError:  # a build without the web parts
+        yield
+        return
+    original = CentralService.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        _CENTRAL_SERVICES.append(self)
+
+    monkeypatch.setattr(CentralService, "__init__", init)
+    yield
+    stop_central_rounds()  # the test's own (no database fixture stopped them)
+
+
+def stop_central_rounds() -> None:
+    """Stop the background rounds of the central services made so far (database fixtures call it first)."""
+    while _CENTRAL_SERVICES:
+        service = _CENTRAL_SERVICES.pop()
+        service.notices.stop()
+        service.releaser.stop()
+
+
 @pytest.fixture
 def home(sg_env: Path) -> Path:
     return sg_env

@@ -21,7 +21,7 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import ROOT, wait_for
+from conftest import ROOT, stop_central_rounds, wait_for
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import create_engine, text
 
@@ -66,6 +66,7 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     yield base.rsplit("/", 1)[0] + "/" + name
+    stop_central_rounds()  # before the database goes: they would fail (and log) every round after
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_message, wait_for
+from conftest import make_message, stop_central_rounds, wait_for
 from sqlalchemy import create_engine, text
 from test_central_server import ThreadServer, connect_helper, maildir
 
@@ -40,6 +40,7 @@ def db():
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     yield base.rsplit("/", 1)[0] + "/" + name
+    stop_central_rounds()  # before the database goes: they would fail (and log) every round after
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

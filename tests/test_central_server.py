@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ROOT, make_message, smtp_send, wait_for
+from conftest import ROOT, make_message, smtp_send, stop_central_rounds, wait_for
 from sqlalchemy import create_engine, select, text
 
 from sendguard import audit
@@ -60,6 +60,7 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     yield base.rsplit("/", 1)[0] + "/" + name
+    stop_central_rounds()  # before the database goes: they would fail (and log) every round after
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
