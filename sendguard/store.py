@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import (
     JSON,
@@ -395,6 +395,13 @@ class Store:
                                "done, and `sendguard doctor --set-aside-store` to keep the damaged file beside "
                                "it and start with an empty store.")
 
+    def _report_write_failure(self, exc: OperationalError | sqlite3.OperationalError) -> NoReturn:
+        """Raise what a failed write means for the user (``StoreUnavailable``: full, read-only…), else ``exc``."""
+        problem = self._write_failed(exc)
+        if problem is None:
+            raise exc
+        raise problem from exc
+
     def _write_failed(self, exc: OperationalError | sqlite3.OperationalError) -> StoreUnavailable | None:
         text = str(getattr(exc, "orig", None) or exc).lower()
         where = self.path or "the database"
@@ -429,12 +436,8 @@ class Store:
                 with self.engine.begin() as conn:
                     yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:  # the latter from driver-level writes
-            problem = self._write_failed(exc)
-            if problem is None:
-                raise
-            raise problem from exc
-        if self.write_problem is not None:
-            self.write_problem = None
+            self._report_write_failure(exc)
+        self.write_problem = None
 
     def append_audit(self, conn: Connection, event_name: str, actor: str, item_id: str | None,
                      data: dict[str, Any] | None = None, ts: float | None = None) -> int:
@@ -480,12 +483,8 @@ class Store:
                 driver.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             self._drop_intake_connection()  # a file made writable again is written by a new one
-            problem = self._write_failed(exc)
-            if problem is None:
-                raise
-            raise problem from exc
-        if self.write_problem is not None:
-            self.write_problem = None
+            self._report_write_failure(exc)
+        self.write_problem = None
 
     def _intake_driver(self) -> sqlite3.Connection:
         if self._intake is not None and self._intake[0] is not self.engine.pool:
