@@ -1,19 +1,19 @@
-"""Checking at intake in a process of its own, so that SMTP intake scales past one core.
+"""Intake in a process of its own, so that SMTP intake scales past one core.
 
-Reading a message and running the policy over it is most of the CPU a submitted message costs. Done in the
-helper's process it competes with the SMTP sessions for the interpreter lock. When messages come in
-together (a mail merge, several clients), the helper hands them to a child process as they arrive; the
-child answers each verdict as soon as it has it, and a thread of the helper commits whatever verdicts are
-in, together (one commit, one fsync), while the child goes on with the next messages.
+Reading a message, running the policy over it and committing it is most of what a submitted message
+costs. Done in the helper's process it competes with the SMTP sessions for the interpreter lock, and each
+of its waits on the disk hands the lock over and waits to get it back. When messages come in together (a
+mail merge, several clients), the helper hands them to a child process as they arrive; the child checks
+and commits whatever it has been given in one transaction (one fsync) and answers, and only then does the
+helper say ``250``: the promise is the same, a message is durable and checked before its ``250``.
 
-The verdict is the one the helper would reach itself: the child runs the same ``Outbox.verdict_at_intake``
-with the helper's own policy object (sent along whenever the helper's changes), its language, its
-user's accounts and the same store (read only; the child never writes). The commit, and so what the
-``250`` promises, stays with the helper.
+The child does exactly what the helper would: it runs the same ``Outbox.take_in`` with the helper's own
+policy object (sent along whenever the helper's changes), its language, its user's accounts, the same
+store and audit key, the helper's clock and the ids the helper gave the messages.
 
 The helper never depends on the child: until it is ready, when it dies, is slow or answers what cannot be
-read, the messages it holds are checked in the helper's process as before (nothing lost, nothing taken
-twice) and it is started again a while later.
+read, the messages it holds are taken in by the helper itself (under the same ids: one the child had
+committed already is kept, never stored twice) and the child is started again a while later.
 """
 
 from __future__ import annotations
@@ -27,57 +27,63 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from .outbox import INTAKE_CHECK_MAX_BYTES, Incoming, Outbox, Verdict
+from . import faults
+from .errors import StoreUnavailable
+from .items import new_id
+from .outbox import Incoming, Intake, Outbox
 
 log = logging.getLogger(__name__)
 
-ANSWER_SECONDS = 10.0  # a message the child has not answered in this time is checked in the helper
+ANSWER_SECONDS = 10.0  # a message the child has not answered in this time is taken in by the helper
 RESTART_SECONDS = 5.0  # after a failure the child is started again no sooner than this
-
-# a verdict as it crosses the pipe: (hold, audit, values), or None (not checked at intake: the worker will)
-Answer = tuple[bool, dict[str, Any], dict[str, Any]] | None
 
 W = TypeVar("W")  # what the caller keeps with each message (the SMTP session's future)
 
+# what the helper does with the child's outcome for some of its messages: the stored (id, state) of each,
+# or the error that stored none of them
+Settle = Callable[[list[tuple[Incoming, W]], list[tuple[str, str]] | None, BaseException | None], None]
+
 
 class CheckerProcess(Generic[W]):
-    """The helper's side: the child, the messages it holds, and the thread that commits its verdicts.
+    """The helper's side: the child, the messages it holds, and the thread that takes its answers.
 
-    ``commit(entries, verdicts)`` is the caller's commit (it also answers the senders); it is called from
-    the collecting thread with the messages whose verdicts are in, or with ``None`` verdicts for messages
-    to be checked in the helper after all.
+    ``take_in(entries, ids)`` is the helper's own intake (it also answers the senders), used for messages
+    the child could not take; ``settle(entries, stored, error)`` answers the senders of messages the
+    child took in. Both are called from the collecting thread (or the caller's, at ``close``).
     """
 
     def __init__(self, outbox: Outbox, database: Path, language: str | None,
-                 commit: Callable[[list[tuple[Incoming, W]], list[Verdict | None] | None], None]):
+                 take_in: Callable[[list[tuple[Incoming, W]], list[str]], None], settle: Settle[W]):
         self.outbox = outbox
         self.database = database
         self.language = language
-        self.commit = commit
+        self.take_in = take_in
+        self.settle = settle
         self._lock = threading.Lock()
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
         self._proc: multiprocessing.process.BaseProcess | None = None
-        self._held: dict[int, tuple[tuple[Incoming, W], float]] = {}  # handed over (when), no verdict yet
+        # handed over, no answer yet: number -> (entry, its id, when)
+        self._held: dict[int, tuple[tuple[Incoming, W], str, float]] = {}
         self._next = 0
         self._sent_policy: object = None
         self._sent_accounts: tuple[str, ...] | None = None
         self._starting = False
         self._failed_at = -RESTART_SECONDS
         self._closed = False
-        self.checked_there = 0  # messages whose verdict came from the child
-        self.checked_here = 0  # messages handed to the child that it could not answer: checked by the helper
+        self.taken_there = 0  # messages the child took in
+        self.taken_back = 0  # messages handed to the child that the helper took in after all
 
     # ------------------------------------------------------------------ life
     def ready(self) -> bool:
         return self._to_child is not None
 
     def busy(self) -> bool:
-        """Does the child hold messages whose verdict is not in yet?"""
+        """Does the child hold messages it has not answered yet?"""
         return bool(self._held)
 
     def start(self) -> None:
-        """Start the child in the background (its imports take a while); meanwhile the helper checks."""
+        """Start the child in the background (its imports take a while); meanwhile the helper takes in."""
         with self._lock:
             if (self._closed or self._starting or self._to_child is not None
                     or time.monotonic() - self._failed_at < RESTART_SECONDS):
@@ -87,18 +93,20 @@ class CheckerProcess(Generic[W]):
 
     def _spawn(self) -> None:
         try:
+            audit_key = self.outbox.store.audit_key  # the chain the child appends to is the helper's
             context = multiprocessing.get_context("spawn")  # alike on every OS; never a fork of a threaded process
             requests_out, requests_in = context.Pipe(duplex=False)
             answers_out, answers_in = context.Pipe(duplex=False)
             proc = context.Process(target=child_main, args=(requests_out, answers_in, str(self.database),
-                                                            self.language), name="sendguard-checker", daemon=True)
+                                                            self.language, audit_key),
+                                   name="sendguard-checker", daemon=True)
             proc.start()
             requests_out.close()
             answers_in.close()
             if not answers_out.poll(60) or answers_out.recv() != "ready":
                 raise RuntimeError("the checking process did not start")
         except Exception as exc:  # noqa: BLE001 - intake goes on in the helper's own process
-            log.warning("checks at intake stay in the helper's process: %s", exc)
+            log.warning("intake stays in the helper's process: %s", exc)
             with self._lock:
                 self._starting, self._failed_at = False, time.monotonic()
             return
@@ -113,7 +121,7 @@ class CheckerProcess(Generic[W]):
                          daemon=True).start()
 
     def close(self) -> None:
-        """End the child; what it still held is checked and committed here (its senders get their 250)."""
+        """End the child; what it still held is taken in here (its senders get their 250)."""
         with self._lock:
             self._closed = True
         self._fail(None)
@@ -122,22 +130,21 @@ class CheckerProcess(Generic[W]):
         with self._lock:
             to_child, from_child, proc = self._to_child, self._from_child, self._proc
             self._to_child = self._from_child = self._proc = None
-            left = [self._held.pop(n)[0] for n in sorted(self._held)]
+            left = [self._held.pop(n) for n in sorted(self._held)]
             if why is not None:
                 self._failed_at = time.monotonic()
         if why is not None:
-            log.warning("the checking process failed (%s): its %d message(s) are checked by the helper",
-                        why, len(left))
+            log.warning("the checking process failed (%s): the helper takes in its %d message(s)", why, len(left))
         if proc is not None and to_child is not None and from_child is not None:
             _end(proc, to_child, from_child)
         if left:
-            self.checked_here += len(left)
-            self.commit(left, None)
+            self.taken_back += len(left)
+            self.take_in([entry for entry, _, _ in left], [item_id for _, item_id, _ in left])
 
     # ------------------------------------------------------------------ work
     def hand_over(self, entries: Sequence[tuple[Incoming, W]]) -> bool:
-        """Give these messages to the child (their verdicts are committed as they come in); False when it
-        cannot take them (not started yet: it starts now) and the caller checks them itself."""
+        """Give these messages to the child (the senders are answered when it has taken them in); False
+        when it cannot take them (not started yet: it starts now) and the caller takes them in itself."""
         with self._lock:
             to_child = self._to_child
         if to_child is None:
@@ -152,19 +159,19 @@ class CheckerProcess(Generic[W]):
                 return False
             for entry in entries:
                 self._next += 1
-                self._held[self._next] = (entry, now)
-                msg = entry[0]
-                messages.append((self._next, msg.raw if len(msg.raw) <= INTAKE_CHECK_MAX_BYTES else None,
-                                 msg.envelope_from, [r.strip() for r in msg.recipients]))
+                item_id = new_id()
+                self._held[self._next] = (entry, item_id, now)
+                messages.append((self._next, item_id, entry[0]))
         request = (policy if policy is not self._sent_policy else None,
-                   accounts if accounts != self._sent_accounts else None, self.outbox.domains_epoch, messages)
+                   accounts if accounts != self._sent_accounts else None, self.outbox.domains_epoch,
+                   self.outbox.clock(), messages)
         try:
             to_child.send(request)
-        except (OSError, ValueError) as exc:  # the child is gone: the collector hands its messages back
+        except (OSError, ValueError) as exc:  # the child is gone: its messages are taken in here
             self._fail(f"it took no more: {exc}")
             return True
-        except Exception as exc:  # noqa: BLE001 - e.g. a policy that cannot be handed over: check here
-            log.warning("checks at intake stay in the helper's process: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. a policy that cannot be handed over: stay here
+            log.warning("intake stays in the helper's process: %s", exc)
             with self._lock:
                 self._closed = True
             self._fail(None)
@@ -173,35 +180,40 @@ class CheckerProcess(Generic[W]):
         return True
 
     def _collect(self, from_child: Connection) -> None:
-        """Commit the child's verdicts as they come, all that are in at once in one commit."""
+        """Answer the senders of what the child has taken in; tell the helper's listeners."""
         while True:
             try:
                 if not from_child.poll(1.0):
                     if from_child is not self._from_child:
                         return
                     with self._lock:
-                        oldest = min((at for _, at in self._held.values()), default=None)
+                        oldest = min((at for _, _, at in self._held.values()), default=None)
                     if oldest is not None and time.monotonic() - oldest > ANSWER_SECONDS:
-                        self._fail(f"no verdict in {ANSWER_SECONDS:.0f} s")
+                        self._fail(f"no answer in {ANSWER_SECONDS:.0f} s")
                         return
                     continue
-                answers = [from_child.recv()]
-                while len(answers) < 256 and from_child.poll(0):
-                    answers.append(from_child.recv())
+                numbers, rows, error = from_child.recv()
             except (EOFError, OSError, ValueError) as exc:
                 if from_child is self._from_child:
                     self._fail(f"it ended: {exc or type(exc).__name__}")
                 return
-            entries, verdicts = [], []
             with self._lock:
-                for number, answer in answers:
-                    held = self._held.pop(number, None)
-                    if held is not None:  # else handed back already
-                        entries.append(held[0])
-                        verdicts.append(None if answer is None else Verdict(answer[0], answer[1], answer[2]))
-            if entries:
-                self.checked_there += len(entries)
-                self.commit(entries, verdicts)
+                held = [self._held.pop(n, None) for n in numbers]
+            if any(h is None for h in held):  # handed back already (and taken in by the helper)
+                continue
+            entries = [h[0] for h in held if h is not None]
+            if error is not None:
+                self.settle(entries, None, _error(error))
+                continue
+            self.taken_there += len(entries)
+            self.outbox.announce(rows)
+            self.settle(entries, [(row["id"], row["state"]) for row in rows], None)
+
+
+def _error(said: tuple[str, str, str]) -> BaseException:
+    """The child's error as the helper's SMTP side tells it (451, the store's reason where it has one)."""
+    kind, text, reason = said
+    return StoreUnavailable(text, reason) if kind == "store_unavailable" else RuntimeError(text)
 
 
 def _end(proc: multiprocessing.process.BaseProcess, *conns: Connection) -> None:
@@ -217,34 +229,53 @@ def _end(proc: multiprocessing.process.BaseProcess, *conns: Connection) -> None:
 
 
 # ---------------------------------------------------------------------- the child
-def child_main(requests: Connection, answers: Connection, database: str, language: str | None) -> None:
-    """Check messages until the helper closes the pipe, answering each as soon as it is checked."""
+def child_main(requests: Connection, answers: Connection, database: str, language: str | None,
+               audit_key: bytes | None) -> None:
+    """Take in messages until the helper closes the pipe: all that wait, checked, then in one commit.
+
+    (One thread: a second one committing while this one checks was slower, each of its waits on the
+    disk handing the interpreter over and waiting to get it back.)"""
     from .i18n import translator
     from .policy import Policy
     from .store import Store
 
     state: dict[str, Any] = {"policy": Policy(), "accounts": ()}
-    outbox = Outbox(Store(database, audit_key=None, prepare=False), lambda: state["policy"],
+    outbox = Outbox(Store(database, audit_key=audit_key, prepare=False), lambda: state["policy"],
                     gettext=translator(language), accounts=lambda: state["accounts"])
     epoch = None
     answers.send("ready")
     while True:
         try:
-            policy, accounts, new_epoch, messages = requests.recv()
+            waiting = [requests.recv()]
+            while len(waiting) < 64 and requests.poll(0):
+                waiting.append(requests.recv())
         except (EOFError, OSError):
             return
-        if policy is not None:
-            state["policy"] = policy
-        if accounts is not None:
-            state["accounts"] = accounts
-        if new_epoch != epoch:  # the helper has sent to new domains: what was new may not be any more
-            if epoch is not None:
-                outbox.forget_unknown_domains()
-            epoch = new_epoch
-        for number, raw, envelope_from, envelope_to in messages:  # raw None: too large to check before the 250
-            verdict = None if raw is None else outbox.verdict_at_intake(raw, envelope_from, envelope_to,
-                                                                        state["policy"])
-            try:
-                answers.send((number, None if verdict is None else (verdict.hold, verdict.audit, verdict.values)))
-            except (OSError, ValueError):
-                return
+        work: list[tuple[list[int], Intake]] = []
+        for policy, accounts, new_epoch, now, messages in waiting:
+            if policy is not None:  # each message is checked with the policy the helper had at hand-over
+                state["policy"] = policy
+            if accounts is not None:
+                state["accounts"] = accounts
+            if new_epoch != epoch:  # the helper has sent to new domains: what was new may not be any more
+                if epoch is not None:
+                    outbox.forget_unknown_domains()
+                epoch = new_epoch
+            work.append(([number for number, _, _ in messages],
+                         outbox.prepare_intake([msg for _, _, msg in messages], check=True,
+                                               ids=[item_id for _, item_id, _ in messages], now=now)))
+        error: tuple[str, str, str] | None = None
+        try:
+            outbox.commit_intake([intake for _, intake in work])
+            faults.point("checker.committed")  # a crash here: the helper takes them in again, stored once
+        except StoreUnavailable as exc:
+            error = ("store_unavailable", str(exc), exc.reason)
+        except Exception as exc:  # noqa: BLE001 - the helper answers 451: the client keeps it, retries
+            log.exception("could not store submitted messages")
+            error = ("failed", type(exc).__name__, "")
+        try:
+            for numbers, intake in work:
+                rows = None if error else [{k: v for k, v in row.items() if k != "raw"} for row in intake.rows]
+                answers.send((numbers, rows, error))
+        except (OSError, ValueError):
+            return

@@ -143,6 +143,15 @@ class Incoming:
 
 
 @dataclass
+class Intake:
+    """Messages ready to be written by ``Outbox.commit_intake``: their rows and audit records."""
+
+    now: float
+    rows: builtins.list[dict[str, Any]] = field(default_factory=list)
+    records: builtins.list[tuple[str, str, str | None, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
 class Verdict:
     """Where a checked message goes: ``hold`` for the window, else passed on with ``decision``."""
 
@@ -336,49 +345,73 @@ class Outbox:
                                            actor)])[0][0]
 
     def receive_many(self, incoming: builtins.list[Incoming], check: bool = False,
-                     verdicts: Sequence[Verdict | None] | None = None) -> builtins.list[tuple[str, str]]:
+                     ids: Sequence[str] | None = None) -> builtins.list[tuple[str, str]]:
         """Commit several received messages in one transaction (group commit: one fsync for all).
 
         With ``check``, each message of at most ``INTAKE_CHECK_MAX_BYTES`` is checked before the commit
         and one that the window must show is stored already held, its verdict and audit records in the
         same transaction: the steady state costs one commit per batch, not one per message. Anything
-        else (larger, or passed on by the policy) is stored ``received`` for ``process``. ``verdicts``
-        (one per message, None where not checked) are checks already made by ``verdict_at_intake`` in
-        a checking process (checker.py), taken as they are.
+        else (larger, or passed on by the policy) is stored ``received`` for ``process``. ``ids`` are the
+        messages' ids given beforehand (a checking process may have stored some of them already: those
+        are kept as they are, never stored twice; see checker.py).
         Returns (id, state) per message, in order.
         """
-        now = self.clock()
-        policy = self.policy() if check and verdicts is None else None
-        out: builtins.list[tuple[str, str]] = []
-        rows = []
-        records: builtins.list[tuple[str, str, str | None, dict[str, Any]]] = []
+        rows = self.take_in(incoming, check, ids)
+        self.announce(rows)
+        return [(values["id"], values["state"]) for values in rows]
+
+    def take_in(self, incoming: builtins.list[Incoming], check: bool, ids: Sequence[str] | None = None,
+                now: float | None = None) -> builtins.list[dict[str, Any]]:
+        """``receive_many`` without telling the listeners: the stored rows (``raw`` included), in order."""
+        intake = self.prepare_intake(incoming, check, ids, now)
+        self.commit_intake([intake], may_exist=ids is not None)
+        return intake.rows
+
+    def prepare_intake(self, incoming: builtins.list[Incoming], check: bool, ids: Sequence[str] | None = None,
+                       now: float | None = None) -> Intake:
+        """The rows and audit records that taking these messages in writes (checked with ``check``)."""
+        now = self.clock() if now is None else now
+        policy = self.policy() if check else None
+        intake = Intake(now)
         for n, msg in enumerate(incoming):
-            item_id = new_id()
+            item_id = ids[n] if ids is not None else new_id()
             envelope = [r.strip() for r in msg.recipients]
             msg_id = _header_message_id(msg.raw) or f"<{item_id}.sendguard@{_hostname()}>"
             sender = (msg.envelope_from or "").lower()
             values = _new_row(item_id, State.RECEIVED, now, source=msg.source, source_ref=msg.source_ref,
                               account=msg.account, owner=sender, envelope_from=msg.envelope_from or "",
                               envelope_to=envelope, message_id=msg_id, sender=sender, raw=msg.raw)
-            records.append(("received", msg.actor or msg.envelope_from or msg.source, item_id, {
+            intake.records.append(("received", msg.actor or msg.envelope_from or msg.source, item_id, {
                 "source": msg.source, "size": len(msg.raw), "envelope_from": msg.envelope_from,
                 "envelope_to": envelope, "message_id": msg_id, "sha256": _sha256(msg.raw)}))
-            verdict = (verdicts[n] if verdicts is not None else
-                       self.verdict_at_intake(msg.raw, msg.envelope_from, envelope, policy) if policy else None)
+            verdict = self.verdict_at_intake(msg.raw, msg.envelope_from, envelope, policy) if policy else None
             if verdict is not None and verdict.hold:
                 # the step "hold", taken in the intake transaction itself
                 values.update(verdict.values, state=_HOLD.target.value)
-                records.append((_HOLD.event, "policy", item_id,
-                                {"from": State.RECEIVED.value, "to": _HOLD.target.value, **verdict.audit}))
-            rows.append(values)
-            out.append((item_id, values["state"]))
+                intake.records.append((_HOLD.event, "policy", item_id,
+                                       {"from": State.RECEIVED.value, "to": _HOLD.target.value, **verdict.audit}))
+            intake.rows.append(values)
+        return intake
+
+    def commit_intake(self, intakes: Sequence[Intake], may_exist: bool = False) -> None:
+        """Write prepared intakes in one transaction (one fsync). ``may_exist``: their ids were given
+        beforehand and some may be stored already; those rows become ``{id, state, stored_before}``."""
         with self.store.intake_transaction() as conn:
-            self.store.insert_items(conn, rows)
-            self.store.append_audit_many(conn, records, ts=now)
+            for intake in intakes:
+                if may_exist:
+                    stored = self.store.stored_items(conn, [values["id"] for values in intake.rows])
+                    if stored:
+                        intake.rows = [stored.get(values["id"], values) for values in intake.rows]
+                        intake.records = [r for r in intake.records if r[2] not in stored]
+                self.store.insert_items(conn, [v for v in intake.rows if not v.get("stored_before")])
+                self.store.append_audit_many(conn, intake.records, ts=intake.now)
             faults.point("intake.uncommitted")
-        for values in rows:
-            self._notify(values["id"], Item.from_mapping(values) if self.listeners else None)
-        return out
+
+    def announce(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Tell waiters and listeners about messages just taken in (their rows as stored)."""
+        for values in rows:  # (one stored before is read again by the listeners that need it)
+            self._notify(values["id"], Item.from_mapping(values)
+                         if self.listeners and not values.get("stored_before") else None)
 
     def verdict_at_intake(self, raw: bytes, envelope_from: str, envelope_to: builtins.list[str],
                           policy: Policy) -> Verdict | None:

@@ -187,8 +187,8 @@ class Helper:
             return None
         database, language = self.store.path, self.config.language
 
-        def make(commit: Callable[..., None]) -> CheckerProcess[Any]:
-            self.checker = CheckerProcess(self.outbox, database, language, commit)
+        def make(take_in: Callable[..., None], settle: Callable[..., None]) -> CheckerProcess[Any]:
+            self.checker = CheckerProcess(self.outbox, database, language, take_in, settle)
             return self.checker  # started by the first messages that come in together
 
         return make

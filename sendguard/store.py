@@ -527,6 +527,21 @@ class Store:
             params.append(values)
         _driver(conn).executemany(sql, params)
 
+    def stored_items(self, conn: Connection | sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Of these outbox ids, the ones stored already: id -> {id, state, stored_before} (inside the caller's
+        transaction)."""
+        if not ids:
+            return {}
+        found: list[tuple[str, str]]
+        if self.is_sqlite:
+            marks = ",".join("?" * len(ids))
+            found = _driver(conn).execute(f"SELECT id, state FROM outbox WHERE id IN ({marks})", ids).fetchall()
+        else:
+            assert isinstance(conn, Connection)
+            found = [(r.id, r.state) for r in conn.execute(select(outbox.c.id, outbox.c.state)
+                                                           .where(outbox.c.id.in_(ids)))]
+        return {item_id: {"id": item_id, "state": state, "stored_before": True} for item_id, state in found}
+
     def append_audit_many(self, conn: Connection | sqlite3.Connection,
                           records: list[tuple[str, str, str | None, dict[str, Any]]], ts: float | None = None) -> None:
         """Append several (event, actor, item_id, data) records in one go (one head read and write)."""

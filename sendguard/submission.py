@@ -21,7 +21,7 @@ from . import faults
 from .checker import CheckerProcess
 from .errors import StoreUnavailable
 from .message import make_recipient
-from .outbox import Incoming, Outbox, Verdict
+from .outbox import Incoming, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,15 @@ class GroupCommitter:
 
     Each SMTP session still gets its 250 only after the commit that holds its message; a message the
     window must show is committed already checked and held, so it needs no second commit. Once messages
-    come in together, a checking process (``checker.py``, started then) checks them while this side
-    commits.
+    come in together, a process of its own (``checker.py``, started then) checks and commits them, and
+    this side answers.
     """
 
     MAX_BATCH = 64
 
     def __init__(self, outbox: Outbox, checker: Callable[..., CheckerProcess[_Reply]] | None = None):
         self.outbox = outbox
-        self.checker = checker(self._commit) if checker is not None else None
+        self.checker = checker(self._commit, _settle_batch) if checker is not None else None
         self._queue: queue.Queue[tuple[Incoming, _Reply]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="sendguard-intake", daemon=True)
         self._thread.start()
@@ -78,12 +78,12 @@ class GroupCommitter:
             # here at once (the shortest way to its 250) and no process is started for it
             if checker is not None and (len(batch) > 1 or checker.ready()) and checker.hand_over(batch):
                 continue
-            self._commit(batch, None)
+            self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Incoming, _Reply]], verdicts: list[Verdict | None] | None) -> None:
-        """Commit (checking here what ``verdicts`` does not say) and answer every sender."""
+    def _commit(self, batch: list[tuple[Incoming, _Reply]], ids: list[str] | None = None) -> None:
+        """Check and commit here (under ``ids`` when they were given beforehand) and answer every sender."""
         try:
-            stored = self.outbox.receive_many([m for m, _ in batch], check=True, verdicts=verdicts)
+            stored = self.outbox.receive_many([m for m, _ in batch], check=True, ids=ids)
         except Exception as exc:  # nothing in this batch was stored: every sender gets a 451
             if isinstance(exc, StoreUnavailable):
                 log.warning("refused %d submitted message(s) with 451: %s", len(batch), exc)
@@ -92,6 +92,12 @@ class GroupCommitter:
             _answer(batch, [None] * len(batch), exc)
             return
         _answer(batch, stored, None)
+
+
+def _settle_batch(batch: list[tuple[Incoming, _Reply]], stored: list[tuple[str, str]] | None,
+                  error: BaseException | None) -> None:
+    """Answer the senders of messages the checking process took in (or could not)."""
+    _answer(batch, stored if stored is not None else [None] * len(batch), error)
 
 
 def _answer(batch: list[tuple[Incoming, _Reply]], results: list[tuple[str, str]] | list[None],

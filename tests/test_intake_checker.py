@@ -87,12 +87,12 @@ def test_messages_sent_together_are_checked_in_the_checking_process_with_the_hel
     write_policy(SAMPLE_POLICY)
     h = helper()
     checker = checker_ready(h)
-    before = checker.checked_there
+    before = checker.taken_there
     sent = messages(60, "together")
     assert burst(h.smtp.port, sent) == []
     stored = wait_for(lambda: (s := stored_by_subject(h, "together")) and len(s) == 60 and s)
-    assert checker.checked_there - before >= 30, "most of a burst is checked by the child"
-    assert checker.checked_here == 0
+    assert checker.taken_there - before >= 30, "most of a burst is taken in by the child"
+    assert checker.taken_back == 0
     for rcpts, raw in sent:
         subject = make_subject(raw)
         item = stored[subject]
@@ -125,7 +125,7 @@ def test_a_policy_edited_while_the_checking_process_runs_holds_the_very_next_mes
     assert burst(h.smtp.port, sent) == []
     stored = wait_for(lambda: (s := stored_by_subject(h, "edited")) and len(s) == 12 and s)
     assert {i.check.verdict.action for i in stored.values()} == {"block"}
-    assert h.checker.checked_there > 0
+    assert h.checker.taken_there > 0
 
 
 def test_the_checking_process_killed_in_a_burst_loses_nothing_takes_nothing_twice_and_comes_back(
@@ -234,3 +234,27 @@ def test_stopping_the_helper_in_a_burst_keeps_every_accepted_message_and_stops_c
     finally:
         store.close()
     assert set(accepted) <= stored  # every 250 kept its promise
+
+
+def test_a_checking_process_that_dies_after_its_commit_leaves_every_message_stored_once(
+        helper, write_policy, monkeypatch):
+    """Killed between its commit and its answer (each time it starts again): the helper takes the
+    messages in again under the ids it gave them, so those already committed are not stored twice."""
+    monkeypatch.setattr(checkermod, "RESTART_SECONDS", 0.2)
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker_ready(h)
+    monkeypatch.setenv("SENDGUARD_CRASH_AT", "checker.committed")  # for the processes started from now on
+    checker = h.checker
+    os.kill(checker._proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    wait_for(lambda: not checker.ready())
+    wait_for(lambda: checker.ready() or burst(h.smtp.port, messages(4, "restart")) and False, timeout=60,
+             interval=0.3)
+    back = checker.taken_back
+    sent = messages(120, "once")
+    assert burst(h.smtp.port, sent) == []
+    # (a message the policy passes on gets its subject when the worker has checked it)
+    wait_for(lambda: len(stored_by_subject(h, "once")) == 120)
+    stored = [i for i in h.outbox.list(limit=100_000) if (i.subject or "").startswith("once")]
+    assert sorted(i.subject for i in stored) == sorted(make_subject(raw) for _, raw in sent)  # each once
+    assert checker.taken_back > back  # the child did die after committing, and its messages came back
