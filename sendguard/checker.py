@@ -199,12 +199,14 @@ class CheckerProcess(Generic[W]):
                 return
             with self._lock:
                 held = [self._held.pop(n, None) for n in numbers]
-            if any(h is None for h in held):  # handed back already (and taken in by the helper)
-                continue
+            # (one no longer held was handed back already, and taken in by the helper)
             entries = [h[0] for h in held if h is not None]
+            if not entries:
+                continue
             if error is not None:
                 self.settle(entries, None, _error(error))
                 continue
+            rows = [row for h, row in zip(held, rows, strict=True) if h is not None]
             self.taken_there += len(entries)
             self.outbox.announce(rows)
             self.settle(entries, [(row["id"], row["state"]) for row in rows], None)
