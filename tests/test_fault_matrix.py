@@ -426,7 +426,14 @@ class Cell:
 
     def finish(self, timeout: float = 120) -> None:
         """Every message settled exactly once; an unknown outcome only where the peer cannot be asked."""
-        wait_for(lambda: self.settled(self.ids), timeout=timeout)
+        try:
+            wait_for(lambda: self.settled(self.ids), timeout=timeout)
+        except AssertionError:  # say where each message stands, and why
+            items = self.items()
+            raise AssertionError("not settled: " + "; ".join(
+                f"{m}: {items[m].state if m in items else 'missing'}"
+                f" ({items[m].last_error if m in items else ''}, attempts {items[m].attempts if m in items else 0})"
+                for m in self.ids)) from None
         items = self.items()
         sent = self.peer.sent()
         for m in self.ids:
