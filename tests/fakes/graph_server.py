@@ -163,7 +163,14 @@ class _TrackingServer(ThreadingHTTPServer):
         plain, address = self.socket.accept()
         with self._connections_lock:  # the certificate this connection's handshake uses, and its generation
             context, generation = self.context, self.generation
-        request = context.wrap_socket(plain, server_side=True)
+        # the handshake runs in the accepting thread: a client that stalls in it must not stop the server
+        plain.settimeout(10)
+        try:
+            request = context.wrap_socket(plain, server_side=True)
+        except BaseException:
+            plain.close()
+            raise
+        request.settimeout(None)
         with self._connections_lock:
             self._accepted[request] = generation
         return request, address
