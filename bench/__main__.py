@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from importlib import import_module
@@ -17,6 +19,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
+    # every benchmark works in throwaway homes: never the real keyring of whoever runs it. Set before any
+    # module reads a secret: the keyring library picks its backend once per process.
+    os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+    os.environ.setdefault("XDG_DATA_HOME", tempfile.mkdtemp(prefix="sendguard-bench-xdg-"))
     RESULTS.mkdir(exist_ok=True)
     summary = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.platform(),
                "python": platform.python_version(), "results": {}}
