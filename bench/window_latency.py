@@ -9,6 +9,7 @@ the hidden, pre-warmed state. Also reported: cold start of the helper and its id
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -79,8 +80,19 @@ class _Window:
                 self.proc.wait(10)
 
 
+# 40 customer domains that do not look like each other: once one is sent to (known), a name one letter
+# away (customer0/customer1) would be a lookalike, which asks for approval, and with no approver the
+# window rightly stays with the message instead of moving on
+_DOMAINS = [f"c{hashlib.sha256(str(n).encode()).hexdigest()[:12]}.example" for n in range(40)]
+
+
+def _address(i: int, recipients: int) -> str:
+    """A one-recipient sample writes to the trusted partner; a large one to 40 customer domains."""
+    return "user0@partner.example" if recipients == 1 else f"user{i}@{_DOMAINS[i % 40]}"
+
+
 def _raw(recipients: int, serial: int) -> bytes:
-    to = ",\r\n ".join(f"user{i}@customer{i % 40}.example" for i in range(recipients))
+    to = ",\r\n ".join(_address(i, recipients) for i in range(recipients))
     return (f"From: Taro <taro@example.co.jp>\r\nTo: {to}\r\nSubject: =?utf-8?b?6KaL56mN5pu4?= {serial}\r\n"
             f"Message-ID: <bench-{serial}-{time.time()}@example.co.jp>\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n\r\nbench\r\n").encode()
@@ -90,7 +102,7 @@ def _sample(window: _Window, port: int, recipients: int, serial: int) -> float:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.ehlo()
         smtp.mail("taro@example.co.jp")
-        smtp.rcpt("user0@customer0.example")
+        smtp.rcpt(_address(0, recipients))
         code, reply = smtp.data(_raw(recipients, serial))
         accepted = time.time()
     if code != 250:
