@@ -7,9 +7,10 @@ mail merge, several clients), the helper hands them to a child process as they a
 and commits whatever it has been given in one transaction (one fsync) and answers, and only then does the
 helper say ``250``: the promise is the same, a message is durable and checked before its ``250``.
 
-The child does exactly what the helper would: it runs the same ``Outbox.take_in`` with the helper's own
-policy object (sent along whenever the helper's changes), its language, its user's accounts, the same
-store and audit key, the helper's clock and the ids the helper gave the messages.
+The child does exactly what the helper would: it runs the same ``Outbox.prepare_intake`` and
+``commit_intake`` with the helper's own policy object (sent along whenever the helper's changes), its
+language, its user's accounts, the same store and audit key, the helper's clock and the ids the helper
+gave the messages.
 
 The helper never depends on the child: until it is ready, when it dies, is slow or answers what cannot be
 read, the messages it holds are taken in by the helper itself (under the same ids: one the child had

@@ -356,16 +356,10 @@ class Outbox:
         are kept as they are, never stored twice; see checker.py).
         Returns (id, state) per message, in order.
         """
-        rows = self.take_in(incoming, check, ids)
-        self.announce(rows)
-        return [(values["id"], values["state"]) for values in rows]
-
-    def take_in(self, incoming: builtins.list[Incoming], check: bool, ids: Sequence[str] | None = None,
-                now: float | None = None) -> builtins.list[dict[str, Any]]:
-        """``receive_many`` without telling the listeners: the stored rows (``raw`` included), in order."""
-        intake = self.prepare_intake(incoming, check, ids, now)
+        intake = self.prepare_intake(incoming, check, ids)
         self.commit_intake([intake], may_exist=ids is not None)
-        return intake.rows
+        self.announce(intake.rows)
+        return [(values["id"], values["state"]) for values in intake.rows]
 
     def prepare_intake(self, incoming: builtins.list[Incoming], check: bool, ids: Sequence[str] | None = None,
                        now: float | None = None) -> Intake:

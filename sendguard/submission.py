@@ -53,7 +53,7 @@ class GroupCommitter:
 
     def __init__(self, outbox: Outbox, checker: Callable[..., CheckerProcess[_Reply]] | None = None):
         self.outbox = outbox
-        self.checker = checker(self._commit, _settle_batch) if checker is not None else None
+        self.checker = checker(self._commit, _answer) if checker is not None else None
         self._queue: queue.Queue[tuple[Incoming, _Reply]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="sendguard-intake", daemon=True)
         self._thread.start()
@@ -89,22 +89,18 @@ class GroupCommitter:
                 log.warning("refused %d submitted message(s) with 451: %s", len(batch), exc)
             else:
                 log.exception("could not store %d submitted message(s)", len(batch))
-            _answer(batch, [None] * len(batch), exc)
+            _answer(batch, None, exc)
             return
         _answer(batch, stored, None)
 
 
-def _settle_batch(batch: list[tuple[Incoming, _Reply]], stored: list[tuple[str, str]] | None,
-                  error: BaseException | None) -> None:
-    """Answer the senders of messages the checking process took in (or could not)."""
-    _answer(batch, stored if stored is not None else [None] * len(batch), error)
-
-
-def _answer(batch: list[tuple[Incoming, _Reply]], results: list[tuple[str, str]] | list[None],
+def _answer(batch: list[tuple[Incoming, _Reply]], results: list[tuple[str, str]] | None,
             error: BaseException | None) -> None:
-    """Settle each sender's future in its event loop: one wake-up per loop for the whole batch."""
+    """Settle each sender's future in its event loop: one wake-up per loop for the whole batch. ``results``:
+    each message's stored (id, state); None with the ``error`` that stored none of them."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[tuple[str, str]], Any]]] = {}
-    for (_, (loop, future)), value in zip(batch, results, strict=True):
+    for (_, (loop, future)), value in zip(batch, results if results is not None else [None] * len(batch),
+                                          strict=True):
         by_loop.setdefault(loop, []).append((future, value))
     for loop, settled in by_loop.items():
         try:
