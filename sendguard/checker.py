@@ -213,10 +213,19 @@ class CheckerProcess(Generic[W]):
             self.settle(entries, [(row["id"], row["state"]) for row in rows], None)
 
 
+class IntakeFailed(RuntimeError):
+    """The child could not store messages: ``kind`` names its exception's class, which the sender's
+    ``451`` names as it would have named the helper's own."""
+
+    def __init__(self, kind: str):
+        super().__init__(f"the checking process could not store the messages ({kind})")
+        self.kind = kind
+
+
 def _error(said: tuple[str, str, str]) -> BaseException:
     """The child's error as the helper's SMTP side tells it (451, the store's reason where it has one)."""
     kind, text, reason = said
-    return StoreUnavailable(text, reason) if kind == "store_unavailable" else RuntimeError(text)
+    return StoreUnavailable(text, reason) if kind == "store_unavailable" else IntakeFailed(text)
 
 
 def _end(proc: multiprocessing.process.BaseProcess, *conns: Connection) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import faults
-from .checker import CheckerProcess
+from .checker import CheckerProcess, IntakeFailed
 from .errors import StoreUnavailable
 from .message import make_recipient
 from .outbox import Incoming, Outbox
@@ -148,7 +148,7 @@ class SubmissionHandler:
         except StoreUnavailable as exc:  # disk full / read-only: the client keeps the message and retries
             return R_STORE_UNAVAILABLE.format(reason=exc.reason.replace("_", "-"))
         except Exception as exc:  # storage failure: refuse temporarily, the client keeps the message
-            return R_STORE_FAILED.format(error=type(exc).__name__)
+            return R_STORE_FAILED.format(error=exc.kind if isinstance(exc, IntakeFailed) else type(exc).__name__)
         faults.point("smtp.before_250")
         if self.on_received and state == "received":  # not checked at intake: the worker checks it
             self.on_received(item_id)

@@ -258,3 +258,25 @@ def test_a_checking_process_that_dies_after_its_commit_leaves_every_message_stor
     stored = [i for i in h.outbox.list(limit=100_000) if (i.subject or "").startswith("once")]
     assert sorted(i.subject for i in stored) == sorted(make_subject(raw) for _, raw in sent)  # each once
     assert checker.taken_back > back  # the child did die after committing, and its messages came back
+
+
+def test_a_store_failure_in_the_checking_process_is_named_in_the_451_as_the_helpers_own(helper, write_policy):
+    import sqlite3
+
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker = checker_ready(h)
+    database = h.outbox.store.engine.url.database
+    with sqlite3.connect(database) as conn:  # every new message is refused by the database itself
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    before = checker.taken_there
+    errors = burst(h.smtp.port, messages(24, "refused"))
+    assert len(errors) == 4  # each connection stopped at its first message
+    for exc in errors:
+        assert isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code == 451, exc
+        assert b"IntegrityError" in exc.smtp_error, exc.smtp_error  # was: RuntimeError, from the child
+    assert stored_by_subject(h, "refused") == {}
+    with sqlite3.connect(database) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    assert burst(h.smtp.port, messages(24, "accepted")) == []  # every one has its 250 once the store takes it
+    assert checker.taken_there > before
