@@ -406,6 +406,10 @@ def _is_attachment(part: Message) -> bool:
     if part.get("content-disposition") is None and "name" not in str(part.get("content-type", "")).lower():
         # the common body part: no disposition and no file name (saves parsing its parameters thrice)
         return part.get_content_type() == "message/rfc822"
+    return _is_attachment_in_full(part)
+
+
+def _is_attachment_in_full(part: Message) -> bool:
     disposition = (part.get_content_disposition() or "").lower()
     if part.get_content_type() == "message/rfc822":
         return True
