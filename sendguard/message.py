@@ -167,8 +167,22 @@ def make_recipient(addr_spec: str, display_name: str, field_name: str) -> Recipi
     )
 
 
-def _raw_values(msg: Message, name: str) -> list[str]:
+# a message's header values by lower-cased name, as written: ``parse`` reads a dozen headers, and going
+# through them all for each one (as ``Message.get`` does) cost more than reading them
+HeaderIndex = dict[str, list[str]]
+
+
+def header_index(msg: Message) -> HeaderIndex:
+    index: HeaderIndex = {}
+    for key, value in msg.raw_items():
+        index.setdefault(key.lower(), []).append(str(value))
+    return index
+
+
+def _raw_values(msg: Message, name: str, index: HeaderIndex | None = None) -> list[str]:
     name = name.lower()
+    if index is not None:
+        return list(index.get(name, ()))
     return [str(v) for k, v in msg.raw_items() if k.lower() == name]
 
 
@@ -204,9 +218,9 @@ def _simple_addresses(value: str) -> list[tuple[str, str]] | None:
     return out
 
 
-def _header_addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+def _header_addresses(msg: Message, name: str, index: HeaderIndex | None = None) -> list[tuple[str, str]]:
     """(display name, addr-spec) pairs of an address header, groups flattened; tolerant of junk."""
-    raw = _raw_values(msg, name)
+    raw = _raw_values(msg, name, index)
     if _has_8bit(raw):  # undeclared 8-bit text: decode it ourselves (UTF-8, Shift_JIS, EUC-JP)
         return [(decode_words(d), a) for d, a in email.utils.getaddresses([clean_text(v) for v in raw])]
     # compat32 (as ``parse`` reads) gives the raw strings back; other policies give header objects
@@ -237,8 +251,8 @@ def _unfold(value: str) -> str:
     return re.sub(r"\r?\n(?=[ \t])", "", value)
 
 
-def _safe_header(msg: Message, name: str) -> str:
-    raw = _raw_values(msg, name)
+def _safe_header(msg: Message, name: str, index: HeaderIndex | None = None) -> str:
+    raw = _raw_values(msg, name, index)
     if _has_8bit(raw):
         return decode_words(" ".join(clean_text(raw[0]).split()))
     if msg.policy is email.policy.compat32:
@@ -520,10 +534,11 @@ def parse(
     msg = email.message_from_bytes(skeleton, policy=email.policy.compat32)
     if not msg.keys():
         problems.append("the message has no headers (not an RFC 5322 message)")
-    recipients = _recipients(msg, envelope_recipients, problems)
+    index = header_index(msg)
+    recipients = _recipients(msg, envelope_recipients, problems, index)
     if require_recipients and not recipients:
         raise MessageError("the message has no recipients: add To, Cc or Bcc addresses")
-    from_name, from_address = _sender(msg, envelope_from, problems)
+    from_name, from_address = _sender(msg, envelope_from, problems, index)
     attachments: list[Attachment] = []
     body_chunks: list[str] = []
     for att_id, _parent, part in iter_parts(msg):
@@ -531,12 +546,12 @@ def parse(
             attachments.append(_attachment(att_id, part, elided, budget, depth, problems))
         elif part.get_content_maintype() == "text":
             body_chunks.append(_text_of(part, _content(part, "body.txt", elided, problems)[0]))
-    thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to") + " " + _safe_header(msg, "references"))
+    thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to", index) + " " + _safe_header(msg, "references", index))
     return ParsedMessage(
-        message_id=_safe_header(msg, "message-id").strip(),
+        message_id=_safe_header(msg, "message-id", index).strip(),
         from_address=from_address,
         from_name=from_name,
-        subject=_safe_header(msg, "subject"),
+        subject=_safe_header(msg, "subject", index),
         recipients=recipients,
         attachments=attachments,
         body_text="\n".join(body_chunks),
@@ -544,13 +559,14 @@ def parse(
         envelope_from=envelope_from,
         problems=list(dict.fromkeys(problems)),
         in_reply_to=tuple(dict.fromkeys(thread))[:100],
-        list_unsubscribe=_safe_header(msg, "list-unsubscribe").strip(),
-        precedence=_safe_header(msg, "precedence").strip().lower(),
-        marked_lists=tuple(a.strip().lower() for a in _safe_header(msg, LISTS_HEADER).split(",") if "@" in a),
+        list_unsubscribe=_safe_header(msg, "list-unsubscribe", index).strip(),
+        precedence=_safe_header(msg, "precedence", index).strip().lower(),
+        marked_lists=tuple(a.strip().lower() for a in _safe_header(msg, LISTS_HEADER, index).split(",") if "@" in a),
     )
 
 
-def _recipients(msg: Message, envelope_recipients: Iterable[str], problems: list[str]) -> list[Recipient]:
+def _recipients(msg: Message, envelope_recipients: Iterable[str], problems: list[str],
+                index: HeaderIndex | None = None) -> list[Recipient]:
     """To, Cc, Bcc, meeting attendees (even when the headers do not name them), then envelope-only
     addresses as Bcc; each address once, in that order."""
     found: dict[str, Recipient] = {}
@@ -560,7 +576,7 @@ def _recipients(msg: Message, envelope_recipients: Iterable[str], problems: list
             found[rcpt.address] = rcpt
 
     for header in ("to", "cc", "bcc"):
-        for display, addr_spec in _header_addresses(msg, header):
+        for display, addr_spec in _header_addresses(msg, header, index):
             rcpt = make_recipient(addr_spec, display, header)
             if rcpt is None and (addr_spec or display):
                 problems.append(f"unreadable address in {header.title()}: {clean_text(addr_spec or display)!r}")
@@ -572,9 +588,9 @@ def _recipients(msg: Message, envelope_recipients: Iterable[str], problems: list
     return list(found.values())
 
 
-def _sender(msg: Message, envelope_from: str, problems: list[str]) -> tuple[str, str]:
+def _sender(msg: Message, envelope_from: str, problems: list[str], index: HeaderIndex | None = None) -> tuple[str, str]:
     """(display name, lower-cased address) of From; the envelope sender when From has no address."""
-    from_pairs = _header_addresses(msg, "from")
+    from_pairs = _header_addresses(msg, "from", index)
     from_name, from_address = ("", "")
     if from_pairs:
         from_name, from_address = from_pairs[0]

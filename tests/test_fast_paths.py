@@ -93,6 +93,7 @@ def test_parsed_recipients_are_the_same_either_way(values: list[str], name: str)
     general = [pair for v in msg.get_all(name) or [] for pair in email.utils.getaddresses([message._unfold(v)])]
     if all("=?" not in v for v in msg.get_all(name) or []):
         assert message._header_addresses(msg, name) == general
+        assert message._header_addresses(msg, name, message.header_index(msg)) == general  # as ``parse`` reads
 
 
 # ------------------------------------------------------------------ card and My Number numbers
