@@ -135,3 +135,26 @@ def test_body_parts_are_told_from_attachments_as_before(content_type: str, dispo
         (f"Content-Disposition: {disposition}\r\n" if disposition is not None else "")
     part = email.message_from_string(head + "\r\nx\r\n", policy=email.policy.compat32)
     assert message._is_attachment(part) == message._is_attachment_in_full(part)
+
+
+# ------------------------------------------------------------------ the sender's own text
+
+_BODY_PIECES = st.sampled_from([
+    "いつもお世話になっております。", "\n", "\r\n", " ", "> quoted", "| quoted", "-- ", "--", "-----Original Message-----",
+    "---- 元のメッセージ ----", "On Mon, 1 Dec 2026, Taro wrote:", "ON MON TARO WROTE:", "From: a@b", "FROM:\tx",
+    "from:x", "差出人: 山田", "发件人: 李", "山田さんは書きました:", "2026/12/01 のメッセージ", "資料を添付します", "Attached",
+    "ATTACHMENT", "find attached", "附件", "İ", "ſ", "K", "wrote", "fro", "m:", "添付なし", "機密", "CONFIDENTIAL",
+])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_BODY_PIECES, max_size=12).map("".join))
+def test_bodies_passed_over_by_the_quick_look_hold_nothing_the_patterns_find(body: str) -> None:
+    from sendguard.rules import content
+
+    if content._QUOTE_START.search(body) is not None:
+        assert any(mark in body.lower() for mark in content._QUOTE_MARKS), body
+    _regex, words = content._attachment_regex(())
+    lowered_words = [w.lower() for w in content.ATTACHMENT_WORDS]
+    lowered = body.lower()
+    assert (words.search(lowered) is not None) == any(w in lowered for w in lowered_words)
