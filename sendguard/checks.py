@@ -407,6 +407,8 @@ def addresses_in_name(name: str) -> list[str]:
     """Addresses a display name shows, also in look-alike forms: full-width ＠ and ．, zero-width and
     other invisible characters, spaces around @ and dots (NFKC, format characters and spaces removed)."""
     text = unicodedata.normalize("NFKC", name or "")
+    if "@" not in text:  # (the usual name: nothing below can make one)
+        return []
     text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     text = re.sub(r"\s*([@.])\s*", r"\1", text)
     return [a.lower() for a in _EMAIL_IN_NAME.findall(text)]

@@ -65,8 +65,12 @@ def mynumber_ok(digits: str) -> bool:
 
 def find_card_numbers(text: str) -> list[str]:
     """Payment card numbers (14-19 digits, Luhn-valid, not one repeated digit)."""
+    return _card_numbers(_plain_digits(text))
+
+
+def _card_numbers(plain: str) -> list[str]:
     found = []
-    for match in _CARD_RE.finditer(_plain_digits(text)):
+    for match in _CARD_RE.finditer(plain):
         chunk = match.group(0)
         if "  " in chunk or "--" in chunk:
             continue
@@ -78,8 +82,12 @@ def find_card_numbers(text: str) -> list[str]:
 
 def find_my_numbers(text: str) -> list[str]:
     """12-digit individual numbers whose check digit is valid."""
+    return _my_numbers(_plain_digits(text))
+
+
+def _my_numbers(plain: str) -> list[str]:
     found = []
-    for match in _MYNUMBER_RE.finditer(_plain_digits(text)):
+    for match in _MYNUMBER_RE.finditer(plain):
         digits = match.group(1) + match.group(3) + match.group(4)
         if len(set(digits)) > 1 and mynumber_ok(digits):
             found.append(digits)
@@ -89,9 +97,10 @@ def find_my_numbers(text: str) -> list[str]:
 def personal_data_kinds(text: str) -> list[str]:
     """Which kinds of personal data appear: ``card_number`` and/or ``my_number``."""
     kinds = []
-    if find_card_numbers(text):
+    plain = _plain_digits(text)
+    if _card_numbers(plain):
         kinds.append("card_number")
-    if find_my_numbers(text):
+    if _my_numbers(plain):
         kinds.append("my_number")
     return kinds
 
