@@ -138,7 +138,8 @@ def smtp_throughput(total: int = 600, clients: int = 4, rounds: int = 3) -> dict
     return {"component": "the submission handler and outbox in a script, not the helper as people run it "
                          "(see smtp_product)",
             "bare_sink_msgs_per_s": round(max(bare), 1), "durable_msgs_per_s": round(max(durable), 1),
-            "ratio": round(ratio, 2), "target": "ratio >= 0.5", "ok": ratio >= 0.5,
+            "ratio": round(ratio, 2),
+            "goal": "none of its own: the SMTP goal is the product's (smtp_product), not this component's",
             "runs": {"bare": [round(x) for x in bare], "durable": [round(x) for x in durable]},
             "note": "server in its own process; each accepted message is committed (SQLite WAL, "
                     "synchronous=FULL, group commit) before its 250"}
