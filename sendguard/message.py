@@ -182,7 +182,7 @@ def header_index(msg: Message) -> HeaderIndex:
 def _raw_values(msg: Message, name: str, index: HeaderIndex | None = None) -> list[str]:
     name = name.lower()
     if index is not None:
-        return list(index.get(name, ()))
+        return index.get(name, [])  # (read only: every caller reads the values, none changes them)
     return [str(v) for k, v in msg.raw_items() if k.lower() == name]
 
 
@@ -195,12 +195,12 @@ def _has_8bit(values: list[str]) -> bool:
 # comma-separated, in plain ASCII with no quotes, comments, groups, encoded words or folding. Anything
 # else is read by ``email.utils.getaddresses``, which gives exactly these results for these shapes
 # (tests/test_fast_paths.py compares the two).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5322 atext: one word of an address
+DOT_ATOM = rf"{ATEXT}(?:\.{ATEXT})*"
 _PHRASE_WORD = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+"  # a word of a display name ('.' allowed, as there)
 _SIMPLE_ADDRESS = re.compile(
-    rf"[ \t]*(?:(?:({_PHRASE_WORD}(?:[ \t]+{_PHRASE_WORD})*)[ \t]*)?<({_DOT_ATOM}@{_DOT_ATOM})>"
-    rf"|({_DOT_ATOM}@{_DOT_ATOM}))[ \t]*")
+    rf"[ \t]*(?:(?:({_PHRASE_WORD}(?:[ \t]+{_PHRASE_WORD})*)[ \t]*)?<({DOT_ATOM}@{DOT_ATOM})>"
+    rf"|({DOT_ATOM}@{DOT_ATOM}))[ \t]*")
 
 
 def _simple_addresses(value: str) -> list[tuple[str, str]] | None:
@@ -224,7 +224,7 @@ def _header_addresses(msg: Message, name: str, index: HeaderIndex | None = None)
     if _has_8bit(raw):  # undeclared 8-bit text: decode it ourselves (UTF-8, Shift_JIS, EUC-JP)
         return [(decode_words(d), a) for d, a in email.utils.getaddresses([clean_text(v) for v in raw])]
     # compat32 (as ``parse`` reads) gives the raw strings back; other policies give header objects
-    values: list[Any] = list(raw) if msg.policy is email.policy.compat32 else (msg.get_all(name) or [])
+    values: list[Any] = raw if msg.policy is email.policy.compat32 else (msg.get_all(name) or [])
     out: list[tuple[str, str]] = []
     for value in values:
         if isinstance(value, str):

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from . import faults
 from .checker import CheckerProcess, IntakeFailed
 from .errors import StoreUnavailable
-from .message import make_recipient
+from .message import DOT_ATOM, make_recipient
 from .outbox import Incoming, Outbox
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class SubmissionHandler:
 # ``<local@domain>`` in its common plain form (dot-atom local part, host name): read at once. aiosmtpd
 # reads every MAIL/RCPT address with the email package's full RFC 5322 parser, which was the larger part
 # of the SMTP thread's time; anything else (quoted, literal, comments, ``<>``) still goes through it.
-_PLAIN_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_PLAIN_PATH = re.compile(rf"<({DOT_ATOM}"
                          r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>")
 
 
