@@ -64,9 +64,9 @@ def own_text(body: str) -> str:
 def missing_attachment(ctx: _Context) -> None:
     if any(not a.inline for a in ctx.msg.attachments):
         return
-    regex, words = _attachment_regex(ctx.policy.missing_attachment_words)
+    regex, any_word = _attachment_regex(ctx.policy.missing_attachment_words)
     text = ctx.msg.subject + "\n" + own_text(ctx.msg.body_text)
-    if not words.search(text.lower()):
+    if not any_word.search(text.lower()):
         return
     for match in regex.finditer(text):
         if _NEGATION.match(text, match.end()):
