@@ -514,16 +514,21 @@ class CentralSync:
                                        approval=approval, last_error=None)
                 with self.outbox.store.transaction() as conn:
                     self.outbox.store.record_sent_domains(conn, item.envelope_to, self.clock())
-            elif state == State.SENT:
+            elif state == State.SENT and item.state != State.SENT:
                 # the sender cancelled (or it expired) here while the server was already sending it: the
-                # state here stays final, but the record must say that it went out
+                # state here stays final, but the record must say that it went out (once: the two rounds
+                # that follow the server can both hear it, and only the first writes the note)
                 note = "The central server had already started sending it: it was sent"
                 with self.outbox.store.transaction() as conn:
-                    conn.execute(update(outbox).where(outbox.c.id == item_id).values(last_error=note,
-                                                                                      updated_at=self.clock()))
-                    self.outbox.store.append_audit(conn, "released_by_server", "central-server", item_id,
-                                                   {"server": self.client.url, "by": approval.get("by"),
-                                                    "state_here": item.state}, ts=self.clock())
+                    noted = conn.execute(update(outbox).where(
+                        outbox.c.id == item_id, outbox.c.last_error.is_distinct_from(note)).values(
+                        last_error=note, updated_at=self.clock())).rowcount
+                    if noted:
+                        self.outbox.store.append_audit(conn, "released_by_server", "central-server", item_id,
+                                                       {"server": self.client.url, "by": approval.get("by"),
+                                                        "state_here": item.state}, ts=self.clock())
+                if not noted:
+                    return False
                 self.outbox._notify(item_id)
             elif state in (State.REJECTED, State.EXPIRED):
                 values: dict[str, Any] = {"last_error": None}

@@ -238,6 +238,44 @@ def test_the_server_sends_approved_mail_itself_exactly_as_the_approver_saw_it(
     assert audit.verify(server.service.store) == [] and audit.verify(sender_helper.store) == []
 
 
+def test_a_release_heard_twice_is_recorded_once(server: Server, relay: Relay, sender_helper: Any) -> None:
+    """The helper follows the server from two rounds at once (its decisions poll and the round that asks
+    after messages the server sends). One of them can hold the server's "sent" from before the other
+    applied it: hearing it again must add nothing. A full run once showed two released_by_server records."""
+    item_id, mid, _content = held(sender_helper)
+    wait_for(lambda: handed_over(sender_helper, item_id), timeout=20)
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    wait_for(lambda: sender_helper.outbox.get(item_id).state == "sent", timeout=30)
+    [status] = sender_helper.sync.client.statuses([item_id])  # what the later round holds
+    assert status["state"] == "sent" and status.get("release") == "server"
+    assert sender_helper.sync.apply(status) is False
+    assert sender_helper.sync.apply(status) is False
+    local_events = [r["event"] for r in audit.records(sender_helper.store, item_id)]
+    assert local_events.count("released_by_server") == 1, local_events
+    assert sender_helper.outbox.get(item_id).last_error is None  # no "had already started sending" note
+    [_once] = relay.released(mid)
+
+
+def test_a_message_cancelled_here_but_sent_by_the_server_is_recorded_as_sent_once(
+        server: Server, relay: Relay, sender_helper: Any) -> None:
+    """The server had started sending when the sender cancelled here: both rounds that follow the server
+    may hear "sent"; the helper notes it and records it once, its own state staying cancelled."""
+    item_id, _mid, _content = held(sender_helper)
+    wait_for(lambda: handed_over(sender_helper, item_id), timeout=20)
+    sender_helper.outbox.cancel(item_id, reason="wrong customer")
+    [status] = sender_helper.sync.client.statuses([item_id])
+    heard = {**status, "state": "sent"}  # what the server answered while it was sending
+    assert heard.get("release") == "server"
+    assert sender_helper.sync.apply(heard) is True
+    assert sender_helper.sync.apply(heard) is False
+    item = sender_helper.outbox.get(item_id)
+    assert item.state == "cancelled" and item.last_error == "The central server had already started sending it: it was sent"
+    local_events = [r["event"] for r in audit.records(sender_helper.store, item_id)]
+    assert local_events.count("released_by_server") == 1, local_events
+    assert audit.verify(sender_helper.store) == []
+
+
 def test_a_tampered_helper_cannot_release_or_change_what_is_sent(
         server: Server, relay: Relay, sender_helper: Any) -> None:
     from sendguard.central import CentralClient as Client
