@@ -69,6 +69,9 @@ MESSAGES = {
 }
 # confirm.when = "always": an otherwise allowed message still goes to the window
 MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (confirm.when = \"always\")")
+# the policy file could not be read and no earlier one was in force: every message waits for the user
+MESSAGES["policy_error"] = _("SendGuard cannot use its policy ({target}): every message is held for you until "
+                             "it is fixed; tell your administrator")
 UNINSPECTED = _("{target} could not be inspected ({why}): check its content yourself")
 KIND_NAMES = {"card_number": _("card number"), "my_number": _("My Number"), "body": _("the message body")}
 
@@ -607,6 +610,8 @@ def evaluate(
     ctx = _Context(msg, policy, known_domains, gettext, history or History(), accounts, lists)
     for rule in RULES:
         rule(ctx)
+    if policy.load_error:
+        ctx.add("policy_error", "confirm", policy.load_error)
     action = max((r.action for r in ctx.reasons), key=ACTION_RANK.__getitem__, default="allow")
     if action == "allow" and policy.confirm_when == "always":
         ctx.add("confirm_always", "confirm", msg.subject)

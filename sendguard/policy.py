@@ -12,7 +12,7 @@ import io
 import logging
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,8 @@ class Policy:
     data_files: tuple[str, ...] = ()  # contacts/lists/opt-out files read, for reload on change
     locked: tuple[str, ...] = ()
     source: str = "(embedded defaults)"
+    # set when no policy file could be used since the helper started: every message is held, with this why
+    load_error: str = ""
     _contact_index: dict[str, Contact] = field(default_factory=dict, init=False, repr=False, compare=False)
     _list_index: dict[str, DistributionList] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -635,6 +637,17 @@ def load(path: Path | None, admin_path: Path | None = None) -> Policy:
     return policy
 
 
+def _fail_closed(admin_path: Path | None, error: ConfigError) -> Policy:
+    """What is in force when the policy cannot be read and none was before: the machine-wide policy when it
+    can be read on its own (else the built-in rules), with every message held for the user and the
+    mistake named (an organization's block rules may be in the file that could not be read)."""
+    try:
+        base = load(None, admin_path)
+    except ConfigError:
+        base = Policy()
+    return replace(base, confirm_when="always", load_error=str(error))
+
+
 @dataclass
 class PolicyHolder:
     """Keeps the last good policy: a reload that fails leaves the old one in force and says why."""
@@ -645,6 +658,7 @@ class PolicyHolder:
     last_error: ConfigError | None = None
     _stamp: tuple[object, ...] = (0.0, 0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _good: bool = False  # a policy file was read since start (a later mistake keeps that one)
 
     def _mtimes(self) -> tuple[object, ...]:
         def mtime(p: Path | None) -> float:
@@ -664,9 +678,15 @@ class PolicyHolder:
             try:
                 self.current = load(self.path, self.admin_path)
                 self.last_error = None
+                self._good = True
             except ConfigError as exc:
                 self.last_error = exc
-                log.error("policy refused, keeping the last good one: %s", exc)
+                if self._good:
+                    log.error("policy refused, keeping the last good one: %s", exc)
+                else:
+                    self.current = _fail_closed(self.admin_path, exc)
+                    log.error("policy refused and no earlier one to keep: every message is held for the "
+                              "user until it is fixed: %s", exc)
             self._stamp = self._mtimes()
             return self.current
 

@@ -173,3 +173,39 @@ def test_unknown_removal_is_a_clear_error(home, helper, write_policy):
     out = run_cli("queue", "confirm", item.id, "--remove-attachment", "nothing.pdf")
     assert out.returncode == 1 and b"no attachment 'nothing.pdf'" in out.stderr
     assert h.outbox.get(item.id).state == "awaiting_confirmation"
+
+
+def test_a_policy_unreadable_at_start_holds_every_message(home, helper, write_policy):
+    """A policy.toml with a mistake at start: no good policy was ever in force, so the helper cannot know
+    what the organization blocks. Every message is held for the user with the reason, none released on the
+    built-in defaults; once the file is fixed the organization's rules apply again."""
+    bad = write_policy('[organization]\ninternal_domains = ["example.co.jp"]\n[rules]\n'
+                       'blocked_domains = ["rival.example"]\nencrypted_attachment = "warn"\n')
+    h = helper()
+    smtp_send(h.smtp.port, make_message(to="hanako@example.co.jp"))
+    item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
+    assert item.verdict.action == "confirm"
+    [reason] = [r for r in item.verdict.reasons if r.rule == "policy_error"]
+    assert "policy.toml:5" in reason.message and "encrypted_attachment" in reason.message
+    assert not released(home)
+
+    bad.write_text('[organization]\ninternal_domains = ["example.co.jp"]\n[rules]\n'
+                   'blocked_domains = ["rival.example"]\n', encoding="utf-8")
+    smtp_send(h.smtp.port, make_message(to="k@rival.example", subject="fixed"))
+    fixed = wait_for(lambda: [i for i in h.outbox.list() if i.subject == "fixed" and i.verdict])[0]
+    assert fixed.verdict.action == "block"
+    assert "policy_error" not in [r.rule for r in fixed.verdict.reasons]
+
+
+def test_a_machine_policy_still_applies_when_the_users_policy_is_unreadable(home, helper, write_policy, tmp_path,
+                                                                            monkeypatch):
+    admin = tmp_path / "admin-policy.toml"
+    admin.write_text('[rules]\nblocked_domains = ["rival.example"]\n', encoding="utf-8")
+    monkeypatch.setenv("SENDGUARD_ADMIN_POLICY", str(admin))
+    write_policy('[organization]\ninternal_domains = ["example.co.jp"\n')  # not TOML
+    h = helper()
+    smtp_send(h.smtp.port, make_message(to="k@rival.example"))
+    item = wait_for(lambda: [i for i in h.outbox.list() if i.verdict])[0]
+    assert item.verdict.action == "block"
+    assert "policy_error" in [r.rule for r in item.verdict.reasons]
+    assert not released(home)
