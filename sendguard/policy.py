@@ -554,6 +554,11 @@ def _flatten(path: Path, text: str, data: dict[str, Any]) -> dict[str, Any]:
     for section, body in data.items():
         if section == "locked":
             out["locked"] = tuple(validator._list("locked", body))
+            for pattern in out["locked"]:  # a misspelt entry would leave the key to every user, silently
+                if not any(fnmatch.fnmatchcase(key, pattern) for key in _SCHEMA):
+                    raise validator.fail("locked", f"{pattern!r} names no setting: write section.key as in "
+                                                   "the policy file (e.g. \"rules.personal_data\", "
+                                                   "\"organization.*\")")
             continue
         if section not in _SECTIONS:
             raise validator.fail(section, f"unknown section; known: {', '.join(sorted(_SECTIONS))}, locked")

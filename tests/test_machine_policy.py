@@ -79,3 +79,17 @@ def test_a_marker_written_with_a_byte_order_mark_is_read(tmp_path: Path, no_syst
     (Path(sys.prefix) / paths.INSTALL_MARKER).write_bytes(
         f"\ufeffadmin_policy = '{admin}'\n".encode())
     assert paths.admin_policy_source() == (admin, "installer")
+
+
+def test_a_misspelt_locked_entry_is_refused_not_ignored(tmp_path):
+    """``locked = ["rules.personaldata"]`` locked nothing: every user could loosen the rule the admin meant
+    to fix. The file is refused with its line and the entry."""
+    admin = tmp_path / "admin.toml"
+    admin.write_text('locked = ["rules.blocked_domains", "rules.personaldata"]\n[rules]\npersonal_data = "block"\n',
+                     encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        policy.load(None, admin)
+    assert "rules.personaldata" in str(err.value) and "admin.toml:1" in str(err.value)
+    admin.write_text('locked = ["rules.personal_data", "organization.*"]\n[rules]\npersonal_data = "block"\n',
+                     encoding="utf-8")
+    assert policy.load(None, admin).locked == ("rules.personal_data", "organization.*")
