@@ -182,6 +182,8 @@ class Outbox:
     outlook_waiting: Callable[[str], bool] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
+    # message id -> the policy its confirmation was checked under, in this process
+    _confirmed_under: dict[str, Policy] = field(default_factory=dict, repr=False)
     _reconcile_failures: dict[str, int] = field(default_factory=dict)  # asks in a row, per item
     _sent_domains: tuple[float, tuple[str, ...]] = (0.0, ())  # (read at, domains): see history()
     _known: set[str] = field(default_factory=set)  # domains found in the sent-to history (see known_domains)
@@ -606,14 +608,24 @@ class Outbox:
             envelope_to=envelope, release_after=now + (0 if needs_approval else policy.hold_seconds),
             **(verdict.values if verdict is not None else {}),
         )
+        if len(self._confirmed_under) > 10_000:  # (released ones are taken out; this bounds the rest)
+            self._confirmed_under.clear()
+        self._confirmed_under[item_id] = policy
         if needs_approval:
-            approvers = list(policy.approvers_for(item.sender))
-            item = self.transition(
-                item_id, "request_approval", "policy",
-                {"approvers": approvers, "reasons": [r.rule for r in result.reasons if r.action == "approve"]},
-                approvers=approvers, expires_at=now + policy.expire_hours * 3600,
-            )
+            item = self._request_approval(item, [r.rule for r in result.reasons if r.action == "approve"], now)
         return item
+
+    def _request_approval(self, item: Item, reasons: builtins.list[str] | None = None,
+                          now: float | None = None) -> Item:
+        """confirmed -> awaiting_approval, to the policy's approvers for its sender (also at start, for a
+        message whose confirmation was committed but not its request: a stop in between)."""
+        policy = self.policy()
+        now = self.clock() if now is None else now
+        if reasons is None:
+            reasons = [r.rule for r in (item.check.verdict.reasons if item.check else ()) if r.action == "approve"]
+        approvers = list(policy.approvers_for(item.sender))
+        return self.transition(item.id, "request_approval", "policy", {"approvers": approvers, "reasons": reasons},
+                               approvers=approvers, expires_at=now + policy.expire_hours * 3600)
 
     def reroute_approvals(self, policy: Policy) -> builtins.list[Item]:
         """Held messages follow the policy's approvers: when they change, each waiting message is
@@ -715,6 +727,10 @@ class Outbox:
                 except PermissionDenied as exc:
                     return self.transition(item_id, "refuse_release", "sendguard", {"error": str(exc)},
                                            last_error=str(exc))
+            refused = self._blocked_since_confirmed(item)
+            if refused:
+                return self.transition(item_id, "refuse_release", "policy", {"error": refused},
+                                       last_error=refused)
             item = self.transition(item_id, "start_release", "sendguard", {"attempt": item.attempts + 1},
                                    attempts=item.attempts + 1, release_after=self.clock() + RELEASE_LEASE)
             item = self.get(item_id, with_bodies=True)
@@ -771,6 +787,24 @@ class Outbox:
         return self.transition(item.id, "fail_for_user", "sendguard",
                                {"error": error, "outlook_gone": True}, last_error=error)
 
+    def _blocked_since_confirmed(self, item: Item) -> str | None:
+        """Why the policy in force now refuses what was confirmed (a recipient blocked while the message
+        waited for its approver or its undo time), or None. Not checked again when it was confirmed here
+        under this very policy; a check that fails holds the message too."""
+        policy = self.policy()
+        if self._confirmed_under.pop(item.id, None) is policy:
+            return None
+        try:
+            result = self.evaluate(item.final_raw or item.raw or b"", item.envelope_from, item.envelope_to, policy)
+        except Exception as exc:  # noqa: BLE001 - fail closed: never released unchecked
+            log.exception("checking %s again before its release failed", item.id)
+            return f"SendGuard could not check this message again before sending it ({exc}): it was not sent"
+        if result.action != "block":
+            return None
+        blocked = ", ".join(dict.fromkeys(r.target for r in result.reasons if r.action == "block"))
+        return (f"{blocked} is blocked by policy since this message was confirmed: it was not sent. "
+                "Cancel it, or send it again without that recipient")
+
     def _release_item(self, item: Item) -> ReleaseItem:
         decision = item.decision or {}
         return ReleaseItem(
@@ -805,6 +839,9 @@ class Outbox:
         settled = self._reconcile(self.list([State.RELEASING]))
         for item in self.list([State.RECEIVED]):
             settled.append(self.process(item.id))
+        for item in self.list([State.CONFIRMED], limit=100_000):
+            if (item.decision or {}).get("needs_approval"):  # stopped between confirm and its request
+                settled.append(self._request_approval(item))
         return settled
 
     def reconcile_due(self) -> builtins.list[Item]:

@@ -243,3 +243,57 @@ def test_cli_refuses_the_wrong_approver_clearly(make_helper: Any, message_factor
     result = CliRunner().invoke(main, ["approvals", "approve", item_id, "--as", "boss@example.co.jp"])
     assert result.exit_code == 0, result.output
     assert Approvals(helper.outbox, helper.policy.get, remote=None).pending_for("boss@example.co.jp") == []
+
+
+def test_a_recipient_blocked_while_the_message_waits_is_not_sent_when_approved(
+        make_helper: Any, message_factory: Any, home: Path) -> None:
+    """The admin blocks partner.example while a message to it waits for the boss: the approval does not
+    send it. The message is held (needs attention) with the reason, and nothing reaches the mail service."""
+    helper = make_helper()
+    item_id = held(helper, message_factory)
+    policy = home / "policy.toml"
+    policy.write_text(policy.read_text(encoding="utf-8").replace(
+        "[[rules.keywords]]", '[rules]\nblocked_domains = ["partner.example"]\n\n[[rules.keywords]]'),
+        encoding="utf-8")
+    assert helper.policy.get().blocked_domains == ("partner.example",)
+    helper.approvals.approve(item_id, "boss@example.co.jp", "ok")
+    helper.outbox.release_due()
+    item = helper.outbox.get(item_id)
+    assert item.state == "needs_attention"
+    assert "x@partner.example" in (item.last_error or "") and "blocked" in (item.last_error or "")
+    assert not sent_files(home) or not [p for p in sent_files(home) if b"x@partner.example" in p.read_bytes()
+                                        and b"X-SendGuard-Notice" not in p.read_bytes()]
+
+
+def test_a_message_approved_under_an_unchanged_policy_is_sent(make_helper: Any, message_factory: Any,
+                                                              home: Path) -> None:
+    helper = make_helper()
+    item_id = held(helper, message_factory)
+    helper.approvals.approve(item_id, "boss@example.co.jp", "ok")
+    helper.outbox.release_due()
+    assert helper.outbox.get(item_id).state == "sent"
+
+
+def test_a_crash_between_confirmation_and_the_approval_request_is_repaired_at_start(
+        make_helper: Any, message_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """confirm and request_approval are two transactions: a helper killed between them left the message
+    ``confirmed`` and waiting for approval nobody was asked for, for good. The next start asks."""
+    helper = make_helper()
+    msg = message_factory(subject="社外秘: 見積", body="社外秘の資料を送ります")
+    item = helper.outbox.submit(msg.as_bytes(), "taro@example.co.jp", ["x@partner.example"])
+    real = helper.outbox.transition
+
+    def crash(item_id: str, action: str, *args: Any, **kwargs: Any) -> Any:
+        if action == "request_approval":
+            raise SystemExit("killed")
+        return real(item_id, action, *args, **kwargs)
+
+    monkeypatch.setattr(helper.outbox, "transition", crash)
+    with pytest.raises(SystemExit):
+        helper.outbox.confirm(item.id)
+    monkeypatch.setattr(helper.outbox, "transition", real)
+    assert helper.outbox.get(item.id).state == "confirmed"
+    helper.outbox.reconcile()  # what the worker does at start
+    again = helper.outbox.get(item.id)
+    assert again.state == "awaiting_approval" and again.approvers == ["boss@example.co.jp"]
+    assert helper.approvals.approve(item.id, "boss@example.co.jp").state == "approved"
