@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, checks, compose, notify, outlook_items
+from sendguard import audit, compose, notify, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
 from sendguard.checks import StoredCheck
@@ -166,11 +166,8 @@ def create_check() -> Any:
         raw = request.get_data(cache=False)
         if not raw.strip():
             raise ApiError(400, "empty", "the request body is empty: send the message as message/rfc822")
-        parsed = msgmod.parse(raw)
-        known = svc.outbox.known_domains(r.domain for r in parsed.recipients)
-        pol = svc.policy.get()
-        result = checks.evaluate(parsed, pol, known, svc.gettext, lists=svc.outbox.directory_lists(parsed, pol))
-        return jsonify(result.to_json())
+        # as the helper checks its own mail: sent-to history, the thread, the user's accounts, lists
+        return jsonify(svc.outbox.evaluate_parsed(msgmod.parse(raw)).to_json())
     data = _json_body()
     raw, envelope_from, recipients = compose.from_fields(data)
     source = str(data.get("source") or "outlook")

@@ -179,3 +179,28 @@ def test_the_confirmation_page_gets_errors_in_its_language(client):
         assert expected in response.get_json()["error"]["message"]
     english = client.post("/api/v1/outbox/0123456789abcdef/cancel", json={}, headers=AUTH)
     assert english.get_json()["error"]["message"].startswith("no message '0123456789abcdef' in the outbox")
+
+
+def test_a_raw_check_gives_what_sendguard_check_gives_with_the_users_history(home, tmp_path):
+    """`POST /api/v1/checks` with a raw message and `sendguard check --json` give the same JSON (§4): both
+    know the domains sent to (a look-alike of one), the thread a reply answers and the user's accounts."""
+    import time as _time
+
+    from conftest import run_cli
+
+    app = make_app(home)
+    store = Helper(home).store
+    with store.transaction() as conn:
+        store.record_sent_domains(conn, ["someone@hidden.example"], _time.time())
+    store.close()
+    raw = make_message(to="b@hiddem.example", subject="lookalike").as_bytes()
+    path = tmp_path / "look.eml"
+    path.write_bytes(raw)
+    cli = run_cli("check", str(path), "--json")
+    assert cli.returncode == 0, cli.stderr
+    expected = json.loads(cli.stdout)
+    assert "lookalike_domain" in [r["rule"] for r in expected["verdict"]["reasons"]]
+    response = app.test_client().post("/api/v1/checks", data=raw,
+                                      headers={**AUTH, "Content-Type": "message/rfc822"})
+    assert response.status_code == 200
+    assert response.get_json() == expected
