@@ -211,7 +211,11 @@ def _origin_allowed(origin: str) -> bool:
         return False
     # same server: the origin's port must be the one this request came in on
     req_port = request.host.rsplit(":", 1)[1] if request.host.count(":") == 1 else None
-    origin_port = str(parts.port) if parts.port else ("443" if parts.scheme == "https" else "80")
+    try:
+        port = parts.port
+    except ValueError:  # "http://localhost:8765.evil.example": no port at all, not ours
+        return False
+    origin_port = str(port) if port else ("443" if parts.scheme == "https" else "80")
     return req_port is None or origin_port == req_port
 
 

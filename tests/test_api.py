@@ -71,7 +71,9 @@ def test_foreign_host_refused(client, host):
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://localhost.evil.example",
-                                    "http://localhost:9999"])
+                                    "http://localhost:9999",
+                                    # no port at all (urlsplit cannot read one): refused, not a 500
+                                    "http://localhost:8765.evil.example", "http://localhost:99999"])
 def test_foreign_origin_refused(client, origin):
     response = client.get("/api/v1/outbox", headers={**AUTH, "Origin": origin, "Host": "localhost:8765"})
     assert response.status_code == 403 and error_of(response) == "origin_not_allowed"
