@@ -40,6 +40,27 @@ def quiet_logging(verbose: bool) -> None:
         pass
 
 
+LOG_FILE_BYTES = 5_000_000  # logs/sendguard.log is rotated at this size, three older files kept
+
+
+def file_log(started: str) -> logging.Handler | None:
+    """The running helper's log in ``SENDGUARD_HOME/logs/sendguard.log`` (private to the user, rotated):
+    what it says on the console, kept for a helper started without one (autostart, the installers)."""
+    from logging.handlers import RotatingFileHandler
+
+    try:
+        path = paths.private_file(paths.logs_dir() / "sendguard.log")
+        handler = RotatingFileHandler(path, maxBytes=LOG_FILE_BYTES, backupCount=3, encoding="utf-8")
+    except OSError as exc:  # a full or read-only disk: the helper runs on, its log on the console only
+        logging.getLogger("desktop").warning("cannot write the log file: %s", exc)
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.handle(logging.makeLogRecord({"name": "desktop", "levelno": logging.INFO, "levelname": "INFO",
+                                          "msg": started}))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
 def _wants_window(home: Any) -> bool:
     from sendguard import config as configmod
 
@@ -108,6 +129,9 @@ def serve(no_window: bool, smtp_port: int | None, api_port: int | None, verbose:
             runner = Runner(home, smtp_port, api_port).start()
         except (OSError, SendGuardError) as exc:
             raise click.ClickException(str(exc)) from None
+        info = runner.describe()
+        file_log(f"SendGuard started (process {os.getpid()}): SMTP {info['smtp']}, web/API {info['api']}, "
+                 f"release {info['transport']}")
         _serve(runner, no_window, watchdog)
     finally:
         lock.release()

@@ -235,3 +235,9 @@ def test_serve_log_is_quiet_and_plain(serve_process, home: Path) -> None:
     assert "\x1b[" not in log  # no raw colour codes
     assert "mail.log" not in log and "EHLO" not in log and "RCPT" not in log  # no line per SMTP command
     assert "GET /healthz" not in log  # no line per HTTP request
+    # the same kept in the home for a helper started without a console (DESIGN §5: logs), the user's alone
+    kept = home / "logs" / "sendguard.log"
+    assert kept.stat().st_mode & 0o777 == 0o600 and (home / "logs").stat().st_mode & 0o777 == 0o700
+    text = kept.read_text(encoding="utf-8")
+    assert f"SendGuard started (process {serve.proc.pid})" in text and "\x1b[" not in text
+    assert "EHLO" not in text and "GET /healthz" not in text
