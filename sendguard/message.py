@@ -416,6 +416,83 @@ def html_to_text(markup: str) -> str:
     return extract.html_to_text(markup)
 
 
+# A comment in a structured header (RFC 5322 CFWS): "(" at the start or after a space, ";" or "=", outside a
+# quoted string. A "(" glued to a word (``report(1).pdf``) is read as part of the word, as mail clients do.
+def _without_comments(value: str) -> str:
+    out: list[str] = []
+    depth = 0
+    quoted = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+            if not depth:
+                out.append(ch)
+            continue
+        if ch == "\\" and (quoted or depth):
+            escaped = True
+            if not depth:
+                out.append(ch)
+            continue
+        if not depth and ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "(" and (depth or not out or out[-1] in " \t\r\n;="):
+            depth += 1
+            continue
+        elif depth and ch == ")":
+            depth -= 1
+            if not depth:
+                out.append(" ")
+            continue
+        if not depth:
+            out.append(ch)
+    return "".join(out)
+
+
+def _param_source(part: Message) -> Message:
+    """Where to read a part's type and file name from, the same way whatever the policy the part was
+    parsed with: ``part`` itself when parsed as the check parses (compat32) and its Content-Type and
+    Content-Disposition hold no comment; else a compat32 stand-in holding those two headers as written,
+    comments removed (``(v2) name="quote.pdf"`` names quote.pdf)."""
+    if part.policy is email.policy.compat32:
+        ctype, disposition = part.get("content-type"), part.get("content-disposition")
+        if "(" not in str(ctype or "") and "(" not in str(disposition or ""):
+            return part
+    probe = Message(policy=email.policy.compat32)
+    for key, value in part.raw_items():
+        if key.lower() in ("content-type", "content-disposition"):
+            probe[key] = _without_comments(str(value))
+    return probe
+
+
+def _content_type(part: Message) -> str:
+    return _param_source(part).get_content_type()
+
+
+def _disposition(part: Message) -> str:
+    """The disposition word, lower-cased ("" without one); comments, quotes and encoded words read."""
+    value = _param_source(part).get("content-disposition")
+    if value is None:
+        return ""
+    return decode_words(str(value).split(";")[0].strip().strip('"')).strip().lower()
+
+
+def _name_param(part: Message) -> str | None:
+    """The file name a part gives itself (Content-Disposition filename, else Content-Type name)."""
+    source = _param_source(part)
+    try:
+        name = source.get_filename() or source.get_param("name")
+    except (IndexError, TypeError, ValueError, LookupError):
+        return None
+    if isinstance(name, tuple):  # undecoded RFC 2231 triple
+        name = email.utils.collapse_rfc2231_value(name)
+    if not name:
+        return None
+    name = str(name).strip()
+    if len(name) > 2 and name[0] == name[-1] == "'":  # filename='notes.txt' (single quotes are no quoting)
+        name = name[1:-1]
+    return name or None
+
+
 def _is_attachment(part: Message) -> bool:
     if part.get("content-disposition") is None and "name" not in str(part.get("content-type", "")).lower():
         # the common body part: no disposition and no file name (saves parsing its parameters thrice)
@@ -424,26 +501,21 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _is_attachment_in_full(part: Message) -> bool:
-    disposition = (part.get_content_disposition() or "").lower()
-    if part.get_content_type() == "message/rfc822":
+    disposition = _disposition(part)
+    ctype = _content_type(part)
+    if ctype == "message/rfc822" or part.get_content_type() == "message/rfc822":
         return True
     if disposition == "attachment":
         return True
-    if part.get_filename() or part.get_param("name"):
+    if _name_param(part):
         return True
-    return disposition == "inline" and part.get_content_maintype() not in ("text", "multipart")
+    return disposition == "inline" and ctype.partition("/")[0] not in ("text", "multipart")
 
 
 def _filename(part: Message, index: int) -> str:
-    name = None
-    try:
-        name = part.get_filename() or part.get_param("name")
-    except (IndexError, TypeError, ValueError, LookupError):
-        name = None
-    if isinstance(name, tuple):  # undecoded RFC 2231 triple
-        name = email.utils.collapse_rfc2231_value(name)
+    name = _name_param(part)
     if name:
-        return clean_text(decode_words(str(name))).strip()
+        return clean_text(decode_words(name)).strip()
     if part.get_content_type() == "message/rfc822":
         inner = part.get_payload(0) if part.is_multipart() else None
         subject = _safe_header(inner, "subject") if isinstance(inner, Message) else ""
@@ -475,29 +547,42 @@ def calendar_attendees(msg: Message) -> list[tuple[str, str]]:
     return out
 
 
+Path = tuple[int, ...]  # a part's place in the tree: the index in each parent's list of parts
+
+
+def _iter_leaves_at(msg: Message) -> Iterator[tuple[Path, Message | None, Message]]:
+    stack: list[tuple[Path, Message | None, Message]] = [((), None, msg)]
+    while stack:
+        path, parent, part = stack.pop()
+        if part.get_content_type() == "message/rfc822" and part is not msg:
+            yield path, parent, part
+        elif part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend(((*path, i), part, child) for i, child in reversed(list(enumerate(payload)))
+                             if isinstance(child, Message))
+        else:
+            yield path, parent, part
+
+
 def iter_leaves(msg: Message) -> Iterator[tuple[Message | None, Message]]:
     """(parent, leaf) depth-first, not descending into attached messages (they are attachments).
 
     The order defines attachment ids, so parsing and rewriting number attachments alike.
     """
-    stack: list[tuple[Message | None, Message]] = [(None, msg)]
-    while stack:
-        parent, part = stack.pop()
-        if part.get_content_type() == "message/rfc822" and part is not msg:
-            yield parent, part
-        elif part.is_multipart():
-            payload = part.get_payload()
-            if isinstance(payload, list):
-                stack.extend((part, child) for child in reversed(payload) if isinstance(child, Message))
-        else:
-            yield parent, part
+    for _path, parent, part in _iter_leaves_at(msg):
+        yield parent, part
 
 
 def iter_parts(msg: Message) -> Iterator[tuple[str | None, Message | None, Message]]:
     """(attachment id, parent, leaf) in document order: ids "1", "2", ... for attachments, None for
-    body parts. The one numbering of attachments: the check, the rewrite and the pages all use it."""
+    body parts. The one numbering of attachments: the check, the rewrite and the pages all use it.
+
+    The ids are those of the check only on a tree parsed as the check parses (``check_tree``): the
+    email package reads some parameters differently under other policies. ``attachment_paths`` gives
+    each id's place, to find the same parts in a tree parsed otherwise."""
     index = 0
-    for parent, part in iter_leaves(msg):
+    for _path, parent, part in _iter_leaves_at(msg):
         if _is_attachment(part):
             index += 1
             yield str(index), parent, part
@@ -510,6 +595,71 @@ def iter_attachments(msg: Message) -> Iterator[tuple[str, Message | None, Messag
     for att_id, parent, part in iter_parts(msg):
         if att_id is not None:
             yield att_id, parent, part
+
+
+def check_tree(raw: bytes) -> Message:
+    """The tree of parts as ``parse`` reads a message (compat32): the one its attachment ids are of."""
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def attachment_paths(tree: Message) -> dict[str, Path]:
+    """Attachment id -> place in the tree, for a ``check_tree``."""
+    index = 0
+    out: dict[str, Path] = {}
+    for path, _parent, part in _iter_leaves_at(tree):
+        if _is_attachment(part):
+            index += 1
+            out[str(index)] = path
+    return out
+
+
+def tree_shape(msg: Message) -> list[tuple[Path, int]]:
+    """(place, number of parts or -1 for a leaf) of every part: two parses of the same bytes with the
+    same shape hold the same parts at the same places."""
+    out: list[tuple[Path, int]] = []
+    stack: list[tuple[Path, Message]] = [((), msg)]
+    while stack:
+        path, part = stack.pop()
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
+            out.append((path, len(payload)))
+            stack.extend(((*path, i), child) for i, child in reversed(list(enumerate(payload)))
+                         if isinstance(child, Message))
+        else:
+            out.append((path, -1))
+    return out
+
+
+def part_at(msg: Message, path: Path) -> Message:
+    part = msg
+    for i in path:
+        payload = part.get_payload()
+        child = payload[i] if isinstance(payload, list) and i < len(payload) else None
+        if not isinstance(child, Message):
+            raise LookupError(f"no part at {path}")
+        part = child
+    return part
+
+
+@dataclass(frozen=True)
+class AttachmentDigest:
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+def attachment_digests(raw: bytes) -> list[AttachmentDigest]:
+    """Each attachment as ``parse`` reads it (same tree, same ids, same content and hash), without the
+    text extraction: what the rewrite compares before and after."""
+    skeleton, elided = _elide(raw)
+    out = []
+    for att_id, _parent, part in iter_attachments(check_tree(skeleton)):
+        name = _filename(part, int(att_id))
+        _data, size, digest, _head = _content(part, name, elided, [])
+        out.append(AttachmentDigest(att_id, name, part.get_content_type(), size, digest))
+    return out
 
 
 def parse(
@@ -531,7 +681,7 @@ def parse(
     skeleton, elided = _elide(raw)
     # compat32 keeps header values as text: the few we need are decoded below, instead of the
     # header registry parsing every header of every part (the bulk of the time on small messages)
-    msg = email.message_from_bytes(skeleton, policy=email.policy.compat32)
+    msg = check_tree(skeleton)
     if not msg.keys():
         problems.append("the message has no headers (not an RFC 5322 message)")
     index = header_index(msg)
@@ -609,10 +759,10 @@ def _attachment(att_id: str, part: Message, elided: _Elided | None, budget: extr
                 problems: list[str]) -> Attachment:
     """One attachment with its content's text and flags, or the reason it could not be read."""
     name = _filename(part, int(att_id))
-    ctype = part.get_content_type()
+    ctype = _content_type(part)
     data, size, digest, head = _content(part, name, elided, problems)
     att = Attachment(id=att_id, filename=name, size=size, content_type=ctype, sha256=digest,
-                     inline=part.get_content_disposition() == "inline", is_message=ctype == "message/rfc822",
+                     inline=_disposition(part) == "inline", is_message=ctype == "message/rfc822",
                      head=head, data=data, ref=part.get("X-SendGuard-Attachment-Ref", ""))
     declared = part.get_param("size", header="content-disposition")
     kind = extract.kind_of(name, ctype, head)

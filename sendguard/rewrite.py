@@ -123,16 +123,58 @@ def apply(
     if not msg.get("message-id"):
         msg["Message-ID"] = message_id
     if decision.removed_attachments:
-        drop = set(decision.removed_attachments)
-        targets = [(parent, part) for att_id, parent, part in msgmod.iter_attachments(msg) if att_id in drop]
-        for parent, part in targets:
-            if parent is None:
-                raise MessageError("the message is nothing but this attachment; cancel it instead")
-            payload = parent.get_payload()
-            if isinstance(payload, list):
-                payload[:] = [p for p in payload if p is not part]
+        _drop_attachments(raw, msg, decision.removed_attachments)
     try:
         final = msg.as_bytes(policy=email.policy.default)
     except (UnicodeError, ValueError, TypeError, LookupError) as exc:
         raise MessageError(f"cannot rewrite this message ({exc}); cancel it and send it again") from None
+    verify_attachments(raw, final, decision.removed_attachments)
     return final, recipients, sorted(set(bcc))
+
+
+def _drop_attachments(raw: bytes, msg: Message, removed: Iterable[str]) -> None:
+    """Take the attachments with these ids (numbered as the check numbered them) out of ``msg``.
+
+    The check reads the message as ``message.check_tree`` does; ``msg`` is parsed with another policy,
+    under which the email package reads some parameters differently (a comment in Content-Type, a
+    single-quoted filename), so the parts are found by their place in the check's tree, never by
+    numbering ``msg`` again."""
+    tree = msgmod.check_tree(raw)
+    paths = msgmod.attachment_paths(tree)
+    unknown = [att_id for att_id in removed if att_id not in paths]
+    if unknown:
+        raise MessageError(f"cannot remove attachment {', '.join(unknown)}: the message has attachments "
+                           f"{', '.join(paths) or 'none'}; the message stays held, cancel it or confirm it again")
+    if msgmod.tree_shape(tree) != msgmod.tree_shape(msg):
+        raise MessageError("cannot remove attachments from this message: its MIME structure reads two ways "
+                           "(a damaged boundary or Content-Type); the message stays held, cancel it and "
+                           "send it again without the attachment")
+    targets = []
+    for att_id in dict.fromkeys(removed):
+        path = paths[att_id]
+        if not path:
+            raise MessageError("the message is nothing but this attachment; cancel it instead")
+        targets.append((msgmod.part_at(msg, path[:-1]), msgmod.part_at(msg, path)))
+    for parent, part in targets:
+        payload = parent.get_payload()
+        if isinstance(payload, list):
+            payload[:] = [p for p in payload if p is not part]
+
+
+def verify_attachments(raw: bytes, final: bytes, removed: Iterable[str]) -> None:
+    """Refuse (``MessageError``: nothing is released) unless the rewritten message, read the way the
+    check reads it, holds exactly the attachments of ``raw`` minus the removed ids, in order and
+    byte for byte (content type and SHA-256)."""
+    if final == raw:
+        return
+    drop = set(removed)
+    before = msgmod.attachment_digests(raw)
+    expected = [a for a in before if a.id not in drop]
+    found = msgmod.attachment_digests(final)
+    if [(a.content_type, a.sha256) for a in found] != [(a.content_type, a.sha256) for a in expected]:
+        def names(items: list[msgmod.AttachmentDigest]) -> str:
+            return ", ".join(f"{a.filename} ({a.size} bytes)" for a in items) or "none"
+
+        raise MessageError(f"the rewritten message does not hold the attachments you confirmed (expected: "
+                           f"{names(expected)}; found: {names(found)}); nothing was sent and the message "
+                           "stays held: cancel it and send it again from your mail client")
