@@ -340,7 +340,7 @@ class _Validator:
             value = [value]
         out = []
         for item in self._list(key, value):
-            item = item.strip().lower()
+            item = _address_pattern(item)
             if not item:
                 raise self.fail(key, "an empty pattern matches nothing; remove it")
             out.append(item)
@@ -640,6 +640,30 @@ def load(path: Path | None, admin_path: Path | None = None) -> Policy:
     layers = [(p, layer) for p, layer in ((admin_path, admin), (path, user)) if p is not None and layer]
     check_approvers(policy, layers)  # type: ignore[arg-type]
     return policy
+
+
+def _address_pattern(pattern: str) -> str:
+    """An address pattern in the form addresses are compared in: lower case, full-width letters and ＠ as
+    ASCII (NFKC), the domain in Unicode (``*@xn--r8jz45g.jp`` is ``*@例え.jp``); otherwise a pattern
+    written in punycode or full width would silently never match."""
+    import unicodedata
+
+    pattern = unicodedata.normalize("NFKC", pattern).strip().lower()
+    local, at, domain = pattern.rpartition("@")
+    if not at or not domain:
+        return pattern
+    if not any(c in domain for c in "*?["):
+        from .message import split_domain
+
+        return f"{local}@{split_domain(domain)[0]}"
+    labels = []
+    for label in domain.split("."):  # a wildcard domain: each plain punycode label on its own
+        if label.startswith("xn--") and not any(c in label for c in "*?["):
+            from .message import split_domain
+
+            label = split_domain(label)[0]
+        labels.append(label)
+    return f"{local}@{'.'.join(labels)}"
 
 
 def _fail_closed(admin_path: Path | None, error: ConfigError) -> Policy:

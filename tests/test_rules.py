@@ -343,3 +343,19 @@ def test_lookalike_references(pol, to, history, known, similar):
     result = run(pol, to=to, history=history, known=known)
     found = [r for r in result.reasons if r.rule == "lookalike_domain"]
     assert (similar in found[0].message) if similar else not found
+
+
+@pytest.mark.parametrize("pattern", ["*@xn--r8jz45g.jp", "*@例え.jp", "*@ＸＮ--Ｒ８ＪＺ４５Ｇ.ＪＰ", "k＠例え.jp",
+                                     "*@*.xn--r8jz45g.jp|sub"])
+@pytest.mark.parametrize("to", ["k@xn--r8jz45g.jp", "k@例え.jp"])
+def test_an_address_rule_written_in_punycode_or_full_width_matches(tmp_path, pattern, to):
+    """A pattern is compared in the form addresses are: an admin who writes the domain in punycode, or types
+    it in full width, gets the rule he wrote instead of one that silently never matches."""
+    pattern, _, sub = pattern.partition("|")
+    if sub:  # (a non-ASCII domain in a header is written by the test's mail library as an encoded word)
+        to = "k@sub.xn--r8jz45g.jp"
+    path = tmp_path / "policy.toml"
+    path.write_text(f'[[rules.address]]\nmatch = ["{pattern}"]\naction = "block"\n', encoding="utf-8")
+    pol = policy.load(path)
+    result = checks.evaluate(message.parse(make_message(to=to).as_bytes()), pol)
+    assert result.action == "block", (pattern, to, pol.address_rules)
