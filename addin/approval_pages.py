@@ -213,7 +213,7 @@ def show(item_id: str) -> Any:
         return _notice(_("Not allowed"), str(exc), 404)
     if not approvals().may_view(item, approver):
         # whatever its state: an approver sees only the messages they approve (or stand in for)
-        names = ", ".join(item.approvers) or "-"
+        names = ", ".join(approvals().current_approvers(item)) or "-"
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {names}")
     return _page("approve.html", **_view(item, approver))
@@ -237,7 +237,7 @@ def _open_link(item_id: str, token: str) -> Any:
         return _notice(_("Not allowed"), str(exc), 404)
     if item.state == State.AWAITING_APPROVAL and not approvals().may_decide(item, approver):
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
-                                          f"its approvers are: {', '.join(item.approvers) or '-'}")
+                                          f"its approvers are: {', '.join(approvals().current_approvers(item)) or '-'}")
     if was_used(service().store, str(claims.get("jti"))):  # whoever fetches it again (a scanner, say)
         return _refuse(item_id, approver, "this link has already been used", anonymous=True)
     # not signed in yet: only the decision (which spends the link) signs the approver in, so a

@@ -191,6 +191,7 @@ class ServerNotices(_Rounds):
         from sendguard import notify
 
         svc = self.svc
+        svc.follow_policy()  # approvers removed from the policy are not emailed, new ones are
         with svc.store.engine.connect() as lock:
             postgres = lock.dialect.name == "postgresql"
             if postgres and not lock.execute(text(f"SELECT pg_try_advisory_lock({self.LOCK_ID})")).scalar():
@@ -329,8 +330,20 @@ class CentralService:
             self.outbox.expire_due()
         except Exception:
             log.exception("expiring overdue approval requests failed")
+        self.follow_policy()
         self.notices.wake()
         self.releaser.wake()
+
+    def follow_policy(self) -> None:
+        """The server's policy.toml changed: each waiting request goes to the approvers it names now
+        (audited ``approval_rerouted``; the new approvers are emailed, the removed ones decide nothing)."""
+        try:
+            moved = self.approvals.follow_policy()
+        except Exception:
+            log.exception("re-routing waiting approval requests after a policy change failed; retrying")
+            return
+        if moved:
+            log.info("policy changed: %d waiting request(s) handed to their new approvers", len(moved))
 
     def approval_link(self, item: Item, address: str) -> str:
         """A signed, single-use link for one approver (or deputy); it only ever goes into their email."""

@@ -39,6 +39,8 @@ class Approvals:
     # a ``sendguard.central.CentralClient`` to decide on the central server; by default it is made
     # from config.toml when ``[server] url`` is set (None: decide in this database)
     remote: Any = field(default=_AUTO)
+    # the policy the held messages were last routed by (``follow_policy``)
+    _routed: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.remote is _AUTO:
@@ -63,10 +65,47 @@ class Approvals:
         today = self._today()
         return [d.deputy for d in self.policy().deputies if d.approver == approver and d.start <= today <= d.end]
 
+    def current_approvers(self, item: Item, policy: Policy | None = None) -> list[str]:
+        """Who approves ``item`` now. A message waiting for a decision belongs to the approvers the policy
+        in force names for its sender, whatever was stored when it was held (an approver the administrator
+        removed decides nothing any more); a decided message keeps the approvers it had."""
+        stored = [a.lower() for a in item.approvers]
+        if item.state != State.AWAITING_APPROVAL or self.remote is not None:
+            return stored  # (with a central server, its policy names them: the server's answer is stored)
+        wanted = [a.lower() for a in (policy or self.policy()).approvers_for(item.sender)]
+        return wanted or stored  # a policy that names nobody leaves the message with its approvers
+
+    def follow_policy(self) -> list[Item]:
+        """When the policy changed since the last look, hand each waiting message to the approvers it
+        names now (each move audited as ``approval_rerouted``, so the new approvers are emailed); returns
+        the messages moved. Cheap while the policy is unchanged. Not for a helper that decides on a
+        central server: the server routes its own requests."""
+        if self.remote is not None:
+            return []
+        policy = self.policy()
+        if policy is self._routed:
+            return []
+        moved = self.outbox.reroute_approvals(policy)
+        self._routed = policy  # after: a failed round is tried again on the next call
+        return moved
+
+    def _reroute(self, item: Item, via: str) -> Item:
+        """Bring one waiting message to its current approvers before anyone decides it (audited)."""
+        wanted = self.current_approvers(item)
+        if item.state != State.AWAITING_APPROVAL or sorted(wanted) == sorted(a.lower() for a in item.approvers):
+            return item
+        try:
+            return self.outbox.transition(item.id, "reroute_approval", "policy",
+                                          {"previous_approvers": item.approvers, "approvers": wanted, "via": via},
+                                          only_from=[State.AWAITING_APPROVAL], approvers=wanted)
+        except StateError:  # decided meanwhile: the caller reports that
+            return self.outbox.get(item.id)
+
     def acting_for(self, item: Item, actor: str) -> str | None:
-        """The approver ``actor`` decides for: themself, or the approver whose deputy they are today."""
+        """The approver ``actor`` decides for: themself, or the approver whose deputy they are today
+        (among the message's current approvers, see ``current_approvers``)."""
         actor = actor.lower()
-        approvers = [a.lower() for a in item.approvers]
+        approvers = self.current_approvers(item)
         if actor in approvers:
             return actor
         for approver in sorted(self.deputy_for(actor)):
@@ -93,6 +132,7 @@ class Approvals:
         deadline first. The database narrows the candidates; ``acting_for`` has the last word."""
         if self.remote is not None:
             return self.remote.pending(approver)  # type: ignore[no-any-return]
+        self.follow_policy()
         cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
         query = select(*cols).where(outbox.c.state == State.AWAITING_APPROVAL.value)
         if approver is not None:
@@ -140,6 +180,11 @@ class Approvals:
                 item = self.outbox.transition(item_id, "expire", "sendguard", {})
             except StateError:
                 item = self.outbox.get(item_id)
+        if item.state != State.AWAITING_APPROVAL:
+            error = self._decided_error(item)
+            self.audit_refusal(item_id, actor, str(error), via)
+            raise error
+        item = self._reroute(item, via)  # decided against the approvers the policy names now
         if item.state != State.AWAITING_APPROVAL:
             error = self._decided_error(item)
             self.audit_refusal(item_id, actor, str(error), via)

@@ -119,8 +119,11 @@ def test_reject_needs_a_reason_and_nothing_is_sent(started: Any, message_factory
     assert r.helper.outbox.get(item_id).state == "rejected"
 
 
-def test_wrong_approver_is_refused_and_audited(started: Any, message_factory: Any) -> None:
+def test_wrong_approver_is_refused_and_audited(started: Any, message_factory: Any, write_policy: Any) -> None:
     r = started
+    # hanako's mail goes to cfo: the policy in force names a message's approvers
+    write_policy(SAMPLE_POLICY + '\n[[approval.route]]\nsenders = ["hanako@example.co.jp"]\n'
+                                 'approvers = ["cfo@example.co.jp"]\n')
     item_id = submit_flagged(r, message_factory)
     # a link signed for someone who is not an approver of this message
     token = LinkSigner(r.app.config["SECRET_KEY"], "approve").sign(item_id, approver="intruder@example.co.jp")
@@ -129,15 +132,12 @@ def test_wrong_approver_is_refused_and_audited(started: Any, message_factory: An
     assert page.status_code == 403
     assert "intruder@example.co.jp is not an approver" in page.get_data(as_text=True)
     # an approver signed in for one message cannot decide another that names someone else
-    other = submit_flagged(r, message_factory, subject="社外秘 other")
-    # the worker hands held mail to the policy's approvers once it has read the policy (and again whenever
-    # the policy changes): let it do so first, or it would undo the edit below
-    wait_for(lambda: r.helper._routed_policy is not None)
-    with r.helper.store.transaction() as conn:
-        from sqlalchemy import update
-
-        from sendguard.store import outbox
-        conn.execute(update(outbox).where(outbox.c.id == other).values(approvers=["cfo@example.co.jp"]))
+    # (not by editing the stored approvers: a decision follows the approvers the policy names now)
+    smtp_send(r.helper.smtp.port, message_factory(sender="hanako@example.co.jp", subject="社外秘 other",
+                                                  body="社外秘の資料です。"), sender="hanako@example.co.jp")
+    held = wait_for(lambda: next(iter(r.helper.outbox.list(["awaiting_confirmation"])), None))
+    other = r.helper.outbox.confirm(held.id, actor="window").id
+    assert r.helper.outbox.get(other).approvers == ["cfo@example.co.jp"]
     html = client.get(path_of(approval_link(r, item_id))).get_data(as_text=True)
     # opening the link alone signs nobody in; deciding the message it was sent for does
     assert client.post(f"/approve/{other}", data={"csrf": csrf_of(html), "decision": "approve"}).status_code == 401

@@ -151,3 +151,44 @@ def test_approver_cannot_approve_his_own_message_on_the_server(server: ThreadSer
         boss._call("POST", "/api/v1/approvals/b1/approve", json={})
     assert server.service.outbox.get("b1").state == "awaiting_approval"
     assert [i.id for i in boss.pending()] == []  # not offered to him either
+
+
+@pytest.mark.postgres
+def test_an_approver_removed_from_the_servers_policy_can_no_longer_approve(server: ThreadServer, tmp_path: Any) -> None:
+    """The administrator moves taro's approvals from boss to cfo while a request waits: boss's emailed link
+    and his helper decide nothing any more, cfo is told and may decide, and the move is audited."""
+    taro = CentralClient(server.url, server.token("taro@example.co.jp"))
+    raw = base64.b64encode(make_message(subject="社外秘 見積").as_bytes()).decode()
+    taro._call("POST", "/api/v1/central/requests", json={"id": "p1", "sender": "taro@example.co.jp",
+                                                          "recipients": ["a@partner.example"], "raw": raw})
+    old_link = wait_for(lambda: approval_link_in(server.mail, "p1", "boss@example.co.jp"), timeout=20)
+    (tmp_path / "server-policy.toml").write_text('[approval]\napprovers = ["cfo@example.co.jp"]\nexpire_hours = 24\n',
+                                                 encoding="utf-8")
+    assert server.service.policy.get().approvers_for("taro@example.co.jp") == ("cfo@example.co.jp",)
+    boss = CentralClient(server.url, server.token("boss@example.co.jp"))
+    cfo = CentralClient(server.url, server.token("cfo@example.co.jp"))
+    # at once, before any background round: the decision follows the policy in force
+    with pytest.raises(PermissionDenied, match="its approvers are: cfo@example.co.jp"):
+        boss.decide("p1", "approve", "boss@example.co.jp", "OK")
+    browser = requests.Session()
+    page = browser.get(old_link, timeout=10)
+    assert page.status_code == 403 and "cfo@example.co.jp" in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    done = browser.post(f"{server.url}/approve/p1", data={"csrf": csrf.group(1) if csrf else "",
+                                                          "t": old_link.split("?t=", 1)[1], "decision": "approve"},
+                        headers={"Origin": server.url}, timeout=10)
+    assert done.status_code in (401, 403)
+    assert boss.pending() == []
+    item = server.service.outbox.get("p1")
+    assert item.state == "awaiting_approval" and item.approvers == ["cfo@example.co.jp"]
+    # the new approver is emailed a link of his own, and his decision counts
+    assert [i.id for i in cfo.pending()] == ["p1"]
+    wait_for(lambda: approval_link_in(server.mail, "p1", "cfo@example.co.jp"), timeout=20)
+    assert cfo.decide("p1", "approve", "cfo@example.co.jp", "OK").state == "approved"
+    item = server.service.outbox.get("p1")
+    assert item.approval["by"] == "cfo@example.co.jp"
+    moved = [r for r in audit.records(server.service.store, "p1") if r["event"] == "approval_rerouted"]
+    assert len(moved) == 1 and moved[0]["actor"] == "policy"
+    assert moved[0]["data"]["previous_approvers"] == ["boss@example.co.jp"]
+    assert moved[0]["data"]["approvers"] == ["cfo@example.co.jp"]
+    assert audit.verify(server.service.store) == []
