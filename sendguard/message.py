@@ -657,7 +657,12 @@ def attachment_digests(raw: bytes) -> list[AttachmentDigest]:
     out = []
     for att_id, _parent, part in iter_attachments(check_tree(skeleton)):
         name = _filename(part, int(att_id))
-        _data, size, digest, _head = _content(part, name, elided, [])
+        data, size, digest, _head = _content(part, name, elided, [])
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if cte != "base64" and len(data) == size:
+            # line breaks of text sent as text are the transport's, not the content's: a rewrite written
+            # with LF keeps a CRLF attachment unchanged
+            digest = hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest()
         out.append(AttachmentDigest(att_id, name, part.get_content_type(), size, digest))
     return out
 

@@ -76,3 +76,12 @@ def test_a_structure_that_reads_two_ways_is_refused():
         ids = ["1"]
     with pytest.raises(MessageError):
         rewrite.apply(raw, Decision(removed_attachments=ids[:1]), ["x@partner.example"], set(), "<m@x>")
+
+
+def test_text_attachments_sent_with_crlf_survive_a_rewrite_written_with_lf():
+    raw = _mail('Content-Type: text/csv; name="a.csv"\n\nx,y\n1,2', ZIP).replace(b"\n", b"\r\n")
+    final, env, _bcc = rewrite.apply(raw, Decision(removed_recipients=["y@partner.example"]),
+                                     ["x@partner.example", "y@partner.example"], set(), "<m@example.co.jp>")
+    assert env == ["x@partner.example"]
+    assert [a.filename for a in message.parse(final).attachments] == ["a.csv", "customers.zip"]
+    assert _remove(raw, "customers.zip") == ["a.csv"]
