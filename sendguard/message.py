@@ -14,6 +14,7 @@ import email.policy
 import email.utils
 import hashlib
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
@@ -286,6 +287,16 @@ _KEEP_EXTS = (".zip", ".docx", ".xlsx", ".pptx", ".docm", ".xlsm", ".pptm", ".pd
 class _Elided:
     raw: bytes
     spans: dict[str, tuple[int, int]]
+    prefix: str  # every token starts with it; a random part, so no message can forge one
+
+    def restore(self, text: str) -> str:
+        """``text`` with each token put back as the original bytes it stands for."""
+        def original(match: re.Match[str]) -> str:
+            start, end = self.spans[match.group(1)]
+            piece = self.raw[start:end].decode("ascii", "surrogateescape")
+            # the parser drops the line break before a boundary: drop it here too where it dropped the token's
+            return piece if match.group(2) else piece.rstrip("\r\n")
+        return re.sub(rf"({re.escape(self.prefix)}\d+)(\r?\n)?", original, text)
 
 
 def _elide(raw: bytes) -> tuple[bytes, _Elided | None]:
@@ -294,16 +305,35 @@ def _elide(raw: bytes) -> tuple[bytes, _Elided | None]:
     spans: dict[str, tuple[int, int]] = {}
     pieces: list[bytes] = []
     last = 0
-    nonce = hashlib.sha256(raw[:4096]).hexdigest()[:12]
+    prefix = f"SENDGUARD-ELIDED-{secrets.token_hex(8)}-"
     for index, match in enumerate(_B64_RUN.finditer(raw)):
-        token = f"SENDGUARD-ELIDED-{nonce}-{index}"
+        token = f"{prefix}{index}"
         pieces += [raw[last : match.start()], token.encode() + b"\n"]
         spans[token] = match.span()
         last = match.end()
     if not spans:
         return raw, None
     pieces.append(raw[last:])
-    return b"".join(pieces), _Elided(raw, spans)
+    return b"".join(pieces), _Elided(raw, spans, prefix)
+
+
+def _restore_elided(msg: Message, elided: _Elided | None) -> None:
+    """Put the original bytes back into every part that holds a token, but one: a base64 leaf of the
+    message itself whose whole body is one token, which ``_content`` decodes straight from the raw
+    bytes. Nothing is ever read as token text (a 7-bit CSV after its header line, a body, a base64
+    run split by a stray space, the parts of an attached message)."""
+    if elided is None:
+        return
+    streamed = {id(part) for _path, _parent, part in _iter_leaves_at(msg)}
+    for part in msg.walk():
+        payload = part.get_payload() if not part.is_multipart() else None
+        if not isinstance(payload, str) or elided.prefix not in payload:
+            continue
+        if id(part) in streamed and payload.strip() in elided.spans and part.get_content_type() not in \
+                ("text/calendar", "application/ics") and \
+                str(part.get("content-transfer-encoding", "")).strip().lower() == "base64":
+            continue
+        part.set_payload(elided.restore(payload))
 
 
 def _elided_span(part: Message, elided: _Elided | None) -> tuple[int, int] | None:
@@ -655,7 +685,9 @@ def attachment_digests(raw: bytes) -> list[AttachmentDigest]:
     text extraction: what the rewrite compares before and after."""
     skeleton, elided = _elide(raw)
     out = []
-    for att_id, _parent, part in iter_attachments(check_tree(skeleton)):
+    tree = check_tree(skeleton)
+    _restore_elided(tree, elided)
+    for att_id, _parent, part in iter_attachments(tree):
         name = _filename(part, int(att_id))
         data, size, digest, _head = _content(part, name, elided, [])
         cte = str(part.get("content-transfer-encoding", "")).strip().lower()
@@ -687,6 +719,7 @@ def parse(
     # compat32 keeps header values as text: the few we need are decoded below, instead of the
     # header registry parsing every header of every part (the bulk of the time on small messages)
     msg = check_tree(skeleton)
+    _restore_elided(msg, elided)
     if not msg.keys():
         problems.append("the message has no headers (not an RFC 5322 message)")
     index = header_index(msg)
