@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, compose, notify, outlook_items
+from sendguard import audit, compose, notify, outlook_items, peers
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
 from sendguard.checks import StoredCheck
@@ -111,6 +111,11 @@ def addin_session() -> Any:
     server it is bound to a user too: the caller proves who they are with that user's helper token.
     """
     origin = request.headers.get("Origin", "")
+    if not current_app.config.get("ADDIN_NEEDS_USER"):  # the helper: its own user's Outlook only
+        foreign = peers.foreign_user(str(request.remote_addr or ""), int(request.environ.get("REMOTE_PORT") or 0))
+        if foreign is not None:
+            raise ApiError(403, "forbidden", f"this SendGuard helper serves its own user's programs only (this "
+                                             f"request is another local user's, uid {foreign})")
     claims: dict[str, Any] = {"origin": origin, "sid": secrets.token_urlsafe(16)}
     if current_app.config.get("ADDIN_NEEDS_USER"):
         who = principal()

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from . import faults
+from . import faults, peers
 from .checker import CheckerProcess, IntakeFailed
 from .errors import StoreUnavailable
 from .message import DOT_ATOM, make_recipient
@@ -33,6 +33,8 @@ R_HELD = "250 2.0.0 Held by SendGuard for checking as {id}"
 R_BAD_RCPT = "553 5.1.3 Recipient address {addr!r} is not a valid address"
 R_TOO_MANY = "452 4.5.3 Too many recipients (at most {n} per message)"
 R_STORE_FAILED = "451 4.3.0 SendGuard could not store the message ({error}); your client will retry"
+R_FOREIGN_USER = ("550 5.7.1 This SendGuard helper takes mail only from its own user's programs (this connection "
+                  "is another local user's, uid {uid}): use your own helper")
 R_STORE_UNAVAILABLE = "451 4.3.1 SendGuard cannot store mail now (store {reason}); your client keeps it and retries"
 
 
@@ -128,6 +130,22 @@ class SubmissionHandler:
         self.outbox = outbox
         self.on_received = on_received
         self.committer = GroupCommitter(outbox, checker)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        """Mail from another local user's program is refused: the helper would release it through this
+        user's account (where the system says who owns a loopback connection: Linux). Asked once a session."""
+        foreign = getattr(session, "sendguard_foreign_uid", None)
+        if foreign is None:
+            peer = session.peer
+            uid = peers.foreign_user(str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+            foreign = session.sendguard_foreign_uid = -1 if uid is None else uid  # type: ignore[attr-defined]
+        if foreign != -1:
+            log.warning("refused mail from another local user's program (uid %s)", foreign)
+            return R_FOREIGN_USER.format(uid=foreign)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
