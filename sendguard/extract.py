@@ -380,6 +380,21 @@ def kind_of(filename: str, content_type: str, head: bytes) -> str:
     return "none"
 
 
+# bytes that text never holds (NUL and the C0 controls but tab, line breaks, form feed and ESC)
+_BINARY_BYTES = bytes(set(range(32)) - {9, 10, 12, 13, 27}) + b"\x7f"
+
+
+def looks_like_text(data: bytes) -> bool:
+    """Whether content of no known type is text to read: a text BOM, or no NUL and hardly any other
+    control byte in its first 64 KB (images, archives and programs are full of them)."""
+    if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return True
+    head = data[:65536]
+    if not head or b"\x00" in head:
+        return False
+    return len(head) - len(head.translate(None, _BINARY_BYTES)) <= len(head) // 1000
+
+
 def extract(filename: str, content_type: str, data: bytes, budget: Budget, depth: int = 0,
             declared_charset: str | None = None) -> Extracted:
     """Text and inside-flags of one attachment; never raises: what fails is ``uninspected``."""
@@ -401,6 +416,9 @@ def extract(filename: str, content_type: str, data: bytes, budget: Budget, depth
             return zip_text(data, budget, depth)
         if kind == "message":
             return message_text(data, budget, depth + 1)
+        if kind == "none" and looks_like_text(data):
+            # a file of no known type that is text all the same (an unnamed application/octet-stream CSV)
+            return Extracted(normalize_spaces(decode_text(data[: TEXT_LIMIT * 2], declared_charset)[:TEXT_LIMIT]))
         if kind == "unreadable":
             if ext in OFFICE_EXTS and data[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
                 return Extracted()  # a password-protected Office file: flagged "encrypted" by its type

@@ -524,22 +524,23 @@ def _name_param(part: Message) -> str | None:
 
 
 def _is_attachment(part: Message) -> bool:
+    """An attached file (listed, removable, inspected as a file) rather than body text.
+
+    Every leaf that is not text is a file, named or not, as mail clients show it: an unnamed
+    application/octet-stream, PDF or image, a message that is nothing but a file. Text is a file when
+    it says so (attachment disposition, a file name)."""
     if part.get("content-disposition") is None and "name" not in str(part.get("content-type", "")).lower():
         # the common body part: no disposition and no file name (saves parsing its parameters thrice)
-        return part.get_content_type() == "message/rfc822"
+        return _content_type(part).partition("/")[0] not in ("text", "multipart") or \
+            part.get_content_type() == "message/rfc822"
     return _is_attachment_in_full(part)
 
 
 def _is_attachment_in_full(part: Message) -> bool:
-    disposition = _disposition(part)
-    ctype = _content_type(part)
-    if ctype == "message/rfc822" or part.get_content_type() == "message/rfc822":
-        return True
-    if disposition == "attachment":
-        return True
-    if _name_param(part):
-        return True
-    return disposition == "inline" and ctype.partition("/")[0] not in ("text", "multipart")
+    if _content_type(part).partition("/")[0] not in ("text", "multipart") or \
+            part.get_content_type() == "message/rfc822":
+        return True  # a file, whatever its disposition says
+    return _disposition(part) == "attachment" or bool(_name_param(part))
 
 
 def _filename(part: Message, index: int) -> str:
