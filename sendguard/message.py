@@ -386,7 +386,7 @@ def _content(part: Message, name: str, elided: _Elided | None, problems: list[st
             if not head:
                 head = chunk[:4096]
                 wanted = name.lower().endswith(_KEEP_EXTS) or part.get_content_maintype() == "text" or \
-                    head.startswith((b"PK\x03\x04", b"%PDF"))
+                    head.startswith((b"PK\x03\x04", b"%PDF")) or extract.looks_like_text(head)
                 kept = [] if wanted else None
             digest.update(chunk)
             size += len(chunk)

@@ -39,7 +39,8 @@ FORWARDED = _multipart("Content-Type: message/rfc822\n\n" + HEAD.replace("b@", "
                        '--i\nContent-Type: text/csv; name="customers.csv"\nContent-Transfer-Encoding: base64\n\n'
                        + _b64(_csv()) + "\n--i--\n")
 ONE_RUN = _multipart('Content-Type: text/csv; name="customers.csv"\nContent-Transfer-Encoding: base64\n\n' + _b64(_csv()))
-SAMPLES = {"7bit csv": SEVEN_BIT_CSV, "plain body": PLAIN_BODY, "split run": SPLIT_RUN, "forwarded": FORWARDED,
+UNNAMED = _multipart("Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n" + _b64(_csv()))
+SAMPLES = {"unnamed octet-stream": UNNAMED, "7bit csv": SEVEN_BIT_CSV, "plain body": PLAIN_BODY, "split run": SPLIT_RUN, "forwarded": FORWARDED,
            "one run": ONE_RUN}
 
 
