@@ -31,6 +31,7 @@ from flask import (
     url_for,
 )
 
+from sendguard import message as msgmod
 from sendguard import notify
 from sendguard.approvals import is_own
 from sendguard.checks import StoredCheck
@@ -180,13 +181,36 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
                                "field": "bcc" if address.lower() in added_bcc else "cc"})
     attachments = [a.to_json() for a in check.attachments if a.id not in removed_att]
     acting = approvals().acting_for(item, approver)
+    sender, preview = _as_sent(full)
+    data["from"] = sender or data.get("from")
     return {
         "item": data, "recipients": recipients, "attachments": attachments,
-        "reasons": notify.notice_reasons(item), "preview": notify.preview_text(full.final_raw or full.raw),
+        "reasons": notify.notice_reasons(item), "preview": preview,
         "deputy_of": acting if acting and acting != approver.lower() else None,
         "self_approval": is_own(item, approver),
         "deadline": (data.get("expires_at") and _deadline(item)), "approval": item.approval or {},
     }
+
+
+def _as_sent(item: Item) -> tuple[str, str]:
+    """(From, body preview) of the content that will be sent, read from its bytes: the From header as written
+    (display name and address; the envelope sender too when it differs) and the body even of a message
+    whose recipients are only in its envelope (no To/Cc)."""
+    raw = item.final_raw or item.raw
+    if not raw:
+        return "", ""
+    try:
+        parsed = msgmod.parse(raw, item.envelope_from, item.envelope_to, require_recipients=False)
+    except Exception:  # the page must still open: the approver sees the rest and may reject
+        log.exception("cannot read message %s for its approval page", item.id)
+        return "", ""
+    sender = f"{parsed.from_name} <{parsed.from_address}>" if parsed.from_name else parsed.from_address
+    envelope = (item.envelope_from or "").strip()
+    if envelope and envelope.lower() != parsed.from_address:
+        sender = f"{sender} (envelope sender {envelope})"
+    text = (parsed.body_text or "").strip()
+    limit = notify.PREVIEW_CHARS
+    return sender, (text if len(text) <= limit else text[:limit] + "…")
 
 
 def _deadline(item: Item) -> str | None:

@@ -442,14 +442,27 @@ def submit_request() -> Any:
     recipients = data.get("recipients") or []
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
         raise ApiError(400, "bad_recipients", "recipients must be a list of addresses")
-    check = None if data.get("check") is None else StoredCheck.from_json(data["check"])  # else 400 bad_check
+    # what the sender's helper says it checked: kept for the audit, never for the decision or the release
+    claimed_check = None if data.get("check") is None else StoredCheck.from_json(data["check"])  # else 400 bad_check
+    envelope_from = str(data.get("envelope_from") or sender).strip()
+    _own_mail_only(svc, item_id, who, "envelope sender", [envelope_from])
+    _own_mail_only(svc, item_id, who, "From header", _header_addresses(raw, "from", "sender"))
     policy = svc.policy.get()
+    # the server reads and checks the message itself, with its own policy: the approver is shown, and the
+    # server sends, what is in these bytes, whatever the helper says about them
+    result = _server_check(svc, item_id, who, raw, envelope_from, recipients, policy)
+    if result.message.from_address and result.message.from_address != who:  # (the same check, as the rules read it)
+        _own_mail_only(svc, item_id, who, "From header", [result.message.from_address])
+    check = result.stored()
     decision = dict(data["decision"]) if isinstance(data.get("decision"), dict) else None
     if decision is not None:
         decision.pop("release", None)  # the server's policy says who sends it, never the helper
+        # the server's check is of the content as it will be sent: attachments the sender removed are not
+        # in it, and the helper's attachment ids must never hide one that is
+        decision.pop("removed_attachments", None)
     if policy.release == "server":
         # the approver must see every address the server will send to (auto-Cc/Bcc are in the check too)
-        listed = {r.address.lower() for r in check.recipients} if check else set()
+        listed = {r.address.lower() for r in claimed_check.recipients} if claimed_check else set()
         unlisted = sorted({r.lower() for r in recipients} - listed)
         if not recipients or unlisted:
             why = (f"request {item_id}: the check result does not list "
@@ -460,16 +473,20 @@ def submit_request() -> Any:
         decision = {**(decision or {}), "release": "server"}
     approvers = [a.lower() for a in policy.approvers_for(sender)]
     now = time.time()
-    reasons = [r.rule for r in check.verdict.reasons_at("approve", "block")] if check else []
-    subject = str(data.get("subject") or "")
+    reasons = [r.rule for r in check.verdict.reasons_at("approve", "block")]
+    helper_reasons = [r.rule for r in claimed_check.verdict.reasons_at("approve", "block")] if claimed_check else []
+    subject = check.subject or ""
+    message_id = check.message_id or str(data.get("message_id") or "")[:998]
     try:
         item = svc.outbox.take_for_approval(
-            item_id, raw, owner=who, sender=sender, envelope_from=str(data.get("envelope_from") or sender),
-            recipients=recipients, message_id=str(data.get("message_id") or "")[:998], subject=subject,
+            item_id, raw, owner=who, sender=sender, envelope_from=envelope_from,
+            recipients=recipients, message_id=message_id, subject=subject,
             source=str(data.get("source") or "central")[:16], check=check, decision=decision,
             approvers=approvers, expires_at=now + policy.expire_hours * 3600, actor=who,
-            audit_data={"approvers": approvers, "reasons": reasons, "sha256": hashlib.sha256(raw).hexdigest(),
+            audit_data={"approvers": approvers, "reasons": reasons, "verdict": check.verdict.action,
+                        "helper_reasons": helper_reasons, "sha256": hashlib.sha256(raw).hexdigest(),
                         "recipients": recipients, "subject": subject,
+                        "attachments": [a.filename for a in check.attachments],
                         "release": "server" if policy.release == "server" else "helper"})
     except IntegrityError:
         existing = _find(svc, item_id)  # the same request raced in twice: answer as for a retry
@@ -478,6 +495,45 @@ def submit_request() -> Any:
         return jsonify({**status_json(existing), "sha256": _stored_sha256(svc, item_id)})
     svc.notices.wake()  # the server itself mails the approvers their links (never the sender's helper)
     return jsonify({**status_json(item), "sha256": hashlib.sha256(raw).hexdigest()}), 201
+
+
+def _header_addresses(raw: bytes, *names: str) -> list[str]:
+    """Every address in these headers of the message (all of them, however often the header is given)."""
+    import email.parser
+    import email.policy
+    import email.utils
+
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    values = [str(v) for name in names for v in headers.get_all(name) or []]
+    return [addr for _name, addr in email.utils.getaddresses(values)]
+
+
+def _own_mail_only(svc: CentralService, item_id: str, who: str, where: str, addresses: list[str]) -> None:
+    """A helper's token names its user: refuse (403, audited) mail that says it comes from anyone else."""
+    others = sorted({a.strip() for a in addresses if a.strip().lower() != who})
+    if others:
+        why = (f"request {item_id}: the {where} is {', '.join(others)}, but this helper's token is for {who}; "
+               f"a helper hands over only its own user's mail. Send it from {who}, or have {others[0]} send it "
+               "with their own SendGuard")
+        svc.approvals.audit_refusal(item_id, who, why, "central")
+        raise ApiError(403, "wrong_sender", why)
+
+
+def _server_check(svc: CentralService, item_id: str, who: str, raw: bytes, envelope_from: str,
+                  recipients: list[str], policy: Any) -> Any:
+    """The server's own check of the bytes handed over (``sendguard.checks``, the server's policy)."""
+    from sendguard.errors import MessageError
+
+    try:
+        return svc.outbox.evaluate(raw, envelope_from, recipients, policy)
+    except MessageError as exc:
+        why = f"request {item_id}: the server cannot read the message handed over ({exc}); nothing was stored"
+        svc.approvals.audit_refusal(item_id, who, why, "central")
+        raise ApiError(400, "unreadable_message", why) from None
+    except Exception:  # a failing rule: nothing is kept unchecked; the helper keeps it held and tries again
+        log.exception("checking request %s failed", item_id)
+        raise ApiError(500, "check_failed", f"request {item_id}: the server could not check the message; nothing "
+                                            "was stored, the helper keeps it held and hands it over again") from None
 
 
 def _stored_sha256(svc: CentralService, item_id: str) -> str:

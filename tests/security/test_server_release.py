@@ -598,3 +598,82 @@ def test_the_approval_page_shows_every_address_even_one_the_check_does_not_list(
         assert r.json()["release"] == "helper"
     finally:
         s.stop()
+
+
+def _card_list(from_addr: str, to_header: bool = True) -> bytes:
+    """Card numbers in an attached CSV: the server's own policy holds it for approval (personal_data)."""
+    msg = email.message.EmailMessage()
+    msg["From"] = from_addr
+    if to_header:
+        msg["To"] = "a@partner.example"
+    msg["Subject"] = "顧客カード情報一覧"
+    msg["Message-ID"] = "<cards-1@example.co.jp>"
+    msg.set_content("来週の打ち合わせの件です。一覧を添付します。")
+    msg.add_attachment(b"name,card\nYamada,4111 1111 1111 1111\nSato,5555 5555 5555 4444\n",
+                       maintype="text", subtype="csv", filename="customers.csv")
+    return msg.as_bytes()
+
+
+def _hand_over(server: Server, token: str, item_id: str, raw: bytes, envelope_from: str,
+               check: dict[str, Any] | None, subject: str = "週報") -> requests.Response:
+    import base64
+
+    return requests.post(f"{server.direct}/api/v1/central/requests", headers={"Authorization": f"Bearer {token}"},
+                         json={"id": item_id, "sender": "taro@example.co.jp", "envelope_from": envelope_from,
+                               "subject": subject, "message_id": "<cards-1@example.co.jp>",
+                               "recipients": ["a@partner.example"], "check": check,
+                               "decision": {"removed_attachments": ["1"]}, "raw": base64.b64encode(raw).decode(),
+                               "sha256": hashlib.sha256(raw).hexdigest()}, timeout=10)
+
+
+def test_the_server_shows_and_sends_only_what_it_checked_itself(server: Server, relay: Relay) -> None:
+    """taro's own code hands over a card list with a check, a subject and a decision that hide it (and, first,
+    as the CEO). The server reads the message itself: it refuses another sender, and the approver's email and
+    page show the real subject, sender, attachment and body, which is exactly what the relay then gets."""
+    token = server.token("taro@example.co.jp")
+    honest = server.service.outbox.evaluate(_card_list("taro@example.co.jp"), "taro@example.co.jp",
+                                            ["a@partner.example"]).to_json()
+    forged = {**honest, "attachments": [], "subject": "週報",
+              "verdict": {"action": "approve", "approvers": [], "reasons": [
+                  {"rule": "keyword", "action": "approve", "target": "社外秘", "message": "keyword 社外秘 in the body"}]}}
+    # as the CEO: by the envelope, then by the From header alone
+    for item_id, from_addr, envelope in (("ceo1", "ceo@example.co.jp", "ceo@example.co.jp"),
+                                         ("ceo2", "ceo@example.co.jp", "taro@example.co.jp"),
+                                         ("ceo3", "Taro <taro@example.co.jp>", "ceo@example.co.jp")):
+        r = _hand_over(server, token, item_id, _card_list(from_addr), envelope, forged)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "wrong_sender", (item_id, r.text)
+        assert "ceo@example.co.jp" in r.json()["error"]["message"] and "taro@example.co.jp" in \
+            r.json()["error"]["message"]
+        with pytest.raises(Exception, match="no message"):
+            server.service.outbox.get(item_id)
+        refused = [x["data"] for x in audit.records(server.service.store, item_id) if x["event"] == "approval_refused"]
+        assert refused and "ceo@example.co.jp" in refused[0]["reason"]
+    # as himself, but hiding what it is (no To header either: the body must still be previewed)
+    raw = _card_list("Taro Yamada <taro@example.co.jp>", to_header=False)
+    r = _hand_over(server, token, "cards1", raw, "taro@example.co.jp", forged)
+    assert r.status_code == 201, r.text
+    kept = server.service.outbox.get("cards1")
+    assert kept.subject == "顧客カード情報一覧" and [a.filename for a in kept.check.attachments] == ["customers.csv"]
+    assert "personal_data" in [x.rule for x in kept.check.verdict.reasons]
+    assert "removed_attachments" not in (kept.decision or {})
+    notice = wait_for(lambda: relay.notices("cards1"), timeout=20)[0]
+    text = notice.get_content()
+    assert "顧客カード情報一覧" in str(notice["Subject"]) and "週報" not in str(notice["Subject"])
+    assert "customers.csv" in text and "週報" not in text
+    link = re.search(r"(https?://\S+/approve/\S+)", text).group(1)  # type: ignore[union-attr]
+    browser = requests.Session()
+    page = browser.get(link, timeout=10)
+    assert page.status_code == 200
+    assert "顧客カード情報一覧" in page.text and "customers.csv" in page.text and "週報" not in page.text
+    assert "来週の打ち合わせの件です" in page.text  # the preview, although the message has no To/Cc
+    assert "taro@example.co.jp" in page.text and "Taro Yamada" in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    done = browser.post(f"{server.direct}/approve/cards1", data={"csrf": csrf, "decision": "approve"},
+                        headers={"Origin": server.direct}, timeout=10)
+    assert done.status_code == 200, done.text
+    [(mail_from, rcpts, data)] = wait_for(lambda: relay.released("<cards-1@example.co.jp>"), timeout=20)
+    out = email.message_from_bytes(data, policy=email.policy.default)
+    assert mail_from == "taro@example.co.jp" and rcpts == ["a@partner.example"]
+    assert out["From"] == "Taro Yamada <taro@example.co.jp>" and out["Subject"] == "顧客カード情報一覧"
+    assert [p.get_filename() for p in out.iter_attachments()] == ["customers.csv"]  # what the approver saw
+    assert lf(data).rstrip(b"\n") == lf(raw).rstrip(b"\n")  # byte for byte (SMTP may end it with a line end)
