@@ -735,6 +735,8 @@ def parse(
             attachments.append(_attachment(att_id, part, elided, budget, depth, problems))
         elif part.get_content_maintype() == "text":
             body_chunks.append(_text_of(part, _content(part, "body.txt", elided, problems)[0]))
+        elif part.get_content_maintype() == "multipart":  # one the parser could not split
+            body_chunks.append(_broken_multipart(part, budget, depth, problems))
     thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to", index) + " " + _safe_header(msg, "references", index))
     return ParsedMessage(
         message_id=_safe_header(msg, "message-id", index).strip(),
@@ -752,6 +754,30 @@ def parse(
         precedence=_safe_header(msg, "precedence", index).strip().lower(),
         marked_lists=tuple(a.strip().lower() for a in _safe_header(msg, LISTS_HEADER, index).split(",") if "@" in a),
     )
+
+
+_BOUNDARY_LINE = re.compile(r"(?m)^--([^\s]{1,70}?)(?:--)?[ \t]*\r?$")
+
+
+def _broken_multipart(part: Message, budget: extract.Budget, depth: int, problems: list[str]) -> str:
+    """The text to check of a multipart the email package could not split (no boundary parameter, or a
+    boundary that never comes): all of it as text, and what the parts are when the boundary its body
+    uses is taken instead. Always a problem, so the user sees the message."""
+    boundary = part.get_boundary()
+    why = "has no boundary parameter" if boundary is None else f"never shows its boundary {boundary!r}"
+    problems.append(f"a {part.get_content_type()} part {why}, so its parts cannot be told apart: SendGuard "
+                    "checked it as plain text; check it yourself, or fix the message in your mail client")
+    payload = part.get_payload()
+    raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    pieces = [clean_text(raw.decode("ascii", "surrogateescape"))[:TEXT_SCAN_LIMIT]]
+    used = _BOUNDARY_LINE.search(pieces[0])
+    if used is not None:
+        header = f'Content-Type: {part.get_content_type()}; boundary="{used.group(1)}"\n\n'.encode()
+        found = extract.extract("parts.eml", "message/rfc822", header + raw, budget, depth)
+        pieces.append(found.text)
+        if found.uninspected:
+            problems.append(f"in that {part.get_content_type()} part: {found.uninspected}")
+    return "\n".join(pieces)
 
 
 def _recipients(msg: Message, envelope_recipients: Iterable[str], problems: list[str],
