@@ -1,8 +1,9 @@
 """Text of attachments for the personal-data and keyword checks.
 
 Reads text in any declared or detected charset, HTML, docx, xlsx (shared and inline strings and
-numeric cells), pptx, PDF (pypdf: plain and Flate streams), the members of unencrypted zip archives
-and attached messages, recursively. Every message gets one ``Budget`` (bytes decompressed, seconds,
+numeric cells), pptx, OpenDocument (odt, ods, odp), PDF (pypdf: plain and Flate streams), the members
+of unencrypted zip archives (also under other names: epub, kmz, a zip named .dat) and attached
+messages, recursively; a program inside a zip flags the zip. Every message gets one ``Budget`` (bytes decompressed, seconds,
 depth): what does not fit, or cannot be read, is reported as *uninspected* with the reason, so the
 policy never shows such a file as checked. No network, no files: bytes in, text out.
 """
@@ -20,6 +21,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from . import detect
+
 log = logging.getLogger(__name__)
 
 TEXT_LIMIT = 8_000_000  # characters of text kept per attachment for the checks
@@ -30,6 +33,7 @@ _CHUNK = 1024 * 1024
 
 TEXT_EXTS = (".txt", ".csv", ".tsv", ".json", ".xml", ".htm", ".html", ".md", ".log", ".ics", ".vcf", ".eml")
 OFFICE_EXTS = (".docx", ".docm", ".xlsx", ".xlsm", ".pptx", ".pptm")
+ODF_EXTS = (".odt", ".ods", ".odp", ".odg", ".ott", ".ots", ".otp")
 # formats that hold text SendGuard cannot read: said so instead of shown as checked
 UNREADABLE_EXTS = {".doc": "Word 97-2003", ".xls": "Excel 97-2003", ".ppt": "PowerPoint 97-2003",
                    ".rtf": "RTF", ".7z": "7-Zip", ".rar": "RAR", ".lzh": "LZH", ".gz": "gzip", ".tgz": "gzip",
@@ -237,6 +241,56 @@ def office_text(ext: str, data: bytes, budget: Budget) -> Extracted:
     return out
 
 
+# ---------------------------------------------------------------- OpenDocument
+
+_ODF_BREAKS = re.compile(r"</text:p>|</text:h>|<text:line-break\b[^>]*/>|<text:tab\b[^>]*/>|</table:table-cell>"
+                         r"|</table:table-row>")
+# a numeric cell's own value (the text shown may be rounded: 4.11E+15), when long enough for a personal number
+_ODF_VALUE = re.compile(r'office:value="(-?\d[\d.]{11,}|-?\d(?:\.\d+)?[eE][+-]?\d+)"')
+
+
+def _odf_xml_text(xml: str) -> str:
+    numbers = [n for n in map(_number, _ODF_VALUE.findall(xml)) if sum(ch.isdigit() for ch in n) >= _LONG_NUMBER]
+    text = html.unescape(_XML_TAG.sub("", _ODF_BREAKS.sub("\n", xml)))
+    return text + ("\n" + "\n".join(numbers) if numbers else "")
+
+
+def opendocument_text(data: bytes, budget: Budget) -> Extracted:
+    """Text of an OpenDocument file (odt, ods, odp): content.xml and styles.xml (headers, footers);
+    a password-protected one (its manifest names encryption data) is flagged."""
+    out = Extracted()
+    pieces: list[str] = []
+    size = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = {i.filename: i for i in archive.infolist()}
+            manifest = infos.get("META-INF/manifest.xml")
+            if manifest is not None and manifest.file_size < 4 * 1024 * 1024:
+                budget.spend(manifest.file_size)
+                if b"encryption-data" in archive.read(manifest):
+                    out.flags.append("encrypted")
+                    return out
+            if "content.xml" not in infos:
+                raise Uninspectable("OpenDocument file without its content (content.xml)")
+            for name in ("content.xml", "styles.xml"):
+                info = infos.get(name)
+                if info is None:
+                    continue
+                if info.flag_bits & 0x1:
+                    out.flags.append("encrypted")
+                    return out
+                for xml in _read_member_text(archive, info, budget):
+                    text = _odf_xml_text(xml)
+                    size += len(text)
+                    if size > TEXT_LIMIT:
+                        raise Uninspectable(f"more than {TEXT_LIMIT // 1_000_000} million characters of text")
+                    pieces.append(text)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise Uninspectable(f"damaged OpenDocument file: {exc}") from None
+    out.text = normalize_spaces("\n".join(pieces))
+    return out
+
+
 # ---------------------------------------------------------------- PDF
 
 def pdf_text(data: bytes, budget: Budget) -> Extracted:
@@ -304,6 +358,8 @@ def zip_text(data: bytes, budget: Budget, depth: int) -> Extracted:
                     member = fh.read(info.file_size + 1)
                 budget.spend(len(member))
                 inner = extract(name, "", member, budget, depth + 1)
+                if "executable" not in out.flags and "executable" in detect.file_flags(name, "", member[:4096], b""):
+                    out.flags.append("executable")  # a program inside is a program sent
                 for flag in inner.flags:
                     if flag not in out.flags:
                         out.flags.append(flag)
@@ -357,17 +413,28 @@ def message_text(data: bytes, budget: Budget, depth: int) -> Extracted:
 
 # ---------------------------------------------------------------- dispatch
 
+_TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
+
+
 def kind_of(filename: str, content_type: str, head: bytes) -> str:
-    """Which reader applies: text, html, office, pdf, zip, message, unreadable, or none."""
+    """Which reader applies: text, html, office, opendocument, pdf, zip, zip-other (a zip under another
+    name: epub, jar, kmz, xps, .dat), message, tnef, unreadable, or none."""
     name = filename.lower().strip()
     ext = name[name.rfind(".") :] if "." in name else ""
     ctype = content_type.lower()
     if ctype == "message/rfc822" or ext == ".eml":
         return "message"
+    if ctype in ("application/ms-tnef", "application/vnd.ms-tnef") or name == "winmail.dat" or \
+            head.startswith(_TNEF_SIGNATURE):
+        return "tnef"
     if head.startswith(b"%PDF") or ext == ".pdf" or ctype == "application/pdf":
         return "pdf"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "office" if ext in OFFICE_EXTS else ("zip" if ext in ("", ".zip", ".zipx") else "zip-other")
+        if ext in OFFICE_EXTS:
+            return "office"
+        if ext in ODF_EXTS or ctype.startswith("application/vnd.oasis.opendocument."):
+            return "opendocument"
+        return "zip" if ext in ("", ".zip", ".zipx") else "zip-other"
     if ext in OFFICE_EXTS:
         return "unreadable"  # an Office name without a zip inside (encrypted ones are flagged elsewhere)
     if ctype in ("text/html", "application/xhtml+xml") or ext in (".htm", ".html"):
@@ -402,7 +469,7 @@ def extract(filename: str, content_type: str, data: bytes, budget: Budget, depth
     name = filename.lower()
     ext = name[name.rfind(".") :] if "." in name else ""
     try:
-        if depth > MAX_DEPTH and kind in ("zip", "message", "office"):
+        if depth > MAX_DEPTH and kind in ("zip", "zip-other", "message", "office", "opendocument"):
             raise Uninspectable(f"nested more than {MAX_DEPTH} levels deep")
         if kind == "text":
             return Extracted(normalize_spaces(decode_text(data[: TEXT_LIMIT * 2], declared_charset)[:TEXT_LIMIT]))
@@ -412,8 +479,13 @@ def extract(filename: str, content_type: str, data: bytes, budget: Budget, depth
             return office_text(ext, data, budget)
         if kind == "pdf":
             return pdf_text(data, budget)
-        if kind == "zip":
+        if kind == "zip" or kind == "zip-other":  # an epub, a kmz, a zip named .dat: its members are read
             return zip_text(data, budget, depth)
+        if kind == "opendocument":
+            return opendocument_text(data, budget)
+        if kind == "tnef":
+            return Extracted(uninspected="SendGuard cannot read TNEF files (winmail.dat: Outlook's rich text "
+                                         "format, which can hold the real attachments)")
         if kind == "message":
             return message_text(data, budget, depth + 1)
         if kind == "none" and looks_like_text(data):
