@@ -355,15 +355,25 @@ class CentralSync:
         """Hand every not-yet-submitted approval request to the server; returns how many went."""
         rows = self._rows()
         count = 0
+        refused: SendGuardError | None = None
         for item in self.outbox.list(["awaiting_approval"], limit=10_000):
             row = rows.get(item.id)
             if row and row.get("submitted_at") and row.get("server_url") == self.client.url:
                 continue
             full = self.outbox.get(item.id, with_bodies=True)
             content = full.final_raw or full.raw
-            answer = self.client.submit(item, content)
+            try:
+                answer = self.client.submit(item, content)
+            except CentralUnavailable:
+                raise  # nothing else would get through either: the loop backs off
+            except SendGuardError as exc:  # the server refused this one: it stays held, the others still go
+                log.error("the central server refused approval request %s: %s", item.id, exc)
+                refused = refused or exc
+                continue
             self._accepted(item, answer, hashlib.sha256(content or b"").hexdigest())
             count += 1
+        if refused is not None:
+            raise refused  # the helper shows the server's reason until it is dealt with
         return count
 
     def _accepted(self, item: Item, answer: dict[str, Any], sha256: str | None = None) -> None:
@@ -603,10 +613,12 @@ class CentralSync:
 
     def step(self, wait: float | None = None) -> None:
         """One full round (tests and ``sendguard`` commands use it; the helper runs two loops)."""
-        self.submit_new()
+        refused = self._submit_refused()
         self.report_released()
         self.follow_server_releases()
         self.poll(wait)
+        if refused is not None:
+            raise refused
 
     # ------------------------------------------------------------------ the threads
     def _loop(self, work: Callable[[], Any], idle: threading.Event | None) -> None:
@@ -638,10 +650,23 @@ class CentralSync:
         # a cancel is told at once (the listener kicks this loop): the decisions poll may be waiting out
         # its full length, and a server that sends approved mail itself must not send what was stopped
         self.withdraw_cancelled()
-        self.submit_new()
+        refused = self._submit_refused()
         self.report_released()
         self.follow_server_releases()
         self.report_checkpoint()
+        if refused is not None:
+            raise refused  # after the rest of the round: a refused request holds up nothing else
+
+    def _submit_refused(self) -> SendGuardError | None:
+        """``submit_new``, returning (not raising) the server's refusal of a request, so that the rest of
+        the round still runs; the server unreachable is raised at once."""
+        try:
+            self.submit_new()
+        except CentralUnavailable:
+            raise
+        except SendGuardError as exc:
+            return exc
+        return None
 
     def report_checkpoint(self, every: float = 60.0) -> None:
         """Hand the audit log's signed head to the server now and then (it keeps the latest)."""

@@ -396,3 +396,18 @@ def _pending(env: dict[str, str]) -> list[dict[str, Any]] | None:
 
 def _state(env: dict[str, str], item_id: str) -> str:
     return str(json.loads(cli(env, "queue", "show", item_id, "--json").stdout)["state"])
+
+
+def test_a_hand_over_the_server_refuses_does_not_hold_up_the_others(server: ThreadServer, sender_helper: Any) -> None:
+    """A message the server refuses (here: from another address than the token's user) stays held with the
+    server's reason; the helper's other messages are handed over all the same, not stuck behind it."""
+    sender_helper.sync.stop()  # rounds run by hand below
+    mine = held_for_approval(sender_helper)
+    msg = make_message(sender="hanako@example.co.jp", subject="社外秘 見積", body="社外秘の資料です。")
+    other = sender_helper.outbox.confirm(sender_helper.outbox.submit(msg.as_bytes(), "hanako@example.co.jp",
+                                                                     ["a@partner.example"]).id)
+    assert other.state == "awaiting_approval"
+    with pytest.raises(PermissionDenied, match="hanako@example.co.jp"):
+        sender_helper.sync.submit_new()  # the refusal is still reported (the helper shows it)
+    assert server.service.outbox.get(mine).state == "awaiting_approval"  # handed over although refused first
+    assert sender_helper.outbox.get(other.id).state == "awaiting_approval"
