@@ -483,6 +483,12 @@ class _Validator:
                 from .message import split_domain
 
                 item = split_domain(item)[0]
+                if key in ("organization.internal_domains", "organization.trusted_domains"):
+                    from .detect import registrable
+
+                    if not registrable(item)[0]:  # co.jp: every company under it would count as ours
+                        raise self.fail(key, f"{item!r} is a public suffix, shared by every organization "
+                                             "registered under it: write your own domain (like example.co.jp)")
             elif "@" not in item:
                 raise self.fail(key, f"{item!r} is not an email address")
             out.append(item)

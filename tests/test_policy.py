@@ -286,3 +286,17 @@ def test_approve_without_any_approver_is_refused_with_the_key(tmp_path, rules):
     assert info.value.line is not None and "approvers" in str(info.value)
     path.write_text(path.read_text() + '[approval]\napprovers = ["boss@example.co.jp"]\n', encoding="utf-8")
     assert policy.load(path).approvers == ("boss@example.co.jp",)
+
+
+@pytest.mark.parametrize("key", ["internal_domains", "trusted_domains"])
+@pytest.mark.parametrize("suffix", ["co.jp", "*.co.jp", "ne.jp", "github.io", "com.cn"])
+def test_a_public_suffix_is_refused_as_our_own_domain(tmp_path, key, suffix):
+    """internal_domains = ["co.jp"] would make every company in Japan internal: their mail would pass
+    unconfirmed. Refused with the file, line and key; blocked_domains may still name a whole suffix."""
+    path = tmp_path / "policy.toml"
+    path.write_text(f'[organization]\n{key} = ["example.co.jp", "{suffix}"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"policy.toml:2 \[organization.{key}\].*public suffix"):
+        policy.load(path)
+    path.write_text(f'[organization]\n{key} = ["example.co.jp"]\n[rules]\nblocked_domains = ["{suffix}"]\n',
+                    encoding="utf-8")
+    policy.load(path)
