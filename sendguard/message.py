@@ -498,6 +498,14 @@ def _content_type(part: Message) -> str:
     return _param_source(part).get_content_type()
 
 
+def _is_inline(part: Message, ctype: str) -> bool:
+    """Shown in the body rather than attached: ``inline``, or an image the HTML refers to by Content-ID
+    with no disposition at all (a signature logo): it does not count as the file a message promises."""
+    disposition = _disposition(part)
+    return disposition == "inline" or (not disposition and ctype.startswith("image/")
+                                       and bool(str(part.get("content-id", "")).strip()))
+
+
 def _disposition(part: Message) -> str:
     """The disposition word, lower-cased ("" without one); comments, quotes and encoded words read."""
     value = _param_source(part).get("content-disposition")
@@ -827,7 +835,7 @@ def _attachment(att_id: str, part: Message, elided: _Elided | None, budget: extr
     ctype = _content_type(part)
     data, size, digest, head = _content(part, name, elided, problems)
     att = Attachment(id=att_id, filename=name, size=size, content_type=ctype, sha256=digest,
-                     inline=_disposition(part) == "inline", is_message=ctype == "message/rfc822",
+                     inline=_is_inline(part, ctype), is_message=ctype == "message/rfc822",
                      head=head, data=data, ref=part.get("X-SendGuard-Attachment-Ref", ""))
     declared = part.get_param("size", header="content-disposition")
     kind = extract.kind_of(name, ctype, head)

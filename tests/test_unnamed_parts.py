@@ -70,3 +70,27 @@ def test_binary_is_not_read_as_text_but_text_of_no_known_type_is():
     assert not extract.looks_like_text(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
     assert not extract.looks_like_text(b"MZ\x90\x00\x03\x00")
     assert not extract.looks_like_text(b"")
+
+
+LOGO_MAIL = (
+    b"From: taro@example.co.jp\r\nTo: x@partner.example\r\nSubject: =?utf-8?b?6KaL56mN5pu4?=\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary=\"r\"\r\n\r\n"
+    b"--r\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    + "<p>見積書を添付します。</p><img src=\"cid:logo@x\">".encode() + b"\r\n"
+    b"--r\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64) + b"\r\n--r--\r\n")
+
+
+def test_a_signature_logo_is_listed_but_is_not_the_promised_file():
+    """An image the HTML shows by Content-ID, with no disposition (as some clients write a signature
+    logo), is listed, flagged inline, and does not stand for the file the text promises: the
+    forgotten-attachment rule still fires and the logo is not an 'external attachment'."""
+    from sendguard import checks, policy
+
+    parsed = message.parse(LOGO_MAIL)
+    [logo] = parsed.attachments
+    assert logo.content_type == "image/png" and logo.inline
+    result = checks.evaluate(parsed, policy.Policy(internal_domains=("example.co.jp",)))
+    rules = [r.rule for r in result.reasons]
+    assert "missing_attachment" in rules and "external_attachment" not in rules
+    assert "inline" in result.stored().attachments[0].flags
