@@ -214,7 +214,7 @@ def _attachment(item_id: str, att_id: str) -> tuple[StoredAttachment, bytes]:
     meta = item.check.attachment(att_id) if item.check else None
     if meta is None:
         raise ApiError(404, "not_found", f"message {item_id} has no attachment {att_id!r}")
-    msg = msgmod.load(item.raw)
+    msg = msgmod.check_tree(item.raw)  # the tree the check numbered the attachments of
     for found_id, _parent, part in msgmod.iter_attachments(msg):
         if found_id == att_id:
             if part.get_content_type() == "message/rfc822":

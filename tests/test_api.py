@@ -206,3 +206,25 @@ def test_a_raw_check_gives_what_sendguard_check_gives_with_the_users_history(hom
                                       headers={**AUTH, "Content-Type": "message/rfc822"})
     assert response.status_code == 200
     assert response.get_json() == expected
+
+
+def test_an_attachment_preview_shows_the_part_the_check_listed_under_that_id(home):
+    """The window lists attachments as the check numbered them; the preview must open the same part, also
+    when a header reads differently to another parser (a comment before the parameters)."""
+    (home / "policy.toml").write_text(SAMPLE_POLICY, encoding="utf-8")
+    helper = Helper(home)
+    app = create_app(helper, {"API_TOKEN": TOKEN, "SECRET_KEY": "k" * 32, "TESTING": True})
+    raw = (b"From: taro@example.co.jp\r\nTo: x@partner.example\r\nSubject: lists\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nsee the files\r\n"
+           b"--b\r\nContent-Type: text/csv; (v2) name=\"a.csv\"\r\n\r\nFIRST\r\n"
+           b"--b\r\nContent-Type: text/csv\r\nContent-Disposition: attachment; filename=\"b.csv\"\r\n\r\nSECOND\r\n"
+           b"--b--\r\n")
+    item = helper.outbox.submit(raw, "taro@example.co.jp", ["x@partner.example"])
+    assert [(a.id, a.filename) for a in item.check.attachments] == [("1", "a.csv"), ("2", "b.csv")]
+    client = app.test_client()
+    for att_id, text in (("1", "FIRST"), ("2", "SECOND")):
+        response = client.get(f"/confirm/{item.id}/attachments/{att_id}/preview", headers=AUTH)
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["text"].strip() == text
+    helper.store.close()
