@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError
 
 from sendguard import paths
 from sendguard.central import decision_payload, sign_decision
-from sendguard.checks import StoredCheck
+from sendguard.checks import StoredCheck, addresses_in_name
 from sendguard.cli_help import Group
 from sendguard.config import Config
 from sendguard.errors import ConfigError, NotFound, SendGuardError, StateError
@@ -453,6 +453,8 @@ def submit_request() -> Any:
     result = _server_check(svc, item_id, who, raw, envelope_from, recipients, policy)
     if result.message.from_address and result.message.from_address != who:  # (the same check, as the rules read it)
         _own_mail_only(svc, item_id, who, "From header", [result.message.from_address])
+    # nor may its display name show someone else's address (also in look-alike forms), as recipients see it
+    _own_mail_only(svc, item_id, who, "display name in the From header", addresses_in_name(result.message.from_name))
     check = result.stored()
     decision = dict(data["decision"]) if isinstance(data.get("decision"), dict) else None
     if decision is not None:

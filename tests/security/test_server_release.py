@@ -639,7 +639,9 @@ def test_the_server_shows_and_sends_only_what_it_checked_itself(server: Server, 
     # as the CEO: by the envelope, then by the From header alone
     for item_id, from_addr, envelope in (("ceo1", "ceo@example.co.jp", "ceo@example.co.jp"),
                                          ("ceo2", "ceo@example.co.jp", "taro@example.co.jp"),
-                                         ("ceo3", "Taro <taro@example.co.jp>", "ceo@example.co.jp")):
+                                         ("ceo3", "Taro <taro@example.co.jp>", "ceo@example.co.jp"),
+                                         # the display name shows the CEO's address (full-width ＠)
+                                         ("ceo4", '"ceo＠example.co.jp" <taro@example.co.jp>', "taro@example.co.jp")):
         r = _hand_over(server, token, item_id, _card_list(from_addr), envelope, forged)
         assert r.status_code == 403 and r.json()["error"]["code"] == "wrong_sender", (item_id, r.text)
         assert "ceo@example.co.jp" in r.json()["error"]["message"] and "taro@example.co.jp" in \
