@@ -92,6 +92,10 @@ TEMPLATES: tuple[str, ...] = (
     _("bad regular expression {pattern}: {error}"),
     _("expected a list of strings, got {value}"),
     _("{value} is not a domain name (write it like example.co.jp)"),
+    _("{value} is a public suffix, shared by every organization registered under it: write your own domain "
+      "(like example.co.jp)"),
+    _("{value} names no setting: write section.key as in the policy file (e.g. \"rules.personal_data\", "
+      "\"organization.*\")"),
     _("list {value} is not an email address"),
     _("member {value} is not an email address"),
     _("{value} is not an email address or *@domain"),
