@@ -204,10 +204,13 @@ def _as_sent(item: Item) -> tuple[str, str]:
     except Exception:  # the page must still open: the approver sees the rest and may reject
         log.exception("cannot read message %s for its approval page", item.id)
         return "", ""
-    sender = f"{parsed.from_name} <{parsed.from_address}>" if parsed.from_name else parsed.from_address
     envelope = (item.envelope_from or "").strip()
-    if envelope and envelope.lower() != parsed.from_address:
-        sender = f"{sender} (envelope sender {envelope})"
+    if "the message has no From address" in parsed.problems:  # (the address below is the envelope's)
+        sender = f"(no From header; envelope sender {envelope or '-'})"
+    else:
+        sender = f"{parsed.from_name} <{parsed.from_address}>" if parsed.from_name else parsed.from_address
+        if envelope and envelope.lower() != parsed.from_address:
+            sender = f"{sender} (envelope sender {envelope})"
     text = (parsed.body_text or "").strip()
     limit = notify.PREVIEW_CHARS
     return sender, (text if len(text) <= limit else text[:limit] + "…")

@@ -679,3 +679,16 @@ def test_the_server_shows_and_sends_only_what_it_checked_itself(server: Server, 
     assert out["From"] == "Taro Yamada <taro@example.co.jp>" and out["Subject"] == "顧客カード情報一覧"
     assert [p.get_filename() for p in out.iter_attachments()] == ["customers.csv"]  # what the approver saw
     assert lf(data).rstrip(b"\n") == lf(raw).rstrip(b"\n")  # byte for byte (SMTP may end it with a line end)
+
+
+def test_the_approval_page_says_when_the_message_has_no_from_header(server: Server, relay: Relay) -> None:
+    """The page never shows the envelope sender as if it were the From the recipients will see."""
+    raw = b"".join(line for line in _card_list("taro@example.co.jp").splitlines(keepends=True)
+                   if not line.startswith(b"From:"))
+    check = server.service.outbox.evaluate(raw, "taro@example.co.jp", ["a@partner.example"]).to_json()
+    r = _hand_over(server, server.token("taro@example.co.jp"), "nofrom1", raw, "taro@example.co.jp", check)
+    assert r.status_code == 201, r.text
+    notice = wait_for(lambda: relay.notices("nofrom1"), timeout=20)[0]
+    link = re.search(r"(https?://\S+/approve/\S+)", notice.get_content()).group(1)  # type: ignore[union-attr]
+    page = requests.Session().get(link, timeout=10)
+    assert page.status_code == 200 and "(no From header; envelope sender taro@example.co.jp)" in page.text
