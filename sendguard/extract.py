@@ -18,7 +18,7 @@ import re
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import detect
@@ -216,6 +216,22 @@ def _read_member_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: B
         yield carry
 
 
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError)
+
+
+def _member_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget, pieces: list[str], size: int,
+                 convert: Callable[[str], str]) -> int:
+    """Append the text of one XML member of an Office/OpenDocument zip to ``pieces``, within the text
+    limit over the whole file; returns the characters read so far."""
+    for xml in _read_member_text(archive, info, budget):
+        text = convert(xml)
+        size += len(text)
+        if size > TEXT_LIMIT:
+            raise Uninspectable(f"more than {TEXT_LIMIT // 1_000_000} million characters of text")
+        pieces.append(text)
+    return size
+
+
 def office_text(ext: str, data: bytes, budget: Budget) -> Extracted:
     out = Extracted()
     pieces: list[str] = []
@@ -229,13 +245,9 @@ def office_text(ext: str, data: bytes, budget: Budget) -> Extracted:
                     out.flags.append("encrypted")
                     continue
                 is_sheet = name.startswith("xl/worksheets/")
-                for xml in _read_member_text(archive, info, budget):
-                    text = html.unescape(_sheet_values(xml)) if is_sheet else _xml_text(xml)
-                    size += len(text)
-                    if size > TEXT_LIMIT:
-                        raise Uninspectable(f"more than {TEXT_LIMIT // 1_000_000} million characters of text")
-                    pieces.append(text)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+                size = _member_text(archive, info, budget, pieces, size,
+                                    (lambda xml: html.unescape(_sheet_values(xml))) if is_sheet else _xml_text)
+    except _ZIP_ERRORS as exc:
         raise Uninspectable(f"damaged Office file: {exc}") from None
     out.text = "\n".join(pieces)
     return out
@@ -279,13 +291,8 @@ def opendocument_text(data: bytes, budget: Budget) -> Extracted:
                 if info.flag_bits & 0x1:
                     out.flags.append("encrypted")
                     return out
-                for xml in _read_member_text(archive, info, budget):
-                    text = _odf_xml_text(xml)
-                    size += len(text)
-                    if size > TEXT_LIMIT:
-                        raise Uninspectable(f"more than {TEXT_LIMIT // 1_000_000} million characters of text")
-                    pieces.append(text)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+                size = _member_text(archive, info, budget, pieces, size, _odf_xml_text)
+    except _ZIP_ERRORS as exc:
         raise Uninspectable(f"damaged OpenDocument file: {exc}") from None
     out.text = normalize_spaces("\n".join(pieces))
     return out
@@ -367,7 +374,7 @@ def zip_text(data: bytes, budget: Budget, depth: int) -> Extracted:
                     problems.append(f"{name}: {inner.uninspected}")
                 if inner.text:
                     pieces.append(inner.text)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+    except _ZIP_ERRORS as exc:
         raise Uninspectable(f"damaged zip archive: {exc}") from None
     out.text = "\n".join(pieces)[:TEXT_LIMIT]
     out.uninspected = "; ".join(problems[:3]) + (f" (+{len(problems) - 3})" if len(problems) > 3 else "")
