@@ -20,7 +20,7 @@ from qtpy import QtCore, QtGui, QtWidgets
 from sendguard.i18n import _
 
 log = logging.getLogger(__name__)
-PAUSE_LOCK_KEY = "guard.pause"
+PAUSE_LOCK_KEY = "guard.pause"  # (policy.LOCKABLE_OUTSIDE_POLICY)
 
 
 class MainThread(QtCore.QObject):

@@ -195,6 +195,9 @@ class Policy:
 
 
 # dotted key -> (attribute, kind, extra) ; kind drives validation
+# locked names that are not policy settings: "guard.pause" takes Pause away from the tray and window
+LOCKABLE_OUTSIDE_POLICY = ("guard.pause",)
+
 _SCHEMA: dict[str, tuple[str, str, Any]] = {
     "organization.internal_domains": ("internal_domains", "domains", None),
     "organization.trusted_domains": ("trusted_domains", "domains", None),
@@ -561,7 +564,7 @@ def _flatten(path: Path, text: str, data: dict[str, Any]) -> dict[str, Any]:
         if section == "locked":
             out["locked"] = tuple(validator._list("locked", body))
             for pattern in out["locked"]:  # a misspelt entry would leave the key to every user, silently
-                if not any(fnmatch.fnmatchcase(key, pattern) for key in _SCHEMA):
+                if not any(fnmatch.fnmatchcase(key, pattern) for key in (*_SCHEMA, *LOCKABLE_OUTSIDE_POLICY)):
                     raise validator.fail("locked", f"{pattern!r} names no setting: write section.key as in "
                                                    "the policy file (e.g. \"rules.personal_data\", "
                                                    "\"organization.*\")")
