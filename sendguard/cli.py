@@ -582,10 +582,27 @@ def _guarded_add(command: click.Command) -> click.Command:
             raise click.ClickException(
                 f"an account named {name!r} already exists ({existing.kind}); choose another --name, "
                 f"or add --replace to replace it (`sendguard accounts list` shows them)")
-        return callback(**kwargs)
+        result = callback(**kwargs)
+        _tell_running_helper()
+        return result
 
     command.callback = guarded
     return command
+
+
+def _tell_running_helper() -> None:
+    """The running helper reads its accounts at start: say so, or the user believes the change is in force
+    (and `sendguard check`, which reads them now, disagrees with what the helper does)."""
+    from .instance import running
+
+    pid = running(paths.home())
+    if pid is not None:
+        try:
+            t = translator(configmod.load().language)
+        except SendGuardError:
+            t = translator(None)
+        click.echo(t(_("The running SendGuard helper (process {pid}) uses this change from its next start: "
+                        "stop it and start `sendguard serve` again.")).format(pid=pid or "?"))
 
 
 @accounts.group("add", cls=AccountKinds)
@@ -621,6 +638,7 @@ def accounts_remove(name: str) -> None:
     for what in ("password", "token", "refresh_token", "token_cache", "client_secret"):
         secrets.delete(account.secret_key(what))
     click.echo(f"removed {name}")
+    _tell_running_helper()
 
 
 # ---------------------------------------------------------------------- audit

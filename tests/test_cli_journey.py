@@ -107,6 +107,20 @@ def test_accounts_add_refuses_blanks_and_silent_replacement(home: Path) -> None:
     assert [a["host"] for a in json.loads(run_cli("accounts", "list", "--json").stdout)] == ["b.example"]
 
 
+def test_an_account_changed_while_the_helper_runs_says_it_applies_from_the_next_start(serve_process,
+                                                                                        home: Path) -> None:
+    """The helper reads its accounts at start: adding or removing one while it runs says so, with its
+    process, instead of leaving the user to believe the change is in force."""
+    quiet = run_cli("accounts", "add", "smtp", "--name", "early", "--host", "a.example")
+    assert quiet.returncode == 0 and b"next start" not in quiet.stdout  # nothing runs: nothing to say
+    serve = serve_process().start()
+    added = run_cli("accounts", "add", "smtp", "--name", "corp", "--host", "a.example")
+    assert added.returncode == 0, added.stderr
+    assert f"(process {serve.proc.pid}) uses this change from its next start".encode() in added.stdout
+    removed = run_cli("accounts", "remove", "corp")
+    assert removed.returncode == 0 and b"next start" in removed.stdout
+
+
 # ---------------------------------------------------------------------- 14: central server commands
 def test_server_connect_says_what_went_wrong(home: Path) -> None:
     out = run_cli("server", "connect", "http://127.0.0.1:9/", "--token", "x", timeout=60)
