@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -182,9 +183,10 @@ class CheckerProcess(Generic[W]):
 
     def _collect(self, from_child: Connection) -> None:
         """Answer the senders of what the child has taken in; tell the helper's listeners."""
+        readable = _readable(from_child)
         while True:
             try:
-                if not from_child.poll(1.0):
+                if not readable(1.0):
                     if from_child is not self._from_child:
                         return
                     with self._lock:
@@ -228,6 +230,16 @@ def _error(said: tuple[str, str, str]) -> BaseException:
     return StoreUnavailable(text, reason) if kind == "store_unavailable" else IntakeFailed(text)
 
 
+def _readable(conn: Connection) -> Callable[[float], bool]:
+    """``conn.poll`` that does not build a selector on each call (multiprocessing's does): one poll
+    object for the pipe's life where the system has ``poll`` (not Windows)."""
+    if not hasattr(select, "poll"):
+        return conn.poll
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return lambda timeout: bool(poller.poll(timeout * 1000))
+
+
 def _end(proc: multiprocessing.process.BaseProcess, *conns: Connection) -> None:
     for conn in conns:
         try:
@@ -255,11 +267,12 @@ def child_main(requests: Connection, answers: Connection, database: str, languag
     outbox = Outbox(Store(database, audit_key=audit_key, prepare=False), lambda: state["policy"],
                     gettext=translator(language), accounts=lambda: state["accounts"])
     epoch = None
+    readable = _readable(requests)
     answers.send("ready")
     while True:
         try:
             waiting = [requests.recv()]
-            while len(waiting) < 64 and requests.poll(0):
+            while len(waiting) < 64 and readable(0):
                 waiting.append(requests.recv())
         except (EOFError, OSError):
             return

@@ -107,6 +107,37 @@ def test_messages_sent_together_are_checked_in_the_checking_process_with_the_hel
     assert len({i.id for i in stored.values()}) == 60  # each once
 
 
+def test_large_messages_among_small_ones_in_a_burst_are_each_stored_once_and_checked(helper, write_policy):
+    """Small messages go to the checking process straight from their SMTP session, large ones through the
+    intake thread (submission.DIRECT_HAND_OVER_BYTES): both ways end stored once, with the helper's verdict."""
+    from sendguard import submission
+
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker = checker_ready(h)
+    before = checker.taken_there
+    filler = ("資料の続きです。\n" * (submission.DIRECT_HAND_OVER_BYTES // 20)).encode()
+    sent = messages(12, "mixed")
+    for i in (2, 7):  # two of them large, one with a card number in its attachment
+        rcpts, _ = VARIETY[i % len(VARIETY)]
+        data = filler + (CARD.encode() if i == 2 else b"")
+        msg = make_message(to=rcpts, subject=f"mixed {i}", body="資料をお送りします。")
+        msg.add_attachment(data, maintype="text", subtype="plain", filename="資料.txt", cte="base64")
+        sent[i] = (rcpts, msg.as_bytes().replace(b"\n", b"\r\n"))  # (smtplib sends bytes as they are)
+    assert len(sent[2][1]) > submission.DIRECT_HAND_OVER_BYTES
+    assert burst(h.smtp.port, sent) == []
+    stored = wait_for(lambda: (s := stored_by_subject(h, "mixed")) and len(s) == 12 and s)
+    assert len({i.id for i in stored.values()}) == 12
+    assert checker.taken_there > before
+    for rcpts, raw in sent:
+        item = stored[make_subject(raw)]
+        hold, check = expected_check(h, raw, rcpts)
+        if hold:
+            assert item.check is not None and item.check.to_json() == check, make_subject(raw)
+    verdict = stored["mixed 2"].check.verdict  # the card number in the large file: personal data
+    assert verdict.action == "approve" and "personal_data" in [r.rule for r in verdict.reasons]
+
+
 def make_subject(raw: bytes) -> str:
     import email
     import email.policy
