@@ -1040,6 +1040,9 @@ HISTORY_DOMAINS = 2000  # most recently sent-to domains used as look-alike refer
 HISTORY_TTL = 2.0  # seconds the sent-to domains are reused (other processes' releases show up after it)
 
 
+_OUTBOX_COLUMNS = frozenset(c.name for c in outbox.c)
+
+
 def _new_row(item_id: str, state: State, now: float, **values: Any) -> dict[str, Any]:
     """Every column of a new outbox row: the defaults, then ``values`` (names as in ``store.outbox``)."""
     row: dict[str, Any] = {
@@ -1047,7 +1050,7 @@ def _new_row(item_id: str, state: State, now: float, **values: Any) -> dict[str,
         "envelope_from": "", "envelope_to": [], "message_id": "", "sender": "", "subject": "", "raw": None,
         "release_after": 0.0, "attempts": 0, "created_at": now, "updated_at": now, "purged": 0,
         "check_result": None, "last_error": None}
-    unknown = set(values) - {c.name for c in outbox.c}
+    unknown = set(values) - _OUTBOX_COLUMNS
     if unknown:
         raise TypeError(f"no outbox column {', '.join(sorted(unknown))}")
     row.update(values)

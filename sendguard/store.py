@@ -289,7 +289,8 @@ class Store:
         self.url = str(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.RLock()
-        self._intake: tuple[Pool, PoolProxiedConnection] | None = None  # see ``intake_transaction``
+        # see ``intake_transaction``: (the pool it is of, the pooled connection, its sqlite3 connection)
+        self._intake: tuple[Pool, PoolProxiedConnection, sqlite3.Connection] | None = None
         if self.is_sqlite:
             # plain connections read (deferred BEGIN); ``transaction()`` marks its connection as a writer
             self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60,
@@ -490,13 +491,14 @@ class Store:
         if self._intake is not None and self._intake[0] is not self.engine.pool:
             self._drop_intake_connection()
         if self._intake is None:
-            self._intake = (self.engine.pool, self.engine.raw_connection())
-        return _driver(self._intake[1])
+            fairy = self.engine.raw_connection()
+            self._intake = (self.engine.pool, fairy, _driver(fairy))
+        return self._intake[2]
 
     def _drop_intake_connection(self) -> None:
         with self._write_lock:
             if self._intake is not None:
-                _pool, fairy = self._intake
+                _pool, fairy, _sqlite = self._intake
                 self._intake = None
                 try:
                     fairy.invalidate()  # never back into the pool: it may be mid-transaction
