@@ -196,7 +196,9 @@ class CheckerProcess(Generic[W]):
                         return
                     continue
                 numbers, rows, error = from_child.recv()
-            except (EOFError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - it ended, its answer cannot be read, or the pipe was
+                # closed under this read by close() (a TypeError from inside multiprocessing): the helper
+                # takes in what the child held
                 if from_child is self._from_child:
                     self._fail(f"it ended: {exc or type(exc).__name__}")
                 return

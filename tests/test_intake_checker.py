@@ -311,3 +311,47 @@ def test_a_store_failure_in_the_checking_process_is_named_in_the_451_as_the_help
         conn.execute("DROP TRIGGER refuse")
     assert burst(h.smtp.port, messages(24, "accepted")) == []  # every one has its 250 once the store takes it
     assert checker.taken_there > before
+
+
+def test_an_answer_the_helper_cannot_read_hands_the_childs_messages_back_and_nobody_waits_for_ever(
+        helper, write_policy, monkeypatch):
+    """What comes from the checking process and is no answer (a pipe closed under the read at a stop, a
+    message that does not unpickle) ends the child, and the helper takes in what it held. Before, the thread
+    collecting the answers died of it: the senders waited for a 250 that never came."""
+    import asyncio
+    import multiprocessing
+
+    from sendguard.items import new_id
+    from sendguard.outbox import Incoming
+
+    monkeypatch.setattr(checkermod, "RESTART_SECONDS", 0.5)
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker = checker_ready(h)
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        raw = make_message(to="a@partner.example", subject="unreadable answer").as_bytes()
+        item_id = new_id()
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        with checker._lock:  # the pipe from the child, as the collecting thread reads it, with one message held
+            checker._from_child = reader
+            checker._held[10**9] = ((Incoming(raw, "taro@example.co.jp", ["a@partner.example"], "smtp"),
+                                     (loop, future)), item_id, 0.0)
+        before = checker.taken_back
+        writer.send_bytes(b"this is not an answer")
+        checker._collect(reader)  # returns: it took the child's messages back
+        assert checker.taken_back == before + 1
+        assert h.outbox.get(item_id).subject == "unreadable answer"  # stored by the helper itself
+        loop.run_until_complete(asyncio.wait_for(future, 5))
+        assert future.result() == (item_id, "awaiting_confirmation")  # the sender gets its 250
+    finally:
+        loop.close()
+
+    def back() -> bool:  # and the checking process comes back for the messages that follow
+        if checker.ready():
+            return True
+        assert burst(h.smtp.port, messages(8, "after")) == []
+        return False
+
+    wait_for(back, timeout=60, interval=0.3)
