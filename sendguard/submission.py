@@ -38,8 +38,9 @@ R_FOREIGN_USER = ("550 5.7.1 This SendGuard helper takes mail only from its own 
 R_STORE_UNAVAILABLE = "451 4.3.1 SendGuard cannot store mail now (store {reason}); your client keeps it and retries"
 
 
-# a message up to this size is handed to the checking process by the SMTP session itself (see submit)
-DIRECT_HAND_OVER_BYTES = 256 * 1024
+# a message up to this size is handed to the checking process by the SMTP session itself (see submit): what
+# a pipe holds on Linux, so that writing one seldom waits for the checking process to read
+DIRECT_HAND_OVER_BYTES = 64 * 1024
 
 # where a sender waits for its message's commit: the SMTP session's loop and the future its 250 waits on
 _Reply = tuple[asyncio.AbstractEventLoop, "asyncio.Future[tuple[str, str]]"]
