@@ -360,7 +360,11 @@ def _decide(item_id: str, decision: str) -> Any:
     if decision == "approve":
         item = approvals().approve(item_id, actor, str(data.get("comment") or ""), via="api")
     else:
-        item = approvals().reject(item_id, actor, str(data.get("reason") or ""), via="api")
+        reason = data.get("reason")
+        if not isinstance(reason, str) or not reason.strip():  # a field to add, not a refusal of who asks
+            raise ApiError(400, "no_reason", "a rejection needs a reason the sender can act on: "
+                                             "{\"as\": \"boss@example.co.jp\", \"reason\": \"...\"}")
+        item = approvals().reject(item_id, actor, reason, via="api")
     service().wake()
     return jsonify(item_json(item, full=True))
 

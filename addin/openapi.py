@@ -45,7 +45,7 @@ SPEC: dict[str, Any] = {
                 "recipients": {"type": "array", "items": {"$ref": "#/components/schemas/Recipient"}},
                 "attachments": {"type": "array", "items": {"$ref": "#/components/schemas/Attachment"}},
                 "verdict": {"type": "object", "properties": {
-                    "action": {"type": "string", "enum": ["allow", "confirm", "approve", "block"]},
+                    "action": {"type": "string", "enum": ["allow", "confirm", "reconfirm", "approve", "block"]},
                     "approvers": {"type": "array", "items": {"type": "string"}},
                     "reasons": {"type": "array", "items": {"type": "object"}}}},
                 "force_bcc": {"type": "boolean"}}},
@@ -131,7 +131,8 @@ SPEC: dict[str, Any] = {
         "/api/v1/approvals/{item_id}/reject": {"post": {
             "summary": "Reject with a reason", "parameters": [_ITEM_ID],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"as": {"type": "string"}, "reason": {"type": "string"}}}}}},
+                "type": "object", "required": ["reason"],
+                "properties": {"as": {"type": "string"}, "reason": {"type": "string"}}}}}},
             "responses": {**_ok({"$ref": "#/components/schemas/Item"}), **_errors(400, 401, 403, 404, 409)}}},
     },
 }

@@ -171,6 +171,16 @@ def test_openapi_describes_every_api_endpoint(client):
             assert (path, method.lower()) in documented, f"{method} {path} is not in the OpenAPI document"
 
 
+def test_openapi_names_every_verdict_the_check_can_give():
+    """A client generated from the document must accept `reconfirm` (DESIGN §4 ranks it between
+    `confirm` and `approve`); the document left it out."""
+    from addin.openapi import SPEC
+    from sendguard.policy import ACTIONS
+
+    verdict = SPEC["components"]["schemas"]["CheckResult"]["properties"]["verdict"]["properties"]["action"]
+    assert verdict["enum"] == list(ACTIONS)
+
+
 def test_the_confirmation_page_gets_errors_in_its_language(client):
     """Issue #11 item 19: the page names its language; other clients keep the English text."""
 

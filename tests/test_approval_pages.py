@@ -312,3 +312,27 @@ def test_reloading_the_page_before_deciding_keeps_working(started: Any, message_
     assert client.get(path_of(approval_link(r, item_id))).status_code == 200
     reloaded = client.get(f"/approve/{item_id}")  # the address bar no longer holds ?t=
     assert reloaded.status_code == 200 and 'name="decision"' in reloaded.get_data(as_text=True)
+
+
+def test_a_rejection_over_the_api_without_a_reason_is_a_bad_request_not_a_refusal(started: Any,
+                                                                                   message_factory: Any) -> None:
+    """No reason is a missing field the caller can add (400, saying which), not a refusal of who asks
+    (403): the approver's program must not read it as "you may not decide this"."""
+    import requests
+
+    r = started
+    item_id = submit_flagged(r, message_factory)
+    r.app.config["API_TOKEN"] = "tok"
+    url = f"{r.base_url}/api/v1/approvals/{item_id}/reject"
+    headers = {"Authorization": "Bearer tok"}
+    for body in ({"as": "boss@example.co.jp"}, {"as": "boss@example.co.jp", "reason": "  "}):
+        answer = requests.post(url, json=body, headers=headers, timeout=30)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "no_reason" and '"reason"' in error["message"]
+    assert r.helper.outbox.get(item_id).state == "awaiting_approval"
+    # who may not decide is still refused as such, reason or not
+    stranger = requests.post(url, json={"as": "intruder@example.co.jp", "reason": "no"}, headers=headers, timeout=30)
+    assert stranger.status_code == 403
+    done = requests.post(url, json={"as": "boss@example.co.jp", "reason": "宛先が違います"}, headers=headers, timeout=30)
+    assert done.status_code == 200 and done.json()["state"] == "rejected"
