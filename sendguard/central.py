@@ -90,6 +90,12 @@ def decision_problem(public_key: str | None, item_id: str, raw: bytes | None, ap
     return None
 
 
+# a request the server refused (not: could not be reached) is asked again no sooner than this: its answer
+# stands until something changes on the server (a token, a policy), and asking each round only filled both
+# logs and held up the hand-over of the next messages
+REFUSED_RETRY_SECONDS = 600.0
+REFUSED = "refused"  # central_requests.server_state of a refused request
+
 # what the helper shows for a message the central server keeps and sends itself (``last_error`` is the
 # line that says what SendGuard waits for)
 HANDED_OVER = "Waiting for approval: the central server keeps this message and sends it itself once approved"
@@ -360,6 +366,9 @@ class CentralSync:
             row = rows.get(item.id)
             if row and row.get("submitted_at") and row.get("server_url") == self.client.url:
                 continue
+            if (row and row.get("server_state") == REFUSED and row.get("server_url") == self.client.url
+                    and self.clock() - float(row.get("updated_at") or 0) < REFUSED_RETRY_SECONDS):
+                continue  # its refusal stands for now (the message says why)
             full = self.outbox.get(item.id, with_bodies=True)
             content = full.final_raw or full.raw
             try:
@@ -367,7 +376,7 @@ class CentralSync:
             except CentralUnavailable:
                 raise  # nothing else would get through either: the loop backs off
             except SendGuardError as exc:  # the server refused this one: it stays held, the others still go
-                log.error("the central server refused approval request %s: %s", item.id, exc)
+                self._refused(item, exc)
                 refused = refused or exc
                 continue
             self._accepted(item, answer, hashlib.sha256(content or b"").hexdigest())
@@ -376,13 +385,27 @@ class CentralSync:
             raise refused  # the helper shows the server's reason until it is dealt with
         return count
 
+    def _refused(self, item: Item, exc: SendGuardError) -> None:
+        """The server will not take this request: it stays held here, with the server's reason where the
+        user sees it (window, ``queue show``), and is asked again in ``REFUSED_RETRY_SECONDS``."""
+        log.error("the central server refused approval request %s (asked again in %.0f min): %s", item.id,
+                  REFUSED_RETRY_SECONDS / 60, exc)
+        self._save(item.id, server_state=REFUSED, submitted_at=None, last_error=str(exc))
+        note = (f"The central server refused to take this message for approval ({exc}). It stays held here and "
+                f"SendGuard asks the server again every {REFUSED_RETRY_SECONDS / 60:.0f} minutes: ask your "
+                "administrator, or cancel it")
+        with self.outbox.store.transaction() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == item.id, outbox.c.state == "awaiting_approval")
+                         .values(last_error=note, updated_at=self.clock()))
+        self.on_change()
+
     def _accepted(self, item: Item, answer: dict[str, Any], sha256: str | None = None) -> None:
         # approval links never come here: the server mails each approver their own (so the sender,
         # who owns this database, cannot open one)
         self._save(item.id, submitted_at=self.clock(), server_state=answer.get("state"), last_error=None)
         approvers = [a.lower() for a in answer.get("approvers") or item.approvers]
         expires = answer.get("expires_at")
-        values: dict[str, Any] = {"approvers": approvers}
+        values: dict[str, Any] = {"approvers": approvers, "last_error": None}  # (a refusal's note is over)
         if isinstance(expires, int | float):
             values["expires_at"] = float(expires) + LOCAL_GRACE
         detail: dict[str, Any] = {"server": self.client.url, "approvers": approvers,
@@ -625,8 +648,8 @@ class CentralSync:
         delay = self.backoff
         while not self._stop.is_set():
             try:
-                work()
                 self.last_error = None
+                work()
                 delay = self.backoff
                 if idle is not None:
                     idle.wait(2.0)
@@ -654,8 +677,8 @@ class CentralSync:
         self.report_released()
         self.follow_server_releases()
         self.report_checkpoint()
-        if refused is not None:
-            raise refused  # after the rest of the round: a refused request holds up nothing else
+        if refused is not None:  # said on the message and in the log; the loop goes on as after any round
+            self.last_error = str(refused)
 
     def _submit_refused(self) -> SendGuardError | None:
         """``submit_new``, returning (not raising) the server's refusal of a request, so that the rest of

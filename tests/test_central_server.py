@@ -411,3 +411,43 @@ def test_a_hand_over_the_server_refuses_does_not_hold_up_the_others(server: Thre
         sender_helper.sync.submit_new()  # the refusal is still reported (the helper shows it)
     assert server.service.outbox.get(mine).state == "awaiting_approval"  # handed over although refused first
     assert sender_helper.outbox.get(other.id).state == "awaiting_approval"
+
+
+def test_a_refused_hand_over_is_not_sent_again_every_round_and_does_not_slow_the_next(
+        server: ThreadServer, sender_helper: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's refusal stands until something changes: the helper keeps the reason on the message
+    (the user sees why it waits), does not post it again each round (it did, every 15 s, for ever, with an
+    error in the log each time), and a message for approval that comes next is handed over at once (the
+    refusal used to pause the hand-over loop for 15 s)."""
+    from sendguard import central
+
+    posted: list[str] = []
+    real_submit = sender_helper.sync.client.submit
+    monkeypatch.setattr(sender_helper.sync.client, "submit",
+                        lambda item, raw: posted.append(item.id) or real_submit(item, raw))
+    msg = make_message(sender="hanako@example.co.jp", subject="社外秘 見積", body="社外秘の資料です。")
+    refused = sender_helper.outbox.confirm(sender_helper.outbox.submit(msg.as_bytes(), "hanako@example.co.jp",
+                                                                       ["a@partner.example"]).id)
+    sender_helper.sync.kick()
+    wait_for(lambda: refused.id in posted and "hanako@example.co.jp" in (
+        sender_helper.outbox.get(refused.id).last_error or ""))
+    shown = sender_helper.outbox.get(refused.id)
+    assert shown.state == "awaiting_approval" and "central server" in (shown.last_error or "")
+    time.sleep(3)  # rounds go on (each kick, the idle wait of 2 s)
+    sender_helper.sync.kick()
+    mine = held_for_approval(sender_helper)
+    sender_helper.sync.kick()
+    wait_for(lambda: _server_has(server, mine), timeout=6)  # not after a pause of 15 s
+    assert posted.count(refused.id) == 1
+    # once the time to ask again has come it is asked again (the server's answer may have changed)
+    monkeypatch.setattr(central, "REFUSED_RETRY_SECONDS", 0.0)
+    sender_helper.sync.kick()
+    wait_for(lambda: posted.count(refused.id) >= 2)
+
+
+def _server_has(server: ThreadServer, item_id: str) -> bool:
+    try:
+        server.service.outbox.get(item_id)
+    except Exception:  # noqa: BLE001 - not there yet
+        return False
+    return True
