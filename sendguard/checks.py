@@ -72,10 +72,6 @@ MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (c
 # the policy file could not be read and no earlier one was in force: every message waits for the user
 MESSAGES["policy_error"] = _("SendGuard cannot use its policy ({target}): every message is held for you until "
                              "it is fixed; tell your administrator")
-# something in the message could not be read (a file, an address, its parts): the helper holds it for the
-# user, so the verdict says so (``target``: the first of the check's ``problems``)
-MESSAGES["problems"] = _("SendGuard could not check all of this message ({target}): check it yourself before "
-                         "you send it")
 UNINSPECTED = _("{target} could not be inspected ({why}): check its content yourself")
 KIND_NAMES = {"card_number": _("card number"), "my_number": _("My Number"), "body": _("the message body")}
 
@@ -616,11 +612,6 @@ def evaluate(
         rule(ctx)
     if policy.load_error:
         ctx.add("policy_error", "confirm", policy.load_error)
-    problems = [*msg.problems, *ctx.problems]
-    if problems:  # held for the user whatever the rules (and confirm.when = "never") say: fail closed, and
-        # the verdict is what the helper does
-        ctx.reasons.append(Reason("problems", "confirm", problems[0],
-                                  gettext(MESSAGES["problems"]).format(target=problems[0])))
     action = max((r.action for r in ctx.reasons), key=ACTION_RANK.__getitem__, default="allow")
     if action == "allow" and policy.confirm_when == "always":
         ctx.add("confirm_always", "confirm", msg.subject)

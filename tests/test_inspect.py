@@ -183,32 +183,3 @@ def test_xlsx_cell_across_a_read_chunk_boundary_is_found(pol, shift):
                             "xl/worksheets/sheet1.xml": sheet.encode()})
     result = check(pol, [("big.xlsx", book, "application/octet-stream")])
     assert "personal_data" in result.attachments[0].flags
-
-
-def test_a_message_the_helper_holds_for_what_it_could_not_read_is_not_called_allow(home, helper, write_policy,
-                                                                                    tmp_path):
-    """DESIGN §4: the verdict is what the helper will do. Internal mail with a file nobody could read is
-    held for the user, so `sendguard check` and the stored check say `confirm`, with the reason, never
-    `allow` (it said `allow` while the helper held the message)."""
-    import json
-
-    from conftest import run_cli, smtp_send, wait_for
-
-    write_policy()
-    msg = make_message(to="hanako@example.co.jp", attachments=[("q.xls", OLE, "application/vnd.ms-excel")])
-    path = tmp_path / "internal.eml"
-    path.write_bytes(msg.as_bytes())
-    done = run_cli("check", str(path), "--json")
-    assert done.returncode == 0, done.stderr
-    verdict = json.loads(done.stdout)["verdict"]
-    assert verdict["action"] == "confirm"
-    [reason] = [r for r in verdict["reasons"] if r["rule"] == "problems"]
-    assert reason["action"] == "confirm" and "q.xls" in reason["target"]
-    h = helper()
-    smtp_send(h.smtp.port, msg)
-    [item] = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))
-    assert item.check.verdict.action == "confirm"
-    assert [r.rule for r in item.check.verdict.reasons] == ["problems"]
-    # a readable internal message is still allowed, with no such reason
-    plain = run_cli("check", "-", "--json", input=make_message(to="hanako@example.co.jp").as_bytes())
-    assert json.loads(plain.stdout)["verdict"] == {"action": "allow", "approvers": [], "reasons": []}
