@@ -553,7 +553,7 @@ def _attachments(ctx: _Context) -> None:
 def _personal_data(ctx: _Context) -> None:
     gettext = ctx.gettext
     sources: list[tuple[str, str, AttachmentResult | None]] = [
-        (gettext(KIND_NAMES["body"]), ctx.msg.subject + "\n" + ctx.msg.body_text, None)
+        (gettext(KIND_NAMES["body"]), "\n".join((ctx.msg.subject, ctx.msg.body_text, ctx.msg.hidden_text)), None)
     ]
     sources += [(res.attachment.filename, res.attachment.text, res) for res in ctx.attachments if res.attachment.text]
     for target, text, res in sources:
@@ -570,7 +570,8 @@ def _keywords(ctx: _Context) -> None:
     gettext = ctx.gettext
     for kw in ctx.policy.keywords:
         message = kw.message or None
-        if kw.regex.search(ctx.msg.subject) or kw.regex.search(ctx.msg.body_text):
+        if kw.regex.search(ctx.msg.subject) or kw.regex.search(ctx.msg.body_text) or \
+                (ctx.msg.hidden_text and kw.regex.search(ctx.msg.hidden_text)):
             ctx.add("keyword", kw.action, gettext(KIND_NAMES["body"]), message, pattern=kw.pattern)
         for res in ctx.attachments:
             a = res.attachment

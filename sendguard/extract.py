@@ -69,6 +69,9 @@ class Extracted:
     text: str = ""
     flags: list[str] = field(default_factory=list)  # found inside: "encrypted"
     uninspected: str = ""  # why (part of) the content could not be read
+    # what an attached message (also one inside a zip) had wrong, as its ``ParsedMessage.problems``: the
+    # outer message's problems too, named after where they are
+    problems: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- text and charsets
@@ -372,6 +375,7 @@ def zip_text(data: bytes, budget: Budget, depth: int) -> Extracted:
                         out.flags.append(flag)
                 if inner.uninspected:
                     problems.append(f"{name}: {inner.uninspected}")
+                out.problems += [f"in {name}: {p}" for p in inner.problems]
                 if inner.text:
                     pieces.append(inner.text)
     except _ZIP_ERRORS as exc:
@@ -402,7 +406,7 @@ def message_text(data: bytes, budget: Budget, depth: int) -> Extracted:
         raise
     except Exception as exc:  # noqa: BLE001 - a message we cannot parse is said to be unread, never checked
         raise Uninspectable(f"unreadable attached message: {type(exc).__name__}") from None
-    pieces = [inner.subject, inner.body_text]
+    pieces = [inner.subject, inner.body_text, inner.hidden_text]
     problems = []
     for att in inner.attachments:
         pieces.append(att.filename)
@@ -415,6 +419,7 @@ def message_text(data: bytes, budget: Budget, depth: int) -> Extracted:
             problems.append(f"{att.filename}: {att.uninspected}")
     out.text = "\n".join(pieces)[:TEXT_LIMIT]
     out.uninspected = "; ".join(problems[:3])
+    out.problems = inner.problems
     return out
 
 

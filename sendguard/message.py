@@ -77,6 +77,10 @@ class ParsedMessage:
     attachments: list[Attachment]
     body_text: str
     size: int
+    # text the recipient's mail program does not show as the message but receives all the same (outside
+    # the parts of a multipart, inside a uuencoded file): checked for personal data and keywords only,
+    # never previewed nor read as what the message says (salutation, opt-out, announced attachment)
+    hidden_text: str = ""
     envelope_from: str = ""
     problems: list[str] = field(default_factory=list)
     in_reply_to: tuple[str, ...] = ()  # Message-IDs this message answers (In-Reply-To, then References)
@@ -724,25 +728,32 @@ def parse(
     """
     budget = budget or extract.Budget()
     problems: list[str] = []
+    # an attached message's own sender and recipients are no concern of the message it travels in: only
+    # what could not be read of its content is reported there
+    header_problems = problems if depth == 0 else []
     skeleton, elided = _elide(raw)
     # compat32 keeps header values as text: the few we need are decoded below, instead of the
     # header registry parsing every header of every part (the bulk of the time on small messages)
     msg = check_tree(skeleton)
     _restore_elided(msg, elided)
     if not msg.keys():
-        problems.append("the message has no headers (not an RFC 5322 message)")
+        header_problems.append("the message has no headers (not an RFC 5322 message)")
     index = header_index(msg)
-    recipients = _recipients(msg, envelope_recipients, problems, index)
+    recipients = _recipients(msg, envelope_recipients, header_problems, index)
     if require_recipients and not recipients:
         raise MessageError("the message has no recipients: add To, Cc or Bcc addresses")
-    from_name, from_address = _sender(msg, envelope_from, problems, index)
+    from_name, from_address = _sender(msg, envelope_from, header_problems, index)
     attachments: list[Attachment] = []
     body_chunks: list[str] = []
+    hidden = _outside_parts(msg, elided) if msg.is_multipart() else []
     for att_id, _parent, part in iter_parts(msg):
         if att_id is not None:
             attachments.append(_attachment(att_id, part, elided, budget, depth, problems))
         elif part.get_content_maintype() == "text":
-            body_chunks.append(_text_of(part, _content(part, "body.txt", elided, problems)[0]))
+            text = _text_of(part, _content(part, "body.txt", elided, problems)[0])
+            body_chunks.append(text)
+            if "begin " in text and part.get_content_subtype() == "plain":  # rare: no regex for most bodies
+                hidden += _uuencoded_files(text, budget, depth, problems)
         elif part.get_content_maintype() == "multipart":  # one the parser could not split
             body_chunks.append(_broken_multipart(part, budget, depth, problems))
     thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to", index) + " " + _safe_header(msg, "references", index))
@@ -755,6 +766,7 @@ def parse(
         attachments=attachments,
         body_text="\n".join(body_chunks),
         size=len(raw),
+        hidden_text="\n".join(hidden),
         envelope_from=envelope_from,
         problems=list(dict.fromkeys(problems)),
         in_reply_to=tuple(dict.fromkeys(thread))[:100],
@@ -762,6 +774,75 @@ def parse(
         precedence=_safe_header(msg, "precedence", index).strip().lower(),
         marked_lists=tuple(a.strip().lower() for a in _safe_header(msg, LISTS_HEADER, index).split(",") if "@" in a),
     )
+
+
+def _outside_parts(msg: Message, elided: _Elided | None) -> list[str]:
+    """The text before the first and after the closing boundary of every multipart (preamble, epilogue):
+    mail programs do not show it, yet it travels with the message. Attached messages are left to their
+    own parse, as their parts are."""
+    out: list[str] = []
+    stack = [msg]
+    while stack:
+        part = stack.pop()
+        payload = part.get_payload()
+        if not isinstance(payload, list) or (part is not msg and part.get_content_type() == "message/rfc822"):
+            continue
+        for text in (part.preamble, part.epilogue):
+            if text and not text.isspace():
+                if elided is not None and elided.prefix in text:
+                    text = elided.restore(text)
+                out.append(extract.normalize_spaces(clean_text(text))[:TEXT_SCAN_LIMIT])
+        stack.extend(child for child in payload if isinstance(child, Message))
+    return out
+
+
+# ``begin <mode> <name>`` ... ``end`` in a plain-text body: Outlook, Thunderbird and others show such a block
+# as an attached file, though the message lists no attachment
+_UU_BEGIN = re.compile(r"(?m)^begin [0-7]{1,4} +(\S[^\r\n]*?)\r?$")
+_UU_END = re.compile(r"(?m)^end[ \t]*\r?$")
+_UU_NAMED = 10  # uuencoded files named one by one in the problems
+
+
+def _uuencoded_files(text: str, budget: extract.Budget, depth: int, problems: list[str]) -> list[str]:
+    """The text of each uuencoded file in a body, read as an attachment is. Always a problem: SendGuard
+    neither lists nor removes such a file, so the user sees the message."""
+    out: list[str] = []
+    count = 0
+    for count, begin in enumerate(_UU_BEGIN.finditer(text), 1):
+        name = begin.group(1).strip()[:200]
+        end = _UU_END.search(text, begin.end())
+        data = _uudecode(text[begin.end() : end.start() if end else len(text)])
+        found = extract.extract(name, "", data, budget, depth)
+        out.append(found.text)
+        if count > _UU_NAMED:  # every file is read; a body of thousands is not thousands of problems
+            continue
+        problems.extend(f"in {name}: {p}" for p in found.problems)
+        read = (f"SendGuard could not read it ({found.uninspected})" if found.uninspected else
+                "SendGuard checked its content but cannot list or remove it")
+        problems.append(f"the message body carries a uuencoded file {name}, which mail programs show as an "
+                        f"attachment: {read}; check it yourself, or send it as a normal attachment")
+    if count > _UU_NAMED:
+        problems.append(f"the message body carries {count - _UU_NAMED} more uuencoded files, which mail programs "
+                        "show as attachments: check them yourself")
+    return out
+
+
+def _uudecode(block: str) -> bytes:
+    """Decode uuencoded lines, skipping the ones that are not (a line wrapped or added by the way);
+    a line a mail server stripped of trailing spaces, or padded, still decodes."""
+    out: list[bytes] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(binascii.a2b_uu(line))
+        except (binascii.Error, ValueError):
+            # the uu module's workaround: keep only the characters the line's length byte promises
+            try:
+                out.append(binascii.a2b_uu(line[: (((ord(line[0]) - 32) & 63) * 4 + 5) // 3]))
+            except (binascii.Error, ValueError):
+                continue
+    return b"".join(out)
 
 
 _BOUNDARY_LINE = re.compile(r"(?m)^--([^\s]{1,70}?)(?:--)?[ \t]*\r?$")
@@ -785,6 +866,7 @@ def _broken_multipart(part: Message, budget: extract.Budget, depth: int, problem
         pieces.append(found.text)
         if found.uninspected:
             problems.append(f"in that {part.get_content_type()} part: {found.uninspected}")
+        problems.extend(f"in that {part.get_content_type()} part: {p}" for p in found.problems)
     return "\n".join(pieces)
 
 
@@ -848,6 +930,7 @@ def _attachment(att_id: str, part: Message, elided: _Elided | None, budget: extr
     else:
         found = extract.extract(name, ctype, data, budget, depth, part.get_content_charset())
         att.text, att.flags, att.uninspected = found.text, found.flags, found.uninspected
+        problems.extend(f"in {name}: {p}" for p in found.problems)
     return att
 
 
