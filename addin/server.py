@@ -41,13 +41,13 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from sendguard import paths
+from sendguard import notify, paths
 from sendguard.central import decision_payload, sign_decision
-from sendguard.checks import StoredCheck, addresses_in_name
+from sendguard.checks import RULE_IDS, StoredCheck, addresses_in_name
 from sendguard.cli_help import Group
 from sendguard.config import Config
 from sendguard.errors import ConfigError, NotFound, SendGuardError, StateError
-from sendguard.i18n import translator
+from sendguard.i18n import _, translator
 from sendguard.links import LinkSigner
 from sendguard.outbox import DECIDED_STATES, Item, Outbox, State
 from sendguard.policy import PolicyHolder
@@ -462,6 +462,7 @@ def submit_request() -> Any:
         # the server's check is of the content as it will be sent: attachments the sender removed are not
         # in it, and the helper's attachment ids must never hide one that is
         decision.pop("removed_attachments", None)
+        decision.pop("sender_reasons", None)  # set below from the helper's check, labelled as its word
     if policy.release == "server":
         # the approver must see every address the server will send to (auto-Cc/Bcc are in the check too)
         listed = {r.address.lower() for r in claimed_check.recipients} if claimed_check else set()
@@ -473,6 +474,9 @@ def submit_request() -> Any:
             svc.approvals.audit_refusal(item_id, who, why, "central")
             raise ApiError(400, "unlisted_recipients", why)
         decision = {**(decision or {}), "release": "server"}
+    reported = _reported_reasons(claimed_check, check, svc.outbox.gettext)
+    if reported:  # shown to the approvers beside the server's own, marked as the helper's report
+        decision = {**(decision or {}), "sender_reasons": reported}
     approvers = [a.lower() for a in policy.approvers_for(sender)]
     now = time.time()
     reasons = [r.rule for r in check.verdict.reasons_at("approve", "block")]
@@ -497,6 +501,29 @@ def submit_request() -> Any:
         return jsonify({**status_json(existing), "sha256": _stored_sha256(svc, item_id)})
     svc.notices.wake()  # the server itself mails the approvers their links (never the sender's helper)
     return jsonify({**status_json(item), "sha256": hashlib.sha256(raw).hexdigest()}), 201
+
+
+def _reported_reasons(claimed: StoredCheck | None, own: StoredCheck,
+                      gettext: Callable[[str], str]) -> list[dict[str, str]]:
+    """The reasons for approval the sender's helper gave that the server's own check did not find (its
+    policy may lack the rule): the approver learns why the message was sent for approval at all. They are
+    the sender's word, so each says so, and they decide nothing (the server's check, the approvers and
+    what is sent come from the bytes and the server's policy)."""
+    if claimed is None:
+        return []
+    found = {(r.rule, r.target) for r in own.verdict.reasons}
+    label = gettext(_("As the sender's SendGuard reported it (the server's policy did not find this): {message}"))
+    out = []
+    for reason in claimed.verdict.reasons_at("approve", "block"):
+        if (reason.rule, reason.target) in found or reason.rule not in _REPORTABLE:
+            continue
+        text = notify.header_text(reason.message or reason.rule, 300)
+        out.append({"rule": reason.rule, "action": reason.action, "target": notify.header_text(reason.target, 200),
+                    "message": label.format(message=text)})
+    return out[:20]
+
+
+_REPORTABLE = frozenset(RULE_IDS)  # rule ids a helper may report (others are not shown)
 
 
 def _header_addresses(raw: bytes, *names: str) -> list[str]:
@@ -900,7 +927,7 @@ def server_command(ctx: click.Context, database: str | None, bind: str, public_u
 
 
 def _wait_ready_url(ready_file: Path) -> str:
-    for _ in range(200):
+    for _attempt in range(200):
         try:
             return str(json.loads(ready_file.read_text())["url"])
         except (OSError, ValueError, KeyError):

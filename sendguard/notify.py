@@ -58,8 +58,19 @@ BODY_WAITING = _("Sending “{subject}” was interrupted and the mail service c
 
 
 def notice_reasons(item: Item) -> list[Reason]:
-    """The reasons that made the message need approval (all reasons if none is of that strength)."""
-    return item.verdict.reasons_at("approve", "block") or list(item.verdict.reasons)
+    """The reasons that made the message need approval (all reasons if none is of that strength). On the
+    central server, also those the sender's helper reported and the server's own policy did not find,
+    each saying so (``addin.server``: ``decision["sender_reasons"]``)."""
+    strong = item.verdict.reasons_at("approve", "block") + reported_reasons(item)
+    return strong or list(item.verdict.reasons)
+
+
+def reported_reasons(item: Item) -> list[Reason]:
+    reported = (item.decision or {}).get("sender_reasons")
+    if not isinstance(reported, list):
+        return []
+    return [Reason(*(str(r.get(k) or "") for k in ("rule", "action", "target", "message")))
+            for r in reported if isinstance(r, dict)]
 
 
 def preview_text(raw: bytes | None, limit: int = PREVIEW_CHARS) -> str:

@@ -3,8 +3,10 @@ the approver's side releasing mail on the sender's side, and kill -9 of the serv
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import hashlib
 import json
 import os
 import re
@@ -451,3 +453,43 @@ def _server_has(server: ThreadServer, item_id: str) -> bool:
     except Exception:  # noqa: BLE001 - not there yet
         return False
     return True
+
+
+def test_the_approver_sees_why_the_senders_helper_asked_when_the_servers_policy_has_no_such_rule(
+        server: ThreadServer, sender_helper: Any) -> None:
+    """The server checks the bytes with its own policy; when that policy lacks the rule that made the
+    sender's helper ask for approval (here: the keyword 社外秘), the approver was shown no reason at all.
+    Now the helper's reasons are shown too, each marked as the sender's SendGuard's report (the server
+    did not find it itself), in the approvals list, the emailed request and the approval page."""
+    item_id = held_for_approval(sender_helper)
+    headers = {"Authorization": f"Bearer {server.token('boss@example.co.jp')}"}
+
+    def listed() -> list[dict[str, Any]] | None:
+        rows = requests.get(f"{server.url}/api/v1/approvals", headers=headers, timeout=10).json()
+        return next((r["reasons"] for r in rows if r["id"] == item_id), None)
+
+    reasons = wait_for(listed, timeout=20)
+    [reported] = [r for r in reasons if r["rule"] == "keyword"]
+    assert reported["action"] == "approve" and "社外秘" in reported["message"]
+    assert "sender's SendGuard" in reported["message"]
+    # the server's own check is unchanged: it did not find the keyword, and says nothing it did not find
+    assert "keyword" not in [r.rule for r in server.service.outbox.get(item_id).check.verdict.reasons]
+    link = wait_for(lambda: approval_link_in(server.mail, item_id), timeout=20)
+    page = requests.get(link, timeout=10)
+    assert page.status_code == 200 and "sender&#39;s SendGuard" in page.text and "社外秘" in page.text
+    mails = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in maildir(server.mail)]
+    assert any("sender's SendGuard" in m.get_body(("plain",)).get_content() for m in mails
+               if m.get("X-SendGuard-Notice") == f"approval-request; item={item_id}")
+    # a helper cannot pass off words of its own as reasons: what it puts in its decision is not shown
+    raw = make_message(subject="社外秘 forged", body="社外秘の資料です。").as_bytes()
+    forged = {"id": uuid.uuid4().hex[:16], "sender": "taro@example.co.jp", "subject": "社外秘 forged",
+              "envelope_from": "taro@example.co.jp", "recipients": ["a@partner.example"], "check": None,
+              "decision": {"sender_reasons": [{"rule": "keyword", "action": "approve", "target": "x",
+                                               "message": "Already approved by the CEO: just click Approve"}]},
+              "raw": base64.b64encode(raw).decode(), "sha256": hashlib.sha256(raw).hexdigest()}
+    answer = requests.post(f"{server.url}/api/v1/central/requests", json=forged, timeout=10,
+                           headers={"Authorization": f"Bearer {server.token('taro@example.co.jp')}"})
+    assert answer.status_code in (200, 201), answer.text
+    shown = wait_for(lambda: next((r for r in requests.get(f"{server.url}/api/v1/approvals", headers=headers,
+                                                           timeout=10).json() if r["id"] == forged["id"]), None))
+    assert not any("CEO" in r["message"] for r in shown["reasons"])
