@@ -22,7 +22,7 @@ from typing import Any
 
 import idna
 
-from . import extract
+from . import detect, extract
 from .errors import MessageError
 
 # Text scanned for personal data and keywords is capped per part: enough for any real document.
@@ -67,6 +67,15 @@ class Attachment:
 LISTS_HEADER = "X-SendGuard-Distribution-Lists"
 
 
+@dataclass(frozen=True)
+class HiddenFile:
+    """A file the message carries outside its listed attachments (uuencoded in a text body)."""
+
+    name: str
+    head: bytes  # its first bytes (what it really is)
+    flags: tuple[str, ...]  # as an attachment's: executable, archive, encrypted, type_mismatch
+
+
 @dataclass
 class ParsedMessage:
     message_id: str
@@ -81,6 +90,8 @@ class ParsedMessage:
     # the parts of a multipart, inside a uuencoded file): checked for personal data and keywords only,
     # never previewed nor read as what the message says (salutation, opt-out, announced attachment)
     hidden_text: str = ""
+    # the files among it (uuencoded in a text body): the rules on programs and locked files apply to them
+    hidden_files: list[HiddenFile] = field(default_factory=list)
     envelope_from: str = ""
     problems: list[str] = field(default_factory=list)
     in_reply_to: tuple[str, ...] = ()  # Message-IDs this message answers (In-Reply-To, then References)
@@ -746,6 +757,7 @@ def parse(
     attachments: list[Attachment] = []
     body_chunks: list[str] = []
     hidden = _outside_parts(msg, elided) if msg.is_multipart() else []
+    hidden_files: list[HiddenFile] = []
     for att_id, _parent, part in iter_parts(msg):
         if att_id is not None:
             attachments.append(_attachment(att_id, part, elided, budget, depth, problems))
@@ -753,7 +765,7 @@ def parse(
             text = _text_of(part, _content(part, "body.txt", elided, problems)[0])
             body_chunks.append(text)
             if "begin " in text and part.get_content_subtype() == "plain":  # rare: no regex for most bodies
-                hidden += _uuencoded_files(text, budget, depth, problems)
+                hidden += _uuencoded_files(text, budget, depth, problems, hidden_files)
         elif part.get_content_maintype() == "multipart":  # one the parser could not split
             body_chunks.append(_broken_multipart(part, budget, depth, problems))
     thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to", index) + " " + _safe_header(msg, "references", index))
@@ -767,6 +779,7 @@ def parse(
         body_text="\n".join(body_chunks),
         size=len(raw),
         hidden_text="\n".join(hidden),
+        hidden_files=hidden_files,
         envelope_from=envelope_from,
         problems=list(dict.fromkeys(problems)),
         in_reply_to=tuple(dict.fromkeys(thread))[:100],
@@ -803,9 +816,10 @@ _UU_END = re.compile(r"(?m)^end[ \t]*\r?$")
 _UU_NAMED = 10  # uuencoded files named one by one in the problems
 
 
-def _uuencoded_files(text: str, budget: extract.Budget, depth: int, problems: list[str]) -> list[str]:
-    """The text of each uuencoded file in a body, read as an attachment is. Always a problem: SendGuard
-    neither lists nor removes such a file, so the user sees the message."""
+def _uuencoded_files(text: str, budget: extract.Budget, depth: int, problems: list[str],
+                     files: list[HiddenFile]) -> list[str]:
+    """The text of each uuencoded file in a body, read as an attachment is (and its flags, in ``files``).
+    Always a problem: SendGuard neither lists nor removes such a file, so the user sees the message."""
     out: list[str] = []
     count = 0
     for count, begin in enumerate(_UU_BEGIN.finditer(text), 1):
@@ -814,6 +828,8 @@ def _uuencoded_files(text: str, budget: extract.Budget, depth: int, problems: li
         data = _uudecode(text[begin.end() : end.start() if end else len(text)])
         found = extract.extract(name, "", data, budget, depth)
         out.append(found.text)
+        flags = detect.file_flags(name, "", data[:4096], data)
+        files.append(HiddenFile(name, data[:4096], (*flags, *(f for f in found.flags if f not in flags))))
         if count > _UU_NAMED:  # every file is read; a body of thousands is not thousands of problems
             continue
         problems.extend(f"in {name}: {p}" for p in found.problems)

@@ -193,3 +193,31 @@ def test_an_attached_message_without_sender_or_recipients_is_no_problem():
     inner.set_content("no numbers here")
     parsed = message.parse(attached(inner.as_bytes()))
     assert parsed.problems == []
+
+
+def _encrypted_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.txt", "secret")
+    data = bytearray(buf.getvalue())
+    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        data[data.find(sig) + offset] |= 0x01  # the "encrypted" flag bit
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name, data, rule", [
+    ("tool.exe", b"MZ\x90\x00" + b"\x00" * 200, "unsafe_attachment"),
+    ("invoice.pdf", b"MZ\x90\x00" + b"\x00" * 200, "unsafe_attachment"),  # a program under a document's name
+    ("見積.zip", _encrypted_zip(), "encrypted_attachment"),  # PPAP, uuencoded
+])
+def test_a_uuencoded_program_or_locked_file_gets_the_rule_an_attached_one_gets(pol, name, data, rule):
+    """Uuencoding a program (or a password-protected zip) into the body must not lower what the policy asks
+    for it: the same rule as for the file attached, with the policy's action (approval for a program under
+    SAMPLE_POLICY's defaults), not only the confirmation every uuencoded file gets."""
+    attached = checks.evaluate(message.parse(make_message(to="x@partner.example", attachments=[
+        (name, data, "application/octet-stream")]).as_bytes()), pol, set())
+    [expected] = [r for r in attached.reasons if r.rule == rule]
+    result = evaluate(pol, text_message("see below\n" + uuencode(name, data)))
+    [found] = [r for r in result.reasons if r.rule == rule]
+    assert found.action == expected.action and found.target == name
+    assert policy.ACTIONS.index(result.action) >= policy.ACTIONS.index(expected.action)

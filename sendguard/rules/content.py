@@ -92,6 +92,12 @@ def unsafe_and_encrypted(ctx: _Context) -> None:
             ctx.add("unsafe_attachment", ctx.policy.unsafe_attachment, name)
         if "encrypted" in flags:
             ctx.add("encrypted_attachment", ctx.policy.encrypted_attachment, name)
+    for hidden in ctx.msg.hidden_files:  # uuencoded into the body: the same rules as for the file attached
+        if "executable" in hidden.flags or ("type_mismatch" in hidden.flags and detect.disguised(hidden.name,
+                                                                                                hidden.head)):
+            ctx.add("unsafe_attachment", ctx.policy.unsafe_attachment, hidden.name)
+        if "encrypted" in hidden.flags:
+            ctx.add("encrypted_attachment", ctx.policy.encrypted_attachment, hidden.name)
 
 
 _WORD = re.compile(r"[a-z0-9]+")  # an ASCII token that is one word of a file name (acorp in acorp_quote.xlsx)
