@@ -14,7 +14,7 @@ from sendguard.approvals import Approvals
 from sendguard.checks import StoredCheck
 from sendguard.errors import MessageError, StateError
 from sendguard.outbox import AWAITING_OUTCOME, HELD_STATES, STATES, Item, State
-from sendguard.waiting import SERVER_SENDS
+from sendguard.waiting import REFUSED_NOTE, SERVER_SENDS
 
 from .openapi import SPEC
 from .security import ApiError, addin_signer, long_poll, principal, require
@@ -45,6 +45,8 @@ def user_message(item: Item) -> str:
     if state == State.AWAITING_APPROVAL and by_server:
         return _("Held for approval by {approvers}. The SendGuard server sends it itself once it is "
                  "approved.").format(approvers=", ".join(item.approvers) or "?")
+    if state == State.AWAITING_APPROVAL and (item.last_error or "").startswith(REFUSED_NOTE):
+        return _("Held, but not yet with your approvers: {status}").format(status=item.last_error)
     if state == State.AWAITING_APPROVAL:
         return _("Held for approval by {approvers}. SendGuard sends it once it is approved.").format(
             approvers=", ".join(item.approvers) or "?")

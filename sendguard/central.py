@@ -35,7 +35,7 @@ from . import paths, secrets
 from .errors import NotFound, PermissionDenied, SendGuardError, StateError
 from .outbox import APPROVAL_OUTCOMES, Item, Outbox, State
 from .store import central_requests, outbox
-from .waiting import SERVER_SENDS
+from .waiting import REFUSED_NOTE, SERVER_SENDS
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ class CentralSync:
         log.error("the central server refused approval request %s (asked again in %.0f min): %s", item.id,
                   REFUSED_RETRY_SECONDS / 60, exc)
         self._save(item.id, server_state=REFUSED, submitted_at=None, last_error=str(exc))
-        note = (f"The central server refused to take this message for approval ({exc}). It stays held here and "
+        note = (f"{REFUSED_NOTE} ({exc}). It stays held here and "
                 f"SendGuard asks the server again every {REFUSED_RETRY_SECONDS / 60:.0f} minutes: ask your "
                 "administrator, or cancel it")
         with self.outbox.store.transaction() as conn:

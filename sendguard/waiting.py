@@ -21,6 +21,8 @@ from .outbox import WAITING_PREFIX, WAITING_STATES, Item, Outbox, State
 KINDS = ("attention", "reconcile", "retry", "central", "sending", "paused")
 # how the helper's line for an approved message the central server sends itself begins (central.py)
 SERVER_SENDS = "Waiting for the central server to send it"
+# how the line for a message the central server would not take for approval begins (central.py)
+REFUSED_NOTE = "The central server refused to take this message for approval"
 _WHERE = re.compile(re.escape(WAITING_PREFIX) + r"(.+?) to say whether")
 
 

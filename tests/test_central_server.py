@@ -435,6 +435,12 @@ def test_a_refused_hand_over_is_not_sent_again_every_round_and_does_not_slow_the
         sender_helper.outbox.get(refused.id).last_error or ""))
     shown = sender_helper.outbox.get(refused.id)
     assert shown.state == "awaiting_approval" and "central server" in (shown.last_error or "")
+    from addin import create_app
+    from addin.api import user_message
+
+    with create_app(sender_helper).app_context():  # what the Outlook add-in and the window tell the sender
+        said = user_message(shown)
+    assert "not yet with your approvers" in said and "hanako@example.co.jp" in said
     time.sleep(3)  # rounds go on (each kick, the idle wait of 2 s)
     sender_helper.sync.kick()
     mine = held_for_approval(sender_helper)
