@@ -10,6 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 from conftest import SAMPLE_POLICY, make_message
+from test_rules import encrypted_zip
 
 from sendguard import checks, message, notify, policy
 
@@ -195,20 +196,10 @@ def test_an_attached_message_without_sender_or_recipients_is_no_problem():
     assert parsed.problems == []
 
 
-def _encrypted_zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("a.txt", "secret")
-    data = bytearray(buf.getvalue())
-    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        data[data.find(sig) + offset] |= 0x01  # the "encrypted" flag bit
-    return bytes(data)
-
-
 @pytest.mark.parametrize("name, data, rule", [
     ("tool.exe", b"MZ\x90\x00" + b"\x00" * 200, "unsafe_attachment"),
     ("invoice.pdf", b"MZ\x90\x00" + b"\x00" * 200, "unsafe_attachment"),  # a program under a document's name
-    ("見積.zip", _encrypted_zip(), "encrypted_attachment"),  # PPAP, uuencoded
+    ("見積.zip", encrypted_zip(), "encrypted_attachment"),  # PPAP, uuencoded
 ])
 def test_a_uuencoded_program_or_locked_file_gets_the_rule_an_attached_one_gets(pol, name, data, rule):
     """Uuencoding a program (or a password-protected zip) into the body must not lower what the policy asks
