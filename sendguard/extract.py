@@ -417,6 +417,9 @@ def message_text(data: bytes, budget: Budget, depth: int) -> Extracted:
                 out.flags.append(flag)
         if att.uninspected:
             problems.append(f"{att.filename}: {att.uninspected}")
+    for hidden in inner.hidden_files:  # uuencoded into its body: "found inside" as an attachment's would be
+        if "encrypted" in hidden.flags and "encrypted" not in out.flags:
+            out.flags.append("encrypted")
     out.text = "\n".join(pieces)[:TEXT_LIMIT]
     out.uninspected = "; ".join(problems[:3])
     out.problems = inner.problems

@@ -212,3 +212,11 @@ def test_a_uuencoded_program_or_locked_file_gets_the_rule_an_attached_one_gets(p
     [found] = [r for r in result.reasons if r.rule == rule]
     assert found.action == expected.action and found.target == name
     assert policy.ACTIONS.index(result.action) >= policy.ACTIONS.index(expected.action)
+
+
+def test_a_locked_zip_uuencoded_in_a_forwarded_message_is_a_locked_attachment(pol):
+    """As a password-protected file attached to the forwarded message would be: the .eml carries it."""
+    inner = (b"From: a@example.co.jp\nTo: b@example.co.jp\nSubject: fwd\n\n"
+             + uuencode("pw.zip", encrypted_zip()).encode())
+    result = evaluate(pol, attached(inner))
+    assert [r.target for r in result.reasons if r.rule == "encrypted_attachment"] == ["fwd.eml"]
