@@ -415,11 +415,15 @@ def message_text(data: bytes, budget: Budget, depth: int) -> Extracted:
         for flag in att.flags:
             if flag not in out.flags:
                 out.flags.append(flag)
+        if "executable" not in out.flags and "executable" in detect.file_flags(att.filename, att.content_type,
+                                                                               att.head, b""):
+            out.flags.append("executable")  # a program inside is a program sent (as for a zip's members)
         if att.uninspected:
             problems.append(f"{att.filename}: {att.uninspected}")
     for hidden in inner.hidden_files:  # uuencoded into its body: "found inside" as an attachment's would be
-        if "encrypted" in hidden.flags and "encrypted" not in out.flags:
-            out.flags.append("encrypted")
+        for flag in ("encrypted", "executable"):
+            if flag in hidden.flags and flag not in out.flags:
+                out.flags.append(flag)
     out.text = "\n".join(pieces)[:TEXT_LIMIT]
     out.uninspected = "; ".join(problems[:3])
     out.problems = inner.problems

@@ -220,3 +220,19 @@ def test_a_locked_zip_uuencoded_in_a_forwarded_message_is_a_locked_attachment(po
              + uuencode("pw.zip", encrypted_zip()).encode())
     result = evaluate(pol, attached(inner))
     assert [r.target for r in result.reasons if r.rule == "encrypted_attachment"] == ["fwd.eml"]
+
+
+@pytest.mark.parametrize("how", ["attached", "uuencoded"])
+def test_a_program_inside_a_forwarded_message_is_a_program_sent(pol, how):
+    """As for a zip (a program inside is a program sent): forwarding a program inside an .eml must not
+    lower the approval the policy asks for it to the confirmation of an ordinary attachment."""
+    program = b"MZ\x90\x00" + b"\x00" * 200
+    if how == "attached":
+        inner = make_message(to="b@example.co.jp", attachments=[("tool.exe", program, "application/octet-stream")])
+        inner_bytes = inner.as_bytes()
+    else:
+        inner_bytes = (b"From: a@example.co.jp\nTo: b@example.co.jp\nSubject: fwd\n\n"
+                       + uuencode("tool.exe", program).encode())
+    result = evaluate(pol, attached(inner_bytes))
+    assert [(r.target, r.action) for r in result.reasons if r.rule == "unsafe_attachment"] == [("fwd.eml", "approve")]
+    assert "executable" in result.attachments[0].flags
