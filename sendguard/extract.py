@@ -18,7 +18,7 @@ import re
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import detect
@@ -72,6 +72,15 @@ class Extracted:
     # what an attached message (also one inside a zip) had wrong, as its ``ParsedMessage.problems``: the
     # outer message's problems too, named after where they are
     problems: list[str] = field(default_factory=list)
+
+    def found_inside(self, flags: Iterable[str]) -> None:
+        """Flags of something inside (a zip's member, an attached message's file) are this file's too."""
+        self.flags.extend(f for f in dict.fromkeys(flags) if f not in self.flags)
+
+    def program_inside(self, name: str, content_type: str, head: bytes) -> None:
+        """A program inside is a program sent: ``executable`` when this file inside is one."""
+        if "executable" not in self.flags and "executable" in detect.file_flags(name, content_type, head, b""):
+            self.flags.append("executable")
 
 
 # ---------------------------------------------------------------- text and charsets
@@ -357,8 +366,7 @@ def zip_text(data: bytes, budget: Budget, depth: int) -> Extracted:
                     continue
                 name = _zip_name(info)
                 if info.flag_bits & 0x1:
-                    if "encrypted" not in out.flags:
-                        out.flags.append("encrypted")
+                    out.found_inside(["encrypted"])
                     continue
                 budget.spend(0)
                 if info.file_size > budget.bytes_left:
@@ -368,11 +376,8 @@ def zip_text(data: bytes, budget: Budget, depth: int) -> Extracted:
                     member = fh.read(info.file_size + 1)
                 budget.spend(len(member))
                 inner = extract(name, "", member, budget, depth + 1)
-                if "executable" not in out.flags and "executable" in detect.file_flags(name, "", member[:4096], b""):
-                    out.flags.append("executable")  # a program inside is a program sent
-                for flag in inner.flags:
-                    if flag not in out.flags:
-                        out.flags.append(flag)
+                out.program_inside(name, "", member[:4096])
+                out.found_inside(inner.flags)
                 if inner.uninspected:
                     problems.append(f"{name}: {inner.uninspected}")
                 out.problems += [f"in {name}: {p}" for p in inner.problems]
@@ -412,18 +417,12 @@ def message_text(data: bytes, budget: Budget, depth: int) -> Extracted:
         pieces.append(att.filename)
         if att.text:
             pieces.append(att.text)
-        for flag in att.flags:
-            if flag not in out.flags:
-                out.flags.append(flag)
-        if "executable" not in out.flags and "executable" in detect.file_flags(att.filename, att.content_type,
-                                                                               att.head, b""):
-            out.flags.append("executable")  # a program inside is a program sent (as for a zip's members)
+        out.found_inside(att.flags)
+        out.program_inside(att.filename, att.content_type, att.head)
         if att.uninspected:
             problems.append(f"{att.filename}: {att.uninspected}")
-    for hidden in inner.hidden_files:  # uuencoded into its body: "found inside" as an attachment's would be
-        for flag in ("encrypted", "executable"):
-            if flag in hidden.flags and flag not in out.flags:
-                out.flags.append(flag)
+    for hidden in inner.hidden_files:  # uuencoded into its body: found inside, as an attachment's would be
+        out.found_inside(f for f in hidden.flags if f in ("encrypted", "executable"))
     out.text = "\n".join(pieces)[:TEXT_LIMIT]
     out.uninspected = "; ".join(problems[:3])
     out.problems = inner.problems

@@ -828,8 +828,9 @@ def _uuencoded_files(text: str, budget: extract.Budget, depth: int, problems: li
         data = _uudecode(text[begin.end() : end.start() if end else len(text)])
         found = extract.extract(name, "", data, budget, depth)
         out.append(found.text)
-        flags = detect.file_flags(name, "", data[:4096], data)
-        files.append(HiddenFile(name, data[:4096], (*flags, *(f for f in found.flags if f not in flags))))
+        head = data[:4096]
+        flags = detect.file_flags(name, "", head, data)
+        files.append(HiddenFile(name, head, (*flags, *(f for f in found.flags if f not in flags))))
         if count > _UU_NAMED:  # every file is read; a body of thousands is not thousands of problems
             continue
         problems.extend(f"in {name}: {p}" for p in found.problems)

@@ -4,6 +4,7 @@ attachment, unsafe and encrypted files, and the wrong customer named in a saluta
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -84,20 +85,19 @@ def large_attachment(ctx: _Context) -> None:
 
 
 def unsafe_and_encrypted(ctx: _Context) -> None:
-    """Executable content, a disguised type or a direction trick; password-protected files (PPAP)."""
+    """Executable content, a disguised type or a direction trick; password-protected files (PPAP). Files
+    uuencoded into the body get the same rules as the files attached."""
     for res in ctx.attachments:
-        flags = res.flags
-        name = res.attachment.filename
-        if "executable" in flags or ("type_mismatch" in flags and detect.disguised(name, res.attachment.head)):
-            ctx.add("unsafe_attachment", ctx.policy.unsafe_attachment, name)
-        if "encrypted" in flags:
-            ctx.add("encrypted_attachment", ctx.policy.encrypted_attachment, name)
-    for hidden in ctx.msg.hidden_files:  # uuencoded into the body: the same rules as for the file attached
-        if "executable" in hidden.flags or ("type_mismatch" in hidden.flags and detect.disguised(hidden.name,
-                                                                                                hidden.head)):
-            ctx.add("unsafe_attachment", ctx.policy.unsafe_attachment, hidden.name)
-        if "encrypted" in hidden.flags:
-            ctx.add("encrypted_attachment", ctx.policy.encrypted_attachment, hidden.name)
+        _file_rules(ctx, res.attachment.filename, res.flags, res.attachment.head)
+    for hidden in ctx.msg.hidden_files:
+        _file_rules(ctx, hidden.name, hidden.flags, hidden.head)
+
+
+def _file_rules(ctx: _Context, name: str, flags: Sequence[str], head: bytes) -> None:
+    if "executable" in flags or ("type_mismatch" in flags and detect.disguised(name, head)):
+        ctx.add("unsafe_attachment", ctx.policy.unsafe_attachment, name)
+    if "encrypted" in flags:
+        ctx.add("encrypted_attachment", ctx.policy.encrypted_attachment, name)
 
 
 _WORD = re.compile(r"[a-z0-9]+")  # an ASCII token that is one word of a file name (acorp in acorp_quote.xlsx)
