@@ -514,11 +514,15 @@ def _content_type(part: Message) -> str:
 
 
 def _is_inline(part: Message, ctype: str) -> bool:
-    """Shown in the body rather than attached: ``inline``, or an image the HTML refers to by Content-ID
-    with no disposition at all (a signature logo): it does not count as the file a message promises."""
+    """An image shown in the body rather than attached: ``inline``, or one the HTML refers to by
+    Content-ID with no disposition at all (a signature logo, a pasted screenshot). It does not count as
+    the file a message promises, nor as a file sent outside. Anything else is a file, whatever its
+    disposition says: Apple Mail and iOS Mail attach a PDF or a spreadsheet as ``inline; filename=``,
+    and the recipient's program lists it as an attachment."""
+    if not ctype.startswith("image/"):
+        return False
     disposition = _disposition(part)
-    return disposition == "inline" or (not disposition and ctype.startswith("image/")
-                                       and bool(str(part.get("content-id", "")).strip()))
+    return disposition == "inline" or (not disposition and bool(str(part.get("content-id", "")).strip()))
 
 
 def _disposition(part: Message) -> str:
