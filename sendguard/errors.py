@@ -10,13 +10,15 @@ class SendGuardError(Exception):
 class ConfigError(SendGuardError):
     """A config or policy file is wrong: names the file, the line and the key."""
 
-    def __init__(self, path: str, message: str, line: int | None = None, key: str | None = None):
+    def __init__(self, path: str, message: str, line: int | None = None, key: str | None = None,
+                 shown_key: str | None = None):
         self.path = str(path)
         self.line = line
         self.key = key
         self.detail = message
         where = self.path + (f":{line}" if line else "")
-        what = f" [{key}]" if key else ""
+        shown_key = shown_key or key  # e.g. rules.address[2].action: which of several [[rules.address]]
+        what = f" [{shown_key}]" if shown_key else ""
         super().__init__(f"{where}{what}: {message}")
 
 

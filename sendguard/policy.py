@@ -12,6 +12,7 @@ import io
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -285,9 +286,25 @@ class _Validator:
         self.path = path
         self.text = text
         self.files: list[str] = []
+        self._entry: tuple[str, int, int] | None = None  # the [[table]] being read: (key, index, how many)
 
     def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(str(self.path), message, line=tomlfile.line_of(self.text, key), key=key)
+        entry = self._entry
+        if entry is None or not (key == entry[0] or key.startswith(entry[0] + ".")):
+            return ConfigError(str(self.path), message, line=tomlfile.line_of(self.text, key), key=key)
+        table, index, count = entry
+        shown = f"{table}[{index + 1}]{key[len(table):]}" if count > 1 else None
+        return ConfigError(str(self.path), message, line=tomlfile.line_of(self.text, key, (table, index)), key=key,
+                           shown_key=shown)
+
+    def _entries(self, key: str, value: list[Any]) -> Iterator[Any]:
+        """The [[key]] tables one by one: a mistake in one is placed in it (line, and which one of several)."""
+        try:
+            for index, entry in enumerate(value):
+                self._entry = (key, index, len(value))
+                yield entry
+        finally:
+            self._entry = None
 
     def value(self, key: str, kind: str, extra: Any, value: Any) -> Any:
         if kind == "enum":
@@ -359,7 +376,7 @@ class _Validator:
         if not isinstance(value, list):
             raise self.fail(key, "write address rules as [[rules.address]] tables")
         out = []
-        for entry in value:
+        for entry in self._entries(key, value):
             entry = self._table_keys(key, entry, {"match", "except", "action", "message"}, "[[rules.address]]")
             match = self._patterns(f"{key}.match", entry.get("match"))
             if not match:
@@ -377,7 +394,7 @@ class _Validator:
             raise self.fail(key, "write automatic Cc/Bcc as [[rules.auto_cc]] tables")
         out = []
         allowed = {"when_recipient", "when_keyword", "when_attachment", "cc", "bcc"}
-        for entry in value:
+        for entry in self._entries(key, value):
             entry = self._table_keys(key, entry, allowed, "[[rules.auto_cc]]")
             when_recipient = self._patterns(f"{key}.when_recipient", entry.get("when_recipient", []))
             pattern = entry.get("when_keyword")
@@ -501,7 +518,7 @@ class _Validator:
         if not isinstance(value, list):
             raise self.fail(key, "write routes as [[approval.route]] tables")
         routes = []
-        for entry in value:
+        for entry in self._entries(key, value):
             if not isinstance(entry, dict) or set(entry) - {"senders", "approvers"}:
                 raise self.fail(key, "each [[approval.route]] has only senders and approvers")
             senders = tuple(s.lower() for s in self._list(f"{key}.senders", entry.get("senders")))
@@ -515,7 +532,7 @@ class _Validator:
         if not isinstance(value, list):
             raise self.fail(key, "write deputies as [[approval.deputies]] tables")
         out = []
-        for entry in value:
+        for entry in self._entries(key, value):
             need = {"approver", "deputy", "start", "end"}
             if not isinstance(entry, dict) or set(entry) != need:
                 raise self.fail(key, "each [[approval.deputies]] has approver, deputy, start and end")
@@ -535,7 +552,7 @@ class _Validator:
         if not isinstance(value, list):
             raise self.fail(key, "write keywords as [[rules.keywords]] tables")
         out = []
-        for entry in value:
+        for entry in self._entries(key, value):
             if not isinstance(entry, dict) or not isinstance(entry.get("pattern"), str) or not entry["pattern"]:
                 raise self.fail(f"{key}.pattern", "each [[rules.keywords]] needs a non-empty pattern")
             action = entry.get("action", "confirm")
