@@ -497,15 +497,19 @@ def _param_source(part: Message) -> Message:
     """Where to read a part's type and file name from, the same way whatever the policy the part was
     parsed with: ``part`` itself when parsed as the check parses (compat32) and its Content-Type and
     Content-Disposition hold no comment; else a compat32 stand-in holding those two headers as written,
-    comments removed (``(v2) name="quote.pdf"`` names quote.pdf)."""
+    comments removed (``(v2) name="quote.pdf"`` names quote.pdf), raw 8-bit bytes read in the charset
+    they were written in (a Shift_JIS file name with no RFC 2231/2047 encoding; compat32 would give
+    each byte as U+FFFD)."""
     if part.policy is email.policy.compat32:
         ctype, disposition = part.get("content-type"), part.get("content-disposition")
-        if "(" not in str(ctype or "") and "(" not in str(disposition or ""):
+        # (a value holding raw 8-bit bytes comes back as a Header object)
+        if (not isinstance(ctype, email.header.Header) and not isinstance(disposition, email.header.Header)
+                and "(" not in str(ctype or "") and "(" not in str(disposition or "")):
             return part
     probe = Message(policy=email.policy.compat32)
     for key, value in part.raw_items():
         if key.lower() in ("content-type", "content-disposition"):
-            probe[key] = _without_comments(str(value))
+            probe[key] = clean_text(_without_comments(str(value)))
     return probe
 
 
