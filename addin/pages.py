@@ -97,6 +97,7 @@ UI_STRINGS = (
     _("reconfirm"), _("auto_added"), _("list_member"), _("suppressed"), _("via {list}"),
     _("Added automatically by your organization's policy"), _("A member of the distribution list shown with it"),
     _("On the opt-out list: removed from this message"),
+    _("On the opt-out list, but gets the message through its list: SendGuard cannot remove it"),
 )
 
 

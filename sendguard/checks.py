@@ -66,6 +66,8 @@ MESSAGES = {
     "auto_cc": _("{target} was added automatically ({field}) by your organization's policy"),
     "suppressed": _("{target} is on the opt-out list and is removed from this message"),
     "suppressed_block": _("{target} is on the opt-out list: this message cannot be sent to it"),
+    "suppressed_list_member": _("{target} is on the opt-out list but gets this message through the list {list}, "
+                                "and SendGuard cannot remove it from that list"),
 }
 # confirm.when = "always": an otherwise allowed message still goes to the window
 MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (confirm.when = \"always\")")
@@ -304,7 +306,7 @@ class RecipientResult:
     flags: list[str] = field(default_factory=list)
     list_address: str = ""  # for a list member: the list it was expanded from
     is_list: bool = False
-    list_size: int = 0  # members the directory gave for a list
+    list_size: int = 0  # members listed for a list (lists.csv or the directory)
     list_problem: str = ""  # why a list could not be expanded (in full), or why the directory could not say
     list_source: str = ""  # the directory that answered ("Exchange", "Microsoft Graph")
     list_unknown: bool = False  # the directory could not be asked whether this is a list
@@ -524,6 +526,7 @@ def _new_domains(ctx: _Context) -> None:
 
 
 def _many_external(ctx: _Context) -> None:
+    # addresses shown to each other in To/Cc: list members are not (the list address is); bulk mail counts them
     count = sum(1 for r in ctx.recipients
                 if r.external and r.recipient.field in ("to", "cc") and not r.list_address
                 and "auto_added" not in r.flags)

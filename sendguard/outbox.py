@@ -1058,10 +1058,11 @@ def _new_row(item_id: str, state: State, now: float, **values: Any) -> dict[str,
 
 
 def _policy_changes(decision: Decision, check: StoredCheck) -> None:
-    """What the policy itself changes on release: auto Cc/Bcc added, opted-out recipients removed."""
+    """What the policy itself changes on release: auto Cc/Bcc added, opted-out recipients removed (not list
+    members: the mail server expands the list, and the check held the message for the user instead)."""
     removed = set(decision.removed_recipients)
     for row in check.recipients:
-        if "suppressed" in row.flags and row.address not in removed:
+        if "suppressed" in row.flags and not row.list_address and row.address not in removed:
             decision.removed_recipients.append(row.address)
             removed.add(row.address)
         elif "auto_added" in row.flags and row.address not in removed:

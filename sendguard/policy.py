@@ -426,6 +426,8 @@ class _Validator:
         for path, text in self._data_files(f"{key}.files", entry.get("files", [])):
             for number, row in _csv_rows(path, text):
                 cell = (row[0] if row else "").strip().lower()
+                if not cell.isascii() or "xn--" in cell:  # punycode, full width: as [[rules.address]] reads them
+                    cell = _address_pattern(cell)
                 if not cell or cell.startswith("#") or (number == 1 and "@" not in cell):
                     continue  # blank lines, comments and a header row
                 if not _looks_like_address(cell):

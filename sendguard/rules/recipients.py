@@ -60,18 +60,21 @@ def auto_cc(ctx: _Context) -> None:
 
 def expand_lists(ctx: _Context) -> None:
     """Distribution lists from lists.csv, else from the mail server's directory (Exchange ExpandDL,
-    Graph group members): members are listed under the list (flag ``list_member``). A recipient the
-    directory could not be asked about is marked, never taken for a single address."""
+    Graph group members): members are listed under the list (flag ``list_member``). A member that is a
+    list in lists.csv is expanded in turn, its members listed under it; each address is listed once, so
+    lists that contain each other end. A recipient the directory could not be asked about is marked,
+    never taken for a single address."""
     if not ctx.policy.lists and not ctx.lists:
         return
     from ..checks import RecipientResult
 
     present = _present(ctx)
-    for res in list(ctx.recipients):
+    for res in ctx.recipients:  # (the loop reaches the members appended below: nested lists)
         address = res.recipient.address
         dist = ctx.policy.list_for(address)
         if dist is not None:
             members: list[tuple[str, str]] = [(m, "") for m in dist.members]
+            res.list_size = len(members)
         else:
             found = ctx.lists.get(address)
             if found is None or found.is_list is False:
@@ -131,18 +134,23 @@ def address_rules(ctx: _Context) -> None:
 
 
 def suppression(ctx: _Context) -> None:
-    """送信除外リスト: opted-out recipients are flagged ``suppressed``; removed or blocked by policy."""
+    """送信除外リスト: opted-out recipients are flagged ``suppressed``; removed or blocked by policy. A list
+    member cannot be removed (the mail server expands the list): under ``remove`` the user is asked
+    explicitly (``reconfirm``: even where ``confirm.when = "never"``), never told it was removed."""
     sup = ctx.policy.suppression
     if not sup.addresses and not sup.domains:
         return
     for res in ctx.recipients:
-        if res.list_address or not sup.matches(res.recipient.address):
-            continue  # a list member is not addressed directly; the list's own owner handles opt-outs
+        address = res.recipient.address
+        if not sup.matches(address):
+            continue
         res.flags.append("suppressed")
         if sup.action == "block":
-            ctx.add("suppressed", "block", res.recipient.address, key="suppressed_block")
+            ctx.add("suppressed", "block", address, key="suppressed_block")
+        elif res.list_address:
+            ctx.add("suppressed", "reconfirm", address, key="suppressed_list_member", list=res.list_address)
         else:
-            ctx.add("suppressed", "confirm", res.recipient.address)
+            ctx.add("suppressed", "confirm", address)
 
 
 def sender_account(ctx: _Context) -> None:
@@ -174,8 +182,10 @@ def reply_new_domain(ctx: _Context) -> None:
 
 
 def bulk_unsubscribe(ctx: _Context) -> None:
-    """Bulk mail (many external recipients or Precedence: bulk) with no opt-out (特定電子メール法)."""
-    external = sum(1 for r in ctx.recipients if r.external and not r.list_address and "auto_added" not in r.flags)
+    """Bulk mail (many external recipients or Precedence: bulk) with no opt-out (特定電子メール法). List
+    members count: the law is about who receives it. A list whose members are listed counts as them."""
+    external = sum(1 for r in ctx.recipients
+                   if r.external and "auto_added" not in r.flags and not (r.is_list and r.list_size))
     bulk = external >= ctx.policy.bulk_min_recipients or ctx.msg.precedence in _BULK_PRECEDENCE
     if not bulk or ctx.msg.list_unsubscribe or _OPT_OUT.search(ctx.msg.body_text):
         return
