@@ -261,12 +261,48 @@ def in_domain(domain: str, parent: str) -> bool:
 
 
 _ASCII_LOOKALIKES = (("rn", "m"), ("vv", "w"), ("cl", "d"), ("0", "o"), ("1", "l"), ("i", "l"), ("5", "s"))
+# Japanese look-alikes that Unicode's confusables (confusable_homoglyphs) do not pair: hiragana and
+# katakana of the same shape, small kana and their full-size kana, a few more kanji and katakana.
+_KANA_LOOKALIKES = (
+    ("べぺりぁぃぅぇぉっゃゅょゎゕゖ", "ベペリあいうえおつやゆよわかけ"),
+    ("ァィゥェォッャュョヮヵヶㇰㇱㇲㇳㇴㇵㇶㇷㇸㇹㇺㇻㇼㇽㇾㇿ", "アイウエオツヤユヨワカケクシストヌハヒフヘホムラリルレロ"),
+    ("才匕厶乂千", "オヒムメチ"),
+)
+
+
+@lru_cache(maxsize=1)
+def _kana_fold() -> dict[int, str]:
+    """A translate table folding kana and kanji that look alike to one form (口/ロ, 力/カ, へ/ヘ, ッ/ツ, 一/ー -> -):
+    the Han and hiragana that Unicode's confusables pair with a katakana become that katakana, the dashes
+    paired with the long-vowel mark ー (and ー itself) a hyphen, then the pairs above."""
+    from confusable_homoglyphs.categories import alias
+    from confusable_homoglyphs.confusables import confusables_data
+
+    table: dict[int, str] = {}
+    for char in map(chr, range(0x30A1, 0x30FB)):  # the katakana letters
+        for glyph in confusables_data.get(char, ()):
+            if len(glyph["c"]) == 1 and alias(glyph["c"]) in ("HAN", "HIRAGANA"):
+                table[ord(glyph["c"])] = char
+    for glyph in confusables_data.get("ー", ()):
+        if len(glyph["c"]) == 1 and alias(glyph["c"]) in ("HAN", "COMMON"):
+            table[ord(glyph["c"])] = "-"
+    table[ord("ー")] = "-"
+    for looks, like in _KANA_LOOKALIKES:
+        table.update((ord(a), b) for a, b in zip(looks, like, strict=True))
+    for key, value in table.items():  # one pass of translate: each entry to its final form
+        while ord(value) in table and table[ord(value)] != value:
+            value = table[ord(value)]
+        table[key] = value
+    return table
 
 
 @lru_cache(maxsize=4096)
 def skeleton(text: str) -> str:
-    """A confusable-insensitive form: Unicode homoglyphs folded to Latin, then common ASCII tricks."""
+    """A confusable-insensitive form: Japanese look-alikes folded to one form, Unicode homoglyphs folded
+    to Latin, then common ASCII tricks."""
     text = unicodedata.normalize("NFKC", text).lower()
+    if not text.isascii():
+        text = text.translate(_kana_fold())
     out = []
     for ch in text:
         if ch.isascii():

@@ -14,13 +14,25 @@ from . import names
 if TYPE_CHECKING:
     from ..checks import _Context
 
-# The body announces an attachment: ja / en / zh. A negation right after (添付なし) does not count.
+# The body announces an attachment: ja / en / zh. A word said not to be there does not count: a negation
+# right after it (添付なし, 添付ファイルはありません, attachments: none, 附件：无) or right before it (no
+# attachment, without attachments, 没有附件, 無附件).
 ATTACHMENT_WORDS = (
     "添付", "別添", "同封", "添付ファイル", "別紙", "送付いたします資料",
     "attached", "attachment", "attachments", "enclosed", "enclosure", "find attached",
     "附件", "附上", "随附", "隨附", "附檔", "附档",
 )
-_NEGATION = re.compile(r"^\s*(?:なし|無し|ありません|はありません|不要|はございません)")
+_NEGATED_AFTER = re.compile(  # used with .match(text, end of the word)
+    r"(?:ファイル|資料|書類)?[】\]）)」]?[^\S\n]*[:：]?[^\S\n]*(?:は|が|も)?(?:特に)?"
+    r"(?:なし|無し|ない(?!し)|無い|ありません|ございません|不要|(?:いた|致)?しません|して(?:い|お)りません)"
+    r"|[^\S\n]*[:：][^\S\n]*(?i:none|n/a|nil)\b"
+    r"|[^\S\n]*[:：]?[^\S\n]*(?:无|無|没有|沒有)(?=$|[\s。，,、；;）)】])"
+)
+_NEGATED_BEFORE = re.compile(  # searched in the few characters before the word
+    r"(?:(?i:\bno|\bwithout|\bnothing|\bnot|n't|\bnever)"
+    r"(?:[^\S\n]+(?i:an?|any|files?|documents?|is|are|was|were|been|be|being)\b)*[^\S\n]+"
+    r"|(?:没有|沒有|没|沒|无|無|不含|未含|未|不带|不帶|无需|無需|不需要)[^\S\n]*)$"
+)
 _QUOTE_START = re.compile(
     r"^(?:-{2,}\s*(?:original message|元のメッセージ|転送されたメッセージ|forwarded message)|"
     r"on .{4,120} wrote:|.{0,80}(?:さんは書きました|のメッセージ):?$|from:\s|差出人:\s|发件人:\s)",
@@ -70,7 +82,8 @@ def missing_attachment(ctx: _Context) -> None:
     if not any_word.search(text.lower()):
         return
     for match in regex.finditer(text):
-        if _NEGATION.match(text, match.end()):
+        start = match.start()
+        if _NEGATED_AFTER.match(text, match.end()) or _NEGATED_BEFORE.search(text, max(0, start - 40), start):
             continue
         ctx.add("missing_attachment", ctx.policy.missing_attachment, match.group(0))
         return
@@ -101,6 +114,7 @@ def _file_rules(ctx: _Context, name: str, flags: Sequence[str], head: bytes) -> 
 
 
 _WORD = re.compile(r"[a-z0-9]+")  # an ASCII token that is one word of a file name (acorp in acorp_quote.xlsx)
+_WORDS = re.compile(r"[a-z0-9]+(?: [a-z0-9]+)+")  # a Latin company name of several words (names.company_tokens)
 _TOKEN_CACHE: dict[int, tuple[object, list[tuple[str, tuple[str, ...], str]]]] = {}
 
 
@@ -141,16 +155,45 @@ def attachment_name_mismatch(ctx: _Context) -> None:
             for token in tokens:
                 theirs.setdefault(token, who)
     wrong = {t: who for t, who in theirs.items() if t not in ours}
-    words = {t for t in wrong if _WORD.fullmatch(t)}  # looked up as whole words of the file name
-    others = [t for t in wrong if t not in words]
+    # looked up as whole words of the file name; a name of several words (acme widgets) also as a run of
+    # file-name words written together (Acme_Widgets, Acme Widgets), never as one of its words alone
+    words: dict[str, str] = {}
+    runs: dict[str, str] = {}
+    others = []
+    longest = 1
+    for token in wrong:
+        if _WORD.fullmatch(token):
+            words[token] = token
+        elif _WORDS.fullmatch(token):
+            parts = token.split(" ")
+            words.setdefault("".join(parts), token)
+            runs.setdefault("".join(parts), token)
+            longest = max(longest, len(parts))
+        else:
+            others.append(token)
     for file in files:
         forms = names.filename_forms(file.attachment.filename)
-        found = next(iter(words.intersection(_WORD.findall(forms[0]))), None) if words else None
+        found = None
+        if words:
+            found = _found_in_words(_WORD.findall(forms[0]), words, runs, longest)
         if found is None:
             found = next((t for t in others if names.token_in(t, forms)), None)
         if found is not None:
             ctx.add("attachment_name_mismatch", ctx.policy.attachment_name_mismatch, file.attachment.filename,
                     company=wrong[found])
+
+
+def _found_in_words(file_words: list[str], words: dict[str, str], runs: dict[str, str], longest: int) -> str | None:
+    """The token a file name's words name: one word, or 2..``longest`` words in a row joined."""
+    for word in file_words:
+        if word in words:
+            return words[word]
+    for size in range(2, min(longest, len(file_words)) + 1):
+        for i in range(len(file_words) - size + 1):
+            joined = "".join(file_words[i:i + size])
+            if joined in runs:
+                return runs[joined]
+    return None
 
 
 def name_mismatch(ctx: _Context) -> None:

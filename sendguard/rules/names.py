@@ -11,8 +11,8 @@ from functools import lru_cache
 _JA_HONORIFIC = re.compile(r"^(.{1,40}?)\s*(?:様|さま|サマ|さん|殿|先生|くん|君|部長|課長|社長|係長|主任|専務|常務)(?=$|[\s、，,。:：!！])")
 _ZH_HONORIFIC = re.compile(r"^(?:尊敬的|亲爱的|親愛的)?\s*(.{1,12}?)\s*(?:先生|女士|小姐|经理|經理|总|老师|老師)(?=$|[\s、，,。:：!！])")
 _EN_SALUTATION = re.compile(
-    r"^(?:dear|hi|hello|attn\.?:?|attention:?)\s+(?:(?:mr|mrs|ms|miss|mx|dr|prof|professor)\.?\s+)?"
-    r"([^\W\d_][\w'’.-]*(?:\s+[^\W\d_][\w'’-]*){0,2}?)(?:[-\s]?(?:san|sama|sensei))?\s*[,:!]?\s*$",
+    r"^(?:dear|hi|hello|attn\.?:?|attention:?)\s+(?P<title>(?:mr|mrs|ms|miss|mx|dr|prof|professor)\.?\s+)?"
+    r"(?P<name>[^\W\d_][\w'’.-]*(?:\s+[^\W\d_][\w'’-]*){0,2}?)(?:[-\s]?(?:san|sama|sensei))?\s*[,:!]?\s*$",
     re.IGNORECASE,
 )
 # salutations that name nobody in particular
@@ -21,7 +21,19 @@ _GENERIC = {
     "関係者各位", "お客", "お客さま", "お客様", "会員", "会員の皆", "株主", "社員", "メンバー", "チーム", "各位殿",
     "all", "team", "sir", "sirs", "madam", "sir or madam", "sir/madam", "colleagues", "customer", "customers",
     "everyone", "friends", "partner", "partners", "valued customer", "members", "hiring manager", "there", "folks",
+    "guys", "everybody", "people", "ladies", "gentlemen", "staff", "valued", "you all", "y'all",
     "各位同事", "大家", "同事们", "客户",
+}
+# a Japanese addressee ending in one of these is a role or a group (経理ご担当, お取引先, ご関係者, 会員の皆);
+# none ends a common surname. 部 and 室 do (阿部, 服部, 小室), so they are not endings here.
+_GENERIC_ENDINGS = (
+    "各位", "担当", "担当者", "御中", "皆", "関係者", "責任者", "取引先", "得意先", "客", "会員", "株主", "社員", "職員",
+    "役員", "一同", "各社", "事務局", "窓口", "メンバー", "チーム",
+)
+# an English salutation ending in one of these greets a group (Dear Sales Team, Hi support desk)
+_GROUP_WORDS = {
+    "team", "teams", "staff", "department", "dept", "members", "colleagues", "customers", "partners", "everyone", "all",
+    "folks", "guys", "committee", "group", "office", "desk", "support",
 }
 _COMPANY_WORDS = re.compile(
     r"株式会社|有限会社|合同会社|合資会社|（株）|\(株\)|㈱|（有）|\(有\)|㈲|御中|様|"
@@ -29,6 +41,7 @@ _COMPANY_WORDS = re.compile(
     re.IGNORECASE,
 )
 _HEAD_LINES = 6
+_LATIN_WORD = re.compile(r"[a-z0-9]+")
 
 
 def norm(text: str) -> str:
@@ -68,7 +81,7 @@ def _japanese(line: str) -> list[str]:
     if not match:
         return []
     head = match.group(1).strip()
-    if norm(head) in _GENERIC or any(norm(head).endswith(g) for g in ("各位", "担当者", "御中", "皆")):
+    if norm(head) in _GENERIC or norm(head).endswith(_GENERIC_ENDINGS):
         return []
     chunks = head.split()
     candidates = [chunks[-1]]
@@ -89,8 +102,11 @@ def _english(line: str) -> list[str]:
     match = _EN_SALUTATION.match(line)
     if not match:
         return []
-    name = match.group(1).strip().rstrip(".").lower()
-    if name in _GENERIC or name.split()[0] in _GENERIC:
+    name = match.group("name").strip().rstrip(".").lower()
+    parts = name.split()
+    # after Mr/Ms/Dr comes a person's name, whatever the words; "John and team" names John
+    if not match.group("title") and (name in _GENERIC or parts[0] in _GENERIC or (
+            parts[-1] in _GROUP_WORDS and "and" not in parts)):
         return []
     return [w for w in words(name) if w not in ("san", "sama")]
 
@@ -117,11 +133,17 @@ def names_match(candidates: Iterable[str], known: Iterable[str], local_part: str
 
 
 def company_tokens(company: str, domain_label: str) -> list[str]:
-    """How a file name might name a company: its name without 株式会社/Inc., and its domain label."""
+    """How a file name might name a company: its name without 株式会社/Inc., and its domain label.
+
+    A Latin name of several words is given as its words joined by single spaces (``acme widgets``): a
+    file name may join them with spaces, ``_``, ``-`` or nothing, but names the company only with all of them.
+    """
     out = []
-    name = norm(_COMPANY_WORDS.sub(" ", unicodedata.normalize("NFKC", company)))
+    bare = _COMPANY_WORDS.sub(" ", unicodedata.normalize("NFKC", company)).lower()
+    name = norm(bare)
     if len(name) >= 2:
-        out.append(name)
+        latin = _LATIN_WORD.findall(bare) if bare.isascii() else []
+        out.append(" ".join(latin) if len(latin) > 1 else name)
     label = domain_label.lower()
     if len(label) >= 3:
         out.append(label)
