@@ -44,7 +44,7 @@ def create_app(service: AppService | None = None, test_config: dict[str, Any] | 
         from sendguard.links import signing_key
 
         app.config["SECRET_KEY"] = signing_key()
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json = security.JSONProvider(app)
     security.init_app(app)
     for name in BLUEPRINTS:
         module = import_module(name)

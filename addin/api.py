@@ -17,7 +17,7 @@ from sendguard.outbox import AWAITING_OUTCOME, HELD_STATES, STATES, Item, State
 from sendguard.waiting import REFUSED_NOTE, SERVER_SENDS
 
 from .openapi import SPEC
-from .security import ApiError, addin_signer, long_poll, principal, require
+from .security import ApiError, addin_signer, json_body, long_poll, principal, require
 from .service import AppService, current_service
 
 bp = Blueprint("api", __name__)
@@ -144,13 +144,6 @@ def own_item(item_id: str) -> None:
         raise ApiError(404, "not_found", f"no message {item_id!r} of this add-in session")
 
 
-def _json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "expected a JSON object body with Content-Type: application/json")
-    return data
-
-
 def _supersede(svc: Any, ref: str) -> None:
     """Send pressed again in Outlook for the same draft (after leaving it, from Drafts): the earlier
     check, still waiting in the window, is withdrawn so the draft can never be sent twice."""
@@ -175,7 +168,7 @@ def create_check() -> Any:
             raise ApiError(400, "empty", "the request body is empty: send the message as message/rfc822")
         # as the helper checks its own mail: sent-to history, the thread, the user's accounts, lists
         return jsonify(svc.outbox.evaluate_parsed(msgmod.parse(raw)).to_json())
-    data = _json_body()
+    data = json_body('{"from": {"address": "..."}, "to": [{"address": "..."}], "subject": "...", "body": "..."}')
     raw, envelope_from, recipients = compose.from_fields(data)
     source = str(data.get("source") or "outlook")
     if source not in ("outlook", "gmail", "gmail_web", "api"):
@@ -252,9 +245,8 @@ def get_item(item_id: str) -> Any:
 @require("api", "page")
 def confirm_item(item_id: str) -> Any:
     svc = service()
-    data = request.get_json(silent=True) or {}
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "expected a JSON object")
+    # no body at all: confirm as shown; a body that cannot be read is refused (never "as shown")
+    data = json_body('{"removed_recipients": ["..."], "removed_attachments": ["..."], "bcc": true}', optional=True)
     removed = _string_list(data, "removed_recipients")
     removed_att = _string_list(data, "removed_attachments")
     item = svc.outbox.get(item_id)
@@ -306,9 +298,7 @@ def _require_all_checked(item: Item, checked: Any, removed: list[str], removed_a
 def cancel_item(item_id: str) -> Any:
     svc = service()
     own_item(item_id)
-    data = request.get_json(silent=True) or {}
-    if not isinstance(data, dict):
-        data = {}
+    data = json_body('{"reason": "..."}', optional=True)
     reason = str(data.get("reason") or "")[:500]
     if data.get("stopped_send") is True:
         # the add-in was told "sent" (Outlook may send it) and then stopped the send itself: not sent
@@ -348,7 +338,8 @@ def list_approvals() -> Any:
 
 
 def _decide(item_id: str, decision: str) -> Any:
-    data = _json_body()
+    data = json_body('{"as": "boss@example.co.jp", "comment": "..."}' if decision == "approve" else
+                     '{"as": "boss@example.co.jp", "reason": "..."}')
     who = principal()
     actor = who.who if who and who.kind in ("approver", "helper") else data.get("as")
     claimed = data.get("as")

@@ -16,6 +16,8 @@ def _ok(schema: dict[str, Any], status: str = "200") -> dict[str, Any]:
 
 
 _ITEM_ID = {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_BAD_BODY = ("A body that is not a JSON object sent as `application/json` (cut short, another Content-Type, "
+             "`null`, a list) is refused with 400 `bad_json` and nothing is done.")
 _ADDR = {"type": "object", "required": ["address"],
          "properties": {"address": {"type": "string"}, "name": {"type": "string"}}}
 
@@ -100,6 +102,7 @@ SPEC: dict[str, Any] = {
             "responses": {**_ok({"$ref": "#/components/schemas/Item"}), **_errors(400, 401, 403, 404)}}},
         "/api/v1/outbox/{item_id}/confirm": {"post": {
             "summary": "Send: confirm with removals and Bcc",
+            "description": "A request without a body confirms the message as shown. " + _BAD_BODY,
             "parameters": [_ITEM_ID],
             "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
                 "removed_recipients": {"type": "array", "items": {"type": "string"}},
@@ -112,12 +115,13 @@ SPEC: dict[str, Any] = {
                            "add-in) was to send it itself, and the add-in then stopped the send (it could not "
                            "apply a removal or an added Cc/Bcc). The record ends `cancelled` with a "
                            "`send_stopped` audit record. An add-in token may report only on items it created "
-                           "(404 otherwise); a message SendGuard sent itself answers 409.",
+                           "(404 otherwise); a message SendGuard sent itself answers 409. A request without a "
+                           "body cancels. " + _BAD_BODY,
             "parameters": [_ITEM_ID],
             "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
                 "reason": {"type": "string", "maxLength": 500},
                 "stopped_send": {"type": "boolean", "default": False}}}}}},
-            "responses": {**_ok({"$ref": "#/components/schemas/Item"}), **_errors(401, 403, 404, 409)}}},
+            "responses": {**_ok({"$ref": "#/components/schemas/Item"}), **_errors(400, 401, 403, 404, 409)}}},
         "/api/v1/approvals": {"get": {
             "summary": "Messages waiting for approval",
             "parameters": [{"name": "approver", "in": "query", "schema": {"type": "string"}}],

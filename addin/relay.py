@@ -47,7 +47,7 @@ from sendguard.errors import PermissionDenied
 from sendguard.outbox import AWAITING_OUTCOME
 from sendguard.store import addin_relay
 
-from .security import ApiError, LongPolls, addin_signer, background_poll, principal, require
+from .security import ApiError, LongPolls, addin_signer, background_poll, json_body, principal, require
 
 bp = Blueprint("addin_relay", __name__)
 
@@ -184,9 +184,7 @@ def relay_session() -> Any:
 def relay_check() -> Any:
     """Hand the add-in's check to the user's helper; answers with the helper's first view of it."""
     user, key = _relay_caller()
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "expected the add-in's JSON object")
+    data = json_body('{"from": {"address": "..."}, "to": [{"address": "..."}], "subject": "...", "body": "..."}')
     sender = str((data.get("from") or {}).get("address") or "").strip().lower() \
         if isinstance(data.get("from"), dict) else ""
     if sender != user:
@@ -253,8 +251,8 @@ def relay_poll(relay_id: str) -> Any:
 def relay_cancel(relay_id: str) -> Any:
     user, _key = _relay_caller()
     _row(relay_id, user)
-    data = request.get_json(silent=True)
-    if isinstance(data, dict) and data.get("stopped_send") is True:
+    data = json_body('{"reason": "..."}', optional=True)  # unread, a stopped send would pass for a cancel
+    if data.get("stopped_send") is True:
         # the add-in stopped a send its helper had cleared: the helper (still listening) records it not sent
         with _db().transaction() as conn:
             conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id, addin_relay.c.state == "taken")
@@ -307,8 +305,8 @@ def relay_pending() -> Any:
 def relay_status(relay_id: str) -> Any:
     """The helper's view of a relayed check; answers whether the add-in still waits or withdrew it."""
     user = _helper_user()
-    status = request.get_json(silent=True)
-    if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+    status = json_body('{"state": "..."}')
+    if not isinstance(status.get("state"), str):
         raise ApiError(400, "bad_json", "expected a JSON object with the item's state")
     allowed = {k: status[k] for k in ("state", "user_message", "approvers", "decision", "error") if k in status}
     row = _row(relay_id, user)

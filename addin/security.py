@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import random
 import re
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, jsonify, request, session
+from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
@@ -295,6 +297,61 @@ def grant_item(item_id: str) -> None:
         items.append(item_id)
     session["items"] = items[-50:]
     session.permanent = False
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than the parser's recursion limit."""
+
+
+class JSONProvider(DefaultJSONProvider):
+    """The apps' JSON (``app.json``), which every ``request.get_json`` reads with: a document nested too
+    deeply to read is bad JSON like any other (``ValueError``), not a RecursionError answered 500."""
+
+    ensure_ascii = False
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise TooDeep("JSON nested too deeply") from None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, list):
+        return "a list"
+    return "a string" if isinstance(value, str) else "a number"
+
+
+def json_body(example: str, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object. A body that cannot be read as one is a 400 ``bad_json`` saying what was
+    wrong and what to send, and nothing is done: it is never taken for ``{}`` (a confirm read as ``{}``
+    sent the message without the removals the user asked for). With ``optional`` a request without
+    any body reads as ``{}``."""
+    raw = request.get_data(cache=True)
+    if optional and not raw:
+        return {}
+    send = f"nothing was done; send a JSON object such as {example} with Content-Type: application/json"
+    if not request.is_json:
+        sent = f"as {request.mimetype}" if request.mimetype else "without a Content-Type"
+        raise ApiError(400, "bad_json", f"the request body was sent {sent}: {send}")
+    if not raw.strip():
+        raise ApiError(400, "bad_json", f"the request body is empty: {send}")
+    try:
+        data = current_app.json.loads(raw)
+    except TooDeep:
+        raise ApiError(400, "bad_json", f"the request body is JSON nested too deeply to read: {send}") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "bad_json", f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} "
+                                        f"column {exc.colno}; cut short?): {send}") from None
+    except ValueError:  # UnicodeDecodeError
+        raise ApiError(400, "bad_json", f"the request body is not UTF-8 text: {send}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", f"the request body is {_json_kind(data)}, not a JSON object: {send}")
+    return data
 
 
 def wants_json() -> bool:

@@ -54,7 +54,7 @@ from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
 from . import create_app, relay
-from .security import ApiError, background_poll, principal, require
+from .security import ApiError, background_poll, json_body, principal, require
 from .server_db import database_url, migrate, setting
 from .server_tokens import TokenVerifier, issue_token, revoke_tokens
 from .wsgi import serve
@@ -415,9 +415,7 @@ def submit_request() -> Any:
     """A helper hands over a message held for approval (idempotent on its id)."""
     svc = central()
     who = _user()
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "expected a JSON object")
+    data = json_body('{"id": "...", "sender": "...", "raw": "<the message in base64>", "sha256": "..."}')
     item_id = str(data.get("id") or "")
     if not _ID.match(item_id):
         raise ApiError(400, "bad_id", "id must be 1-32 letters, digits, - or _")
@@ -628,8 +626,7 @@ def decisions() -> Any:
 def ack_decisions() -> Any:
     svc = central()
     who = _user()
-    data = request.get_json(silent=True) or {}
-    ids = data.get("ids") if isinstance(data, dict) else None
+    ids = json_body('{"ids": ["..."]}').get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ApiError(400, "bad_ids", "expected {\"ids\": [...]}")
     done = 0
@@ -697,10 +694,9 @@ def put_checkpoint() -> Any:
     """A helper's signed audit head: the server keeps the latest one, out of the helper's reach, so the
     helper's ``audit verify`` can tell whether its log was cut short or rewritten since."""
     svc = central()
-    data = request.get_json(silent=True)
+    data = json_body('{"seq": 1, "hash": "...", "ts": "...", "sig": "...", "db": "..."}')
     fields = {"seq": int, "hash": str, "ts": str, "sig": str, "db": str}
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), t) and not isinstance(data.get(k), bool)
-                                             for k, t in fields.items()):
+    if not all(isinstance(data.get(k), t) and not isinstance(data.get(k), bool) for k, t in fields.items()):
         raise ApiError(400, "bad_checkpoint", "expected {seq, hash, ts, sig, db}")
     if len(str(data)) > 2000 or data["seq"] < 0:
         raise ApiError(400, "bad_checkpoint", "this is not a checkpoint")
