@@ -13,6 +13,7 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 
@@ -55,6 +56,19 @@ def private_file(path: Path) -> Path:
         except FileExistsError:
             pass
     return path
+
+
+def open_private(path: Path) -> BinaryIO:
+    """Open ``path`` for writing, created 0600 whatever the umask (never readable by others, not even
+    for a moment). A file already there (left by a crash) is emptied and closed to others first."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        if os.name != "nt":
+            os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def make_private(path: Path) -> list[str]:

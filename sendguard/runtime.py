@@ -14,7 +14,8 @@ from . import paths
 def write(home: Path, **info: Any) -> None:
     path = home / "runtime.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), **info}), encoding="utf-8")
+    with paths.open_private(tmp) as fh:
+        fh.write(json.dumps({"pid": os.getpid(), **info}).encode("utf-8"))
     os.replace(tmp, path)
 
 

@@ -10,6 +10,7 @@ import mailbox
 import os
 from pathlib import Path
 
+from .. import paths
 from ..config import Account
 from .base import ReleaseItem, ReleaseReceipt, TransientError
 
@@ -42,7 +43,7 @@ class MaildirMailbox:
             # the delivered file carries the envelope, as a local delivery agent would record it
             head = f"Return-Path: <{item.envelope_from}>\n".encode()
             head += "".join(f"X-SendGuard-Envelope-To: {r}\n" for r in item.recipients).encode()
-            with open(tmp, "wb") as fh:
+            with paths.open_private(tmp) as fh:  # holds the mail (an approval request: its link)
                 fh.write(head + item.raw.replace(b"\r\n", b"\n"))
                 fh.flush()
                 os.fsync(fh.fileno())
