@@ -217,7 +217,7 @@ def save_account(account: Account, path: Path | None = None) -> None:
         if value is not None:
             table[key] = value
     accounts.append(table)
-    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    paths.write_private_text(path, tomlkit.dumps(doc))
 
 
 def remove_account(name: str, path: Path | None = None) -> bool:
@@ -229,6 +229,6 @@ def remove_account(name: str, path: Path | None = None) -> bool:
     for index, entry in enumerate(list(accounts)):
         if entry.get("name") == name:
             del accounts[index]
-            path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+            paths.write_private_text(path, tomlkit.dumps(doc))
             return True
     return False

@@ -71,6 +71,21 @@ def open_private(path: Path) -> BinaryIO:
         raise
 
 
+def write_private_text(path: Path, text: str) -> None:
+    """Write a settings file (config.toml) as the user's alone, 0600 from its creation whatever the umask,
+    and whole: written beside it and moved in place, so a crash leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open_private(tmp) as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def make_private(path: Path) -> list[str]:
     """Close ``path`` (0700) and the files in it (0600) to other local users; returns what was changed."""
     if os.name == "nt":  # ACLs: the per-user profile folders are private already

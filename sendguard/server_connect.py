@@ -36,4 +36,4 @@ def connect(url: str, token: str) -> None:
         table = tomlkit.table()
         doc["server"] = table
     table["url"] = url.rstrip("/")
-    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    paths.write_private_text(path, tomlkit.dumps(doc))

@@ -104,3 +104,14 @@ def test_runtime_json_is_private_even_over_an_old_temporary_file(home: Path, uma
     runtime.write(home, smtp_port=1, api_port=2)
     assert mode(home / "runtime.json") == 0o600
     assert runtime.read(home)["api_port"] == 2
+
+
+def test_config_toml_written_by_the_cli_is_the_users_alone(tmp_path: Path, umask_022: None) -> None:
+    """config.toml names the user's accounts, mailboxes and server: written by `accounts add` (or
+    `server connect`) into a fresh home under umask 022, it is 0600 from the start."""
+    from sendguard import config
+
+    path = tmp_path / "config.toml"
+    config.save_account(config.Account("box", "smtp", "taro@example.co.jp", {"host": "mail.example.co.jp"}), path)
+    assert mode(path) == 0o600
+    assert config.remove_account("box", path) and mode(path) == 0o600
