@@ -267,8 +267,7 @@ def _open_link(item_id: str, token: str) -> Any:
                                           f"its approvers are: {', '.join(approvals().current_approvers(item)) or '-'}")
     if was_used(service().store, str(claims.get("jti"))):  # whoever fetches it again (a scanner, say)
         return _refuse(item_id, approver, "this link has already been used", anonymous=True)
-    # not signed in yet: only the decision (which spends the link) signs the approver in, so a
-    # scanner that merely fetched the link holds nothing once it is used
+    # what the form needs to decide this one message with the link (nobody is signed in by it)
     session["link"] = {"item": item_id, "t": token, "approver": approver}
     session.pop("csrf", None)  # a fresh form token for the new sign-in
     session.permanent = False
@@ -278,12 +277,12 @@ def _open_link(item_id: str, token: str) -> Any:
                  **_view(item, approver))
 
 
-def _spend_link(item_id: str, token: str, approver: str) -> None:
-    """The decision carries the emailed link: check it is this approver's and use it up (once)."""
+def _link_claims(item_id: str, token: str, approver: str) -> dict[str, Any]:
+    """The decision carries the emailed link: check it is this message's and this approver's."""
     claims = approve_signer().load(token, item_id, link_max_age())
     if str(claims.get("approver") or "").lower() != approver:
         raise PermissionDenied("this link was sent to someone else")
-    use_once(service().store, str(claims.get("jti")))
+    return claims
 
 
 @bp.post("/approve/<item_id>")
@@ -297,13 +296,20 @@ def decide(item_id: str) -> Any:
         return _refuse(item_id, approver, "the form was not sent from the approval page (stale or forged); "
                                           "reload the page and try again")
     decision = request.form.get("decision")
-    try:
-        if token:
-            _spend_link(item_id, token, approver)
-            session.pop("link", None)
-            session["approver"] = approver  # signed in from here on (the approvals list, other items)
-    except PermissionDenied as exc:
-        return _refuse(item_id, approver, str(exc))
+    # A link decides its one message and signs nobody in: one that reached someone else (a reply quoting
+    # it, a forward) approves nothing more, and one for a message no longer waiting leaves nothing behind.
+    # It is spent by the decision it makes; a refused attempt (no reason given) can be made again.
+    claims: dict[str, Any] | None = None
+    if token:
+        try:
+            claims = _link_claims(item_id, token, approver)
+            if was_used(service().store, str(claims.get("jti"))) and \
+                    service().outbox.get(item_id).state == State.AWAITING_APPROVAL:
+                raise PermissionDenied("this link has already been used")
+        except PermissionDenied as exc:
+            return _refuse(item_id, approver, str(exc))
+        except NotFound as exc:
+            return _notice(_("Not allowed"), str(exc), 404)
     try:
         if decision == "approve":
             item = approvals().approve(item_id, approver, request.form.get("comment", ""), via="web")
@@ -317,6 +323,11 @@ def decide(item_id: str) -> Any:
         return _notice(_("Already decided"), str(exc), 409)
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
+    if claims is not None:
+        try:
+            use_once(service().store, str(claims.get("jti")))
+        except PermissionDenied:  # spent by the same decision made twice at once: the second one failed
+            pass
     service().wake()
     if item.state != State.APPROVED:
         done = _("Rejected. The sender has been told why.")
@@ -324,7 +335,9 @@ def decide(item_id: str) -> Any:
         done = _("Approved. The SendGuard server sends the message now, exactly as you saw it.")
     else:
         done = _("Approved. The sender's SendGuard sends the message now.")
-    return _page("approve_notice.html", title=done, message="", continue_url=url_for("approval_pages.listing"))
+    signed_in = bool(session.get("approver"))  # (through the Approvals window's sign-in, not the link)
+    return _page("approve_notice.html", title=done, message="",
+                 continue_url=url_for("approval_pages.listing") if signed_in else None)
 
 
 @bp.get("/approvals")
@@ -354,8 +367,11 @@ def login() -> Any:
         use_once(service().store, str(claims.get("jti")))
     except PermissionDenied as exc:
         return _refuse(None, "(login link)", str(exc), anonymous=True)
+    session.clear()  # a sign-in starts afresh (never mixed with an earlier one's leftovers)
     session["approver"] = str(claims.get("who") or "").lower()
-    session.pop("csrf", None)
+    if claims.get("via"):
+        session["via"] = str(claims["via"])  # asked with a helper token: ends when the token is revoked
+    session.permanent = False
     return redirect(url_for("approval_pages.listing"))
 
 

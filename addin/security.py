@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -416,8 +417,23 @@ def redact_access_logs() -> None:
             logger.addFilter(RedactTokens())
 
 
+SESSION_HOURS = 12  # a web session (approver, confirmation page) ends this long after it was last written
+
+
+def _session_still_valid() -> bool:
+    """An approver signed in with a helper token's login link stays signed in while that token is valid
+    (a revoked token ends its sign-ins too, within the verifier's cache time)."""
+    via = session.get("via")
+    if not via or not session.get("approver"):
+        return True
+    verify = current_app.config.get("HELPER_TOKEN_VERIFIER")
+    user = verify.user_of_hash(str(via)) if verify is not None else None
+    return user is not None and user == str(session["approver"]).lower()
+
+
 def init_app(app: Flask) -> None:
     redact_access_logs()
+    app.permanent_session_lifetime = timedelta(hours=SESSION_HOURS)  # Flask checks every cookie's age with it
     app.extensions["sendguard_long_polls"] = LongPolls(app.config.get("LONG_POLLS_PER_CREDENTIAL", 2),
                                                        app.config.get("LONG_POLLS_TOTAL", 16),
                                                        background=app.config.get("LONG_POLLS_BACKGROUND"))
@@ -433,6 +449,8 @@ def init_app(app: Flask) -> None:
         if origin is not None and not _origin_allowed(origin):
             return error_response(403, "origin_not_allowed", f"requests from {origin!r} are not allowed")
         _limit_streamed_body(app.config["MAX_CONTENT_LENGTH"])
+        if not _session_still_valid():
+            session.clear()
         return None
 
     @app.url_value_preprocessor

@@ -742,8 +742,11 @@ def login_link() -> Any:
     """A single-use sign-in link to the approvals page, for the user's desktop Approvals window."""
     from sendguard.links import approvals_login_url as login_url
 
+    from .server_tokens import _hash
+
     svc = central()
-    return jsonify({"url": login_url(svc.public_url, _user(), current_app.config["SECRET_KEY"])})
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return jsonify({"url": login_url(svc.public_url, _user(), current_app.config["SECRET_KEY"], via=_hash(given))})
 
 
 # ---------------------------------------------------------------------- the app

@@ -58,7 +58,10 @@ class TokenVerifier:
     def __call__(self, token: str) -> str | None:
         if not token.startswith("sgh_"):
             return None
-        digest = _hash(token)
+        return self.user_of_hash(_hash(token))
+
+    def user_of_hash(self, digest: str) -> str | None:
+        """The user of the token with this hash while it is not revoked (a sign-in made with it lasts as long)."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)

@@ -67,9 +67,11 @@ class LinkSigner:
         return data
 
 
-def approvals_login_url(base: str, who: str, key: str) -> str:
-    """A sign-in link to the approvals list for ``who`` (signed with the web app's secret ``key``)."""
-    token = LinkSigner(key, "approvals-login").sign("approvals", who=who.lower())
+def approvals_login_url(base: str, who: str, key: str, via: str | None = None) -> str:
+    """A sign-in link to the approvals list for ``who`` (signed with the web app's secret ``key``).
+    ``via``: the hash of the helper token it was asked with (central server); the sign-in ends with it."""
+    claims = {"who": who.lower(), **({"via": via} if via else {})}
+    token = LinkSigner(key, "approvals-login").sign("approvals", **claims)
     return f"{base.rstrip('/')}/approvals/login?t={token}"
 
 

@@ -45,6 +45,8 @@ SUBJECT = _("[SendGuard] Approval requested: {subject}")
 INTRO = _("{sender} wants to send the message below. SendGuard holds it until you approve or reject it.")
 DEPUTY_INTRO = _("You receive this as the deputy of {approver}.")
 OPEN_LINK = _("Open the approval page (the link works once and expires {deadline}):")
+KEEP_LINK = _("The link decides as you: do not forward this mail, and do not reply to it with the link quoted. "
+              "To ask {sender} about the message, write them a new mail.")
 TITLE_APPROVED = _("SendGuard: approved by {who}")
 TITLE_REJECTED = _("SendGuard: rejected by {who}")
 TITLE_EXPIRED = _("SendGuard: approval expired")
@@ -112,9 +114,8 @@ def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str]
     check = item.check or StoredCheck()
     msg = EmailMessage(policy=email.policy.SMTP)
     sender = header_address(item.sender or item.envelope_from)
+    # no Reply-To: the sender: an approver's reply would quote the link to the one who must not hold it
     msg["From"] = header_address(mail_from) if mail_from else (sender or "sendguard@localhost")
-    if mail_from and sender:
-        msg["Reply-To"] = sender
     msg["To"] = header_address(approver)
     msg["Subject"] = header_text(g(SUBJECT).format(subject=header_text(item.subject or "")))
     msg["Message-ID"] = email.utils.make_msgid("sendguard-approval")
@@ -140,7 +141,8 @@ def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str]
     for a in attachments:
         marks = f" ({', '.join(a.flags)})" if a.flags else ""
         lines.append(f"  {a.filename}  {a.size} B  {a.content_type}{marks}")
-    lines += ["", g(OPEN_LINK).format(deadline=deadline or "?"), link, ""]
+    lines += ["", g(OPEN_LINK).format(deadline=deadline or "?"), link, "",
+              g(KEEP_LINK).format(sender=sender or item.sender), ""]
     msg.set_content("\n".join(lines))
     return msg
 

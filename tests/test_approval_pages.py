@@ -139,10 +139,17 @@ def test_wrong_approver_is_refused_and_audited(started: Any, message_factory: An
     other = r.helper.outbox.confirm(held.id, actor="window").id
     assert r.helper.outbox.get(other).approvers == ["cfo@example.co.jp"]
     html = client.get(path_of(approval_link(r, item_id))).get_data(as_text=True)
-    # opening the link alone signs nobody in; deciding the message it was sent for does
+    # a link signs nobody in, neither when opened nor when it has decided the message it was sent for
     assert client.post(f"/approve/{other}", data={"csrf": csrf_of(html), "decision": "approve"}).status_code == 401
     assert client.post(f"/approve/{item_id}", data={"csrf": csrf_of(html), "decision": "approve"}).status_code == 200
-    refused = client.post(f"/approve/{other}", data={"csrf": csrf_of(html), "decision": "approve"})
+    assert client.post(f"/approve/{other}", data={"csrf": csrf_of(html), "decision": "approve"}).status_code == 401
+    # boss signed in (the Approvals window's sign-in) still decides only what names him
+    from sendguard.links import approvals_login_url
+
+    client.get(path_of(approvals_login_url(r.base_url, "boss@example.co.jp", r.app.config["SECRET_KEY"])))
+    with client.session_transaction() as sess:  # the form token a page of his would hold
+        sess["csrf"] = "form-token"
+    refused = client.post(f"/approve/{other}", data={"csrf": "form-token", "decision": "approve"})
     assert refused.status_code == 403 and "boss@example.co.jp is not an approver" in refused.get_data(as_text=True)
     assert r.helper.outbox.get(other).state == "awaiting_approval"
     refusals = [rec for rec in audit.records(r.helper.store) if rec["event"] == "approval_refused"]
