@@ -156,6 +156,40 @@ def _supersede(svc: Any, ref: str) -> None:
                 pass  # decided meanwhile
 
 
+def text_problem(value: str) -> str | None:
+    """Why a store cannot hold this text (None: it can): PostgreSQL refuses a NUL byte in text (and no
+    mail field has one), and a lone surrogate (JSON ``"\\ud800"``) is not text at all."""
+    if "\x00" in value:
+        return "holds a NUL byte"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid text (a lone surrogate)"
+    return None
+
+
+def refuse_unstorable(data: Any) -> None:
+    """A request's JSON whose text a store cannot hold is refused before anything is stored: 400
+    ``bad_field`` naming the field (the database refused it with a 500, the statement's values in the log)."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:  # no recursion: a deeply nested document is no RecursionError
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                raise ApiError(400, "bad_field", f"{path[:200] or 'the request'}: {problem}; nothing was done")
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                problem = text_problem(key)
+                if problem:
+                    raise ApiError(400, "bad_field", f"{path[:200] or 'the request'}: the key {key[:40]!r} {problem}; "
+                                                     "nothing was done")
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+
+
 @bp.post("/api/v1/checks")
 @require("api", "addin", "helper")
 def create_check() -> Any:
@@ -169,6 +203,7 @@ def create_check() -> Any:
         # as the helper checks its own mail: sent-to history, the thread, the user's accounts, lists
         return jsonify(svc.outbox.evaluate_parsed(msgmod.parse(raw)).to_json())
     data = json_body('{"from": {"address": "..."}, "to": [{"address": "..."}], "subject": "...", "body": "..."}')
+    refuse_unstorable(data)
     raw, envelope_from, recipients = compose.from_fields(data)
     source = str(data.get("source") or "outlook")
     if source not in ("outlook", "gmail", "gmail_web", "api"):
@@ -183,6 +218,12 @@ def create_check() -> Any:
             raise ApiError(403, "forbidden", f"this add-in session is {who.who}'s: it cannot submit mail from "
                                              f"{envelope_from or '(no sender)'}")
         actor = addin_actor(who.sid)
+    elif who is not None and who.kind == "helper":
+        # the central server: a helper token files only its own user's mail, as in a hand-over
+        from .server import own_mail_only
+
+        own_mail_only(svc, None, who.who, raw, envelope_from)
+        actor = who.who
     ref = outlook_items.item_ref(svc.config, envelope_from, data)
     if source == "outlook" and ref:
         _supersede(svc, ref)

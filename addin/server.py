@@ -54,9 +54,11 @@ from sendguard.policy import PolicyHolder
 from sendguard.store import Store, helper_tokens, notices, outbox, server_settings
 
 from . import create_app, relay
+from .api import refuse_unstorable, text_problem
 from .security import ApiError, background_poll, json_body, principal, require
 from .server_db import database_url, migrate, setting
 from .server_tokens import TokenVerifier, issue_token, revoke_tokens
+from .service import AppService
 from .wsgi import serve
 
 log = logging.getLogger(__name__)
@@ -409,6 +411,20 @@ def _user() -> str:
     return who.who
 
 
+def _is_id(value: str) -> bool:
+    return bool(_ID.fullmatch(value))  # fullmatch: "$" alone lets a trailing newline through
+
+
+def _request_ids(values: list[str], field: str) -> list[str]:
+    """Request ids a helper names (in the query or the body): each one as ids are made, checked before the
+    database sees any (a NUL byte in one was a 500, with the statement and its values in the log)."""
+    for value in values:
+        if not _is_id(value):
+            raise ApiError(400, f"bad_{field}", f"{field}: {value[:40]!r} is not a request id "
+                                                "(1-32 letters, digits, - or _)")
+    return values
+
+
 @bp.post("/api/v1/central/requests")
 @require("helper")
 def submit_request() -> Any:
@@ -417,8 +433,9 @@ def submit_request() -> Any:
     who = _user()
     data = json_body('{"id": "...", "sender": "...", "raw": "<the message in base64>", "sha256": "..."}')
     item_id = str(data.get("id") or "")
-    if not _ID.match(item_id):
+    if not _is_id(item_id):
         raise ApiError(400, "bad_id", "id must be 1-32 letters, digits, - or _")
+    refuse_unstorable(data)  # a NUL byte in any field (sender, source, message_id, ...) never reaches SQL
     sender = str(data.get("sender") or "").strip().lower()
     if sender != who:
         why = f"this helper's token is for {who}: it cannot submit mail from {sender or '(no sender)'}"
@@ -443,8 +460,7 @@ def submit_request() -> Any:
     # what the sender's helper says it checked: kept for the audit, never for the decision or the release
     claimed_check = None if data.get("check") is None else StoredCheck.from_json(data["check"])  # else 400 bad_check
     envelope_from = str(data.get("envelope_from") or sender).strip()
-    _own_mail_only(svc, item_id, who, "envelope sender", [envelope_from])
-    _own_mail_only(svc, item_id, who, "From header", _header_addresses(raw, "from", "sender"))
+    _own_headers_only(svc, item_id, who, raw, envelope_from)
     policy = svc.policy.get()
     # the server reads and checks the message itself, with its own policy: the approver is shown, and the
     # server sends, what is in these bytes, whatever the helper says about them
@@ -481,6 +497,12 @@ def submit_request() -> Any:
     helper_reasons = [r.rule for r in claimed_check.verdict.reasons_at("approve", "block")] if claimed_check else []
     subject = check.subject or ""
     message_id = check.message_id or str(data.get("message_id") or "")[:998]
+    for header, value in (("Subject", subject), ("Message-ID", message_id)):
+        if text_problem(value):  # the server's reading of the bytes: it goes into text columns too
+            why = (f"request {item_id}: the message's {header} {text_problem(value)}, which no email may "
+                   "carry; nothing was stored")
+            svc.approvals.audit_refusal(item_id, who, why, "central")
+            raise ApiError(400, "unreadable_message", why)
     try:
         item = svc.outbox.take_for_approval(
             item_id, raw, owner=who, sender=sender, envelope_from=envelope_from,
@@ -535,15 +557,33 @@ def _header_addresses(raw: bytes, *names: str) -> list[str]:
     return [addr for _name, addr in email.utils.getaddresses(values)]
 
 
-def _own_mail_only(svc: CentralService, item_id: str, who: str, where: str, addresses: list[str]) -> None:
+def _own_mail_only(svc: AppService, item_id: str | None, who: str, where: str, addresses: list[str]) -> None:
     """A helper's token names its user: refuse (403, audited) mail that says it comes from anyone else."""
     others = sorted({a.strip() for a in addresses if a.strip().lower() != who})
     if others:
-        why = (f"request {item_id}: the {where} is {', '.join(others)}, but this helper's token is for {who}; "
-               f"a helper hands over only its own user's mail. Send it from {who}, or have {others[0]} send it "
-               "with their own SendGuard")
+        why = (f"{f'request {item_id}: ' if item_id else ''}the {where} is {', '.join(others)}, but this "
+               f"helper's token is for {who}; a helper hands over only its own user's mail. Send it from {who}"
+               + (f", or have {others[0]} send it with their own SendGuard" if "@" in others[0] else ""))
         svc.approvals.audit_refusal(item_id, who, why, "central")
         raise ApiError(403, "wrong_sender", why)
+
+
+def _own_headers_only(svc: AppService, item_id: str | None, who: str, raw: bytes, envelope_from: str) -> None:
+    """The envelope sender and every address in the From and Sender headers are the token's user."""
+    _own_mail_only(svc, item_id, who, "envelope sender", [envelope_from])
+    _own_mail_only(svc, item_id, who, "From header", _header_addresses(raw, "from", "sender"))
+
+
+def own_mail_only(svc: AppService, item_id: str | None, who: str, raw: bytes, envelope_from: str) -> None:
+    """``POST /api/v1/checks`` with a helper token: the check is filed as its sender's mail, so it is refused
+    (``403 wrong_sender``, audited) unless it is the token user's own by the rules of a hand-over: the
+    envelope sender, the From and Sender headers, and the From address and display name as checks read them."""
+    from sendguard import message as msgmod
+
+    _own_headers_only(svc, item_id, who, raw, envelope_from or "(no sender)")  # nobody's mail is not theirs
+    parsed = msgmod.parse(raw, envelope_from)
+    _own_mail_only(svc, item_id, who, "From header", [parsed.from_address] if parsed.from_address else [])
+    _own_mail_only(svc, item_id, who, "display name in the From header", addresses_in_name(parsed.from_name))
 
 
 def _server_check(svc: CentralService, item_id: str, who: str, raw: bytes, envelope_from: str,
@@ -581,7 +621,7 @@ def _find(svc: CentralService, item_id: str) -> Item | None:
 @require("helper")
 def request_statuses() -> Any:
     svc = central()
-    ids = [i for i in request.args.get("ids", "").split(",") if i][:500]
+    ids = _request_ids([i for i in request.args.get("ids", "").split(",") if i][:500], "ids")
     cols = [outbox.c[n] for n in _STATUS_COLUMNS]
     with svc.store.engine.connect() as conn:
         rows = conn.execute(select(*cols).where(outbox.c.id.in_(ids), outbox.c.owner == _user())).mappings().all()
@@ -601,7 +641,7 @@ def decisions() -> Any:
         wait = min(wait, MAX_WAIT)
     except ValueError:
         raise ApiError(400, "bad_wait", "wait must be a number of seconds") from None
-    skip = [i for i in request.args.get("skip", "").split(",") if i][:500]
+    skip = _request_ids([i for i in request.args.get("skip", "").split(",") if i][:500], "skip")
     acked = select(notices.c.item_id).where(notices.c.kind == "helper_ack", notices.c.recipient == who)
     cols = [outbox.c[n] for n in _STATUS_COLUMNS]
     query = select(*cols).where(outbox.c.owner == who, outbox.c.state.in_([s.value for s in DECIDED_STATES]),
@@ -630,7 +670,7 @@ def ack_decisions() -> Any:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ApiError(400, "bad_ids", "expected {\"ids\": [...]}")
     done = 0
-    for item_id in ids[:500]:
+    for item_id in _request_ids(ids[:500], "ids"):
         item = _find(svc, item_id)
         if item is None or item.owner != who or item.state not in DECIDED_STATES:
             continue
@@ -1063,7 +1103,7 @@ def releases_resolve(database: str, item_id: str, outcome: str | None) -> None:
     """Settle a message the server could not send (needs_attention): it went out, or send it again."""
     if outcome is None:
         raise click.UsageError("say what happened: --sent (it went out) or --resend (send it again)")
-    if not _ID.match(item_id):
+    if not _is_id(item_id):
         raise click.ClickException(f"{item_id!r} is not a message id (see `sendguard server releases list`)")
     store = _store(database)
     try:

@@ -291,13 +291,16 @@ class Store:
         self._write_lock = threading.RLock()
         # see ``intake_transaction``: (the pool it is of, the pooled connection, its sqlite3 connection)
         self._intake: tuple[Pool, PoolProxiedConnection, sqlite3.Connection] | None = None
+        # hide_parameters: a database error (and the traceback logged with it) names the statement, never its
+        # values (a message's subject, its raw MIME, addresses)
         if self.is_sqlite:
             # plain connections read (deferred BEGIN); ``transaction()`` marks its connection as a writer
-            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60,
+            self.engine = create_engine(self.url, pool_size=8, max_overflow=8, pool_timeout=60, hide_parameters=True,
                                         execution_options={"sendguard_read": True})
             _sqlite_setup(self.engine)
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                        hide_parameters=True)
         self.write_problem: StoreUnavailable | None = None  # the last write failure, until a write succeeds
         if not prepare:
             self._key_busy = False
