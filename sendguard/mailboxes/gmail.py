@@ -46,6 +46,7 @@ from .base import (
     AuthError,
     HeldItem,
     MailboxError,
+    OutcomeUnknown,
     PermanentError,
     ReleaseItem,
     ReleaseReceipt,
@@ -270,15 +271,16 @@ class GmailMailbox:
     # -- calls, retries and errors -------------------------------------------------------------------
 
     def _execute(self, make_request: Callable[[], Any], action: str, *, message_id: str | None = None,
-                 size: int | None = None) -> Any:
+                 size: int | None = None, outbox_id: str = "") -> Any:
         """Run one API call with retries on 429/5xx; map failures to the connector errors.
 
         ``message_id`` marks a send: after an answer that leaves unknown whether the message went out
-        (5xx, a dropped connection), Sent is searched before any retry so nothing goes twice.
+        (5xx, a dropped connection), Sent is searched before any retry so nothing goes twice. When Sent
+        cannot tell (``off``, or ``headers`` not seeing it) the send is OutcomeUnknown, never retried.
         """
         attempt = 0
         while True:
-            ambiguous = False
+            ambiguous = ""  # why the send may have gone out although it failed
             try:
                 result = make_request().execute()
                 self._note_rotation()
@@ -299,14 +301,14 @@ class GmailMailbox:
                     self._sign_in_refused()
                 if not isinstance(err, TransientError):
                     raise err from None
-                ambiguous = exc.resp.status >= 500
+                ambiguous = f"it answered {exc.resp.status}" if exc.resp.status >= 500 else ""
             except ConnectionRefusedError:
                 err = TransientError(f"Gmail could not be reached to {action} (connection refused); "
                                      "SendGuard will try again.")
             except (OSError, httplib2.HttpLib2Error) as exc:
                 err = TransientError(f"Gmail could not be reached to {action} ({type(exc).__name__}); "
                                      "SendGuard will try again.")
-                ambiguous = True
+                ambiguous = f"the connection failed: {type(exc).__name__}"
             if message_id and ambiguous:
                 try:
                     sent = self.find_sent(message_id)
@@ -315,7 +317,7 @@ class GmailMailbox:
                 if sent:
                     return {"id": None, "reconciled": True}
                 if sent is None:
-                    raise err
+                    raise self._outcome_unknown(ambiguous, outbox_id) from None
             delay = err.retry_after if isinstance(err, TransientError) and err.retry_after else None
             attempt += 1
             if delay is None:  # the helper's back-off, from this account's first wait (backoff_seconds)
@@ -326,6 +328,17 @@ class GmailMailbox:
                 raise err
             log.info("gmail %s: %s; retry %d in %.1fs", self.address, err, attempt, delay)
             self._sleep(delay)
+
+    def _outcome_unknown(self, cause: str, outbox_id: str) -> OutcomeUnknown:
+        """A send that may have gone out, which Sent cannot confirm: the user decides, nothing is retried."""
+        if self.reconcile == "off":
+            why = "SendGuard cannot look in Sent mail (only the gmail.send permission was granted)"
+        else:
+            why = "SendGuard does not see it among the newest Sent messages (gmail.metadata cannot search)"
+        then = f"`sendguard queue resolve {outbox_id} --sent` or `--resend`" if outbox_id else "settle it"
+        return OutcomeUnknown(f"Gmail did not confirm the send from {self.address} ({cause}). The message may "
+                              f"have gone out, and {why}, so it is not sent again. Check Sent mail in Gmail, "
+                              f"then {then}.")
 
     def _sign_in_refused(self) -> None:
         """Google refused the sign-in: the next call reads it from the keyring again."""
@@ -424,7 +437,8 @@ class GmailMailbox:
         if thread_id:  # Gmail files a reply in its conversation only when told the threadId
             payload.setdefault("body", {})["threadId"] = thread_id
         result = self._execute(lambda: users.messages().send(userId="me", **payload),
-                               "send the message", message_id=item.message_id, size=len(raw))
+                               "send the message", message_id=item.message_id, size=len(raw),
+                               outbox_id=item.outbox_id)
         return self._receipt(result, item, "messages.send")
 
     def _thread_of_reply(self, raw: bytes) -> str | None:
@@ -473,7 +487,7 @@ class GmailMailbox:
             payload.setdefault("body", {})["threadId"] = thread_id
         messages = self.service.users().messages()
         result = self._execute(lambda: messages.send(userId="me", **payload), "send the message",
-                               message_id=item.message_id, size=len(raw))
+                               message_id=item.message_id, size=len(raw), outbox_id=item.outbox_id)
         receipt = self._receipt(result, item, "messages.send")
         receipt.detail["draft_id"] = draft_id
         receipt.detail["draft_deleted"] = self._delete_draft(draft_id)

@@ -1,20 +1,46 @@
 """Release through an SMTP relay (STARTTLS or implicit TLS, AUTH with the password from keyring).
 
 An SMTP server cannot be asked afterwards whether it took a message, so ``find_sent`` answers None
-and an interrupted release goes to ``needs_attention`` for the user to decide.
+and an interrupted release goes to ``needs_attention`` for the user to decide. The relay's 2xx reply to
+the end of DATA is the hand-over: whatever QUIT gets after it (an error reply, a dropped connection, no
+answer) is logged and changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import smtplib
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import secrets
 from ..config import Account
 from .base import AuthError, OutcomeUnknown, PermanentError, ReleaseItem, ReleaseReceipt, TransientError
 
+log = logging.getLogger(__name__)
+
 SECURITY = ("starttls", "ssl", "none")
+
+
+@contextlib.contextmanager
+def _session(client: smtplib.SMTP, where: str) -> Iterator[smtplib.SMTP]:
+    """Like ``with client:``, but QUIT never raises: ``smtplib.SMTP.__exit__`` raises for a reply other
+    than 221, which would turn a message the relay took (2xx after DATA) into a retry or a refusal, and
+    would hide the real error of a failed send."""
+    try:
+        yield client
+    finally:
+        try:
+            code, resp = client.docmd("QUIT")
+            if code != 221:
+                log.info("the SMTP relay %s answered QUIT with %s %s", where, code,
+                         resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp)
+        except (smtplib.SMTPException, OSError) as exc:
+            log.info("the SMTP relay %s did not answer QUIT (%s)", where, exc or type(exc).__name__)
+        finally:
+            client.close()
 
 
 class SmtpRelay:
@@ -57,7 +83,7 @@ class SmtpRelay:
                                                         context=self._context())
             else:
                 client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            with client:
+            with _session(client, where):
                 if self.security == "starttls":
                     client.starttls(context=self._context())
                 if self.username:
@@ -82,7 +108,7 @@ class SmtpRelay:
                     raise smtplib.SMTPRecipientsRefused(refused)
                 in_data = True
                 code, resp = client.data(item.raw)
-                if code != 250:
+                if not 200 <= code < 300:  # the reply to the end of DATA: 2xx = the relay has it
                     raise smtplib.SMTPDataError(code, resp)
         except smtplib.SMTPAuthenticationError as exc:
             self._reread_password = True
