@@ -52,7 +52,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 
 from . import checks, directory, faults, message
 from .checks import StoredCheck
@@ -124,6 +124,13 @@ _VERBS = {"cancelled": "cancel", "confirmed": "confirm", "released": "mark as se
 # How long a release may take before anyone else may ask the transport what became of it: longer than
 # any connector's timeouts together, so an item still being sent by a live process is never re-sent.
 RELEASE_LEASE = 900.0
+# A connector's own back-off stops here (``_retry.Backoff``): a server's short Retry-After is raised to at
+# most this, so a server that comes back is noticed soon.
+CONNECTOR_BACKOFF_CAP = 300.0
+# ``cap_waits``: what two processes' clocks (each anchored at its own start) may differ by, and how often
+# the worker looks for waits set by a clock that was ahead
+WAIT_SLACK = 5.0
+CAP_WAITS_EVERY = 60.0
 
 
 _INSERT_ITEM = insert(outbox)
@@ -191,6 +198,7 @@ class Outbox:
     _unknown_at: float = 0.0
     _domain_lock: threading.Lock = field(default_factory=threading.Lock)
     domains_epoch: int = 0  # counts ``forget_unknown_domains`` (a checking process follows it: checker.py)
+    _waits_capped_at: float = field(default=-CAP_WAITS_EVERY, repr=False)  # monotonic: see cap_waits
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -684,8 +692,9 @@ class Outbox:
         if sent:
             return self.transition(item_id, "resolve_sent", actor, {"resolved_by_user": True}, only_from=allowed,
                                    last_error=None)
+        # the old reason (a waiting text above all) no longer holds for the new send
         return self.transition(item_id, "resolve_resend", actor, {}, only_from=[*allowed, State.FAILED],
-                               release_after=0.0)
+                               release_after=0.0, last_error=None)
 
     def _check_settleable(self, item: Item, what: str) -> None:
         """A message in ``releasing`` may be settled by the user only once no process is sending it:
@@ -707,6 +716,7 @@ class Outbox:
         return [i for i in items if not (i.state == State.CONFIRMED and (i.decision or {}).get("needs_approval"))]
 
     def release_due(self) -> builtins.list[Item]:
+        self._cap_waits_now_and_then()
         released = []
         for item in self.due():
             try:
@@ -731,8 +741,11 @@ class Outbox:
             if refused:
                 return self.transition(item_id, "refuse_release", "policy", {"error": refused},
                                        last_error=refused)
+            # a waiting text left from an earlier interrupted send would make this live send look settleable
+            # (``_check_settleable``): it goes with the step; any other last error stays to be shown
+            stale = {"last_error": None} if (item.last_error or "").startswith(WAITING_PREFIX) else {}
             item = self.transition(item_id, "start_release", "sendguard", {"attempt": item.attempts + 1},
-                                   attempts=item.attempts + 1, release_after=self.clock() + RELEASE_LEASE)
+                                   attempts=item.attempts + 1, release_after=self.clock() + RELEASE_LEASE, **stale)
             item = self.get(item_id, with_bodies=True)
             if item.source == "gmail_web" and not item.approval:
                 # Gmail in the browser sends it itself once the extension sees the decision.
@@ -760,7 +773,7 @@ class Outbox:
             except TransientError as exc:
                 return self._failed(item, str(exc), exc.retry_after)
             except AuthError as exc:  # asked again after the user signs in (or at the latest in 10 min)
-                return self._failed(item, str(exc), _retry.delay(item.attempts, cap=min(_retry.CAP, 600.0)))
+                return self._failed(item, str(exc), None, cap=min(_retry.CAP, 600.0))
             except PermanentError as exc:
                 return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": str(exc), "permanent": True}, last_error=str(exc))
@@ -770,7 +783,7 @@ class Outbox:
                 log.exception("release of %s failed unexpectedly", item_id)
                 return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": repr(exc)}, last_error=f"unexpected error: {exc}")
-            return self._sent(item, {"transport": receipt.transport, **receipt.detail})
+            return self._sent_by_transport(item, {"transport": receipt.transport, **receipt.detail})
 
     def _can_send_outlook_draft(self, item: Item) -> bool:
         if not item.source_ref or self.mailbox_for is None:
@@ -821,11 +834,48 @@ class Outbox:
         self.forget_unknown_domains()
         return done
 
+    def _sent_by_transport(self, item: Item, detail: dict[str, Any], by: str | None = None) -> Item:
+        """``sent`` once a transport has sent the message (or has it in Sent Items; not a hand-back to the
+        mail program, which sends nothing before it sees ``sent``). Settled meanwhile (by hand once its
+        lease was over, or by another process), it went out all the same: logged, recorded in the audit
+        log and on the item, never dropped; one left to be sent again goes to the user instead
+        (``needs_attention``), so it is never sent twice."""
+        try:
+            return self._sent(item, detail)
+        except StateError as exc:
+            state = self.get(item.id).state
+            by = by or str(detail.get("transport") or "the mail service")
+            log.error("message %s went out through %s after it had been marked %s: %s", item.id, by, state, exc)
+            text = (f"{by} took this message after it had been marked {state}: it went out. Check your Sent "
+                    "mail; SendGuard does not send it again.")
+            data = {"state": state, "error": str(exc), **detail}
+
+            def record(conn: Any) -> None:
+                self.store.append_audit(conn, "sent_after_settled", "sendguard", item.id, data, ts=self.clock())
+                self.store.record_sent_domains(conn, item.envelope_to, self.clock())
+
+            done: Item | None = None
+            if state in RELEASABLE:
+                text += f" `sendguard queue resolve {item.id} --sent` records it as sent."
+                try:
+                    done = self.transition(item.id, "refuse_release", "sendguard",
+                                           {"error": text, "sent_after_settled": True}, last_error=text, also=record)
+                except StateError:  # taken meanwhile: recorded as it is
+                    done = None
+            if done is None:
+                with self.store.transaction() as conn:
+                    conn.execute(update(outbox).where(outbox.c.id == item.id).values(last_error=text))
+                    record(conn)
+                self._notify(item.id)
+                done = self.get(item.id)
+            self.forget_unknown_domains()
+            return done
+
     def _record_domains(self, addresses: builtins.list[str]) -> Callable[[Any], None]:
         return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
 
-    def _failed(self, item: Item, error: str, retry_after: float | None) -> Item:
-        backoff = retry_after if retry_after is not None else _retry.delay(item.attempts)
+    def _failed(self, item: Item, error: str, retry_after: float | None, cap: float | None = None) -> Item:
+        backoff = retry_wait(item.attempts, retry_after, cap)
         return self.transition(item.id, "fail", "sendguard",
                                {"error": error, "retry_in": backoff}, last_error=error,
                                release_after=self.clock() + backoff)
@@ -836,6 +886,7 @@ class Outbox:
         Whatever cannot be settled now stays ``releasing`` and is asked about again by the worker
         (``reconcile_due``) with back-off until the transport answers or the user settles it.
         """
+        self.cap_waits()  # before anything reads a deadline stored by an earlier run
         settled = self._reconcile(self.list([State.RELEASING]))
         for item in self.list([State.RECEIVED]):
             settled.append(self.process(item.id))
@@ -846,6 +897,7 @@ class Outbox:
 
     def reconcile_due(self) -> builtins.list[Item]:
         """Every worker turn: interrupted sends whose wait is over (back-off, or a dead sender's lease)."""
+        self._cap_waits_now_and_then()
         query = select(*[c for c in outbox.c if c.name not in ("raw", "final_raw")]).where(
             outbox.c.state == State.RELEASING.value, outbox.c.release_after <= self.clock())
         with self.store.engine.connect() as conn:
@@ -884,7 +936,7 @@ class Outbox:
             return self._wait_for_answer(item, where, exc)
         self._reconcile_failures.pop(item.id, None)
         if found is True:
-            return self._sent(item, {"reconciled": True})
+            return self._sent_by_transport(item, {"reconciled": True}, by=where)
         if found is False:
             return self.transition(item.id, "reconcile_unsent", "sendguard",
                                    {"found": False}, release_after=self.clock(),
@@ -898,8 +950,7 @@ class Outbox:
         """Keep the item ``releasing``: say what SendGuard waits for, and when it asks again."""
         failures = self._reconcile_failures.get(item.id, 0) + 1
         self._reconcile_failures[item.id] = failures
-        retry_after = getattr(exc, "retry_after", None)
-        wait = _retry.delay(failures) if retry_after is None else max(float(retry_after), _retry.delay(1) / 2)
+        wait = retry_wait(failures, getattr(exc, "retry_after", None))
         if isinstance(exc, MailboxError):
             reason = str(exc)
         else:
@@ -911,8 +962,11 @@ class Outbox:
                 "or `--resend`.")
         first = not (item.last_error or "").startswith(WAITING_PREFIX)
         with self.store.transaction() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == item.id, outbox.c.state == State.RELEASING.value)
-                         .values(release_after=self.clock() + wait, last_error=text))
+            # (the same attempt only: a send started since, by the user's resend, is not waiting)
+            written = conn.execute(update(outbox).where(
+                outbox.c.id == item.id, outbox.c.state == State.RELEASING.value, outbox.c.attempts == item.attempts,
+            ).values(release_after=self.clock() + wait, last_error=text)).rowcount
+            first = first and bool(written)
             if first:
                 self.store.append_audit(conn, "reconcile_waiting", "sendguard", item.id,
                                         {"where": where, "error": reason}, ts=self.clock())
@@ -920,6 +974,54 @@ class Outbox:
             log.warning("cannot tell yet whether %s went out: %s", item.id, reason)
         self._notify(item.id)
         return self.get(item.id)
+
+    # ------------------------------------------------------------------ waits set by a clock that was ahead
+    def cap_waits(self) -> builtins.list[str]:
+        """Shorten each stored wait longer than SendGuard ever sets to the longest it sets, from now.
+
+        Deadlines are times of the ``SteadyClock``, anchored to the system clock at each start: a helper
+        started while that clock was ahead (a boot before NTP) stores them that far ahead, and once the
+        clock is corrected and the helper restarted they would hold mail for the whole skew. The longest
+        wait of a kind, counted from now, is never shorter than the one set back then, so a message goes at
+        worst earlier than the skewed time, never before its undo window or back-off (as the policy and
+        [retry] say now). Approval expiry is left alone: a late one only keeps the message held longer.
+        Returns the ids changed."""
+        self._waits_capped_at = time.monotonic()
+        now = self.clock()
+        jittered = _retry.CAP * (1 + _retry.JITTER)
+        longest = {
+            State.CONFIRMED: float(self.policy().hold_seconds),  # the undo window (none before an approval)
+            State.APPROVED: 0.0,  # released as soon as it is approved
+            State.FAILED: jittered,  # retry_wait: at most max_seconds, plus jitter
+            State.RELEASING: max(RELEASE_LEASE, jittered),  # a sender's lease, or asking again (retry_wait)
+        }
+        query = select(outbox.c.id, outbox.c.state, outbox.c.release_after).where(or_(*(
+            and_(outbox.c.state == state.value, outbox.c.release_after > now + wait + WAIT_SLACK)
+            for state, wait in longest.items())))
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        changed = []
+        for row in rows:
+            until = now + longest[State(row.state)] + WAIT_SLACK
+            with self.store.transaction() as conn:
+                written = conn.execute(update(outbox).where(
+                    outbox.c.id == row.id, outbox.c.state == row.state, outbox.c.release_after == row.release_after,
+                ).values(release_after=until)).rowcount
+                if written:
+                    self.store.append_audit(conn, "wait_shortened", "sendguard", row.id, {
+                        "state": row.state, "was": row.release_after, "until": until}, ts=now)
+            if written:
+                log.warning("message %s (%s) was set to wait %.0f s more, longer than SendGuard ever waits (the "
+                            "clock was ahead when it was set): it now waits %.0f s", row.id, row.state,
+                            row.release_after - now, until - now)
+                changed.append(row.id)
+                self._notify(row.id)
+        return changed
+
+    def _cap_waits_now_and_then(self) -> None:
+        """``cap_waits`` from the worker's turns: a wait may also come from another process's clock."""
+        if time.monotonic() - self._waits_capped_at >= CAP_WAITS_EVERY:
+            self.cap_waits()
 
     # ------------------------------------------------------------------ housekeeping
     def expire_due(self) -> builtins.list[Item]:
@@ -1034,6 +1136,16 @@ class Outbox:
         with self.store.transaction() as conn:
             self.store.append_audit(conn, "returned_to_drafts", actor, item_id, {"found": found}, ts=self.clock())
         self._notify(item_id)
+
+
+def retry_wait(failures: int, retry_after: float | None, cap: float | None = None) -> float:
+    """Seconds the outbox waits after ``failures`` failures in a row: its own back-off, or what the server
+    asked for (Retry-After) but never less than a connector's own back-off for that attempt (a server that
+    says ``0`` again and again must not make a loop) and never more than ``[retry] max_seconds``."""
+    if retry_after is None:
+        return _retry.delay(failures, cap=cap)
+    own = _retry.delay(failures, cap=min(_retry.CAP, CONNECTOR_BACKOFF_CAP) if cap is None else cap)
+    return max(min(float(retry_after), _retry.CAP), own)
 
 
 HISTORY_DOMAINS = 2000  # most recently sent-to domains used as look-alike references
