@@ -37,16 +37,21 @@ def fake():
         yield server
 
 
-@pytest.fixture
-def graph_home(home, fake):
+def graph_account(home, fake, retry=FAST_RETRY):
+    """Set up ``home`` to release through the Graph stand-in, signed in, with ``retry`` as [retry]."""
     (home / "policy.toml").write_text(POLICY)
-    (home / "config.toml").write_text(FAST_RETRY)
+    (home / "config.toml").write_text(retry)
     account = config_mod.Account("m365", "graph", ADDRESS, {
         "tenant": fake.tenant, "client_id": fake.client_id, "authority": fake.base,
         "graph_endpoint": fake.graph_endpoint, "ca_bundle": str(fake.ca_file), "timeout": 5})
     config_mod.save_account(account, home / "config.toml")
     MsalTokenSource.for_account(account).sign_in(device_code=True, echo=lambda line: None)
     return home
+
+
+@pytest.fixture
+def graph_home(home, fake):
+    return graph_account(home, fake)
 
 
 def interrupted_send(home: Path, msgid: str, sender: str = ADDRESS) -> str:

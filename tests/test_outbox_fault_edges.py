@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_clock
 from conftest import make_message, run_cli, smtp_send, wait_for
+from test_faults import ADDRESS, FAST_RETRY, graph_account
 
 from sendguard import audit
-from sendguard import config as config_mod
 from sendguard.mailboxes import _retry
-from sendguard.mailboxes.graph import MsalTokenSource
 from sendguard.mailboxes.maildir import MaildirMailbox
 from sendguard.outbox import WAITING_PREFIX, State
 from sendguard.service import Helper
@@ -30,9 +29,6 @@ from tests.fakes.graph_server import FakeGraph
 
 pytestmark = pytest.mark.slow
 
-ADDRESS = "user@contoso.example"
-POLICY = '[organization]\ninternal_domains = ["contoso.example"]\n\n[confirm]\nwhen = "never"\n'
-FAST_RETRY = "[retry]\nbase_seconds = 0.1\nmax_seconds = 0.5\ninline_wait_seconds = 0.1\n"
 DAY = 86400.0
 
 
@@ -47,14 +43,7 @@ def graph_home(home: Path, fake: FakeGraph):
     """A home whose mail goes out through the Graph stand-in; ``graph_home(retry)`` sets [retry]."""
 
     def make(retry: str = FAST_RETRY) -> Path:
-        (home / "policy.toml").write_text(POLICY)
-        (home / "config.toml").write_text(retry)
-        account = config_mod.Account("m365", "graph", ADDRESS, {
-            "tenant": fake.tenant, "client_id": fake.client_id, "authority": fake.base,
-            "graph_endpoint": fake.graph_endpoint, "ca_bundle": str(fake.ca_file), "timeout": 5})
-        config_mod.save_account(account, home / "config.toml")
-        MsalTokenSource.for_account(account).sign_in(device_code=True, echo=lambda line: None)
-        return home
+        return graph_account(home, fake, retry)  # type: ignore[no-any-return]
 
     return make
 
@@ -188,17 +177,7 @@ def test_a_retry_after_of_zero_waits_at_least_the_own_back_off(graph_home, fake)
         h.stop()
 
 
-@pytest.fixture
-def jump(monkeypatch):
-    """The system clock as Python sees it (as in test_clock.py); ``jump(s)`` sets it ``s`` seconds off."""
-    real = time.time
-    offset = [0.0]
-    monkeypatch.setattr(time, "time", lambda: real() + offset[0])
-
-    def to(seconds: float) -> None:
-        offset[0] = seconds
-
-    return to
+jump = test_clock.jump  # the system clock as Python sees it; ``jump(s)`` sets it ``s`` seconds off
 
 
 def test_waits_stored_with_the_clock_a_day_ahead_do_not_hold_mail_after_it_is_corrected(
