@@ -462,7 +462,9 @@ class _Validator:
             header = _header(path, rows, ("list", "member"), key)
             for number, row in rows[1:]:
                 cells = dict(zip(header, (c.strip().lower() for c in row), strict=False))
-                address, member = cells.get("list", ""), cells.get("member", "")
+                # punycode and full width read as recipients are (the domain in Unicode), as opt-out entries are
+                address, member = (_address_pattern(cell) if cell and (not cell.isascii() or "xn--" in cell)
+                                   else cell for cell in (cells.get("list", ""), cells.get("member", "")))
                 if not address and not member:
                     continue
                 for what, cell in (("list", address), ("member", member)):

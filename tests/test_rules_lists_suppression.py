@@ -176,3 +176,18 @@ def test_a_list_with_an_opt_out_or_few_members_is_not_bulk(tmp_path):
     pol = load(tmp_path, lists=bulk_lists("news@example.co.jp", 5))
     result = run(pol, to="news@example.co.jp", body="各位\n\nご案内です。\n")
     assert not [r for r in result.reasons if r.rule == "bulk_unsubscribe"]
+
+
+# ---------------------------------------------------------------- lists.csv written in punycode or full width
+@pytest.mark.parametrize("written,to", [
+    ("news@xn--r8jz45g.jp", "news@例え.jp"),
+    ("ＮＥＷＳ＠例え.ＪＰ", "news@例え.jp"),
+    ("news@例え.jp", "news@xn--r8jz45g.jp"),
+])
+def test_a_list_written_in_punycode_or_full_width_is_the_same_list(tmp_path, written, to):
+    lists = f"list,member\n{written},optout@xn--r8jz45g.jp\n{written},a@client.example\n"
+    result = run(load(tmp_path, suppression="block", optout="address\noptout@例え.jp\n", lists=lists), to=to)
+    found = rows(result)
+    assert found["a@client.example"]["list"] == "news@例え.jp"
+    assert "suppressed" in found["optout@例え.jp"]["flags"]
+    assert result.action == "block"
