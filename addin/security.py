@@ -456,7 +456,7 @@ def init_app(app: Flask) -> None:
     @app.url_value_preprocessor
     def _valid_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
         item_id = (values or {}).get("item_id")
-        if item_id is not None and not ITEM_ID.match(str(item_id)):
+        if item_id is not None and not ITEM_ID.fullmatch(str(item_id)):  # ($ alone lets "abc\n" through)
             # never let a malformed id reach the database (an over-long one was a 500 with the SQL logged)
             raise NotFoundError(f"no message {str(item_id)[:40]!r}: ids are 1-32 letters, digits, - or _")
 

@@ -64,6 +64,12 @@ def test_overlong_ids_are_a_plain_404_not_a_database_error(live: Any) -> None:
         assert "SELECT" not in r.text and "sqlalchemy" not in r.text.lower()
 
 
+def test_an_id_with_a_trailing_line_break_never_reaches_the_database(live: Any) -> None:
+    """``$`` also matches before a final newline: ``abc\\n`` passed the id check and was looked up."""
+    r = requests.get(live.base_url + "/api/v1/outbox/abcdef%0A", headers=AUTH, timeout=10)
+    assert r.status_code == 404 and "ids are 1-32 letters" in r.text, r.text
+
+
 # ---------------------------------------------------------------------- finding 10
 def test_no_page_can_be_framed(live: Any, message_factory: Any) -> None:
     item = live.helper.outbox.submit(message_factory().as_bytes(), "taro@example.co.jp", ["a@partner.example"])
