@@ -45,6 +45,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -876,6 +877,8 @@ class Outbox:
 
     def _failed(self, item: Item, error: str, retry_after: float | None, cap: float | None = None) -> Item:
         backoff = retry_wait(item.attempts, retry_after, cap)
+        # a connector says when it would try again (the server's Retry-After); the user reads the wait kept
+        error = _TRYING_AGAIN.sub(f"trying again in {backoff:.0f} s", error)
         return self.transition(item.id, "fail", "sendguard",
                                {"error": error, "retry_in": backoff}, last_error=error,
                                release_after=self.clock() + backoff)
@@ -1136,6 +1139,9 @@ class Outbox:
         with self.store.transaction() as conn:
             self.store.append_audit(conn, "returned_to_drafts", actor, item_id, {"found": found}, ts=self.clock())
         self._notify(item_id)
+
+
+_TRYING_AGAIN = re.compile(r"trying again in \d+ s")
 
 
 def retry_wait(failures: int, retry_after: float | None, cap: float | None = None) -> float:

@@ -170,6 +170,8 @@ def test_a_retry_after_of_zero_waits_at_least_the_own_back_off(graph_home, fake)
         lowest = 2 * (1 - _retry.JITTER)  # the first back-off: base_seconds, less the jitter
         assert record["data"]["retry_in"] >= lowest
         assert failed.release_after - h.outbox.clock() >= lowest - 0.5
+        # what the user reads says the wait SendGuard keeps, not the server's 0 s
+        assert f"trying again in {record['data']['retry_in']:.0f} s" in (failed.last_error or ""), failed.last_error
         asked = fake.requests.count("POST /v1.0/me/sendMail")
         assert h.outbox.release_due() == []  # not due again at once
         assert fake.requests.count("POST /v1.0/me/sendMail") == asked
