@@ -7,6 +7,8 @@
 - The outbox waits ``delay(n)`` after the n-th failure in a row (a release, or asking a transport whether
   an interrupted send went out): ``BASE``, doubling, capped at ``CAP``, with jitter so many helpers do not
   come back at the same second. A server's Retry-After wins when it names a time.
+- After a send whose answer was lost, a connector does not read "not in Sent Items" as "not sent" for
+  ``sent_items_grace()`` (``LostAnswers``): the mail service may still be filing it.
 
 ``configure`` sets the numbers from config.toml ``[retry]`` (tests use short ones; never real minutes).
 """
@@ -27,6 +29,10 @@ JITTER = 0.2
 MAX_INLINE_WAIT = 5.0
 # Attempts inside one call for throttling answers (429/503/ErrorServerBusy) before giving up to the outbox.
 MAX_INLINE_ATTEMPTS = 3
+# After a send whose answer was lost (it may have gone out), how long "not in Sent Items" still reads
+# as "not filed yet": Exchange files an accepted message asynchronously (seconds later under load).
+# Within it a connector sends nothing again; never longer than the outbox's longest wait (``CAP``).
+SENT_ITEMS_GRACE = 60.0
 
 
 DEFAULTS = {"base": BASE, "cap": CAP, "inline_wait": MAX_INLINE_WAIT}
@@ -38,6 +44,12 @@ def configure(base: float | None = None, cap: float | None = None, inline_wait: 
     BASE = max(0.0, float(DEFAULTS["base"] if base is None else base))
     CAP = max(BASE, float(DEFAULTS["cap"] if cap is None else cap))
     MAX_INLINE_WAIT = max(0.0, float(DEFAULTS["inline_wait"] if inline_wait is None else inline_wait))
+
+
+def sent_items_grace() -> float:
+    """Seconds after a lost answer to a send during which a connector does not send the message again
+    while the service may still be filing it: ``SENT_ITEMS_GRACE``, at most ``[retry] max_seconds``."""
+    return min(SENT_ITEMS_GRACE, CAP)
 
 
 def delay(failures: int, base: float | None = None, cap: float | None = None) -> float:
@@ -98,3 +110,45 @@ def parse_retry_after(value: str | None, default: float | None = None) -> float 
 def sleep(seconds: float) -> None:
     """A pause honoured in place (kept as a function so tests can watch it)."""
     time.sleep(seconds)
+
+
+class LostAnswers:
+    """Sends whose answer was lost (they may have gone out), by Message-ID, kept per connector.
+
+    Within ``sent_items_grace()`` after one, "not in Sent Items" only means "not filed yet": the mail
+    service files an accepted message asynchronously. ``check`` raises TransientError then, so nothing
+    is sent again; after the grace the lost answer is forgotten and ``check`` returns True."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def record(self, message_id: str) -> None:
+        with self._lock:
+            self._since[message_id] = time.monotonic()
+
+    def forget(self, message_id: str) -> None:
+        with self._lock:
+            self._since.pop(message_id, None)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._since
+
+    def check(self, message_id: str, service: str) -> bool:
+        """For a message not found in the mailbox: False when no answer to a send of it was lost; a
+        TransientError within the grace; True (and forgotten) once the grace is over."""
+        from .base import TransientError  # here: base is the connectors' module, this one is policy only
+
+        with self._lock:
+            since = self._since.get(message_id)
+            if since is None:
+                return False
+            left = sent_items_grace() - (time.monotonic() - since)
+            if left <= 0:
+                del self._since[message_id]
+                return True
+        wait = min(left, max(1.0, BASE))
+        raise TransientError(f"{service} has not filed the message in Sent Items or the Outbox yet; the answer "
+                             "to its send was lost, so it may have gone out and it is not sent again while the "
+                             f"service may still be filing it ({left:.0f} s more); trying again in {wait:.0f} s.",
+                             retry_after=wait)

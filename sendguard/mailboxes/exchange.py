@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import requests
+import urllib3
 from exchangelib import (
     BASIC,
     DELEGATE,
@@ -64,6 +65,7 @@ from .base import (
     HeldItem,
     MailboxError,
     MissedItem,
+    OutcomeUnknown,
     PermanentError,
     ReleaseItem,
     ReleaseReceipt,
@@ -83,6 +85,21 @@ HELD_FIELDS = ("mime_content", "message_id", "subject", "categories", "to_recipi
                "bcc_recipients", "author", "deferred_send_time")
 OUTBOX_SOURCE = "exchange-outbox"
 CONNECTIONS = 4  # per server and sign-in: release, hold/Outbox watch, Outbox stream, one spare
+
+
+def _never_reached(e: BaseException) -> bool:
+    """True when a request failed before a connection was made (refused, no route, DNS): nothing was sent."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        reason = cur.args[0] if cur.args else None
+        reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+        if isinstance(cur, requests.exceptions.ConnectTimeout | ConnectionRefusedError) \
+                or isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 class DeferredSendTime(ExtendedProperty):
@@ -150,6 +167,9 @@ class ExchangeMailbox:
         self.timeout = timeout
         self.full_scan_seconds = full_scan_seconds
         self.backoff = _retry.Backoff()
+        # sends whose answer was lost: until the grace is over, "not in Sent Items or the Outbox" only means
+        # "not filed yet" (Exchange saves the sent copy asynchronously, later under load)
+        self._unanswered = _retry.LostAnswers()
         self._lock = threading.RLock()
         self._account: Account | None = None
         self._hold = None
@@ -525,12 +545,28 @@ class ExchangeMailbox:
     def _receipt(self, item: ReleaseItem, how: str, **extra) -> ReleaseReceipt:
         return ReleaseReceipt("exchange", {"account": self.name, "message_id": item.message_id, "via": how, **extra})
 
+    def _send(self, item: ReleaseItem, send) -> None:
+        """Carry out ``send``; a failure after the request may have reached the server (a broken
+        connection, a timeout, a server error without an EWS answer) is remembered as a lost answer."""
+        try:
+            send()
+        except (ews_errors.ResponseMessageError, ews_errors.UnauthorizedError):  # answered: nothing was sent
+            raise
+        except Exception as e:
+            if not _never_reached(e):
+                self._unanswered.record(item.message_id)
+            raise
+
     def _release_new(self, account: Account, item: ReleaseItem, plan: _mime.RecipientPlan) -> ReleaseReceipt:
         if self._find_sent(account, item.message_id):
+            self._unanswered.forget(item.message_id)
             return self._receipt(item, "already-sent")
+        if self._unanswered.check(item.message_id, "Exchange"):  # the grace is over: nothing went out
+            log.info("%s: %s is not in the mailbox %.0f s after its send lost its answer; sending it again",
+                     self.address, item.message_id, _retry.sent_items_grace())
         message = Message(account=account, folder=account.sent, mime_content=item.raw,
                           bcc_recipients=[_mailbox(b) for b in plan.bcc] or None)
-        message.send_and_save()
+        self._send(item, message.send_and_save)
         return self._receipt(item, "CreateItem")
 
     def _release_held(self, account: Account, item: ReleaseItem, ref: str, msg,
@@ -538,6 +574,18 @@ class ExchangeMailbox:
         fields = ("message_id", "categories", "to_recipients", "cc_recipients", "bcc_recipients", "attachments",
                   "is_draft", "deferred_send_time")
         draft = self._get(account, ref, fields)
+        if item.message_id in self._unanswered:  # our send of it lost its answer
+            if self._find_sent(account, item.message_id):
+                self._unanswered.forget(item.message_id)
+                return self._receipt(item, "already-sent")
+            self._unanswered.check(item.message_id, "Exchange")  # within the grace: try again later
+            if draft is None or not draft.is_draft:  # it left Drafts, yet is nowhere to be found
+                raise OutcomeUnknown(
+                    f"Exchange lost its answer to the send of this message, and {_retry.sent_items_grace():.0f} s "
+                    "later the draft has left Drafts but is not in Sent Items or the Outbox: it may have gone "
+                    f"out, so it is not sent again. Check Sent Items, then `sendguard queue resolve "
+                    f"{item.outbox_id} --sent` or `--resend`")
+            # still a draft after the grace: the send never happened; send it now
         if draft is None or not draft.is_draft:
             if self._find_sent(account, item.message_id):
                 return self._receipt(item, "already-sent")
@@ -569,7 +617,7 @@ class ExchangeMailbox:
             # again; cleared in the same UpdateItem that sends it
             draft.deferred_send_time = None
             update.append("deferred_send_time")
-        draft.send_and_save(update_fields=update)
+        self._send(item, lambda: draft.send_and_save(update_fields=update))
         receipt = self._receipt(item, "UpdateItem/SendAndSaveCopy", item_id=item.source_ref)
         if draft.message_id and draft.message_id != item.message_id:
             receipt.detail["internet_message_id"] = draft.message_id

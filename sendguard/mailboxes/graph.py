@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 import msal
 import requests
+import urllib3
 from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 
 from .. import secrets
@@ -46,6 +47,7 @@ from .base import (
     HeldItem,
     MailboxError,
     MissedItem,
+    OutcomeUnknown,
     PermanentError,
     ReleaseItem,
     ReleaseReceipt,
@@ -93,6 +95,20 @@ def _deferred_of(message: dict) -> dt.datetime | None:
                 log.warning("unreadable deferred send time %r", prop["value"])
                 return None
     return None
+
+
+class _AnswerLost(TransientError):
+    """A send request reached Graph but its answer did not come back (the connection broke after it was
+    handed over, a timeout, a gateway 5xx): the server may have acted on it."""
+
+
+def _never_reached(e: Exception) -> bool:
+    """True when a request failed before a connection was made (refused, no route, DNS): nothing was sent."""
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return True
+    reason = e.args[0] if e.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 class _Session(requests.Session):
@@ -263,6 +279,10 @@ class GraphMailbox:
         self.timeout = timeout
         self.backoff = _retry.Backoff()
         self._hold_id: str | None = None
+        self._outbox_id: str | None = None
+        # sends whose answer was lost: until the grace is over, "not in Sent Items" only means "not filed
+        # yet" (Exchange files what sendMail accepted asynchronously)
+        self._unanswered = _retry.LostAnswers()
 
     @classmethod
     def from_account(cls, account: AccountConfig, home: Path) -> GraphMailbox:
@@ -311,6 +331,12 @@ class GraphMailbox:
                                      retry_after=wait) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 wait = self.backoff.next_delay()
+                if sends and not _never_reached(e):
+                    raise _AnswerLost(f"Cannot reach Microsoft Graph at {self.endpoint} while {what}: the "
+                                      f"connection broke after the message was handed over ({type(e).__name__}), "
+                                      "so it may have gone out. It is not sent again before SendGuard has looked "
+                                      f"for it in the mailbox; trying again in {wait:.0f} s.",
+                                      retry_after=wait) from None
                 raise TransientError(f"Cannot reach Microsoft Graph at {self.endpoint} while {what} "
                                      f"({type(e).__name__}); trying again in {wait:.0f} s. Your mail stays held.",
                                      retry_after=wait) from None
@@ -330,6 +356,10 @@ class GraphMailbox:
                                      "Your mail stays held.", retry_after=wait)
             if r.status_code >= 500:
                 wait = _retry.parse_retry_after(r.headers.get("Retry-After")) or self.backoff.next_delay()
+                if r.status_code in (500, 502, 504):  # a gateway may have passed the send on: it may have gone out
+                    raise _AnswerLost(f"Microsoft Graph answered {r.status_code} ({code}) while {what}; the message "
+                                      "may have gone out, so it is not sent again before SendGuard has looked for "
+                                      f"it in the mailbox; trying again in {wait:.0f} s.", retry_after=wait)
                 raise TransientError(f"Microsoft Graph answered {r.status_code} ({code}) while {what}; trying "
                                      f"again in {wait:.0f} s. Your mail stays held.", retry_after=wait)
             if r.status_code == 401 and auth and not refreshed:
@@ -507,21 +537,35 @@ class GraphMailbox:
 
     # ------------------------------------------------------------------ reconciliation
     def find_sent(self, message_id: str) -> bool | None:
-        """True when a sent copy with this internetMessageId is in Sent Items (or anywhere, not a draft)."""
+        """True when a sent copy with this internetMessageId is in Sent Items, anywhere else not as a draft,
+        or waiting in the Outbox (submitted: the transport sends it; Graph shows it there as a draft)."""
         what = "looking the message up in Sent Items"
         flt = f"internetMessageId eq {_odata_literal(message_id)}"
         if self._pages("/me/mailFolders/sentitems/messages", {"$filter": flt, "$select": "id"}, what=what):
             return True
-        found = self._pages("/me/messages", {"$filter": flt, "$select": "id,isDraft"}, what=what)
-        return any(not m.get("isDraft", True) for m in found)
+        found = self._pages("/me/messages", {"$filter": flt, "$select": "id,isDraft,parentFolderId"}, what=what)
+        if any(not m.get("isDraft", True) for m in found):
+            return True
+        # only when a draft copy exists: is it the one in the Outbox?
+        return bool(found) and self._outbox_folder_id(what) in {m.get("parentFolderId") for m in found}
+
+    def _outbox_folder_id(self, what: str) -> str:
+        if self._outbox_id is None:
+            self._outbox_id = str(self._json("GET", "/me/mailFolders/outbox", what=what,
+                                             params={"$select": "id"})["id"])
+        return self._outbox_id
 
     # ------------------------------------------------------------------ release
     def release(self, item: ReleaseItem) -> ReleaseReceipt:
         msg = _mime.parse(item.raw)
         plan = _mime.plan_recipients(item, msg)
-        if item.source_ref:
-            return self._release_held(item, msg, plan)
-        return self._release_new(item, plan)
+        try:
+            if item.source_ref:
+                return self._release_held(item, msg, plan)
+            return self._release_new(item, plan)
+        except _AnswerLost:
+            self._unanswered.record(item.message_id)
+            raise
 
     def _receipt(self, item: ReleaseItem, how: str, **extra) -> ReleaseReceipt:
         return ReleaseReceipt("graph", {"account": self.name, "message_id": item.message_id, "via": how, **extra})
@@ -559,6 +603,19 @@ class GraphMailbox:
                                        "$expand": DEFERRED_EXPAND})
         except PermanentError:
             draft = None
+        if item.message_id in self._unanswered:  # our /send of it lost its answer
+            if self.find_sent(item.message_id):
+                self._unanswered.forget(item.message_id)
+                return self._receipt(item, "already-sent")
+            self._unanswered.check(item.message_id, "Microsoft Graph")  # within the grace: try again later
+            if draft is None or not draft.get("isDraft", True):  # it left Drafts, yet is nowhere to be found
+                raise OutcomeUnknown(
+                    "Microsoft Graph lost its answer to the send of this message, and "
+                    f"{_retry.sent_items_grace():.0f} s later the draft has left Drafts but is not in Sent Items "
+                    "or the Outbox: it may have gone out, "
+                    "so it is not sent again. Check Sent Items, then "
+                    f"`sendguard queue resolve {item.outbox_id} --sent` or `--resend`")
+            # still a draft after the grace: the send never happened; send it now
         if draft is None or not draft.get("isDraft", True):
             if self.find_sent(item.message_id):
                 return self._receipt(item, "already-sent")
@@ -603,7 +660,11 @@ class GraphMailbox:
     def _release_new(self, item: ReleaseItem, plan: _mime.RecipientPlan) -> ReleaseReceipt:
         what = "sending the message"
         if self.find_sent(item.message_id):
+            self._unanswered.forget(item.message_id)
             return self._receipt(item, "already-sent")
+        if self._unanswered.check(item.message_id, "Microsoft Graph"):  # the grace is over: nothing went out
+            log.info("%s: %s is not in the mailbox %.0f s after its send lost its answer; sending it again",
+                     self.address, item.message_id, _retry.sent_items_grace())
         # Graph takes the blind copies from a Bcc header in the MIME and keeps it off delivered copies.
         raw = _mime.with_bcc_header(item.raw, [a for _, a in plan.bcc])
         stripped, large = _mime.split_large_attachments(raw, ATTACHMENT_INLINE_LIMIT)

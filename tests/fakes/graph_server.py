@@ -238,6 +238,12 @@ class FakeGraph:
         self.uploads: dict[str, dict] = {}
         self.clock_offset = 0.0  # seconds the server's clock runs ahead of the real one (``advance``)
         self.submission_delay = 0.0  # how long a message without a deferred time stays in the Outbox
+        # How sendMail files what it accepted (Exchange Online does it asynchronously, later under load):
+        # "at_once" (sent and in Sent Items before the 202), "outbox" (queued in the Outbox, sent by the
+        # transport after ``submission_delay``) or "hidden" (in no folder at all until it is sent, after
+        # ``submission_delay``): the 202 only says the request was accepted.
+        self.sendmail_filing = "at_once"
+        self.accepted: list[Message] = []  # "hidden": accepted by sendMail, not in any folder yet
         self.delivering = True  # False: the transport is stalled, nothing leaves the Outbox
         self.unsynced: set[str] = set()  # drafts Outlook (Cached Exchange Mode) has not uploaded yet
         self.translate_allowed = False  # translateExchangeIds needs User.ReadBasic.All, which the app lacks
@@ -397,7 +403,11 @@ class FakeGraph:
                 del self.messages[msg.id]
                 msg.id = self._id("M")
                 self._submit(msg, "ServerTransport")
-            return [m.id for m in due]
+            filed = [m for m in self.accepted if (m.queued_at or now) + delay <= now]
+            for msg in filed:
+                self.accepted.remove(msg)
+                self._submit(msg, "sendMail")
+            return [m.id for m in due + filed]
 
     def _tick_forever(self) -> None:
         while not self._stopped.wait(0.05):
@@ -698,7 +708,14 @@ class FakeGraph:
             return self._mail_folders(method, parts[1:], query, data, path)
         if parts[0] == "sendMail" and method == "POST":
             msg = self._from_mime(self._mime_body(h, body), self.folder_id("drafts"))
-            self._submit(msg, "sendMail")
+            if self.sendmail_filing == "outbox":  # queued for the transport, as outlook_send does
+                msg.folder, msg.queued_at = self.folder_id("outbox"), self.now()
+                self.messages[msg.id] = msg
+            elif self.sendmail_filing == "hidden":
+                msg.folder, msg.queued_at = "", self.now()
+                self.accepted.append(msg)
+            else:
+                self._submit(msg, "sendMail")
             return 202, None, {}
         if parts[0] == "messages":
             return self._messages(h, method, parts[1:], query, data, body, path)
