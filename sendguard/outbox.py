@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from . import checks, directory, faults, message
 from .checks import StoredCheck
@@ -64,6 +65,7 @@ from .errors import (
     NotFound,
     PermissionDenied,
     StateError,
+    StoreUnavailable,
 )
 from .i18n import _
 from .items import WAITING_PREFIX, Item, new_id  # noqa: F401 - re-exported
@@ -132,6 +134,25 @@ CONNECTOR_BACKOFF_CAP = 300.0
 # the worker looks for waits set by a clock that was ahead
 WAIT_SLACK = 5.0
 CAP_WAITS_EVERY = 60.0
+# A send that went out while the store could not be written (full, read-only): its ``sent`` is committed
+# again from memory (``record_unrecorded``, every worker turn) after this back-off, doubled up to its cap.
+# How its waiting text begins (a ``waiting_for``: never "Sending now", never "to say whether").
+RECORD_RETRY_FIRST = 0.25
+RECORD_RETRY_CAP = 2.0
+RECORDING_PREFIX = f"{WAITING_PREFIX}SendGuard's store to record it as sent"
+
+
+@dataclass
+class _Unrecorded:
+    """A transport's receipt whose ``sent`` the store could not take yet (kept in memory only: a crash
+    falls back to ``reconcile``, which asks the transport)."""
+
+    item: Item
+    detail: dict[str, Any]
+    by: str | None
+    text: str
+    failures: int = 1
+    next_at: float = 0.0  # monotonic
 
 
 _INSERT_ITEM = insert(outbox)
@@ -200,6 +221,8 @@ class Outbox:
     _domain_lock: threading.Lock = field(default_factory=threading.Lock)
     domains_epoch: int = 0  # counts ``forget_unknown_domains`` (a checking process follows it: checker.py)
     _waits_capped_at: float = field(default=-CAP_WAITS_EVERY, repr=False)  # monotonic: see cap_waits
+    # item id -> a send that went out but whose ``sent`` the store could not take yet (see _sent_by_transport)
+    _unrecorded: dict[str, _Unrecorded] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ reading
     def get(self, item_id: str, with_bodies: bool = False) -> Item:
@@ -207,7 +230,7 @@ class Outbox:
             row = conn.execute(select(outbox).where(outbox.c.id == item_id)).first()
         if row is None:
             raise NotFound(f"no message {item_id!r} in the outbox (see `sendguard queue list`)")
-        return Item.from_row(row, with_bodies)
+        return self._as_known(Item.from_row(row, with_bodies))
 
     def list(self, states: Iterable[str] | None = None, owner: str | None = None,
              limit: int = 1000) -> builtins.list[Item]:
@@ -219,7 +242,15 @@ class Outbox:
             query = query.where(outbox.c.owner == owner.lower())
         with self.store.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [Item.from_row(r) for r in rows]
+        return [self._as_known(Item.from_row(r)) for r in rows]
+
+    def _as_known(self, item: Item) -> Item:
+        """The item as stored, with what this process knows and the store could not take yet: a send that
+        went out while it could not be written says so (``record_unrecorded``), not "Sending now"."""
+        pending = self._unrecorded.get(item.id) if self._unrecorded else None
+        if pending is not None and item.state == State.RELEASING and item.attempts == pending.item.attempts:
+            item.last_error = pending.text
+        return item
 
     def by_source_ref(self, source: str, ref: str) -> Item | None:
         """The item already taken in from a connector's hold folder (so a re-fetch is not doubled)."""
@@ -688,7 +719,7 @@ class Outbox:
         item = self.get(item_id)
         allowed = [State.NEEDS_ATTENTION]
         if item.state == State.RELEASING:
-            self._check_settleable(item, "resolve")
+            self._check_settleable(item, "resolve --sent" if sent else "resolve")
             allowed.append(State.RELEASING)
         if sent:
             return self.transition(item_id, "resolve_sent", actor, {"resolved_by_user": True}, only_from=allowed,
@@ -700,6 +731,9 @@ class Outbox:
     def _check_settleable(self, item: Item, what: str) -> None:
         """A message in ``releasing`` may be settled by the user only once no process is sending it:
         SendGuard is waiting to learn its fate, or its release lease ran out (the sender died)."""
+        if (item.last_error or "").startswith(RECORDING_PREFIX) and what != "resolve --sent":
+            raise StateError(f"message {item.id} went out; SendGuard is recording it as sent: cannot {what} it "
+                             f"(`sendguard queue resolve {item.id} --sent` records it now)")
         waiting = (item.last_error or "").startswith(WAITING_PREFIX)
         if not waiting and item.release_after > self.clock():
             raise StateError(f"message {item.id} is being sent right now: cannot {what} it; see "
@@ -842,7 +876,9 @@ class Outbox:
         log and on the item, never dropped; one left to be sent again goes to the user instead
         (``needs_attention``), so it is never sent twice."""
         try:
-            return self._sent(item, detail)
+            sent = self._sent(item, detail)
+        except (StoreUnavailable, OperationalError) as exc:  # it went out: keep the receipt, commit it later
+            return self._keep_unrecorded(item, detail, by, exc)
         except StateError as exc:
             state = self.get(item.id).state
             by = by or str(detail.get("transport") or "the mail service")
@@ -871,6 +907,74 @@ class Outbox:
                 done = self.get(item.id)
             self.forget_unknown_domains()
             return done
+        self._unrecorded.pop(item.id, None)
+        return sent
+
+    def _keep_unrecorded(self, item: Item, detail: dict[str, Any], by: str | None, exc: Exception) -> Item:
+        """The store could not take ``sent`` for a send that went out: keep the receipt in memory and commit
+        it from the worker (``record_unrecorded``) as soon as the store can be written again. Meanwhile the
+        message stays ``releasing`` under its lease, saying that it went out; it is never sent again."""
+        pending = self._unrecorded.get(item.id)
+        failures = pending.failures + 1 if pending is not None else 1
+        where = by or str(detail.get("transport") or "the mail service")
+        text = (f"{RECORDING_PREFIX}: it went out through {where} and SendGuard is recording that (it is not "
+                f"sent again). The store cannot be written now: {exc}")
+        wait = min(RECORD_RETRY_FIRST * 2 ** (failures - 1), RECORD_RETRY_CAP)
+        self._unrecorded[item.id] = _Unrecorded(item, detail, by, text, failures, time.monotonic() + wait)
+        if pending is None:
+            log.error("message %s went out through %s but the store could not record it as sent (%s): recording "
+                      "it as soon as the store can be written again", item.id, where, exc)
+        try:  # best effort: a full disk may still take this small write; shown by this process either way
+            with self.store.transaction() as conn:
+                conn.execute(update(outbox).where(
+                    outbox.c.id == item.id, outbox.c.state == State.RELEASING.value,
+                    outbox.c.attempts == item.attempts).values(last_error=text))
+        except Exception:  # noqa: BLE001 - the receipt in memory is what counts
+            pass
+        try:
+            current = self.get(item.id)
+        except Exception:  # noqa: BLE001 - the store cannot even be read: the item as it was sent
+            current = self._as_known(item)
+        self._notify(item.id, current)
+        return current
+
+    def record_unrecorded(self) -> builtins.list[Item]:
+        """Every worker turn: commit ``sent`` for sends that went out while the store could not be written,
+        once each one's back-off is over. Settled meanwhile (by hand or another process) it is recorded as
+        ``_sent_by_transport`` records any such send; a new send started since is never marked by this one."""
+        if not self._unrecorded:
+            return []
+        done = []
+        now = time.monotonic()
+        with self._release_lock:
+            for item_id, pending in list(self._unrecorded.items()):
+                if pending.next_at > now:
+                    continue
+                try:
+                    current = self.get(item_id)
+                except NotFound:
+                    self._unrecorded.pop(item_id, None)
+                    continue
+                except Exception:  # noqa: BLE001 - cannot read the store either: next turn
+                    pending.next_at = now + RECORD_RETRY_CAP
+                    continue
+                if current.state == State.SENT or (current.state == State.RELEASING
+                                                   and current.attempts != pending.item.attempts):
+                    # recorded meanwhile (resolved as sent), or a later send of it is under way: that one is
+                    # settled by its own sender; this one's receipt is kept in the audit log
+                    self._unrecorded.pop(item_id, None)
+                    try:
+                        with self.store.transaction() as conn:
+                            self.store.append_audit(conn, "sent_after_settled", "sendguard", item_id,
+                                                    {"state": current.state, **pending.detail}, ts=self.clock())
+                    except Exception:  # noqa: BLE001
+                        log.exception("could not record the late receipt of %s", item_id)
+                    continue
+                result = self._sent_by_transport(pending.item, pending.detail, pending.by)
+                if item_id not in self._unrecorded:
+                    log.info("message %s recorded as sent now that the store can be written", item_id)
+                    done.append(result)
+        return done
 
     def _record_domains(self, addresses: builtins.list[str]) -> Callable[[Any], None]:
         return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
@@ -921,7 +1025,7 @@ class Outbox:
 
     def _reconcile_one(self, item_id: str) -> Item | None:
         item = self.get(item_id)
-        if item.state != State.RELEASING:
+        if item.state != State.RELEASING or item_id in self._unrecorded:  # (we know it went out: recording it)
             return None
         if item.source in CLIENT_SENDS and not item.approval:
             return self.transition(item.id, "reconcile_unknown", "sendguard",

@@ -27,7 +27,7 @@ from .errors import SendGuardError
 from .i18n import translator
 from .mailboxes import _retry, registry
 from .mailboxes.base import HeldItem, HoldingMailbox, Mailbox, MailboxError, OutboxStreaming, OutboxWatching
-from .outbox import WAITING_PREFIX, Item, Outbox, State
+from .outbox import RECORDING_PREFIX, WAITING_PREFIX, Item, Outbox, State
 from .outlook_presence import AddinPresence
 from .policy import PolicyHolder
 from .store import Store
@@ -266,7 +266,10 @@ class Helper:
 
     def _waiting_listener(self, item: Item) -> None:
         """Tell the user once when an interrupted send waits for its mail service to answer."""
-        if item.state != State.RELEASING or not (item.waiting_for or "").startswith(WAITING_PREFIX):
+        waiting_for = item.waiting_for or ""
+        # (a send that went out and is being recorded is not an interrupted one: nothing to ask the user)
+        if item.state != State.RELEASING or not waiting_for.startswith(WAITING_PREFIX) \
+                or waiting_for.startswith(RECORDING_PREFIX):
             self._told_waiting.discard(item.id)
             return
         if item.id in self._told_waiting:
@@ -333,6 +336,10 @@ class Helper:
             log.exception("checking %s failed; it stays received and is checked again", item_id)
 
     def tick(self, poll_held: bool = False) -> None:
+        try:  # first: sends that went out while the store could not be written, recorded once it can
+            self.outbox.record_unrecorded()
+        except Exception:  # noqa: BLE001 - asked again next turn
+            log.exception("recording sent messages failed")
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for item_id in pending:
