@@ -720,11 +720,14 @@ class PolicyHolder:
     _good: bool = False  # a policy file was read since start (a later mistake keeps that one)
 
     def _mtimes(self) -> tuple[object, ...]:
-        def mtime(p: Path | None) -> float:
+        def mtime(p: Path | None) -> object:
+            # the size too: an editor that truncates and then writes may leave both with one modification
+            # time, and the empty file read in between must not stay in force
             try:
-                return p.stat().st_mtime_ns if p else 0.0
+                found = p.stat() if p else None
             except OSError:
                 return 0.0
+            return (found.st_mtime_ns, found.st_size) if found else 0.0
 
         from . import managed
 
