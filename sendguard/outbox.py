@@ -433,14 +433,21 @@ class Outbox:
         """Write prepared intakes in one transaction (one fsync). ``may_exist``: their ids were given
         beforehand and some may be stored already; those rows become ``{id, state, stored_before}``."""
         with self.store.intake_transaction() as conn:
+            rows: builtins.list[dict[str, Any]] = []
+            records: builtins.list[tuple[str, str, str | None, dict[str, Any]]] = []
+            times: builtins.list[float] = []
             for intake in intakes:
                 if may_exist:
                     stored = self.store.stored_items(conn, [values["id"] for values in intake.rows])
                     if stored:
                         intake.rows = [stored.get(values["id"], values) for values in intake.rows]
                         intake.records = [r for r in intake.records if r[2] not in stored]
-                self.store.insert_items(conn, [v for v in intake.rows if not v.get("stored_before")])
-                self.store.append_audit_many(conn, intake.records, ts=intake.now)
+                rows += [v for v in intake.rows if not v.get("stored_before")]
+                records += intake.records
+                times += [intake.now] * len(intake.records)
+            # all of them in one statement each (a checking process commits many intakes of one message)
+            self.store.insert_items(conn, rows)
+            self.store.append_audit_many(conn, records, ts=times)
             faults.point("intake.uncommitted")
 
     def announce(self, rows: Iterable[dict[str, Any]]) -> None:

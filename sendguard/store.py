@@ -7,13 +7,14 @@ Every outbox transition and its audit record are written in one transaction (``S
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -187,6 +188,12 @@ def _insert_sql(table: str, names: list[str]) -> str:
 
 
 _AUDIT_SQL = _insert_sql("audit", list(_AUDIT_COLUMNS))
+
+
+@functools.lru_cache(maxsize=16)
+def _json_places(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Where the JSON columns are among these outbox columns."""
+    return tuple(i for i, name in enumerate(names) if name in _OUTBOX_JSON)
 
 
 def canonical(data: Any) -> str:
@@ -521,16 +528,16 @@ class Store:
             assert isinstance(conn, Connection)
             conn.execute(insert(outbox), rows)
             return
-        names = list(rows[0])
-        sql = _insert_sql("outbox", names)
-        json_at = [i for i, name in enumerate(names) if name in _OUTBOX_JSON]
-        params = []
+        driver = _driver(conn)
+        by_columns: dict[tuple[str, ...], list[list[Any]]] = {}
         for row in rows:
-            values = [row[name] for name in names]
-            for i in json_at:
-                values[i] = json.dumps(values[i])
-            params.append(values)
-        _driver(conn).executemany(sql, params)
+            names = tuple(row)
+            values = list(row.values())
+            for i in _json_places(names):
+                values[i] = "null" if values[i] is None else json.dumps(values[i])
+            by_columns.setdefault(names, []).append(values)
+        for names, params in by_columns.items():
+            driver.executemany(_insert_sql("outbox", list(names)), params)
 
     def stored_items(self, conn: Connection | sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Of these outbox ids, the ones stored already: id -> {id, state, stored_before} (inside the caller's
@@ -548,8 +555,12 @@ class Store:
         return {item_id: {"id": item_id, "state": state, "stored_before": True} for item_id, state in found}
 
     def append_audit_many(self, conn: Connection | sqlite3.Connection,
-                          records: list[tuple[str, str, str | None, dict[str, Any]]], ts: float | None = None) -> None:
-        """Append several (event, actor, item_id, data) records in one go (one head read and write)."""
+                          records: list[tuple[str, str, str | None, dict[str, Any]]],
+                          ts: float | Sequence[float] | None = None) -> None:
+        """Append several (event, actor, item_id, data) records in one go (one head read and write).
+        ``ts``: the time of all of them (now by default), or one time per record."""
+        if not records:
+            return
         if self.is_sqlite:  # the intake path: through the driver, as ``insert_items``
             driver = _driver(conn)
             seq, prev = driver.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
@@ -558,9 +569,13 @@ class Store:
             head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
                                 .with_for_update()).one()
             seq, prev = head.seq, head.hash
-        stamp = now_iso(ts)
+        if ts is None or isinstance(ts, (int, float)):
+            stamps = [now_iso(ts)] * len(records)
+        else:
+            at: dict[float, str] = {}  # a batch's records share a handful of times
+            stamps = [at[t] if t in at else at.setdefault(t, now_iso(t)) for t in ts]
         rows = []
-        for event_name, actor, item_id, data in records:
+        for (event_name, actor, item_id, data), stamp in zip(records, stamps, strict=True):
             seq += 1
             body = canonical(data)
             digest = record_hash(prev, seq, stamp, item_id, event_name, actor, body, self.audit_key)

@@ -95,3 +95,32 @@ def test_retention_purges_bodies_but_keeps_audit(home):
     assert audit.records(db)[-1]["event"] == "purged" and audit.verify(db) == []
     out = run_cli("queue", "export", done.id)
     assert out.returncode == 1 and b"purged" in out.stderr
+
+
+def test_intakes_committed_together_keep_each_ones_time_and_every_row_whole(home):
+    """A checking process commits the messages of many SMTP sessions in one transaction: each message's
+    audit records carry the time it was taken in, the chain verifies, and rows of different shapes (held
+    with a verdict, passed on without one) are each stored with all their columns."""
+    db = store.Store(home / "sendguard.db")
+    pol = policy.build({"organization.internal_domains": ("example.co.jp",)})
+    box = outbox.Outbox(db, lambda: pol)
+    held = outbox.Incoming(make_message(to="x@partner.example").as_bytes(), "taro@example.co.jp",
+                           ["x@partner.example"])
+    plain = outbox.Incoming(make_message(to="jiro@example.co.jp").as_bytes(), "taro@example.co.jp",
+                            ["jiro@example.co.jp"])
+    first = box.prepare_intake([held], check=True, now=1_800_000_000.0)
+    second = box.prepare_intake([plain], check=False, now=1_800_000_005.5)
+    del second.rows[0]["check_result"], second.rows[0]["last_error"]  # a row without some columns
+    box.commit_intake([first, second])
+    assert audit.verify(db) == []
+    rows = json.loads(run_cli("audit", "export", "--json").stdout)
+    stamps = {(r["event"], r["item_id"]): r["ts"] for r in rows}
+    held_id, plain_id = first.rows[0]["id"], second.rows[0]["id"]
+    assert stamps[("received", held_id)].startswith("2027-01-15T08:00:00.")
+    assert stamps[("received", plain_id)].startswith("2027-01-15T08:00:05.5")
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    held_item, plain_item = box.get(held_id, with_bodies=True), box.get(plain_id, with_bodies=True)
+    assert held_item.state == "awaiting_confirmation" and held_item.check_json is not None
+    assert held_item.raw == held.raw and plain_item.raw == plain.raw
+    assert plain_item.state == "received" and plain_item.envelope_to == ["jiro@example.co.jp"]
+    assert plain_item.check_json is None and plain_item.last_error is None
