@@ -122,6 +122,9 @@ TEMPLATES: tuple[str, ...] = (
     _("not UTF-8 or Shift_JIS text; save the file as UTF-8 CSV"),
     _("bad CSV: {error}"),
     _("empty file; the first line must be the header {header}"),
+    _("the file is empty; SendGuard keeps the policy it last read from it, as an editor may still be "
+      "writing it. To run without these rules, write a comment line such as \"# no rules\" in the file, "
+      "or restart SendGuard"),
     _("the first line must be the header {header}, found {found}"),
     _("expected {expected}, got {kind} {value}"),
     _("{value} is not a language SendGuard speaks; one of {languages} (or leave it out to follow "

@@ -611,6 +611,11 @@ def parse_file(path: Path) -> dict[str, Any]:
     return _flatten(path, text, data)
 
 
+def _has_content(text: str) -> bool:
+    """False for a file that reads as nothing: empty, or only spaces, line ends or byte order marks."""
+    return bool(text.replace("\ufeff", "").strip())
+
+
 def build(user: dict[str, Any], admin: dict[str, Any] | None = None, source: str = "") -> Policy:
     """Merge admin defaults, the user's file, and the admin's locked keys (admin wins there)."""
     admin = admin or {}
@@ -661,15 +666,28 @@ def check_approvers(policy: Policy, layers: list[tuple[Path, dict[str, Any]]]) -
 
 def load(path: Path | None, admin_path: Path | None = None) -> Policy:
     """Load and validate the user's policy (and the admin's, if present). Raises ConfigError."""
+    return _load(path, admin_path)[0]
+
+
+def _load(path: Path | None, admin_path: Path | None) -> tuple[Policy, dict[Path, bool]]:
+    """``load``, and for each policy file read whether it had any content (``PolicyHolder`` tells a file
+    read half-written from it)."""
     from . import managed  # Group Policy / MDM values: locked, on top of the machine file
 
-    admin = managed.apply(parse_file(admin_path) if admin_path and admin_path.exists() else None)
-    user = parse_file(path) if path and path.exists() else {}
+    content: dict[Path, bool] = {}
+
+    def parse(p: Path) -> dict[str, Any]:
+        data, text = tomlfile.read(p)
+        content[p] = _has_content(text)
+        return _flatten(p, text, data)
+
+    admin = managed.apply(parse(admin_path) if admin_path and admin_path.exists() else None)
+    user = parse(path) if path and path.exists() else {}
     source = str(path) if path and path.exists() else "(embedded defaults)"
     policy = build(user, admin, source)
     layers = [(p, layer) for p, layer in ((admin_path, admin), (path, user)) if p is not None and layer]
     check_approvers(policy, layers)  # type: ignore[arg-type]
-    return policy
+    return policy, content
 
 
 def _address_pattern(pattern: str) -> str:
@@ -709,7 +727,11 @@ def _fail_closed(admin_path: Path | None, error: ConfigError) -> Policy:
 
 @dataclass
 class PolicyHolder:
-    """Keeps the last good policy: a reload that fails leaves the old one in force and says why."""
+    """Keeps the last good policy: a reload that fails leaves the old one in force and says why.
+
+    A policy file that had content and now reads as empty is refused too: an editor that saves by
+    truncating the file and then writing it leaves it empty for a moment, and an empty file is a valid
+    policy with every rule off. A helper that starts with an empty file uses the built-in defaults."""
 
     path: Path | None
     admin_path: Path | None = None
@@ -718,6 +740,7 @@ class PolicyHolder:
     _stamp: tuple[object, ...] = (0.0, 0.0)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _good: bool = False  # a policy file was read since start (a later mistake keeps that one)
+    _content: dict[Path, bool] = field(default_factory=dict)  # which files the policy in force had content in
 
     def _mtimes(self) -> tuple[object, ...]:
         def mtime(p: Path | None) -> object:
@@ -735,10 +758,28 @@ class PolicyHolder:
         data = tuple(mtime(Path(f)) for f in self.current.data_files)
         return (mtime(self.path), mtime(self.admin_path), managed.stamp(), *data)
 
+    def _emptied(self, content: dict[Path, bool]) -> ConfigError | None:
+        """The error for a policy file that had content when last read and now reads as empty."""
+        for path, found in content.items():
+            if not found and self._content.get(path):
+                return ConfigError(str(path), "the file is empty; SendGuard keeps the policy it last read from it, "
+                                              "as an editor may still be writing it. To run without these rules, "
+                                              "write a comment line such as \"# no rules\" in the file, or "
+                                              "restart SendGuard")
+        return None
+
     def reload(self) -> Policy:
         with self._lock:
+            # size and time as they were before the read: a file written while it is being read (the
+            # editor's write just after its truncation) differs from them, and is read again on the next get()
+            seen = self._mtimes()
+            data_files = self.current.data_files
             try:
-                self.current = load(self.path, self.admin_path)
+                policy, content = _load(self.path, self.admin_path)
+                emptied = self._emptied(content)
+                if emptied is not None:
+                    raise emptied
+                self.current, self._content = policy, content
                 self.last_error = None
                 self._good = True
             except ConfigError as exc:
@@ -749,7 +790,9 @@ class PolicyHolder:
                     self.current = _fail_closed(self.admin_path, exc)
                     log.error("policy refused and no earlier one to keep: every message is held for the "
                               "user until it is fixed: %s", exc)
-            self._stamp = self._mtimes()
+            if self.current.data_files != data_files:  # the files the policy now names, as they are now
+                seen = (*seen[:3], *self._mtimes()[3:])
+            self._stamp = seen
             return self.current
 
     def get(self) -> Policy:
