@@ -69,7 +69,8 @@ LISTS_HEADER = "X-SendGuard-Distribution-Lists"
 
 @dataclass(frozen=True)
 class HiddenFile:
-    """A file the message carries outside its listed attachments (uuencoded in a text body)."""
+    """A file the message carries outside its listed attachments (encoded in a text body: uuencode,
+    begin-base64)."""
 
     name: str
     head: bytes  # its first bytes (what it really is)
@@ -87,10 +88,10 @@ class ParsedMessage:
     body_text: str
     size: int
     # text the recipient's mail program does not show as the message but receives all the same (outside
-    # the parts of a multipart, inside a uuencoded file): checked for personal data and keywords only,
+    # the parts of a multipart, inside a file encoded in a body): checked for personal data and keywords only,
     # never previewed nor read as what the message says (salutation, opt-out, announced attachment)
     hidden_text: str = ""
-    # the files among it (uuencoded in a text body): the rules on programs and locked files apply to them
+    # the files among it (encoded in a text body): the rules on programs and locked files apply to them
     hidden_files: list[HiddenFile] = field(default_factory=list)
     envelope_from: str = ""
     problems: list[str] = field(default_factory=list)
@@ -765,17 +766,18 @@ def parse(
     attachments: list[Attachment] = []
     body_chunks: list[str] = []
     hidden = _outside_parts(msg, elided) if msg.is_multipart() else []
-    hidden_files: list[HiddenFile] = []
+    encoded = _EncodedFiles(budget, depth, problems)
     for att_id, _parent, part in iter_parts(msg):
         if att_id is not None:
             attachments.append(_attachment(att_id, part, elided, budget, depth, problems))
         elif part.get_content_maintype() == "text":
             text = _text_of(part, _content(part, "body.txt", elided, problems)[0])
             body_chunks.append(text)
-            if "begin " in text and part.get_content_subtype() == "plain":  # rare: no regex for most bodies
-                hidden += _uuencoded_files(text, budget, depth, problems, hidden_files)
+            if ("begin " in text or "begin-base64 " in text) and part.get_content_subtype() in ("plain", "html"):
+                hidden += encoded.read(text, len(text) >= TEXT_SCAN_LIMIT)  # rare: no regex for most bodies
         elif part.get_content_maintype() == "multipart":  # one the parser could not split
             body_chunks.append(_broken_multipart(part, budget, depth, problems))
+    encoded.finish()
     thread = _MSGID_RE.findall(_safe_header(msg, "in-reply-to", index) + " " + _safe_header(msg, "references", index))
     return ParsedMessage(
         message_id=_safe_header(msg, "message-id", index).strip(),
@@ -787,7 +789,7 @@ def parse(
         body_text="\n".join(body_chunks),
         size=len(raw),
         hidden_text="\n".join(hidden),
-        hidden_files=hidden_files,
+        hidden_files=encoded.files,
         envelope_from=envelope_from,
         problems=list(dict.fromkeys(problems)),
         in_reply_to=tuple(dict.fromkeys(thread))[:100],
@@ -817,46 +819,117 @@ def _outside_parts(msg: Message, elided: _Elided | None) -> list[str]:
     return out
 
 
-# ``begin <mode> <name>`` ... ``end`` in a plain-text body: Outlook, Thunderbird and others show such a block
-# as an attached file, though the message lists no attachment
-_UU_BEGIN = re.compile(r"(?m)^begin [0-7]{1,4} +(\S[^\r\n]*?)\r?$")
-_UU_END = re.compile(r"(?m)^end[ \t]*\r?$")
-_UU_NAMED = 10  # uuencoded files named one by one in the problems
+# ``begin <mode> <name>`` ... ``end`` (uuencode) and ``begin-base64 <mode> <name>`` ... ``====`` (uuencode -m) in a
+# text body, plain or HTML (read as the text it shows: <pre>, <br>, a paragraph per line, entities). Outlook,
+# Thunderbird and others show a uuencoded block as an attached file, though the message lists no attachment, and
+# uudecode turns either back into the file. A mark may be indented (HTML shows no indent). The name runs to the end
+# of its line and is stripped afterwards (a lazy name before ``[ \t]*`` would be quadratic on a run of spaces).
+_ENCODED_MARK = re.compile(r"(?m)^[ \t]*(?:begin(-base64)? [0-7]{1,4} +(\S[^\r\n]*)\r?$|(end|====)[ \t]*\r?$)")
+_ENCODED_NAMED = 10  # encoded files named one by one in the problems
 
 
-def _uuencoded_files(text: str, budget: extract.Budget, depth: int, problems: list[str],
-                     files: list[HiddenFile]) -> list[str]:
-    """The text of each uuencoded file in a body, read as an attachment is (and its flags, in ``files``).
-    Always a problem: SendGuard neither lists nor removes such a file, so the user sees the message."""
-    out: list[str] = []
-    count = 0
-    for count, begin in enumerate(_UU_BEGIN.finditer(text), 1):
-        name = begin.group(1).strip()[:200]
-        end = _UU_END.search(text, begin.end())
-        data = _uudecode(text[begin.end() : end.start() if end else len(text)])
-        found = extract.extract(name, "", data, budget, depth)
-        out.append(found.text)
-        head = data[:4096]
-        flags = detect.file_flags(name, "", head, data)
-        files.append(HiddenFile(name, head, (*flags, *(f for f in found.flags if f not in flags))))
-        if count > _UU_NAMED:  # every file is read; a body of thousands is not thousands of problems
-            continue
-        problems.extend(f"in {name}: {p}" for p in found.problems)
-        read = (f"SendGuard could not read it ({found.uninspected})" if found.uninspected else
-                "SendGuard checked its content but cannot list or remove it")
-        problems.append(f"the message body carries a uuencoded file {name}, which mail programs show as an "
-                        f"attachment: {read}; check it yourself, or send it as a normal attachment")
-    if count > _UU_NAMED:
-        problems.append(f"the message body carries {count - _UU_NAMED} more uuencoded files, which mail programs "
-                        "show as attachments: check them yourself")
-    return out
+class _EncodedFiles:
+    """The files encoded into the text bodies of one message, each read once as an attachment is, within the
+    message's budget. Always a problem: SendGuard neither lists nor removes such a file, so the user sees the
+    message; one it could not read in full says so."""
+
+    def __init__(self, budget: extract.Budget, depth: int, problems: list[str]) -> None:
+        self.budget = budget
+        self.depth = depth
+        self.problems = problems
+        self.files: list[HiddenFile] = []
+        self._seen: set[tuple[str, bytes]] = set()  # (name, sha256): one file in both the plain and the HTML text
+        self._more = 0  # files past the ones named
+        self._more_unread = 0  # of them, the ones not read in full
+
+    def read(self, text: str, cut: bool) -> list[str]:
+        """The text of each file in one body (its flags go to ``files``); ``cut``: the body is longer than
+        the text SendGuard reads of it."""
+        out: list[str] = []
+        for name, is_base64, block, why in _encoded_blocks(text, cut):
+            data = b""
+            try:
+                self.budget.check_time()  # thousands of files in one body: those past the budget are not read
+            except extract.Uninspectable as exc:
+                found = extract.Extracted(uninspected=str(exc))
+            else:
+                data, broken = _base64_decode(block) if is_base64 else (_uudecode(block), "")
+                why = why or broken
+                key = (name, hashlib.sha256(data).digest())
+                if key in self._seen:
+                    continue
+                self._seen.add(key)
+                found = extract.extract(name, "", data, self.budget, self.depth)
+                out.append(found.text)
+            head = data[:4096]
+            flags = detect.file_flags(name, "", head, data)
+            self.files.append(HiddenFile(name, head, (*flags, *(f for f in found.flags if f not in flags))))
+            unread = "; ".join(w for w in (why, found.uninspected) if w)
+            if len(self.files) > _ENCODED_NAMED:  # every file is read; a body of thousands is not thousands of problems
+                self._more += 1
+                self._more_unread += bool(unread)
+                continue
+            self.problems.extend(f"in {name}: {p}" for p in found.problems)
+            what = (f"a base64-encoded file {name} (begin-base64), which uudecode turns back into the file"
+                    if is_base64 else f"a uuencoded file {name}, which mail programs show as an attachment")
+            read = (f"SendGuard could not read it ({unread})" if unread else
+                    "SendGuard checked its content but cannot list or remove it")
+            self.problems.append(f"the message body carries {what}: {read}; check it yourself, or send it as a "
+                                 "normal attachment")
+        return out
+
+    def finish(self) -> None:
+        """Count the files past the ones named, in one problem."""
+        if self._more:
+            unread = f" ({self._more_unread} of them SendGuard could not read)" if self._more_unread else ""
+            self.problems.append(f"the message body carries {self._more} more uuencoded files{unread}, which mail "
+                                 "programs show as attachments: check them yourself")
+
+
+def _encoded_blocks(text: str, cut: bool) -> Iterator[tuple[str, bool, str, str]]:
+    """(name, base64 or not, its lines, why it is incomplete or "") of each encoded block in ``text``, in one pass
+    over the marks: a block ends at its own end line, else at the next begin line or the end of the text. A
+    block that reads past its end would make thousands of begin lines read the rest of the body each."""
+    begin: re.Match[str] | None = None
+    for mark in _ENCODED_MARK.finditer(text):
+        if mark.group(3) is None:  # a begin line
+            if begin is not None:
+                yield _block(begin, text[begin.end() : mark.start()], "its end line is missing before the next file")
+            begin = mark
+        elif begin is not None and mark.group(3) == _end_line(begin):
+            yield _block(begin, text[begin.end() : mark.start()], "")
+            begin = None
+    if begin is not None:
+        yield _block(begin, text[begin.end() :],
+                     f"its end line is past the first {TEXT_SCAN_LIMIT // 1_000_000} million characters SendGuard "
+                     "reads of a body" if cut else f"its end line ({_end_line(begin)}) is missing: it is cut off")
+
+
+def _end_line(begin: re.Match[str]) -> str:
+    return "====" if begin.group(1) else "end"
+
+
+def _block(begin: re.Match[str], lines: str, why: str) -> tuple[str, bool, str, str]:
+    return begin.group(2).strip()[:200], begin.group(1) is not None, lines, why
+
+
+def _base64_decode(block: str) -> tuple[bytes, str]:
+    """The bytes of base64 lines, and why they are broken (or ""): then what is base64 of them is decoded."""
+    data = "".join(block.split()).encode("ascii", "replace")
+    try:
+        return binascii.a2b_base64(data, strict_mode=True), ""
+    except binascii.Error as exc:
+        why = f"broken base64: {exc}"
+    data = re.sub(rb"[^A-Za-z0-9+/]+", b"", data)
+    return binascii.a2b_base64(data[: len(data) - len(data) % 4]), why
 
 
 def _uudecode(block: str) -> bytes:
     """Decode uuencoded lines, skipping the ones that are not (a line wrapped or added by the way);
-    a line a mail server stripped of trailing spaces, or padded, still decodes."""
+    a line a mail server stripped of trailing spaces, or padded, or indented, still decodes."""
     out: list[bytes] = []
     for line in block.splitlines():
+        line = line.lstrip(" \t")  # no data line starts with a space: its first character is its length
         if not line.strip():
             continue
         try:
