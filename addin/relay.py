@@ -14,7 +14,9 @@ and exchanges it at ``/relay/api/v1/addin/session`` for an add-in token naming t
 claims as the server's own add-in tokens: origin, sid, user). The server verifies the SSO token's
 signature against the tenant's keys (``SENDGUARD_SERVER_SSO_JWKS_URL``), its audience (the add-in's
 app registration) and issuer. A check is relayed only to its own user's helper, and only for mail
-from that user. Without SSO configured the relay refuses, so the add-in stops the send (fail closed).
+from that user by a helper token's rules (envelope sender, From and Sender headers, From display name:
+``403 wrong_sender``, audited). Without SSO configured the relay refuses, so the add-in stops the send
+(fail closed).
 
 Every request that waits (the add-in's check until a helper takes it, the add-in's long-poll, the
 helper's long-poll for new checks) holds one of the server's threads, so each is counted: at most 2
@@ -185,13 +187,26 @@ def relay_check() -> Any:
     """Hand the add-in's check to the user's helper; answers with the helper's first view of it."""
     user, key = _relay_caller()
     data = json_body('{"from": {"address": "..."}, "to": [{"address": "..."}], "subject": "...", "body": "..."}')
-    sender = str((data.get("from") or {}).get("address") or "").strip().lower() \
-        if isinstance(data.get("from"), dict) else ""
-    if sender != user:
-        raise ApiError(403, "forbidden", f"you are signed in as {user}: SendGuard cannot check mail from "
-                                         f"{sender or '(no sender)'} for you")
+    _users_own_mail(user, data)
     with _waiting(key, user):  # refused before anything is stored: no helper ever sees a refused check
         return _hand_over(user, data)
+
+
+def _users_own_mail(user: str, data: dict[str, Any]) -> None:
+    """Relay only the signed-in user's own mail, by a helper token's rules: the message is built here as the
+    user's helper will build it, and its envelope sender, From and Sender headers and From display name must
+    all be the user's (else ``403 wrong_sender``, audited). The helper would check a From of any of its user's
+    addresses, and the approval pages would show it as that sender's mail."""
+    from sendguard import compose
+
+    from .server import own_mail_only
+
+    try:
+        raw, envelope_from, _recipients = compose.from_fields(data)  # MessageError: 422 bad_message
+    except ValueError as exc:  # a header value the email package refuses (a line break in it)
+        raise ApiError(422, "bad_message", f"SendGuard cannot read this message ({exc}); nothing was checked or "
+                                           "sent") from None
+    own_mail_only(current_app.config["SENDGUARD_SERVICE"], None, user, raw, envelope_from, holder="relay")
 
 
 def _hand_over(user: str, data: dict[str, Any]) -> Any:

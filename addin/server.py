@@ -557,33 +557,52 @@ def _header_addresses(raw: bytes, *names: str) -> list[str]:
     return [addr for _name, addr in email.utils.getaddresses(values)]
 
 
-def _own_mail_only(svc: AppService, item_id: str | None, who: str, where: str, addresses: list[str]) -> None:
-    """A helper's token names its user: refuse (403, audited) mail that says it comes from anyone else."""
+# Whose mail a credential bound to a user may hand in, as a refusal says it (and the audit record's "via"):
+# a helper token, an add-in token of the server's own (asked for with a helper token), the Outlook relay's.
+_BOUND_TO = {
+    "helper": ("this helper's token is for {who}; a helper hands over only its own user's mail", "central"),
+    "addin": ("this add-in session is {who}'s; it files only {who}'s own mail", "addin"),
+    "relay": ("you are signed in as {who}; SendGuard checks only your own mail for you", "relay"),
+}
+
+
+def _own_mail_only(svc: AppService, item_id: str | None, who: str, where: str, addresses: list[str],
+                   holder: str = "helper") -> None:
+    """A helper's (or add-in's) token names its user: refuse (403, audited) mail that says it comes from
+    anyone else."""
     others = sorted({a.strip() for a in addresses if a.strip().lower() != who})
     if others:
-        why = (f"{f'request {item_id}: ' if item_id else ''}the {where} is {', '.join(others)}, but this "
-               f"helper's token is for {who}; a helper hands over only its own user's mail. Send it from {who}"
+        bound, via = _BOUND_TO[holder]
+        why = (f"{f'request {item_id}: ' if item_id else ''}the {where} is {', '.join(others)}, but "
+               f"{bound.format(who=who)}. Send it from {who}"
                + (f", or have {others[0]} send it with their own SendGuard" if "@" in others[0] else ""))
-        svc.approvals.audit_refusal(item_id, who, why, "central")
+        svc.approvals.audit_refusal(item_id, who, why, via)
         raise ApiError(403, "wrong_sender", why)
 
 
-def _own_headers_only(svc: AppService, item_id: str | None, who: str, raw: bytes, envelope_from: str) -> None:
+def _own_headers_only(svc: AppService, item_id: str | None, who: str, raw: bytes, envelope_from: str,
+                      holder: str = "helper") -> None:
     """The envelope sender and every address in the From and Sender headers are the token's user."""
-    _own_mail_only(svc, item_id, who, "envelope sender", [envelope_from])
-    _own_mail_only(svc, item_id, who, "From header", _header_addresses(raw, "from", "sender"))
+    _own_mail_only(svc, item_id, who, "envelope sender", [envelope_from], holder)
+    _own_mail_only(svc, item_id, who, "From header", _header_addresses(raw, "from", "sender"), holder)
 
 
-def own_mail_only(svc: AppService, item_id: str | None, who: str, raw: bytes, envelope_from: str) -> None:
-    """``POST /api/v1/checks`` with a helper token: the check is filed as its sender's mail, so it is refused
-    (``403 wrong_sender``, audited) unless it is the token user's own by the rules of a hand-over: the
-    envelope sender, the From and Sender headers, and the From address and display name as checks read them."""
+def own_mail_only(svc: AppService, item_id: str | None, who: str, raw: bytes, envelope_from: str,
+                  holder: str = "helper") -> None:
+    """A check handed in with a credential bound to a user is that user's mail, so it is refused
+    (``403 wrong_sender``, audited) unless it is the user's own by the rules of a hand-over: the envelope
+    sender, the From and Sender headers, and the From address and display name as checks read them.
+
+    ``holder`` names the credential, for the refusal's words: ``helper`` (``POST /api/v1/checks`` with a
+    helper token), ``addin`` (with an add-in token bound to a user), ``relay`` (the Outlook relay, before it
+    passes a check on to the user's helper)."""
     from sendguard import message as msgmod
 
-    _own_headers_only(svc, item_id, who, raw, envelope_from or "(no sender)")  # nobody's mail is not theirs
+    _own_headers_only(svc, item_id, who, raw, envelope_from or "(no sender)", holder)  # nobody's mail is not theirs
     parsed = msgmod.parse(raw, envelope_from)
-    _own_mail_only(svc, item_id, who, "From header", [parsed.from_address] if parsed.from_address else [])
-    _own_mail_only(svc, item_id, who, "display name in the From header", addresses_in_name(parsed.from_name))
+    _own_mail_only(svc, item_id, who, "From header", [parsed.from_address] if parsed.from_address else [], holder)
+    _own_mail_only(svc, item_id, who, "display name in the From header", addresses_in_name(parsed.from_name),
+                   holder)
 
 
 def _server_check(svc: CentralService, item_id: str, who: str, raw: bytes, envelope_from: str,
