@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -71,6 +72,7 @@ from .i18n import _
 from .items import WAITING_PREFIX, Item, new_id  # noqa: F401 - re-exported
 from .mailboxes import _retry
 from .mailboxes.base import (
+    AnswerLost,
     AuthError,
     HoldingMailbox,
     Mailbox,
@@ -813,7 +815,7 @@ class Outbox:
                 return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": str(exc), "outcome_unknown": True}, last_error=str(exc))
             except TransientError as exc:
-                return self._failed(item, str(exc), exc.retry_after)
+                return self._failed(item, str(exc), exc.retry_after, answer_lost=isinstance(exc, AnswerLost))
             except AuthError as exc:  # asked again after the user signs in (or at the latest in 10 min)
                 return self._failed(item, str(exc), None, cap=min(_retry.CAP, 600.0))
             except PermanentError as exc:
@@ -866,8 +868,35 @@ class Outbox:
             outbox_id=item.id, message_id=item.message_id, raw=item.final_raw or item.raw or b"",
             envelope_from=item.envelope_from or item.sender, recipients=tuple(item.envelope_to),
             bcc=tuple(decision.get("bcc_addresses") or ()), source=item.source, source_ref=item.source_ref,
-            held_since=item.created_at,
+            held_since=item.created_at, answer_lost_ago=self._answer_lost_ago(item),
         )
+
+    def _answer_lost_ago(self, item: Item) -> float | None:
+        """Seconds since an earlier send of this item was left without an answer, from its audit records:
+        a ``failed`` one whose transport said the answer was lost (``AnswerLost``), or a ``reconciled`` one
+        for a send the helper stopped in that the transport did not find (yet). None when there is none.
+
+        What a connector counts its grace from ("not in Sent Items" is only "not filed yet" for a while):
+        kept in the store, so a restart within the grace does not send the message a second time."""
+        if item.attempts <= 1:  # this release is the first attempt: no earlier send
+            return None
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(audit.c.ts, audit.c.event, audit.c.data).where(
+                audit.c.item_id == item.id, audit.c.event.in_(("failed", "reconciled")),
+            ).order_by(audit.c.seq.desc())).all()
+        for row in rows:
+            try:
+                data = json.loads(row.data)
+            except ValueError:
+                continue
+            if (row.event == "failed" and data.get("answer_lost")) \
+                    or (row.event == "reconciled" and data.get("found") is False):
+                try:
+                    at = datetime.fromisoformat(row.ts).timestamp()
+                except ValueError:
+                    continue
+                return max(0.0, self.clock() - at)
+        return None
 
     def _sent(self, item: Item, detail: dict[str, Any]) -> Item:
         """``sent``, and its recipients' domains counted as sent to, in one transaction."""
@@ -986,12 +1015,17 @@ class Outbox:
     def _record_domains(self, addresses: builtins.list[str]) -> Callable[[Any], None]:
         return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
 
-    def _failed(self, item: Item, error: str, retry_after: float | None, cap: float | None = None) -> Item:
+    def _failed(self, item: Item, error: str, retry_after: float | None, cap: float | None = None,
+                answer_lost: bool = False) -> Item:
+        """``failed``, to be tried again after the back-off. ``answer_lost``: the send may have gone out
+        (``AnswerLost``); the audit record says so, and later releases count their grace from it."""
         backoff = retry_wait(item.attempts, retry_after, cap)
         # a connector says when it would try again (the server's Retry-After); the user reads the wait kept
         error = _TRYING_AGAIN.sub(f"trying again in {backoff:.0f} s", error)
-        return self.transition(item.id, "fail", "sendguard",
-                               {"error": error, "retry_in": backoff}, last_error=error,
+        data: dict[str, Any] = {"error": error, "retry_in": backoff}
+        if answer_lost:
+            data["answer_lost"] = True
+        return self.transition(item.id, "fail", "sendguard", data, last_error=error,
                                release_after=self.clock() + backoff)
 
     def reconcile(self) -> builtins.list[Item]:

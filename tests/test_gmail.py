@@ -639,6 +639,85 @@ def test_the_helper_keeps_one_gmail_connector_and_signs_in_once(account, google,
     assert helper.mailbox_for(item) is not box  # closed at stop; a later use builds a new one
 
 
+# -- a lost answer whose Sent search fails too: looked for again with back-off, never sent blind ------------
+
+NEVER = '[organization]\ninternal_domains = ["example.com"]\n\n[confirm]\nwhen = "never"\n'
+FAST_RETRY = "\n[retry]\nbase_seconds = 0.2\nmax_seconds = 2\ninline_wait_seconds = 0.2\n"
+
+
+def releasing_helper(env, smtp: bool = True):
+    """A running helper that releases at once (no window) and retries fast (grace after a lost answer: 2 s)."""
+    from sendguard.service import Helper
+
+    (env / "policy.toml").write_text(NEVER)
+    path = Path(config.load().path)
+    if "[retry]" not in path.read_text():
+        path.write_text(path.read_text() + FAST_RETRY)
+    return Helper(env).start(smtp=smtp, smtp_port=0)
+
+
+def handed_in(helper, msgid: str):
+    smtp_submit(helper.smtp.port, make_raw(msgid=msgid), ["bob@partner.example"])
+    return wait_for(lambda: next((i for i in helper.outbox.list(None) if i.message_id == msgid), None))
+
+
+def test_lost_answer_whose_sent_search_fails_is_looked_for_again_not_resent(account, google, env):
+    """Gmail sent the message and the answer was lost (500); the Sent search fails too, three times. The
+    message is never sent again: each retry looks in Sent first, until the search answers and finds it."""
+    google.fail("messages.send", 500, after=True)
+    google.fail("messages.list", 500, times=9)  # 3 look-ups of 3 tries each
+    helper = releasing_helper(env)
+    try:
+        item = handed_in(helper, "<lost-search@sendguard.test>")
+        wait_for(lambda: helper.outbox.get(item.id).state == "sent", timeout=60)
+    finally:
+        helper.stop()
+    assert google.route_count("messages.send") == 1 and len(google.sends) == 1
+    assert not [f for f in google.faults if f["times"]]  # every failing search was made: asked again
+    assert helper.outbox.get(item.id).attempts >= 3
+
+
+def test_lost_answer_whose_sent_search_fails_is_not_resent_after_a_restart(account, google, env):
+    """As above, and the helper is stopped while Sent cannot be searched. The next helper looks in Sent
+    before anything else, finds the message there and records it sent: one copy."""
+    google.fail("messages.send", 500, after=True)
+    google.fail("messages.list", 500, times=10_000)
+    first = releasing_helper(env)
+    try:
+        item = handed_in(first, "<lost-restart@sendguard.test>")
+        wait_for(lambda: (i := first.outbox.get(item.id)).attempts >= 2 and i.state in ("failed", "sent"),
+                 timeout=60)
+    finally:
+        first.stop()
+    assert google.route_count("messages.send") == 1
+    assert "may have gone out" in (first.outbox.get(item.id).last_error or "")
+    google.faults.clear()  # Sent can be searched again
+
+    second = releasing_helper(env, smtp=False)
+    try:
+        wait_for(lambda: second.outbox.get(item.id).state == "sent", timeout=60)
+    finally:
+        second.stop()
+    assert google.route_count("messages.send") == 1 and len(google.sends) == 1
+
+
+def test_lost_answer_is_sent_again_only_after_sent_has_answered(account, google, env):
+    """Gmail refused the send (500) before doing anything, and the Sent search after it fails. Only once a
+    search has answered that the message is not there (and the grace is over) is it sent again: once."""
+    google.fail("messages.send", 500)
+    google.fail("messages.list", 500, times=3)  # the look-up right after the send
+    helper = releasing_helper(env)
+    try:
+        item = handed_in(helper, "<lost-unsent@sendguard.test>")
+        wait_for(lambda: helper.outbox.get(item.id).state == "sent", timeout=60)
+    finally:
+        helper.stop()
+    assert len(google.sends) == 1 and google.route_count("messages.send") == 2
+    calls = [route for route, _method, _query in google.calls]
+    resend = [n for n, route in enumerate(calls) if route == "messages.send"][1]
+    assert calls[:resend].count("messages.list") > 3, calls  # a search answered before the second send
+
+
 def test_check_and_send_cli_puts_the_draft_in_the_outbox(drafts_account, google, env):
     from sendguard.service import Helper
 

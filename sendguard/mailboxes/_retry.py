@@ -8,7 +8,8 @@
   an interrupted send went out): ``BASE``, doubling, capped at ``CAP``, with jitter so many helpers do not
   come back at the same second. A server's Retry-After wins when it names a time.
 - After a send whose answer was lost, a connector does not read "not in Sent Items" as "not sent" for
-  ``sent_items_grace()`` (``LostAnswers``): the mail service may still be filing it.
+  ``sent_items_grace()`` (``LostAnswers``): the mail service may still be filing it. The grace counts from
+  the loss the outbox has on record (``ReleaseItem.answer_lost_ago``), so it holds across a restart.
 
 ``configure`` sets the numbers from config.toml ``[retry]`` (tests use short ones; never real minutes).
 """
@@ -117,7 +118,8 @@ class LostAnswers:
 
     Within ``sent_items_grace()`` after one, "not in Sent Items" only means "not filed yet": the mail
     service files an accepted message asynchronously. ``check`` raises TransientError then, so nothing
-    is sent again; after the grace the lost answer is forgotten and ``check`` returns True."""
+    is sent again; after the grace the lost answer is forgotten and ``check`` returns True. A connector
+    ``recall``s the outbox's record of a loss first, so a new process (after a restart) keeps the grace."""
 
     def __init__(self) -> None:
         self._since: dict[str, float] = {}
@@ -127,6 +129,17 @@ class LostAnswers:
         with self._lock:
             self._since[message_id] = time.monotonic()
 
+    def recall(self, message_id: str, ago: float | None) -> None:
+        """A loss the outbox has on record (``ReleaseItem.answer_lost_ago``): kept as if recorded ``ago``
+        seconds ago (never in the future), unless a later one is known here."""
+        if ago is None:
+            return
+        since = time.monotonic() - max(0.0, ago)
+        with self._lock:
+            known = self._since.get(message_id)
+            if known is None or since > known:
+                self._since[message_id] = since
+
     def forget(self, message_id: str) -> None:
         with self._lock:
             self._since.pop(message_id, None)
@@ -134,9 +147,9 @@ class LostAnswers:
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._since
 
-    def check(self, message_id: str, service: str) -> bool:
-        """For a message not found in the mailbox: False when no answer to a send of it was lost; a
-        TransientError within the grace; True (and forgotten) once the grace is over."""
+    def check(self, message_id: str, service: str, where: str = "Sent Items or the Outbox") -> bool:
+        """For a message not found in the mailbox (``where``): False when no answer to a send of it was
+        lost; a TransientError within the grace; True (and forgotten) once the grace is over."""
         from .base import TransientError  # here: base is the connectors' module, this one is policy only
 
         with self._lock:
@@ -148,7 +161,7 @@ class LostAnswers:
                 del self._since[message_id]
                 return True
         wait = min(left, max(1.0, BASE))
-        raise TransientError(f"{service} has not filed the message in Sent Items or the Outbox yet; the answer "
+        raise TransientError(f"{service} has not filed the message in {where} yet; the answer "
                              "to its send was lost, so it may have gone out and it is not sent again while the "
                              f"service may still be filing it ({left:.0f} s more); trying again in {wait:.0f} s.",
                              retry_after=wait)

@@ -6,6 +6,9 @@ The outbox never knows which connector it talks to. A connector:
   again; mail stays held) or ``PermanentError`` (this message can never go this way).
 - ``find_sent(message_id)``: after a crash in ``releasing``, says whether the message went out:
   True (found in Sent Items / the sink), False (certainly not sent), None (cannot be known).
+- A send whose answer was lost (it may have gone out) raises ``AnswerLost``; the outbox keeps that on
+  record and gives every later release of the message its age (``ReleaseItem.answer_lost_ago``), so a
+  connector whose service files sent mail late looks before it sends again, also after a restart.
 - ``fetch_held()`` (``HoldingMailbox``: Exchange and Graph): items the user put in the account's hold
   folder, to take into the outbox; ``ack_held(ref)`` is called once such an item is durable in the
   outbox. Such a connector can also send an item it holds by its ``source_ref`` (an Outlook draft).
@@ -53,6 +56,13 @@ class TransientError(MailboxError):
         self.retry_after = retry_after
 
 
+class AnswerLost(TransientError):
+    """The send request may have reached the service but its answer was lost (the connection broke after
+    the hand-over, a timeout, a gateway 5xx): the message may have gone out. The outbox records it as
+    such (the ``failed`` audit record carries ``answer_lost``), and the next releases look for the message
+    before they send anything (``ReleaseItem.answer_lost_ago``)."""
+
+
 class AuthError(MailboxError):
     """Wrong password, expired or revoked token: the user must sign in again; mail stays held."""
 
@@ -81,6 +91,10 @@ class ReleaseItem:
     source: str = "smtp"  # smtp | outlook | exchange | exchange-outbox | graph | graph-outbox | gmail
     source_ref: str | None = None  # the connector's own id of a held item (EWS item id, draft id...)
     held_since: float | None = None  # epoch seconds the outbox took it in (grace periods for late syncs)
+    # Seconds since an earlier send of it was left without an answer (``AnswerLost``, or a send the helper
+    # was stopped in and that reconciliation did not find yet), from the outbox's records; None when none
+    # was. A connector reads "not in Sent Items" as "not filed yet" for a grace after it, after a restart too.
+    answer_lost_ago: float | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ from .base import (
     DRAFT_CATEGORY,
     HOLD_FOLDER,
     TAKEN_CATEGORY,
+    AnswerLost,
     AuthError,
     HeldItem,
     MailboxError,
@@ -100,6 +101,21 @@ def _never_reached(e: BaseException) -> bool:
             return True
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+def _connection_lost(e: BaseException) -> BaseException | None:
+    """The network failure behind ``e`` (a reset, a timeout, a dropped answer), or None. exchangelib raises
+    such a failure as ErrorTimeoutExpired, or as ErrorServerBusy when it has more than one connection
+    ("Reraised from ..."): no answer from Exchange, whatever the class says."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, requests.exceptions.ConnectionError | requests.exceptions.Timeout
+                      | requests.exceptions.ChunkedEncodingError | ConnectionError | TimeoutError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 class DeferredSendTime(ExtendedProperty):
@@ -537,6 +553,8 @@ class ExchangeMailbox:
     def release(self, item: ReleaseItem) -> ReleaseReceipt:
         msg = _mime.parse(item.raw)
         plan = _mime.plan_recipients(item, msg)
+        # a loss the outbox has on record (this process may not have seen it: a restart since)
+        self._unanswered.recall(item.message_id, item.answer_lost_ago)
         ref = item.source_ref
         if ref:
             return self._call("sending the held message", lambda a: self._release_held(a, item, ref, msg, plan))
@@ -545,17 +563,26 @@ class ExchangeMailbox:
     def _receipt(self, item: ReleaseItem, how: str, **extra) -> ReleaseReceipt:
         return ReleaseReceipt("exchange", {"account": self.name, "message_id": item.message_id, "via": how, **extra})
 
-    def _send(self, item: ReleaseItem, send) -> None:
+    def _send(self, item: ReleaseItem, send, what: str) -> None:
         """Carry out ``send``; a failure after the request may have reached the server (a broken
-        connection, a timeout, a server error without an EWS answer) is remembered as a lost answer."""
+        connection, a timeout, a server error without an EWS answer) is remembered as a lost answer and
+        raised as ``AnswerLost``, so the outbox keeps it on record (a restart keeps the grace too)."""
         try:
             send()
-        except (ews_errors.ResponseMessageError, ews_errors.UnauthorizedError):  # answered: nothing was sent
-            raise
         except Exception as e:
-            if not _never_reached(e):
-                self._unanswered.record(item.message_id)
-            raise
+            lost = _connection_lost(e)
+            answered = isinstance(e, ews_errors.ResponseMessageError | ews_errors.UnauthorizedError) and not lost
+            if answered or _never_reached(e):  # refused in words, or never reached Exchange: nothing was sent
+                raise
+            err = self._translate(what, e)
+            if not isinstance(err, TransientError):  # e.g. the sign-in refused before the request: as it is
+                raise err from None
+            self._unanswered.record(item.message_id)
+            cause = type(lost or e).__name__
+            raise AnswerLost(f"Cannot reach the Exchange server at {self._where()} while {what}: the connection "
+                             f"broke after the message was handed over ({cause}), so it may have gone out. It is "
+                             "not sent again before SendGuard has looked for it in the mailbox; trying again in "
+                             f"{err.retry_after or 0:.0f} s.", retry_after=err.retry_after) from None
 
     def _release_new(self, account: Account, item: ReleaseItem, plan: _mime.RecipientPlan) -> ReleaseReceipt:
         if self._find_sent(account, item.message_id):
@@ -566,7 +593,7 @@ class ExchangeMailbox:
                      self.address, item.message_id, _retry.sent_items_grace())
         message = Message(account=account, folder=account.sent, mime_content=item.raw,
                           bcc_recipients=[_mailbox(b) for b in plan.bcc] or None)
-        self._send(item, message.send_and_save)
+        self._send(item, message.send_and_save, "sending the message")
         return self._receipt(item, "CreateItem")
 
     def _release_held(self, account: Account, item: ReleaseItem, ref: str, msg,
@@ -617,7 +644,7 @@ class ExchangeMailbox:
             # again; cleared in the same UpdateItem that sends it
             draft.deferred_send_time = None
             update.append("deferred_send_time")
-        self._send(item, lambda: draft.send_and_save(update_fields=update))
+        self._send(item, lambda: draft.send_and_save(update_fields=update), "sending the held message")
         receipt = self._receipt(item, "UpdateItem/SendAndSaveCopy", item_id=item.source_ref)
         if draft.message_id and draft.message_id != item.message_id:
             receipt.detail["internet_message_id"] = draft.message_id

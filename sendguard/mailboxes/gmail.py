@@ -43,6 +43,7 @@ from .. import secrets
 from ..config import Account
 from . import _retry
 from .base import (
+    AnswerLost,
     AuthError,
     HeldItem,
     MailboxError,
@@ -218,6 +219,8 @@ class GmailMailbox:
         # from another process takes effect in a running helper
         self._credentials_source = credentials_source
         self._reread_credentials = False
+        # sends whose answer was lost: until the grace is over, "not in Sent" only means "not there yet"
+        self._unanswered = _retry.LostAnswers()
 
     # -- construction --------------------------------------------------------------------------------
 
@@ -276,11 +279,14 @@ class GmailMailbox:
 
         ``message_id`` marks a send: after an answer that leaves unknown whether the message went out
         (5xx, a dropped connection), Sent is searched before any retry so nothing goes twice. When Sent
-        cannot tell (``off``, or ``headers`` not seeing it) the send is OutcomeUnknown, never retried.
+        cannot tell (``off``, or ``headers`` not seeing it) the send is OutcomeUnknown, never retried. When
+        Sent cannot be searched now, or the send got no answer at all (Gmail may still be carrying it out)
+        and it is not in Sent yet, it is ``AnswerLost``: held, and looked for again before any new send.
         """
         attempt = 0
         while True:
             ambiguous = ""  # why the send may have gone out although it failed
+            answered = False  # Gmail answered the send (a 5xx): it is done with it, whatever it did
             try:
                 result = make_request().execute()
                 self._note_rotation()
@@ -302,6 +308,7 @@ class GmailMailbox:
                 if not isinstance(err, TransientError):
                     raise err from None
                 ambiguous = f"it answered {exc.resp.status}" if exc.resp.status >= 500 else ""
+                answered = True
             except ConnectionRefusedError:
                 err = TransientError(f"Gmail could not be reached to {action} (connection refused); "
                                      "SendGuard will try again.")
@@ -312,12 +319,16 @@ class GmailMailbox:
             if message_id and ambiguous:
                 try:
                     sent = self.find_sent(message_id)
-                except MailboxError:
-                    raise err from None
+                except MailboxError as lookup:  # cannot look now: asked again later, never sent blind
+                    raise self._answer_lost(message_id, ambiguous, "Sent mail cannot be searched now",
+                                            f" Last answer: {lookup}") from None
                 if sent:
+                    self._unanswered.forget(message_id)
                     return {"id": None, "reconciled": True}
                 if sent is None:
                     raise self._outcome_unknown(ambiguous, outbox_id) from None
+                if not answered:  # no answer at all: Gmail may still be carrying the send out
+                    raise self._answer_lost(message_id, ambiguous, "it is not in Sent mail yet") from None
             delay = err.retry_after if isinstance(err, TransientError) and err.retry_after else None
             attempt += 1
             if delay is None:  # the helper's back-off, from this account's first wait (backoff_seconds)
@@ -328,6 +339,15 @@ class GmailMailbox:
                 raise err
             log.info("gmail %s: %s; retry %d in %.1fs", self.address, err, attempt, delay)
             self._sleep(delay)
+
+    def _answer_lost(self, message_id: str, cause: str, why: str, last: str = "") -> AnswerLost:
+        """A send that may have gone out, which Sent cannot settle yet: the message stays held and its next
+        release looks in Sent first (``_after_lost_answer``), in a restarted helper too (the outbox keeps
+        the loss on record)."""
+        self._unanswered.record(message_id)
+        return AnswerLost(f"Gmail did not confirm the send from {self.address} ({cause}), and {why}. The "
+                          "message may have gone out, so it is not sent again before SendGuard has looked for it "
+                          f"in Sent mail; SendGuard will look again.{last}")
 
     def _outcome_unknown(self, cause: str, outbox_id: str) -> OutcomeUnknown:
         """A send that may have gone out, which Sent cannot confirm: the user decides, nothing is retried."""
@@ -429,8 +449,17 @@ class GmailMailbox:
         raw = self.gmail_raw(item)
         if len(raw) > MAX_MESSAGE_BYTES:
             raise self._too_large(len(raw))
+        draft_id = None
         if item.source == "gmail" and (item.source_ref or "").startswith("draft:"):
-            return self._release_draft(item, (item.source_ref or "").split(":", 1)[1], raw)
+            draft_id = (item.source_ref or "").split(":", 1)[1]
+        # a loss the outbox has on record (this process may not have seen it: a restart since)
+        self._unanswered.recall(item.message_id, item.answer_lost_ago)
+        if item.message_id in self._unanswered:
+            settled = self._after_lost_answer(item, draft_id)
+            if settled is not None:
+                return settled
+        if draft_id is not None:
+            return self._release_draft(item, draft_id, raw)
         users = self.service.users()
         payload = self._payload(raw)
         thread_id = self._thread_of_reply(raw)
@@ -440,6 +469,35 @@ class GmailMailbox:
                                "send the message", message_id=item.message_id, size=len(raw),
                                outbox_id=item.outbox_id)
         return self._receipt(result, item, "messages.send")
+
+    def _after_lost_answer(self, item: ReleaseItem, draft_id: str | None) -> ReleaseReceipt | None:
+        """An earlier send of this message lost its answer: look in Sent before sending it again.
+
+        Found: that send went out (a handed-over draft is deleted, as after a send). Sent cannot tell
+        (``headers`` not seeing it, ``off``): OutcomeUnknown, the user decides. Not in Sent within the
+        grace (``_retry.sent_items_grace``): TransientError, asked again later; after it: None, nothing
+        went out and it is sent. A look-up that fails raises as it is (TransientError, AuthError): the
+        outbox asks again with back-off, and nothing is sent meanwhile."""
+        try:
+            found = self.find_sent(item.message_id)
+        except TransientError as exc:
+            raise TransientError(f"Gmail did not confirm an earlier send of this message from {self.address}: it may "
+                                 "have gone out, so it is not sent again before SendGuard has looked for it in Sent "
+                                 "mail. Sent mail cannot be searched now; SendGuard will look again. Last answer: "
+                                 f"{exc}", retry_after=exc.retry_after) from None
+        if found:
+            self._unanswered.forget(item.message_id)
+            receipt = self._receipt({"id": None, "reconciled": True}, item, "messages.send")
+            if draft_id is not None:
+                receipt.detail["draft_id"] = draft_id
+                receipt.detail["draft_deleted"] = self._delete_draft(draft_id)
+            return receipt
+        if found is None:
+            raise self._outcome_unknown("the answer to an earlier send of it was lost", item.outbox_id)
+        if self._unanswered.check(item.message_id, "Gmail", "Sent mail"):  # the grace is over: nothing went out
+            log.info("gmail %s: %s is not in Sent mail %.0f s after its send lost its answer; sending it again",
+                     self.address, item.message_id, _retry.sent_items_grace())
+        return None
 
     def _thread_of_reply(self, raw: bytes) -> str | None:
         """The Gmail thread of the message this one replies to (In-Reply-To, then References), if found.

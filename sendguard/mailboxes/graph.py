@@ -43,6 +43,7 @@ from .base import (
     DRAFT_CATEGORY,
     HOLD_FOLDER,
     TAKEN_CATEGORY,
+    AnswerLost,
     AuthError,
     HeldItem,
     MailboxError,
@@ -95,11 +96,6 @@ def _deferred_of(message: dict) -> dt.datetime | None:
                 log.warning("unreadable deferred send time %r", prop["value"])
                 return None
     return None
-
-
-class _AnswerLost(TransientError):
-    """A send request reached Graph but its answer did not come back (the connection broke after it was
-    handed over, a timeout, a gateway 5xx): the server may have acted on it."""
 
 
 def _never_reached(e: Exception) -> bool:
@@ -332,11 +328,11 @@ class GraphMailbox:
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 wait = self.backoff.next_delay()
                 if sends and not _never_reached(e):
-                    raise _AnswerLost(f"Cannot reach Microsoft Graph at {self.endpoint} while {what}: the "
-                                      f"connection broke after the message was handed over ({type(e).__name__}), "
-                                      "so it may have gone out. It is not sent again before SendGuard has looked "
-                                      f"for it in the mailbox; trying again in {wait:.0f} s.",
-                                      retry_after=wait) from None
+                    raise AnswerLost(f"Cannot reach Microsoft Graph at {self.endpoint} while {what}: the "
+                                     f"connection broke after the message was handed over ({type(e).__name__}), "
+                                     "so it may have gone out. It is not sent again before SendGuard has looked "
+                                     f"for it in the mailbox; trying again in {wait:.0f} s.",
+                                     retry_after=wait) from None
                 raise TransientError(f"Cannot reach Microsoft Graph at {self.endpoint} while {what} "
                                      f"({type(e).__name__}); trying again in {wait:.0f} s. Your mail stays held.",
                                      retry_after=wait) from None
@@ -357,9 +353,9 @@ class GraphMailbox:
             if r.status_code >= 500:
                 wait = _retry.parse_retry_after(r.headers.get("Retry-After")) or self.backoff.next_delay()
                 if r.status_code in (500, 502, 504):  # a gateway may have passed the send on: it may have gone out
-                    raise _AnswerLost(f"Microsoft Graph answered {r.status_code} ({code}) while {what}; the message "
-                                      "may have gone out, so it is not sent again before SendGuard has looked for "
-                                      f"it in the mailbox; trying again in {wait:.0f} s.", retry_after=wait)
+                    raise AnswerLost(f"Microsoft Graph answered {r.status_code} ({code}) while {what}; the message "
+                                     "may have gone out, so it is not sent again before SendGuard has looked for "
+                                     f"it in the mailbox; trying again in {wait:.0f} s.", retry_after=wait)
                 raise TransientError(f"Microsoft Graph answered {r.status_code} ({code}) while {what}; trying "
                                      f"again in {wait:.0f} s. Your mail stays held.", retry_after=wait)
             if r.status_code == 401 and auth and not refreshed:
@@ -559,11 +555,13 @@ class GraphMailbox:
     def release(self, item: ReleaseItem) -> ReleaseReceipt:
         msg = _mime.parse(item.raw)
         plan = _mime.plan_recipients(item, msg)
+        # a loss the outbox has on record (this process may not have seen it: a restart since)
+        self._unanswered.recall(item.message_id, item.answer_lost_ago)
         try:
             if item.source_ref:
                 return self._release_held(item, msg, plan)
             return self._release_new(item, plan)
-        except _AnswerLost:
+        except AnswerLost:
             self._unanswered.record(item.message_id)
             raise
 
