@@ -28,6 +28,10 @@ long polls at most ``LONG_POLLS_TOTAL`` per server process (sized from its threa
 (``LONG_POLLS_BACKGROUND``): it is answered at once with what there is and an ``X-SendGuard-Poll-After``
 hint, and the helper short-polls (a fleet of hundreds of helpers is served). Relay ids are checked (32
 lower-case hex digits) before the database.
+
+The add-in's check waits for a helper to take it (``PICKUP_SECONDS``: else ``503 helper_offline``), then for
+the helper's first report (``ANSWER_SECONDS`` from the take: else ``504 helper_no_answer`` and the row is
+withdrawn as a cancelled one, so a late report is answered ``cancel``). Both stop the send (fail closed).
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ bp = Blueprint("addin_relay", __name__)
 API_PATH = "/relay"  # the add-in's API base on the server (the helper's paths below it)
 ADDIN_TOKEN_MAX_AGE = 12 * 3600
 PICKUP_SECONDS = 10.0  # a check no helper takes within this is refused: the helper is not connected
+# a check the helper took but has not reported on within this is given up (its build crashed, or it died):
+# the add-in's request ends (PICKUP_SECONDS + this stay under the add-in's 60 s submitTimeoutMs)
+ANSWER_SECONDS = 30.0
 ADDIN_WAITING_SECONDS = 5.0
 MAX_WAIT = 30.0
 TICK = 0.1  # how often a waiting request looks at the database (waiting requests are bounded: see above)
@@ -217,6 +224,8 @@ def _hand_over(user: str, data: dict[str, Any]) -> Any:
         conn.execute(insert(addin_relay).values(id=relay_id, user=user, state="pending", request=data, status=None,
                                                 version=0, addin_seen=now, created_at=now, updated_at=now))
     deadline = time.monotonic() + float(current_app.config.get("RELAY_PICKUP_SECONDS", PICKUP_SECONDS))
+    answer_seconds = float(current_app.config.get("RELAY_ANSWER_SECONDS", ANSWER_SECONDS))
+    answer_deadline: float | None = None  # set once a helper took it
     while True:
         row = _row(relay_id, user)
         if row["status"] is not None:
@@ -224,7 +233,14 @@ def _hand_over(user: str, data: dict[str, Any]) -> Any:
             if status.get("state") == "error":
                 raise ApiError(422, "refused", str(status.get("error") or "the helper could not check it"))
             return jsonify(_answer(row)), 201
-        if time.monotonic() > deadline:
+        if row["state"] not in ("pending", "taken"):  # withdrawn meanwhile (cancelled): nothing will answer it
+            raise ApiError(409, "withdrawn", "this check was withdrawn before SendGuard answered; nothing was sent: "
+                                             "press Send again")
+        if row["state"] == "taken" and answer_deadline is None:
+            answer_deadline = time.monotonic() + answer_seconds
+        if answer_deadline is not None and time.monotonic() > answer_deadline:
+            _give_up(relay_id, user, answer_seconds)  # raises, unless the helper's first report just came
+        elif answer_deadline is None and time.monotonic() > deadline:
             with _db().transaction() as conn:
                 conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
                                                        addin_relay.c.state == "pending")
@@ -234,6 +250,23 @@ def _hand_over(user: str, data: dict[str, Any]) -> Any:
                                                       "server: start SendGuard (it connects by itself), then press "
                                                       "Send again")
         time.sleep(TICK)
+
+
+def _give_up(relay_id: str, user: str, answer_seconds: float) -> None:
+    """The helper took the check and said nothing within ``answer_seconds`` (it crashed building it, or died):
+    the add-in's request ends and the send stops (fail closed: the mail is not sent unchecked). The row is
+    withdrawn as the add-in withdraws it: a late report from the helper is answered ``cancel``, and the helper
+    cancels its item, so the SendGuard window does not ask about a send Outlook already stopped."""
+    with _db().transaction() as conn:
+        gave_up = conn.execute(update(addin_relay).where(addin_relay.c.id == relay_id,
+                                                         addin_relay.c.state == "taken",
+                                                         addin_relay.c.version == 0)  # no report yet
+                               .values(state="cancelled", request=None, updated_at=time.time())).rowcount
+    if gave_up == 1:
+        raise ApiError(504, "helper_no_answer", f"SendGuard on {user}'s computer took this message but did not "
+                                                f"answer within {answer_seconds:g} seconds; nothing was sent: check "
+                                                "that SendGuard is running (restart it if needed), then press Send "
+                                                "again")
 
 
 @bp.get(f"{API_PATH}/api/v1/outbox/<relay_id>")
