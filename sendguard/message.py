@@ -88,7 +88,8 @@ class ParsedMessage:
     body_text: str
     size: int
     # text the recipient's mail program does not show as the message but receives all the same (outside
-    # the parts of a multipart, inside a file encoded in a body): checked for personal data and keywords only,
+    # the parts of a multipart, the comments, <head> and <script> of an HTML body, inside a file encoded in a
+    # body): checked for personal data and keywords only,
     # never previewed nor read as what the message says (salutation, opt-out, announced attachment)
     hidden_text: str = ""
     # the files among it (encoded in a text body): the rules on programs and locked files apply to them
@@ -450,12 +451,17 @@ def _part_bytes(part: Message, problems: list[str]) -> bytes:
 
 def _text_of(part: Message, data: bytes) -> str:
     """A body part's text: declared charset, else detected (undeclared Shift_JIS included)."""
+    return _texts_of(part, data)[0]
+
+
+def _texts_of(part: Message, data: bytes) -> tuple[str, str]:
+    """A body part's text (``_text_of``), and the source of an HTML part that its reader does not show but receives
+    (comments, <head> and <title>, <script>: ``extract.html_parts``), or ""."""
     text = extract.decode_text(data, part.get_content_charset())
     if part.get_content_subtype() == "html":
-        text = extract.html_to_text(text)
-    else:
-        text = extract.normalize_spaces(text)
-    return text[:TEXT_SCAN_LIMIT]
+        text, unshown = extract.html_parts(text, TEXT_SCAN_LIMIT)
+        return text[:TEXT_SCAN_LIMIT], unshown
+    return extract.normalize_spaces(text)[:TEXT_SCAN_LIMIT], ""
 
 
 def html_to_text(markup: str) -> str:
@@ -771,10 +777,14 @@ def parse(
         if att_id is not None:
             attachments.append(_attachment(att_id, part, elided, budget, depth, problems))
         elif part.get_content_maintype() == "text":
-            text = _text_of(part, _content(part, "body.txt", elided, problems)[0])
+            text, unshown = _texts_of(part, _content(part, "body.txt", elided, problems)[0])
             body_chunks.append(text)
             if ("begin " in text or "begin-base64 " in text) and part.get_content_subtype() in ("plain", "html"):
                 hidden += encoded.read(text, len(text) >= TEXT_SCAN_LIMIT)  # rare: no regex for most bodies
+            if unshown:  # HTML comments, <head>, <script>: checked, never read as what the message says
+                hidden.append(extract.unshown_text(unshown))
+                if "begin " in unshown or "begin-base64 " in unshown:  # a file left in a comment, as pasted
+                    hidden += encoded.read(unshown, len(unshown) >= TEXT_SCAN_LIMIT)
         elif part.get_content_maintype() == "multipart":  # one the parser could not split
             body_chunks.append(_broken_multipart(part, budget, depth, problems))
     encoded.finish()
