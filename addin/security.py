@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -304,6 +305,21 @@ class TooDeep(ValueError):
     """JSON nested deeper than the parser's recursion limit."""
 
 
+class NumberTooLong(ValueError):
+    """A JSON integer with more digits than Python converts (``sys.get_int_max_str_digits``)."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+        super().__init__(f"a JSON number of {digits} digits is too long to read")
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # the JSON scanner only hands over digits: this is the int-string length limit
+        raise NumberTooLong(len(text.lstrip("-"))) from None
+
+
 class JSONProvider(DefaultJSONProvider):
     """The apps' JSON (``app.json``), which every ``request.get_json`` reads with: a document nested too
     deeply to read is bad JSON like any other (``ValueError``), not a RecursionError answered 500."""
@@ -311,6 +327,7 @@ class JSONProvider(DefaultJSONProvider):
     ensure_ascii = False
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("parse_int", _parse_int)
         try:
             return super().loads(s, **kwargs)
         except RecursionError:
@@ -345,6 +362,10 @@ def json_body(example: str, optional: bool = False) -> dict[str, Any]:
         data = current_app.json.loads(raw)
     except TooDeep:
         raise ApiError(400, "bad_json", f"the request body is JSON nested too deeply to read: {send}") from None
+    except NumberTooLong as exc:
+        limit = sys.get_int_max_str_digits()
+        raise ApiError(400, "bad_json", f"the request body holds a number too long to read ({exc.digits} digits; "
+                                        f"at most {limit}): {send}") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "bad_json", f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} "
                                         f"column {exc.colno}; cut short?): {send}") from None
