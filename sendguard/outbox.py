@@ -701,7 +701,59 @@ class Outbox:
                                    {"reason": reason, "interrupted_send": True, "may_have_been_sent": True},
                                    last_error="cancelled while SendGuard could not tell whether it had gone out; "
                                               "check your Sent mail")
+        if item.state == State.FAILED and item.id in self.sends_in_doubt([item.id]):
+            # its last send lost its answer: it may be with its recipients already. Nothing more is sent;
+            # the user is told, as for an interrupted send (the CLI prints a last error that "could not tell")
+            return self.transition(item_id, "cancel", actor,
+                                   {"reason": reason, "answer_lost": True, "may_have_been_sent": True},
+                                   only_from=[State.FAILED],
+                                   last_error="cancelled while SendGuard could not tell whether it had gone out "
+                                              "(the answer to its send was lost); check your Sent mail")
         return self.transition(item_id, "cancel", actor, {"reason": reason})
+
+    def sends_in_doubt(self, item_ids: Collection[str]) -> set[str]:
+        """Of these items, the ones whose last failure left their send in doubt: it may have gone out.
+
+        That is an item whose latest ``failed`` / ``reconciled`` / ``retry_requested`` audit record is a
+        ``failed`` one saying ``answer_lost`` (the transport lost the answer to the send: ``AnswerLost``) or
+        ``may_have_been_sent`` (a later try, within the Sent Items grace of that loss, that sent nothing and
+        did not find it yet). A clean failure after it, a reconciliation that found nothing, or the user's
+        ``queue resolve --resend`` ("it did not go out") ends the doubt."""
+        ids = list(dict.fromkeys(item_ids))
+        doubt: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            latest: dict[str, str] = {}
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(select(audit.c.item_id, audit.c.event, audit.c.data).where(
+                    audit.c.item_id.in_(chunk), audit.c.event.in_(("failed", "reconciled", "retry_requested")),
+                ).order_by(audit.c.seq.desc())).all()
+            for row in rows:
+                if row.item_id in latest:
+                    continue
+                latest[row.item_id] = row.event
+                if row.event != "failed":
+                    continue
+                try:
+                    data = json.loads(row.data)
+                except ValueError:
+                    continue
+                if isinstance(data, dict) and (data.get("answer_lost") or data.get("may_have_been_sent")):
+                    doubt.add(row.item_id)
+        return doubt
+
+    def _doubt_remains(self, item: Item, sent: ReleaseItem | None) -> bool:
+        """A release that failed without a new lost answer: does the doubt of an earlier one remain? Yes when
+        the item's last failure left it in doubt and this try came within the Sent Items grace of that loss
+        (``answer_lost_ago``): a connector sends nothing again then, and a copy it found would be ``sent``."""
+        ago = sent.answer_lost_ago if sent is not None else None
+        if ago is None or ago >= _retry.sent_items_grace():
+            return False
+        try:
+            return item.id in self.sends_in_doubt([item.id])
+        except Exception:  # noqa: BLE001 - the failure is recorded all the same
+            log.exception("could not read the earlier failures of %s", item.id)
+            return True
 
     def client_stopped(self, item_id: str, actor: str, reason: str = "") -> Item:
         """The client that was to send this item itself (the Outlook add-in, after ``sent``) stopped the
@@ -805,24 +857,29 @@ class Outbox:
                 if not self._can_send_outlook_draft(item):
                     return self._outlook_gone(item)
                 # The add-in is gone (the user left the message): send the saved draft from the server.
+            to_send: ReleaseItem | None = None
             try:
                 if self.mailbox_for is None:
                     raise PermanentError("no release transport is configured")
                 mailbox = self.mailbox_for(item)
-                receipt = mailbox.release(self._release_item(item))
+                to_send = self._release_item(item)
+                receipt = mailbox.release(to_send)
                 faults.point("release.after_transport")
             except OutcomeUnknown as exc:  # it may have gone out and nobody can tell: never send it again
                 return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": str(exc), "outcome_unknown": True}, last_error=str(exc))
             except TransientError as exc:
-                return self._failed(item, str(exc), exc.retry_after, answer_lost=isinstance(exc, AnswerLost))
+                lost = isinstance(exc, AnswerLost)
+                return self._failed(item, str(exc), exc.retry_after, answer_lost=lost,
+                                    in_doubt=not lost and self._doubt_remains(item, to_send))
             except AuthError as exc:  # asked again after the user signs in (or at the latest in 10 min)
-                return self._failed(item, str(exc), None, cap=min(_retry.CAP, 600.0))
+                return self._failed(item, str(exc), None, cap=min(_retry.CAP, 600.0),
+                                    in_doubt=self._doubt_remains(item, to_send))
             except PermanentError as exc:
                 return self.transition(item_id, "fail_for_user", "sendguard",
                                        {"error": str(exc), "permanent": True}, last_error=str(exc))
             except MailboxError as exc:
-                return self._failed(item, str(exc), None)
+                return self._failed(item, str(exc), None, in_doubt=self._doubt_remains(item, to_send))
             except Exception as exc:  # unknown: the transport may or may not have sent it
                 log.exception("release of %s failed unexpectedly", item_id)
                 return self.transition(item_id, "fail_for_user", "sendguard",
@@ -1016,15 +1073,20 @@ class Outbox:
         return lambda conn: self.store.record_sent_domains(conn, addresses, self.clock())
 
     def _failed(self, item: Item, error: str, retry_after: float | None, cap: float | None = None,
-                answer_lost: bool = False) -> Item:
+                answer_lost: bool = False, in_doubt: bool = False) -> Item:
         """``failed``, to be tried again after the back-off. ``answer_lost``: the send may have gone out
-        (``AnswerLost``); the audit record says so, and later releases count their grace from it."""
+        (``AnswerLost``); the audit record says so, and later releases count their grace from it.
+        ``in_doubt``: this try sent nothing, but an earlier lost answer still leaves the message possibly
+        gone out (``may_have_been_sent``; the grace is still counted from the loss). ``sends_in_doubt``
+        reads both: a cancel and the status line say the message may have gone out."""
         backoff = retry_wait(item.attempts, retry_after, cap)
         # a connector says when it would try again (the server's Retry-After); the user reads the wait kept
         error = _TRYING_AGAIN.sub(f"trying again in {backoff:.0f} s", error)
         data: dict[str, Any] = {"error": error, "retry_in": backoff}
         if answer_lost:
             data["answer_lost"] = True
+        elif in_doubt:
+            data["may_have_been_sent"] = True
         return self.transition(item.id, "fail", "sendguard", data, last_error=error,
                                release_after=self.clock() + backoff)
 

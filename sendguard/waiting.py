@@ -1,10 +1,10 @@
 """What SendGuard is waiting on, one short line per cause: the window's status line and the tray menu.
 
 A message the user confirmed is not always gone a moment later: its mail service may be down (the
-send is retried), a send may have been interrupted (SendGuard asks the service whether it went out
-before it sends again), the central server may be out of reach (approval requests wait to be handed
-over), or SendGuard may need the user to decide. Each such group becomes one ``Waiting`` line that
-says what it waits for; nothing here changes a message.
+send is retried), a send may have been interrupted or its answer lost (it may have gone out: SendGuard
+asks the service, or looks in Sent, before it sends again), the central server may be out of reach
+(approval requests wait to be handed over), or SendGuard may need the user to decide. Each such group
+becomes one ``Waiting`` line that says what it waits for; nothing here changes a message.
 """
 
 from __future__ import annotations
@@ -70,8 +70,20 @@ def waiting(outbox: Outbox, gettext: Callable[[str], str], central: Any = None,
                                               "went out (asking again in {seconds} s; never sent twice)."))
                              .format(count=len(group), where=where, seconds=_seconds(left)),
                              tuple(i.id for i in group)))
-    # sends that failed for now: retried with back-off until the mail service takes them
+    # sends that failed for now: retried with back-off until the mail service takes them; a send whose
+    # answer was lost may have gone out, and is looked for in Sent before it is sent again
     failed = sorted((i for i in items if i.state == State.FAILED), key=lambda i: -i.updated_at)
+    doubt = outbox.sends_in_doubt([i.id for i in failed]) if failed else set()
+    lost = [i for i in failed if i.id in doubt]
+    failed = [i for i in failed if i.id not in doubt]
+    if lost:
+        left = min(i.release_after for i in lost) - now
+        last = next((i.last_error for i in lost if i.last_error), "") or t(_("no answer"))
+        lines.append(Waiting("retry", t(_("{count} message(s) may have gone out: the answer to their send was lost. "
+                                          "SendGuard looks for them in Sent before sending again (next look in "
+                                          "{seconds} s). Last answer: {error}"))
+                             .format(count=len(lost), seconds=_seconds(left), error=last),
+                             tuple(i.id for i in lost)))
     if failed:
         left = min(i.release_after for i in failed) - now
         last = next((i.last_error for i in failed if i.last_error), "") or t(_("no answer"))
