@@ -7,6 +7,7 @@ connection, the user decides in SendGuard, and the add-in completes. On PostgreS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -112,8 +113,10 @@ def tenant() -> Iterator[Tenant]:
     t.close()
 
 
-@pytest.fixture
-def server(pg_url: str, tmp_path: Path, tenant: Tenant) -> Iterator[Any]:
+@contextlib.contextmanager
+def running_server(pg_url: str, tmp_path: Path, tenant: Tenant, **config: Any) -> Iterator[Any]:
+    """The central server on PostgreSQL in a thread, its relay signing in with ``tenant``'s SSO tokens
+    (``config``: more of its settings, e.g. RELAY_PICKUP_SECONDS). The other relay tests use it too."""
     from werkzeug.serving import make_server
 
     from addin.server import create_server_app, issue_token, migrate
@@ -123,17 +126,29 @@ def server(pg_url: str, tmp_path: Path, tenant: Tenant) -> Iterator[Any]:
     policy.write_text('[approval]\napprovers = ["boss@example.co.jp"]\n', encoding="utf-8")
     app = create_server_app(pg_url, "http://127.0.0.1", policy, test_config={
         "RELAY_SSO_JWKS_URL": tenant.jwks_url, "RELAY_SSO_AUDIENCE": AUDIENCE, "RELAY_SSO_ISSUER": ISSUER,
-        "RELAY_PICKUP_SECONDS": 3.0})
+        **config})
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     svc = app.config["SENDGUARD_SERVICE"]
     server = type("S", (), {})()
     server.url = f"http://127.0.0.1:{httpd.server_port}"
     server.app = app
+    server.store = svc.store
+    server.polls = app.extensions["sendguard_long_polls"]
+    server.user_polls = app.extensions["sendguard_relay_user_polls"]
     server.token = lambda user: issue_token(svc.store, user)
-    yield server
-    httpd.shutdown()
-    svc.store.close()
+    server.helper = lambda user: {"Authorization": f"Bearer {server.token(user)}"}  # a helper token's headers
+    try:
+        yield server
+    finally:
+        httpd.shutdown()
+        svc.store.close()
+
+
+@pytest.fixture
+def server(pg_url: str, tmp_path: Path, tenant: Tenant) -> Iterator[Any]:
+    with running_server(pg_url, tmp_path, tenant, RELAY_PICKUP_SECONDS=3.0) as s:
+        yield s
 
 
 @pytest.fixture

@@ -188,25 +188,8 @@ TARO = "taro@example.co.jp"
 
 @pytest.fixture
 def server(pg_url: str, tmp_path: Path, tenant: Any) -> Iterator[Any]:
-    from werkzeug.serving import make_server
-
-    from addin.server import create_server_app, issue_token, migrate
-
-    migrate(pg_url)
-    policy = tmp_path / "server-policy.toml"
-    policy.write_text('[approval]\napprovers = ["boss@example.co.jp"]\n', encoding="utf-8")
-    app = create_server_app(pg_url, "http://127.0.0.1", policy, test_config={
-        "RELAY_SSO_JWKS_URL": tenant.jwks_url, "RELAY_SSO_AUDIENCE": relay_tests.AUDIENCE,
-        "RELAY_SSO_ISSUER": relay_tests.ISSUER, "RELAY_PICKUP_SECONDS": 5.0})
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    svc = app.config["SENDGUARD_SERVICE"]
-    s = type("S", (), {})()
-    s.url = f"http://127.0.0.1:{httpd.server_port}"
-    s.helper = {"Authorization": f"Bearer {issue_token(svc.store, TARO)}"}
-    yield s
-    httpd.shutdown()
-    svc.store.close()
+    with relay_tests.running_server(pg_url, tmp_path, tenant, RELAY_PICKUP_SECONDS=5.0) as s:
+        yield s
 
 
 def relay_state(server: Any, tenant: Any) -> tuple[dict[str, str], str]:
@@ -222,14 +205,14 @@ def relay_state(server: Any, tenant: Any) -> tuple[dict[str, str], str]:
     t.start()
     taken: list[dict[str, Any]] = []
     for _ in range(50):
-        taken = requests.get(f"{server.url}/api/v1/central/relay/pending?wait=0", headers=server.helper,
+        taken = requests.get(f"{server.url}/api/v1/central/relay/pending?wait=0", headers=server.helper(TARO),
                              timeout=10).json()
         if taken:
             break
         time.sleep(0.1)
     relay_id = taken[0]["id"]
     assert requests.post(f"{server.url}/api/v1/central/relay/{relay_id}/status", json={"state": "sent"},
-                         headers=server.helper, timeout=10).status_code == 200
+                         headers=server.helper(TARO), timeout=10).status_code == 200
     t.join(30)
     assert answer["r"].status_code == 201, answer["r"].text
     return addin, relay_id
@@ -238,10 +221,10 @@ def relay_state(server: Any, tenant: Any) -> tuple[dict[str, str], str]:
 @pytest.mark.postgres
 def test_the_central_servers_endpoints_refuse_bodies_they_cannot_read(server: Any, tenant: Any) -> None:
     addin, relay_id = relay_state(server, tenant)
-    for path, headers in (("/api/v1/central/requests", server.helper),
-                          ("/api/v1/central/decisions/ack", server.helper),
-                          ("/api/v1/central/audit-checkpoint", server.helper),
-                          (f"/api/v1/central/relay/{relay_id}/status", server.helper),
+    for path, headers in (("/api/v1/central/requests", server.helper(TARO)),
+                          ("/api/v1/central/decisions/ack", server.helper(TARO)),
+                          ("/api/v1/central/audit-checkpoint", server.helper(TARO)),
+                          (f"/api/v1/central/relay/{relay_id}/status", server.helper(TARO)),
                           ("/relay/api/v1/checks", addin),
                           (f"/relay/api/v1/outbox/{relay_id}/cancel", addin)):
         for body, ctype in (UNREADABLE["cut_short"], UNREADABLE["text_plain"], (DEEP, "application/json")):
@@ -250,7 +233,7 @@ def test_the_central_servers_endpoints_refuse_bodies_they_cannot_read(server: An
             assert r.json()["error"]["code"] == "bad_json", (path, r.text[:300])
     # none of it was acted on: the add-in's check is neither cancelled nor reported stopped
     status = requests.post(f"{server.url}/api/v1/central/relay/{relay_id}/status", json={"state": "sent"},
-                           headers=server.helper, timeout=10).json()
+                           headers=server.helper(TARO), timeout=10).json()
     assert status["stopped_send"] is False and status["cancel"] is False
 
 
@@ -266,5 +249,5 @@ def test_a_relay_cancel_reporting_a_stopped_send_in_a_cut_short_body_is_refused(
                       headers={**addin, **JSON}, timeout=10)
     assert r.status_code == 200, r.text
     status = requests.post(f"{server.url}/api/v1/central/relay/{relay_id}/status", json={"state": "sent"},
-                           headers=server.helper, timeout=10).json()
+                           headers=server.helper(TARO), timeout=10).json()
     assert status["stopped_send"] is True

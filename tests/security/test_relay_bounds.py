@@ -29,28 +29,8 @@ pg_url, tenant = relay_tests.pg_url, relay_tests.tenant
 
 @pytest.fixture
 def server(pg_url: str, tmp_path: Path, tenant: Any) -> Iterator[Any]:
-    from werkzeug.serving import make_server
-
-    from addin.server import create_server_app, issue_token, migrate
-
-    migrate(pg_url)
-    policy = tmp_path / "server-policy.toml"
-    policy.write_text('[approval]\napprovers = ["boss@example.co.jp"]\n', encoding="utf-8")
-    app = create_server_app(pg_url, "http://127.0.0.1", policy, test_config={
-        "RELAY_SSO_JWKS_URL": tenant.jwks_url, "RELAY_SSO_AUDIENCE": relay_tests.AUDIENCE,
-        "RELAY_SSO_ISSUER": relay_tests.ISSUER, "RELAY_PICKUP_SECONDS": 5.0, "LONG_POLLS_TOTAL": TOTAL})
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    svc = app.config["SENDGUARD_SERVICE"]
-    s = type("S", (), {})()
-    s.url = f"http://127.0.0.1:{httpd.server_port}"
-    s.app = app
-    s.store = svc.store
-    s.polls = app.extensions["sendguard_long_polls"]
-    s.helper = lambda user: {"Authorization": f"Bearer {issue_token(svc.store, user)}"}
-    yield s
-    httpd.shutdown()
-    svc.store.close()
+    with relay_tests.running_server(pg_url, tmp_path, tenant, RELAY_PICKUP_SECONDS=5.0, LONG_POLLS_TOTAL=TOTAL) as s:
+        yield s
 
 
 def addin_session(server: Any, tenant: Any, user: str) -> dict[str, str]:
