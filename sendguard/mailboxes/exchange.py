@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import requests
-import urllib3
 from exchangelib import (
     BASIC,
     DELEGATE,
@@ -56,7 +55,7 @@ from exchangelib.folders import SingleFolderQuerySet
 
 from .. import secrets
 from ..config import Account as AccountConfig
-from . import _mime, _retry
+from . import _http, _mime, _retry
 from .base import (
     DRAFT_CATEGORY,
     HOLD_FOLDER,
@@ -86,36 +85,6 @@ HELD_FIELDS = ("mime_content", "message_id", "subject", "categories", "to_recipi
                "bcc_recipients", "author", "deferred_send_time")
 OUTBOX_SOURCE = "exchange-outbox"
 CONNECTIONS = 4  # per server and sign-in: release, hold/Outbox watch, Outbox stream, one spare
-
-
-def _never_reached(e: BaseException) -> bool:
-    """True when a request failed before a connection was made (refused, no route, DNS): nothing was sent."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        reason = cur.args[0] if cur.args else None
-        reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
-        if isinstance(cur, requests.exceptions.ConnectTimeout | ConnectionRefusedError) \
-                or isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
-def _connection_lost(e: BaseException) -> BaseException | None:
-    """The network failure behind ``e`` (a reset, a timeout, a dropped answer), or None. exchangelib raises
-    such a failure as ErrorTimeoutExpired, or as ErrorServerBusy when it has more than one connection
-    ("Reraised from ..."): no answer from Exchange, whatever the class says."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, requests.exceptions.ConnectionError | requests.exceptions.Timeout
-                      | requests.exceptions.ChunkedEncodingError | ConnectionError | TimeoutError):
-            return cur
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 class DeferredSendTime(ExtendedProperty):
@@ -570,9 +539,9 @@ class ExchangeMailbox:
         try:
             send()
         except Exception as e:
-            lost = _connection_lost(e)
+            lost = _http.connection_lost(e)
             answered = isinstance(e, ews_errors.ResponseMessageError | ews_errors.UnauthorizedError) and not lost
-            if answered or _never_reached(e):  # refused in words, or never reached Exchange: nothing was sent
+            if answered or _http.never_reached(e):  # refused in words, or never reached Exchange: nothing was sent
                 raise
             err = self._translate(what, e)
             if not isinstance(err, TransientError):  # e.g. the sign-in refused before the request: as it is

@@ -33,12 +33,11 @@ from urllib.parse import urlparse
 
 import msal
 import requests
-import urllib3
 from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 
 from .. import secrets
 from ..config import Account as AccountConfig
-from . import _mime, _retry
+from . import _http, _mime, _retry
 from .base import (
     DRAFT_CATEGORY,
     HOLD_FOLDER,
@@ -96,15 +95,6 @@ def _deferred_of(message: dict) -> dt.datetime | None:
                 log.warning("unreadable deferred send time %r", prop["value"])
                 return None
     return None
-
-
-def _never_reached(e: Exception) -> bool:
-    """True when a request failed before a connection was made (refused, no route, DNS): nothing was sent."""
-    if isinstance(e, requests.exceptions.ConnectTimeout):
-        return True
-    reason = e.args[0] if e.args else None
-    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 class _Session(requests.Session):
@@ -327,7 +317,7 @@ class GraphMailbox:
                                      retry_after=wait) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 wait = self.backoff.next_delay()
-                if sends and not _never_reached(e):
+                if sends and not _http.never_reached(e):
                     raise AnswerLost(f"Cannot reach Microsoft Graph at {self.endpoint} while {what}: the "
                                      f"connection broke after the message was handed over ({type(e).__name__}), "
                                      "so it may have gone out. It is not sent again before SendGuard has looked "
