@@ -719,28 +719,32 @@ class Outbox:
         ``may_have_been_sent`` (a later try, within the Sent Items grace of that loss, that sent nothing and
         did not find it yet). A clean failure after it, a reconciliation that found nothing, or the user's
         ``queue resolve --resend`` ("it did not go out") ends the doubt."""
-        ids = list(dict.fromkeys(item_ids))
         doubt: set[str] = set()
+        for item_id, records in self._send_records(item_ids).items():
+            event, _ts, data = records[0]
+            if event == "failed" and (data.get("answer_lost") or data.get("may_have_been_sent")):
+                doubt.add(item_id)
+        return doubt
+
+    def _send_records(self, item_ids: Collection[str]) -> dict[str, builtins.list[tuple[str, str, dict[str, Any]]]]:
+        """Each item's ``failed`` / ``reconciled`` / ``retry_requested`` audit records, newest first, as
+        (event, ts, data): what is known of its earlier sends (``sends_in_doubt``, ``_answer_lost_ago``)."""
+        ids = list(dict.fromkeys(item_ids))
+        out: dict[str, builtins.list[tuple[str, str, dict[str, Any]]]] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            latest: dict[str, str] = {}
             with self.store.engine.connect() as conn:
-                rows = conn.execute(select(audit.c.item_id, audit.c.event, audit.c.data).where(
-                    audit.c.item_id.in_(chunk), audit.c.event.in_(("failed", "reconciled", "retry_requested")),
+                rows = conn.execute(select(audit.c.item_id, audit.c.event, audit.c.ts, audit.c.data).where(
+                    audit.c.item_id.in_(ids[start:start + 500]),
+                    audit.c.event.in_(("failed", "reconciled", "retry_requested")),
                 ).order_by(audit.c.seq.desc())).all()
             for row in rows:
-                if row.item_id in latest:
-                    continue
-                latest[row.item_id] = row.event
-                if row.event != "failed":
-                    continue
                 try:
                     data = json.loads(row.data)
                 except ValueError:
-                    continue
-                if isinstance(data, dict) and (data.get("answer_lost") or data.get("may_have_been_sent")):
-                    doubt.add(row.item_id)
-        return doubt
+                    data = None
+                # (a record that cannot be read says nothing, but it still counts as the latest)
+                out.setdefault(row.item_id, []).append((row.event, row.ts, data if isinstance(data, dict) else {}))
+        return out
 
     def _doubt_remains(self, item: Item, sent: ReleaseItem | None) -> bool:
         """A release that failed without a new lost answer: does the doubt of an earlier one remain? Yes when
@@ -937,19 +941,11 @@ class Outbox:
         kept in the store, so a restart within the grace does not send the message a second time."""
         if item.attempts <= 1:  # this release is the first attempt: no earlier send
             return None
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(audit.c.ts, audit.c.event, audit.c.data).where(
-                audit.c.item_id == item.id, audit.c.event.in_(("failed", "reconciled")),
-            ).order_by(audit.c.seq.desc())).all()
-        for row in rows:
-            try:
-                data = json.loads(row.data)
-            except ValueError:
-                continue
-            if (row.event == "failed" and data.get("answer_lost")) \
-                    or (row.event == "reconciled" and data.get("found") is False):
+        for event, ts, data in self._send_records([item.id]).get(item.id, []):
+            if (event == "failed" and data.get("answer_lost")) \
+                    or (event == "reconciled" and data.get("found") is False):
                 try:
-                    at = datetime.fromisoformat(row.ts).timestamp()
+                    at = datetime.fromisoformat(ts).timestamp()
                 except ValueError:
                     continue
                 return max(0.0, self.clock() - at)
