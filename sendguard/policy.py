@@ -606,8 +606,11 @@ def _flatten(path: Path, text: str, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_file(path: Path) -> dict[str, Any]:
+def parse_file(path: Path, content: dict[Path, bool] | None = None) -> dict[str, Any]:
+    """The file's settings, validated and flattened; ``content`` records whether it had any (``_has_content``)."""
     data, text = tomlfile.read(path)
+    if content is not None:
+        content[path] = _has_content(text)
     return _flatten(path, text, data)
 
 
@@ -675,14 +678,8 @@ def _load(path: Path | None, admin_path: Path | None) -> tuple[Policy, dict[Path
     from . import managed  # Group Policy / MDM values: locked, on top of the machine file
 
     content: dict[Path, bool] = {}
-
-    def parse(p: Path) -> dict[str, Any]:
-        data, text = tomlfile.read(p)
-        content[p] = _has_content(text)
-        return _flatten(p, text, data)
-
-    admin = managed.apply(parse(admin_path) if admin_path and admin_path.exists() else None)
-    user = parse(path) if path and path.exists() else {}
+    admin = managed.apply(parse_file(admin_path, content) if admin_path and admin_path.exists() else None)
+    user = parse_file(path, content) if path and path.exists() else {}
     source = str(path) if path and path.exists() else "(embedded defaults)"
     policy = build(user, admin, source)
     layers = [(p, layer) for p, layer in ((admin_path, admin), (path, user)) if p is not None and layer]
