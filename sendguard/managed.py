@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import plistlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +126,8 @@ def _mac_file() -> Path:
 
 
 def _from_plist(path: Path) -> dict[str, Any]:
+    import plistlib  # macOS only: not loaded by every command's start elsewhere
+
     try:
         data = plistlib.loads(path.read_bytes())
     except (OSError, plistlib.InvalidFileException, ValueError) as exc:

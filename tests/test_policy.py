@@ -195,6 +195,16 @@ def test_personal_data_detection(text, kinds):
     ("totally-different.com", ["example.co.jp"], None),
     ("partner.example", ["example.co.jp", "partner.example"], None),
     ("google.com", ["example.co.jp"], None),
+    # edits that change the length, up to the limit (1 under 8 letters, 2 from 8), and one past it
+    ("exampl.co.jp", ["example.co.jp"], "example.co.jp"),
+    ("examplee.co.jp", ["example.co.jp"], "example.co.jp"),
+    ("exampleee.co.jp", ["example.co.jp"], None),
+    ("torihikisak.com", ["torihikisaki.com"], "torihikisaki.com"),
+    ("torihikisakiii.com", ["torihikisaki.com"], "torihikisaki.com"),
+    ("torihikisakiiii.com", ["torihikisaki.com"], None),
+    # across the label/suffix boundary: one letter more or fewer in the whole name
+    ("example-co.jp", ["example.co.jp"], "example.co.jp"),
+    ("exampleco.jp", ["example.co.jp"], "example.co.jp"),
 ])
 def test_lookalike(domain, known, expected):
     assert detect.lookalike_of(domain, known) == expected

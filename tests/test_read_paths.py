@@ -44,8 +44,10 @@ def test_queue_list_and_check_load_no_database_layer_keyring_or_unneeded_tables(
     store.close()
     eml = home / "m.eml"
     eml.write_bytes(make_message(to="x@partner.example", body="plain text").as_bytes())
+    # rapidfuzz: no domain here is within an edit or two of a reference one; plistlib: macOS profiles;
+    # the connectors' interface: the directory only catches their errors
     heavy = ["sqlalchemy", "keyring", "Crypto", "babel", "tomlkit", "confusable_homoglyphs", "puremagic",
-             "importlib.metadata"]
+             "importlib.metadata", "rapidfuzz", "plistlib", "sendguard.mailboxes.base"]
     for args in (["queue", "list"], ["queue", "list", "--json", "--all"], ["check", str(eml)]):
         code = ("import sys\nfrom sendguard.cli import main\n"
                 f"try:\n    main({args!r}, prog_name='sendguard')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
@@ -190,3 +192,54 @@ def test_public_suffixes_are_found_as_with_the_full_list() -> None:
                 assert detect._psl("xn--" in form).publicsuffix(form) == full.publicsuffix(form), form
                 checked += 1
     assert checked > 20_000
+
+
+def _suffix_list(path: Path, rules: list[str]) -> str:
+    path.write_text("// a comment: example.com is not a rule\n" + "\n".join(rules) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_public_suffix_rules_are_kept_in_the_home_and_read_again_when_the_list_changes(
+        sg_env: Path, tmp_path: Path) -> None:
+    """The rules are read once and kept in the home (private to the user); a list of another size or time
+    is read again, and a cache that cannot be read is replaced rather than trusted."""
+    import os
+    import stat
+
+    from sendguard import detect
+
+    source = _suffix_list(tmp_path / "list.dat", ["jp", "co.jp", "*.kawasaki.jp", "!city.kawasaki.jp"])
+    rules, most = detect._suffix_rules(source)
+    assert rules == {"jp", "co.jp", "*.kawasaki.jp", "!city.kawasaki.jp"} and most == 3
+    cache = sg_env / "cache" / "public_suffix_rules.marshal"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
+
+    # the cached copy is what is read next: the file is not parsed again while it is unchanged
+    original, st = Path(source).read_bytes(), os.stat(source)
+    Path(source).write_bytes(original.replace(b"co.jp", b"ne.jp"))
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert detect._suffix_rules(source)[0] == rules  # same size, same time: the cache answers
+
+    # a newer list (another modification time) is read again, and the cache follows it
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert "ne.jp" in detect._suffix_rules(source)[0]
+    assert "co.jp" not in detect._suffix_rules(source)[0]
+
+    # a damaged cache is never taken for rules
+    for junk in (b"", b"\x00garbage", __import__("marshal").dumps(("not", "the", "shape"))):
+        cache.write_bytes(junk)
+        assert detect._suffix_rules(source)[0] == {"jp", "ne.jp", "*.kawasaki.jp", "!city.kawasaki.jp"}
+    assert cache.read_bytes() not in (b"", b"\x00garbage")
+
+
+def test_public_suffix_rules_do_not_create_a_missing_home(sg_env: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looking a domain up (as ``doctor`` does) never creates the home: the rules are read, not kept."""
+    from sendguard import detect
+
+    missing = tmp_path / "no-home-yet"
+    monkeypatch.setenv("SENDGUARD_HOME", str(missing))
+    source = _suffix_list(tmp_path / "list.dat", ["com"])
+    assert detect._suffix_rules(source) == (frozenset({"com"}), 1)
+    assert not missing.exists()

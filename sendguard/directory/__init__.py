@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .. import detect
-from ..mailboxes.base import MailboxError
+from ..mailboxes.errors import MailboxError
 
 if TYPE_CHECKING:
     from ..config import Account

@@ -30,7 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import SendGuardError
+# the failures a connector raises live apart, so code that only catches them (the directory, the CLI)
+# does not load these dataclasses and protocols; they are named here too, where connectors look for them
+from .errors import (  # noqa: F401
+    AnswerLost,
+    AuthError,
+    MailboxError,
+    OutcomeUnknown,
+    PermanentError,
+    TransientError,
+)
 
 # What SendGuard names in the user's Exchange / Exchange Online mailbox (EWS and Graph alike, so a user
 # moved from one to the other finds the same folder): the folder held mail waits in, the category a
@@ -38,44 +47,6 @@ from ..errors import SendGuardError
 HOLD_FOLDER = "SendGuard Hold"
 DRAFT_CATEGORY = "SendGuard"
 TAKEN_CATEGORY = "SendGuard: taken"
-
-
-class MailboxError(SendGuardError):
-    """A connector failed; ``user_message`` tells the user what to do."""
-
-    retryable = False
-
-
-class TransientError(MailboxError):
-    """Server unreachable, throttled, 5xx: nothing was sent; try again later."""
-
-    retryable = True
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class AnswerLost(TransientError):
-    """The send request may have reached the service but its answer was lost (the connection broke after
-    the hand-over, a timeout, a gateway 5xx): the message may have gone out. The outbox records it as
-    such (the ``failed`` audit record carries ``answer_lost``), and the next releases look for the message
-    before they send anything (``ReleaseItem.answer_lost_ago``)."""
-
-
-class AuthError(MailboxError):
-    """Wrong password, expired or revoked token: the user must sign in again; mail stays held."""
-
-    retryable = True
-
-
-class PermanentError(MailboxError):
-    """The server refused this message for good (too large, mailbox full, rejected recipient)."""
-
-
-class OutcomeUnknown(MailboxError):
-    """The connection broke after the server may have taken the message, and the server cannot be asked
-    (an SMTP relay after DATA): sending again could send twice, so the user decides."""
 
 
 @dataclass(frozen=True)
