@@ -125,6 +125,8 @@ TEMPLATES: tuple[str, ...] = (
     _("the file is empty; SendGuard keeps the policy it last read from it, as an editor may still be "
       "writing it. To run without these rules, write a comment line such as \"# no rules\" in the file, "
       "or restart SendGuard"),
+    _("the file is gone; SendGuard keeps the policy it last read from it, as an editor may be saving it by "
+      "replacing the file. To run on the built-in rules, restart SendGuard"),
     _("the first line must be the header {header}, found {found}"),
     _("expected {expected}, got {kind} {value}"),
     _("{value} is not a language SendGuard speaks; one of {languages} (or leave it out to follow "

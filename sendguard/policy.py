@@ -728,7 +728,9 @@ class PolicyHolder:
 
     A policy file that had content and now reads as empty is refused too: an editor that saves by
     truncating the file and then writing it leaves it empty for a moment, and an empty file is a valid
-    policy with every rule off. A helper that starts with an empty file uses the built-in defaults."""
+    policy with every rule off. So is a policy file that is gone (moved aside while the new one is written):
+    the last one read stays in force until the file is back or the helper restarts. A helper that starts
+    with an empty file, or with none, uses the built-in defaults."""
 
     path: Path | None
     admin_path: Path | None = None
@@ -756,9 +758,17 @@ class PolicyHolder:
         return (mtime(self.path), mtime(self.admin_path), managed.stamp(), *data)
 
     def _emptied(self, content: dict[Path, bool]) -> ConfigError | None:
-        """The error for a policy file that had content when last read and now reads as empty."""
-        for path, found in content.items():
-            if not found and self._content.get(path):
+        """The error for a policy file that had content when last read and now reads as empty, or is gone
+        (an editor that saves by moving the old file aside and writing a new one leaves no file for a
+        moment, and no file means the built-in rules)."""
+        for path, had in self._content.items():
+            if not had:
+                continue
+            if path not in content:
+                return ConfigError(str(path), "the file is gone; SendGuard keeps the policy it last read from it, "
+                                              "as an editor may be saving it by replacing the file. To run on "
+                                              "the built-in rules, restart SendGuard")
+            if not content[path]:
                 return ConfigError(str(path), "the file is empty; SendGuard keeps the policy it last read from it, "
                                               "as an editor may still be writing it. To run without these rules, "
                                               "write a comment line such as \"# no rules\" in the file, or "

@@ -6,6 +6,7 @@ the last good policy stays until the file has content again, and the holder says
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from conftest import make_message
@@ -138,3 +139,87 @@ def test_a_policy_written_while_it_was_read_is_read_again(tmp_path, monkeypatch)
     os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
     holder.get()  # reads the empty file
     assert action(holder.get(), "x@other.example") == "block"
+
+
+def test_a_policy_removed_while_in_force_keeps_the_last_good_one(tmp_path):
+    """An editor that saves by moving the old file aside and writing a new one leaves no policy file for a
+    moment; a message checked then must not go out on the built-in rules."""
+    path = tmp_path / "policy.toml"
+    path.write_text(BLOCKS_RIVAL, encoding="utf-8")
+    holder = PolicyHolder(path)
+    assert action(holder.get(), "x@rival.example") == "block"
+    path.rename(tmp_path / "policy.toml~")  # the editor's backup ...
+    kept = holder.get()
+    assert action(kept, "x@rival.example") == "block"  # ... a message checked right then: still held
+    assert kept.load_error == ""
+    assert holder.last_error is not None and holder.last_error.path == str(path)
+    assert "gone" in str(holder.last_error) and "restart" in str(holder.last_error)
+    assert holder.get() is kept
+    new = tmp_path / "policy.toml.new"  # ... then the new text, moved into place
+    new.write_text(BLOCKS_OTHER, encoding="utf-8")
+    new.rename(path)
+    now = holder.get()
+    assert action(now, "x@rival.example") != "block" and action(now, "x@other.example") == "block"
+    assert holder.last_error is None
+
+
+def test_a_policy_removed_on_purpose_applies_after_a_restart(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text(BLOCKS_RIVAL, encoding="utf-8")
+    holder = PolicyHolder(path)
+    holder.reload()
+    path.unlink()
+    assert action(holder.get(), "x@rival.example") == "block"
+    restarted = PolicyHolder(path)
+    assert restarted.reload().source == "(embedded defaults)" and restarted.last_error is None
+    assert action(restarted.get(), "x@rival.example") != "block"
+
+
+def test_a_removed_machine_policy_keeps_the_last_good_one(tmp_path):
+    user, admin = tmp_path / "policy.toml", tmp_path / "admin.toml"
+    user.write_text('[organization]\ninternal_domains = ["example.co.jp"]\n', encoding="utf-8")
+    admin.write_text('locked = ["rules.address"]\n[[rules.address]]\nmatch = ["*@rival.example"]\n'
+                     'action = "block"\n', encoding="utf-8")
+    holder = PolicyHolder(user, admin)
+    assert action(holder.get(), "x@rival.example") == "block"
+    admin.unlink()
+    assert action(holder.get(), "x@rival.example") == "block"
+    assert holder.last_error is not None and holder.last_error.path == str(admin)
+
+
+def test_a_policy_that_was_empty_may_be_removed(tmp_path):
+    """Only a file that held rules is kept: one that was empty (the defaults) is the defaults gone or not."""
+    path = tmp_path / "policy.toml"
+    path.write_text("", encoding="utf-8")
+    holder = PolicyHolder(path)
+    holder.reload()
+    path.unlink()
+    assert holder.get().source == "(embedded defaults)" and holder.last_error is None
+
+
+def test_the_running_helper_holds_mail_by_the_last_policy_while_the_file_is_replaced(home, serve_process):
+    """The journey: `sendguard serve` runs (a blocked message waits in the window with verdict block), the user saves policy.toml with an editor that moves the old
+    file aside first, and mail submitted over SMTP in that moment is still checked by the rules in force;
+    the saved file then applies to the next message."""
+    import json
+    import smtplib
+
+    from conftest import run_cli, wait_for
+
+    path = home / "policy.toml"
+    path.write_text(BLOCKS_RIVAL, encoding="utf-8")
+    helper = serve_process().start()
+
+    def send(to: str) -> str:
+        with smtplib.SMTP("127.0.0.1", helper.smtp_port, timeout=30) as client:
+            reply = client.send_message(make_message(to=to), "taro@example.co.jp", [to])
+        assert reply == {}
+        items = json.loads(run_cli("queue", "list", "--json", "--all").stdout)
+        return str(next(i["verdict"] for i in items if to in json.dumps(i)))
+
+    assert send("a@rival.example") == "block"
+    path.rename(home / "policy.toml~")
+    assert send("b@rival.example") == "block"  # no file right now: the rules last read still hold
+    path.write_text(BLOCKS_OTHER, encoding="utf-8")
+    wait_for(lambda: send(f"c{time.monotonic_ns()}@other.example") == "block", timeout=20)
+    assert send("d@rival.example") != "block"
