@@ -709,7 +709,27 @@ class Outbox:
                                    only_from=[State.FAILED],
                                    last_error="cancelled while SendGuard could not tell whether it had gone out "
                                               "(the answer to its send was lost); check your Sent mail")
+        if item.state == State.NEEDS_ATTENTION and self._outcome_unknown(item.id):
+            # it waits for the user because nobody could tell whether its send went out: the same warning
+            return self.transition(item_id, "cancel", actor,
+                                   {"reason": reason, "outcome_unknown": True, "may_have_been_sent": True},
+                                   only_from=[State.NEEDS_ATTENTION],
+                                   last_error="cancelled while SendGuard could not tell whether it had gone out; "
+                                              "check your Sent mail")
         return self.transition(item_id, "cancel", actor, {"reason": reason})
+
+    def _outcome_unknown(self, item_id: str) -> bool:
+        """Does the latest word on this item's sends leave open whether it went out? A send whose connection
+        broke while the message was handed over (``OutcomeUnknown``) or that failed in a way nobody
+        foresaw, an interrupted send the transport could not find or rule out, or a lost answer not
+        settled since (a message refused later, ``release_refused``, keeps that doubt)."""
+        records = self._send_records([item_id]).get(item_id)
+        if not records:
+            return False
+        event, _ts, data = records[0]
+        if event == "reconciled":
+            return data.get("found") is None
+        return event == "failed" and any(data.get(k) for k in ("outcome_unknown", "answer_lost", "may_have_been_sent"))
 
     def sends_in_doubt(self, item_ids: Collection[str]) -> set[str]:
         """Of these items, the ones whose last failure left their send in doubt: it may have gone out.
@@ -887,7 +907,8 @@ class Outbox:
             except Exception as exc:  # unknown: the transport may or may not have sent it
                 log.exception("release of %s failed unexpectedly", item_id)
                 return self.transition(item_id, "fail_for_user", "sendguard",
-                                       {"error": repr(exc)}, last_error=f"unexpected error: {exc}")
+                                       {"error": repr(exc), "outcome_unknown": True},
+                                       last_error=f"unexpected error: {exc}")
             return self._sent_by_transport(item, {"transport": receipt.transport, **receipt.detail})
 
     def _can_send_outlook_draft(self, item: Item) -> bool:
