@@ -74,6 +74,9 @@ MESSAGES["confirm_always"] = _("Your policy asks you to confirm every message (c
 # the policy file could not be read and no earlier one was in force: every message waits for the user
 MESSAGES["policy_error"] = _("SendGuard cannot use its policy ({target}): every message is held for you until "
                              "it is fixed; tell your administrator")
+# a rule failed on this message (a bug): it is held, and what it carries is listed without judgement
+MESSAGES["rule_failed"] = _("SendGuard could not finish checking this message ({target}): look at every recipient "
+                            "and attachment yourself before you send it")
 UNINSPECTED = _("{target} could not be inspected ({why}): check its content yourself")
 KIND_NAMES = {"card_number": _("card number"), "my_number": _("My Number"), "body": _("the message body")}
 
@@ -623,3 +626,17 @@ def evaluate(
     approvers = list(policy.approvers_for(msg.sender)) if action == "approve" else []
     return CheckResult(msg, ctx.recipients, ctx.attachments, action, ctx.reasons, approvers, ctx.force_bcc,
                        ctx.problems)
+
+
+def unfinished(msg: ParsedMessage, policy: Policy, error: str, gettext: Callable[[str], str] = str) -> CheckResult:
+    """The result for a message a rule failed on (a bug in SendGuard): held for the user with the error,
+    who still sees every recipient and attachment it carries to tick, unjudged. A recipient counts as
+    external unless its domain is one of the organization's (no other rule is run)."""
+    ctx = _Context(msg, policy, (), gettext, History(), ())
+    for res in ctx.recipients:
+        internal = _domain_kind(res.recipient.domain, policy.internal_domains, policy.trusted_domains,
+                                policy.blocked_domains)[0]
+        if not internal or _routed(res.recipient):
+            res.flags.append("external")
+    ctx.add("policy_error", "confirm", error, key="rule_failed")
+    return CheckResult(msg, ctx.recipients, ctx.attachments, "confirm", ctx.reasons, [], False, ctx.problems)

@@ -65,6 +65,7 @@ from .errors import (
     NeedsReconfirmation,
     NotFound,
     PermissionDenied,
+    SendGuardError,
     StateError,
     StoreUnavailable,
 )
@@ -505,8 +506,10 @@ class Outbox:
 
         Fails closed: an unreadable message or a failing rule holds the message for the user.
         """
+        parsed: message.ParsedMessage | None = None
         try:
-            result = self.evaluate(raw, envelope_from, envelope_to, policy, cached_only)
+            parsed = message.parse(raw, envelope_from, envelope_to)
+            result = self.evaluate_parsed(parsed, policy, cached_only)
         except directory.NotCached:
             raise
         except MessageError as exc:
@@ -515,8 +518,7 @@ class Outbox:
                             {"last_error": str(exc), "check_result": unreadable.to_json()}, check=unreadable)
         except Exception as exc:  # a bug in a rule must hold the message, never release it
             log.exception("policy evaluation failed")
-            return Verdict(True, {"action": "confirm", "error": f"policy error: {exc}"},
-                            {"last_error": f"policy error: {exc}"})
+            return self._unfinished(parsed, policy, f"policy error: {exc}")
         action = result.action
         hold = (
             policy.confirm_when == "always"
@@ -533,6 +535,21 @@ class Outbox:
         decision = Decision(bcc=result.force_bcc and policy.auto_bcc)
         _policy_changes(decision, check)  # auto Cc/Bcc added, opted-out removed
         return Verdict(hold, audit, values, decision, check)
+
+    def _unfinished(self, parsed: message.ParsedMessage | None, policy: Policy, error: str) -> Verdict:
+        """Held for the user, as a rule failed on it: with what it carries listed (the window's boxes to
+        tick, its subject) when it could be read, the error as its reason."""
+        values: dict[str, Any] = {"last_error": error}
+        check = None
+        if parsed is not None:
+            try:
+                check = checks.unfinished(parsed, policy, error, self.gettext).stored()
+            except Exception:  # noqa: BLE001 - held all the same, with the error
+                log.exception("could not list what the message carries")
+            else:
+                values.update(check_result=check.to_json(), sender=parsed.sender, owner=parsed.sender,
+                              subject=parsed.subject)
+        return Verdict(True, {"action": "confirm", "error": error}, values, check=check)
 
     def process(self, item_id: str) -> Item:
         """Check a received message and hold it for the window, or pass it on when the policy allows.
@@ -620,7 +637,14 @@ class Outbox:
         final, envelope, bcc = apply(item.raw or b"", decision, item.envelope_to, external, item.message_id)
         decision.bcc_addresses = bcc if decision.bcc else []
         policy = self.policy()
-        result = self.evaluate(final, item.envelope_from, envelope, policy)
+        try:
+            result = self.evaluate(final, item.envelope_from, envelope, policy)
+        except (SendGuardError, directory.NotCached):
+            raise
+        except Exception as exc:  # a rule failed on it: whether it is blocked or needs approval is unknown
+            log.exception("policy evaluation of %s failed at its confirmation", item_id)
+            raise StateError(f"message {item_id} cannot be sent now: SendGuard could not check it ({exc}); it "
+                             "stays held. Cancel it, or send it again once SendGuard is fixed") from None
         if result.action == "block":
             blocked = ", ".join(r.target for r in result.reasons if r.action == "block")
             raise StateError(f"message {item_id} cannot be sent: {blocked} is blocked by policy; "
