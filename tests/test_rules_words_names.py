@@ -103,6 +103,18 @@ def test_a_real_name_of_a_recipient_does_not_fire(pol):
     assert not fired(pol, "name_mismatch", to=YAMADA, body="経理ご担当 山田様\n\nいつもお世話になっております。")
 
 
+@pytest.mark.parametrize("salutation", ["経理担当の山田様", "ABC商事の山田様", "営業部の山田太郎様", "Aコーポの山田さん"])
+def test_a_recipient_named_after_a_role_or_company_and_no_does_not_fire(pol, salutation):
+    """The person is the part after the last の (経理担当の山田様 greets 山田), not the whole phrase."""
+    assert not fired(pol, "name_mismatch", to=YAMADA, body=f"{salutation}\n\nいつもお世話になっております。")
+
+
+@pytest.mark.parametrize("salutation", ["経理担当の鈴木様", "ABC商事の鈴木様", "きのした様", "ゆきの様"])
+def test_another_person_after_a_role_and_no_still_fires(pol, salutation):
+    """経理担当の鈴木様 to 山田 is the wrong person; a name written in hiragana is not cut at its の."""
+    assert fired(pol, "name_mismatch", to=YAMADA, body=f"{salutation}\n\nいつもお世話になっております。")
+
+
 # --------------------------------------------------------------- lookalike_domain: kana and kanji look-alikes
 
 @pytest.mark.parametrize("to,similar", [

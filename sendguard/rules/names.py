@@ -87,7 +87,16 @@ def _japanese(line: str) -> list[str]:
     candidates = [chunks[-1]]
     if len(chunks) >= 2:
         candidates.append(chunks[-2] + chunks[-1])
+    # 経理担当の山田様, ABC商事の田中様: the person comes after the last の that follows a role or a
+    # company (one written with a kanji, katakana or Latin letter: a name written in hiragana may hold の)
+    role, particle, person = chunks[-1].rpartition("の")
+    if particle and len(role) >= 2 and len(person) >= 2 and not _hiragana_only(role):
+        candidates.insert(0, person)
     return [norm(c) for c in candidates if norm(c) and norm(c) not in _GENERIC]
+
+
+def _hiragana_only(text: str) -> bool:
+    return all("\u3041" <= c <= "\u309f" for c in text)
 
 
 def _chinese(line: str) -> list[str]:
