@@ -151,13 +151,15 @@ def html_to_text(markup: str) -> str:
 
 def html_parts(markup: str, keep: int = TEXT_LIMIT) -> tuple[str, str]:
     """(text shown, source not shown) of HTML: ``html_to_text``'s text, and the source a mail program does not show
-    but sends (comments, a comment never closed to the end, <head> with its <title>, <script>), at most ``keep``
+    but sends (comments, a comment never closed to the end, <head> with its <title>, <script>, and the text of
+    attributes shown only for a missing image, on hover or to a screen reader: alt, title...), at most ``keep``
     characters, the pieces a line apart. Read for personal data, keywords and encoded files only. The CSS of a
     <style> is left out: the mail program or the template wrote it, and with its digits the personal-data check
     of a newsletter's CSS took five times as long as that of its text."""
     unshown = _Unshown(keep)
     markup = _without_elements(markup, unshown)
     markup = _without_comments(markup, unshown)
+    _attribute_text(markup, unshown)
     markup = _tags_replaced(_BLOCK_TAGS, "\n", markup)
     markup = _tags_replaced(_CELL_TAGS, "\t", markup)
     markup = _tags_replaced(_ANY_TAG, "", markup)
@@ -248,6 +250,28 @@ def _without_comments(markup: str, unshown: _Unshown) -> str:
         start = markup.find("<!--", done)
     out.append(markup[done:])
     return "".join(out)
+
+
+# attributes whose text a mail program shows only now and then: for an image not loaded (most programs do not load
+# them), on hover, to a screen reader, in a form field. The value quoted either way or bare.
+_SHOWN_SOMETIMES = re.compile(
+    r"""(?i)[\s"'/](?:alt|title|aria-label|aria-description|placeholder|value|summary|label)\s*+=\s*+"""
+    r"""(?:"([^"]*+)"|'([^']*+)'|([^\s"'<>=`]++))""")
+
+
+def _attribute_text(markup: str, unshown: _Unshown) -> None:
+    """Keep the text of such attributes of the tags left (comments and unshown elements are out already) as
+    unshown source, each value a piece; one pass over the tags, then over the few that have a '='."""
+    if unshown.room <= 0 or "=" not in markup:
+        return
+    end = markup.rfind(">") + 1
+    for tag in _ANY_TAG.finditer(markup, 0, end):
+        if "=" not in tag.group():
+            continue
+        for found in _SHOWN_SOMETIMES.finditer(tag.group()):
+            value = found.group(found.lastindex or 0)
+            if value.strip():
+                unshown.add(value, 0, len(value))
 
 
 def _tags_replaced(tag: re.Pattern[str], replacement: str, markup: str) -> str:

@@ -136,6 +136,34 @@ def test_a_card_number_in_the_head_is_found(pol, head):
     assert "personal_data" in rules(evaluate(pol, html_message("", head=head)))
 
 
+@pytest.mark.parametrize("markup", [
+    f'<img src="cid:list" alt="顧客 山田 太郎 {CARD}">',
+    f"<img src=cid:list alt='{CARD}' width=1>",
+    f'<span title="{CARD}">カード</span>',
+    f"<input type=text value={MY_NUMBER[:4]}-{MY_NUMBER[4:8]}-{MY_NUMBER[8:]}>",
+    f'<td aria-label="My Number {MY_NUMBER}">●●●●</td>',
+], ids=["img-alt", "alt-single-quotes", "title", "input-value-bare", "aria-label"])
+def test_personal_data_in_attribute_text_is_found(pol, markup):
+    """Text a mail program shows only for an image it did not load (most do not, by default), on hover, to a
+    screen reader or in a form field: it travels with the message, so it is checked like the source not shown."""
+    parsed = message.parse(html_message(markup))
+    assert CARD not in parsed.body_text and MY_NUMBER not in parsed.body_text
+    assert "personal_data" in rules(checks.evaluate(parsed, pol, set())), parsed.hidden_text
+
+
+def test_a_keyword_in_an_image_description_is_found(pol):
+    parsed = message.parse(html_message('<img src="cid:chart" alt="【社外秘】来期価格表" title="社外秘">'))
+    assert rules(checks.evaluate(parsed, pol, set())).get("keyword") == ["the message body"]
+
+
+def test_ordinary_attributes_raise_nothing(pol):
+    markup = ('<a href="https://example.co.jp/?id=4111111111111111" title="当社サイト">サイト</a>'
+              '<img src="cid:logo" alt="Example 株式会社 ロゴ" width="120"><div data-value="4111 1111 1111 1111">x</div>')
+    parsed = message.parse(html_message(markup))
+    assert "当社サイト" in parsed.hidden_text and "ロゴ" in parsed.hidden_text
+    assert not {"personal_data", "keyword"} & set(rules(checks.evaluate(parsed, pol, set())))
+
+
 def test_css_is_not_read(pol):
     """The CSS of a <style>, as Outlook writes it (in a comment) or a newsletter's template: written by a program,
     full of digits (font 'panose' numbers), and the costliest part of a newsletter to read for personal data."""
@@ -281,8 +309,11 @@ def test_the_body_text_is_the_old_one_for_any_markup():
     "<p " * 50_000,  # 12 s
     "<head>" * 50_000 + "</head>",
     "<head><style>" * 30_000 + "</head>",
+    "<img alt=" * 50_000 + ">",
+    "<img alt='" * 50_000 + ">",
+    '<p title="' + "=" * 100_000 + '">',
 ], ids=["unclosed-comments", "lt-spaces", "lt-spaces-slash", "lt", "unclosed-script", "mixed-unclosed", "unclosed-p",
-        "heads", "styles-in-head"])
+        "heads", "styles-in-head", "alt-runs", "alt-quote-runs", "equals-in-a-title"])
 def test_hostile_markup_is_read_in_linear_time(markup):
     started = time.monotonic()
     parsed = message.parse(html_message(markup))
