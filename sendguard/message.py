@@ -781,6 +781,8 @@ def parse(
             body_chunks.append(text)
             if ("begin " in text or "begin-base64 " in text) and part.get_content_subtype() in ("plain", "html"):
                 hidden += encoded.read(text, len(text) >= TEXT_SCAN_LIMIT)  # rare: no regex for most bodies
+                if _QUOTED_MARK.search(text):  # a file in the quoted message of a reply goes out again with it
+                    hidden += encoded.read(_unquoted(text), len(text) >= TEXT_SCAN_LIMIT)
             if unshown:  # HTML comments, <head>, <script>: checked, never read as what the message says
                 hidden.append(extract.unshown_text(unshown))
                 if "begin " in unshown or "begin-base64 " in unshown:  # a file left in a comment, as pasted
@@ -836,6 +838,14 @@ def _outside_parts(msg: Message, elided: _Elided | None) -> list[str]:
 # of its line and is stripped afterwards (a lazy name before ``[ \t]*`` would be quadratic on a run of spaces).
 _ENCODED_MARK = re.compile(r"(?m)^[ \t]*(?:begin(-base64)? [0-7]{1,4} +(\S[^\r\n]*)\r?$|(end|====)[ \t]*\r?$)")
 _ENCODED_NAMED = 10  # encoded files named one by one in the problems
+# a begin line in quoted text ("> begin 644 list.zip", "> > begin-base64 ..."), as a reply quotes the message
+_QUOTED_MARK = re.compile(r"(?m)^[ \t]*+(?:>[ \t]?+)++[ \t]*+begin(?:-base64)? [0-7]{1,4} +\S")
+_QUOTE_PREFIX = re.compile(r"(?m)^[ \t]*+(?:>[ \t]?+)++")
+
+
+def _unquoted(text: str) -> str:
+    """``text`` with the quote marks at the start of its lines taken off: the quoted message as it was written."""
+    return _QUOTE_PREFIX.sub("", text)
 
 
 class _EncodedFiles:

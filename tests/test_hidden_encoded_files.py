@@ -228,3 +228,47 @@ def test_a_body_without_begin_pays_for_no_pattern(monkeypatch):
     parsed = message.parse(text_message("The beginning of the end; it began at 10.\n" * 100))
     assert parsed.problems == []
     message.parse(html_message("<p>Begin here: <b>beginning</b></p>" * 100))
+
+
+# ---------------------------------------------------------------- in the quoted message of a reply
+
+def quoted(block: str, marks: str = "> ") -> str:
+    return "".join(marks + line + "\n" for line in block.splitlines())
+
+
+@pytest.mark.parametrize("marks", ["> ", ">", "> > ", ">> "])
+def test_a_uuencoded_locked_zip_in_a_quoted_reply_is_ppap(pol, marks):
+    """A reply quotes the earlier message, its uuencoded file included: the file goes out again with the reply
+    (and a mail program that shows uuencoded files shows it as an attachment of the quoted text)."""
+    body = ("承知しました。\n\n2026/12/01 10:00 Taro wrote:\n" + quoted("資料をお送りします。", marks)
+            + quoted(uuencode("x.zip", encrypted_zip()), marks) + quoted("パスワードは別途お送りします。", marks))
+    parsed = message.parse(text_message(body))
+    assert [f.name for f in parsed.hidden_files] == ["x.zip"]
+    assert "encrypted" in parsed.hidden_files[0].flags
+    assert rules(checks.evaluate(parsed, pol, set())).get("encrypted_attachment") == ["x.zip"]
+
+
+def test_a_begin_base64_list_in_a_quoted_reply_is_read(pol):
+    body = "Thanks.\n\n> Here is the list:\n" + quoted(base64_block("list.csv", CSV))
+    parsed = message.parse(text_message(body))
+    assert [f.name for f in parsed.hidden_files] == ["list.csv"]
+    assert "personal_data" in rules(checks.evaluate(parsed, pol, set()))
+
+
+def test_a_file_both_sent_and_quoted_is_one_file(pol):
+    block = uuencode("x.zip", encrypted_zip())
+    parsed = message.parse(text_message(block + "\n> earlier:\n" + quoted(block)))
+    assert [f.name for f in parsed.hidden_files] == ["x.zip"]
+
+
+def test_quoted_words_begin_are_no_file():
+    parsed = message.parse(text_message("> We begin at 10 as agreed.\n> begin here\n>> begin 2028 plans\n"))
+    assert parsed.hidden_files == []
+
+
+@pytest.mark.parametrize("body", ["> " * 200_000 + "begin", ("> " * 50 + "begin 644 x\n") * 5_000,
+                                  ">" * 300_000 + "\n> begin 644 a\n"])
+def test_hostile_quoting_stays_fast(body):
+    started = time.monotonic()
+    message.parse(text_message(body))
+    assert time.monotonic() - started < 10
