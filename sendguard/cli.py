@@ -302,8 +302,14 @@ def check(ctx: Context, file: str, as_json: bool, policy_path: Path | None) -> N
         # what the directory says about lists, as the helper's outbox asks it (Outbox.directory_lists)
         answers = directory.answers_for(lists, [r.address for r in parsed.recipients], pol,
                                         marked=parsed.marked_lists)
-        result = checks.evaluate(parsed, pol, known, gettext, history=history, accounts=accounts,
-                                 lists=answers).stored()
+        try:
+            result = checks.evaluate(parsed, pol, known, gettext, history=history, accounts=accounts,
+                                     lists=answers).stored()
+        except Exception as exc:  # a rule failed (a bug): said in one line, never a verdict it did not reach
+            raise click.ClickException(
+                f"cannot check {file}: a rule failed on it ({type(exc).__name__}: {exc}); this is a bug in "
+                "SendGuard, please report it with the message if you can. The helper holds such a message for "
+                "you to check yourself") from None
     finally:
         if lists is not None:
             lists.close()

@@ -91,3 +91,25 @@ def test_the_api_refuses_the_send_in_one_clear_error(home, monkeypatch):
     error = response.get_json()["error"]
     assert error["code"] == "conflict" and "could not check it" in error["message"], error
     assert client.get(f"/api/v1/outbox/{item_id}", headers=AUTH).get_json()["state"] == "awaiting_confirmation"
+
+
+def test_sendguard_check_says_in_one_line_that_a_rule_failed(home, tmp_path):
+    """`sendguard check FILE` on a message a rule fails on: no traceback and no verdict it did not reach, one
+    line on stderr and a non-zero exit (DESIGN §4), in a real process with the bug put in its rules."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_message(to="x@partner.example").as_bytes())
+    code = ("import sys\nfrom sendguard import checks\n"
+            "def broken(ctx):\n    raise RuntimeError('a rule broke on this message')\n"
+            "checks.RULES = (*checks.RULES, broken)\n"
+            "from sendguard.cli import main\n"
+            f"main(['check', {str(eml)!r}], prog_name='sendguard')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 1, out
+    assert out.stdout == "" and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "cannot check" in line and "a rule failed on it (RuntimeError: a rule broke" in line, line
