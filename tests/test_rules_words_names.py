@@ -162,3 +162,29 @@ def test_a_word_of_a_company_name_alone_does_not_fire(pol, filename):
 def test_a_company_of_several_words_among_the_recipients_is_fine(pol):
     assert not fired(pol, "attachment_name_mismatch", to="sales@acme-widgets.example",
                      attachments=[("Acme Widgets quotation.pdf", pdf(), "application/pdf")])
+
+
+# --------------------------------------------------------------- attachment_name_mismatch: mailbox providers
+
+@pytest.fixture(scope="module")
+def with_private_contacts(tmp_path_factory) -> policy.Policy:
+    """Contacts with a company, and people known only by an address at gmail.com or docomo.ne.jp."""
+    folder = tmp_path_factory.mktemp("providers")
+    (folder / "contacts.csv").write_text(CONTACTS + "hanako@gmail.com,佐藤 花子,\nichiro@docomo.ne.jp,田中 一郎,\n"
+                                         "taro@outlook.jp,山本 太郎,\n", encoding="utf-8")
+    (folder / "lists.csv").write_text(LISTS, encoding="utf-8")
+    (folder / "optout.csv").write_text(OPTOUT, encoding="utf-8")
+    path = folder / "policy.toml"
+    path.write_text(PARITY_POLICY, encoding="utf-8")
+    return policy.load(path)
+
+
+@pytest.mark.parametrize("filename", ["gmail_export.csv", "Outlook_設定手順.pdf", "docomo_料金明細.pdf"])
+def test_a_file_named_for_a_mailbox_provider_names_no_company(with_private_contacts, filename):
+    assert not fired(with_private_contacts, "attachment_name_mismatch", to="suzuki@bcorp.example",
+                     attachments=[(filename, pdf(), "application/pdf")])
+
+
+def test_a_company_contact_still_names_its_company(with_private_contacts):
+    assert fired(with_private_contacts, "attachment_name_mismatch", to="suzuki@bcorp.example",
+                 attachments=[("acorp_quote.pdf", pdf(), "application/pdf")])

@@ -154,9 +154,18 @@ def company_tokens(company: str, domain_label: str) -> list[str]:
         latin = _LATIN_WORD.findall(bare) if bare.isascii() else []
         out.append(" ".join(latin) if len(latin) > 1 else name)
     label = domain_label.lower()
-    if len(label) >= 3:
+    if len(label) >= 3 and label not in MAILBOX_PROVIDERS:
         out.append(label)
     return list(dict.fromkeys(out))
+
+
+# the names (registrable labels) of services that give mailboxes to anyone: a contact at gmail.com or
+# docomo.ne.jp tells nothing of a company, and "Outlook_設定手順.pdf" or "gmail_export.csv" names none
+MAILBOX_PROVIDERS = frozenset({
+    "gmail", "googlemail", "yahoo", "ymail", "hotmail", "outlook", "live", "msn", "icloud", "aol", "proton",
+    "protonmail", "gmx", "yandex", "zoho", "fastmail", "tutanota", "docomo", "ezweb", "softbank", "ymobile",
+    "rakuten", "nifty", "biglobe", "ocn", "plala", "excite", "livedoor", "163", "126", "qq", "naver",
+})
 
 
 def filename_forms(filename: str) -> tuple[str, str]:
