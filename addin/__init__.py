@@ -32,6 +32,8 @@ def create_app(service: AppService | None = None, test_config: dict[str, Any] | 
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_NAME="sendguard_session",
+        # the desktop helper is one user's: a session cookie from another local user's program is refused
+        OWN_USER_ONLY=True,
         CONFIRM_LINK_MAX_AGE=24 * 3600,
         JSON_SORT_KEYS=False,
     )

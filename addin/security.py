@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundError
 
+from sendguard import peers
 from sendguard.errors import (
     CheckFormatError,
     ConfigError,
@@ -213,13 +214,15 @@ def _origin_allowed(origin: str) -> bool:
     host = parts.hostname.lower()
     if host not in [h.strip("[]") for h in current_app.config["ALLOWED_HOSTS"]]:
         return False
-    # same server: the origin's port must be the one this request came in on
-    req_port = request.host.rsplit(":", 1)[1] if request.host.count(":") == 1 else None
+    # same server: the origin's port must be the one this request came in on. The Host's port is read as a
+    # URL reads it, so "[::1]:8765" has one too (counting colons found none there, and let a page on any
+    # other loopback port in: cookies are the same for every port of a host).
     try:
+        req_port = urlsplit("//" + request.host).port
         port = parts.port
     except ValueError:  # "http://localhost:8765.evil.example": no port at all, not ours
         return False
-    origin_port = str(port) if port else ("443" if parts.scheme == "https" else "80")
+    origin_port = port or (443 if parts.scheme == "https" else 80)
     return req_port is None or origin_port == req_port
 
 
@@ -469,6 +472,14 @@ def init_app(app: Flask) -> None:
         origin = request.headers.get("Origin")
         if origin is not None and not _origin_allowed(origin):
             return error_response(403, "origin_not_allowed", f"requests from {origin!r} are not allowed")
+        if app.config.get("OWN_USER_ONLY") and app.config["SESSION_COOKIE_NAME"] in request.cookies:
+            # A browser sends a host's cookies to every port of it: a page session made on this helper
+            # reaches any program another local user listens with on loopback. Here it opens nothing.
+            foreign = peers.foreign_user(str(request.remote_addr or ""), int(request.environ.get("REMOTE_PORT") or 0))
+            if foreign is not None:
+                app.logger.warning("refused a web session from another local user's program (uid %s)", foreign)
+                return error_response(403, "forbidden", f"this SendGuard helper serves its own user's programs only "
+                                                        f"(this request is another local user's, uid {foreign})")
         _limit_streamed_body(app.config["MAX_CONTENT_LENGTH"])
         if not _session_still_valid():
             session.clear()

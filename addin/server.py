@@ -855,6 +855,7 @@ def create_server_app(url: str, public_url: str, policy_path: Path | None = None
         "HELPER_TOKEN_VERIFIER": TokenVerifier(svc.store),
         "APPROVAL_LINK_PURPOSE": LINK_PURPOSE,
         "ADDIN_NEEDS_USER": True,  # an add-in token names a user proven by their helper token
+        "OWN_USER_ONLY": False,  # many users' sessions, maybe through a local reverse proxy run as another user
         **wait_budget(int(os.environ.get("SENDGUARD_SERVER_THREADS") or DEFAULT_THREADS),
                       os.environ.get("SENDGUARD_SERVER_LONG_POLLS"), os.environ.get("SENDGUARD_SERVER_HELPER_POLLS")),
         "SESSION_COOKIE_SECURE": public.scheme == "https",
