@@ -39,6 +39,8 @@ TEMPLATES: tuple[str, ...] = (
     # reading messages
     _("the message has no recipients: add To, Cc or Bcc addresses"),
     _("cannot read {file}: {error}"),
+    _("cannot check {file}: a rule failed on it ({kind}: {error}); this is a bug in SendGuard, please report it "
+      "with the message if you can. The helper holds such a message for you to check yourself"),
     _("{path}: no such policy file"),
     _("cannot write {path}: the folder {folder} does not exist"),
     _("cannot write {path}: {error}"),
