@@ -221,15 +221,17 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
-def render_check(result: checks.StoredCheck, _: Callable[[str], str]) -> str:
-    """The human-readable check report, grouped External (by domain) / Internal."""
+def render_check(result: checks.StoredCheck, _: Callable[[str], str], item: Item | None = None) -> str:
+    """The human-readable check report, grouped External (by domain) / Internal; with ``item``, what was
+    removed from it at Send is marked so."""
     lines = [_("From") + ": " + str(result.sender), _("Subject") + ": " + str(result.subject), ""]
     external = [r for r in result.recipients if r.external]
     internal = [r for r in result.recipients if not r.external]
+    gone, gone_attachments = item.removed() if item is not None else (set(), set())
 
     def row(r: checks.StoredRecipient) -> str:
         name = f"{r.display_name} <{r.address}>" if r.display_name else r.address
-        flags = [f for f in r.flags if f != "external"]
+        flags = [f for f in r.flags if f != "external"] + (["removed"] if Item.is_removed(r, gone) else [])
         return f"    [{r.field.title()}] {name}" + (f"  ({', '.join(_(f) for f in flags)})" if flags else "")
 
     lines.append(_("External recipients ({count}):").format(count=len(external)))
@@ -243,7 +245,8 @@ def render_check(result: checks.StoredCheck, _: Callable[[str], str]) -> str:
     lines.extend(row(r) for r in internal)
     lines.append(_("Attachments ({count}):").format(count=len(result.attachments)))
     for a in result.attachments:
-        flags = f"  ({', '.join(_(f) for f in a.flags)})" if a.flags else ""
+        marks = [*a.flags, *(["removed"] if a.id in gone_attachments else [])]
+        flags = f"  ({', '.join(_(f) for f in marks)})" if marks else ""
         lines.append(f"    {a.filename}  {_human_size(a.size)}  {a.content_type}{flags}")
     verdict = result.verdict
     lines += ["", _("Verdict: {action}").format(action=_(verdict.action).upper())]
@@ -366,7 +369,7 @@ def queue_list(ctx: Context, as_json: bool, states: tuple[str, ...], show_all: b
         click.echo(gettext("No held messages."))
         return
     for i in items:
-        recipients = i.summary()["recipients"]
+        recipients = [r for r in i.summary()["recipients"] if not r.get("removed")]  # who it goes to
         rcpts = ", ".join(r["address"] for r in recipients[:3])
         more = len(recipients) - 3
         click.echo(f"{i.id}  {i.state:<22} {i.sender}  {i.subject!r}  -> {rcpts}{f' (+{more})' if more > 0 else ''}"
@@ -391,7 +394,7 @@ def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
     click.echo(f"{item.id}  {gettext(item.state)}")
     click.echo(gettext("Came from") + ": " + source_label(item.source, gettext))
     if item.check and item.check.readable:
-        click.echo(render_check(item.check, gettext))
+        click.echo(render_check(item.check, gettext, item))
     if item.last_error:
         click.echo(f"! {item.last_error}")
     if data["confirm_url"]:

@@ -93,6 +93,12 @@ class Item:
         except CheckFormatError as exc:  # listed from its envelope; whatever acts on it says what is wrong
             log.error("message %s: %s", self.id, exc)
             check = StoredCheck.unreadable(str(exc))
+        gone, gone_attachments = self.removed()
+        # what the user (or the policy's opt-out list) took out at Send stays listed, marked ``removed``
+        recipients = [r.to_json() | ({"removed": True} if self.is_removed(r, gone) else {})
+                      for r in check.recipients] if check else [{"address": a} for a in self.envelope_to]
+        attachments = [a.to_json() | ({"removed": True} if a.id in gone_attachments else {})
+                       for a in check.attachments] if check else []
         return {
             "id": self.id,
             "state": self.state,
@@ -100,15 +106,27 @@ class Item:
             "source_label": source_label(self.source),
             "from": self.sender,
             "subject": self.subject,
-            "recipients": [r.to_json() for r in check.recipients] if check else
-            [{"address": a} for a in self.envelope_to],
-            "attachments": [a.to_json() for a in check.attachments] if check else [],
+            "recipients": recipients,
+            "attachments": attachments,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
             "verdict": check.verdict.action if check else "allow",
             "last_error": self.last_error,
             "waiting_for": self.waiting_for,
         }
+
+    def removed(self) -> tuple[set[str], set[str]]:
+        """The recipients (addresses, lower-cased) and attachments (ids) taken out of the message when it was
+        confirmed: it is not sent to or with them. Empty before the confirmation."""
+        decision = self.decision or {}
+        return ({str(a).lower() for a in decision.get("removed_recipients") or []},
+                {str(a) for a in decision.get("removed_attachments") or []})
+
+    @staticmethod
+    def is_removed(recipient: Any, gone: set[str]) -> bool:
+        """Whether a check's recipient row was taken out (itself, or the list it gets the message through)."""
+        return recipient.address.lower() in gone or bool(recipient.list_address
+                                                          and recipient.list_address.lower() in gone)
 
     @property
     def waiting_for(self) -> str | None:

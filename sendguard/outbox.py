@@ -881,10 +881,12 @@ class Outbox:
                 except PermissionDenied as exc:
                     return self.transition(item_id, "refuse_release", "sendguard", {"error": str(exc)},
                                            last_error=str(exc))
-            refused = self._blocked_since_confirmed(item)
+            refused, approve = self._blocked_since_confirmed(item)
             if refused:
                 return self.transition(item_id, "refuse_release", "policy", {"error": refused},
                                        last_error=refused)
+            if approve:  # the policy in force asks an approval this confirmation never went through
+                return self._approval_since_confirmed(item, approve)
             # a waiting text left from an earlier interrupted send would make this live send look settleable
             # (``_check_settleable``): it goes with the step; any other last error stays to be shown
             stale = {"last_error": None} if (item.last_error or "").startswith(WAITING_PREFIX) else {}
@@ -950,23 +952,39 @@ class Outbox:
         return self.transition(item.id, "fail_for_user", "sendguard",
                                {"error": error, "outlook_gone": True}, last_error=error)
 
-    def _blocked_since_confirmed(self, item: Item) -> str | None:
+    def _blocked_since_confirmed(self, item: Item) -> tuple[str | None, builtins.list[str]]:
         """Why the policy in force now refuses what was confirmed (a recipient blocked while the message
-        waited for its approver or its undo time), or None. Not checked again when it was confirmed here
-        under this very policy; a check that fails holds the message too."""
+        waited for its approver or its undo time), or None; and the ``approve`` rules it now asks for a
+        message confirmed without an approval (confirmed by another process, `sendguard queue confirm`,
+        that read another policy: one saved with a mistake, which this helper does not take; or a rule
+        added during the undo time). Not checked again when it was confirmed here under this very policy;
+        a check that fails holds the message too."""
         policy = self.policy()
         if self._confirmed_under.pop(item.id, None) is policy:
-            return None
+            return None, []
         try:
             result = self.evaluate(item.final_raw or item.raw or b"", item.envelope_from, item.envelope_to, policy)
         except Exception as exc:  # noqa: BLE001 - fail closed: never released unchecked
             log.exception("checking %s again before its release failed", item.id)
-            return f"SendGuard could not check this message again before sending it ({exc}): it was not sent"
+            return f"SendGuard could not check this message again before sending it ({exc}): it was not sent", []
+        if result.action == "approve" and item.state in (State.CONFIRMED, State.FAILED) and not item.approval:
+            return None, [r.rule for r in result.reasons if r.action == "approve"]
         if result.action != "block":
-            return None
+            return None, []
         blocked = ", ".join(dict.fromkeys(r.target for r in result.reasons if r.action == "block"))
         return (f"{blocked} is blocked by policy since this message was confirmed: it was not sent. "
-                "Cancel it, or send it again without that recipient")
+                "Cancel it, or send it again without that recipient"), []
+
+    def _approval_since_confirmed(self, item: Item, reasons: builtins.list[str]) -> Item:
+        """A message confirmed without an approval that the policy in force asks for: handed to its approvers,
+        never sent as it is. One that cannot be (a retry, or nobody to approve it) is held for the user."""
+        nobody = self.local_approvers and not self.policy().approvers_for(item.sender)
+        if item.state == State.CONFIRMED and not nobody:
+            return self._request_approval(item, reasons)
+        error = ("this message needs approval under the policy in force and was confirmed without one: it was not "
+                 "sent. Cancel it, and send it again from your mail program to have it approved")
+        return self.transition(item.id, "refuse_release", "policy", {"error": error, "needs_approval": reasons},
+                               last_error=error)
 
     def _release_item(self, item: Item) -> ReleaseItem:
         decision = item.decision or {}
