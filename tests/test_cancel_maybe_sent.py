@@ -49,6 +49,17 @@ def cancelled_record(h: Helper, item_id: str) -> dict:
     return record["data"]
 
 
+def cancelled_with_the_warning(item_id: str) -> dict:
+    """`sendguard queue cancel ID --json`: cancelled, and the last error says it may have gone out."""
+    out = run_cli("queue", "cancel", item_id, "--json")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["state"] == "cancelled"
+    assert "could not tell whether it had gone out" in (shown["last_error"] or ""), shown
+    assert "check your Sent mail" in shown["last_error"]
+    return shown
+
+
 def nothing_more_is_sent(home: Path, graph: LateGraph, item_id: str, sends: int) -> None:
     """A helper started after the back-off releases nothing: the cancel stopped the send for good."""
     h = Helper(home)
@@ -66,12 +77,7 @@ def test_cli_cancel_of_a_send_whose_answer_was_lost_says_it_may_have_gone_out(ho
     graph_home(home, graph, retry(20), HELD_POLICY)
     item_id = held_and_lost(home, graph)
 
-    out = run_cli("queue", "cancel", item_id, "--json")
-    assert out.returncode == 0, out.stderr
-    shown = json.loads(out.stdout)
-    assert shown["state"] == "cancelled"
-    assert "could not tell whether it had gone out" in (shown["last_error"] or ""), shown
-    assert "check your Sent mail" in shown["last_error"]
+    cancelled_with_the_warning(item_id)
 
     h = Helper(home)
     try:
