@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -48,9 +49,16 @@ def file_log(started: str) -> logging.Handler | None:
     what it says on the console, kept for a helper started without one (autostart, the installers)."""
     from logging.handlers import RotatingFileHandler
 
+    class PrivateRotatingFileHandler(RotatingFileHandler):
+        """Each new log file 0600 from its creation, the ones begun at a rotation too (whatever the umask)."""
+
+        def _open(self) -> Any:
+            paths.private_file(Path(self.baseFilename))
+            return super()._open()
+
     try:
         path = paths.private_file(paths.logs_dir() / "sendguard.log")
-        handler = RotatingFileHandler(path, maxBytes=LOG_FILE_BYTES, backupCount=3, encoding="utf-8")
+        handler = PrivateRotatingFileHandler(path, maxBytes=LOG_FILE_BYTES, backupCount=3, encoding="utf-8")
     except OSError as exc:  # a full or read-only disk: the helper runs on, its log on the console only
         logging.getLogger("desktop").warning("cannot write the log file: %s", exc)
         return None

@@ -55,6 +55,8 @@ class Runner:
         self.helper.start(smtp=True, smtp_port=self.smtp_port)
         context = _ssl_context(self.home) if self.tls is not False else None
         self.scheme = "https" if context else "http"
+        # served over HTTPS, the page session's cookie is never sent over plain HTTP
+        self.app.config["SESSION_COOKIE_SECURE"] = context is not None
         host = self.helper.config.api_host
         try:
             self.server = make_server(host, self.api_port, self.app, threaded=True, ssl_context=context)

@@ -116,3 +116,50 @@ def test_the_helpers_own_page_on_ipv6_loopback_is_still_allowed(home: Path, host
         response = client.get("/api/v1/outbox", headers={**AUTH, "Host": host, "Origin": origin})
         assert response.status_code == 200, (host, origin, response.get_json())
     client.application.config["SENDGUARD_SERVICE"].store.close()
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_the_page_session_cookie_is_secure_when_the_helper_serves_https(runner: Any, write_policy: Any, home: Path,
+                                                                        tls: bool) -> None:
+    """A helper that serves HTTPS marks its page session cookie Secure (never sent over plain HTTP); one that
+    serves plain loopback HTTP cannot."""
+    from sendguard import certs
+
+    write_policy(SAMPLE_POLICY)
+    verify: bool | str = True
+    if tls:
+        verify = str(certs.ensure_certificates(home).ca_cert)
+    r = runner()
+    assert r.scheme == ("https" if tls else "http")
+    item_id = _held(r.helper)
+    answer = requests.get(r.helper.confirm_url(item_id), timeout=10, verify=verify, allow_redirects=False)
+    cookie = next(v for k, v in answer.raw.headers.items() if k.lower() == "set-cookie" and "sendguard_session" in v)
+    assert ("Secure" in cookie) is tls, cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_a_log_file_begun_at_rotation_is_private(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """logs/sendguard.log is 0600, and so is the new one begun when it is rotated, whatever the umask."""
+    import logging
+    import os
+    import stat
+
+    from desktop import cli as desktop_cli
+
+    monkeypatch.setattr(desktop_cli, "LOG_FILE_BYTES", 300)
+    old_umask = os.umask(0o022)
+    handler = desktop_cli.file_log("started")
+    try:
+        assert handler is not None
+        for n in range(20):  # several rotations
+            handler.handle(logging.makeLogRecord({"name": "t", "levelno": logging.INFO, "levelname": "INFO",
+                                                  "msg": f"line {n} " + "x" * 60}))
+    finally:
+        os.umask(old_umask)
+        logging.getLogger().removeHandler(handler)
+        if handler is not None:
+            handler.close()
+    logs = sorted((home / "logs").iterdir())
+    assert len(logs) >= 2, logs
+    for log_file in logs:
+        assert stat.S_IMODE(log_file.stat().st_mode) == 0o600, (log_file, oct(log_file.stat().st_mode))
