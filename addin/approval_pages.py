@@ -262,7 +262,10 @@ def _open_link(item_id: str, token: str) -> Any:
         item = service().outbox.get(item_id)
     except NotFound as exc:
         return _notice(_("Not allowed"), str(exc), 404)
-    if item.state == State.AWAITING_APPROVAL and not approvals().may_decide(item, approver):
+    # waiting: only who may decide it now; decided, expired or cancelled: only who may still see it (an
+    # approver the policy moved it away from before that no longer reads it through an old link)
+    allowed = approvals().may_decide if item.state == State.AWAITING_APPROVAL else approvals().may_view
+    if not allowed(item, approver):
         return _refuse(item_id, approver, f"{approver} is not an approver for message {item_id}; "
                                           f"its approvers are: {', '.join(approvals().current_approvers(item)) or '-'}")
     if was_used(service().store, str(claims.get("jti"))):  # whoever fetches it again (a scanner, say)
