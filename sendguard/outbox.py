@@ -194,6 +194,12 @@ class Verdict:
     check: StoredCheck | None = None
 
 
+def _answer_in_doubt(event: str, data: dict[str, Any]) -> bool:
+    """A send record whose send may have gone out: a ``failed`` one whose answer was lost (``answer_lost``),
+    or a later try within the Sent Items grace of that loss that sent nothing and found nothing yet."""
+    return event == "failed" and bool(data.get("answer_lost") or data.get("may_have_been_sent"))
+
+
 @dataclass
 class Outbox:
     """Intake, decisions and release of held mail. Thread-safe; several processes may share the store."""
@@ -753,7 +759,7 @@ class Outbox:
         event, _ts, data = records[0]
         if event == "reconciled":
             return data.get("found") is None
-        return event == "failed" and any(data.get(k) for k in ("outcome_unknown", "answer_lost", "may_have_been_sent"))
+        return _answer_in_doubt(event, data) or (event == "failed" and bool(data.get("outcome_unknown")))
 
     def sends_in_doubt(self, item_ids: Collection[str]) -> set[str]:
         """Of these items, the ones whose last failure left their send in doubt: it may have gone out.
@@ -766,7 +772,7 @@ class Outbox:
         doubt: set[str] = set()
         for item_id, records in self._send_records(item_ids).items():
             event, _ts, data = records[0]
-            if event == "failed" and (data.get("answer_lost") or data.get("may_have_been_sent")):
+            if _answer_in_doubt(event, data):
                 doubt.add(item_id)
         return doubt
 
@@ -881,7 +887,7 @@ class Outbox:
                 except PermissionDenied as exc:
                     return self.transition(item_id, "refuse_release", "sendguard", {"error": str(exc)},
                                            last_error=str(exc))
-            refused, approve = self._blocked_since_confirmed(item)
+            refused, approve = self._recheck_before_release(item)
             if refused:
                 return self.transition(item_id, "refuse_release", "policy", {"error": refused},
                                        last_error=refused)
@@ -952,7 +958,7 @@ class Outbox:
         return self.transition(item.id, "fail_for_user", "sendguard",
                                {"error": error, "outlook_gone": True}, last_error=error)
 
-    def _blocked_since_confirmed(self, item: Item) -> tuple[str | None, builtins.list[str]]:
+    def _recheck_before_release(self, item: Item) -> tuple[str | None, builtins.list[str]]:
         """Why the policy in force now refuses what was confirmed (a recipient blocked while the message
         waited for its approver or its undo time), or None; and the ``approve`` rules it now asks for a
         message confirmed without an approval (confirmed by another process, `sendguard queue confirm`,
