@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sendguard import audit, compose, notify, outlook_items, peers
+from sendguard import audit, compose, notify, outlook_items
 from sendguard import message as msgmod
 from sendguard.approvals import Approvals
 from sendguard.checks import StoredCheck
@@ -17,7 +17,16 @@ from sendguard.outbox import AWAITING_OUTCOME, HELD_STATES, STATES, Item, State
 from sendguard.waiting import REFUSED_NOTE, SERVER_SENDS
 
 from .openapi import SPEC
-from .security import ApiError, addin_signer, json_body, long_poll, principal, require
+from .security import (
+    ApiError,
+    addin_signer,
+    json_body,
+    long_poll,
+    other_local_user,
+    other_user_refused,
+    principal,
+    require,
+)
 from .service import AppService, current_service
 
 bp = Blueprint("api", __name__)
@@ -114,10 +123,9 @@ def addin_session() -> Any:
     """
     origin = request.headers.get("Origin", "")
     if not current_app.config.get("ADDIN_NEEDS_USER"):  # the helper: its own user's Outlook only
-        foreign = peers.foreign_user(str(request.remote_addr or ""), int(request.environ.get("REMOTE_PORT") or 0))
+        foreign = other_local_user()
         if foreign is not None:
-            raise ApiError(403, "forbidden", f"this SendGuard helper serves its own user's programs only (this "
-                                             f"request is another local user's, uid {foreign})")
+            raise ApiError(403, "forbidden", other_user_refused(foreign))
     claims: dict[str, Any] = {"origin": origin, "sid": secrets.token_urlsafe(16)}
     if current_app.config.get("ADDIN_NEEDS_USER"):
         who = principal()

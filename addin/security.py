@@ -205,6 +205,17 @@ def _host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def other_local_user() -> int | None:
+    """The uid of the other local user whose program made this request, or None (this user's, or a system
+    that cannot tell: see ``sendguard.peers``)."""
+    return peers.foreign_user(str(request.remote_addr or ""), int(request.environ.get("REMOTE_PORT") or 0))
+
+
+def other_user_refused(uid: int) -> str:
+    return (f"this SendGuard helper serves its own user's programs only (this request is another local user's, "
+            f"uid {uid})")
+
+
 def _origin_allowed(origin: str) -> bool:
     if origin in current_app.config["EXTRA_ORIGINS"]:
         return True
@@ -475,11 +486,10 @@ def init_app(app: Flask) -> None:
         if app.config.get("OWN_USER_ONLY") and app.config["SESSION_COOKIE_NAME"] in request.cookies:
             # A browser sends a host's cookies to every port of it: a page session made on this helper
             # reaches any program another local user listens with on loopback. Here it opens nothing.
-            foreign = peers.foreign_user(str(request.remote_addr or ""), int(request.environ.get("REMOTE_PORT") or 0))
+            foreign = other_local_user()
             if foreign is not None:
                 app.logger.warning("refused a web session from another local user's program (uid %s)", foreign)
-                return error_response(403, "forbidden", f"this SendGuard helper serves its own user's programs only "
-                                                        f"(this request is another local user's, uid {foreign})")
+                return error_response(403, "forbidden", other_user_refused(foreign))
         _limit_streamed_body(app.config["MAX_CONTENT_LENGTH"])
         if not _session_still_valid():
             session.clear()
