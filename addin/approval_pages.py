@@ -168,7 +168,7 @@ def _view(item: Item, approver: str) -> dict[str, Any]:
     full = service().outbox.get(item.id, with_bodies=True)
     decision = item.decision or {}
     final = {a.lower() for a in item.envelope_to}
-    removed_att = set(decision.get("removed_attachments") or [])
+    removed_att = item.removed()[1]
     check = item.check or StoredCheck()
     recipients = [{**r.to_json(), "removed": bool(final) and r.address.lower() not in final} for r in check.recipients]
     # an address the message goes to that the check does not list (a helper that sent a changed check)

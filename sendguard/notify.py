@@ -135,7 +135,7 @@ def approval_email(item: Item, approver: str, link: str, gettext: Callable[[str]
         gone = "" if not final or r.address.lower() in final else f" ({g('removed')})"
         ext = f" [{g('external')}]" if r.external else ""
         lines.append(f"  {r.field.title()}: {r.address}{ext}{gone}" + (f" ({', '.join(flags)})" if flags else ""))
-    removed_att = set((item.decision or {}).get("removed_attachments") or [])
+    removed_att = item.removed()[1]
     attachments = [a for a in check.attachments if a.id not in removed_att]
     lines += ["", f"{g('Attachments')} ({len(attachments)}):"]
     for a in attachments:
