@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from . import faults, peers
 from .checker import CheckerProcess, IntakeFailed
@@ -193,8 +193,129 @@ _PLAIN_PATH = re.compile(rf"<({DOT_ATOM}"
                          r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>")
 
 
+# what DATA reads from the connection at a time: whatever has arrived, up to this
+_DATA_READ = 1 << 20
+
+
 class SMTPSession(SMTP):
-    """aiosmtpd's SMTP protocol with a fast path for plain addresses (same results; see ``_PLAIN_PATH``)."""
+    """aiosmtpd's SMTP protocol with a fast path for plain addresses (same results; see ``_PLAIN_PATH``)
+    and a message text read in blocks (same results; see ``smtp_DATA``)."""
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA as aiosmtpd answers it, with the message read in blocks instead of one line at a time.
+
+        aiosmtpd reads the text line by line through the stream reader, a few microseconds a line: a
+        fifth of the SMTP sessions' time on an ordinary message, and the larger part on one with
+        attachments. Here the lines are still checked one by one for what aiosmtpd refuses (a line over
+        ``line_length_limit``: 500; more than ``data_size_limit`` bytes: 552; the first limit crossed
+        decides, as there), but on whole blocks of text. Nothing after the closing ``.`` line is taken
+        from the connection: the next command stays where aiosmtpd reads it.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            text, refusal = await self._read_text()
+        except asyncio.CancelledError:  # the connection was reset during DATA (aiosmtpd cancels the session)
+            log.info("connection lost during DATA")
+            self._writer.close()
+            raise
+        if refusal is not None:
+            await self.push(refusal)
+            self._set_post_data_state()
+            return
+        if text is None:  # the client closed the connection before the closing line
+            self._writer.close()
+            return
+        if text.startswith(b"."):  # a leading dot of a line was added by the client (RFC 5321 4.5.2)
+            text = text[1:]
+        text = text.replace(b"\r\n.", b"\r\n")
+        assert self.envelope is not None
+        if self._decode_data:
+            if self.enable_SMTPUTF8:
+                self.envelope.content = text.decode("utf-8", errors="surrogateescape")
+            else:
+                try:
+                    self.envelope.content = text.decode("ascii", errors="strict")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: strict ASCII mode")
+                    return
+        else:
+            self.envelope.content = text
+        self.envelope.original_content = text
+        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_text(self) -> tuple[bytes | None, str | None]:
+        """(the text up to the closing ``.`` line, None) or (None, the refusal) once it has all been read;
+        (None, None) when the connection closed first."""
+        reader = self._reader
+        longest, limit = self.line_length_limit, self.data_size_limit
+        kept: list[bytes] = []
+        size = 0
+        refusal: str | None = None
+        carry = b""  # the line begun in an earlier block (only its last byte once it is sure to be too long)
+        dropped = 0  # bytes of that line not kept in ``carry``
+        while True:
+            block = await reader.read(_DATA_READ)
+            if not block:
+                return None, None
+            if carry:
+                block = carry + block
+            # the closing line: "." alone, at the start of a line
+            if block.startswith(b".\r\n") and not dropped:
+                end = 0
+            else:
+                end = block.find(b"\r\n.\r\n")
+                end = end + 2 if end >= 0 else -1
+            lines_end = end if end >= 0 else block.rfind(b"\r\n") + 2
+            if lines_end >= 2 or end == 0:
+                whole = block[:lines_end]
+                if refusal is None and whole:
+                    lines = whole.split(b"\r\n")
+                    lines.pop()  # (what follows the last CRLF: nothing)
+                    if (dropped + len(lines[0]) + 2 <= longest and len(max(lines, key=len)) + 2 <= longest
+                            and not (limit and size + dropped + len(whole) > limit)):
+                        kept.append(whole)  # the usual text: every line within bounds
+                        size += dropped + len(whole)
+                    else:
+                        lengths = [len(line) + 2 for line in lines]
+                        lengths[0] += dropped
+                        for n in lengths:  # the first limit crossed, in the order aiosmtpd finds them
+                            if n - 2 > longest:
+                                refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+                                break
+                            size += n
+                            if limit and size > limit:
+                                refusal = "552 Error: Too much mail data"
+                                break
+                            if n > longest:
+                                refusal = "500 Line too long (see RFC5321 4.5.3.1.6)"
+                                break
+                        kept = []
+                carry, dropped = b"", 0
+                rest = block[lines_end:]
+            else:
+                rest = block
+            if end >= 0:
+                after = rest[3:]  # what came after the closing line belongs to the next command
+                if after and not reader.at_eof():  # (a client that pipelines without being offered it)
+                    reader.feed_data(after)
+                return (None, refusal) if refusal is not None else (b"".join(kept), None)
+            if dropped + len(rest) > longest + 2:  # too long already: only its end is kept, to find the CRLF
+                dropped += len(rest) - 1
+                carry = rest[-1:]
+            else:
+                carry = rest
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _PLAIN_PATH.match(arg)
