@@ -4,7 +4,9 @@ queue list`` loads this and ``states``, not SQLAlchemy; see ``store_read``)."""
 from __future__ import annotations
 
 import logging
-import uuid
+import secrets
+import threading
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -145,5 +147,27 @@ def _iso(ts: float) -> str:
     return now_iso(ts)
 
 
+_ID_LOCK = threading.Lock()
+_last_id = [0, 0]  # the millisecond and the count of the last id made here
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex[:16]
+    """An item's id: 20 hex digits, the time in milliseconds (11), then 9 that start at a random place in
+    each millisecond and count up for every further id made here in it.
+
+    Ids made one after the other sort one after the other, so a message taken in adds to the end of the
+    store's indexes on its id (the outbox's key, the audit log's item index) instead of to a page anywhere
+    in them: a commit of a few messages writes fewer pages. Two processes making an id in the same
+    millisecond share a random start about once in 30 billion times (the store would refuse the second).
+    """
+    now = time.time_ns() // 1_000_000
+    with _ID_LOCK:
+        last, count = _last_id
+        if now <= last:  # in the same millisecond, or the clock went back: after the last one
+            now, count = last, count + 1
+            if count >= 1 << 36:
+                now, count = last + 1, secrets.randbelow(1 << 35)
+        else:
+            count = secrets.randbelow(1 << 35)  # (half the range: room to count up)
+        _last_id[:] = [now, count]
+    return f"{now:011x}{count:09x}"
