@@ -300,9 +300,11 @@ def child_main(requests: Connection, answers: Connection, database: str, languag
         except Exception as exc:  # noqa: BLE001 - the helper answers 451: the client keeps it, retries
             log.exception("could not store submitted messages")
             error = ("failed", type(exc).__name__, "")
+        # one answer for all of them (one write, one wake-up of the helper's side)
+        numbers = [number for taken, _ in work for number in taken]
+        rows = None if error else [{k: v for k, v in row.items() if k != "raw"}
+                                   for _, intake in work for row in intake.rows]
         try:
-            for numbers, intake in work:
-                rows = None if error else [{k: v for k, v in row.items() if k != "raw"} for row in intake.rows]
-                answers.send((numbers, rows, error))
+            answers.send((numbers, rows, error))
         except (OSError, ValueError):
             return

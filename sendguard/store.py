@@ -196,8 +196,12 @@ def _json_places(names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(i for i, name in enumerate(names) if name in _OUTBOX_JSON)
 
 
+# (one encoder for every record: json.dumps with these options would build one on each call)
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _CANONICAL.encode(data)
 
 
 def record_hash(prev_hash: str, seq: int, ts: str, item_id: str | None, event_name: str, actor: str,
