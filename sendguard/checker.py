@@ -19,6 +19,7 @@ committed already is kept, never stored twice) and the child is started again a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import select
@@ -47,11 +48,14 @@ Settle = Callable[[list[tuple[Incoming, W]], list[tuple[str, str]] | None, BaseE
 
 
 class CheckerProcess(Generic[W]):
-    """The helper's side: the child, the messages it holds, and the thread that takes its answers.
+    """The helper's side: the child, the messages it holds, and what takes its answers (the SMTP sessions'
+    event loop, see ``attach``; a thread of its own where that loop cannot watch a pipe).
 
     ``take_in(entries, ids)`` is the helper's own intake (it also answers the senders), used for messages
     the child could not take; ``settle(entries, stored, error)`` answers the senders of messages the
-    child took in. Both are called from the collecting thread (or the caller's, at ``close``).
+    child took in. ``settle`` is called where the answers are read; ``take_in`` where the failure is found
+    (a failure the loop reads, a dead child or a late answer, is handed to a thread of its own first, so
+    that the loop never waits for the store on it; the caller's at ``close`` and at a failed hand-over).
     """
 
     def __init__(self, outbox: Outbox, database: Path, language: str | None,
@@ -75,8 +79,21 @@ class CheckerProcess(Generic[W]):
         self._closed = False
         self.taken_there = 0  # messages the child took in
         self.taken_back = 0  # messages handed to the child that the helper took in after all
+        # the SMTP sessions' event loop, which reads the child's answers where it can watch a pipe (see
+        # ``attach``); the answers' pipe while that loop watches it (its descriptor, to stop watching it)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watched: tuple[Connection, int] | None = None
 
     # ------------------------------------------------------------------ life
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the child's answers in this event loop (the SMTP sessions' own), not in a thread of their own.
+
+        An answer then settles its senders' ``250`` in the loop that sends it: no thread wakes up for it,
+        none waits for the interpreter to hand it the answer and none wakes the loop again. A loop that
+        cannot watch a pipe (Windows' proactor loop) leaves it to the thread. Called from the loop."""
+        if self._loop is None:
+            self._loop = loop
+
     def ready(self) -> bool:
         return self._to_child is not None
 
@@ -119,8 +136,89 @@ class CheckerProcess(Generic[W]):
                 return
             self._to_child, self._from_child, self._proc = requests_in, answers_out, proc
             self._sent_policy, self._sent_accounts = None, None
-        threading.Thread(target=self._collect, args=(answers_out,), name="sendguard-checker-collect",
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._watch_in_loop, answers_out)
+                return
+            except RuntimeError:  # the loop has been closed: the SMTP server is stopping
+                pass
+        self._collect_in_thread(answers_out)
+
+    def _collect_in_thread(self, from_child: Connection) -> None:
+        threading.Thread(target=self._collect, args=(from_child,), name="sendguard-checker-collect",
                          daemon=True).start()
+
+    def _watch_in_loop(self, from_child: Connection) -> None:
+        """(In the loop.) Take the child's answers as they come; check each second for a late one."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if from_child is not self._from_child:  # it failed or was closed meanwhile
+                return
+            try:
+                fd = from_child.fileno()
+                loop.add_reader(fd, self._answer_ready, from_child)
+            except (NotImplementedError, OSError):  # a loop that watches no pipes
+                fd = -1
+            else:
+                self._watched = (from_child, fd)
+        if fd < 0:
+            self._collect_in_thread(from_child)
+            return
+        loop.call_later(1.0, self._check_late, from_child)
+
+    def _answer_ready(self, from_child: Connection) -> None:
+        """(In the loop.) An answer has come: settle its senders."""
+        if from_child is not self._from_child:
+            self._unwatch(from_child)
+            return
+        try:
+            numbers, rows, error = from_child.recv()
+        except Exception as exc:  # noqa: BLE001 - it ended, or its answer cannot be read: taken in here
+            self._unwatch(from_child)
+            if from_child is self._from_child:
+                self._fail_elsewhere(f"it ended: {exc or type(exc).__name__}")
+            return
+        self._answered(numbers, rows, error)
+
+    def _fail_elsewhere(self, why: str) -> None:
+        """``_fail`` in a thread of its own: the helper's own intake of what the child held commits, which
+        the SMTP sessions' loop must not wait for."""
+        threading.Thread(target=self._fail, args=(why,), name="sendguard-checker-failed", daemon=True).start()
+
+    def _check_late(self, from_child: Connection) -> None:
+        """(In the loop.) The watch the collecting thread keeps between answers: see ``_late``."""
+        if from_child is not self._from_child:
+            return
+        if self._late():
+            self._unwatch(from_child)
+            self._fail_elsewhere(f"no answer in {ANSWER_SECONDS:.0f} s")
+            return
+        asyncio.get_running_loop().call_later(1.0, self._check_late, from_child)
+
+    def _unwatch(self, from_child: Connection) -> bool:
+        """Stop watching this pipe (a descriptor closed while the loop watches it could be given to a new
+        connection, which the loop would then read for us). True when the loop closes it, once it no longer
+        watches it (asked from another thread)."""
+        with self._lock:
+            watched = self._watched
+            if watched is None or watched[0] is not from_child:
+                return False
+            self._watched = None
+        loop = self._loop
+        assert loop is not None
+        try:
+            in_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:  # no loop runs in this thread
+            in_loop = False
+        if in_loop:
+            loop.remove_reader(watched[1])
+            return False
+        try:
+            loop.call_soon_threadsafe(_remove_and_close, loop, watched[1], from_child)
+        except RuntimeError:  # the loop is closed and watches nothing any more
+            return False
+        return True
 
     def close(self) -> None:
         """End the child; what it still held is taken in here (its senders get their 250)."""
@@ -138,7 +236,10 @@ class CheckerProcess(Generic[W]):
         if why is not None:
             log.warning("the checking process failed (%s): the helper takes in its %d message(s)", why, len(left))
         if proc is not None and to_child is not None and from_child is not None:
-            _end(proc, to_child, from_child)
+            if self._unwatch(from_child):  # the loop closes it once it no longer watches it
+                _end(proc, to_child)
+            else:
+                _end(proc, to_child, from_child)
         if left:
             self.taken_back += len(left)
             self.take_in([entry for entry, _, _ in left], [item_id for _, item_id, _ in left])
@@ -189,9 +290,7 @@ class CheckerProcess(Generic[W]):
                 if not readable(1.0):
                     if from_child is not self._from_child:
                         return
-                    with self._lock:
-                        oldest = min((at for _, _, at in self._held.values()), default=None)
-                    if oldest is not None and time.monotonic() - oldest > ANSWER_SECONDS:
+                    if self._late():
                         self._fail(f"no answer in {ANSWER_SECONDS:.0f} s")
                         return
                     continue
@@ -202,19 +301,31 @@ class CheckerProcess(Generic[W]):
                 if from_child is self._from_child:
                     self._fail(f"it ended: {exc or type(exc).__name__}")
                 return
-            with self._lock:
-                held = [self._held.pop(n, None) for n in numbers]
-            # (one no longer held was handed back already, and taken in by the helper)
-            entries = [h[0] for h in held if h is not None]
-            if not entries:
-                continue
-            if error is not None:
-                self.settle(entries, None, _error(error))
-                continue
-            rows = [row for h, row in zip(held, rows, strict=True) if h is not None]
-            self.taken_there += len(entries)
-            self.outbox.announce(rows)
-            self.settle(entries, [(row["id"], row["state"]) for row in rows], None)
+            self._answered(numbers, rows, error)
+
+    def _late(self) -> bool:
+        """Has a message the child holds gone unanswered for ``ANSWER_SECONDS``?"""
+        with self._lock:
+            oldest = min((at for _, _, at in self._held.values()), default=None)
+        return oldest is not None and time.monotonic() - oldest > ANSWER_SECONDS
+
+    def _answered(self, numbers: list[int], rows: list[dict[str, Any]] | None,
+                  error: tuple[str, str, str] | None) -> None:
+        """Answer the senders of what the child has taken in (or could not); tell the helper's listeners."""
+        with self._lock:
+            held = [self._held.pop(n, None) for n in numbers]
+        # (one no longer held was handed back already, and taken in by the helper)
+        entries = [h[0] for h in held if h is not None]
+        if not entries:
+            return
+        if error is not None:
+            self.settle(entries, None, _error(error))
+            return
+        assert rows is not None
+        kept = [row for h, row in zip(held, rows, strict=True) if h is not None]
+        self.taken_there += len(entries)
+        self.outbox.announce(kept)
+        self.settle(entries, [(row["id"], row["state"]) for row in kept], None)
 
 
 class IntakeFailed(RuntimeError):
@@ -240,6 +351,14 @@ def _readable(conn: Connection) -> Callable[[float], bool]:
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
     return lambda timeout: bool(poller.poll(timeout * 1000))
+
+
+def _remove_and_close(loop: asyncio.AbstractEventLoop, fd: int, conn: Connection) -> None:
+    loop.remove_reader(fd)
+    try:
+        conn.close()
+    except OSError:
+        pass
 
 
 def _end(proc: multiprocessing.process.BaseProcess, *conns: Connection) -> None:

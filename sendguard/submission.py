@@ -73,6 +73,8 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[str, str]] = loop.create_future()
         checker = self.checker
+        if checker is not None:
+            checker.attach(loop)  # its answers are read in this loop (the first one to submit)
         if (checker is not None and len(msg.raw) <= DIRECT_HAND_OVER_BYTES and checker.ready()
                 and checker.hand_over([(msg, (loop, future))])):
             return future
@@ -117,7 +119,14 @@ def _answer(batch: list[tuple[Incoming, _Reply]], results: list[tuple[str, str]]
     for (_, (loop, future)), value in zip(batch, results if results is not None else [None] * len(batch),
                                           strict=True):
         by_loop.setdefault(loop, []).append((future, value))
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # answered from a thread of its own
+        running = None
     for loop, settled in by_loop.items():
+        if loop is running:  # answered in the sessions' own loop (see CheckerProcess.attach)
+            _settle(settled, error)
+            continue
         try:
             loop.call_soon_threadsafe(_settle, settled, error)
         except RuntimeError:  # the SMTP server has stopped: its sessions are gone, their clients retry

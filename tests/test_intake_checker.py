@@ -355,3 +355,42 @@ def test_an_answer_the_helper_cannot_read_hands_the_childs_messages_back_and_nob
         return False
 
     wait_for(back, timeout=60, interval=0.3)
+
+
+def _collecting_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sendguard-checker-collect" and t.is_alive()]
+
+
+def test_the_answers_are_read_in_the_smtp_sessions_loop_not_in_a_thread_of_their_own(helper, write_policy):
+    """Each answer settles its senders' 250 in the loop that sends it: no thread wakes for it and waits for the
+    interpreter to hand the answer on (the loop watches the child's pipe, where the system lets it)."""
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker = checker_ready(h)
+    wait_for(lambda: checker._watched is not None, timeout=10)
+    assert _collecting_threads() == []
+    batch = messages(24, "in the loop")
+    assert burst(h.smtp.port, batch) == []
+    wait_for(lambda: len(stored_by_subject(h, "in the loop")) == 24)
+    assert checker.taken_there >= 1 and checker.taken_back == 0
+
+
+def test_a_loop_that_cannot_watch_a_pipe_leaves_the_answers_to_a_thread(helper, write_policy, monkeypatch):
+    """Windows' proactor loop watches no pipes: there the answers are read by a thread, as before."""
+    import asyncio
+
+    from sendguard import submission
+
+    class NoPipes(asyncio.SelectorEventLoop):
+        def add_reader(self, *args: Any, **kwargs: Any) -> None:
+            raise NotImplementedError("this loop watches sockets only")
+
+    monkeypatch.setattr(submission, "new_event_loop", lambda starttls=False: NoPipes())
+    write_policy(SAMPLE_POLICY)
+    h = helper()
+    checker = checker_ready(h)
+    assert checker._watched is None
+    wait_for(lambda: len(_collecting_threads()) == 1, timeout=10)
+    assert burst(h.smtp.port, messages(24, "thread")) == []
+    wait_for(lambda: len(stored_by_subject(h, "thread")) == 24)
+    assert checker.taken_back == 0
