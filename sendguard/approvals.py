@@ -203,14 +203,30 @@ class Approvals:
                                             f"its approvers are: {names}", via)
         return item, on_behalf, self_approval
 
-    def _record(self, item_id: str, actor: str, step: str, record: dict[str, Any], via: str,
+    def _record(self, item: Item, actor: str, step: str, record: dict[str, Any], via: str,
                 **values: Any) -> Item:
+        """Write the decision, in one transaction with a last look at whom the message waits for: a message
+        handed to other approvers after ``_check`` (a policy edited meanwhile) is not decided by this one."""
+        checked = sorted(a.lower() for a in item.approvers)
+
+        def same_approvers(conn: Any) -> None:
+            row = conn.execute(select(outbox.c.approvers).where(outbox.c.id == item.id)).first()
+            now = sorted(a.lower() for a in (row.approvers or [])) if row is not None else []
+            if now != checked:
+                raise _HandedOn(f"message {item.id} was handed to other approvers ({', '.join(now) or 'nobody'}) "
+                                f"while {actor.lower()} decided it: the decision was not recorded; its approvers "
+                                "now decide it")
+
         try:
-            return self.outbox.transition(item_id, step, actor.lower(), record, approval=record, **values)
+            return self.outbox.transition(item.id, step, actor.lower(), record, approval=record, also=same_approvers,
+                                          **values)
+        except _HandedOn as exc:
+            self.audit_refusal(item.id, actor.lower(), str(exc), via)
+            raise PermissionDenied(str(exc)) from None
         except StateError:
             # someone else decided between our check and our write: the first decision stands
-            error = self._decided_error(self.outbox.get(item_id))
-            self.audit_refusal(item_id, actor.lower(), str(error), via)
+            error = self._decided_error(self.outbox.get(item.id))
+            self.audit_refusal(item.id, actor.lower(), str(error), via)
             raise error from None
 
     def approve(self, item_id: str, actor: str, comment: str = "", via: str = "cli") -> Item:
@@ -223,7 +239,7 @@ class Approvals:
                   "via": via, "self_approved": self_approval}
         if on_behalf and on_behalf != actor.lower():
             record["on_behalf_of"] = on_behalf
-        return self._record(item_id, actor, "approve", record, via, release_after=self.clock())
+        return self._record(item, actor, "approve", record, via, release_after=self.clock())
 
     def reject(self, item_id: str, actor: str, reason: str, via: str = "cli") -> Item:
         if self.remote is not None:
@@ -235,7 +251,11 @@ class Approvals:
                   "via": via, "self_approved": False}
         if on_behalf and on_behalf != actor.lower():
             record["on_behalf_of"] = on_behalf
-        return self._record(item_id, actor, "reject", record, via)
+        return self._record(item, actor, "reject", record, via)
+
+
+class _HandedOn(StateError):
+    """The message's approvers changed between the check of who decides and the decision's write."""
 
 
 def is_own(item: Item, actor: str) -> bool:

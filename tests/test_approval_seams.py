@@ -113,3 +113,37 @@ def test_the_approver_it_was_moved_to_still_sees_the_settled_message_through_the
     html = page.get_data(as_text=True)
     assert page.status_code == 200, html
     assert "社外秘 見積 (seams)" in html and 'id="approve-form"' not in html
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_a_decision_made_while_the_policy_hands_the_message_on_is_not_recorded(
+        started: Any, message_factory: Any, home: Path, monkeypatch: Any, decision: str) -> None:
+    """boss passes the check of who decides; before his decision is written, the policy (edited by the
+    administrator) hands the message to new-boss. boss's decision must not be written over new-boss's
+    turn: it is refused (audited), the message still waits, and new-boss decides it."""
+    from sendguard import errors
+    from sendguard.approvals import Approvals
+
+    r = started
+    item_id = _held(r, message_factory)
+    checked = Approvals._check
+
+    def check_then_reroute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = checked(self, *args, **kwargs)
+        _reroute_to_new_boss(r, home, item_id)  # the worker's turn comes between the check and the write
+        return result
+
+    monkeypatch.setattr(Approvals, "_check", check_then_reroute)
+    approvals = r.helper.approvals
+    with pytest.raises(errors.PermissionDenied, match="handed to other approvers"):
+        if decision == "approve":
+            approvals.approve(item_id, "boss@example.co.jp", via="web")
+        else:
+            approvals.reject(item_id, "boss@example.co.jp", "宛先が違います", via="web")
+    item = r.helper.outbox.get(item_id)
+    assert item.state == "awaiting_approval" and item.approvers == ["new-boss@example.co.jp"]
+    assert not (item.approval or {}).get("decision")
+    refusals = [e for e in audit.records(r.helper.store, item_id) if e["event"] == "approval_refused"]
+    assert any("handed to other approvers" in e["data"]["reason"] for e in refusals)
+    monkeypatch.setattr(Approvals, "_check", checked)
+    assert approvals.approve(item_id, "new-boss@example.co.jp", via="web").state in ("approved", "releasing", "sent")
