@@ -134,7 +134,10 @@ class Approvals:
             return self.remote.pending(approver)  # type: ignore[no-any-return]
         self.follow_policy()
         cols = [c for c in outbox.c if c.name not in ("raw", "final_raw")]
-        query = select(*cols).where(outbox.c.state == State.AWAITING_APPROVAL.value)
+        # past its deadline it can no longer be decided (a decision expires it instead): not listed, even
+        # before the worker's next turn has marked it expired
+        query = select(*cols).where(outbox.c.state == State.AWAITING_APPROVAL.value,
+                                    or_(outbox.c.expires_at.is_(None), outbox.c.expires_at >= self.clock()))
         if approver is not None:
             approver = approver.strip().lower()
             policy = self.policy()

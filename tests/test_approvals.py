@@ -177,6 +177,19 @@ def test_self_approval_needs_a_comment_and_is_marked(make_helper: Any, message_f
         strict.approvals.approve(other, "taro@example.co.jp", "please")
 
 
+def test_a_message_past_its_deadline_is_no_longer_listed_to_decide(make_helper: Any, message_factory: Any) -> None:
+    """Once its deadline has passed a message cannot be approved (the attempt expires it): the approver's list
+    must not offer it in the meantime, before the worker's next turn marks it expired."""
+    helper = make_helper()
+    item_id = held(helper, message_factory)
+    assert [i.id for i in helper.approvals.pending_for("boss@example.co.jp")] == [item_id]
+    later = helper.outbox.get(item_id).expires_at + 1  # type: ignore[operator]
+    helper.approvals.clock = lambda: later
+    assert helper.outbox.get(item_id).state == "awaiting_approval"  # not swept yet
+    assert helper.approvals.pending_for("boss@example.co.jp") == []
+    assert helper.approvals.pending_for() == []
+
+
 def test_expiry_keeps_the_message_unsent_and_tells_the_sender(make_helper: Any, message_factory: Any) -> None:
     helper = make_helper()
     item_id = held(helper, message_factory)
