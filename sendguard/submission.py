@@ -218,8 +218,8 @@ class SMTPSession(SMTP):
         fifth of the SMTP sessions' time on an ordinary message, and the larger part on one with
         attachments. Here the lines are still checked one by one for what aiosmtpd refuses (a line over
         ``line_length_limit``: 500; more than ``data_size_limit`` bytes: 552; the first limit crossed
-        decides, as there), but on whole blocks of text. Nothing after the closing ``.`` line is taken
-        from the connection: the next command stays where aiosmtpd reads it.
+        decides, as there), but on whole blocks of text. What a client sends after the closing ``.`` line
+        in the same packet is given back to the stream, where aiosmtpd reads its next command.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
