@@ -47,6 +47,19 @@ pattern = "社外秘"
 action = "approve"
 """
 
+# an internal domain, one approver, and the keyword 社外秘 that asks for approval: no other rule
+KEYWORD_APPROVAL_POLICY = """
+[organization]
+internal_domains = ["example.co.jp"]
+
+[approval]
+approvers = ["boss@example.co.jp"]
+
+[[rules.keywords]]
+pattern = "社外秘"
+action = "approve"
+"""
+
 
 @pytest.fixture(autouse=True)
 def sg_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

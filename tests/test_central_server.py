@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ROOT, make_message, smtp_send, stop_central_rounds, wait_for
+from conftest import KEYWORD_APPROVAL_POLICY, ROOT, make_message, smtp_send, stop_central_rounds, wait_for
 from sqlalchemy import create_engine, select, text
 
 from sendguard import audit
@@ -38,17 +38,7 @@ approvers = ["boss@example.co.jp"]
 expire_hours = 24
 """
 
-HELPER_POLICY = """
-[organization]
-internal_domains = ["example.co.jp"]
-
-[approval]
-approvers = ["boss@example.co.jp"]
-
-[[rules.keywords]]
-pattern = "社外秘"
-action = "approve"
-"""
+HELPER_POLICY = KEYWORD_APPROVAL_POLICY  # the helpers' own policy
 
 
 @pytest.fixture

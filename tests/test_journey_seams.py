@@ -19,19 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_message, run_cli, smtp_send, wait_for
-
-APPROVE_POLICY = """
-[organization]
-internal_domains = ["example.co.jp"]
-
-[approval]
-approvers = ["boss@example.co.jp"]
-
-[[rules.keywords]]
-pattern = "社外秘"
-action = "approve"
-"""
+from conftest import KEYWORD_APPROVAL_POLICY, make_message, run_cli, smtp_send, wait_for
 
 
 def cli_json(*args: str) -> Any:
@@ -55,9 +43,9 @@ def test_a_message_confirmed_from_the_cli_is_never_sent_without_the_approval_the
         home: Path, serve_process: Any, change: str) -> None:
     policy = home / "policy.toml"
     if change == "saved_with_a_mistake":
-        policy.write_text(APPROVE_POLICY, encoding="utf-8")
+        policy.write_text(KEYWORD_APPROVAL_POLICY, encoding="utf-8")
     else:  # no keyword rule yet; a 3 s undo time to add it in
-        policy.write_text(APPROVE_POLICY.split("[[rules.keywords]]")[0] + "[confirm]\nhold_seconds = 3\n",
+        policy.write_text(KEYWORD_APPROVAL_POLICY.split("[[rules.keywords]]")[0] + "[confirm]\nhold_seconds = 3\n",
                           encoding="utf-8")
     serve = serve_process().start()
     smtp_send(serve.smtp_port, make_message(to="x@partner.example", subject="社外秘: 見積", body="社外秘の資料です"))
@@ -66,14 +54,14 @@ def test_a_message_confirmed_from_the_cli_is_never_sent_without_the_approval_the
     if change == "saved_with_a_mistake":
         assert item["verdict"] == "approve"
         # the user saves policy.toml with a typo: the helper keeps the policy it has (and says so in its log)
-        policy.write_text(APPROVE_POLICY.replace('action = "approve"', 'action = "aprove"'), encoding="utf-8")
+        policy.write_text(KEYWORD_APPROVAL_POLICY.replace('action = "approve"', 'action = "aprove"'), encoding="utf-8")
         confirmed = run_cli("queue", "confirm", item["id"])
         assert confirmed.returncode == 0, confirmed.stderr
     else:
         confirmed = run_cli("queue", "confirm", item["id"])
         assert confirmed.returncode == 0, confirmed.stderr
         assert listed(item["id"])["state"] == "confirmed"  # in its undo time: the organization adds a rule
-        policy.write_text(APPROVE_POLICY + "[confirm]\nhold_seconds = 3\n", encoding="utf-8")
+        policy.write_text(KEYWORD_APPROVAL_POLICY + "[confirm]\nhold_seconds = 3\n", encoding="utf-8")
 
     shown = wait_for(lambda: (i := listed(item["id"]))["state"] not in ("confirmed", "releasing") and i, timeout=30)
     assert shown["state"] == "awaiting_approval", shown
@@ -132,7 +120,7 @@ def test_a_retried_send_the_policy_now_holds_for_approval_is_not_sent_even_when_
     user's `queue resolve --resend` does not send it either."""
     from sendguard.mailboxes.errors import TransientError
 
-    (home / "policy.toml").write_text(APPROVE_POLICY.split("[[rules.keywords]]")[0], encoding="utf-8")
+    (home / "policy.toml").write_text(KEYWORD_APPROVAL_POLICY.split("[[rules.keywords]]")[0], encoding="utf-8")
     h = helper()
     real = h.mailbox_for
     monkeypatch.setattr(h.outbox, "mailbox_for", lambda item: (_ for _ in ()).throw(TransientError("down")))
@@ -140,7 +128,7 @@ def test_a_retried_send_the_policy_now_holds_for_approval_is_not_sent_even_when_
     item = wait_for(lambda: h.outbox.list(["awaiting_confirmation"]))[0]
     h.outbox.confirm(item.id)
     wait_for(lambda: h.outbox.get(item.id).state == "failed")
-    (home / "policy.toml").write_text(APPROVE_POLICY, encoding="utf-8")  # the keyword rule comes in
+    (home / "policy.toml").write_text(KEYWORD_APPROVAL_POLICY, encoding="utf-8")  # the keyword rule comes in
     monkeypatch.setattr(h.outbox, "mailbox_for", real)  # the mail service is back
     h.outbox.transition(item.id, "resolve_resend", "test", release_after=0.0)  # due now
     wait_for(lambda: h.outbox.get(item.id).state == "needs_attention")
