@@ -294,6 +294,11 @@ def _ts(value: Any) -> float:
     return 0.0
 
 
+# how long and how often a cancel the server refuses while it is sending the message is asked again
+CANCEL_RETRY_SECONDS = 5.0
+CANCEL_RETRY_EVERY = 0.1
+
+
 class CentralSync:
     """Keeps the helper's held-for-approval messages and the central server in step (one thread)."""
 
@@ -485,14 +490,23 @@ class CentralSync:
         if item.state != "cancelled":
             self._save(item_id, server_state=item.state)
             return
-        try:
-            answer = self.client.cancel(item_id)
-        except StateError:
-            if server_releases(item):
-                return  # the server is sending it this moment: ask again next round (or hear it was sent)
-            answer = {"state": "gone"}
-        except NotFound:
-            answer = {"state": "gone"}
+        # the server refuses while it is handing the message to its relay (it cannot tell yet whether it
+        # went); asked again at once and often for a while, the cancel lands in the moment that attempt
+        # fails, before the next one starts (a slow relay would otherwise be caught sending every time)
+        deadline = time.monotonic() + CANCEL_RETRY_SECONDS
+        while True:
+            try:
+                answer = self.client.cancel(item_id)
+            except StateError:
+                if not server_releases(item):
+                    answer = {"state": "gone"}
+                elif time.monotonic() < deadline and not self._stop.wait(CANCEL_RETRY_EVERY):
+                    continue
+                else:
+                    return  # still sending (or sent): ask again next round, or hear that it was sent
+            except NotFound:
+                answer = {"state": "gone"}
+            break
         self._save(item_id, server_state=answer.get("state"))
 
     def apply(self, status: dict[str, Any]) -> bool:

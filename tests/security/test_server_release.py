@@ -55,6 +55,11 @@ class Relay:
 
         self.received: list[tuple[str, list[str], bytes]] = []
         self.refuse = False  # answer 554 to every message (a relay not allowed to send as the sender)
+        # with ``stall``, each message waits in DATA for one ``let_one.release()``, then gets a 451 (a relay
+        # that takes its time and then fails: the server is in the middle of sending all that while)
+        self.stall = False
+        self.let_one = threading.Semaphore(0)
+        self.stalled = 0
         with socket.create_server(("127.0.0.1", 0)) as probe:
             port = probe.getsockname()[1]
         self.controller = Controller(self, hostname="127.0.0.1", port=port)
@@ -64,6 +69,10 @@ class Relay:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.refuse:
             return "554 5.7.1 Sender address rejected: not allowed to send as this user"
+        if self.stall and envelope.original_content and b"X-SendGuard-Notice" not in envelope.original_content:
+            self.stalled += 1
+            await asyncio.get_running_loop().run_in_executor(None, self.let_one.acquire)
+            return "451 4.3.0 Try again later"
         self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
                               envelope.original_content or envelope.content))
         await asyncio.sleep(0)
@@ -87,6 +96,8 @@ class Relay:
         return out
 
     def stop(self) -> None:
+        self.stall = False
+        self.let_one.release(100)  # no send left waiting (the controller's stop would wait for it)
         self.proxy.close()
         self.controller.stop()
 
@@ -441,6 +452,33 @@ def test_a_cancel_reaches_the_server_at_once_while_the_decisions_poll_waits(serv
     relay.proxy.heal()
     time.sleep(1.0)
     assert relay.released(mid) == [] and not sent_by_helper(sender_helper, item_id)
+
+
+def test_a_cancel_the_server_refuses_while_it_is_sending_lands_as_soon_as_that_send_fails(
+        server: Server, relay: Relay, sender_helper: Any) -> None:
+    """The server refuses a cancel while it is handing the message to the relay (it cannot yet tell
+    whether it went). When that attempt fails, the cancel must land before the server's next attempt
+    (here 0.3-1 s later), not wait for the helper's next round of 2 s, when the server may be sending
+    again, and again: a stop that never lands while the relay is slow."""
+    item_id, mid, _content = held(sender_helper)
+    wait_for(lambda: relay.notices(item_id), timeout=20)
+    relay.stall = True
+    CentralClient(server.direct, server.token("boss@example.co.jp")).decide(item_id, "approve",
+                                                                           "boss@example.co.jp", "OK")
+    wait_for(lambda: relay.stalled == 1, timeout=20)  # the server is in the middle of its send
+    assert server.service.outbox.get(item_id).state == "releasing"
+    sender_helper.outbox.cancel(item_id, reason="wrong customer")
+    time.sleep(1.0)  # the helper has asked, and was told the server is sending it
+    assert server.service.outbox.get(item_id).state == "releasing"
+    relay.let_one.release()  # that send fails; the server tries again shortly, and stalls again
+    wait_for(lambda: server.service.outbox.get(item_id).state == "cancelled", timeout=8)
+    assert relay.stalled <= 2
+    relay.stall = False
+    for _ in range(relay.stalled):
+        relay.let_one.release()
+    time.sleep(1.5)
+    assert relay.released(mid) == [] and not sent_by_helper(sender_helper, item_id)
+    assert sender_helper.outbox.get(item_id).state == "cancelled"
 
 
 def test_a_message_the_relay_refuses_waits_for_the_admin_and_goes_once_resent(
