@@ -668,7 +668,36 @@ def iter_attachments(msg: Message) -> Iterator[tuple[str, Message | None, Messag
 
 def check_tree(raw: bytes) -> Message:
     """The tree of parts as ``parse`` reads a message (compat32): the one its attachment ids are of."""
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
+    single = _single_part(raw)
+    return single if single is not None else email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+# A header block the email package reads line by line and field by field, read here at once in its
+# common shape: fields of printable ASCII (tabs allowed), folded or not, every line ending in LF or CRLF,
+# then the empty line. Anything else (8-bit or control characters, a lone CR, a line that is no field,
+# a missing empty line, a unix "From " line) is left to the email package, as is any multipart or
+# message/* part. tests/test_fast_paths.py compares the two.
+_FIELD = r"[\x21-\x39\x3b-\x7e]+:[\t\x20-\x7e]*\r?\n(?:[\t ][\t\x20-\x7e]*\r?\n)*"
+_PLAIN_HEADER_BLOCK = re.compile(rf"(?:{_FIELD})+(?=\r?\n)".encode("ascii"))
+_ONE_FIELD = re.compile(_FIELD)
+
+
+def _single_part(raw: bytes) -> Message | None:
+    """The message as ``email.message_from_bytes`` (compat32) gives it, when it is a single part with a
+    plain header block; else None. The body is kept as the parser keeps it: the text after the empty
+    line, undecoded (bytes beyond ASCII as surrogates)."""
+    block = _PLAIN_HEADER_BLOCK.match(raw)
+    if block is None:
+        return None
+    policy = email.policy.compat32
+    msg = Message(policy=policy)
+    for found in _ONE_FIELD.finditer(block.group().decode("ascii")):
+        msg.set_raw(*policy.header_source_parse(found.group().splitlines(True)))
+    if msg.get_content_maintype() in ("multipart", "message"):
+        return None
+    end = block.end()
+    msg.set_payload(raw[end + (2 if raw.startswith(b"\r\n", end) else 1):].decode("ascii", "surrogateescape"))
+    return msg
 
 
 def attachment_paths(tree: Message) -> dict[str, Path]:

@@ -158,3 +158,76 @@ def test_bodies_passed_over_by_the_quick_look_hold_nothing_the_patterns_find(bod
     lowered_words = [w.lower() for w in content.ATTACHMENT_WORDS]
     lowered = body.lower()
     assert (words.search(lowered) is not None) == any(w in lowered for w in lowered_words)
+
+
+# ------------------------------------------------------------------ the header block of a single part
+
+# mostly the shapes the quick read takes, now and then one it must leave to the email package
+_CLEAN_NAMES = st.sampled_from(["From", "To", "Cc", "Subject", "Content-Type", "Content-Transfer-Encoding", "X-a",
+                                "MIME-Version"])
+_ODD_NAMES = st.sampled_from(["From ", "", " To", "To ", "Re:ply", "Sub\x0cject", "\u00c4", "x\ty"])
+_CLEAN_PIECES = st.sampled_from([
+    "taro@example.co.jp", "Taro <taro@example.co.jp>", " ", "\t", "", "text/plain; charset=utf-8", "8bit",
+    "multipart/mixed; boundary=b", "message/rfc822", "message/delivery-status", "multipart/alternative",
+    "text/html", "=?utf-8?b?6YCx5qyh?=", ":", "a:b", "From x", "~!#"])
+_ODD_PIECES = st.sampled_from(["\r", "\n", "\r\n", "\r\n ", "\n\t", "\r\n\r\n", "\x0b", "\x0c", "\x1c", "\x85",
+                               "\u2028", "\u00e9", "\x00", "\x7f"])
+_BODIES = st.sampled_from([b"", b"body\r\n", b"line\nline\r\n", b"\r\n\r\n", b"\xe3\x81\x82\r\n",
+                           b"--b\r\nX: y\r\n\r\nz\r\n--b--\r\n", b"\r", b"From me\r\n", b"a\rb\r\n",
+                           b"\x0c\x1c\x85\r\n", b"x" * 9000 + b"\r\n"])
+
+
+@st.composite
+def _value(draw: st.DrawFn) -> str:
+    odd = draw(st.integers(0, 29)) == 0
+    return "".join(draw(st.lists(st.one_of(_CLEAN_PIECES, _ODD_PIECES) if odd else _CLEAN_PIECES, max_size=4)))
+
+
+@st.composite
+def _raw_message(draw: st.DrawFn) -> bytes:
+    lines = []
+    for _ in range(draw(st.integers(0, 6))):
+        name = draw(_ODD_NAMES if draw(st.integers(0, 19)) == 0 else _CLEAN_NAMES)
+        lines.append(f"{name}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}{draw(_value())}")
+        if draw(st.booleans()):  # folded
+            lines[-1] += draw(st.sampled_from(["\r\n ", "\n\t", "\r\n\t ", "\r\n  "])) + draw(_value())
+    if draw(st.integers(0, 9)) == 0:  # now and then a line that is no field, or a unix From line first
+        lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(["no field", "From a@b Mon", " lead", ""])))
+    end = draw(st.sampled_from(["\r\n", "\n"]))
+    head = "".join(line + (draw(st.sampled_from(["\r\n", "\n", "\r"])) if draw(st.integers(0, 19)) == 0 else end)
+                   for line in lines)
+    separator = draw(st.sampled_from([end] * 6 + ["", "\r", " \r\n"]))
+    return head.encode("utf-8", "surrogatepass") + separator.encode() + draw(_BODIES)
+
+
+def _as_parsed(msg: email.message.Message) -> dict[str, object]:
+    state = dict(vars(msg))
+    state["defects"] = [(type(d), str(d)) for d in msg.defects]
+    return state
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_raw_message())
+@example(b"From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\nbody\r\n")
+@example(b"Subject: a\r\n \r\n\r\nbody")
+@example(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n")
+@example(b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n")
+@example(b"From a@b Mon Dec  1 00:00:00 2026\nSubject: x\n\nbody\n")
+@example(b"Subject: x\r\nX: \x0c\r\n\r\nbody")
+@example(b"Subject: x\r\n\r\n" + b"y" * 8190 + b"\r\n\r\n")
+def test_a_single_part_read_at_once_is_what_the_email_package_reads(raw: bytes) -> None:
+    reference = email.message_from_bytes(raw, policy=email.policy.compat32)
+    quick = message._single_part(raw)
+    if quick is not None:
+        assert _as_parsed(quick) == _as_parsed(reference), raw
+        assert quick.as_bytes() == reference.as_bytes()
+    tree = message.check_tree(raw)
+    assert (tree.is_multipart(), str(tree) if tree.is_multipart() else _as_parsed(tree)) == \
+        (reference.is_multipart(), str(reference) if reference.is_multipart() else _as_parsed(reference))
+
+
+def test_the_common_message_takes_the_quick_read() -> None:
+    """(else the test above compares nothing)"""
+    raw = b"From: Taro <taro@example.co.jp>\r\nTo: hanako@partner.example\r\nSubject: =?utf-8?b?6YCx5qyh?=\r\n" \
+          b"Content-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\xe3\x81\x82\r\n"
+    assert message._single_part(raw) is not None
