@@ -294,7 +294,7 @@ def _ts(value: Any) -> float:
     return 0.0
 
 
-# how long and how often a cancel the server refuses while it is sending the message is asked again
+# for how long in a round, and how often, cancels the server refuses while it sends the message are asked again
 CANCEL_RETRY_SECONDS = 5.0
 CANCEL_RETRY_EVERY = 0.1
 
@@ -469,8 +469,8 @@ class CentralSync:
             self._withdraw_cancelled()
 
     def _withdraw_cancelled(self) -> None:
-        rows = self._rows()
-        for item_id, row in rows.items():
+        waiting = []
+        for item_id, row in self._rows().items():
             if row.get("server_state") in (State.AWAITING_APPROVAL, State.APPROVED, State.FAILED, State.NEEDS_ATTENTION):
                 try:
                     item = self.outbox.get(item_id)
@@ -479,35 +479,37 @@ class CentralSync:
                 if row.get("server_state") != "awaiting_approval" and not server_releases(item):
                     continue  # approved here: report_released tells the server once it is sent
                 if item.state != "awaiting_approval":
-                    self._tell_server_gone(item_id)
+                    waiting.append(item_id)
+        # the server refuses a cancel while it is handing the message to its relay (it cannot tell yet
+        # whether it went): those are asked again at once and often for a while, so that each lands in the
+        # moment that attempt fails, before the next one starts (a slow relay would otherwise be caught
+        # sending at every round); what is still refused then is asked again next round
+        deadline = time.monotonic() + CANCEL_RETRY_SECONDS
+        while waiting:
+            waiting = [item_id for item_id in waiting if not self._tell_server_gone(item_id)]
+            if not waiting or time.monotonic() >= deadline or self._stop.wait(CANCEL_RETRY_EVERY):
+                return
 
-    def _tell_server_gone(self, item_id: str) -> None:
-        """The sender cancelled a message the server still shows as waiting: withdraw it there."""
+    def _tell_server_gone(self, item_id: str) -> bool:
+        """The sender cancelled a message the server still shows as waiting: withdraw it there. False when
+        the server refused as it is sending the message this moment (ask again, or hear that it was sent)."""
         try:
             item = self.outbox.get(item_id)
         except NotFound:
-            return
+            return True
         if item.state != "cancelled":
             self._save(item_id, server_state=item.state)
-            return
-        # the server refuses while it is handing the message to its relay (it cannot tell yet whether it
-        # went); asked again at once and often for a while, the cancel lands in the moment that attempt
-        # fails, before the next one starts (a slow relay would otherwise be caught sending every time)
-        deadline = time.monotonic() + CANCEL_RETRY_SECONDS
-        while True:
-            try:
-                answer = self.client.cancel(item_id)
-            except StateError:
-                if not server_releases(item):
-                    answer = {"state": "gone"}
-                elif time.monotonic() < deadline and not self._stop.wait(CANCEL_RETRY_EVERY):
-                    continue
-                else:
-                    return  # still sending (or sent): ask again next round, or hear that it was sent
-            except NotFound:
-                answer = {"state": "gone"}
-            break
+            return True
+        try:
+            answer = self.client.cancel(item_id)
+        except StateError:
+            if server_releases(item):
+                return False
+            answer = {"state": "gone"}
+        except NotFound:
+            answer = {"state": "gone"}
         self._save(item_id, server_state=answer.get("state"))
+        return True
 
     def apply(self, status: dict[str, Any]) -> bool:
         """Apply one server decision to the local outbox; True if it changed something (at most once)."""
