@@ -1,8 +1,9 @@
 """The shortcuts taken for speed give exactly what the general code gives.
 
 Intake checks every message before its ``250``; a few of its steps take shortcuts for the common case
-(``sendguard.message._simple_addresses`` for plain address headers, the digit-first patterns of
-``sendguard.detect`` for card and My Number numbers). A wrong shortcut would let a recipient or a card
+(``sendguard.message._simple_addresses`` for plain address headers, ``sendguard.message._single_part``
+for the header block of a single-part message, the digit-first patterns of ``sendguard.detect`` for card
+and My Number numbers). A wrong shortcut would let a recipient or a card
 number slip past the policy, so each is compared here with the code it stands in for, over generated
 input built to hit the edges (quotes, comments, groups, odd spaces, separators, digits glued together).
 """
