@@ -232,3 +232,55 @@ def test_the_common_message_takes_the_quick_read() -> None:
     raw = b"From: Taro <taro@example.co.jp>\r\nTo: hanako@partner.example\r\nSubject: =?utf-8?b?6YCx5qyh?=\r\n" \
           b"Content-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\xe3\x81\x82\r\n"
     assert message._single_part(raw) is not None
+
+
+# ------------------------------------------------------------------ the text rules' first looks
+
+_LINES = st.sampled_from([
+    "山田様", "山田 太郎 様、", "経理ご担当 様", "ABC商事の田中様", "田中さん、鈴木さん", "各位", "王先生：", "尊敬的李女士",
+    "Dear Mr. Smith,", "DEAR ms jones", "Hi team,", "hello  John!", "Attn: Sales", "attention: Bob", "HIya Bob",
+    "Dear", "dear\tAnn", "いつもお世話になっております。", "> 山田様", "| quoted", "  > Dear Bob", "", " ", "\u3000",
+    "ｻﾏ", "Ｄｅａｒ Ｂｏｂ", "殿", "田中 殿", "x" * 90 + "様", "佐藤部長", "please find attached", "添付をご確認ください",
+    "confidential", "On Mon, Taro wrote:", "-- ", "a|b", "a > b", "Kind regards,", "ﬁ", "İ", "ǅear Bob",
+])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_LINES, max_size=10), st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\x0c"]))
+def test_lines_passed_over_by_the_salutation_look_hold_no_salutation(lines: list[str], end: str) -> None:
+    """``names.salutation_names`` tries its patterns only on lines holding a title or a greeting: the same
+    names as trying them on every line."""
+    from sendguard.rules import names
+
+    body = end.join(lines)
+    every_line = re.compile("")
+    quick = names.salutation_names(body)
+    saved = names._MAYBE_SALUTATION
+    names._MAYBE_SALUTATION = every_line
+    try:
+        assert quick == names.salutation_names(body), body
+    finally:
+        names._MAYBE_SALUTATION = saved
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_LINES, max_size=10), st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\x0c"]))
+def test_the_sender_s_own_text_is_the_same_with_or_without_lines_to_leave_out(lines: list[str], end: str) -> None:
+    """``content.own_text`` skips its line-by-line pass when no line can be left out."""
+    from sendguard.rules import content
+
+    body = end.join(lines)
+    cut = content._QUOTE_START.search(body)
+    kept = body[: cut.start()] if cut else body
+    disclaimer = content._DISCLAIMER.search(kept.lower()) is not None
+    expected = "\n".join(line for line in kept.splitlines() if not line.lstrip().startswith((">", "|"))
+                         and not (disclaimer and content._DISCLAIMER.search(line.lower())))
+    assert content.own_text(body) == expected, body
+
+
+def test_the_common_opening_lines_are_passed_over() -> None:
+    """(else the first test above compares nothing)"""
+    from sendguard.rules import names
+
+    assert names._MAYBE_SALUTATION.search("いつもお世話になっております。") is None
+    assert names._MAYBE_SALUTATION.search("山田様") is not None

@@ -70,6 +70,8 @@ def own_text(body: str) -> str:
         body = body[: cut.start()]
         lowered = body.lower()
     disclaimer = _DISCLAIMER.search(lowered) is not None  # once over the whole text: most bodies have none
+    if not disclaimer and ">" not in body and "|" not in body:  # no line to leave out (most new messages)
+        return "\n".join(body.splitlines())
     return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith((">", "|"))
                      and not (disclaimer and _DISCLAIMER.search(line.lower())))
 
