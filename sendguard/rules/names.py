@@ -10,11 +10,11 @@ from functools import lru_cache
 
 _JA_TITLES = "様|さま|サマ|さん|殿|先生|くん|君|部長|課長|社長|係長|主任|専務|常務"
 _ZH_TITLES = "先生|女士|小姐|经理|經理|总|老师|老師"
-_EN_GREETING = r"^(?:dear|hi|hello|attn\.?:?|attention:?)\s"
+_EN_GREETING = r"^(?:dear|hi|hello|attn\.?:?|attention:?)"
 _JA_HONORIFIC = re.compile(rf"^(.{{1,40}}?)\s*(?:{_JA_TITLES})(?=$|[\s、，,。:：!！])")
 _ZH_HONORIFIC = re.compile(rf"^(?:尊敬的|亲爱的|親愛的)?\s*(.{{1,12}}?)\s*(?:{_ZH_TITLES})(?=$|[\s、，,。:：!！])")
 _EN_SALUTATION = re.compile(
-    _EN_GREETING + r"+(?P<title>(?:mr|mrs|ms|miss|mx|dr|prof|professor)\.?\s+)?"
+    _EN_GREETING + r"\s+(?P<title>(?:mr|mrs|ms|miss|mx|dr|prof|professor)\.?\s+)?"
     r"(?P<name>[^\W\d_][\w'’.-]*(?:\s+[^\W\d_][\w'’-]*){0,2}?)(?:[-\s]?(?:san|sama|sensei))?\s*[,:!]?\s*$",
     re.IGNORECASE,
 )
@@ -46,7 +46,7 @@ _COMPANY_WORDS = re.compile(
 _HEAD_LINES = 6
 # What every line the three patterns above can read holds: one of their titles, or at its start a greeting
 # and a space. A line without any (most of a body's first lines) is not tried against them.
-_MAYBE_SALUTATION = re.compile(f"{_JA_TITLES}|{_ZH_TITLES}|{_EN_GREETING}", re.IGNORECASE)
+_MAYBE_SALUTATION = re.compile(rf"{_JA_TITLES}|{_ZH_TITLES}|{_EN_GREETING}\s", re.IGNORECASE)
 _LATIN_WORD = re.compile(r"[a-z0-9]+")
 
 
